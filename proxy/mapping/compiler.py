@@ -1,0 +1,591 @@
+"""Compile one mapping YAML document into a frozen, callable ``CompiledMapping``.
+
+The mapping language is documented in ``mappings/README.md``. In short, a FHIR element tree whose
+leaves are:
+
+* plain scalars — constants; a string containing ``{...}`` is a template
+  (``{a.b}`` reads the record, ``{@name}`` reads the request context);
+* ``{$path: <JSONPath>}`` — the first match in the record;
+* ``{$const: ...}`` / ``{$template: ...}`` — explicit forms;
+* ``{$each: <JSONPath>, $build: <tree>}`` — one element per match, built relative to the match;
+* ``{$ref: {mapping: <name>, id: <template>}}`` — a reference to another mapping's resource;
+
+with modifiers on ``$path``/``$template`` values, applied in this order: ``$map`` (code map),
+``$date`` (strptime format or ``iso``), ``$as`` (boolean/integer/decimal/string/base64),
+``$default``; and ``$when`` (a condition) on any spec or element object.
+
+Everything is validated here, once, at start-up: a broken mapping raises ``MappingError`` naming
+the file and the key. Nothing is parsed per request.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from proxy.mapping.paths import Finder, PathError, compile_path
+from proxy.timeutil import format_kind, iso_local_to_fhir, local_to_fhir
+
+Context = Mapping[str, Any]
+Builder = Callable[[Any, Context], Any]
+Predicate = Callable[[Any], bool]
+
+SUPPORTED_TYPES = frozenset(
+    {
+        "Patient",
+        "Condition",
+        "MedicationStatement",
+        "Flag",
+        "AllergyIntolerance",
+        "Observation",
+        "Immunization",
+        "Encounter",
+        "CarePlan",
+        "DocumentReference",
+    }
+)
+
+_SPEC_KEYS = frozenset(
+    {"$path", "$const", "$template", "$each", "$build", "$ref", "$map", "$date", "$as", "$default", "$when"}
+)
+_TOP_KEYS = frozenset(
+    {
+        "resource",
+        "description",
+        "request",
+        "select",
+        "where",
+        "id",
+        "origin",
+        "care_provider",
+        "care_unit",
+        "security",
+        "fields",
+    }
+)
+_REQUEST_KEYS = frozenset({"method", "path", "query", "body", "headers", "format"})
+_CONDITION_OPS = frozenset({"equals", "not_equals", "in", "not_in", "exists"})
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+
+
+class MappingError(ValueError):
+    """A mapping that cannot be compiled. The message names the file and the key path."""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestSpec:
+    """How to fetch the raw answer a mapping reads. Several mappings may share one request."""
+
+    method: str
+    path: str
+    query: tuple[tuple[str, str], ...]
+    body: str | None
+    headers: tuple[tuple[str, str], ...]
+    format: str  # "json" | "xml"
+
+    @property
+    def key(self) -> str:
+        """Identity of the fetch: mappings with equal keys are served by one backend call."""
+        return f"{self.method} {self.path} {self.query} {self.body}"
+
+    def render(self, ctx: Context) -> tuple[str, list[tuple[str, str]], bytes | None]:
+        """Path, query and body with the request's context filled in (context values are pre-validated)."""
+        path = self.path.format_map(_ContextView(ctx))
+        query = [(k, v.format_map(_ContextView(ctx))) for k, v in self.query]
+        body = self.body.format_map(_ContextView(ctx)).encode() if self.body is not None else None
+        return path, query, body
+
+
+class _ContextView(dict):  # type: ignore[type-arg]
+    """``str.format_map`` over the context, where request templates write ``{@pnr}``."""
+
+    def __init__(self, ctx: Context) -> None:
+        super().__init__({f"@{k}": v for k, v in ctx.items()})
+
+    def __missing__(self, key: str) -> str:
+        raise KeyError(key)
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityRule:
+    when: Predicate | None
+    label: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledMapping:
+    """A mapping ready to run: select records from a raw answer, build one FHIR resource each."""
+
+    name: str  # "<backend>/<file stem>"
+    backend: str
+    resource_type: str
+    request: RequestSpec
+    select: Finder
+    where: Predicate | None
+    record_id: Builder | None  # None for Patient: the facade's patient id is used
+    origin: Builder | None
+    care_provider: Builder | None  # HSA-id of the care provider whose record this is (PDL decisions)
+    care_unit: Builder | None  # HSA-id of the care unit
+    security: tuple[SecurityRule, ...]
+    fields: Builder
+    file: str
+
+    def stable_id(self, record_id: str) -> str:
+        return stable_id(self.backend, self.name, record_id)
+
+
+def stable_id(backend: str, mapping_name: str, record_id: str) -> str:
+    """A FHIR id that is stable for (source, record): ``<backend>-<20 hex digits of BLAKE2b>``."""
+    digest = hashlib.blake2b(f"{mapping_name}\x1f{record_id}".encode(), digest_size=10).hexdigest()
+    return f"{backend}-{digest}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Compilation
+
+
+class _Compiler:
+    def __init__(
+        self,
+        file: str,
+        backend: str,
+        name: str,
+        code_maps: Mapping[str, Mapping[str, Any]],
+        resolve_ref: Callable[[str], str | None],
+        context_names: frozenset[str],
+    ) -> None:
+        self.context_names = context_names
+        self.file = file
+        self.backend = backend
+        self.name = name
+        self.code_maps = code_maps
+        self.resolve_ref = resolve_ref  # mapping name in this backend -> its resource type
+
+    def fail(self, where: str, message: str) -> MappingError:
+        return MappingError(f"{self.file}: {where}: {message}")
+
+    # ---- paths, templates, conditions ----------------------------------------------------
+
+    def path(self, expr: Any, where: str) -> Finder:
+        try:
+            return compile_path(expr)
+        except PathError as exc:
+            raise self.fail(where, str(exc)) from None
+
+    def template(self, text: str, where: str) -> Builder:
+        """``"Patient/{@patient_id}"``: record paths and context names; None if any part is missing."""
+        parts: list[str | tuple[str, Any]] = []
+        pos = 0
+        for m in _PLACEHOLDER.finditer(text):
+            parts.append(text[pos : m.start()])
+            name = m.group(1).strip()
+            if not name:
+                raise self.fail(where, f"empty placeholder in template {text!r}")
+            if name.startswith("@"):
+                if name[1:] not in self.context_names:
+                    raise self.fail(where, f"unknown context name {name!r}; known: {sorted(self.context_names)}")
+                parts.append(("ctx", name[1:]))
+            else:
+                parts.append(("rec", self.path(name, where)))
+            pos = m.end()
+        parts.append(text[pos:])
+        if len(parts) == 3 and parts[0] == "" and parts[2] == "" and isinstance(parts[1], tuple):
+            kind, arg = parts[1]  # a lone placeholder keeps the value's own type
+            if kind == "ctx":
+                return lambda rec, ctx: ctx.get(arg)
+
+            def lone(rec: Any, ctx: Context) -> Any:
+                found = arg(rec)
+                return found[0] if found else None
+
+            return lone
+
+        def render(rec: Any, ctx: Context) -> str | None:
+            out: list[str] = []
+            for part in parts:
+                if isinstance(part, str):
+                    out.append(part)
+                    continue
+                kind, arg = part
+                if kind == "ctx":
+                    value = ctx.get(arg)
+                else:
+                    found = arg(rec)
+                    value = found[0] if found else None
+                if value is None or isinstance(value, dict | list):
+                    return None
+                out.append(scalar_text(value))
+            return "".join(out)
+
+        return render
+
+    def condition(self, spec: Any, where: str) -> Predicate:
+        """``{path: x, equals: v}`` (or a list of such, all of which must hold)."""
+        if isinstance(spec, list):
+            preds = [self.condition(s, f"{where}[{i}]") for i, s in enumerate(spec)]
+            return lambda rec: all(p(rec) for p in preds)
+        if not isinstance(spec, dict) or "path" not in spec:
+            raise self.fail(where, "a condition is {path: <JSONPath>, <op>: <value>}")
+        ops = set(spec) - {"path"}
+        if len(ops) != 1 or not ops <= _CONDITION_OPS:
+            raise self.fail(where, f"a condition needs exactly one of {sorted(_CONDITION_OPS)}")
+        (op,) = ops
+        find = self.path(spec["path"], f"{where}.path")
+        arg = spec[op]
+        if op in ("in", "not_in"):
+            if not isinstance(arg, list):
+                raise self.fail(f"{where}.{op}", "expects a list")
+            allowed = frozenset(scalar_text(a) for a in arg)
+            if op == "in":
+                return lambda rec: any(scalar_text(v) in allowed for v in find(rec))
+            return lambda rec: not any(scalar_text(v) in allowed for v in find(rec))
+        if op == "exists":
+            want = bool(arg)
+            return lambda rec: bool(find(rec)) is want
+        target = scalar_text(arg)
+        if op == "equals":
+            return lambda rec: any(scalar_text(v) == target for v in find(rec))
+        return lambda rec: not any(scalar_text(v) == target for v in find(rec))
+
+    # ---- element trees ---------------------------------------------------------------------
+
+    def node(self, spec: Any, where: str) -> Builder:
+        if isinstance(spec, dict):
+            if any(isinstance(k, str) and k.startswith("$") for k in spec):
+                return self.value_spec(spec, where)
+            return self.element(spec, where)
+        if isinstance(spec, list):
+            items = [self.node(s, f"{where}[{i}]") for i, s in enumerate(spec)]
+
+            def build_list(rec: Any, ctx: Context) -> list[Any] | None:
+                out = []
+                for b in items:
+                    v = b(rec, ctx)
+                    if isinstance(v, list):
+                        out.extend(v)  # an $each inside a list contributes its elements
+                    elif v is not None:
+                        out.append(v)
+                return out or None
+
+            return build_list
+        if isinstance(spec, str) and _PLACEHOLDER.search(spec):
+            return self.template(spec, where)
+        if spec is None:
+            raise self.fail(where, "null is not a value; leave the element out")
+        const = spec
+        return lambda rec, ctx: const
+
+    def element(self, spec: dict[str, Any], where: str) -> Builder:
+        members = []
+        for key, sub in spec.items():
+            if not isinstance(key, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
+                raise self.fail(where, f"{key!r} is not a FHIR element name")
+            members.append((key, self.node(sub, f"{where}.{key}")))
+
+        def build(rec: Any, ctx: Context) -> dict[str, Any] | None:
+            out: dict[str, Any] = {}
+            for key, b in members:
+                v = b(rec, ctx)
+                if v is not None and v != "" and v != [] and v != {}:
+                    out[key] = v
+            return out or None
+
+        return build
+
+    def value_spec(self, spec: dict[str, Any], where: str) -> Builder:
+        unknown = set(spec) - _SPEC_KEYS
+        if unknown:
+            raise self.fail(where, f"unknown key(s) {sorted(unknown)}; allowed: {sorted(_SPEC_KEYS)}")
+        sources = [k for k in ("$path", "$const", "$template", "$each", "$ref") if k in spec]
+        if len(sources) != 1:
+            raise self.fail(where, "needs exactly one of $path, $const, $template, $each, $ref")
+        (src,) = sources
+        base: Builder
+        if src == "$const":
+            const = spec["$const"]
+            base = lambda rec, ctx: const  # noqa: E731
+        elif src == "$template":
+            if not isinstance(spec["$template"], str):
+                raise self.fail(f"{where}.$template", "expects a string")
+            base = self.template(spec["$template"], f"{where}.$template")
+        elif src == "$path":
+            find = self.path(spec["$path"], f"{where}.$path")
+
+            def base(rec: Any, ctx: Context) -> Any:
+                found = find(rec)
+                return found[0] if found else None
+
+        elif src == "$each":
+            if "$build" not in spec:
+                raise self.fail(where, "$each needs $build")
+            find = self.path(spec["$each"], f"{where}.$each")
+            item = self.node(spec["$build"], f"{where}.$build")
+
+            def base(rec: Any, ctx: Context) -> Any:
+                out = [v for v in (item(m, ctx) for m in find(rec)) if v is not None]
+                return out or None
+
+        else:
+            base = self.reference(spec["$ref"], f"{where}.$ref")
+        if "$build" in spec and src != "$each":
+            raise self.fail(where, "$build belongs with $each")
+
+        steps: list[Callable[[Any], Any]] = []
+        if "$map" in spec:
+            steps.append(self.code_map(spec["$map"], f"{where}.$map"))
+        if "$date" in spec:
+            steps.append(self.date(spec["$date"], f"{where}.$date"))
+        if "$as" in spec:
+            steps.append(self.cast(spec["$as"], f"{where}.$as"))
+        default = spec.get("$default")
+        when = self.condition(spec["$when"], f"{where}.$when") if "$when" in spec else None
+
+        if not steps and default is None and when is None:
+            return base
+
+        def build(rec: Any, ctx: Context) -> Any:
+            if when is not None and not when(rec):
+                return None
+            v = base(rec, ctx)
+            for step in steps:
+                if v is None:
+                    break
+                v = step(v)
+            return default if v is None else v
+
+        return build
+
+    def reference(self, spec: Any, where: str) -> Builder:
+        if not isinstance(spec, dict) or set(spec) != {"mapping", "id"}:
+            raise self.fail(where, "expects {mapping: <mapping name in this backend>, id: <template>}")
+        target = spec["mapping"]
+        target_type = self.resolve_ref(target)
+        if target_type is None:
+            raise self.fail(f"{where}.mapping", f"no mapping {target!r} in backend {self.backend!r}")
+        target_name = f"{self.backend}/{target}"
+        record_id = self.node(spec["id"], f"{where}.id")
+        backend = self.backend
+
+        def ref(rec: Any, ctx: Context) -> str | None:
+            rid = record_id(rec, ctx)
+            if rid is None:
+                return None
+            return f"{target_type}/{stable_id(backend, target_name, scalar_text(rid))}"
+
+        return ref
+
+    def code_map(self, spec: Any, where: str) -> Callable[[Any], Any]:
+        if isinstance(spec, str):
+            if spec not in self.code_maps:
+                raise self.fail(where, f"unknown code map {spec!r} (mappings/terminology/*.yaml)")
+            table = self.code_maps[spec]
+        elif isinstance(spec, dict):
+            table = spec
+        else:
+            raise self.fail(where, "expects a code map name or an inline {local: standard} table")
+        lookup = {scalar_text(k): v for k, v in table.items()}
+        return lambda v: lookup.get(scalar_text(v))
+
+    def date(self, spec: Any, where: str) -> Callable[[Any], Any]:
+        if spec == "iso":
+
+            def iso(v: Any) -> str | None:
+                try:
+                    return iso_local_to_fhir(str(v))
+                except ValueError:
+                    return None
+
+            return iso
+        if not isinstance(spec, str) or "%" not in spec:
+            raise self.fail(where, "expects a strptime format such as '%Y%m%d%H%M', or 'iso'")
+        kind = format_kind(spec)
+        try:
+            local_to_fhir("2001-02-03 04:05:06", "%Y-%m-%d %H:%M:%S", kind)
+        except ValueError as exc:  # pragma: no cover - the sample always parses
+            raise self.fail(where, str(exc)) from None
+
+        def convert(v: Any) -> str | None:
+            try:
+                return local_to_fhir(str(v), spec, kind)
+            except ValueError:
+                return None  # an unreadable date is left out, never guessed
+
+        return convert
+
+    def cast(self, spec: Any, where: str) -> Callable[[Any], Any]:
+        casts: dict[str, Callable[[Any], Any]] = {
+            "boolean": _to_bool,
+            "integer": _to_int,
+            "decimal": _to_decimal,
+            "string": scalar_text,
+            "base64": lambda v: base64.b64encode(scalar_text(v).encode()).decode("ascii"),
+        }
+        if spec not in casts:
+            raise self.fail(where, f"expects one of {sorted(casts)}")
+        return casts[spec]
+
+
+def scalar_text(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
+def _to_bool(v: Any) -> bool | None:
+    if isinstance(v, bool):
+        return v
+    text = scalar_text(v).strip().lower()
+    if text in ("true", "1", "j", "ja", "y", "yes"):
+        return True
+    if text in ("false", "0", "n", "nej", "no"):
+        return False
+    return None
+
+
+def _to_int(v: Any) -> int | None:
+    try:
+        return int(scalar_text(v).strip())
+    except ValueError:
+        return None
+
+
+def _to_decimal(v: Any) -> int | float | None:
+    try:
+        d = Decimal(scalar_text(v).strip().replace(",", "."))  # Swedish decimal comma
+    except InvalidOperation:
+        return None
+    if not d.is_finite():
+        return None
+    return int(d) if d == d.to_integral_value() and "." not in str(d) else float(d)
+
+
+def compile_mapping(
+    doc: Any,
+    *,
+    file: str,
+    backend: str,
+    name: str,
+    code_maps: Mapping[str, Mapping[str, Any]],
+    resolve_ref: Callable[[str], str | None],
+    context_names: frozenset[str],
+) -> CompiledMapping:
+    """Compile one parsed YAML mapping document. Raises MappingError naming ``file`` and the key.
+
+    ``context_names`` are the ``{@name}`` values a request provides (patient identity plus the
+    backend's configured ``vars``); any other name is an error here rather than a gap at run time.
+    """
+    c = _Compiler(file, backend, f"{backend}/{name}", code_maps, resolve_ref, context_names)
+    if not isinstance(doc, dict):
+        raise c.fail("(top)", "a mapping is a YAML mapping with resource, request, select, fields")
+    unknown = set(doc) - _TOP_KEYS
+    if unknown:
+        raise c.fail("(top)", f"unknown key(s) {sorted(unknown)}; allowed: {sorted(_TOP_KEYS)}")
+    for key in ("resource", "request", "select", "fields"):
+        if key not in doc:
+            raise c.fail(key, "is required")
+    rtype = doc["resource"]
+    if rtype not in SUPPORTED_TYPES:
+        raise c.fail("resource", f"{rtype!r} is not one of {sorted(SUPPORTED_TYPES)}")
+    if rtype != "Patient":
+        for key in ("id", "origin"):
+            if key not in doc:
+                raise c.fail(key, f"is required for {rtype} (Patient mappings use the request's patient)")
+
+    request = _compile_request(c, doc["request"])
+    select = c.path(doc["select"], "select")
+    where = c.condition(doc["where"], "where") if "where" in doc else None
+
+    record_id = origin = None
+    if rtype != "Patient":
+        record_id = c.node(doc["id"], "id")
+        origin = c.node(doc["origin"], "origin")
+
+    security: list[SecurityRule] = []
+    rules = doc.get("security", [])
+    if not isinstance(rules, list):
+        raise c.fail("security", "expects a list of {when?, label: {system, code}}")
+    for i, rule in enumerate(rules):
+        w = f"security[{i}]"
+        if not isinstance(rule, dict) or "label" not in rule or set(rule) - {"when", "label"}:
+            raise c.fail(w, "expects {when?: <condition>, label: {system, code, display?}}")
+        label = rule["label"]
+        if not isinstance(label, dict) or not {"system", "code"} <= set(label) or set(label) - {
+            "system",
+            "code",
+            "display",
+        }:
+            raise c.fail(f"{w}.label", "expects {system, code, display?}")
+        security.append(
+            SecurityRule(
+                when=c.condition(rule["when"], f"{w}.when") if "when" in rule else None,
+                label={k: str(v) for k, v in label.items()},
+            )
+        )
+
+    fields_spec = doc["fields"]
+    if not isinstance(fields_spec, dict):
+        raise c.fail("fields", "expects the FHIR element tree as a mapping")
+    for reserved in ("resourceType", "id"):
+        if reserved in fields_spec:
+            raise c.fail(f"fields.{reserved}", "is set by the engine (see 'resource' and 'id')")
+    fields = c.element(fields_spec, "fields")
+
+    return CompiledMapping(
+        name=f"{backend}/{name}",
+        backend=backend,
+        resource_type=rtype,
+        request=request,
+        select=select,
+        where=where,
+        record_id=record_id,
+        origin=origin,
+        care_provider=c.node(doc["care_provider"], "care_provider") if "care_provider" in doc else None,
+        care_unit=c.node(doc["care_unit"], "care_unit") if "care_unit" in doc else None,
+        security=tuple(security),
+        fields=fields,
+        file=file,
+    )
+
+
+def _compile_request(c: _Compiler, spec: Any) -> RequestSpec:
+    if not isinstance(spec, dict):
+        raise c.fail("request", "expects {path, method?, query?, body?, headers?, format?}")
+    unknown = set(spec) - _REQUEST_KEYS
+    if unknown:
+        raise c.fail("request", f"unknown key(s) {sorted(unknown)}; allowed: {sorted(_REQUEST_KEYS)}")
+    path = spec.get("path")
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise c.fail("request.path", "expects an absolute path such as /api/patients/{@pnr}")
+    method = str(spec.get("method", "GET")).upper()
+    if method not in ("GET", "POST"):
+        raise c.fail("request.method", "expects GET or POST")
+    fmt = spec.get("format", "json")
+    if fmt not in ("json", "xml"):
+        raise c.fail("request.format", "expects json or xml")
+    body = spec.get("body")
+    if body is not None and not isinstance(body, str):
+        raise c.fail("request.body", "expects a string template")
+    query = spec.get("query", {}) or {}
+    headers = spec.get("headers", {}) or {}
+    if not isinstance(query, dict) or not isinstance(headers, dict):
+        raise c.fail("request", "query and headers expect mappings of name: template")
+    rs = RequestSpec(
+        method=method,
+        path=path,
+        query=tuple((str(k), str(v)) for k, v in query.items()),
+        body=body,
+        headers=tuple((str(k), str(v)) for k, v in headers.items()),
+        format=fmt,
+    )
+    try:
+        rs.render({k: "x" for k in c.context_names})
+    except (KeyError, ValueError, IndexError) as exc:
+        raise c.fail("request", f"template uses an unknown context name or bad braces: {exc}") from None
+    return rs

@@ -1,0 +1,112 @@
+"""Run compiled mappings over raw backend answers: raw records in, FHIR R4 dicts out.
+
+For each record a mapping selects (and its ``where`` admits) the engine builds the element tree and
+adds what every resource carries: ``resourceType``, the stable ``id``, ``meta.source`` naming the
+backend, ``meta.security`` from the mapping's label rules, and — beside the resource, not in it —
+the origin key merge uses to recognise the same fact held by several sources.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from proxy.mapping.compiler import Builder, CompiledMapping, Context, scalar_text
+from proxy.types import FhirDict, MappedResource
+
+
+class RecordError(ValueError):
+    """A record the mapping could not turn into a resource (e.g. no id). Reported, never raised per request."""
+
+
+def map_records(
+    mapping: CompiledMapping,
+    body: Any,
+    ctx: Context,
+    *,
+    source_uri: str,
+    priority: int,
+) -> tuple[list[MappedResource], int]:
+    """All resources the mapping builds from one raw answer, and how many records it had to skip."""
+    out: list[MappedResource] = []
+    skipped = 0
+    for record in mapping.select(body):
+        if not isinstance(record, dict):
+            skipped += 1
+            continue
+        if mapping.where is not None and not mapping.where(record):
+            continue
+        try:
+            out.append(_map_one(mapping, record, ctx, source_uri, priority))
+        except RecordError:
+            skipped += 1
+    return out, skipped
+
+
+def _map_one(
+    mapping: CompiledMapping, record: dict[str, Any], ctx: Context, source_uri: str, priority: int
+) -> MappedResource:
+    built = mapping.fields(record, ctx) or {}
+    if mapping.record_id is None:  # Patient: the request's patient, one logical resource across sources
+        rid = ctx["patient_id"]
+        origin = f"Patient|{ctx['pnr']}"
+    else:
+        raw_id = mapping.record_id(record, ctx)
+        raw_origin = mapping.origin(record, ctx) if mapping.origin is not None else None
+        if raw_id is None or raw_origin is None:
+            raise RecordError(f"{mapping.name}: record without id/origin")
+        rid = mapping.stable_id(scalar_text(raw_id))
+        origin = f"{mapping.resource_type}|{scalar_text(raw_origin)}"
+
+    meta: dict[str, Any] = dict(built.pop("meta", None) or {})
+    meta["source"] = source_uri
+    labels = _labels(mapping, record)
+    if labels:
+        meta["security"] = labels
+    resource: FhirDict = {"resourceType": mapping.resource_type, "id": rid, "meta": meta}
+    resource.update(built)
+    return MappedResource(
+        resource=resource,
+        source=mapping.backend,
+        origin_key=origin,
+        sort_time=None,
+        priority=priority,
+        care_provider=_optional(mapping.care_provider, record, ctx),
+        care_unit=_optional(mapping.care_unit, record, ctx),
+    )
+
+
+def _optional(builder: Builder | None, record: dict[str, Any], ctx: Context) -> str | None:
+    if builder is None:
+        return None
+    value = builder(record, ctx)
+    return None if value is None else scalar_text(value)
+
+
+def _labels(mapping: CompiledMapping, record: dict[str, Any]) -> list[dict[str, str]]:
+    labels: list[dict[str, str]] = []
+    for rule in mapping.security:
+        if rule.when is None or rule.when(record):
+            if rule.label not in labels:
+                labels.append(dict(rule.label))
+    return labels
+
+
+def map_answers(
+    mappings: Iterable[CompiledMapping],
+    bodies: Mapping[str, Any],
+    ctx: Context,
+    *,
+    source_uri: str,
+    priority: int,
+) -> tuple[list[MappedResource], int]:
+    """Apply each mapping to the body its request fetched (mappings whose fetch failed are skipped)."""
+    out: list[MappedResource] = []
+    skipped = 0
+    for m in mappings:
+        if m.request.key not in bodies:
+            continue
+        resources, bad = map_records(m, bodies[m.request.key], ctx, source_uri=source_uri, priority=priority)
+        out.extend(resources)
+        skipped += bad
+    return out, skipped

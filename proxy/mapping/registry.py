@@ -1,0 +1,116 @@
+"""Load and compile every mapping a deployment uses, once, at start-up.
+
+Layout: ``<mappings dir>/<folder>/*.yaml`` — one file per backend resource kind — and
+``<mappings dir>/terminology/*.yaml`` with named code maps shared by all backends. Which folder
+belongs to which backend is set in ``config/`` (``backends.<name>.mappings``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from proxy.mapping.compiler import CompiledMapping, MappingError, compile_mapping
+
+# Context names every request provides to templates, besides the backend's own ``vars``.
+REQUEST_CONTEXT = frozenset({"pnr", "pnr_dash", "pnr_system", "patient_id", "source"})
+
+
+@dataclass(frozen=True, slots=True)
+class MappingSet:
+    """All compiled mappings, per backend, in file-name order."""
+
+    by_backend: Mapping[str, tuple[CompiledMapping, ...]]
+
+    def for_types(self, backend: str, types: Iterable[str]) -> tuple[CompiledMapping, ...]:
+        wanted = set(types)
+        return tuple(m for m in self.by_backend.get(backend, ()) if m.resource_type in wanted)
+
+    @property
+    def resource_types(self) -> frozenset[str]:
+        return frozenset(m.resource_type for ms in self.by_backend.values() for m in ms)
+
+    def all(self) -> tuple[CompiledMapping, ...]:
+        return tuple(m for ms in self.by_backend.values() for m in ms)
+
+
+def _read_yaml(path: Path, root: Path) -> Any:
+    try:
+        with path.open(encoding="utf-8") as fh:
+            return yaml.safe_load(fh)
+    except yaml.YAMLError as exc:
+        raise MappingError(f"{_rel(path, root)}: not valid YAML: {exc}") from None
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root.parent))
+    except ValueError:
+        return path.name
+
+
+def load_code_maps(mappings_dir: Path) -> dict[str, dict[str, Any]]:
+    maps: dict[str, dict[str, Any]] = {}
+    term = mappings_dir / "terminology"
+    if not term.is_dir():
+        return maps
+    for path in sorted(term.glob("*.yaml")):
+        doc = _read_yaml(path, mappings_dir)
+        if not isinstance(doc, dict):
+            raise MappingError(f"{_rel(path, mappings_dir)}: expects name: {{local: standard}} tables")
+        for name, table in doc.items():
+            if not isinstance(table, dict):
+                raise MappingError(f"{_rel(path, mappings_dir)}: {name}: expects a {{local: standard}} table")
+            if name in maps:
+                raise MappingError(f"{_rel(path, mappings_dir)}: {name}: code map defined twice")
+            maps[name] = table
+    return maps
+
+
+def load_backend_mappings(
+    folder: Path,
+    backend: str,
+    code_maps: Mapping[str, Mapping[str, Any]],
+    context_names: frozenset[str],
+    root: Path | None = None,
+) -> tuple[CompiledMapping, ...]:
+    """Compile every ``*.yaml`` in one backend's folder."""
+    root = root or folder.parent
+    if not folder.is_dir():
+        raise MappingError(f"{_rel(folder, root)}: mapping folder for backend {backend!r} not found")
+    docs = {p.stem: (p, _read_yaml(p, root)) for p in sorted(folder.glob("*.yaml"))}
+    if not docs:
+        raise MappingError(f"{_rel(folder, root)}: no mappings (*.yaml) for backend {backend!r}")
+    types = {stem: doc.get("resource") if isinstance(doc, dict) else None for stem, (_, doc) in docs.items()}
+    compiled = []
+    for stem, (path, doc) in docs.items():
+        compiled.append(
+            compile_mapping(
+                doc,
+                file=_rel(path, root),
+                backend=backend,
+                name=stem,
+                code_maps=code_maps,
+                resolve_ref=types.get,
+                context_names=context_names,
+            )
+        )
+    return tuple(compiled)
+
+
+def load_mappings(
+    mappings_dir: Path, backends: Mapping[str, tuple[str, frozenset[str]]]
+) -> MappingSet:
+    """Compile the mappings of each backend: ``{backend: (folder name, its extra context names)}``."""
+    code_maps = load_code_maps(mappings_dir)
+    by_backend = {
+        name: load_backend_mappings(
+            mappings_dir / folder, name, code_maps, REQUEST_CONTEXT | extra, root=mappings_dir
+        )
+        for name, (folder, extra) in backends.items()
+    }
+    return MappingSet(by_backend=by_backend)

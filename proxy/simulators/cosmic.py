@@ -1,0 +1,511 @@
+"""Cambio Cosmic stand-in: the region's EHR, proprietary JSON over REST.
+
+Dialect (deliberately unlike FHIR):
+
+* per-patient resources under ``/cosmic/api/v1/patients/{yyyymmdd-nnnn}/...``: ``diagnoses``,
+  ``medications``, ``alerts`` (care limitations, alerts *and* hypersensitivity in one list),
+  ``labresults``, ``carecontacts``, ``notes``, ``vaccinations``; the patient itself at the bare path;
+* the MobiMed ambulance module's threat register at ``/cosmic/api/v1/ambulance/patients/{pnr}/threats``;
+* lists are ``{"patientId", "items": [...], "totalCount"}``; an unknown patient is ``404`` with
+  ``{"errorCode": "PATIENT_NOT_FOUND"}``;
+* timestamps ``yyyy-MM-dd HH:mm`` local time, dates ``yyyy-MM-dd``; decimals with a comma;
+* status codes of its own: ``ACT``/``INACT``/``RES`` (diagnoses), ``ACTIVE``/``ENDED`` (medication),
+  ``FINAL``/``PRELIMINARY`` (lab), ``SIGNED``/``UNSIGNED`` (notes).
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+
+from proxy.simulators import faults as fault_mod
+from proxy.simulators.population import (
+    COSMIC_SYSTEM,
+    GRETA,
+    LENNART,
+    REGION_PROVIDER,
+    SANNA,
+    TOLVAN,
+    UNITS,
+    Person,
+    at,
+    pnr_dash,
+)
+
+BASE = "/cosmic/api/v1"
+KINDS = ("diagnoses", "medications", "alerts", "labresults", "carecontacts", "notes", "vaccinations")
+
+
+def ts(dt: datetime) -> str:
+    return dt.strftime("%Y-%m-%d %H:%M")
+
+
+def unit(key: str) -> dict[str, str]:
+    hsa, name = UNITS[key]
+    return {"hsaId": hsa, "name": name, "providerHsaId": REGION_PROVIDER}
+
+
+# ---- the hand-written demo records --------------------------------------------------------------
+
+
+def _tolvan() -> dict[str, list[dict[str, Any]]]:
+    return {
+        "diagnoses": [
+            {
+                "diagnosisId": "D-100001",
+                "icd10Code": "I10",
+                "diagnosisText": "Essentiell hypertoni",
+                "state": "ACT",
+                "diagnosisType": "MAIN",
+                "diagnosedAt": ts(at(2800, 10, 15)),
+                "changedAt": ts(at(2800, 10, 20)),
+                "careUnit": unit("vc-norr"),
+                "sharedWithNpo": True,
+            },
+            {
+                "diagnosisId": "D-100002",
+                "icd10Code": "J45.9",
+                "diagnosisText": "Astma, ospecificerad",
+                "state": "INACT",
+                "diagnosisType": "SECONDARY",
+                "diagnosedAt": ts(at(4000, 9, 0)),
+                "changedAt": ts(at(1500, 9, 0)),
+                "careUnit": unit("vc-norr"),
+            },
+            {
+                "diagnosisId": "D-100003",
+                "icd10Code": "S52.5",
+                "diagnosisText": "Fraktur på nedre delen av strålbenet",
+                "state": "RES",
+                "diagnosisType": "MAIN",
+                "diagnosedAt": ts(at(1360, 23, 5)),
+                "changedAt": ts(at(1300, 8, 0)),
+                "careUnit": unit("akuten"),
+            },
+        ],
+        "medications": [
+            {
+                "medicationId": "M-200001",
+                "atcCode": "C09AA05",
+                "productName": "Ramipril 5 mg tablett",
+                "dosageText": "1 tablett 1 gång dagligen",
+                "startDate": at(2800).strftime("%Y-%m-%d"),
+                "endDate": None,
+                "state": "ACTIVE",
+                "changedAt": ts(at(2800, 10, 30)),
+                "careUnit": unit("vc-norr"),
+            },
+            {
+                "medicationId": "M-200002",
+                "atcCode": "R03AC02",
+                "productName": "Salbutamol 0,1 mg/dos inhalationsspray",
+                "dosageText": "1-2 doser vid behov",
+                "startDate": at(4000).strftime("%Y-%m-%d"),
+                "endDate": at(1500).strftime("%Y-%m-%d"),
+                "state": "ENDED",
+                "changedAt": ts(at(1500, 9, 0)),
+                "careUnit": unit("vc-norr"),
+            },
+        ],
+        "alerts": [
+            {
+                "alertId": "A-300001",
+                "alertKind": "CARE_LIMITATION",
+                "alertCode": "EJHLR",
+                "alertText": "Ej HLR. Beslut efter samtal med patient och närstående.",
+                "validFrom": ts(at(520, 14, 0)),
+                "validTo": None,
+                "state": "ACTIVE",
+                "changedAt": ts(at(520, 14, 10)),
+                "careUnit": unit("med"),
+            },
+            {
+                "alertId": "A-300002",
+                "alertKind": "HYPERSENSITIVITY",
+                "alertCode": "LAKEMEDEL",
+                "alertText": "Penicillinallergi. Urtikaria och andningsbesvär efter fenoximetylpenicillin.",
+                "substanceAtc": "J01CE02",
+                "substanceName": "Fenoximetylpenicillin",
+                "severity": "HIGH",
+                "reactionText": "Urtikaria och andningsbesvär",
+                "validFrom": ts(at(3200, 11, 0)),
+                "validTo": None,
+                "state": "ACTIVE",
+                "changedAt": ts(at(3200, 11, 5)),
+                "careUnit": unit("vc-norr"),
+            },
+        ],
+        "labresults": [
+            _lab("L-400001", "NPU02319", "B-Hemoglobin", "138", "g/L", "134", "170", 40, "vc-norr"),
+            _lab("L-400002", "NPU03429", "P-Kalium", "4,1", "mmol/L", "3,5", "4,4", 40, "vc-norr"),
+            _lab("L-400003", "NPU03230", "P-Natrium", "139", "mmol/L", "137", "145", 40, "vc-norr"),
+            _lab("L-400004", "NPU04998", "P-Kreatinin", "118", "µmol/L", "60", "105", 40, "vc-norr"),
+        ],
+        "carecontacts": [
+            {
+                "contactId": "C-500001",
+                "contactType": "EMERGENCY",
+                "startAt": ts(at(1360, 22, 40)),
+                "endAt": ts(at(1359, 2, 15)),
+                "reasonDiagnosisId": "D-100003",
+                "state": "FINISHED",
+                "careUnit": unit("akuten"),
+            },
+            {
+                "contactId": "C-500002",
+                "contactType": "OPEN",
+                "startAt": ts(at(40, 9, 0)),
+                "endAt": ts(at(40, 9, 30)),
+                "reasonDiagnosisId": "D-100001",
+                "state": "FINISHED",
+                "careUnit": unit("vc-norr"),
+            },
+        ],
+        "notes": [
+            {
+                "noteId": "N-600001",
+                "noteType": "ADMISSION",
+                "title": "Akutanteckning",
+                "text": "Föll på isen, smärta och felställning höger handled. Röntgen visar distal "
+                "radiusfraktur. Gipsad.",
+                "signedAt": ts(at(1360, 23, 50)),
+                "signedBy": {"hsaId": "SE2321000016-L1AK", "name": "Anna Akutläkare"},
+                "state": "SIGNED",
+                "careUnit": unit("akuten"),
+            },
+            {
+                "noteId": "N-600002",
+                "noteType": "DAILY",
+                "title": "Besök vårdcentral",
+                "text": "Blodtryckskontroll 142/88. Fortsatt ramipril. Kreatinin något förhöjt, ny "
+                "kontroll om tre månader.",
+                "signedAt": ts(at(40, 9, 45)),
+                "signedBy": {"hsaId": "SE2321000016-L2VC", "name": "Bertil Distriktsläkare"},
+                "state": "SIGNED",
+                "careUnit": unit("vc-norr"),
+            },
+        ],
+        "vaccinations": [
+            {
+                "vaccinationId": "V-700001",
+                "atcCode": "J07BB02",
+                "vaccineName": "Influensavaccin, inaktiverat",
+                "administeredAt": ts(at(380, 13, 20)),
+                "doseNumber": 1,
+                "batchNumber": "FLU-24-118",
+                "careUnit": unit("vc-norr"),
+            },
+        ],
+        "threats": [
+            {
+                "threatId": "T-800001",
+                "category": "HOT",
+                "registeredAt": ts(at(1020, 22, 40)),
+                "description": "Hotfullt beteende mot ambulanspersonal vid larm, kniv synlig i hallen. "
+                "Invänta polis före insats.",
+                "registeredBy": {"name": "Ambulans 2-3010", "unitHsaId": UNITS["ambulans"][0]},
+            }
+        ],
+    }
+
+
+def _lab(
+    rid: str, npu: str, name: str, value: str, unit_: str, low: str, high: str, days: int, unit_key: str
+) -> dict[str, Any]:
+    def num(s: str) -> float:
+        return float(s.replace(",", "."))
+
+    return {
+        "resultId": rid,
+        "npuCode": npu,
+        "analysisName": name,
+        "resultValue": value,
+        "unit": unit_,
+        "referenceLow": low,
+        "referenceHigh": high,
+        "abnormal": not num(low) <= num(value) <= num(high),
+        "sampledAt": ts(at(days, 8, 5)),
+        "resultAt": ts(at(days, 14, 30)),
+        "state": "FINAL",
+        "careUnit": unit(unit_key),
+    }
+
+
+def _sanna() -> dict[str, list[dict[str, Any]]]:
+    return {
+        "diagnoses": [
+            {
+                "diagnosisId": "D-110001",
+                "icd10Code": "F43.1",
+                "diagnosisText": "Posttraumatiskt stressyndrom",
+                "state": "ACT",
+                "diagnosisType": "MAIN",
+                "diagnosedAt": ts(at(700, 11, 0)),
+                "changedAt": ts(at(700, 11, 0)),
+                "careUnit": unit("vc-norr"),
+            }
+        ],
+        "carecontacts": [
+            {
+                "contactId": "C-510001",
+                "contactType": "OPEN",
+                "startAt": ts(at(700, 10, 30)),
+                "endAt": ts(at(700, 11, 15)),
+                "reasonDiagnosisId": "D-110001",
+                "state": "FINISHED",
+                "careUnit": unit("vc-norr"),
+            }
+        ],
+    }
+
+
+def _lennart() -> dict[str, list[dict[str, Any]]]:
+    return {
+        "medications": [
+            {
+                "medicationId": "M-220001",
+                "atcCode": "C03CA01",
+                "productName": "Furosemid 40 mg tablett",
+                "dosageText": "1 tablett på morgonen",
+                "startDate": at(900).strftime("%Y-%m-%d"),
+                "endDate": None,
+                "state": "ACTIVE",
+                "changedAt": ts(at(900, 12, 0)),
+                "careUnit": unit("med"),
+            }
+        ],
+        "carecontacts": [
+            {
+                "contactId": "C-520001",
+                "contactType": "INPATIENT",
+                "startAt": ts(at(905, 16, 0)),
+                "endAt": ts(at(899, 11, 0)),
+                "reasonDiagnosisId": None,
+                "state": "FINISHED",
+                "careUnit": unit("med"),
+            }
+        ],
+    }
+
+
+# ---- generated patients -------------------------------------------------------------------------
+
+_DIAGNOSES = [
+    ("I10", "Essentiell hypertoni"),
+    ("E11.9", "Typ 2-diabetes utan komplikationer"),
+    ("J44.9", "Kroniskt obstruktiv lungsjukdom, ospecificerad"),
+    ("I48.9", "Förmaksflimmer, ospecificerat"),
+    ("M17.1", "Primär gonartros, ensidig"),
+    ("F32.9", "Depressiv episod, ospecificerad"),
+]
+_MEDS = [
+    ("C09AA05", "Ramipril 5 mg tablett"),
+    ("A10BA02", "Metformin 500 mg tablett"),
+    ("B01AF01", "Rivaroxaban 20 mg tablett"),
+    ("N02BE01", "Paracetamol 500 mg tablett"),
+    ("C07AB02", "Metoprolol 50 mg depottablett"),
+]
+_LABS = [
+    ("NPU02319", "B-Hemoglobin", 120, 170, "g/L", "134", "170"),
+    ("NPU03429", "P-Kalium", 3.2, 5.0, "mmol/L", "3,5", "4,4"),
+    ("NPU04998", "P-Kreatinin", 50, 140, "µmol/L", "60", "105"),
+    ("NPU27300", "B-HbA1c", 30, 80, "mmol/mol", "27", "42"),
+]
+
+
+def _generated(person: Person) -> dict[str, list[dict[str, Any]]]:
+    rng = random.Random(f"{person.rng_seed}:cosmic")
+    n = person.pnr[-6:]
+    out: dict[str, list[dict[str, Any]]] = {k: [] for k in (*KINDS, "threats")}
+    for i, (code, text) in enumerate(rng.sample(_DIAGNOSES, rng.randint(1, 4))):
+        days = rng.randint(30, 4000)
+        out["diagnoses"].append(
+            {
+                "diagnosisId": f"D-{n}-{i}",
+                "icd10Code": code,
+                "diagnosisText": text,
+                "state": rng.choice(["ACT", "ACT", "INACT"]),
+                "diagnosisType": "MAIN" if i == 0 else "SECONDARY",
+                "diagnosedAt": ts(at(days, 10, 0)),
+                "changedAt": ts(at(days, 10, 0)),
+                "careUnit": unit("vc-norr"),
+                "sharedWithNpo": rng.random() < 0.5,
+            }
+        )
+    for i, (atc, name) in enumerate(rng.sample(_MEDS, rng.randint(1, 5))):
+        days = rng.randint(30, 3000)
+        ended = rng.random() < 0.3
+        out["medications"].append(
+            {
+                "medicationId": f"M-{n}-{i}",
+                "atcCode": atc,
+                "productName": name,
+                "dosageText": "1 tablett dagligen",
+                "startDate": at(days).strftime("%Y-%m-%d"),
+                "endDate": at(days // 2).strftime("%Y-%m-%d") if ended else None,
+                "state": "ENDED" if ended else "ACTIVE",
+                "changedAt": ts(at(days, 9, 0)),
+                "careUnit": unit("vc-norr"),
+            }
+        )
+    for i in range(rng.randint(3, 12)):
+        npu, name, lo, hi, u, rlo, rhi = rng.choice(_LABS)
+        value = f"{rng.uniform(lo, hi):.1f}".replace(".", ",")
+        out["labresults"].append(_lab(f"L-{n}-{i}", npu, name, value, u, rlo, rhi, rng.randint(1, 2000), "vc-norr"))
+    for i in range(rng.randint(1, 3)):
+        days = rng.randint(1, 2000)
+        reason = out["diagnoses"][0]["diagnosisId"]
+        out["carecontacts"].append(
+            {
+                "contactId": f"C-{n}-{i}",
+                "contactType": rng.choice(["OPEN", "EMERGENCY", "INPATIENT"]),
+                "startAt": ts(at(days, 9, 0)),
+                "endAt": ts(at(days, 10, 0)),
+                "reasonDiagnosisId": reason,
+                "state": "FINISHED",
+                "careUnit": unit(rng.choice(["vc-norr", "akuten", "med"])),
+            }
+        )
+        out["notes"].append(
+            {
+                "noteId": f"N-{n}-{i}",
+                "noteType": "DAILY",
+                "title": "Mottagningsbesök",
+                "text": "Patienten kommer för uppföljning. Mår efter omständigheterna bra.",
+                "signedAt": ts(at(days, 10, 30)),
+                "signedBy": {"hsaId": "SE2321000016-L2VC", "name": "Bertil Distriktsläkare"},
+                "state": "SIGNED",
+                "careUnit": unit("vc-norr"),
+            }
+        )
+    if rng.random() < 0.3:
+        out["alerts"].append(
+            {
+                "alertId": f"A-{n}-0",
+                "alertKind": "HYPERSENSITIVITY",
+                "alertCode": "LAKEMEDEL",
+                "alertText": "Överkänslighet mot sulfonamider.",
+                "substanceAtc": "J01EC02",
+                "substanceName": "Sulfadiazin",
+                "severity": "LOW",
+                "reactionText": "Hudutslag",
+                "validFrom": ts(at(2000, 10, 0)),
+                "validTo": None,
+                "state": "ACTIVE",
+                "changedAt": ts(at(2000, 10, 0)),
+                "careUnit": unit("vc-norr"),
+            }
+        )
+    if rng.random() < 0.5:
+        out["vaccinations"].append(
+            {
+                "vaccinationId": f"V-{n}-0",
+                "atcCode": "J07BB02",
+                "vaccineName": "Influensavaccin, inaktiverat",
+                "administeredAt": ts(at(rng.randint(10, 400), 13, 0)),
+                "doseNumber": 1,
+                "batchNumber": f"FLU-{rng.randint(100, 999)}",
+                "careUnit": unit("vc-norr"),
+            }
+        )
+    if rng.random() < 0.05:
+        out["threats"].append(
+            {
+                "threatId": f"T-{n}-0",
+                "category": "HOT",
+                "registeredAt": ts(at(rng.randint(10, 900), 21, 0)),
+                "description": "Aggressivt beteende vid tidigare larm.",
+                "registeredBy": {"name": "Ambulans 2-3020", "unitHsaId": UNITS["ambulans"][0]},
+            }
+        )
+    return out
+
+
+def patient_record(person: Person, seq: int) -> dict[str, Any]:
+    street, zip_, city = person.address
+    return {
+        "patientId": f"CP-{100000 + seq}",
+        "personalIdentityNumber": pnr_dash(person.pnr),
+        "firstName": person.given,
+        "lastName": person.family,
+        "sex": "M" if person.gender == "male" else "F",
+        "dateOfBirth": person.birth_date.isoformat(),
+        "address": {"street": street, "zip": zip_, "city": city},
+        "protectedIdentity": person.protected,
+        "deceased": False,
+        "lastChanged": ts(at(60, 8, 0)),
+    }
+
+
+def build_data(people: list[Person]) -> dict[str, dict[str, Any]]:
+    """Cosmic's database: personnummer → {"patient": {...}, "<kind>": [records], "threats": [...]}."""
+    hand = {TOLVAN.pnr: _tolvan, SANNA.pnr: _sanna, LENNART.pnr: _lennart}
+    data: dict[str, dict[str, Any]] = {}
+    for seq, person in enumerate(p for p in people if p.in_cosmic):
+        assert person is not GRETA
+        records = hand[person.pnr]() if person.pnr in hand else _generated(person)
+        entry: dict[str, Any] = {k: list(records.get(k, [])) for k in (*KINDS, "threats")}
+        entry["patient"] = patient_record(person, seq)
+        data[person.pnr] = entry
+    return data
+
+
+def shared_with_npo(data: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Cosmic diagnoses the region also publishes to NPÖ (NPÖ's copy keeps Cosmic's record id)."""
+    return {
+        pnr: [d for d in entry["diagnoses"] if d.get("sharedWithNpo")]
+        for pnr, entry in data.items()
+        if any(d.get("sharedWithNpo") for d in entry["diagnoses"])
+    }
+
+
+# ---- the HTTP app -------------------------------------------------------------------------------
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"errorCode": code, "message": message, "status": status}, status=status)
+
+
+def create_app(people: list[Person], faults: fault_mod.Faults | None = None) -> web.Application:
+    data = build_data(people)
+    by_dash = {pnr_dash(p): p for p in data}
+
+    def lookup(request: web.Request) -> dict[str, Any] | None:
+        return data.get(by_dash.get(request.match_info["pnr"], ""), None)
+
+    async def patient(request: web.Request) -> web.Response:
+        entry = lookup(request)
+        if entry is None:
+            return _error(404, "PATIENT_NOT_FOUND", "No patient with that identity number")
+        return web.json_response(entry["patient"])
+
+    async def records(request: web.Request) -> web.Response:
+        kind = request.match_info["kind"]
+        if kind not in KINDS:
+            return _error(404, "RESOURCE_NOT_FOUND", "Unknown resource")
+        entry = lookup(request)
+        if entry is None:
+            return _error(404, "PATIENT_NOT_FOUND", "No patient with that identity number")
+        items = entry[kind]
+        return web.json_response(
+            {"patientId": entry["patient"]["patientId"], "items": items, "totalCount": len(items)}
+        )
+
+    async def threats(request: web.Request) -> web.Response:
+        entry = lookup(request)
+        if entry is None:
+            return _error(404, "PATIENT_NOT_FOUND", "No patient with that identity number")
+        return web.json_response({"items": entry["threats"], "totalCount": len(entry["threats"])})
+
+    app = web.Application()
+    fault_mod.install(app, faults or fault_mod.Faults(), lambda s: _error(s, "SERVER_ERROR", "Injected error"))
+    app.router.add_get(BASE + "/patients/{pnr}", patient)
+    app.router.add_get(BASE + "/patients/{pnr}/{kind}", records)
+    app.router.add_get(BASE + "/ambulance/patients/{pnr}/threats", threats)
+    return app
+
+
+SYSTEM_HSA_ID = COSMIC_SYSTEM

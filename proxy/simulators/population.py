@@ -1,0 +1,194 @@
+"""The synthetic population the three simulators share.
+
+Everything here is synthetic. Personnummer are Luhn-valid test numbers; names, addresses and
+stories are invented. The same seed always yields the same population, so tests, the demo and the
+benchmark see identical data.
+
+Named demo patients (their stories are in the README):
+
+* ``191212121212`` Tolvan Tolvansson — in all three systems: threat flag, no-CPR limitation,
+  penicillin allergy and hypertension in Cosmic (the hypertension also copied to NPÖ), care plan
+  and functional status in Viva, a note not approved for the patient in NPÖ.
+* ``193803142383`` Greta Gustafsson — known only to the municipality (Viva).
+* ``197505154844`` Sanna Skyddad — protected identity (skyddad identitet) in Cosmic.
+* ``194911309278`` Lennart Larsson — Cosmic plus plenty of NPÖ data from another region.
+* ``190101019800`` — unknown to every system.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+
+PNR_SYSTEM = "http://electronichealth.se/identifier/personnummer"
+SAMORDNING_SYSTEM = "http://electronichealth.se/identifier/samordningsnummer"
+DEFAULT_SEED = 1177
+
+# HSA-ids of the synthetic organisation (format of real HSA-ids, invented values).
+REGION_PROVIDER = "SE2321000016-15CQ"  # the region (vårdgivare) running Cosmic
+COSMIC_SYSTEM = "SE2321000016-COSM"  # Cosmic's source system HSA-id, as NPÖ records it
+OTHER_REGION_PROVIDER = "SE2321000081-1MVR"  # another region whose data only NPÖ has
+OTHER_REGION_SYSTEM = "SE2321000081-MEL1"
+MUNICIPALITY_PROVIDER = "SE2120001520-KOMM"  # the municipality (omsorgsgivare) running Viva
+VIVA_SYSTEM = "SE2120001520-VIVA"
+
+UNITS = {
+    "akuten": ("SE2321000016-AKM1", "Akutmottagningen Centralsjukhuset"),
+    "vc-norr": ("SE2321000016-VCN1", "Vårdcentralen Norrmalm"),
+    "med": ("SE2321000016-MED3", "Medicinkliniken avd 3"),
+    "ambulans": ("SE2321000016-AMB1", "Ambulanssjukvården"),
+    "hemsjukvard": ("SE2120001520-HSV1", "Kommunal hemsjukvård Norr"),
+    "annan-region": ("SE2321000081-KAR2", "Kardiologen, Universitetssjukhuset Öst"),
+}
+
+
+def luhn_check_digit(nine_digits: str) -> int:
+    """The personnummer check digit over YYMMDDNNN (the 10-digit form without the century)."""
+    total = 0
+    for i, ch in enumerate(nine_digits):
+        d = int(ch) * (2 if i % 2 == 0 else 1)
+        total += d - 9 if d > 9 else d
+    return (10 - total % 10) % 10
+
+
+def is_valid_pnr(pnr: str) -> bool:
+    """A 12-digit personnummer or samordningsnummer with a valid date and Luhn check digit."""
+    if len(pnr) != 12 or not pnr.isdigit():
+        return False
+    day = int(pnr[6:8])
+    if day > 60:  # samordningsnummer: day + 60
+        day -= 60
+    try:
+        date(int(pnr[0:4]), int(pnr[4:6]), day)
+    except ValueError:
+        return False
+    return luhn_check_digit(pnr[2:11]) == int(pnr[11])
+
+
+def make_pnr(birth: date, birth_number: int) -> str:
+    base = f"{birth:%Y%m%d}{birth_number:03d}"
+    return base + str(luhn_check_digit(base[2:]))
+
+
+def pnr_dash(pnr: str) -> str:
+    return f"{pnr[:8]}-{pnr[8:]}"
+
+
+@dataclass(frozen=True)
+class Person:
+    pnr: str
+    given: str
+    family: str
+    gender: str  # "male" | "female"
+    address: tuple[str, str, str]  # street, postal code, city
+    protected: bool = False
+    in_cosmic: bool = True
+    in_viva: bool = False
+    in_npo: bool = True
+    story: str = ""
+    generated: bool = False
+    rng_seed: str = field(default="", compare=False)
+
+    @property
+    def birth_date(self) -> date:
+        return date(int(self.pnr[:4]), int(self.pnr[4:6]), int(self.pnr[6:8]))
+
+
+TOLVAN = Person(
+    pnr="191212121212",
+    given="Tolvan",
+    family="Tolvansson",
+    gender="male",
+    address=("Tolvgatan 12", "12345", "Stockholm"),
+    in_viva=True,
+    story="Threat flag (ambulance only), no-CPR limitation, penicillin allergy, hypertension in Cosmic "
+    "and NPÖ (deduplicated), care plan and ADL in Viva, a note not approved for the patient in NPÖ.",
+)
+GRETA = Person(
+    pnr="193803142383",
+    given="Greta",
+    family="Gustafsson",
+    gender="female",
+    address=("Hemtjänstvägen 4", "17160", "Solna"),
+    in_cosmic=False,
+    in_viva=True,
+    in_npo=False,
+    story="Known only to the municipality: home care, care plan, ADL, a social-care (SoL) note that "
+    "must never be mapped out.",
+)
+SANNA = Person(
+    pnr="197505154844",
+    given="Sanna",
+    family="Skyddad",
+    gender="female",
+    address=("Hemlig adress 1", "10000", "Okänd ort"),
+    protected=True,
+    story="Protected identity (skyddad identitet): name and address must not travel beyond need.",
+)
+LENNART = Person(
+    pnr="194911309278",
+    given="Lennart",
+    family="Larsson",
+    gender="male",
+    address=("Kungsgatan 7", "11143", "Stockholm"),
+    story="Heart failure followed in another region: most of his record reaches the facade through "
+    "NPÖ; many lab results (paging).",
+)
+UNKNOWN_PNR = "190101019800"
+
+DEMO_PEOPLE: tuple[Person, ...] = (TOLVAN, GRETA, SANNA, LENNART)
+
+_GIVEN_F = ["Anna", "Maria", "Karin", "Eva", "Birgitta", "Kerstin", "Ingrid", "Elsa", "Astrid", "Maja"]
+_GIVEN_M = ["Lars", "Erik", "Karl", "Anders", "Johan", "Per", "Nils", "Sven", "Olof", "Gustav"]
+_FAMILY = ["Andersson", "Johansson", "Karlsson", "Nilsson", "Eriksson", "Persson", "Svensson", "Berg", "Lind"]
+_STREETS = ["Storgatan", "Skolgatan", "Kyrkvägen", "Ängsvägen", "Björkvägen", "Parkgatan"]
+_CITIES = [("11122", "Stockholm"), ("41101", "Göteborg"), ("21115", "Malmö"), ("75310", "Uppsala")]
+
+
+def generated_people(count: int, seed: int = DEFAULT_SEED) -> list[Person]:
+    """``count`` generated patients, deterministic for (count index, seed)."""
+    people = []
+    taken = {p.pnr for p in DEMO_PEOPLE} | {UNKNOWN_PNR}
+    for i in range(count):
+        rng = random.Random(f"{seed}:person:{i}")
+        while True:
+            birth = date(1930, 1, 1) + timedelta(days=rng.randrange(0, 70 * 365))
+            female = rng.random() < 0.5
+            # odd third birth-number digit = male, even = female, as in real personnummer
+            number = rng.randrange(0, 100) * 10 + (rng.randrange(0, 5) * 2 + (0 if female else 1))
+            pnr = make_pnr(birth, number)
+            if pnr not in taken:
+                taken.add(pnr)
+                break
+        zip_, city = rng.choice(_CITIES)
+        people.append(
+            Person(
+                pnr=pnr,
+                given=rng.choice(_GIVEN_F if female else _GIVEN_M),
+                family=rng.choice(_FAMILY),
+                gender="female" if female else "male",
+                address=(f"{rng.choice(_STREETS)} {rng.randrange(1, 90)}", zip_, city),
+                in_viva=rng.random() < 0.4,
+                generated=True,
+                rng_seed=f"{seed}:{i}",
+            )
+        )
+    return people
+
+
+def population(generated: int = 0, seed: int = DEFAULT_SEED) -> list[Person]:
+    return [*DEMO_PEOPLE, *generated_people(generated, seed)]
+
+
+def at(days_ago: int, hour: int = 10, minute: int = 0, *, today: date | None = None) -> datetime:
+    """A local (zone-less) timestamp ``days_ago`` before a fixed reference day.
+
+    A fixed reference keeps the data deterministic: tests never depend on the wall clock.
+    """
+    ref = today or REFERENCE_DAY
+    d = ref - timedelta(days=days_ago)
+    return datetime(d.year, d.month, d.day, hour, minute)
+
+
+REFERENCE_DAY = date(2026, 11, 1)

@@ -1,0 +1,118 @@
+"""The shared value types that travel along the request pipeline.
+
+    fhir/ parse -> Query -> fanout/ -> SourceResult per backend -> mapping/ -> MappedResource
+    -> merge/ -> list[MappedResource] -> fhir/ Bundle
+
+Every type here is plain data (frozen dataclasses, dicts, tuples): no stage holds a reference
+back into an earlier one, and the hot path never touches pydantic models.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+FhirDict = dict[str, Any]
+
+
+class SourceStatus(enum.Enum):
+    """How one backend answered, in the spirit of NTjP's ProcessingStatus."""
+
+    OK = "ok"  # answered (possibly with no records)
+    TIMEOUT = "timeout"  # no complete answer within its budget
+    ERROR = "error"  # answered with an error status, or the connection failed
+    INVALID = "invalid"  # answered 2xx, but the body could not be parsed or mapped
+
+    @property
+    def degraded(self) -> bool:
+        return self is not SourceStatus.OK
+
+
+@dataclass(frozen=True, slots=True)
+class PatientRef:
+    """The patient a request is about: the personnummer (or samordningsnummer) and the opaque FHIR id."""
+
+    pnr: str
+    fhir_id: str
+    system: str
+
+
+@dataclass(frozen=True, slots=True)
+class DateParam:
+    """One FHIR date search value: prefix + the half-open instant range [lo, hi) in UTC epoch seconds."""
+
+    prefix: str
+    lo: float
+    hi: float
+
+
+@dataclass(frozen=True, slots=True)
+class TokenParam:
+    """One FHIR token search value. system None = any system; code None = any code in that system."""
+
+    system: str | None
+    code: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SearchFilter:
+    """A parsed search parameter: name, and values that are OR-ed (a comma list in one occurrence).
+
+    Several SearchFilters with the same name are AND-ed, as the FHIR spec says for repeated parameters.
+    """
+
+    name: str
+    kind: str  # "token" | "date"
+    values: tuple[TokenParam | DateParam, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """A parsed FHIR read or search: what to fetch, how to filter, which page to return."""
+
+    interaction: str  # "read" | "search-type" | "everything"
+    resource_types: frozenset[str]  # the types whose mappings are fanned out to
+    patient: PatientRef | None
+    resource_id: str | None = None  # for "read"
+    filters: tuple[SearchFilter, ...] = ()
+    since: float | None = None  # $everything _since, epoch seconds
+    count: int = 50
+    offset: int = 0
+    summary_count: bool = False
+    # the request's own parameters, normalised, that were actually used (for self/next links)
+    used_params: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SourceResult:
+    """What one backend returned for one request: raw bodies per request path, audience-free."""
+
+    source: str
+    status: SourceStatus
+    # raw parsed bodies keyed by the mapping request key (see mapping.compiler.RequestSpec.key)
+    bodies: dict[str, Any] = field(default_factory=dict)
+    latency_ms: float = 0.0
+    detail: str = ""  # a short, non-sensitive description of what went wrong
+
+
+@dataclass(slots=True)
+class MappedResource:
+    """One FHIR resource produced by a mapping, with the data merge and sort need beside it."""
+
+    resource: FhirDict
+    source: str
+    origin_key: str  # "<producing system>|<record id>": the same fact in several sources shares it
+    sort_time: float | None  # clinical time (epoch seconds) for the documented sort order
+    priority: int  # the source's rank in merge.source_priority, lower wins
+    care_provider: str | None = None  # HSA-id of the care provider that owns the record (for PDL)
+    care_unit: str | None = None  # HSA-id of the care unit
+
+
+@dataclass(frozen=True, slots=True)
+class SourceOutcome:
+    """A degraded source, reported in the Bundle as an OperationOutcome entry."""
+
+    source: str
+    status: SourceStatus
+    detail: str
