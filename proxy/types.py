@@ -86,12 +86,15 @@ class Query:
 
 @dataclass(frozen=True, slots=True)
 class SourceResult:
-    """What one backend returned for one request: raw bodies per request path, audience-free."""
+    """What one backend returned for one query: raw answer bodies, audience-free.
+
+    ``bodies`` is keyed by ``RequestSpec.key``; a value of None means the backend answered with one
+    of its "nothing here" statuses. Requests that failed are absent (``status`` says why).
+    """
 
     source: str
     status: SourceStatus
-    # raw parsed bodies keyed by the mapping request key (see mapping.compiler.RequestSpec.key)
-    bodies: dict[str, Any] = field(default_factory=dict)
+    bodies: dict[str, bytes | None] = field(default_factory=dict)
     latency_ms: float = 0.0
     detail: str = ""  # a short, non-sensitive description of what went wrong
 
@@ -102,8 +105,8 @@ class MappedResource:
 
     resource: FhirDict
     source: str
+    mapping: str  # the mapping that built it, "<backend>/<file stem>"
     origin_key: str  # "<producing system>|<record id>": the same fact in several sources shares it
-    sort_time: float | None  # clinical time (epoch seconds) for the documented sort order
     priority: int  # the source's rank in merge.source_priority, lower wins
     care_provider: str | None = None  # HSA-id of the care provider that owns the record (for PDL)
     care_unit: str | None = None  # HSA-id of the care unit

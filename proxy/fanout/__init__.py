@@ -1,1 +1,130 @@
-"""fanout"""
+"""Ask the backends, concurrently, each within its own budget: raw, audience-free answers.
+
+One ``aiohttp.ClientSession`` per backend lives for the app's lifetime (made in the app's
+``cleanup_ctx``). A backend is asked only for the requests the query's mappings need; requests that
+several mappings share (e.g. Cosmic's alerts list feeding both Flag and AllergyIntolerance) are sent
+once. Whatever a backend does — time out, refuse, answer 5xx, cut the connection, send too much —
+becomes a ``SourceResult`` with a status and a short, non-sensitive detail; nothing here raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import aiohttp
+
+from proxy.mapping.compiler import Context, RequestSpec
+from proxy.settings import BackendSettings
+from proxy.types import SourceResult, SourceStatus
+
+# Statuses that mean "nothing here" for a backend whose dialect says so (e.g. Cosmic's 404 for an
+# unknown patient) are configured per backend as ``empty_statuses``; such answers count as OK.
+
+
+class _TooLarge(Exception):
+    pass
+
+
+@dataclass(slots=True)
+class BackendClient:
+    """One backend: its settings and its long-lived HTTP session."""
+
+    settings: BackendSettings
+    session: aiohttp.ClientSession
+    max_body_bytes: int
+
+    @classmethod
+    def open(cls, settings: BackendSettings, max_body_bytes: int) -> BackendClient:
+        connector = aiohttp.TCPConnector(
+            limit=settings.limit_per_host,
+            limit_per_host=settings.limit_per_host,
+            keepalive_timeout=15,  # below the common 30-75 s server keep-alive, to avoid reuse races
+        )
+        timeout = aiohttp.ClientTimeout(
+            total=settings.total_timeout_s, sock_connect=settings.connect_timeout_s
+        )
+        session = aiohttp.ClientSession(
+            base_url=settings.base_url + "/",
+            connector=connector,
+            timeout=timeout,
+            raise_for_status=False,
+            auto_decompress=True,
+        )
+        return cls(settings=settings, session=session, max_body_bytes=max_body_bytes)
+
+    async def close(self) -> None:
+        await self.session.close()
+
+    async def fetch(self, specs: Sequence[RequestSpec], ctx: Context) -> SourceResult:
+        """Send each request concurrently; the result holds the bodies that arrived whole."""
+        started = time.perf_counter()
+        outcomes = await asyncio.gather(*(self._one(spec, ctx) for spec in specs))
+        bodies: dict[str, bytes | None] = {}
+        worst: tuple[SourceStatus, str] | None = None
+        for spec, (status, body, detail) in zip(specs, outcomes, strict=True):
+            if status is SourceStatus.OK:
+                bodies[spec.key] = body
+            elif worst is None or _rank(status) > _rank(worst[0]):
+                worst = (status, detail)
+        latency = (time.perf_counter() - started) * 1000
+        if worst is None:
+            return SourceResult(self.settings.name, SourceStatus.OK, bodies, latency)
+        return SourceResult(self.settings.name, worst[0], bodies, latency, worst[1])
+
+    async def _one(self, spec: RequestSpec, ctx: Context) -> tuple[SourceStatus, bytes | None, str]:
+        path, query, body = spec.render(ctx)
+        headers = dict(spec.headers)
+        budget = self.settings.total_timeout_s
+        try:
+            async with self.session.request(
+                spec.method, path.lstrip("/"), params=query, data=body, headers=headers
+            ) as resp:
+                if resp.status in self.settings.empty_statuses:
+                    return SourceStatus.OK, None, ""
+                if not 200 <= resp.status < 300:
+                    return SourceStatus.ERROR, None, f"answered HTTP {resp.status}"
+                return SourceStatus.OK, await self._read(resp), ""
+        except TimeoutError:
+            return SourceStatus.TIMEOUT, None, f"no complete answer within {budget:g} s"
+        except _TooLarge:
+            return SourceStatus.INVALID, None, f"answer larger than {self.max_body_bytes} bytes"
+        except aiohttp.ClientPayloadError:
+            return SourceStatus.ERROR, None, "connection closed before the answer was complete"
+        except aiohttp.ServerDisconnectedError:
+            return SourceStatus.ERROR, None, "connection closed before the answer was complete"
+        except aiohttp.ClientConnectionError:
+            return SourceStatus.ERROR, None, "could not connect"
+        except aiohttp.ClientError as exc:
+            return SourceStatus.ERROR, None, f"HTTP client error ({type(exc).__name__})"
+
+    async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
+        cap = self.max_body_bytes
+        if resp.content_length is not None and resp.content_length > cap:
+            raise _TooLarge
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in resp.content.iter_chunked(64 * 1024):
+            size += len(chunk)
+            if size > cap:
+                raise _TooLarge
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def _rank(status: SourceStatus) -> int:
+    return {SourceStatus.OK: 0, SourceStatus.INVALID: 1, SourceStatus.ERROR: 2, SourceStatus.TIMEOUT: 3}[status]
+
+
+async def fan_out(
+    clients: Mapping[str, BackendClient],
+    plan: Mapping[str, Sequence[RequestSpec]],
+    contexts: Mapping[str, Context],
+) -> list[SourceResult]:
+    """Ask every backend in ``plan`` concurrently; one SourceResult per backend, in plan order."""
+    names = [name for name, specs in plan.items() if specs]
+    return list(
+        await asyncio.gather(*(clients[name].fetch(plan[name], contexts[name]) for name in names))
+    )

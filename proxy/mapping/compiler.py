@@ -135,14 +135,18 @@ class CompiledMapping:
     fields: Builder
     file: str
 
-    def stable_id(self, record_id: str) -> str:
-        return stable_id(self.backend, self.name, record_id)
+    def stable_id(self, patient_id: str, record_id: str) -> str:
+        return stable_id(patient_id, self.backend, self.name, record_id)
 
 
-def stable_id(backend: str, mapping_name: str, record_id: str) -> str:
-    """A FHIR id that is stable for (source, record): ``<backend>-<20 hex digits of BLAKE2b>``."""
-    digest = hashlib.blake2b(f"{mapping_name}\x1f{record_id}".encode(), digest_size=10).hexdigest()
-    return f"{backend}-{digest}"
+def stable_id(patient_id: str, backend: str, mapping_name: str, record_id: str) -> str:
+    """The FHIR id of a mapped resource: ``<patient id>-<backend>-<16 hex of BLAKE2b>``.
+
+    Stable for (patient, source, record); it starts with the patient id so that a read by id knows
+    whom to ask the backends about (see proxy.fhir.ids).
+    """
+    digest = hashlib.blake2b(f"{mapping_name}\x1f{record_id}".encode(), digest_size=8).hexdigest()
+    return f"{patient_id}-{backend}-{digest}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -375,7 +379,7 @@ class _Compiler:
             rid = record_id(rec, ctx)
             if rid is None:
                 return None
-            return f"{target_type}/{stable_id(backend, target_name, scalar_text(rid))}"
+            return f"{target_type}/{stable_id(ctx['patient_id'], backend, target_name, scalar_text(rid))}"
 
         return ref
 

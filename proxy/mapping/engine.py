@@ -55,7 +55,7 @@ def _map_one(
         raw_origin = mapping.origin(record, ctx) if mapping.origin is not None else None
         if raw_id is None or raw_origin is None:
             raise RecordError(f"{mapping.name}: record without id/origin")
-        rid = mapping.stable_id(scalar_text(raw_id))
+        rid = mapping.stable_id(ctx["patient_id"], scalar_text(raw_id))
         origin = f"{mapping.resource_type}|{scalar_text(raw_origin)}"
 
     meta: dict[str, Any] = dict(built.pop("meta", None) or {})
@@ -68,8 +68,8 @@ def _map_one(
     return MappedResource(
         resource=resource,
         source=mapping.backend,
+        mapping=mapping.name,
         origin_key=origin,
-        sort_time=None,
         priority=priority,
         care_provider=_optional(mapping.care_provider, record, ctx),
         care_unit=_optional(mapping.care_unit, record, ctx),

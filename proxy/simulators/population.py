@@ -21,8 +21,10 @@ import random
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
-PNR_SYSTEM = "http://electronichealth.se/identifier/personnummer"
-SAMORDNING_SYSTEM = "http://electronichealth.se/identifier/samordningsnummer"
+from proxy.pnr import PNR_SYSTEM, SAMORDNING_SYSTEM, dashed, is_valid_pnr, luhn_check_digit
+
+__all__ = ["PNR_SYSTEM", "SAMORDNING_SYSTEM", "is_valid_pnr", "luhn_check_digit"]
+
 DEFAULT_SEED = 1177
 
 # HSA-ids of the synthetic organisation (format of real HSA-ids, invented values).
@@ -43,36 +45,12 @@ UNITS = {
 }
 
 
-def luhn_check_digit(nine_digits: str) -> int:
-    """The personnummer check digit over YYMMDDNNN (the 10-digit form without the century)."""
-    total = 0
-    for i, ch in enumerate(nine_digits):
-        d = int(ch) * (2 if i % 2 == 0 else 1)
-        total += d - 9 if d > 9 else d
-    return (10 - total % 10) % 10
-
-
-def is_valid_pnr(pnr: str) -> bool:
-    """A 12-digit personnummer or samordningsnummer with a valid date and Luhn check digit."""
-    if len(pnr) != 12 or not pnr.isdigit():
-        return False
-    day = int(pnr[6:8])
-    if day > 60:  # samordningsnummer: day + 60
-        day -= 60
-    try:
-        date(int(pnr[0:4]), int(pnr[4:6]), day)
-    except ValueError:
-        return False
-    return luhn_check_digit(pnr[2:11]) == int(pnr[11])
-
-
 def make_pnr(birth: date, birth_number: int) -> str:
     base = f"{birth:%Y%m%d}{birth_number:03d}"
     return base + str(luhn_check_digit(base[2:]))
 
 
-def pnr_dash(pnr: str) -> str:
-    return f"{pnr[:8]}-{pnr[8:]}"
+pnr_dash = dashed
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,47 @@
+"""Build the facade's aiohttp application.
+
+Mappings are compiled here, before the app exists, so a broken mapping stops start-up with its
+file and key named. Backend sessions are opened and closed together in one ``cleanup_ctx``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from proxy.fanout import BackendClient
+from proxy.fhir.ids import PatientIds
+from proxy.fhir.routes import FACADE_KEY, FhirRoutes, fhir_errors
+from proxy.mapping.registry import MappingSet, load_mappings
+from proxy.pipeline import Facade
+from proxy.settings import Settings
+
+
+def compile_mappings(settings: Settings) -> MappingSet:
+    return load_mappings(
+        settings.mappings_dir,
+        {b.name: (b.mappings, frozenset(k for k, _ in b.vars)) for b in settings.backends},
+    )
+
+
+def create_app(settings: Settings, *, patient_id_key: bytes) -> web.Application:
+    """The facade app. ``patient_id_key`` must be shared by every worker behind one base URL."""
+    mappings = compile_mappings(settings)
+    ids = PatientIds(patient_id_key)
+    app = web.Application(middlewares=[fhir_errors], client_max_size=64 * 1024)
+
+    async def backends(app: web.Application) -> AsyncIterator[None]:
+        clients = {
+            b.name: BackendClient.open(b, settings.facade.max_body_bytes) for b in settings.backends
+        }
+        app[FACADE_KEY] = Facade(settings=settings, mappings=mappings, clients=clients, ids=ids)
+        try:
+            yield
+        finally:
+            for client in clients.values():
+                await client.close()
+
+    app.cleanup_ctx.append(backends)
+    FhirRoutes(settings.facade.base_path).add_to(app)
+    return app

@@ -1,0 +1,175 @@
+"""The ``fhir-facade`` command.
+
+    fhir-facade demo [--port 8080] [--patients N]     simulators + facade on loopback, until Ctrl-C
+    fhir-facade serve --config FILE [--port N]         the facade against configured backends
+    fhir-facade simulate {cosmic,viva,npo} --port N    one simulator alone
+    fhir-facade mappings check [--config FILE]         compile and validate every mapping
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from aiohttp import web
+
+from proxy.app import create_app
+from proxy.fhir.ids import PatientIds
+from proxy.mapping.compiler import MappingError
+from proxy.settings import DEMO_PATIENT_ID_KEY, PATIENT_ID_KEY_ENV, ConfigError, Settings, load_settings
+from proxy.simulators import NAMES, factory
+from proxy.simulators.faults import Faults
+from proxy.simulators.harness import people_for, running_simulators, serving
+from proxy.simulators.population import DEMO_PEOPLE, UNKNOWN_PNR
+
+log = logging.getLogger("fhir_facade")
+
+
+async def _until_interrupted() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError):
+        import signal
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+async def _demo(settings: Settings, port: int, patients: int | None) -> None:
+    people = people_for(settings, patients)
+    async with running_simulators(settings, people) as urls:
+        live = settings.with_backend_urls(urls)
+        app = create_app(live, patient_id_key=DEMO_PATIENT_ID_KEY)
+        async with serving(app, settings.facade.host, port) as url:
+            base = url + settings.facade.base_path
+            ids = PatientIds(DEMO_PATIENT_ID_KEY)
+            print(f"FHIR base URL: {base}")
+            for name, u in urls.items():
+                print(f"  simulator {name:<7} {u}")
+            print("Demo patients (synthetic test personnummer):")
+            for p in DEMO_PEOPLE:
+                print(f"  {p.pnr}  {p.given} {p.family:<11}  Patient/{ids.encode(p.pnr)}")
+            print(f"  {UNKNOWN_PNR}  (unknown to every system)")
+            if len(people) > len(DEMO_PEOPLE):
+                print(f"  + {len(people) - len(DEMO_PEOPLE)} generated patients")
+            tolvan = ids.encode(DEMO_PEOPLE[0].pnr)
+            print("Try:")
+            print(f"  curl '{base}/Patient?identifier=http://electronichealth.se/identifier/personnummer|191212121212'")
+            print(f"  curl '{base}/Patient/{tolvan}/$everything'")
+            print("Serving until Ctrl-C.", flush=True)
+            await _until_interrupted()
+
+
+async def _serve(settings: Settings, host: str, port: int, key: bytes) -> None:
+    app = create_app(settings, patient_id_key=key)
+    async with serving(app, host, port) as url:
+        print(f"FHIR base URL: {url}{settings.facade.base_path}", flush=True)
+        await _until_interrupted()
+
+
+async def _simulate(settings: Settings, name: str, host: str, port: int, patients: int | None, seed: int | None) -> None:
+    people = people_for(settings, patients, seed)
+    faults = Faults.from_dict(dict(settings.simulators.faults).get(name))
+    app = factory(name)(people, faults)
+    async with serving(app, host, port) as url:
+        print(f"{name} simulator at {url} ({len(people)} patients); fault control at {url}/_sim/faults", flush=True)
+        await _until_interrupted()
+
+
+async def _check(settings: Settings) -> int:
+    from proxy.mapping.check import check  # imports fhir.resources: only this command needs it
+
+    report = await check(settings)
+    for name, n in sorted(report.per_mapping.items()):
+        print(f"  {name:<32} {n:>5} resources")
+    for line in report.silent:
+        print(f"SILENT   {line}: produced nothing from the sample data")
+    for line in report.degraded:
+        print(f"DEGRADED {line}")
+    for line in report.invalid:
+        print(f"INVALID  {line}")
+    total = sum(report.per_mapping.values())
+    print(f"{len(report.per_mapping)} mappings, {total} resources, {len(report.invalid)} invalid: "
+          + ("OK" if report.ok else "FAILED"))
+    return 0 if report.ok else 1
+
+
+def _patient_id_key() -> bytes:
+    raw = os.environ.get(PATIENT_ID_KEY_ENV)
+    if not raw:
+        raise ConfigError(
+            f"{PATIENT_ID_KEY_ENV} is not set: give 16, 24 or 32 random bytes, base64 "
+            f"(e.g. `python -c 'import os,base64;print(base64.b64encode(os.urandom(32)).decode())'`)"
+        )
+    key = base64.b64decode(raw)
+    if key == DEMO_PATIENT_ID_KEY:
+        raise ConfigError(f"{PATIENT_ID_KEY_ENV} is the public demo key; `serve` needs a secret one")
+    return key
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fhir-facade", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", type=Path, default=None, help="config file (default: config/facade.yaml)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="run the simulators and the facade on loopback until Ctrl-C")
+    demo.add_argument("--port", type=int, default=None, help="facade port (default from config: 8080)")
+    demo.add_argument("--patients", type=int, default=None, help="generated patients besides the demo ones")
+
+    serve = sub.add_parser("serve", help="run the facade against the configured backends")
+    serve.add_argument("--host", default=None)
+    serve.add_argument("--port", type=int, default=None)
+
+    sim = sub.add_parser("simulate", help="run one backend simulator")
+    sim.add_argument("name", choices=NAMES)
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=0, help="0 = a free port")
+    sim.add_argument("--patients", type=int, default=None)
+    sim.add_argument("--seed", type=int, default=None)
+
+    maps = sub.add_parser("mappings", help="work with the declarative mappings")
+    maps_sub = maps.add_subparsers(dest="action", required=True)
+    maps_sub.add_parser("check", help="validate every mapping's output against the simulators' data")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = load_settings(args.config)
+        if args.command == "demo":
+            port = settings.facade.port if args.port is None else args.port
+            asyncio.run(_demo(settings, port, args.patients))
+        elif args.command == "serve":
+            key = _patient_id_key()
+            host = args.host or settings.facade.host
+            port = settings.facade.port if args.port is None else args.port
+            asyncio.run(_serve(settings, host, port, key))
+        elif args.command == "simulate":
+            asyncio.run(_simulate(settings, args.name, args.host, args.port, args.patients, args.seed))
+        elif args.command == "mappings":
+            return asyncio.run(_check(settings))
+    except (ConfigError, MappingError) as exc:
+        print(f"fhir-facade: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"fhir-facade: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""The answer as FHIR: searchset Bundles with paging links and one OperationOutcome per degraded source."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from urllib.parse import urlencode
+
+from proxy.types import FhirDict, SourceOutcome, SourceStatus
+
+SOURCE_SYSTEM = "urn:fhir-facade:source"
+_ISSUE_CODE = {
+    SourceStatus.TIMEOUT: "timeout",
+    SourceStatus.ERROR: "transient",
+    SourceStatus.INVALID: "processing",
+}
+
+
+def source_outcome(outcome: SourceOutcome, description: str) -> FhirDict:
+    """Tells which source is missing from the answer and why — the FHIR form of NTjP's
+    ProcessingStatus NoDataSynchFailed. ``details.coding`` carries the source name for programs."""
+    label = f"'{outcome.source}' ({description})" if description else f"'{outcome.source}'"
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [
+            {
+                "severity": "warning",
+                "code": _ISSUE_CODE.get(outcome.status, "exception"),
+                "details": {
+                    "coding": [{"system": SOURCE_SYSTEM, "code": outcome.source}],
+                    "text": f"Source {label} {outcome.detail}; its data is missing from this answer.",
+                },
+            }
+        ],
+    }
+
+
+def page_links(
+    url: str, params: Sequence[tuple[str, str]], offset: int, count: int, total: int
+) -> list[dict[str, str]]:
+    """self/first/previous/next/last for stateless offset paging over a deterministic order."""
+
+    def link(relation: str, at: int) -> dict[str, str]:
+        query = [*params, *([("_offset", str(at))] if at else [])]
+        return {"relation": relation, "url": f"{url}?{urlencode(query)}" if query else url}
+
+    links = [link("self", offset), link("first", 0)]
+    if count > 0:
+        if offset > 0:
+            links.append(link("previous", max(0, offset - count)))
+        if offset + count < total:
+            links.append(link("next", offset + count))
+        links.append(link("last", max(0, (total - 1) // count * count) if total else 0))
+    return links
+
+
+def searchset(
+    page: Sequence[FhirDict],
+    *,
+    total: int | None,
+    base_url: str,
+    links: list[dict[str, str]],
+    outcomes: Sequence[FhirDict] = (),
+) -> FhirDict:
+    entries: list[FhirDict] = [
+        {
+            "fullUrl": f"{base_url}/{r['resourceType']}/{r['id']}",
+            "resource": r,
+            "search": {"mode": "match"},
+        }
+        for r in page
+    ]
+    entries.extend({"resource": o, "search": {"mode": "outcome"}} for o in outcomes)
+    bundle: FhirDict = {"resourceType": "Bundle", "type": "searchset"}
+    if total is not None:
+        bundle["total"] = total
+    bundle["link"] = links
+    if entries:
+        bundle["entry"] = entries
+    return bundle

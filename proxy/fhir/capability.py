@@ -1,0 +1,59 @@
+"""The CapabilityStatement, generated from what the compiled mappings can produce."""
+
+from __future__ import annotations
+
+from proxy import __version__
+from proxy.fhir.searchparams import COMMON, BY_TYPE
+from proxy.mapping.registry import MappingSet
+from proxy.types import FhirDict
+
+_SEARCH_TYPE = {"token": "token", "date": "date"}
+PATIENT_PARAM = {"name": "patient", "type": "reference", "documentation": "The patient (required)"}
+
+
+def capability_statement(mappings: MappingSet, base_url: str, software_date: str) -> FhirDict:
+    resources = []
+    for rtype in sorted(mappings.resource_types):
+        params = [
+            {"name": p.name, "type": _SEARCH_TYPE[p.kind], "documentation": p.description}
+            for p in (*COMMON, *BY_TYPE.get(rtype, ()))
+        ]
+        if rtype != "Patient":
+            params.insert(0, dict(PATIENT_PARAM))
+        sources = sorted(
+            backend for backend, ms in mappings.by_backend.items() if any(m.resource_type == rtype for m in ms)
+        )
+        entry: FhirDict = {
+            "type": rtype,
+            "documentation": "Sources: " + ", ".join(sources),
+            "interaction": [{"code": "read"}, {"code": "search-type"}],
+            "searchParam": params,
+        }
+        if rtype == "Patient":
+            entry["operation"] = [
+                {"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}
+            ]
+        resources.append(entry)
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": software_date,
+        "publisher": "fhir-facade",
+        "kind": "instance",
+        "software": {"name": "fhir-facade", "version": __version__},
+        "implementation": {
+            "description": "Read-only FHIR facade over Cosmic, Viva and NPÖ (query-response)",
+            "url": base_url,
+        },
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "json"],
+        "rest": [
+            {
+                "mode": "server",
+                "documentation": "Patient-centred: every search other than Patient needs 'patient'. "
+                "Paging with _count and _offset; unknown parameters are ignored unless "
+                "'Prefer: handling=strict'.",
+                "resource": resources,
+            }
+        ],
+    }

@@ -1,0 +1,34 @@
+"""FHIR errors: an exception carrying an HTTP status and an OperationOutcome issue.
+
+Messages say what is wrong with the request in terms the client sent; they never echo tokens or
+identity numbers back, and never say anything about what the facade may know or hide.
+"""
+
+from __future__ import annotations
+
+from proxy.types import FhirDict
+
+
+class FhirError(Exception):
+    def __init__(self, status: int, code: str, message: str, *, severity: str = "error") -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code  # an IssueType code: invalid, not-found, not-supported, exception ...
+        self.message = message
+        self.severity = severity
+
+
+def operation_outcome(*issues: tuple[str, str, str]) -> FhirDict:
+    """An OperationOutcome from (severity, code, text) triples."""
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": s, "code": c, "diagnostics": t} for s, c, t in issues],
+    }
+
+
+def bad_request(message: str) -> FhirError:
+    return FhirError(400, "invalid", message)
+
+
+def not_found(message: str = "Resource not found") -> FhirError:
+    return FhirError(404, "not-found", message)

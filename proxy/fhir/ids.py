@@ -1,0 +1,75 @@
+"""Opaque, stateless FHIR ids for patients and for the resources about them.
+
+A personnummer must not appear in URLs (they end up in access logs, proxies and browser history),
+and the facade keeps no patient table. So the Patient id is the personnummer encrypted under a
+deployment key: one AES block holding a version byte, the 12 digits as BCD and nine zero bytes.
+A single-block AES encryption is a keyed permutation, so the id is deterministic (the same patient
+always has the same id, on every worker and host sharing the key) and reversible without state;
+the nine zero bytes make a forged or mistyped id fail to decode (chance 2^-72).
+Rendered as 26 characters of lower-case base32.
+
+Every other resource id starts with its patient's id, so a read by id knows which patient to ask
+the backends about: ``<patient id>-<backend>-<16 hex of BLAKE2b(mapping, source record id)>``
+(made by ``proxy.mapping.compiler.stable_id``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from proxy.pnr import is_valid_pnr, system_of
+from proxy.types import PatientRef
+
+PATIENT_ID_LENGTH = 26
+_VERSION = 0x01
+_ID_CHARS = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")  # FHIR id
+
+
+class PatientIds:
+    """Encode a personnummer as an opaque Patient id and back. Keys are 16, 24 or 32 bytes."""
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) not in (16, 24, 32):
+            raise ValueError("the patient id key must be 16, 24 or 32 bytes")
+        self._cipher = Cipher(algorithms.AES(key), modes.ECB())  # one block: a keyed permutation
+
+    def encode(self, pnr: str) -> str:
+        block = bytes([_VERSION]) + bytes.fromhex(pnr) + bytes(9)
+        enc = self._cipher.encryptor()
+        raw = enc.update(block) + enc.finalize()
+        return base64.b32encode(raw).decode("ascii").rstrip("=").lower()
+
+    def decode(self, patient_id: str) -> str | None:
+        """The personnummer behind an id, or None if the id is not one of ours."""
+        if len(patient_id) != PATIENT_ID_LENGTH:
+            return None
+        try:
+            raw = base64.b32decode(patient_id.upper() + "======")
+        except (binascii.Error, ValueError):
+            return None
+        dec = self._cipher.decryptor()
+        block = dec.update(raw) + dec.finalize()
+        if block[0] != _VERSION or block[7:] != bytes(9):
+            return None
+        pnr = block[1:7].hex()
+        return pnr if is_valid_pnr(pnr) else None
+
+    def patient(self, pnr: str) -> PatientRef:
+        return PatientRef(pnr=pnr, fhir_id=self.encode(pnr), system=system_of(pnr))
+
+    def resolve(self, patient_id: str) -> PatientRef | None:
+        pnr = self.decode(patient_id)
+        return None if pnr is None else self.patient(pnr)
+
+
+def patient_part(resource_id_: str) -> str:
+    """The patient id a resource id starts with (may not decode: check with PatientIds.resolve)."""
+    return resource_id_.split("-", 1)[0]
+
+
+def is_fhir_id(value: str) -> bool:
+    return bool(_ID_CHARS.match(value))

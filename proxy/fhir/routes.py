@@ -1,0 +1,201 @@
+"""The FHIR REST surface: routes, content negotiation, and errors as OperationOutcome.
+
+    GET  {base}/metadata
+    GET  {base}/Patient?identifier=<system>|<personnummer>     (or _id)
+    GET  {base}/Patient/{id}
+    GET  {base}/Patient/{id}/$everything   (_type, _since, _count)
+    GET  {base}/{Type}?patient={id}&...     POST {base}/{Type}/_search (form-encoded)
+    GET  {base}/{Type}/{id}
+
+Answers are ``application/fhir+json``; XML is not offered (406). Every error is an OperationOutcome
+with the status the FHIR spec gives it; nothing unhandled leaves as a bare 500 page.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from proxy.fhir import params as parse
+from proxy.fhir.bundle import page_links, searchset, source_outcome
+from proxy.fhir.capability import capability_statement
+from proxy.fhir.errors import FhirError, bad_request, not_found, operation_outcome
+from proxy.pipeline import Answer, Facade, collect
+from proxy.types import FhirDict, Query
+
+log = logging.getLogger(__name__)
+
+FHIR_JSON = "application/fhir+json"
+FACADE_KEY = web.AppKey("facade", Facade)
+_JSON_FORMATS = {"json", "application/json", "application/fhir+json", "application/json+fhir"}
+_ACCEPTABLE = {"application/fhir+json", "application/json", "application/json+fhir", "application/*", "*/*"}
+_STARTED = datetime.now(UTC).isoformat(timespec="seconds")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def fhir_response(data: FhirDict, status: int = 200, *, pretty: bool = False) -> web.Response:
+    option = orjson.OPT_INDENT_2 if pretty else 0
+    return web.Response(
+        body=orjson.dumps(data, option=option),
+        status=status,
+        content_type=FHIR_JSON,
+        charset="utf-8",
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+def _error_response(status: int, code: str, message: str) -> web.Response:
+    return fhir_response(operation_outcome(("error", code, message)), status)
+
+
+def _negotiate(request: web.Request) -> None:
+    fmt = request.query.get("_format")
+    if fmt is not None:
+        if fmt.split(";")[0].strip().lower() not in _JSON_FORMATS:
+            raise FhirError(406, "not-supported", "Only JSON is supported (_format=json)")
+        return  # _format overrides the Accept header (FHIR http.html#mime-type)
+    accept = request.headers.get("Accept", "")
+    if not accept.strip():
+        return
+    for part in accept.split(","):
+        media, _, rest = part.strip().partition(";")
+        q = 1.0
+        for prm in rest.split(";"):
+            k, _, v = prm.strip().partition("=")
+            if k == "q":
+                try:
+                    q = float(v)
+                except ValueError:
+                    q = 0.0
+        if media.strip().lower() in _ACCEPTABLE and q > 0:
+            return
+    raise FhirError(406, "not-supported", "Only application/fhir+json is available")
+
+
+@web.middleware
+async def fhir_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Content negotiation first; then every failure becomes an OperationOutcome."""
+    try:
+        _negotiate(request)
+        return await handler(request)
+    except FhirError as exc:
+        return _error_response(exc.status, exc.code, exc.message)
+    except web.HTTPMethodNotAllowed as exc:
+        resp = _error_response(405, "not-supported", f"Method {request.method} is not allowed here")
+        resp.headers["Allow"] = ",".join(sorted(exc.allowed_methods))
+        return resp
+    except web.HTTPNotFound:
+        return _error_response(404, "not-found", "No such FHIR endpoint")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _error_response(exc.status, "exception", exc.reason)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return _error_response(500, "exception", "Internal error")
+
+
+def _strict(request: web.Request) -> bool:
+    prefer = request.headers.get("Prefer", "")
+    return any(p.strip().lower() == "handling=strict" for p in prefer.split(","))
+
+
+def _pretty(request: web.Request) -> bool:
+    return request.query.get("_pretty", "false").lower() == "true"
+
+
+def _base_url(request: web.Request, facade: Facade) -> str:
+    return f"{request.scheme}://{request.host}{facade.settings.facade.base_path}"
+
+
+class FhirRoutes:
+    """Request handlers; each parses, calls the pipeline, and renders."""
+
+    def __init__(self, base_path: str) -> None:
+        self.base = base_path
+
+    def add_to(self, app: web.Application) -> None:
+        b = self.base
+        app.router.add_get(f"{b}/metadata", self.metadata)
+        app.router.add_get(f"{b}/Patient/{{id}}/$everything", self.everything)
+        app.router.add_get(f"{b}/{{type}}", self.search)
+        app.router.add_post(f"{b}/{{type}}/_search", self.search_post)
+        app.router.add_get(f"{b}/{{type}}/{{id}}", self.read)
+
+    async def metadata(self, request: web.Request) -> web.Response:
+        facade = request.app[FACADE_KEY]
+        return fhir_response(
+            capability_statement(facade.mappings, _base_url(request, facade), _STARTED), pretty=_pretty(request)
+        )
+
+    async def search(self, request: web.Request) -> web.Response:
+        return await self._search(request, list(request.query.items()))
+
+    async def search_post(self, request: web.Request) -> web.Response:
+        if request.content_type != "application/x-www-form-urlencoded":
+            raise FhirError(415, "not-supported", "POST _search takes application/x-www-form-urlencoded")
+        form = await request.post()
+        items: list[tuple[str, Any]] = [*request.query.items(), *form.items()]
+        if any(not isinstance(v, str) for _, v in items):
+            raise bad_request("Search parameters must be text")
+        return await self._search(request, [(k, str(v)) for k, v in items])
+
+    async def _search(self, request: web.Request, params: list[tuple[str, str]]) -> web.Response:
+        facade = request.app[FACADE_KEY]
+        rtype = request.match_info["type"]
+        query = parse.parse_search(rtype, params, facade.ids, facade.settings.facade, strict=_strict(request))
+        url = f"{_base_url(request, facade)}/{rtype}"
+        if query is None:  # an id that is not ours: no patient, nothing matches
+            count = facade.settings.facade.default_count
+            return fhir_response(searchset([], total=0, base_url=url, links=page_links(url, [], 0, count, 0)))
+        answer = await collect(facade, query)
+        return self._bundle(request, facade, query, answer, url)
+
+    async def everything(self, request: web.Request) -> web.Response:
+        facade = request.app[FACADE_KEY]
+        rid = request.match_info["id"]
+        query = parse.parse_everything(
+            rid, list(request.query.items()), facade.ids, facade.settings.facade, strict=_strict(request)
+        )
+        answer = await collect(facade, query)
+        if answer.patient_known is False:
+            raise not_found(f"Patient/{rid} is not known")
+        url = f"{_base_url(request, facade)}/Patient/{rid}/$everything"
+        return self._bundle(request, facade, query, answer, url)
+
+    async def read(self, request: web.Request) -> web.Response:
+        facade = request.app[FACADE_KEY]
+        rtype, rid = request.match_info["type"], request.match_info["id"]
+        query = parse.parse_read(rtype, rid, facade.ids)
+        answer = await collect(facade, query)
+        if answer.resources:
+            return fhir_response(answer.resources[0], pretty=_pretty(request))
+        if answer.outcomes:
+            # The resource may live in a source that did not answer: say so rather than "gone".
+            sources = ", ".join(sorted(o.source for o in answer.outcomes))
+            resp = _error_response(503, "transient", f"Could not read {rtype}/{rid}: source(s) {sources} unavailable")
+            resp.headers["Retry-After"] = "5"
+            return resp
+        raise not_found(f"{rtype}/{rid} is not known")
+
+    def _bundle(self, request: web.Request, facade: Facade, query: Query, answer: Answer, url: str) -> web.Response:
+        total = len(answer.resources)
+        count = 0 if query.summary_count else query.count
+        page = answer.resources[query.offset : query.offset + count]
+        outcomes = [
+            source_outcome(o, facade.settings.backend(o.source).description) for o in answer.outcomes
+        ]
+        bundle = searchset(
+            page,
+            total=total,
+            base_url=_base_url(request, facade),
+            links=page_links(url, query.used_params, query.offset, count, total),
+            outcomes=outcomes,
+        )
+        return fhir_response(bundle, pretty=_pretty(request))

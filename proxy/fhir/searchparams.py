@@ -1,0 +1,218 @@
+"""The search parameters the facade supports, per resource type, and how they match.
+
+Names, types and target elements follow the FHIR R4 search parameter registry for each resource
+(e.g. Condition ``onset-date``, Observation ``date``, Immunization ``vaccine-code``). Every type also
+supports ``_id`` and ``_lastUpdated``. ``patient``/``subject`` select the patient and are handled by
+the request parser, not here.
+
+Token values match a code, a Coding, a CodeableConcept or an Identifier: ``code``, ``system|code``,
+``system|`` (any code in the system) and ``|code`` (a code without a system). Date values compare
+ranges as the FHIR spec says: a value denotes the range its precision implies ("2024-05" is all of
+May), a Period its start to end (open ends unbounded).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from proxy.timeutil import fhir_range
+from proxy.types import DateParam, FhirDict, SearchFilter, TokenParam
+
+
+@dataclass(frozen=True, slots=True)
+class ParamDef:
+    name: str
+    kind: str  # "token" | "date"
+    paths: tuple[str, ...]  # dotted element paths; list elements are searched through
+    description: str = ""
+
+
+def _p(name: str, kind: str, *paths: str, description: str = "") -> ParamDef:
+    return ParamDef(name, kind, paths, description)
+
+
+COMMON = (
+    _p("_id", "token", "id", description="Logical id of the resource"),
+    _p("_lastUpdated", "date", "meta.lastUpdated", description="When the source last changed the record"),
+)
+
+# The first date parameter of each type is its clinical date: it orders search results (newest first).
+BY_TYPE: dict[str, tuple[ParamDef, ...]] = {
+    "Patient": (
+        _p("identifier", "token", "identifier", description="Personnummer or samordningsnummer"),
+    ),
+    "Condition": (
+        _p("onset-date", "date", "onsetDateTime", "onsetPeriod", description="Date of onset"),
+        _p("recorded-date", "date", "recordedDate", description="Date recorded"),
+        _p("code", "token", "code", description="Diagnosis code (ICD-10-SE)"),
+        _p("category", "token", "category", description="Category of the condition"),
+        _p("clinical-status", "token", "clinicalStatus", description="active | inactive | resolved ..."),
+    ),
+    "MedicationStatement": (
+        _p("effective", "date", "effectiveDateTime", "effectivePeriod", description="When taken"),
+        _p("code", "token", "medicationCodeableConcept", description="Medication code (ATC)"),
+        _p("status", "token", "status", description="active | completed | ..."),
+        _p("category", "token", "category", description="Type of medication usage"),
+    ),
+    "Flag": (
+        _p("date", "date", "period", description="Time period when flag is active"),
+    ),
+    "AllergyIntolerance": (
+        _p("date", "date", "recordedDate", description="Date first version was recorded"),
+        _p("code", "token", "code", "reaction.substance", description="Substance code"),
+        _p("category", "token", "category", description="food | medication | environment | biologic"),
+        _p("clinical-status", "token", "clinicalStatus", description="active | inactive | resolved"),
+        _p("criticality", "token", "criticality", description="low | high | unable-to-assess"),
+    ),
+    "Observation": (
+        _p("date", "date", "effectiveDateTime", "effectivePeriod", "effectiveInstant",
+           description="Clinically relevant time"),
+        _p("code", "token", "code", description="Observation code (NPU, ICF ...)"),
+        _p("category", "token", "category", description="laboratory | survey | ..."),
+        _p("status", "token", "status", description="Status of the observation"),
+    ),
+    "Immunization": (
+        _p("date", "date", "occurrenceDateTime", description="Vaccination date"),
+        _p("vaccine-code", "token", "vaccineCode", description="Vaccine product (ATC)"),
+        _p("status", "token", "status", description="completed | entered-in-error | not-done"),
+    ),
+    "Encounter": (
+        _p("date", "date", "period", description="When the encounter took place"),
+        _p("class", "token", "class", description="AMB | EMER | IMP | HH ..."),
+        _p("type", "token", "type", description="Specific type of encounter"),
+        _p("status", "token", "status", description="planned | in-progress | finished ..."),
+    ),
+    "CarePlan": (
+        _p("date", "date", "period", description="Time period the plan covers"),
+        _p("category", "token", "category", description="Type of plan"),
+        _p("status", "token", "status", description="draft | active | completed ..."),
+    ),
+    "DocumentReference": (
+        _p("date", "date", "date", description="When the document was created"),
+        _p("type", "token", "type", description="Kind of document"),
+        _p("category", "token", "category", description="Categorization of the document"),
+        _p("status", "token", "status", description="current | superseded | entered-in-error"),
+        _p("period", "date", "context.period", description="Time of service documented"),
+    ),
+}
+
+
+def params_for(rtype: str) -> dict[str, ParamDef]:
+    return {p.name: p for p in (*COMMON, *BY_TYPE.get(rtype, ()))}
+
+
+def clinical_date(rtype: str) -> ParamDef | None:
+    return next((p for p in BY_TYPE.get(rtype, ()) if p.kind == "date"), None)
+
+
+_CLINICAL = {t: clinical_date(t) for t in BY_TYPE}
+
+
+def sort_time(resource: FhirDict) -> float | None:
+    """The start of the resource's clinical date, for ordering; None when it has none."""
+    p = _CLINICAL.get(resource["resourceType"])
+    if p is None:
+        return None
+    starts = [lo for lo, _ in _date_ranges(resource, p) if not math.isinf(lo)]
+    return max(starts) if starts else None
+
+
+# ---- matching ----------------------------------------------------------------------------------
+
+
+def _values(node: Any, path: str) -> list[Any]:
+    current = [node]
+    for key in path.split("."):
+        nxt: list[Any] = []
+        for c in current:
+            v = c.get(key) if isinstance(c, dict) else None
+            if isinstance(v, list):
+                nxt.extend(v)
+            elif v is not None:
+                nxt.append(v)
+        current = nxt
+    return current
+
+
+def _codings(value: Any) -> Iterable[tuple[str | None, str | None]]:
+    if isinstance(value, str):
+        yield None, value
+    elif isinstance(value, dict):
+        if "coding" in value:
+            for c in value["coding"]:
+                yield c.get("system"), c.get("code")
+        elif "value" in value and "code" not in value:  # Identifier
+            yield value.get("system"), value.get("value")
+        else:  # Coding
+            yield value.get("system"), value.get("code")
+
+
+def _token_matches(resource: FhirDict, p: ParamDef, want: TokenParam) -> bool:
+    for path in p.paths:
+        for value in _values(resource, path):
+            for system, code in _codings(value):
+                if want.system is not None and (system or "") != want.system:
+                    continue
+                if want.code is not None and code != want.code:
+                    continue
+                return True
+    return False
+
+
+def _date_ranges(resource: FhirDict, p: ParamDef) -> list[tuple[float, float]]:
+    out = []
+    for path in p.paths:
+        for value in _values(resource, path):
+            try:
+                if isinstance(value, str):
+                    out.append(fhir_range(value))
+                elif isinstance(value, dict):  # Period
+                    lo = fhir_range(value["start"])[0] if value.get("start") else -math.inf
+                    hi = fhir_range(value["end"])[1] if value.get("end") else math.inf
+                    out.append((lo, hi))
+            except ValueError:
+                continue
+    return out
+
+
+def _date_matches(lo: float, hi: float, want: DateParam) -> bool:
+    """FHIR date comparison of the target range [lo, hi) with the parameter's range."""
+    if want.prefix == "eq":
+        return want.lo <= lo and hi <= want.hi
+    if want.prefix == "ne":
+        return not (want.lo <= lo and hi <= want.hi)
+    if want.prefix == "gt":
+        return hi > want.hi
+    if want.prefix == "lt":
+        return lo < want.lo
+    if want.prefix == "ge":
+        return hi > want.lo
+    if want.prefix == "le":
+        return lo < want.hi
+    if want.prefix == "sa":
+        return lo >= want.hi
+    if want.prefix == "eb":
+        return hi <= want.lo
+    raise ValueError(want.prefix)  # the parser admits no other prefix
+
+
+def matches(resource: FhirDict, filters: Iterable[SearchFilter]) -> bool:
+    """True when the resource satisfies every filter (AND), each by any of its values (OR)."""
+    defs = params_for(resource["resourceType"])
+    for f in filters:
+        p = defs.get(f.name)
+        if p is None:
+            return False  # a parameter this type does not have matches nothing of this type
+        if f.kind == "token":
+            if not any(_token_matches(resource, p, v) for v in f.values if isinstance(v, TokenParam)):
+                return False
+        else:
+            ranges = _date_ranges(resource, p)
+            if not any(
+                _date_matches(lo, hi, v) for v in f.values if isinstance(v, DateParam) for lo, hi in ranges
+            ):
+                return False
+    return True

@@ -1,0 +1,71 @@
+"""``fhir-facade mappings check``: compile every mapping and validate what it produces.
+
+Each backend's simulator is started in-process; for every named demo patient and a few generated
+ones, every mapping runs through the real pipeline stages (fan-out, decode, map, merge) and each
+resulting resource is validated with fhir.resources (R4B models). The request path never touches
+those models — they are too slow for it — which is why this check, and the test suite, do.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from fhir.resources.R4B import get_fhir_model_class
+from pydantic import ValidationError
+
+from proxy.app import compile_mappings
+from proxy.fanout import BackendClient
+from proxy.fhir.ids import PatientIds
+from proxy.fhir.searchparams import sort_time
+from proxy.merge import merge
+from proxy.pipeline import Facade, fetch_and_map
+from proxy.settings import DEMO_PATIENT_ID_KEY, Settings
+from proxy.simulators.harness import people_for, running_simulators
+from proxy.types import FhirDict
+
+
+@dataclass
+class CheckReport:
+    per_mapping: Counter[str] = field(default_factory=Counter)  # resources each mapping produced
+    invalid: list[str] = field(default_factory=list)  # resources that failed R4B validation
+    degraded: list[str] = field(default_factory=list)  # sources that failed during the check
+    silent: list[str] = field(default_factory=list)  # mappings that produced nothing from any sample
+
+    @property
+    def ok(self) -> bool:
+        return not (self.invalid or self.degraded or self.silent)
+
+
+def validate(resource: FhirDict) -> str | None:
+    """None if the resource validates against its R4B model, else the first lines of the reason."""
+    try:
+        get_fhir_model_class(resource["resourceType"]).model_validate(resource)
+    except (ValidationError, KeyError, ValueError) as exc:
+        return " ".join(str(exc).splitlines()[:3])
+    return None
+
+
+async def check(settings: Settings, generated: int = 5) -> CheckReport:
+    mappings = compile_mappings(settings)
+    ids = PatientIds(DEMO_PATIENT_ID_KEY)
+    people = people_for(settings, patients=generated)
+    report = CheckReport()
+    async with running_simulators(settings, people, faults={}) as urls:
+        live = settings.with_backend_urls(urls)
+        clients = {b.name: BackendClient.open(b, live.facade.max_body_bytes) for b in live.backends}
+        facade = Facade(settings=live, mappings=mappings, clients=clients, ids=ids)
+        try:
+            for person in people:
+                mapped, outcomes = await fetch_and_map(facade, ids.patient(person.pnr), mappings.resource_types)
+                report.degraded.extend(f"{o.source}: {o.detail}" for o in outcomes)
+                report.per_mapping.update(m.mapping for m in mapped)
+                for resource in merge(mapped, sort_time):
+                    reason = validate(resource)
+                    if reason:
+                        report.invalid.append(f"{resource['resourceType']} from {resource['meta']['source']}: {reason}")
+        finally:
+            for c in clients.values():
+                await c.close()
+    report.silent = sorted(m.name for m in mappings.all() if report.per_mapping[m.name] == 0)
+    return report

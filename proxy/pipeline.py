@@ -1,0 +1,137 @@
+"""One request, one straight walk: Query → fan-out → mapping → merge → filter → Answer.
+
+    fhir/params   parse the request → Query                          (400/404 before any backend)
+    [auth]        token → Principal                                  (issue: audiences)
+    [access]      Principal × Query → AccessDecision                 (issue: consent)
+    fanout/       ask the backends that can answer → SourceResult per backend
+    mapping/run   raw answers → FHIR dicts (+ a SourceOutcome per degraded source)
+    merge/        dedupe, provenance, stable order
+    [redact]      the audience policy removes what this asker may not see
+    search        the query's filters, after redaction, so hidden content cannot match
+    fhir/routes   page, Bundle, bytes
+
+The handlers in ``proxy.fhir.routes`` call ``collect`` and turn its ``Answer`` into a response.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from proxy.fanout import BackendClient, fan_out
+from proxy.fhir.ids import PatientIds
+from proxy.fhir.searchparams import matches, sort_time
+from proxy.mapping.compiler import RequestSpec
+from proxy.mapping.registry import MappingSet
+from proxy.mapping.run import map_source
+from proxy.merge import merge
+from proxy.settings import Settings
+from proxy.timeutil import fhir_range
+from proxy.types import FhirDict, MappedResource, PatientRef, Query, SourceOutcome
+
+
+@dataclass(frozen=True, slots=True)
+class Facade:
+    """Everything a request needs, built once at start-up (kept under a web.AppKey)."""
+
+    settings: Settings
+    mappings: MappingSet
+    clients: dict[str, BackendClient]
+    ids: PatientIds
+
+    @property
+    def demographic_sources(self) -> frozenset[str]:
+        return frozenset(
+            name for name, ms in self.mappings.by_backend.items() if any(m.resource_type == "Patient" for m in ms)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    resources: list[FhirDict]  # every match, in the documented order, before paging
+    outcomes: list[SourceOutcome]  # one per degraded source
+    # True: a source knows the patient; False: every source that could know says it does not;
+    # None: a source that could know did not answer.
+    patient_known: bool | None
+
+
+def context(facade: Facade, backend: str, patient: PatientRef) -> dict[str, str]:
+    """The ``{@name}`` values a backend's request and field templates see."""
+    b = facade.settings.backend(backend)
+    return {
+        **dict(b.vars),
+        "pnr": patient.pnr,
+        "pnr_dash": f"{patient.pnr[:8]}-{patient.pnr[8:]}",
+        "pnr_system": patient.system,
+        "patient_id": patient.fhir_id,
+        "source": backend,
+    }
+
+
+def _plan(facade: Facade, types: frozenset[str]) -> dict[str, list[RequestSpec]]:
+    plan: dict[str, list[RequestSpec]] = {}
+    for backend in facade.settings.source_priority:
+        specs: dict[str, RequestSpec] = {}
+        for m in facade.mappings.for_types(backend, types):
+            specs.setdefault(m.request.key, m.request)
+        if specs:
+            plan[backend] = list(specs.values())
+    return plan
+
+
+async def fetch_and_map(
+    facade: Facade, patient: PatientRef, types: frozenset[str]
+) -> tuple[list[MappedResource], list[SourceOutcome]]:
+    """Fan out for the mappings that produce ``types`` and map every answer that arrived."""
+    plan = _plan(facade, types)
+    contexts = {name: context(facade, name, patient) for name in plan}
+    results = await fan_out(facade.clients, plan, contexts)
+    mapped: list[MappedResource] = []
+    outcomes: list[SourceOutcome] = []
+    priority = {name: i for i, name in enumerate(facade.settings.source_priority)}
+    for result in results:
+        backend = facade.settings.backend(result.source)
+        resources, outcome = map_source(
+            result,
+            facade.mappings.for_types(result.source, types),
+            contexts[result.source],
+            source_uri=backend.source_uri,
+            priority=priority[result.source],
+        )
+        mapped.extend(resources)
+        if outcome is not None:
+            outcomes.append(outcome)
+    return mapped, outcomes
+
+
+async def collect(facade: Facade, query: Query) -> Answer:
+    assert query.patient is not None
+    wants_patient = query.interaction == "everything" or "Patient" in query.resource_types
+    fetch_types = query.resource_types | ({"Patient"} if wants_patient else set())
+    mapped, outcomes = await fetch_and_map(facade, query.patient, frozenset(fetch_types))
+    merged = merge(mapped, sort_time)
+    # [redact] slots in here: the audience policy, applied to merged, audience-free data.
+
+    known: bool | None = any(r["resourceType"] == "Patient" for r in merged)
+    if not known and wants_patient:
+        degraded = {o.source for o in outcomes}
+        if degraded & facade.demographic_sources:
+            known = None
+
+    selected = [r for r in merged if _selected(r, query)]
+    return Answer(resources=selected, outcomes=outcomes, patient_known=known)
+
+
+def _selected(resource: FhirDict, query: Query) -> bool:
+    if resource["resourceType"] not in query.resource_types:
+        return False
+    if query.resource_id is not None and resource["id"] != query.resource_id:
+        return False
+    if query.since is not None:
+        updated = resource.get("meta", {}).get("lastUpdated")
+        if updated is not None:  # without a change time a resource cannot be shown to be older
+            try:
+                if fhir_range(updated)[0] < query.since:
+                    return False
+            except ValueError:
+                pass
+    return not query.filters or matches(resource, query.filters)

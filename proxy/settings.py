@@ -1,0 +1,212 @@
+"""Typed, frozen settings compiled from ``config/*.yaml`` once at start-up.
+
+A bad value fails here, naming the file and the key, never later on a request.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = REPO_ROOT / "config" / "facade.yaml"
+PATIENT_ID_KEY_ENV = "FHIR_FACADE_PATIENT_ID_KEY"
+# Public and dev-only: used by `fhir-facade demo` and the tests, never by `serve`.
+DEMO_PATIENT_ID_KEY = b"demo-only-key-not-for-production"
+
+_BACKEND_NAME = re.compile(r"^[a-z][a-z0-9]{0,11}$")
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used. The message names the file and the key."""
+
+
+@dataclass(frozen=True, slots=True)
+class BackendSettings:
+    name: str
+    base_url: str
+    mappings: str  # folder under the mappings dir
+    source_uri: str
+    simulator: str | None = None
+    description: str = ""
+    empty_statuses: frozenset[int] = frozenset()
+    connect_timeout_s: float = 1.0
+    total_timeout_s: float = 3.0
+    limit_per_host: int = 100
+    vars: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class FacadeSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    base_path: str = "/fhir"
+    default_count: int = 50
+    max_count: int = 500
+    max_body_bytes: int = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class SimulatorSettings:
+    seed: int = 1177
+    patients: int = 0
+    faults: tuple[tuple[str, dict[str, Any]], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    facade: FacadeSettings
+    backends: tuple[BackendSettings, ...]
+    mappings_dir: Path
+    source_priority: tuple[str, ...]
+    simulators: SimulatorSettings = field(default_factory=SimulatorSettings)
+    patient_id_key: bytes | None = None
+
+    def backend(self, name: str) -> BackendSettings:
+        for b in self.backends:
+            if b.name == name:
+                return b
+        raise KeyError(name)
+
+    def with_backend_urls(self, urls: dict[str, str]) -> Settings:
+        return replace(
+            self, backends=tuple(replace(b, base_url=urls.get(b.name, b.base_url)) for b in self.backends)
+        )
+
+
+class _Reader:
+    def __init__(self, file: str) -> None:
+        self.file = file
+
+    def fail(self, key: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.file}: {key}: {message}")
+
+    def section(self, data: Any, key: str, allowed: set[str]) -> dict[str, Any]:
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            raise self.fail(key, "expects a mapping")
+        unknown = set(data) - allowed
+        if unknown:
+            raise self.fail(key, f"unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+        return data
+
+    def number(self, data: dict[str, Any], key: str, where: str, default: float, lo: float, hi: float) -> float:
+        v = data.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, int | float) or not lo <= v <= hi:
+            raise self.fail(f"{where}.{key}", f"expects a number between {lo} and {hi}")
+        return float(v)
+
+    def integer(self, data: dict[str, Any], key: str, where: str, default: int, lo: int, hi: int) -> int:
+        v = data.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise self.fail(f"{where}.{key}", f"expects an integer between {lo} and {hi}")
+        return v
+
+
+def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None = None) -> Settings:
+    """Read and validate a config file (default ``config/facade.yaml``)."""
+    path = Path(path) if path else DEFAULT_CONFIG
+    env = dict(os.environ) if env is None else env
+    r = _Reader(path.name)
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path.name}: cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path.name}: not valid YAML: {exc}") from None
+    top = r.section(doc, "(top)", {"facade", "mappings_dir", "merge", "backends", "simulators"})
+
+    f = r.section(top.get("facade"), "facade", {
+        "host", "port", "base_path", "default_count", "max_count", "max_body_bytes"})
+    base_path = str(f.get("base_path", "/fhir")).rstrip("/")
+    if not base_path.startswith("/"):
+        raise r.fail("facade.base_path", "expects a path starting with /")
+    max_count = r.integer(f, "max_count", "facade", 500, 1, 100_000)
+    facade = FacadeSettings(
+        host=str(f.get("host", "127.0.0.1")),
+        port=r.integer(f, "port", "facade", 8080, 0, 65535),
+        base_path=base_path,
+        default_count=r.integer(f, "default_count", "facade", 50, 1, max_count),
+        max_count=max_count,
+        max_body_bytes=r.integer(f, "max_body_bytes", "facade", 8 * 1024 * 1024, 1024, 1 << 31),
+    )
+
+    backends_doc = top.get("backends")
+    if not isinstance(backends_doc, dict) or not backends_doc:
+        raise r.fail("backends", "expects at least one backend")
+    backends = []
+    for name, b in backends_doc.items():
+        where = f"backends.{name}"
+        if not isinstance(name, str) or not _BACKEND_NAME.match(name):
+            raise r.fail(where, "a backend name is 1-12 lower-case letters/digits, starting with a letter")
+        b = r.section(b, where, {
+            "description", "base_url", "simulator", "mappings", "source_uri", "empty_statuses",
+            "timeout", "limit_per_host", "vars"})
+        url = b.get("base_url")
+        if not isinstance(url, str) or not re.match(r"^https?://", url):
+            raise r.fail(f"{where}.base_url", "expects an http(s) URL")
+        t = r.section(b.get("timeout"), f"{where}.timeout", {"connect_s", "total_s"})
+        statuses = b.get("empty_statuses", [])
+        if not isinstance(statuses, list) or not all(isinstance(s, int) and 400 <= s < 500 for s in statuses):
+            raise r.fail(f"{where}.empty_statuses", "expects a list of 4xx statuses")
+        vars_ = b.get("vars", {}) or {}
+        if not isinstance(vars_, dict):
+            raise r.fail(f"{where}.vars", "expects a mapping of name: value")
+        backends.append(
+            BackendSettings(
+                name=name,
+                base_url=url.rstrip("/"),
+                mappings=str(b.get("mappings", name)),
+                source_uri=str(b.get("source_uri", f"urn:fhir-facade:source:{name}")),
+                simulator=b.get("simulator"),
+                description=str(b.get("description", "")),
+                empty_statuses=frozenset(statuses),
+                connect_timeout_s=r.number(t, "connect_s", f"{where}.timeout", 1.0, 0.01, 60),
+                total_timeout_s=r.number(t, "total_s", f"{where}.timeout", 3.0, 0.01, 300),
+                limit_per_host=r.integer(b, "limit_per_host", where, 100, 1, 10_000),
+                vars=tuple((str(k), str(v)) for k, v in vars_.items()),
+            )
+        )
+
+    merge = r.section(top.get("merge"), "merge", {"source_priority"})
+    names = [b.name for b in backends]
+    priority = merge.get("source_priority", names)
+    if not isinstance(priority, list) or sorted(priority) != sorted(names):
+        raise r.fail("merge.source_priority", f"expects every backend exactly once: {names}")
+
+    s = r.section(top.get("simulators"), "simulators", {"seed", "patients", "faults"})
+    faults = s.get("faults", {}) or {}
+    if not isinstance(faults, dict):
+        raise r.fail("simulators.faults", "expects {simulator: {fault settings}}")
+    sims = SimulatorSettings(
+        seed=r.integer(s, "seed", "simulators", 1177, 0, 2**31),
+        patients=r.integer(s, "patients", "simulators", 0, 0, 10_000_000),
+        faults=tuple((str(k), dict(v or {})) for k, v in faults.items()),
+    )
+
+    key = None
+    if env.get(PATIENT_ID_KEY_ENV):
+        try:
+            key = base64.b64decode(env[PATIENT_ID_KEY_ENV], validate=True)
+        except (binascii.Error, ValueError):
+            raise ConfigError(f"{PATIENT_ID_KEY_ENV}: not valid base64") from None
+        if len(key) not in (16, 24, 32):
+            raise ConfigError(f"{PATIENT_ID_KEY_ENV}: expects 16, 24 or 32 bytes (base64)")
+
+    mappings_dir = (path.parent / str(top.get("mappings_dir", "../mappings"))).resolve()
+    return Settings(
+        facade=facade,
+        backends=tuple(backends),
+        mappings_dir=mappings_dir,
+        source_priority=tuple(priority),
+        simulators=sims,
+        patient_id_key=key,
+    )

@@ -1,0 +1,59 @@
+"""Run the simulators (and the facade in front of them) in-process, on loopback.
+
+Used by ``fhir-facade demo``, ``fhir-facade mappings check``, the tests and the benchmark.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from aiohttp import web
+
+from proxy.simulators import factory
+from proxy.simulators.faults import Faults
+from proxy.simulators.population import Person, population
+from proxy.settings import Settings
+
+LOOPBACK = "127.0.0.1"
+
+
+@contextlib.asynccontextmanager
+async def serving(app: web.Application, host: str = LOOPBACK, port: int = 0) -> AsyncIterator[str]:
+    """Serve an app until the block ends; yields its base URL (port 0 = a free port)."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        await site.start()
+        bound_host, bound_port = runner.addresses[0][:2]
+        yield f"http://{bound_host}:{bound_port}"
+    finally:
+        await runner.cleanup()
+
+
+def people_for(settings: Settings, patients: int | None = None, seed: int | None = None) -> list[Person]:
+    sims = settings.simulators
+    return population(sims.patients if patients is None else patients, sims.seed if seed is None else seed)
+
+
+@contextlib.asynccontextmanager
+async def running_simulators(
+    settings: Settings,
+    people: list[Person],
+    *,
+    faults: Mapping[str, dict[str, Any]] | None = None,
+    ports: Mapping[str, int] | None = None,
+) -> AsyncIterator[dict[str, str]]:
+    """Start the simulator of every backend that names one. Yields {backend: base URL}."""
+    configured = dict(settings.simulators.faults)
+    configured.update(faults or {})
+    urls: dict[str, str] = {}
+    async with contextlib.AsyncExitStack() as stack:
+        for b in settings.backends:
+            if b.simulator is None:
+                continue
+            app = factory(b.simulator)(people, Faults.from_dict(configured.get(b.simulator)))
+            urls[b.name] = await stack.enter_async_context(serving(app, port=(ports or {}).get(b.name, 0)))
+        yield urls

@@ -1,0 +1,827 @@
+"""NPÖ (Nationell patientöversikt) stand-in: RIVTA service contracts, SOAP 1.1/XML over HTTP POST.
+
+Dialect (after the NTjP contracts of the clinicalprocess domains, not byte-exact):
+
+* one endpoint per contract, ``POST /vp/<service domain path>/<Contract>/<major>/rivtabp21`` (see
+  ``CONTRACTS``); the request is a SOAP envelope with ``<LogicalAddress>`` in the header and
+  ``<Get…><patientId><id>191212121212</id><type>1.2.752.129.2.1.3.1</type></patientId></Get…>``
+  in the body (any namespace prefixes);
+* the answer is ``<Get…Response>`` in the contract's responder namespace with one element per
+  record and a ``<result><resultCode>OK</resultCode>…</result>``; a patient NPÖ does not know is a
+  normal, empty answer, never an error;
+* each record is ``<xHeader>`` (documentId, sourceSystemHSAId, documentTitle, documentTime,
+  patientId, accountableHealthcareProfessional, legalAuthenticator, **approvedForPatient**,
+  **nullified**, nullifiedReason) plus ``<xBody>`` in the contract's own shape;
+* timestamps ``YYYYMMDDhhmmss`` and dates ``YYYYMMDD``, Swedish local time, no zone; decimals with a
+  comma; booleans ``true``/``false``;
+* a request that is not XML, lacks the logical address or carries no valid patient id, or is sent
+  to the wrong contract's endpoint is a SOAP Fault (HTTP 500, ``soap:Client``).
+
+Data: NPÖ holds records produced by *another region* (``OTHER_REGION_*``) and copies of the Cosmic
+diagnoses the region publishes (``cosmic.shared_with_npo``): a copy keeps Cosmic's record id as
+``documentId`` and Cosmic's system HSA-id as ``sourceSystemHSAId``, which is how the facade
+recognises it as the same fact. The code-system OIDs of the national value lists used for alert,
+note, care-contact and hypersensitivity types are illustrative.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import xmltodict
+from aiohttp import web
+
+from proxy.mapping.xml import parse_xml
+from proxy.simulators import cosmic
+from proxy.simulators import faults as fault_mod
+from proxy.simulators.population import (
+    COSMIC_SYSTEM,
+    LENNART,
+    OTHER_REGION_PROVIDER,
+    OTHER_REGION_SYSTEM,
+    REGION_PROVIDER,
+    SANNA,
+    TOLVAN,
+    UNITS,
+    Person,
+    at,
+    is_valid_pnr,
+)
+
+SOAP_NS = "http://schemas.xmlsoap.org/soap/envelope/"
+PNR_OID = "1.2.752.129.2.1.3.1"
+SAMORDNING_OID = "1.2.752.129.2.1.3.3"
+ICD10SE_OID = "1.2.752.116.1.1.1.1.3"
+ATC_OID = "1.2.752.129.2.2.3.1.1"
+NPU_OID = "1.2.752.108.1"
+NPL_OID = "1.2.752.129.2.1.5.1"
+ICF_OID = "1.2.752.116.1.1.3"
+# Illustrative OIDs for the national value lists (KV) the contracts code with.
+KV_ALERT_TYPE_OID = "1.2.752.129.2.2.2.3"
+KV_HYPERSENSITIVITY_TYPE_OID = "1.2.752.129.2.2.2.4"
+KV_SEVERITY_OID = "1.2.752.129.2.2.2.5"
+KV_CONTACT_TYPE_OID = "1.2.752.129.2.2.2.6"
+
+_OTHER_UNIT = UNITS["annan-region"]
+_OTHER_DOCTORS = {
+    "kardiolog": ("SE2321000081-L7KA", "Karin Kardiolog"),
+    "onkolog": ("SE2321000081-L3ON", "Olle Onkolog"),
+    "sjukskoterska": ("SE2321000081-S4SJ", "Siv Sjuksköterska"),
+    "arbetsterapeut": ("SE2321000081-A2AT", "Åsa Arbetsterapeut"),
+    "labb": ("SE2321000081-K1LAB", "Klinisk kemi Universitetssjukhuset Öst"),
+}
+_COSMIC_DOCTORS = {  # who signs the region's diagnoses that Cosmic publishes, per care unit
+    UNITS["vc-norr"][0]: ("SE2321000016-L2VC", "Bertil Distriktsläkare"),
+    UNITS["akuten"][0]: ("SE2321000016-L1AK", "Anna Akutläkare"),
+    UNITS["med"][0]: ("SE2321000016-L5MED", "Maria Medicinläkare"),
+}
+
+
+@dataclass(frozen=True)
+class Contract:
+    """One RIVTA service contract: its endpoint, namespaces and record element."""
+
+    operation: str  # "GetDiagnosis"
+    domain: str  # "clinicalprocess:healthcond:description"
+    version: int
+    record: str  # "diagnosis": the repeated element in the response (with <record>Header/<record>Body)
+
+    @property
+    def path(self) -> str:
+        return f"/vp/{self.domain.replace(':', '/')}/{self.operation}/{self.version}/rivtabp21"
+
+    @property
+    def responder_ns(self) -> str:
+        return f"urn:riv:{self.domain}:{self.operation}Responder:{self.version}"
+
+    @property
+    def core_ns(self) -> str:
+        return f"urn:riv:{self.domain}:{self.version}"
+
+    @property
+    def soap_action(self) -> str:
+        return f"{self.responder_ns}:{self.operation}"
+
+
+CONTRACTS: tuple[Contract, ...] = (
+    Contract("GetCareDocumentation", "clinicalprocess:healthcond:description", 2, "careDocumentation"),
+    Contract("GetDiagnosis", "clinicalprocess:healthcond:description", 2, "diagnosis"),
+    Contract("GetAlertInformation", "clinicalprocess:healthcond:description", 2, "alertInformation"),
+    Contract(
+        "GetMedicationHistory",
+        "clinicalprocess:activityprescription:actoutcome",
+        2,
+        "medicationMedicalRecord",
+    ),
+    Contract(
+        "GetFunctionalStatus", "clinicalprocess:healthcond:description", 2, "functionalStatusAssessment"
+    ),
+    Contract(
+        "GetLaboratoryOrderOutcome", "clinicalprocess:healthcond:actoutcome", 4, "laboratoryOrderOutcome"
+    ),
+    Contract("GetCareContacts", "clinicalprocess:logistics:logistics", 3, "careContact"),
+)
+RECORD_KINDS = tuple(c.record for c in CONTRACTS)
+
+Record = dict[str, Any]
+
+
+def ts(dt: datetime) -> str:
+    return dt.strftime("%Y%m%d%H%M%S")
+
+
+def day(dt: datetime) -> str:
+    return dt.strftime("%Y%m%d")
+
+
+def _drop_none(value: Any) -> Any:
+    """Leave absent optional elements out of the XML rather than writing them empty."""
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_none(v) for v in value]
+    return value
+
+
+def _cv(code: str, system: str, display: str) -> dict[str, str]:
+    return {"code": code, "codeSystem": system, "displayName": display}
+
+
+def header(
+    pnr: str,
+    doc_id: str,
+    time: datetime,
+    *,
+    title: str | None = None,
+    author: tuple[str, str] = _OTHER_DOCTORS["kardiolog"],
+    unit_hsa: str = _OTHER_UNIT[0],
+    provider: str = OTHER_REGION_PROVIDER,
+    system: str = OTHER_REGION_SYSTEM,
+    signed: bool = True,
+    approved: bool = True,
+    nullified_reason: str | None = None,
+) -> Record:
+    """The RIVTA record header (``<kind>Header``) every contract shares."""
+    return {
+        "documentId": doc_id,
+        "sourceSystemHSAId": system,
+        "documentTitle": title,
+        "documentTime": ts(time),
+        "patientId": {"id": pnr, "type": SAMORDNING_OID if int(pnr[6:8]) > 60 else PNR_OID},
+        "accountableHealthcareProfessional": {
+            "authorTime": ts(time),
+            "healthcareProfessionalHSAId": author[0],
+            "healthcareProfessionalName": author[1],
+            "healthcareProfessionalCareUnitHSAId": unit_hsa,
+            "healthcareProfessionalCareGiverHSAId": provider,
+        },
+        "legalAuthenticator": {
+            "signatureTime": ts(time),
+            "legalAuthenticatorHSAId": author[0],
+            "legalAuthenticatorName": author[1],
+        }
+        if signed
+        else None,
+        "approvedForPatient": "true" if approved else "false",
+        "nullified": "true" if nullified_reason else "false",
+        "nullifiedReason": nullified_reason,
+    }
+
+
+# ---- record builders, one per contract ---------------------------------------------------------
+
+
+def note(pnr: str, doc_id: str, time: datetime, code: str, title: str, text: str, **kw: Any) -> Record:
+    return {
+        "careDocumentationHeader": header(pnr, doc_id, time, title=title, **kw),
+        "careDocumentationBody": {
+            "clinicalDocumentNote": {
+                "clinicalDocumentNoteCode": code,
+                "clinicalDocumentNoteTitle": title,
+                "clinicalDocumentNoteText": text,
+            }
+        },
+    }
+
+
+def diagnosis(
+    pnr: str,
+    doc_id: str,
+    time: datetime,
+    code: str,
+    text: str,
+    *,
+    main: bool,
+    chronic: bool,
+    diagnosed: datetime | None = None,
+    **kw: Any,
+) -> Record:
+    return {
+        "diagnosisHeader": header(pnr, doc_id, time, title="Diagnos", **kw),
+        "diagnosisBody": {
+            "typeOfDiagnosis": "Huvuddiagnos" if main else "Bidiagnos",
+            "chronicDiagnosis": "true" if chronic else "false",
+            "diagnosisTime": ts(diagnosed or time),
+            "diagnosisCode": _cv(code, ICD10SE_OID, text),
+        },
+    }
+
+
+def alert(
+    pnr: str,
+    doc_id: str,
+    time: datetime,
+    type_code: str,
+    comment: str,
+    *,
+    hypersensitivity: Record | None = None,
+    end: datetime | None = None,
+    **kw: Any,
+) -> Record:
+    return {
+        "alertInformationHeader": header(pnr, doc_id, time, title="Uppmärksamhetsinformation", **kw),
+        "alertInformationBody": {
+            "typeOfAlertInformation": _cv(type_code, KV_ALERT_TYPE_OID, _ALERT_TYPES[type_code]),
+            "ascertainedDate": ts(time),
+            "verifiedTime": ts(time),
+            "validityTimePeriod": {"start": ts(time), "end": ts(end) if end else None},
+            "alertInformationComment": comment,
+            "hypersensitivity": hypersensitivity,
+        },
+    }
+
+
+_ALERT_TYPES = {
+    "OVE": "Överkänslighet",
+    "ALL": "Allvarlig sjukdom",
+    "BEH": "Behandling",
+    "SMI": "Smitta",
+    "VBG": "Vårdbegränsning",
+    "OST": "Ostrukturerad uppmärksamhetsinformation",
+}
+
+
+def drug_hypersensitivity(atc: str, substance: str, severity: str) -> Record:
+    severities = {"ALLV": "Allvarlig", "MAT": "Måttlig", "LIN": "Lindrig"}
+    return {
+        "typeOfHypersensitivity": _cv("LAK", KV_HYPERSENSITIVITY_TYPE_OID, "Läkemedelsöverkänslighet"),
+        "degreeOfSeverity": _cv(severity, KV_SEVERITY_OID, severities[severity]),
+        "degreeOfCertainty": "Bekräftad",
+        "pharmaceuticalHypersensitivity": {"atcSubstance": _cv(atc, ATC_OID, substance)},
+    }
+
+
+def medication(
+    pnr: str,
+    doc_id: str,
+    time: datetime,
+    atc: str,
+    atc_name: str,
+    product: str,
+    dosage: str,
+    *,
+    npl: str | None = None,
+    end: datetime | None = None,
+    **kw: Any,
+) -> Record:
+    return {
+        "medicationMedicalRecordHeader": header(pnr, doc_id, time, title="Läkemedel", **kw),
+        "medicationMedicalRecordBody": {
+            "medicationPrescription": {
+                "prescriptionId": f"{doc_id}-P",
+                "typeOfPrescription": "I",  # insättning
+                "prescriptionStatus": "Inactive" if end else "Active",
+                "startOfTreatment": day(time),
+                "endOfTreatment": day(end) if end else None,
+                "drug": {
+                    "atcCode": _cv(atc, ATC_OID, atc_name),
+                    "nplProductId": _cv(npl, NPL_OID, product) if npl else None,
+                    "productName": product,
+                },
+                "dosageInstruction": dosage,
+            }
+        },
+    }
+
+
+def functional(
+    pnr: str, doc_id: str, time: datetime, category: str, icf: str, icf_name: str, assessment: str, **kw: Any
+) -> Record:
+    body: Record = {"assessmentCategory": category, "comment": None}
+    if category == "pad-pad":
+        body["padl"] = {"typeOfAssessment": _cv(icf, ICF_OID, icf_name), "assessment": assessment}
+    else:
+        body["disability"] = {"disabilityAssessment": _cv(icf, ICF_OID, icf_name), "assessment": assessment}
+    return {
+        "functionalStatusAssessmentHeader": header(pnr, doc_id, time, title="Funktionsstatus", **kw),
+        "functionalStatusAssessmentBody": body,
+    }
+
+
+def lab(
+    pnr: str,
+    doc_id: str,
+    sampled: datetime,
+    npu: str,
+    name: str,
+    value: float,
+    unit: str,
+    low: str | None,
+    high: str | None,
+    *,
+    decimals: int = 0,
+    **kw: Any,
+) -> Record:
+    text = f"{value:.{decimals}f}".replace(".", ",")
+
+    def num(s: str | None) -> float | None:
+        return None if s is None else float(s.replace(",", "."))
+
+    lo, hi = num(low), num(high)
+    abnormal = (lo is not None and value < lo) or (hi is not None and value > hi)
+    interval = f"{low or ''}-{high or ''}" if low else f"<{high}"
+    registered = sampled.replace(hour=14, minute=30)
+    kw.setdefault("author", _OTHER_DOCTORS["labb"])
+    return {
+        "laboratoryOrderOutcomeHeader": header(pnr, doc_id, registered, title="Provsvar", **kw),
+        "laboratoryOrderOutcomeBody": {
+            "resultType": "DEF",
+            "registrationTime": ts(registered),
+            "discipline": "Klinisk kemi",
+            "accessionNumber": f"{doc_id}-R",
+            "analysis": {
+                "analysisId": f"{doc_id}-A",
+                "analysisCode": _cv(npu, NPU_OID, name),
+                "analysisTime": ts(sampled),
+                "analysisStatus": "Slutsvar",
+                "analysisOutcome": {
+                    "outcomeValue": text,
+                    "outcomeUnit": unit,
+                    "pathologicalFlag": "true" if abnormal else "false",
+                    "referenceInterval": interval,
+                    "referenceIntervalLow": low,
+                    "referenceIntervalHigh": high,
+                },
+            },
+        },
+    }
+
+
+_CONTACT_CODES = {"1": "Besök", "2": "Vårdtillfälle", "3": "Hemsjukvårdsbesök", "4": "Distanskontakt"}
+
+
+def contact(
+    pnr: str, doc_id: str, start: datetime, end: datetime | None, code: str, reason: str, **kw: Any
+) -> Record:
+    unit_hsa, unit_name = kw.pop("org_unit", _OTHER_UNIT)
+    return {
+        "careContactHeader": header(pnr, doc_id, end or start, title="Vårdkontakt", **kw),
+        "careContactBody": {
+            "careContactCode": code,
+            "careContactCodeDisplayName": _CONTACT_CODES[code],
+            "careContactReason": reason,
+            "careContactOrgUnit": {"orgUnitHSAId": unit_hsa, "orgUnitName": unit_name},
+            "careContactTimePeriod": {"start": ts(start), "end": ts(end) if end else None},
+            "careContactStatus": "5" if end else "3",  # 5 avslutad, 3 pågående
+        },
+    }
+
+
+# ---- the hand-written demo records --------------------------------------------------------------
+
+
+def _empty() -> dict[str, list[Record]]:
+    return {k: [] for k in RECORD_KINDS}
+
+
+def _tolvan() -> dict[str, list[Record]]:
+    p = TOLVAN.pnr
+    out = _empty()
+    onk = {"author": _OTHER_DOCTORS["onkolog"]}
+    out["careDocumentation"] += [
+        note(
+            p,
+            "KAR-N-121212-1",
+            at(610, 16, 20),
+            "epi",
+            "Epikris",
+            "Inlagd på Kardiologen via akuten under resa med bröstsmärta. Troponin normalt vid upprepade "
+            "prover, EKG utan ischemi. Hjärtinfarkt utesluten. Hypertoni, fortsatt ramipril. Utskriven "
+            "till hemmet med uppföljning på hemortens vårdcentral.",
+        ),
+        note(
+            p,
+            "KAR-N-121212-2",
+            at(600, 11, 5),
+            "utr",
+            "Utredning pågår",
+            "Vid DT thorax inom ramen för bröstsmärteutredningen ses förstorade lymfkörtlar i mediastinum. "
+            "Misstänkt malignitet, ej delgivet patienten. Remiss till lungmedicin för bronkoskopi; "
+            "besked ges vid återbesök när svaret föreligger.",
+            approved=False,
+            **onk,
+        ),
+        note(
+            p,
+            "KAR-N-121212-3",
+            at(605, 9, 40),
+            "utr",
+            "Anteckning",
+            "MAKULERAD-ANTECKNING: anteckningen avsåg en annan patient och har makulerats.",
+            nullified_reason="Felaktig patient",
+        ),
+    ]
+    out["laboratoryOrderOutcome"] += [
+        lab(p, "KAR-L-121212-1", at(611, 20, 10), "NPU02319", "B-Hemoglobin", 141, "g/L", "134", "170"),
+        lab(p, "KAR-L-121212-2", at(611, 20, 10), "NPU19748", "P-CRP", 3, "mg/L", None, "5"),
+        lab(p, "KAR-L-121212-3", at(611, 20, 10), "NPU04998", "P-Kreatinin", 109, "µmol/L", "60", "105"),
+        lab(
+            p,
+            "KAR-L-121212-4",
+            at(611, 20, 10),
+            "NPU03429",
+            "P-Kalium",
+            4.0,
+            "mmol/L",
+            "3,5",
+            "4,4",
+            decimals=1,
+        ),
+    ]
+    out["careContact"].append(
+        contact(p, "KAR-C-121212-1", at(611, 19, 30), at(610, 15, 0), "2", "Bröstsmärta, utredning")
+    )
+    return out
+
+
+def _sanna() -> dict[str, list[Record]]:
+    out = _empty()
+    out["careContact"].append(
+        contact(
+            SANNA.pnr,
+            "KAR-C-154844-1",
+            at(300, 13, 0),
+            at(300, 13, 45),
+            "1",
+            "Hjärtklappning",
+            author=_OTHER_DOCTORS["kardiolog"],
+        )
+    )
+    return out
+
+
+_LENNART_LABS = (
+    # npu, name, unit, low, high, decimals, base value, drift per visit, noise
+    ("NPU21571", "P-NT-proBNP", "ng/L", None, "300", 0, 5200.0, -180.0, 700.0),
+    ("NPU04998", "P-Kreatinin", "µmol/L", "60", "105", 0, 118.0, 1.5, 10.0),
+    ("NPU03429", "P-Kalium", "mmol/L", "3,5", "4,4", 1, 4.2, 0.0, 0.4),
+    ("NPU03230", "P-Natrium", "mmol/L", "137", "145", 0, 138.0, 0.0, 3.0),
+)
+
+
+def _lennart() -> dict[str, list[Record]]:
+    p = LENNART.pnr
+    rng = random.Random("npo:lennart")
+    out = _empty()
+    nurse = {"author": _OTHER_DOCTORS["sjukskoterska"]}
+    out["diagnosis"] += [
+        diagnosis(
+            p, "KAR-D-309278-1", at(905, 17, 0), "I50.9", "Hjärtsvikt, ospecificerad", main=True, chronic=True
+        ),
+        diagnosis(
+            p,
+            "KAR-D-309278-2",
+            at(905, 17, 5),
+            "I48.9",
+            "Förmaksflimmer och förmaksfladder, ospecificerat",
+            main=False,
+            chronic=True,
+        ),
+        diagnosis(
+            p, "KAR-D-309278-3", at(860, 10, 0), "T78.3", "Angioneurotiskt ödem", main=True, chronic=False
+        ),
+    ]
+    out["medicationMedicalRecord"] += [
+        medication(
+            p,
+            "KAR-M-309278-1",
+            at(900, 12, 0),
+            "C03CA01",
+            "Furosemid",
+            "Furosemid 40 mg tablett",
+            "1 tablett på morgonen",
+            npl="19890120000014",
+        ),
+        medication(
+            p,
+            "KAR-M-309278-2",
+            at(900, 12, 5),
+            "C07AB07",
+            "Bisoprolol",
+            "Bisoprolol 5 mg tablett",
+            "1 tablett dagligen",
+            npl="19990304000036",
+        ),
+        medication(
+            p,
+            "KAR-M-309278-3",
+            at(899, 10, 0),
+            "C09AA02",
+            "Enalapril",
+            "Enalapril 10 mg tablett",
+            "1 tablett 2 gånger dagligen",
+            end=at(860),
+        ),
+        medication(
+            p,
+            "KAR-M-309278-4",
+            at(850, 9, 0),
+            "C03DA01",
+            "Spironolakton",
+            "Spironolakton 25 mg tablett",
+            "1 tablett dagligen",
+        ),
+        medication(
+            p,
+            "KAR-M-309278-5",
+            at(700, 9, 0),
+            "A10BK01",
+            "Dapagliflozin",
+            "Dapagliflozin 10 mg tablett",
+            "1 tablett dagligen",
+        ),
+    ]
+    out["alertInformation"] += [
+        alert(
+            p,
+            "KAR-U-309278-1",
+            at(860, 11, 0),
+            "OVE",
+            "Angioödem i ansikte och tunga under behandling med enalapril. Undvik ACE-hämmare.",
+            hypersensitivity=drug_hypersensitivity("C09AA", "ACE-hämmare, omodifierade", "ALLV"),
+        ),
+        alert(
+            p,
+            "KAR-U-309278-2",
+            at(500, 14, 0),
+            "BEH",
+            "Implanterad CRT-D (biventrikulär pacemaker med defibrillator). Kontakta kardiologjouren vid "
+            "chock eller inför MR och operation.",
+        ),
+    ]
+    out["functionalStatusAssessment"] += [
+        functional(
+            p,
+            "KAR-F-309278-1",
+            at(120, 10, 0),
+            "pad-pad",
+            "d510",
+            "Att tvätta sig",
+            "Behöver hjälp med dusch, klarar övrig personlig hygien själv.",
+            author=_OTHER_DOCTORS["arbetsterapeut"],
+        ),
+        functional(
+            p,
+            "KAR-F-309278-2",
+            at(120, 10, 10),
+            "fun-fun",
+            "d450",
+            "Att gå",
+            "Går med rollator inomhus, andfådd efter 50 meter (NYHA III).",
+            author=_OTHER_DOCTORS["arbetsterapeut"],
+        ),
+    ]
+    seq = 0
+    for visit in range(10):  # a control every ~3 months, four analyses each: 40 results
+        sampled = at(900 - visit * 88 - rng.randint(0, 6), 8, 10 + rng.randint(0, 30))
+        for npu, name, unit, low, high, decimals, base, drift, noise in _LENNART_LABS:
+            seq += 1
+            value = max(base + drift * visit + rng.uniform(-noise, noise), 0.1)
+            out["laboratoryOrderOutcome"].append(
+                lab(
+                    p,
+                    f"KAR-L-309278-{seq}",
+                    sampled,
+                    npu,
+                    name,
+                    round(value, decimals),
+                    unit,
+                    low,
+                    high,
+                    decimals=decimals,
+                )
+            )
+    out["careContact"] += [
+        contact(p, "KAR-C-309278-1", at(905, 16, 0), at(899, 11, 0), "2", "Nydebuterad hjärtsvikt"),
+        contact(p, "KAR-C-309278-2", at(861, 22, 0), at(858, 10, 0), "2", "Angioödem under ACE-hämmare"),
+        contact(
+            p,
+            "KAR-C-309278-3",
+            at(120, 9, 30),
+            at(120, 10, 30),
+            "1",
+            "Hjärtsviktsmottagning, uppföljning",
+            **nurse,
+        ),
+    ]
+    out["careDocumentation"].append(
+        note(
+            p,
+            "KAR-N-309278-1",
+            at(858, 10, 30),
+            "epi",
+            "Epikris",
+            "Inlagd för angioödem i ansikte och tunga, sannolikt orsakat av enalapril som sätts ut. "
+            "ACE-hämmare ska undvikas. Hjärtsvikten kompenserad vid utskrivning.",
+        )
+    )
+    return out
+
+
+# ---- generated patients -------------------------------------------------------------------------
+
+_GEN_DIAGNOSES = [("I25.1", "Aterosklerotisk hjärtsjukdom"), ("K21.9", "Gastroesofageal refluxsjukdom")]
+_GEN_LABS = [
+    ("NPU02319", "B-Hemoglobin", "g/L", "134", "170", 110, 165),
+    ("NPU19748", "P-CRP", "mg/L", None, "5", 1, 40),
+    ("NPU04998", "P-Kreatinin", "µmol/L", "60", "105", 55, 140),
+]
+
+
+def _generated(person: Person) -> dict[str, list[Record]]:
+    rng = random.Random(f"{person.rng_seed}:npo")
+    p = person.pnr
+    tag = person.rng_seed.replace(":", "-")
+    out = _empty()
+    for i in range(rng.randint(1, 5)):
+        doc_id = f"OR-{tag}-{i}"
+        days = rng.randint(10, 2500)
+        kind = rng.choice(["diagnosis", "careContact", "lab", "lab", "note", "medication"])
+        if kind == "diagnosis":
+            code, text = rng.choice(_GEN_DIAGNOSES)
+            out["diagnosis"].append(diagnosis(p, doc_id, at(days, 11), code, text, main=True, chronic=True))
+        elif kind == "careContact":
+            out["careContact"].append(contact(p, doc_id, at(days, 9), at(days, 10), "1", "Mottagningsbesök"))
+        elif kind == "lab":
+            npu, name, unit, low, high, lo, hi = rng.choice(_GEN_LABS)
+            out["laboratoryOrderOutcome"].append(
+                lab(p, doc_id, at(days, 8), npu, name, round(rng.uniform(lo, hi)), unit, low, high)
+            )
+        elif kind == "note":
+            out["careDocumentation"].append(
+                note(
+                    p,
+                    doc_id,
+                    at(days, 15),
+                    "epi",
+                    "Epikris",
+                    "Vårdad på Universitetssjukhuset Öst. Återgår till hemortens vårdcentral.",
+                    approved=rng.random() < 0.8,
+                )
+            )
+        else:
+            out["medicationMedicalRecord"].append(
+                medication(
+                    p,
+                    doc_id,
+                    at(days, 12),
+                    "N02BE01",
+                    "Paracetamol",
+                    "Paracetamol 500 mg tablett",
+                    "2 tabletter vid behov, högst 4 gånger per dygn",
+                )
+            )
+    return out
+
+
+def _cosmic_copy(pnr: str, d: dict[str, Any]) -> Record:
+    """NPÖ's copy of a Cosmic diagnosis: Cosmic's record id and system, the region as care giver."""
+    changed = datetime.strptime(d["changedAt"], "%Y-%m-%d %H:%M")
+    diagnosed = datetime.strptime(d["diagnosedAt"], "%Y-%m-%d %H:%M")
+    unit_hsa = d["careUnit"]["hsaId"]
+    return diagnosis(
+        pnr,
+        d["diagnosisId"],
+        changed,
+        d["icd10Code"],
+        d["diagnosisText"],
+        main=d["diagnosisType"] == "MAIN",
+        chronic=d["state"] == "ACT",
+        diagnosed=diagnosed,
+        author=_COSMIC_DOCTORS.get(unit_hsa, _COSMIC_DOCTORS[UNITS["vc-norr"][0]]),
+        unit_hsa=unit_hsa,
+        provider=REGION_PROVIDER,
+        system=COSMIC_SYSTEM,
+    )
+
+
+def build_data(people: list[Person]) -> dict[str, dict[str, list[Record]]]:
+    """NPÖ's index: personnummer → {record element name: [records]} for everyone NPÖ knows."""
+    hand = {TOLVAN.pnr: _tolvan, SANNA.pnr: _sanna, LENNART.pnr: _lennart}
+    copies = cosmic.shared_with_npo(cosmic.build_data(people))
+    data: dict[str, dict[str, list[Record]]] = {}
+    for person in people:
+        if not person.in_npo:
+            continue
+        if person.pnr in hand:
+            records = hand[person.pnr]()
+        elif person.generated:
+            records = _generated(person)
+        else:
+            records = _empty()
+        shared = [_cosmic_copy(person.pnr, d) for d in copies.get(person.pnr, [])]
+        records["diagnosis"] = shared + records["diagnosis"]
+        data[person.pnr] = {k: [_drop_none(r) for r in v] for k, v in records.items()}
+    return data
+
+
+# ---- SOAP ---------------------------------------------------------------------------------------
+
+
+def _xml(doc: dict[str, Any], status: int = 200) -> web.Response:
+    body = xmltodict.unparse(doc, encoding="utf-8", pretty=True, indent="  ").encode("utf-8")
+    return web.Response(body=body, status=status, content_type="text/xml", charset="utf-8")
+
+
+def soap_fault(status: int, message: str, code: str = "Server") -> web.Response:
+    """A SOAP 1.1 Fault (``soap:Client`` for a bad request, ``soap:Server`` otherwise)."""
+    return _xml(
+        {
+            "soap:Envelope": {
+                "@xmlns:soap": SOAP_NS,
+                "soap:Body": {"soap:Fault": {"faultcode": f"soap:{code}", "faultstring": message}},
+            }
+        },
+        status,
+    )
+
+
+def response(contract: Contract, pnr: str, records: list[Record]) -> web.Response:
+    log_id = uuid.uuid5(uuid.NAMESPACE_URL, f"npo:{contract.operation}:{pnr}")
+    content: dict[str, Any] = {"@xmlns:ns2": contract.responder_ns, "@xmlns": contract.core_ns}
+    if records:
+        content[f"ns2:{contract.record}"] = records
+    content["ns2:result"] = {"resultCode": "OK", "logId": str(log_id)}
+    return _xml(
+        {
+            "soap:Envelope": {
+                "@xmlns:soap": SOAP_NS,
+                "soap:Body": {f"ns2:{contract.operation}Response": content},
+            }
+        }
+    )
+
+
+def _text(node: Any) -> str | None:
+    return node.strip() if isinstance(node, str) and node.strip() else None
+
+
+def read_request(contract: Contract, raw: bytes) -> str:
+    """The patient id of a contract request. Raises ValueError with a fault string."""
+    try:
+        doc = parse_xml(raw)
+    except ValueError:
+        raise ValueError("Request is not well-formed XML") from None
+    envelope = doc.get("Envelope")
+    if not isinstance(envelope, dict) or not isinstance(envelope.get("Body"), dict):
+        raise ValueError("Request is not a SOAP envelope")
+    head = envelope.get("Header")
+    if not isinstance(head, dict) or _text(head.get("LogicalAddress")) is None:
+        raise ValueError("VP007 LogicalAddress missing in the SOAP header")
+    op = envelope["Body"].get(contract.operation, ())
+    op = {} if op is None else op  # an empty <GetX/> element
+    if not isinstance(op, dict):
+        raise ValueError(f"Expected a {contract.operation} request at this endpoint")
+    pid = op.get("patientId")
+    if not isinstance(pid, dict):
+        raise ValueError("patientId is required")
+    pnr, kind = _text(pid.get("id")), _text(pid.get("type"))
+    if kind not in (PNR_OID, SAMORDNING_OID):
+        raise ValueError("patientId.type must be a personnummer or samordningsnummer OID")
+    if pnr is None or not is_valid_pnr(pnr):
+        raise ValueError("patientId.id is not a valid personnummer")
+    return pnr
+
+
+def create_app(people: list[Person], faults: fault_mod.Faults | None = None) -> web.Application:
+    data = build_data(people)
+
+    def endpoint(contract: Contract) -> fault_mod.Handler:
+        async def handle(request: web.Request) -> web.Response:
+            try:
+                pnr = read_request(contract, await request.read())
+            except ValueError as exc:
+                return soap_fault(500, str(exc), "Client")
+            return response(contract, pnr, data.get(pnr, {}).get(contract.record, []))
+
+        return handle
+
+    app = web.Application()
+    fault_mod.install(app, faults or fault_mod.Faults(), lambda s: soap_fault(s, "Injected error"))
+    for contract in CONTRACTS:
+        app.router.add_post(contract.path, endpoint(contract))
+    return app

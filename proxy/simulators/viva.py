@@ -1,0 +1,638 @@
+"""Viva stand-in: the municipality's home-care record (kommunal hemsjukvård och hemtjänst).
+
+Dialect (deliberately unlike Cosmic and unlike FHIR):
+
+* JSON with Swedish field names; one GET endpoint per kind under ``/viva/api/v2/``, the person given
+  as a query parameter: ``?personnummer=191212121212`` (12 digits, no dash);
+* ``brukare`` (the person), ``vardplaner`` (care plans), ``funktionsbedomningar`` (ADL / functional
+  status with ICF codes and qualifiers 0–4), ``anteckningar`` (notes, each under a law: ``HSL`` health
+  care or ``SoL`` social care), ``lakemedelslista`` (medication list with administrations),
+  ``hembesok`` (home visits) and ``beslut`` (social-care decisions under SoL — served, never mapped);
+* answers are ``{"<kind>": [...]}`` — and for an unknown person **200** with ``{"brukare": null}`` or
+  an empty list, never 404;
+* a missing or malformed personnummer is ``400`` with ``{"fel": {"kod", "meddelande"}}``, as are
+  injected faults;
+* dates are compact ``YYYYMMDD``, timestamps ``YYYYMMDDHHMM``, local time;
+* codes of its own: ``AKTIV``/``AVSLUTAD``/``UTKAST`` (care plans), ``AKTUELL``/``UTSATT``
+  (medication), ``GIVEN``/``EJ_GIVEN``/``VAGRAT`` (administrations), ``UTFORT``/``PLANERAT``/``INSTALLT``
+  (visits), ``HEMSJUKVARD``/``HEMTJANST`` (visit type), ``man``/``kvinna``, ``J``/``N``.
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from proxy.simulators import faults as fault_mod
+from proxy.simulators.population import (
+    GRETA,
+    MUNICIPALITY_PROVIDER,
+    TOLVAN,
+    UNITS,
+    VIVA_SYSTEM,
+    Person,
+    at,
+)
+
+BASE = "/viva/api/v2"
+# endpoint (= top-level key of its answer) → record kind in the database
+KINDS = ("vardplaner", "funktionsbedomningar", "anteckningar", "lakemedelslista", "hembesok", "beslut")
+
+SOL_LAGRUM = "SoL 4 kap. 1 §"
+
+
+def ts(dt: datetime) -> str:
+    """Viva's compact local timestamp ``YYYYMMDDHHMM``."""
+    return dt.strftime("%Y%m%d%H%M")
+
+
+def day(dt: datetime) -> str:
+    """Viva's compact date ``YYYYMMDD``."""
+    return dt.strftime("%Y%m%d")
+
+
+def enhet() -> dict[str, str]:
+    hsa, name = UNITS["hemsjukvard"]
+    return {"hsaId": hsa, "namn": name, "vardgivareHsaId": MUNICIPALITY_PROVIDER}
+
+
+# Staff of the home-care unit (invented HSA-ids in the municipality's series).
+SSK = {"namn": "Sara Sjuksköterska", "hsaId": "SE2120001520-SSK1"}
+SSK2 = {"namn": "Sven Sjuksköterska", "hsaId": "SE2120001520-SSK2"}
+AT = {"namn": "Anna Arbetsterapeut", "hsaId": "SE2120001520-AT01"}
+FT = {"namn": "Fredrik Fysioterapeut", "hsaId": "SE2120001520-FT01"}
+BISTAND = {"namn": "Berit Biståndshandläggare", "hsaId": "SE2120001520-BH01"}
+USK = "Ulla Undersköterska"
+USK2 = "Omar Undersköterska"
+
+ADL_AREAS = {
+    "d410": "Ändra grundläggande kroppsställning",
+    "d420": "Förflytta sig",
+    "d450": "Gå",
+    "d465": "Röra sig omkring med hjälpmedel",
+    "d510": "Tvätta sig",
+    "d520": "Kroppsvård",
+    "d530": "Sköta toalettbehov",
+    "d540": "Klä sig",
+    "d550": "Äta",
+    "d560": "Dricka",
+}
+
+
+# ---- record builders ----------------------------------------------------------------------------
+
+
+def _plan(
+    pid: str,
+    titel: str,
+    beskrivning: str,
+    status: str,
+    start: datetime,
+    slut: datetime | None,
+    insatser: list[tuple[str, str]],
+    av: dict[str, str],
+    changed: datetime,
+) -> dict[str, Any]:
+    return {
+        "planId": pid,
+        "titel": titel,
+        "beskrivning": beskrivning,
+        "status": status,
+        "startdatum": day(start),
+        "slutdatum": day(slut) if slut else None,
+        "insatser": [
+            {"insatsId": f"{pid}-I{i + 1}", "text": text, "frekvens": frekvens}
+            for i, (text, frekvens) in enumerate(insatser)
+        ],
+        "upprattadAv": dict(av),
+        "enhet": enhet(),
+        "senastAndrad": ts(changed),
+    }
+
+
+def _adl(
+    bid: str, when: datetime, omrade: str, niva: int, beskrivning: str, av: dict[str, str]
+) -> dict[str, Any]:
+    return {
+        "bedomningId": bid,
+        "datum": ts(when),
+        "omrade": omrade,
+        "omradesText": ADL_AREAS[omrade],
+        "niva": niva,
+        "beskrivning": beskrivning,
+        "bedomdAv": dict(av),
+        "enhet": enhet(),
+        "senastAndrad": ts(when),
+    }
+
+
+def _note(
+    aid: str, when: datetime, rubrik: str, text: str, lagrum: str, av: dict[str, str]
+) -> dict[str, Any]:
+    return {
+        "anteckningId": aid,
+        "datum": ts(when),
+        "rubrik": rubrik,
+        "text": text,
+        "lagrum": lagrum,
+        "signeradAv": dict(av),
+        "enhet": enhet(),
+        "senastAndrad": ts(when),
+    }
+
+
+def _med(
+    oid: str,
+    atc: str,
+    preparat: str,
+    dosering: str,
+    start: datetime,
+    utsatt: datetime | None,
+    administreringar: list[tuple[datetime, str, str]],
+) -> dict[str, Any]:
+    return {
+        "ordinationId": oid,
+        "atc": atc,
+        "preparat": preparat,
+        "dosering": dosering,
+        "status": "UTSATT" if utsatt else "AKTUELL",
+        "startdatum": day(start),
+        "utsattDatum": day(utsatt) if utsatt else None,
+        "administreringar": [
+            {"tidpunkt": ts(t), "givenAv": who, "status": status} for t, who, status in administreringar
+        ],
+        "enhet": enhet(),
+        "senastAndrad": ts(max([start, *(t for t, _, _ in administreringar)])),
+    }
+
+
+def _visit(
+    vid: str, start: datetime, minutes: int, besokstyp: str, utforare: str, status: str
+) -> dict[str, Any]:
+    end = start + timedelta(minutes=minutes)
+    return {
+        "besokId": vid,
+        "start": ts(start),
+        "slut": ts(end),
+        "besokstyp": besokstyp,
+        "utforare": utforare,
+        "status": status,
+        "enhet": enhet(),
+    }
+
+
+def _decision(bid: str, insats: str, when: datetime, text: str) -> dict[str, Any]:
+    return {
+        "beslutId": bid,
+        "lagrum": SOL_LAGRUM,
+        "insats": insats,
+        "beslutsdatum": day(when),
+        "text": text,
+        "handlaggare": dict(BISTAND),
+        "senastAndrad": ts(when),
+    }
+
+
+# ---- the hand-written demo records --------------------------------------------------------------
+
+
+def _tolvan() -> dict[str, list[dict[str, Any]]]:
+    return {
+        "vardplaner": [
+            _plan(
+                "VP-100000-1",
+                "Vårdplan hemsjukvård – hypertoni och fallprevention",
+                "Blodtryckskontroller och läkemedelsadministrering i hemmet. Fallprevention efter "
+                "tidigare handledsfraktur.",
+                "AKTIV",
+                at(400),
+                None,
+                [
+                    ("Blodtryckskontroll", "1 gång per vecka"),
+                    ("Administrering av blodtrycksläkemedel (ramipril)", "dagligen kl 08"),
+                    ("Fallpreventiv balansträning", "2 gånger per vecka"),
+                ],
+                SSK,
+                at(120, 14, 20),
+            )
+        ],
+        "funktionsbedomningar": [
+            _adl("FB-100000-1", at(300, 10, 15), "d450", 2, "Går kortare sträckor inomhus med rollator.", FT),
+            _adl("FB-100000-2", at(120, 10, 30), "d450", 1, "Går inomhus utan hjälpmedel, rollator ute.", FT),
+            _adl("FB-100000-3", at(120, 11, 0), "d510", 2, "Behöver hjälp att tvätta rygg och fötter.", AT),
+            _adl("FB-100000-4", at(120, 11, 15), "d540", 1, "Klär sig själv, hjälp med strumpor.", AT),
+            _adl("FB-100000-5", at(5, 9, 45), "d550", 0, "Äter själv utan svårigheter.", AT),
+        ],
+        "anteckningar": [
+            _note(
+                "AN-100000-1",
+                at(10, 8, 40),
+                "Hembesök hemsjukvård",
+                "Blodtryck 138/84 sittande. Ramipril 5 mg given. Inga yrselbesvär. Fortsatt plan.",
+                "HSL",
+                SSK,
+            ),
+            _note(
+                "AN-100000-2",
+                at(60, 13, 0),
+                "Biståndsbedömning",
+                "Biståndsbeslut hemtjänst SoL-anteckning: brukaren beviljas hjälp med inköp och städning "
+                "varannan vecka efter hembesök av handläggare.",
+                "SoL",
+                BISTAND,
+            ),
+        ],
+        "lakemedelslista": [
+            _med(
+                "OR-100000-1",
+                "C09AA05",
+                "Ramipril 5 mg tablett",
+                "1 tablett kl 08",
+                at(400),
+                None,
+                [
+                    (at(2, 8, 5), USK, "GIVEN"),
+                    (at(1, 8, 0), USK, "GIVEN"),
+                    (at(0, 8, 10), USK2, "GIVEN"),
+                ],
+            )
+        ],
+        "hembesok": [
+            _visit("HB-100000-1", at(10, 8, 30), 30, "HEMSJUKVARD", "Sara Sjuksköterska", "UTFORT"),
+            _visit("HB-100000-2", at(120, 10, 0), 90, "HEMSJUKVARD", "Fredrik Fysioterapeut", "UTFORT"),
+            _visit("HB-100000-3", at(5, 14, 0), 45, "HEMTJANST", "Hemtjänstgrupp Norr", "UTFORT"),
+            _visit("HB-100000-4", at(-3, 8, 30), 30, "HEMSJUKVARD", "Sara Sjuksköterska", "PLANERAT"),
+        ],
+        "beslut": [
+            _decision(
+                "BE-100000-1",
+                "Hemtjänst: inköp och städning",
+                at(60, 13, 0),
+                "Beviljas hjälp med inköp och städning varannan vecka.",
+            )
+        ],
+    }
+
+
+def _greta() -> dict[str, list[dict[str, Any]]]:
+    return {
+        "vardplaner": [
+            _plan(
+                "VP-100001-1",
+                "Vårdplan hemsjukvård – hjärtsvikt och nutrition",
+                "Viktkontroll, vätskelista och läkemedelsadministrering. Nutritionsstöd vid viktnedgång.",
+                "AKTIV",
+                at(200),
+                None,
+                [
+                    ("Viktkontroll", "2 gånger per vecka"),
+                    ("Dosettdelning och läkemedelsadministrering", "morgon och kväll"),
+                    ("Kostregistrering och näringsdryck", "dagligen"),
+                    ("Trycksårsprofylax, hudinspektion", "dagligen"),
+                ],
+                SSK2,
+                at(12, 15, 0),
+            ),
+            _plan(
+                "VP-100001-2",
+                "Rehabiliteringsplan efter sjukhusvistelse",
+                "Träning av förflyttning och gång efter utskrivning från medicinkliniken.",
+                "AVSLUTAD",
+                at(260),
+                at(170),
+                [
+                    ("Förflyttningsträning säng–stol", "dagligen"),
+                    ("Gångträning med rollator", "3 gånger per vecka"),
+                ],
+                FT,
+                at(170, 11, 0),
+            ),
+            _plan(
+                "VP-100001-3",
+                "Palliativ vårdplan (utkast)",
+                "Utkast inför brytpunktssamtal. Ej fastställd.",
+                "UTKAST",
+                at(3),
+                None,
+                [("Symtomskattning", "1 gång per vecka")],
+                SSK2,
+                at(3, 16, 30),
+            ),
+        ],
+        "funktionsbedomningar": [
+            _adl("FB-100001-1", at(250, 9, 0), "d420", 3, "Förflyttning säng–stol kräver hjälp av två.", FT),
+            _adl("FB-100001-2", at(180, 9, 30), "d420", 1, "Förflyttar sig själv med stöd av handtag.", FT),
+            _adl("FB-100001-3", at(180, 10, 0), "d450", 2, "Går med rollator inomhus, korta sträckor.", FT),
+            _adl("FB-100001-4", at(180, 10, 20), "d510", 3, "Duschas med hjälp två gånger i veckan.", AT),
+            _adl("FB-100001-5", at(180, 10, 40), "d530", 2, "Behöver hjälp nattetid, toalettstol.", AT),
+            _adl("FB-100001-6", at(6, 11, 0), "d540", 3, "Behöver hjälp med på- och avklädning.", AT),
+            _adl("FB-100001-7", at(6, 11, 20), "d550", 1, "Äter själv efter att maten skurits.", AT),
+            _adl("FB-100001-8", at(6, 11, 40), "d560", 2, "Dricker för lite, påminnelse behövs.", AT),
+        ],
+        "anteckningar": [
+            _note(
+                "AN-100001-1",
+                at(170, 10, 0),
+                "Inskrivning hemsjukvård",
+                "Inskriven i hemsjukvården efter utskrivning från medicinkliniken. Hjärtsvikt, "
+                "nedsatt rörlighet.",
+                "HSL",
+                SSK2,
+            ),
+            _note(
+                "AN-100001-2",
+                at(150, 9, 20),
+                "Biståndsutredning",
+                "Biståndsbeslut hemtjänst SoL-anteckning: beviljas hemtjänst med personlig omvårdnad "
+                "morgon och kväll samt trygghetslarm.",
+                "SoL",
+                BISTAND,
+            ),
+            _note(
+                "AN-100001-3",
+                at(12, 14, 50),
+                "Viktuppföljning",
+                "Vikt 58,2 kg, minskat 1,5 kg på en månad. Näringsdryck insatt, läkare informerad.",
+                "HSL",
+                SSK2,
+            ),
+            _note(
+                "AN-100001-4",
+                at(6, 12, 10),
+                "Arbetsterapeutisk bedömning",
+                "Bedömning av ADL. Ökat hjälpbehov vid på- och avklädning. Förskrivit strumppådragare.",
+                "HSL",
+                AT,
+            ),
+            _note(
+                "AN-100001-5",
+                at(4, 16, 0),
+                "Uppföljning av insatser",
+                "Genomförandeplan hemtjänst reviderad med brukaren och dottern.",
+                "SoL",
+                BISTAND,
+            ),
+        ],
+        "lakemedelslista": [
+            _med(
+                "OR-100001-1",
+                "C03CA01",
+                "Furosemid 40 mg tablett",
+                "1 tablett morgon",
+                at(170),
+                None,
+                [(at(d, 8, 0), USK, "GIVEN") for d in (3, 2, 1)] + [(at(0, 8, 0), USK2, "VAGRAT")],
+            ),
+            _med(
+                "OR-100001-2",
+                "C07AB02",
+                "Metoprolol 50 mg depottablett",
+                "1 tablett morgon",
+                at(170),
+                None,
+                [(at(d, 8, 0), USK, "GIVEN") for d in (3, 2, 1, 0)],
+            ),
+            _med(
+                "OR-100001-3",
+                "B01AF02",
+                "Apixaban 2,5 mg tablett",
+                "1 tablett morgon och kväll",
+                at(170),
+                None,
+                [
+                    (at(1, 8, 0), USK, "GIVEN"),
+                    (at(1, 20, 0), USK2, "GIVEN"),
+                    (at(0, 20, 0), USK2, "EJ_GIVEN"),
+                ],
+            ),
+            _med(
+                "OR-100001-4",
+                "J01CA08",
+                "Pivmecillinam 200 mg tablett",
+                "1 tablett 3 gånger dagligen i 5 dagar",
+                at(130),
+                at(125),
+                [(at(130 - i // 3, 8 + 6 * (i % 3), 0), USK, "GIVEN") for i in range(15)],
+            ),
+        ],
+        "hembesok": [
+            _visit("HB-100001-1", at(170, 13, 0), 60, "HEMSJUKVARD", "Sven Sjuksköterska", "UTFORT"),
+            _visit("HB-100001-2", at(150, 10, 0), 45, "HEMTJANST", "Hemtjänstgrupp Solna", "UTFORT"),
+            _visit("HB-100001-3", at(120, 14, 0), 30, "HEMSJUKVARD", "Fredrik Fysioterapeut", "UTFORT"),
+            _visit("HB-100001-4", at(12, 14, 30), 30, "HEMSJUKVARD", "Sven Sjuksköterska", "UTFORT"),
+            _visit("HB-100001-5", at(6, 10, 45), 75, "HEMSJUKVARD", "Anna Arbetsterapeut", "UTFORT"),
+            _visit("HB-100001-6", at(2, 9, 0), 30, "HEMSJUKVARD", "Sven Sjuksköterska", "INSTALLT"),
+            _visit("HB-100001-7", at(0, 7, 30), 30, "HEMTJANST", "Hemtjänstgrupp Solna", "UTFORT"),
+            _visit("HB-100001-8", at(-2, 14, 0), 30, "HEMSJUKVARD", "Sven Sjuksköterska", "PLANERAT"),
+        ],
+        "beslut": [
+            _decision(
+                "BE-100001-1",
+                "Hemtjänst: personlig omvårdnad",
+                at(150, 9, 20),
+                "Beviljas personlig omvårdnad morgon och kväll.",
+            ),
+            _decision("BE-100001-2", "Trygghetslarm", at(150, 9, 25), "Beviljas trygghetslarm."),
+        ],
+    }
+
+
+# ---- generated people ---------------------------------------------------------------------------
+
+_PLANS = [
+    (
+        "Vårdplan hemsjukvård – diabetes",
+        "Blodsockerkontroller och insulinadministrering.",
+        [("Blodsockerkontroll", "morgon och kväll"), ("Insulinadministrering", "dagligen")],
+    ),
+    (
+        "Vårdplan hemsjukvård – sårvård",
+        "Omläggning av bensår enligt ordination.",
+        [("Omläggning av bensår", "3 gånger per vecka"), ("Sårbedömning med foto", "1 gång per vecka")],
+    ),
+    (
+        "Vårdplan hemsjukvård – läkemedel",
+        "Läkemedelsadministrering från dosett.",
+        [("Dosettdelning", "1 gång per vecka"), ("Läkemedelsadministrering", "dagligen")],
+    ),
+    (
+        "Vårdplan hemsjukvård – fallprevention",
+        "Balansträning och hjälpmedelsöversyn.",
+        [("Balansträning", "2 gånger per vecka"), ("Översyn av hjälpmedel", "1 gång per månad")],
+    ),
+]
+_ADL_TEXT = [
+    "Klarar aktiviteten själv.",
+    "Klarar aktiviteten med tillsyn.",
+    "Behöver viss hjälp.",
+    "Behöver mycket hjälp.",
+    "Utförs helt av personal.",
+]
+_HSL_NOTES = [
+    ("Hembesök hemsjukvård", "Kontroll utan anmärkning. Fortsatt enligt vårdplan."),
+    ("Läkemedelsgenomgång", "Läkemedelslistan stämd av mot dosett. Inga avvikelser."),
+    ("Sårvård", "Omläggning utförd. Såret läker, ingen rodnad."),
+]
+_VIVA_MEDS = [
+    ("C09AA05", "Ramipril 5 mg tablett", "1 tablett morgon"),
+    ("A10BA02", "Metformin 500 mg tablett", "1 tablett morgon och kväll"),
+    ("N02BE01", "Paracetamol 500 mg tablett", "2 tabletter vid behov, högst 3 gånger dagligen"),
+    ("C03CA01", "Furosemid 40 mg tablett", "1 tablett morgon"),
+    ("B01AF01", "Rivaroxaban 20 mg tablett", "1 tablett kväll"),
+]
+
+
+def _generated(person: Person, seq: int) -> dict[str, list[dict[str, Any]]]:
+    rng = random.Random(f"{person.rng_seed}:viva")
+    n = 100000 + seq
+    out: dict[str, list[dict[str, Any]]] = {k: [] for k in KINDS}
+    titel, beskrivning, insatser = rng.choice(_PLANS)
+    start = rng.randint(30, 1500)
+    ended = rng.random() < 0.2
+    out["vardplaner"].append(
+        _plan(
+            f"VP-{n}-1",
+            titel,
+            beskrivning,
+            "AVSLUTAD" if ended else rng.choice(["AKTIV", "AKTIV", "AKTIV", "UTKAST"]),
+            at(start),
+            at(start // 2) if ended else None,
+            insatser,
+            rng.choice([SSK, SSK2]),
+            at(rng.randint(1, start), rng.randint(8, 17), rng.choice([0, 15, 30, 45])),
+        )
+    )
+    for i, omrade in enumerate(rng.sample(sorted(ADL_AREAS), rng.randint(2, 5))):
+        niva = rng.randint(0, 4)
+        when = at(rng.randint(1, 900), rng.randint(8, 16), rng.choice([0, 20, 40]))
+        out["funktionsbedomningar"].append(
+            _adl(f"FB-{n}-{i + 1}", when, omrade, niva, _ADL_TEXT[niva], rng.choice([AT, FT]))
+        )
+    for i in range(rng.randint(1, 3)):
+        when = at(rng.randint(1, 900), rng.randint(8, 18), rng.choice([0, 10, 30, 50]))
+        if rng.random() < 0.35:
+            out["anteckningar"].append(
+                _note(
+                    f"AN-{n}-{i + 1}",
+                    when,
+                    "Biståndsbedömning",
+                    "Biståndsbeslut hemtjänst SoL-anteckning: beviljas hjälp med inköp.",
+                    "SoL",
+                    BISTAND,
+                )
+            )
+            out["beslut"].append(
+                _decision(f"BE-{n}-{i + 1}", "Hemtjänst: inköp", when, "Beviljas hjälp med inköp.")
+            )
+        else:
+            rubrik, text = rng.choice(_HSL_NOTES)
+            out["anteckningar"].append(
+                _note(f"AN-{n}-{i + 1}", when, rubrik, text, "HSL", rng.choice([SSK, SSK2]))
+            )
+    for i, (atc, preparat, dosering) in enumerate(rng.sample(_VIVA_MEDS, rng.randint(0, 3))):
+        start = rng.randint(10, 1200)
+        stopped = rng.random() < 0.25
+        last = start // 2 if stopped else 0
+        given = [
+            (
+                at(d, 8, rng.choice([0, 5, 10, 20])),
+                rng.choice([USK, USK2]),
+                rng.choice(["GIVEN"] * 8 + ["EJ_GIVEN"]),
+            )
+            for d in range(last + rng.randint(0, 3), last - 1, -1)
+        ]
+        out["lakemedelslista"].append(
+            _med(f"OR-{n}-{i + 1}", atc, preparat, dosering, at(start), at(last) if stopped else None, given)
+        )
+    for i in range(rng.randint(1, 6)):
+        days = rng.randint(-7, 700)
+        out["hembesok"].append(
+            _visit(
+                f"HB-{n}-{i + 1}",
+                at(days, rng.randint(7, 20), rng.choice([0, 15, 30, 45])),
+                rng.choice([15, 30, 45, 60]),
+                rng.choice(["HEMSJUKVARD", "HEMSJUKVARD", "HEMTJANST"]),
+                rng.choice(["Sara Sjuksköterska", "Sven Sjuksköterska", "Hemtjänstgrupp Norr"]),
+                "PLANERAT" if days < 0 else rng.choice(["UTFORT"] * 9 + ["INSTALLT"]),
+            )
+        )
+    return out
+
+
+def brukare_record(person: Person, seq: int) -> dict[str, Any]:
+    street, zip_, city = person.address
+    return {
+        "brukarId": f"BR-{100000 + seq}",
+        "personnummer": person.pnr,
+        "fornamn": person.given,
+        "efternamn": person.family,
+        "kon": "man" if person.gender == "male" else "kvinna",
+        "adress": {"gatuadress": street, "postnummer": zip_, "postort": city},
+        "telefon": f"08-{500000 + seq * 37 % 500000:06d}",
+        "skyddadIdentitet": "J" if person.protected else "N",
+        "senastAndrad": ts(at(30 + seq % 200, 9, 0)),
+    }
+
+
+def build_data(people: list[Person]) -> dict[str, dict[str, Any]]:
+    """Viva's database: personnummer → {"brukare": {...}, "<kind>": [records]} for people in Viva."""
+    hand = {TOLVAN.pnr: _tolvan, GRETA.pnr: _greta}
+    data: dict[str, dict[str, Any]] = {}
+    for seq, person in enumerate(p for p in people if p.in_viva):
+        records = hand[person.pnr]() if person.pnr in hand else _generated(person, seq)
+        entry: dict[str, Any] = {k: list(records.get(k, [])) for k in KINDS}
+        entry["brukare"] = brukare_record(person, seq)
+        data[person.pnr] = entry
+    return data
+
+
+# ---- the HTTP app -------------------------------------------------------------------------------
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+def _error(status: int, kod: str, meddelande: str) -> web.Response:
+    return _json({"fel": {"kod": kod, "meddelande": meddelande, "status": status}}, status)
+
+
+def create_app(people: list[Person], faults: fault_mod.Faults | None = None) -> web.Application:
+    data = build_data(people)
+
+    def person_of(request: web.Request) -> tuple[dict[str, Any] | None, web.Response | None]:
+        pnr = request.query.get("personnummer")
+        if pnr is None:
+            return None, _error(400, "PERSONNUMMER_SAKNAS", "Parametern personnummer saknas")
+        if len(pnr) != 12 or not pnr.isascii() or not pnr.isdigit():
+            return None, _error(400, "OGILTIGT_PERSONNUMMER", "Personnummer ska anges med 12 siffror")
+        return data.get(pnr), None
+
+    async def brukare(request: web.Request) -> web.Response:
+        entry, err = person_of(request)
+        if err is not None:
+            return err
+        return _json({"brukare": entry["brukare"] if entry else None})
+
+    def records(kind: str) -> fault_mod.Handler:
+        async def handler(request: web.Request) -> web.Response:
+            entry, err = person_of(request)
+            if err is not None:
+                return err
+            return _json({kind: entry[kind] if entry else []})
+
+        return handler
+
+    app = web.Application()
+    fault_mod.install(app, faults or fault_mod.Faults(), lambda s: _error(s, "SERVERFEL", "Injicerat fel"))
+    app.router.add_get(BASE + "/brukare", brukare)
+    for kind in KINDS:
+        app.router.add_get(f"{BASE}/{kind}", records(kind))
+    return app
+
+
+SYSTEM_HSA_ID = VIVA_SYSTEM
