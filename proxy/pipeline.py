@@ -24,6 +24,7 @@ from proxy.mapping.compiler import RequestSpec
 from proxy.mapping.registry import MappingSet
 from proxy.mapping.run import map_source
 from proxy.merge import merge
+from proxy.pnr import oid_of as pnr_oid
 from proxy.settings import Settings
 from proxy.timeutil import fhir_range
 from proxy.types import FhirDict, MappedResource, PatientRef, Query, SourceOutcome
@@ -62,6 +63,7 @@ def context(facade: Facade, backend: str, patient: PatientRef) -> dict[str, str]
         "pnr": patient.pnr,
         "pnr_dash": f"{patient.pnr[:8]}-{patient.pnr[8:]}",
         "pnr_system": patient.system,
+        "pnr_oid": pnr_oid(patient.pnr),
         "patient_id": patient.fhir_id,
         "source": backend,
     }

@@ -7,6 +7,8 @@ from datetime import date
 PNR_SYSTEM = "http://electronichealth.se/identifier/personnummer"
 SAMORDNING_SYSTEM = "http://electronichealth.se/identifier/samordningsnummer"
 IDENTIFIER_SYSTEMS = frozenset({PNR_SYSTEM, SAMORDNING_SYSTEM})
+PNR_OID = "1.2.752.129.2.1.3.1"
+SAMORDNING_OID = "1.2.752.129.2.1.3.3"
 
 
 def luhn_check_digit(nine_digits: str) -> int:
@@ -34,6 +36,11 @@ def is_valid_pnr(pnr: str) -> bool:
 
 def system_of(pnr: str) -> str:
     return SAMORDNING_SYSTEM if int(pnr[6:8]) > 60 else PNR_SYSTEM
+
+
+def oid_of(pnr: str) -> str:
+    """The OID RIVTA contracts use for the identifier type (patientId.type)."""
+    return SAMORDNING_OID if int(pnr[6:8]) > 60 else PNR_OID
 
 
 def normalise(value: str) -> str | None:

@@ -75,8 +75,7 @@ class BackendClient:
         return SourceResult(self.settings.name, worst[0], bodies, latency, worst[1])
 
     async def _one(self, spec: RequestSpec, ctx: Context) -> tuple[SourceStatus, bytes | None, str]:
-        path, query, body = spec.render(ctx)
-        headers = dict(spec.headers)
+        path, query, headers, body = spec.render(ctx)
         budget = self.settings.total_timeout_s
         try:
             async with self.session.request(

@@ -27,6 +27,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
+from urllib.parse import quote
+from xml.sax.saxutils import escape as xml_escape
 
 from proxy.mapping.paths import Finder, PathError, compile_path
 from proxy.timeutil import format_kind, iso_local_to_fhir, local_to_fhir
@@ -91,21 +93,31 @@ class RequestSpec:
     @property
     def key(self) -> str:
         """Identity of the fetch: mappings with equal keys are served by one backend call."""
-        return f"{self.method} {self.path} {self.query} {self.body}"
+        return f"{self.method} {self.path} {self.query} {self.headers} {self.body}"
 
-    def render(self, ctx: Context) -> tuple[str, list[tuple[str, str]], bytes | None]:
-        """Path, query and body with the request's context filled in (context values are pre-validated)."""
-        path = self.path.format_map(_ContextView(ctx))
-        query = [(k, v.format_map(_ContextView(ctx))) for k, v in self.query]
-        body = self.body.format_map(_ContextView(ctx)).encode() if self.body is not None else None
-        return path, query, body
+    def render(self, ctx: Context) -> tuple[str, list[tuple[str, str]], dict[str, str], bytes | None]:
+        """Path, query, headers and body with the request's context filled in.
+
+        Values are escaped for where they go: URL path segments are percent-encoded, and an XML
+        body gets XML escaping (context values come from validated identifiers and config, but a
+        config value must not be able to break an envelope either).
+        """
+        plain = _ContextView(ctx)
+        path = self.path.format_map(_ContextView(ctx, lambda v: quote(v, safe="")))
+        query = [(k, v.format_map(plain)) for k, v in self.query]
+        headers = {k: v.format_map(plain) for k, v in self.headers}
+        body = None
+        if self.body is not None:
+            escape = xml_escape if self.format == "xml" else None
+            body = self.body.format_map(_ContextView(ctx, escape)).encode()
+        return path, query, headers, body
 
 
 class _ContextView(dict):  # type: ignore[type-arg]
     """``str.format_map`` over the context, where request templates write ``{@pnr}``."""
 
-    def __init__(self, ctx: Context) -> None:
-        super().__init__({f"@{k}": v for k, v in ctx.items()})
+    def __init__(self, ctx: Context, escape: Callable[[str], str] | None = None) -> None:
+        super().__init__({f"@{k}": escape(str(v)) if escape else v for k, v in ctx.items()})
 
     def __missing__(self, key: str) -> str:
         raise KeyError(key)
@@ -260,7 +272,12 @@ class _Compiler:
 
     def node(self, spec: Any, where: str) -> Builder:
         if isinstance(spec, dict):
-            if any(isinstance(k, str) and k.startswith("$") for k in spec):
+            dollar = {k for k in spec if isinstance(k, str) and k.startswith("$")}
+            if dollar == {"$when"} and len(spec) > 1:  # an element object built only when a condition holds
+                when = self.condition(spec["$when"], f"{where}.$when")
+                inner = self.element({k: v for k, v in spec.items() if k != "$when"}, where)
+                return lambda rec, ctx: inner(rec, ctx) if when(rec) else None
+            if dollar:
                 return self.value_spec(spec, where)
             return self.element(spec, where)
         if isinstance(spec, list):
@@ -271,8 +288,8 @@ class _Compiler:
                 for b in items:
                     v = b(rec, ctx)
                     if isinstance(v, list):
-                        out.extend(v)  # an $each inside a list contributes its elements
-                    elif v is not None:
+                        out.extend(x for x in v if not _empty(x))  # an $each contributes its elements
+                    elif not _empty(v):
                         out.append(v)
                 return out or None
 
@@ -295,7 +312,7 @@ class _Compiler:
             out: dict[str, Any] = {}
             for key, b in members:
                 v = b(rec, ctx)
-                if v is not None and v != "" and v != [] and v != {}:
+                if not _empty(v):
                     out[key] = v
             return out or None
 
@@ -331,7 +348,7 @@ class _Compiler:
             item = self.node(spec["$build"], f"{where}.$build")
 
             def base(rec: Any, ctx: Context) -> Any:
-                out = [v for v in (item(m, ctx) for m in find(rec)) if v is not None]
+                out = [v for v in (item(m, ctx) for m in find(rec)) if not _empty(v)]
                 return out or None
 
         else:
@@ -432,6 +449,15 @@ class _Compiler:
         if spec not in casts:
             raise self.fail(where, f"expects one of {sorted(casts)}")
         return casts[spec]
+
+
+def _empty(v: Any) -> bool:
+    """FHIR has no empty values: None, "", [] and {} are left out (whitespace-only strings too)."""
+    if v is None:
+        return True
+    if isinstance(v, str):
+        return not v.strip()
+    return isinstance(v, list | dict) and not v
 
 
 def scalar_text(v: Any) -> str:

@@ -60,7 +60,8 @@ def _map_one(
 
     meta: dict[str, Any] = dict(built.pop("meta", None) or {})
     meta["source"] = source_uri
-    labels = _labels(mapping, record)
+    labels = list(meta.get("security") or [])
+    labels.extend(label for label in _labels(mapping, record) if label not in labels)
     if labels:
         meta["security"] = labels
     resource: FhirDict = {"resourceType": mapping.resource_type, "id": rid, "meta": meta}

@@ -17,7 +17,7 @@ import yaml
 from proxy.mapping.compiler import CompiledMapping, MappingError, compile_mapping
 
 # Context names every request provides to templates, besides the backend's own ``vars``.
-REQUEST_CONTEXT = frozenset({"pnr", "pnr_dash", "pnr_system", "patient_id", "source"})
+REQUEST_CONTEXT = frozenset({"pnr", "pnr_dash", "pnr_system", "pnr_oid", "patient_id", "source"})
 
 
 @dataclass(frozen=True, slots=True)

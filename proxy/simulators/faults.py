@@ -46,26 +46,35 @@ class Faults:
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, base: Faults | None = None) -> Faults:
         """Validate a settings dict (from YAML or the control endpoint). Raises ValueError."""
-        data = data or {}
+        if data is None:
+            data = {}
         if not isinstance(data, dict):
-            raise ValueError("faults must be an object")
+            raise ValueError("faults must be a JSON object")
         known = {f.name: f for f in fields(cls)}
         unknown = set(data) - set(known)
         if unknown:
             raise ValueError(f"unknown fault field(s): {sorted(unknown)}")
         out = replace(base or cls(), **data)
-        if not isinstance(out.latency_ms, int | float) or not 0 <= out.latency_ms <= 600_000:
+
+        def number(v: Any) -> bool:
+            return isinstance(v, int | float) and not isinstance(v, bool)
+
+        if not number(out.latency_ms) or not 0 <= out.latency_ms <= 600_000:
             raise ValueError("latency_ms must be a number between 0 and 600000")
         if out.error_status is not None and (
-            not isinstance(out.error_status, int) or not 400 <= out.error_status <= 599
+            not number(out.error_status) or not isinstance(out.error_status, int) or not 400 <= out.error_status <= 599
         ):
             raise ValueError("error_status must be an HTTP status between 400 and 599, or null")
-        if not isinstance(out.rate, int | float) or not 0.0 <= out.rate <= 1.0:
+        if not number(out.rate) or not 0.0 <= out.rate <= 1.0:
             raise ValueError("rate must be between 0 and 1")
-        if not isinstance(out.hang_s, int | float) or not 0 <= out.hang_s <= 3600:
+        if not number(out.hang_s) or not 0 <= out.hang_s <= 3600:
             raise ValueError("hang_s must be between 0 and 3600")
-        if not isinstance(out.oversize_bytes, int) or not 0 <= out.oversize_bytes <= 512 * 1024 * 1024:
+        if not number(out.oversize_bytes) or not isinstance(out.oversize_bytes, int) or not (
+            0 <= out.oversize_bytes <= 512 * 1024 * 1024
+        ):
             raise ValueError("oversize_bytes must be between 0 and 512 MiB")
+        if out.path_contains is not None and not isinstance(out.path_contains, str):
+            raise ValueError("path_contains must be a string or null")
         for flag in ("malformed", "hang", "drop"):
             if not isinstance(getattr(out, flag), bool):
                 raise ValueError(f"{flag} must be true or false")
@@ -120,6 +129,8 @@ def install(app: web.Application, initial: Faults, error_body: Callable[[int], w
     async def set_faults(request: web.Request) -> web.Response:
         try:
             data = await request.json()
+            if not isinstance(data, dict):
+                raise ValueError("faults must be a JSON object")
             base = app[FAULTS_KEY]["current"] if request.method == "PATCH" else Faults()
             app[FAULTS_KEY]["current"] = Faults.from_dict(data, base)
         except ValueError as exc:  # includes JSON decode errors

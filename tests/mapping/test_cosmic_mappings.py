@@ -85,6 +85,7 @@ def context(person: pop.Person) -> dict[str, str]:
         "pnr": person.pnr,
         "pnr_dash": pop.pnr_dash(person.pnr),
         "pnr_system": pop.PNR_SYSTEM,
+        "pnr_oid": "1.2.752.129.2.1.3.1",
         "patient_id": patient_id(person),
         "source": "cosmic",
         "system_hsa_id": cosmic.SYSTEM_HSA_ID,
@@ -101,7 +102,7 @@ async def fetch_and_map(client: Any, person: pop.Person) -> Mapped:
     out: Mapped = {}
     for name, m in BY_NAME.items():
         if m.request.key not in bodies:
-            path, query, body = m.request.render(ctx)
+            path, query, _headers, body = m.request.render(ctx)
             assert m.request.method == "GET" and body is None
             resp = await client.get(path, params=query)
             if resp.status == 404:

@@ -84,6 +84,7 @@ def context(person: pop.Person) -> dict[str, str]:
         "pnr": person.pnr,
         "pnr_dash": pop.pnr_dash(person.pnr),
         "pnr_system": pop.PNR_SYSTEM,
+        "pnr_oid": "1.2.752.129.2.1.3.1",
         "patient_id": patient_id(person),
         "source": "npo",
         "logical_address": LOGICAL_ADDRESS,
@@ -100,9 +101,9 @@ async def _fetch_and_map() -> tuple[Mapped, dict[str, int], dict[str, int]]:
             bodies: dict[str, Any] = {}  # like the facade: one fetch per distinct request
             for m in MAPPINGS:
                 if m.request.key not in bodies:
-                    path, query, data = m.request.render(ctx)
+                    path, query, headers, data = m.request.render(ctx)
                     resp = await client.request(
-                        m.request.method, path, params=query, data=data, headers=dict(m.request.headers)
+                        m.request.method, path, params=query, data=data, headers=headers
                     )
                     raw = await resp.read()
                     assert resp.status == 200, (m.name, resp.status, raw[:300])
@@ -170,7 +171,7 @@ def test_every_contract_has_its_mapping_and_requests_are_soap_posts() -> None:
         headers = dict(m.request.headers)
         assert headers["Content-Type"] == "text/xml; charset=utf-8"
         assert headers["SOAPAction"] == f'"{contract.soap_action}"'
-        _, _, data = m.request.render(context(pop.TOLVAN))
+        _, _, _, data = m.request.render(context(pop.TOLVAN))
         assert data is not None
         envelope = parse_xml(data)["Envelope"]
         assert envelope["Header"]["LogicalAddress"] == LOGICAL_ADDRESS

@@ -79,6 +79,7 @@ def context(person: Person) -> dict[str, str]:
         "pnr": person.pnr,
         "pnr_dash": pnr_dash(person.pnr),
         "pnr_system": PNR_SYSTEM,
+        "pnr_oid": "1.2.752.129.2.1.3.1",
         "patient_id": f"pat-{person.pnr[-4:]}",
         "source": "viva",
         "system_hsa_id": viva.SYSTEM_HSA_ID,
@@ -91,7 +92,7 @@ async def client(aiohttp_client: Any) -> Any:
 
 
 async def fetch(client: Any, mapping: CompiledMapping, person: Person) -> Any:
-    path, query, body = mapping.request.render(context(person))
+    path, query, _headers, body = mapping.request.render(context(person))
     assert mapping.request.method == "GET" and body is None
     resp = await client.get(path, params=query)
     assert resp.status == 200
@@ -140,7 +141,7 @@ def test_one_mapping_per_kind_and_none_for_sol_decisions() -> None:
     for m in VIVA_MAPPINGS:
         assert "beslut" not in m.request.path
         assert m.request.path.startswith("/viva/api/v2/")
-        _, query, _ = m.request.render(context(TOLVAN))
+        _, query, _, _ = m.request.render(context(TOLVAN))
         assert query == [("personnummer", TOLVAN.pnr)]
 
 

@@ -254,7 +254,13 @@ async def test_control_endpoint_get_put_patch_delete(client: Any) -> None:
         {"malformed": "yes"},
         {"hang": 1},
         {"drop": None},
+        {"path_contains": 5},
+        {"latency_ms": True},
+        {"oversize_bytes": True},
         "not an object",
+        [],
+        None,
+        0,
     ],
 )
 @pytest.mark.parametrize("method", ["PUT", "PATCH"])
