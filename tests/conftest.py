@@ -1,0 +1,70 @@
+"""Shared fixtures: the real simulators and the real facade, in-process on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from fhir.resources.R4B import get_fhir_model_class
+
+from proxy.app import create_app
+from proxy.fhir.ids import PatientIds
+from proxy.settings import DEMO_PATIENT_ID_KEY, Settings, load_settings
+from proxy.simulators.harness import running_simulators
+from proxy.simulators.population import population
+
+BASE = "/fhir"
+IDS = PatientIds(DEMO_PATIENT_ID_KEY)
+
+
+def pid(pnr: str) -> str:
+    return IDS.encode(pnr)
+
+
+def validate(resource: dict[str, Any]) -> None:
+    """Raise if the resource does not validate against its fhir.resources R4B model."""
+    get_fhir_model_class(resource["resourceType"]).model_validate(resource)
+
+
+@dataclass
+class Running:
+    client: TestClient
+    sim_urls: dict[str, str]
+
+    async def get(self, path: str, **kw: Any) -> tuple[int, Any]:
+        resp = await self.client.get(path, **kw)
+        body = await resp.json(content_type=None)
+        return resp.status, body
+
+    async def faults(self, backend: str, **settings: Any) -> None:
+        async with self.client.session.put(f"{self.sim_urls[backend]}/_sim/faults", json=settings) as r:
+            assert r.status == 200, await r.text()
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return load_settings()
+
+
+@pytest.fixture
+def facade(settings: Settings) -> Callable[..., contextlib.AbstractAsyncContextManager[Running]]:
+    """``async with facade(**overrides) as f``: simulators + facade; overrides tune backend settings."""
+
+    @contextlib.asynccontextmanager
+    async def start(
+        generated: int = 0, faults: dict[str, dict[str, Any]] | None = None, **backend_overrides: Any
+    ) -> AsyncIterator[Running]:
+        people = population(generated, settings.simulators.seed)
+        async with running_simulators(settings, people, faults=faults) as urls:
+            live = settings.with_backend_urls(urls)
+            if backend_overrides:
+                live = replace(live, backends=tuple(replace(b, **backend_overrides) for b in live.backends))
+            app = create_app(live, patient_id_key=DEMO_PATIENT_ID_KEY)
+            async with TestClient(TestServer(app)) as client:
+                yield Running(client, urls)
+
+    return start
