@@ -56,11 +56,16 @@ def facade(settings: Settings) -> Callable[..., contextlib.AbstractAsyncContextM
 
     @contextlib.asynccontextmanager
     async def start(
-        generated: int = 0, faults: dict[str, dict[str, Any]] | None = None, **backend_overrides: Any
+        generated: int = 0,
+        faults: dict[str, dict[str, Any]] | None = None,
+        facade_overrides: dict[str, Any] | None = None,
+        **backend_overrides: Any,
     ) -> AsyncIterator[Running]:
         people = population(generated, settings.simulators.seed)
         async with running_simulators(settings, people, faults=faults) as urls:
             live = settings.with_backend_urls(urls)
+            if facade_overrides:
+                live = replace(live, facade=replace(live.facade, **facade_overrides))
             if backend_overrides:
                 live = replace(live, backends=tuple(replace(b, **backend_overrides) for b in live.backends))
             app = create_app(live, patient_id_key=DEMO_PATIENT_ID_KEY)

@@ -11,7 +11,7 @@ time through a small control endpoint on each simulator::
 Fields: ``latency_ms`` (added before every answer), ``error_status`` (answer with this HTTP status),
 ``malformed`` (200 with a body cut in half), ``hang`` (never answer; bounded by ``hang_s``),
 ``drop`` (send the headers and part of the body, then close the connection), ``oversize_bytes``
-(pad a JSON answer to at least this size), ``rate`` (share of requests the error/malformed/drop/hang
+(pad the answer with trailing whitespace to at least this size), ``rate`` (share of requests the error/malformed/drop/hang
 faults hit, decided by a seeded generator so runs repeat) and ``path_contains`` (only requests whose
 path contains this string are affected).
 """
@@ -112,9 +112,8 @@ def install(app: web.Application, initial: Faults, error_body: Callable[[int], w
         if not isinstance(response, web.Response) or response.body is None:
             return response
         body = bytes(response.body)  # type: ignore[arg-type]
-        if f.oversize_bytes and len(body) < f.oversize_bytes and body.startswith(b"{"):
-            pad = b" " * (f.oversize_bytes - len(body))
-            body = body[:1] + pad + body[1:]
+        if f.oversize_bytes and len(body) < f.oversize_bytes:
+            body += b" " * (f.oversize_bytes - len(body))  # trailing whitespace: still valid JSON/XML
         if hit and f.drop:
             return await _drop_mid_body(request, response, body)
         if hit and f.malformed:

@@ -1,0 +1,114 @@
+"""A backend that is down, slow or talks garbage makes the answer partial — 200, never a 5xx — and the
+Bundle says which source failed and how."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from fhir.resources.R4B.bundle import Bundle
+
+from proxy.fhir.bundle import SOURCE_SYSTEM
+from proxy.simulators.population import TOLVAN
+from tests.conftest import BASE, pid, validate
+
+EVERYTHING = f"{BASE}/Patient/{pid(TOLVAN.pnr)}/$everything"
+
+
+def split(bundle: dict[str, Any]) -> tuple[set[str], dict[str, dict[str, Any]]]:
+    """(sources that contributed resources, {degraded source: its outcome issue})"""
+    contributed, degraded = set(), {}
+    for e in bundle.get("entry", []):
+        r = e["resource"]
+        if e["search"]["mode"] == "outcome":
+            issue = r["issue"][0]
+            (coding,) = issue["details"]["coding"]
+            assert coding["system"] == SOURCE_SYSTEM
+            degraded[coding["code"]] = issue
+        else:
+            contributed.add(r["meta"]["source"].rsplit(":", 1)[-1])
+    return contributed, degraded
+
+
+@pytest.mark.parametrize(
+    ("fault", "code", "words"),
+    [
+        ({"error_status": 503}, "transient", "HTTP 503"),
+        ({"error_status": 500}, "transient", "HTTP 500"),
+        ({"malformed": True}, "processing", "could not be read"),
+        ({"drop": True}, "transient", "connection closed"),
+        ({"hang": True, "hang_s": 5}, "timeout", "within 0.5 s"),
+        ({"latency_ms": 2000}, "timeout", "within 0.5 s"),
+        ({"oversize_bytes": 300_000}, "processing", "larger than"),
+    ],
+    ids=["503", "500", "malformed", "drop", "hang", "slow", "oversized"],
+)
+@pytest.mark.parametrize("broken", ["cosmic", "viva", "npo"])
+async def test_one_broken_backend_gives_a_partial_answer(
+    facade: Any, broken: str, fault: dict[str, Any], code: str, words: str
+) -> None:
+    async with facade(facade_overrides={"max_body_bytes": 200_000}, total_timeout_s=0.5) as f:
+        await f.faults(broken, **fault)
+        started = time.perf_counter()
+        resp = await f.client.get(EVERYTHING, params={"_count": "500"})
+        elapsed = time.perf_counter() - started
+        bundle = await resp.json(content_type=None)
+    assert resp.status == 200
+    Bundle.model_validate(bundle)
+    contributed, degraded = split(bundle)
+    assert set(degraded) == {broken}
+    assert contributed == {"cosmic", "viva", "npo"} - {broken}
+    issue = degraded[broken]
+    assert issue["severity"] == "warning" and issue["code"] == code
+    assert words in issue["details"]["text"]
+    assert TOLVAN.pnr not in issue["details"]["text"] and "http" not in issue["details"]["text"]
+    for e in bundle["entry"]:
+        validate(e["resource"])
+    assert elapsed < 3.0  # bounded by the backend budget, not by the fault (a 5 s hang, a 2 s delay)
+
+
+async def test_all_backends_down_is_still_an_answer(facade: Any) -> None:
+    async with facade() as f:
+        for name in ("cosmic", "viva", "npo"):
+            await f.faults(name, error_status=502)
+        status, bundle = await f.get(EVERYTHING)
+        read_status, read = await f.get(f"{BASE}/Patient/{pid(TOLVAN.pnr)}")
+    assert status == 200
+    _, degraded = split(bundle)
+    assert set(degraded) == {"cosmic", "viva", "npo"}
+    assert bundle["total"] == 0
+    # a read cannot be partial: the source that may hold it is named, with a retry hint
+    assert read_status == 503 and read["resourceType"] == "OperationOutcome"
+
+
+async def test_unreachable_backend(facade: Any) -> None:
+    async with facade(base_url="http://127.0.0.1:9") as f:  # the discard port: nothing listens
+        status, bundle = await f.get(EVERYTHING)
+    assert status == 200
+    _, degraded = split(bundle)
+    assert set(degraded) == {"cosmic", "viva", "npo"}
+    assert all("could not connect" in i["details"]["text"] for i in degraded.values())
+
+
+async def test_fanout_is_concurrent(facade: Any) -> None:
+    """Three backends each 300 ms slow answer in about 300 ms, not 900 ms."""
+    async with facade() as f:
+        for name in ("cosmic", "viva", "npo"):
+            await f.faults(name, latency_ms=300)
+        started = time.perf_counter()
+        status, bundle = await f.get(EVERYTHING)
+        elapsed = time.perf_counter() - started
+    assert status == 200 and not split(bundle)[1]
+    assert elapsed < 0.8, f"{elapsed:.2f} s: the backends were asked one after another"
+
+
+async def test_shared_requests_are_sent_once(facade: Any) -> None:
+    """Cosmic's alerts list feeds Flag and AllergyIntolerance: one call, not two."""
+    async with facade() as f:
+        await f.faults("cosmic", path_contains="/alerts", error_status=500, rate=1.0)
+        _, flags = await f.get(f"{BASE}/Flag", params={"patient": pid(TOLVAN.pnr)})
+    _, degraded = split(flags)
+    assert set(degraded) == {"cosmic"}
+    # the threat flag comes from another Cosmic endpoint and still arrives
+    assert any(r["resource"].get("category") for r in flags["entry"] if r["search"]["mode"] == "match")
