@@ -39,19 +39,13 @@ class Facade:
     clients: dict[str, BackendClient]
     ids: PatientIds
 
-    @property
-    def demographic_sources(self) -> frozenset[str]:
-        return frozenset(
-            name for name, ms in self.mappings.by_backend.items() if any(m.resource_type == "Patient" for m in ms)
-        )
-
 
 @dataclass(frozen=True, slots=True)
 class Answer:
     resources: list[FhirDict]  # every match, in the documented order, before paging
     outcomes: list[SourceOutcome]  # one per degraded source
-    # True: a source knows the patient; False: every source that could know says it does not;
-    # None: a source that could know did not answer.
+    # True: some source holds something about the patient; False: every source answered and none
+    # does; None: nothing arrived, but a source did not answer, so nobody can say.
     patient_known: bool | None
 
 
@@ -113,11 +107,7 @@ async def collect(facade: Facade, query: Query) -> Answer:
     merged = merge(mapped, sort_time)
     # [redact] slots in here: the audience policy, applied to merged, audience-free data.
 
-    known: bool | None = any(r["resourceType"] == "Patient" for r in merged)
-    if not known and wants_patient:
-        degraded = {o.source for o in outcomes}
-        if degraded & facade.demographic_sources:
-            known = None
+    known: bool | None = bool(merged) or (None if outcomes else False)
 
     selected = [r for r in merged if _selected(r, query)]
     return Answer(resources=selected, outcomes=outcomes, patient_known=known)

@@ -45,7 +45,7 @@ class PatientIds:
 
     def decode(self, patient_id: str) -> str | None:
         """The personnummer behind an id, or None if the id is not one of ours."""
-        if len(patient_id) != PATIENT_ID_LENGTH:
+        if len(patient_id) != PATIENT_ID_LENGTH or patient_id != patient_id.lower():
             return None
         try:
             raw = base64.b32decode(patient_id.upper() + "======")

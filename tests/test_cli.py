@@ -1,0 +1,37 @@
+"""The command line: mappings check, and the refusals that protect a real deployment."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from proxy.cli import main
+from proxy.settings import DEMO_PATIENT_ID_KEY
+
+
+def test_mappings_check_validates_every_mapping(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["mappings", "check"]) == 0
+    out = capsys.readouterr().out
+    assert "invalid: OK" in out or " 0 invalid: OK" in out
+    for name in ("cosmic/threats", "viva/vardplaner", "npo/diagnoses"):
+        assert name in out
+
+
+def test_serve_refuses_without_a_key(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("FHIR_FACADE_PATIENT_ID_KEY", raising=False)
+    assert main(["serve"]) == 2
+    assert "FHIR_FACADE_PATIENT_ID_KEY is not set" in capsys.readouterr().err
+
+
+def test_serve_refuses_the_demo_key(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("FHIR_FACADE_PATIENT_ID_KEY", base64.b64encode(DEMO_PATIENT_ID_KEY).decode())
+    assert main(["serve"]) == 2
+    assert "demo key" in capsys.readouterr().err
+
+
+def test_bad_config_file_is_a_clear_error(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    bad = tmp_path / "x.yaml"
+    bad.write_text("backends: [", encoding="utf-8")
+    assert main(["--config", str(bad), "mappings", "check"]) == 2
+    assert "x.yaml: not valid YAML" in capsys.readouterr().err
