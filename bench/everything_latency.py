@@ -24,7 +24,7 @@ from proxy.simulators.harness import people_for, running_simulators, serving
 
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 async def run(latency_ms: float, requests: int, pnr: str) -> None:
@@ -45,9 +45,14 @@ async def run(latency_ms: float, requests: int, pnr: str) -> None:
                     assert r.status == 200
                 samples.append((time.perf_counter() - t0) * 1000)
                 sizes.add(len(body))
-    print(f"$everything for {pnr[:8]}-{pnr[8:]}, {requests} sequential requests, backends +{latency_ms:g} ms each")
-    print(f"  p50 {statistics.median(samples):.1f} ms  p90 {pct(samples, 90):.1f} ms  "
-          f"p99 {pct(samples, 99):.1f} ms  max {max(samples):.1f} ms  (answer {max(sizes)} bytes)")
+    print(
+        f"$everything for {pnr[:8]}-{pnr[8:]}, {requests} sequential requests, "
+        f"backends +{latency_ms:g} ms each"
+    )
+    print(
+        f"  p50 {statistics.median(samples):.1f} ms  p90 {pct(samples, 90):.1f} ms  "
+        f"p99 {pct(samples, 99):.1f} ms  max {max(samples):.1f} ms  (answer {max(sizes)} bytes)"
+    )
 
 
 def main() -> None:

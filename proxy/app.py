@@ -32,9 +32,7 @@ def create_app(settings: Settings, *, patient_id_key: bytes) -> web.Application:
     app = web.Application(middlewares=[fhir_errors], client_max_size=64 * 1024)
 
     async def backends(app: web.Application) -> AsyncIterator[None]:
-        clients = {
-            b.name: BackendClient.open(b, settings.facade.max_body_bytes) for b in settings.backends
-        }
+        clients = {b.name: BackendClient.open(b, settings.facade.max_body_bytes) for b in settings.backends}
         app[FACADE_KEY] = Facade(settings=settings, mappings=mappings, clients=clients, ids=ids)
         try:
             yield

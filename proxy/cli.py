@@ -1,9 +1,9 @@
 """The ``fhir-facade`` command.
 
-    fhir-facade demo [--port 8080] [--patients N]     simulators + facade on loopback, until Ctrl-C
-    fhir-facade serve --config FILE [--port N]         the facade against configured backends
-    fhir-facade simulate {cosmic,viva,npo} --port N    one simulator alone
-    fhir-facade mappings check [--config FILE]         compile and validate every mapping
+fhir-facade demo [--port 8080] [--patients N]     simulators + facade on loopback, until Ctrl-C
+fhir-facade serve --config FILE [--port N]         the facade against configured backends
+fhir-facade simulate {cosmic,viva,npo} --port N    one simulator alone
+fhir-facade mappings check [--config FILE]         compile and validate every mapping
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-
-from aiohttp import web
 
 from proxy.app import create_app
 from proxy.fhir.ids import PatientIds
@@ -62,7 +60,9 @@ async def _demo(settings: Settings, port: int, patients: int | None) -> None:
                 print(f"  + {len(people) - len(DEMO_PEOPLE)} generated patients")
             tolvan = ids.encode(DEMO_PEOPLE[0].pnr)
             print("Try:")
-            print(f"  curl '{base}/Patient?identifier=http://electronichealth.se/identifier/personnummer|191212121212'")
+            print(
+                f"  curl '{base}/Patient?identifier=http://electronichealth.se/identifier/personnummer|191212121212'"
+            )
             print(f"  curl '{base}/Patient/{tolvan}/$everything'")
             print("Serving until Ctrl-C.", flush=True)
             await _until_interrupted()
@@ -75,12 +75,17 @@ async def _serve(settings: Settings, host: str, port: int, key: bytes) -> None:
         await _until_interrupted()
 
 
-async def _simulate(settings: Settings, name: str, host: str, port: int, patients: int | None, seed: int | None) -> None:
+async def _simulate(
+    settings: Settings, name: str, host: str, port: int, patients: int | None, seed: int | None
+) -> None:
     people = people_for(settings, patients, seed)
     faults = Faults.from_dict(dict(settings.simulators.faults).get(name))
     app = factory(name)(people, faults)
     async with serving(app, host, port) as url:
-        print(f"{name} simulator at {url} ({len(people)} patients); fault control at {url}/_sim/faults", flush=True)
+        print(
+            f"{name} simulator at {url} ({len(people)} patients); fault control at {url}/_sim/faults",
+            flush=True,
+        )
         await _until_interrupted()
 
 
@@ -97,8 +102,10 @@ async def _check(settings: Settings) -> int:
     for line in report.invalid:
         print(f"INVALID  {line}")
     total = sum(report.per_mapping.values())
-    print(f"{len(report.per_mapping)} mappings, {total} resources, {len(report.invalid)} invalid: "
-          + ("OK" if report.ok else "FAILED"))
+    print(
+        f"{len(report.per_mapping)} mappings, {total} resources, {len(report.invalid)} invalid: "
+        + ("OK" if report.ok else "FAILED")
+    )
     return 0 if report.ok else 1
 
 
@@ -144,8 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         settings = load_settings(args.config)
         if args.command == "demo":

@@ -98,7 +98,9 @@ class _Reader:
             raise self.fail(key, f"unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
         return data
 
-    def number(self, data: dict[str, Any], key: str, where: str, default: float, lo: float, hi: float) -> float:
+    def number(
+        self, data: dict[str, Any], key: str, where: str, default: float, lo: float, hi: float
+    ) -> float:
         v = data.get(key, default)
         if isinstance(v, bool) or not isinstance(v, int | float) or not lo <= v <= hi:
             raise self.fail(f"{where}.{key}", f"expects a number between {lo} and {hi}")
@@ -124,8 +126,11 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
         raise ConfigError(f"{path.name}: not valid YAML: {exc}") from None
     top = r.section(doc, "(top)", {"facade", "mappings_dir", "merge", "backends", "simulators"})
 
-    f = r.section(top.get("facade"), "facade", {
-        "host", "port", "base_path", "default_count", "max_count", "max_body_bytes"})
+    f = r.section(
+        top.get("facade"),
+        "facade",
+        {"host", "port", "base_path", "default_count", "max_count", "max_body_bytes"},
+    )
     base_path = str(f.get("base_path", "/fhir")).rstrip("/")
     if not base_path.startswith("/"):
         raise r.fail("facade.base_path", "expects a path starting with /")
@@ -147,9 +152,21 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
         where = f"backends.{name}"
         if not isinstance(name, str) or not _BACKEND_NAME.match(name):
             raise r.fail(where, "a backend name is 1-12 lower-case letters/digits, starting with a letter")
-        b = r.section(b, where, {
-            "description", "base_url", "simulator", "mappings", "source_uri", "empty_statuses",
-            "timeout", "limit_per_host", "vars"})
+        b = r.section(
+            b,
+            where,
+            {
+                "description",
+                "base_url",
+                "simulator",
+                "mappings",
+                "source_uri",
+                "empty_statuses",
+                "timeout",
+                "limit_per_host",
+                "vars",
+            },
+        )
         url = b.get("base_url")
         if not isinstance(url, str) or not re.match(r"^https?://", url):
             raise r.fail(f"{where}.base_url", "expects an http(s) URL")

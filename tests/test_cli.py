@@ -18,13 +18,17 @@ def test_mappings_check_validates_every_mapping(capsys: pytest.CaptureFixture[st
         assert name in out
 
 
-def test_serve_refuses_without_a_key(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_serve_refuses_without_a_key(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.delenv("FHIR_FACADE_PATIENT_ID_KEY", raising=False)
     assert main(["serve"]) == 2
     assert "FHIR_FACADE_PATIENT_ID_KEY is not set" in capsys.readouterr().err
 
 
-def test_serve_refuses_the_demo_key(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_serve_refuses_the_demo_key(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("FHIR_FACADE_PATIENT_ID_KEY", base64.b64encode(DEMO_PATIENT_ID_KEY).decode())
     assert main(["serve"]) == 2
     assert "demo key" in capsys.readouterr().err

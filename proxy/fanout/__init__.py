@@ -114,7 +114,9 @@ class BackendClient:
 
 
 def _rank(status: SourceStatus) -> int:
-    return {SourceStatus.OK: 0, SourceStatus.INVALID: 1, SourceStatus.ERROR: 2, SourceStatus.TIMEOUT: 3}[status]
+    return {SourceStatus.OK: 0, SourceStatus.INVALID: 1, SourceStatus.ERROR: 2, SourceStatus.TIMEOUT: 3}[
+        status
+    ]
 
 
 async def fan_out(
@@ -124,6 +126,4 @@ async def fan_out(
 ) -> list[SourceResult]:
     """Ask every backend in ``plan`` concurrently; one SourceResult per backend, in plan order."""
     names = [name for name, specs in plan.items() if specs]
-    return list(
-        await asyncio.gather(*(clients[name].fetch(plan[name], contexts[name]) for name in names))
-    )
+    return list(await asyncio.gather(*(clients[name].fetch(plan[name], contexts[name]) for name in names)))

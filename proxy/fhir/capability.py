@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from proxy import __version__
-from proxy.fhir.searchparams import COMMON, BY_TYPE
+from proxy.fhir.searchparams import BY_TYPE, COMMON
 from proxy.mapping.registry import MappingSet
 from proxy.types import FhirDict
 
@@ -21,7 +21,9 @@ def capability_statement(mappings: MappingSet, base_url: str, software_date: str
         if rtype != "Patient":
             params.insert(0, dict(PATIENT_PARAM))
         sources = sorted(
-            backend for backend, ms in mappings.by_backend.items() if any(m.resource_type == rtype for m in ms)
+            backend
+            for backend, ms in mappings.by_backend.items()
+            if any(m.resource_type == rtype for m in ms)
         )
         entry: FhirDict = {
             "type": rtype,
@@ -31,7 +33,10 @@ def capability_statement(mappings: MappingSet, base_url: str, software_date: str
         }
         if rtype == "Patient":
             entry["operation"] = [
-                {"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}
+                {
+                    "name": "everything",
+                    "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+                }
             ]
         resources.append(entry)
     return {

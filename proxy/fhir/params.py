@@ -114,7 +114,9 @@ def _date(raw: str, name: str) -> DateParam:
     try:
         lo, hi = fhir_range(raw)
     except ValueError:
-        raise bad_request(f"'{name}': '{raw}' is not a FHIR date (YYYY, YYYY-MM, YYYY-MM-DD or dateTime)") from None
+        raise bad_request(
+            f"'{name}': '{raw}' is not a FHIR date (YYYY, YYYY-MM, YYYY-MM-DD or dateTime)"
+        ) from None
     return DateParam(prefix=prefix, lo=lo, hi=hi)
 
 
@@ -163,7 +165,7 @@ def parse_search(
         raise bad_request(f"Searching {rtype} requires the 'patient' parameter")
     if len(patient_values) > 1:
         raise bad_request("Give the patient once, as 'patient' or 'subject'")
-    key, value = patient_values[0]
+    _, value = patient_values[0]
     patient = parse_patient_param(value, ids)
     filters = _filters(p, rtype, skip={"patient", "subject", "subject:Patient"})
     if patient is None:
@@ -212,7 +214,9 @@ def _parse_patient_search(
             raise bad_request("'identifier' needs a personnummer value")
         number = pnr_mod.normalise(token.code)
         if number is None:
-            raise bad_request("'identifier' value is not a valid personnummer or samordningsnummer (12 digits)")
+            raise bad_request(
+                "'identifier' value is not a valid personnummer or samordningsnummer (12 digits)"
+            )
         if token.system and token.system != pnr_mod.system_of(number):
             patient = None  # a personnummer under the samordningsnummer system (or vice versa)
         else:

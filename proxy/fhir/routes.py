@@ -131,7 +131,8 @@ class FhirRoutes:
     async def metadata(self, request: web.Request) -> web.Response:
         facade = request.app[FACADE_KEY]
         return fhir_response(
-            capability_statement(facade.mappings, _base_url(request, facade), _STARTED), pretty=_pretty(request)
+            capability_statement(facade.mappings, _base_url(request, facade), _STARTED),
+            pretty=_pretty(request),
         )
 
     async def search(self, request: web.Request) -> web.Response:
@@ -179,18 +180,20 @@ class FhirRoutes:
         if answer.outcomes:
             # The resource may live in a source that did not answer: say so rather than "gone".
             sources = ", ".join(sorted(o.source for o in answer.outcomes))
-            resp = _error_response(503, "transient", f"Could not read {rtype}/{rid}: source(s) {sources} unavailable")
+            resp = _error_response(
+                503, "transient", f"Could not read {rtype}/{rid}: source(s) {sources} unavailable"
+            )
             resp.headers["Retry-After"] = "5"
             return resp
         raise not_found(f"{rtype}/{rid} is not known")
 
-    def _bundle(self, request: web.Request, facade: Facade, query: Query, answer: Answer, url: str) -> web.Response:
+    def _bundle(
+        self, request: web.Request, facade: Facade, query: Query, answer: Answer, url: str
+    ) -> web.Response:
         total = len(answer.resources)
         count = 0 if query.summary_count else query.count
         page = answer.resources[query.offset : query.offset + count]
-        outcomes = [
-            source_outcome(o, facade.settings.backend(o.source).description) for o in answer.outcomes
-        ]
+        outcomes = [source_outcome(o, facade.settings.backend(o.source).description) for o in answer.outcomes]
         bundle = searchset(
             page,
             total=total,

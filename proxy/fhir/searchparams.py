@@ -41,9 +41,7 @@ COMMON = (
 
 # The first date parameter of each type is its clinical date: it orders search results (newest first).
 BY_TYPE: dict[str, tuple[ParamDef, ...]] = {
-    "Patient": (
-        _p("identifier", "token", "identifier", description="Personnummer or samordningsnummer"),
-    ),
+    "Patient": (_p("identifier", "token", "identifier", description="Personnummer or samordningsnummer"),),
     "Condition": (
         _p("onset-date", "date", "onsetDateTime", "onsetPeriod", description="Date of onset"),
         _p("recorded-date", "date", "recordedDate", description="Date recorded"),
@@ -57,9 +55,7 @@ BY_TYPE: dict[str, tuple[ParamDef, ...]] = {
         _p("status", "token", "status", description="active | completed | ..."),
         _p("category", "token", "category", description="Type of medication usage"),
     ),
-    "Flag": (
-        _p("date", "date", "period", description="Time period when flag is active"),
-    ),
+    "Flag": (_p("date", "date", "period", description="Time period when flag is active"),),
     "AllergyIntolerance": (
         _p("date", "date", "recordedDate", description="Date first version was recorded"),
         _p("code", "token", "code", "reaction.substance", description="Substance code"),
@@ -68,8 +64,14 @@ BY_TYPE: dict[str, tuple[ParamDef, ...]] = {
         _p("criticality", "token", "criticality", description="low | high | unable-to-assess"),
     ),
     "Observation": (
-        _p("date", "date", "effectiveDateTime", "effectivePeriod", "effectiveInstant",
-           description="Clinically relevant time"),
+        _p(
+            "date",
+            "date",
+            "effectiveDateTime",
+            "effectivePeriod",
+            "effectiveInstant",
+            description="Clinically relevant time",
+        ),
         _p("code", "token", "code", description="Observation code (NPU, ICF ...)"),
         _p("category", "token", "category", description="laboratory | survey | ..."),
         _p("status", "token", "status", description="Status of the observation"),

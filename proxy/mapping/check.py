@@ -57,13 +57,17 @@ async def check(settings: Settings, generated: int = 5) -> CheckReport:
         facade = Facade(settings=live, mappings=mappings, clients=clients, ids=ids)
         try:
             for person in people:
-                mapped, outcomes = await fetch_and_map(facade, ids.patient(person.pnr), mappings.resource_types)
+                mapped, outcomes = await fetch_and_map(
+                    facade, ids.patient(person.pnr), mappings.resource_types
+                )
                 report.degraded.extend(f"{o.source}: {o.detail}" for o in outcomes)
                 report.per_mapping.update(m.mapping for m in mapped)
                 for resource in merge(mapped, sort_time):
                     reason = validate(resource)
                     if reason:
-                        report.invalid.append(f"{resource['resourceType']} from {resource['meta']['source']}: {reason}")
+                        report.invalid.append(
+                            f"{resource['resourceType']} from {resource['meta']['source']}: {reason}"
+                        )
         finally:
             for c in clients.values():
                 await c.close()

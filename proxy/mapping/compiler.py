@@ -204,7 +204,9 @@ class _Compiler:
                 raise self.fail(where, f"empty placeholder in template {text!r}")
             if name.startswith("@"):
                 if name[1:] not in self.context_names:
-                    raise self.fail(where, f"unknown context name {name!r}; known: {sorted(self.context_names)}")
+                    raise self.fail(
+                        where, f"unknown context name {name!r}; known: {sorted(self.context_names)}"
+                    )
                 parts.append(("ctx", name[1:]))
             else:
                 parts.append(("rec", self.path(name, where)))
@@ -284,7 +286,7 @@ class _Compiler:
             items = [self.node(s, f"{where}[{i}]") for i, s in enumerate(spec)]
 
             def build_list(rec: Any, ctx: Context) -> list[Any] | None:
-                out = []
+                out: list[Any] = []
                 for b in items:
                     v = b(rec, ctx)
                     if isinstance(v, list):
@@ -546,11 +548,16 @@ def compile_mapping(
         if not isinstance(rule, dict) or "label" not in rule or set(rule) - {"when", "label"}:
             raise c.fail(w, "expects {when?: <condition>, label: {system, code, display?}}")
         label = rule["label"]
-        if not isinstance(label, dict) or not {"system", "code"} <= set(label) or set(label) - {
-            "system",
-            "code",
-            "display",
-        }:
+        if (
+            not isinstance(label, dict)
+            or not {"system", "code"} <= set(label)
+            or set(label)
+            - {
+                "system",
+                "code",
+                "display",
+            }
+        ):
             raise c.fail(f"{w}.label", "expects {system, code, display?}")
         security.append(
             SecurityRule(

@@ -16,7 +16,7 @@ from proxy.types import FhirDict, MappedResource
 
 
 class RecordError(ValueError):
-    """A record the mapping could not turn into a resource (e.g. no id). Reported, never raised per request."""
+    """A record the mapping could not turn into a resource (e.g. no id): skipped and counted."""
 
 
 def map_records(

@@ -50,7 +50,11 @@ def compile_path(expr: str) -> Finder:
         return _dotted(keys)
     try:
         compiled = jsonpath_parse(expr)
-    except (JsonPathLexerError, JsonPathParserError, Exception) as exc:  # jsonpath-ng raises plain Exception too
+    except (
+        JsonPathLexerError,
+        JsonPathParserError,
+        Exception,
+    ) as exc:  # jsonpath-ng raises plain Exception too
         raise PathError(f"invalid JSONPath {expr!r}: {exc}") from None
 
     def find(record: Any) -> list[Any]:

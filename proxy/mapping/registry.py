@@ -102,9 +102,7 @@ def load_backend_mappings(
     return tuple(compiled)
 
 
-def load_mappings(
-    mappings_dir: Path, backends: Mapping[str, tuple[str, frozenset[str]]]
-) -> MappingSet:
+def load_mappings(mappings_dir: Path, backends: Mapping[str, tuple[str, frozenset[str]]]) -> MappingSet:
     """Compile the mappings of each backend: ``{backend: (folder name, its extra context names)}``."""
     code_maps = load_code_maps(mappings_dir)
     by_backend = {

@@ -71,5 +71,7 @@ def map_source(
     if result.status.degraded:
         return out, SourceOutcome(result.source, result.status, result.detail)
     if invalid:
-        return out, SourceOutcome(result.source, SourceStatus.INVALID, "answered with a body that could not be read")
+        return out, SourceOutcome(
+            result.source, SourceStatus.INVALID, "answered with a body that could not be read"
+        )
     return out, None

@@ -354,7 +354,9 @@ def _generated(person: Person) -> dict[str, list[dict[str, Any]]]:
     for i in range(rng.randint(3, 12)):
         npu, name, lo, hi, u, rlo, rhi = rng.choice(_LABS)
         value = f"{rng.uniform(lo, hi):.1f}".replace(".", ",")
-        out["labresults"].append(_lab(f"L-{n}-{i}", npu, name, value, u, rlo, rhi, rng.randint(1, 2000), "vc-norr"))
+        out["labresults"].append(
+            _lab(f"L-{n}-{i}", npu, name, value, u, rlo, rhi, rng.randint(1, 2000), "vc-norr")
+        )
     for i in range(rng.randint(1, 3)):
         days = rng.randint(1, 2000)
         reason = out["diagnoses"][0]["diagnosisId"]
@@ -501,7 +503,9 @@ def create_app(people: list[Person], faults: fault_mod.Faults | None = None) -> 
         return web.json_response({"items": entry["threats"], "totalCount": len(entry["threats"])})
 
     app = web.Application()
-    fault_mod.install(app, faults or fault_mod.Faults(), lambda s: _error(s, "SERVER_ERROR", "Injected error"))
+    fault_mod.install(
+        app, faults or fault_mod.Faults(), lambda s: _error(s, "SERVER_ERROR", "Injected error")
+    )
     app.router.add_get(BASE + "/patients/{pnr}", patient)
     app.router.add_get(BASE + "/patients/{pnr}/{kind}", records)
     app.router.add_get(BASE + "/ambulance/patients/{pnr}/threats", threats)

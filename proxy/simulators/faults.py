@@ -11,9 +11,9 @@ time through a small control endpoint on each simulator::
 Fields: ``latency_ms`` (added before every answer), ``error_status`` (answer with this HTTP status),
 ``malformed`` (200 with a body cut in half), ``hang`` (never answer; bounded by ``hang_s``),
 ``drop`` (send the headers and part of the body, then close the connection), ``oversize_bytes``
-(pad the answer with trailing whitespace to at least this size), ``rate`` (share of requests the error/malformed/drop/hang
-faults hit, decided by a seeded generator so runs repeat) and ``path_contains`` (only requests whose
-path contains this string are affected).
+(pad the answer with trailing whitespace to at least this size), ``rate`` (share of requests the
+error/malformed/drop/hang faults hit, decided by a seeded generator so runs repeat) and
+``path_contains`` (only requests whose path contains this string are affected).
 """
 
 from __future__ import annotations
@@ -62,15 +62,19 @@ class Faults:
         if not number(out.latency_ms) or not 0 <= out.latency_ms <= 600_000:
             raise ValueError("latency_ms must be a number between 0 and 600000")
         if out.error_status is not None and (
-            not number(out.error_status) or not isinstance(out.error_status, int) or not 400 <= out.error_status <= 599
+            not number(out.error_status)
+            or not isinstance(out.error_status, int)
+            or not 400 <= out.error_status <= 599
         ):
             raise ValueError("error_status must be an HTTP status between 400 and 599, or null")
         if not number(out.rate) or not 0.0 <= out.rate <= 1.0:
             raise ValueError("rate must be between 0 and 1")
         if not number(out.hang_s) or not 0 <= out.hang_s <= 3600:
             raise ValueError("hang_s must be between 0 and 3600")
-        if not number(out.oversize_bytes) or not isinstance(out.oversize_bytes, int) or not (
-            0 <= out.oversize_bytes <= 512 * 1024 * 1024
+        if (
+            not number(out.oversize_bytes)
+            or not isinstance(out.oversize_bytes, int)
+            or not (0 <= out.oversize_bytes <= 512 * 1024 * 1024)
         ):
             raise ValueError("oversize_bytes must be between 0 and 512 MiB")
         if out.path_contains is not None and not isinstance(out.path_contains, str):

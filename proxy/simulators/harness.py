@@ -11,10 +11,10 @@ from typing import Any
 
 from aiohttp import web
 
+from proxy.settings import Settings
 from proxy.simulators import factory
 from proxy.simulators.faults import Faults
 from proxy.simulators.population import Person, population
-from proxy.settings import Settings
 
 LOOPBACK = "127.0.0.1"
 

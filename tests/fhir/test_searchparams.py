@@ -14,7 +14,13 @@ OBS = {
     "id": "o1",
     "status": "final",
     "code": {"coding": [{"system": "urn:oid:1.2.752.108.1", "code": "NPU03429"}]},
-    "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "laboratory"}]}],
+    "category": [
+        {
+            "coding": [
+                {"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "laboratory"}
+            ]
+        }
+    ],
     "effectiveDateTime": "2024-05-15T08:05:00+02:00",
 }
 FLAG = {"resourceType": "Flag", "id": "f1", "period": {"start": "2024-01-01T00:00:00+01:00"}}
@@ -45,7 +51,9 @@ def test_token_forms(raw: str, hit: bool) -> None:
 
 def test_token_or_within_and_across() -> None:
     assert matches(OBS, [token("code", "X", "NPU03429")])
-    assert matches(OBS, [token("code", "NPU03429"), token("category", "laboratory"), token("status", "final")])
+    assert matches(
+        OBS, [token("code", "NPU03429"), token("category", "laboratory"), token("status", "final")]
+    )
     assert not matches(OBS, [token("code", "NPU03429"), token("status", "preliminary")])
 
 
@@ -80,7 +88,9 @@ def test_open_period_extends_forever() -> None:
     assert not matches(FLAG, [date("date", "eq2024")])  # an open period is not within one year
 
 
-@pytest.mark.parametrize("raw", ["2024-13", "2024-02-30", "yesterday", "ap2024", "xx2024", "2024-05-15T25:00"])
+@pytest.mark.parametrize(
+    "raw", ["2024-13", "2024-02-30", "yesterday", "ap2024", "xx2024", "2024-05-15T25:00"]
+)
 def test_bad_dates_are_rejected(raw: str) -> None:
     with pytest.raises(FhirError) as exc:
         _date(raw, "date")

@@ -86,7 +86,9 @@ async def test_patient_search_for_unknown_person_is_empty(facade: Any) -> None:
         ({"_count": "-1", "identifier": "191212121212"}, "_count"),
     ],
 )
-async def test_bad_patient_searches_are_400_with_a_reason(facade: Any, params: dict[str, str], fragment: str) -> None:
+async def test_bad_patient_searches_are_400_with_a_reason(
+    facade: Any, params: dict[str, str], fragment: str
+) -> None:
     async with facade() as f:
         status, body = await f.get(f"{BASE}/Patient", params=params)
     assert status == 400
@@ -117,7 +119,9 @@ async def test_patient_read(facade: Any) -> None:
 @pytest.mark.parametrize("person", DEMO_PEOPLE, ids=lambda p: p.given)
 async def test_everything_validates_for_every_demo_patient(facade: Any, person: Any) -> None:
     async with facade() as f:
-        status, bundle = await f.get(f"{BASE}/Patient/{pid(person.pnr)}/$everything", params={"_count": "500"})
+        status, bundle = await f.get(
+            f"{BASE}/Patient/{pid(person.pnr)}/$everything", params={"_count": "500"}
+        )
     assert status == 200
     Bundle.model_validate(bundle)
     found = resources(bundle)
@@ -140,9 +144,18 @@ async def test_everything_for_tolvan_merges_three_sources(facade: Any) -> None:
     by_source = {s for r in found for s in sources(r)}
     assert by_source == {"cosmic", "viva", "npo"}
     types = {r["resourceType"] for r in found}
-    assert {"Flag", "AllergyIntolerance", "Condition", "CarePlan", "Observation", "DocumentReference"} <= types
+    assert {
+        "Flag",
+        "AllergyIntolerance",
+        "Condition",
+        "CarePlan",
+        "Observation",
+        "DocumentReference",
+    } <= types
     # the hypertension held by Cosmic and copied to NPÖ appears once, with both sources
-    hypertension = [r for r in found if r["resourceType"] == "Condition" and r["code"]["coding"][0]["code"] == "I10"]
+    hypertension = [
+        r for r in found if r["resourceType"] == "Condition" and r["code"]["coding"][0]["code"] == "I10"
+    ]
     assert len(hypertension) == 1
     assert sources(hypertension[0]) == {"cosmic", "npo"}
     assert hypertension[0]["meta"]["source"].endswith("cosmic")
@@ -186,7 +199,9 @@ async def test_everything_type_since_and_unknown(facade: Any) -> None:
         assert 0 < recent["total"] < everything["total"]
         status, body = await f.get(f"{BASE}/Patient/{TOLVAN_ID}/$everything", params={"_type": "Foo"})
         assert status == 400 and "Foo" in body["issue"][0]["diagnostics"]
-        assert (await f.get(f"{BASE}/Patient/{TOLVAN_ID}/$everything", params={"_since": "yesterday"}))[0] == 400
+        assert (await f.get(f"{BASE}/Patient/{TOLVAN_ID}/$everything", params={"_since": "yesterday"}))[
+            0
+        ] == 400
         assert (await f.get(f"{BASE}/Patient/{pid(UNKNOWN_PNR)}/$everything"))[0] == 404
 
 
@@ -198,7 +213,9 @@ async def test_search_every_type_by_patient(facade: Any, rtype: str) -> None:
     async with facade() as f:
         totals = {}
         for person in DEMO_PEOPLE:
-            status, bundle = await f.get(f"{BASE}/{rtype}", params={"patient": pid(person.pnr), "_count": "500"})
+            status, bundle = await f.get(
+                f"{BASE}/{rtype}", params={"patient": pid(person.pnr), "_count": "500"}
+            )
             assert status == 200
             Bundle.model_validate(bundle)
             for r in resources(bundle):
@@ -230,10 +247,17 @@ async def test_token_search_code_and_category(facade: Any) -> None:
         assert [r["code"]["coding"][0]["code"] for r in resources(by_code)] == ["I10"]
         _, plain = await f.get(f"{BASE}/Condition", params={"patient": TOLVAN_ID, "code": "I10,J45.9"})
         assert sorted(r["code"]["coding"][0]["code"] for r in resources(plain)) == ["I10", "J45.9"]
-        _, wrong_system = await f.get(f"{BASE}/Condition", params={"patient": TOLVAN_ID, "code": "http://snomed.info/sct|I10"})
+        _, wrong_system = await f.get(
+            f"{BASE}/Condition", params={"patient": TOLVAN_ID, "code": "http://snomed.info/sct|I10"}
+        )
         assert wrong_system["total"] == 0
-        _, labs = await f.get(f"{BASE}/Observation", params={"patient": pid(LENNART.pnr), "category": "laboratory", "_count": "500"})
-        _, survey = await f.get(f"{BASE}/Observation", params={"patient": pid(LENNART.pnr), "category": "survey", "_count": "500"})
+        _, labs = await f.get(
+            f"{BASE}/Observation",
+            params={"patient": pid(LENNART.pnr), "category": "laboratory", "_count": "500"},
+        )
+        _, survey = await f.get(
+            f"{BASE}/Observation", params={"patient": pid(LENNART.pnr), "category": "survey", "_count": "500"}
+        )
         _, every = await f.get(f"{BASE}/Observation", params={"patient": pid(LENNART.pnr), "_count": "500"})
     assert labs["total"] >= 30 and survey["total"] >= 1
     assert labs["total"] + survey["total"] == every["total"]
@@ -246,19 +270,36 @@ async def test_date_search_with_prefixes(facade: Any) -> None:
 
     patient = pid(LENNART.pnr)
     async with facade() as f:
-        _, every = await f.get(f"{BASE}/Observation", params={"patient": patient, "category": "laboratory", "_count": "500"})
+        _, every = await f.get(
+            f"{BASE}/Observation", params={"patient": patient, "category": "laboratory", "_count": "500"}
+        )
         dates = sorted(fhir_range(r["effectiveDateTime"])[0] for r in resources(every))
         # a cut between two distinct days
         cut_day = next(
-            r["effectiveDateTime"][:10] for r in resources(every) if fhir_range(r["effectiveDateTime"])[0] > dates[0]
+            r["effectiveDateTime"][:10]
+            for r in resources(every)
+            if fhir_range(r["effectiveDateTime"])[0] > dates[0]
         )
-        _, ge = await f.get(f"{BASE}/Observation", params={"patient": patient, "category": "laboratory", "date": f"ge{cut_day}", "_count": "500"})
-        _, lt = await f.get(f"{BASE}/Observation", params={"patient": patient, "category": "laboratory", "date": f"lt{cut_day}", "_count": "500"})
+        _, ge = await f.get(
+            f"{BASE}/Observation",
+            params={"patient": patient, "category": "laboratory", "date": f"ge{cut_day}", "_count": "500"},
+        )
+        _, lt = await f.get(
+            f"{BASE}/Observation",
+            params={"patient": patient, "category": "laboratory", "date": f"lt{cut_day}", "_count": "500"},
+        )
         _, both = await f.get(
             f"{BASE}/Observation",
-            params=[("patient", patient), ("date", f"ge{cut_day}"), ("date", f"le{cut_day}"), ("category", "laboratory")],
+            params=[
+                ("patient", patient),
+                ("date", f"ge{cut_day}"),
+                ("date", f"le{cut_day}"),
+                ("category", "laboratory"),
+            ],
         )
-        _, eq = await f.get(f"{BASE}/Observation", params={"patient": patient, "category": "laboratory", "date": cut_day})
+        _, eq = await f.get(
+            f"{BASE}/Observation", params={"patient": patient, "category": "laboratory", "date": cut_day}
+        )
         status, bad = await f.get(f"{BASE}/Observation", params={"patient": patient, "date": "ge2024-13-01"})
         status_ap, _ = await f.get(f"{BASE}/Observation", params={"patient": patient, "date": "ap2024"})
     start = fhir_range(cut_day)[0]
@@ -300,7 +341,9 @@ async def test_unknown_parameters_are_ignored_unless_strict(facade: Any) -> None
         assert status == 200 and lenient["total"] == 3
         assert "foo" not in link(lenient, "self")  # the self link shows what was applied
         status, strict = await f.get(
-            f"{BASE}/Condition", params={"patient": TOLVAN_ID, "foo": "bar"}, headers={"Prefer": "handling=strict"}
+            f"{BASE}/Condition",
+            params={"patient": TOLVAN_ID, "foo": "bar"},
+            headers={"Prefer": "handling=strict"},
         )
     assert status == 400 and "foo" in strict["issue"][0]["diagnostics"]
 
@@ -357,9 +400,13 @@ async def test_everything_pages_too(facade: Any) -> None:
 
 async def test_summary_count_and_count_zero(facade: Any) -> None:
     async with facade() as f:
-        _, counted = await f.get(f"{BASE}/Observation", params={"patient": pid(LENNART.pnr), "_summary": "count"})
+        _, counted = await f.get(
+            f"{BASE}/Observation", params={"patient": pid(LENNART.pnr), "_summary": "count"}
+        )
         _, zero = await f.get(f"{BASE}/Observation", params={"patient": pid(LENNART.pnr), "_count": "0"})
-        _, capped = await f.get(f"{BASE}/Observation", params={"patient": pid(LENNART.pnr), "_count": "100000"})
+        _, capped = await f.get(
+            f"{BASE}/Observation", params={"patient": pid(LENNART.pnr), "_count": "100000"}
+        )
     assert counted["total"] == zero["total"] > 25
     assert "entry" not in counted and "entry" not in zero
     assert ("_count", "500") in parse_qsl(urlsplit(link(capped, "self") or "").query)
@@ -377,7 +424,9 @@ async def test_read_every_resource_of_everything_by_id(facade: Any) -> None:
             assert status == 200, entry["fullUrl"]
             assert read == r
             assert entry["fullUrl"].endswith(f"{BASE}/{r['resourceType']}/{r['id']}")
-        condition = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Condition")
+        condition = next(
+            e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Condition"
+        )
         assert (await f.get(f"{BASE}/Condition/{condition['id'][:-1]}0"))[0] in (404,)
         assert (await f.get(f"{BASE}/Flag/{condition['id']}"))[0] == 404  # right id, wrong type
         assert (await f.get(f"{BASE}/Condition/{pid(SANNA.pnr)}-cosmic-0000000000000000"))[0] == 404

@@ -63,10 +63,23 @@ fields:
 ANSWER = {
     "data": {
         "results": [
-            {"rid": "R1", "state": "DONE", "test": {"npu": "NPU02319", "name": "B-Hb"}, "val": "141",
-             "unit": "g/L", "taken": "15/05/2024 08:15", "comment": "Hemolys i provet"},
-            {"rid": "R2", "state": "CANCELLED", "test": {"npu": "NPU03429", "name": "P-K"}, "val": "0",
-             "unit": "mmol/L", "taken": "16/05/2024 09:00"},
+            {
+                "rid": "R1",
+                "state": "DONE",
+                "test": {"npu": "NPU02319", "name": "B-Hb"},
+                "val": "141",
+                "unit": "g/L",
+                "taken": "15/05/2024 08:15",
+                "comment": "Hemolys i provet",
+            },
+            {
+                "rid": "R2",
+                "state": "CANCELLED",
+                "test": {"npu": "NPU03429", "name": "P-K"},
+                "val": "0",
+                "unit": "mmol/L",
+                "taken": "16/05/2024 09:00",
+            },
         ]
     }
 }

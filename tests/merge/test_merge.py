@@ -23,7 +23,15 @@ def mr(rtype: str, rid: str, source: str, origin: str, priority: int, **fields: 
 def test_same_origin_merges_and_the_priority_source_wins() -> None:
     out = merge(
         [
-            mr("Condition", "p-npo-1", "npo", "COSM|D1", 2, meta={"security": [NOPAT]}, onsetDateTime="2020-01-01"),
+            mr(
+                "Condition",
+                "p-npo-1",
+                "npo",
+                "COSM|D1",
+                2,
+                meta={"security": [NOPAT]},
+                onsetDateTime="2020-01-01",
+            ),
             mr("Condition", "p-cosmic-1", "cosmic", "COSM|D1", 0, onsetDateTime="2020-01-01"),
         ],
         sort_time,
@@ -53,7 +61,9 @@ def test_references_to_a_dropped_copy_point_to_the_kept_one() -> None:
         [
             mr("Condition", "npo-c", "npo", "COSM|D1", 2),
             mr("Condition", "cos-c", "cosmic", "COSM|D1", 0),
-            mr("Encounter", "npo-e", "npo", "OTHER|E1", 2, reasonReference=[{"reference": "Condition/npo-c"}]),
+            mr(
+                "Encounter", "npo-e", "npo", "OTHER|E1", 2, reasonReference=[{"reference": "Condition/npo-c"}]
+            ),
         ],
         sort_time,
     )
@@ -76,7 +86,14 @@ def test_order_patient_first_then_type_then_newest_then_id() -> None:
             mr("Observation", "o-new", "cosmic", "3", 0, effectiveDateTime="2024-05-01T10:00:00+02:00"),
             mr("Condition", "c", "cosmic", "4", 0),
             mr("Patient", "p", "cosmic", "5", 0),
-            mr("Observation", "o-new-b", "npo", "6", 2, effectivePeriod={"start": "2024-05-01T10:00:00+02:00"}),
+            mr(
+                "Observation",
+                "o-new-b",
+                "npo",
+                "6",
+                2,
+                effectivePeriod={"start": "2024-05-01T10:00:00+02:00"},
+            ),
         ],
         sort_time,
     )
