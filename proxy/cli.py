@@ -54,7 +54,8 @@ async def _demo(settings: Settings, port: int, patients: int | None) -> None:
                 print(f"  simulator {name:<7} {u}")
             print("Demo patients (synthetic test personnummer):")
             for p in DEMO_PEOPLE:
-                print(f"  {p.pnr}  {p.given} {p.family:<11}  Patient/{ids.encode(p.pnr)}")
+                name = f"{p.given} {p.family}"
+                print(f"  {p.pnr}  {name:<18}  Patient/{ids.encode(p.pnr)}")
             print(f"  {UNKNOWN_PNR}  (unknown to every system)")
             if len(people) > len(DEMO_PEOPLE):
                 print(f"  + {len(people) - len(DEMO_PEOPLE)} generated patients")
