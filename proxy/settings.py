@@ -68,6 +68,10 @@ class Settings:
     source_priority: tuple[str, ...]
     simulators: SimulatorSettings = field(default_factory=SimulatorSettings)
     patient_id_key: bytes | None = None
+    # The raw ``auth`` and ``policy`` sections; proxy.auth and proxy.redact compile them at start-up.
+    auth: dict[str, Any] = field(default_factory=dict)
+    policy: dict[str, Any] = field(default_factory=dict)
+    config_dir: Path = field(default_factory=lambda: DEFAULT_CONFIG.parent)
 
     def backend(self, name: str) -> BackendSettings:
         for b in self.backends:
@@ -124,7 +128,8 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
         raise ConfigError(f"{path.name}: cannot read: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path.name}: not valid YAML: {exc}") from None
-    top = r.section(doc, "(top)", {"facade", "mappings_dir", "merge", "backends", "simulators"})
+    top = r.section(doc, "(top)", {
+        "facade", "mappings_dir", "merge", "backends", "simulators", "auth", "policy"})
 
     f = r.section(
         top.get("facade"),
@@ -226,4 +231,7 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
         source_priority=tuple(priority),
         simulators=sims,
         patient_id_key=key,
+        auth=r.section(top.get("auth"), "auth", {"issuers", "leeway_s", "audience"}),
+        policy=r.section(top.get("policy"), "policy", {"audiences", "protected_identity"}),
+        config_dir=path.parent.resolve(),
     )

@@ -119,3 +119,25 @@ class SourceOutcome:
     source: str
     status: SourceStatus
     detail: str
+
+
+AUDIENCES = ("ambulance", "homecare", "clinician", "patient")
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is asking, from a verified token. Never holds the token itself."""
+
+    audience: str  # one of AUDIENCES
+    subject: str  # the token's `sub`
+    client_id: str  # the client application (`client_id` or `azp`)
+    issuer: str
+    # SMART v2 read scopes as (context, resource type or "*"): ("patient", "Condition"), ("user", "*")
+    scopes: frozenset[tuple[str, str]]
+    user_hsa_id: str | None = None
+    care_unit_hsa_id: str | None = None
+    care_provider_hsa_id: str | None = None
+    patient_pnr: str | None = None  # set for the patient audience: the only record it may read
+
+    def may_read(self, resource_type: str) -> bool:
+        return any(t in ("*", resource_type) for _, t in self.scopes)
