@@ -17,6 +17,7 @@ import time
 import aiohttp
 
 from proxy.app import create_app
+from proxy.auth.demo import demo_issuer, make_token
 from proxy.fhir.ids import PatientIds
 from proxy.settings import DEMO_PATIENT_ID_KEY, load_settings
 from proxy.simulators.harness import people_for, running_simulators, serving
@@ -31,8 +32,11 @@ async def run(latency_ms: float, requests: int, pnr: str) -> None:
     settings = load_settings()
     faults = {b.simulator: {"latency_ms": latency_ms} for b in settings.backends if b.simulator}
     async with running_simulators(settings, people_for(settings), faults=faults) as urls:
-        app = create_app(settings.with_backend_urls(urls), patient_id_key=DEMO_PATIENT_ID_KEY)
-        async with serving(app) as base, aiohttp.ClientSession() as http:
+        app = create_app(
+            settings.with_backend_urls(urls), patient_id_key=DEMO_PATIENT_ID_KEY, extra_issuer=demo_issuer()
+        )
+        headers = {"Authorization": f"Bearer {make_token('clinician')}"}
+        async with serving(app) as base, aiohttp.ClientSession(headers=headers) as http:
             url = f"{base}/fhir/Patient/{PatientIds(DEMO_PATIENT_ID_KEY).encode(pnr)}/$everything"
             for _ in range(10):  # warm-up: connections, first-call costs
                 async with http.get(url) as r:

@@ -12,9 +12,11 @@ from aiohttp import web
 
 from proxy.fanout import BackendClient
 from proxy.fhir.ids import PatientIds
-from proxy.fhir.routes import FACADE_KEY, FhirRoutes, fhir_errors
+from proxy.auth import Authenticator, TrustedIssuer
+from proxy.fhir.routes import AUTH_KEY, FACADE_KEY, FhirRoutes, fhir_errors
 from proxy.mapping.registry import MappingSet, load_mappings
 from proxy.pipeline import Facade
+from proxy.redact import compile_policy
 from proxy.settings import Settings
 
 
@@ -25,21 +27,29 @@ def compile_mappings(settings: Settings) -> MappingSet:
     )
 
 
-def create_app(settings: Settings, *, patient_id_key: bytes) -> web.Application:
-    """The facade app. ``patient_id_key`` must be shared by every worker behind one base URL."""
+def create_app(
+    settings: Settings, *, patient_id_key: bytes, extra_issuer: TrustedIssuer | None = None
+) -> web.Application:
+    """The facade app. ``patient_id_key`` must be shared by every worker behind one base URL;
+    ``extra_issuer`` is for the demo and the tests (the dev-only demo issuer), never for ``serve``."""
     mappings = compile_mappings(settings)
+    authenticator = Authenticator.from_settings(settings, extra_issuer=extra_issuer)
+    policy = compile_policy(settings.policy)
     ids = PatientIds(patient_id_key)
     app = web.Application(middlewares=[fhir_errors], client_max_size=64 * 1024)
 
     async def backends(app: web.Application) -> AsyncIterator[None]:
         clients = {b.name: BackendClient.open(b, settings.facade.max_body_bytes) for b in settings.backends}
-        app[FACADE_KEY] = Facade(settings=settings, mappings=mappings, clients=clients, ids=ids)
+        app[FACADE_KEY] = Facade(
+            settings=settings, mappings=mappings, clients=clients, ids=ids, policy=policy
+        )
         try:
             yield
         finally:
             for client in clients.values():
                 await client.close()
 
+    app[AUTH_KEY] = authenticator
     app.cleanup_ctx.append(backends)
     FhirRoutes(settings.facade.base_path).add_to(app)
     return app

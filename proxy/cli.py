@@ -4,6 +4,7 @@ fhir-facade demo [--port 8080] [--patients N]     simulators + facade on loopbac
 fhir-facade serve --config FILE [--port N]         the facade against configured backends
 fhir-facade simulate {cosmic,viva,npo} --port N    one simulator alone
 fhir-facade mappings check [--config FILE]         compile and validate every mapping
+fhir-facade token --audience A [--pnr P]           a DEV-ONLY token from the demo issuer
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from proxy.app import create_app
+from proxy.auth.demo import demo_issuer
 from proxy.fhir.ids import PatientIds
 from proxy.mapping.compiler import MappingError
 from proxy.settings import DEMO_PATIENT_ID_KEY, PATIENT_ID_KEY_ENV, ConfigError, Settings, load_settings
@@ -26,6 +28,7 @@ from proxy.simulators import NAMES, factory
 from proxy.simulators.faults import Faults
 from proxy.simulators.harness import people_for, running_simulators, serving
 from proxy.simulators.population import DEMO_PEOPLE, UNKNOWN_PNR
+from proxy.types import AUDIENCES
 
 log = logging.getLogger("fhir_facade")
 
@@ -45,7 +48,7 @@ async def _demo(settings: Settings, port: int, patients: int | None) -> None:
     people = people_for(settings, patients)
     async with running_simulators(settings, people) as urls:
         live = settings.with_backend_urls(urls)
-        app = create_app(live, patient_id_key=DEMO_PATIENT_ID_KEY)
+        app = create_app(live, patient_id_key=DEMO_PATIENT_ID_KEY, extra_issuer=demo_issuer())
         async with serving(app, settings.facade.host, port) as url:
             base = url + settings.facade.base_path
             ids = PatientIds(DEMO_PATIENT_ID_KEY)
@@ -123,6 +126,32 @@ def _patient_id_key() -> bytes:
     return key
 
 
+def _token(settings: Settings, audience: str, pnr: str | None, scope: str | None, lifetime: int) -> int:
+    """Print a token signed by the dev-only demo issuer, for the configured `aud`."""
+    from proxy.auth import DEFAULT_AUDIENCE
+    from proxy.auth.demo import make_token
+
+    if audience == "patient" and not pnr:
+        print(
+            "fhir-facade: token --audience patient needs --pnr (the patient's personnummer)", file=sys.stderr
+        )
+        return 2
+    if audience != "patient" and pnr:
+        print("fhir-facade: --pnr is only for --audience patient", file=sys.stderr)
+        return 2
+    if not 1 <= lifetime <= 86_400:
+        print("fhir-facade: --lifetime expects 1 to 86400 seconds", file=sys.stderr)
+        return 2
+    aud = settings.auth.get("audience", DEFAULT_AUDIENCE)
+    try:
+        token = make_token(audience, pnr=pnr, scopes=scope, lifetime_s=lifetime, aud=aud)
+    except ValueError as exc:
+        print(f"fhir-facade: {exc}", file=sys.stderr)
+        return 2
+    print(token)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fhir-facade", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, default=None, help="config file (default: config/facade.yaml)")
@@ -147,6 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
     maps = sub.add_parser("mappings", help="work with the declarative mappings")
     maps_sub = maps.add_subparsers(dest="action", required=True)
     maps_sub.add_parser("check", help="validate every mapping's output against the simulators' data")
+
+    tok = sub.add_parser("token", help="print a DEV-ONLY bearer token from the demo issuer")
+    tok.add_argument("--audience", required=True, choices=AUDIENCES)
+    tok.add_argument("--pnr", default=None, help="the patient's personnummer (--audience patient)")
+    tok.add_argument(
+        "--scope", default=None, help='space-separated SMART scopes (default "user/*.rs" or "patient/*.rs")'
+    )
+    tok.add_argument("--lifetime", type=int, default=3600, help="seconds until the token expires")
     return parser
 
 
@@ -170,6 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(_simulate(settings, args.name, args.host, args.port, args.patients, args.seed))
         elif args.command == "mappings":
             return asyncio.run(_check(settings))
+        elif args.command == "token":
+            return _token(settings, args.audience, args.pnr, args.scope, args.lifetime)
     except (ConfigError, MappingError) as exc:
         print(f"fhir-facade: {exc}", file=sys.stderr)
         return 2

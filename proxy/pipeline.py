@@ -1,12 +1,12 @@
 """One request, one straight walk: Query → fan-out → mapping → merge → filter → Answer.
 
     fhir/params   parse the request → Query                          (400/404 before any backend)
-    [auth]        token → Principal                                  (issue: audiences)
-    [access]      Principal × Query → AccessDecision                 (issue: consent)
+    auth/         token → Principal (in the routes' middleware)      (401)
+    access/       Principal × Query → AccessDecision                 (403; others' records as unknown)
     fanout/       ask the backends that can answer → SourceResult per backend
     mapping/run   raw answers → FHIR dicts (+ a SourceOutcome per degraded source)
     merge/        dedupe, provenance, stable order
-    [redact]      the audience policy removes what this asker may not see
+    redact/       the audience policy removes what this asker may not see, and every trace of it
     search        the query's filters, after redaction, so hidden content cannot match
     fhir/routes   page, Bundle, bytes
 
@@ -15,8 +15,10 @@ The handlers in ``proxy.fhir.routes`` call ``collect`` and turn its ``Answer`` i
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
+from proxy.access import decide
 from proxy.fanout import BackendClient, fan_out
 from proxy.fhir.ids import PatientIds
 from proxy.fhir.searchparams import matches, sort_time
@@ -25,9 +27,10 @@ from proxy.mapping.registry import MappingSet
 from proxy.mapping.run import map_source
 from proxy.merge import merge
 from proxy.pnr import oid_of as pnr_oid
+from proxy.redact import Policy, redact
 from proxy.settings import Settings
 from proxy.timeutil import fhir_range
-from proxy.types import FhirDict, MappedResource, PatientRef, Query, SourceOutcome
+from proxy.types import FhirDict, MappedResource, PatientRef, Principal, Query, SourceOutcome
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +41,7 @@ class Facade:
     mappings: MappingSet
     clients: dict[str, BackendClient]
     ids: PatientIds
+    policy: Policy
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,11 +67,14 @@ def context(facade: Facade, backend: str, patient: PatientRef) -> dict[str, str]
     }
 
 
-def _plan(facade: Facade, types: frozenset[str]) -> dict[str, list[RequestSpec]]:
+def plan_requests(
+    mappings: MappingSet, backends: Iterable[str], types: frozenset[str]
+) -> dict[str, list[RequestSpec]]:
+    """Per backend, the distinct requests the mappings for ``types`` need (shared ones once)."""
     plan: dict[str, list[RequestSpec]] = {}
-    for backend in facade.settings.source_priority:
+    for backend in backends:
         specs: dict[str, RequestSpec] = {}
-        for m in facade.mappings.for_types(backend, types):
+        for m in mappings.for_types(backend, types):
             specs.setdefault(m.request.key, m.request)
         if specs:
             plan[backend] = list(specs.values())
@@ -78,7 +85,7 @@ async def fetch_and_map(
     facade: Facade, patient: PatientRef, types: frozenset[str]
 ) -> tuple[list[MappedResource], list[SourceOutcome]]:
     """Fan out for the mappings that produce ``types`` and map every answer that arrived."""
-    plan = _plan(facade, types)
+    plan = plan_requests(facade.mappings, facade.settings.source_priority, types)
     contexts = {name: context(facade, name, patient) for name in plan}
     results = await fan_out(facade.clients, plan, contexts)
     mapped: list[MappedResource] = []
@@ -99,13 +106,17 @@ async def fetch_and_map(
     return mapped, outcomes
 
 
-async def collect(facade: Facade, query: Query) -> Answer:
+async def collect(facade: Facade, query: Query, principal: Principal) -> Answer:
     assert query.patient is not None
+    decision = decide(principal, query)
+    if decision.as_unknown:
+        return Answer(resources=[], outcomes=[], patient_known=False)
     wants_patient = query.interaction == "everything" or "Patient" in query.resource_types
-    fetch_types = query.resource_types | ({"Patient"} if wants_patient else set())
+    fetch_types = decision.types | ({"Patient"} if wants_patient and principal.may_read("Patient") else set())
+    if not fetch_types:
+        return Answer(resources=[], outcomes=[], patient_known=None)
     mapped, outcomes = await fetch_and_map(facade, query.patient, frozenset(fetch_types))
-    merged = merge(mapped, sort_time)
-    # [redact] slots in here: the audience policy, applied to merged, audience-free data.
+    merged = redact(merge(mapped, sort_time), facade.policy, principal.audience)
 
     known: bool | None = bool(merged) or (None if outcomes else False)
 
@@ -114,7 +125,7 @@ async def collect(facade: Facade, query: Query) -> Answer:
 
 
 def _selected(resource: FhirDict, query: Query) -> bool:
-    if resource["resourceType"] not in query.resource_types:
+    if resource["resourceType"] not in query.resource_types:  # (the access decision narrowed the fetch)
         return False
     if query.resource_id is not None and resource["id"] != query.resource_id:
         return False

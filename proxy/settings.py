@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from proxy.simulators.faults import Faults
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "config" / "facade.yaml"
 PATIENT_ID_KEY_ENV = "FHIR_FACADE_PATIENT_ID_KEY"
@@ -51,6 +53,7 @@ class FacadeSettings:
     default_count: int = 50
     max_count: int = 500
     max_body_bytes: int = 8 * 1024 * 1024
+    public_base_url: str | None = None  # e.g. https://fhir.region.se/fhir; unset: from the request
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,17 +131,22 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
         raise ConfigError(f"{path.name}: cannot read: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path.name}: not valid YAML: {exc}") from None
-    top = r.section(doc, "(top)", {
-        "facade", "mappings_dir", "merge", "backends", "simulators", "auth", "policy"})
+    top = r.section(
+        doc, "(top)", {"facade", "mappings_dir", "merge", "backends", "simulators", "auth", "policy"}
+    )
 
     f = r.section(
         top.get("facade"),
         "facade",
-        {"host", "port", "base_path", "default_count", "max_count", "max_body_bytes"},
+        {"host", "port", "base_path", "default_count", "max_count", "max_body_bytes", "public_base_url"},
     )
-    base_path = str(f.get("base_path", "/fhir")).rstrip("/")
-    if not base_path.startswith("/"):
-        raise r.fail("facade.base_path", "expects a path starting with /")
+    raw_base = f.get("base_path", "/fhir")
+    if not isinstance(raw_base, str) or not raw_base.startswith("/"):
+        raise r.fail("facade.base_path", "expects a path starting with / (use / to serve at the root)")
+    base_path = raw_base.rstrip("/")
+    public = f.get("public_base_url")
+    if public is not None and (not isinstance(public, str) or not re.match(r"^https?://[^/]+", public)):
+        raise r.fail("facade.public_base_url", "expects an http(s) URL such as https://fhir.example.se/fhir")
     max_count = r.integer(f, "max_count", "facade", 500, 1, 100_000)
     facade = FacadeSettings(
         host=str(f.get("host", "127.0.0.1")),
@@ -147,6 +155,7 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
         default_count=r.integer(f, "default_count", "facade", 50, 1, max_count),
         max_count=max_count,
         max_body_bytes=r.integer(f, "max_body_bytes", "facade", 8 * 1024 * 1024, 1024, 1 << 31),
+        public_base_url=public.rstrip("/") if public else None,
     )
 
     backends_doc = top.get("backends")
@@ -182,6 +191,9 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
         vars_ = b.get("vars", {}) or {}
         if not isinstance(vars_, dict):
             raise r.fail(f"{where}.vars", "expects a mapping of name: value")
+        for k, v in vars_.items():
+            if not isinstance(v, str | int) or isinstance(v, bool) or str(v) == "":
+                raise r.fail(f"{where}.vars.{k}", "expects a non-empty text value")
         backends.append(
             BackendSettings(
                 name=name,
@@ -201,13 +213,22 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
     merge = r.section(top.get("merge"), "merge", {"source_priority"})
     names = [b.name for b in backends]
     priority = merge.get("source_priority", names)
-    if not isinstance(priority, list) or sorted(priority) != sorted(names):
+    if (
+        not isinstance(priority, list)
+        or sorted(map(str, priority)) != sorted(names)
+        or len(priority) != len(names)
+    ):
         raise r.fail("merge.source_priority", f"expects every backend exactly once: {names}")
 
     s = r.section(top.get("simulators"), "simulators", {"seed", "patients", "faults"})
     faults = s.get("faults", {}) or {}
     if not isinstance(faults, dict):
         raise r.fail("simulators.faults", "expects {simulator: {fault settings}}")
+    for sim, spec in faults.items():
+        try:
+            Faults.from_dict(spec)
+        except (ValueError, TypeError) as exc:
+            raise r.fail(f"simulators.faults.{sim}", str(exc)) from None
     sims = SimulatorSettings(
         seed=r.integer(s, "seed", "simulators", 1177, 0, 2**31),
         patients=r.integer(s, "patients", "simulators", 0, 0, 10_000_000),
@@ -232,6 +253,6 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
         simulators=sims,
         patient_id_key=key,
         auth=r.section(top.get("auth"), "auth", {"issuers", "leeway_s", "audience"}),
-        policy=r.section(top.get("policy"), "policy", {"audiences", "protected_identity"}),
+        policy=r.section(top.get("policy"), "policy", {"labels", "audiences", "protected_identity"}),
         config_dir=path.parent.resolve(),
     )

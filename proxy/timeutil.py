@@ -10,7 +10,6 @@ width is its precision ("2024" is the whole year), as the FHIR search spec says.
 
 from __future__ import annotations
 
-import calendar
 import re
 from datetime import UTC, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
@@ -21,8 +20,9 @@ _TIME_DIRECTIVES = ("%H", "%M", "%S", "%I", "%p")
 
 # FHIR date / dateTime / instant, with the precision implied by the parts present.
 _FHIR_DATETIME = re.compile(
-    r"^(?P<y>\d{4})(?:-(?P<m>\d{2})(?:-(?P<d>\d{2})"
-    r"(?:T(?P<H>\d{2}):(?P<M>\d{2})(?::(?P<S>\d{2})(?P<frac>\.\d+)?)?(?P<tz>Z|[+-]\d{2}:\d{2})?)?)?)?$"
+    r"(?P<y>[0-9]{4})(?:-(?P<m>[0-9]{2})(?:-(?P<d>[0-9]{2})"
+    r"(?:T(?P<H>[0-9]{2}):(?P<M>[0-9]{2})(?::(?P<S>[0-9]{2})(?P<frac>\.[0-9]+)?)?"
+    r"(?P<tz>Z|[+-](?:0[0-9]|1[0-4]):[0-5][0-9])?)?)?)?"
 )
 
 
@@ -55,7 +55,7 @@ def iso_local_to_fhir(value: str) -> str:
     """An ISO 8601 value that may lack a zone (read as Swedish local time) → FHIR date or dateTime."""
     v = value.strip()
     if len(v) <= 10:  # a bare date (or partial date) carries no zone in FHIR either
-        if not _FHIR_DATETIME.match(v):
+        if not _FHIR_DATETIME.fullmatch(v):
             raise ValueError(f"not an ISO date: {v!r}")
         return v
     dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
@@ -68,9 +68,11 @@ def fhir_range(value: str) -> tuple[float, float]:
     """The instant range [lo, hi) in epoch seconds that a FHIR date/dateTime/instant denotes.
 
     Values without a zone (dates, and dateTimes a client sends without one) are read as Swedish
-    local time. Raises ValueError for anything that is not a FHIR date value.
+    local time: a local day is 23 or 25 hours long on the days the clocks change, while an hour,
+    minute or second is always that long. Raises ValueError for anything that is not a FHIR date
+    value, including dates beyond what can be represented (9999-12-31 and the like).
     """
-    m = _FHIR_DATETIME.match(value)
+    m = _FHIR_DATETIME.fullmatch(value)
     if not m:
         raise ValueError(f"not a FHIR date/dateTime: {value!r}")
     y = int(m["y"])
@@ -82,27 +84,29 @@ def fhir_range(value: str) -> tuple[float, float]:
         zone = UTC
     elif tz:
         sign = 1 if tz[0] == "+" else -1
-        hh, mm = int(tz[1:3]), int(tz[4:6])
-        zone = timezone(sign * timedelta(hours=hh, minutes=mm))
-    if mo is None:
-        start = datetime(y, 1, 1, tzinfo=zone)
-        end = datetime(y + 1, 1, 1, tzinfo=zone)
-    elif d is None:
-        start = datetime(y, mo, 1, tzinfo=zone)
-        end = datetime(y + (mo == 12), mo % 12 + 1, 1, tzinfo=zone)
-    elif m["H"] is None:
-        start = datetime(y, mo, d, tzinfo=zone)
-        end = start + timedelta(days=1)
-    else:
-        H, M = int(m["H"]), int(m["M"])
-        if m["S"] is None:
-            start = datetime(y, mo, d, H, M, tzinfo=zone)
-            end = start + timedelta(minutes=1)
+        zone = timezone(sign * timedelta(hours=int(tz[1:3]), minutes=int(tz[4:6])))
+    try:
+        if mo is None:
+            start = datetime(y, 1, 1, tzinfo=zone)
+            end = datetime(y + 1, 1, 1, tzinfo=zone)
+        elif d is None:
+            start = datetime(y, mo, 1, tzinfo=zone)
+            end = datetime(y + (mo == 12), mo % 12 + 1, 1, tzinfo=zone)
+        elif m["H"] is None:
+            start = datetime(y, mo, d, tzinfo=zone)
+            end = start + timedelta(days=1)  # wall-clock day: DST days are 23/25 h
         else:
-            frac = float(m["frac"]) if m["frac"] else 0.0
-            start = datetime(y, mo, d, H, M, int(m["S"]), tzinfo=zone) + timedelta(seconds=frac)
-            end = start + timedelta(seconds=1 if not m["frac"] else 10 ** -(len(m["frac"]) - 1))
-    # Validate the calendar (datetime() already rejects month 13 / day 32 and raises ValueError).
-    if d is not None and mo is not None and d > calendar.monthrange(y, mo)[1]:
-        raise ValueError(f"no such day: {value!r}")
-    return start.timestamp(), end.timestamp()
+            H, M = int(m["H"]), int(m["M"])
+            if m["S"] is None:
+                start, width = datetime(y, mo, d, H, M, tzinfo=zone), timedelta(minutes=1)
+            else:
+                frac = m["frac"] or ""
+                start = datetime(y, mo, d, H, M, int(m["S"]), tzinfo=zone)
+                start += timedelta(seconds=float(frac) if frac else 0.0)
+                digits = min(len(frac) - 1, 6) if frac else 0
+                width = timedelta(seconds=10**-digits)
+            start = start.astimezone(UTC)  # sub-day widths are exact, whatever the clocks do
+            end = start + width
+        return start.timestamp(), end.timestamp()
+    except OverflowError:
+        raise ValueError(f"date out of range: {value!r}") from None

@@ -12,6 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from fhir.resources.R4B import get_fhir_model_class
 
 from proxy.app import create_app
+from proxy.auth.demo import demo_issuer, make_token
 from proxy.fhir.ids import PatientIds
 from proxy.settings import DEMO_PATIENT_ID_KEY, Settings, load_settings
 from proxy.simulators.harness import running_simulators
@@ -19,6 +20,11 @@ from proxy.simulators.population import population
 
 BASE = "/fhir"
 IDS = PatientIds(DEMO_PATIENT_ID_KEY)
+
+
+def auth(audience: str, **claims: Any) -> dict[str, str]:
+    """An Authorization header from the dev-only demo issuer (clinician: the default in tests)."""
+    return {"Authorization": f"Bearer {make_token(audience, **claims)}"}
 
 
 def pid(pnr: str) -> str:
@@ -68,8 +74,8 @@ def facade(settings: Settings) -> Callable[..., contextlib.AbstractAsyncContextM
                 live = replace(live, facade=replace(live.facade, **facade_overrides))
             if backend_overrides:
                 live = replace(live, backends=tuple(replace(b, **backend_overrides) for b in live.backends))
-            app = create_app(live, patient_id_key=DEMO_PATIENT_ID_KEY)
-            async with TestClient(TestServer(app)) as client:
+            app = create_app(live, patient_id_key=DEMO_PATIENT_ID_KEY, extra_issuer=demo_issuer())
+            async with TestClient(TestServer(app), headers=auth("clinician")) as client:
                 yield Running(client, urls)
 
     return start

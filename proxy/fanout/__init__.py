@@ -10,6 +10,7 @@ becomes a ``SourceResult`` with a status and a short, non-sensitive detail; noth
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ import aiohttp
 from proxy.mapping.compiler import Context, RequestSpec
 from proxy.settings import BackendSettings
 from proxy.types import SourceResult, SourceStatus
+
+log = logging.getLogger(__name__)
 
 # Statuses that mean "nothing here" for a backend whose dialect says so (e.g. Cosmic's 404 for an
 # unknown patient) are configured per backend as ``empty_statuses``; such answers count as OK.
@@ -75,11 +78,16 @@ class BackendClient:
         return SourceResult(self.settings.name, worst[0], bodies, latency, worst[1])
 
     async def _one(self, spec: RequestSpec, ctx: Context) -> tuple[SourceStatus, bytes | None, str]:
-        path, query, headers, body = spec.render(ctx)
         budget = self.settings.total_timeout_s
         try:
+            path, query, headers, body = spec.render(ctx)
             async with self.session.request(
-                spec.method, path.lstrip("/"), params=query, data=body, headers=headers
+                spec.method,
+                path.lstrip("/"),
+                params=query,
+                data=body,
+                headers=headers,
+                allow_redirects=False,  # a request naming a patient goes to the configured host only
             ) as resp:
                 if resp.status in self.settings.empty_statuses:
                     return SourceStatus.OK, None, ""
@@ -98,6 +106,9 @@ class BackendClient:
             return SourceStatus.ERROR, None, "could not connect"
         except aiohttp.ClientError as exc:
             return SourceStatus.ERROR, None, f"HTTP client error ({type(exc).__name__})"
+        except Exception:  # a backend must never fail the request: log where, not what
+            log.exception("unexpected error asking %s", self.settings.name)
+            return SourceStatus.ERROR, None, "failed unexpectedly"
 
     async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
         cap = self.max_body_bytes

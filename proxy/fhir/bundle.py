@@ -45,11 +45,12 @@ def page_links(
 
     links = [link("self", offset), link("first", 0)]
     if count > 0:
+        last = (total - 1) // count * count if total else 0
         if offset > 0:
-            links.append(link("previous", max(0, offset - count)))
+            links.append(link("previous", min(max(0, offset - count), last)))
         if offset + count < total:
             links.append(link("next", offset + count))
-        links.append(link("last", max(0, (total - 1) // count * count) if total else 0))
+        links.append(link("last", last))
     return links
 
 

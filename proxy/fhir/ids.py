@@ -26,7 +26,7 @@ from proxy.types import PatientRef
 
 PATIENT_ID_LENGTH = 26
 _VERSION = 0x01
-_ID_CHARS = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")  # FHIR id
+_ID_CHARS = re.compile(r"[A-Za-z0-9\-.]{1,64}")  # FHIR id
 
 
 class PatientIds:
@@ -56,7 +56,9 @@ class PatientIds:
         if block[0] != _VERSION or block[7:] != bytes(9):
             return None
         pnr = block[1:7].hex()
-        return pnr if is_valid_pnr(pnr) else None
+        if not is_valid_pnr(pnr) or self.encode(pnr) != patient_id:
+            return None  # base32's last character has spare bits: only the canonical spelling counts
+        return pnr
 
     def patient(self, pnr: str) -> PatientRef:
         return PatientRef(pnr=pnr, fhir_id=self.encode(pnr), system=system_of(pnr))
@@ -72,4 +74,4 @@ def patient_part(resource_id_: str) -> str:
 
 
 def is_fhir_id(value: str) -> bool:
-    return bool(_ID_CHARS.match(value))
+    return bool(_ID_CHARS.fullmatch(value))

@@ -23,6 +23,8 @@ SUPPORTED_TYPES = frozenset(BY_TYPE)
 DATE_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb")
 # Parameters with a meaning for every search, handled here rather than by the type's table.
 _RESULT_PARAMS = {"_count", "_offset", "_summary", "_total", "_format", "_pretty"}
+_UINT = re.compile(r"[0-9]{1,9}")
+_PATIENT_KEYS = ("patient", "subject", "patient:Patient", "subject:Patient")
 _SPLIT_COMMA = re.compile(r"(?<!\\),")
 _SPLIT_PIPE = re.compile(r"(?<!\\)\|")
 
@@ -47,18 +49,22 @@ class _Parser:
         return values[0] if values else None
 
     def result_params(self) -> tuple[int, int, bool]:
+        for key, _ in self.params:
+            name, _, modifier = key.partition(":")
+            if modifier and name in _RESULT_PARAMS:
+                raise bad_request(f"'{name}' takes no modifier")
         count = self.settings.default_count
         raw = self.single("_count")
         if raw is not None:
-            if not raw.isdigit():
+            if not _UINT.fullmatch(raw):
                 raise bad_request("_count must be a non-negative integer")
             count = min(int(raw), self.settings.max_count)
             self.used.append(("_count", str(count)))
         offset = 0
         raw = self.single("_offset")
         if raw is not None:
-            if not raw.isdigit() or len(raw) > 9:
-                raise bad_request("_offset must be a non-negative integer")
+            if not _UINT.fullmatch(raw):
+                raise bad_request("_offset must be an integer from 0 to 999999999")
             offset = int(raw)
         summary = self.single("_summary")
         summary_count = False
@@ -153,24 +159,25 @@ def check_type(rtype: str) -> None:
 
 def parse_search(
     rtype: str, params: Params, ids: PatientIds, settings: FacadeSettings, *, strict: bool = False
-) -> Query | None:
-    """A type search. Returns None when the search can match nothing (an id that is not ours)."""
+) -> Query:
+    """A type search. ``Query.patient`` is None when it can match nothing (an id that is not ours)."""
     check_type(rtype)
     p = _Parser(params, settings, strict)
     count, offset, summary_count = p.result_params()
     if rtype == "Patient":
         return _parse_patient_search(p, ids, count, offset, summary_count)
-    patient_values = [(k, v) for k, v in p.params if k in ("patient", "subject", "subject:Patient")]
+    for key, _ in p.params:
+        if key.partition(":")[0] in ("patient", "subject") and key not in _PATIENT_KEYS:
+            raise bad_request(f"'{key}': only the ':Patient' modifier is supported on the patient")
+    patient_values = [(k, v) for k, v in p.params if k in _PATIENT_KEYS]
     if not patient_values:
         raise bad_request(f"Searching {rtype} requires the 'patient' parameter")
     if len(patient_values) > 1:
         raise bad_request("Give the patient once, as 'patient' or 'subject'")
     _, value = patient_values[0]
     patient = parse_patient_param(value, ids)
-    filters = _filters(p, rtype, skip={"patient", "subject", "subject:Patient"})
-    if patient is None:
-        return None
-    p.used.insert(0, ("patient", patient.fhir_id))
+    filters = _filters(p, rtype, skip=set(_PATIENT_KEYS))
+    p.used.insert(0, ("patient", value))
     return Query(
         interaction="search-type",
         resource_types=frozenset({rtype}),
@@ -183,18 +190,14 @@ def parse_search(
     )
 
 
-def _parse_patient_search(
-    p: _Parser, ids: PatientIds, count: int, offset: int, summary_count: bool
-) -> Query | None:
+def _parse_patient_search(p: _Parser, ids: PatientIds, count: int, offset: int, summary_count: bool) -> Query:
     identifiers = [v for k, v in p.params if k == "identifier"]
     id_values = [v for k, v in p.params if k == "_id"]
     if any(k.startswith(("identifier:", "_id:")) for k, _ in p.params):
         raise bad_request("Modifiers are not supported on 'identifier' or '_id'")
     if len(identifiers) + len(id_values) != 1:
         raise bad_request("Search Patient by exactly one 'identifier' (personnummer) or '_id'")
-    for key, _ in p.params:
-        if key not in ("identifier", "_id") and key not in _RESULT_PARAMS:
-            p.ignore(key)
+    filters = _filters(p, "Patient", skip={"identifier", "_id"})
     if id_values:
         raw = id_values[0]
         if "," in raw or not is_fhir_id(raw):
@@ -221,13 +224,12 @@ def _parse_patient_search(
             patient = None  # a personnummer under the samordningsnummer system (or vice versa)
         else:
             patient = ids.patient(number)
-        p.used.insert(0, ("identifier", f"{pnr_mod.system_of(number)}|{number}"))
-    if patient is None:
-        return None
+        p.used.insert(0, ("identifier", raw))
     return Query(
         interaction="search-type",
         resource_types=frozenset({"Patient"}),
         patient=patient,
+        filters=tuple(filters),
         count=count,
         offset=offset,
         summary_count=summary_count,

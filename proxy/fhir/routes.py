@@ -21,17 +21,20 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from proxy.auth import Authenticator, AuthError
 from proxy.fhir import params as parse
 from proxy.fhir.bundle import page_links, searchset, source_outcome
 from proxy.fhir.capability import capability_statement
 from proxy.fhir.errors import FhirError, bad_request, not_found, operation_outcome
 from proxy.pipeline import Answer, Facade, collect
-from proxy.types import FhirDict, Query
+from proxy.types import FhirDict, Principal, Query
 
 log = logging.getLogger(__name__)
 
 FHIR_JSON = "application/fhir+json"
 FACADE_KEY = web.AppKey("facade", Facade)
+AUTH_KEY = web.AppKey("authenticator", Authenticator)
+PRINCIPAL_KEY = web.RequestKey("principal", Principal)
 _JSON_FORMATS = {"json", "application/json", "application/fhir+json", "application/json+fhir"}
 _ACCEPTABLE = {"application/fhir+json", "application/json", "application/json+fhir", "application/*", "*/*"}
 _STARTED = datetime.now(UTC).isoformat(timespec="seconds")
@@ -78,12 +81,25 @@ def _negotiate(request: web.Request) -> None:
     raise FhirError(406, "not-supported", "Only application/fhir+json is available")
 
 
+def _authenticate(request: web.Request) -> None:
+    """Every FHIR request but the capability documents carries a verified bearer token."""
+    base = request.app[FACADE_KEY].settings.facade.base_path
+    if request.path in (f"{base}/metadata", f"{base}/.well-known/smart-configuration"):
+        return
+    request[PRINCIPAL_KEY] = request.app[AUTH_KEY].authenticate(request.headers.get("Authorization"))
+
+
 @web.middleware
 async def fhir_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Content negotiation first; then every failure becomes an OperationOutcome."""
+    """Content negotiation and authentication first; then every failure becomes an OperationOutcome."""
     try:
         _negotiate(request)
+        _authenticate(request)
         return await handler(request)
+    except AuthError as exc:
+        resp = _error_response(401, exc.code, exc.message)
+        resp.headers["WWW-Authenticate"] = exc.www_authenticate
+        return resp
     except FhirError as exc:
         return _error_response(exc.status, exc.code, exc.message)
     except web.HTTPMethodNotAllowed as exc:
@@ -111,6 +127,10 @@ def _pretty(request: web.Request) -> bool:
 
 
 def _base_url(request: web.Request, facade: Facade) -> str:
+    """The base for links: configured (behind a proxy or TLS terminator), else from the request."""
+    configured = facade.settings.facade.public_base_url
+    if configured:
+        return configured
     return f"{request.scheme}://{request.host}{facade.settings.facade.base_path}"
 
 
@@ -123,6 +143,7 @@ class FhirRoutes:
     def add_to(self, app: web.Application) -> None:
         b = self.base
         app.router.add_get(f"{b}/metadata", self.metadata)
+        app.router.add_get(f"{b}/.well-known/smart-configuration", self.smart_configuration)
         app.router.add_get(f"{b}/Patient/{{id}}/$everything", self.everything)
         app.router.add_get(f"{b}/{{type}}", self.search)
         app.router.add_post(f"{b}/{{type}}/_search", self.search_post)
@@ -130,10 +151,18 @@ class FhirRoutes:
 
     async def metadata(self, request: web.Request) -> web.Response:
         facade = request.app[FACADE_KEY]
-        return fhir_response(
-            capability_statement(facade.mappings, _base_url(request, facade), _STARTED),
-            pretty=_pretty(request),
+        cs = capability_statement(facade.mappings, _base_url(request, facade), _STARTED)
+        cs["rest"][0]["security"] = request.app[AUTH_KEY].capability_security()
+        return fhir_response(cs, pretty=_pretty(request))
+
+    async def smart_configuration(self, request: web.Request) -> web.Response:
+        facade = request.app[FACADE_KEY]
+        doc = request.app[AUTH_KEY].smart_configuration(
+            _base_url(request, facade), facade.mappings.resource_types
         )
+        resp = web.json_response(doc, dumps=lambda d: orjson.dumps(d).decode())
+        resp.headers["Cache-Control"] = "public, max-age=3600"
+        return resp
 
     async def search(self, request: web.Request) -> web.Response:
         return await self._search(request, list(request.query.items()))
@@ -141,7 +170,10 @@ class FhirRoutes:
     async def search_post(self, request: web.Request) -> web.Response:
         if request.content_type != "application/x-www-form-urlencoded":
             raise FhirError(415, "not-supported", "POST _search takes application/x-www-form-urlencoded")
-        form = await request.post()
+        try:
+            form = await request.post()
+        except (UnicodeDecodeError, LookupError):
+            raise bad_request("The form body is not valid text in its declared charset") from None
         items: list[tuple[str, Any]] = [*request.query.items(), *form.items()]
         if any(not isinstance(v, str) for _, v in items):
             raise bad_request("Search parameters must be text")
@@ -152,10 +184,10 @@ class FhirRoutes:
         rtype = request.match_info["type"]
         query = parse.parse_search(rtype, params, facade.ids, facade.settings.facade, strict=_strict(request))
         url = f"{_base_url(request, facade)}/{rtype}"
-        if query is None:  # an id that is not ours: no patient, nothing matches
-            count = facade.settings.facade.default_count
-            return fhir_response(searchset([], total=0, base_url=url, links=page_links(url, [], 0, count, 0)))
-        answer = await collect(facade, query)
+        if query.patient is None:  # an id that is not ours: nothing can match
+            answer = Answer(resources=[], outcomes=[], patient_known=False)
+        else:
+            answer = await collect(facade, query, request[PRINCIPAL_KEY])
         return self._bundle(request, facade, query, answer, url)
 
     async def everything(self, request: web.Request) -> web.Response:
@@ -164,7 +196,7 @@ class FhirRoutes:
         query = parse.parse_everything(
             rid, list(request.query.items()), facade.ids, facade.settings.facade, strict=_strict(request)
         )
-        answer = await collect(facade, query)
+        answer = await collect(facade, query, request[PRINCIPAL_KEY])
         if answer.patient_known is False:
             raise not_found(f"Patient/{rid} is not known")
         url = f"{_base_url(request, facade)}/Patient/{rid}/$everything"
@@ -174,14 +206,16 @@ class FhirRoutes:
         facade = request.app[FACADE_KEY]
         rtype, rid = request.match_info["type"], request.match_info["id"]
         query = parse.parse_read(rtype, rid, facade.ids)
-        answer = await collect(facade, query)
+        answer = await collect(facade, query, request[PRINCIPAL_KEY])
         if answer.resources:
             return fhir_response(answer.resources[0], pretty=_pretty(request))
-        if answer.outcomes:
-            # The resource may live in a source that did not answer: say so rather than "gone".
-            sources = ", ".join(sorted(o.source for o in answer.outcomes))
+        # The id names the source that holds the resource (<patient>-<backend>-<hash>; a Patient may
+        # come from any). If that source did not answer, say so rather than "gone".
+        holder = None if rtype == "Patient" else [*rid.split("-"), "", ""][1]
+        down = sorted(o.source for o in answer.outcomes if holder is None or o.source == holder)
+        if down:
             resp = _error_response(
-                503, "transient", f"Could not read {rtype}/{rid}: source(s) {sources} unavailable"
+                503, "transient", f"Could not read {rtype}/{rid}: {', '.join(down)} unavailable"
             )
             resp.headers["Retry-After"] = "5"
             return resp

@@ -190,10 +190,11 @@ def _date_matches(lo: float, hi: float, want: DateParam) -> bool:
         return hi > want.hi
     if want.prefix == "lt":
         return lo < want.lo
-    if want.prefix == "ge":
-        return hi > want.lo
-    if want.prefix == "le":
-        return lo < want.hi
+    within = want.lo <= lo and hi <= want.hi
+    if want.prefix == "ge":  # the range above the value overlaps the target, or the value contains it
+        return hi > want.hi or within
+    if want.prefix == "le":  # the range below the value overlaps the target, or the value contains it
+        return lo < want.lo or within
     if want.prefix == "sa":
         return lo >= want.hi
     if want.prefix == "eb":

@@ -20,6 +20,7 @@ from proxy.fhir.ids import PatientIds
 from proxy.fhir.searchparams import sort_time
 from proxy.merge import merge
 from proxy.pipeline import Facade, fetch_and_map
+from proxy.redact import compile_policy
 from proxy.settings import DEMO_PATIENT_ID_KEY, Settings
 from proxy.simulators.harness import people_for, running_simulators
 from proxy.types import FhirDict
@@ -54,7 +55,9 @@ async def check(settings: Settings, generated: int = 5) -> CheckReport:
     async with running_simulators(settings, people, faults={}) as urls:
         live = settings.with_backend_urls(urls)
         clients = {b.name: BackendClient.open(b, live.facade.max_body_bytes) for b in live.backends}
-        facade = Facade(settings=live, mappings=mappings, clients=clients, ids=ids)
+        facade = Facade(
+            settings=live, mappings=mappings, clients=clients, ids=ids, policy=compile_policy(settings.policy)
+        )
         try:
             for person in people:
                 mapped, outcomes = await fetch_and_map(

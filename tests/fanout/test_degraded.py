@@ -11,7 +11,9 @@ from fhir.resources.R4B.bundle import Bundle
 
 from proxy.fhir.bundle import SOURCE_SYSTEM
 from proxy.simulators.population import TOLVAN
-from tests.conftest import BASE, pid, validate
+from proxy.app import compile_mappings
+from proxy.pipeline import plan_requests
+from tests.conftest import BASE, auth, pid, validate
 
 EVERYTHING = f"{BASE}/Patient/{pid(TOLVAN.pnr)}/$everything"
 
@@ -103,12 +105,24 @@ async def test_fanout_is_concurrent(facade: Any) -> None:
     assert elapsed < 0.8, f"{elapsed:.2f} s: the backends were asked one after another"
 
 
-async def test_shared_requests_are_sent_once(facade: Any) -> None:
+def test_shared_requests_are_planned_once(settings: Any) -> None:
     """Cosmic's alerts list feeds Flag and AllergyIntolerance: one call, not two."""
+    mappings = compile_mappings(settings)
+    plan = plan_requests(mappings, settings.source_priority, frozenset({"Flag", "AllergyIntolerance"}))
+    cosmic_paths = sorted(spec.path for spec in plan["cosmic"])
+    assert cosmic_paths == [
+        "/cosmic/api/v1/ambulance/patients/{@pnr_dash}/threats",
+        "/cosmic/api/v1/patients/{@pnr_dash}/alerts",
+    ]
+    assert len(plan["npo"]) == 1  # GetAlertInformation feeds both NPÖ mappings too
+    assert "viva" not in plan
+
+
+async def test_one_failing_endpoint_degrades_its_source_but_keeps_the_rest(facade: Any) -> None:
     async with facade() as f:
-        await f.faults("cosmic", path_contains="/alerts", error_status=500, rate=1.0)
-        _, flags = await f.get(f"{BASE}/Flag", params={"patient": pid(TOLVAN.pnr)})
-    _, degraded = split(flags)
+        await f.faults("cosmic", path_contains="/alerts", error_status=500)
+        _, flags = await f.get(f"{BASE}/Flag", params={"patient": pid(TOLVAN.pnr)}, headers=auth("ambulance"))
+    contributed, degraded = split(flags)
     assert set(degraded) == {"cosmic"}
-    # the threat flag comes from another Cosmic endpoint and still arrives
-    assert any(r["resource"].get("category") for r in flags["entry"] if r["search"]["mode"] == "match")
+    # the threat flag comes from another Cosmic endpoint and still arrives (to the ambulance)
+    assert "cosmic" in contributed

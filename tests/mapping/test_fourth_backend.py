@@ -14,9 +14,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from proxy.app import create_app
+from proxy.auth.demo import demo_issuer
 from proxy.settings import DEMO_PATIENT_ID_KEY, load_settings
 from proxy.simulators.harness import serving
-from tests.conftest import BASE, pid, validate
+from tests.conftest import BASE, auth, pid, validate
 
 PNR = "191212121212"
 
@@ -103,8 +104,8 @@ def write_deployment(root: Path, url: str, mapping: str) -> Path:
 
 
 async def observations(config: Path) -> dict[str, Any]:
-    app = create_app(load_settings(config), patient_id_key=DEMO_PATIENT_ID_KEY)
-    async with TestClient(TestServer(app)) as client:
+    app = create_app(load_settings(config), patient_id_key=DEMO_PATIENT_ID_KEY, extra_issuer=demo_issuer())
+    async with TestClient(TestServer(app), headers=auth("clinician")) as client:
         resp = await client.get(f"{BASE}/Observation", params={"patient": pid(PNR)})
         assert resp.status == 200
         return await resp.json(content_type=None)

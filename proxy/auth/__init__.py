@@ -1,0 +1,586 @@
+"""Authentication: a verified ``Authorization: Bearer <JWT>`` becomes a ``Principal``.
+
+Every FHIR request except ``/fhir/metadata`` and ``/.well-known/smart-configuration`` carries a
+JWT from a trusted issuer. The ``Authenticator`` is compiled once at start-up from the ``auth:``
+section of ``config/facade.yaml``; a bad key file, an unknown algorithm or a misspelt key fails
+there (``ConfigError`` naming the key), never on a request.
+
+Configuration (paths relative to the config file)::
+
+    auth:
+      audience: urn:fhir-facade          # the JWT `aud` this facade accepts (default urn:fhir-facade)
+      leeway_s: 30                       # clock skew allowed on exp / nbf / iat (default 30, max 300)
+      issuers:
+        - issuer: https://idp.region.example/     # exact `iss`
+          jwks_file: keys/region-jwks.json        # or pem_file: keys/region.pem (public key or certificate)
+          algorithms: [RS256, ES256]              # default [RS256, ES256]; HS* and none are refused
+          claims:                                 # optional renames; these are the defaults
+            audience: client_audience             #   ambulance | homecare | clinician | patient
+            hsa_id: hsa_id                        #   the user's HSA-id (care audiences)
+            care_unit: care_unit_hsa_id           #   the care unit's HSA-id (care audiences)
+            care_provider: care_provider_hsa_id   #   the care provider's HSA-id (care audiences)
+            pnr: patient_pnr                      #   the patient's own personnummer (patient audience)
+          token_endpoint: https://idp.region.example/token          # optional, published in the
+          authorization_endpoint: https://idp.region.example/auth   # SMART configuration when given
+          grant_types: [authorization_code, client_credentials]     # (first issuer that has them)
+
+Only asymmetric algorithms are accepted from configured issuers: RS256/384/512, PS256/384/512 and
+ES256/384/512. The dev-only demo issuer (HS256, ``proxy.auth.demo``) is trusted only when passed
+in explicitly as ``extra_issuer``; configuration can never name it.
+
+A token is accepted when: the scheme is ``Bearer``; ``alg`` is one the issuer (looked up by the
+unverified ``iss``) allows; the signature verifies with a key of that issuer only (chosen by
+``kid``); ``iss``, ``aud``, ``exp`` and ``sub`` are present; ``aud`` is this facade's audience;
+``exp``/``nbf``/``iat`` hold within the leeway; the audience claim is one of ``AUDIENCES``; the
+``patient`` audience carries a valid personnummer and no ``user/``/``system/`` scopes; the care
+audiences carry the user, care-unit and care-provider HSA-ids.
+
+Scopes (``scope``, space-separated): SMART v2 ``patient|user/<Type|*>.<cruds subset>`` grants
+reading when the permissions include ``r`` or ``s``; SMART v1 ``.read`` and ``.*`` grant reading.
+Anything else (``openid``, ``launch/patient``, ``system/…``, write-only, v2 scopes with a
+``?param=value`` restriction — which the facade cannot enforce — …) is ignored. A token without any
+read scope is still a valid identity; it just may read nothing.
+
+``AuthError`` messages are safe to return to the client: they never contain the token or any claim
+value (no personnummer, no HSA-id, no issuer).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jwt
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+from proxy.pnr import normalise
+from proxy.settings import ConfigError, Settings
+from proxy.types import AUDIENCES, Principal
+
+__all__ = [
+    "ASYMMETRIC_ALGORITHMS",
+    "DEFAULT_AUDIENCE",
+    "AuthError",
+    "Authenticator",
+    "ClaimNames",
+    "TrustedIssuer",
+    "VerificationKey",
+    "parse_scopes",
+]
+
+DEFAULT_AUDIENCE = "urn:fhir-facade"
+DEFAULT_LEEWAY_S = 30.0
+MAX_TOKEN_CHARS = 16 * 1024
+
+_RSA_ALGS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
+_EC_ALGS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
+ASYMMETRIC_ALGORITHMS = _RSA_ALGS | frozenset(_EC_ALGS.values())
+HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+DEFAULT_ALGORITHMS = ("RS256", "ES256")
+CARE_AUDIENCES = frozenset(a for a in AUDIENCES if a != "patient")
+
+_TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$")
+# HSA-id: country code SE, the organisation number (10 digits), '-', up to 31 letters/digits.
+_HSA_ID = re.compile(r"^SE[0-9]{10}-[0-9A-Za-z]{1,31}$")
+_SCOPE = re.compile(r"^(patient|user|system)/(\*|[A-Z][A-Za-z]{0,63})\.([a-z*]+)$")
+_V2_PERMISSIONS = re.compile(r"^c?r?u?d?s?$")
+
+SECURITY_SERVICE_SYSTEM = "http://terminology.hl7.org/CodeSystem/restful-security-service"
+OAUTH_URIS_EXTENSION = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
+
+
+class AuthError(Exception):
+    """A request that cannot be authenticated: answer 401 with ``www_authenticate`` and an
+    OperationOutcome (``code``, ``message``). The message is short and safe to show the client."""
+
+    status = 401
+    severity = "error"
+
+    def __init__(self, message: str, *, error: str | None = "invalid_token", code: str = "unknown") -> None:
+        super().__init__(message)
+        self.message = message
+        # RFC 6750 error code: None when no credentials were sent, "invalid_request" for a malformed
+        # Authorization header, "invalid_token" for a token that was sent and is not acceptable.
+        self.error = error
+        # FHIR IssueType: "login" (no credentials), "expired", "unknown" (token not acceptable).
+        self.code = code
+
+    @property
+    def www_authenticate(self) -> str:
+        """The ``WWW-Authenticate`` header value (RFC 6750 §3)."""
+        value = 'Bearer realm="fhir-facade"'
+        if self.error:
+            description = self.message.replace("\\", "").replace('"', "'")
+            value += f', error="{self.error}", error_description="{description}"'
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimNames:
+    """The token claims the facade reads beyond the registered ones; renamable per issuer."""
+
+    audience: str = "client_audience"
+    hsa_id: str = "hsa_id"
+    care_unit: str = "care_unit_hsa_id"
+    care_provider: str = "care_provider_hsa_id"
+    pnr: str = "patient_pnr"
+
+
+@dataclass(frozen=True, slots=True)
+class VerificationKey:
+    """One key of a trusted issuer, with the algorithms it may verify (key type ∩ issuer's list)."""
+
+    key: Any = field(repr=False)  # a cryptography public key, or an HMAC secret (demo issuer only)
+    algorithms: frozenset[str]
+    kid: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TrustedIssuer:
+    issuer: str
+    keys: tuple[VerificationKey, ...]
+    claims: ClaimNames = ClaimNames()
+    token_endpoint: str | None = None
+    authorization_endpoint: str | None = None
+    grant_types: tuple[str, ...] = ()
+
+    @property
+    def algorithms(self) -> frozenset[str]:
+        return frozenset().union(*(k.algorithms for k in self.keys))
+
+
+def parse_scopes(scope: str) -> frozenset[tuple[str, str]]:
+    """The SMART read scopes in a space-separated ``scope`` string, as (context, type or "*")."""
+    granted = set()
+    for item in scope.split():
+        m = _SCOPE.match(item)
+        if not m:
+            continue  # openid, fhirUser, launch/…, v2 scopes with a ?query restriction, garbage
+        context, resource_type, perms = m.groups()
+        if context == "system":
+            continue  # backend-service scopes: no audience here is a system client
+        if perms in ("read", "*"):  # SMART v1 (`*` = read and write)
+            granted.add((context, resource_type))
+        elif _V2_PERMISSIONS.match(perms) and ("r" in perms or "s" in perms):
+            granted.add((context, resource_type))
+    return frozenset(granted)
+
+
+def _key_algorithms(key: Any, allowed: Iterable[str]) -> frozenset[str]:
+    allowed = frozenset(allowed)
+    if isinstance(key, rsa.RSAPublicKey):
+        return _RSA_ALGS & allowed
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        alg = _EC_ALGS.get(key.curve.name)
+        return frozenset({alg}) & allowed if alg else frozenset()
+    if isinstance(key, bytes):
+        return HMAC_ALGORITHMS & allowed
+    return frozenset()
+
+
+class _Compiler:
+    def __init__(self, config_dir: Path) -> None:
+        self.config_dir = config_dir
+
+    @staticmethod
+    def fail(key: str, message: str) -> ConfigError:
+        return ConfigError(f"{key}: {message}")
+
+    def mapping(self, data: Any, key: str, allowed: set[str]) -> dict[str, Any]:
+        if data is None:
+            return {}
+        if not isinstance(data, Mapping):
+            raise self.fail(key, "expects a mapping")
+        unknown = set(data) - allowed
+        if unknown:
+            raise self.fail(key, f"unknown key(s) {sorted(map(str, unknown))}; allowed: {sorted(allowed)}")
+        return dict(data)
+
+    def url(self, data: Mapping[str, Any], key: str, where: str) -> str | None:
+        v = data.get(key)
+        if v is None:
+            return None
+        if not isinstance(v, str) or not re.match(r"^https?://\S+$", v):
+            raise self.fail(f"{where}.{key}", "expects an http(s) URL")
+        return v
+
+    def read(self, key: str, name: Any) -> bytes:
+        if not isinstance(name, str) or not name:
+            raise self.fail(key, "expects a file path")
+        path = self.config_dir / name
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise self.fail(key, f"cannot read {name}: {exc.strerror or exc}") from None
+
+    def issuer(self, data: Any, where: str) -> TrustedIssuer:
+        d = self.mapping(
+            data,
+            where,
+            {
+                "issuer",
+                "jwks_file",
+                "pem_file",
+                "algorithms",
+                "claims",
+                "token_endpoint",
+                "authorization_endpoint",
+                "grant_types",
+            },
+        )
+        iss = d.get("issuer")
+        if not isinstance(iss, str) or not iss.strip() or iss != iss.strip():
+            raise self.fail(f"{where}.issuer", "expects the exact `iss` value of the issuer")
+
+        algs = d.get("algorithms", list(DEFAULT_ALGORITHMS))
+        if not isinstance(algs, list) or not algs or not all(isinstance(a, str) for a in algs):
+            raise self.fail(f"{where}.algorithms", "expects a non-empty list of JWS algorithms")
+        for a in algs:
+            if a in HMAC_ALGORITHMS or a.lower() == "none":
+                raise self.fail(f"{where}.algorithms", f"{a} is not accepted from a configured issuer")
+            if a not in ASYMMETRIC_ALGORITHMS:
+                raise self.fail(
+                    f"{where}.algorithms", f"unknown algorithm {a}; known: {sorted(ASYMMETRIC_ALGORITHMS)}"
+                )
+
+        if ("jwks_file" in d) == ("pem_file" in d):
+            raise self.fail(where, "expects exactly one of jwks_file and pem_file")
+        if "jwks_file" in d:
+            keys = self.jwks(f"{where}.jwks_file", d["jwks_file"], algs)
+        else:
+            keys = self.pem(f"{where}.pem_file", d["pem_file"], algs)
+
+        c = self.mapping(d.get("claims"), f"{where}.claims", set(ClaimNames.__dataclass_fields__))
+        for k, v in c.items():
+            if not isinstance(v, str) or not v:
+                raise self.fail(f"{where}.claims.{k}", "expects a claim name")
+        grant_types = d.get("grant_types", [])
+        if not isinstance(grant_types, list) or not all(isinstance(g, str) and g for g in grant_types):
+            raise self.fail(f"{where}.grant_types", "expects a list of OAuth grant types")
+        return TrustedIssuer(
+            issuer=iss,
+            keys=keys,
+            claims=ClaimNames(**c),
+            token_endpoint=self.url(d, "token_endpoint", where),
+            authorization_endpoint=self.url(d, "authorization_endpoint", where),
+            grant_types=tuple(grant_types),
+        )
+
+    def jwks(self, key: str, name: Any, algs: Sequence[str]) -> tuple[VerificationKey, ...]:
+        raw = self.read(key, name)
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            raise self.fail(key, f"{name} is not JSON") from None
+        members = doc.get("keys") if isinstance(doc, dict) else None
+        if not isinstance(members, list) or not members:
+            raise self.fail(key, f"{name} is not a JWK Set (expects {{'keys': [...]}})")
+        keys = []
+        for i, jwk in enumerate(members):
+            where = f"{key} ({name}) keys[{i}]"
+            if not isinstance(jwk, dict):
+                raise self.fail(where, "expects a JWK object")
+            if jwk.get("use", "sig") != "sig" or jwk.get("kty") == "oct":
+                continue  # encryption keys and shared secrets are never used to verify tokens
+            if "d" in jwk:
+                raise self.fail(where, "is a private key; the facade needs only public keys")
+            try:
+                public = jwt.PyJWK(jwk).key
+            except jwt.PyJWTError as exc:
+                raise self.fail(where, f"not a usable key: {exc}") from None
+            allowed = set(algs)
+            if isinstance(jwk.get("alg"), str):
+                allowed &= {jwk["alg"]}
+            self.check_strength(where, public)
+            usable = _key_algorithms(public, allowed)
+            if usable:
+                kid = jwk.get("kid")
+                keys.append(VerificationKey(public, usable, kid if isinstance(kid, str) else None))
+        if not keys:
+            raise self.fail(key, f"{name} holds no signing key for the algorithms {list(algs)}")
+        return tuple(keys)
+
+    def pem(self, key: str, name: Any, algs: Sequence[str]) -> tuple[VerificationKey, ...]:
+        raw = self.read(key, name)
+        if b"PRIVATE KEY" in raw:
+            raise self.fail(key, f"{name} holds a private key; the facade needs only the public key")
+        public: Any
+        try:
+            if b"BEGIN CERTIFICATE" in raw:
+                public = x509.load_pem_x509_certificate(raw).public_key()
+            else:
+                public = load_pem_public_key(raw)
+        except ValueError:
+            raise self.fail(key, f"{name} is not a PEM public key or certificate") from None
+        self.check_strength(key, public)
+        usable = _key_algorithms(public, algs)
+        if not usable:
+            raise self.fail(key, f"the key in {name} cannot verify any of the algorithms {list(algs)}")
+        return (VerificationKey(public, usable),)
+
+    def check_strength(self, key: str, public: Any) -> None:
+        if isinstance(public, rsa.RSAPublicKey) and public.key_size < 2048:
+            raise self.fail(key, f"RSA key of {public.key_size} bits; at least 2048 are required")
+
+
+class Authenticator:
+    """Verifies bearer tokens against the trusted issuers; built once at start-up."""
+
+    def __init__(
+        self,
+        auth: Mapping[str, Any] | None,
+        config_dir: Path,
+        *,
+        extra_issuer: TrustedIssuer | None = None,
+    ) -> None:
+        c = _Compiler(Path(config_dir))
+        doc = c.mapping(auth, "auth", {"audience", "leeway_s", "issuers"})
+        audience = doc.get("audience", DEFAULT_AUDIENCE)
+        if not isinstance(audience, str) or not audience.strip():
+            raise c.fail("auth.audience", "expects the `aud` value tokens for this facade carry")
+        leeway = doc.get("leeway_s", DEFAULT_LEEWAY_S)
+        if isinstance(leeway, bool) or not isinstance(leeway, int | float) or not 0 <= leeway <= 300:
+            raise c.fail("auth.leeway_s", "expects a number of seconds between 0 and 300")
+        issuers_doc = doc.get("issuers", []) or []
+        if not isinstance(issuers_doc, list):
+            raise c.fail("auth.issuers", "expects a list of issuers")
+        issuers: dict[str, TrustedIssuer] = {}
+        for i, entry in enumerate(issuers_doc):
+            issuer = c.issuer(entry, f"auth.issuers[{i}]")
+            if issuer.issuer in issuers:
+                raise c.fail(f"auth.issuers[{i}].issuer", "names an issuer already listed")
+            issuers[issuer.issuer] = issuer
+        if extra_issuer is not None:
+            if extra_issuer.issuer in issuers:
+                raise c.fail("auth.issuers", "a configured issuer has the demo issuer's name")
+            issuers[extra_issuer.issuer] = extra_issuer
+        self.audience: str = audience
+        self.leeway_s = float(leeway)
+        self._issuers = issuers
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, extra_issuer: TrustedIssuer | None = None) -> Authenticator:
+        return cls(settings.auth, settings.config_dir, extra_issuer=extra_issuer)
+
+    @property
+    def issuers(self) -> tuple[TrustedIssuer, ...]:
+        return tuple(self._issuers.values())
+
+    # -- the request path ------------------------------------------------------------------
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        """The Principal for an ``Authorization`` header value; ``AuthError`` when there is none."""
+        token = _bearer_token(authorization)
+        try:
+            header = jwt.get_unverified_header(token)
+            unverified = jwt.decode(token, options={"verify_signature": False})
+        except jwt.PyJWTError:
+            raise AuthError("the bearer token is not a well-formed JWT") from None
+        alg = header.get("alg")
+        if not isinstance(alg, str) or not alg or alg.lower() == "none":
+            raise AuthError("unsigned tokens are not accepted")
+        iss = unverified.get("iss")
+        if not isinstance(iss, str) or not iss:
+            raise AuthError("the token lacks the required claim iss")
+        issuer = self._issuers.get(iss)
+        if issuer is None:
+            raise AuthError("the token's issuer is not trusted")
+        if alg not in issuer.algorithms:
+            raise AuthError("the token's signing algorithm is not accepted for its issuer")
+
+        kid = header.get("kid")
+        candidates = [k for k in issuer.keys if alg in k.algorithms]
+        if kid is not None:
+            by_kid = [k for k in candidates if k.kid == kid]
+            candidates = by_kid or [k for k in candidates if k.kid is None]
+        if not candidates:
+            raise AuthError("no key of the token's issuer matches the token's key id")
+
+        claims = self._verify(token, issuer, alg, candidates)
+        return self._principal(claims, issuer)
+
+    def _verify(
+        self, token: str, issuer: TrustedIssuer, alg: str, keys: Sequence[VerificationKey]
+    ) -> dict[str, Any]:
+        for i, key in enumerate(keys):
+            try:
+                claims: dict[str, Any] = jwt.decode(
+                    token,
+                    key.key,
+                    algorithms=[alg],
+                    audience=self.audience,
+                    issuer=issuer.issuer,
+                    leeway=self.leeway_s,
+                    options={"require": ["iss", "aud", "exp", "sub"], "enforce_minimum_key_length": True},
+                )
+                return claims
+            except jwt.InvalidSignatureError:
+                if i + 1 < len(keys):
+                    continue  # no kid: try the issuer's next key
+                raise AuthError("the token's signature is invalid") from None
+            except jwt.ExpiredSignatureError:
+                raise AuthError("the token has expired", code="expired") from None
+            except jwt.ImmatureSignatureError:
+                raise AuthError("the token is not valid yet (nbf/iat in the future)") from None
+            except jwt.MissingRequiredClaimError as exc:
+                raise AuthError(f"the token lacks the required claim {exc.claim}") from None
+            except jwt.InvalidAudienceError:
+                raise AuthError("the token is not issued for this service (aud)") from None
+            except jwt.InvalidIssuerError:
+                raise AuthError("the token's issuer is not trusted") from None
+            except jwt.InvalidAlgorithmError:
+                raise AuthError("the token's signing algorithm is not accepted for its issuer") from None
+            except jwt.PyJWTError:
+                raise AuthError("the bearer token is not a valid JWT") from None
+        raise AuthError("the token's signature is invalid")  # pragma: no cover - keys is never empty
+
+    def _principal(self, claims: dict[str, Any], issuer: TrustedIssuer) -> Principal:
+        names = issuer.claims
+        sub = claims["sub"]
+        if not isinstance(sub, str) or not sub:
+            raise AuthError("the token's sub claim must be a non-empty string")
+        audience = claims.get(names.audience)
+        if audience is None:
+            raise AuthError(f"the token lacks the required claim {names.audience}")
+        if audience not in AUDIENCES:
+            raise AuthError(f"the token's {names.audience} claim is not one of {', '.join(AUDIENCES)}")
+
+        raw_scope = claims.get("scope", "")
+        if isinstance(raw_scope, list) and all(isinstance(s, str) for s in raw_scope):
+            raw_scope = " ".join(raw_scope)
+        if not isinstance(raw_scope, str):
+            raise AuthError("the token's scope claim must be a space-separated string")
+        scopes = parse_scopes(raw_scope)
+
+        client_id = claims.get("client_id") or claims.get("azp")
+        common: dict[str, Any] = {
+            "audience": audience,
+            "subject": sub,
+            "client_id": client_id if isinstance(client_id, str) and client_id else "unknown",
+            "issuer": issuer.issuer,
+            "scopes": scopes,
+        }
+        if audience == "patient":
+            if any(item.startswith(("user/", "system/")) for item in raw_scope.split()):
+                raise AuthError("a patient token may only carry patient/ scopes")
+            value = claims.get(names.pnr)
+            if value is None:
+                raise AuthError(f"a patient token needs the claim {names.pnr}")
+            pnr = normalise(value) if isinstance(value, str) else None
+            if pnr is None:
+                raise AuthError(f"the token's {names.pnr} claim is not a valid personnummer")
+            return Principal(**common, patient_pnr=pnr)
+
+        hsa = {}
+        for attr in ("hsa_id", "care_unit", "care_provider"):
+            name = getattr(names, attr)
+            value = claims.get(name)
+            if value is None:
+                raise AuthError(f"a {audience} token needs the claim {name}")
+            if not isinstance(value, str) or not _HSA_ID.match(value):
+                raise AuthError(f"the token's {name} claim is not an HSA-id")
+            hsa[attr] = value
+        return Principal(
+            **common,
+            user_hsa_id=hsa["hsa_id"],
+            care_unit_hsa_id=hsa["care_unit"],
+            care_provider_hsa_id=hsa["care_provider"],
+        )
+
+    # -- discovery -------------------------------------------------------------------------
+
+    def _endpoints(self) -> TrustedIssuer | None:
+        return next((i for i in self._issuers.values() if i.token_endpoint), None)
+
+    def smart_configuration(self, base_url: str, resource_types: Iterable[str] = ()) -> dict[str, Any]:
+        """The ``/.well-known/smart-configuration`` document (SMART App Launch 2.x).
+
+        The facade is a resource server: it verifies tokens, it does not issue them. So the document
+        says only what the facade itself accepts, plus the endpoints of the first configured issuer
+        that declares them:
+
+        * ``capabilities`` — ``permission-v2`` and ``permission-v1`` (both scope syntaxes are
+          read), ``permission-patient`` and ``permission-user``. Launch modes, client types
+          (``client-confidential-asymmetric`` …), ``sso-openid-connect``, launch context and
+          ``permission-offline`` are properties of an authorization server and are not claimed.
+        * ``token_endpoint`` and ``grant_types_supported`` (REQUIRED by SMART) and
+          ``authorization_endpoint`` appear only when an issuer declares them in the config;
+          otherwise they are left out rather than invented. ``code_challenge_methods_supported``
+          is ``["S256"]`` only beside a declared ``authorization_endpoint`` (SMART requires S256 of
+          every authorization server). ``issuer``/``jwks_uri`` are omitted: they are required only
+          with ``sso-openid-connect``. ``registration_endpoint``, ``management_endpoint``,
+          ``introspection_endpoint``, ``revocation_endpoint`` and ``response_types_supported`` are
+          the authorization server's business and are left out.
+        * ``trusted_issuers`` (a facade extension) lists the ``iss`` values accepted.
+
+        ``base_url`` is the FHIR base the document belongs to; no field of a pure resource server's
+        document needs it, it is accepted for symmetry with the route.
+        """
+        scopes = ["patient/*.rs", "user/*.rs", "patient/*.read", "user/*.read"]
+        for t in sorted(set(resource_types)):
+            scopes += [f"patient/{t}.rs", f"user/{t}.rs"]
+        doc: dict[str, Any] = {}
+        ep = self._endpoints()
+        if ep is not None:
+            if ep.authorization_endpoint:
+                doc["authorization_endpoint"] = ep.authorization_endpoint
+            doc["token_endpoint"] = ep.token_endpoint
+            if ep.grant_types:
+                doc["grant_types_supported"] = list(ep.grant_types)
+            if ep.authorization_endpoint:
+                doc["code_challenge_methods_supported"] = ["S256"]
+        doc["scopes_supported"] = scopes
+        doc["capabilities"] = ["permission-v2", "permission-v1", "permission-patient", "permission-user"]
+        doc["trusted_issuers"] = sorted(self._issuers)
+        return doc
+
+    def capability_security(self) -> dict[str, Any]:
+        """``CapabilityStatement.rest.security``: SMART-on-FHIR bearer tokens."""
+        security: dict[str, Any] = {
+            "service": [
+                {
+                    "coding": [
+                        {
+                            "system": SECURITY_SERVICE_SYSTEM,
+                            "code": "SMART-on-FHIR",
+                            "display": "SMART-on-FHIR",
+                        }
+                    ],
+                    "text": "OAuth2 bearer tokens (JWT) with SMART App Launch v2 scopes",
+                }
+            ],
+            "description": (
+                "Every request except /metadata and /.well-known/smart-configuration needs "
+                "`Authorization: Bearer <JWT>` from a trusted issuer, with `aud` "
+                f"{self.audience}. Read access follows the SMART scopes (patient/*.rs, "
+                "user/Condition.rs, v1 .read); the client audience (ambulance, homecare, clinician, "
+                "patient) decides what is shown. See /.well-known/smart-configuration."
+            ),
+        }
+        ep = self._endpoints()
+        if ep is not None:
+            uris = [{"url": "token", "valueUri": ep.token_endpoint}]
+            if ep.authorization_endpoint:
+                uris.append({"url": "authorize", "valueUri": ep.authorization_endpoint})
+            security["extension"] = [{"url": OAUTH_URIS_EXTENSION, "extension": uris}]
+        return security
+
+
+def _bearer_token(authorization: str | None) -> str:
+    if authorization is None or not authorization.strip():
+        raise AuthError("this request needs an Authorization: Bearer token", error=None, code="login")
+    scheme, _, rest = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        raise AuthError("the Authorization scheme must be Bearer", error="invalid_request", code="login")
+    token = rest.strip()
+    if not token:
+        raise AuthError("the Authorization header has no token", error="invalid_request", code="login")
+    if len(token) > MAX_TOKEN_CHARS or not _TOKEN_SHAPE.match(token):
+        raise AuthError("the bearer token is not a well-formed JWT")
+    return token

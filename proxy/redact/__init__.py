@@ -1,0 +1,169 @@
+"""The audience policy: what each asker may see, applied to merged, audience-free data.
+
+Redaction *removes*, it does not mark. For an audience, a resource is visible only when every
+security label on it is one the policy knows and grants that audience (a label the policy does not
+know hides the resource from everyone: fail closed). Then, in what stays visible:
+
+* every Reference to a hidden resource is removed — the whole Reference element, its ``display``
+  with it — and an element left empty by that removal is removed too;
+* contained resources are judged like top-level ones (a hidden one is dropped with its ``#id``
+  references);
+* narrative ``text`` is dropped from every resource (it was written before redaction and could
+  describe what was removed);
+* the Patient of a protected identity (labelled with the policy's protected-identity label) loses
+  its name, address, telecom, contact and photo for every audience not listed as needing them.
+
+Totals, paging and read-by-id are computed after this stage, so they cannot hint at a removal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from proxy.settings import ConfigError
+from proxy.types import AUDIENCES, FhirDict
+
+Label = tuple[str, str]  # (system, code)
+
+# Labels with no restricting meaning: every audience may see what carries them.
+ALWAYS_VISIBLE: frozenset[Label] = frozenset(
+    ("http://terminology.hl7.org/CodeSystem/v3-Confidentiality", c) for c in ("U", "L", "M", "N")
+)
+DEFAULT_IDENTITY_ELEMENTS = ("name", "address", "telecom", "contact", "photo")
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    grants: Mapping[str, frozenset[Label]]  # audience → labels it may see
+    known: frozenset[Label]  # every label the policy names
+    identity_label: Label | None
+    identity_elements: tuple[str, ...]
+    identity_disclosed_to: frozenset[str]
+
+    def visible(self, resource: FhirDict, audience: str) -> bool:
+        granted = self.grants.get(audience, frozenset())
+        for label in _labels(resource):
+            if label in ALWAYS_VISIBLE:
+                continue
+            if label not in self.known or label not in granted:
+                return False
+        return True
+
+
+def _labels(resource: FhirDict) -> Iterable[Label]:
+    for s in resource.get("meta", {}).get("security", ()):
+        yield (s.get("system", ""), s.get("code", ""))
+
+
+def _label(text: Any, names: Mapping[str, Label], where: str) -> Label:
+    if isinstance(text, str) and text in names:
+        return names[text]
+    if isinstance(text, str) and "|" in text:
+        system, _, code = text.rpartition("|")
+        if system and code:
+            return (system, code)
+    raise ConfigError(f"facade.yaml: {where}: expects a label name from policy.labels or 'system|code'")
+
+
+def compile_policy(section: Mapping[str, Any]) -> Policy:
+    """Compile the ``policy`` section of the config (see config/facade.yaml). Raises ConfigError."""
+    labels_doc = section.get("labels", {}) or {}
+    if not isinstance(labels_doc, dict):
+        raise ConfigError("facade.yaml: policy.labels: expects name: 'system|code'")
+    names: dict[str, Label] = {}
+    for name, text in labels_doc.items():
+        names[str(name)] = _label(text, {}, f"policy.labels.{name}")
+
+    audiences = section.get("audiences", {}) or {}  # an audience not listed sees no labelled resource
+    if not isinstance(audiences, dict) or set(audiences) - set(AUDIENCES):
+        raise ConfigError(f"facade.yaml: policy.audiences: expects some of {', '.join(AUDIENCES)}")
+    grants: dict[str, frozenset[Label]] = {}
+    for audience, spec in audiences.items():
+        where = f"policy.audiences.{audience}"
+        if not isinstance(spec, dict) or set(spec) - {"sees"}:
+            raise ConfigError(f"facade.yaml: {where}: expects {{sees: [label, ...]}}")
+        sees = spec.get("sees", []) or []
+        if not isinstance(sees, list):
+            raise ConfigError(f"facade.yaml: {where}.sees: expects a list of labels")
+        grants[audience] = frozenset(_label(s, names, f"{where}.sees[{i}]") for i, s in enumerate(sees))
+
+    identity = section.get("protected_identity", {}) or {}
+    if not isinstance(identity, dict) or set(identity) - {"label", "elements", "disclosed_to"}:
+        raise ConfigError("facade.yaml: policy.protected_identity: expects {label, elements, disclosed_to}")
+    identity_label = _label(identity["label"], names, "policy.protected_identity.label") if identity else None
+    disclosed = identity.get("disclosed_to", []) or []
+    if not isinstance(disclosed, list) or set(disclosed) - set(AUDIENCES):
+        raise ConfigError(
+            f"facade.yaml: policy.protected_identity.disclosed_to: expects audiences of {AUDIENCES}"
+        )
+    elements = tuple(identity.get("elements", DEFAULT_IDENTITY_ELEMENTS))
+    known = frozenset(names.values()) | frozenset(lbl for g in grants.values() for lbl in g)
+    if identity_label is not None:
+        known |= {identity_label}
+    return Policy(
+        grants=grants,
+        known=known,
+        identity_label=identity_label,
+        identity_elements=elements,
+        identity_disclosed_to=frozenset(disclosed),
+    )
+
+
+def redact(resources: Iterable[FhirDict], policy: Policy, audience: str) -> list[FhirDict]:
+    """What ``audience`` may see of ``resources``, with every trace of the rest removed.
+
+    The input is not modified (it may be shared, e.g. cached): changed resources are copies.
+    """
+    resources = list(resources)
+    hidden = {f"{r['resourceType']}/{r['id']}" for r in resources if not policy.visible(r, audience)}
+    out = []
+    for r in resources:
+        if f"{r['resourceType']}/{r['id']}" in hidden:
+            continue
+        out.append(_scrub(r, policy, audience, hidden))
+    return out
+
+
+def _scrub(resource: FhirDict, policy: Policy, audience: str, hidden: set[str]) -> FhirDict:
+    r = {k: v for k, v in resource.items() if k != "text"}
+    local_hidden = set(hidden)
+    if "contained" in r:
+        kept = []
+        for c in r["contained"]:
+            if policy.visible(c, audience):
+                kept.append({k: v for k, v in c.items() if k != "text"})
+            else:
+                local_hidden.add(f"#{c.get('id', '')}")
+        r["contained"] = kept
+    if local_hidden:
+        r = _drop_references(r, local_hidden)
+    if (
+        r["resourceType"] == "Patient"
+        and policy.identity_label is not None
+        and audience not in policy.identity_disclosed_to
+        and policy.identity_label in set(_labels(r))
+    ):
+        r = {k: v for k, v in r.items() if k not in policy.identity_elements}
+    return r
+
+
+_GONE = object()
+
+
+def _drop_references(node: Any, hidden: set[str]) -> Any:
+    """Remove every object whose ``reference`` names a hidden resource, and what that leaves empty.
+
+    (FHIR has no empty elements, so an empty object or list here can only come from a removal.)
+    """
+    if isinstance(node, dict):
+        ref = node.get("reference")
+        if isinstance(ref, str) and ref in hidden:
+            return _GONE
+        out = {k: nv for k, v in node.items() if (nv := _drop_references(v, hidden)) is not _GONE}
+        return out if out else _GONE
+    if isinstance(node, list):
+        items = [x for x in (_drop_references(v, hidden) for v in node) if x is not _GONE]
+        return items if items else _GONE
+    return node
