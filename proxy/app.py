@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from proxy.auth import Authenticator, TrustedIssuer
 from proxy.fanout import BackendClient
 from proxy.fhir.ids import PatientIds
-from proxy.auth import Authenticator, TrustedIssuer
 from proxy.fhir.routes import AUTH_KEY, FACADE_KEY, FhirRoutes, fhir_errors
 from proxy.mapping.registry import MappingSet, load_mappings
 from proxy.pipeline import Facade

@@ -171,13 +171,22 @@ def _date_ranges(resource: FhirDict, p: ParamDef) -> list[tuple[float, float]]:
             try:
                 if isinstance(value, str):
                     out.append(fhir_range(value))
-                elif isinstance(value, dict):  # Period
-                    lo = fhir_range(value["start"])[0] if value.get("start") else -math.inf
-                    hi = fhir_range(value["end"])[1] if value.get("end") else math.inf
-                    out.append((lo, hi))
+                elif isinstance(value, dict):  # Period: an absent or unrepresentable end is open
+                    out.append(
+                        (_bound(value.get("start"), 0, -math.inf), _bound(value.get("end"), 1, math.inf))
+                    )
             except ValueError:
                 continue
     return out
+
+
+def _bound(value: Any, side: int, open_end: float) -> float:
+    if not isinstance(value, str):
+        return open_end
+    try:
+        return fhir_range(value)[side]
+    except ValueError:  # e.g. legacy "9999-12-31" for "until further notice"
+        return open_end
 
 
 def _date_matches(lo: float, hi: float, want: DateParam) -> bool:

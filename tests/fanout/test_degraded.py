@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from fhir.resources.R4B.bundle import Bundle
 
-from proxy.fhir.bundle import SOURCE_SYSTEM
-from proxy.simulators.population import TOLVAN
 from proxy.app import compile_mappings
+from proxy.fhir.bundle import SOURCE_SYSTEM
 from proxy.pipeline import plan_requests
+from proxy.simulators.population import TOLVAN
 from tests.conftest import BASE, auth, pid, validate
 
 EVERYTHING = f"{BASE}/Patient/{pid(TOLVAN.pnr)}/$everything"
