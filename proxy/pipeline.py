@@ -112,11 +112,17 @@ async def collect(facade: Facade, query: Query, principal: Principal) -> Answer:
     if decision.as_unknown:
         return Answer(resources=[], outcomes=[], patient_known=False)
     wants_patient = query.interaction == "everything" or "Patient" in query.resource_types
-    fetch_types = decision.types | ({"Patient"} if wants_patient and principal.may_read("Patient") else set())
+    asked = decision.types | ({"Patient"} if wants_patient else set())
+    fetch_types = frozenset(t for t in facade.mappings.with_referenced(asked) if principal.may_read(t))
     if not fetch_types:
         return Answer(resources=[], outcomes=[], patient_known=None)
-    mapped, outcomes = await fetch_and_map(facade, query.patient, frozenset(fetch_types))
-    merged = redact(merge(mapped, sort_time), facade.policy, principal.audience)
+    mapped, outcomes = await fetch_and_map(facade, query.patient, fetch_types)
+    merged = redact(
+        merge(mapped, sort_time),
+        facade.policy,
+        principal.audience,
+        subject=f"Patient/{query.patient.fhir_id}",
+    )
 
     known: bool | None = bool(merged) or (None if outcomes else False)
 

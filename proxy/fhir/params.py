@@ -244,7 +244,7 @@ def parse_read(rtype: str, rid: str, ids: PatientIds) -> Query:
         raise bad_request("Not a valid resource id")
     patient = ids.resolve(rid if rtype == "Patient" else patient_part(rid))
     if patient is None or (rtype == "Patient" and rid != patient.fhir_id):
-        raise not_found(f"{rtype}/{rid} is not known")
+        raise not_found(f"No {rtype} with that id is known")
     return Query(
         interaction="read",
         resource_types=frozenset({rtype}),
@@ -262,7 +262,7 @@ def parse_everything(
         raise bad_request("Not a valid resource id")
     patient = ids.resolve(rid)
     if patient is None:
-        raise not_found(f"Patient/{rid} is not known")
+        raise not_found("No Patient with that id is known")
     p = _Parser(params, settings, strict)
     count, offset, summary_count = p.result_params()
     types = set(SUPPORTED_TYPES)

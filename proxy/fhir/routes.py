@@ -198,7 +198,7 @@ class FhirRoutes:
         )
         answer = await collect(facade, query, request[PRINCIPAL_KEY])
         if answer.patient_known is False:
-            raise not_found(f"Patient/{rid} is not known")
+            raise not_found("No Patient with that id is known")
         url = f"{_base_url(request, facade)}/Patient/{rid}/$everything"
         return self._bundle(request, facade, query, answer, url)
 
@@ -219,7 +219,7 @@ class FhirRoutes:
             )
             resp.headers["Retry-After"] = "5"
             return resp
-        raise not_found(f"{rtype}/{rid} is not known")
+        raise not_found(f"No {rtype} with that id is known")
 
     def _bundle(
         self, request: web.Request, facade: Facade, query: Query, answer: Answer, url: str

@@ -146,6 +146,7 @@ class CompiledMapping:
     security: tuple[SecurityRule, ...]
     fields: Builder
     file: str
+    references: frozenset[str] = frozenset()  # resource types its $refs point at
 
     def stable_id(self, patient_id: str, record_id: str) -> str:
         return stable_id(patient_id, self.backend, self.name, record_id)
@@ -176,6 +177,7 @@ class _Compiler:
         context_names: frozenset[str],
     ) -> None:
         self.context_names = context_names
+        self.ref_types: set[str] = set()  # resource types this mapping's $refs point at
         self.file = file
         self.backend = backend
         self.name = name
@@ -391,6 +393,7 @@ class _Compiler:
         if target_type is None:
             raise self.fail(f"{where}.mapping", f"no mapping {target!r} in backend {self.backend!r}")
         target_name = f"{self.backend}/{target}"
+        self.ref_types.add(target_type)
         record_id = self.node(spec["id"], f"{where}.id")
         backend = self.backend
 
@@ -588,6 +591,7 @@ def compile_mapping(
         security=tuple(security),
         fields=fields,
         file=file,
+        references=frozenset(c.ref_types),
     )
 
 

@@ -30,6 +30,19 @@ class MappingSet:
         wanted = set(types)
         return tuple(m for m in self.by_backend.get(backend, ()) if m.resource_type in wanted)
 
+    def with_referenced(self, types: Iterable[str]) -> frozenset[str]:
+        """``types`` plus every type their mappings may reference, transitively.
+
+        Redaction keeps a reference only when its target is in the answer and visible, so a search
+        fetches the referenced types too — to vouch for the references it may keep.
+        """
+        closure = set(types)
+        while True:
+            more = {t for m in self.all() if m.resource_type in closure for t in m.references} - closure
+            if not more:
+                return frozenset(closure)
+            closure |= more
+
     @property
     def resource_types(self) -> frozenset[str]:
         return frozenset(m.resource_type for ms in self.by_backend.values() for m in ms)

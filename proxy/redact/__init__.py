@@ -4,8 +4,9 @@ Redaction *removes*, it does not mark. For an audience, a resource is visible on
 security label on it is one the policy knows and grants that audience (a label the policy does not
 know hides the resource from everyone: fail closed). Then, in what stays visible:
 
-* every Reference to a hidden resource is removed — the whole Reference element, its ``display``
-  with it — and an element left empty by that removal is removed too;
+* a Reference survives only if its target is in the answer and visible (or is the request's own
+  patient); any other — to a hidden resource, or to one this answer did not fetch and so cannot
+  vouch for — is removed, ``display`` and all, and an element left empty by that is removed too;
 * contained resources are judged like top-level ones (a hidden one is dropped with its ``#id``
   references);
 * narrative ``text`` is dropped from every resource (it was written before redaction and could
@@ -111,34 +112,36 @@ def compile_policy(section: Mapping[str, Any]) -> Policy:
     )
 
 
-def redact(resources: Iterable[FhirDict], policy: Policy, audience: str) -> list[FhirDict]:
+def redact(
+    resources: Iterable[FhirDict], policy: Policy, audience: str, *, subject: str | None = None
+) -> list[FhirDict]:
     """What ``audience`` may see of ``resources``, with every trace of the rest removed.
 
-    The input is not modified (it may be shared, e.g. cached): changed resources are copies.
+    References survive only when they point at a resource that is itself in the answer and visible
+    (or at ``subject``, the request's own ``Patient/<id>``): a reference to something hidden, or to
+    something this answer did not fetch and so cannot vouch for, is removed (fail closed). The input
+    is not modified (it may be shared, e.g. cached): changed resources are copies.
     """
-    resources = list(resources)
-    hidden = {f"{r['resourceType']}/{r['id']}" for r in resources if not policy.visible(r, audience)}
-    out = []
-    for r in resources:
-        if f"{r['resourceType']}/{r['id']}" in hidden:
-            continue
-        out.append(_scrub(r, policy, audience, hidden))
-    return out
+    shown = [r for r in resources if policy.visible(r, audience)]
+    allowed = {f"{r['resourceType']}/{r['id']}" for r in shown}
+    if subject is not None:
+        allowed.add(subject)
+    return [_scrub(r, policy, audience, allowed) for r in shown]
 
 
-def _scrub(resource: FhirDict, policy: Policy, audience: str, hidden: set[str]) -> FhirDict:
+def _scrub(resource: FhirDict, policy: Policy, audience: str, allowed: set[str]) -> FhirDict:
     r = {k: v for k, v in resource.items() if k != "text"}
-    local_hidden = set(hidden)
+    local = allowed
     if "contained" in r:
-        kept = []
-        for c in r["contained"]:
-            if policy.visible(c, audience):
-                kept.append({k: v for k, v in c.items() if k != "text"})
-            else:
-                local_hidden.add(f"#{c.get('id', '')}")
-        r["contained"] = kept
-    if local_hidden:
-        r = _drop_references(r, local_hidden)
+        kept = [
+            {k: v for k, v in c.items() if k != "text"} for c in r["contained"] if policy.visible(c, audience)
+        ]
+        local = allowed | {f"#{c.get('id', '')}" for c in kept}
+        if kept:
+            r["contained"] = kept
+        else:
+            del r["contained"]
+    r = _keep_references(r, local)
     if (
         r["resourceType"] == "Patient"
         and policy.identity_label is not None
@@ -152,18 +155,18 @@ def _scrub(resource: FhirDict, policy: Policy, audience: str, hidden: set[str]) 
 _GONE = object()
 
 
-def _drop_references(node: Any, hidden: set[str]) -> Any:
-    """Remove every object whose ``reference`` names a hidden resource, and what that leaves empty.
+def _keep_references(node: Any, allowed: set[str]) -> Any:
+    """Remove every object whose ``reference`` is not allowed, and whatever that leaves empty.
 
     (FHIR has no empty elements, so an empty object or list here can only come from a removal.)
     """
     if isinstance(node, dict):
         ref = node.get("reference")
-        if isinstance(ref, str) and ref in hidden:
+        if isinstance(ref, str) and ref not in allowed:
             return _GONE
-        out = {k: nv for k, v in node.items() if (nv := _drop_references(v, hidden)) is not _GONE}
+        out = {k: nv for k, v in node.items() if (nv := _keep_references(v, allowed)) is not _GONE}
         return out if out else _GONE
     if isinstance(node, list):
-        items = [x for x in (_drop_references(v, hidden) for v in node) if x is not _GONE]
+        items = [x for x in (_keep_references(v, allowed) for v in node) if x is not _GONE]
         return items if items else _GONE
     return node

@@ -177,6 +177,18 @@ def _tolvan() -> dict[str, list[dict[str, Any]]]:
                 "careUnit": unit("akuten"),
             },
             {
+                "noteId": "N-600003",
+                "noteType": "AMBULANCE",
+                "title": "Ambulansjournal",
+                "text": "Larm för bröstsmärta. Patienten lugn vid ankomst, EKG utan akuta förändringar. "
+                "Transport till akutmottagningen.",
+                "signedAt": ts(at(1020, 23, 30)),
+                "signedBy": {"hsaId": "SE2321000016-AMB7", "name": "Sjuksköterska Ambulans 2-3010"},
+                "state": "SIGNED",
+                "relatedThreatId": "T-800001",
+                "careUnit": unit("ambulans"),
+            },
+            {
                 "noteId": "N-600002",
                 "noteType": "DAILY",
                 "title": "Besök vårdcentral",

@@ -329,7 +329,7 @@ async def test_generated_lab_values_are_numbers(client: Any) -> None:
 
 async def test_notes_decode_to_the_original_text(tolvan: Mapped) -> None:
     raw = {n["noteId"]: n for n in RAW_DATA[pop.TOLVAN.pnr]["notes"]}
-    assert len(tolvan["notes"]) == len(raw) == 2
+    assert len(tolvan["notes"]) == len(raw) == 3
     for r in tolvan["notes"]:
         doc = r.resource
         note = raw[r.origin_key.rsplit("|", 1)[1]]
