@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from proxy.app import create_app
-from proxy.auth.demo import demo_issuer
+from proxy.auth.demo import demo_issuer, make_token
 from proxy.fhir.ids import PatientIds
 from proxy.mapping.compiler import MappingError
 from proxy.settings import DEMO_PATIENT_ID_KEY, PATIENT_ID_KEY_ENV, ConfigError, Settings, load_settings
@@ -63,11 +63,16 @@ async def _demo(settings: Settings, port: int, patients: int | None) -> None:
             if len(people) > len(DEMO_PEOPLE):
                 print(f"  + {len(people) - len(DEMO_PEOPLE)} generated patients")
             tolvan = ids.encode(DEMO_PEOPLE[0].pnr)
+            print("Tokens, one per audience (dev-only demo issuer, valid 12 h; the patient is Tolvan):")
+            for audience in AUDIENCES:
+                pnr = DEMO_PEOPLE[0].pnr if audience == "patient" else None
+                print(f"  export {audience.upper()}='{make_token(audience, pnr=pnr, lifetime_s=43_200)}'")
             print("Try:")
             print(
-                f"  curl '{base}/Patient?identifier=http://electronichealth.se/identifier/personnummer|191212121212'"
+                '  curl -H "Authorization: Bearer $CLINICIAN" '
+                f"'{base}/Patient?identifier=http://electronichealth.se/identifier/personnummer|191212121212'"
             )
-            print(f"  curl '{base}/Patient/{tolvan}/$everything'")
+            print(f"  curl -H \"Authorization: Bearer $AMBULANCE\" '{base}/Patient/{tolvan}/$everything'")
             print("Serving until Ctrl-C.", flush=True)
             await _until_interrupted()
 
