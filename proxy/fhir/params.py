@@ -24,6 +24,9 @@ DATE_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb")
 # Parameters with a meaning for every search, handled here rather than by the type's table.
 _RESULT_PARAMS = {"_count", "_offset", "_summary", "_total", "_format", "_pretty"}
 _UINT = re.compile(r"[0-9]{1,9}")
+# Refused outright rather than ignored: each reaches across resources, and a client should not get a
+# result that silently differs from what it asked for.
+_REFUSED = frozenset({"_include", "_revinclude", "_has", "_contained", "_containedType"})
 _PATIENT_KEYS = ("patient", "subject", "patient:Patient", "subject:Patient")
 _SPLIT_COMMA = re.compile(r"(?<!\\),")
 _SPLIT_PIPE = re.compile(r"(?<!\\)\|")
@@ -53,6 +56,8 @@ class _Parser:
             name, _, modifier = key.partition(":")
             if modifier and name in _RESULT_PARAMS:
                 raise bad_request(f"'{name}' takes no modifier")
+            if name in _REFUSED:
+                raise bad_request(f"'{name}' is not supported by this server")
         count = self.settings.default_count
         raw = self.single("_count")
         if raw is not None:

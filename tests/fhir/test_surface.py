@@ -325,6 +325,9 @@ async def test_date_search_with_prefixes(facade: Any) -> None:
         ("/Condition", {"patient": TOLVAN_ID, "onset-date": "gq2020"}, 400),
         ("/Basic", {"patient": TOLVAN_ID}, 404),
         ("/Condition", {"patient": TOLVAN_ID, "_format": "xml"}, 406),
+        ("/Encounter", {"patient": TOLVAN_ID, "_include": "Encounter:reason-reference"}, 400),
+        ("/Condition", {"patient": TOLVAN_ID, "_revinclude": "Encounter:reason-reference"}, 400),
+        ("/Condition", {"patient": TOLVAN_ID, "_has:Encounter:reason-reference:status": "finished"}, 400),
     ],
 )
 async def test_bad_searches(facade: Any, path: str, params: dict[str, str], status: int) -> None:
