@@ -87,7 +87,7 @@ async def fetch_and_map(
     """Fan out for the mappings that produce ``types`` and map every answer that arrived."""
     plan = plan_requests(facade.mappings, facade.settings.source_priority, types)
     contexts = {name: context(facade, name, patient) for name in plan}
-    results = await fan_out(facade.clients, plan, contexts)
+    results = await fan_out(facade.clients, plan, contexts, deadline_s=facade.settings.facade.deadline_s)
     mapped: list[MappedResource] = []
     outcomes: list[SourceOutcome] = []
     priority = {name: i for i, name in enumerate(facade.settings.source_priority)}

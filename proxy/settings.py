@@ -43,6 +43,8 @@ class BackendSettings:
     total_timeout_s: float = 3.0
     limit_per_host: int = 100
     vars: tuple[tuple[str, str], ...] = ()
+    breaker_failures: int = 5  # consecutive failed answers that open the circuit
+    breaker_open_s: float = 10.0  # how long it stays open before one probe request
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +55,7 @@ class FacadeSettings:
     default_count: int = 50
     max_count: int = 500
     max_body_bytes: int = 8 * 1024 * 1024
+    deadline_s: float = 5.0  # the whole fan-out: past it, answer with what has arrived
     public_base_url: str | None = None  # e.g. https://fhir.region.se/fhir; unset: from the request
 
 
@@ -138,7 +141,16 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
     f = r.section(
         top.get("facade"),
         "facade",
-        {"host", "port", "base_path", "default_count", "max_count", "max_body_bytes", "public_base_url"},
+        {
+            "host",
+            "port",
+            "base_path",
+            "default_count",
+            "max_count",
+            "max_body_bytes",
+            "public_base_url",
+            "deadline_s",
+        },
     )
     raw_base = f.get("base_path", "/fhir")
     if not isinstance(raw_base, str) or not raw_base.startswith("/"):
@@ -156,6 +168,7 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
         max_count=max_count,
         max_body_bytes=r.integer(f, "max_body_bytes", "facade", 8 * 1024 * 1024, 1024, 1 << 31),
         public_base_url=public.rstrip("/") if public else None,
+        deadline_s=r.number(f, "deadline_s", "facade", 5.0, 0.05, 300),
     )
 
     backends_doc = top.get("backends")
@@ -179,12 +192,14 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
                 "timeout",
                 "limit_per_host",
                 "vars",
+                "breaker",
             },
         )
         url = b.get("base_url")
         if not isinstance(url, str) or not re.match(r"^https?://", url):
             raise r.fail(f"{where}.base_url", "expects an http(s) URL")
         t = r.section(b.get("timeout"), f"{where}.timeout", {"connect_s", "total_s"})
+        br = r.section(b.get("breaker"), f"{where}.breaker", {"failures", "open_s"})
         statuses = b.get("empty_statuses", [])
         if not isinstance(statuses, list) or not all(isinstance(s, int) and 400 <= s < 500 for s in statuses):
             raise r.fail(f"{where}.empty_statuses", "expects a list of 4xx statuses")
@@ -207,6 +222,8 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
                 total_timeout_s=r.number(t, "total_s", f"{where}.timeout", 3.0, 0.01, 300),
                 limit_per_host=r.integer(b, "limit_per_host", where, 100, 1, 10_000),
                 vars=tuple((str(k), str(v)) for k, v in vars_.items()),
+                breaker_failures=r.integer(br, "failures", f"{where}.breaker", 5, 1, 1000),
+                breaker_open_s=r.number(br, "open_s", f"{where}.breaker", 10.0, 0.01, 3600),
             )
         )
 

@@ -23,6 +23,7 @@ class SourceStatus(enum.Enum):
     TIMEOUT = "timeout"  # no complete answer within its budget
     ERROR = "error"  # answered with an error status, or the connection failed
     INVALID = "invalid"  # answered 2xx, but the body could not be parsed or mapped
+    UNAVAILABLE = "unavailable"  # not asked: its circuit breaker is open after repeated failures
 
     @property
     def degraded(self) -> bool:

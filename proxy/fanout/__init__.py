@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from proxy.fanout.breaker import CircuitBreaker
 from proxy.mapping.compiler import Context, RequestSpec
 from proxy.settings import BackendSettings
 from proxy.types import SourceResult, SourceStatus
@@ -33,11 +34,12 @@ class _TooLarge(Exception):
 
 @dataclass(slots=True)
 class BackendClient:
-    """One backend: its settings and its long-lived HTTP session."""
+    """One backend: its settings, its long-lived HTTP session and its circuit breaker."""
 
     settings: BackendSettings
     session: aiohttp.ClientSession
     max_body_bytes: int
+    breaker: CircuitBreaker
 
     @classmethod
     def open(cls, settings: BackendSettings, max_body_bytes: int) -> BackendClient:
@@ -56,15 +58,26 @@ class BackendClient:
             raise_for_status=False,
             auto_decompress=True,
         )
-        return cls(settings=settings, session=session, max_body_bytes=max_body_bytes)
+        breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_open_s)
+        return cls(settings=settings, session=session, max_body_bytes=max_body_bytes, breaker=breaker)
 
     async def close(self) -> None:
         await self.session.close()
 
     async def fetch(self, specs: Sequence[RequestSpec], ctx: Context) -> SourceResult:
         """Send each request concurrently; the result holds the bodies that arrived whole."""
+        if not self.breaker.allow():
+            wait = self.breaker.retry_after_s()
+            detail = f"was not asked: it failed repeatedly (asked again in {wait:.0f} s)"
+            return SourceResult(self.settings.name, SourceStatus.UNAVAILABLE, {}, 0.0, detail)
         started = time.perf_counter()
-        outcomes = await asyncio.gather(*(self._one(spec, ctx) for spec in specs))
+        try:
+            outcomes = await asyncio.gather(*(self._one(spec, ctx) for spec in specs))
+        except asyncio.CancelledError:  # the request's deadline passed: count it against the backend
+            self.breaker.record(success=False)
+            raise
+        failed = any(status in (SourceStatus.TIMEOUT, SourceStatus.ERROR) for status, _, _ in outcomes)
+        self.breaker.record(success=not failed)
         bodies: dict[str, bytes | None] = {}
         worst: tuple[SourceStatus, str] | None = None
         for spec, (status, body, detail) in zip(specs, outcomes, strict=True):
@@ -78,6 +91,8 @@ class BackendClient:
         return SourceResult(self.settings.name, worst[0], bodies, latency, worst[1])
 
     async def _one(self, spec: RequestSpec, ctx: Context) -> tuple[SourceStatus, bytes | None, str]:
+        """One request. A connection the backend closed before answering is retried once for an
+        idempotent GET — by aiohttp itself (RFC 9112 §9.3.1), never for a POST."""
         budget = self.settings.total_timeout_s
         try:
             path, query, headers, body = spec.render(ctx)
@@ -100,7 +115,9 @@ class BackendClient:
             return SourceStatus.INVALID, None, f"answer larger than {self.max_body_bytes} bytes"
         except aiohttp.ClientPayloadError:
             return SourceStatus.ERROR, None, "connection closed before the answer was complete"
-        except aiohttp.ServerDisconnectedError:
+        except aiohttp.ClientConnectorError:
+            return SourceStatus.ERROR, None, "could not connect"
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
             return SourceStatus.ERROR, None, "connection closed before the answer was complete"
         except aiohttp.ClientConnectionError:
             return SourceStatus.ERROR, None, "could not connect"
@@ -125,16 +142,34 @@ class BackendClient:
 
 
 def _rank(status: SourceStatus) -> int:
-    return {SourceStatus.OK: 0, SourceStatus.INVALID: 1, SourceStatus.ERROR: 2, SourceStatus.TIMEOUT: 3}[
-        status
-    ]
+    order = (SourceStatus.OK, SourceStatus.INVALID, SourceStatus.ERROR, SourceStatus.TIMEOUT)
+    return order.index(status)
 
 
 async def fan_out(
     clients: Mapping[str, BackendClient],
     plan: Mapping[str, Sequence[RequestSpec]],
     contexts: Mapping[str, Context],
+    *,
+    deadline_s: float,
 ) -> list[SourceResult]:
-    """Ask every backend in ``plan`` concurrently; one SourceResult per backend, in plan order."""
+    """Ask every backend in ``plan`` concurrently; one SourceResult per backend, in plan order.
+
+    When ``deadline_s`` passes, backends still out are abandoned and reported as timed out: the
+    answer comes back with what has arrived.
+    """
     names = [name for name, specs in plan.items() if specs]
-    return list(await asyncio.gather(*(clients[name].fetch(plan[name], contexts[name]) for name in names)))
+    tasks = {name: asyncio.ensure_future(clients[name].fetch(plan[name], contexts[name])) for name in names}
+    try:
+        await asyncio.wait(tasks.values(), timeout=deadline_s)
+    finally:
+        for task in tasks.values():
+            task.cancel()  # no-op for finished ones; nothing outlives the request
+    results = []
+    for name, task in tasks.items():
+        if task.done() and not task.cancelled():
+            results.append(task.result())
+        else:
+            detail = f"did not answer within the request deadline ({deadline_s:g} s)"
+            results.append(SourceResult(name, SourceStatus.TIMEOUT, {}, deadline_s * 1000, detail))
+    return results

@@ -12,6 +12,7 @@ _ISSUE_CODE = {
     SourceStatus.TIMEOUT: "timeout",
     SourceStatus.ERROR: "transient",
     SourceStatus.INVALID: "processing",
+    SourceStatus.UNAVAILABLE: "transient",
 }
 
 

@@ -1,0 +1,124 @@
+"""Circuit breaker, the request deadline, and the one retry on a reset connection."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import replace
+from typing import Any
+
+from proxy.fanout import BackendClient
+from proxy.fanout.breaker import CircuitBreaker
+from proxy.mapping.compiler import RequestSpec
+from proxy.settings import load_settings
+from proxy.simulators.population import TOLVAN
+from proxy.types import SourceStatus
+from tests.conftest import BASE, pid
+
+EVERYTHING = f"{BASE}/Patient/{pid(TOLVAN.pnr)}/$everything"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_breaker_opens_after_consecutive_failures_and_probes_once() -> None:
+    clock = Clock()
+    b = CircuitBreaker(failures_to_open=3, open_s=10, clock=clock)
+    for _ in range(2):
+        assert b.allow()
+        b.record(success=False)
+    assert b.allow()
+    b.record(success=True)  # a success resets the count
+    for _ in range(3):
+        assert b.allow()
+        b.record(success=False)
+    assert b.state == "open" and not b.allow()
+    clock.now = 9.9
+    assert not b.allow()
+    clock.now = 10.0
+    assert b.allow()  # the one probe
+    assert not b.allow()  # nobody else while it is out
+    b.record(success=False)
+    assert b.state == "open" and not b.allow()
+    clock.now = 20.0
+    assert b.allow()
+    b.record(success=True)
+    assert b.state == "closed" and b.allow() and b.allow()
+
+
+async def test_an_open_circuit_fails_fast_and_is_reported(facade: Any) -> None:
+    async with facade(breaker_failures=2, breaker_open_s=60) as f:
+        await f.faults("npo", latency_ms=300, error_status=503)
+        for _ in range(2):
+            await f.get(EVERYTHING)
+        started = time.perf_counter()
+        status, bundle = await f.get(EVERYTHING)
+        elapsed = time.perf_counter() - started
+    assert status == 200
+    outcomes = [e["resource"]["issue"][0] for e in bundle["entry"] if e["search"]["mode"] == "outcome"]
+    assert [o["details"]["coding"][0]["code"] for o in outcomes] == ["npo"]
+    assert "was not asked" in outcomes[0]["details"]["text"]
+    assert elapsed < 0.3  # npo's 300 ms were not waited for
+
+
+async def test_the_request_deadline_answers_with_what_has_arrived(facade: Any) -> None:
+    async with facade(facade_overrides={"deadline_s": 0.4}, total_timeout_s=5) as f:
+        await f.faults("viva", latency_ms=2000)
+        started = time.perf_counter()
+        status, bundle = await f.get(EVERYTHING)
+        elapsed = time.perf_counter() - started
+    assert status == 200
+    outcomes = [e["resource"]["issue"][0] for e in bundle["entry"] if e["search"]["mode"] == "outcome"]
+    assert [o["details"]["coding"][0]["code"] for o in outcomes] == ["viva"]
+    assert "request deadline" in outcomes[0]["details"]["text"]
+    assert {
+        e["resource"]["meta"]["source"].rsplit(":", 1)[1] for e in bundle["entry"] if "meta" in e["resource"]
+    } == {
+        "cosmic",
+        "npo",
+    }
+    assert elapsed < 1.5
+
+
+async def _flaky_server(resets: int) -> tuple[asyncio.Server, list[int]]:
+    """Closes the first ``resets`` connections after reading the request; then answers 200 {}."""
+    seen = [0]
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        seen[0] += 1
+        if seen[0] <= resets:
+            writer.close()
+            return
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, seen
+
+
+async def _ask(resets: int, method: str) -> tuple[SourceStatus, int]:
+    server, seen = await _flaky_server(resets)
+    port = server.sockets[0].getsockname()[1]
+    settings = replace(load_settings().backend("cosmic"), base_url=f"http://127.0.0.1:{port}")
+    client = BackendClient.open(settings, 1 << 20)
+    spec = RequestSpec(method=method, path="/x", query=(), body=None, headers=(), format="json")
+    try:
+        result = await client.fetch([spec], {})
+    finally:
+        await client.close()
+        server.close()
+        await server.wait_closed()
+    return result.status, seen[0]
+
+
+async def test_a_reset_connection_is_retried_once_for_get() -> None:
+    assert await _ask(resets=1, method="GET") == (SourceStatus.OK, 2)
+    assert await _ask(resets=2, method="GET") == (SourceStatus.ERROR, 2)  # once, not more
+    assert await _ask(resets=1, method="POST") == (SourceStatus.ERROR, 1)  # never for POST
