@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from proxy.auth import Authenticator, TrustedIssuer
+from proxy.cache import SourceCache
 from proxy.fanout import BackendClient
 from proxy.fhir.ids import PatientIds
 from proxy.fhir.routes import AUTH_KEY, FACADE_KEY, FhirRoutes, fhir_errors
@@ -40,8 +41,14 @@ def create_app(
 
     async def backends(app: web.Application) -> AsyncIterator[None]:
         clients = {b.name: BackendClient.open(b, settings.facade.max_body_bytes) for b in settings.backends}
+        c = settings.cache
+        cache = (
+            SourceCache(ttl_s=c.ttl_s, max_stale_s=c.max_stale_s, max_entries=c.max_entries)
+            if c.enabled
+            else None
+        )
         app[FACADE_KEY] = Facade(
-            settings=settings, mappings=mappings, clients=clients, ids=ids, policy=policy
+            settings=settings, mappings=mappings, clients=clients, ids=ids, policy=policy, cache=cache
         )
         try:
             yield

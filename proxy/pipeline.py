@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from proxy.access import decide
+from proxy.cache import CacheEntry, SourceCache
 from proxy.fanout import BackendClient, fan_out
 from proxy.fhir.ids import PatientIds
 from proxy.fhir.searchparams import matches, sort_time
@@ -30,7 +31,7 @@ from proxy.pnr import oid_of as pnr_oid
 from proxy.redact import Policy, redact
 from proxy.settings import Settings
 from proxy.timeutil import fhir_range
-from proxy.types import FhirDict, MappedResource, PatientRef, Principal, Query, SourceOutcome
+from proxy.types import FhirDict, MappedResource, PatientRef, Principal, Query, SourceOutcome, SourceStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +43,7 @@ class Facade:
     clients: dict[str, BackendClient]
     ids: PatientIds
     policy: Policy
+    cache: SourceCache | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,26 +86,69 @@ def plan_requests(
 async def fetch_and_map(
     facade: Facade, patient: PatientRef, types: frozenset[str]
 ) -> tuple[list[MappedResource], list[SourceOutcome]]:
-    """Fan out for the mappings that produce ``types`` and map every answer that arrived."""
+    """The mapped resources of ``types`` from every backend — from the cache where it is fresh,
+    else fetched (and cached); a failed fetch falls back to a stale entry when there is one."""
     plan = plan_requests(facade.mappings, facade.settings.source_priority, types)
-    contexts = {name: context(facade, name, patient) for name in plan}
-    results = await fan_out(facade.clients, plan, contexts, deadline_s=facade.settings.facade.deadline_s)
-    mapped: list[MappedResource] = []
+    cache = facade.cache
+    found: list[MappedResource] = []
+    from_cache: dict[str, float] = {}  # backend → age of the oldest entry used
+    stale: dict[tuple[str, str], CacheEntry] = {}
+    to_fetch: dict[str, list[RequestSpec]] = {}
+    for name, specs in plan.items():
+        for spec in specs:
+            hit = cache.get(name, spec.key, patient.pnr) if cache else None
+            if hit is not None and hit[1]:
+                found.extend(hit[0].resources)
+                from_cache[name] = max(from_cache.get(name, 0.0), cache.age_s(hit[0]))  # type: ignore[union-attr]
+                continue
+            if hit is not None:
+                stale[(name, spec.key)] = hit[0]
+            to_fetch.setdefault(name, []).append(spec)
+
+    contexts = {name: context(facade, name, patient) for name in to_fetch}
+    results = await fan_out(facade.clients, to_fetch, contexts, deadline_s=facade.settings.facade.deadline_s)
     outcomes: list[SourceOutcome] = []
     priority = {name: i for i, name in enumerate(facade.settings.source_priority)}
     for result in results:
         backend = facade.settings.backend(result.source)
-        resources, outcome = map_source(
+        asked = {spec.key for spec in to_fetch[result.source]}
+        # every mapping that reads an answer we now hold, whatever type it makes: one cache entry
+        # per request serves later queries for any type
+        sharing = [m for m in facade.mappings.by_backend[result.source] if m.request.key in asked]
+        mapped = map_source(
             result,
-            facade.mappings.for_types(result.source, types),
+            sharing,
             contexts[result.source],
             source_uri=backend.source_uri,
             priority=priority[result.source],
         )
-        mapped.extend(resources)
-        if outcome is not None:
-            outcomes.append(outcome)
-    return mapped, outcomes
+        by_key: dict[str, list[MappedResource]] = {key: [] for key in mapped.readable}
+        key_of = {m.name: m.request.key for m in sharing}
+        for r in mapped.resources:
+            by_key.setdefault(key_of[r.mapping], []).append(r)
+        for key in mapped.readable:
+            if cache is not None:
+                cache.put(result.source, key, patient.pnr, tuple(by_key[key]))
+        found.extend(mapped.resources)
+        missing = asked - mapped.readable
+        standing_in = [stale[(result.source, k)] for k in missing if (result.source, k) in stale]
+        for entry in standing_in:
+            found.extend(entry.resources)
+        if mapped.outcome is None:
+            continue
+        if standing_in and len(standing_in) == len(missing):
+            age = max(cache.age_s(e) for e in standing_in)  # type: ignore[union-attr]
+            detail = f"{mapped.outcome.detail}; showing its answer from {age:.0f} s ago (cache)"
+            outcomes.append(SourceOutcome(result.source, SourceStatus.STALE, detail))
+        else:
+            outcomes.append(mapped.outcome)
+    for name, age in from_cache.items():
+        if not any(o.source == name for o in outcomes):
+            outcomes.append(
+                SourceOutcome(name, SourceStatus.CACHED, f"answered from the cache ({age:.0f} s old)")
+            )
+    wanted = [r for r in found if r.resource["resourceType"] in types]
+    return wanted, outcomes
 
 
 async def collect(facade: Facade, query: Query, principal: Principal) -> Answer:
@@ -124,7 +169,8 @@ async def collect(facade: Facade, query: Query, principal: Principal) -> Answer:
         subject=f"Patient/{query.patient.fhir_id}",
     )
 
-    known: bool | None = bool(merged) or (None if outcomes else False)
+    degraded = [o for o in outcomes if o.status.degraded]
+    known: bool | None = bool(merged) or (None if degraded else False)
 
     selected = [r for r in merged if _selected(r, query)]
     return Answer(resources=selected, outcomes=outcomes, patient_known=known)

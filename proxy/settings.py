@@ -60,6 +60,14 @@ class FacadeSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class CacheSettings:
+    enabled: bool = True
+    ttl_s: float = 30.0  # an answer is reused this long
+    max_stale_s: float = 300.0  # and may stand in for a failing backend this much longer
+    max_entries: int = 50_000  # per worker (backend × contract × patient)
+
+
+@dataclass(frozen=True, slots=True)
 class SimulatorSettings:
     seed: int = 1177
     patients: int = 0
@@ -73,6 +81,7 @@ class Settings:
     mappings_dir: Path
     source_priority: tuple[str, ...]
     simulators: SimulatorSettings = field(default_factory=SimulatorSettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)
     patient_id_key: bytes | None = None
     # The raw ``auth`` and ``policy`` sections; proxy.auth and proxy.redact compile them at start-up.
     auth: dict[str, Any] = field(default_factory=dict)
@@ -135,7 +144,7 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path.name}: not valid YAML: {exc}") from None
     top = r.section(
-        doc, "(top)", {"facade", "mappings_dir", "merge", "backends", "simulators", "auth", "policy"}
+        doc, "(top)", {"facade", "mappings_dir", "merge", "backends", "simulators", "cache", "auth", "policy"}
     )
 
     f = r.section(
@@ -261,6 +270,17 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
         if len(key) not in (16, 24, 32):
             raise ConfigError(f"{PATIENT_ID_KEY_ENV}: expects 16, 24 or 32 bytes (base64)")
 
+    c = r.section(top.get("cache"), "cache", {"enabled", "ttl_s", "max_stale_s", "max_entries"})
+    enabled = c.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise r.fail("cache.enabled", "expects true or false")
+    cache = CacheSettings(
+        enabled=enabled,
+        ttl_s=r.number(c, "ttl_s", "cache", 30.0, 0, 86_400),
+        max_stale_s=r.number(c, "max_stale_s", "cache", 300.0, 0, 7 * 86_400),
+        max_entries=r.integer(c, "max_entries", "cache", 50_000, 1, 10_000_000),
+    )
+
     mappings_dir = (path.parent / str(top.get("mappings_dir", "../mappings"))).resolve()
     return Settings(
         facade=facade,
@@ -268,6 +288,7 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
         mappings_dir=mappings_dir,
         source_priority=tuple(priority),
         simulators=sims,
+        cache=cache,
         patient_id_key=key,
         auth=r.section(top.get("auth"), "auth", {"issuers", "leeway_s", "audience"}),
         policy=r.section(top.get("policy"), "policy", {"labels", "audiences", "protected_identity"}),

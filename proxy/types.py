@@ -24,10 +24,12 @@ class SourceStatus(enum.Enum):
     ERROR = "error"  # answered with an error status, or the connection failed
     INVALID = "invalid"  # answered 2xx, but the body could not be parsed or mapped
     UNAVAILABLE = "unavailable"  # not asked: its circuit breaker is open after repeated failures
+    CACHED = "cached"  # answered from the cache, fresh (NTjP: DataFromCache)
+    STALE = "stale"  # the backend failed; an older cached answer stands in (DataFromCacheSynchFailed)
 
     @property
     def degraded(self) -> bool:
-        return self is not SourceStatus.OK
+        return self not in (SourceStatus.OK, SourceStatus.CACHED)
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,11 +65,15 @@ def facade(settings: Settings) -> Callable[..., contextlib.AbstractAsyncContextM
         generated: int = 0,
         faults: dict[str, dict[str, Any]] | None = None,
         facade_overrides: dict[str, Any] | None = None,
+        cache: bool | dict[str, Any] = False,
         **backend_overrides: Any,
     ) -> AsyncIterator[Running]:
+        """Tests see fresh answers unless they ask for the cache (True, or CacheSettings overrides)."""
         people = population(generated, settings.simulators.seed)
         async with running_simulators(settings, people, faults=faults) as urls:
             live = settings.with_backend_urls(urls)
+            tuning = cache if isinstance(cache, dict) else {}
+            live = replace(live, cache=replace(live.cache, enabled=bool(cache), **tuning))
             if facade_overrides:
                 live = replace(live, facade=replace(live.facade, **facade_overrides))
             if backend_overrides:

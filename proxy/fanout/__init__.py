@@ -159,6 +159,8 @@ async def fan_out(
     answer comes back with what has arrived.
     """
     names = [name for name, specs in plan.items() if specs]
+    if not names:
+        return []
     tasks = {name: asyncio.ensure_future(clients[name].fetch(plan[name], contexts[name])) for name in names}
     try:
         await asyncio.wait(tasks.values(), timeout=deadline_s)

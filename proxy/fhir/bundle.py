@@ -13,22 +13,29 @@ _ISSUE_CODE = {
     SourceStatus.ERROR: "transient",
     SourceStatus.INVALID: "processing",
     SourceStatus.UNAVAILABLE: "transient",
+    SourceStatus.STALE: "transient",
+    SourceStatus.CACHED: "informational",
 }
 
 
 def source_outcome(outcome: SourceOutcome, description: str) -> FhirDict:
-    """Tells which source is missing from the answer and why — the FHIR form of NTjP's
-    ProcessingStatus NoDataSynchFailed. ``details.coding`` carries the source name for programs."""
+    """Tells how a source took part when it was not simply "answered now" — the FHIR form of NTjP's
+    ProcessingStatus: missing (NoDataSynchFailed), stale (DataFromCacheSynchFailed) or cached
+    (DataFromCache). ``details.coding`` carries the source name for programs."""
     label = f"'{outcome.source}' ({description})" if description else f"'{outcome.source}'"
+    consequence = {
+        SourceStatus.CACHED: "",
+        SourceStatus.STALE: "; its data may be out of date",
+    }.get(outcome.status, "; its data is missing from this answer")
     return {
         "resourceType": "OperationOutcome",
         "issue": [
             {
-                "severity": "warning",
+                "severity": "information" if outcome.status is SourceStatus.CACHED else "warning",
                 "code": _ISSUE_CODE.get(outcome.status, "exception"),
                 "details": {
                     "coding": [{"system": SOURCE_SYSTEM, "code": outcome.source}],
-                    "text": f"Source {label} {outcome.detail}; its data is missing from this answer.",
+                    "text": f"Source {label} {outcome.detail}{consequence}.",
                 },
             }
         ],

@@ -212,7 +212,9 @@ class FhirRoutes:
         # The id names the source that holds the resource (<patient>-<backend>-<hash>; a Patient may
         # come from any). If that source did not answer, say so rather than "gone".
         holder = None if rtype == "Patient" else [*rid.split("-"), "", ""][1]
-        down = sorted(o.source for o in answer.outcomes if holder is None or o.source == holder)
+        down = sorted(
+            o.source for o in answer.outcomes if o.status.degraded and (holder is None or o.source == holder)
+        )
         if down:
             resp = _error_response(
                 503, "transient", f"Could not read {rtype}/{rid}: {', '.join(down)} unavailable"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -31,6 +32,13 @@ def decode(body: bytes, fmt: str) -> Any:
         raise ValueError("not valid JSON") from exc
 
 
+@dataclass(frozen=True, slots=True)
+class MappedSource:
+    resources: list[MappedResource]
+    outcome: SourceOutcome | None  # when the source is degraded
+    readable: frozenset[str]  # request keys whose answers were read and mapped completely
+
+
 def map_source(
     result: SourceResult,
     mappings: Sequence[CompiledMapping],
@@ -38,8 +46,9 @@ def map_source(
     *,
     source_uri: str,
     priority: int,
-) -> tuple[list[MappedResource], SourceOutcome | None]:
+) -> MappedSource:
     decoded: dict[str, Any] = {}
+    unreadable: set[str] = set()
     invalid = False
     out: list[MappedResource] = []
     skipped = 0
@@ -53,6 +62,7 @@ def map_source(
                 decoded[key] = None if raw is None or not raw.strip() else decode(raw, m.request.format)
             except ValueError:
                 decoded[key] = None
+                unreadable.add(key)
                 invalid = True
                 continue
         if decoded[key] is None:
@@ -62,16 +72,19 @@ def map_source(
         except (TypeError, ValueError, AttributeError, KeyError, IndexError):
             # The answer parsed but is not shaped as the mapping expects. Log where, not what.
             log.warning("mapping %s could not read the answer from %s", m.name, result.source)
+            unreadable.add(key)
             invalid = True
             continue
         out.extend(resources)
         skipped += bad
     if skipped:
         log.warning("%s: %d record(s) without id/origin were skipped", result.source, skipped)
+    readable = frozenset(result.bodies) - unreadable
     if result.status.degraded:
-        return out, SourceOutcome(result.source, result.status, result.detail)
+        return MappedSource(out, SourceOutcome(result.source, result.status, result.detail), readable)
     if invalid:
-        return out, SourceOutcome(
+        outcome = SourceOutcome(
             result.source, SourceStatus.INVALID, "answered with a body that could not be read"
         )
-    return out, None
+        return MappedSource(out, outcome, readable)
+    return MappedSource(out, None, readable)

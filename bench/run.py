@@ -1,0 +1,696 @@
+"""Load benchmark of ``$everything``: the facade against the floor beneath it, on loopback.
+
+    python bench/run.py [--latency-ms 20] [--patients 200] [--duration 10] [--rate R]
+                        [--concurrency 32] [--out bench/results]
+
+What runs, each in its own process (the load generator is this process):
+
+* the three simulators (``fhir-facade simulate``), each with ``latency_ms`` added to every answer
+  through its fault-control endpoint, serving the demo patients plus ``--patients`` generated ones;
+* the facade (``fhir-facade serve``) with a temporary config: backends on the simulators, a
+  benchmark ES256 issuer (key pair made for this run) and a fresh patient-id key;
+* ``bench/baseline.py``, a minimal pass-through aggregator.
+
+What is measured, for ``$everything`` over the demo and generated patients in round-robin:
+
+(a) ``direct``         one call straight to the slowest backend endpoint (found by a probe): the floor
+(b) ``baseline``       the same backend calls the facade makes, concurrently, raw bodies concatenated
+(c) ``facade``         the facade, uncached (``cache: {enabled: false}`` when the config knows it)
+(d) ``facade-cached``  the facade restarted with ``cache: {enabled: true}``, after a warm-up pass
+                       over every patient; "not available" while the config has no ``cache`` section
+
+How: for each target first a closed model — ``--concurrency`` workers back to back for
+``--duration`` s — gives the maximum throughput; then an open model sends at a fixed arrival rate
+(``--rate``, default half the uncached facade's closed-model maximum, the same rate for every
+target) for ``--duration`` s, each latency measured from the request's *intended* send time, so a
+stalled server or load generator shows up in the figures (no coordinated omission). In-flight
+requests are bounded (``--max-inflight``); a request still unfinished ``--timeout`` s after the
+last send is an error. An answer that is 200 but degraded (the facade's OperationOutcome entry
+naming a source, the baseline's failed-call header) counts as "partial"; a facade answer whose
+only source notes say "answered from the cache" counts as answered from the cache — so (d) shows
+how many answers the cache really served.
+
+Outputs in ``--out``: ``results.json`` (settings, every figure, the open-model samples),
+``results.md`` (the table printed at the end) and ``latency.png`` (latency CDF and percentiles per
+target). Facade RSS (VmRSS, and the peak VmHWM) is read from /proc before and after its load.
+
+Every process listens on 127.0.0.1 only and is stopped on exit, Ctrl-C included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import itertools
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import aiohttp
+import jwt
+import orjson
+import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from proxy.app import compile_mappings
+from proxy.auth.demo import make_token as demo_token
+from proxy.fhir.ids import PatientIds
+from proxy.pipeline import context, plan_requests
+from proxy.pnr import system_of
+from proxy.settings import DEFAULT_CONFIG, PATIENT_ID_KEY_ENV, ConfigError, Settings, load_settings
+from proxy.simulators.population import population
+from proxy.types import PatientRef
+
+REPO = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+BENCH_ISSUER = "urn:fhir-facade:bench-issuer"
+OUTCOME_MARK = b'"outcome"'  # in every Bundle with a source note (search.mode = outcome): parse only those
+
+
+# ---------------------------------------------------------------- processes
+
+
+class Processes:
+    """The subprocesses of one run; ``stop_all`` ends each of them by its own pid."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.running: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        log = open(self.log_dir / f"{name}.log", "wb")  # closed below; the child keeps its copy
+        proc = subprocess.Popen(
+            argv,
+            cwd=REPO,
+            env={**os.environ, **(env or {})},
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches only us; we stop the children ourselves
+        )
+        log.close()
+        self.running[name] = proc
+        return proc
+
+    def stop(self, name: str) -> None:
+        proc = self.running.pop(name, None)
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+    def stop_all(self) -> None:
+        for name in list(self.running):
+            self.stop(name)
+
+    def log_tail(self, name: str) -> str:
+        text = (self.log_dir / f"{name}.log").read_text(errors="replace")
+        return "\n".join(text.splitlines()[-15:])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def fhir_facade() -> list[str]:
+    script = Path(sys.executable).parent / "fhir-facade"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "proxy.cli"]
+
+
+async def wait_up(procs: Processes, name: str, url: str, timeout_s: float = 60.0) -> None:
+    """Poll ``url`` until it answers 200; fail early if the process died."""
+    deadline = time.monotonic() + timeout_s
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+        while time.monotonic() < deadline:
+            if procs.running[name].poll() is not None:
+                raise RuntimeError(f"{name} exited:\n{procs.log_tail(name)}")
+            try:
+                async with http.get(url) as r:
+                    if r.status == 200:
+                        return
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"{name} did not come up within {timeout_s:g} s:\n{procs.log_tail(name)}")
+
+
+def rss_mib(pid: int) -> dict[str, float]:
+    """VmRSS and VmHWM (peak) of a process, in MiB."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = round(int(value.split()[0]) / 1024, 1)
+    return out
+
+
+# ---------------------------------------------------------------- configuration, keys, tokens
+
+
+def make_issuer(tmp: Path) -> tuple[ec.EllipticCurvePrivateKey, Path]:
+    """A fresh ES256 key pair; the public key as PEM for the facade's ``auth.issuers``."""
+    private = ec.generate_private_key(ec.SECP256R1())
+    pem = tmp / "bench-issuer.pem"
+    pem.write_bytes(
+        private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return private, pem
+
+
+def clinician_token(private: ec.EllipticCurvePrivateKey, lifetime_s: int) -> str:
+    """The claims of a demo clinician token (HSA-ids, scopes …), issued by the bench issuer, ES256."""
+    claims = jwt.decode(demo_token("clinician", lifetime_s=lifetime_s), options={"verify_signature": False})
+    claims["iss"] = BENCH_ISSUER
+    return jwt.encode(claims, private, algorithm="ES256")
+
+
+def write_config(tmp: Path, name: str, sim_urls: dict[str, str], pem: Path, cache: dict | None) -> Path:
+    """config/facade.yaml with the backends on the simulators, the bench issuer and ``cache``."""
+    doc = yaml.safe_load(DEFAULT_CONFIG.read_text(encoding="utf-8"))
+    doc["mappings_dir"] = str((DEFAULT_CONFIG.parent / doc.get("mappings_dir", "../mappings")).resolve())
+    for backend, b in doc["backends"].items():
+        if backend in sim_urls:
+            b["base_url"] = sim_urls[backend]
+    doc["auth"] = {"issuers": [{"issuer": BENCH_ISSUER, "pem_file": str(pem), "algorithms": ["ES256"]}]}
+    if cache is not None:  # over the section config/facade.yaml may have, keeping its other keys
+        doc["cache"] = {**(doc.get("cache") or {}), **cache}
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def cache_support(tmp: Path, pem: Path) -> str | None:
+    """None when ``load_settings`` accepts a ``cache`` section, else why not."""
+    try:
+        load_settings(write_config(tmp, "cache-probe", {}, pem, {"enabled": True, "ttl_s": 3600}))
+    except ConfigError as exc:
+        return str(exc)
+    return None
+
+
+# ---------------------------------------------------------------- targets
+
+
+@dataclass
+class Target:
+    """One thing to load: how to send request number ``i`` and how to judge its answer."""
+
+    name: str
+    label: str
+    send: Callable[[aiohttp.ClientSession, int], Coroutine[Any, Any, str]]  # ok | cached | partial | error
+    note: str = ""
+    results: dict[str, Any] = field(default_factory=dict)
+
+
+def judge_bundle(body: bytes) -> str:
+    """``partial`` when an OperationOutcome entry says a source is missing or stale (severity
+    warning), ``cached`` when the only such notes say a source was answered from the cache
+    (severity information), else ``ok``. Parsed only when a source note is there at all."""
+    if OUTCOME_MARK not in body:
+        return "ok"
+    notes = [
+        issue.get("severity")
+        for entry in orjson.loads(body).get("entry", [])
+        if entry.get("search", {}).get("mode") == "outcome"
+        for issue in entry.get("resource", {}).get("issue", [])
+    ]
+    if any(severity != "information" for severity in notes):
+        return "partial"
+    return "cached" if notes else "ok"
+
+
+def facade_target(name: str, label: str, base: str, ids: list[str], token: str) -> Target:
+    headers = {"Authorization": f"Bearer {token}", "Accept": "application/fhir+json"}
+
+    async def send(http: aiohttp.ClientSession, i: int) -> str:
+        url = f"{base}/fhir/Patient/{ids[i % len(ids)]}/$everything"
+        async with http.get(url, params={"_count": "500"}, headers=headers) as r:
+            body = await r.read()
+            if r.status != 200:
+                return "error"
+            return judge_bundle(body)
+
+    return Target(name, label, send)
+
+
+def baseline_target(base: str, pnrs: list[str], calls: int) -> Target:
+    async def send(http: aiohttp.ClientSession, i: int) -> str:
+        async with http.get(f"{base}/everything/{pnrs[i % len(pnrs)]}") as r:
+            await r.read()
+            if r.status != 200:
+                return "error"
+            return "partial" if r.headers.get("X-Bench-Failed", "0") != "0" else "ok"
+
+    return Target("baseline", "(b) pass-through baseline", send, note=f"{calls} backend calls per request")
+
+
+def direct_target(settings: Settings, backend: str, spec: Any, refs: list[PatientRef]) -> Target:
+    """Request ``i``: the one backend call ``spec`` for patient ``i`` (round-robin), sent directly."""
+    b = settings.backend(backend)
+    ctx_source = SimpleNamespace(settings=settings)  # proxy.pipeline.context reads .settings only
+    rendered = [spec.render(context(ctx_source, backend, p)) for p in refs]  # type: ignore[arg-type]
+
+    async def send(http: aiohttp.ClientSession, i: int) -> str:
+        path, query, headers, body = rendered[i % len(rendered)]
+        async with http.request(
+            spec.method, b.base_url + path, params=query, headers=headers, data=body
+        ) as r:
+            await r.read()
+            return "ok" if 200 <= r.status < 300 or r.status in b.empty_statuses else "error"
+
+    words = [w for w in spec.path.split("/") if w and "{" not in w and not w.isdigit() and w != "rivtabp21"]
+    return Target("direct", f"(a) slowest backend call, direct ({backend} {words[-1]})", send)
+
+
+async def slowest_call(settings: Settings, refs: list[PatientRef], rounds: int = 3) -> tuple[str, Any, float]:
+    """The backend request of the ``$everything`` plan with the highest median latency (sequential probe)."""
+    mappings = compile_mappings(settings)
+    plan = plan_requests(mappings, settings.source_priority, mappings.resource_types)
+    ctx_source = SimpleNamespace(settings=settings)
+    best: tuple[str, Any, float] = ("", None, -1.0)
+    async with aiohttp.ClientSession() as http:
+        for backend, specs in plan.items():
+            base = settings.backend(backend).base_url
+            for spec in specs:
+                samples = []
+                for _ in range(rounds):
+                    for p in refs:
+                        path, query, headers, body = spec.render(context(ctx_source, backend, p))  # type: ignore[arg-type]
+                        t0 = time.perf_counter()
+                        async with http.request(
+                            spec.method, base + path, params=query, headers=headers, data=body
+                        ) as r:
+                            await r.read()
+                        samples.append(time.perf_counter() - t0)
+                median = sorted(samples)[len(samples) // 2] * 1000
+                if median > best[2]:
+                    best = (backend, spec, median)
+    return best
+
+
+# ---------------------------------------------------------------- load models
+
+
+def client(limit: int, timeout_s: float) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=limit, limit_per_host=limit),
+        timeout=aiohttp.ClientTimeout(total=timeout_s),
+    )
+
+
+async def attempt(target: Target, http: aiohttp.ClientSession, i: int) -> str:
+    try:
+        return await target.send(http, i)
+    except (aiohttp.ClientError, TimeoutError, OSError):
+        return "error"
+
+
+def percentiles(ms: list[float]) -> dict[str, float | None]:
+    """Nearest-rank p50/p90/p99 and max, in ms (None without samples)."""
+    if not ms:
+        return {"p50": None, "p90": None, "p99": None, "max": None}
+    s = sorted(ms)
+
+    def rank(p: float) -> float:
+        return round(s[max(0, min(len(s) - 1, -(-len(s) * p // 100) - 1))], 1)
+
+    return {"p50": rank(50), "p90": rank(90), "p99": rank(99), "max": round(s[-1], 1)}
+
+
+async def warm_up(target: Target, requests: int, concurrency: int, timeout_s: float) -> Counter[str]:
+    """``requests`` requests (round-robin from 0), ``concurrency`` at a time: connections, caches."""
+    counter = itertools.count()
+    seen: Counter[str] = Counter()
+    async with client(concurrency, timeout_s) as http:
+
+        async def worker() -> None:
+            while (i := next(counter)) < requests:
+                seen[await attempt(target, http, i)] += 1
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return seen
+
+
+async def closed_model(
+    target: Target, concurrency: int, duration_s: float, timeout_s: float
+) -> dict[str, Any]:
+    """``concurrency`` workers, each sending its next request when the last one answered."""
+    counter = itertools.count()
+    latencies: list[float] = []
+    seen: Counter[str] = Counter()
+    async with client(concurrency, timeout_s) as http:
+        start = time.perf_counter()
+        end = start + duration_s
+
+        async def worker() -> None:
+            while time.perf_counter() < end:
+                t0 = time.perf_counter()
+                status = await attempt(target, http, next(counter))
+                seen[status] += 1
+                if status != "error":
+                    latencies.append((time.perf_counter() - t0) * 1000)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    answered = sum(seen.values()) - seen["error"]
+    return {
+        "concurrency": concurrency,
+        "duration_s": round(elapsed, 2),
+        "requests": sum(seen.values()),
+        "throughput_rps": round(answered / elapsed, 1),
+        "errors": seen["error"],
+        "partial": seen["partial"],
+        "from_cache": seen["cached"],
+        **percentiles(latencies),
+    }
+
+
+async def open_model(
+    target: Target, rate: float, duration_s: float, max_inflight: int, timeout_s: float
+) -> dict[str, Any]:
+    """Request ``i`` is due at ``start + i / rate``; its latency counts from then, not from its send."""
+    n = max(1, round(rate * duration_s))
+    slots = asyncio.Semaphore(max_inflight)
+    done: list[tuple[float, float, str]] = []  # (latency ms from intended time, send lag ms, status)
+    async with client(max_inflight, timeout_s) as http:
+
+        async def fire(i: int, due: float) -> None:
+            async with slots:
+                lag = time.perf_counter() - due
+                status = await attempt(target, http, i)
+            done.append(((time.perf_counter() - due) * 1000, lag * 1000, status))
+
+        start = time.perf_counter() + 0.05
+        tasks = []
+        for i in range(n):
+            due = start + i / rate
+            if (delay := due - time.perf_counter()) > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(fire(i, due)))
+        _, pending = await asyncio.wait(tasks, timeout=timeout_s + 2)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        elapsed = time.perf_counter() - start
+    statuses = Counter(s for _, _, s in done)
+    latencies = [ms for ms, _, s in done if s != "error"]
+    return {
+        "rate_rps": round(rate, 1),
+        "duration_s": round(elapsed, 2),
+        "scheduled": n,
+        "throughput_rps": round(len(latencies) / elapsed, 1),
+        "errors": statuses["error"] + len(pending),
+        "unfinished": len(pending),
+        "partial": statuses["partial"],
+        "from_cache": statuses["cached"],
+        "max_send_lag_ms": round(max((lag for _, lag, _ in done), default=0.0), 1),
+        **percentiles(latencies),
+        "samples_ms": [round(ms, 2) for ms in latencies],
+    }
+
+
+# ---------------------------------------------------------------- outputs
+
+
+COLUMNS = ("p50", "p90", "p99", "max")
+
+
+def markdown(results: dict[str, Any]) -> str:
+    cfg = results["config"]
+    lines = [
+        f"`$everything`, backends +{cfg['latency_ms']:g} ms each, {cfg['patients_total']} patients "
+        f"round-robin; open model at {cfg['rate_rps']:g} req/s for {cfg['duration_s']:g} s "
+        f"(latency from the intended send time); closed model {cfg['concurrency']} workers.",
+        "",
+        "| target | p50 ms | p90 ms | p99 ms | max ms | open req/s | closed max req/s "
+        "| errors | partial | facade RSS before → after (MiB) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for t in results["targets"]:
+        if "skipped" in t:
+            lines.append(f"| {t['label']} | {t['skipped']} ||||||||| ")
+            continue
+        o, c = t["open"], t["closed"]
+        cells = [f"{o[k]:.1f}" if o[k] is not None else "–" for k in COLUMNS]
+        rss = ""
+        if "rss_before" in t:
+            before, after = t["rss_before"], t["rss_after"]
+            rss = f"{before['VmRSS']:.0f} → {after['VmRSS']:.0f} (peak {after['VmHWM']:.0f})"
+        lines.append(
+            f"| {t['label']} | {' | '.join(cells)} | {o['throughput_rps']:.1f} | {c['throughput_rps']:.1f} "
+            f"| {o['errors']} / {c['errors']} | {o['partial']} / {c['partial']} | {rss} |"
+        )
+    lines += ["", "errors and partial: open / closed model."]
+    for t in results["targets"]:
+        if "open" in t and (t["open"]["from_cache"] or t["closed"]["from_cache"]):
+            o, c = t["open"], t["closed"]
+            lines.append(
+                f"{t['label']}: answered from the cache {o['from_cache']} of {o['scheduled']} (open), "
+                f"{c['from_cache']} of {c['requests']} (closed)."
+            )
+        elif t.get("note") and "skipped" in t:
+            lines.append(f"{t['label']}: {t['note']}")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    measured = [t for t in results["targets"] if "open" in t and t["open"]["samples_ms"]]
+    fig, (cdf, bars) = plt.subplots(1, 2, figsize=(13, 5.2))
+    for t in measured:
+        s = sorted(t["open"]["samples_ms"])
+        cdf.step(s, [(k + 1) / len(s) for k in range(len(s))], where="post", label=t["label"])
+    cdf.set_xscale("log")
+    cdf.set_xlabel("latency from intended send time (ms, log scale)")
+    cdf.set_ylabel("share of requests")
+    cdf.set_ylim(0, 1.01)
+    cdf.grid(True, which="both", alpha=0.3)
+    cdf.legend(loc="lower right", fontsize=8)
+    cdf.set_title("Latency CDF, open model")
+
+    width = 0.8 / max(1, len(measured))
+    for k, t in enumerate(measured):
+        xs = [j + (k - (len(measured) - 1) / 2) * width for j in range(len(COLUMNS))]
+        bar = bars.bar(xs, [t["open"][c] for c in COLUMNS], width, label=t["label"])
+        bars.bar_label(bar, fmt="%.0f", fontsize=7)
+    bars.set_xticks(range(len(COLUMNS)), COLUMNS)
+    bars.set_yscale("log")
+    bars.set_ylabel("ms (log scale)")
+    bars.grid(True, axis="y", which="both", alpha=0.3)
+    bars.set_title("Percentiles, open model")
+    cfg = results["config"]
+    fig.suptitle(
+        f"$everything, backends +{cfg['latency_ms']:g} ms, open model {cfg['rate_rps']:g} req/s "
+        f"for {cfg['duration_s']:g} s, {cfg['patients_total']} patients, {cfg['cpus']} CPUs"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_outputs(results: dict[str, Any], out: Path) -> str:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
+    table = markdown(results)
+    (out / "results.md").write_text(table)
+    plot(results, out / "latency.png")
+    return table
+
+
+# ---------------------------------------------------------------- the run
+
+
+async def start_facade(
+    procs: Processes, name: str, config: Path, key_b64: str, timeout_s: float
+) -> tuple[str, int]:
+    port = free_port()
+    proc = procs.start(
+        name,
+        [*fhir_facade(), "--config", str(config), "serve", "--host", HOST, "--port", str(port)],
+        {PATIENT_ID_KEY_ENV: key_b64},
+    )
+    base = f"http://{HOST}:{port}"
+    await wait_up(procs, name, f"{base}/fhir/metadata", timeout_s)
+    return base, proc.pid
+
+
+async def measure(target: Target, args: argparse.Namespace, rate: float | None) -> float:
+    """Closed model (max throughput), then the open model at ``rate`` (default: half that maximum)."""
+    print(f"  {target.label}: closed model, {args.concurrency} workers, {args.duration:g} s", flush=True)
+    target.results["closed"] = await closed_model(target, args.concurrency, args.duration, args.timeout)
+    rate = rate or max(1.0, target.results["closed"]["throughput_rps"] / 2)
+    print(f"  {target.label}: open model, {rate:.1f} req/s, {args.duration:g} s", flush=True)
+    target.results["open"] = await open_model(target, rate, args.duration, args.max_inflight, args.timeout)
+    return rate
+
+
+async def bench(args: argparse.Namespace, procs: Processes, tmp: Path) -> dict[str, Any]:
+    people = population(args.patients)
+    pnrs = [p.pnr for p in people]
+    key = os.urandom(32)
+    key_b64 = base64.b64encode(key).decode()
+    ids = PatientIds(key)
+    refs = [PatientRef(pnr=p, fhir_id=ids.encode(p), system=system_of(p)) for p in pnrs]
+    private, pem = make_issuer(tmp)
+    token = clinician_token(private, lifetime_s=4 * 3600)
+    no_cache = cache_support(tmp, pem)
+
+    print(f"starting simulators (+{args.latency_ms:g} ms each, {len(pnrs)} patients) …", flush=True)
+    sim_urls = {}
+    for b in load_settings().backends:
+        if b.simulator:
+            port = free_port()
+            argv = [*fhir_facade(), "simulate", b.simulator, "--host", HOST, "--port", str(port)]
+            procs.start(f"sim-{b.name}", [*argv, "--patients", str(args.patients)])
+            sim_urls[b.name] = f"http://{HOST}:{port}"
+    async with aiohttp.ClientSession() as http:
+        for b, url in sim_urls.items():
+            await wait_up(procs, f"sim-{b}", f"{url}/_sim/health", args.start_timeout)
+            async with http.put(f"{url}/_sim/faults", json={"latency_ms": args.latency_ms}) as r:
+                assert r.status == 200 and (await r.json())["latency_ms"] == args.latency_ms, await r.text()
+
+    uncached_cfg = write_config(tmp, "facade", sim_urls, pem, None if no_cache else {"enabled": False})
+    settings = load_settings(uncached_cfg)
+    mappings = compile_mappings(settings)
+    plan = plan_requests(mappings, settings.source_priority, mappings.resource_types)
+    calls = sum(len(s) for s in plan.values())
+
+    print("starting the baseline aggregator and the facade …", flush=True)
+    base_port = free_port()
+    procs.start(
+        "baseline",
+        [
+            sys.executable,
+            str(REPO / "bench" / "baseline.py"),
+            "--config",
+            str(uncached_cfg),
+            "--port",
+            str(base_port),
+        ],
+        {PATIENT_ID_KEY_ENV: key_b64},
+    )
+    baseline_url = f"http://{HOST}:{base_port}"
+    await wait_up(procs, "baseline", f"{baseline_url}/health", args.start_timeout)
+    facade_url, facade_pid = await start_facade(procs, "facade", uncached_cfg, key_b64, args.start_timeout)
+
+    backend, spec, probe_ms = await slowest_call(settings, refs[:4])
+    print(f"slowest backend call (sequential probe, median): {backend} {spec.path} {probe_ms:.1f} ms")
+    patient_ids = [r.fhir_id for r in refs]
+    direct = direct_target(settings, backend, spec, refs)
+    direct.note = f"{spec.method} {spec.path}; probe median {probe_ms:.1f} ms"
+    baseline = baseline_target(baseline_url, pnrs, calls)
+    uncached = facade_target("facade", "(c) facade, uncached", facade_url, patient_ids, token)
+    cached = facade_target("facade-cached", "(d) facade, warm cache", "", patient_ids, token)
+
+    # The facade first: its closed-model maximum sets the open-model rate for every target.
+    print("(c) facade, uncached", flush=True)
+    uncached.results["rss_before"] = rss_mib(facade_pid)
+    warm = await warm_up(uncached, min(len(pnrs), 50), 8, args.timeout)
+    rate = await measure(uncached, args, args.rate)
+    uncached.results["rss_after"] = rss_mib(facade_pid)
+    uncached.results["warm_up"] = dict(warm)
+    for t in (direct, baseline):
+        print(t.label, flush=True)
+        t.results["warm_up"] = dict(await warm_up(t, min(len(pnrs), 50), 8, args.timeout))
+        await measure(t, args, rate)
+
+    if no_cache:
+        cached.results["skipped"] = "not available"
+        cached.note = f"the config has no cache section: {no_cache}"
+        print(f"(d) facade, warm cache: not available ({no_cache})", flush=True)
+    else:
+        print("(d) facade, warm cache: restarting the facade with cache enabled", flush=True)
+        procs.stop("facade")
+        cfg = write_config(tmp, "facade-cached", sim_urls, pem, {"enabled": True, "ttl_s": 3600})
+        url, pid = await start_facade(procs, "facade-cached", cfg, key_b64, args.start_timeout)
+        cached = facade_target("facade-cached", cached.label, url, patient_ids, token)
+        cached.results["rss_before"] = rss_mib(pid)
+        cached.results["warm_up"] = dict(await warm_up(cached, len(pnrs), 8, args.timeout))
+        await measure(cached, args, rate)
+        cached.results["rss_after"] = rss_mib(pid)
+
+    return {
+        "config": {
+            "latency_ms": args.latency_ms,
+            "patients_generated": args.patients,
+            "patients_total": len(pnrs),
+            "duration_s": args.duration,
+            "rate_rps": round(rate, 1),
+            "rate_from": "--rate" if args.rate else "half the uncached facade's closed-model maximum",
+            "concurrency": args.concurrency,
+            "max_inflight": args.max_inflight,
+            "timeout_s": args.timeout,
+            "backend_calls_per_everything": calls,
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
+        "targets": [
+            {"name": t.name, "label": t.label, "note": t.note, **t.results}
+            for t in (direct, baseline, uncached, cached)
+        ],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--latency-ms", type=float, default=20.0, help="added to every simulator answer")
+    ap.add_argument("--patients", type=int, default=200, help="generated patients besides the 4 demo ones")
+    ap.add_argument("--duration", type=float, default=10.0, help="seconds per load phase")
+    ap.add_argument(
+        "--rate", type=float, default=None, help="open-model req/s (default: half the facade max)"
+    )
+    ap.add_argument("--concurrency", type=int, default=32, help="closed-model workers")
+    ap.add_argument("--max-inflight", type=int, default=256, help="open-model bound on requests in flight")
+    ap.add_argument("--timeout", type=float, default=10.0, help="per-request timeout, s")
+    ap.add_argument("--start-timeout", type=float, default=60.0, help="seconds a process may take to start")
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    args = ap.parse_args()
+    if not (0 < args.duration <= 600 and 1 <= args.concurrency <= 1024 and 1 <= args.max_inflight <= 4096):
+        ap.error("--duration 0-600 s, --concurrency 1-1024, --max-inflight 1-4096")
+    if args.rate is not None and not 0 < args.rate <= 10_000:
+        ap.error("--rate must be between 0 and 10000 req/s")
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally below on kill, too
+    with tempfile.TemporaryDirectory(prefix="fhir-bench-") as tmp:
+        procs = Processes(Path(tmp))
+        try:
+            results = asyncio.run(bench(args, procs, Path(tmp)))
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            sys.exit(130)
+        finally:
+            procs.stop_all()
+    print()
+    print(write_outputs(results, args.out))
+    print(f"written: {args.out}/results.json, results.md, latency.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""The audience-free cache: warm answers, stale answers standing in for a failing backend, and no
+audience's view ever shaping another's."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from proxy.cache import SourceCache
+from proxy.simulators.population import TOLVAN
+from tests.conftest import BASE, auth, pid
+
+EVERYTHING = f"{BASE}/Patient/{pid(TOLVAN.pnr)}/$everything"
+
+
+def split(bundle: dict[str, Any]) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    ids = [e["resource"]["id"] for e in bundle["entry"] if e["search"]["mode"] == "match"]
+    outcomes = {
+        e["resource"]["issue"][0]["details"]["coding"][0]["code"]: e["resource"]["issue"][0]
+        for e in bundle["entry"]
+        if e["search"]["mode"] == "outcome"
+    }
+    return ids, outcomes
+
+
+async def test_a_warm_cache_answers_without_the_backends(facade: Any) -> None:
+    async with facade(cache=True) as f:
+        _, cold = await f.get(EVERYTHING, params={"_count": "500"})
+        for name in ("cosmic", "viva", "npo"):
+            await f.faults(name, error_status=503)  # any backend call would now fail
+        _, warm = await f.get(EVERYTHING, params={"_count": "500"})
+    cold_ids, cold_outcomes = split(cold)
+    warm_ids, warm_outcomes = split(warm)
+    assert cold_outcomes == {}
+    assert warm_ids == cold_ids
+    assert set(warm_outcomes) == {"cosmic", "viva", "npo"}
+    for issue in warm_outcomes.values():
+        assert issue["severity"] == "information" and "from the cache" in issue["details"]["text"]
+
+
+async def test_one_cache_entry_serves_every_type(facade: Any) -> None:
+    """$everything fills the cache; a later Flag search needs no backend either."""
+    async with facade(cache=True) as f:
+        await f.get(EVERYTHING)
+        for name in ("cosmic", "viva", "npo"):
+            await f.faults(name, error_status=503)
+        status, flags = await f.get(f"{BASE}/Flag", params={"patient": pid(TOLVAN.pnr)})
+    ids, outcomes = split(flags)
+    assert status == 200 and ids
+    assert all(o["severity"] == "information" for o in outcomes.values())
+
+
+async def test_a_stale_entry_stands_in_for_a_failing_backend(facade: Any) -> None:
+    async with facade(cache={"ttl_s": 0.2, "max_stale_s": 60}) as f:
+        _, first = await f.get(EVERYTHING, params={"_count": "500"})
+        await asyncio.sleep(0.3)  # past the TTL: the next request asks the backends again
+        await f.faults("npo", error_status=503)
+        _, second = await f.get(EVERYTHING, params={"_count": "500"})
+    first_ids, _ = split(first)
+    second_ids, outcomes = split(second)
+    assert second_ids == first_ids  # NPÖ's part came from the stale entry
+    assert set(outcomes) == {"npo"}
+    assert outcomes["npo"]["severity"] == "warning"
+    assert (
+        "answer from" in outcomes["npo"]["details"]["text"]
+        and "out of date" in outcomes["npo"]["details"]["text"]
+    )
+
+
+async def test_beyond_max_staleness_the_source_is_missing(facade: Any) -> None:
+    async with facade(cache={"ttl_s": 0.1, "max_stale_s": 0.1}) as f:
+        await f.get(EVERYTHING)
+        await asyncio.sleep(0.3)
+        await f.faults("npo", error_status=503)
+        _, bundle = await f.get(EVERYTHING, params={"_count": "500"})
+    _, outcomes = split(bundle)
+    assert "missing from this answer" in outcomes["npo"]["details"]["text"]
+
+
+async def test_the_cache_holds_no_audience_view(facade: Any) -> None:
+    async with facade(cache=True) as f:
+        _, amb1 = await f.get(EVERYTHING, params={"_count": "500"}, headers=auth("ambulance"))
+        _, clin = await f.get(EVERYTHING, params={"_count": "500"}, headers=auth("clinician"))
+        _, pat = await f.get(EVERYTHING, params={"_count": "500"}, headers=auth("patient", pnr=TOLVAN.pnr))
+        _, amb2 = await f.get(EVERYTHING, params={"_count": "500"}, headers=auth("ambulance"))
+    amb1_ids, _ = split(amb1)
+    amb2_ids, _ = split(amb2)
+    assert amb1_ids == amb2_ids  # redacting for others changed nothing that was stored
+    assert len(split(clin)[0]) == len(amb1_ids) - 1  # the threat flag
+    assert len(split(pat)[0]) == len(split(clin)[0]) - 1  # the NOPAT note
+    assert "Hotfullt" not in str(clin) and "Hotfullt" in str(amb2)
+
+
+def test_entries_expire_into_staleness_and_then_away() -> None:
+    now = [0.0]
+    cache = SourceCache(ttl_s=10, max_stale_s=5, max_entries=2, clock=lambda: now[0])
+    cache.put("cosmic", "k", "p", ())
+    assert cache.get("cosmic", "k", "p") == (cache.get("cosmic", "k", "p")[0], True)  # type: ignore[index]
+    now[0] = 12
+    entry = cache.get("cosmic", "k", "p")
+    assert entry is not None and entry[1] is False
+    now[0] = 16
+    assert cache.get("cosmic", "k", "p") is None
+    for i in range(3):  # bounded: least recently used entries go first
+        cache.put("cosmic", f"k{i}", "p", ())
+    assert cache.get("cosmic", "k0", "p") is None and cache.get("cosmic", "k2", "p") is not None
