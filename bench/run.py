@@ -450,7 +450,7 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     for t in results["targets"]:
         if "skipped" in t:
-            lines.append(f"| {t['label']} | {t['skipped']} ||||||||| ")
+            lines.append(f"| {t['label']} | {t['skipped']} |{' – |' * 8}")
             continue
         o, c = t["open"], t["closed"]
         cells = [f"{o[k]:.1f}" if o[k] is not None else "–" for k in COLUMNS]
@@ -475,6 +475,18 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _plain_log_axis(axis: Any, values: list[float]) -> None:
+    """Log scale with ticks at 1-2-5 steps (finer over a narrow range) written as plain numbers."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    lo, hi = min(values), max(values)
+    steps = (1, 2, 5) if hi / lo > 10 else (1, 1.5, 2, 3, 4, 5, 7)
+    ticks = [m * 10**e for e in range(-1, 6) for m in steps if lo / 1.5 <= m * 10**e <= hi * 1.5]
+    axis.set_major_locator(FixedLocator(ticks))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -482,34 +494,38 @@ def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     measured = [t for t in results["targets"] if "open" in t and t["open"]["samples_ms"]]
-    fig, (cdf, bars) = plt.subplots(1, 2, figsize=(13, 5.2))
+    everything = [ms for t in measured for ms in t["open"]["samples_ms"]]
+    fig, (cdf, bars) = plt.subplots(1, 2, figsize=(13, 5.6))
     for t in measured:
         s = sorted(t["open"]["samples_ms"])
         cdf.step(s, [(k + 1) / len(s) for k in range(len(s))], where="post", label=t["label"])
     cdf.set_xscale("log")
-    cdf.set_xlabel("latency from intended send time (ms, log scale)")
-    cdf.set_ylabel("share of requests")
+    _plain_log_axis(cdf.xaxis, everything)
+    cdf.set_xlabel("latency from the intended send time (ms, log scale)")
+    cdf.set_ylabel("share of requests answered within")
     cdf.set_ylim(0, 1.01)
     cdf.grid(True, which="both", alpha=0.3)
-    cdf.legend(loc="lower right", fontsize=8)
     cdf.set_title("Latency CDF, open model")
 
     width = 0.8 / max(1, len(measured))
     for k, t in enumerate(measured):
         xs = [j + (k - (len(measured) - 1) / 2) * width for j in range(len(COLUMNS))]
-        bar = bars.bar(xs, [t["open"][c] for c in COLUMNS], width, label=t["label"])
+        bar = bars.bar(xs, [t["open"][c] for c in COLUMNS], width)
         bars.bar_label(bar, fmt="%.0f", fontsize=7)
     bars.set_xticks(range(len(COLUMNS)), COLUMNS)
-    bars.set_yscale("log")
-    bars.set_ylabel("ms (log scale)")
-    bars.grid(True, axis="y", which="both", alpha=0.3)
+    bars.set_ylabel("ms")
+    bars.grid(True, axis="y", alpha=0.3)
     bars.set_title("Percentiles, open model")
+
     cfg = results["config"]
+    skipped = [f"{t['label']}: {t['skipped']}" for t in results["targets"] if "skipped" in t]
     fig.suptitle(
-        f"$everything, backends +{cfg['latency_ms']:g} ms, open model {cfg['rate_rps']:g} req/s "
+        rf"\$everything, backends +{cfg['latency_ms']:g} ms each, open model {cfg['rate_rps']:g} req/s "
         f"for {cfg['duration_s']:g} s, {cfg['patients_total']} patients, {cfg['cpus']} CPUs"
+        + ("\n" + "; ".join(skipped) if skipped else "")
     )
-    fig.tight_layout()
+    fig.legend(loc="lower center", ncols=2, fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

@@ -14,7 +14,9 @@ import asyncio
 import base64
 import contextlib
 import logging
+import multiprocessing
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,8 +39,6 @@ async def _until_interrupted() -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     with contextlib.suppress(NotImplementedError):
-        import signal
-
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
     await stop.wait()
@@ -77,11 +77,47 @@ async def _demo(settings: Settings, port: int, patients: int | None) -> None:
             await _until_interrupted()
 
 
-async def _serve(settings: Settings, host: str, port: int, key: bytes) -> None:
+async def _serve(settings: Settings, host: str, port: int, key: bytes, *, reuse_port: bool = False) -> None:
     app = create_app(settings, patient_id_key=key)
-    async with serving(app, host, port) as url:
-        print(f"FHIR base URL: {url}{settings.facade.base_path}", flush=True)
+    async with serving(app, host, port, reuse_port=reuse_port) as url:
+        print(f"FHIR base URL: {url}{settings.facade.base_path} (pid {os.getpid()})", flush=True)
         await _until_interrupted()
+
+
+def _worker(config: Path | None, host: str, port: int, key: bytes) -> None:
+    """One of ``serve --workers N``: its own event loop, backend sessions and cache."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(load_settings(config), host, port, key, reuse_port=True))
+
+
+def _serve_workers(config: Path | None, host: str, port: int, key: bytes, workers: int) -> None:
+    """N processes on one port. Nothing correctness depends on lives in a worker's memory (ids are
+    derived from the shared key, the cache is an optimisation), so any worker may answer anything."""
+    if port == 0:
+        raise ConfigError("serve --workers needs a fixed --port (the workers share it)")
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)  # so the workers are stopped with the parent
+    ctx = multiprocessing.get_context("spawn")
+    procs = [
+        ctx.Process(target=_worker, args=(config, host, port, key), daemon=False) for _ in range(workers)
+    ]
+    for p in procs:
+        p.start()
+    try:
+        for p in procs:
+            p.join()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+        for p in procs:
+            p.join(timeout=10)
 
 
 async def _simulate(
@@ -170,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the facade against the configured backends")
     serve.add_argument("--host", default=None)
     serve.add_argument("--port", type=int, default=None)
+    serve.add_argument("--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)")
 
     sim = sub.add_parser("simulate", help="run one backend simulator")
     sim.add_argument("name", choices=NAMES)
@@ -207,7 +244,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             key = _patient_id_key()
             host = args.host or settings.facade.host
             port = settings.facade.port if args.port is None else args.port
-            asyncio.run(_serve(settings, host, port, key))
+            if args.workers < 1:
+                raise ConfigError("--workers expects 1 or more")
+            if args.workers > 1:
+                _serve_workers(args.config, host, port, key, args.workers)
+            else:
+                asyncio.run(_serve(settings, host, port, key))
         elif args.command == "simulate":
             asyncio.run(_simulate(settings, args.name, args.host, args.port, args.patients, args.seed))
         elif args.command == "mappings":

@@ -39,3 +39,42 @@ def test_bad_config_file_is_a_clear_error(tmp_path, capsys: pytest.CaptureFixtur
     bad.write_text("backends: [", encoding="utf-8")
     assert main(["--config", str(bad), "mappings", "check"]) == 2
     assert "x.yaml: not valid YAML" in capsys.readouterr().err
+
+
+def test_serve_with_workers_shares_one_port(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import os
+    import re
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "FHIR_FACADE_PATIENT_ID_KEY": base64.b64encode(b"w" * 32).decode()}
+    log = tmp_path / "serve.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "proxy.cli", "serve", "--workers", "2", "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    try:
+        pids: set[str] = set()
+        deadline = time.monotonic() + 30
+        while len(pids) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            pids = set(re.findall(r"\(pid (\d+)\)", log.read_text()))
+        assert len(pids) == 2, log.read_text()
+        for _ in range(4):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/fhir/metadata", timeout=5) as resp:
+                assert resp.status == 200
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=20) is not None
+    time.sleep(0.5)
+    for pid in pids:  # the workers went with the parent
+        assert not os.path.exists(f"/proc/{pid}")

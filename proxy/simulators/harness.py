@@ -20,12 +20,17 @@ LOOPBACK = "127.0.0.1"
 
 
 @contextlib.asynccontextmanager
-async def serving(app: web.Application, host: str = LOOPBACK, port: int = 0) -> AsyncIterator[str]:
-    """Serve an app until the block ends; yields its base URL (port 0 = a free port)."""
+async def serving(
+    app: web.Application, host: str = LOOPBACK, port: int = 0, *, reuse_port: bool = False
+) -> AsyncIterator[str]:
+    """Serve an app until the block ends; yields its base URL (port 0 = a free port).
+
+    ``reuse_port`` lets several worker processes listen on one port (SO_REUSEPORT; the kernel
+    spreads connections over them)."""
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port, reuse_address=True)
+        site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse_port or None)
         await site.start()
         bound_host, bound_port = runner.addresses[0][:2]
         yield f"http://{bound_host}:{bound_port}"
