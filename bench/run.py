@@ -69,6 +69,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from proxy.app import compile_mappings
 from proxy.auth.demo import make_token as demo_token
 from proxy.fhir.ids import PatientIds
+from proxy.mapping.compiler import RequestSpec
 from proxy.pipeline import context, plan_requests
 from proxy.pnr import system_of
 from proxy.settings import DEFAULT_CONFIG, PATIENT_ID_KEY_ENV, ConfigError, Settings, load_settings
@@ -266,48 +267,46 @@ def baseline_target(base: str, pnrs: list[str], calls: int) -> Target:
     return Target("baseline", "(b) pass-through baseline", send, note=f"{calls} backend calls per request")
 
 
-def direct_target(settings: Settings, backend: str, spec: Any, refs: list[PatientRef]) -> Target:
+def render(settings: Settings, backend: str, spec: RequestSpec, patient: PatientRef) -> tuple[Any, ...]:
+    """(method, url, query, headers, body) of one backend request, exactly as the facade renders it."""
+    ctx = context(SimpleNamespace(settings=settings), backend, patient)  # type: ignore[arg-type]
+    path, query, headers, body = spec.render(ctx)  # (context() reads only .settings of the facade)
+    return spec.method, settings.backend(backend).base_url + path, query, headers, body
+
+
+def direct_target(settings: Settings, backend: str, spec: RequestSpec, refs: list[PatientRef]) -> Target:
     """Request ``i``: the one backend call ``spec`` for patient ``i`` (round-robin), sent directly."""
-    b = settings.backend(backend)
-    ctx_source = SimpleNamespace(settings=settings)  # proxy.pipeline.context reads .settings only
-    rendered = [spec.render(context(ctx_source, backend, p)) for p in refs]  # type: ignore[arg-type]
+    empty = settings.backend(backend).empty_statuses
+    rendered = [render(settings, backend, spec, p) for p in refs]
 
     async def send(http: aiohttp.ClientSession, i: int) -> str:
-        path, query, headers, body = rendered[i % len(rendered)]
-        async with http.request(
-            spec.method, b.base_url + path, params=query, headers=headers, data=body
-        ) as r:
+        method, url, query, headers, body = rendered[i % len(rendered)]
+        async with http.request(method, url, params=query, headers=headers, data=body) as r:
             await r.read()
-            return "ok" if 200 <= r.status < 300 or r.status in b.empty_statuses else "error"
+            return "ok" if 200 <= r.status < 300 or r.status in empty else "error"
 
     words = [w for w in spec.path.split("/") if w and "{" not in w and not w.isdigit() and w != "rivtabp21"]
     return Target("direct", f"(a) slowest backend call, direct ({backend} {words[-1]})", send)
 
 
-async def slowest_call(settings: Settings, refs: list[PatientRef], rounds: int = 3) -> tuple[str, Any, float]:
-    """The backend request of the ``$everything`` plan with the highest median latency (sequential probe)."""
-    mappings = compile_mappings(settings)
-    plan = plan_requests(mappings, settings.source_priority, mappings.resource_types)
-    ctx_source = SimpleNamespace(settings=settings)
-    best: tuple[str, Any, float] = ("", None, -1.0)
+async def slowest_call(
+    settings: Settings, plan: dict[str, list[RequestSpec]], refs: list[PatientRef], rounds: int = 3
+) -> tuple[str, RequestSpec, float]:
+    """The request of the ``$everything`` plan with the highest median latency (a sequential probe)."""
+    medians = []
     async with aiohttp.ClientSession() as http:
         for backend, specs in plan.items():
-            base = settings.backend(backend).base_url
             for spec in specs:
                 samples = []
-                for _ in range(rounds):
-                    for p in refs:
-                        path, query, headers, body = spec.render(context(ctx_source, backend, p))  # type: ignore[arg-type]
-                        t0 = time.perf_counter()
-                        async with http.request(
-                            spec.method, base + path, params=query, headers=headers, data=body
-                        ) as r:
-                            await r.read()
-                        samples.append(time.perf_counter() - t0)
-                median = sorted(samples)[len(samples) // 2] * 1000
-                if median > best[2]:
-                    best = (backend, spec, median)
-    return best
+                for p in refs * rounds:
+                    method, url, query, headers, body = render(settings, backend, spec, p)
+                    t0 = time.perf_counter()
+                    async with http.request(method, url, params=query, headers=headers, data=body) as r:
+                        await r.read()
+                    samples.append((time.perf_counter() - t0) * 1000)
+                medians.append((sorted(samples)[len(samples) // 2], backend, spec))
+    median, backend, spec = max(medians, key=lambda m: m[0])
+    return backend, spec, median
 
 
 # ---------------------------------------------------------------- load models
@@ -556,6 +555,33 @@ async def start_facade(
     return base, proc.pid
 
 
+async def start_simulators(procs: Processes, args: argparse.Namespace) -> dict[str, str]:
+    """One ``fhir-facade simulate`` process per simulated backend, ``latency_ms`` set on each."""
+    urls = {}
+    for b in load_settings().backends:
+        if b.simulator:
+            port = free_port()
+            argv = [*fhir_facade(), "simulate", b.simulator, "--host", HOST, "--port", str(port)]
+            procs.start(f"sim-{b.name}", [*argv, "--patients", str(args.patients)])
+            urls[b.name] = f"http://{HOST}:{port}"
+    async with aiohttp.ClientSession() as http:
+        for name, url in urls.items():
+            await wait_up(procs, f"sim-{name}", f"{url}/_sim/health", args.start_timeout)
+            async with http.put(f"{url}/_sim/faults", json={"latency_ms": args.latency_ms}) as r:
+                if r.status != 200 or (await r.json())["latency_ms"] != args.latency_ms:
+                    raise RuntimeError(f"could not set the latency of {name}: {await r.text()}")
+    return urls
+
+
+async def start_baseline(procs: Processes, config: Path, key_b64: str, timeout_s: float) -> str:
+    port = free_port()
+    argv = [sys.executable, str(REPO / "bench" / "baseline.py"), "--config", str(config), "--port", str(port)]
+    procs.start("baseline", argv, {PATIENT_ID_KEY_ENV: key_b64})
+    url = f"http://{HOST}:{port}"
+    await wait_up(procs, "baseline", f"{url}/health", timeout_s)
+    return url
+
+
 async def measure(target: Target, args: argparse.Namespace, rate: float | None) -> float:
     """Closed model (max throughput), then the open model at ``rate`` (default: half that maximum)."""
     print(f"  {target.label}: closed model, {args.concurrency} workers, {args.duration:g} s", flush=True)
@@ -578,19 +604,7 @@ async def bench(args: argparse.Namespace, procs: Processes, tmp: Path) -> dict[s
     no_cache = cache_support(tmp, pem)
 
     print(f"starting simulators (+{args.latency_ms:g} ms each, {len(pnrs)} patients) …", flush=True)
-    sim_urls = {}
-    for b in load_settings().backends:
-        if b.simulator:
-            port = free_port()
-            argv = [*fhir_facade(), "simulate", b.simulator, "--host", HOST, "--port", str(port)]
-            procs.start(f"sim-{b.name}", [*argv, "--patients", str(args.patients)])
-            sim_urls[b.name] = f"http://{HOST}:{port}"
-    async with aiohttp.ClientSession() as http:
-        for b, url in sim_urls.items():
-            await wait_up(procs, f"sim-{b}", f"{url}/_sim/health", args.start_timeout)
-            async with http.put(f"{url}/_sim/faults", json={"latency_ms": args.latency_ms}) as r:
-                assert r.status == 200 and (await r.json())["latency_ms"] == args.latency_ms, await r.text()
-
+    sim_urls = await start_simulators(procs, args)
     uncached_cfg = write_config(tmp, "facade", sim_urls, pem, None if no_cache else {"enabled": False})
     settings = load_settings(uncached_cfg)
     mappings = compile_mappings(settings)
@@ -598,24 +612,10 @@ async def bench(args: argparse.Namespace, procs: Processes, tmp: Path) -> dict[s
     calls = sum(len(s) for s in plan.values())
 
     print("starting the baseline aggregator and the facade …", flush=True)
-    base_port = free_port()
-    procs.start(
-        "baseline",
-        [
-            sys.executable,
-            str(REPO / "bench" / "baseline.py"),
-            "--config",
-            str(uncached_cfg),
-            "--port",
-            str(base_port),
-        ],
-        {PATIENT_ID_KEY_ENV: key_b64},
-    )
-    baseline_url = f"http://{HOST}:{base_port}"
-    await wait_up(procs, "baseline", f"{baseline_url}/health", args.start_timeout)
+    baseline_url = await start_baseline(procs, uncached_cfg, key_b64, args.start_timeout)
     facade_url, facade_pid = await start_facade(procs, "facade", uncached_cfg, key_b64, args.start_timeout)
 
-    backend, spec, probe_ms = await slowest_call(settings, refs[:4])
+    backend, spec, probe_ms = await slowest_call(settings, plan, refs[:4])
     print(f"slowest backend call (sequential probe, median): {backend} {spec.path} {probe_ms:.1f} ms")
     patient_ids = [r.fhir_id for r in refs]
     direct = direct_target(settings, backend, spec, refs)
@@ -688,12 +688,16 @@ def main() -> None:
     ap.add_argument("--start-timeout", type=float, default=60.0, help="seconds a process may take to start")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = ap.parse_args()
+    if not 0 <= args.patients <= 100_000:
+        ap.error("--patients must be between 0 and 100000")
     if not (0 < args.duration <= 600 and 1 <= args.concurrency <= 1024 and 1 <= args.max_inflight <= 4096):
         ap.error("--duration 0-600 s, --concurrency 1-1024, --max-inflight 1-4096")
     if args.rate is not None and not 0 < args.rate <= 10_000:
         ap.error("--rate must be between 0 and 10000 req/s")
 
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally below on kill, too
+    # Run the finally below on Ctrl-C and on kill, also when started with SIGINT ignored (`cmd &`).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with tempfile.TemporaryDirectory(prefix="fhir-bench-") as tmp:
         procs = Processes(Path(tmp))
         try:

@@ -64,7 +64,7 @@ class CacheSettings:
     enabled: bool = True
     ttl_s: float = 30.0  # an answer is reused this long
     max_stale_s: float = 300.0  # and may stand in for a failing backend this much longer
-    max_entries: int = 50_000  # per worker (backend × contract × patient)
+    max_entries: int = 10_000  # per worker (backend × contract × patient), ~7 KB each
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,7 +278,7 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
         enabled=enabled,
         ttl_s=r.number(c, "ttl_s", "cache", 30.0, 0, 86_400),
         max_stale_s=r.number(c, "max_stale_s", "cache", 300.0, 0, 7 * 86_400),
-        max_entries=r.integer(c, "max_entries", "cache", 50_000, 1, 10_000_000),
+        max_entries=r.integer(c, "max_entries", "cache", 10_000, 1, 10_000_000),
     )
 
     mappings_dir = (path.parent / str(top.get("mappings_dir", "../mappings"))).resolve()
