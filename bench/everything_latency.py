@@ -1,6 +1,6 @@
 """Latency of ``$everything`` against simulators with an added latency each (default 20 ms).
 
-    python bench/everything_latency.py [--latency-ms 20] [--requests 200] [--patient 191212121212]
+    python bench/everything_latency.py [--latency-ms 20] [--requests 200] [--patient 191212121212] [--cache]
 
 Sequential requests over loopback, one facade worker, simulators in the same process (so the
 figures include the simulators' own CPU). If fan-out is concurrent the median sits near one
@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import statistics
 import time
+from dataclasses import replace
 
 import aiohttp
 
@@ -28,8 +29,9 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
-async def run(latency_ms: float, requests: int, pnr: str) -> None:
+async def run(latency_ms: float, requests: int, pnr: str, cache: bool) -> None:
     settings = load_settings()
+    settings = replace(settings, cache=replace(settings.cache, enabled=cache))
     faults = {b.simulator: {"latency_ms": latency_ms} for b in settings.backends if b.simulator}
     async with running_simulators(settings, people_for(settings), faults=faults) as urls:
         app = create_app(
@@ -64,8 +66,11 @@ def main() -> None:
     ap.add_argument("--latency-ms", type=float, default=20.0)
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--patient", default="191212121212")
+    ap.add_argument(
+        "--cache", action="store_true", help="leave the cache on (default: every request uncached)"
+    )
     args = ap.parse_args()
-    asyncio.run(run(args.latency_ms, args.requests, args.patient))
+    asyncio.run(run(args.latency_ms, args.requests, args.patient, args.cache))
 
 
 if __name__ == "__main__":

@@ -111,6 +111,7 @@ class MappedResource:
     mapping: str  # the mapping that built it, "<backend>/<file stem>"
     origin_key: str  # "<producing system>|<record id>": the same fact in several sources shares it
     priority: int  # the source's rank in merge.source_priority, lower wins
+    references: bool = False  # whether its mapping makes references to other mapped resources ($ref)
     care_provider: str | None = None  # HSA-id of the care provider that owns the record (for PDL)
     care_unit: str | None = None  # HSA-id of the care unit
 

@@ -49,12 +49,14 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import jwt
+from cachetools import LRUCache
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
@@ -363,6 +365,7 @@ class Authenticator:
         self.audience: str = audience
         self.leeway_s = float(leeway)
         self._issuers = issuers
+        self._verified: LRUCache[str, tuple[Principal, float]] = LRUCache(maxsize=10_000)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, extra_issuer: TrustedIssuer | None = None) -> Authenticator:
@@ -375,8 +378,16 @@ class Authenticator:
     # -- the request path ------------------------------------------------------------------
 
     def authenticate(self, authorization: str | None) -> Principal:
-        """The Principal for an ``Authorization`` header value; ``AuthError`` when there is none."""
+        """The Principal for an ``Authorization`` header value; ``AuthError`` when there is none.
+
+        A token that verified once is remembered until its ``exp`` (keyed by the exact token text,
+        so any change to it is a new token): clients send the same token for many requests, and
+        the signature check is the costliest part of a cached answer.
+        """
         token = _bearer_token(authorization)
+        known = self._verified.get(token)
+        if known is not None and time.time() < known[1]:
+            return known[0]
         try:
             header = jwt.get_unverified_header(token)
             unverified = jwt.decode(token, options={"verify_signature": False})
@@ -403,7 +414,9 @@ class Authenticator:
             raise AuthError("no key of the token's issuer matches the token's key id")
 
         claims = self._verify(token, issuer, alg, candidates)
-        return self._principal(claims, issuer)
+        principal = self._principal(claims, issuer)
+        self._verified[token] = (principal, float(claims["exp"]))
+        return principal
 
     def _verify(
         self, token: str, issuer: TrustedIssuer, alg: str, keys: Sequence[VerificationKey]

@@ -70,6 +70,7 @@ def _map_one(
         resource=resource,
         source=mapping.backend,
         mapping=mapping.name,
+        references=bool(mapping.references),
         origin_key=origin,
         priority=priority,
         care_provider=_optional(mapping.care_provider, record, ctx),

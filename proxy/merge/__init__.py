@@ -35,8 +35,11 @@ def merge(resources: Iterable[MappedResource], sort_time: SortTime) -> list[Fhir
         groups.setdefault(r.origin_key, []).append(r)
 
     kept: list[FhirDict] = []
+    referring: list[int] = []  # positions in kept of resources whose mapping makes references
     aliases: dict[str, str] = {}
     for group in groups.values():
+        if any(r.references for r in group):
+            referring.append(len(kept))
         if len(group) == 1:
             kept.append(group[0].resource)
             continue
@@ -62,8 +65,9 @@ def merge(resources: Iterable[MappedResource], sort_time: SortTime) -> list[Fhir
         resource["meta"] = meta
         kept.append(resource)
 
-    if aliases:
-        kept = [_rewrite_references(r, aliases) for r in kept]
+    if aliases:  # only resources built with $ref can point at another mapped resource
+        for i in referring:
+            kept[i] = _rewrite_references(kept[i], aliases)
     kept.sort(key=lambda r: _order(r, sort_time))
     return kept
 

@@ -684,3 +684,18 @@ def test_cli_token_unknown_audience_is_a_usage_error(capsys: pytest.CaptureFixtu
         main(["token", "--audience", "admin"])
     assert info.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_a_verified_token_is_remembered_only_until_it_expires(auth: Authenticator) -> None:
+    import time as time_mod
+
+    token = make_token("clinician", lifetime_s=2)
+    first = auth.authenticate(f"Bearer {token}")
+    assert auth.authenticate(f"Bearer {token}") is first  # remembered: no second verification
+    flipped = token[:-2] + ("A" if token[-2] != "A" else "B") + token[-1]
+    with pytest.raises(AuthError):
+        auth.authenticate(f"Bearer {flipped}")  # any change is a different, unverified token
+    time_mod.sleep(2.1)
+    auth.leeway_s = 0.0
+    with pytest.raises(AuthError):
+        auth.authenticate(f"Bearer {token}")  # past exp the cache does not answer

@@ -11,10 +11,12 @@ NOPAT = {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "
 
 def mr(rtype: str, rid: str, source: str, origin: str, priority: int, **fields: object) -> MappedResource:
     meta = {"source": f"urn:fhir-facade:source:{source}", **fields.pop("meta", {})}  # type: ignore[dict-item]
+    references = bool(fields.pop("references", False))
     return MappedResource(
         resource={"resourceType": rtype, "id": rid, "meta": meta, **fields},
         source=source,
         mapping=f"{source}/x",
+        references=references,
         origin_key=f"{rtype}|{origin}",
         priority=priority,
     )
@@ -62,7 +64,13 @@ def test_references_to_a_dropped_copy_point_to_the_kept_one() -> None:
             mr("Condition", "npo-c", "npo", "COSM|D1", 2),
             mr("Condition", "cos-c", "cosmic", "COSM|D1", 0),
             mr(
-                "Encounter", "npo-e", "npo", "OTHER|E1", 2, reasonReference=[{"reference": "Condition/npo-c"}]
+                "Encounter",
+                "npo-e",
+                "npo",
+                "OTHER|E1",
+                2,
+                references=True,
+                reasonReference=[{"reference": "Condition/npo-c"}],
             ),
         ],
         sort_time,
