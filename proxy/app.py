@@ -11,14 +11,14 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from proxy.auth import Authenticator, TrustedIssuer
-from proxy.cache import SourceCache
+from proxy.cache import MemoryCache, RedisCache, SourceCache
 from proxy.fanout import BackendClient
 from proxy.fhir.ids import PatientIds
 from proxy.fhir.routes import AUTH_KEY, FACADE_KEY, FhirRoutes, fhir_errors
 from proxy.mapping.registry import MappingSet, load_mappings
 from proxy.pipeline import Facade
 from proxy.redact import compile_policy
-from proxy.settings import Settings
+from proxy.settings import CacheSettings, Settings
 
 
 def compile_mappings(settings: Settings) -> MappingSet:
@@ -26,6 +26,16 @@ def compile_mappings(settings: Settings) -> MappingSet:
         settings.mappings_dir,
         {b.name: (b.mappings, frozenset(k for k, _ in b.vars)) for b in settings.backends},
     )
+
+
+def open_cache(c: CacheSettings) -> SourceCache | None:
+    if not c.enabled:
+        return None
+    if c.store == "redis":
+        import redis.asyncio as aioredis
+
+        return RedisCache(aioredis.from_url(c.redis_url), ttl_s=c.ttl_s, max_stale_s=c.max_stale_s)
+    return MemoryCache(ttl_s=c.ttl_s, max_stale_s=c.max_stale_s, max_entries=c.max_entries)
 
 
 def create_app(
@@ -41,12 +51,7 @@ def create_app(
 
     async def backends(app: web.Application) -> AsyncIterator[None]:
         clients = {b.name: BackendClient.open(b, settings.facade.max_body_bytes) for b in settings.backends}
-        c = settings.cache
-        cache = (
-            SourceCache(ttl_s=c.ttl_s, max_stale_s=c.max_stale_s, max_entries=c.max_entries)
-            if c.enabled
-            else None
-        )
+        cache = open_cache(settings.cache)
         app[FACADE_KEY] = Facade(
             settings=settings, mappings=mappings, clients=clients, ids=ids, policy=policy, cache=cache
         )
@@ -55,6 +60,8 @@ def create_app(
         finally:
             for client in clients.values():
                 await client.close()
+            if cache is not None:
+                await cache.close()
 
     app[AUTH_KEY] = authenticator
     app.cleanup_ctx.append(backends)

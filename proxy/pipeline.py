@@ -96,7 +96,7 @@ async def fetch_and_map(
     to_fetch: dict[str, list[RequestSpec]] = {}
     for name, specs in plan.items():
         for spec in specs:
-            hit = cache.get(name, spec.key, patient.pnr) if cache else None
+            hit = await cache.get(name, spec.key, patient.fhir_id) if cache else None
             if hit is not None and hit[1]:
                 found.extend(hit[0].resources)
                 from_cache[name] = max(from_cache.get(name, 0.0), cache.age_s(hit[0]))  # type: ignore[union-attr]
@@ -128,7 +128,7 @@ async def fetch_and_map(
             by_key.setdefault(key_of[r.mapping], []).append(r)
         for key in mapped.readable:
             if cache is not None:
-                cache.put(result.source, key, patient.pnr, tuple(by_key[key]))
+                await cache.put(result.source, key, patient.fhir_id, tuple(by_key[key]))
         found.extend(mapped.resources)
         missing = asked - mapped.readable
         standing_in = [stale[(result.source, k)] for k in missing if (result.source, k) in stale]

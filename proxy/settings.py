@@ -64,7 +64,9 @@ class CacheSettings:
     enabled: bool = True
     ttl_s: float = 30.0  # an answer is reused this long
     max_stale_s: float = 300.0  # and may stand in for a failing backend this much longer
-    max_entries: int = 10_000  # per worker (backend × contract × patient), ~7 KB each
+    max_entries: int = 10_000  # per worker (backend × contract × patient), ~7 KB each; memory store
+    store: str = "memory"  # "memory" (per worker) or "redis" (shared by workers and hosts)
+    redis_url: str = "redis://127.0.0.1:6379/0"
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,15 +272,25 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
         if len(key) not in (16, 24, 32):
             raise ConfigError(f"{PATIENT_ID_KEY_ENV}: expects 16, 24 or 32 bytes (base64)")
 
-    c = r.section(top.get("cache"), "cache", {"enabled", "ttl_s", "max_stale_s", "max_entries"})
+    c = r.section(
+        top.get("cache"), "cache", {"enabled", "ttl_s", "max_stale_s", "max_entries", "store", "redis_url"}
+    )
     enabled = c.get("enabled", True)
     if not isinstance(enabled, bool):
         raise r.fail("cache.enabled", "expects true or false")
+    store = c.get("store", "memory")
+    if store not in ("memory", "redis"):
+        raise r.fail("cache.store", "expects memory or redis")
+    redis_url = os.environ.get("FHIR_FACADE_REDIS_URL") or c.get("redis_url", "redis://127.0.0.1:6379/0")
+    if not isinstance(redis_url, str) or not re.match(r"^(redis|rediss|unix)://", redis_url):
+        raise r.fail("cache.redis_url", "expects a redis://, rediss:// or unix:// URL")
     cache = CacheSettings(
         enabled=enabled,
         ttl_s=r.number(c, "ttl_s", "cache", 30.0, 0, 86_400),
         max_stale_s=r.number(c, "max_stale_s", "cache", 300.0, 0, 7 * 86_400),
         max_entries=r.integer(c, "max_entries", "cache", 10_000, 1, 10_000_000),
+        store=store,
+        redis_url=redis_url,
     )
 
     mappings_dir = (path.parent / str(top.get("mappings_dir", "../mappings"))).resolve()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from proxy.cache import SourceCache
+from proxy.cache import MemoryCache
 from proxy.simulators.population import TOLVAN
 from tests.conftest import BASE, auth, pid
 
@@ -91,16 +91,18 @@ async def test_the_cache_holds_no_audience_view(facade: Any) -> None:
     assert "Hotfullt" not in str(clin) and "Hotfullt" in str(amb2)
 
 
-def test_entries_expire_into_staleness_and_then_away() -> None:
+async def test_entries_expire_into_staleness_and_then_away() -> None:
     now = [0.0]
-    cache = SourceCache(ttl_s=10, max_stale_s=5, max_entries=2, clock=lambda: now[0])
-    cache.put("cosmic", "k", "p", ())
-    assert cache.get("cosmic", "k", "p") == (cache.get("cosmic", "k", "p")[0], True)  # type: ignore[index]
+    cache = MemoryCache(ttl_s=10, max_stale_s=5, max_entries=2, clock=lambda: now[0])
+    await cache.put("cosmic", "k", "p", ())
+    fresh = await cache.get("cosmic", "k", "p")
+    assert fresh is not None and fresh[1] is True
     now[0] = 12
-    entry = cache.get("cosmic", "k", "p")
-    assert entry is not None and entry[1] is False
+    stale = await cache.get("cosmic", "k", "p")
+    assert stale is not None and stale[1] is False
     now[0] = 16
-    assert cache.get("cosmic", "k", "p") is None
+    assert await cache.get("cosmic", "k", "p") is None
     for i in range(3):  # bounded: least recently used entries go first
-        cache.put("cosmic", f"k{i}", "p", ())
-    assert cache.get("cosmic", "k0", "p") is None and cache.get("cosmic", "k2", "p") is not None
+        await cache.put("cosmic", f"k{i}", "p", ())
+    assert await cache.get("cosmic", "k0", "p") is None
+    assert await cache.get("cosmic", "k2", "p") is not None

@@ -1,0 +1,82 @@
+"""The shared cache in a real Redis (``.ci/run`` installs and starts redis-server).
+
+Set FHIR_FACADE_TEST_REDIS_URL to use another server; the tests use database 15 and flush it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from proxy.cache import RedisCache
+from proxy.simulators.population import TOLVAN
+from proxy.types import MappedResource
+from tests.conftest import BASE, pid
+
+REDIS_URL = os.environ.get("FHIR_FACADE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+EVERYTHING = f"{BASE}/Patient/{pid(TOLVAN.pnr)}/$everything"
+
+
+@pytest.fixture
+async def redis_db() -> AsyncIterator[Any]:
+    client = aioredis.from_url(REDIS_URL)
+    await client.ping()  # no Redis is a failure here, not a skip: CI provides one
+    await client.flushdb()
+    yield client
+    await client.flushdb()
+    await client.aclose()
+
+
+def outcomes(bundle: dict[str, Any]) -> dict[str, str]:
+    return {
+        e["resource"]["issue"][0]["details"]["coding"][0]["code"]: e["resource"]["issue"][0]["severity"]
+        for e in bundle["entry"]
+        if e["search"]["mode"] == "outcome"
+    }
+
+
+async def test_round_trip_keeps_every_field(redis_db: Any) -> None:
+    cache = RedisCache(aioredis.from_url(REDIS_URL), ttl_s=30, max_stale_s=30)
+    resource = MappedResource(
+        resource={"resourceType": "Condition", "id": "x", "meta": {"security": [{"code": "NOPAT"}]}},
+        source="npo",
+        mapping="npo/diagnoses",
+        origin_key="Condition|A|1",
+        priority=2,
+        references=True,
+        care_provider="SE1",
+        care_unit="SE2",
+    )
+    await cache.put("npo", "POST /x", "pid", (resource,))
+    got = await cache.get("npo", "POST /x", "pid")
+    await cache.close()
+    assert got is not None and got[1] is True
+    assert got[0].resources == (resource,)
+    assert 0 < await redis_db.pttl(next(iter(await redis_db.keys("*")))) <= 60_000  # Redis expires it
+
+
+async def test_one_worker_fills_what_another_reuses(facade: Any, redis_db: Any) -> None:
+    shared = {"store": "redis", "redis_url": REDIS_URL}
+    async with facade(cache=shared) as first:
+        _, cold = await first.get(EVERYTHING, params={"_count": "500"})
+    async with facade(cache=shared) as second:  # another process or host, same Redis
+        for name in ("cosmic", "viva", "npo"):
+            await second.faults(name, error_status=503)
+        _, warm = await second.get(EVERYTHING, params={"_count": "500"})
+    assert outcomes(cold) == {}
+    assert outcomes(warm) == {"cosmic": "information", "viva": "information", "npo": "information"}
+    ids = [e["resource"]["id"] for e in cold["entry"]]
+    assert [e["resource"]["id"] for e in warm["entry"] if e["search"]["mode"] == "match"] == ids
+    keys = [k.decode() for k in await redis_db.keys("*")]
+    assert keys and all(TOLVAN.pnr not in k and "19121212" not in k for k in keys)  # no identity numbers
+
+
+async def test_an_unreachable_redis_is_only_a_miss(facade: Any) -> None:
+    async with facade(cache={"store": "redis", "redis_url": "redis://127.0.0.1:9/0"}) as f:
+        status, bundle = await f.get(EVERYTHING, params={"_count": "500"})
+    assert status == 200 and outcomes(bundle) == {}
+    assert bundle["total"] > 30
