@@ -13,6 +13,7 @@ from aiohttp import web
 from proxy.auth import Authenticator, TrustedIssuer
 from proxy.cache import MemoryCache, RedisCache, SourceCache
 from proxy.fanout import BackendClient
+from proxy.fanout.engagement import EngagementIndex
 from proxy.fhir.ids import PatientIds
 from proxy.fhir.routes import AUTH_KEY, FACADE_KEY, FhirRoutes, fhir_errors
 from proxy.mapping.registry import MappingSet, load_mappings
@@ -52,8 +53,15 @@ def create_app(
     async def backends(app: web.Application) -> AsyncIterator[None]:
         clients = {b.name: BackendClient.open(b, settings.facade.max_body_bytes) for b in settings.backends}
         cache = open_cache(settings.cache)
+        e = settings.engagement
         app[FACADE_KEY] = Facade(
-            settings=settings, mappings=mappings, clients=clients, ids=ids, policy=policy, cache=cache
+            settings=settings,
+            mappings=mappings,
+            clients=clients,
+            ids=ids,
+            policy=policy,
+            cache=cache,
+            engagement=EngagementIndex(ttl_s=e.ttl_s) if e.enabled else None,
         )
         try:
             yield

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from proxy.access import decide
 from proxy.cache import CacheEntry, SourceCache
 from proxy.fanout import BackendClient, fan_out
+from proxy.fanout.engagement import EngagementIndex
 from proxy.fhir.ids import PatientIds
 from proxy.fhir.searchparams import matches, sort_time
 from proxy.mapping.compiler import RequestSpec
@@ -44,6 +45,7 @@ class Facade:
     ids: PatientIds
     policy: Policy
     cache: SourceCache | None = None
+    engagement: EngagementIndex | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +96,13 @@ async def fetch_and_map(
     from_cache: dict[str, float] = {}  # backend → age of the oldest entry used
     stale: dict[tuple[str, str], CacheEntry] = {}
     to_fetch: dict[str, list[RequestSpec]] = {}
+    outcomes: list[SourceOutcome] = []
+    index = facade.engagement
     for name, specs in plan.items():
+        if index is not None and index.holds_nothing(name, patient.fhir_id):
+            detail = "was not asked: it recently answered that it holds nothing for this patient"
+            outcomes.append(SourceOutcome(name, SourceStatus.SKIPPED, detail))
+            continue
         for spec in specs:
             hit = await cache.get(name, spec.key, patient.fhir_id) if cache else None
             if hit is not None and hit[1]:
@@ -107,7 +115,6 @@ async def fetch_and_map(
 
     contexts = {name: context(facade, name, patient) for name in to_fetch}
     results = await fan_out(facade.clients, to_fetch, contexts, deadline_s=facade.settings.facade.deadline_s)
-    outcomes: list[SourceOutcome] = []
     priority = {name: i for i, name in enumerate(facade.settings.source_priority)}
     for result in results:
         backend = facade.settings.backend(result.source)
@@ -130,6 +137,12 @@ async def fetch_and_map(
             if cache is not None:
                 await cache.put(result.source, key, patient.fhir_id, tuple(by_key[key]))
         found.extend(mapped.resources)
+        if index is not None:
+            every_contract = {m.request.key for m in facade.mappings.by_backend[result.source]}
+            if mapped.resources:
+                index.learn(result.source, patient.fhir_id, holds_data=True)
+            elif mapped.outcome is None and mapped.readable == every_contract:
+                index.learn(result.source, patient.fhir_id, holds_data=False)
         missing = asked - mapped.readable
         standing_in = [stale[(result.source, k)] for k in missing if (result.source, k) in stale]
         for entry in standing_in:

@@ -70,6 +70,12 @@ class CacheSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class EngagementSettings:
+    enabled: bool = True
+    ttl_s: float = 600.0  # how long "holds nothing for this patient" is believed
+
+
+@dataclass(frozen=True, slots=True)
 class SimulatorSettings:
     seed: int = 1177
     patients: int = 0
@@ -84,6 +90,7 @@ class Settings:
     source_priority: tuple[str, ...]
     simulators: SimulatorSettings = field(default_factory=SimulatorSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
+    engagement: EngagementSettings = field(default_factory=EngagementSettings)
     patient_id_key: bytes | None = None
     # The raw ``auth`` and ``policy`` sections; proxy.auth and proxy.redact compile them at start-up.
     auth: dict[str, Any] = field(default_factory=dict)
@@ -146,7 +153,19 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path.name}: not valid YAML: {exc}") from None
     top = r.section(
-        doc, "(top)", {"facade", "mappings_dir", "merge", "backends", "simulators", "cache", "auth", "policy"}
+        doc,
+        "(top)",
+        {
+            "facade",
+            "mappings_dir",
+            "merge",
+            "backends",
+            "simulators",
+            "cache",
+            "engagement",
+            "auth",
+            "policy",
+        },
     )
 
     f = r.section(
@@ -293,6 +312,13 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
         redis_url=redis_url,
     )
 
+    e = r.section(top.get("engagement"), "engagement", {"enabled", "ttl_s"})
+    if not isinstance(e.get("enabled", True), bool):
+        raise r.fail("engagement.enabled", "expects true or false")
+    engagement = EngagementSettings(
+        enabled=e.get("enabled", True), ttl_s=r.number(e, "ttl_s", "engagement", 600.0, 0.001, 7 * 86_400)
+    )
+
     mappings_dir = (path.parent / str(top.get("mappings_dir", "../mappings"))).resolve()
     return Settings(
         facade=facade,
@@ -301,6 +327,7 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
         source_priority=tuple(priority),
         simulators=sims,
         cache=cache,
+        engagement=engagement,
         patient_id_key=key,
         auth=r.section(top.get("auth"), "auth", {"issuers", "leeway_s", "audience"}),
         policy=r.section(top.get("policy"), "policy", {"labels", "audiences", "protected_identity"}),

@@ -26,10 +26,11 @@ class SourceStatus(enum.Enum):
     UNAVAILABLE = "unavailable"  # not asked: its circuit breaker is open after repeated failures
     CACHED = "cached"  # answered from the cache, fresh (NTjP: DataFromCache)
     STALE = "stale"  # the backend failed; an older cached answer stands in (DataFromCacheSynchFailed)
+    SKIPPED = "skipped"  # not asked: the engagement index knows it holds nothing for this patient
 
     @property
     def degraded(self) -> bool:
-        return self not in (SourceStatus.OK, SourceStatus.CACHED)
+        return self not in (SourceStatus.OK, SourceStatus.CACHED, SourceStatus.SKIPPED)
 
 
 @dataclass(frozen=True, slots=True)

@@ -66,6 +66,7 @@ def facade(settings: Settings) -> Callable[..., contextlib.AbstractAsyncContextM
         faults: dict[str, dict[str, Any]] | None = None,
         facade_overrides: dict[str, Any] | None = None,
         cache: bool | dict[str, Any] = False,
+        engagement: bool = False,
         **backend_overrides: Any,
     ) -> AsyncIterator[Running]:
         """Tests see fresh answers unless they ask for the cache (True, or CacheSettings overrides)."""
@@ -74,6 +75,7 @@ def facade(settings: Settings) -> Callable[..., contextlib.AbstractAsyncContextM
             live = settings.with_backend_urls(urls)
             tuning = cache if isinstance(cache, dict) else {}
             live = replace(live, cache=replace(live.cache, enabled=bool(cache), **tuning))
+            live = replace(live, engagement=replace(live.engagement, enabled=engagement))
             if facade_overrides:
                 live = replace(live, facade=replace(live.facade, **facade_overrides))
             if backend_overrides:

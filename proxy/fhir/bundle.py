@@ -15,6 +15,7 @@ _ISSUE_CODE = {
     SourceStatus.UNAVAILABLE: "transient",
     SourceStatus.STALE: "transient",
     SourceStatus.CACHED: "informational",
+    SourceStatus.SKIPPED: "informational",
 }
 
 
@@ -25,13 +26,14 @@ def source_outcome(outcome: SourceOutcome, description: str) -> FhirDict:
     label = f"'{outcome.source}' ({description})" if description else f"'{outcome.source}'"
     consequence = {
         SourceStatus.CACHED: "",
+        SourceStatus.SKIPPED: "",
         SourceStatus.STALE: "; its data may be out of date",
     }.get(outcome.status, "; its data is missing from this answer")
     return {
         "resourceType": "OperationOutcome",
         "issue": [
             {
-                "severity": "information" if outcome.status is SourceStatus.CACHED else "warning",
+                "severity": "warning" if outcome.status.degraded else "information",
                 "code": _ISSUE_CODE.get(outcome.status, "exception"),
                 "details": {
                     "coding": [{"system": SOURCE_SYSTEM, "code": outcome.source}],
