@@ -103,6 +103,8 @@ def install(app: web.Application, initial: Faults, error_body: Callable[[int], w
         f: Faults = state["current"]
         if f.path_contains and f.path_contains not in request.path:
             return await handler(request)
+        if request.can_read_body:
+            await request.read()  # before any delay: a client that gives up must not break the read
         if f.latency_ms:
             await asyncio.sleep(f.latency_ms / 1000)
         hit = f.rate >= 1.0 or state["rng"].random() < f.rate
