@@ -25,10 +25,9 @@ from proxy.fanout.engagement import EngagementIndex
 from proxy.fhir.ids import PatientIds
 from proxy.fhir.searchparams import matches, sort_time
 from proxy.mapping.compiler import RequestSpec
-from proxy.mapping.registry import MappingSet
+from proxy.mapping.registry import MappingSet, request_context
 from proxy.mapping.run import map_source
 from proxy.merge import merge
-from proxy.pnr import oid_of as pnr_oid
 from proxy.redact import Policy, redact
 from proxy.settings import Settings
 from proxy.timeutil import fhir_range
@@ -59,16 +58,7 @@ class Answer:
 
 def context(facade: Facade, backend: str, patient: PatientRef) -> dict[str, str]:
     """The ``{@name}`` values a backend's request and field templates see."""
-    b = facade.settings.backend(backend)
-    return {
-        **dict(b.vars),
-        "pnr": patient.pnr,
-        "pnr_dash": f"{patient.pnr[:8]}-{patient.pnr[8:]}",
-        "pnr_system": patient.system,
-        "pnr_oid": pnr_oid(patient.pnr),
-        "patient_id": patient.fhir_id,
-        "source": backend,
-    }
+    return request_context(patient, backend, dict(facade.settings.backend(backend).vars))
 
 
 def plan_requests(

@@ -15,9 +15,24 @@ from typing import Any
 import yaml
 
 from proxy.mapping.compiler import CompiledMapping, MappingError, compile_mapping
+from proxy.pnr import dashed, oid_of
+from proxy.types import PatientRef
 
 # Context names every request provides to templates, besides the backend's own ``vars``.
 REQUEST_CONTEXT = frozenset({"pnr", "pnr_dash", "pnr_system", "pnr_oid", "patient_id", "source"})
+
+
+def request_context(patient: PatientRef, backend: str, variables: Mapping[str, str]) -> dict[str, str]:
+    """The ``{@name}`` values a backend's request and field templates see for one patient."""
+    return {
+        **variables,
+        "pnr": patient.pnr,
+        "pnr_dash": dashed(patient.pnr),
+        "pnr_system": patient.system,
+        "pnr_oid": oid_of(patient.pnr),
+        "patient_id": patient.fhir_id,
+        "source": backend,
+    }
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,10 +18,11 @@ from fhir.resources.R4B import get_fhir_model_class
 
 from proxy.mapping.compiler import CompiledMapping
 from proxy.mapping.engine import map_records
-from proxy.mapping.registry import REQUEST_CONTEXT, load_backend_mappings, load_code_maps
+from proxy.mapping.registry import REQUEST_CONTEXT, load_backend_mappings, load_code_maps, request_context
+from proxy.pnr import system_of
 from proxy.simulators import cosmic
 from proxy.simulators import population as pop
-from proxy.types import MappedResource
+from proxy.types import MappedResource, PatientRef
 
 ROOT = Path(__file__).resolve().parents[2]
 MAPPINGS_DIR = ROOT / "mappings"
@@ -81,15 +82,8 @@ def patient_id(person: pop.Person) -> str:
 
 
 def context(person: pop.Person) -> dict[str, str]:
-    return {
-        "pnr": person.pnr,
-        "pnr_dash": pop.pnr_dash(person.pnr),
-        "pnr_system": pop.PNR_SYSTEM,
-        "pnr_oid": "1.2.752.129.2.1.3.1",
-        "patient_id": patient_id(person),
-        "source": "cosmic",
-        "system_hsa_id": cosmic.SYSTEM_HSA_ID,
-    }
+    patient = PatientRef(pnr=person.pnr, fhir_id=patient_id(person), system=system_of(person.pnr))
+    return request_context(patient, "cosmic", {"system_hsa_id": cosmic.SYSTEM_HSA_ID})
 
 
 Mapped = dict[str, list[MappedResource]]

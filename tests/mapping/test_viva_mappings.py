@@ -13,7 +13,8 @@ from fhir.resources.R4B import get_fhir_model_class
 
 from proxy.mapping.compiler import CompiledMapping
 from proxy.mapping.engine import map_records
-from proxy.mapping.registry import REQUEST_CONTEXT, load_backend_mappings, load_code_maps
+from proxy.mapping.registry import REQUEST_CONTEXT, load_backend_mappings, load_code_maps, request_context
+from proxy.pnr import system_of
 from proxy.simulators import viva
 from proxy.simulators.population import (
     DEMO_PEOPLE,
@@ -25,10 +26,9 @@ from proxy.simulators.population import (
     VIVA_SYSTEM,
     Person,
     make_pnr,
-    pnr_dash,
     population,
 )
-from proxy.types import MappedResource
+from proxy.types import MappedResource, PatientRef
 
 ROOT = Path(__file__).resolve().parents[2]
 MAPPINGS = ROOT / "mappings"
@@ -75,15 +75,8 @@ BY_NAME = {m.name: m for m in VIVA_MAPPINGS}
 
 
 def context(person: Person) -> dict[str, str]:
-    return {
-        "pnr": person.pnr,
-        "pnr_dash": pnr_dash(person.pnr),
-        "pnr_system": PNR_SYSTEM,
-        "pnr_oid": "1.2.752.129.2.1.3.1",
-        "patient_id": f"pat-{person.pnr[-4:]}",
-        "source": "viva",
-        "system_hsa_id": viva.SYSTEM_HSA_ID,
-    }
+    patient = PatientRef(pnr=person.pnr, fhir_id=f"pat-{person.pnr[-4:]}", system=system_of(person.pnr))
+    return request_context(patient, "viva", {"system_hsa_id": viva.SYSTEM_HSA_ID})
 
 
 @pytest.fixture
