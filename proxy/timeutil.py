@@ -10,6 +10,7 @@ width is its precision ("2024" is the whole year), as the FHIR search spec says.
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import UTC, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
@@ -37,6 +38,7 @@ def format_kind(fmt: str) -> str:
     return "year"
 
 
+@functools.lru_cache(maxsize=65_536)  # the same record times come back on every request for a patient
 def local_to_fhir(value: str, fmt: str, kind: str) -> str:
     """Parse a zone-less local timestamp with a strptime format and render it as a FHIR value."""
     dt = datetime.strptime(value.strip(), fmt)

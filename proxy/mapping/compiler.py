@@ -113,14 +113,21 @@ class RequestSpec:
         return path, query, headers, body
 
 
-class _ContextView(dict):  # type: ignore[type-arg]
-    """``str.format_map`` over the context, where request templates write ``{@pnr}``."""
+class _ContextView:
+    """``str.format_map`` over the context, where request templates write ``{@pnr}``; a value is
+    escaped only when a template uses it."""
+
+    __slots__ = ("ctx", "escape")
 
     def __init__(self, ctx: Context, escape: Callable[[str], str] | None = None) -> None:
-        super().__init__({f"@{k}": escape(str(v)) if escape else v for k, v in ctx.items()})
+        self.ctx = ctx
+        self.escape = escape
 
-    def __missing__(self, key: str) -> str:
-        raise KeyError(key)
+    def __getitem__(self, key: str) -> Any:
+        if not key.startswith("@") or key[1:] not in self.ctx:
+            raise KeyError(key)
+        value = self.ctx[key[1:]]
+        return self.escape(str(value)) if self.escape else value
 
 
 @dataclass(frozen=True, slots=True)
