@@ -197,6 +197,10 @@ def write_config(tmp: Path, name: str, sim_urls: dict[str, str], pem: Path, cach
     doc["auth"] = {"issuers": [{"issuer": BENCH_ISSUER, "pem_file": str(pem), "algorithms": ["ES256"]}]}
     if cache is not None:  # over the section config/facade.yaml may have, keeping its other keys
         doc["cache"] = {**(doc.get("cache") or {}), **cache}
+    # The learned engagement index is a negative cache (it skips backends known to hold nothing):
+    # off, so "uncached" asks every backend every time, like the baseline; on with the cache.
+    if "engagement" in doc and cache is not None:
+        doc["engagement"] = {**(doc.get("engagement") or {}), "enabled": bool(cache.get("enabled"))}
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True), encoding="utf-8")
     return path
@@ -227,8 +231,8 @@ class Target:
 
 def judge_bundle(body: bytes) -> str:
     """``partial`` when an OperationOutcome entry says a source is missing or stale (severity
-    warning), ``cached`` when the only such notes say a source was answered from the cache
-    (severity information), else ``ok``. Parsed only when a source note is there at all."""
+    warning), ``cached`` when the only such notes are informational (answered from the cache, or
+    skipped by the engagement index), else ``ok``. Parsed only when a source note is there at all."""
     if OUTCOME_MARK not in body:
         return "ok"
     notes = [
