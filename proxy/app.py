@@ -10,12 +10,13 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from proxy.audit import SqliteAuditStore
 from proxy.auth import Authenticator, TrustedIssuer
 from proxy.cache import MemoryCache, RedisCache, SourceCache
 from proxy.fanout import BackendClient
 from proxy.fanout.engagement import EngagementIndex
 from proxy.fhir.ids import PatientIds
-from proxy.fhir.routes import AUTH_KEY, FACADE_KEY, FhirRoutes, fhir_errors
+from proxy.fhir.routes import AUDIT_STORE_KEY, AUTH_KEY, FACADE_KEY, FhirRoutes, audited, fhir_errors
 from proxy.mapping.registry import MappingSet, load_mappings
 from proxy.pipeline import Facade
 from proxy.redact import compile_policy
@@ -48,9 +49,12 @@ def create_app(
     authenticator = Authenticator.from_settings(settings, extra_issuer=extra_issuer)
     policy = compile_policy(settings.policy)
     ids = PatientIds(patient_id_key)
-    app = web.Application(middlewares=[fhir_errors], client_max_size=64 * 1024)
+    app = web.Application(middlewares=[fhir_errors, audited], client_max_size=64 * 1024)
 
     async def backends(app: web.Application) -> AsyncIterator[None]:
+        audit = SqliteAuditStore(settings.audit_path)
+        await audit.open()
+        app[AUDIT_STORE_KEY] = audit
         clients = {b.name: BackendClient.open(b, settings.facade.max_body_bytes) for b in settings.backends}
         cache = open_cache(settings.cache)
         e = settings.engagement
@@ -70,6 +74,7 @@ def create_app(
                 await client.close()
             if cache is not None:
                 await cache.close()
+            await audit.close()
 
     app[AUTH_KEY] = authenticator
     app.cleanup_ctx.append(backends)

@@ -96,6 +96,7 @@ class Settings:
     auth: dict[str, Any] = field(default_factory=dict)
     policy: dict[str, Any] = field(default_factory=dict)
     config_dir: Path = field(default_factory=lambda: DEFAULT_CONFIG.parent)
+    audit_path: Path = field(default_factory=lambda: REPO_ROOT / "var" / "audit.sqlite")
 
     def backend(self, name: str) -> BackendSettings:
         for b in self.backends:
@@ -165,6 +166,7 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
             "engagement",
             "auth",
             "policy",
+            "audit",
         },
     )
 
@@ -319,6 +321,9 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
         enabled=e.get("enabled", True), ttl_s=r.number(e, "ttl_s", "engagement", 600.0, 0.001, 7 * 86_400)
     )
 
+    a = r.section(top.get("audit"), "audit", {"sqlite_path"})
+    audit_path = (path.parent / str(a.get("sqlite_path", "../var/audit.sqlite"))).resolve()
+
     mappings_dir = (path.parent / str(top.get("mappings_dir", "../mappings"))).resolve()
     return Settings(
         facade=facade,
@@ -328,6 +333,7 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
         simulators=sims,
         cache=cache,
         engagement=engagement,
+        audit_path=audit_path,
         patient_id_key=key,
         auth=r.section(top.get("auth"), "auth", {"issuers", "leeway_s", "audience"}),
         policy=r.section(top.get("policy"), "policy", {"labels", "audiences", "protected_identity"}),

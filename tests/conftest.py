@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -57,7 +58,9 @@ def settings() -> Settings:
 
 
 @pytest.fixture
-def facade(settings: Settings) -> Callable[..., contextlib.AbstractAsyncContextManager[Running]]:
+def facade(
+    settings: Settings, tmp_path: Path
+) -> Callable[..., contextlib.AbstractAsyncContextManager[Running]]:
     """``async with facade(**overrides) as f``: simulators + facade; overrides tune backend settings."""
 
     @contextlib.asynccontextmanager
@@ -76,6 +79,7 @@ def facade(settings: Settings) -> Callable[..., contextlib.AbstractAsyncContextM
             tuning = cache if isinstance(cache, dict) else {}
             live = replace(live, cache=replace(live.cache, enabled=bool(cache), **tuning))
             live = replace(live, engagement=replace(live.engagement, enabled=engagement))
+            live = replace(live, audit_path=tmp_path / "audit.sqlite")
             if facade_overrides:
                 live = replace(live, facade=replace(live.facade, **facade_overrides))
             if backend_overrides:

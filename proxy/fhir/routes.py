@@ -14,6 +14,7 @@ with the status the FHIR spec gives it; nothing unhandled leaves as a bare 500 p
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from proxy.audit import AuditRecord, AuditUnavailable, SqliteAuditStore, audit_event
 from proxy.auth import Authenticator, AuthError
 from proxy.fhir import params as parse
 from proxy.fhir.bundle import page_links, searchset, source_outcome
@@ -34,7 +36,12 @@ log = logging.getLogger(__name__)
 FHIR_JSON = "application/fhir+json"
 FACADE_KEY = web.AppKey("facade", Facade)
 AUTH_KEY = web.AppKey("authenticator", Authenticator)
+AUDIT_STORE_KEY = web.AppKey("audit_store", SqliteAuditStore)
 PRINCIPAL_KEY = web.RequestKey("principal", Principal)
+# what a handler tells the audit step: the query (once parsed) and what the answer disclosed
+AUDIT_QUERY_KEY = web.RequestKey("audit_query", Query)
+AUDIT_DISCLOSED_KEY = web.RequestKey("audit_disclosed", Counter)
+AUDIT_DEGRADED_KEY = web.RequestKey("audit_degraded", list)
 _JSON_FORMATS = {"json", "application/json", "application/fhir+json", "application/json+fhir"}
 _ACCEPTABLE = {"application/fhir+json", "application/json", "application/json+fhir", "application/*", "*/*"}
 _STARTED = datetime.now(UTC).isoformat(timespec="seconds")
@@ -87,6 +94,51 @@ def _authenticate(request: web.Request) -> None:
     if request.path in (f"{base}/metadata", f"{base}/.well-known/smart-configuration"):
         return
     request[PRINCIPAL_KEY] = request.app[AUTH_KEY].authenticate(request.headers.get("Authorization"))
+
+
+@web.middleware
+async def audited(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Write one AuditEvent for every request that got as far as naming a patient — allowed,
+    refused or failed — and let its answer leave only once the event is committed (else 503)."""
+    try:
+        response = await handler(request)
+    except FhirError as exc:
+        await _audit(request, exc.status)
+        raise
+    try:
+        await _audit(request, response.status)
+    except AuditUnavailable:
+        return _error_response(503, "transient", "The access log is unavailable; nothing can be disclosed")
+    return response
+
+
+async def _audit(request: web.Request, status: int) -> None:
+    query = request.get(AUDIT_QUERY_KEY)
+    principal = request.get(PRINCIPAL_KEY)
+    if query is None or query.patient is None or principal is None:
+        return
+    event = audit_event(
+        principal,
+        interaction=query.interaction,
+        patient_id=query.patient.fhir_id,
+        resource_types=sorted(query.resource_types),
+        disclosed=request.get(AUDIT_DISCLOSED_KEY, Counter()),
+        degraded=request.get(AUDIT_DEGRADED_KEY, []),
+        status=status,
+    )
+    record = AuditRecord(
+        recorded=event["recorded"],
+        patient_pnr=query.patient.pnr,
+        audience=principal.audience,
+        user_hsa_id=principal.user_hsa_id,
+        outcome=int(event["outcome"]),
+        event=event,
+    )
+    await request.app[AUDIT_STORE_KEY].write(record)
+
+
+def _disclosed(resources: list[FhirDict]) -> Counter[str]:
+    return Counter(r.get("meta", {}).get("source", "").rsplit(":", 1)[-1] for r in resources)
 
 
 @web.middleware
@@ -184,6 +236,7 @@ class FhirRoutes:
         rtype = request.match_info["type"]
         query = parse.parse_search(rtype, params, facade.ids, facade.settings.facade, strict=_strict(request))
         url = f"{_base_url(request, facade)}/{rtype}"
+        request[AUDIT_QUERY_KEY] = query
         if query.patient is None:  # an id that is not ours: nothing can match
             answer = Answer(resources=[], outcomes=[], patient_known=False)
         else:
@@ -196,7 +249,9 @@ class FhirRoutes:
         query = parse.parse_everything(
             rid, list(request.query.items()), facade.ids, facade.settings.facade, strict=_strict(request)
         )
+        request[AUDIT_QUERY_KEY] = query
         answer = await collect(facade, query, request[PRINCIPAL_KEY])
+        request[AUDIT_DEGRADED_KEY] = [o.source for o in answer.outcomes if o.status.degraded]
         if answer.patient_known is False:
             raise not_found("No Patient with that id is known")
         url = f"{_base_url(request, facade)}/Patient/{rid}/$everything"
@@ -206,8 +261,11 @@ class FhirRoutes:
         facade = request.app[FACADE_KEY]
         rtype, rid = request.match_info["type"], request.match_info["id"]
         query = parse.parse_read(rtype, rid, facade.ids)
+        request[AUDIT_QUERY_KEY] = query
         answer = await collect(facade, query, request[PRINCIPAL_KEY])
+        request[AUDIT_DEGRADED_KEY] = [o.source for o in answer.outcomes if o.status.degraded]
         if answer.resources:
+            request[AUDIT_DISCLOSED_KEY] = _disclosed(answer.resources[:1])
             return fhir_response(answer.resources[0], pretty=_pretty(request))
         # The id names the source that holds the resource (<patient>-<backend>-<hash>; a Patient may
         # come from any). If that source did not answer, say so rather than "gone".
@@ -229,6 +287,8 @@ class FhirRoutes:
         total = len(answer.resources)
         count = 0 if query.summary_count else query.count
         page = answer.resources[query.offset : query.offset + count]
+        request[AUDIT_DISCLOSED_KEY] = _disclosed(page)
+        request[AUDIT_DEGRADED_KEY] = [o.source for o in answer.outcomes if o.status.degraded]
         outcomes = [source_outcome(o, facade.settings.backend(o.source).description) for o in answer.outcomes]
         bundle = searchset(
             page,
