@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,18 @@ def auth(audience: str, **claims: Any) -> dict[str, str]:
 
 def pid(pnr: str) -> str:
     return IDS.encode(pnr)
+
+
+def walk(node: Any, key: str = "") -> Iterator[tuple[str, Any]]:
+    """Every (element name, leaf value) in a nested JSON-like value."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from walk(v, k)
+    elif isinstance(node, list):
+        for v in node:
+            yield from walk(v, key)
+    else:
+        yield key, node
 
 
 def validate(resource: dict[str, Any]) -> None:

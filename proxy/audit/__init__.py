@@ -20,7 +20,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import aiosqlite
 import orjson
@@ -198,15 +197,6 @@ class SqliteAuditStore:
             for _, done in batch:
                 if not done.done():
                     done.set_result(None)
-
-    async def count(self, **where: Any) -> int:
-        assert self._db is not None
-        clause = " AND ".join(f"{k} = ?" for k in where) or "1=1"
-        async with self._db.execute(
-            f"SELECT COUNT(*) FROM audit_event WHERE {clause}", tuple(where.values())
-        ) as cur:
-            row = await cur.fetchone()
-        return int(row[0]) if row else 0
 
     async def close(self) -> None:
         if self._writer is not None:

@@ -73,5 +73,11 @@ def patient_part(resource_id_: str) -> str:
     return resource_id_.split("-", 1)[0]
 
 
+def holding_backend(resource_id_: str) -> str:
+    """The backend a (non-Patient) resource id names: ``<patient>-<backend>-<hash>``."""
+    parts = resource_id_.split("-")
+    return parts[1] if len(parts) == 3 else ""
+
+
 def is_fhir_id(value: str) -> bool:
     return bool(_ID_CHARS.fullmatch(value))

@@ -170,19 +170,9 @@ def parse_search(
     p = _Parser(params, settings, strict)
     count, offset, summary_count = p.result_params()
     if rtype == "Patient":
-        return _parse_patient_search(p, ids, count, offset, summary_count)
-    for key, _ in p.params:
-        if key.partition(":")[0] in ("patient", "subject") and key not in _PATIENT_KEYS:
-            raise bad_request(f"'{key}': only the ':Patient' modifier is supported on the patient")
-    patient_values = [(k, v) for k, v in p.params if k in _PATIENT_KEYS]
-    if not patient_values:
-        raise bad_request(f"Searching {rtype} requires the 'patient' parameter")
-    if len(patient_values) > 1:
-        raise bad_request("Give the patient once, as 'patient' or 'subject'")
-    _, value = patient_values[0]
-    patient = parse_patient_param(value, ids)
-    filters = _filters(p, rtype, skip=set(_PATIENT_KEYS))
-    p.used.insert(0, ("patient", value))
+        patient, filters = _patient_search(p, ids)
+    else:
+        patient, filters = _subject_search(p, rtype, ids)
     return Query(
         interaction="search-type",
         resource_types=frozenset({rtype}),
@@ -195,7 +185,25 @@ def parse_search(
     )
 
 
-def _parse_patient_search(p: _Parser, ids: PatientIds, count: int, offset: int, summary_count: bool) -> Query:
+def _subject_search(p: _Parser, rtype: str, ids: PatientIds) -> tuple[PatientRef | None, list[SearchFilter]]:
+    """A search of a clinical type: ``patient`` (or ``subject``) is required."""
+    for key, _ in p.params:
+        if key.partition(":")[0] in ("patient", "subject") and key not in _PATIENT_KEYS:
+            raise bad_request(f"'{key}': only the ':Patient' modifier is supported on the patient")
+    patient_values = [(k, v) for k, v in p.params if k in _PATIENT_KEYS]
+    if not patient_values:
+        raise bad_request(f"Searching {rtype} requires the 'patient' parameter")
+    if len(patient_values) > 1:
+        raise bad_request("Give the patient once, as 'patient' or 'subject'")
+    _, value = patient_values[0]
+    patient = parse_patient_param(value, ids)
+    filters = _filters(p, rtype, skip=set(_PATIENT_KEYS))
+    p.used.insert(0, ("patient", value))
+    return patient, filters
+
+
+def _patient_search(p: _Parser, ids: PatientIds) -> tuple[PatientRef | None, list[SearchFilter]]:
+    """A Patient search: exactly one ``identifier`` (personnummer) or ``_id``."""
     identifiers = [v for k, v in p.params if k == "identifier"]
     id_values = [v for k, v in p.params if k == "_id"]
     if any(k.startswith(("identifier:", "_id:")) for k, _ in p.params):
@@ -230,16 +238,7 @@ def _parse_patient_search(p: _Parser, ids: PatientIds, count: int, offset: int, 
         else:
             patient = ids.patient(number)
         p.used.insert(0, ("identifier", raw))
-    return Query(
-        interaction="search-type",
-        resource_types=frozenset({"Patient"}),
-        patient=patient,
-        filters=tuple(filters),
-        count=count,
-        offset=offset,
-        summary_count=summary_count,
-        used_params=tuple(p.used),
-    )
+    return patient, filters
 
 
 def parse_read(rtype: str, rid: str, ids: PatientIds) -> Query:

@@ -28,6 +28,7 @@ from proxy.fhir import params as parse
 from proxy.fhir.bundle import page_links, searchset, source_outcome
 from proxy.fhir.capability import capability_statement
 from proxy.fhir.errors import FhirError, bad_request, not_found, operation_outcome
+from proxy.fhir.ids import holding_backend
 from proxy.pipeline import Answer, Facade, collect
 from proxy.types import FhirDict, Principal, Query
 
@@ -269,7 +270,7 @@ class FhirRoutes:
             return fhir_response(answer.resources[0], pretty=_pretty(request))
         # The id names the source that holds the resource (<patient>-<backend>-<hash>; a Patient may
         # come from any). If that source did not answer, say so rather than "gone".
-        holder = None if rtype == "Patient" else [*rid.split("-"), "", ""][1]
+        holder = None if rtype == "Patient" else holding_backend(rid)
         down = sorted(
             o.source for o in answer.outcomes if o.status.degraded and (holder is None or o.source == holder)
         )

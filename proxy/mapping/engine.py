@@ -8,7 +8,6 @@ the origin key merge uses to recognise the same fact held by several sources.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
 from typing import Any
 
 from proxy.mapping.compiler import Builder, CompiledMapping, Context, scalar_text
@@ -92,23 +91,3 @@ def _labels(mapping: CompiledMapping, record: dict[str, Any]) -> list[dict[str, 
             if rule.label not in labels:
                 labels.append(dict(rule.label))
     return labels
-
-
-def map_answers(
-    mappings: Iterable[CompiledMapping],
-    bodies: Mapping[str, Any],
-    ctx: Context,
-    *,
-    source_uri: str,
-    priority: int,
-) -> tuple[list[MappedResource], int]:
-    """Apply each mapping to the body its request fetched (mappings whose fetch failed are skipped)."""
-    out: list[MappedResource] = []
-    skipped = 0
-    for m in mappings:
-        if m.request.key not in bodies:
-            continue
-        resources, bad = map_records(m, bodies[m.request.key], ctx, source_uri=source_uri, priority=priority)
-        out.extend(resources)
-        skipped += bad
-    return out, skipped

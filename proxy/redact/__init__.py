@@ -65,40 +65,38 @@ def _label(text: Any, names: Mapping[str, Label], where: str) -> Label:
         system, _, code = text.rpartition("|")
         if system and code:
             return (system, code)
-    raise ConfigError(f"facade.yaml: {where}: expects a label name from policy.labels or 'system|code'")
+    raise ConfigError(f"{where}: expects a label name from policy.labels or 'system|code'")
 
 
 def compile_policy(section: Mapping[str, Any]) -> Policy:
     """Compile the ``policy`` section of the config (see config/facade.yaml). Raises ConfigError."""
     labels_doc = section.get("labels", {}) or {}
     if not isinstance(labels_doc, dict):
-        raise ConfigError("facade.yaml: policy.labels: expects name: 'system|code'")
+        raise ConfigError("policy.labels: expects name: 'system|code'")
     names: dict[str, Label] = {}
     for name, text in labels_doc.items():
         names[str(name)] = _label(text, {}, f"policy.labels.{name}")
 
     audiences = section.get("audiences", {}) or {}  # an audience not listed sees no labelled resource
     if not isinstance(audiences, dict) or set(audiences) - set(AUDIENCES):
-        raise ConfigError(f"facade.yaml: policy.audiences: expects some of {', '.join(AUDIENCES)}")
+        raise ConfigError(f"policy.audiences: expects some of {', '.join(AUDIENCES)}")
     grants: dict[str, frozenset[Label]] = {}
     for audience, spec in audiences.items():
         where = f"policy.audiences.{audience}"
         if not isinstance(spec, dict) or set(spec) - {"sees"}:
-            raise ConfigError(f"facade.yaml: {where}: expects {{sees: [label, ...]}}")
+            raise ConfigError(f"{where}: expects {{sees: [label, ...]}}")
         sees = spec.get("sees", []) or []
         if not isinstance(sees, list):
-            raise ConfigError(f"facade.yaml: {where}.sees: expects a list of labels")
+            raise ConfigError(f"{where}.sees: expects a list of labels")
         grants[audience] = frozenset(_label(s, names, f"{where}.sees[{i}]") for i, s in enumerate(sees))
 
     identity = section.get("protected_identity", {}) or {}
     if not isinstance(identity, dict) or set(identity) - {"label", "elements", "disclosed_to"}:
-        raise ConfigError("facade.yaml: policy.protected_identity: expects {label, elements, disclosed_to}")
+        raise ConfigError("policy.protected_identity: expects {label, elements, disclosed_to}")
     identity_label = _label(identity["label"], names, "policy.protected_identity.label") if identity else None
     disclosed = identity.get("disclosed_to", []) or []
     if not isinstance(disclosed, list) or set(disclosed) - set(AUDIENCES):
-        raise ConfigError(
-            f"facade.yaml: policy.protected_identity.disclosed_to: expects audiences of {AUDIENCES}"
-        )
+        raise ConfigError(f"policy.protected_identity.disclosed_to: expects audiences of {AUDIENCES}")
     elements = tuple(identity.get("elements", DEFAULT_IDENTITY_ELEMENTS))
     known = frozenset(names.values()) | frozenset(lbl for g in grants.values() for lbl in g)
     if identity_label is not None:

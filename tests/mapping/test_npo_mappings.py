@@ -30,6 +30,7 @@ from proxy.pnr import system_of
 from proxy.simulators import cosmic, npo
 from proxy.simulators import population as pop
 from proxy.types import MappedResource, PatientRef
+from tests.conftest import walk
 
 ROOT = Path(__file__).resolve().parents[2]
 MAPPINGS_DIR = ROOT / "mappings"
@@ -124,17 +125,6 @@ def all_resources(mapped: Mapped, pnr: str | None = None) -> Iterator[MappedReso
         if pnr is None or who == pnr:
             for resources in per.values():
                 yield from resources
-
-
-def walk(node: Any, key: str = "") -> Iterator[tuple[str, Any]]:
-    if isinstance(node, dict):
-        for k, v in node.items():
-            yield from walk(v, k)
-    elif isinstance(node, list):
-        for v in node:
-            yield from walk(v, key)
-    else:
-        yield key, node
 
 
 def raw_records(pnr: str, record: str) -> list[dict[str, Any]]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -11,6 +10,7 @@ import pytest
 from proxy.mapping.xml import parse_xml
 from proxy.simulators import cosmic, npo
 from proxy.simulators import population as pop
+from tests.conftest import walk
 
 GENERATED = 12
 LOGICAL_ADDRESS = "SE165565594230-1000"
@@ -103,17 +103,6 @@ def head(record: dict[str, Any], operation: str) -> dict[str, Any]:
 
 def body(record: dict[str, Any], operation: str) -> dict[str, Any]:
     return record[f"{CONTRACTS[operation].record}Body"]
-
-
-def walk(node: Any, key: str = "") -> Iterator[tuple[str, Any]]:
-    if isinstance(node, dict):
-        for k, v in node.items():
-            yield from walk(v, k)
-    elif isinstance(node, list):
-        for v in node:
-            yield from walk(v, key)
-    else:
-        yield key, node
 
 
 # ---- the dialect --------------------------------------------------------------------------------
