@@ -10,17 +10,18 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from proxy.audit import SqliteAuditStore
 from proxy.auth import Authenticator, TrustedIssuer
 from proxy.cache import MemoryCache, RedisCache, SourceCache
 from proxy.fanout import BackendClient
 from proxy.fanout.engagement import EngagementIndex
+from proxy.fhir.http import AUTH_KEY, FACADE_KEY, STORE_KEY
 from proxy.fhir.ids import PatientIds
-from proxy.fhir.routes import AUDIT_STORE_KEY, AUTH_KEY, FACADE_KEY, FhirRoutes, audited, fhir_errors
+from proxy.fhir.routes import FhirRoutes, audited, fhir_errors
 from proxy.mapping.registry import MappingSet, load_mappings
 from proxy.pipeline import Facade
 from proxy.redact import compile_policy
 from proxy.settings import CacheSettings, Settings
+from proxy.store import open_store
 
 
 def compile_mappings(settings: Settings) -> MappingSet:
@@ -45,6 +46,8 @@ def create_app(
 ) -> web.Application:
     """The facade app. ``patient_id_key`` must be shared by every worker behind one base URL;
     ``extra_issuer`` is for the demo and the tests (the dev-only demo issuer), never for ``serve``."""
+    import fhir.resources.R4B.consent  # noqa: F401  (validates POSTed Consents; imported once, here)
+
     mappings = compile_mappings(settings)
     authenticator = Authenticator.from_settings(settings, extra_issuer=extra_issuer)
     policy = compile_policy(settings.policy)
@@ -52,9 +55,9 @@ def create_app(
     app = web.Application(middlewares=[fhir_errors, audited], client_max_size=64 * 1024)
 
     async def backends(app: web.Application) -> AsyncIterator[None]:
-        audit = SqliteAuditStore(settings.audit_path)
-        await audit.open()
-        app[AUDIT_STORE_KEY] = audit
+        store = open_store(settings.store)
+        await store.open()
+        app[STORE_KEY] = store
         clients = {b.name: BackendClient.open(b, settings.facade.max_body_bytes) for b in settings.backends}
         cache = open_cache(settings.cache)
         e = settings.engagement
@@ -64,6 +67,7 @@ def create_app(
             clients=clients,
             ids=ids,
             policy=policy,
+            store=store,
             cache=cache,
             engagement=EngagementIndex(ttl_s=e.ttl_s) if e.enabled else None,
         )
@@ -74,7 +78,7 @@ def create_app(
                 await client.close()
             if cache is not None:
                 await cache.close()
-            await audit.close()
+            await store.close()
 
     app[AUTH_KEY] = authenticator
     app.cleanup_ctx.append(backends)

@@ -5,6 +5,8 @@
     access/       Principal × Query → AccessDecision                 (403; others' records as unknown)
     fanout/       ask the backends that can answer → SourceResult per backend
     mapping/run   raw answers → FHIR dicts (+ a SourceOutcome per degraded source)
+    access/pdl    whose records this asker may read: own provider, consents, blocks, emergency
+                  (the patient's consents are read from the store while the backends answer)
     merge/        dedupe, provenance, stable order
     redact/       the audience policy removes what this asker may not see, and every trace of it
     search        the query's filters, after redaction, so hidden content cannot match
@@ -15,10 +17,12 @@ The handlers in ``proxy.fhir.routes`` call ``collect`` and turn its ``Answer`` i
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from proxy.access import decide
+from proxy.access import decide, pdl
+from proxy.access.consent import terms
 from proxy.cache import CacheEntry, SourceCache
 from proxy.fanout import BackendClient, fan_out
 from proxy.fanout.engagement import EngagementIndex
@@ -30,6 +34,7 @@ from proxy.mapping.run import map_source
 from proxy.merge import merge
 from proxy.redact import Policy, redact
 from proxy.settings import Settings
+from proxy.store import Store, StoreUnavailable
 from proxy.timeutil import fhir_range
 from proxy.types import FhirDict, MappedResource, PatientRef, Principal, Query, SourceOutcome, SourceStatus
 
@@ -43,6 +48,7 @@ class Facade:
     clients: dict[str, BackendClient]
     ids: PatientIds
     policy: Policy
+    store: Store | None = None  # consents (without one, only the patient reads: fail closed)
     cache: SourceCache | None = None
     engagement: EngagementIndex | None = None
 
@@ -54,6 +60,8 @@ class Answer:
     # True: some source holds something about the patient; False: every source answered and none
     # does; None: nothing arrived, but a source did not answer, so nobody can say.
     patient_known: bool | None
+    # why records that would match were not shown (PDL: no consent, blocked); never for the patient
+    withheld: frozenset[pdl.Withheld] = field(default_factory=frozenset)
 
 
 def context(facade: Facade, backend: str, patient: PatientRef) -> dict[str, str]:
@@ -154,7 +162,9 @@ async def fetch_and_map(
     return wanted, outcomes
 
 
-async def collect(facade: Facade, query: Query, principal: Principal) -> Answer:
+async def collect(
+    facade: Facade, query: Query, principal: Principal, *, emergency: str | None = None
+) -> Answer:
     assert query.patient is not None
     decision = decide(principal, query)
     if decision.as_unknown:
@@ -164,7 +174,37 @@ async def collect(facade: Facade, query: Query, principal: Principal) -> Answer:
     fetch_types = frozenset(t for t in facade.mappings.with_referenced(asked) if principal.may_read(t))
     if not fetch_types:
         return Answer(resources=[], outcomes=[], patient_known=None)
-    mapped, outcomes = await fetch_and_map(facade, query.patient, fetch_types)
+    # The patient reads all of their own records; anyone else's reading depends on the patient's
+    # consents and blocks, read while the backends answer.
+    consents = None
+    if principal.audience != "patient":
+        if facade.store is None:
+            raise StoreUnavailable("no consent store")
+        consents = asyncio.ensure_future(facade.store.consents(query.patient.pnr))
+    try:
+        mapped, outcomes = await fetch_and_map(facade, query.patient, fetch_types)
+    except BaseException:
+        if consents is not None:
+            consents.cancel()
+        raise
+    withheld: set[pdl.Withheld] = set()
+    if consents is not None:
+        rules = pdl.rules(
+            principal, (terms(c.resource) for c in await consents), emergency=emergency is not None
+        )
+        readable = []
+        audience = principal.audience
+        for r in mapped:
+            why = rules.verdict(r)
+            if why is None:
+                readable.append(r)
+            elif (
+                why not in withheld
+                and facade.policy.visible(r.resource, audience)
+                and _selected(r.resource, query)
+            ):
+                withheld.add(why)  # worth a hint only if the asker could see it and asked for it
+        mapped = readable
     merged = redact(
         merge(mapped, sort_time),
         facade.policy,
@@ -176,7 +216,7 @@ async def collect(facade: Facade, query: Query, principal: Principal) -> Answer:
     known: bool | None = bool(merged) or (None if degraded else False)
 
     selected = [r for r in merged if _selected(r, query)]
-    return Answer(resources=selected, outcomes=outcomes, patient_known=known)
+    return Answer(resources=selected, outcomes=outcomes, patient_known=known, withheld=frozenset(withheld))
 
 
 def _selected(resource: FhirDict, query: Query) -> bool:

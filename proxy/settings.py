@@ -16,12 +16,14 @@ from typing import Any
 import yaml
 
 from proxy.simulators.faults import Faults
+from proxy.types import AUDIENCES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "config" / "facade.yaml"
 PATIENT_ID_KEY_ENV = "FHIR_FACADE_PATIENT_ID_KEY"
 # Public and dev-only: used by `fhir-facade demo` and the tests, never by `serve`.
 DEMO_PATIENT_ID_KEY = b"demo-only-key-not-for-production"
+DEFAULT_POSTGRES_DSN = "postgresql://fhir_facade@127.0.0.1:5432/fhir_facade"
 
 _BACKEND_NAME = re.compile(r"^[a-z][a-z0-9]{0,11}$")
 
@@ -83,6 +85,27 @@ class SimulatorSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class StoreSettings:
+    """Where the access log and the consents live (proxy/store)."""
+
+    kind: str = "sqlite"  # sqlite | postgres
+    sqlite_path: Path = field(default_factory=lambda: REPO_ROOT / "var" / "facade.sqlite")
+    postgres_dsn: str = DEFAULT_POSTGRES_DSN
+
+
+@dataclass(frozen=True, slots=True)
+class AccessSettings:
+    """PDL rules that are the deployment's to set (proxy/access)."""
+
+    # care-giving audiences that may use emergency access (nödöppning); social care never may
+    emergency_audiences: frozenset[str] = frozenset({"ambulance", "clinician"})
+    # user HSA-ids that may read any patient's whole access log (GET AuditEvent)
+    auditors: frozenset[str] = frozenset()
+    # HSA-id → name of care providers and units, for the patient's view of the access log
+    directory: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     facade: FacadeSettings
     backends: tuple[BackendSettings, ...]
@@ -96,7 +119,8 @@ class Settings:
     auth: dict[str, Any] = field(default_factory=dict)
     policy: dict[str, Any] = field(default_factory=dict)
     config_dir: Path = field(default_factory=lambda: DEFAULT_CONFIG.parent)
-    audit_path: Path = field(default_factory=lambda: REPO_ROOT / "var" / "audit.sqlite")
+    store: StoreSettings = field(default_factory=StoreSettings)
+    access: AccessSettings = field(default_factory=AccessSettings)
 
     def backend(self, name: str) -> BackendSettings:
         for b in self.backends:
@@ -166,7 +190,8 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
             "engagement",
             "auth",
             "policy",
-            "audit",
+            "store",
+            "access",
         },
     )
 
@@ -321,8 +346,37 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
         enabled=e.get("enabled", True), ttl_s=r.number(e, "ttl_s", "engagement", 600.0, 0.001, 7 * 86_400)
     )
 
-    a = r.section(top.get("audit"), "audit", {"sqlite_path"})
-    audit_path = (path.parent / str(a.get("sqlite_path", "../var/audit.sqlite"))).resolve()
+    st = r.section(top.get("store"), "store", {"kind", "sqlite_path", "postgres_dsn"})
+    kind = st.get("kind", "sqlite")
+    if kind not in ("sqlite", "postgres"):
+        raise r.fail("store.kind", "expects sqlite or postgres")
+    dsn = os.environ.get("FHIR_FACADE_POSTGRES_DSN") or st.get("postgres_dsn", DEFAULT_POSTGRES_DSN)
+    if not isinstance(dsn, str) or not re.match(r"^postgres(ql)?://", dsn):
+        raise r.fail("store.postgres_dsn", "expects a postgresql:// URL")
+    store = StoreSettings(
+        kind=kind,
+        sqlite_path=(path.parent / str(st.get("sqlite_path", "../var/facade.sqlite"))).resolve(),
+        postgres_dsn=dsn,
+    )
+
+    ac = r.section(top.get("access"), "access", {"emergency_audiences", "auditors", "directory"})
+    emergency = ac.get("emergency_audiences", ["ambulance", "clinician"])
+    care = [a for a in AUDIENCES if a != "patient"]
+    if not isinstance(emergency, list) or not all(a in care for a in emergency):
+        raise r.fail("access.emergency_audiences", f"expects a list of care audiences from {care}")
+    if "homecare" in emergency:
+        raise r.fail("access.emergency_audiences", "homecare is social care: it has no emergency access")
+    auditors = ac.get("auditors", []) or []
+    if not isinstance(auditors, list) or not all(isinstance(a, str) and a for a in auditors):
+        raise r.fail("access.auditors", "expects a list of user HSA-ids")
+    directory = ac.get("directory", {}) or {}
+    if not isinstance(directory, dict) or not all(isinstance(v, str) for v in directory.values()):
+        raise r.fail("access.directory", "expects a mapping of HSA-id: name")
+    access = AccessSettings(
+        emergency_audiences=frozenset(emergency),
+        auditors=frozenset(auditors),
+        directory=tuple((str(k), v) for k, v in directory.items()),
+    )
 
     mappings_dir = (path.parent / str(top.get("mappings_dir", "../mappings"))).resolve()
     return Settings(
@@ -333,7 +387,8 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
         simulators=sims,
         cache=cache,
         engagement=engagement,
-        audit_path=audit_path,
+        store=store,
+        access=access,
         patient_id_key=key,
         auth=r.section(top.get("auth"), "auth", {"issuers", "leeway_s", "audience"}),
         policy=r.section(top.get("policy"), "policy", {"labels", "audiences", "protected_identity"}),

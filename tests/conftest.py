@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -14,13 +15,66 @@ from fhir.resources.R4B import get_fhir_model_class
 
 from proxy.app import create_app
 from proxy.auth.demo import demo_issuer, make_token
+from proxy.access.consent import stored
+from proxy.fhir.http import STORE_KEY
 from proxy.fhir.ids import PatientIds
 from proxy.settings import DEMO_PATIENT_ID_KEY, Settings, load_settings
 from proxy.simulators.harness import running_simulators
-from proxy.simulators.population import population
+from proxy.simulators.population import MUNICIPALITY_PROVIDER, REGION_PROVIDER, population
+from proxy.store import ConsentRow, Store
 
 BASE = "/fhir"
 IDS = PatientIds(DEMO_PATIENT_ID_KEY)
+# The PostgreSQL the store tests use (.ci/run installs and starts it); its tables are dropped first.
+POSTGRES_DSN = os.environ.get(
+    "FHIR_FACADE_TEST_POSTGRES_DSN", "postgresql://fhir_facade:fhir_facade@127.0.0.1:5432/fhir_facade_test"
+)
+HSA = "urn:oid:1.2.752.129.2.1.4.1"
+ROLES = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
+
+
+def consent_body(
+    patient_id: str,
+    *,
+    recipient: str | None = None,
+    custodians: tuple[str, ...] = (),
+    deny: bool = False,
+    period: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """A Consent as a client would POST it: a consent (permit) for ``recipient``, or a block (deny)."""
+    actors = [
+        {
+            "role": {"coding": [{"system": ROLES, "code": role}]},
+            "reference": {"identifier": {"system": HSA, "value": v}},
+        }
+        for role, values in (("IRCP", [recipient] if recipient else []), ("CST", custodians))
+        for v in values
+    ]
+    provision: dict[str, Any] = {"type": "deny" if deny else "permit", "actor": actors}
+    if period:
+        provision["period"] = period
+    return {
+        "resourceType": "Consent",
+        "status": "active",
+        "scope": {
+            "coding": [
+                {"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}
+            ]
+        },
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"reference": f"Patient/{patient_id}"},
+        "provision": provision,
+    }
+
+
+async def reset_postgres() -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(POSTGRES_DSN)  # no PostgreSQL is a failure here, not a skip
+    try:
+        await conn.execute("DROP TABLE IF EXISTS audit_event, consent")
+    finally:
+        await conn.close()
 
 
 def auth(audience: str, **claims: Any) -> dict[str, str]:
@@ -82,22 +136,48 @@ def facade(
         facade_overrides: dict[str, Any] | None = None,
         cache: bool | dict[str, Any] = False,
         engagement: bool = False,
+        consent: bool = True,
+        store: str = "sqlite",
+        access: dict[str, Any] | None = None,
         **backend_overrides: Any,
     ) -> AsyncIterator[Running]:
-        """Tests see fresh answers unless they ask for the cache (True, or CacheSettings overrides)."""
+        """Tests see fresh answers unless they ask for the cache (True, or CacheSettings overrides).
+
+        ``consent``: every patient has consented to the demo tokens' care providers (the region and
+        the municipality), so tests about anything but the PDL rules see every source's records.
+        ``store``: sqlite (in tmp_path) or postgres (POSTGRES_DSN, emptied first)."""
         people = population(generated, settings.simulators.seed)
         async with running_simulators(settings, people, faults=faults) as urls:
             live = settings.with_backend_urls(urls)
             tuning = cache if isinstance(cache, dict) else {}
             live = replace(live, cache=replace(live.cache, enabled=bool(cache), **tuning))
             live = replace(live, engagement=replace(live.engagement, enabled=engagement))
-            live = replace(live, audit_path=tmp_path / "audit.sqlite")
+            live = replace(
+                live, store=replace(live.store, kind=store, sqlite_path=tmp_path / "facade.sqlite")
+            )
+            if store == "postgres":
+                await reset_postgres()
+                live = replace(live, store=replace(live.store, postgres_dsn=POSTGRES_DSN))
+            if access:
+                live = replace(live, access=replace(live.access, **access))
             if facade_overrides:
                 live = replace(live, facade=replace(live.facade, **facade_overrides))
             if backend_overrides:
                 live = replace(live, backends=tuple(replace(b, **backend_overrides) for b in live.backends))
             app = create_app(live, patient_id_key=DEMO_PATIENT_ID_KEY, extra_issuer=demo_issuer())
             async with TestClient(TestServer(app), headers=auth("clinician")) as client:
+                if consent:
+                    await consent_to(client.server.app[STORE_KEY], [p.pnr for p in people])
                 yield Running(client, urls)
 
     return start
+
+
+async def consent_to(
+    store: Store, pnrs: list[str], providers: tuple[str, ...] = (REGION_PROVIDER, MUNICIPALITY_PROVIDER)
+) -> None:
+    """Register, straight in the store, each patient's consent to each provider reading the others."""
+    for pnr in pnrs:
+        for provider in providers:
+            resource = stored(consent_body(IDS.encode(pnr), recipient=provider))
+            await store.add_consent(ConsentRow(resource["id"], pnr, "active", 1, resource))

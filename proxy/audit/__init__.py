@@ -1,49 +1,35 @@
 """The access log: one AuditEvent (IHE BALP shape) per request that touches patient data, written
 durably *before* the answer leaves.
 
-Writes are group-committed: concurrent requests queue their events, one writer task stores
-whatever is queued in one transaction and then releases every waiting request. If the store cannot
-take a write, the request gets 503 and discloses nothing. The log holds who, which patient, what
-(interaction, resource types, sources, how many resources each disclosed), purpose, outcome and
-time — never a token, never clinical text.
+The events are group-committed by ``proxy.store`` (SQLite or PostgreSQL). If the store cannot take
+a write, the request gets 503 and discloses nothing. The log holds who, which patient, what
+(interaction, resource types, sources, how many resources each disclosed), purpose (TREAT, ETREAT
+for emergency access, PATRQT for the patient), outcome, time and the request id — never a token,
+never clinical text.
 
-SQLite (aiosqlite, WAL) is the embedded store.
+``patient_view`` is what a patient reads of their own log: who (care unit, provider, role), when,
+what kind of access, purpose — nothing about what was read or hidden.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
-import aiosqlite
-import orjson
-
+from proxy.store import AuditRecord
 from proxy.types import FhirDict, Principal
 
-log = logging.getLogger(__name__)
-
-PURPOSE = {"patient": "PATRQT"}  # every care audience reads for treatment (TREAT)
-SUBTYPE = {"read": "read", "search-type": "search-type", "everything": "everything"}
-
-
-class AuditUnavailable(Exception):
-    """The audit store could not take the event: the request must not disclose anything."""
-
-
-@dataclass(frozen=True, slots=True)
-class AuditRecord:
-    recorded: str
-    patient_pnr: str
-    audience: str
-    user_hsa_id: str | None
-    outcome: int  # BALP: 0 success, 4 minor failure (partial), 8 serious (refused/not found), 12 major
-    event: FhirDict
+ACT_REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
+BALP_ENTITY = "https://profiles.ihe.net/ITI/BALP/CodeSystem/BasicAuditEntityType"
+ACTION = {"create": "C", "update": "U", "everything": "E"}  # else R (read, search)
+# What the patient's view calls each audience's role.
+ROLE_DISPLAY = {
+    "ambulance": "Ambulanssjukvård",
+    "clinician": "Hälso- och sjukvård",
+    "homecare": "Kommunal hemsjukvård",
+    "patient": "Du själv (1177)",
+}
 
 
 def audit_event(
@@ -55,10 +41,12 @@ def audit_event(
     disclosed: Mapping[str, int],
     degraded: list[str],
     status: int,
+    request_id: str,
+    emergency_reason: str | None = None,
 ) -> FhirDict:
     """An AuditEvent after IHE BALP (type rest, subtype the interaction)."""
     outcome = 0 if status < 400 and not degraded else 4 if status < 400 else 8 if status < 500 else 12
-    purpose = PURPOSE.get(principal.audience, "TREAT")
+    purpose = "PATRQT" if principal.audience == "patient" else "ETREAT" if emergency_reason else "TREAT"
     who: list[FhirDict] = [
         {
             "type": {
@@ -71,13 +59,7 @@ def audit_event(
             else {"display": "the patient"},
             "requestor": True,
             "role": [{"coding": [{"system": "urn:fhir-facade:audience", "code": principal.audience}]}],
-            "purposeOfUse": [
-                {
-                    "coding": [
-                        {"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": purpose}
-                    ]
-                }
-            ],
+            "purposeOfUse": [{"coding": [{"system": ACT_REASON, "code": purpose}]}],
         },
         {
             "type": {
@@ -99,15 +81,13 @@ def audit_event(
         "subtype": [
             {
                 "system": "http://hl7.org/fhir/restful-interaction",
-                "code": SUBTYPE.get(interaction, interaction),
+                "code": interaction,
             }
         ],
-        "action": "E" if interaction == "everything" else "R",
+        "action": ACTION.get(interaction, "R"),
         "recorded": datetime.now(UTC).isoformat(timespec="milliseconds"),
         "outcome": str(outcome),
-        "purposeOfEvent": [
-            {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": purpose}]}
-        ],
+        "purposeOfEvent": [{"coding": [{"system": ACT_REASON, "code": purpose}]}],
         "agent": who,
         "source": {"observer": {"display": "fhir-facade"}},
         "entity": [
@@ -125,83 +105,62 @@ def audit_event(
                         for src, n in sorted(disclosed.items())
                     ),
                     *({"type": f"failed:{src}", "valueString": "1"} for src in sorted(degraded)),
+                    *(
+                        [{"type": "emergency-reason", "valueString": emergency_reason}]
+                        if emergency_reason
+                        else []
+                    ),
                 ],
+            },
+            {
+                "type": {"system": BALP_ENTITY, "code": "XrequestId"},
+                "what": {"identifier": {"value": request_id}},
             },
         ],
     }
 
 
-class SqliteAuditStore:
-    """Embedded store: WAL, synchronous=FULL, group commit through one writer task."""
+def record(event: FhirDict, principal: Principal, patient_pnr: str, request_id: str) -> AuditRecord:
+    return AuditRecord(
+        event_id=event["id"],
+        recorded=event["recorded"],
+        patient_pnr=patient_pnr,
+        audience=principal.audience,
+        user_hsa_id=principal.user_hsa_id,
+        outcome=int(event["outcome"]),
+        request_id=request_id,
+        event=event,
+    )
 
-    def __init__(self, path: Path, *, max_batch: int = 500) -> None:
-        self.path = path
-        self.max_batch = max_batch
-        self._db: aiosqlite.Connection | None = None
-        self._queue: asyncio.Queue[tuple[AuditRecord, asyncio.Future[None]]] = asyncio.Queue()
-        self._writer: asyncio.Task[None] | None = None
 
-    async def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = await aiosqlite.connect(self.path)
-        await self._db.execute("PRAGMA journal_mode=WAL")
-        await self._db.execute("PRAGMA synchronous=FULL")
-        await self._db.execute(
-            "CREATE TABLE IF NOT EXISTS audit_event ("
-            " id INTEGER PRIMARY KEY, recorded TEXT NOT NULL, patient_pnr TEXT NOT NULL,"
-            " audience TEXT NOT NULL, user_hsa_id TEXT, outcome INTEGER NOT NULL, event BLOB NOT NULL)"
-        )
-        await self._db.execute(
-            "CREATE INDEX IF NOT EXISTS audit_by_patient ON audit_event (patient_pnr, recorded)"
-        )
-        await self._db.commit()
-        self._writer = asyncio.create_task(self._write_batches(), name="audit-writer")
-
-    async def write(self, record: AuditRecord) -> None:
-        """Returns once the event is committed; raises AuditUnavailable if it could not be."""
-        if self._writer is None or self._writer.done():
-            raise AuditUnavailable("audit store is not running")
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        await self._queue.put((record, done))
-        await done
-
-    async def _write_batches(self) -> None:
-        while True:
-            batch = [await self._queue.get()]
-            while len(batch) < self.max_batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            try:
-                assert self._db is not None
-                await self._db.executemany(
-                    "INSERT INTO audit_event (recorded, patient_pnr, audience, user_hsa_id, outcome, event)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    [
-                        (
-                            r.recorded,
-                            r.patient_pnr,
-                            r.audience,
-                            r.user_hsa_id,
-                            r.outcome,
-                            orjson.dumps(r.event),
-                        )
-                        for r, _ in batch
-                    ],
-                )
-                await self._db.commit()
-            except Exception as exc:  # the store failed: every waiting request must refuse to disclose
-                log.error("audit write failed (%s); %d request(s) refused", type(exc).__name__, len(batch))
-                for _, done in batch:
-                    if not done.done():
-                        done.set_exception(AuditUnavailable("audit store failed"))
-                continue
-            for _, done in batch:
-                if not done.done():
-                    done.set_result(None)
-
-    async def close(self) -> None:
-        if self._writer is not None:
-            self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
-        if self._db is not None:
-            await self._db.close()
+def patient_view(event: FhirDict, names: Mapping[str, str]) -> FhirDict:
+    """What the patient reads of one event: when, who (care unit, provider, role), which kind of
+    access, why, and whether it succeeded. Not the resource types, sources or counts, not the
+    client application, not the user's id: nothing that tells what was read or hidden."""
+    asker = event["agent"][0]
+    role = asker["role"][0]["coding"][0]["code"]
+    where = {e["url"]: e["valueString"] for e in asker.get("extension", [])}
+    unit, provider = where.get("urn:fhir-facade:care-unit"), where.get("urn:fhir-facade:care-provider")
+    who = ", ".join(names.get(x, x) for x in (unit, provider) if x) or ROLE_DISPLAY.get(role, role)
+    return {
+        "resourceType": "AuditEvent",
+        "id": event["id"],
+        "type": event["type"],
+        "subtype": event["subtype"],
+        "action": event["action"],
+        "recorded": event["recorded"],
+        "outcome": event["outcome"],
+        "purposeOfEvent": event["purposeOfEvent"],
+        "agent": [
+            {
+                "type": asker["type"],
+                "who": {"display": who},
+                "requestor": True,
+                "role": [{"text": ROLE_DISPLAY.get(role, "Vården")}],
+            }
+        ],
+        "source": event["source"],
+        "entity": [
+            e for e in event["entity"] if e.get("what", {}).get("reference", "").startswith("Patient/")
+        ],
+    }

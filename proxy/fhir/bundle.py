@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from urllib.parse import urlencode
 
+from proxy.access.pdl import Withheld
 from proxy.types import FhirDict, SourceOutcome, SourceStatus
 
 SOURCE_SYSTEM = "urn:fhir-facade:source"
@@ -40,6 +41,36 @@ def source_outcome(outcome: SourceOutcome, description: str) -> FhirDict:
                     "text": f"Source {label} {outcome.detail}{consequence}.",
                 },
             }
+        ],
+    }
+
+
+PDL_SYSTEM = "urn:fhir-facade:pdl"
+_WITHHELD_TEXT = {
+    Withheld.CONSENT: (
+        "More information about this patient exists at other care providers. It can be shown with "
+        "the patient's consent (register it: POST Consent) or, when consent cannot be asked for, "
+        "by emergency access (header X-Emergency-Access)."
+    ),
+    Withheld.BLOCKED: (
+        "Some information about this patient is blocked by the patient (spärr). It can be shown only "
+        "with the patient's consent naming the blocked care provider or unit, or by emergency access "
+        "(header X-Emergency-Access)."
+    ),
+}
+
+
+def withheld_outcome(reasons: Iterable[Withheld]) -> FhirDict:
+    """The PDL hint for care staff: more exists behind consent or a block (never for the patient)."""
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [
+            {
+                "severity": "information",
+                "code": "suppressed",
+                "details": {"coding": [{"system": PDL_SYSTEM, "code": w.value}], "text": _WITHHELD_TEXT[w]},
+            }
+            for w in sorted(reasons, key=lambda w: w.value)
         ],
     }
 

@@ -299,3 +299,49 @@ def parse_everything(
         summary_count=summary_count,
         used_params=tuple(p.used),
     )
+
+
+def parse_stored_search(
+    rtype: str,
+    params: Params,
+    ids: PatientIds,
+    settings: FacadeSettings,
+    *,
+    codes: dict[str, frozenset[str]],
+    strict: bool = False,
+) -> tuple[Query, dict[str, frozenset[str]]]:
+    """A search of a resource the facade itself stores (Consent, AuditEvent): ``patient`` is
+    required; ``codes`` names the token parameters it supports and their values. Returns the query
+    and, per token parameter given, the values asked for (OR-ed)."""
+    p = _Parser(params, settings, strict)
+    count, offset, summary_count = p.result_params()
+    raw = p.single("patient")
+    if raw is None:
+        raise bad_request(f"Searching {rtype} needs the 'patient' parameter")
+    patient = parse_patient_param(raw, ids)
+    p.used.append(("patient", raw))
+    wanted: dict[str, frozenset[str]] = {}
+    for name, allowed in codes.items():
+        value = p.single(name)
+        if value is None:
+            continue
+        values = frozenset(v.strip() for v in value.split(","))
+        if not values <= allowed:
+            raise bad_request(f"'{name}' takes one or more of: {', '.join(sorted(allowed))}")
+        wanted[name] = values
+        p.used.append((name, value))
+    for key, _ in p.params:
+        if key not in ("patient", *codes, *_RESULT_PARAMS):
+            p.ignore(key)
+    return (
+        Query(
+            interaction="search-type",
+            resource_types=frozenset({rtype}),
+            patient=patient,
+            count=count,
+            offset=offset,
+            summary_count=summary_count,
+            used_params=tuple(p.used),
+        ),
+        wanted,
+    )

@@ -22,47 +22,43 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from proxy.audit import AuditRecord, AuditUnavailable, SqliteAuditStore, audit_event
-from proxy.auth import Authenticator, AuthError
+from proxy.access.pdl import EMERGENCY_HEADER, emergency_reason
+from proxy.audit import audit_event, record
+from proxy.auth import AuthError
 from proxy.fhir import params as parse
-from proxy.fhir.bundle import page_links, searchset, source_outcome
+from proxy.fhir import stored
+from proxy.fhir.bundle import page_links, searchset, source_outcome, withheld_outcome
 from proxy.fhir.capability import capability_statement
-from proxy.fhir.errors import FhirError, bad_request, not_found, operation_outcome
+from proxy.fhir.errors import FhirError, bad_request, not_found
+from proxy.fhir.http import (
+    AUDIT_DEGRADED_KEY,
+    AUDIT_DISCLOSED_KEY,
+    AUDIT_EMERGENCY_KEY,
+    AUDIT_QUERY_KEY,
+    AUTH_KEY,
+    FACADE_KEY,
+    PRINCIPAL_KEY,
+    REQUEST_ID_KEY,
+    STORE_KEY,
+    base_url,
+    error_response,
+    fhir_response,
+    pretty,
+    request_id,
+    strict,
+)
 from proxy.fhir.ids import holding_backend
 from proxy.pipeline import Answer, Facade, collect
-from proxy.types import FhirDict, Principal, Query
+from proxy.store import StoreUnavailable
+from proxy.types import FhirDict, Query
 
 log = logging.getLogger(__name__)
 
-FHIR_JSON = "application/fhir+json"
-FACADE_KEY = web.AppKey("facade", Facade)
-AUTH_KEY = web.AppKey("authenticator", Authenticator)
-AUDIT_STORE_KEY = web.AppKey("audit_store", SqliteAuditStore)
-PRINCIPAL_KEY = web.RequestKey("principal", Principal)
-# what a handler tells the audit step: the query (once parsed) and what the answer disclosed
-AUDIT_QUERY_KEY = web.RequestKey("audit_query", Query)
-AUDIT_DISCLOSED_KEY = web.RequestKey("audit_disclosed", Counter)
-AUDIT_DEGRADED_KEY = web.RequestKey("audit_degraded", list)
 _JSON_FORMATS = {"json", "application/json", "application/fhir+json", "application/json+fhir"}
 _ACCEPTABLE = {"application/fhir+json", "application/json", "application/json+fhir", "application/*", "*/*"}
 _STARTED = datetime.now(UTC).isoformat(timespec="seconds")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def fhir_response(data: FhirDict, status: int = 200, *, pretty: bool = False) -> web.Response:
-    option = orjson.OPT_INDENT_2 if pretty else 0
-    return web.Response(
-        body=orjson.dumps(data, option=option),
-        status=status,
-        content_type=FHIR_JSON,
-        charset="utf-8",
-        headers={"Cache-Control": "no-store"},
-    )
-
-
-def _error_response(status: int, code: str, message: str) -> web.Response:
-    return fhir_response(operation_outcome(("error", code, message)), status)
 
 
 def _negotiate(request: web.Request) -> None:
@@ -101,15 +97,19 @@ def _authenticate(request: web.Request) -> None:
 async def audited(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Write one AuditEvent for every request that got as far as naming a patient — allowed,
     refused or failed — and let its answer leave only once the event is committed (else 503)."""
+    request[REQUEST_ID_KEY] = rid = request_id(request)
     try:
         response = await handler(request)
     except FhirError as exc:
         await _audit(request, exc.status)
         raise
+    except StoreUnavailable:
+        raise  # nothing was disclosed; the error handler answers 503
     try:
         await _audit(request, response.status)
-    except AuditUnavailable:
-        return _error_response(503, "transient", "The access log is unavailable; nothing can be disclosed")
+    except StoreUnavailable:
+        return error_response(503, "transient", "The access log is unavailable; nothing can be disclosed")
+    response.headers["X-Request-ID"] = rid
     return response
 
 
@@ -126,16 +126,12 @@ async def _audit(request: web.Request, status: int) -> None:
         disclosed=request.get(AUDIT_DISCLOSED_KEY, Counter()),
         degraded=request.get(AUDIT_DEGRADED_KEY, []),
         status=status,
+        request_id=request[REQUEST_ID_KEY],
+        emergency_reason=request.get(AUDIT_EMERGENCY_KEY),
     )
-    record = AuditRecord(
-        recorded=event["recorded"],
-        patient_pnr=query.patient.pnr,
-        audience=principal.audience,
-        user_hsa_id=principal.user_hsa_id,
-        outcome=int(event["outcome"]),
-        event=event,
+    await request.app[STORE_KEY].write_audit(
+        record(event, principal, query.patient.pnr, request[REQUEST_ID_KEY])
     )
-    await request.app[AUDIT_STORE_KEY].write(record)
 
 
 def _disclosed(resources: list[FhirDict]) -> Counter[str]:
@@ -150,41 +146,28 @@ async def fhir_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         _authenticate(request)
         return await handler(request)
     except AuthError as exc:
-        resp = _error_response(401, exc.code, exc.message)
+        resp = error_response(401, exc.code, exc.message)
         resp.headers["WWW-Authenticate"] = exc.www_authenticate
         return resp
     except FhirError as exc:
-        return _error_response(exc.status, exc.code, exc.message)
+        return error_response(exc.status, exc.code, exc.message)
+    except StoreUnavailable:
+        resp = error_response(503, "transient", "The facade's store is unavailable; nothing can be disclosed")
+        resp.headers["Retry-After"] = "5"
+        return resp
     except web.HTTPMethodNotAllowed as exc:
-        resp = _error_response(405, "not-supported", f"Method {request.method} is not allowed here")
+        resp = error_response(405, "not-supported", f"Method {request.method} is not allowed here")
         resp.headers["Allow"] = ",".join(sorted(exc.allowed_methods))
         return resp
     except web.HTTPNotFound:
-        return _error_response(404, "not-found", "No such FHIR endpoint")
+        return error_response(404, "not-found", "No such FHIR endpoint")
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return _error_response(exc.status, "exception", exc.reason)
+        return error_response(exc.status, "exception", exc.reason)
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return _error_response(500, "exception", "Internal error")
-
-
-def _strict(request: web.Request) -> bool:
-    prefer = request.headers.get("Prefer", "")
-    return any(p.strip().lower() == "handling=strict" for p in prefer.split(","))
-
-
-def _pretty(request: web.Request) -> bool:
-    return request.query.get("_pretty", "false").lower() == "true"
-
-
-def _base_url(request: web.Request, facade: Facade) -> str:
-    """The base for links: configured (behind a proxy or TLS terminator), else from the request."""
-    configured = facade.settings.facade.public_base_url
-    if configured:
-        return configured
-    return f"{request.scheme}://{request.host}{facade.settings.facade.base_path}"
+        return error_response(500, "exception", "Internal error")
 
 
 class FhirRoutes:
@@ -198,20 +181,21 @@ class FhirRoutes:
         app.router.add_get(f"{b}/metadata", self.metadata)
         app.router.add_get(f"{b}/.well-known/smart-configuration", self.smart_configuration)
         app.router.add_get(f"{b}/Patient/{{id}}/$everything", self.everything)
+        stored.add_routes(app, b)
         app.router.add_get(f"{b}/{{type}}", self.search)
         app.router.add_post(f"{b}/{{type}}/_search", self.search_post)
         app.router.add_get(f"{b}/{{type}}/{{id}}", self.read)
 
     async def metadata(self, request: web.Request) -> web.Response:
         facade = request.app[FACADE_KEY]
-        cs = capability_statement(facade.mappings, _base_url(request, facade), _STARTED)
+        cs = capability_statement(facade.mappings, base_url(request, facade), _STARTED)
         cs["rest"][0]["security"] = request.app[AUTH_KEY].capability_security()
-        return fhir_response(cs, pretty=_pretty(request))
+        return fhir_response(cs, pretty=pretty(request))
 
     async def smart_configuration(self, request: web.Request) -> web.Response:
         facade = request.app[FACADE_KEY]
         doc = request.app[AUTH_KEY].smart_configuration(
-            _base_url(request, facade), facade.mappings.resource_types
+            base_url(request, facade), facade.mappings.resource_types
         )
         resp = web.json_response(doc, dumps=lambda d: orjson.dumps(d).decode())
         resp.headers["Cache-Control"] = "public, max-age=3600"
@@ -235,27 +219,27 @@ class FhirRoutes:
     async def _search(self, request: web.Request, params: list[tuple[str, str]]) -> web.Response:
         facade = request.app[FACADE_KEY]
         rtype = request.match_info["type"]
-        query = parse.parse_search(rtype, params, facade.ids, facade.settings.facade, strict=_strict(request))
-        url = f"{_base_url(request, facade)}/{rtype}"
+        query = parse.parse_search(rtype, params, facade.ids, facade.settings.facade, strict=strict(request))
+        url = f"{base_url(request, facade)}/{rtype}"
         request[AUDIT_QUERY_KEY] = query
         if query.patient is None:  # an id that is not ours: nothing can match
             answer = Answer(resources=[], outcomes=[], patient_known=False)
         else:
-            answer = await collect(facade, query, request[PRINCIPAL_KEY])
+            answer = await _collect(request, facade, query)
         return self._bundle(request, facade, query, answer, url)
 
     async def everything(self, request: web.Request) -> web.Response:
         facade = request.app[FACADE_KEY]
         rid = request.match_info["id"]
         query = parse.parse_everything(
-            rid, list(request.query.items()), facade.ids, facade.settings.facade, strict=_strict(request)
+            rid, list(request.query.items()), facade.ids, facade.settings.facade, strict=strict(request)
         )
         request[AUDIT_QUERY_KEY] = query
-        answer = await collect(facade, query, request[PRINCIPAL_KEY])
+        answer = await _collect(request, facade, query)
         request[AUDIT_DEGRADED_KEY] = [o.source for o in answer.outcomes if o.status.degraded]
         if answer.patient_known is False:
             raise not_found("No Patient with that id is known")
-        url = f"{_base_url(request, facade)}/Patient/{rid}/$everything"
+        url = f"{base_url(request, facade)}/Patient/{rid}/$everything"
         return self._bundle(request, facade, query, answer, url)
 
     async def read(self, request: web.Request) -> web.Response:
@@ -263,11 +247,11 @@ class FhirRoutes:
         rtype, rid = request.match_info["type"], request.match_info["id"]
         query = parse.parse_read(rtype, rid, facade.ids)
         request[AUDIT_QUERY_KEY] = query
-        answer = await collect(facade, query, request[PRINCIPAL_KEY])
+        answer = await _collect(request, facade, query)
         request[AUDIT_DEGRADED_KEY] = [o.source for o in answer.outcomes if o.status.degraded]
         if answer.resources:
             request[AUDIT_DISCLOSED_KEY] = _disclosed(answer.resources[:1])
-            return fhir_response(answer.resources[0], pretty=_pretty(request))
+            return fhir_response(answer.resources[0], pretty=pretty(request))
         # The id names the source that holds the resource (<patient>-<backend>-<hash>; a Patient may
         # come from any). If that source did not answer, say so rather than "gone".
         holder = None if rtype == "Patient" else holding_backend(rid)
@@ -275,11 +259,13 @@ class FhirRoutes:
             o.source for o in answer.outcomes if o.status.degraded and (holder is None or o.source == holder)
         )
         if down:
-            resp = _error_response(
+            resp = error_response(
                 503, "transient", f"Could not read {rtype}/{rid}: {', '.join(down)} unavailable"
             )
             resp.headers["Retry-After"] = "5"
             return resp
+        if answer.withheld:  # care staff only: the patient is never told that anything is withheld
+            raise FhirError(403, "suppressed", " ".join(_hint_texts(answer)))
         raise not_found(f"No {rtype} with that id is known")
 
     def _bundle(
@@ -291,11 +277,26 @@ class FhirRoutes:
         request[AUDIT_DISCLOSED_KEY] = _disclosed(page)
         request[AUDIT_DEGRADED_KEY] = [o.source for o in answer.outcomes if o.status.degraded]
         outcomes = [source_outcome(o, facade.settings.backend(o.source).description) for o in answer.outcomes]
+        if answer.withheld:
+            outcomes.append(withheld_outcome(answer.withheld))
         bundle = searchset(
             page,
             total=total,
-            base_url=_base_url(request, facade),
+            base_url=base_url(request, facade),
             links=page_links(url, query.used_params, query.offset, count, total),
             outcomes=outcomes,
         )
-        return fhir_response(bundle, pretty=_pretty(request))
+        return fhir_response(bundle, pretty=pretty(request))
+
+
+async def _collect(request: web.Request, facade: Facade, query: Query) -> Answer:
+    """The pipeline's answer for this request's asker, with emergency access when asked for."""
+    principal = request[PRINCIPAL_KEY]
+    reason = emergency_reason(principal, request.headers.get(EMERGENCY_HEADER), facade.settings.access)
+    if reason is not None:
+        request[AUDIT_EMERGENCY_KEY] = reason
+    return await collect(facade, query, principal, emergency=reason)
+
+
+def _hint_texts(answer: Answer) -> list[str]:
+    return [i["details"]["text"] for i in withheld_outcome(answer.withheld)["issue"]]

@@ -7,7 +7,7 @@ import asyncio
 import json
 from typing import Any
 
-from proxy.fhir.routes import AUDIT_STORE_KEY
+from proxy.fhir.http import STORE_KEY
 from proxy.simulators.population import GRETA, LENNART, SANNA, TOLVAN
 from tests.conftest import BASE, auth, pid
 
@@ -52,7 +52,7 @@ async def test_exactly_one_event_per_patient_request_under_concurrency(facade: A
                 return resp.status
 
         statuses = await asyncio.gather(*(send(*r) for r in requests))
-        logged = await events(f.client.server.app[AUDIT_STORE_KEY])
+        logged = await events(f.client.server.app[STORE_KEY])
     touching = [s for s, r in zip(statuses, requests, strict=True) if r[1].get("onset-date") != "bad"]
     assert sorted(set(statuses)) == [200, 400, 403, 404]
     assert len(logged) == len(touching) == 500  # the 100 malformed searches named no patient
@@ -69,7 +69,7 @@ async def test_an_event_says_who_what_why_and_nothing_clinical(facade: Any) -> N
     async with facade() as f:
         await f.get(f"{BASE}/Patient/{pid(TOLVAN.pnr)}/$everything", headers=token)
         await f.get(f"{BASE}/Patient/{pid(TOLVAN.pnr)}", headers=auth("patient", pnr=TOLVAN.pnr))
-        logged = await events(f.client.server.app[AUDIT_STORE_KEY])
+        logged = await events(f.client.server.app[STORE_KEY])
     amb, pat = logged
     text = json.dumps(amb)
     assert amb["_pnr"] == TOLVAN.pnr and amb["_audience"] == "ambulance"
@@ -85,7 +85,7 @@ async def test_an_event_says_who_what_why_and_nothing_clinical(facade: Any) -> N
 
 async def test_no_audit_no_answer(facade: Any) -> None:
     async with facade() as f:
-        store = f.client.server.app[AUDIT_STORE_KEY]
+        store = f.client.server.app[STORE_KEY]
         await store._db.close()  # the store breaks under the running facade
         resp = await f.client.get(f"{BASE}/Patient/{pid(TOLVAN.pnr)}/$everything")
         body = await resp.text()

@@ -1,0 +1,90 @@
+"""Whose records an asker may read: the PDL rules (lag 2022:913), record by record.
+
+* A record from the asker's own care provider is readable.
+* Another provider's record needs a consent in force for the asker's provider or unit that covers
+  it, or emergency access (nödöppning).
+* A block (spärr) on a provider (outer) or unit (inner) hides its records from everyone outside
+  it; only a consent that names that provider/unit, or emergency access, lifts it for one asker.
+* Records with no owning provider (demographics) are not care documentation: always readable.
+* The patient reads all of their own records (``rules`` is not asked for the patient audience).
+
+Scopes and the audience's label policy still apply on top (proxy/access, proxy/redact).
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from proxy.access.consent import Terms
+from proxy.fhir.errors import FhirError, bad_request
+from proxy.settings import AccessSettings
+from proxy.types import MappedResource, Principal
+
+EMERGENCY_HEADER = "X-Emergency-Access"
+# Why consent could not be asked for; the code (never free text) goes to the access log.
+EMERGENCY_REASONS = {
+    "patient-unconscious": "the patient is unconscious",
+    "patient-unable": "the patient cannot express a will",
+    "no-time": "there is no time to ask",
+}
+
+
+class Withheld(enum.Enum):
+    CONSENT = "consent-required"  # another provider's record, no consent
+    BLOCKED = "blocked"  # behind the patient's block
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    provider: str | None
+    unit: str | None
+    emergency: bool
+    consents: tuple[Terms, ...]  # in force, for this asker
+    blocked: frozenset[str]  # providers/units blocked by blocks in force (not the asker's own)
+
+    def verdict(self, r: MappedResource) -> Withheld | None:
+        """None when the asker may read the record, else why not."""
+        holder, unit = r.care_provider, r.care_unit
+        if holder is None or self.emergency:
+            return None
+        if holder in self.blocked or unit in self.blocked:
+            lifted = any(c.custodians and c.covers(holder, unit) for c in self.consents)
+            return None if lifted else Withheld.BLOCKED
+        if holder == self.provider or any(c.covers(holder, unit) for c in self.consents):
+            return None
+        return Withheld.CONSENT
+
+
+def emergency_reason(principal: Principal, header: str | None, settings: AccessSettings) -> str | None:
+    """The emergency-access reason code the request carries, if it may use it (else 400/403)."""
+    if header is None:
+        return None
+    reason = header.strip()
+    if reason not in EMERGENCY_REASONS:
+        raise bad_request(f"{EMERGENCY_HEADER} takes a reason code: one of {', '.join(EMERGENCY_REASONS)}")
+    if principal.audience not in settings.emergency_audiences:
+        why = (
+            "social-care providers have no emergency access"
+            if principal.audience == "homecare"
+            else f"the {principal.audience} audience has no emergency access"
+        )
+        raise FhirError(403, "forbidden", f"Emergency access (nödöppning) refused: {why}")
+    return reason
+
+
+def rules(
+    principal: Principal, stored: Iterable[Terms], *, emergency: bool, now: float | None = None
+) -> Rules:
+    at = time.time() if now is None else now
+    mine = {principal.care_provider_hsa_id, principal.care_unit_hsa_id} - {None}
+    in_force = [t for t in stored if t.in_force(at)]
+    return Rules(
+        provider=principal.care_provider_hsa_id,
+        unit=principal.care_unit_hsa_id,
+        emergency=emergency,
+        consents=tuple(t for t in in_force if t.permit and t.recipient in mine),
+        blocked=frozenset(c for t in in_force if not t.permit for c in t.custodians) - mine,
+    )

@@ -1,0 +1,68 @@
+"""What every FHIR handler shares: the app's and request's keys, JSON responses, and the small
+request readings (base URL, _pretty, Prefer: handling=strict, X-Request-ID)."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections import Counter
+
+import orjson
+from aiohttp import web
+
+from proxy.auth import Authenticator
+from proxy.fhir.errors import operation_outcome
+from proxy.pipeline import Facade
+from proxy.store import Store
+from proxy.types import FhirDict, Principal, Query
+
+FHIR_JSON = "application/fhir+json"
+FACADE_KEY = web.AppKey("facade", Facade)
+AUTH_KEY = web.AppKey("authenticator", Authenticator)
+STORE_KEY = web.AppKey("store", Store)
+PRINCIPAL_KEY = web.RequestKey("principal", Principal)
+REQUEST_ID_KEY = web.RequestKey("request_id", str)
+# what a handler tells the audit step: the query (once parsed) and what the answer disclosed
+AUDIT_QUERY_KEY = web.RequestKey("audit_query", Query)
+AUDIT_DISCLOSED_KEY = web.RequestKey("audit_disclosed", Counter)
+AUDIT_DEGRADED_KEY = web.RequestKey("audit_degraded", list)
+AUDIT_EMERGENCY_KEY = web.RequestKey("audit_emergency", str)  # the emergency-access reason code
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+def fhir_response(data: FhirDict, status: int = 200, *, pretty: bool = False) -> web.Response:
+    option = orjson.OPT_INDENT_2 if pretty else 0
+    return web.Response(
+        body=orjson.dumps(data, option=option),
+        status=status,
+        content_type=FHIR_JSON,
+        charset="utf-8",
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+def error_response(status: int, code: str, message: str) -> web.Response:
+    return fhir_response(operation_outcome(("error", code, message)), status)
+
+
+def request_id(request: web.Request) -> str:
+    """The client's X-Request-ID when it is a plain token, else a new one; echoed and audited."""
+    given = request.headers.get("X-Request-ID", "")
+    return given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+
+
+def strict(request: web.Request) -> bool:
+    prefer = request.headers.get("Prefer", "")
+    return any(p.strip().lower() == "handling=strict" for p in prefer.split(","))
+
+
+def pretty(request: web.Request) -> bool:
+    return request.query.get("_pretty", "false").lower() == "true"
+
+
+def base_url(request: web.Request, facade: Facade) -> str:
+    """The base for links: configured (behind a proxy or TLS terminator), else from the request."""
+    configured = facade.settings.facade.public_base_url
+    if configured:
+        return configured
+    return f"{request.scheme}://{request.host}{facade.settings.facade.base_path}"

@@ -1,0 +1,247 @@
+"""The resources the facade keeps itself (proxy/store), not fetched from any backend:
+
+    POST {base}/Consent                 register a consent (care staff) or place a block (the patient)
+    PUT  {base}/Consent/{id}            revoke it / lift it: the same resource with status inactive
+    GET  {base}/Consent?patient={id}    (status=active|inactive)     GET {base}/Consent/{id}
+    GET  {base}/AuditEvent?patient={id} the access log: the patient's own view, or an auditor's
+
+Who sees which Consent: the patient all of their own; care staff the consents registered for their
+own care provider or unit (not the patient's blocks: the answer's hint says that blocked
+information exists, never where). Who reads the access log: the patient their own, in
+``patient_view`` form; users configured as auditors (``access.auditors``) every patient's, whole.
+Everyone else: 403. Every one of these requests is itself audited.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from proxy.access import consent
+from proxy.audit import patient_view
+from proxy.fhir import params as parse
+from proxy.fhir.bundle import page_links, searchset
+from proxy.fhir.errors import FhirError, bad_request, not_found
+from proxy.fhir.http import (
+    AUDIT_DISCLOSED_KEY,
+    AUDIT_QUERY_KEY,
+    FACADE_KEY,
+    PRINCIPAL_KEY,
+    STORE_KEY,
+    base_url,
+    fhir_response,
+    pretty,
+    strict,
+)
+from proxy.fhir.ids import is_fhir_id
+from proxy.store import ConsentRow
+from proxy.types import FhirDict, PatientRef, Principal, Query
+
+_JSON_BODIES = {"application/fhir+json", "application/json", "application/json+fhir"}
+_STATUSES = frozenset({"active", "inactive"})
+
+
+def add_routes(app: web.Application, base: str) -> None:
+    app.router.add_post(f"{base}/Consent", create_consent)
+    app.router.add_get(f"{base}/Consent", search_consents)
+    app.router.add_get(f"{base}/Consent/{{id}}", read_consent)
+    app.router.add_put(f"{base}/Consent/{{id}}", update_consent)
+    app.router.add_get(f"{base}/AuditEvent", search_audit)
+
+
+# ---- Consent ------------------------------------------------------------------------------------
+
+
+def _mine(principal: Principal) -> set[str]:
+    return {principal.care_provider_hsa_id, principal.care_unit_hsa_id} - {None}  # type: ignore[return-value]
+
+
+def _visible(principal: Principal, row: ConsentRow) -> bool:
+    if principal.audience == "patient":
+        return row.patient_pnr == principal.patient_pnr
+    terms = consent.terms(row.resource)
+    return terms.permit and terms.recipient in _mine(principal)
+
+
+def _may_write(principal: Principal, patient_pnr: str, terms: consent.Terms) -> None:
+    if principal.audience == "patient":
+        if patient_pnr != principal.patient_pnr:
+            raise FhirError(
+                403, "forbidden", "A patient manages consents and blocks for their own record only"
+            )
+        if terms.permit:
+            raise FhirError(
+                403,
+                "forbidden",
+                "A consent is registered by the care provider it is given to, not by the patient",
+            )
+        return
+    if not terms.permit:
+        raise FhirError(403, "forbidden", "A block (spärr) is placed or lifted by the patient")
+    if terms.recipient not in _mine(principal):
+        raise FhirError(
+            403,
+            "forbidden",
+            "A consent can be registered only for the asker's own care provider or care unit",
+        )
+
+
+async def _body(request: web.Request) -> Any:
+    if request.content_type not in _JSON_BODIES:
+        raise FhirError(415, "not-supported", "Send the Consent as application/fhir+json")
+    try:
+        return orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        raise bad_request("The body is not valid JSON") from None
+
+
+def _patient_of(request: web.Request, body: FhirDict) -> PatientRef:
+    ref = body["patient"]["reference"].removeprefix("Patient/")
+    patient = request.app[FACADE_KEY].ids.resolve(ref) if is_fhir_id(ref) else None
+    if patient is None:
+        raise bad_request("Consent.patient does not reference a Patient of this server")
+    return patient
+
+
+def _audited(request: web.Request, interaction: str, patient: PatientRef) -> None:
+    request[AUDIT_QUERY_KEY] = Query(
+        interaction=interaction, resource_types=frozenset({"Consent"}), patient=patient
+    )
+
+
+def _one(resource: FhirDict, status: int = 200, *, request: web.Request) -> web.Response:
+    resp = fhir_response(resource, status, pretty=pretty(request))
+    resp.headers["ETag"] = f'W/"{resource["meta"]["versionId"]}"'
+    resp.headers["Last-Modified"] = resource["meta"]["lastUpdated"]
+    return resp
+
+
+async def create_consent(request: web.Request) -> web.Response:
+    principal = request[PRINCIPAL_KEY]
+    body = consent.validate(await _body(request))
+    patient = _patient_of(request, body)
+    _audited(request, "create", patient)
+    _may_write(principal, patient.pnr, consent.terms({**body, "id": ""}))
+    resource = consent.stored(body)
+    await request.app[STORE_KEY].add_consent(
+        ConsentRow(resource["id"], patient.pnr, resource["status"], 1, resource)
+    )
+    resp = _one(resource, 201, request=request)
+    url = f"{base_url(request, request.app[FACADE_KEY])}/Consent/{resource['id']}"
+    resp.headers["Location"] = f"{url}/_history/1"
+    return resp
+
+
+async def _row(request: web.Request) -> ConsentRow:
+    """The stored Consent the URL names, if the asker may see it (else 404, as if there were none)."""
+    cid = request.match_info["id"]
+    row = await request.app[STORE_KEY].consent(cid) if is_fhir_id(cid) else None
+    if row is None or not _visible(request[PRINCIPAL_KEY], row):
+        raise not_found("No Consent with that id is known")
+    return row
+
+
+async def read_consent(request: web.Request) -> web.Response:
+    row = await _row(request)
+    _audited(request, "read", request.app[FACADE_KEY].ids.patient(row.patient_pnr))
+    return _one(row.resource, request=request)
+
+
+async def update_consent(request: web.Request) -> web.Response:
+    """Revoking a consent or lifting a block: the stored resource with ``status: inactive``."""
+    principal = request[PRINCIPAL_KEY]
+    row = await _row(request)
+    body = await _body(request)
+    _audited(request, "update", request.app[FACADE_KEY].ids.patient(row.patient_pnr))
+    if not isinstance(body, dict) or body.get("resourceType") != "Consent":
+        raise bad_request("The body must be a FHIR Consent resource (resourceType Consent)")
+    if body.get("id") != row.id:
+        raise bad_request("The Consent's id must be the id in the URL")
+    if body.get("status") not in _STATUSES:
+        raise bad_request("Consent.status must be inactive (to revoke a consent or lift a block)")
+    if not consent.only_status_changed(row.resource, body):
+        raise bad_request(
+            "Only Consent.status can change (to inactive); register a new Consent for different terms"
+        )
+    if row.status == "inactive" and body["status"] == "active":
+        raise bad_request("A revoked consent or lifted block stays inactive; register a new one")
+    _may_write(principal, row.patient_pnr, consent.terms(row.resource))
+    match = request.headers.get("If-Match")
+    if match is not None and match.strip() != f'W/"{row.version}"':
+        raise FhirError(412, "conflict", "The Consent has changed since that version (If-Match)")
+    if body["status"] == row.status:
+        return _one(row.resource, request=request)
+    resource = consent.stored(
+        {**row.resource, "status": body["status"]}, consent_id=row.id, version=row.version + 1
+    )
+    resource["dateTime"] = row.resource["dateTime"]
+    updated = ConsentRow(row.id, row.patient_pnr, resource["status"], row.version + 1, resource)
+    if not await request.app[STORE_KEY].update_consent(updated, expected_version=row.version):
+        raise FhirError(409, "conflict", "The Consent was changed by another request; read it and try again")
+    return _one(resource, request=request)
+
+
+async def search_consents(request: web.Request) -> web.Response:
+    facade = request.app[FACADE_KEY]
+    principal = request[PRINCIPAL_KEY]
+    query, wanted = parse.parse_stored_search(
+        "Consent",
+        list(request.query.items()),
+        facade.ids,
+        facade.settings.facade,
+        codes={"status": _STATUSES},
+        strict=strict(request),
+    )
+    request[AUDIT_QUERY_KEY] = query
+    rows = await request.app[STORE_KEY].consents(query.patient.pnr) if query.patient else []
+    statuses = wanted.get("status", _STATUSES)
+    found = [r.resource for r in rows if r.status in statuses and _visible(principal, r)]
+    request[AUDIT_DISCLOSED_KEY] = Counter({"facade": len(found)})
+    return _bundle(request, query, found[query.offset : query.offset + query.count], len(found), "Consent")
+
+
+# ---- AuditEvent ---------------------------------------------------------------------------------
+
+
+async def search_audit(request: web.Request) -> web.Response:
+    facade = request.app[FACADE_KEY]
+    principal = request[PRINCIPAL_KEY]
+    query, _ = parse.parse_stored_search(
+        "AuditEvent",
+        list(request.query.items()),
+        facade.ids,
+        facade.settings.facade,
+        codes={},
+        strict=strict(request),
+    )
+    is_patient = principal.audience == "patient"
+    if not is_patient and principal.user_hsa_id not in facade.settings.access.auditors:
+        raise FhirError(403, "forbidden", "Only the patient and configured auditors may read the access log")
+    request[AUDIT_QUERY_KEY] = query
+    own = query.patient is not None and (not is_patient or query.patient.pnr == principal.patient_pnr)
+    if not own or query.patient is None:  # another patient's log reads as an unknown patient's
+        return _bundle(request, query, [], 0, "AuditEvent")
+    total, events = await request.app[STORE_KEY].audit_events(
+        query.patient.pnr, limit=0 if query.summary_count else query.count, offset=query.offset
+    )
+    request[AUDIT_DISCLOSED_KEY] = Counter({"facade": len(events)})
+    if is_patient:
+        names = dict(facade.settings.access.directory)
+        events = [patient_view(e, names) for e in events]
+    return _bundle(request, query, events, total, "AuditEvent")
+
+
+def _bundle(request: web.Request, query: Query, page: list[FhirDict], total: int, rtype: str) -> web.Response:
+    facade = request.app[FACADE_KEY]
+    base = base_url(request, facade)
+    count = 0 if query.summary_count else query.count
+    bundle = searchset(
+        page[:count],
+        total=total,
+        base_url=base,
+        links=page_links(f"{base}/{rtype}", query.used_params, query.offset, count, total),
+    )
+    return fhir_response(bundle, pretty=pretty(request))

@@ -1,0 +1,132 @@
+"""The embedded store: SQLite through aiosqlite, WAL, synchronous=FULL (a committed event survives
+a crash of the process or the machine)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import orjson
+
+from proxy.store import AuditRecord, ConsentRow, Store, StoreUnavailable
+from proxy.types import FhirDict
+
+SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS audit_event ("
+    " seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, recorded TEXT NOT NULL,"
+    " patient_pnr TEXT NOT NULL, audience TEXT NOT NULL, user_hsa_id TEXT, outcome INTEGER NOT NULL,"
+    " request_id TEXT NOT NULL, event BLOB NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS audit_by_patient ON audit_event (patient_pnr, recorded)",
+    "CREATE TABLE IF NOT EXISTS consent ("
+    " seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, patient_pnr TEXT NOT NULL,"
+    " status TEXT NOT NULL, version INTEGER NOT NULL, resource BLOB NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS consent_by_patient ON consent (patient_pnr)",
+)
+
+
+class SqliteStore(Store):
+    def __init__(self, path: Path, *, max_batch: int = 500) -> None:
+        super().__init__(max_batch=max_batch)
+        self.path = path
+        self._db: aiosqlite.Connection | None = None
+
+    async def _connect(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = await aiosqlite.connect(self.path)
+        await self._db.execute("PRAGMA journal_mode=WAL")
+        await self._db.execute("PRAGMA synchronous=FULL")
+        for statement in SCHEMA:
+            await self._db.execute(statement)
+        await self._db.commit()
+
+    async def _disconnect(self) -> None:
+        if self._db is not None:
+            await self._db.close()
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise StoreUnavailable("store is not open")
+        return self._db
+
+    async def _insert_audit(self, records: list[AuditRecord]) -> None:
+        await self.db.executemany(
+            "INSERT INTO audit_event (id, recorded, patient_pnr, audience, user_hsa_id, outcome,"
+            " request_id, event) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    r.event_id,
+                    r.recorded,
+                    r.patient_pnr,
+                    r.audience,
+                    r.user_hsa_id,
+                    r.outcome,
+                    r.request_id,
+                    orjson.dumps(r.event),
+                )
+                for r in records
+            ],
+        )
+        await self.db.commit()
+
+    async def _fetch(self, sql: str, *args: object) -> list[Any]:
+        try:
+            async with self.db.execute(sql, args) as cur:
+                return list(await cur.fetchall())
+        except (ValueError, aiosqlite.Error) as exc:  # ValueError: the connection is closed
+            raise StoreUnavailable(f"store read failed ({type(exc).__name__})") from None
+
+    async def audit_events(self, patient_pnr: str, *, limit: int, offset: int) -> tuple[int, list[FhirDict]]:
+        ((total,),) = await self._fetch("SELECT count(*) FROM audit_event WHERE patient_pnr = ?", patient_pnr)
+        rows = await self._fetch(
+            "SELECT event FROM audit_event WHERE patient_pnr = ? ORDER BY recorded DESC, seq DESC"
+            " LIMIT ? OFFSET ?",
+            patient_pnr,
+            limit,
+            offset,
+        )
+        return int(total), [orjson.loads(e) for (e,) in rows]
+
+    async def all_audit_events(self) -> list[FhirDict]:
+        return [orjson.loads(e) for (e,) in await self._fetch("SELECT event FROM audit_event ORDER BY seq")]
+
+    async def add_consent(self, row: ConsentRow) -> None:
+        try:
+            await self.db.execute(
+                "INSERT INTO consent (id, patient_pnr, status, version, resource) VALUES (?, ?, ?, ?, ?)",
+                (row.id, row.patient_pnr, row.status, row.version, orjson.dumps(row.resource)),
+            )
+            await self.db.commit()
+        except (ValueError, aiosqlite.Error) as exc:
+            raise StoreUnavailable(f"consent write failed ({type(exc).__name__})") from None
+
+    async def update_consent(self, row: ConsentRow, *, expected_version: int) -> bool:
+        try:
+            cur = await self.db.execute(
+                "UPDATE consent SET status = ?, version = ?, resource = ? WHERE id = ? AND version = ?",
+                (row.status, row.version, orjson.dumps(row.resource), row.id, expected_version),
+            )
+            await self.db.commit()
+        except (ValueError, aiosqlite.Error) as exc:
+            raise StoreUnavailable(f"consent write failed ({type(exc).__name__})") from None
+        return cur.rowcount == 1
+
+    async def consent(self, consent_id: str) -> ConsentRow | None:
+        rows = await self._fetch(
+            "SELECT id, patient_pnr, status, version, resource FROM consent WHERE id = ?", consent_id
+        )
+        return _row(rows[0]) if rows else None
+
+    async def consents(self, patient_pnr: str) -> list[ConsentRow]:
+        rows = await self._fetch(
+            "SELECT id, patient_pnr, status, version, resource FROM consent WHERE patient_pnr = ?"
+            " ORDER BY seq",
+            patient_pnr,
+        )
+        return [_row(r) for r in rows]
+
+
+def _row(r: Any) -> ConsentRow:
+    cid, pnr, status, version, resource = r
+    return ConsentRow(str(cid), str(pnr), str(status), int(version), orjson.loads(resource))
