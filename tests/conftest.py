@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -153,7 +154,7 @@ def facade(
             live = replace(live, cache=replace(live.cache, enabled=bool(cache), **tuning))
             live = replace(live, engagement=replace(live.engagement, enabled=engagement))
             live = replace(
-                live, store=replace(live.store, kind=store, sqlite_path=tmp_path / "facade.sqlite")
+                live, store=replace(live.store, kind=store, sqlite_path=tmp_path / f"facade-{uuid.uuid4().hex}.sqlite")
             )
             if store == "postgres":
                 await reset_postgres()

@@ -1,0 +1,91 @@
+"""The PDL rules record by record (proxy/access/pdl.py), without HTTP."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from proxy.access.consent import Terms, stored, terms
+from proxy.access.pdl import Withheld, rules
+from proxy.simulators.population import TOLVAN
+from proxy.types import MappedResource, Principal
+from tests.conftest import consent_body, pid
+
+OWN, OTHER = "SE-PROVIDER-OWN", "SE-PROVIDER-OTHER"
+MY_UNIT, SISTER_UNIT, OTHER_UNIT = "SE-UNIT-MINE", "SE-UNIT-SISTER", "SE-UNIT-OTHER"
+ASKER = Principal(
+    audience="clinician",
+    subject="s",
+    client_id="c",
+    issuer="i",
+    scopes=frozenset({("user", "*")}),
+    user_hsa_id="SE-USER",
+    care_unit_hsa_id=MY_UNIT,
+    care_provider_hsa_id=OWN,
+)
+NOW = 1_800_000_000.0
+
+
+def record(provider: str | None, unit: str | None) -> MappedResource:
+    return MappedResource({"resourceType": "Condition", "id": "x"}, "src", "m", "k", 0, False, provider, unit)
+
+
+def consent(**kw: Any) -> Terms:
+    return terms(stored(consent_body(pid(TOLVAN.pnr), **kw)))
+
+
+def verdict(stored_terms: list[Terms], rec: MappedResource, *, emergency: bool = False) -> Withheld | None:
+    return rules(ASKER, stored_terms, emergency=emergency, now=NOW).verdict(rec)
+
+
+def test_own_provider_readable_others_need_consent_and_demographics_are_free() -> None:
+    r = rules(ASKER, [], emergency=False, now=NOW)
+    assert r.verdict(record(OWN, SISTER_UNIT)) is None
+    assert r.verdict(record(OTHER, OTHER_UNIT)) is Withheld.CONSENT
+    assert r.verdict(record(None, None)) is None
+
+
+def test_consent_for_my_provider_or_unit_opens_others_but_not_for_someone_else() -> None:
+    for recipient in (OWN, MY_UNIT):
+        r = rules(ASKER, [consent(recipient=recipient)], emergency=False, now=NOW)
+        assert r.verdict(record(OTHER, OTHER_UNIT)) is None
+    r = rules(ASKER, [consent(recipient="SE-SOMEONE-ELSE")], emergency=False, now=NOW)
+    assert r.verdict(record(OTHER, OTHER_UNIT)) is Withheld.CONSENT
+
+
+def test_a_consent_naming_custodians_covers_only_them() -> None:
+    r = rules(ASKER, [consent(recipient=OWN, custodians=("SE-THIRD",))], emergency=False, now=NOW)
+    assert r.verdict(record("SE-THIRD", "SE-THIRD-UNIT")) is None
+    assert r.verdict(record(OTHER, OTHER_UNIT)) is Withheld.CONSENT
+
+
+def test_period_and_status_decide_whether_a_consent_is_in_force() -> None:
+    expired = consent(recipient=OWN, period={"start": "2020-01-01", "end": "2021-01-01"})
+    future = consent(recipient=OWN, period={"start": "2099-01-01"})
+    for t in (expired, future):
+        assert verdict([t], record(OTHER, OTHER_UNIT)) is Withheld.CONSENT
+    current = consent(recipient=OWN, period={"start": "2020-01-01", "end": "2099-01-01"})
+    assert verdict([current], record(OTHER, OTHER_UNIT)) is None
+    revoked = stored(consent_body(pid(TOLVAN.pnr), recipient=OWN))
+    revoked["status"] = "inactive"
+    assert verdict([terms(revoked)], record(OTHER, OTHER_UNIT)) is Withheld.CONSENT
+
+
+def test_inner_block_hides_a_unit_from_its_sister_units_but_not_from_itself() -> None:
+    block = consent(deny=True, custodians=(SISTER_UNIT,))
+    r = rules(ASKER, [block], emergency=False, now=NOW)
+    assert r.verdict(record(OWN, SISTER_UNIT)) is Withheld.BLOCKED
+    assert r.verdict(record(OWN, MY_UNIT)) is None
+    inside = replace(ASKER, care_unit_hsa_id=SISTER_UNIT)
+    assert rules(inside, [block], emergency=False, now=NOW).verdict(record(OWN, SISTER_UNIT)) is None
+
+
+def test_outer_block_survives_a_general_consent_but_not_one_naming_it_nor_emergency() -> None:
+    block = consent(deny=True, custodians=(OTHER,))
+    general = consent(recipient=OWN)
+    r = rules(ASKER, [block, general], emergency=False, now=NOW)
+    assert r.verdict(record(OTHER, OTHER_UNIT)) is Withheld.BLOCKED
+    assert r.verdict(record("SE-THIRD", "U")) is None
+    naming = consent(recipient=MY_UNIT, custodians=(OTHER,))
+    assert verdict([block, naming], record(OTHER, OTHER_UNIT)) is None
+    assert verdict([block], record(OTHER, OTHER_UNIT), emergency=True) is None
