@@ -14,9 +14,9 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from fhir.resources.R4B import get_fhir_model_class
 
+from proxy.access.consent import stored
 from proxy.app import create_app
 from proxy.auth.demo import demo_issuer, make_token
-from proxy.access.consent import stored
 from proxy.fhir.http import STORE_KEY
 from proxy.fhir.ids import PatientIds
 from proxy.settings import DEMO_PATIENT_ID_KEY, Settings, load_settings
@@ -154,7 +154,10 @@ def facade(
             live = replace(live, cache=replace(live.cache, enabled=bool(cache), **tuning))
             live = replace(live, engagement=replace(live.engagement, enabled=engagement))
             live = replace(
-                live, store=replace(live.store, kind=store, sqlite_path=tmp_path / f"facade-{uuid.uuid4().hex}.sqlite")
+                live,
+                store=replace(
+                    live.store, kind=store, sqlite_path=tmp_path / f"facade-{uuid.uuid4().hex}.sqlite"
+                ),
             )
             if store == "postgres":
                 await reset_postgres()

@@ -39,6 +39,33 @@ def capability_statement(mappings: MappingSet, base_url: str, software_date: str
                 }
             ]
         resources.append(entry)
+    # the resources the facade keeps itself (proxy/fhir/stored.py)
+    resources.append(
+        {
+            "type": "Consent",
+            "documentation": "Consents (permit) and blocks (deny) under PDL, kept by the facade",
+            "interaction": [
+                {"code": "create"},
+                {"code": "read"},
+                {"code": "update"},
+                {"code": "search-type"},
+            ],
+            "versioning": "versioned-update",
+            "searchParam": [
+                dict(PATIENT_PARAM),
+                {"name": "status", "type": "token", "documentation": "active | inactive"},
+            ],
+        }
+    )
+    resources.append(
+        {
+            "type": "AuditEvent",
+            "documentation": "The access log: the patient's own view, or a configured auditor's",
+            "interaction": [{"code": "search-type"}],
+            "searchParam": [dict(PATIENT_PARAM)],
+        }
+    )
+    resources.sort(key=lambda r: r["type"])
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -47,7 +74,7 @@ def capability_statement(mappings: MappingSet, base_url: str, software_date: str
         "kind": "instance",
         "software": {"name": "fhir-facade", "version": __version__},
         "implementation": {
-            "description": "Read-only FHIR facade over Cosmic, Viva and NPÖ (query-response)",
+            "description": "FHIR facade over Cosmic, Viva and NPÖ; keeps consents and the access log",
             "url": base_url,
         },
         "fhirVersion": "4.0.1",

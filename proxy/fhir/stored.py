@@ -217,10 +217,10 @@ async def search_audit(request: web.Request) -> web.Response:
         codes={},
         strict=strict(request),
     )
+    request[AUDIT_QUERY_KEY] = query  # a refused attempt is logged too
     is_patient = principal.audience == "patient"
     if not is_patient and principal.user_hsa_id not in facade.settings.access.auditors:
         raise FhirError(403, "forbidden", "Only the patient and configured auditors may read the access log")
-    request[AUDIT_QUERY_KEY] = query
     own = query.patient is not None and (not is_patient or query.patient.pnr == principal.patient_pnr)
     if not own or query.patient is None:  # another patient's log reads as an unknown patient's
         return _bundle(request, query, [], 0, "AuditEvent")

@@ -5,47 +5,58 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from typing import Any
+
+import pytest
 
 from proxy.fhir.http import STORE_KEY
 from proxy.simulators.population import GRETA, LENNART, SANNA, TOLVAN
-from tests.conftest import BASE, auth, pid
+from proxy.store import Store
+from tests.conftest import BASE, auth, pid, validate
 
 
-async def events(store: Any) -> list[dict[str, Any]]:
-    assert store._db is not None
-    async with store._db.execute("SELECT event, patient_pnr, audience, outcome FROM audit_event") as cur:
-        rows = await cur.fetchall()
-    return [{**json.loads(e), "_pnr": p, "_audience": a, "_outcome": o} for e, p, a, o in rows]
+async def events(store: Store) -> list[dict[str, Any]]:
+    return await store.all_audit_events()
 
 
-async def test_exactly_one_event_per_patient_request_under_concurrency(facade: Any) -> None:
+def request_id(event: dict[str, Any]) -> str:
+    (entity,) = [e for e in event["entity"] if e["type"].get("code") == "XrequestId"]
+    return str(entity["what"]["identifier"]["value"])
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+async def test_exactly_one_event_per_patient_request_under_concurrency(facade: Any, store: str) -> None:
     people = [TOLVAN.pnr, GRETA.pnr, SANNA.pnr, LENNART.pnr]
     patient_token = auth("patient", pnr=TOLVAN.pnr)
     narrow = auth("clinician", scopes="user/Condition.rs")
-    async with facade() as f:
+    async with facade(store=store, consent=False) as f:
         await f.faults("npo", error_status=503, rate=0.3)  # some answers partial
-        requests = []
-        for i in range(600):
+        requests: list[tuple[str, dict[str, str], dict[str, str]]] = []
+        for i in range(2400):
             pnr = people[i % 4]
-            kind = i % 6
+            kind = i % 8
+            headers = {"X-Request-ID": f"req-{i}"}
             if kind == 0:
-                requests.append((f"{BASE}/Patient/{pid(pnr)}/$everything", {}, None))
+                requests.append((f"{BASE}/Patient/{pid(pnr)}/$everything", {}, headers))
             elif kind == 1:
-                requests.append((f"{BASE}/Condition", {"patient": pid(pnr)}, None))
-            elif kind == 2:
-                requests.append((f"{BASE}/Observation", {"patient": pid(pnr)}, narrow))  # 403: refused
-            elif kind == 3:
-                requests.append((f"{BASE}/Patient/{pid(pnr)}", {}, patient_token))  # others: 404
+                requests.append((f"{BASE}/Condition", {"patient": pid(pnr)}, headers))
+            elif kind == 2:  # 403: refused by scope
+                requests.append((f"{BASE}/Observation", {"patient": pid(pnr)}, {**narrow, **headers}))
+            elif kind == 3:  # others' records: 404
+                requests.append((f"{BASE}/Patient/{pid(pnr)}", {}, {**patient_token, **headers}))
             elif kind == 4:
-                requests.append((f"{BASE}/Flag", {"patient": pid(pnr)}, auth("ambulance")))
-            else:
-                requests.append(
-                    (f"{BASE}/Condition", {"patient": pid(pnr), "onset-date": "bad"}, None)
-                )  # 400
+                requests.append((f"{BASE}/Flag", {"patient": pid(pnr)}, {**auth("ambulance"), **headers}))
+            elif kind == 5:  # 403: social care has no emergency access
+                emergency = {**auth("homecare"), "X-Emergency-Access": "no-time", **headers}
+                requests.append((f"{BASE}/Patient/{pid(pnr)}/$everything", {}, emergency))
+            elif kind == 6:
+                requests.append((f"{BASE}/AuditEvent", {"patient": pid(pnr)}, {**patient_token, **headers}))
+            else:  # 400: malformed, names no patient
+                requests.append((f"{BASE}/Condition", {"patient": pid(pnr), "onset-date": "bad"}, headers))
         sem = asyncio.Semaphore(64)
 
-        async def send(path: str, params: dict[str, str], headers: dict[str, str] | None) -> int:
+        async def send(path: str, params: dict[str, str], headers: dict[str, str]) -> int:
             async with sem:
                 resp = await f.client.get(path, params=params, headers=headers)
                 await resp.read()
@@ -53,15 +64,16 @@ async def test_exactly_one_event_per_patient_request_under_concurrency(facade: A
 
         statuses = await asyncio.gather(*(send(*r) for r in requests))
         logged = await events(f.client.server.app[STORE_KEY])
-    touching = [s for s, r in zip(statuses, requests, strict=True) if r[1].get("onset-date") != "bad"]
+    touching = {
+        r[2]["X-Request-ID"] for r in requests if r[1].get("onset-date") != "bad"
+    }  # the malformed searches named no patient
     assert sorted(set(statuses)) == [200, 400, 403, 404]
-    assert len(logged) == len(touching) == 500  # the 100 malformed searches named no patient
-    assert len({e["id"] for e in logged}) == len(logged)
-    by_outcome: dict[int, int] = {}
-    for e in logged:
-        by_outcome[e["_outcome"]] = by_outcome.get(e["_outcome"], 0) + 1
-    assert by_outcome.get(8, 0) == statuses.count(403) + statuses.count(404)
-    assert by_outcome.get(4, 0) > 0  # partial answers (NPÖ failing) are logged as such
+    per_request = Counter(request_id(e) for e in logged)
+    assert set(per_request) == touching and set(per_request.values()) == {1}
+    assert len(logged) == 2100
+    by_outcome = Counter(e["outcome"] for e in logged)
+    assert by_outcome["8"] == statuses.count(403) + statuses.count(404)
+    assert by_outcome["4"] > 0  # partial answers (NPÖ failing) are logged as such
 
 
 async def test_an_event_says_who_what_why_and_nothing_clinical(facade: Any) -> None:
@@ -70,9 +82,10 @@ async def test_an_event_says_who_what_why_and_nothing_clinical(facade: Any) -> N
         await f.get(f"{BASE}/Patient/{pid(TOLVAN.pnr)}/$everything", headers=token)
         await f.get(f"{BASE}/Patient/{pid(TOLVAN.pnr)}", headers=auth("patient", pnr=TOLVAN.pnr))
         logged = await events(f.client.server.app[STORE_KEY])
-    amb, pat = logged
+    amb, pat = sorted(logged, key=lambda e: e["agent"][0]["role"][0]["coding"][0]["code"])
     text = json.dumps(amb)
-    assert amb["_pnr"] == TOLVAN.pnr and amb["_audience"] == "ambulance"
+    assert amb["entity"][0]["what"]["reference"] == f"Patient/{pid(TOLVAN.pnr)}"
+    assert amb["agent"][0]["role"][0]["coding"][0]["code"] == "ambulance"
     assert amb["subtype"][0]["code"] == "everything" and amb["outcome"] == "0"
     assert amb["purposeOfEvent"][0]["coding"][0]["code"] == "TREAT"
     assert amb["agent"][0]["who"]["identifier"]["value"].startswith("SE2321000016")
@@ -83,13 +96,84 @@ async def test_an_event_says_who_what_why_and_nothing_clinical(facade: Any) -> N
     assert pat["purposeOfEvent"][0]["coding"][0]["code"] == "PATRQT"
 
 
-async def test_no_audit_no_answer(facade: Any) -> None:
-    async with facade() as f:
-        store = f.client.server.app[STORE_KEY]
-        await store._db.close()  # the store breaks under the running facade
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+async def test_no_audit_no_answer(facade: Any, store: str) -> None:
+    async with facade(store=store) as f:
+        await f.client.server.app[STORE_KEY]._disconnect()  # the store breaks under the running facade
         resp = await f.client.get(f"{BASE}/Patient/{pid(TOLVAN.pnr)}/$everything")
         body = await resp.text()
+        # the patient's answer needs no consent lookup: it is the audit write that fails
+        own = await f.client.get(
+            f"{BASE}/Patient/{pid(TOLVAN.pnr)}/$everything", headers=auth("patient", pnr=TOLVAN.pnr)
+        )
+        own_body = await own.text()
         meta = await f.client.get(f"{BASE}/metadata")  # touches no patient: not audited, still served
-    assert resp.status == 503
-    assert "OperationOutcome" in body and "Tolvan" not in body and "Condition" not in body
+    assert resp.status == 503 and own.status == 503
+    for text in (body, own_body):
+        assert "OperationOutcome" in text and "Tolvan" not in text and "Condition" not in text
     assert meta.status == 200
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+async def test_the_patient_reads_who_accessed_their_record_and_nothing_hidden(
+    facade: Any, store: str
+) -> None:
+    patient = auth("patient", pnr=TOLVAN.pnr)
+    me = pid(TOLVAN.pnr)
+    async with facade(store=store) as f:
+        _, flags = await f.get(f"{BASE}/Flag?patient={me}", headers=auth("ambulance"))
+        threat = next(
+            e["resource"]
+            for e in flags["entry"]
+            if e["resource"]["category"][0]["coding"][0]["code"] == "safety"
+        )
+        await f.get(f"{BASE}/Flag/{threat['id']}", headers=auth("ambulance"))  # read only the threat flag
+        await f.get(f"{BASE}/Patient/{me}/$everything", headers={"X-Emergency-Access": "no-time"})
+        await f.get(f"{BASE}/Condition?patient={me}", headers=auth("homecare"))
+        await f.get(f"{BASE}/Condition?patient={pid(GRETA.pnr)}")  # someone else's record
+        status, log = await f.get(f"{BASE}/AuditEvent?patient={me}", headers=patient)
+        status_other, other = await f.get(f"{BASE}/AuditEvent?patient={pid(GRETA.pnr)}", headers=patient)
+    assert status == 200 and log["total"] == 4
+    events = [e["resource"] for e in log["entry"]]
+    whos = [e["agent"][0]["who"]["display"] for e in events]
+    assert whos.count("Ambulanssjukvården, Region Demoland") == 2
+    assert (
+        "Medicinkliniken avd 3, Region Demoland" in whos and "Kommunal hemsjukvård Norr, Demo kommun" in whos
+    )
+    assert sorted(e["purposeOfEvent"][0]["coding"][0]["code"] for e in events) == [
+        "ETREAT",
+        "TREAT",
+        "TREAT",
+        "TREAT",
+    ]
+    assert [e["recorded"] for e in events] == sorted((e["recorded"] for e in events), reverse=True)
+    text = json.dumps(log)
+    # nothing that tells what was read or hidden: no types, ids, counts, sources, clients, labels
+    for leak in (
+        "Flag",
+        threat["id"],
+        "THREAT",
+        "safety",
+        "disclosed",
+        "cosmic",
+        "npo",
+        "mobimed",
+        "SE2321000016-A001",
+    ):
+        assert leak not in text, leak
+    for e in events:
+        validate(e)
+    assert status_other == 200 and other["total"] == 0  # another's log reads as an unknown patient's
+
+
+async def test_only_patients_and_configured_auditors_read_the_log(facade: Any) -> None:
+    auditor = auth("clinician", hsa_id="SE2321000016-AUD1")
+    url = f"{BASE}/AuditEvent?patient={pid(TOLVAN.pnr)}"
+    async with facade(access={"auditors": frozenset({"SE2321000016-AUD1"})}) as f:
+        await f.get(f"{BASE}/Flag?patient={pid(TOLVAN.pnr)}", headers=auth("ambulance"))
+        assert (await f.get(url))[0] == 403
+        assert (await f.get(url, headers=auth("ambulance")))[0] == 403
+        status, full = await f.get(url, headers=auditor)
+    assert status == 200 and full["total"] == 3  # the ambulance, the refused clinician, the ambulance
+    ambulance = [e["resource"] for e in full["entry"] if "Flag" in json.dumps(e["resource"])]
+    assert ambulance and "disclosed:cosmic" in json.dumps(ambulance)  # the auditor sees it all

@@ -1,0 +1,161 @@
+"""POST/PUT/GET Consent: validation (400 with what is wrong), who may write what (403), versions,
+and who sees which Consent — against both stores."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from proxy.simulators.population import GRETA, MUNICIPALITY_PROVIDER, REGION_PROVIDER, TOLVAN, UNITS
+from tests.conftest import BASE, auth, consent_body, pid
+
+JSON = {"Content-Type": "application/fhir+json"}
+PATIENT = auth("patient", pnr=TOLVAN.pnr)
+STORES = pytest.mark.parametrize("store", ["sqlite", "postgres"])
+
+
+async def post(f: Any, body: Any, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    resp = await f.client.post(f"{BASE}/Consent", json=body, headers={**JSON, **(headers or {})})
+    return resp.status, await resp.json(content_type=None)
+
+
+async def search(f: Any, headers: dict[str, str] | None = None, **params: str) -> dict[str, Any]:
+    status, bundle = await f.get(
+        f"{BASE}/Consent", params={"patient": pid(TOLVAN.pnr), **params}, headers=headers
+    )
+    assert status == 200, bundle
+    return bundle
+
+
+def ids(bundle: dict[str, Any]) -> set[str]:
+    return {e["resource"]["id"] for e in bundle.get("entry", [])}
+
+
+@STORES
+async def test_register_read_search_revoke(facade: Any, store: str) -> None:
+    async with facade(consent=False, store=store) as f:
+        resp = await f.client.post(
+            f"{BASE}/Consent", json=consent_body(pid(TOLVAN.pnr), recipient=REGION_PROVIDER), headers=JSON
+        )
+        created = await resp.json(content_type=None)
+        assert resp.status == 201
+        assert resp.headers["Location"].endswith(f"/Consent/{created['id']}/_history/1")
+        assert resp.headers["ETag"] == 'W/"1"' and created["meta"]["versionId"] == "1"
+        status, read = await f.get(f"{BASE}/Consent/{created['id']}")
+        assert status == 200 and read == created
+        assert ids(await search(f)) == {created["id"]}
+
+        changed = {**created, "status": "inactive", "provision": {"type": "deny"}}
+        resp = await f.client.put(f"{BASE}/Consent/{created['id']}", json=changed, headers=JSON)
+        assert resp.status == 400 and "Only Consent.status" in await resp.text()
+        revoke = {**created, "status": "inactive"}
+        resp = await f.client.put(
+            f"{BASE}/Consent/{created['id']}", json=revoke, headers={**JSON, "If-Match": 'W/"7"'}
+        )
+        assert resp.status == 412
+        resp = await f.client.put(
+            f"{BASE}/Consent/{created['id']}", json=revoke, headers={**JSON, "If-Match": 'W/"1"'}
+        )
+        revoked = await resp.json(content_type=None)
+        assert resp.status == 200 and revoked["status"] == "inactive" and revoked["meta"]["versionId"] == "2"
+        again = {**revoked, "status": "active"}
+        resp = await f.client.put(f"{BASE}/Consent/{created['id']}", json=again, headers=JSON)
+        assert resp.status == 400
+        assert ids(await search(f, status="active")) == set()
+        assert ids(await search(f, status="inactive")) == {created["id"]}
+
+
+@pytest.mark.parametrize(
+    ("mutate", "says"),
+    [
+        (lambda b: {**b, "provision": {**b["provision"], "type": "maybe"}}, "provision.type"),
+        (lambda b: {**b, "scope": {"coding": [{"code": "research"}]}}, "patient-privacy"),
+        (lambda b: {k: v for k, v in b.items() if k != "category"}, "category"),
+        (lambda b: {**b, "status": "draft"}, "status"),
+        (lambda b: {**b, "patient": {"reference": "Patient/not-one-of-ours"}}, "Consent.patient"),
+        (lambda b: {**b, "patient": {"reference": "Group/1"}}, "Consent.patient"),
+        (lambda b: {**b, "provision": {**b["provision"], "period": {"end": "tomorrow"}}}, "period.end"),
+        (
+            lambda b: {
+                **b,
+                "provision": {**b["provision"], "period": {"start": "2026-02-01", "end": "2026-01-01"}},
+            },
+            "ends before",
+        ),
+        (lambda b: {**b, "provision": {"type": "permit"}}, "exactly one actor"),
+        (
+            lambda b: {
+                **b,
+                "provision": {
+                    **b["provision"],
+                    "actor": [{**b["provision"]["actor"][0], "role": {"text": "x"}}],
+                },
+            },
+            "role",
+        ),
+        (
+            lambda b: {
+                **b,
+                "provision": {
+                    **b["provision"],
+                    "actor": [{**b["provision"]["actor"][0], "reference": {"identifier": {"value": "x"}}}],
+                },
+            },
+            "HSA-id",
+        ),
+        (lambda b: {**b, "unknownElement": 1}, "unknownElement"),
+        (lambda b: [b], "resourceType Consent"),
+    ],
+)
+async def test_bad_consents_get_400_saying_what_is_wrong(facade: Any, mutate: Any, says: str) -> None:
+    async with facade(consent=False) as f:
+        status, body = await post(f, mutate(consent_body(pid(TOLVAN.pnr), recipient=REGION_PROVIDER)))
+        assert status == 400, body
+        assert body["resourceType"] == "OperationOutcome" and says in body["issue"][0]["diagnostics"]
+        resp = await f.client.post(f"{BASE}/Consent", data=b"{not json", headers=JSON)
+        assert resp.status == 400
+        resp = await f.client.post(
+            f"{BASE}/Consent", data=b"<Consent/>", headers={"Content-Type": "text/xml"}
+        )
+        assert resp.status == 415
+        assert ids(await search(f)) == set()  # nothing was stored
+
+
+async def test_who_may_write_what(facade: Any) -> None:
+    mine = consent_body(pid(TOLVAN.pnr), recipient=REGION_PROVIDER)
+    block = consent_body(pid(TOLVAN.pnr), deny=True, custodians=(UNITS["akuten"][0],))
+    async with facade(consent=False) as f:
+        # care staff register consents for their own provider or unit only, and never blocks
+        assert (await post(f, consent_body(pid(TOLVAN.pnr), recipient=MUNICIPALITY_PROVIDER)))[0] == 403
+        assert (await post(f, consent_body(pid(TOLVAN.pnr), recipient=UNITS["med"][0])))[0] == 201
+        assert (await post(f, block))[0] == 403
+        # the patient places blocks on their own record only, and does not register consents
+        assert (await post(f, mine, PATIENT))[0] == 403
+        assert (await post(f, consent_body(pid(GRETA.pnr), deny=True, custodians=("X",)), PATIENT))[0] == 403
+        status, placed = await post(f, block, PATIENT)
+        assert status == 201
+        # only the patient lifts it
+        lift = {**placed, "status": "inactive"}
+        resp = await f.client.put(f"{BASE}/Consent/{placed['id']}", json=lift, headers=JSON)
+        assert resp.status == 404  # care staff do not even see the patient's blocks
+        resp = await f.client.put(f"{BASE}/Consent/{placed['id']}", json=lift, headers={**JSON, **PATIENT})
+        assert resp.status == 200
+
+
+async def test_who_sees_which_consent(facade: Any) -> None:
+    async with facade(consent=False) as f:
+        _, region = await post(f, consent_body(pid(TOLVAN.pnr), recipient=REGION_PROVIDER))
+        _, municipality = await post(
+            f, consent_body(pid(TOLVAN.pnr), recipient=MUNICIPALITY_PROVIDER), auth("homecare")
+        )
+        _, block = await post(f, consent_body(pid(TOLVAN.pnr), deny=True, custodians=("SE-X",)), PATIENT)
+        assert ids(await search(f)) == {region["id"]}
+        assert ids(await search(f, auth("homecare"))) == {municipality["id"]}
+        assert ids(await search(f, PATIENT)) == {region["id"], municipality["id"], block["id"]}
+        other = await f.get(
+            f"{BASE}/Consent", params={"patient": pid(GRETA.pnr)}, headers=auth("patient", pnr=GRETA.pnr)
+        )
+        assert other[1]["total"] == 0
+        assert (await f.get(f"{BASE}/Consent/{region['id']}", headers=auth("homecare")))[0] == 404
+        assert (await f.get(f"{BASE}/Consent"))[0] == 400  # which patient?
