@@ -44,7 +44,9 @@ async def test_capability_statement_lists_what_the_mappings_produce(facade: Any)
         cs = await resp.json(content_type=None)
     CapabilityStatement.model_validate(cs)
     rest = cs["rest"][0]["resource"]
-    assert {r["type"] for r in rest} == set(SUPPORTED_TYPES)
+    assert {r["type"] for r in rest} == {*SUPPORTED_TYPES, "Consent", "AuditEvent"}
+    consent = next(r for r in rest if r["type"] == "Consent")
+    assert {i["code"] for i in consent["interaction"]} == {"create", "read", "update", "search-type"}
     condition = next(r for r in rest if r["type"] == "Condition")
     assert {"patient", "code", "onset-date", "category"} <= {p["name"] for p in condition["searchParam"]}
     patient = next(r for r in rest if r["type"] == "Patient")
