@@ -41,6 +41,19 @@ class AuditRecord:
     request_id: str
     event: FhirDict
 
+    def row(self) -> tuple[object, ...]:
+        """The values of the audit_event columns, in schema order (id … event)."""
+        return (
+            self.event_id,
+            self.recorded,
+            self.patient_pnr,
+            self.audience,
+            self.user_hsa_id,
+            self.outcome,
+            self.request_id,
+            self.event,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class ConsentRow:

@@ -64,19 +64,7 @@ class PostgresStore(Store):
             await conn.executemany(
                 "INSERT INTO audit_event (id, recorded, patient_pnr, audience, user_hsa_id, outcome,"
                 " request_id, event) VALUES ($1, $2::text::timestamptz, $3, $4, $5, $6, $7, $8)",
-                [
-                    (
-                        r.event_id,
-                        r.recorded,
-                        r.patient_pnr,
-                        r.audience,
-                        r.user_hsa_id,
-                        r.outcome,
-                        r.request_id,
-                        r.event,
-                    )
-                    for r in records
-                ],
+                [r.row() for r in records],
             )
 
     async def _fetch(self, sql: str, *args: object) -> list[asyncpg.Record]:

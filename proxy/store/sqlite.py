@@ -54,19 +54,7 @@ class SqliteStore(Store):
         await self.db.executemany(
             "INSERT INTO audit_event (id, recorded, patient_pnr, audience, user_hsa_id, outcome,"
             " request_id, event) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (
-                    r.event_id,
-                    r.recorded,
-                    r.patient_pnr,
-                    r.audience,
-                    r.user_hsa_id,
-                    r.outcome,
-                    r.request_id,
-                    orjson.dumps(r.event),
-                )
-                for r in records
-            ],
+            [(*r.row()[:-1], orjson.dumps(r.event)) for r in records],
         )
         await self.db.commit()
 
