@@ -177,7 +177,6 @@ async def update_consent(request: web.Request) -> web.Response:
     resource = consent.stored(
         {**row.resource, "status": body["status"]}, consent_id=row.id, version=row.version + 1
     )
-    resource["dateTime"] = row.resource["dateTime"]
     updated = ConsentRow(row.id, row.patient_pnr, resource["status"], row.version + 1, resource)
     if not await request.app[STORE_KEY].update_consent(updated, expected_version=row.version):
         raise FhirError(409, "conflict", "The Consent was changed by another request; read it and try again")
@@ -185,22 +184,14 @@ async def update_consent(request: web.Request) -> web.Response:
 
 
 async def search_consents(request: web.Request) -> web.Response:
-    facade = request.app[FACADE_KEY]
     principal = request[PRINCIPAL_KEY]
-    query, wanted = parse.parse_stored_search(
-        "Consent",
-        list(request.query.items()),
-        facade.ids,
-        facade.settings.facade,
-        codes={"status": _STATUSES},
-        strict=strict(request),
-    )
+    query, wanted = _search_params(request, "Consent", {"status": _STATUSES})
     request[AUDIT_QUERY_KEY] = query
     rows = await request.app[STORE_KEY].consents(query.patient.pnr) if query.patient else []
     statuses = wanted.get("status", _STATUSES)
     found = [r.resource for r in rows if r.status in statuses and _visible(principal, r)]
     request[AUDIT_DISCLOSED_KEY] = Counter({"facade": len(found)})
-    return _bundle(request, query, found[query.offset : query.offset + query.count], len(found), "Consent")
+    return _bundle(request, query, found[query.offset :], len(found), "Consent")
 
 
 # ---- AuditEvent ---------------------------------------------------------------------------------
@@ -209,14 +200,7 @@ async def search_consents(request: web.Request) -> web.Response:
 async def search_audit(request: web.Request) -> web.Response:
     facade = request.app[FACADE_KEY]
     principal = request[PRINCIPAL_KEY]
-    query, _ = parse.parse_stored_search(
-        "AuditEvent",
-        list(request.query.items()),
-        facade.ids,
-        facade.settings.facade,
-        codes={},
-        strict=strict(request),
-    )
+    query, _ = _search_params(request, "AuditEvent", {})
     request[AUDIT_QUERY_KEY] = query  # a refused attempt is logged too
     is_patient = principal.audience == "patient"
     if not is_patient and principal.user_hsa_id not in facade.settings.access.auditors:
@@ -232,6 +216,20 @@ async def search_audit(request: web.Request) -> web.Response:
         names = dict(facade.settings.access.directory)
         events = [patient_view(e, names) for e in events]
     return _bundle(request, query, events, total, "AuditEvent")
+
+
+def _search_params(
+    request: web.Request, rtype: str, codes: dict[str, frozenset[str]]
+) -> tuple[Query, dict[str, frozenset[str]]]:
+    facade = request.app[FACADE_KEY]
+    return parse.parse_stored_search(
+        rtype,
+        list(request.query.items()),
+        facade.ids,
+        facade.settings.facade,
+        codes=codes,
+        strict=strict(request),
+    )
 
 
 def _bundle(request: web.Request, query: Query, page: list[FhirDict], total: int, rtype: str) -> web.Response:
