@@ -10,18 +10,24 @@ backend's latency plus the facade's own work, not near the sum of the three.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import statistics
+import sys
+import tempfile
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import aiohttp
 
+from proxy import loop
 from proxy.app import create_app
 from proxy.auth.demo import demo_issuer, make_token
 from proxy.fhir.ids import PatientIds
 from proxy.settings import DEMO_PATIENT_ID_KEY, load_settings
 from proxy.simulators.harness import people_for, running_simulators, serving
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import register_consents
 
 
 def pct(values: list[float], p: float) -> float:
@@ -29,17 +35,24 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
-async def run(latency_ms: float, requests: int, pnr: str, cache: bool) -> None:
+async def run(latency_ms: float, requests: int, pnr: str, cache: bool, tmp: Path) -> None:
     settings = load_settings()
-    settings = replace(settings, cache=replace(settings.cache, enabled=cache))
+    settings = replace(
+        settings,
+        cache=replace(settings.cache, enabled=cache),
+        store=replace(settings.store, kind="sqlite", sqlite_path=tmp / "facade.sqlite"),
+    )
     faults = {b.simulator: {"latency_ms": latency_ms} for b in settings.backends if b.simulator}
     async with running_simulators(settings, people_for(settings), faults=faults) as urls:
         app = create_app(
             settings.with_backend_urls(urls), patient_id_key=DEMO_PATIENT_ID_KEY, extra_issuer=demo_issuer()
         )
-        headers = {"Authorization": f"Bearer {make_token('clinician')}"}
+        token = make_token("clinician")
+        headers = {"Authorization": f"Bearer {token}"}
+        patient_id = PatientIds(DEMO_PATIENT_ID_KEY).encode(pnr)
         async with serving(app) as base, aiohttp.ClientSession(headers=headers) as http:
-            url = f"{base}/fhir/Patient/{PatientIds(DEMO_PATIENT_ID_KEY).encode(pnr)}/$everything"
+            await register_consents(base, [patient_id], token)  # PDL: the answer holds every source
+            url = f"{base}/fhir/Patient/{patient_id}/$everything"
             for _ in range(10):  # warm-up: connections, first-call costs
                 async with http.get(url) as r:
                     await r.read()
@@ -70,7 +83,8 @@ def main() -> None:
         "--cache", action="store_true", help="leave the cache on (default: every request uncached)"
     )
     args = ap.parse_args()
-    asyncio.run(run(args.latency_ms, args.requests, args.patient, args.cache))
+    with tempfile.TemporaryDirectory(prefix="fhir-facade-bench-") as tmp:
+        loop.run(run(args.latency_ms, args.requests, args.patient, args.cache, Path(tmp)))
 
 
 if __name__ == "__main__":

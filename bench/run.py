@@ -66,6 +66,7 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from proxy import loop
 from proxy.app import compile_mappings
 from proxy.auth.demo import make_token as demo_token
 from proxy.fhir.ids import PatientIds
@@ -195,6 +196,9 @@ def write_config(tmp: Path, name: str, sim_urls: dict[str, str], pem: Path, cach
         if backend in sim_urls:
             b["base_url"] = sim_urls[backend]
     doc["auth"] = {"issuers": [{"issuer": BENCH_ISSUER, "pem_file": str(pem), "algorithms": ["ES256"]}]}
+    # One SQLite store per run, shared by the facade's restarts: the consents registered at start-up
+    # (register_consents) hold for the cached facade too; the access log of the run stays in tmp.
+    doc["store"] = {"kind": "sqlite", "sqlite_path": str(tmp / "facade.sqlite")}
     if cache is not None:  # over the section config/facade.yaml may have, keeping its other keys
         doc["cache"] = {**(doc.get("cache") or {}), **cache}
     # The learned engagement index is a negative cache (it skips backends known to hold nothing):
@@ -215,6 +219,58 @@ def cache_support(tmp: Path, pem: Path) -> str | None:
     return None
 
 
+HSA_SYSTEM = "urn:oid:1.2.752.129.2.1.4.1"
+RECIPIENT_ROLE = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
+
+
+async def register_consents(base: str, patient_ids: list[str], token: str, concurrency: int = 8) -> None:
+    """Each bench patient's consent (PDL) for the token's care provider, through ``POST /fhir/Consent``.
+
+    The facade withholds other providers' records from a clinician without one; with it the answer
+    holds every source, like the baseline's concatenation. Registered once: the store outlives the
+    facade's restart for (d)."""
+    provider = jwt.decode(token, options={"verify_signature": False})["care_provider_hsa_id"]
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"}
+    queue = iter(patient_ids)
+
+    def body(patient_id: str) -> bytes:
+        return orjson.dumps(
+            {
+                "resourceType": "Consent",
+                "status": "active",
+                "scope": {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                            "code": "patient-privacy",
+                        }
+                    ]
+                },
+                "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+                "patient": {"reference": f"Patient/{patient_id}"},
+                "provision": {
+                    "type": "permit",
+                    "actor": [
+                        {
+                            "role": {"coding": [{"system": RECIPIENT_ROLE, "code": "IRCP"}]},
+                            "reference": {"identifier": {"system": HSA_SYSTEM, "value": provider}},
+                        }
+                    ],
+                },
+            }
+        )
+
+    async with aiohttp.ClientSession(headers=headers) as http:
+
+        async def worker() -> None:
+            for patient_id in queue:
+                async with http.post(f"{base}/fhir/Consent", data=body(patient_id)) as r:
+                    if r.status != 201:
+                        raise RuntimeError(f"POST Consent: {r.status} {await r.text()}")
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
 # ---------------------------------------------------------------- targets
 
 
@@ -230,18 +286,20 @@ class Target:
 
 
 def judge_bundle(body: bytes) -> str:
-    """``partial`` when an OperationOutcome entry says a source is missing or stale (severity
-    warning), ``cached`` when the only such notes are informational (answered from the cache, or
-    skipped by the engagement index), else ``ok``. Parsed only when a source note is there at all."""
+    """``partial`` when an OperationOutcome entry says the answer is short of the baseline's: a
+    source missing or stale (severity warning) or records withheld under PDL (code ``suppressed``:
+    the bench patient's consent was not registered). ``cached`` when the only such notes are
+    informational (answered from the cache, or skipped by the engagement index), else ``ok``.
+    Parsed only when a source note is there at all."""
     if OUTCOME_MARK not in body:
         return "ok"
     notes = [
-        issue.get("severity")
+        (issue.get("severity"), issue.get("code"))
         for entry in orjson.loads(body).get("entry", [])
         if entry.get("search", {}).get("mode") == "outcome"
         for issue in entry.get("resource", {}).get("issue", [])
     ]
-    if any(severity != "information" for severity in notes):
+    if any(severity != "information" or code == "suppressed" for severity, code in notes):
         return "partial"
     return "cached" if notes else "ok"
 
@@ -622,6 +680,8 @@ async def bench(args: argparse.Namespace, procs: Processes, tmp: Path) -> dict[s
     backend, spec, probe_ms = await slowest_call(settings, plan, refs[:4])
     print(f"slowest backend call (sequential probe, median): {backend} {spec.path} {probe_ms:.1f} ms")
     patient_ids = [r.fhir_id for r in refs]
+    print(f"registering {len(patient_ids)} consents (PDL) for the bench clinician's care provider …")
+    await register_consents(facade_url, patient_ids, token)
     direct = direct_target(settings, backend, spec, refs)
     direct.note = f"{spec.method} {spec.path}; probe median {probe_ms:.1f} ms"
     baseline = baseline_target(baseline_url, pnrs, calls)
@@ -705,7 +765,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="fhir-bench-") as tmp:
         procs = Processes(Path(tmp))
         try:
-            results = asyncio.run(bench(args, procs, Path(tmp)))
+            results = loop.run(bench(args, procs, Path(tmp)))
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             sys.exit(130)

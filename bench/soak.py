@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import run
 
+from proxy import loop
 from proxy.fhir.ids import PatientIds
 from proxy.simulators.population import population
 
@@ -37,7 +38,9 @@ async def soak(args: argparse.Namespace, procs: run.Processes, tmp: Path) -> Non
     sims = await run.start_simulators(procs, args)
     config = run.write_config(tmp, "soak", sims, pem, {"enabled": True, "ttl_s": args.ttl_s})
     base, pid = await run.start_facade(procs, "facade", config, key_b64, args.start_timeout)
-    target = run.facade_target("facade", "soak", base, [ids.encode(p) for p in pnrs], token)
+    patient_ids = [ids.encode(p) for p in pnrs]
+    await run.register_consents(base, patient_ids, token)
+    target = run.facade_target("facade", "soak", base, patient_ids, token)
 
     samples: list[tuple[int, float]] = [(0, run.rss_mib(pid)["VmRSS"])]
     done, errors = 0, 0
@@ -84,7 +87,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="fhir-facade-soak-") as tmp:
         procs = run.Processes(Path(tmp))
         try:
-            asyncio.run(soak(args, procs, Path(tmp)))
+            loop.run(soak(args, procs, Path(tmp)))
         except KeyboardInterrupt:
             pass
         finally:

@@ -30,13 +30,22 @@ from proxy.fhir.ids import PatientIds
 from proxy.fhir.searchparams import matches, sort_time
 from proxy.mapping.compiler import RequestSpec
 from proxy.mapping.registry import MappingSet, request_context
-from proxy.mapping.run import map_source
+from proxy.mapping.run import MappedSource, map_source
 from proxy.merge import merge
 from proxy.redact import Policy, redact
 from proxy.settings import Settings
 from proxy.store import Store, StoreUnavailable
 from proxy.timeutil import fhir_range
-from proxy.types import FhirDict, MappedResource, PatientRef, Principal, Query, SourceOutcome, SourceStatus
+from proxy.types import (
+    FhirDict,
+    MappedResource,
+    PatientRef,
+    Principal,
+    Query,
+    SourceOutcome,
+    SourceResult,
+    SourceStatus,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,27 +121,33 @@ async def fetch_and_map(
             to_fetch.setdefault(name, []).append(spec)
 
     contexts = {name: context(facade, name, patient) for name in to_fetch}
-    results = await fan_out(facade.clients, to_fetch, contexts, deadline_s=facade.settings.facade.deadline_s)
     priority = {name: i for i, name in enumerate(facade.settings.source_priority)}
-    for result in results:
-        backend = facade.settings.backend(result.source)
-        asked = {spec.key for spec in to_fetch[result.source]}
+    asked = {name: {spec.key for spec in specs} for name, specs in to_fetch.items()}
+    mapped_from: dict[str, MappedSource] = {}
+
+    def map_answer(result: SourceResult) -> None:  # as each backend answers, while others are out
         # every mapping that reads an answer we now hold, whatever type it makes: one cache entry
         # per request serves later queries for any type
-        sharing = [m for m in facade.mappings.by_backend[result.source] if m.request.key in asked]
-        mapped = map_source(
+        keys = asked[result.source]
+        sharing = [m for m in facade.mappings.by_backend[result.source] if m.request.key in keys]
+        mapped_from[result.source] = map_source(
             result,
             sharing,
             contexts[result.source],
-            source_uri=backend.source_uri,
+            source_uri=facade.settings.backend(result.source).source_uri,
             priority=priority[result.source],
         )
-        by_key: dict[str, list[MappedResource]] = {key: [] for key in mapped.readable}
-        key_of = {m.name: m.request.key for m in sharing}
-        for r in mapped.resources:
-            by_key.setdefault(key_of[r.mapping], []).append(r)
-        for key in mapped.readable:
-            if cache is not None:
+
+    results = await fan_out(
+        facade.clients, to_fetch, contexts, deadline_s=facade.settings.facade.deadline_s, on_result=map_answer
+    )
+    for result in results:
+        mapped = mapped_from[result.source]
+        if cache is not None:
+            by_key: dict[str, list[MappedResource]] = {key: [] for key in mapped.readable}
+            for r in mapped.resources:
+                by_key.setdefault(facade.mappings.request_key[r.mapping], []).append(r)
+            for key in mapped.readable:
                 await cache.put(result.source, key, patient.fhir_id, tuple(by_key[key]))
         found.extend(mapped.resources)
         if index is not None:
@@ -141,7 +156,7 @@ async def fetch_and_map(
                 index.learn(result.source, patient.fhir_id, holds_data=True)
             elif mapped.outcome is None and mapped.readable == every_contract:
                 index.learn(result.source, patient.fhir_id, holds_data=False)
-        missing = asked - mapped.readable
+        missing = asked[result.source] - mapped.readable
         standing_in = [stale[(result.source, k)] for k in missing if (result.source, k) in stale]
         for entry in standing_in:
             found.extend(entry.resources)

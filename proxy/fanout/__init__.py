@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import aiohttp
@@ -152,16 +152,26 @@ async def fan_out(
     contexts: Mapping[str, Context],
     *,
     deadline_s: float,
+    on_result: Callable[[SourceResult], None] | None = None,
 ) -> list[SourceResult]:
     """Ask every backend in ``plan`` concurrently; one SourceResult per backend, in plan order.
 
     When ``deadline_s`` passes, backends still out are abandoned and reported as timed out: the
-    answer comes back with what has arrived.
+    answer comes back with what has arrived. ``on_result`` sees each result once: as soon as its
+    backend has answered (so work on one answer overlaps the wait for the others), or, for a
+    backend abandoned at the deadline, at the end.
     """
     names = [name for name, specs in plan.items() if specs]
     if not names:
         return []
-    tasks = {name: asyncio.ensure_future(clients[name].fetch(plan[name], contexts[name])) for name in names}
+
+    async def fetch(name: str) -> SourceResult:
+        result = await clients[name].fetch(plan[name], contexts[name])
+        if on_result is not None:
+            on_result(result)
+        return result
+
+    tasks = {name: asyncio.ensure_future(fetch(name)) for name in names}
     try:
         await asyncio.wait(tasks.values(), timeout=deadline_s)
     finally:
@@ -174,4 +184,6 @@ async def fan_out(
         else:
             detail = f"did not answer within the request deadline ({deadline_s:g} s)"
             results.append(SourceResult(name, SourceStatus.TIMEOUT, {}, deadline_s * 1000, detail))
+            if on_result is not None:
+                on_result(results[-1])
     return results

@@ -24,7 +24,7 @@ import base64
 import hashlib
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import quote
@@ -89,11 +89,12 @@ class RequestSpec:
     body: str | None
     headers: tuple[tuple[str, str], ...]
     format: str  # "json" | "xml"
+    # Identity of the fetch: mappings with equal keys are served by one backend call (and share
+    # a cache entry). Derived once here; it is read several times per request and per backend call.
+    key: str = field(init=False, compare=False)
 
-    @property
-    def key(self) -> str:
-        """Identity of the fetch: mappings with equal keys are served by one backend call."""
-        return f"{self.method} {self.path} {self.query} {self.headers} {self.body}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", f"{self.method} {self.path} {self.query} {self.headers} {self.body}")
 
     def render(self, ctx: Context) -> tuple[str, list[tuple[str, str]], dict[str, str], bytes | None]:
         """Path, query, headers and body with the request's context filled in.

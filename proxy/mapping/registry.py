@@ -8,7 +8,7 @@ belongs to which backend is set in ``config/`` (``backends.<name>.mappings``).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,12 @@ class MappingSet:
     """All compiled mappings, per backend, in file-name order."""
 
     by_backend: Mapping[str, tuple[CompiledMapping, ...]]
+    # the request each mapping reads (by mapping name), to file mapped resources under their fetch
+    request_key: Mapping[str, str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        keys = {m.name: m.request.key for ms in self.by_backend.values() for m in ms}
+        object.__setattr__(self, "request_key", keys)
 
     def for_types(self, backend: str, types: Iterable[str]) -> tuple[CompiledMapping, ...]:
         wanted = set(types)

@@ -139,7 +139,8 @@ def _scrub(resource: FhirDict, policy: Policy, audience: str, allowed: set[str])
             r["contained"] = kept
         else:
             del r["contained"]
-    r = _keep_references(r, local)
+    if not _references_allowed(r, local):  # the rare case: copy, leaving the offending objects out
+        r = _keep_references(r, local)
     if (
         r["resourceType"] == "Patient"
         and policy.identity_label is not None
@@ -151,6 +152,23 @@ def _scrub(resource: FhirDict, policy: Policy, audience: str, allowed: set[str])
 
 
 _GONE = object()
+
+
+def _references_allowed(node: Any, allowed: set[str]) -> bool:
+    """Whether every ``reference`` under ``node`` (a dict or list) is allowed: a walk that builds
+    nothing. Most answers hold no reference to remove, and the resource, which may be shared with
+    the cache, is then used as it is."""
+    if isinstance(node, dict):
+        ref = node.get("reference")
+        if isinstance(ref, str) and ref not in allowed:
+            return False
+        children = node.values()
+    else:
+        children = node
+    for v in children:
+        if isinstance(v, dict | list) and not _references_allowed(v, allowed):
+            return False
+    return True
 
 
 def _keep_references(node: Any, allowed: set[str]) -> Any:

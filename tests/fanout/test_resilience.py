@@ -7,12 +7,12 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from proxy.fanout import BackendClient
+from proxy.fanout import BackendClient, fan_out
 from proxy.fanout.breaker import CircuitBreaker
 from proxy.mapping.compiler import RequestSpec
 from proxy.settings import load_settings
 from proxy.simulators.population import TOLVAN
-from proxy.types import SourceStatus
+from proxy.types import SourceResult, SourceStatus
 from tests.conftest import BASE, pid
 
 EVERYTHING = f"{BASE}/Patient/{pid(TOLVAN.pnr)}/$everything"
@@ -122,3 +122,35 @@ async def test_a_reset_connection_is_retried_once_for_get() -> None:
     assert await _ask(resets=1, method="GET") == (SourceStatus.OK, 2)
     assert await _ask(resets=2, method="GET") == (SourceStatus.ERROR, 2)  # once, not more
     assert await _ask(resets=1, method="POST") == (SourceStatus.ERROR, 1)  # never for POST
+
+
+class _Backend:
+    """Answers (with nothing) after ``delay_s``: a stand-in for BackendClient in fan_out."""
+
+    def __init__(self, name: str, delay_s: float) -> None:
+        self.name, self.delay_s = name, delay_s
+
+    async def fetch(self, specs: Any, ctx: Any) -> SourceResult:
+        await asyncio.sleep(self.delay_s)
+        return SourceResult(self.name, SourceStatus.OK, {}, self.delay_s * 1000)
+
+
+async def test_each_answer_is_handed_on_as_it_arrives_and_results_keep_plan_order() -> None:
+    clients = {"slow": _Backend("slow", 0.15), "fast": _Backend("fast", 0.0), "dead": _Backend("dead", 5.0)}
+    spec = RequestSpec(method="GET", path="/x", query=(), body=None, headers=(), format="json")
+    seen: list[tuple[str, SourceStatus]] = []
+    results = await fan_out(
+        clients,  # type: ignore[arg-type]
+        {name: [spec] for name in clients},
+        {name: {} for name in clients},
+        deadline_s=0.4,
+        on_result=lambda r: seen.append((r.source, r.status)),
+    )
+    # the fast answer was handed on first, while the slow one was still out; the dead one once, at
+    # the deadline
+    assert seen == [("fast", SourceStatus.OK), ("slow", SourceStatus.OK), ("dead", SourceStatus.TIMEOUT)]
+    assert [(r.source, r.status) for r in results] == [
+        ("slow", SourceStatus.OK),
+        ("fast", SourceStatus.OK),
+        ("dead", SourceStatus.TIMEOUT),
+    ]

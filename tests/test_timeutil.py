@@ -1,0 +1,51 @@
+"""``fhir_range``: the instant range a FHIR date value denotes, including its fast path."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from proxy.timeutil import fhir_range
+
+OFFSETS = st.integers(min_value=-14 * 60, max_value=14 * 60).map(lambda m: timezone(timedelta(minutes=m)))
+
+
+@given(st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(2200, 1, 1)), OFFSETS)
+def test_a_datetime_with_seconds_and_a_zone_is_that_second(moment: datetime, zone: timezone) -> None:
+    aware = moment.replace(microsecond=0, tzinfo=zone)
+    text = aware.isoformat()  # e.g. 2024-05-15T10:00:00+02:00 (the fast path)
+    expected = aware.astimezone(UTC).timestamp()
+    assert fhir_range(text) == (expected, expected + 1.0)
+    if zone.utcoffset(None) == timedelta(0):
+        assert fhir_range(text.replace("+00:00", "Z")) == (expected, expected + 1.0)
+
+
+@pytest.mark.parametrize(
+    ("value", "lo", "width"),
+    [
+        ("2024-05-15T10:00:00.5+02:00", datetime(2024, 5, 15, 8, 0, 0, 500000, tzinfo=UTC), 0.1),
+        ("2024-05-15T10:00+02:00", datetime(2024, 5, 15, 8, 0, tzinfo=UTC), 60.0),
+        ("2024-05-15T10:00:00", datetime(2024, 5, 15, 8, 0, tzinfo=UTC), 1.0),  # no zone: Swedish time
+    ],
+)
+def test_the_other_precisions_keep_their_widths(value: str, lo: datetime, width: float) -> None:
+    start, end = fhir_range(value)
+    assert start == lo.timestamp()
+    assert end - start == pytest.approx(width)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "9999-12-31T23:59:59-01:00",
+        "0001-01-01T00:00:00+01:00",
+        "2024-02-30T10:00:00+01:00",
+        "2024-05-15 10:00",
+    ],
+)
+def test_values_beyond_what_can_be_represented_or_malformed_are_errors(value: str) -> None:
+    with pytest.raises(ValueError):
+        fhir_range(value)
