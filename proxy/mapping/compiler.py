@@ -30,7 +30,7 @@ from typing import Any
 from urllib.parse import quote
 from xml.sax.saxutils import escape as xml_escape
 
-from proxy.mapping.paths import Finder, PathError, compile_path
+from proxy.mapping.paths import Finder, First, PathError, compile_first, compile_path
 from proxy.timeutil import format_kind, iso_local_to_fhir, local_to_fhir
 
 Context = Mapping[str, Any]
@@ -203,6 +203,12 @@ class _Compiler:
         except PathError as exc:
             raise self.fail(where, str(exc)) from None
 
+    def first(self, expr: Any, where: str) -> First:
+        try:
+            return compile_first(expr)
+        except PathError as exc:
+            raise self.fail(where, str(exc)) from None
+
     def template(self, text: str, where: str) -> Builder:
         """``"Patient/{@patient_id}"``: record paths and context names; None if any part is missing."""
         parts: list[str | tuple[str, Any]] = []
@@ -219,7 +225,7 @@ class _Compiler:
                     )
                 parts.append(("ctx", name[1:]))
             else:
-                parts.append(("rec", self.path(name, where)))
+                parts.append(("rec", self.first(name, where)))
             pos = m.end()
         parts.append(text[pos:])
         if len(parts) == 3 and parts[0] == "" and parts[2] == "" and isinstance(parts[1], tuple):
@@ -227,11 +233,7 @@ class _Compiler:
             if kind == "ctx":
                 return lambda rec, ctx: ctx.get(arg)
 
-            def lone(rec: Any, ctx: Context) -> Any:
-                found = arg(rec)
-                return found[0] if found else None
-
-            return lone
+            return lambda rec, ctx: arg(rec)
 
         def render(rec: Any, ctx: Context) -> str | None:
             out: list[str] = []
@@ -240,11 +242,7 @@ class _Compiler:
                     out.append(part)
                     continue
                 kind, arg = part
-                if kind == "ctx":
-                    value = ctx.get(arg)
-                else:
-                    found = arg(rec)
-                    value = found[0] if found else None
+                value = ctx.get(arg) if kind == "ctx" else arg(rec)
                 if value is None or isinstance(value, dict | list):
                     return None
                 out.append(scalar_text(value))
@@ -314,18 +312,28 @@ class _Compiler:
         return lambda rec, ctx: const
 
     def element(self, spec: dict[str, Any], where: str) -> Builder:
-        members = []
+        # (name, builder, None), or (name, None, value) for a constant scalar: set without a call
+        members: list[tuple[str, Builder | None, Any]] = []
         for key, sub in spec.items():
             if not isinstance(key, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
                 raise self.fail(where, f"{key!r} is not a FHIR element name")
-            members.append((key, self.node(sub, f"{where}.{key}")))
+            built = self.node(sub, f"{where}.{key}")
+            if isinstance(sub, str | int | float) and not _PLACEHOLDER.search(str(sub)):
+                if not _empty(sub):
+                    members.append((key, None, sub))
+            else:
+                members.append((key, built, None))
 
         def build(rec: Any, ctx: Context) -> dict[str, Any] | None:
             out: dict[str, Any] = {}
-            for key, b in members:
+            for key, b, const in members:
+                if b is None:
+                    out[key] = const
+                    continue
                 v = b(rec, ctx)
-                if not _empty(v):
-                    out[key] = v
+                if v is None or _empty(v):  # (most values are None or filled: one call saved)
+                    continue
+                out[key] = v
             return out or None
 
         return build
@@ -347,11 +355,8 @@ class _Compiler:
                 raise self.fail(f"{where}.$template", "expects a string")
             base = self.template(spec["$template"], f"{where}.$template")
         elif src == "$path":
-            find = self.path(spec["$path"], f"{where}.$path")
-
-            def base(rec: Any, ctx: Context) -> Any:
-                found = find(rec)
-                return found[0] if found else None
+            first = self.first(spec["$path"], f"{where}.$path")
+            base = lambda rec, ctx: first(rec)  # noqa: E731
 
         elif src == "$each":
             if "$build" not in spec:

@@ -20,6 +20,7 @@ from jsonpath_ng.exceptions import JsonPathLexerError, JsonPathParserError
 from jsonpath_ng.ext import parse as jsonpath_parse
 
 Finder = Callable[[Any], list[Any]]
+First = Callable[[Any], Any]  # record -> the first match, or None
 
 _SIMPLE = re.compile(r"^(?:\$\.)?[A-Za-z_][A-Za-z0-9_\-]*(?:\.[A-Za-z_][A-Za-z0-9_\-]*)*$")
 
@@ -61,6 +62,29 @@ def compile_path(expr: str) -> Finder:
         return _flatten([m.value for m in compiled.find(record)])
 
     return find
+
+
+def compile_first(expr: str) -> First:
+    """Compile a JSONPath expression into ``record -> first match or None`` (``find(record)[0]``
+    without building the list, for the dotted paths that most fields are)."""
+    find = compile_path(expr)
+    if not _SIMPLE.match(expr.strip()):
+        return lambda record: next(iter(find(record)), None)
+    keys = tuple(expr.strip().removeprefix("$.").split("."))
+
+    def first(record: Any) -> Any:
+        current = record
+        for key in keys:
+            if not isinstance(current, dict):
+                return None
+            current = current.get(key)
+            if current is None:
+                return None
+        if isinstance(current, list):
+            return next((x for x in current if x is not None), None)
+        return current
+
+    return first
 
 
 def _dotted(keys: tuple[str, ...]) -> Finder:

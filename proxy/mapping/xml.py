@@ -27,8 +27,16 @@ def parse_xml(body: bytes) -> dict[str, Any]:
     return {_local(root.tag): _convert(root)}
 
 
+_LOCAL_NAMES: dict[str, str] = {}  # a few hundred names in practice; bounded against odd input
+
+
 def _local(name: str) -> str:
-    return name.rpartition("}")[2].rpartition(":")[2]
+    local = _LOCAL_NAMES.get(name)
+    if local is None:
+        local = name.rpartition("}")[2].rpartition(":")[2]
+        if len(_LOCAL_NAMES) < 4096:
+            _LOCAL_NAMES[name] = local
+    return local
 
 
 def _convert(element: Element) -> Any:
