@@ -81,14 +81,20 @@ async def _demo(settings: Settings, port: int, patients: int | None) -> None:
 
 
 def settle_heap() -> None:
-    """Once started, hide what lives as long as the process from the cyclic garbage collector.
+    """Once started, tune the cyclic garbage collector for a server's heap.
 
     Compiled mappings, FHIR models and libraries are a few hundred thousand objects that never die;
     each full (generation 2) collection walked them all, stopping the event loop for ~50 ms — the
     facade's worst latency outliers. Frozen (``gc.freeze``), a full collection walks only what
-    requests and the cache create."""
+    requests and the cache create. And an ``$everything`` builds thousands of dicts that live as
+    long as the request: collecting the young generation every 700 net allocations (the default)
+    walked the same in-flight objects over and over. Every 10 000, the bench measured a third of the
+    collection time (1.5 s → 0.57 s over its uncached run) and 10 % more throughput, for young
+    collections of 2-4 ms instead of 0.1 ms.
+    """
     gc.collect()
     gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
 
 
 async def _serve(settings: Settings, host: str, port: int, key: bytes, *, reuse_port: bool = False) -> None:

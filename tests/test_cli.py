@@ -98,8 +98,11 @@ def test_settle_heap_hides_what_start_up_built_from_the_collector() -> None:
     from proxy.cli import settle_heap
 
     assert gc.get_freeze_count() == 0
+    thresholds = gc.get_threshold()
     try:
         settle_heap()
         assert gc.get_freeze_count() > 10_000  # the libraries, models and compiled mappings
+        assert gc.get_threshold()[0] == 10_000
     finally:
         gc.unfreeze()
+        gc.set_threshold(*thresholds)

@@ -127,10 +127,14 @@ async def test_a_reset_connection_is_retried_once_for_get() -> None:
 class _Backend:
     """Answers (with nothing) after ``delay_s``: a stand-in for BackendClient in fan_out."""
 
-    def __init__(self, name: str, delay_s: float) -> None:
-        self.name, self.delay_s = name, delay_s
+    def __init__(
+        self, name: str, delay_s: float, typical_ms: float = 0.0, log: list[str] | None = None
+    ) -> None:
+        self.name, self.delay_s, self.typical_ms, self.log = name, delay_s, typical_ms, log
 
     async def fetch(self, specs: Any, ctx: Any) -> SourceResult:
+        if self.log is not None:
+            self.log.append(self.name)
         await asyncio.sleep(self.delay_s)
         return SourceResult(self.name, SourceStatus.OK, {}, self.delay_s * 1000)
 
@@ -154,3 +158,40 @@ async def test_each_answer_is_handed_on_as_it_arrives_and_results_keep_plan_orde
         ("fast", SourceStatus.OK),
         ("dead", SourceStatus.TIMEOUT),
     ]
+
+
+async def test_the_backend_that_has_been_slowest_is_asked_first() -> None:
+    asked: list[str] = []
+    clients = {
+        name: _Backend(name, 0.0, typical_ms=ms, log=asked)
+        for name, ms in (("cosmic", 12.0), ("viva", 0.0), ("npo", 30.0))
+    }
+    spec = RequestSpec(method="GET", path="/x", query=(), body=None, headers=(), format="json")
+    results = await fan_out(
+        clients,  # type: ignore[arg-type]
+        {name: [spec] for name in clients},
+        {name: {} for name in clients},
+        deadline_s=1.0,
+    )
+    assert asked == ["npo", "cosmic", "viva"]
+    assert [r.source for r in results] == ["cosmic", "viva", "npo"]  # the answer keeps plan order
+
+
+async def test_a_backend_client_learns_how_long_its_backend_takes() -> None:
+    server, _ = await _flaky_server(resets=0)
+    port = server.sockets[0].getsockname()[1]
+    client = BackendClient.open(
+        replace(load_settings().backend("cosmic"), base_url=f"http://127.0.0.1:{port}"), 1 << 20
+    )
+    spec = RequestSpec(method="GET", path="/x", query=(), body=None, headers=(), format="json")
+    try:
+        assert client.typical_ms == 0.0
+        await client.fetch([spec], {})
+        first = client.typical_ms
+        assert first > 0.0
+        await client.fetch([spec], {})
+        assert client.typical_ms > 0.0 and client.typical_ms != first
+    finally:
+        await client.close()
+        server.close()
+        await server.wait_closed()
