@@ -10,7 +10,7 @@ waiting on the network does not count). Printed: the share of CPU samples per fu
 (in the function itself) and *total* (in it or anything it calls) — for the facade's own code and
 the libraries it calls; written: ``profile.txt`` (the table), ``profile.collapsed.txt`` (py-spy's
 collapsed stacks, for grep or flamegraph.pl) and, with ``--flame``, ``profile.speedscope.json``
-(open it on speedscope.app). Needs ``pip install py-spy`` and ptrace rights (root,
+(open it on speedscope.app). Needs py-spy (``pip install -e '.[bench]'``) and ptrace rights (root,
 or ``kernel.yama.ptrace_scope=0``).
 """
 

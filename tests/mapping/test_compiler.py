@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from proxy.mapping.compiler import CompiledMapping, MappingError, compile_mapping
 from proxy.mapping.engine import map_records
-from proxy.mapping.paths import PathError, compile_path, is_simple
+from proxy.mapping.paths import PathError, compile_first, compile_path, is_simple
 from proxy.mapping.registry import REQUEST_CONTEXT, load_backend_mappings
 
 CONTEXT_NAMES = REQUEST_CONTEXT | {"system_hsa_id"}
@@ -756,6 +756,18 @@ def test_dotted_accessor_agrees_on_present_paths(expr: str, leaf: Any, noise: di
     data = _along(keys, leaf)
     data.update({k: v for k, v in noise.items() if k != keys[0]})
     assert compile_path(expr)(data) == _jsonpath_ng(expr, data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(expr=PATHS, leaf=VALUES, noise=st.dictionaries(KEYS, VALUES, max_size=3), present=st.booleans())
+def test_first_match_is_the_first_of_all_matches(
+    expr: str, leaf: Any, noise: dict[str, Any], present: bool
+) -> None:
+    keys = expr.removeprefix("$.").split(".")
+    data = {**noise, **(_along(keys, leaf) if present else {})}
+    assert compile_first(expr)(data) == next(iter(compile_path(expr)(data)), None)
+    for special in ("$", "@", "$..a", "a[0]"):
+        assert compile_first(special)(data) == next(iter(compile_path(special)(data)), None)
 
 
 @pytest.mark.parametrize("expr", ["where", "a.where", "wherenot"])
