@@ -18,6 +18,7 @@ The handlers in ``proxy.fhir.routes`` call ``collect`` and turn its ``Answer`` i
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -46,6 +47,8 @@ from proxy.types import (
     SourceResult,
     SourceStatus,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,13 +133,18 @@ async def fetch_and_map(
         # per request serves later queries for any type
         keys = asked[result.source]
         sharing = [m for m in facade.mappings.by_backend[result.source] if m.request.key in keys]
-        mapped_from[result.source] = map_source(
-            result,
-            sharing,
-            contexts[result.source],
-            source_uri=facade.settings.backend(result.source).source_uri,
-            priority=priority[result.source],
-        )
+        try:
+            mapped_from[result.source] = map_source(
+                result,
+                sharing,
+                contexts[result.source],
+                source_uri=facade.settings.backend(result.source).source_uri,
+                priority=priority[result.source],
+            )
+        except Exception:  # map_source degrades a source it cannot read; this is for what it missed
+            log.exception("mapping the answer from %s failed", result.source)
+            failed = SourceOutcome(result.source, SourceStatus.INVALID, "its answer could not be read")
+            mapped_from[result.source] = MappedSource([], failed, frozenset())
 
     results = await fan_out(
         facade.clients, to_fetch, contexts, deadline_s=facade.settings.facade.deadline_s, on_result=map_answer

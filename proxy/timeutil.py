@@ -77,7 +77,7 @@ def fhir_range(value: str) -> tuple[float, float]:
     m = _FHIR_DATETIME.fullmatch(value)
     if not m:
         raise ValueError(f"not a FHIR date/dateTime: {value!r}")
-    if m["tz"] and m["S"] and not m["frac"] and "0001" < m["y"] < "9999":
+    if m["tz"] and m["S"] and not m["frac"] and "0001" < m["y"] < "9999" and m["H"] < "24":
         lo = datetime.fromisoformat(value).timestamp()  # the common case: a second, zone given
         return lo, lo + 1.0
     y = int(m["y"])

@@ -78,6 +78,7 @@ class BackendClient:
             outcomes = await asyncio.gather(*(self._one(spec, ctx) for spec in specs))
         except asyncio.CancelledError:  # the request's deadline passed: count it against the backend
             self.breaker.record(success=False)
+            self._took((time.perf_counter() - started) * 1000)  # (so it is started first next time)
             raise
         failed = any(status in (SourceStatus.TIMEOUT, SourceStatus.ERROR) for status, _, _ in outcomes)
         self.breaker.record(success=not failed)
@@ -89,10 +90,13 @@ class BackendClient:
             elif worst is None or _rank(status) > _rank(worst[0]):
                 worst = (status, detail)
         latency = (time.perf_counter() - started) * 1000
-        self.typical_ms = latency if not self.typical_ms else 0.8 * self.typical_ms + 0.2 * latency
+        self._took(latency)
         if worst is None:
             return SourceResult(self.settings.name, SourceStatus.OK, bodies, latency)
         return SourceResult(self.settings.name, worst[0], bodies, latency, worst[1])
+
+    def _took(self, latency_ms: float) -> None:
+        self.typical_ms = latency_ms if not self.typical_ms else 0.8 * self.typical_ms + 0.2 * latency_ms
 
     async def _one(self, spec: RequestSpec, ctx: Context) -> tuple[SourceStatus, bytes | None, str]:
         """One request. A connection the backend closed before answering is retried once for an
@@ -184,8 +188,11 @@ async def fan_out(
     try:
         await asyncio.wait(tasks.values(), timeout=deadline_s)
     finally:
-        for task in tasks.values():
-            task.cancel()  # no-op for finished ones; nothing outlives the request
+        pending = [task for task in tasks.values() if not task.done()]
+        for task in pending:
+            task.cancel()
+        if pending:  # let them finish cancelling (breaker, timing): nothing outlives the request
+            await asyncio.wait(pending)
     results = []
     for name, task in tasks.items():
         if task.done() and not task.cancelled():

@@ -177,3 +177,30 @@ async def test_only_patients_and_configured_auditors_read_the_log(facade: Any) -
     assert status == 200 and full["total"] == 3  # the ambulance, the refused clinician, the ambulance
     ambulance = [e["resource"] for e in full["entry"] if "Flag" in json.dumps(e["resource"])]
     assert ambulance and "disclosed:cosmic" in json.dumps(ambulance)  # the auditor sees it all
+
+
+async def test_a_large_batch_of_events_is_stored_whole(tmp_path: Any) -> None:
+    from proxy.settings import StoreSettings
+    from proxy.store import AuditRecord, open_store
+
+    store = open_store(StoreSettings(kind="sqlite", sqlite_path=tmp_path / "audit.sqlite"))
+    await store.open()
+    try:
+        records = [
+            AuditRecord(
+                f"ev-{i}",
+                "2026-11-24T10:00:00.000+00:00",
+                TOLVAN.pnr,
+                "clinician",
+                None,
+                0,
+                f"r-{i}",
+                {"i": i},
+            )
+            for i in range(450)  # more than one INSERT statement's worth, in one batch
+        ]
+        await asyncio.gather(*(store.write_audit(r) for r in records))
+        stored = await store.all_audit_events()
+    finally:
+        await store.close()
+    assert sorted(e["i"] for e in stored) == list(range(450))

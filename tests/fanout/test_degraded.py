@@ -132,3 +132,25 @@ async def test_one_failing_endpoint_degrades_its_source_but_keeps_the_rest(facad
     assert set(degraded) == {"cosmic"}
     # the threat flag comes from another Cosmic endpoint and still arrives (to the ambulance)
     assert "cosmic" in contributed
+
+
+async def test_a_mapping_that_fails_unexpectedly_degrades_only_its_source(
+    facade: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import proxy.pipeline
+
+    real = proxy.pipeline.map_source
+
+    def failing_for_viva(result: Any, *args: Any, **kwargs: Any) -> Any:
+        if result.source == "viva":
+            raise RuntimeError("a bug the mapping stage did not expect")
+        return real(result, *args, **kwargs)
+
+    monkeypatch.setattr(proxy.pipeline, "map_source", failing_for_viva)
+    async with facade() as f:
+        resp = await f.client.get(EVERYTHING, params={"_count": "500"})
+        bundle = await resp.json(content_type=None)
+    assert resp.status == 200
+    contributed, degraded = split(bundle)
+    assert set(degraded) == {"viva"} and degraded["viva"]["code"] == "processing"
+    assert contributed == {"cosmic", "npo"}

@@ -195,3 +195,31 @@ async def test_a_backend_client_learns_how_long_its_backend_takes() -> None:
         await client.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_a_backend_cut_off_at_the_deadline_counts_as_slow() -> None:
+    release = asyncio.Event()
+    writers: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        await reader.readuntil(b"\r\n\r\n")
+        await release.wait()  # never answers while the test runs
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    settings = replace(load_settings().backend("npo"), base_url=f"http://127.0.0.1:{port}")
+    client = BackendClient.open(settings, 1 << 20)
+    spec = RequestSpec(method="GET", path="/x", query=(), body=None, headers=(), format="json")
+    try:
+        results = await fan_out({"npo": client}, {"npo": [spec]}, {"npo": {}}, deadline_s=0.2)
+        assert results[0].status is SourceStatus.TIMEOUT
+        assert client.typical_ms >= 150  # so the next request asks it first
+    finally:
+        release.set()
+        await client.close()
+        for writer in writers:
+            writer.close()
+            await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
