@@ -191,8 +191,8 @@ async def fan_out(
         pending = [task for task in tasks.values() if not task.done()]
         for task in pending:
             task.cancel()
-        if pending:  # let them finish cancelling (breaker, timing): nothing outlives the request
-            await asyncio.wait(pending)
+        if pending:  # let them finish cancelling (breaker, timing); aiohttp does so at once, but a
+            await asyncio.wait(pending, timeout=0.1)  # stuck one must not hold the answer back
     results = []
     for name, task in tasks.items():
         if task.done() and not task.cancelled():
