@@ -4,7 +4,8 @@
 
 Sequential requests over loopback, one facade worker, simulators in the same process (so the
 figures include the simulators' own CPU). If fan-out is concurrent the median sits near one
-backend's latency plus the facade's own work, not near the sum of the three.
+backend's latency plus the facade's own work, not near the sum of the three. The patient's consent
+for the clinician's care provider is registered first (PDL), in a temporary store.
 """
 
 from __future__ import annotations

@@ -8,8 +8,12 @@ What runs, each in its own process (the load generator is this process):
 * the three simulators (``fhir-facade simulate``), each with ``latency_ms`` added to every answer
   through its fault-control endpoint, serving the demo patients plus ``--patients`` generated ones;
 * the facade (``fhir-facade serve``) with a temporary config: backends on the simulators, a
-  benchmark ES256 issuer (key pair made for this run) and a fresh patient-id key;
+  benchmark ES256 issuer (key pair made for this run), a fresh patient-id key and a SQLite store in
+  the run's temporary directory, where each patient's consent (PDL) for the bench clinician's care
+  provider is registered at start-up (``POST /fhir/Consent``), so answers hold every source;
 * ``bench/baseline.py``, a minimal pass-through aggregator.
+
+Every process runs on the same event loop (``proxy.loop``: uvloop where installed).
 
 What is measured, for ``$everything`` over the demo and generated patients in round-robin:
 
