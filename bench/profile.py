@@ -21,9 +21,7 @@ import asyncio
 import base64
 import os
 import shutil
-import signal
 import sys
-import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -31,7 +29,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import run
 
-from proxy import loop
 from proxy.fhir.ids import PatientIds
 from proxy.simulators.population import population
 
@@ -136,13 +133,7 @@ def main() -> None:
     if not (0 < args.duration <= 600 and 1 <= args.concurrency <= 1024 and 0 <= args.patients <= 100_000):
         ap.error("--duration 0-600 s, --concurrency 1-1024, --patients 0-100000")
     args.out.mkdir(parents=True, exist_ok=True)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    with tempfile.TemporaryDirectory(prefix="fhir-facade-profile-") as tmp:
-        procs = run.Processes(Path(tmp))
-        try:
-            text = loop.run(profile(args, procs, Path(tmp)))
-        finally:
-            procs.stop_all()
+    text = run.with_processes("fhir-facade-profile-", lambda procs, tmp: profile(args, procs, tmp))
     (args.out / "profile.txt").write_text(text + "\n", encoding="utf-8")
     print(text)
 

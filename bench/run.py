@@ -48,6 +48,7 @@ import asyncio
 import base64
 import itertools
 import json
+import math
 import os
 import platform
 import signal
@@ -61,7 +62,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import jwt
@@ -83,6 +84,7 @@ from proxy.types import PatientRef
 
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
+T = TypeVar("T")
 BENCH_ISSUER = "urn:fhir-facade:bench-issuer"
 OUTCOME_MARK = b'"outcome"'  # in every Bundle with a source note (search.mode = outcome): parse only those
 
@@ -130,6 +132,23 @@ class Processes:
     def log_tail(self, name: str) -> str:
         text = (self.log_dir / f"{name}.log").read_text(errors="replace")
         return "\n".join(text.splitlines()[-15:])
+
+
+def with_processes(prefix: str, work: Callable[[Processes, Path], Coroutine[Any, Any, T]]) -> T:
+    """Run ``work`` on the facade's event loop with a temporary directory and a ``Processes``; every
+    process it started is stopped on return, on Ctrl-C and on kill — also when started with SIGINT
+    ignored (``cmd &``)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        procs = Processes(Path(tmp))
+        try:
+            return loop.run(work(procs, Path(tmp)))
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            sys.exit(130)
+        finally:
+            procs.stop_all()
 
 
 def free_port() -> int:
@@ -399,7 +418,7 @@ def percentiles(ms: list[float]) -> dict[str, float | None]:
     s = sorted(ms)
 
     def rank(p: float) -> float:
-        return round(s[max(0, min(len(s) - 1, -(-len(s) * p // 100) - 1))], 1)
+        return round(s[max(0, min(len(s) - 1, math.ceil(len(s) * p / 100) - 1))], 1)  # nearest rank
 
     return {"p50": rank(50), "p90": rank(90), "p99": rank(99), "max": round(s[-1], 1)}
 
@@ -763,18 +782,7 @@ def main() -> None:
     if args.rate is not None and not 0 < args.rate <= 10_000:
         ap.error("--rate must be between 0 and 10000 req/s")
 
-    # Run the finally below on Ctrl-C and on kill, also when started with SIGINT ignored (`cmd &`).
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    with tempfile.TemporaryDirectory(prefix="fhir-bench-") as tmp:
-        procs = Processes(Path(tmp))
-        try:
-            results = loop.run(bench(args, procs, Path(tmp)))
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            sys.exit(130)
-        finally:
-            procs.stop_all()
+    results = with_processes("fhir-bench-", lambda procs, tmp: bench(args, procs, tmp))
     print()
     print(write_outputs(results, args.out))
     print(f"written: {args.out}/results.json, results.md, latency.png")

@@ -15,7 +15,6 @@ import asyncio
 import base64
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,7 +22,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import run
 
-from proxy import loop
 from proxy.fhir.ids import PatientIds
 from proxy.simulators.population import population
 
@@ -84,14 +82,7 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=10.0)
     ap.add_argument("--start-timeout", type=float, default=60.0)
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory(prefix="fhir-facade-soak-") as tmp:
-        procs = run.Processes(Path(tmp))
-        try:
-            loop.run(soak(args, procs, Path(tmp)))
-        except KeyboardInterrupt:
-            pass
-        finally:
-            procs.stop_all()
+    run.with_processes("fhir-facade-soak-", lambda procs, tmp: soak(args, procs, tmp))
 
 
 if __name__ == "__main__":

@@ -102,7 +102,8 @@ async def _serve(settings: Settings, host: str, port: int, key: bytes, *, reuse_
     async with serving(app, host, port, reuse_port=reuse_port) as url:
         settle_heap()
         base = url + settings.facade.base_path
-        print(f"FHIR base URL: {base} (pid {os.getpid()}, event loop {loop.name()})", flush=True)
+        running = type(asyncio.get_running_loop()).__module__.partition(".")[0]  # uvloop | asyncio
+        print(f"FHIR base URL: {base} (pid {os.getpid()}, event loop {running})", flush=True)
         await _until_interrupted()
 
 

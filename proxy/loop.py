@@ -27,12 +27,3 @@ def run(main: Coroutine[Any, Any, T]) -> T:
     """``asyncio.run(main)`` on ``new_loop()``."""
     with asyncio.Runner(loop_factory=new_loop) as runner:
         return runner.run(main)
-
-
-def name() -> str:
-    """Which loop ``run`` uses: "uvloop" or "asyncio"."""
-    loop = new_loop()
-    try:
-        return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
-    finally:
-        loop.close()

@@ -67,7 +67,7 @@ def test_serve_with_workers_shares_one_port(tmp_path) -> None:  # type: ignore[n
         deadline = time.monotonic() + 30
         while len(pids) < 2 and time.monotonic() < deadline:
             time.sleep(0.2)
-            pids = set(re.findall(r"\(pid (\d+), event loop \w+\)", log.read_text()))
+            pids = set(re.findall(r"\(pid (\d+), event loop uvloop\)", log.read_text()))
         assert len(pids) == 2, log.read_text()
         for _ in range(4):
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/fhir/metadata", timeout=5) as resp:
@@ -89,7 +89,6 @@ def test_long_running_commands_run_on_uvloop_where_it_is_installed() -> None:
         return type(asyncio.get_running_loop()).__module__
 
     assert loop.run(running()).startswith("uvloop")  # a dependency on Linux
-    assert loop.name() == "uvloop"
 
 
 def test_settle_heap_hides_what_start_up_built_from_the_collector() -> None:

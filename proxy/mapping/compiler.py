@@ -317,12 +317,11 @@ class _Compiler:
         for key, sub in spec.items():
             if not isinstance(key, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
                 raise self.fail(where, f"{key!r} is not a FHIR element name")
-            built = self.node(sub, f"{where}.{key}")
             if isinstance(sub, str | int | float) and not _PLACEHOLDER.search(str(sub)):
                 if not _empty(sub):
                     members.append((key, None, sub))
             else:
-                members.append((key, built, None))
+                members.append((key, self.node(sub, f"{where}.{key}"), None))
 
         def build(rec: Any, ctx: Context) -> dict[str, Any] | None:
             out: dict[str, Any] = {}

@@ -70,7 +70,7 @@ def _convert(element: Any) -> Any:  # an lxml element
             value = (child.text.strip() or None) if child.text else None
         else:
             value = _convert(child)
-        key = _LOCAL_NAMES.get(child.tag) or _local(child.tag)
+        key = _local(child.tag)
         if key not in out:
             out[key] = value
         elif isinstance(out[key], list):
