@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from proxy.access import decide, pdl
@@ -31,7 +31,7 @@ from proxy.fhir.ids import PatientIds
 from proxy.fhir.searchparams import matches, sort_time
 from proxy.mapping.compiler import RequestSpec
 from proxy.mapping.registry import MappingSet, request_context
-from proxy.mapping.run import MappedSource, map_source
+from proxy.mapping.run import MappedAnswer, map_answer, source_outcome
 from proxy.merge import merge
 from proxy.redact import Policy, redact
 from proxy.settings import Settings
@@ -44,7 +44,6 @@ from proxy.types import (
     Principal,
     Query,
     SourceOutcome,
-    SourceResult,
     SourceStatus,
 )
 
@@ -125,38 +124,33 @@ async def fetch_and_map(
 
     contexts = {name: context(facade, name, patient) for name in to_fetch}
     priority = {name: i for i, name in enumerate(facade.settings.source_priority)}
-    asked = {name: {spec.key for spec in specs} for name, specs in to_fetch.items()}
-    mapped_from: dict[str, MappedSource] = {}
+    answers: dict[str, dict[str, MappedAnswer]] = {name: {} for name in to_fetch}
 
-    def map_answer(result: SourceResult) -> None:  # as each backend answers, while others are out
-        # every mapping that reads an answer we now hold, whatever type it makes: one cache entry
-        # per request serves later queries for any type
-        keys = asked[result.source]
-        sharing = [m for m in facade.mappings.by_backend[result.source] if m.request.key in keys]
+    def on_answer(source: str, spec: RequestSpec, body: bytes | None) -> None:
+        # each answer is mapped as it arrives, while others are still out — by every mapping that
+        # reads it, whatever type it makes: one cache entry per request serves any later query
         try:
-            mapped_from[result.source] = map_source(
-                result,
-                sharing,
-                contexts[result.source],
-                source_uri=facade.settings.backend(result.source).source_uri,
-                priority=priority[result.source],
+            answers[source][spec.key] = map_answer(
+                body,
+                facade.mappings.readers.get((source, spec.key), ()),
+                contexts[source],
+                source_uri=facade.settings.backend(source).source_uri,
+                priority=priority[source],
             )
-        except Exception:  # map_source degrades a source it cannot read; this is for what it missed
-            log.exception("mapping the answer from %s failed", result.source)
-            failed = SourceOutcome(result.source, SourceStatus.INVALID, "its answer could not be read")
-            mapped_from[result.source] = MappedSource([], failed, frozenset())
+        except Exception:  # map_answer marks what it cannot read; this is for what it did not expect
+            log.exception("mapping an answer from %s failed", source)
+            answers[source][spec.key] = MappedAnswer([], readable=False)
 
     results = await fan_out(
-        facade.clients, to_fetch, contexts, deadline_s=facade.settings.facade.deadline_s, on_result=map_answer
+        facade.clients, to_fetch, contexts, deadline_s=facade.settings.facade.deadline_s, on_answer=on_answer
     )
+    asked = {name: {spec.key for spec in specs} for name, specs in to_fetch.items()}
     for result in results:
-        mapped = mapped_from[result.source]
+        mapped = source_outcome(result, answers[result.source])
         if cache is not None:
-            by_key: dict[str, list[MappedResource]] = {key: [] for key in mapped.readable}
-            for r in mapped.resources:
-                by_key.setdefault(facade.mappings.request_key[r.mapping], []).append(r)
             for key in mapped.readable:
-                await cache.put(result.source, key, patient.fhir_id, tuple(by_key[key]))
+                resources = tuple(answers[result.source][key].resources)
+                await cache.put(result.source, key, patient.fhir_id, resources)
         found.extend(mapped.resources)
         if index is not None:
             every_contract = {m.request.key for m in facade.mappings.by_backend[result.source]}
@@ -186,8 +180,15 @@ async def fetch_and_map(
 
 
 async def collect(
-    facade: Facade, query: Query, principal: Principal, *, emergency: str | None = None
+    facade: Facade,
+    query: Query,
+    principal: Principal,
+    *,
+    emergency: str | None = None,
+    asking: Callable[[], None] | None = None,
 ) -> Answer:
+    """``asking`` is called once the access decision allows the query, just before the backends
+    (or the cache) are asked: the audit step logs the access then, while they answer."""
     assert query.patient is not None
     decision = decide(principal, query)
     if decision.as_unknown:
@@ -197,6 +198,8 @@ async def collect(
     fetch_types = frozenset(t for t in facade.mappings.with_referenced(asked) if principal.may_read(t))
     if not fetch_types:
         return Answer(resources=[], outcomes=[], patient_known=None)
+    if asking is not None:
+        asking()
     # The patient reads all of their own records; anyone else's reading depends on the patient's
     # consents and blocks, read while the backends answer.
     consents = None

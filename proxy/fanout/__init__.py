@@ -32,6 +32,10 @@ class _TooLarge(Exception):
     pass
 
 
+# (backend, request, body) — body None: the backend said it has nothing (an ``empty_statuses`` answer)
+OnAnswer = Callable[[str, RequestSpec, bytes | None], None]
+
+
 @dataclass(slots=True)
 class BackendClient:
     """One backend: its settings, its long-lived HTTP session and its circuit breaker."""
@@ -67,15 +71,21 @@ class BackendClient:
     async def close(self) -> None:
         await self.session.close()
 
-    async def fetch(self, specs: Sequence[RequestSpec], ctx: Context) -> SourceResult:
-        """Send each request concurrently; the result holds the bodies that arrived whole."""
+    async def fetch(
+        self, specs: Sequence[RequestSpec], ctx: Context, on_answer: OnAnswer | None = None
+    ) -> SourceResult:
+        """Send each request concurrently; the result holds the bodies that arrived whole.
+        ``on_answer(backend, spec, body)`` sees each of them as soon as it has arrived."""
         if not self.breaker.allow():
             wait = self.breaker.retry_after_s()
             detail = f"was not asked: it failed repeatedly (asked again in {wait:.0f} s)"
             return SourceResult(self.settings.name, SourceStatus.UNAVAILABLE, {}, 0.0, detail)
         started = time.perf_counter()
         try:
-            outcomes = await asyncio.gather(*(self._one(spec, ctx) for spec in specs))
+            if on_answer is None:
+                outcomes = await asyncio.gather(*(self._one(spec, ctx) for spec in specs))
+            else:
+                outcomes = await asyncio.gather(*(self._one_told(spec, ctx, on_answer) for spec in specs))
         except asyncio.CancelledError:  # the request's deadline passed: count it against the backend
             self.breaker.record(success=False)
             self._took((time.perf_counter() - started) * 1000)  # (so it is started first next time)
@@ -94,6 +104,14 @@ class BackendClient:
         if worst is None:
             return SourceResult(self.settings.name, SourceStatus.OK, bodies, latency)
         return SourceResult(self.settings.name, worst[0], bodies, latency, worst[1])
+
+    async def _one_told(
+        self, spec: RequestSpec, ctx: Context, on_answer: OnAnswer
+    ) -> tuple[SourceStatus, bytes | None, str]:
+        outcome = await self._one(spec, ctx)
+        if outcome[0] is SourceStatus.OK:
+            on_answer(self.settings.name, spec, outcome[1])
+        return outcome
 
     def _took(self, latency_ms: float) -> None:
         self.typical_ms = latency_ms if not self.typical_ms else 0.8 * self.typical_ms + 0.2 * latency_ms
@@ -160,28 +178,22 @@ async def fan_out(
     contexts: Mapping[str, Context],
     *,
     deadline_s: float,
-    on_result: Callable[[SourceResult], None] | None = None,
+    on_answer: OnAnswer | None = None,
 ) -> list[SourceResult]:
     """Ask every backend in ``plan`` concurrently; one SourceResult per backend, in plan order.
 
     When ``deadline_s`` passes, backends still out are abandoned and reported as timed out: the
-    answer comes back with what has arrived. ``on_result`` sees each result once: as soon as its
-    backend has answered (so work on one answer overlaps the wait for the others), or, for a
-    backend abandoned at the deadline, at the end.
+    answer comes back with what has arrived. ``on_answer`` (which must not raise) sees each body
+    that arrives whole as soon as it has, so work on one answer overlaps the wait for the others —
+    also the bodies of a backend abandoned later, at the deadline.
     """
     names = [name for name, specs in plan.items() if specs]
     if not names:
         return []
 
-    async def fetch(name: str) -> SourceResult:
-        result = await clients[name].fetch(plan[name], contexts[name])
-        if on_result is not None:
-            on_result(result)
-        return result
-
     # the slowest backend's calls first (tasks start in creation order): the answer waits on it
     started = {
-        name: asyncio.ensure_future(fetch(name))
+        name: asyncio.ensure_future(clients[name].fetch(plan[name], contexts[name], on_answer))
         for name in sorted(names, key=lambda n: clients[n].typical_ms, reverse=True)
     }
     tasks = {name: started[name] for name in names}  # results in plan order
@@ -200,6 +212,4 @@ async def fan_out(
         else:
             detail = f"did not answer within the request deadline ({deadline_s:g} s)"
             results.append(SourceResult(name, SourceStatus.TIMEOUT, {}, deadline_s * 1000, detail))
-            if on_result is not None:
-                on_result(results[-1])
     return results

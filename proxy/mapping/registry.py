@@ -40,12 +40,15 @@ class MappingSet:
     """All compiled mappings, per backend, in file-name order."""
 
     by_backend: Mapping[str, tuple[CompiledMapping, ...]]
-    # the request each mapping reads (by mapping name), to file mapped resources under their fetch
-    request_key: Mapping[str, str] = field(init=False)
+    # (backend, request key) → every mapping that reads that request's answer, whatever it makes
+    readers: Mapping[tuple[str, str], tuple[CompiledMapping, ...]] = field(init=False)
 
     def __post_init__(self) -> None:
-        keys = {m.name: m.request.key for ms in self.by_backend.values() for m in ms}
-        object.__setattr__(self, "request_key", keys)
+        readers: dict[tuple[str, str], list[CompiledMapping]] = {}
+        for backend, ms in self.by_backend.items():
+            for m in ms:
+                readers.setdefault((backend, m.request.key), []).append(m)
+        object.__setattr__(self, "readers", {k: tuple(v) for k, v in readers.items()})
 
     def for_types(self, backend: str, types: Iterable[str]) -> tuple[CompiledMapping, ...]:
         wanted = set(types)

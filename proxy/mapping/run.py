@@ -1,14 +1,16 @@
 """The mapping stage: decode each backend's raw answers and run its compiled mappings over them.
 
-Input is a ``SourceResult`` from fan-out; output the FHIR resources it yields and, when the source
-is degraded, a ``SourceOutcome`` for the Bundle. A body that does not decode, or does not have the
-shape the mappings expect, degrades that source to INVALID; it never fails the request.
+``map_answer`` maps one request's answer — as soon as it arrives, while other requests are still
+out; ``source_outcome`` puts a source's mapped answers together with its ``SourceResult`` from
+fan-out: the FHIR resources and, when the source is degraded, a ``SourceOutcome`` for the Bundle.
+A body that does not decode, or does not have the shape the mappings expect, degrades that source
+to INVALID; it never fails the request.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,56 +35,65 @@ def decode(body: bytes, fmt: str) -> Any:
 
 
 @dataclass(frozen=True, slots=True)
+class MappedAnswer:
+    """One request's answer, through every mapping that reads it."""
+
+    resources: list[MappedResource]
+    readable: bool  # decoded and mapped completely
+
+
+@dataclass(frozen=True, slots=True)
 class MappedSource:
     resources: list[MappedResource]
     outcome: SourceOutcome | None  # when the source is degraded
     readable: frozenset[str]  # request keys whose answers were read and mapped completely
 
 
-def map_source(
-    result: SourceResult,
+def map_answer(
+    raw: bytes | None,
     mappings: Sequence[CompiledMapping],
     ctx: Context,
     *,
     source_uri: str,
     priority: int,
-) -> MappedSource:
-    decoded: dict[str, Any] = {}
-    unreadable: set[str] = set()
-    invalid = False
+) -> MappedAnswer:
+    """Decode one answer (its format is the request's) and run each mapping that reads it.
+
+    An empty answer (no body, or a status the backend uses for "nothing here") maps to nothing.
+    A body that does not decode, or does not have the shape a mapping expects, is unreadable: what
+    the other mappings made of it is kept."""
+    if not mappings or raw is None or not raw.strip():
+        return MappedAnswer([], True)
+    try:
+        decoded = decode(raw, mappings[0].request.format)
+    except ValueError:
+        return MappedAnswer([], False)
     out: list[MappedResource] = []
+    readable = True
     skipped = 0
     for m in mappings:
-        key = m.request.key
-        if key not in result.bodies:
-            continue  # that request failed; result.status says why
-        if key not in decoded:
-            raw = result.bodies[key]
-            try:
-                decoded[key] = None if raw is None or not raw.strip() else decode(raw, m.request.format)
-            except ValueError:
-                decoded[key] = None
-                unreadable.add(key)
-                invalid = True
-                continue
-        if decoded[key] is None:
-            continue
         try:
-            resources, bad = map_records(m, decoded[key], ctx, source_uri=source_uri, priority=priority)
+            resources, bad = map_records(m, decoded, ctx, source_uri=source_uri, priority=priority)
         except (TypeError, ValueError, AttributeError, KeyError, IndexError):
             # The answer parsed but is not shaped as the mapping expects. Log where, not what.
-            log.warning("mapping %s could not read the answer from %s", m.name, result.source)
-            unreadable.add(key)
-            invalid = True
+            log.warning("mapping %s could not read the answer from %s", m.name, m.backend)
+            readable = False
             continue
         out.extend(resources)
         skipped += bad
     if skipped:
-        log.warning("%s: %d record(s) without id/origin were skipped", result.source, skipped)
-    readable = frozenset(result.bodies) - unreadable
+        log.warning("%s: %d record(s) without id/origin were skipped", mappings[0].backend, skipped)
+    return MappedAnswer(out, readable)
+
+
+def source_outcome(result: SourceResult, answers: Mapping[str, MappedAnswer]) -> MappedSource:
+    """A source's mapped answers (by request key), and its outcome when it is degraded: as fan-out
+    reported it, or INVALID when an answer could not be read."""
+    out = [r for answer in answers.values() for r in answer.resources]
+    readable = frozenset(key for key, answer in answers.items() if answer.readable)
     if result.status.degraded:
         return MappedSource(out, SourceOutcome(result.source, result.status, result.detail), readable)
-    if invalid:
+    if len(readable) < len(answers):
         outcome = SourceOutcome(
             result.source, SourceStatus.INVALID, "answered with a body that could not be read"
         )

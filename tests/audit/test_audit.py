@@ -204,3 +204,122 @@ async def test_a_large_batch_of_events_is_stored_whole(tmp_path: Any) -> None:
     finally:
         await store.close()
     assert sorted(e["i"] for e in stored) == list(range(450))
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+async def test_the_access_is_logged_durably_while_the_backends_answer_then_completed(
+    facade: Any, store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from proxy.audit import BEGUN
+    from proxy.store import Store as BaseStore
+
+    writes: list[tuple[str, bool]] = []  # (outcome, durable) of each audit write, in order
+    real = BaseStore.write_audit
+
+    async def spy(self: BaseStore, record: Any, *, durable: bool = True) -> None:
+        writes.append((record.event["outcome"], durable))
+        await real(self, record, durable=durable)
+
+    monkeypatch.setattr(BaseStore, "write_audit", spy)
+    async with facade(store=store) as f:
+        await f.faults("npo", latency_ms=400)  # the answer takes a while
+        url = f"{BASE}/Patient/{pid(TOLVAN.pnr)}/$everything"
+        pending = asyncio.ensure_future(f.client.get(url, headers=auth("ambulance")))
+        app_store = f.client.server.app[STORE_KEY]
+        during: list[dict[str, Any]] = []
+        for _ in range(100):  # bounded: 100 × 20 ms, well within the backends' 400 ms
+            await asyncio.sleep(0.02)
+            during = await events(app_store)
+            if during:
+                break
+        resp = await pending
+        await resp.read()
+        after = await events(app_store)
+    assert resp.status == 200 and not pending.cancelled()
+    # while NPÖ was still out, the access was on disk: who, which patient, why — no outcome yet
+    (begun,) = during
+    assert begun["outcome"] == "12" and begun["outcomeDesc"] == BEGUN
+    assert begun["agent"][0]["role"][0]["coding"][0]["code"] == "ambulance"
+    assert begun["entity"][0]["what"]["reference"] == f"Patient/{pid(TOLVAN.pnr)}"
+    assert not [d for d in begun["entity"][1]["detail"] if d["type"].startswith("disclosed:")]
+    # then completed in place: one event, same id and time, with its outcome and disclosures
+    (done,) = after
+    assert (done["id"], done["recorded"]) == (begun["id"], begun["recorded"])
+    assert done["outcome"] == "0" and "outcomeDesc" not in done
+    assert any(d["type"] == "disclosed:npo" for d in done["entity"][1]["detail"])
+    # the begun event waited for the disk; its completion only for the commit
+    assert writes == [("12", True), ("0", False)]
+
+
+async def test_a_refused_request_writes_its_one_event_durably(
+    facade: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from proxy.store import Store as BaseStore
+
+    writes: list[tuple[str, bool]] = []
+    real = BaseStore.write_audit
+
+    async def spy(self: BaseStore, record: Any, *, durable: bool = True) -> None:
+        writes.append((record.event["outcome"], durable))
+        await real(self, record, durable=durable)
+
+    monkeypatch.setattr(BaseStore, "write_audit", spy)
+    narrow = auth("clinician", scopes="user/Condition.rs")
+    async with facade() as f:
+        status, _ = await f.get(f"{BASE}/Observation", params={"patient": pid(TOLVAN.pnr)}, headers=narrow)
+    assert status == 403
+    assert writes == [("8", True)]  # refused before any backend was asked: one durable write
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_the_store_replaces_an_event_written_again_and_flushes_what_is_only_committed(
+    tmp_path: Any, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import proxy.store
+    from proxy.settings import StoreSettings
+    from proxy.store import AuditRecord, open_store
+    from tests.conftest import POSTGRES_DSN, reset_postgres
+
+    monkeypatch.setattr(proxy.store, "FLUSH_S", 0.05)
+    if kind == "postgres":
+        await reset_postgres()
+    store = open_store(
+        StoreSettings(kind=kind, sqlite_path=tmp_path / "audit.sqlite", postgres_dsn=POSTGRES_DSN)
+    )
+    flushes: list[float] = []
+    real_flush = store._flush
+
+    async def counting_flush() -> None:
+        flushes.append(asyncio.get_running_loop().time())
+        await real_flush()
+
+    monkeypatch.setattr(store, "_flush", counting_flush)
+
+    def rec(outcome: int, payload: str) -> AuditRecord:
+        event = {"outcome": str(outcome), "payload": payload}
+        return AuditRecord(
+            "ev-1", "2026-11-24T10:00:00.000+00:00", TOLVAN.pnr, "clinician", None, outcome, "r-1", event
+        )
+
+    await store.open()
+    try:
+        await store.write_audit(rec(12, "begun"))  # durable
+        await asyncio.sleep(0.15)
+        assert flushes == []  # nothing waited for a flush
+        await store.write_audit(rec(0, "done"), durable=False)
+        stored = await store.all_audit_events()
+        await asyncio.sleep(0.15)  # past FLUSH_S
+        flushed_after_commit = list(flushes)
+        await store.write_audit(rec(4, "again"), durable=False)
+        await store.write_audit(rec(8, "durable"))  # a durable write flushes everything before it
+        await asyncio.sleep(0.15)
+        final = await store.all_audit_events()
+    finally:
+        await store.close()
+    assert stored == [{"outcome": "0", "payload": "done"}]  # replaced, not added
+    assert final == [{"outcome": "8", "payload": "durable"}]
+    if kind == "sqlite":
+        assert len(flushed_after_commit) == 1  # the committed write was flushed, once
+        assert len(flushes) == 1  # the durable write made the second flush unnecessary
+    else:
+        assert flushes == []  # PostgreSQL's WAL writer flushes asynchronous commits itself

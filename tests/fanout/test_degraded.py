@@ -139,14 +139,14 @@ async def test_a_mapping_that_fails_unexpectedly_degrades_only_its_source(
 ) -> None:
     import proxy.pipeline
 
-    real = proxy.pipeline.map_source
+    real = proxy.pipeline.map_answer
 
-    def failing_for_viva(result: Any, *args: Any, **kwargs: Any) -> Any:
-        if result.source == "viva":
+    def failing_for_viva(body: Any, mappings: Any, *args: Any, **kwargs: Any) -> Any:
+        if mappings[0].backend == "viva":
             raise RuntimeError("a bug the mapping stage did not expect")
-        return real(result, *args, **kwargs)
+        return real(body, mappings, *args, **kwargs)
 
-    monkeypatch.setattr(proxy.pipeline, "map_source", failing_for_viva)
+    monkeypatch.setattr(proxy.pipeline, "map_answer", failing_for_viva)
     async with facade() as f:
         resp = await f.client.get(EVERYTHING, params={"_count": "500"})
         bundle = await resp.json(content_type=None)

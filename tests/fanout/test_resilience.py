@@ -132,32 +132,78 @@ class _Backend:
     ) -> None:
         self.name, self.delay_s, self.typical_ms, self.log = name, delay_s, typical_ms, log
 
-    async def fetch(self, specs: Any, ctx: Any) -> SourceResult:
+    async def fetch(self, specs: Any, ctx: Any, on_answer: Any = None) -> SourceResult:
         if self.log is not None:
             self.log.append(self.name)
         await asyncio.sleep(self.delay_s)
-        return SourceResult(self.name, SourceStatus.OK, {}, self.delay_s * 1000)
+        for spec in specs:
+            if on_answer is not None:
+                on_answer(self.name, spec, b"")
+        bodies: dict[str, bytes | None] = {spec.key: b"" for spec in specs}
+        return SourceResult(self.name, SourceStatus.OK, bodies, self.delay_s * 1000)
 
 
 async def test_each_answer_is_handed_on_as_it_arrives_and_results_keep_plan_order() -> None:
     clients = {"slow": _Backend("slow", 0.15), "fast": _Backend("fast", 0.0), "dead": _Backend("dead", 5.0)}
     spec = RequestSpec(method="GET", path="/x", query=(), body=None, headers=(), format="json")
-    seen: list[tuple[str, SourceStatus]] = []
+    seen: list[tuple[str, str]] = []
     results = await fan_out(
         clients,  # type: ignore[arg-type]
         {name: [spec] for name in clients},
         {name: {} for name in clients},
         deadline_s=0.4,
-        on_result=lambda r: seen.append((r.source, r.status)),
+        on_answer=lambda source, spec, body: seen.append((source, spec.key)),
     )
-    # the fast answer was handed on first, while the slow one was still out; the dead one once, at
-    # the deadline
-    assert seen == [("fast", SourceStatus.OK), ("slow", SourceStatus.OK), ("dead", SourceStatus.TIMEOUT)]
+    # the fast answer was handed on first, while the slow one was still out; the dead one never
+    assert seen == [("fast", spec.key), ("slow", spec.key)]
     assert [(r.source, r.status) for r in results] == [
         ("slow", SourceStatus.OK),
         ("fast", SourceStatus.OK),
         ("dead", SourceStatus.TIMEOUT),
     ]
+
+
+async def test_a_backend_hands_on_each_request_s_answer_before_its_slower_siblings_arrive() -> None:
+    from aiohttp import web
+
+    from proxy.simulators.harness import serving
+
+    release = asyncio.Event()
+
+    async def quick(request: web.Request) -> web.Response:
+        return web.json_response({"q": 1})
+
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.wait_for(release.wait(), 5)
+        return web.json_response({"s": 1})
+
+    async def empty(request: web.Request) -> web.Response:
+        return web.Response(status=404)  # cosmic's "nothing here"
+
+    app = web.Application()
+    app.router.add_get("/quick", quick)
+    app.router.add_get("/slow", slow)
+    app.router.add_get("/empty", empty)
+    specs = [
+        RequestSpec(method="GET", path=path, query=(), body=None, headers=(), format="json")
+        for path in ("/slow", "/quick", "/empty")
+    ]
+    seen: list[tuple[str, bytes | None]] = []
+
+    def on_answer(backend: str, spec: RequestSpec, body: bytes | None) -> None:
+        seen.append((spec.path, body))
+        if len(seen) == 2:  # both quick answers are in while /slow is still held back
+            release.set()
+
+    async with serving(app) as base:
+        client = BackendClient.open(replace(load_settings().backend("cosmic"), base_url=base), 1 << 20)
+        try:
+            result = await client.fetch(specs, {}, on_answer)
+        finally:
+            await client.close()
+    assert result.status is SourceStatus.OK
+    assert sorted(seen[:2], key=str) == [("/empty", None), ("/quick", b'{"q": 1}')]
+    assert seen[2] == ("/slow", b'{"s": 1}')
 
 
 async def test_the_backend_that_has_been_slowest_is_asked_first() -> None:
