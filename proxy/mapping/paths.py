@@ -46,8 +46,8 @@ def compile_path(expr: str) -> Finder:
     expr = expr.strip()
     if expr in ("$", "@"):
         return lambda record: _flatten([record])
-    if _SIMPLE.match(expr):
-        keys = tuple(expr.removeprefix("$.").split("."))
+    keys = dotted_keys(expr)
+    if keys is not None:
         return _dotted(keys)
     try:
         compiled = jsonpath_parse(expr)
@@ -68,9 +68,9 @@ def compile_first(expr: str) -> First:
     """Compile a JSONPath expression into ``record -> first match or None`` (``find(record)[0]``
     without building the list, for the dotted paths that most fields are)."""
     find = compile_path(expr)
-    if not _SIMPLE.match(expr.strip()):
+    keys = dotted_keys(expr)
+    if keys is None:
         return lambda record: next(iter(find(record)), None)
-    keys = tuple(expr.strip().removeprefix("$.").split("."))
 
     def first(record: Any) -> Any:
         current = record
@@ -104,3 +104,10 @@ def _dotted(keys: tuple[str, ...]) -> Finder:
 
 def is_simple(expr: str) -> bool:
     return bool(_SIMPLE.match(expr.strip()))
+
+
+def dotted_keys(expr: str) -> tuple[str, ...] | None:
+    """The keys of a simple dotted path (``a.b.c`` or ``$.a.b.c``), else None."""
+    if not isinstance(expr, str) or not is_simple(expr):
+        return None
+    return tuple(expr.strip().removeprefix("$.").split("."))

@@ -770,6 +770,31 @@ def test_first_match_is_the_first_of_all_matches(
         assert compile_first(special)(data) == next(iter(compile_path(special)(data)), None)
 
 
+@settings(max_examples=300, deadline=None)
+@given(expr=PATHS, leaf=VALUES, noise=st.dictionaries(KEYS, VALUES, max_size=3), present=st.booleans())
+def test_a_compiled_tree_reads_a_dotted_path_as_compile_first_does(
+    expr: str, leaf: Any, noise: dict[str, Any], present: bool
+) -> None:
+    # the generated builder reads dotted paths inline; it must give what compile_first gives, with
+    # the language's pruning on top (an empty value is left out)
+    keys = expr.removeprefix("$.").split(".")
+    data = {**noise, **(_along(keys, leaf) if present else {})}
+    expected = compile_first(expr)(data)
+    built = build({"code": {"text": {"$path": expr}}}, data)
+    if expected is None or expected in ("", [], {}) or (isinstance(expected, str) and not expected.strip()):
+        assert built == {}
+    else:
+        assert built == {"code": {"text": expected}}
+
+
+def test_a_constant_subtree_is_built_once_but_every_resource_gets_its_own_top_object() -> None:
+    m = compile_doc(doc({"category": [{"coding": [{"system": "s", "code": "c"}]}], "meta": {"tag": []}}))
+    first, second = m.fields({}, CTX), m.fields({}, CTX)
+    assert first == second == {"category": [{"coding": [{"system": "s", "code": "c"}]}]}
+    assert first is not second  # the engine adds to it
+    assert first["category"] is second["category"]  # shared: mapped resources are never modified
+
+
 @pytest.mark.parametrize("expr", ["where", "a.where", "wherenot"])
 def test_reserved_word_keys(expr: str) -> None:
     """jsonpath-ng cannot parse keys named like its 'where' operators; the dotted accessor reads them
