@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from proxy.access import decide, pdl
@@ -180,15 +180,8 @@ async def fetch_and_map(
 
 
 async def collect(
-    facade: Facade,
-    query: Query,
-    principal: Principal,
-    *,
-    emergency: str | None = None,
-    asking: Callable[[], None] | None = None,
+    facade: Facade, query: Query, principal: Principal, *, emergency: str | None = None
 ) -> Answer:
-    """``asking`` is called once the access decision allows the query, just before the backends
-    (or the cache) are asked: the audit step logs the access then, while they answer."""
     assert query.patient is not None
     decision = decide(principal, query)
     if decision.as_unknown:
@@ -198,8 +191,6 @@ async def collect(
     fetch_types = frozenset(t for t in facade.mappings.with_referenced(asked) if principal.may_read(t))
     if not fetch_types:
         return Answer(resources=[], outcomes=[], patient_known=None)
-    if asking is not None:
-        asking()
     # The patient reads all of their own records; anyone else's reading depends on the patient's
     # consents and blocks, read while the backends answer.
     consents = None

@@ -1,14 +1,6 @@
 """The access log: one AuditEvent (IHE BALP shape) per request that touches patient data, written
 durably *before* the answer leaves.
 
-A request that asks the backends logs its access in two writes of one event (same id, same time):
-``begun`` — who, which patient, what, why — committed durably *while* the backends are asked, so
-the access is on disk before any data is even fetched; then the completed event (outcome, what each
-source disclosed, which failed), committed before the answer leaves, without waiting for its own
-flush to disk (the next durable write or the store's idle flush does that; see ``proxy.store``).
-An event that never completes keeps outcome 12 and says so in ``outcomeDesc``. A request that asks
-no backend (refused early, the stored resources) writes its one event durably at the end.
-
 The events are group-committed by ``proxy.store`` (SQLite or PostgreSQL). If the store cannot take
 a write, the request gets 503 and discloses nothing. The log holds who, which patient, what
 (interaction, resource types, sources, how many resources each disclosed), purpose (TREAT, ETREAT
@@ -32,9 +24,6 @@ ACT_REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
 BALP_ENTITY = "https://profiles.ihe.net/ITI/BALP/CodeSystem/BasicAuditEntityType"
 ACTION = {"create": "C", "update": "U", "everything": "E"}  # else R (read, search)
 # What the patient's view calls each audience's role.
-# outcomeDesc of an event whose access was begun (logged while the backends are asked) but whose
-# outcome was never recorded: the facade stopped before it answered, or lost power right after
-BEGUN = "access begun; no outcome was recorded"
 ROLE_DISPLAY = {
     "ambulance": "Ambulanssjukvård",
     "clinician": "Hälso- och sjukvård",
@@ -51,18 +40,12 @@ def audit_event(
     resource_types: list[str],
     disclosed: Mapping[str, int],
     degraded: list[str],
-    status: int | None,
+    status: int,
     request_id: str,
     emergency_reason: str | None = None,
-    begun: FhirDict | None = None,
 ) -> FhirDict:
-    """An AuditEvent after IHE BALP (type rest, subtype the interaction). ``status`` None: the
-    access is begun and has no outcome yet (``BEGUN``). ``begun``: the event this one completes
-    (its id and time are kept)."""
-    if status is None:
-        outcome = 12  # until it is completed: a begun access that never finished did not succeed
-    else:
-        outcome = 0 if status < 400 and not degraded else 4 if status < 400 else 8 if status < 500 else 12
+    """An AuditEvent after IHE BALP (type rest, subtype the interaction)."""
+    outcome = 0 if status < 400 and not degraded else 4 if status < 400 else 8 if status < 500 else 12
     purpose = "PATRQT" if principal.audience == "patient" else "ETREAT" if emergency_reason else "TREAT"
     who: list[FhirDict] = [
         {
@@ -91,9 +74,9 @@ def audit_event(
             {"url": "urn:fhir-facade:care-unit", "valueString": principal.care_unit_hsa_id},
             {"url": "urn:fhir-facade:care-provider", "valueString": principal.care_provider_hsa_id or ""},
         ]
-    event: FhirDict = {
+    return {
         "resourceType": "AuditEvent",
-        "id": begun["id"] if begun else uuid.uuid4().hex,
+        "id": uuid.uuid4().hex,
         "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"},
         "subtype": [
             {
@@ -102,7 +85,7 @@ def audit_event(
             }
         ],
         "action": ACTION.get(interaction, "R"),
-        "recorded": begun["recorded"] if begun else datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "recorded": datetime.now(UTC).isoformat(timespec="milliseconds"),
         "outcome": str(outcome),
         "purposeOfEvent": [{"coding": [{"system": ACT_REASON, "code": purpose}]}],
         "agent": who,
@@ -135,9 +118,6 @@ def audit_event(
             },
         ],
     }
-    if status is None:
-        event["outcomeDesc"] = BEGUN
-    return event
 
 
 def record(event: FhirDict, principal: Principal, patient_pnr: str, request_id: str) -> AuditRecord:

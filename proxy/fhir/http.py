@@ -27,8 +27,6 @@ AUDIT_QUERY_KEY = web.RequestKey("audit_query", Query)
 AUDIT_DISCLOSED_KEY = web.RequestKey("audit_disclosed", Counter)
 AUDIT_DEGRADED_KEY = web.RequestKey("audit_degraded", list)
 AUDIT_EMERGENCY_KEY = web.RequestKey("audit_emergency", str)  # the emergency-access reason code
-# the event logged when the backends were asked (proxy.fhir.routes._begin_audit), and its write
-AUDIT_BEGUN_KEY = web.RequestKey("audit_begun", tuple)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 

@@ -13,7 +13,6 @@ with the status the FHIR spec gives it; nothing unhandled leaves as a bare 500 p
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -32,7 +31,6 @@ from proxy.fhir.bundle import page_links, searchset, source_outcome, withheld_ou
 from proxy.fhir.capability import capability_statement
 from proxy.fhir.errors import FhirError, bad_request, not_found
 from proxy.fhir.http import (
-    AUDIT_BEGUN_KEY,
     AUDIT_DEGRADED_KEY,
     AUDIT_DISCLOSED_KEY,
     AUDIT_EMERGENCY_KEY,
@@ -51,7 +49,7 @@ from proxy.fhir.http import (
 )
 from proxy.fhir.ids import holding_backend
 from proxy.pipeline import Answer, Facade, collect
-from proxy.store import AuditRecord, Store, StoreUnavailable
+from proxy.store import StoreUnavailable
 from proxy.types import FhirDict, Query
 
 log = logging.getLogger(__name__)
@@ -98,8 +96,7 @@ def _authenticate(request: web.Request) -> None:
 @web.middleware
 async def audited(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Write one AuditEvent for every request that got as far as naming a patient — allowed,
-    refused or failed — and let its answer leave only once the event is committed (else 503).
-    A request that asks the backends has logged its access durably already (``_begin_audit``)."""
+    refused or failed — and let its answer leave only once the event is committed (else 503)."""
     request[REQUEST_ID_KEY] = rid = request_id(request)
     try:
         response = await handler(request)
@@ -116,11 +113,11 @@ async def audited(request: web.Request, handler: Handler) -> web.StreamResponse:
     return response
 
 
-def _event(request: web.Request, status: int | None, begun: FhirDict | None = None) -> AuditRecord | None:
+async def _audit(request: web.Request, status: int) -> None:
     query = request.get(AUDIT_QUERY_KEY)
     principal = request.get(PRINCIPAL_KEY)
     if query is None or query.patient is None or principal is None:
-        return None
+        return
     event = audit_event(
         principal,
         interaction=query.interaction,
@@ -131,37 +128,10 @@ def _event(request: web.Request, status: int | None, begun: FhirDict | None = No
         status=status,
         request_id=request[REQUEST_ID_KEY],
         emergency_reason=request.get(AUDIT_EMERGENCY_KEY),
-        begun=begun,
     )
-    return record(event, principal, query.patient.pnr, request[REQUEST_ID_KEY])
-
-
-def _begin_audit(request: web.Request) -> None:
-    """Log the access — who, which patient, what, why — durably while the backends are asked; its
-    outcome is added before the answer leaves (``_audit``), which also waits for this write."""
-    begun = _event(request, None)
-    if begun is not None:
-        store = request.app[STORE_KEY]
-        request[AUDIT_BEGUN_KEY] = (begun.event, asyncio.ensure_future(_logged(store, begun)))
-
-
-async def _logged(store: Store, begun: AuditRecord) -> bool:
-    try:
-        await store.write_audit(begun)
-    except StoreUnavailable:
-        return False  # (``_audit`` refuses the answer; nobody else awaits this)
-    return True
-
-
-async def _audit(request: web.Request, status: int) -> None:
-    begun, logged = request.get(AUDIT_BEGUN_KEY, (None, None))
-    done = _event(request, status, begun)
-    if done is None:
-        return
-    if logged is not None and not await logged:
-        raise StoreUnavailable("the access could not be logged")
-    # begun and on disk: its completion only needs to be committed (the next flush makes it durable)
-    await request.app[STORE_KEY].write_audit(done, durable=logged is None)
+    await request.app[STORE_KEY].write_audit(
+        record(event, principal, query.patient.pnr, request[REQUEST_ID_KEY])
+    )
 
 
 def _disclosed(resources: list[FhirDict]) -> Counter[str]:
@@ -325,7 +295,7 @@ async def _collect(request: web.Request, facade: Facade, query: Query) -> Answer
     reason = emergency_reason(principal, request.headers.get(EMERGENCY_HEADER), facade.settings.access)
     if reason is not None:
         request[AUDIT_EMERGENCY_KEY] = reason
-    return await collect(facade, query, principal, emergency=reason, asking=lambda: _begin_audit(request))
+    return await collect(facade, query, principal, emergency=reason)
 
 
 def _hint_texts(answer: Answer) -> list[str]:

@@ -7,11 +7,6 @@ Audit writes are group-committed: concurrent requests queue their events, one wr
 whatever is queued in one transaction and then releases every waiting request. A request returns
 only once its event is committed; if the store cannot take it, ``StoreUnavailable`` is raised and
 the request must disclose nothing. Consents are few and written one at a time.
-
-A write is *durable* (flushed to disk before it returns: it survives a power loss) or, when asked
-for, only *committed*: it survives a crash of the process at once, and a power loss once the next
-durable write, or the store's own flush within ``FLUSH_S``, has reached the disk. An event is
-written again under its id to complete it (``audit_event(begun=…)``): the stored row is replaced.
 """
 
 from __future__ import annotations
@@ -29,9 +24,6 @@ if TYPE_CHECKING:
     from proxy.settings import StoreSettings
 
 log = logging.getLogger(__name__)
-
-FLUSH_S = 1.0  # a committed, not yet durable audit write reaches the disk within about this long
-_FLUSH = None  # the writer's queue item that asks for that flush
 
 
 class StoreUnavailable(Exception):
@@ -64,13 +56,6 @@ class AuditRecord:
 
 
 @dataclass(frozen=True, slots=True)
-class _Write:
-    record: AuditRecord
-    durable: bool
-    done: asyncio.Future[None]
-
-
-@dataclass(frozen=True, slots=True)
 class ConsentRow:
     """A stored Consent: the resource as the facade keeps it, with the columns it is found by."""
 
@@ -86,34 +71,26 @@ class Store(abc.ABC):
 
     def __init__(self, *, max_batch: int = 500) -> None:
         self.max_batch = max_batch
-        self._queue: asyncio.Queue[_Write | None] = asyncio.Queue()  # None: _FLUSH
+        self._queue: asyncio.Queue[tuple[AuditRecord, asyncio.Future[None]]] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
-        self._flush_due: asyncio.TimerHandle | None = None  # set while a write is not yet durable
 
     async def open(self) -> None:
         await self._connect()
         self._writer = asyncio.create_task(self._write_batches(), name="audit-writer")
 
     async def close(self) -> None:
-        if self._flush_due is not None:
-            self._flush_due.cancel()
         if self._writer is not None:
             self._writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
-        while not self._queue.empty():  # nobody will write these: their requests disclose nothing
-            write = self._queue.get_nowait()
-            if write is not None and not write.done.done():
-                write.done.set_exception(StoreUnavailable("audit store closed"))
         await self._disconnect()
 
-    async def write_audit(self, record: AuditRecord, *, durable: bool = True) -> None:
-        """Returns once the event is committed — and flushed to disk, if ``durable`` — or raises
-        StoreUnavailable if it could not be."""
+    async def write_audit(self, record: AuditRecord) -> None:
+        """Returns once the event is committed; raises StoreUnavailable if it could not be."""
         if self._writer is None or self._writer.done():
             raise StoreUnavailable("audit store is not running")
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Write(record, durable, done))
+        await self._queue.put((record, done))
         await done
 
     async def _write_batches(self) -> None:
@@ -121,41 +98,17 @@ class Store(abc.ABC):
             batch = [await self._queue.get()]
             while len(batch) < self.max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            writes = [w for w in batch if w is not None]  # (None: _FLUSH)
-            if not writes:
-                await self._flush_now()
-                continue
-            durable = any(w.durable for w in writes)
             try:
-                await self._insert_audit([w.record for w in writes], durable=durable)
+                await self._insert_audit([r for r, _ in batch])
             except Exception as exc:  # the store failed: every waiting request must refuse to disclose
-                log.error("audit write failed (%s); %d request(s) refused", type(exc).__name__, len(writes))
-                for w in writes:
-                    if not w.done.done():
-                        w.done.set_exception(StoreUnavailable("audit store failed"))
+                log.error("audit write failed (%s); %d request(s) refused", type(exc).__name__, len(batch))
+                for _, done in batch:
+                    if not done.done():
+                        done.set_exception(StoreUnavailable("audit store failed"))
                 continue
-            if durable:  # everything committed before is on disk now too
-                self._cancel_flush()
-            elif self._flush_due is None and not self.FLUSHES_ITSELF:
-                loop = asyncio.get_running_loop()
-                self._flush_due = loop.call_later(FLUSH_S, self._queue.put_nowait, _FLUSH)
-            for w in writes:
-                if not w.done.done():
-                    w.done.set_result(None)
-
-    async def _flush_now(self) -> None:
-        if self._flush_due is None:
-            return  # a durable write has flushed everything since the flush was asked for
-        self._flush_due = None
-        try:
-            await self._flush()
-        except Exception as exc:  # the commits stand; the next durable write flushes them
-            log.warning("audit flush failed (%s)", type(exc).__name__)
-
-    def _cancel_flush(self) -> None:
-        if self._flush_due is not None:
-            self._flush_due.cancel()
-            self._flush_due = None
+            for _, done in batch:
+                if not done.done():
+                    done.set_result(None)
 
     # ---- what each store implements -------------------------------------------------------------
 
@@ -165,18 +118,9 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def _disconnect(self) -> None: ...
 
-    # False: a commit that was not durable reaches the disk only with a later durable one, so the
-    # writer calls ``_flush`` within FLUSH_S. True: the database does that itself.
-    FLUSHES_ITSELF = False
-
     @abc.abstractmethod
-    async def _insert_audit(self, records: list[AuditRecord], *, durable: bool) -> None:
-        """Store every record (replacing a stored event with the same id) in one transaction, or
-        raise. ``durable``: flushed to disk before returning; else committed (crash-safe)."""
-
-    async def _flush(self) -> None:
-        """Bring every committed audit write to disk (only called when FLUSHES_ITSELF is False)."""
-        raise NotImplementedError
+    async def _insert_audit(self, records: list[AuditRecord]) -> None:
+        """Store every record in one transaction, durably, or raise."""
 
     @abc.abstractmethod
     async def audit_events(self, patient_pnr: str, *, limit: int, offset: int) -> tuple[int, list[FhirDict]]:

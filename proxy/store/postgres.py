@@ -1,8 +1,5 @@
 """The shared store: PostgreSQL through asyncpg, for several workers or hosts behind one load
-balancer. Commits are synchronous (PostgreSQL's default), so a committed event survives a crash.
-An audit write that need not be durable at once commits with ``synchronous_commit`` off for its
-transaction: it survives a crash of the facade at once, and the server's WAL writer flushes it
-within ``3 × wal_writer_delay`` (600 ms by default) — or the next synchronous commit does."""
+balancer. Commits are synchronous (PostgreSQL's default), so a committed event survives a crash."""
 
 from __future__ import annotations
 
@@ -62,16 +59,11 @@ class PostgresStore(Store):
             raise StoreUnavailable("store is not open")
         return self._pool
 
-    FLUSHES_ITSELF = True
-
-    async def _insert_audit(self, records: list[AuditRecord], *, durable: bool) -> None:
+    async def _insert_audit(self, records: list[AuditRecord]) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
-            if not durable:
-                await conn.execute("SET LOCAL synchronous_commit TO off")
             await conn.executemany(
                 "INSERT INTO audit_event (id, recorded, patient_pnr, audience, user_hsa_id, outcome,"
-                " request_id, event) VALUES ($1, $2::text::timestamptz, $3, $4, $5, $6, $7, $8)"
-                " ON CONFLICT (id) DO UPDATE SET outcome = excluded.outcome, event = excluded.event",
+                " request_id, event) VALUES ($1, $2::text::timestamptz, $3, $4, $5, $6, $7, $8)",
                 [r.row() for r in records],
             )
 

@@ -1,15 +1,9 @@
-"""The embedded store: SQLite through aiosqlite, WAL.
+"""The embedded store: SQLite through aiosqlite, WAL, synchronous=FULL (a committed event survives
+a crash of the process or the machine).
 
-Two connections to one file. The main one (synchronous=FULL: a commit is fsynced, it survives a
-crash of the process or the machine) takes durable audit writes, consents and every read. The
-audit writer's second one (synchronous=NORMAL: a commit is in the WAL, it survives a crash of the
-process; fsynced with the next FULL commit or checkpoint) takes the writes that need not be durable
-at once; ``_flush`` checkpoints it. Only the writer task writes audit events, one batch at a time,
-so the two never wait for each other's write lock; a consent write may wait (busy timeout 5 s).
-
-The connections are in autocommit mode and every write is one statement — AuditEvents go in as
-multi-row upserts of up to 100 — so each is its own atomic transaction, committed in a single trip
-to aiosqlite's thread: on the request path a trip costs more than the statement."""
+The connection is in autocommit mode and every write is one statement — AuditEvents go in as
+multi-row INSERTs of up to 100 — so each is its own atomic transaction, committed (and fsynced) in
+a single trip to aiosqlite's thread: on the request path a trip costs more than the statement."""
 
 from __future__ import annotations
 
@@ -40,22 +34,18 @@ class SqliteStore(Store):
         super().__init__(max_batch=max_batch)
         self.path = path
         self._db: aiosqlite.Connection | None = None
-        self._committing: aiosqlite.Connection | None = None  # synchronous=NORMAL, audit writer only
 
     async def _connect(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = await aiosqlite.connect(self.path, isolation_level=None, timeout=5.0)  # autocommit
+        self._db = await aiosqlite.connect(self.path, isolation_level=None)  # autocommit
         await self._db.execute("PRAGMA journal_mode=WAL")
         await self._db.execute("PRAGMA synchronous=FULL")
         for statement in SCHEMA:
             await self._db.execute(statement)
-        self._committing = await aiosqlite.connect(self.path, isolation_level=None, timeout=5.0)
-        await self._committing.execute("PRAGMA synchronous=NORMAL")
 
     async def _disconnect(self) -> None:
-        for conn in (self._committing, self._db):
-            if conn is not None:
-                await conn.close()
+        if self._db is not None:
+            await self._db.close()
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -63,24 +53,15 @@ class SqliteStore(Store):
             raise StoreUnavailable("store is not open")
         return self._db
 
-    async def _insert_audit(self, records: list[AuditRecord], *, durable: bool) -> None:
-        conn = self.db if durable else self._committing
-        if conn is None:
-            raise StoreUnavailable("store is not open")
+    async def _insert_audit(self, records: list[AuditRecord]) -> None:
         # 100 rows of 8 values per statement: under the 999 variables older SQLite builds allow
         for i in range(0, len(records), 100):
             rows = records[i : i + 100]
-            await conn.execute(
+            await self.db.execute(
                 "INSERT INTO audit_event (id, recorded, patient_pnr, audience, user_hsa_id, outcome,"
-                " request_id, event) VALUES "
-                + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(rows))
-                + " ON CONFLICT (id) DO UPDATE SET outcome = excluded.outcome, event = excluded.event",
+                " request_id, event) VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(rows)),
                 [v for r in rows for v in (*r.row()[:-1], orjson.dumps(r.event))],
             )
-
-    async def _flush(self) -> None:
-        # in WAL mode with synchronous=NORMAL a checkpoint fsyncs the WAL first, then the database
-        await self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     async def _fetch(self, sql: str, *args: object) -> list[Any]:
         try:
