@@ -285,8 +285,8 @@ class _Compiler:
     # node; each leaf ($path, $template, $ref, a template string …) is a compiled closure that the
     # function calls. A subtree with no leaf that reads the record or the context is built once, at
     # compile time, and shared by every resource: mapped resources are never modified afterwards
-    # (they are cached and shared by requests as it is). The object a tree's function returns is
-    # always its own.
+    # (they are cached and shared by requests as it is). Only the object ``fields`` returns is
+    # always its own: the engine takes its meta out.
 
     def node(self, spec: Any, where: str) -> Builder:
         return _TreeSource(self).function(spec, where)
