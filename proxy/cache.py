@@ -129,7 +129,10 @@ class RedisCache(_Ages):
             return None
         try:
             doc = orjson.loads(raw)
-            entry = CacheEntry(doc["stored_at"], tuple(MappedResource(**r) for r in doc["resources"]))
+            entry = CacheEntry(
+                doc["stored_at"],
+                tuple(MappedResource(**{**r, "refs": tuple(r["refs"])}) for r in doc["resources"]),
+            )
         except (orjson.JSONDecodeError, KeyError, TypeError):
             return None
         return self.judge(entry)

@@ -28,7 +28,7 @@ from proxy.cache import CacheEntry, SourceCache
 from proxy.fanout import BackendClient, fan_out
 from proxy.fanout.engagement import EngagementIndex
 from proxy.fhir.ids import PatientIds
-from proxy.fhir.searchparams import matches, sort_time
+from proxy.fhir.searchparams import matches
 from proxy.mapping.compiler import RequestSpec
 from proxy.mapping.registry import MappingSet, request_context
 from proxy.mapping.run import MappedAnswer, map_answer, source_outcome
@@ -223,7 +223,7 @@ async def collect(
                 withheld.add(why)  # worth a hint only if the asker could see it and asked for it
         mapped = readable
     merged = redact(
-        merge(mapped, sort_time),
+        merge(mapped),
         facade.policy,
         principal.audience,
         subject=f"Patient/{query.patient.fhir_id}",

@@ -112,7 +112,10 @@ class MappedResource:
     mapping: str  # the mapping that built it, "<backend>/<file stem>"
     origin_key: str  # "<producing system>|<record id>": the same fact in several sources shares it
     priority: int  # the source's rank in merge.source_priority, lower wins
-    references: bool = False  # whether its mapping makes references to other mapped resources ($ref)
+    # Facts read once when the resource is mapped (and cached with it), so that merge and redaction,
+    # which run after the last backend answer, need not walk the resource again:
+    refs: tuple[str, ...] = ()  # every distinct ``reference`` in it, its contained resources' too
+    clinical_time: float | None = None  # the start of its clinical date, for the answer's order
     care_provider: str | None = None  # HSA-id of the care provider that owns the record (for PDL)
     care_unit: str | None = None  # HSA-id of the care unit
 

@@ -42,12 +42,19 @@ def outcomes(bundle: dict[str, Any]) -> dict[str, str]:
 async def test_round_trip_keeps_every_field(redis_db: Any) -> None:
     cache = RedisCache(aioredis.from_url(REDIS_URL), ttl_s=30, max_stale_s=30)
     resource = MappedResource(
-        resource={"resourceType": "Condition", "id": "x", "meta": {"security": [{"code": "NOPAT"}]}},
+        resource={
+            "resourceType": "Condition",
+            "id": "x",
+            "meta": {"security": [{"code": "NOPAT"}]},
+            "subject": {"reference": "Patient/p"},
+            "encounter": {"reference": "Encounter/e"},
+        },
         source="npo",
         mapping="npo/diagnoses",
         origin_key="Condition|A|1",
         priority=2,
-        references=True,
+        refs=("Patient/p", "Encounter/e"),
+        clinical_time=1_700_000_000.0,
         care_provider="SE1",
         care_unit="SE2",
     )

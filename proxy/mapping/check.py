@@ -17,7 +17,6 @@ from pydantic import ValidationError
 from proxy.app import compile_mappings
 from proxy.fanout import BackendClient
 from proxy.fhir.ids import PatientIds
-from proxy.fhir.searchparams import sort_time
 from proxy.merge import merge
 from proxy.pipeline import Facade, fetch_and_map
 from proxy.redact import compile_policy
@@ -65,7 +64,8 @@ async def check(settings: Settings, generated: int = 5) -> CheckReport:
                 )
                 report.degraded.extend(f"{o.source}: {o.detail}" for o in outcomes)
                 report.per_mapping.update(m.mapping for m in mapped)
-                for resource in merge(mapped, sort_time):
+                for kept in merge(mapped):
+                    resource = kept.resource
                     reason = validate(resource)
                     if reason:
                         report.invalid.append(

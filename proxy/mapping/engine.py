@@ -3,13 +3,15 @@
 For each record a mapping selects (and its ``where`` admits) the engine builds the element tree and
 adds what every resource carries: ``resourceType``, the stable ``id``, ``meta.source`` naming the
 backend, ``meta.security`` from the mapping's label rules, and — beside the resource, not in it —
-the origin key merge uses to recognise the same fact held by several sources.
+the origin key merge uses to recognise the same fact held by several sources, the references the
+resource makes (redaction checks them) and its clinical time (merge orders by it).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from proxy.fhir.searchparams import sort_time
 from proxy.mapping.compiler import Builder, CompiledMapping, Context, scalar_text
 from proxy.types import FhirDict, MappedResource
 
@@ -69,12 +71,42 @@ def _map_one(
         resource=resource,
         source=mapping.backend,
         mapping=mapping.name,
-        references=bool(mapping.references),
         origin_key=origin,
         priority=priority,
+        refs=references(resource),
+        clinical_time=sort_time(resource),
         care_provider=_optional(mapping.care_provider, record, ctx),
         care_unit=_optional(mapping.care_unit, record, ctx),
     )
+
+
+def references(resource: FhirDict) -> tuple[str, ...]:
+    """Every distinct ``reference`` string in a resource, at any depth, in first-seen order.
+
+    Redaction trusts this list to hold every reference (it removes the ones it may not show), so
+    the walk visits every object and list; only scalars are skipped."""
+    found: dict[str, None] = {}
+    _references_in(resource, found)
+    return tuple(found)
+
+
+def _references_in(node: dict[str, Any], found: dict[str, None]) -> None:
+    ref = node.get("reference")
+    if isinstance(ref, str):
+        found[ref] = None
+    for v in node.values():
+        if isinstance(v, dict):
+            _references_in(v, found)
+        elif isinstance(v, list):
+            _references_in_list(v, found)
+
+
+def _references_in_list(items: list[Any], found: dict[str, None]) -> None:
+    for v in items:
+        if isinstance(v, dict):
+            _references_in(v, found)
+        elif isinstance(v, list):
+            _references_in_list(v, found)
 
 
 def _optional(builder: Builder | None, record: dict[str, Any], ctx: Context) -> str | None:

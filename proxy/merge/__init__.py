@@ -14,34 +14,33 @@ lowest id). It keeps its ``meta.source``; each other source is added to ``meta.t
 fail closed); references to a dropped copy are rewritten to the kept one.
 
 **The sort order.** Patient first; then by resource type name; within a type newest first by the
-type's clinical date (see ``proxy.fhir.searchparams``), undated last; then by id.
+type's clinical date (``MappedResource.clinical_time``, read by the mapping engine with
+``proxy.fhir.searchparams.sort_time``), undated last; then by id.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
-from proxy.types import FhirDict, MappedResource
+from proxy.types import MappedResource
 
 ALSO_IN_SOURCE_SYSTEM = "urn:fhir-facade:also-in-source"
 
-SortTime = Callable[[FhirDict], float | None]
 
-
-def merge(resources: Iterable[MappedResource], sort_time: SortTime) -> list[FhirDict]:
+def merge(resources: Iterable[MappedResource]) -> list[MappedResource]:
+    """One resource per fact, in the answer's order. The input is not modified: a kept resource that
+    changes (another copy's tags and labels, a rewritten reference) is a new one."""
     groups: dict[str, list[MappedResource]] = {}
     for r in resources:
         groups.setdefault(r.origin_key, []).append(r)
 
-    kept: list[FhirDict] = []
-    referring: list[int] = []  # positions in kept of resources whose mapping makes references
+    kept: list[MappedResource] = []
     aliases: dict[str, str] = {}
     for group in groups.values():
-        if any(r.references for r in group):
-            referring.append(len(kept))
         if len(group) == 1:
-            kept.append(group[0].resource)
+            kept.append(group[0])
             continue
         group.sort(key=lambda r: (r.priority, r.resource["id"]))
         winner = group[0]
@@ -56,26 +55,29 @@ def merge(resources: Iterable[MappedResource], sort_time: SortTime) -> list[Fhir
             for label in other.resource.get("meta", {}).get("security", []):
                 if label not in labels:
                     labels.append(label)
-            rtype = other.resource["resourceType"]
-            aliases[f"{rtype}/{other.resource['id']}"] = f"{rtype}/{resource['id']}"
+            if other.resource["id"] != resource["id"]:  # (every source's Patient has the same id)
+                rtype = other.resource["resourceType"]
+                aliases[f"{rtype}/{other.resource['id']}"] = f"{rtype}/{resource['id']}"
         if tags:
             meta["tag"] = tags
         if labels:
             meta["security"] = labels
         resource["meta"] = meta
-        kept.append(resource)
+        kept.append(replace(winner, resource=resource))
 
-    if aliases:  # only resources built with $ref can point at another mapped resource
-        for i in referring:
-            kept[i] = _rewrite_references(kept[i], aliases)
-    kept.sort(key=lambda r: _order(r, sort_time))
+    if aliases:
+        for i, r in enumerate(kept):
+            if not aliases.keys().isdisjoint(r.refs):
+                refs = tuple(dict.fromkeys(aliases.get(ref, ref) for ref in r.refs))
+                kept[i] = replace(r, resource=_rewrite_references(r.resource, aliases), refs=refs)
+    kept.sort(key=_order)
     return kept
 
 
-def _order(resource: FhirDict, sort_time: SortTime) -> tuple[int, str, int, float, str]:
-    rtype = resource["resourceType"]
-    t = sort_time(resource)
-    return (0 if rtype == "Patient" else 1, rtype, 0 if t is not None else 1, -(t or 0.0), resource["id"])
+def _order(r: MappedResource) -> tuple[int, str, int, float, str]:
+    rtype = r.resource["resourceType"]
+    t = r.clinical_time
+    return (0 if rtype == "Patient" else 1, rtype, 0 if t is not None else 1, -(t or 0.0), r.resource["id"])
 
 
 def _rewrite_references(node: Any, aliases: dict[str, str]) -> Any:

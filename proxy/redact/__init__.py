@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.settings import ConfigError
-from proxy.types import AUDIENCES, FhirDict
+from proxy.types import AUDIENCES, FhirDict, MappedResource
 
 Label = tuple[str, str]  # (system, code)
 
@@ -111,7 +111,7 @@ def compile_policy(section: Mapping[str, Any]) -> Policy:
 
 
 def redact(
-    resources: Iterable[FhirDict], policy: Policy, audience: str, *, subject: str | None = None
+    resources: Iterable[MappedResource], policy: Policy, audience: str, *, subject: str | None = None
 ) -> list[FhirDict]:
     """What ``audience`` may see of ``resources``, with every trace of the rest removed.
 
@@ -120,17 +120,20 @@ def redact(
     something this answer did not fetch and so cannot vouch for, is removed (fail closed). The input
     is not modified (it may be shared, e.g. cached): changed resources are copies.
     """
-    shown = [r for r in resources if policy.visible(r, audience)]
-    allowed = {f"{r['resourceType']}/{r['id']}" for r in shown}
+    shown = [r for r in resources if policy.visible(r.resource, audience)]
+    allowed = {f"{r.resource['resourceType']}/{r.resource['id']}" for r in shown}
     if subject is not None:
         allowed.add(subject)
     return [_scrub(r, policy, audience, allowed) for r in shown]
 
 
-def _scrub(resource: FhirDict, policy: Policy, audience: str, allowed: set[str]) -> FhirDict:
-    r = {k: v for k, v in resource.items() if k != "text"}
+def _scrub(mapped: MappedResource, policy: Policy, audience: str, allowed: set[str]) -> FhirDict:
+    r = mapped.resource
+    if "text" in r:
+        r = {k: v for k, v in r.items() if k != "text"}
     local = allowed
     if "contained" in r:
+        r = dict(r)
         kept = [
             {k: v for k, v in c.items() if k != "text"} for c in r["contained"] if policy.visible(c, audience)
         ]
@@ -139,7 +142,9 @@ def _scrub(resource: FhirDict, policy: Policy, audience: str, allowed: set[str])
             r["contained"] = kept
         else:
             del r["contained"]
-    if not _references_allowed(r, local):  # the rare case: copy, leaving the offending objects out
+    # The references were read when the resource was mapped; most answers hold none to remove, and
+    # the resource, which may be shared with the cache, is then used as it is.
+    if not local.issuperset(mapped.refs):  # the rare case: copy, leaving the offending objects out
         r = _keep_references(r, local)
     if (
         r["resourceType"] == "Patient"
@@ -152,23 +157,6 @@ def _scrub(resource: FhirDict, policy: Policy, audience: str, allowed: set[str])
 
 
 _GONE = object()
-
-
-def _references_allowed(node: Any, allowed: set[str]) -> bool:
-    """Whether every ``reference`` under ``node`` (a dict or list) is allowed: a walk that builds
-    nothing. Most answers hold no reference to remove, and the resource, which may be shared with
-    the cache, is then used as it is."""
-    if isinstance(node, dict):
-        ref = node.get("reference")
-        if isinstance(ref, str) and ref not in allowed:
-            return False
-        children = node.values()
-    else:
-        children = node
-    for v in children:
-        if isinstance(v, dict | list) and not _references_allowed(v, allowed):
-            return False
-    return True
 
 
 def _keep_references(node: Any, allowed: set[str]) -> Any:

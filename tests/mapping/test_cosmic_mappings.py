@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -276,6 +277,14 @@ async def test_encounter_reason_references_the_condition(tolvan: Mapped) -> None
     assert open_care["reasonReference"] == [
         {"reference": "Condition/" + only(tolvan["diagnoses"], record="D-100001")["id"]}
     ]
+
+
+async def test_mapped_resources_carry_their_references_and_clinical_time(tolvan: Mapped) -> None:
+    mapped = next(r for r in tolvan["carecontacts"] if r.origin_key.endswith("|C-500001"))
+    encounter = mapped.resource
+    condition = only(tolvan["diagnoses"], record="D-100003")
+    assert set(mapped.refs) == {encounter["subject"]["reference"], "Condition/" + condition["id"]}
+    assert mapped.clinical_time == datetime.fromisoformat(encounter["period"]["start"]).timestamp()
 
 
 async def test_encounter_without_reason_has_no_reference(client: Any) -> None:

@@ -8,9 +8,10 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from proxy.mapping.engine import references
 from proxy.redact import compile_policy, redact
 from proxy.settings import load_settings
-from proxy.types import AUDIENCES
+from proxy.types import AUDIENCES, MappedResource
 
 POLICY = compile_policy(load_settings().policy)
 LABELS = [
@@ -58,6 +59,16 @@ def bundles(draw: Any) -> list[dict[str, Any]]:
     return out
 
 
+def mapped(resources: list[dict[str, Any]]) -> list[MappedResource]:
+    """As the mapping engine hands them on: with the references each makes read beside it."""
+    return [
+        MappedResource(
+            resource=r, source="x", mapping="x/x", origin_key=r["id"], priority=0, refs=references(r)
+        )
+        for r in resources
+    ]
+
+
 def allowed(resource: dict[str, Any], audience: str) -> bool:
     granted = {
         "ambulance": {"THREAT", "NOPAT", "R"},
@@ -84,7 +95,7 @@ def strings(node: Any) -> list[str]:
 def test_redaction_never_lets_a_denied_resource_or_reference_through(
     resources: list[dict[str, Any]], audience: str
 ) -> None:
-    out = redact(resources, POLICY, audience)
+    out = redact(mapped(resources), POLICY, audience)
     denied = {r["id"] for r in resources if not allowed(r, audience)}
     kept = {r["id"] for r in out}
     assert kept == {r["id"] for r in resources} - denied  # nothing denied stays, nothing allowed goes
@@ -120,6 +131,6 @@ def test_input_is_left_untouched() -> None:
         },
     ]
     before = repr(resources)
-    out = redact(resources, POLICY, "clinician")
+    out = redact(mapped(resources), POLICY, "clinician")
     assert out == [{"resourceType": "Encounter", "id": "b"}]
     assert repr(resources) == before

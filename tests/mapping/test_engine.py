@@ -1,0 +1,22 @@
+"""What the mapping engine reads beside each resource: the references redaction checks."""
+
+from __future__ import annotations
+
+from proxy.mapping.engine import references
+
+
+def test_references_are_found_at_any_depth_once_each_in_order() -> None:
+    resource = {
+        "resourceType": "Encounter",
+        "id": "e",
+        "subject": {"reference": "Patient/p"},
+        "reasonReference": [{"reference": "Condition/c", "display": "x"}, {"reference": "Patient/p"}],
+        "extension": [{"url": "u", "extension": [{"url": "v", "valueReference": {"reference": "Flag/f"}}]}],
+        "contained": [{"resourceType": "Observation", "id": "o", "hasMember": [{"reference": "#o2"}]}],
+        "note": [[{"reference": "Observation/nested"}]],  # not FHIR, but a list in a list is walked too
+    }
+    assert references(resource) == ("Patient/p", "Condition/c", "Flag/f", "#o2", "Observation/nested")
+
+
+def test_only_text_references_count() -> None:
+    assert references({"resourceType": "Basic", "id": "b", "reference": 5, "code": {"text": "t"}}) == ()
