@@ -1,11 +1,12 @@
 """Where the facade's CPU goes on ``$everything``: py-spy samples the facade process under load.
 
     python bench/profile.py [--cache] [--latency-ms 20] [--patients 200] [--duration 15]
-                            [--concurrency 32] [--top 30] [--out bench/results]
+                            [--concurrency 32 | --rate R] [--top 30] [--out bench/results]
 
 The same processes as ``bench/run.py`` (simulators, one facade worker, each its own process, the
-bench's consents registered); a closed-model load of ``--concurrency`` workers runs for
-``--duration`` s while ``py-spy record`` samples the facade (GIL-holding samples only, so idle
+bench's consents registered); a closed-model load of ``--concurrency`` workers (or, with ``--rate``,
+the open model at that arrival rate, as the latency targets are measured) runs for ``--duration`` s
+while ``py-spy record`` samples the facade (GIL-holding samples only, so idle
 waiting on the network does not count). Printed: the share of CPU samples per function — *self*
 (in the function itself) and *total* (in it or anything it calls) — for the facade's own code and
 the libraries it calls; written: ``profile.txt`` (the table), ``profile.collapsed.txt`` (py-spy's
@@ -35,11 +36,7 @@ from proxy.simulators.population import population
 
 def cpu_seconds(procs: run.Processes) -> dict[str, float]:
     """User + system CPU seconds so far of every process of the run, and of this one (the load)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    out = {}
-    for name, proc in procs.running.items():
-        fields = Path(f"/proc/{proc.pid}/stat").read_text().rpartition(")")[2].split()
-        out[name] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime (fields 14, 15)
+    out = {name: run.cpu_s(proc.pid) for name, proc in procs.running.items()}
     out["load generator"] = sum(os.times()[:2])
     return out
 
@@ -97,12 +94,17 @@ async def profile(args: argparse.Namespace, procs: run.Processes, tmp: Path) -> 
     sampler = await record(args.duration, "raw", raw)
     before = cpu_seconds(procs)
     try:
-        result = await run.closed_model(target, args.concurrency, args.duration, args.timeout)
+        if args.rate:
+            result = await run.open_model(target, args.rate, args.duration, 256, args.timeout)
+            result["requests"] = len(result["samples_ms"])
+        else:
+            result = await run.closed_model(target, args.concurrency, args.duration, args.timeout)
     finally:
         after = cpu_seconds(procs)
         await asyncio.wait_for(sampler.wait(), timeout=args.duration + 30)
+    model = f"open model, {args.rate:g} req/s" if args.rate else f"closed model, {args.concurrency} workers"
     print(
-        f"closed model, {args.concurrency} workers: {result['throughput_rps']} req/s, "
+        f"{model}: {result['throughput_rps']} req/s, "
         f"p50 {result['p50']} ms, p99 {result['p99']} ms, errors {result['errors']}"
     )
     print("CPU per answered request, by process (2 cores shared by all of them):")
@@ -124,6 +126,9 @@ def main() -> None:
     ap.add_argument("--patients", type=int, default=200)
     ap.add_argument("--duration", type=float, default=15.0)
     ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument(
+        "--rate", type=float, default=0.0, help="open model at this req/s instead of the closed model"
+    )
     ap.add_argument("--timeout", type=float, default=10.0)
     ap.add_argument("--start-timeout", type=float, default=60.0)
     ap.add_argument("--top", type=int, default=30)

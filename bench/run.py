@@ -179,6 +179,12 @@ async def wait_up(procs: Processes, name: str, url: str, timeout_s: float = 60.0
     raise RuntimeError(f"{name} did not come up within {timeout_s:g} s:\n{procs.log_tail(name)}")
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (``/proc/<pid>/stat`` fields 14, 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mib(pid: int) -> dict[str, float]:
     """VmRSS and VmHWM (peak) of a process, in MiB."""
     out = {}
@@ -529,12 +535,12 @@ def markdown(results: dict[str, Any]) -> str:
         f"(latency from the intended send time); closed model {cfg['concurrency']} workers.",
         "",
         "| target | p50 ms | p90 ms | p99 ms | max ms | open req/s | closed max req/s "
-        "| errors | partial | facade RSS before → after (MiB) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| errors | partial | CPU ms/req | facade RSS before → after (MiB) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for t in results["targets"]:
         if "skipped" in t:
-            lines.append(f"| {t['label']} | {t['skipped']} |{' – |' * 8}")
+            lines.append(f"| {t['label']} | {t['skipped']} |{' – |' * 9}")
             continue
         o, c = t["open"], t["closed"]
         cells = [f"{o[k]:.1f}" if o[k] is not None else "–" for k in COLUMNS]
@@ -544,9 +550,14 @@ def markdown(results: dict[str, Any]) -> str:
             rss = f"{before['VmRSS']:.0f} → {after['VmRSS']:.0f} (peak {after['VmHWM']:.0f})"
         lines.append(
             f"| {t['label']} | {' | '.join(cells)} | {o['throughput_rps']:.1f} | {c['throughput_rps']:.1f} "
-            f"| {o['errors']} / {c['errors']} | {o['partial']} / {c['partial']} | {rss} |"
+            f"| {o['errors']} / {c['errors']} | {o['partial']} / {c['partial']} "
+            f"| {o.get('cpu_ms_per_request', '')} | {rss} |"
         )
-    lines += ["", "errors and partial: open / closed model."]
+    lines += [
+        "",
+        "errors and partial: open / closed model. CPU ms/req: the target's own process (facade or "
+        "baseline; not the simulators) per answered request in the open model.",
+    ]
     for t in results["targets"]:
         if "open" in t and (t["open"]["from_cache"] or t["closed"]["from_cache"]):
             o, c = t["open"], t["closed"]
@@ -667,13 +678,21 @@ async def start_baseline(procs: Processes, config: Path, key_b64: str, timeout_s
     return url
 
 
-async def measure(target: Target, args: argparse.Namespace, rate: float | None) -> float:
-    """Closed model (max throughput), then the open model at ``rate`` (default: half that maximum)."""
+async def measure(target: Target, args: argparse.Namespace, rate: float | None, procs: Processes) -> float:
+    """Closed model (max throughput), then the open model at ``rate`` (default: half that maximum),
+    with the CPU the target's own process (the facade, the baseline) used per answered request."""
     print(f"  {target.label}: closed model, {args.concurrency} workers, {args.duration:g} s", flush=True)
     target.results["closed"] = await closed_model(target, args.concurrency, args.duration, args.timeout)
     rate = rate or max(1.0, target.results["closed"]["throughput_rps"] / 2)
     print(f"  {target.label}: open model, {rate:.1f} req/s, {args.duration:g} s", flush=True)
-    target.results["open"] = await open_model(target, rate, args.duration, args.max_inflight, args.timeout)
+    proc = procs.running.get(target.name)
+    before = cpu_s(proc.pid) if proc else 0.0
+    target.results["open"] = result = await open_model(
+        target, rate, args.duration, args.max_inflight, args.timeout
+    )
+    if proc:
+        answered = max(1, len(result["samples_ms"]))
+        result["cpu_ms_per_request"] = round((cpu_s(proc.pid) - before) / answered * 1000, 2)
     return rate
 
 
@@ -715,13 +734,13 @@ async def bench(args: argparse.Namespace, procs: Processes, tmp: Path) -> dict[s
     print("(c) facade, uncached", flush=True)
     uncached.results["rss_before"] = rss_mib(facade_pid)
     warm = await warm_up(uncached, min(len(pnrs), 50), 8, args.timeout)
-    rate = await measure(uncached, args, args.rate)
+    rate = await measure(uncached, args, args.rate, procs)
     uncached.results["rss_after"] = rss_mib(facade_pid)
     uncached.results["warm_up"] = dict(warm)
     for t in (direct, baseline):
         print(t.label, flush=True)
         t.results["warm_up"] = dict(await warm_up(t, min(len(pnrs), 50), 8, args.timeout))
-        await measure(t, args, rate)
+        await measure(t, args, rate, procs)
 
     if no_cache:
         cached.results["skipped"] = "not available"
@@ -735,7 +754,7 @@ async def bench(args: argparse.Namespace, procs: Processes, tmp: Path) -> dict[s
         cached = facade_target("facade-cached", cached.label, url, patient_ids, token)
         cached.results["rss_before"] = rss_mib(pid)
         cached.results["warm_up"] = dict(await warm_up(cached, len(pnrs), 8, args.timeout))
-        await measure(cached, args, rate)
+        await measure(cached, args, rate, procs)
         cached.results["rss_after"] = rss_mib(pid)
 
     return {
