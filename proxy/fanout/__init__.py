@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import aiohttp
 
@@ -23,6 +24,7 @@ from proxy.settings import BackendSettings
 from proxy.types import SourceResult, SourceStatus
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Statuses that mean "nothing here" for a backend whose dialect says so (e.g. Cosmic's 404 for an
 # unknown patient) are configured per backend as ``empty_statuses``; such answers count as OK.
@@ -71,47 +73,73 @@ class BackendClient:
     async def close(self) -> None:
         await self.session.close()
 
-    async def fetch(
-        self, specs: Sequence[RequestSpec], ctx: Context, on_answer: OnAnswer | None = None
-    ) -> SourceResult:
-        """Send each request concurrently; the result holds the bodies that arrived whole.
-        ``on_answer(backend, spec, body)`` sees each of them as soon as it has arrived."""
+    def start(
+        self,
+        specs: Sequence[RequestSpec],
+        ctx: Context,
+        on_answer: OnAnswer | None = None,
+        on_done: Callable[[SourceResult], None] | None = None,
+    ) -> BackendRun:
+        """Send each request now, concurrently, one task each. ``on_answer(backend, spec, body)``
+        sees each body as soon as it has arrived whole; ``on_done(result)`` is called — from the
+        task of the request that finished last, with no further hop through the event loop — once
+        every request has ended. ``BackendRun.abandon`` cuts off the ones still out."""
+        run = BackendRun(self, specs, on_done)
+        if not specs:
+            run.settle(SourceResult(self.settings.name, SourceStatus.OK, {}, 0.0))
+            return run
         if not self.breaker.allow():
             wait = self.breaker.retry_after_s()
             detail = f"was not asked: it failed repeatedly (asked again in {wait:.0f} s)"
-            return SourceResult(self.settings.name, SourceStatus.UNAVAILABLE, {}, 0.0, detail)
-        started = time.perf_counter()
+            run.settle(SourceResult(self.settings.name, SourceStatus.UNAVAILABLE, {}, 0.0, detail))
+            return run
+        run.tasks = [
+            asyncio.ensure_future(self._ask(run, i, spec, ctx, on_answer)) for i, spec in enumerate(specs)
+        ]
+        return run
+
+    async def fetch(
+        self, specs: Sequence[RequestSpec], ctx: Context, on_answer: OnAnswer | None = None
+    ) -> SourceResult:
+        """``start``, and wait for the result (cancelled: the requests still out are cut off)."""
+        done: asyncio.Future[SourceResult] = asyncio.get_running_loop().create_future()
+        run = self.start(specs, ctx, on_answer, lambda result: _resolve(done, result))
         try:
-            if on_answer is None:
-                outcomes = await asyncio.gather(*(self._one(spec, ctx) for spec in specs))
-            else:
-                outcomes = await asyncio.gather(*(self._one_told(spec, ctx, on_answer) for spec in specs))
-        except asyncio.CancelledError:  # the request's deadline passed: count it against the backend
-            self.breaker.record(success=False)
-            self._took((time.perf_counter() - started) * 1000)  # (so it is started first next time)
+            return await done
+        except asyncio.CancelledError:
+            run.abandon("cancelled")
             raise
+
+    async def _ask(
+        self, run: BackendRun, i: int, spec: RequestSpec, ctx: Context, on_answer: OnAnswer | None
+    ) -> None:
+        outcome = await self._one(spec, ctx)
+        if run.result is not None:  # abandoned at the deadline while this answer was on its way
+            return
+        if on_answer is not None and outcome[0] is SourceStatus.OK:
+            on_answer(self.settings.name, spec, outcome[1])
+        run.outcomes[i] = outcome
+        run.pending -= 1
+        if not run.pending:
+            run.settle(self._result(run))
+
+    def _result(self, run: BackendRun) -> SourceResult:
+        """The backend's result once every request has ended; counted by the breaker."""
+        outcomes = [o for o in run.outcomes if o is not None]
         failed = any(status in (SourceStatus.TIMEOUT, SourceStatus.ERROR) for status, _, _ in outcomes)
         self.breaker.record(success=not failed)
         bodies: dict[str, bytes | None] = {}
         worst: tuple[SourceStatus, str] | None = None
-        for spec, (status, body, detail) in zip(specs, outcomes, strict=True):
+        for spec, (status, body, detail) in zip(run.specs, outcomes, strict=True):
             if status is SourceStatus.OK:
                 bodies[spec.key] = body
             elif worst is None or _rank(status) > _rank(worst[0]):
                 worst = (status, detail)
-        latency = (time.perf_counter() - started) * 1000
+        latency = (time.perf_counter() - run.started) * 1000
         self._took(latency)
         if worst is None:
             return SourceResult(self.settings.name, SourceStatus.OK, bodies, latency)
         return SourceResult(self.settings.name, worst[0], bodies, latency, worst[1])
-
-    async def _one_told(
-        self, spec: RequestSpec, ctx: Context, on_answer: OnAnswer
-    ) -> tuple[SourceStatus, bytes | None, str]:
-        outcome = await self._one(spec, ctx)
-        if outcome[0] is SourceStatus.OK:
-            on_answer(self.settings.name, spec, outcome[1])
-        return outcome
 
     def _took(self, latency_ms: float) -> None:
         self.typical_ms = latency_ms if not self.typical_ms else 0.8 * self.typical_ms + 0.2 * latency_ms
@@ -167,6 +195,49 @@ class BackendClient:
         return b"".join(chunks)
 
 
+class BackendRun:
+    """One backend's share of a fan-out: its requests in flight, then its ``SourceResult``."""
+
+    __slots__ = ("client", "on_done", "outcomes", "pending", "result", "specs", "started", "tasks")
+
+    def __init__(
+        self,
+        client: BackendClient,
+        specs: Sequence[RequestSpec],
+        on_done: Callable[[SourceResult], None] | None,
+    ) -> None:
+        self.client = client
+        self.specs = specs
+        self.on_done = on_done
+        self.outcomes: list[tuple[SourceStatus, bytes | None, str] | None] = [None] * len(specs)
+        self.pending = len(specs)
+        self.started = time.perf_counter()
+        self.tasks: list[asyncio.Task[None]] = []
+        self.result: SourceResult | None = None
+
+    def settle(self, result: SourceResult) -> None:
+        self.result = result
+        if self.on_done is not None:
+            self.on_done(result)
+
+    def abandon(self, detail: str) -> None:
+        """Cut off the requests still out: the backend counts as timed out (for the breaker, and as
+        slow, so that it is asked first next time). Answers already handed on stay handed on."""
+        if self.result is not None:
+            return
+        for task in self.tasks:
+            task.cancel()
+        self.client.breaker.record(success=False)
+        latency = (time.perf_counter() - self.started) * 1000
+        self.client._took(latency)
+        self.result = SourceResult(self.client.settings.name, SourceStatus.TIMEOUT, {}, latency, detail)
+
+
+def _resolve(future: asyncio.Future[T], value: T) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
 def _rank(status: SourceStatus) -> int:
     order = (SourceStatus.OK, SourceStatus.INVALID, SourceStatus.ERROR, SourceStatus.TIMEOUT)
     return order.index(status)
@@ -190,26 +261,31 @@ async def fan_out(
     names = [name for name, specs in plan.items() if specs]
     if not names:
         return []
+    loop = asyncio.get_running_loop()
+    all_done: asyncio.Future[None] = loop.create_future()
+    left = len(names)
+
+    def one_done(_: SourceResult) -> None:
+        nonlocal left
+        left -= 1
+        if not left:
+            _resolve(all_done, None)
 
     # the slowest backend's calls first (tasks start in creation order): the answer waits on it
-    started = {
-        name: asyncio.ensure_future(clients[name].fetch(plan[name], contexts[name], on_answer))
+    runs = {
+        name: clients[name].start(plan[name], contexts[name], on_answer, one_done)
         for name in sorted(names, key=lambda n: clients[n].typical_ms, reverse=True)
     }
-    tasks = {name: started[name] for name in names}  # results in plan order
+    timer = loop.call_later(deadline_s, _resolve, all_done, None)
     try:
-        await asyncio.wait(tasks.values(), timeout=deadline_s)
+        await all_done
     finally:
-        pending = [task for task in tasks.values() if not task.done()]
-        for task in pending:
-            task.cancel()
-        if pending:  # let them finish cancelling (breaker, timing); aiohttp does so at once, but a
-            await asyncio.wait(pending, timeout=0.1)  # stuck one must not hold the answer back
+        timer.cancel()
+        for run in runs.values():  # (all of them when this request itself was cancelled)
+            run.abandon(f"did not answer within the request deadline ({deadline_s:g} s)")
     results = []
-    for name, task in tasks.items():
-        if task.done() and not task.cancelled():
-            results.append(task.result())
-        else:
-            detail = f"did not answer within the request deadline ({deadline_s:g} s)"
-            results.append(SourceResult(name, SourceStatus.TIMEOUT, {}, deadline_s * 1000, detail))
+    for name in names:
+        result = runs[name].result
+        assert result is not None  # settled, or abandoned just above
+        results.append(result)
     return results

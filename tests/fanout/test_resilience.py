@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import replace
 from typing import Any
@@ -132,15 +133,31 @@ class _Backend:
     ) -> None:
         self.name, self.delay_s, self.typical_ms, self.log = name, delay_s, typical_ms, log
 
-    async def fetch(self, specs: Any, ctx: Any, on_answer: Any = None) -> SourceResult:
+    def start(self, specs: Any, ctx: Any, on_answer: Any = None, on_done: Any = None) -> _Run:
         if self.log is not None:
             self.log.append(self.name)
-        await asyncio.sleep(self.delay_s)
+        return _Run(self, specs, on_answer, on_done)
+
+
+class _Run:
+    def __init__(self, backend: _Backend, specs: Any, on_answer: Any, on_done: Any) -> None:
+        self.name = backend.name
+        self.result: SourceResult | None = None
+        self.task = asyncio.ensure_future(self._answer(backend, specs, on_answer, on_done))
+
+    async def _answer(self, backend: _Backend, specs: Any, on_answer: Any, on_done: Any) -> None:
+        await asyncio.sleep(backend.delay_s)
         for spec in specs:
             if on_answer is not None:
-                on_answer(self.name, spec, b"")
+                on_answer(backend.name, spec, b"")
         bodies: dict[str, bytes | None] = {spec.key: b"" for spec in specs}
-        return SourceResult(self.name, SourceStatus.OK, bodies, self.delay_s * 1000)
+        self.result = SourceResult(backend.name, SourceStatus.OK, bodies, backend.delay_s * 1000)
+        on_done(self.result)
+
+    def abandon(self, detail: str) -> None:
+        if self.result is None:
+            self.task.cancel()
+            self.result = SourceResult(self.name, SourceStatus.TIMEOUT, {}, 0.0, detail)
 
 
 async def test_each_answer_is_handed_on_as_it_arrives_and_results_keep_plan_order() -> None:
@@ -243,29 +260,53 @@ async def test_a_backend_client_learns_how_long_its_backend_takes() -> None:
         await server.wait_closed()
 
 
+async def test_a_backend_asked_for_nothing_answers_at_once() -> None:
+    client = BackendClient.open(load_settings().backend("cosmic"), 1 << 20)  # (nothing is sent)
+    try:
+        result = await asyncio.wait_for(client.fetch([], {}), timeout=1.0)
+    finally:
+        await client.close()
+    assert (result.status, result.bodies) == (SourceStatus.OK, {})
+
+
 async def test_a_backend_cut_off_at_the_deadline_counts_as_slow() -> None:
     release = asyncio.Event()
     writers: list[asyncio.StreamWriter] = []
 
-    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def slow_but_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writers.append(writer)
-        await reader.readuntil(b"\r\n\r\n")
-        await release.wait()  # never answers while the test runs
+        head = await reader.readuntil(b"\r\n\r\n")
+        if not head.startswith(b"GET /quick "):
+            await release.wait()  # never answers while the test runs
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
 
-    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    server = await asyncio.start_server(slow_but_one, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     settings = replace(load_settings().backend("npo"), base_url=f"http://127.0.0.1:{port}")
     client = BackendClient.open(settings, 1 << 20)
-    spec = RequestSpec(method="GET", path="/x", query=(), body=None, headers=(), format="json")
+    specs = [
+        RequestSpec(method="GET", path=path, query=(), body=None, headers=(), format="json")
+        for path in ("/x", "/quick")
+    ]
+    seen: list[str] = []
     try:
-        results = await fan_out({"npo": client}, {"npo": [spec]}, {"npo": {}}, deadline_s=0.2)
+        results = await fan_out(
+            {"npo": client},
+            {"npo": specs},
+            {"npo": {}},
+            deadline_s=0.2,
+            on_answer=lambda backend, spec, body: seen.append(spec.path),
+        )
         assert results[0].status is SourceStatus.TIMEOUT
+        assert seen == ["/quick"]  # what arrived before the deadline was handed on; nothing after it
         assert client.typical_ms >= 150  # so the next request asks it first
+        assert client.breaker.state == "closed"  # one failure counted, not enough to open it
     finally:
         release.set()
         await client.close()
         for writer in writers:
             writer.close()
-            await writer.wait_closed()
+            with contextlib.suppress(ConnectionError):  # (the client hung up on the slow one)
+                await writer.wait_closed()
         server.close()
         await server.wait_closed()
