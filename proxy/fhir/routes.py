@@ -13,6 +13,7 @@ with the status the FHIR spec gives it; nothing unhandled leaves as a bare 500 p
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -34,6 +35,7 @@ from proxy.fhir.http import (
     AUDIT_DEGRADED_KEY,
     AUDIT_DISCLOSED_KEY,
     AUDIT_EMERGENCY_KEY,
+    AUDIT_PENDING_KEY,
     AUDIT_QUERY_KEY,
     AUTH_KEY,
     FACADE_KEY,
@@ -105,6 +107,9 @@ async def audited(request: web.Request, handler: Handler) -> web.StreamResponse:
         raise
     except StoreUnavailable:
         raise  # nothing was disclosed; the error handler answers 503
+    except Exception:  # (the error handler answers 500) the attempt is logged as well
+        await _audit(request, 500)
+        raise
     try:
         await _audit(request, response.status)
     except StoreUnavailable:
@@ -113,11 +118,27 @@ async def audited(request: web.Request, handler: Handler) -> web.StreamResponse:
     return response
 
 
+def audit_decided(request: web.Request) -> None:
+    """The handler has decided its answer (200, and what it discloses): submit the AuditEvent now,
+    so that it commits while the answer is rendered. It still leaves only once the event is
+    committed: ``audited`` waits for it. (Should rendering then fail, the event stands — an access
+    logged that did not complete is the safe side of wrong.)"""
+    pending = _submit_audit(request, 200)
+    if pending is not None:
+        request[AUDIT_PENDING_KEY] = pending
+
+
 async def _audit(request: web.Request, status: int) -> None:
+    pending = request.pop(AUDIT_PENDING_KEY, None) or _submit_audit(request, status)
+    if pending is not None:
+        await pending
+
+
+def _submit_audit(request: web.Request, status: int) -> asyncio.Future[None] | None:
     query = request.get(AUDIT_QUERY_KEY)
     principal = request.get(PRINCIPAL_KEY)
     if query is None or query.patient is None or principal is None:
-        return
+        return None
     event = audit_event(
         principal,
         interaction=query.interaction,
@@ -129,7 +150,7 @@ async def _audit(request: web.Request, status: int) -> None:
         request_id=request[REQUEST_ID_KEY],
         emergency_reason=request.get(AUDIT_EMERGENCY_KEY),
     )
-    await request.app[STORE_KEY].write_audit(
+    return request.app[STORE_KEY].submit_audit(
         record(event, principal, query.patient.pnr, request[REQUEST_ID_KEY])
     )
 
@@ -251,6 +272,7 @@ class FhirRoutes:
         request[AUDIT_DEGRADED_KEY] = [o.source for o in answer.outcomes if o.status.degraded]
         if answer.resources:
             request[AUDIT_DISCLOSED_KEY] = _disclosed(answer.resources[:1])
+            audit_decided(request)
             return fhir_response(answer.resources[0], pretty=pretty(request))
         # The id names the source that holds the resource (<patient>-<backend>-<hash>; a Patient may
         # come from any). If that source did not answer, say so rather than "gone".
@@ -276,6 +298,7 @@ class FhirRoutes:
         page = answer.resources[query.offset : query.offset + count]
         request[AUDIT_DISCLOSED_KEY] = _disclosed(page)
         request[AUDIT_DEGRADED_KEY] = [o.source for o in answer.outcomes if o.status.degraded]
+        audit_decided(request)
         outcomes = [source_outcome(o, facade.settings.backend(o.source).description) for o in answer.outcomes]
         if answer.withheld:
             outcomes.append(withheld_outcome(answer.withheld))

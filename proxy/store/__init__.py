@@ -85,13 +85,19 @@ class Store(abc.ABC):
                 await self._writer
         await self._disconnect()
 
-    async def write_audit(self, record: AuditRecord) -> None:
-        """Returns once the event is committed; raises StoreUnavailable if it could not be."""
+    def submit_audit(self, record: AuditRecord) -> asyncio.Future[None]:
+        """Queue the event for the next group commit. The future is done once the event is
+        committed, or fails with StoreUnavailable if it could not be; StoreUnavailable is raised
+        at once if the writer is not running."""
         if self._writer is None or self._writer.done():
             raise StoreUnavailable("audit store is not running")
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        await self._queue.put((record, done))
-        await done
+        self._queue.put_nowait((record, done))
+        return done
+
+    async def write_audit(self, record: AuditRecord) -> None:
+        """Returns once the event is committed; raises StoreUnavailable if it could not be."""
+        await self.submit_audit(record)
 
     async def _write_batches(self) -> None:
         while True:

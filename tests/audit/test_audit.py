@@ -204,3 +204,36 @@ async def test_a_large_batch_of_events_is_stored_whole(tmp_path: Any) -> None:
     finally:
         await store.close()
     assert sorted(e["i"] for e in stored) == list(range(450))
+
+
+async def test_a_request_that_fails_unexpectedly_is_logged_too(facade: Any, monkeypatch: Any) -> None:
+    from proxy.fhir import routes
+
+    async with facade() as f:
+        store = f.client.server.app[STORE_KEY]
+
+        def broken_render(*args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("rendering failed")
+
+        with monkeypatch.context() as m:  # fails after the answer was decided and its event submitted
+            m.setattr(routes, "fhir_response", broken_render)
+            late = await f.client.get(
+                f"{BASE}/Patient/{pid(TOLVAN.pnr)}/$everything", headers={"X-Request-ID": "late"}
+            )
+
+        async def broken_collect(*args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("the pipeline failed")
+
+        with monkeypatch.context() as m:  # fails before anything was decided
+            m.setattr(routes, "collect", broken_collect)
+            early = await f.client.get(
+                f"{BASE}/Patient/{pid(TOLVAN.pnr)}/$everything", headers={"X-Request-ID": "early"}
+            )
+        texts = await late.text() + await early.text()
+        logged = {request_id(e): e for e in await events(store)}
+    assert late.status == 500 and early.status == 500
+    assert "OperationOutcome" in texts and "RuntimeError" not in texts and "failed" not in texts
+    # the access stands as logged when it was decided (the safe side of wrong); the failed attempt
+    # is logged as a major failure
+    assert logged["late"]["outcome"] == "0"
+    assert logged["early"]["outcome"] == "12"
