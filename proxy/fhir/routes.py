@@ -107,6 +107,9 @@ async def audited(request: web.Request, handler: Handler) -> web.StreamResponse:
         raise
     except StoreUnavailable:
         raise  # nothing was disclosed; the error handler answers 503
+    except web.HTTPException as exc:  # (e.g. a body over the size limit) logged with its status
+        await _audit(request, exc.status)
+        raise
     except Exception:  # (the error handler answers 500) the attempt is logged as well
         await _audit(request, 500)
         raise

@@ -9,6 +9,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from proxy.fhir.http import STORE_KEY
 from proxy.simulators.population import GRETA, LENNART, SANNA, TOLVAN
@@ -229,9 +230,19 @@ async def test_a_request_that_fails_unexpectedly_is_logged_too(facade: Any, monk
             early = await f.client.get(
                 f"{BASE}/Patient/{pid(TOLVAN.pnr)}/$everything", headers={"X-Request-ID": "early"}
             )
+
+        async def refused(*args: Any, **kwargs: Any) -> Any:
+            raise web.HTTPTooManyRequests()
+
+        with monkeypatch.context() as m:  # an HTTP error from below is logged with its own status
+            m.setattr(routes, "collect", refused)
+            busy = await f.client.get(
+                f"{BASE}/Patient/{pid(TOLVAN.pnr)}/$everything", headers={"X-Request-ID": "busy"}
+            )
         texts = await late.text() + await early.text()
         logged = {request_id(e): e for e in await events(store)}
-    assert late.status == 500 and early.status == 500
+    assert late.status == 500 and early.status == 500 and busy.status == 429
+    assert logged["busy"]["outcome"] == "8"
     assert "OperationOutcome" in texts and "RuntimeError" not in texts and "failed" not in texts
     # the access stands as logged when it was decided (the safe side of wrong); the failed attempt
     # is logged as a major failure
