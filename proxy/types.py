@@ -103,9 +103,12 @@ class SourceResult:
     detail: str = ""  # a short, non-sensitive description of what went wrong
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class MappedResource:
-    """One FHIR resource produced by a mapping, with the data merge and sort need beside it."""
+    """One FHIR resource produced by a mapping, with the data merge and sort need beside it.
+
+    Frozen, like the resource itself once mapped (the cache shares both): a stage that changes a
+    resource makes a new one, with ``refs`` to match (redaction trusts them)."""
 
     resource: FhirDict
     source: str
@@ -114,7 +117,7 @@ class MappedResource:
     priority: int  # the source's rank in merge.source_priority, lower wins
     # Facts read once when the resource is mapped (and cached with it), so that merge and redaction,
     # which run after the last backend answer, need not walk the resource again:
-    refs: tuple[str, ...] = ()  # every distinct ``reference`` in it, its contained resources' too
+    refs: tuple[str, ...]  # every distinct ``reference`` in it, its contained resources' too
     clinical_time: float | None = None  # the start of its clinical date, for the answer's order
     care_provider: str | None = None  # HSA-id of the care provider that owns the record (for PDL)
     care_unit: str | None = None  # HSA-id of the care unit

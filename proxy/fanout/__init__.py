@@ -107,7 +107,7 @@ class BackendClient:
         try:
             return await done
         except asyncio.CancelledError:
-            run.abandon("cancelled")
+            run.abandon("cancelled", its_fault=False)
             raise
 
     async def _ask(
@@ -117,7 +117,10 @@ class BackendClient:
         if run.result is not None:  # abandoned at the deadline while this answer was on its way
             return
         if on_answer is not None and outcome[0] is SourceStatus.OK:
-            on_answer(self.settings.name, spec, outcome[1])
+            try:
+                on_answer(self.settings.name, spec, outcome[1])
+            except Exception:  # (it must not raise) the answer still counts, the backend settles
+                log.exception("handing on an answer from %s failed", self.settings.name)
         run.outcomes[i] = outcome
         run.pending -= 1
         if not run.pending:
@@ -220,16 +223,21 @@ class BackendRun:
         if self.on_done is not None:
             self.on_done(result)
 
-    def abandon(self, detail: str) -> None:
-        """Cut off the requests still out: the backend counts as timed out (for the breaker, and as
-        slow, so that it is asked first next time). Answers already handed on stay handed on."""
+    def abandon(self, detail: str, *, its_fault: bool = True) -> None:
+        """Cut off the requests still out. Answers already handed on stay handed on. Cut off at the
+        deadline (``its_fault``), the backend counts as timed out — for the breaker, and as slow, so
+        that it is asked first next time; cut off because the request itself was cancelled (its
+        client left), it counts as neither."""
         if self.result is not None:
             return
         for task in self.tasks:
             task.cancel()
-        self.client.breaker.record(success=False)
         latency = (time.perf_counter() - self.started) * 1000
-        self.client._took(latency)
+        if its_fault:
+            self.client.breaker.record(success=False)
+            self.client._took(latency)
+        else:
+            self.client.breaker.no_verdict()
         self.result = SourceResult(self.client.settings.name, SourceStatus.TIMEOUT, {}, latency, detail)
 
 
@@ -279,10 +287,14 @@ async def fan_out(
     timer = loop.call_later(deadline_s, _resolve, all_done, None)
     try:
         await all_done
+    except asyncio.CancelledError:  # the request itself was cancelled: no backend is to blame
+        for run in runs.values():
+            run.abandon("cancelled", its_fault=False)
+        raise
     finally:
         timer.cancel()
-        for run in runs.values():  # (all of them when this request itself was cancelled)
-            run.abandon(f"did not answer within the request deadline ({deadline_s:g} s)")
+    for run in runs.values():
+        run.abandon(f"did not answer within the request deadline ({deadline_s:g} s)")
     results = []
     for name in names:
         result = runs[name].result

@@ -57,6 +57,11 @@ class CircuitBreaker:
             self._opened_at = self.clock()
             self._probing = False
 
+    def no_verdict(self) -> None:
+        """The request ended without saying anything about the backend (its caller went away): in
+        half-open, the next request may probe instead."""
+        self._probing = False
+
     def retry_after_s(self) -> float:
         if self._opened_at is None:
             return 0.0

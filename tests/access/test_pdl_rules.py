@@ -27,9 +27,8 @@ NOW = 1_800_000_000.0
 
 
 def record(provider: str | None, unit: str | None) -> MappedResource:
-    return MappedResource(
-        {"resourceType": "Condition", "id": "x"}, "src", "m", "k", 0, care_provider=provider, care_unit=unit
-    )
+    condition = {"resourceType": "Condition", "id": "x"}
+    return MappedResource(condition, "src", "m", "k", 0, (), care_provider=provider, care_unit=unit)
 
 
 def consent(**kw: Any) -> Terms:

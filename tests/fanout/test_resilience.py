@@ -310,3 +310,60 @@ async def test_a_backend_cut_off_at_the_deadline_counts_as_slow() -> None:
                 await writer.wait_closed()
         server.close()
         await server.wait_closed()
+
+
+async def test_an_answer_that_cannot_be_handed_on_still_counts() -> None:
+    server, _ = await _flaky_server(resets=0)
+    port = server.sockets[0].getsockname()[1]
+    client = BackendClient.open(
+        replace(load_settings().backend("cosmic"), base_url=f"http://127.0.0.1:{port}"), 1 << 20
+    )
+    spec = RequestSpec(method="GET", path="/x", query=(), body=None, headers=(), format="json")
+
+    def broken(backend: str, spec: RequestSpec, body: bytes | None) -> None:
+        raise RuntimeError("a bug downstream")
+
+    try:
+        result = await asyncio.wait_for(client.fetch([spec], {}, broken), timeout=2.0)
+    finally:
+        await client.close()
+        server.close()
+        await server.wait_closed()
+    assert result.status is SourceStatus.OK  # settled at once, not left to the deadline
+    assert client.breaker.state == "closed"
+
+
+async def test_a_request_whose_client_left_does_not_count_against_the_backends() -> None:
+    release = asyncio.Event()
+    writers: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        await release.wait()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = BackendClient.open(
+        replace(load_settings().backend("npo"), base_url=f"http://127.0.0.1:{port}"), 1 << 20
+    )
+    client.breaker = CircuitBreaker(failures_to_open=1, open_s=0.0)
+    client.breaker.record(success=False)  # open; with open_s 0 the next request is the half-open probe
+    spec = RequestSpec(method="GET", path="/x", query=(), body=None, headers=(), format="json")
+    try:
+        asking = asyncio.ensure_future(fan_out({"npo": client}, {"npo": [spec]}, {"npo": {}}, deadline_s=5.0))
+        await asyncio.sleep(0.1)
+        asking.cancel()  # the facade's own client went away
+        with contextlib.suppress(asyncio.CancelledError):
+            await asking
+        assert client.typical_ms == 0.0  # not learnt as slow
+        assert client.breaker.state == "half-open"  # not re-opened by the cancelled probe …
+        assert client.breaker.allow()  # … and the next request may probe again
+    finally:
+        release.set()
+        await client.close()
+        for writer in writers:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
