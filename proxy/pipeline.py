@@ -3,7 +3,8 @@
     fhir/params   parse the request → Query                          (400/404 before any backend)
     auth/         token → Principal (in the routes' middleware)      (401)
     access/       Principal × Query → AccessDecision                 (403; others' records as unknown)
-    fanout/       ask the backends that can answer → SourceResult per backend
+    fanout/       ask the backends that can answer: each answer handed on as it arrives, then a
+                  SourceResult (status, latency) per backend
     mapping/run   raw answers → FHIR dicts (+ a SourceOutcome per degraded source)
     access/pdl    whose records this asker may read: own provider, consents, blocks, emergency
                   (the patient's consents are read from the store while the backends answer)

@@ -10,7 +10,7 @@ back into an earlier one, and the hot path never touches pydantic models.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 FhirDict = dict[str, Any]
@@ -90,15 +90,11 @@ class Query:
 
 @dataclass(frozen=True, slots=True)
 class SourceResult:
-    """What one backend returned for one query: raw answer bodies, audience-free.
-
-    ``bodies`` is keyed by ``RequestSpec.key``; a value of None means the backend answered with one
-    of its "nothing here" statuses. Requests that failed are absent (``status`` says why).
-    """
+    """How one backend's share of a query went. Its answer bodies (raw, audience-free) are not kept
+    here: fan-out hands each on as soon as it has arrived (``proxy.fanout.OnAnswer``)."""
 
     source: str
     status: SourceStatus
-    bodies: dict[str, bytes | None] = field(default_factory=dict)
     latency_ms: float = 0.0
     detail: str = ""  # a short, non-sensitive description of what went wrong
 

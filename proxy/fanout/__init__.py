@@ -3,8 +3,10 @@
 One ``aiohttp.ClientSession`` per backend lives for the app's lifetime (made in the app's
 ``cleanup_ctx``). A backend is asked only for the requests the query's mappings need; requests that
 several mappings share (e.g. Cosmic's alerts list feeding both Flag and AllergyIntolerance) are sent
-once. Whatever a backend does — time out, refuse, answer 5xx, cut the connection, send too much —
-becomes a ``SourceResult`` with a status and a short, non-sensitive detail; nothing here raises.
+once. Each answer that arrives whole is handed on at once (``OnAnswer``), so the pipeline maps it
+while the others are still out. Whatever a backend does — time out, refuse, answer 5xx, cut the
+connection, send too much — becomes a ``SourceResult`` with a status and a short, non-sensitive
+detail; nothing here raises.
 """
 
 from __future__ import annotations
@@ -86,12 +88,12 @@ class BackendClient:
         every request has ended. ``BackendRun.abandon`` cuts off the ones still out."""
         run = BackendRun(self, specs, on_done)
         if not specs:
-            run.settle(SourceResult(self.settings.name, SourceStatus.OK, {}, 0.0))
+            run.settle(SourceResult(self.settings.name, SourceStatus.OK))
             return run
         if not self.breaker.allow():
             wait = self.breaker.retry_after_s()
             detail = f"was not asked: it failed repeatedly (asked again in {wait:.0f} s)"
-            run.settle(SourceResult(self.settings.name, SourceStatus.UNAVAILABLE, {}, 0.0, detail))
+            run.settle(SourceResult(self.settings.name, SourceStatus.UNAVAILABLE, 0.0, detail))
             return run
         run.tasks = [
             asyncio.ensure_future(self._ask(run, i, spec, ctx, on_answer)) for i, spec in enumerate(specs)
@@ -121,7 +123,7 @@ class BackendClient:
                 on_answer(self.settings.name, spec, outcome[1])
             except Exception:  # (it must not raise) the answer still counts, the backend settles
                 log.exception("handing on an answer from %s failed", self.settings.name)
-        run.outcomes[i] = outcome
+        run.outcomes[i] = (outcome[0], outcome[2])  # (the body is the receiver's now)
         run.pending -= 1
         if not run.pending:
             run.settle(self._result(run))
@@ -129,20 +131,17 @@ class BackendClient:
     def _result(self, run: BackendRun) -> SourceResult:
         """The backend's result once every request has ended; counted by the breaker."""
         outcomes = [o for o in run.outcomes if o is not None]
-        failed = any(status in (SourceStatus.TIMEOUT, SourceStatus.ERROR) for status, _, _ in outcomes)
+        failed = any(status in (SourceStatus.TIMEOUT, SourceStatus.ERROR) for status, _ in outcomes)
         self.breaker.record(success=not failed)
-        bodies: dict[str, bytes | None] = {}
         worst: tuple[SourceStatus, str] | None = None
-        for spec, (status, body, detail) in zip(run.specs, outcomes, strict=True):
-            if status is SourceStatus.OK:
-                bodies[spec.key] = body
-            elif worst is None or _rank(status) > _rank(worst[0]):
+        for status, detail in outcomes:
+            if status is not SourceStatus.OK and (worst is None or _rank(status) > _rank(worst[0])):
                 worst = (status, detail)
         latency = (time.perf_counter() - run.started) * 1000
         self._took(latency)
         if worst is None:
-            return SourceResult(self.settings.name, SourceStatus.OK, bodies, latency)
-        return SourceResult(self.settings.name, worst[0], bodies, latency, worst[1])
+            return SourceResult(self.settings.name, SourceStatus.OK, latency)
+        return SourceResult(self.settings.name, worst[0], latency, worst[1])
 
     def _took(self, latency_ms: float) -> None:
         self.typical_ms = latency_ms if not self.typical_ms else 0.8 * self.typical_ms + 0.2 * latency_ms
@@ -212,7 +211,7 @@ class BackendRun:
         self.client = client
         self.specs = specs
         self.on_done = on_done
-        self.outcomes: list[tuple[SourceStatus, bytes | None, str] | None] = [None] * len(specs)
+        self.outcomes: list[tuple[SourceStatus, str] | None] = [None] * len(specs)  # (status, detail)
         self.pending = len(specs)
         self.started = time.perf_counter()
         self.tasks: list[asyncio.Task[None]] = []
@@ -238,7 +237,7 @@ class BackendRun:
             self.client._took(latency)
         else:
             self.client.breaker.no_verdict()
-        self.result = SourceResult(self.client.settings.name, SourceStatus.TIMEOUT, {}, latency, detail)
+        self.result = SourceResult(self.client.settings.name, SourceStatus.TIMEOUT, latency, detail)
 
 
 def _resolve(future: asyncio.Future[T], value: T) -> None:
