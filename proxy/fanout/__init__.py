@@ -138,12 +138,13 @@ class BackendClient:
             if status is not SourceStatus.OK and (worst is None or _rank(status) > _rank(worst[0])):
                 worst = (status, detail)
         latency = (time.perf_counter() - run.started) * 1000
-        self._took(latency)
+        self.took(latency)
         if worst is None:
             return SourceResult(self.settings.name, SourceStatus.OK, latency)
         return SourceResult(self.settings.name, worst[0], latency, worst[1])
 
-    def _took(self, latency_ms: float) -> None:
+    def took(self, latency_ms: float) -> None:
+        """Learn how long a whole fetch took (an exponentially weighted mean)."""
         self.typical_ms = latency_ms if not self.typical_ms else 0.8 * self.typical_ms + 0.2 * latency_ms
 
     async def _one(self, spec: RequestSpec, ctx: Context) -> tuple[SourceStatus, bytes | None, str]:
@@ -234,7 +235,7 @@ class BackendRun:
         latency = (time.perf_counter() - self.started) * 1000
         if its_fault:
             self.client.breaker.record(success=False)
-            self.client._took(latency)
+            self.client.took(latency)
         else:
             self.client.breaker.no_verdict()
         self.result = SourceResult(self.client.settings.name, SourceStatus.TIMEOUT, latency, detail)
@@ -261,9 +262,9 @@ async def fan_out(
     """Ask every backend in ``plan`` concurrently; one SourceResult per backend, in plan order.
 
     When ``deadline_s`` passes, backends still out are abandoned and reported as timed out: the
-    answer comes back with what has arrived. ``on_answer`` (which must not raise) sees each body
-    that arrives whole as soon as it has, so work on one answer overlaps the wait for the others —
-    also the bodies of a backend abandoned later, at the deadline.
+    answer comes back with what has arrived. ``on_answer`` sees each body that arrives whole as soon
+    as it has, so work on one answer overlaps the wait for the others — also the bodies of a backend
+    abandoned later, at the deadline. (It should not raise; if it does, that is logged.)
     """
     names = [name for name, specs in plan.items() if specs]
     if not names:
