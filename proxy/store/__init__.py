@@ -95,10 +95,6 @@ class Store(abc.ABC):
         self._queue.put_nowait((record, done))
         return done
 
-    async def write_audit(self, record: AuditRecord) -> None:
-        """Returns once the event is committed; raises StoreUnavailable if it could not be."""
-        await self.submit_audit(record)
-
     async def _write_batches(self) -> None:
         while True:
             batch = [await self._queue.get()]

@@ -200,7 +200,7 @@ async def test_a_large_batch_of_events_is_stored_whole(tmp_path: Any) -> None:
             )
             for i in range(450)  # more than one INSERT statement's worth, in one batch
         ]
-        await asyncio.gather(*(store.write_audit(r) for r in records))
+        await asyncio.gather(*(store.submit_audit(r) for r in records))
         stored = await store.all_audit_events()
     finally:
         await store.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -86,9 +87,43 @@ async def test_the_request_deadline_answers_with_what_has_arrived(facade: Any) -
     assert elapsed < 1.5
 
 
-async def _flaky_server(resets: int) -> tuple[asyncio.Server, list[int]]:
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+OK_EMPTY = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+
+
+def request(path: str = "/x", method: str = "GET") -> RequestSpec:
+    return RequestSpec(method=method, path=path, query=(), body=None, headers=(), format="json")
+
+
+@contextlib.asynccontextmanager
+async def backend(handle: Handler, name: str = "cosmic") -> AsyncIterator[BackendClient]:
+    """A raw loopback HTTP server answering with ``handle``, and a BackendClient for it; on exit
+    both are closed, with every connection the server still holds."""
+    writers: list[asyncio.StreamWriter] = []
+
+    async def tracked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        await handle(reader, writer)
+
+    server = await asyncio.start_server(tracked, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = BackendClient.open(
+        replace(load_settings().backend(name), base_url=f"http://127.0.0.1:{port}"), 1 << 20
+    )
+    try:
+        yield client
+    finally:
+        await client.close()
+        for writer in writers:
+            writer.close()
+            with contextlib.suppress(ConnectionError):  # (the client may have hung up first)
+                await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+
+
+def flaky(resets: int, seen: list[int]) -> Handler:
     """Closes the first ``resets`` connections after reading the request; then answers 200 {}."""
-    seen = [0]
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
@@ -96,26 +131,17 @@ async def _flaky_server(resets: int) -> tuple[asyncio.Server, list[int]]:
         if seen[0] <= resets:
             writer.close()
             return
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+        writer.write(OK_EMPTY)
         await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    return server, seen
+    return handle
 
 
 async def _ask(resets: int, method: str) -> tuple[SourceStatus, int]:
-    server, seen = await _flaky_server(resets)
-    port = server.sockets[0].getsockname()[1]
-    settings = replace(load_settings().backend("cosmic"), base_url=f"http://127.0.0.1:{port}")
-    client = BackendClient.open(settings, 1 << 20)
-    spec = RequestSpec(method=method, path="/x", query=(), body=None, headers=(), format="json")
-    try:
-        result = await client.fetch([spec], {})
-    finally:
-        await client.close()
-        server.close()
-        await server.wait_closed()
+    seen = [0]
+    async with backend(flaky(resets, seen)) as client:
+        result = await client.fetch([request(method=method)], {})
     return result.status, seen[0]
 
 
@@ -161,7 +187,7 @@ class _Run:
 
 async def test_each_answer_is_handed_on_as_it_arrives_and_results_keep_plan_order() -> None:
     clients = {"slow": _Backend("slow", 0.15), "fast": _Backend("fast", 0.0), "dead": _Backend("dead", 5.0)}
-    spec = RequestSpec(method="GET", path="/x", query=(), body=None, headers=(), format="json")
+    spec = request()
     seen: list[tuple[str, str]] = []
     results = await fan_out(
         clients,  # type: ignore[arg-type]
@@ -200,10 +226,7 @@ async def test_a_backend_hands_on_each_request_s_answer_before_its_slower_siblin
     app.router.add_get("/quick", quick)
     app.router.add_get("/slow", slow)
     app.router.add_get("/empty", empty)
-    specs = [
-        RequestSpec(method="GET", path=path, query=(), body=None, headers=(), format="json")
-        for path in ("/slow", "/quick", "/empty")
-    ]
+    specs = [request(path) for path in ("/slow", "/quick", "/empty")]
     seen: list[tuple[str, bytes | None]] = []
 
     def on_answer(backend: str, spec: RequestSpec, body: bytes | None) -> None:
@@ -228,7 +251,7 @@ async def test_the_backend_that_has_been_slowest_is_asked_first() -> None:
         name: _Backend(name, 0.0, typical_ms=ms, log=asked)
         for name, ms in (("cosmic", 12.0), ("viva", 0.0), ("npo", 30.0))
     }
-    spec = RequestSpec(method="GET", path="/x", query=(), body=None, headers=(), format="json")
+    spec = request()
     results = await fan_out(
         clients,  # type: ignore[arg-type]
         {name: [spec] for name in clients},
@@ -240,23 +263,13 @@ async def test_the_backend_that_has_been_slowest_is_asked_first() -> None:
 
 
 async def test_a_backend_client_learns_how_long_its_backend_takes() -> None:
-    server, _ = await _flaky_server(resets=0)
-    port = server.sockets[0].getsockname()[1]
-    client = BackendClient.open(
-        replace(load_settings().backend("cosmic"), base_url=f"http://127.0.0.1:{port}"), 1 << 20
-    )
-    spec = RequestSpec(method="GET", path="/x", query=(), body=None, headers=(), format="json")
-    try:
+    async with backend(flaky(0, [0])) as client:
         assert client.typical_ms == 0.0
-        await client.fetch([spec], {})
+        await client.fetch([request()], {})
         first = client.typical_ms
         assert first > 0.0
-        await client.fetch([spec], {})
+        await client.fetch([request()], {})
         assert client.typical_ms > 0.0 and client.typical_ms != first
-    finally:
-        await client.close()
-        server.close()
-        await server.wait_closed()
 
 
 async def test_a_backend_asked_for_nothing_answers_at_once() -> None:
@@ -270,99 +283,60 @@ async def test_a_backend_asked_for_nothing_answers_at_once() -> None:
 
 async def test_a_backend_cut_off_at_the_deadline_counts_as_slow() -> None:
     release = asyncio.Event()
-    writers: list[asyncio.StreamWriter] = []
 
     async def slow_but_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writers.append(writer)
         head = await reader.readuntil(b"\r\n\r\n")
         if not head.startswith(b"GET /quick "):
             await release.wait()  # never answers while the test runs
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+        writer.write(OK_EMPTY)
 
-    server = await asyncio.start_server(slow_but_one, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    settings = replace(load_settings().backend("npo"), base_url=f"http://127.0.0.1:{port}")
-    client = BackendClient.open(settings, 1 << 20)
-    specs = [
-        RequestSpec(method="GET", path=path, query=(), body=None, headers=(), format="json")
-        for path in ("/x", "/quick")
-    ]
     seen: list[str] = []
-    try:
-        results = await fan_out(
-            {"npo": client},
-            {"npo": specs},
-            {"npo": {}},
-            deadline_s=0.2,
-            on_answer=lambda backend, spec, body: seen.append(spec.path),
-        )
-        assert results[0].status is SourceStatus.TIMEOUT
-        assert seen == ["/quick"]  # what arrived before the deadline was handed on; nothing after it
-        assert client.typical_ms >= 150  # so the next request asks it first
-        assert client.breaker.state == "closed"  # one failure counted, not enough to open it
-    finally:
-        release.set()
-        await client.close()
-        for writer in writers:
-            writer.close()
-            with contextlib.suppress(ConnectionError):  # (the client hung up on the slow one)
-                await writer.wait_closed()
-        server.close()
-        await server.wait_closed()
+    async with backend(slow_but_one, "npo") as client:
+        try:
+            results = await fan_out(
+                {"npo": client},
+                {"npo": [request("/x"), request("/quick")]},
+                {"npo": {}},
+                deadline_s=0.2,
+                on_answer=lambda backend, spec, body: seen.append(spec.path),
+            )
+        finally:
+            release.set()
+    assert results[0].status is SourceStatus.TIMEOUT
+    assert seen == ["/quick"]  # what arrived before the deadline was handed on; nothing after it
+    assert client.typical_ms >= 150  # so the next request asks it first
+    assert client.breaker.state == "closed"  # one failure counted, not enough to open it
 
 
 async def test_an_answer_that_cannot_be_handed_on_still_counts() -> None:
-    server, _ = await _flaky_server(resets=0)
-    port = server.sockets[0].getsockname()[1]
-    client = BackendClient.open(
-        replace(load_settings().backend("cosmic"), base_url=f"http://127.0.0.1:{port}"), 1 << 20
-    )
-    spec = RequestSpec(method="GET", path="/x", query=(), body=None, headers=(), format="json")
-
     def broken(backend: str, spec: RequestSpec, body: bytes | None) -> None:
         raise RuntimeError("a bug downstream")
 
-    try:
-        result = await asyncio.wait_for(client.fetch([spec], {}, broken), timeout=2.0)
-    finally:
-        await client.close()
-        server.close()
-        await server.wait_closed()
+    async with backend(flaky(0, [0])) as client:
+        result = await asyncio.wait_for(client.fetch([request()], {}, broken), timeout=2.0)
     assert result.status is SourceStatus.OK  # settled at once, not left to the deadline
     assert client.breaker.state == "closed"
 
 
 async def test_a_request_whose_client_left_does_not_count_against_the_backends() -> None:
     release = asyncio.Event()
-    writers: list[asyncio.StreamWriter] = []
 
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writers.append(writer)
         await release.wait()
 
-    server = await asyncio.start_server(silent, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    client = BackendClient.open(
-        replace(load_settings().backend("npo"), base_url=f"http://127.0.0.1:{port}"), 1 << 20
-    )
-    client.breaker = CircuitBreaker(failures_to_open=1, open_s=0.0)
-    client.breaker.record(success=False)  # open; with open_s 0 the next request is the half-open probe
-    spec = RequestSpec(method="GET", path="/x", query=(), body=None, headers=(), format="json")
-    try:
-        asking = asyncio.ensure_future(fan_out({"npo": client}, {"npo": [spec]}, {"npo": {}}, deadline_s=5.0))
-        await asyncio.sleep(0.1)
-        asking.cancel()  # the facade's own client went away
-        with contextlib.suppress(asyncio.CancelledError):
-            await asking
-        assert client.typical_ms == 0.0  # not learnt as slow
-        assert client.breaker.state == "half-open"  # not re-opened by the cancelled probe …
-        assert client.breaker.allow()  # … and the next request may probe again
-    finally:
-        release.set()
-        await client.close()
-        for writer in writers:
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
-        server.close()
-        await server.wait_closed()
+    async with backend(silent, "npo") as client:
+        client.breaker = CircuitBreaker(failures_to_open=1, open_s=0.0)
+        client.breaker.record(success=False)  # open; with open_s 0 the next request is the half-open probe
+        try:
+            asking = asyncio.ensure_future(
+                fan_out({"npo": client}, {"npo": [request()]}, {"npo": {}}, deadline_s=5.0)
+            )
+            await asyncio.sleep(0.1)
+            asking.cancel()  # the facade's own client went away
+            with contextlib.suppress(asyncio.CancelledError):
+                await asking
+        finally:
+            release.set()
+    assert client.typical_ms == 0.0  # not learnt as slow
+    assert client.breaker.state == "half-open"  # not re-opened by the cancelled probe …
+    assert client.breaker.allow()  # … and the next request may probe again
