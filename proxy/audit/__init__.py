@@ -1,8 +1,13 @@
 """The access log: one AuditEvent (IHE BALP shape) per request that touches patient data, written
 durably *before* the answer leaves.
 
+A request that asks the backends logs its access as *begun* (``begun_event``: who, which patient,
+what, why, when) as soon as it is decided, so the commit runs while the backends answer; the answer
+leaves only once that event is committed. The outcome and what was disclosed (``completed``) then
+replace it in the store, after the answer. Other requests log the completed event before they answer.
+
 The events are group-committed by ``proxy.store`` (SQLite or PostgreSQL). If the store cannot take
-a write, the request gets 503 and discloses nothing. The log holds who, which patient, what
+a write before the answer, the request gets 503 and discloses nothing. The log holds who, which patient, what
 (interaction, resource types, sources, how many resources each disclosed), purpose (TREAT, ETREAT
 for emergency access, PATRQT for the patient), outcome, time and the request id — never a token,
 never clinical text.
@@ -22,6 +27,8 @@ from proxy.types import FhirDict, Principal
 
 ACT_REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
 BALP_ENTITY = "https://profiles.ihe.net/ITI/BALP/CodeSystem/BasicAuditEntityType"
+BEGUN = "begun; its outcome is recorded once the answer has been given"
+NO_OUTCOME = -1  # the outcome column of a begun event (the column predates begun events: NOT NULL)
 ACTION = {"create": "C", "update": "U", "everything": "E"}  # else R (read, search)
 # What the patient's view calls each audience's role.
 ROLE_DISPLAY = {
@@ -32,20 +39,19 @@ ROLE_DISPLAY = {
 }
 
 
-def audit_event(
+def begun_event(
     principal: Principal,
     *,
     interaction: str,
     patient_id: str,
     resource_types: list[str],
-    disclosed: Mapping[str, int],
-    degraded: list[str],
-    status: int,
     request_id: str,
     emergency_reason: str | None = None,
 ) -> FhirDict:
-    """An AuditEvent after IHE BALP (type rest, subtype the interaction)."""
-    outcome = 0 if status < 400 and not degraded else 4 if status < 400 else 8 if status < 500 else 12
+    """The AuditEvent (IHE BALP: type rest, subtype the interaction) of an access that has begun:
+    who, which patient, what was asked for, why, when. It has no outcome yet: ``completed`` adds it.
+    An event stored in this form says the access began and its outcome was never recorded (the
+    process stopped in between) — to be read as "may have disclosed"."""
     purpose = "PATRQT" if principal.audience == "patient" else "ETREAT" if emergency_reason else "TREAT"
     who: list[FhirDict] = [
         {
@@ -86,7 +92,7 @@ def audit_event(
         ],
         "action": ACTION.get(interaction, "R"),
         "recorded": datetime.now(UTC).isoformat(timespec="milliseconds"),
-        "outcome": str(outcome),
+        "outcomeDesc": BEGUN,
         "purposeOfEvent": [{"coding": [{"system": ACT_REASON, "code": purpose}]}],
         "agent": who,
         "source": {"observer": {"display": "fhir-facade"}},
@@ -99,18 +105,11 @@ def audit_event(
             {
                 "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2"},
                 "description": "resource types: " + ",".join(sorted(resource_types)),
-                "detail": [
-                    *(
-                        {"type": f"disclosed:{src}", "valueString": str(n)}
-                        for src, n in sorted(disclosed.items())
-                    ),
-                    *({"type": f"failed:{src}", "valueString": "1"} for src in sorted(degraded)),
-                    *(
-                        [{"type": "emergency-reason", "valueString": emergency_reason}]
-                        if emergency_reason
-                        else []
-                    ),
-                ],
+                **(
+                    {"detail": [{"type": "emergency-reason", "valueString": emergency_reason}]}
+                    if emergency_reason
+                    else {}
+                ),
             },
             {
                 "type": {"system": BALP_ENTITY, "code": "XrequestId"},
@@ -120,6 +119,30 @@ def audit_event(
     }
 
 
+def completed(event: FhirDict, *, status: int, disclosed: Mapping[str, int], degraded: list[str]) -> FhirDict:
+    """The begun ``event`` with its outcome (BALP 0 success, 4 partial, 8 refused or not found, 12
+    failed) and, for an answer that was given, how many resources each source disclosed and which
+    sources failed. Same id and time: it replaces the begun event in the store."""
+    outcome = 0 if status < 400 and not degraded else 4 if status < 400 else 8 if status < 500 else 12
+    what = event["entity"][1]
+    details = [
+        *(
+            {"type": f"disclosed:{src}", "valueString": str(n)}
+            for src, n in (sorted(disclosed.items()) if status < 400 else ())
+        ),
+        *({"type": f"failed:{src}", "valueString": "1"} for src in sorted(degraded)),
+        *what.get("detail", ()),
+    ]
+    done = {k: v for k, v in event.items() if k != "outcomeDesc"}
+    done["outcome"] = str(outcome)
+    done["entity"] = [
+        event["entity"][0],
+        {**what, "detail": details} if details else what,
+        *event["entity"][2:],
+    ]
+    return done
+
+
 def record(event: FhirDict, principal: Principal, patient_pnr: str, request_id: str) -> AuditRecord:
     return AuditRecord(
         event_id=event["id"],
@@ -127,7 +150,7 @@ def record(event: FhirDict, principal: Principal, patient_pnr: str, request_id: 
         patient_pnr=patient_pnr,
         audience=principal.audience,
         user_hsa_id=principal.user_hsa_id,
-        outcome=int(event["outcome"]),
+        outcome=int(event["outcome"]) if "outcome" in event else NO_OUTCOME,
         request_id=request_id,
         event=event,
     )
@@ -149,7 +172,7 @@ def patient_view(event: FhirDict, names: Mapping[str, str]) -> FhirDict:
         "subtype": event["subtype"],
         "action": event["action"],
         "recorded": event["recorded"],
-        "outcome": event["outcome"],
+        **({"outcome": event["outcome"]} if "outcome" in event else {}),
         "purposeOfEvent": event["purposeOfEvent"],
         "agent": [
             {

@@ -3,7 +3,6 @@ request readings (base URL, _pretty, Prefer: handling=strict, X-Request-ID)."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 import uuid
 from collections import Counter
@@ -28,8 +27,8 @@ AUDIT_QUERY_KEY = web.RequestKey("audit_query", Query)
 AUDIT_DISCLOSED_KEY = web.RequestKey("audit_disclosed", Counter)
 AUDIT_DEGRADED_KEY = web.RequestKey("audit_degraded", list)
 AUDIT_EMERGENCY_KEY = web.RequestKey("audit_emergency", str)  # the emergency-access reason code
-# the AuditEvent a handler submitted once its answer was decided, committing while the answer renders
-AUDIT_PENDING_KEY = web.RequestKey("audit_pending", asyncio.Future)
+# the AuditEvent of an access logged as begun (before the backends were asked), and its commit
+AUDIT_BEGUN_KEY = web.RequestKey("audit_begun", tuple)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 

@@ -13,7 +13,6 @@ with the status the FHIR spec gives it; nothing unhandled leaves as a bare 500 p
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -24,7 +23,7 @@ import orjson
 from aiohttp import web
 
 from proxy.access.pdl import EMERGENCY_HEADER, emergency_reason
-from proxy.audit import audit_event, record
+from proxy.audit import begun_event, completed, record
 from proxy.auth import AuthError
 from proxy.fhir import params as parse
 from proxy.fhir import stored
@@ -32,10 +31,10 @@ from proxy.fhir.bundle import page_links, searchset, source_outcome, withheld_ou
 from proxy.fhir.capability import capability_statement
 from proxy.fhir.errors import FhirError, bad_request, not_found
 from proxy.fhir.http import (
+    AUDIT_BEGUN_KEY,
     AUDIT_DEGRADED_KEY,
     AUDIT_DISCLOSED_KEY,
     AUDIT_EMERGENCY_KEY,
-    AUDIT_PENDING_KEY,
     AUDIT_QUERY_KEY,
     AUTH_KEY,
     FACADE_KEY,
@@ -52,7 +51,7 @@ from proxy.fhir.http import (
 from proxy.fhir.ids import holding_backend
 from proxy.pipeline import Answer, Facade, collect
 from proxy.store import StoreUnavailable
-from proxy.types import FhirDict, Query
+from proxy.types import FhirDict, Principal, Query
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +96,8 @@ def _authenticate(request: web.Request) -> None:
 
 @web.middleware
 async def audited(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Write one AuditEvent for every request that got as far as naming a patient — allowed,
-    refused or failed — and let its answer leave only once the event is committed (else 503)."""
+    """Log every request that got as far as naming a patient — allowed, refused or failed — with
+    one AuditEvent, and let its answer leave only once the access is durably logged (else 503)."""
     request[REQUEST_ID_KEY] = rid = request_id(request)
     try:
         response = await handler(request)
@@ -121,41 +120,55 @@ async def audited(request: web.Request, handler: Handler) -> web.StreamResponse:
     return response
 
 
-def audit_decided(request: web.Request) -> None:
-    """The handler has decided its answer (200, and what it discloses): submit the AuditEvent now,
-    so that it commits while the answer is rendered. It still leaves only once the event is
-    committed: ``audited`` waits for it. (Should rendering then fail, the event stands — an access
-    logged that did not complete is the safe side of wrong.)"""
-    pending = _submit_audit(request, 200)
-    if pending is not None:
-        request[AUDIT_PENDING_KEY] = pending
+def audit_begun(request: web.Request) -> None:
+    """The request is about to ask the backends: log the access as begun now, so that its commit
+    runs while they answer (``audited`` waits for it before anything leaves)."""
+    query, principal = request[AUDIT_QUERY_KEY], request[PRINCIPAL_KEY]
+    if query.patient is not None:
+        event = _begun(request, query, principal)
+        committed = request.app[STORE_KEY].submit_audit(
+            record(event, principal, query.patient.pnr, request[REQUEST_ID_KEY])
+        )
+        request[AUDIT_BEGUN_KEY] = (event, committed)
 
 
-async def _audit(request: web.Request, status: int) -> None:
-    pending = request.pop(AUDIT_PENDING_KEY, None) or _submit_audit(request, status)
-    if pending is not None:
-        await pending
-
-
-def _submit_audit(request: web.Request, status: int) -> asyncio.Future[None] | None:
-    query = request.get(AUDIT_QUERY_KEY)
-    principal = request.get(PRINCIPAL_KEY)
-    if query is None or query.patient is None or principal is None:
-        return None
-    event = audit_event(
+def _begun(request: web.Request, query: Query, principal: Principal) -> FhirDict:
+    assert query.patient is not None
+    return begun_event(
         principal,
         interaction=query.interaction,
         patient_id=query.patient.fhir_id,
         resource_types=sorted(query.resource_types),
-        disclosed=request.get(AUDIT_DISCLOSED_KEY, Counter()),
-        degraded=request.get(AUDIT_DEGRADED_KEY, []),
-        status=status,
         request_id=request[REQUEST_ID_KEY],
         emergency_reason=request.get(AUDIT_EMERGENCY_KEY),
     )
-    return request.app[STORE_KEY].submit_audit(
-        record(event, principal, query.patient.pnr, request[REQUEST_ID_KEY])
+
+
+async def _audit(request: web.Request, status: int) -> None:
+    """Complete the request's AuditEvent with its outcome. If the access was logged as begun, wait
+    for that commit and store the completed event without waiting (it replaces the begun one);
+    otherwise store the completed event and wait for it."""
+    query = request.get(AUDIT_QUERY_KEY)
+    principal = request.get(PRINCIPAL_KEY)
+    if query is None or query.patient is None or principal is None:
+        return
+    begun = request.pop(AUDIT_BEGUN_KEY, None)
+    if begun is not None:
+        event, committed = begun
+        await committed
+    else:
+        event = _begun(request, query, principal)
+    done = completed(
+        event,
+        status=status,
+        disclosed=request.get(AUDIT_DISCLOSED_KEY, Counter()),
+        degraded=request.get(AUDIT_DEGRADED_KEY, []),
     )
+    stored = request.app[STORE_KEY].submit_audit(
+        record(done, principal, query.patient.pnr, request[REQUEST_ID_KEY])
+    )
+    if begun is None:
+        await stored
 
 
 def _disclosed(resources: list[FhirDict]) -> Counter[str]:
@@ -275,7 +288,6 @@ class FhirRoutes:
         request[AUDIT_DEGRADED_KEY] = [o.source for o in answer.outcomes if o.status.degraded]
         if answer.resources:
             request[AUDIT_DISCLOSED_KEY] = _disclosed(answer.resources[:1])
-            audit_decided(request)
             return fhir_response(answer.resources[0], pretty=pretty(request))
         # The id names the source that holds the resource (<patient>-<backend>-<hash>; a Patient may
         # come from any). If that source did not answer, say so rather than "gone".
@@ -301,7 +313,6 @@ class FhirRoutes:
         page = answer.resources[query.offset : query.offset + count]
         request[AUDIT_DISCLOSED_KEY] = _disclosed(page)
         request[AUDIT_DEGRADED_KEY] = [o.source for o in answer.outcomes if o.status.degraded]
-        audit_decided(request)
         outcomes = [source_outcome(o, facade.settings.backend(o.source).description) for o in answer.outcomes]
         if answer.withheld:
             outcomes.append(withheld_outcome(answer.withheld))
@@ -321,6 +332,7 @@ async def _collect(request: web.Request, facade: Facade, query: Query) -> Answer
     reason = emergency_reason(principal, request.headers.get(EMERGENCY_HEADER), facade.settings.access)
     if reason is not None:
         request[AUDIT_EMERGENCY_KEY] = reason
+    audit_begun(request)
     return await collect(facade, query, principal, emergency=reason)
 
 

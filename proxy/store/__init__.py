@@ -4,9 +4,11 @@ Two stores with one interface: ``SqliteStore`` (aiosqlite, WAL; the embedded def
 ``PostgresStore`` (asyncpg; for several workers or hosts). ``open_store(settings)`` picks one.
 
 Audit writes are group-committed: concurrent requests queue their events, one writer task stores
-whatever is queued in one transaction and then releases every waiting request. A request returns
+whatever is queued in one transaction and then releases every waiting request. A request answers
 only once its event is committed; if the store cannot take it, ``StoreUnavailable`` is raised and
-the request must disclose nothing. Consents are few and written one at a time.
+the request must disclose nothing. An event submitted again with the same id replaces the stored one
+(an access logged as begun, then completed). Reads of the access log see every event submitted
+before them. Consents are few and written one at a time.
 """
 
 from __future__ import annotations
@@ -67,11 +69,14 @@ class ConsentRow:
 
 
 class Store(abc.ABC):
-    """Shared by both stores: the group-commit writer for AuditEvents."""
+    """Shared by both stores: the group-commit writer for AuditEvents, and read-your-writes for
+    the access log (a read waits for every event submitted before it)."""
 
-    def __init__(self, *, max_batch: int = 500) -> None:
+    def __init__(self, *, max_batch: int = 500, drain_timeout_s: float = 5.0) -> None:
         self.max_batch = max_batch
-        self._queue: asyncio.Queue[tuple[AuditRecord, asyncio.Future[None]]] = asyncio.Queue()
+        self.drain_timeout_s = drain_timeout_s
+        # (event, its future) or (None, a flush marker's future)
+        self._queue: asyncio.Queue[tuple[AuditRecord | None, asyncio.Future[None]]] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
@@ -79,16 +84,30 @@ class Store(abc.ABC):
         self._writer = asyncio.create_task(self._write_batches(), name="audit-writer")
 
     async def close(self) -> None:
+        """Stop, once the events already submitted are stored (or ``drain_timeout_s`` has passed)."""
         if self._writer is not None:
+            if not self._writer.done():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.flush(), self.drain_timeout_s)
             self._writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
         await self._disconnect()
 
     def submit_audit(self, record: AuditRecord) -> asyncio.Future[None]:
-        """Queue the event for the next group commit. The future is done once the event is
-        committed, or fails with StoreUnavailable if it could not be; StoreUnavailable is raised
-        at once if the writer is not running."""
+        """Queue the event for the next group commit. An event with the id of one already stored
+        replaces it (a begun access, completed). The future is done once the event is committed,
+        or fails with StoreUnavailable if it could not be; StoreUnavailable is raised at once if the
+        writer is not running. A caller need not wait: the writer logs every failure."""
+        done = self._enqueue(record)
+        done.add_done_callback(_retrieved)  # a failure nobody waits for is logged once, by the writer
+        return done
+
+    async def flush(self) -> None:
+        """Wait until every event submitted before this call is committed (or has failed)."""
+        await self._enqueue(None)
+
+    def _enqueue(self, record: AuditRecord | None) -> asyncio.Future[None]:
         if self._writer is None or self._writer.done():
             raise StoreUnavailable("audit store is not running")
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -100,17 +119,34 @@ class Store(abc.ABC):
             batch = [await self._queue.get()]
             while len(batch) < self.max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            try:
-                await self._insert_audit([r for r, _ in batch])
-            except Exception as exc:  # the store failed: every waiting request must refuse to disclose
-                log.error("audit write failed (%s); %d request(s) refused", type(exc).__name__, len(batch))
-                for _, done in batch:
-                    if not done.done():
-                        done.set_exception(StoreUnavailable("audit store failed"))
-                continue
-            for _, done in batch:
-                if not done.done():
+            # one row per event id, the last submitted (a begun event completed in the same batch)
+            latest = {r.event_id: r for r, _ in batch if r is not None}
+            failed: Exception | None = None
+            if latest:
+                try:
+                    await self._insert_audit(list(latest.values()))
+                except Exception as exc:  # the store failed: every waiting request must refuse to disclose
+                    log.error(
+                        "audit write failed (%s); %d event(s) not stored", type(exc).__name__, len(latest)
+                    )
+                    failed = StoreUnavailable("audit store failed")
+            for record, done in batch:
+                if done.done():
+                    continue
+                if failed is not None and record is not None:
+                    done.set_exception(failed)
+                else:
                     done.set_result(None)
+
+    async def audit_events(self, patient_pnr: str, *, limit: int, offset: int) -> tuple[int, list[FhirDict]]:
+        """(how many events name the patient, one page of them, newest first)."""
+        await self.flush()
+        return await self._audit_events(patient_pnr, limit=limit, offset=offset)
+
+    async def all_audit_events(self) -> list[FhirDict]:
+        """Every stored event (for tests and exports; not on the request path)."""
+        await self.flush()
+        return await self._all_audit_events()
 
     # ---- what each store implements -------------------------------------------------------------
 
@@ -122,15 +158,16 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def _insert_audit(self, records: list[AuditRecord]) -> None:
-        """Store every record in one transaction, durably, or raise."""
+        """Store every record (distinct event ids) in one transaction, durably, or raise. A record
+        whose event id is stored already replaces that row's outcome and event."""
 
     @abc.abstractmethod
-    async def audit_events(self, patient_pnr: str, *, limit: int, offset: int) -> tuple[int, list[FhirDict]]:
-        """(how many events name the patient, one page of them, newest first)."""
+    async def _audit_events(
+        self, patient_pnr: str, *, limit: int, offset: int
+    ) -> tuple[int, list[FhirDict]]: ...
 
     @abc.abstractmethod
-    async def all_audit_events(self) -> list[FhirDict]:
-        """Every stored event (for tests and exports; not on the request path)."""
+    async def _all_audit_events(self) -> list[FhirDict]: ...
 
     @abc.abstractmethod
     async def add_consent(self, row: ConsentRow) -> None: ...
@@ -145,6 +182,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def consents(self, patient_pnr: str) -> list[ConsentRow]:
         """The patient's consents and blocks, any status, oldest first."""
+
+
+def _retrieved(done: asyncio.Future[None]) -> None:
+    if not done.cancelled():
+        done.exception()
 
 
 def open_store(settings: StoreSettings) -> Store:

@@ -63,7 +63,8 @@ class PostgresStore(Store):
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.executemany(
                 "INSERT INTO audit_event (id, recorded, patient_pnr, audience, user_hsa_id, outcome,"
-                " request_id, event) VALUES ($1, $2::text::timestamptz, $3, $4, $5, $6, $7, $8)",
+                " request_id, event) VALUES ($1, $2::text::timestamptz, $3, $4, $5, $6, $7, $8)"
+                " ON CONFLICT (id) DO UPDATE SET outcome = EXCLUDED.outcome, event = EXCLUDED.event",
                 [r.row() for r in records],
             )
 
@@ -81,7 +82,7 @@ class PostgresStore(Store):
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise StoreUnavailable(f"store write failed ({type(exc).__name__})") from None
 
-    async def audit_events(self, patient_pnr: str, *, limit: int, offset: int) -> tuple[int, list[FhirDict]]:
+    async def _audit_events(self, patient_pnr: str, *, limit: int, offset: int) -> tuple[int, list[FhirDict]]:
         ((total,),) = await self._fetch(
             "SELECT count(*) FROM audit_event WHERE patient_pnr = $1", patient_pnr
         )
@@ -94,7 +95,7 @@ class PostgresStore(Store):
         )
         return int(total), [r["event"] for r in rows]
 
-    async def all_audit_events(self) -> list[FhirDict]:
+    async def _all_audit_events(self) -> list[FhirDict]:
         return [r["event"] for r in await self._fetch("SELECT event FROM audit_event ORDER BY seq")]
 
     async def add_consent(self, row: ConsentRow) -> None:

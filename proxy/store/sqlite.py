@@ -59,7 +59,9 @@ class SqliteStore(Store):
             rows = records[i : i + 100]
             await self.db.execute(
                 "INSERT INTO audit_event (id, recorded, patient_pnr, audience, user_hsa_id, outcome,"
-                " request_id, event) VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(rows)),
+                " request_id, event) VALUES "
+                + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(rows))
+                + " ON CONFLICT (id) DO UPDATE SET outcome = excluded.outcome, event = excluded.event",
                 [v for r in rows for v in (*r.row()[:-1], orjson.dumps(r.event))],
             )
 
@@ -69,7 +71,7 @@ class SqliteStore(Store):
         except (ValueError, aiosqlite.Error) as exc:  # ValueError: the connection is closed
             raise StoreUnavailable(f"store read failed ({type(exc).__name__})") from None
 
-    async def audit_events(self, patient_pnr: str, *, limit: int, offset: int) -> tuple[int, list[FhirDict]]:
+    async def _audit_events(self, patient_pnr: str, *, limit: int, offset: int) -> tuple[int, list[FhirDict]]:
         ((total,),) = await self._fetch("SELECT count(*) FROM audit_event WHERE patient_pnr = ?", patient_pnr)
         rows = await self._fetch(
             "SELECT event FROM audit_event WHERE patient_pnr = ? ORDER BY recorded DESC, seq DESC"
@@ -80,7 +82,7 @@ class SqliteStore(Store):
         )
         return int(total), [orjson.loads(e) for (e,) in rows]
 
-    async def all_audit_events(self) -> list[FhirDict]:
+    async def _all_audit_events(self) -> list[FhirDict]:
         return [orjson.loads(e) for (e,) in await self._fetch("SELECT event FROM audit_event ORDER BY seq")]
 
     async def add_consent(self, row: ConsentRow) -> None:

@@ -1,20 +1,25 @@
 """The access log: exactly one AuditEvent per request that touches a patient, committed before the
-answer leaves; no audit, no answer."""
+answer leaves (an access that asks the backends as *begun*, completed after); no audit, no answer."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
 
+from proxy.audit import BEGUN, NO_OUTCOME
 from proxy.fhir.http import STORE_KEY
+from proxy.settings import StoreSettings
 from proxy.simulators.population import GRETA, LENNART, SANNA, TOLVAN
-from proxy.store import Store
-from tests.conftest import BASE, auth, pid, validate
+from proxy.store import AuditRecord, Store, open_store
+from tests.conftest import BASE, POSTGRES_DSN, auth, pid, reset_postgres, validate
 
 
 async def events(store: Store) -> list[dict[str, Any]]:
@@ -180,31 +185,55 @@ async def test_only_patients_and_configured_auditors_read_the_log(facade: Any) -
     assert ambulance and "disclosed:cosmic" in json.dumps(ambulance)  # the auditor sees it all
 
 
-async def test_a_large_batch_of_events_is_stored_whole(tmp_path: Any) -> None:
-    from proxy.settings import StoreSettings
-    from proxy.store import AuditRecord, open_store
+def audit_record(event_id: str, outcome: int, event: dict[str, Any]) -> AuditRecord:
+    return AuditRecord(
+        event_id, "2026-11-24T10:00:00.000+00:00", TOLVAN.pnr, "clinician", None, outcome, "r", event
+    )
 
-    store = open_store(StoreSettings(kind="sqlite", sqlite_path=tmp_path / "audit.sqlite"))
+
+@contextlib.asynccontextmanager
+async def open_store_for(kind: str, tmp_path: Path) -> AsyncIterator[Store]:
+    if kind == "postgres":
+        await reset_postgres()
+    settings = StoreSettings(kind=kind, sqlite_path=tmp_path / "audit.sqlite", postgres_dsn=POSTGRES_DSN)
+    store = open_store(settings)
     await store.open()
     try:
-        records = [
-            AuditRecord(
-                f"ev-{i}",
-                "2026-11-24T10:00:00.000+00:00",
-                TOLVAN.pnr,
-                "clinician",
-                None,
-                0,
-                f"r-{i}",
-                {"i": i},
-            )
-            for i in range(450)  # more than one INSERT statement's worth, in one batch
-        ]
-        await asyncio.gather(*(store.submit_audit(r) for r in records))
-        stored = await store.all_audit_events()
+        yield store
     finally:
         await store.close()
+
+
+async def test_a_large_batch_of_events_is_stored_whole(tmp_path: Path) -> None:
+    async with open_store_for("sqlite", tmp_path) as store:
+        records = [audit_record(f"ev-{i}", 0, {"i": i}) for i in range(450)]  # > one INSERT's worth
+        await asyncio.gather(*(store.submit_audit(r) for r in records))
+        stored = await store.all_audit_events()
     assert sorted(e["i"] for e in stored) == list(range(450))
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_a_completed_event_replaces_the_begun_one_and_reads_see_every_submitted_write(
+    tmp_path: Path, kind: str
+) -> None:
+    async with open_store_for(kind, tmp_path) as store:
+        await store.submit_audit(audit_record("a", NO_OUTCOME, {"step": "begun"}))
+        store.submit_audit(audit_record("a", 0, {"step": "completed"}))  # not waited for
+        store.submit_audit(audit_record("b", NO_OUTCOME, {"step": "begun"}))  # both in one batch
+        store.submit_audit(audit_record("b", 4, {"step": "completed"}))
+        store.submit_audit(audit_record("c", NO_OUTCOME, {"step": "begun"}))
+        seen = await store.all_audit_events()  # a read waits for what was submitted before it
+        total, page = await store.audit_events(TOLVAN.pnr, limit=10, offset=0)
+    assert sorted(e["step"] for e in seen) == ["begun", "completed", "completed"]
+    assert total == 3 and len(page) == 3
+
+
+async def test_closing_the_store_stores_what_was_submitted_first(tmp_path: Path) -> None:
+    async with open_store_for("sqlite", tmp_path) as store:
+        store.submit_audit(audit_record("a", NO_OUTCOME, {"step": "begun"}))
+        store.submit_audit(audit_record("a", 0, {"step": "completed"}))
+    async with open_store_for("sqlite", tmp_path) as reopened:
+        assert await reopened.all_audit_events() == [{"step": "completed"}]
 
 
 async def test_a_request_that_fails_unexpectedly_is_logged_too(facade: Any, monkeypatch: Any) -> None:
@@ -216,7 +245,7 @@ async def test_a_request_that_fails_unexpectedly_is_logged_too(facade: Any, monk
         def broken_render(*args: Any, **kwargs: Any) -> Any:
             raise RuntimeError("rendering failed")
 
-        with monkeypatch.context() as m:  # fails after the answer was decided and its event submitted
+        with monkeypatch.context() as m:  # fails after the backends answered and the access was logged
             m.setattr(routes, "fhir_response", broken_render)
             late = await f.client.get(
                 f"{BASE}/Patient/{pid(TOLVAN.pnr)}/$everything", headers={"X-Request-ID": "late"}
@@ -244,7 +273,60 @@ async def test_a_request_that_fails_unexpectedly_is_logged_too(facade: Any, monk
     assert late.status == 500 and early.status == 500 and busy.status == 429
     assert logged["busy"]["outcome"] == "8"
     assert "OperationOutcome" in texts and "RuntimeError" not in texts and "failed" not in texts
-    # the access stands as logged when it was decided (the safe side of wrong); the failed attempt
-    # is logged as a major failure
-    assert logged["late"]["outcome"] == "0"
-    assert logged["early"]["outcome"] == "12"
+    # the begun access is completed as a major failure, whether it failed before or after the
+    # backends answered; nothing is recorded as disclosed by an answer that did not leave
+    assert logged["late"]["outcome"] == "12" and logged["early"]["outcome"] == "12"
+    assert "disclosed" not in json.dumps(logged["late"])
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+async def test_the_access_is_logged_before_the_answer_leaves_and_completed_after(
+    facade: Any, store: str
+) -> None:
+    timeline: list[tuple[str, list[int]]] = []
+    async with facade(store=store) as f:
+        audit = f.client.server.app[STORE_KEY]
+        insert = audit._insert_audit
+
+        async def slow_begun_commit(records: list[AuditRecord]) -> None:
+            if any(r.outcome == NO_OUTCOME for r in records):
+                await asyncio.sleep(0.3)  # far longer than the backends take to answer
+            await insert(records)
+            timeline.append(("committed", [r.outcome for r in records]))
+
+        audit._insert_audit = slow_begun_commit
+        status, bundle = await f.get(f"{BASE}/Patient/{pid(TOLVAN.pnr)}/$everything")
+        timeline.append(("answered", []))
+        (event,) = await events(audit)
+    assert status == 200 and bundle["entry"]
+    assert timeline[0] == ("committed", [NO_OUTCOME])  # the begun access, before the answer
+    assert ("committed", [0]) in timeline  # then completed (before or after the answer arrived)
+    assert event["outcome"] == "0" and "outcomeDesc" not in event
+    assert "disclosed:cosmic" in json.dumps(event)
+
+
+async def test_an_access_whose_completion_cannot_be_stored_stays_logged_as_begun(
+    facade: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    patient = auth("patient", pnr=TOLVAN.pnr)
+    async with facade() as f:
+        audit = f.client.server.app[STORE_KEY]
+        insert = audit._insert_audit
+
+        async def completions_fail(records: list[AuditRecord]) -> None:
+            if any(r.outcome != NO_OUTCOME for r in records):
+                raise OSError("disk full")
+            await insert(records)
+
+        audit._insert_audit = completions_fail
+        status, bundle = await f.get(f"{BASE}/Patient/{pid(TOLVAN.pnr)}/$everything", headers=patient)
+        (stored,) = await events(audit)
+        audit._insert_audit = insert
+        _, log = await f.get(f"{BASE}/AuditEvent?patient={pid(TOLVAN.pnr)}", headers=patient)
+    assert status == 200 and bundle["entry"]  # the access was logged before the answer: it stands
+    assert "outcome" not in stored and stored["outcomeDesc"] == BEGUN
+    begun = next(e["resource"] for e in log["entry"] if e["resource"]["id"] == stored["id"])
+    assert "outcome" not in begun
+    validate(begun)
+    failures = [r for r in caplog.records if "audit write failed" in r.getMessage()]
+    assert failures and all(TOLVAN.pnr not in r.getMessage() for r in caplog.records)
