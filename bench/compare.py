@@ -78,8 +78,14 @@ async def compare(args: argparse.Namespace, procs: run.Processes, tmp: Path) -> 
     for r in range(args.rounds):
         for target in targets:
             pid = procs.running[target.name].pid
+            if args.settle > 0:  # not measured: connections idle past keep-alive are opened again
+                await run.open_model(
+                    target, args.rate, args.settle, args.max_inflight, args.timeout, args.arrivals
+                )
             before = run.cpu_s(pid)
-            result = await run.open_model(target, args.rate, args.duration, args.max_inflight, args.timeout)
+            result = await run.open_model(
+                target, args.rate, args.duration, args.max_inflight, args.timeout, args.arrivals
+            )
             result["cpu_ms"] = (run.cpu_s(pid) - before) / max(1, len(result["samples_ms"])) * 1000
             rounds[target.name].append(result)
             print(
@@ -106,6 +112,10 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=80.0, help="open-model req/s, the same for every target")
     ap.add_argument("--duration", type=float, default=8.0, help="seconds per target per round")
     ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--arrivals", choices=run.ARRIVALS, default="poisson", help="open-model arrival process")
+    ap.add_argument(
+        "--settle", type=float, default=3.0, help="unmeasured seconds at the rate before each phase"
+    )
     ap.add_argument("--patients", type=int, default=200)
     ap.add_argument("--latency-ms", type=float, default=20.0)
     ap.add_argument("--max-inflight", type=int, default=256)
@@ -116,6 +126,8 @@ def main() -> None:
         args.variant = [""]
     if not (0 < args.rate <= 5000 and 0 < args.duration <= 600 and 1 <= args.rounds <= 100):
         ap.error("--rate 0-5000, --duration 0-600 s, --rounds 1-100")
+    if not 0 <= args.settle <= 60:
+        ap.error("--settle 0-60 s")
     if not 1 <= len(args.variant) <= 6:
         ap.error("1 to 6 variants")
     run.with_processes("fhir-facade-compare-", lambda procs, tmp: compare(args, procs, tmp))

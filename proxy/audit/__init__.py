@@ -7,10 +7,10 @@ leaves only once that event is committed. The outcome and what was disclosed (``
 replace it in the store, after the answer. Other requests log the completed event before they answer.
 
 The events are group-committed by ``proxy.store`` (SQLite or PostgreSQL). If the store cannot take
-a write before the answer, the request gets 503 and discloses nothing. The log holds who, which patient, what
-(interaction, resource types, sources, how many resources each disclosed), purpose (TREAT, ETREAT
-for emergency access, PATRQT for the patient), outcome, time and the request id — never a token,
-never clinical text.
+a write that must precede the answer, the request gets 503 and discloses nothing. The log holds who,
+which patient, what (interaction, resource types, sources, how many resources each disclosed),
+purpose (TREAT, ETREAT for emergency access, PATRQT for the patient), outcome, time and the request
+id — never a token, never clinical text.
 
 ``patient_view`` is what a patient reads of their own log: who (care unit, provider, role), when,
 what kind of access, purpose — nothing about what was read or hidden.

@@ -13,6 +13,8 @@ with the status the FHIR spec gives it; nothing unhandled leaves as a bare 500 p
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -104,8 +106,10 @@ async def audited(request: web.Request, handler: Handler) -> web.StreamResponse:
     except FhirError as exc:
         await _audit(request, exc.status)
         raise
-    except StoreUnavailable:
-        raise  # nothing was disclosed; the error handler answers 503
+    except StoreUnavailable:  # nothing was disclosed; the error handler answers 503
+        with contextlib.suppress(StoreUnavailable):  # logged if the log can take it; nobody waits
+            _submit_completed(request, 503)
+        raise
     except web.HTTPException as exc:  # (e.g. a body over the size limit) logged with its status
         await _audit(request, exc.status)
         raise
@@ -145,30 +149,32 @@ def _begun(request: web.Request, query: Query, principal: Principal) -> FhirDict
 
 
 async def _audit(request: web.Request, status: int) -> None:
-    """Complete the request's AuditEvent with its outcome. If the access was logged as begun, wait
-    for that commit and store the completed event without waiting (it replaces the begun one);
-    otherwise store the completed event and wait for it."""
+    """Log the request's AuditEvent, completed with its outcome, and wait until the access is
+    durably logged: for an access logged as begun, that commit (the completed event replaces it,
+    committed after the answer); otherwise the completed event's own."""
+    stored = _submit_completed(request, status)
+    begun = request.get(AUDIT_BEGUN_KEY)
+    if begun is not None:
+        await begun[1]
+    elif stored is not None:
+        await stored
+
+
+def _submit_completed(request: web.Request, status: int) -> asyncio.Future[None] | None:
     query = request.get(AUDIT_QUERY_KEY)
     principal = request.get(PRINCIPAL_KEY)
     if query is None or query.patient is None or principal is None:
-        return
-    begun = request.pop(AUDIT_BEGUN_KEY, None)
-    if begun is not None:
-        event, committed = begun
-        await committed
-    else:
-        event = _begun(request, query, principal)
+        return None
+    begun = request.get(AUDIT_BEGUN_KEY)
     done = completed(
-        event,
+        begun[0] if begun is not None else _begun(request, query, principal),
         status=status,
         disclosed=request.get(AUDIT_DISCLOSED_KEY, Counter()),
         degraded=request.get(AUDIT_DEGRADED_KEY, []),
     )
-    stored = request.app[STORE_KEY].submit_audit(
+    return request.app[STORE_KEY].submit_audit(
         record(done, principal, query.patient.pnr, request[REQUEST_ID_KEY])
     )
-    if begun is None:
-        await stored
 
 
 def _disclosed(resources: list[FhirDict]) -> Counter[str]:

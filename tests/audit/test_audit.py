@@ -18,7 +18,7 @@ from proxy.audit import BEGUN, NO_OUTCOME
 from proxy.fhir.http import STORE_KEY
 from proxy.settings import StoreSettings
 from proxy.simulators.population import GRETA, LENNART, SANNA, TOLVAN
-from proxy.store import AuditRecord, Store, open_store
+from proxy.store import AuditRecord, Store, StoreUnavailable, open_store
 from tests.conftest import BASE, POSTGRES_DSN, auth, pid, reset_postgres, validate
 
 
@@ -330,3 +330,21 @@ async def test_an_access_whose_completion_cannot_be_stored_stays_logged_as_begun
     validate(begun)
     failures = [r for r in caplog.records if "audit write failed" in r.getMessage()]
     assert failures and all(TOLVAN.pnr not in r.getMessage() for r in caplog.records)
+
+
+async def test_an_access_refused_because_the_consents_cannot_be_read_is_logged_as_failed(facade: Any) -> None:
+    async with facade() as f:
+        audit = f.client.server.app[STORE_KEY]
+
+        async def unreadable(pnr: str) -> Any:
+            raise StoreUnavailable("consent read failed")
+
+        audit.consents = unreadable
+        resp = await f.client.get(
+            f"{BASE}/Patient/{pid(TOLVAN.pnr)}/$everything", headers={"X-Request-ID": "no-consents"}
+        )
+        text = await resp.text()
+        (event,) = await events(audit)
+    assert resp.status == 503 and "Tolvan" not in text
+    assert request_id(event) == "no-consents" and event["outcome"] == "12"
+    assert "disclosed" not in json.dumps(event)
