@@ -185,9 +185,15 @@ class BackendClient:
             return SourceStatus.ERROR, None, "failed unexpectedly"
 
     async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
+        """The whole body, or _TooLarge past ``max_body_bytes``. A body with a Content-Length and no
+        Content-Encoding is exactly that long (the HTTP parser reads no more), so it is checked
+        before it is read; a chunked or compressed one is counted as it arrives, decompressed."""
         cap = self.max_body_bytes
-        if resp.content_length is not None and resp.content_length > cap:
-            raise _TooLarge
+        if resp.content_length is not None:
+            if resp.content_length > cap:
+                raise _TooLarge
+            if "Content-Encoding" not in resp.headers:
+                return await resp.read()
         chunks: list[bytes] = []
         size = 0
         async for chunk in resp.content.iter_chunked(64 * 1024):

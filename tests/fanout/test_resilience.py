@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from typing import Any
+
+import pytest
 
 from proxy.fanout import BackendClient, fan_out
 from proxy.fanout.breaker import CircuitBreaker
@@ -18,6 +21,7 @@ from proxy.types import SourceResult, SourceStatus
 from tests.conftest import BASE, pid
 
 EVERYTHING = f"{BASE}/Patient/{pid(TOLVAN.pnr)}/$everything"
+BOMB = gzip.compress(b" " * 3_000_000)
 
 
 class Clock:
@@ -340,3 +344,45 @@ async def test_a_request_whose_client_left_does_not_count_against_the_backends()
     assert client.typical_ms == 0.0  # not learnt as slow
     assert client.breaker.state == "half-open"  # not re-opened by the cancelled probe …
     assert client.breaker.allow()  # … and the next request may probe again
+
+
+def answering(head: bytes, body: bytes) -> Handler:
+    """Answers every request with ``head`` (status line and headers) and ``body`` as given."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(head + b"\r\n" + body)
+                await writer.drain()
+
+    return handle
+
+
+def chunked(data: bytes, size: int = 100_000) -> bytes:
+    parts = [data[i : i + size] for i in range(0, len(data), size)]
+    return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("head", "body", "whole"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 900000\r\n", b"[" + b" " * 899_998 + b"]", True),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 1100000\r\n", b"[" + b" " * 1_099_998 + b"]", False),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n", chunked(b"x" * 900_000), True),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n", chunked(b"x" * 1_100_000), False),
+        # small on the wire, over the cap once decompressed
+        (b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n" % len(BOMB), BOMB, False),
+    ],
+    ids=["length-under", "length-over", "chunked-under", "chunked-over", "gzip-over"],
+)
+async def test_an_answer_is_read_whole_up_to_the_cap_however_it_is_framed(
+    head: bytes, body: bytes, whole: bool
+) -> None:
+    bodies: list[bytes | None] = []
+    async with backend(answering(head, body)) as client:  # the cap: 1 MiB
+        result = await client.fetch([request()], {}, lambda source, spec, raw: bodies.append(raw))
+    if whole:
+        assert result.status is SourceStatus.OK and len(bodies) == 1 and len(bodies[0] or b"") == 900_000
+    else:
+        assert result.status is SourceStatus.INVALID and "larger than" in result.detail and not bodies
