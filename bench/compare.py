@@ -1,15 +1,19 @@
 """Paired comparison of facade variants against the baseline: is a change a gain, or noise?
 
     python bench/compare.py --variant "" --variant "PYTHONPATH=/path/to/other/worktree" \
-                            [--rate 80] [--duration 8] [--rounds 6] [--patients 200] [--latency-ms 20]
+                            [--rate 80] [--arrivals poisson] [--duration 8] [--settle 3] [--rounds 6] \
+                            [--patients 200] [--latency-ms 20]
 
 On this 2-core machine the p50 of one target moves by ±1 ms between runs of ``bench/run.py`` — more
 than most single changes gain. Here every variant runs at the same time as the others (simulators,
 baseline and one facade process per variant, as in ``bench/run.py``) and the open-model phases are
-interleaved round by round — baseline, variant 1, variant 2, … — at one fixed ``--rate``, so each
-round compares the targets under the same conditions. Printed per round and target: p50, p90, p99,
-errors and the CPU its process used per answered request; then per variant the median over rounds
-of its p50 gap to the baseline *in the same round*, with each round's gap.
+interleaved round by round — baseline, variant 1, variant 2, … — at one fixed ``--rate`` (the same
+seeded Poisson schedule for each, as in ``bench/run.py``), so each round compares the targets under
+the same conditions. Each phase is preceded by ``--settle`` s of the same load, not measured: a
+process that waited for its turn longer than its keep-alive has to open its connections again.
+Printed per round and target: p50, p90, p99, errors and the CPU its process used per answered
+request; then per variant the median over rounds of its p50 gap to the baseline *in the same
+round*, with each round's gap.
 
 A variant is a comma-separated list of ``NAME=value`` environment settings for its facade process:
 ``""`` is the code of this checkout; ``PYTHONPATH=<git worktree>`` runs another commit (make one with

@@ -22,13 +22,12 @@ import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
-from proxy.store import AuditRecord
+from proxy.store import NO_OUTCOME, AuditRecord
 from proxy.types import FhirDict, Principal
 
 ACT_REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
 BALP_ENTITY = "https://profiles.ihe.net/ITI/BALP/CodeSystem/BasicAuditEntityType"
-BEGUN = "begun; its outcome is recorded once the answer has been given"
-NO_OUTCOME = -1  # the outcome column of a begun event (the column predates begun events: NOT NULL)
+BEGUN = "begun; no outcome recorded (if it stays so, the outcome was lost: read as possibly disclosed)"
 ACTION = {"create": "C", "update": "U", "everything": "E"}  # else R (read, search)
 # What the patient's view calls each audience's role.
 ROLE_DISPLAY = {

@@ -149,15 +149,23 @@ def _begun(request: web.Request, query: Query, principal: Principal) -> FhirDict
 
 
 async def _audit(request: web.Request, status: int) -> None:
-    """Log the request's AuditEvent, completed with its outcome, and wait until the access is
-    durably logged: for an access logged as begun, that commit (the completed event replaces it,
-    committed after the answer); otherwise the completed event's own."""
-    stored = _submit_completed(request, status)
+    """Log the request's AuditEvent, completed with its outcome, once the access is durably logged.
+    An access logged as begun: wait for that commit, then submit the completed event, which
+    replaces it and commits after the answer (if the begun event could not be stored, the request
+    fails with 503 and is completed as such). Otherwise: store the completed event and wait."""
     begun = request.get(AUDIT_BEGUN_KEY)
-    if begun is not None:
+    if begun is None:
+        stored = _submit_completed(request, status)
+        if stored is not None:
+            await stored
+        return
+    try:
         await begun[1]
-    elif stored is not None:
-        await stored
+    except StoreUnavailable:
+        with contextlib.suppress(StoreUnavailable):
+            _submit_completed(request, 503)
+        raise
+    _submit_completed(request, status)
 
 
 def _submit_completed(request: web.Request, status: int) -> asyncio.Future[None] | None:

@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+NO_OUTCOME = -1  # the outcome column of an event logged as begun (the column is NOT NULL)
+
+
 class StoreUnavailable(Exception):
     """The store could not take (or give) the data: the request must not disclose anything."""
 
@@ -78,13 +81,15 @@ class Store(abc.ABC):
         # (event, its future) or (None, a flush marker's future)
         self._queue: asyncio.Queue[tuple[AuditRecord | None, asyncio.Future[None]]] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
+        self._batch: list[tuple[AuditRecord | None, asyncio.Future[None]]] = []  # being written
 
     async def open(self) -> None:
         await self._connect()
         self._writer = asyncio.create_task(self._write_batches(), name="audit-writer")
 
     async def close(self) -> None:
-        """Stop, once the events already submitted are stored (or ``drain_timeout_s`` has passed)."""
+        """Stop, once the events already submitted are stored; what is left after ``drain_timeout_s``
+        fails (StoreUnavailable) and is logged by event id."""
         if self._writer is not None:
             if not self._writer.done():
                 with contextlib.suppress(TimeoutError):
@@ -92,6 +97,16 @@ class Store(abc.ABC):
             self._writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
+            left: dict[str, AuditRecord] = {}
+            while not self._queue.empty():
+                self._batch.append(self._queue.get_nowait())
+            for record, done in self._batch:  # (the batch cut off, then what was still queued)
+                if not done.done():
+                    if record is not None:
+                        left[record.event_id] = record
+                    done.set_exception(StoreUnavailable("audit store closed"))
+            if left:
+                _not_stored("the store closed first", left)
         await self._disconnect()
 
     def submit_audit(self, record: AuditRecord) -> asyncio.Future[None]:
@@ -116,27 +131,26 @@ class Store(abc.ABC):
 
     async def _write_batches(self) -> None:
         while True:
-            batch = [await self._queue.get()]
+            self._batch = batch = [await self._queue.get()]
             while len(batch) < self.max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             # one row per event id, the last submitted (a begun event completed in the same batch)
             latest = {r.event_id: r for r, _ in batch if r is not None}
-            failed: Exception | None = None
+            failed = False
             if latest:
                 try:
                     await self._insert_audit(list(latest.values()))
                 except Exception as exc:  # the store failed: every waiting request must refuse to disclose
-                    log.error(
-                        "audit write failed (%s); %d event(s) not stored", type(exc).__name__, len(latest)
-                    )
-                    failed = StoreUnavailable("audit store failed")
+                    _not_stored(f"audit write failed ({type(exc).__name__})", latest)
+                    failed = True
             for record, done in batch:
                 if done.done():
                     continue
-                if failed is not None and record is not None:
-                    done.set_exception(failed)
+                if failed and record is not None:
+                    done.set_exception(StoreUnavailable("audit store failed"))
                 else:
                     done.set_result(None)
+            batch.clear()
 
     async def audit_events(self, patient_pnr: str, *, limit: int, offset: int) -> tuple[int, list[FhirDict]]:
         """(how many events name the patient, one page of them, newest first)."""
@@ -182,6 +196,13 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def consents(self, patient_pnr: str) -> list[ConsentRow]:
         """The patient's consents and blocks, any status, oldest first."""
+
+
+def _not_stored(why: str, records: dict[str, AuditRecord]) -> None:
+    """Log what was lost, by event id (no personal data), so that events left begun can be found."""
+    ids = list(records)
+    more = f" and {len(ids) - 20} more" if len(ids) > 20 else ""
+    log.error("%s; %d audit event(s) not stored: %s%s", why, len(ids), ", ".join(ids[:20]), more)
 
 
 def _retrieved(done: asyncio.Future[None]) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncpg
 import orjson
 
-from proxy.store import AuditRecord, ConsentRow, Store, StoreUnavailable
+from proxy.store import NO_OUTCOME, AuditRecord, ConsentRow, Store, StoreUnavailable
 from proxy.types import FhirDict
 
 SCHEMA = """
@@ -64,7 +64,8 @@ class PostgresStore(Store):
             await conn.executemany(
                 "INSERT INTO audit_event (id, recorded, patient_pnr, audience, user_hsa_id, outcome,"
                 " request_id, event) VALUES ($1, $2::text::timestamptz, $3, $4, $5, $6, $7, $8)"
-                " ON CONFLICT (id) DO UPDATE SET outcome = EXCLUDED.outcome, event = EXCLUDED.event",
+                " ON CONFLICT (id) DO UPDATE SET outcome = EXCLUDED.outcome, event = EXCLUDED.event"
+                f" WHERE audit_event.outcome = {NO_OUTCOME}",  # only a begun event is replaced
                 [r.row() for r in records],
             )
 

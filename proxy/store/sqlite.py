@@ -1,19 +1,21 @@
 """The embedded store: SQLite through aiosqlite, WAL, synchronous=FULL (a committed event survives
 a crash of the process or the machine).
 
-The connection is in autocommit mode and every write is one statement — AuditEvents go in as
-multi-row INSERTs of up to 100 — so each is its own atomic transaction, committed (and fsynced) in
-a single trip to aiosqlite's thread: on the request path a trip costs more than the statement."""
+The connection is in autocommit mode and most writes are one statement — AuditEvents go in as one
+multi-row INSERT (an upsert: a completed event replaces its begun one) of up to 100 rows — so each
+is its own atomic transaction, committed (and fsynced) in a single trip to aiosqlite's thread: on
+the request path a trip costs more than the statement. A larger batch is one explicit transaction."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 import orjson
 
-from proxy.store import AuditRecord, ConsentRow, Store, StoreUnavailable
+from proxy.store import NO_OUTCOME, AuditRecord, ConsentRow, Store, StoreUnavailable
 from proxy.types import FhirDict
 
 SCHEMA = (
@@ -55,15 +57,29 @@ class SqliteStore(Store):
 
     async def _insert_audit(self, records: list[AuditRecord]) -> None:
         # 100 rows of 8 values per statement: under the 999 variables older SQLite builds allow
-        for i in range(0, len(records), 100):
-            rows = records[i : i + 100]
-            await self.db.execute(
-                "INSERT INTO audit_event (id, recorded, patient_pnr, audience, user_hsa_id, outcome,"
-                " request_id, event) VALUES "
-                + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(rows))
-                + " ON CONFLICT (id) DO UPDATE SET outcome = excluded.outcome, event = excluded.event",
-                [v for r in rows for v in (*r.row()[:-1], orjson.dumps(r.event))],
-            )
+        chunks = [records[i : i + 100] for i in range(0, len(records), 100)]
+        if len(chunks) == 1:  # one statement: its own transaction
+            await self._insert_rows(chunks[0])
+            return
+        await self.db.execute("BEGIN")
+        try:
+            for rows in chunks:
+                await self._insert_rows(rows)
+            await self.db.execute("COMMIT")
+        except Exception:
+            with contextlib.suppress(Exception):
+                await self.db.execute("ROLLBACK")
+            raise
+
+    async def _insert_rows(self, rows: list[AuditRecord]) -> None:
+        await self.db.execute(
+            "INSERT INTO audit_event (id, recorded, patient_pnr, audience, user_hsa_id, outcome,"
+            " request_id, event) VALUES "
+            + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(rows))
+            + " ON CONFLICT (id) DO UPDATE SET outcome = excluded.outcome, event = excluded.event"
+            f" WHERE audit_event.outcome = {NO_OUTCOME}",  # only a begun event is replaced
+            [v for r in rows for v in (*r.row()[:-1], orjson.dumps(r.event))],
+        )
 
     async def _fetch(self, sql: str, *args: object) -> list[Any]:
         try:

@@ -8,17 +8,18 @@ import contextlib
 import json
 from collections import Counter
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
 
-from proxy.audit import BEGUN, NO_OUTCOME
+from proxy.audit import BEGUN
 from proxy.fhir.http import STORE_KEY
 from proxy.settings import StoreSettings
 from proxy.simulators.population import GRETA, LENNART, SANNA, TOLVAN
-from proxy.store import AuditRecord, Store, StoreUnavailable, open_store
+from proxy.store import NO_OUTCOME, AuditRecord, Store, StoreUnavailable, open_store
 from tests.conftest import BASE, POSTGRES_DSN, auth, pid, reset_postgres, validate
 
 
@@ -212,6 +213,12 @@ async def test_a_large_batch_of_events_is_stored_whole(tmp_path: Path) -> None:
     assert sorted(e["i"] for e in stored) == list(range(450))
 
 
+async def outcomes(store: Store) -> dict[str, int]:
+    """The outcome column of every stored event, by id (both stores read SQL this way)."""
+    rows = await store._fetch("SELECT id, outcome FROM audit_event")  # type: ignore[attr-defined]
+    return {str(r[0]): int(r[1]) for r in rows}
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
 async def test_a_completed_event_replaces_the_begun_one_and_reads_see_every_submitted_write(
     tmp_path: Path, kind: str
@@ -224,8 +231,42 @@ async def test_a_completed_event_replaces_the_begun_one_and_reads_see_every_subm
         store.submit_audit(audit_record("c", NO_OUTCOME, {"step": "begun"}))
         seen = await store.all_audit_events()  # a read waits for what was submitted before it
         total, page = await store.audit_events(TOLVAN.pnr, limit=10, offset=0)
+        await store.submit_audit(audit_record("a", 8, {"step": "rewritten"}))  # a completed event stays
+        columns = await outcomes(store)
+        final = await store.all_audit_events()
     assert sorted(e["step"] for e in seen) == ["begun", "completed", "completed"]
     assert total == 3 and len(page) == 3
+    assert columns == {"a": 0, "b": 4, "c": NO_OUTCOME}
+    assert "rewritten" not in json.dumps(final)
+
+
+async def test_a_batch_too_large_for_one_statement_is_stored_whole_or_not_at_all(tmp_path: Path) -> None:
+    async with open_store_for("sqlite", tmp_path) as store:
+        records = [audit_record(f"ev-{i}", 0, {"i": i}) for i in range(150)]
+        records[120] = replace(records[120], patient_pnr=None)  # type: ignore[arg-type]  (NOT NULL)
+        results = await asyncio.gather(*(store.submit_audit(r) for r in records), return_exceptions=True)
+        stored = await store.all_audit_events()
+    assert all(isinstance(r, StoreUnavailable) for r in results)
+    assert stored == []  # the first 100 rows were not kept either
+
+
+async def test_what_the_store_cannot_store_before_it_closes_is_logged_by_event_id(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with open_store_for("sqlite", tmp_path) as store:
+        store.drain_timeout_s = 0.2
+
+        async def stuck(records: list[AuditRecord]) -> None:
+            await asyncio.sleep(60)
+
+        store._insert_audit = stuck  # type: ignore[method-assign]
+        first = store.submit_audit(audit_record("ev-stuck", NO_OUTCOME, {}))
+        await asyncio.sleep(0)  # the writer takes it
+        second = store.submit_audit(audit_record("ev-queued", 0, {}))
+    for done in (first, second):
+        assert isinstance(done.exception(), StoreUnavailable)
+    (message,) = [r.getMessage() for r in caplog.records if "not stored" in r.getMessage()]
+    assert "ev-stuck" in message and "ev-queued" in message and TOLVAN.pnr not in message
 
 
 async def test_closing_the_store_stores_what_was_submitted_first(tmp_path: Path) -> None:
@@ -347,4 +388,31 @@ async def test_an_access_refused_because_the_consents_cannot_be_read_is_logged_a
         (event,) = await events(audit)
     assert resp.status == 503 and "Tolvan" not in text
     assert request_id(event) == "no-consents" and event["outcome"] == "12"
+    assert "disclosed" not in json.dumps(event)
+
+
+async def test_an_access_whose_begun_event_could_not_be_stored_is_refused_and_logged_as_failed(
+    facade: Any,
+) -> None:
+    async with facade() as f:
+        audit = f.client.server.app[STORE_KEY]
+        insert = audit._insert_audit
+        calls = 0
+
+        async def first_write_fails(records: list[AuditRecord]) -> None:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise OSError("connection reset")
+            await insert(records)
+
+        audit._insert_audit = first_write_fails
+        resp = await f.client.get(
+            f"{BASE}/Patient/{pid(TOLVAN.pnr)}/$everything", headers={"X-Request-ID": "blip"}
+        )
+        text = await resp.text()
+        (event,) = await events(audit)
+    assert resp.status == 503 and "Tolvan" not in text
+    # the store took the completion: it says the access failed, and that nothing was disclosed
+    assert request_id(event) == "blip" and event["outcome"] == "12"
     assert "disclosed" not in json.dumps(event)
