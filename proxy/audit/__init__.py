@@ -50,7 +50,7 @@ def begun_event(
     """The AuditEvent (IHE BALP: type rest, subtype the interaction) of an access that has begun:
     who, which patient, what was asked for, why, when. It has no outcome yet: ``completed`` adds it.
     An event stored in this form says the access began and its outcome was never recorded (the
-    process stopped in between) — to be read as "may have disclosed"."""
+    process stopped in between, or the store failed that write) — to be read as "may have disclosed"."""
     purpose = "PATRQT" if principal.audience == "patient" else "ETREAT" if emergency_reason else "TREAT"
     who: list[FhirDict] = [
         {

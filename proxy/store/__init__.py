@@ -6,9 +6,10 @@ Two stores with one interface: ``SqliteStore`` (aiosqlite, WAL; the embedded def
 Audit writes are group-committed: concurrent requests queue their events, one writer task stores
 whatever is queued in one transaction and then releases every waiting request. A request answers
 only once its event is committed; if the store cannot take it, ``StoreUnavailable`` is raised and
-the request must disclose nothing. An event submitted again with the same id replaces the stored one
-(an access logged as begun, then completed). Reads of the access log see every event submitted
-before them. Consents are few and written one at a time.
+the request must disclose nothing. An event submitted again with the same id replaces the stored
+one while that one is begun (an access logged as begun, then completed); a completed event stays.
+Reads of the access log see every event submitted before them. Consents are few and written one at
+a time.
 """
 
 from __future__ import annotations
@@ -110,10 +111,11 @@ class Store(abc.ABC):
         await self._disconnect()
 
     def submit_audit(self, record: AuditRecord) -> asyncio.Future[None]:
-        """Queue the event for the next group commit. An event with the id of one already stored
-        replaces it (a begun access, completed). The future is done once the event is committed,
-        or fails with StoreUnavailable if it could not be; StoreUnavailable is raised at once if the
-        writer is not running. A caller need not wait: the writer logs every failure."""
+        """Queue the event for the next group commit. An event with the id of a stored begun one
+        (outcome ``NO_OUTCOME``) replaces it; a stored completed event is never replaced. The
+        future is done once the event is committed, or fails with StoreUnavailable if it could not
+        be; StoreUnavailable is raised at once if the writer is not running. A caller need not
+        wait: the writer logs every failure."""
         done = self._enqueue(record)
         done.add_done_callback(_retrieved)  # a failure nobody waits for is logged once, by the writer
         return done
@@ -173,7 +175,8 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def _insert_audit(self, records: list[AuditRecord]) -> None:
         """Store every record (distinct event ids) in one transaction, durably, or raise. A record
-        whose event id is stored already replaces that row's outcome and event."""
+        whose event id is stored already replaces that row's outcome and event if the row is begun
+        (outcome ``NO_OUTCOME``); a completed row stays as it is."""
 
     @abc.abstractmethod
     async def _audit_events(
@@ -202,7 +205,8 @@ def _not_stored(why: str, records: dict[str, AuditRecord]) -> None:
     """Log what was lost, by event id (no personal data), so that events left begun can be found."""
     ids = list(records)
     more = f" and {len(ids) - 20} more" if len(ids) > 20 else ""
-    log.error("%s; %d audit event(s) not stored: %s%s", why, len(ids), ", ".join(ids[:20]), more)
+    listed = ", ".join(ids[:20])
+    log.error("%s; %d audit event(s) not (known to be) stored: %s%s", why, len(ids), listed, more)
 
 
 def _retrieved(done: asyncio.Future[None]) -> None:

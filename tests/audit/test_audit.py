@@ -265,7 +265,7 @@ async def test_what_the_store_cannot_store_before_it_closes_is_logged_by_event_i
         second = store.submit_audit(audit_record("ev-queued", 0, {}))
     for done in (first, second):
         assert isinstance(done.exception(), StoreUnavailable)
-    (message,) = [r.getMessage() for r in caplog.records if "not stored" in r.getMessage()]
+    (message,) = [r.getMessage() for r in caplog.records if "stored:" in r.getMessage()]
     assert "ev-stuck" in message and "ev-queued" in message and TOLVAN.pnr not in message
 
 
