@@ -14,6 +14,7 @@ milliseconds per patient, the best of ``--repeat`` passes. Under load the same w
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -122,7 +123,7 @@ def report(answers: list[Answer], patients: int, repeat: int) -> None:
     for a in answers:
         by_contract[(a.backend, a.contract)].append(a)
     print("  per contract (ms/patient):")
-    timed = [(best_ms(lambda group=group: map_all(group), repeat), key) for key, group in by_contract.items()]
+    timed = [(best_ms(functools.partial(map_all, group), repeat), key) for key, group in by_contract.items()]
     for ms, (backend, contract) in sorted(timed, reverse=True):
         print(f"    {ms / per:6.3f}  {backend:<7} {contract}")
 
