@@ -5,11 +5,11 @@ Two stores with one interface: ``SqliteStore`` (aiosqlite, WAL; the embedded def
 
 Audit writes are group-committed: concurrent requests queue their events, one writer task stores
 whatever is queued in one transaction and then releases every waiting request. A request answers
-only once its event is committed; if the store cannot take it, ``StoreUnavailable`` is raised and
-the request must disclose nothing. An event submitted again with the same id replaces the stored
-one while that one is begun (an access logged as begun, then completed); a completed event stays.
-Reads of the access log see every event submitted before them. Consents are few and written one at
-a time.
+only once its access is logged (its event, or its begun event, committed); if the store cannot take
+it, ``StoreUnavailable`` is raised and the request must disclose nothing. An event submitted again
+with the same id replaces the stored one while that one is begun (an access logged as begun, then
+completed); a completed event stays. Reads of the access log see every event submitted before them.
+Consents are few and written one at a time.
 """
 
 from __future__ import annotations
@@ -87,6 +87,14 @@ class Store(abc.ABC):
     async def open(self) -> None:
         await self._connect()
         self._writer = asyncio.create_task(self._write_batches(), name="audit-writer")
+        self._writer.add_done_callback(self._writer_ended)
+
+    def _writer_ended(self, writer: asyncio.Task[None]) -> None:
+        """The writer broke on something unforeseen: nobody may wait for it (``close`` cancels it
+        and sees to what is left itself)."""
+        if not writer.cancelled():
+            log.error("the audit writer stopped (%s)", type(writer.exception()).__name__)
+            self._fail_waiting("the audit writer stopped")
 
     async def close(self) -> None:
         """Stop, once the events already submitted are stored; what is left after ``drain_timeout_s``
@@ -96,26 +104,31 @@ class Store(abc.ABC):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.flush(), self.drain_timeout_s)
             self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(Exception, asyncio.CancelledError):
                 await self._writer
-            left: dict[str, AuditRecord] = {}
-            while not self._queue.empty():
-                self._batch.append(self._queue.get_nowait())
-            for record, done in self._batch:  # (the batch cut off, then what was still queued)
-                if not done.done():
-                    if record is not None:
-                        left[record.event_id] = record
-                    done.set_exception(StoreUnavailable("audit store closed"))
-            if left:
-                _not_stored("the store closed first", left)
+            self._fail_waiting("audit store closed")
         await self._disconnect()
+
+    def _fail_waiting(self, why: str) -> None:
+        """Fail (and log by id) the batch being written and everything still queued."""
+        left: dict[str, AuditRecord] = {}
+        while not self._queue.empty():
+            self._batch.append(self._queue.get_nowait())
+        for record, done in self._batch:
+            if not done.done():
+                if isinstance(record, AuditRecord):
+                    left[record.event_id] = record
+                done.set_exception(StoreUnavailable(why))
+        self._batch = []
+        if left:
+            _not_stored(why, left)
 
     def submit_audit(self, record: AuditRecord) -> asyncio.Future[None]:
         """Queue the event for the next group commit. An event with the id of a stored begun one
         (outcome ``NO_OUTCOME``) replaces it; a stored completed event is never replaced. The
         future is done once the event is committed, or fails with StoreUnavailable if it could not
         be; StoreUnavailable is raised at once if the writer is not running. A caller need not
-        wait: the writer logs every failure."""
+        wait: every event that is not stored is logged, by id."""
         done = self._enqueue(record)
         done.add_done_callback(_retrieved)  # a failure nobody waits for is logged once, by the writer
         return done
@@ -126,6 +139,8 @@ class Store(abc.ABC):
 
     def _enqueue(self, record: AuditRecord | None) -> asyncio.Future[None]:
         if self._writer is None or self._writer.done():
+            if record is not None:
+                _not_stored("the audit writer is not running", {record.event_id: record})
             raise StoreUnavailable("audit store is not running")
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((record, done))

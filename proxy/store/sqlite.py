@@ -1,10 +1,11 @@
 """The embedded store: SQLite through aiosqlite, WAL, synchronous=FULL (a committed event survives
 a crash of the process or the machine).
 
-The connection is in autocommit mode and most writes are one statement — AuditEvents go in as one
-multi-row INSERT (an upsert: a completed event replaces its begun one) of up to 100 rows — so each
-is its own atomic transaction, committed (and fsynced) in a single trip to aiosqlite's thread: on
-the request path a trip costs more than the statement. A larger batch is one explicit transaction."""
+The connections (one for the audit writer, one for the rest) are in autocommit mode and most writes
+are one statement — AuditEvents go in as one multi-row INSERT (an upsert: a completed event replaces
+its begun one) of up to 100 rows — so each is its own atomic transaction, committed (and fsynced) in
+a single trip to aiosqlite's thread: on the request path a trip costs more than the statement. A
+larger batch is one explicit transaction, on the audit writer's own connection."""
 
 from __future__ import annotations
 
@@ -36,18 +37,30 @@ class SqliteStore(Store):
         super().__init__(max_batch=max_batch)
         self.path = path
         self._db: aiosqlite.Connection | None = None
+        # The audit writer's own connection: a batch written as one explicit transaction holds
+        # nothing but audit rows (a consent written meanwhile on a shared connection would join
+        # that transaction, and go with it if it rolled back), and reads never queue behind its
+        # fsyncs in aiosqlite's thread.
+        self._audit_db: aiosqlite.Connection | None = None
 
     async def _connect(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = await aiosqlite.connect(self.path, isolation_level=None)  # autocommit
-        await self._db.execute("PRAGMA journal_mode=WAL")
-        await self._db.execute("PRAGMA synchronous=FULL")
+        self._db = await self._open()
         for statement in SCHEMA:
             await self._db.execute(statement)
+        self._audit_db = await self._open()
+
+    async def _open(self) -> aiosqlite.Connection:
+        # autocommit; a writer waits up to 10 s for the other connection's write lock
+        db = await aiosqlite.connect(self.path, isolation_level=None, timeout=10)
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA synchronous=FULL")
+        return db
 
     async def _disconnect(self) -> None:
-        if self._db is not None:
-            await self._db.close()
+        for db in (self._audit_db, self._db):
+            if db is not None:
+                await db.close()
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -56,30 +69,27 @@ class SqliteStore(Store):
         return self._db
 
     async def _insert_audit(self, records: list[AuditRecord]) -> None:
+        db = self._audit_db
+        if db is None:
+            raise StoreUnavailable("store is not open")
         # 100 rows of 8 values per statement: under the 999 variables older SQLite builds allow
         chunks = [records[i : i + 100] for i in range(0, len(records), 100)]
         if len(chunks) == 1:  # one statement: its own transaction
-            await self._insert_rows(chunks[0])
+            await _insert_rows(db, chunks[0])
             return
-        await self.db.execute("BEGIN")
+        await db.execute("BEGIN IMMEDIATE")
         try:
             for rows in chunks:
-                await self._insert_rows(rows)
-            await self.db.execute("COMMIT")
+                await _insert_rows(db, rows)
+            await db.execute("COMMIT")
         except Exception:
             with contextlib.suppress(Exception):
-                await self.db.execute("ROLLBACK")
+                await db.execute("ROLLBACK")
+            if db.in_transaction:  # a transaction left open would swallow every later write
+                self._audit_db = None
+                await db.close()  # (closing rolls it back)
+                self._audit_db = await self._open()
             raise
-
-    async def _insert_rows(self, rows: list[AuditRecord]) -> None:
-        await self.db.execute(
-            "INSERT INTO audit_event (id, recorded, patient_pnr, audience, user_hsa_id, outcome,"
-            " request_id, event) VALUES "
-            + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(rows))
-            + " ON CONFLICT (id) DO UPDATE SET outcome = excluded.outcome, event = excluded.event"
-            f" WHERE audit_event.outcome = {NO_OUTCOME}",  # only a begun event is replaced
-            [v for r in rows for v in (*r.row()[:-1], orjson.dumps(r.event))],
-        )
 
     async def _fetch(self, sql: str, *args: object) -> list[Any]:
         try:
@@ -133,6 +143,17 @@ class SqliteStore(Store):
             patient_pnr,
         )
         return [_row(r) for r in rows]
+
+
+async def _insert_rows(db: aiosqlite.Connection, rows: list[AuditRecord]) -> None:
+    await db.execute(
+        "INSERT INTO audit_event (id, recorded, patient_pnr, audience, user_hsa_id, outcome,"
+        " request_id, event) VALUES "
+        + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(rows))
+        + " ON CONFLICT (id) DO UPDATE SET outcome = excluded.outcome, event = excluded.event"
+        f" WHERE audit_event.outcome = {NO_OUTCOME}",  # only a begun event is replaced
+        [v for r in rows for v in (*r.row()[:-1], orjson.dumps(r.event))],
+    )
 
 
 def _row(r: Any) -> ConsentRow:

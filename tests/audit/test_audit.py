@@ -20,7 +20,7 @@ from proxy.fhir.http import STORE_KEY
 from proxy.settings import StoreSettings
 from proxy.simulators.population import GRETA, LENNART, SANNA, TOLVAN
 from proxy.store import NO_OUTCOME, AuditRecord, Store, StoreUnavailable, open_store
-from tests.conftest import BASE, POSTGRES_DSN, auth, pid, reset_postgres, validate
+from tests.conftest import BASE, POSTGRES_DSN, auth, consent_to, pid, reset_postgres, validate
 
 
 async def events(store: Store) -> list[dict[str, Any]]:
@@ -248,6 +248,32 @@ async def test_a_batch_too_large_for_one_statement_is_stored_whole_or_not_at_all
         stored = await store.all_audit_events()
     assert all(isinstance(r, StoreUnavailable) for r in results)
     assert stored == []  # the first 100 rows were not kept either
+
+
+async def test_a_consent_written_while_a_large_audit_batch_fails_is_kept(tmp_path: Path) -> None:
+    async with open_store_for("sqlite", tmp_path) as store:
+        records = [audit_record(f"ev-{i}", 0, {"i": i}) for i in range(150)]
+        records[120] = replace(records[120], patient_pnr=None)  # type: ignore[arg-type]  (NOT NULL)
+        pending = [store.submit_audit(r) for r in records]  # one batch: one transaction, rolled back
+        await consent_to(store, [TOLVAN.pnr])  # written while that transaction is open
+        await asyncio.gather(*pending, return_exceptions=True)
+        kept = await store.consents(TOLVAN.pnr)
+    assert len(kept) == 2  # neither consent went with the audit batch's rollback
+
+
+async def test_if_the_audit_writer_breaks_nobody_waits_for_it_and_nothing_is_disclosed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with open_store_for("sqlite", tmp_path) as store:
+        waiting = store.submit_audit(audit_record("ev-waiting", 0, {}))
+        store.submit_audit(object())  # type: ignore[arg-type]  (something the writer cannot handle)
+        with pytest.raises(StoreUnavailable):
+            await waiting
+        with pytest.raises(StoreUnavailable):
+            store.submit_audit(audit_record("ev-later", 0, {}))
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    assert "the audit writer stopped (AttributeError)" in logged
+    assert "ev-waiting" in logged and "ev-later" in logged
 
 
 async def test_what_the_store_cannot_store_before_it_closes_is_logged_by_event_id(
