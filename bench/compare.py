@@ -69,6 +69,9 @@ async def compare(args: argparse.Namespace, procs: run.Processes, tmp: Path) -> 
     for i, text in enumerate(args.variant):
         name = f"variant-{i + 1}"
         port = run.free_port()
+        own = tmp / name  # each variant its own store (its access log, its registered consents)
+        own.mkdir()
+        config = run.write_config(own, "facade", sims, pem, {"enabled": False})
         argv = [*run.fhir_facade(), "--config", str(config), "serve", "--host", run.HOST, "--port", str(port)]
         procs.start(name, argv, {**variant_env(text), PATIENT_ID_KEY_ENV: key_b64})
         base = f"http://{run.HOST}:{port}"
