@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import json
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -399,46 +399,40 @@ async def test_an_access_whose_completion_cannot_be_stored_stays_logged_as_begun
     assert failures and all(TOLVAN.pnr not in r.getMessage() for r in caplog.records)
 
 
-async def test_an_access_refused_because_the_consents_cannot_be_read_is_logged_as_failed(facade: Any) -> None:
-    async with facade() as f:
-        audit = f.client.server.app[STORE_KEY]
+def consents_unreadable(store: Store) -> None:
+    async def unreadable(pnr: str) -> Any:
+        raise StoreUnavailable("consent read failed")
 
-        async def unreadable(pnr: str) -> Any:
-            raise StoreUnavailable("consent read failed")
-
-        audit.consents = unreadable
-        resp = await f.client.get(
-            f"{BASE}/Patient/{pid(TOLVAN.pnr)}/$everything", headers={"X-Request-ID": "no-consents"}
-        )
-        text = await resp.text()
-        (event,) = await events(audit)
-    assert resp.status == 503 and "Tolvan" not in text
-    assert request_id(event) == "no-consents" and event["outcome"] == "12"
-    assert "disclosed" not in json.dumps(event)
+    store.consents = unreadable  # type: ignore[method-assign]
 
 
-async def test_an_access_whose_begun_event_could_not_be_stored_is_refused_and_logged_as_failed(
-    facade: Any,
+def first_audit_write_fails(store: Store) -> None:
+    """The begun event's write fails (a connection blip); the store takes the next one."""
+    insert = store._insert_audit
+    calls: list[int] = []
+
+    async def fails_once(records: list[AuditRecord]) -> None:
+        calls.append(len(records))
+        if len(calls) == 1:
+            raise OSError("connection reset")
+        await insert(records)
+
+    store._insert_audit = fails_once  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize("break_store", [consents_unreadable, first_audit_write_fails])
+async def test_an_access_refused_because_the_store_failed_is_logged_as_failed(
+    facade: Any, break_store: Callable[[Store], None]
 ) -> None:
     async with facade() as f:
         audit = f.client.server.app[STORE_KEY]
-        insert = audit._insert_audit
-        calls = 0
-
-        async def first_write_fails(records: list[AuditRecord]) -> None:
-            nonlocal calls
-            calls += 1
-            if calls == 1:
-                raise OSError("connection reset")
-            await insert(records)
-
-        audit._insert_audit = first_write_fails
+        break_store(audit)
         resp = await f.client.get(
-            f"{BASE}/Patient/{pid(TOLVAN.pnr)}/$everything", headers={"X-Request-ID": "blip"}
+            f"{BASE}/Patient/{pid(TOLVAN.pnr)}/$everything", headers={"X-Request-ID": "refused"}
         )
         text = await resp.text()
         (event,) = await events(audit)
     assert resp.status == 503 and "Tolvan" not in text
     # the store took the completion: it says the access failed, and that nothing was disclosed
-    assert request_id(event) == "blip" and event["outcome"] == "12"
+    assert request_id(event) == "refused" and event["outcome"] == "12"
     assert "disclosed" not in json.dumps(event)
