@@ -207,7 +207,7 @@ class BackendClient:
 class BackendRun:
     """One backend's share of a fan-out: its requests in flight, then its ``SourceResult``."""
 
-    __slots__ = ("client", "on_done", "outcomes", "pending", "result", "specs", "started", "tasks")
+    __slots__ = ("client", "on_done", "outcomes", "pending", "result", "started", "tasks")
 
     def __init__(
         self,
@@ -216,7 +216,6 @@ class BackendRun:
         on_done: Callable[[SourceResult], None] | None,
     ) -> None:
         self.client = client
-        self.specs = specs
         self.on_done = on_done
         self.outcomes: list[tuple[SourceStatus, str] | None] = [None] * len(specs)  # (status, detail)
         self.pending = len(specs)
