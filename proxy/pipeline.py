@@ -5,7 +5,9 @@
     access/       Principal × Query → AccessDecision                 (403; others' records as unknown)
     fanout/       ask the backends that can answer: each answer handed on as it arrives, then a
                   SourceResult (status, latency) per backend
-    mapping/run   raw answers → FHIR dicts (+ a SourceOutcome per degraded source)
+    mapping/run   raw answers → FHIR dicts (+ a SourceOutcome per degraded source); an answer
+                  that arrives while others are still out is mapped in the event loop's slack
+                  (proxy.slack), the rest when the last one is in
     access/pdl    whose records this asker may read: own provider, consents, blocks, emergency
                   (the patient's consents are read from the store while the backends answer)
     merge/        dedupe, provenance, stable order
@@ -19,6 +21,7 @@ The handlers in ``proxy.fhir.routes`` call ``collect`` and turn its ``Answer`` i
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -36,6 +39,7 @@ from proxy.mapping.run import MappedAnswer, map_answer, source_outcome
 from proxy.merge import merge
 from proxy.redact import Policy, redact
 from proxy.settings import Settings
+from proxy.slack import SlackJob, SlackQueue
 from proxy.store import Store, StoreUnavailable
 from proxy.timeutil import fhir_range
 from proxy.types import (
@@ -63,6 +67,7 @@ class Facade:
     store: Store | None = None  # consents (without one, only the patient reads: fail closed)
     cache: SourceCache | None = None
     engagement: EngagementIndex | None = None
+    slack: SlackQueue = field(default_factory=SlackQueue)  # mapping early answers, between other work
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,9 +132,9 @@ async def fetch_and_map(
     priority = {name: i for i, name in enumerate(facade.settings.source_priority)}
     answers: dict[str, dict[str, MappedAnswer]] = {name: {} for name in to_fetch}
 
-    def on_answer(source: str, spec: RequestSpec, body: bytes | None) -> None:
-        # each answer is mapped as it arrives, while others are still out — by every mapping that
-        # reads it, whatever type it makes: one cache entry per request serves any later query
+    def map_one(source: str, spec: RequestSpec, body: bytes | None) -> None:
+        # by every mapping that reads the answer, whatever type it makes: one cache entry per
+        # request serves any later query
         try:
             answers[source][spec.key] = map_answer(
                 body,
@@ -142,9 +147,25 @@ async def fetch_and_map(
             log.exception("mapping an answer from %s failed", source)
             answers[source][spec.key] = MappedAnswer([], readable=False)
 
-    results = await fan_out(
-        facade.clients, to_fetch, contexts, deadline_s=facade.settings.facade.deadline_s, on_answer=on_answer
-    )
+    jobs: list[SlackJob] = []
+
+    def on_answer(source: str, spec: RequestSpec, body: bytes | None) -> None:
+        # mapped while the other answers are still out, in the event loop's slack
+        jobs.append(facade.slack.defer(functools.partial(map_one, source, spec, body)))
+
+    try:
+        results = await fan_out(
+            facade.clients,
+            to_fetch,
+            contexts,
+            deadline_s=facade.settings.facade.deadline_s,
+            on_answer=on_answer,
+        )
+        for job in jobs:  # what the slack has not mapped yet is mapped now
+            job.run()
+    finally:
+        for job in jobs:
+            job.drop()
     asked = {name: {spec.key for spec in specs} for name, specs in to_fetch.items()}
     for result in results:
         mapped = source_outcome(result, answers[result.source])

@@ -1,0 +1,74 @@
+"""Answers that arrive while others are out are mapped in the event loop's slack; the request maps
+whatever the slack has not reached when its last answer is in, and drops it when it is cancelled."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from proxy.fhir.http import FACADE_KEY
+from proxy.pipeline import Facade, fetch_and_map
+from proxy.slack import SlackJob, SlackQueue
+
+TOLVAN = "191212121212"
+
+
+class _Stalled(SlackQueue):
+    """A loop so busy that its slack never comes: jobs wait until their owner runs them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.deferred: list[SlackJob] = []
+        self.ran = 0
+
+    def defer(self, work: Callable[[], None]) -> SlackJob:
+        def counted() -> None:
+            self.ran += 1
+            work()
+
+        job = SlackJob(counted)
+        self.deferred.append(job)
+        return job
+
+
+def _facade(running: Any, slack: SlackQueue) -> Facade:
+    return replace(running.client.server.app[FACADE_KEY], slack=slack)
+
+
+async def test_answers_the_slack_never_reached_are_mapped_by_the_request_itself(facade: Any) -> None:
+    async with facade() as f:
+        live = _facade(f, SlackQueue())
+        patient = live.ids.patient(TOLVAN)
+        types = live.mappings.resource_types
+        normal, normal_outcomes = await fetch_and_map(live, patient, types)
+        stalled = _Stalled()
+        mapped, outcomes = await fetch_and_map(_facade(f, stalled), patient, types)
+    assert normal and not normal_outcomes
+    assert sorted(r.resource["id"] for r in mapped) == sorted(r.resource["id"] for r in normal)
+    assert outcomes == []
+    assert stalled.deferred and stalled.ran == len(stalled.deferred)  # every answer, mapped once
+    assert not any(job.run() for job in stalled.deferred)
+
+
+async def test_a_cancelled_request_drops_the_mapping_it_no_longer_needs(facade: Any) -> None:
+    async with facade(faults={"npo": {"hang": True, "hang_s": 2}}) as f:
+        stalled = _Stalled()
+        live = _facade(f, stalled)
+        task = asyncio.ensure_future(
+            fetch_and_map(live, live.ids.patient(TOLVAN), live.mappings.resource_types)
+        )
+        for _ in range(500):  # Cosmic and Viva answer; NPÖ hangs
+            if len(stalled.deferred) >= 2:
+                break
+            await asyncio.sleep(0.01)
+        assert len(stalled.deferred) >= 2 and not task.done()
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+    assert task.cancelled()
+    assert stalled.ran == 0
+    assert not any(job.run() for job in stalled.deferred)  # dropped: they never run
