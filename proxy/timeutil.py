@@ -25,6 +25,10 @@ _FHIR_DATETIME = re.compile(
     r"(?:T(?P<H>[0-9]{2}):(?P<M>[0-9]{2})(?::(?P<S>[0-9]{2})(?P<frac>\.[0-9]+)?)?"
     r"(?P<tz>Z|[+-](?:0[0-9]|1[0-4]):[0-5][0-9])?)?)?)?"
 )
+# ... and the form nearly every clinical time has: to the second, with its zone
+_SECOND_WITH_ZONE = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:Z|[+-](?:0[0-9]|1[0-4]):[0-5][0-9])"
+)
 
 
 def format_kind(fmt: str) -> str:
@@ -74,12 +78,12 @@ def fhir_range(value: str) -> tuple[float, float]:
     minute or second is always that long. Raises ValueError for anything that is not a FHIR date
     value, including dates beyond what can be represented (9999-12-31 and the like).
     """
+    if _SECOND_WITH_ZONE.fullmatch(value) and "0001" < value[:4] < "9999" and value[11:13] < "24":
+        lo = datetime.fromisoformat(value).timestamp()  # the common case: a second, zone given
+        return lo, lo + 1.0
     m = _FHIR_DATETIME.fullmatch(value)
     if not m:
         raise ValueError(f"not a FHIR date/dateTime: {value!r}")
-    if m["tz"] and m["S"] and not m["frac"] and "0001" < m["y"] < "9999" and m["H"] < "24":
-        lo = datetime.fromisoformat(value).timestamp()  # the common case: a second, zone given
-        return lo, lo + 1.0
     y = int(m["y"])
     mo = int(m["m"]) if m["m"] else None
     d = int(m["d"]) if m["d"] else None

@@ -44,6 +44,8 @@ def test_the_other_precisions_keep_their_widths(value: str, lo: datetime, width:
         "0001-01-01T00:00:00+01:00",
         "2024-02-30T10:00:00+01:00",
         "2024-05-15 10:00",
+        "2024-05-15T10:00:00+15:00",  # no zone is that far from UTC
+        "2024-05-15T10:00:0\u0661+01:00",  # a digit, but not an ASCII one
         "2024-05-15T24:00:00+02:00",  # hour 24 (newer Pythons would read it as midnight)
     ],
 )

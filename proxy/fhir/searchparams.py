@@ -126,6 +126,9 @@ def sort_time(resource: FhirDict) -> float | None:
 
 
 def _values(node: Any, path: str) -> list[Any]:
+    if "." not in path:  # (most paths: one element of the resource)
+        v = node.get(path) if isinstance(node, dict) else None
+        return v if isinstance(v, list) else [] if v is None else [v]
     current = [node]
     for key in path.split("."):
         nxt: list[Any] = []
