@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import aiohttp
+from yarl import URL
 
 from proxy.fanout.breaker import CircuitBreaker
 from proxy.mapping.compiler import Context, RequestSpec
@@ -48,6 +49,7 @@ class BackendClient:
     session: aiohttp.ClientSession
     max_body_bytes: int
     breaker: CircuitBreaker
+    base: str  # the base URL, to which each request's target is appended
     # how long this backend has been taking to answer a whole fetch (exponentially weighted, ms):
     # fan-out asks the slowest first, so its calls leave before the quick backends' calls
     typical_ms: float = 0.0
@@ -59,18 +61,20 @@ class BackendClient:
             limit_per_host=settings.limit_per_host,
             keepalive_timeout=15,  # below the common 30-75 s server keep-alive, to avoid reuse races
         )
-        timeout = aiohttp.ClientTimeout(
-            total=settings.total_timeout_s, sock_connect=settings.connect_timeout_s
-        )
+        # the total budget is the run's (one timer per backend and request, see BackendRun.expire);
+        # an aiohttp ``total`` would cost a timer and its bookkeeping per backend call
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout_s)
         session = aiohttp.ClientSession(
-            base_url=settings.base_url + "/",
             connector=connector,
             timeout=timeout,
             raise_for_status=False,
             auto_decompress=True,
         )
         breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_open_s)
-        return cls(settings=settings, session=session, max_body_bytes=max_body_bytes, breaker=breaker)
+        base = str(URL(settings.base_url.rstrip("/")))  # (percent-encoded, as the request targets are)
+        return cls(
+            settings=settings, session=session, max_body_bytes=max_body_bytes, breaker=breaker, base=base
+        )
 
     async def close(self) -> None:
         await self.session.close()
@@ -98,6 +102,7 @@ class BackendClient:
         run.tasks = [
             asyncio.ensure_future(self._ask(run, i, spec, ctx, on_answer)) for i, spec in enumerate(specs)
         ]
+        run.timer = asyncio.get_running_loop().call_later(self.settings.total_timeout_s, run.expire)
         return run
 
     async def fetch(
@@ -116,7 +121,7 @@ class BackendClient:
         self, run: BackendRun, i: int, spec: RequestSpec, ctx: Context, on_answer: OnAnswer | None
     ) -> None:
         outcome = await self._one(spec, ctx)
-        if run.result is not None:  # abandoned at the deadline while this answer was on its way
+        if run.result is not None:  # out of time while this answer was on its way
             return
         if on_answer is not None and outcome[0] is SourceStatus.OK:
             try:
@@ -150,15 +155,13 @@ class BackendClient:
     async def _one(self, spec: RequestSpec, ctx: Context) -> tuple[SourceStatus, bytes | None, str]:
         """One request. A connection the backend closed before answering is retried once for an
         idempotent GET — by aiohttp itself (RFC 9112 §9.3.1), never for a POST."""
-        budget = self.settings.total_timeout_s
         try:
-            path, query, headers, body = spec.render(ctx)
+            request = spec.render(ctx)
             async with self.session.request(
                 spec.method,
-                path.lstrip("/"),
-                params=query,
-                data=body,
-                headers=headers,
+                URL(self.base + request.target, encoded=True),  # (yarl need not parse and re-quote it)
+                data=request.body,
+                headers=request.headers,
                 allow_redirects=False,  # a request naming a patient goes to the configured host only
             ) as resp:
                 if resp.status in self.settings.empty_statuses:
@@ -166,8 +169,8 @@ class BackendClient:
                 if not 200 <= resp.status < 300:
                     return SourceStatus.ERROR, None, f"answered HTTP {resp.status}"
                 return SourceStatus.OK, await self._read(resp), ""
-        except TimeoutError:
-            return SourceStatus.TIMEOUT, None, f"no complete answer within {budget:g} s"
+        except TimeoutError:  # (connecting; the total budget is the run's)
+            return SourceStatus.TIMEOUT, None, "could not connect in time"
         except _TooLarge:
             return SourceStatus.INVALID, None, f"answer larger than {self.max_body_bytes} bytes"
         except aiohttp.ClientPayloadError:
@@ -207,7 +210,7 @@ class BackendClient:
 class BackendRun:
     """One backend's share of a fan-out: its requests in flight, then its ``SourceResult``."""
 
-    __slots__ = ("client", "on_done", "outcomes", "pending", "result", "started", "tasks")
+    __slots__ = ("client", "on_done", "outcomes", "pending", "result", "started", "tasks", "timer")
 
     def __init__(
         self,
@@ -221,20 +224,34 @@ class BackendRun:
         self.pending = len(specs)
         self.started = time.perf_counter()
         self.tasks: list[asyncio.Task[None]] = []
+        self.timer: asyncio.TimerHandle | None = None
         self.result: SourceResult | None = None
 
     def settle(self, result: SourceResult) -> None:
         self.result = result
+        if self.timer is not None:
+            self.timer.cancel()
         if self.on_done is not None:
             self.on_done(result)
 
-    def abandon(self, detail: str, *, its_fault: bool = True) -> None:
-        """Cut off the requests still out. Answers already handed on stay handed on. Cut off at the
-        deadline (``its_fault``), the backend counts as timed out — for the breaker, and as slow, so
-        that it is asked first next time; cut off because the request itself was cancelled (its
-        client left), it counts as neither."""
+    def expire(self) -> None:
+        """The backend's total budget has run out: cut off what is still out, and settle as timed out."""
         if self.result is not None:
             return
+        self.abandon(f"no complete answer within {self.client.settings.total_timeout_s:g} s")
+        if self.on_done is not None:
+            assert self.result is not None
+            self.on_done(self.result)
+
+    def abandon(self, detail: str, *, its_fault: bool = True) -> None:
+        """Cut off the requests still out. Answers already handed on stay handed on. Cut off at the
+        request's deadline or at the end of its own budget (``its_fault``), the backend counts as
+        timed out — for the breaker, and as slow, so that it is asked first next time; cut off
+        because the request itself was cancelled (its client left), it counts as neither."""
+        if self.result is not None:
+            return
+        if self.timer is not None:
+            self.timer.cancel()
         for task in self.tasks:
             task.cancel()
         latency = (time.perf_counter() - self.started) * 1000

@@ -23,11 +23,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+import string
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import Any
-from urllib.parse import quote
+from typing import Any, NamedTuple
+from urllib.parse import quote, urlencode
 from xml.sax.saxutils import escape as xml_escape
 
 from proxy.mapping.paths import Finder, First, PathError, compile_first, compile_path, dotted_keys
@@ -92,26 +93,63 @@ class RequestSpec:
     # Identity of the fetch: mappings with equal keys are served by one backend call (and share
     # a cache entry). Derived once here; it is read several times per request and per backend call.
     key: str = field(init=False, compare=False)
+    _path: str = field(init=False, compare=False, repr=False)  # the path template, percent-encoded
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "key", f"{self.method} {self.path} {self.query} {self.headers} {self.body}")
+        object.__setattr__(self, "_path", _encoded_path_template(self.path))
 
-    def render(self, ctx: Context) -> tuple[str, list[tuple[str, str]], dict[str, str], bytes | None]:
+    def render(self, ctx: Context) -> Rendered:
         """Path, query, headers and body with the request's context filled in.
 
-        Values are escaped for where they go: URL path segments are percent-encoded, and an XML
-        body gets XML escaping (context values come from validated identifiers and config, but a
-        config value must not be able to break an envelope either).
+        Values are escaped for where they go: the path is percent-encoded (a context value as one
+        segment), and an XML body gets XML escaping (context values come from validated identifiers
+        and config, but a config value must not be able to break an envelope either).
         """
         plain = _ContextView(ctx)
-        path = self.path.format_map(_ContextView(ctx, lambda v: quote(v, safe="")))
+        path = self._path.format_map(_ContextView(ctx, _segment))
         query = [(k, v.format_map(plain)) for k, v in self.query]
         headers = {k: v.format_map(plain) for k, v in self.headers}
         body = None
         if self.body is not None:
             escape = xml_escape if self.format == "xml" else None
             body = self.body.format_map(_ContextView(ctx, escape)).encode()
-        return path, query, headers, body
+        return Rendered(path, query, headers, body)
+
+
+class Rendered(NamedTuple):
+    """One request, ready to send."""
+
+    path: str  # percent-encoded
+    query: list[tuple[str, str]]  # as the template gives it (not yet encoded)
+    headers: dict[str, str]
+    body: bytes | None
+
+    @property
+    def target(self) -> str:
+        """Path and query string, percent-encoded: what follows the backend's base URL."""
+        return f"{self.path}?{urlencode(self.query, quote_via=quote)}" if self.query else self.path
+
+
+# what a path may hold as it is: unreserved characters, sub-delimiters, ":", "@", "/" (RFC 3986
+# §3.3), and "%" (the configured path may be percent-encoded already)
+_PATH_SAFE = "/:@!$&'()*+,;=-._~%"
+
+
+def _segment(value: str) -> str:
+    return quote(value, safe="")
+
+
+def _encoded_path_template(template: str) -> str:
+    """The path template with its own characters percent-encoded where the URL syntax needs it (a
+    space, a non-ASCII letter); the ``{@name}`` fields are kept for ``format_map``."""
+    out = []
+    for literal, name, spec, conversion in string.Formatter().parse(template):
+        out.append(quote(literal, safe=_PATH_SAFE))
+        if name is not None:
+            fmt = name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "")
+            out.append("{" + fmt + "}")
+    return "".join(out)
 
 
 class _ContextView:
@@ -767,15 +805,15 @@ def _compile_request(c: _Compiler, spec: Any) -> RequestSpec:
     headers = spec.get("headers", {}) or {}
     if not isinstance(query, dict) or not isinstance(headers, dict):
         raise c.fail("request", "query and headers expect mappings of name: template")
-    rs = RequestSpec(
-        method=method,
-        path=path,
-        query=tuple((str(k), str(v)) for k, v in query.items()),
-        body=body,
-        headers=tuple((str(k), str(v)) for k, v in headers.items()),
-        format=fmt,
-    )
     try:
+        rs = RequestSpec(
+            method=method,
+            path=path,
+            query=tuple((str(k), str(v)) for k, v in query.items()),
+            body=body,
+            headers=tuple((str(k), str(v)) for k, v in headers.items()),
+            format=fmt,
+        )
         rs.render({k: "x" for k in c.context_names})
     except (KeyError, ValueError, IndexError) as exc:
         raise c.fail("request", f"template uses an unknown context name or bad braces: {exc}") from None

@@ -100,7 +100,7 @@ def request(path: str = "/x", method: str = "GET") -> RequestSpec:
 
 
 @contextlib.asynccontextmanager
-async def backend(handle: Handler, name: str = "cosmic") -> AsyncIterator[BackendClient]:
+async def backend(handle: Handler, name: str = "cosmic", **tuning: Any) -> AsyncIterator[BackendClient]:
     """A raw loopback HTTP server answering with ``handle``, and a BackendClient for it; on exit
     both are closed, with every connection the server still holds."""
     writers: list[asyncio.StreamWriter] = []
@@ -112,7 +112,7 @@ async def backend(handle: Handler, name: str = "cosmic") -> AsyncIterator[Backen
     server = await asyncio.start_server(tracked, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     client = BackendClient.open(
-        replace(load_settings().backend(name), base_url=f"http://127.0.0.1:{port}"), 1 << 20
+        replace(load_settings().backend(name), base_url=f"http://127.0.0.1:{port}", **tuning), 1 << 20
     )
     try:
         yield client
@@ -310,6 +310,35 @@ async def test_a_backend_cut_off_at_the_deadline_counts_as_slow() -> None:
     assert seen == ["/quick"]  # what arrived before the deadline was handed on; nothing after it
     assert client.typical_ms >= 150  # so the next request asks it first
     assert client.breaker.state == "closed"  # one failure counted, not enough to open it
+
+
+async def test_a_backend_out_of_its_own_budget_settles_at_once_with_what_it_answered() -> None:
+    release = asyncio.Event()
+
+    async def slow_but_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        if not head.startswith(b"GET /quick "):
+            await release.wait()  # never answers while the test runs
+        writer.write(OK_EMPTY)
+
+    seen: list[str] = []
+    async with backend(slow_but_one, "viva", total_timeout_s=0.2) as client:
+        try:
+            started = time.perf_counter()
+            result = await asyncio.wait_for(
+                client.fetch(
+                    [request("/x"), request("/quick")], {}, lambda b, spec, body: seen.append(spec.path)
+                ),
+                timeout=2.0,
+            )
+            took = time.perf_counter() - started
+        finally:
+            release.set()
+    assert result.status is SourceStatus.TIMEOUT
+    assert result.detail == "no complete answer within 0.2 s"
+    assert 0.2 <= took < 1.0  # its budget, not the request's deadline
+    assert seen == ["/quick"]  # what it answered in time was handed on
+    assert client.typical_ms >= 150 and client.breaker.state == "closed"  # counted: slow, one failure
 
 
 async def test_an_answer_that_cannot_be_handed_on_still_counts() -> None:

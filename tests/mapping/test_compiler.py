@@ -11,6 +11,7 @@ import base64
 import string
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, unquote
 
 import jsonpath_ng.ext
 import pytest
@@ -605,6 +606,19 @@ def test_request_renders_context() -> None:
     assert path == "/api/19121212-1212/x"
     assert query == [("id", "191212121212"), ("n", "5")]
     assert body is None
+
+
+def test_request_target_is_percent_encoded_whatever_the_template_and_the_values_hold() -> None:
+    d = doc(request={"path": "/api/vård plan/{@pnr}/x%20y", "query": {"q": "{@pnr}", "är": "a b&c=d+e"}})
+    request = compile_doc(d).request.render({**CTX, "pnr": "ab/c d?"})
+    # the template's own space and "å" are encoded, its "%20" kept; a value is one path segment
+    assert request.path == "/api/v%C3%A5rd%20plan/ab%2Fc%20d%3F/x%20y"
+    assert request.target == request.path + "?q=ab%2Fc%20d%3F&%C3%A4r=a%20b%26c%3Dd%2Be"
+    # and read back, it is what the template and the values say
+    path, _, query = request.target.partition("?")
+    assert [unquote(s) for s in path.split("/")] == ["", "api", "vård plan", "ab/c d?", "x y"]
+    assert parse_qsl(query) == [("q", "ab/c d?"), ("är", "a b&c=d+e")]
+    assert compile_doc(doc(request={"path": "/p/{@pnr}"})).request.render(CTX).target == "/p/191212121212"
 
 
 # ---- compile errors name the file and the key ---------------------------------------------------
