@@ -87,6 +87,11 @@ def fhir_range(value: str) -> tuple[float, float]:
     y = int(m["y"])
     mo = int(m["m"]) if m["m"] else None
     d = int(m["d"]) if m["d"] else None
+    if m["H"] is None:  # a year, month or day: Swedish local time, no zone can be given
+        span = _local_span(y, mo, d)
+        if span is None:
+            raise ValueError(f"date out of range: {value!r}")
+        return span
     tz = m["tz"]
     zone: ZoneInfo | timezone = SWEDEN
     if tz == "Z":
@@ -94,28 +99,37 @@ def fhir_range(value: str) -> tuple[float, float]:
     elif tz:
         sign = 1 if tz[0] == "+" else -1
         zone = timezone(sign * timedelta(hours=int(tz[1:3]), minutes=int(tz[4:6])))
+    assert d is not None and mo is not None  # (a time comes with a full date)
     try:
-        if mo is None:
-            start = datetime(y, 1, 1, tzinfo=zone)
-            end = datetime(y + 1, 1, 1, tzinfo=zone)
-        elif d is None:
-            start = datetime(y, mo, 1, tzinfo=zone)
-            end = datetime(y + (mo == 12), mo % 12 + 1, 1, tzinfo=zone)
-        elif m["H"] is None:
-            start = datetime(y, mo, d, tzinfo=zone)
-            end = start + timedelta(days=1)  # wall-clock day: DST days are 23/25 h
+        H, M = int(m["H"]), int(m["M"])
+        if m["S"] is None:
+            start, width = datetime(y, mo, d, H, M, tzinfo=zone), timedelta(minutes=1)
         else:
-            H, M = int(m["H"]), int(m["M"])
-            if m["S"] is None:
-                start, width = datetime(y, mo, d, H, M, tzinfo=zone), timedelta(minutes=1)
-            else:
-                frac = m["frac"] or ""
-                start = datetime(y, mo, d, H, M, int(m["S"]), tzinfo=zone)
-                start += timedelta(seconds=float(frac) if frac else 0.0)
-                digits = min(len(frac) - 1, 6) if frac else 0
-                width = timedelta(seconds=10**-digits)
-            start = start.astimezone(UTC)  # sub-day widths are exact, whatever the clocks do
-            end = start + width
-        return start.timestamp(), end.timestamp()
+            frac = m["frac"] or ""
+            start = datetime(y, mo, d, H, M, int(m["S"]), tzinfo=zone)
+            start += timedelta(seconds=float(frac) if frac else 0.0)
+            digits = min(len(frac) - 1, 6) if frac else 0
+            width = timedelta(seconds=10**-digits)
+        start = start.astimezone(UTC)  # sub-day widths are exact, whatever the clocks do
+        return start.timestamp(), (start + width).timestamp()
     except OverflowError:
         raise ValueError(f"date out of range: {value!r}") from None
+
+
+# Dates recur (the day of a record, "9999-12-31" for "until further notice"); each is a lookup once
+# its span is known. None: not a date that exists, or beyond what can be represented.
+@functools.lru_cache(maxsize=16_384)
+def _local_span(y: int, mo: int | None, d: int | None) -> tuple[float, float] | None:
+    try:
+        if mo is None:
+            start = datetime(y, 1, 1, tzinfo=SWEDEN)
+            end = datetime(y + 1, 1, 1, tzinfo=SWEDEN)
+        elif d is None:
+            start = datetime(y, mo, 1, tzinfo=SWEDEN)
+            end = datetime(y + (mo == 12), mo % 12 + 1, 1, tzinfo=SWEDEN)
+        else:
+            start = datetime(y, mo, d, tzinfo=SWEDEN)
+            end = start + timedelta(days=1)  # wall-clock day: DST days are 23/25 h
+        return start.timestamp(), end.timestamp()
+    except (OverflowError, ValueError):
+        return None

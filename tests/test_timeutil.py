@@ -29,6 +29,11 @@ def test_a_datetime_with_seconds_and_a_zone_is_that_second(moment: datetime, zon
         ("2024-05-15T10:00:00.5+02:00", datetime(2024, 5, 15, 8, 0, 0, 500000, tzinfo=UTC), 0.1),
         ("2024-05-15T10:00+02:00", datetime(2024, 5, 15, 8, 0, tzinfo=UTC), 60.0),
         ("2024-05-15T10:00:00", datetime(2024, 5, 15, 8, 0, tzinfo=UTC), 1.0),  # no zone: Swedish time
+        ("2024-05-15", datetime(2024, 5, 14, 22, 0, tzinfo=UTC), 24 * 3600.0),  # a Swedish day
+        ("2024-03-31", datetime(2024, 3, 30, 23, 0, tzinfo=UTC), 23 * 3600.0),  # clocks forward
+        ("2024-10-27", datetime(2024, 10, 26, 22, 0, tzinfo=UTC), 25 * 3600.0),  # clocks back
+        ("2024-12", datetime(2024, 11, 30, 23, 0, tzinfo=UTC), 31 * 24 * 3600.0),
+        ("2024", datetime(2023, 12, 31, 23, 0, tzinfo=UTC), 366 * 24 * 3600.0),
     ],
 )
 def test_the_other_precisions_keep_their_widths(value: str, lo: datetime, width: float) -> None:
@@ -41,6 +46,10 @@ def test_the_other_precisions_keep_their_widths(value: str, lo: datetime, width:
     "value",
     [
         "9999-12-31T23:59:59-01:00",
+        "9999-12-31",  # legacy "until further notice": its day's end is beyond what can be represented
+        "9999",
+        "2024-02-30",
+        "2024-13",
         "0001-01-01T00:00:00+01:00",
         "2024-02-30T10:00:00+01:00",
         "2024-05-15 10:00",
