@@ -285,17 +285,22 @@ async def test_a_backend_asked_for_nothing_answers_at_once() -> None:
     assert result.status is SourceStatus.OK
 
 
-async def test_a_backend_cut_off_at_the_deadline_counts_as_slow() -> None:
-    release = asyncio.Event()
+def _quick_only(release: asyncio.Event) -> Handler:
+    """A backend that answers ``GET /quick`` at once and nothing else until ``release`` is set."""
 
-    async def slow_but_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await reader.readuntil(b"\r\n\r\n")
         if not head.startswith(b"GET /quick "):
             await release.wait()  # never answers while the test runs
         writer.write(OK_EMPTY)
 
+    return handle
+
+
+async def test_a_backend_cut_off_at_the_deadline_counts_as_slow() -> None:
+    release = asyncio.Event()
     seen: list[str] = []
-    async with backend(slow_but_one, "npo") as client:
+    async with backend(_quick_only(release), "npo") as client:
         try:
             results = await fan_out(
                 {"npo": client},
@@ -314,15 +319,8 @@ async def test_a_backend_cut_off_at_the_deadline_counts_as_slow() -> None:
 
 async def test_a_backend_out_of_its_own_budget_settles_at_once_with_what_it_answered() -> None:
     release = asyncio.Event()
-
-    async def slow_but_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await reader.readuntil(b"\r\n\r\n")
-        if not head.startswith(b"GET /quick "):
-            await release.wait()  # never answers while the test runs
-        writer.write(OK_EMPTY)
-
     seen: list[str] = []
-    async with backend(slow_but_one, "viva", total_timeout_s=0.2) as client:
+    async with backend(_quick_only(release), "viva", total_timeout_s=0.2) as client:
         try:
             started = time.perf_counter()
             result = await asyncio.wait_for(
