@@ -253,8 +253,8 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
             },
         )
         url = b.get("base_url")
-        if not isinstance(url, str) or not re.match(r"^https?://", url):
-            raise r.fail(f"{where}.base_url", "expects an http(s) URL")
+        if not isinstance(url, str) or not re.match(r"^https?://[^?#]+$", url):
+            raise r.fail(f"{where}.base_url", "expects an http(s) URL, without a query or fragment")
         t = r.section(b.get("timeout"), f"{where}.timeout", {"connect_s", "total_s"})
         br = r.section(b.get("breaker"), f"{where}.breaker", {"failures", "open_s"})
         statuses = b.get("empty_statuses", [])

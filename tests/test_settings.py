@@ -40,6 +40,7 @@ def test_the_shipped_config_loads() -> None:
         ({"facade.base_path": "fhir"}, "facade.base_path"),
         ({"facade.colour": "blue"}, "facade"),
         ({"backends.cosmic.base_url": "ftp://x"}, "backends.cosmic.base_url"),
+        ({"backends.cosmic.base_url": "http://x/api?k=1"}, "backends.cosmic.base_url"),  # paths follow it
         ({"backends.cosmic.timeout": {"total_s": 0}}, "backends.cosmic.timeout.total_s"),
         ({"backends.cosmic.empty_statuses": [200]}, "backends.cosmic.empty_statuses"),
         ({"merge.source_priority": ["cosmic", "viva"]}, "merge.source_priority"),

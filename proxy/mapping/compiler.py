@@ -136,7 +136,12 @@ class Rendered(NamedTuple):
 _PATH_SAFE = "/:@!$&'()*+,;=-._~%"
 
 
+_LONE_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")  # a "%" that does not start an escape
+
+
 def _segment(value: str) -> str:
+    if value in (".", ".."):  # a value is one segment, never a step up the path
+        return value.replace(".", "%2E")
     return quote(value, safe="")
 
 
@@ -145,7 +150,7 @@ def _encoded_path_template(template: str) -> str:
     space, a non-ASCII letter); the ``{@name}`` fields are kept for ``format_map``."""
     out = []
     for literal, name, spec, conversion in string.Formatter().parse(template):
-        out.append(quote(literal, safe=_PATH_SAFE))
+        out.append(quote(_LONE_PERCENT.sub("%25", literal), safe=_PATH_SAFE))
         if name is not None:
             fmt = name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "")
             out.append("{" + fmt + "}")

@@ -619,6 +619,9 @@ def test_request_target_is_percent_encoded_whatever_the_template_and_the_values_
     assert [unquote(s) for s in path.split("/")] == ["", "api", "vård plan", "ab/c d?", "x y"]
     assert parse_qsl(query) == [("q", "ab/c d?"), ("är", "a b&c=d+e")]
     assert compile_doc(doc(request={"path": "/p/{@pnr}"})).request.render(CTX).target == "/p/191212121212"
+    # a "%" that starts no escape is itself encoded; a value of ".." is a segment, not a step up
+    lone = compile_doc(doc(request={"path": "/p/100%/{@pnr}"})).request
+    assert lone.render({**CTX, "pnr": ".."}).target == "/p/100%25/%2E%2E"
 
 
 # ---- compile errors name the file and the key ---------------------------------------------------
