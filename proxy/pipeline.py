@@ -161,11 +161,12 @@ async def fetch_and_map(
             deadline_s=facade.settings.facade.deadline_s,
             on_answer=on_answer,
         )
-        for job in jobs:  # what the slack has not mapped yet is mapped now
-            job.run()
-    finally:
+    except BaseException:  # (cancelled: its client left) nothing more is mapped for it
         for job in jobs:
             job.drop()
+        raise
+    for job in jobs:  # what the slack has not mapped yet is mapped now
+        job.run()
     asked = {name: {spec.key for spec in specs} for name, specs in to_fetch.items()}
     for result in results:
         mapped = source_outcome(result, answers[result.source])
