@@ -20,7 +20,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
@@ -140,7 +140,7 @@ class RedisCache(_Ages):
     async def put(
         self, backend: str, request_key: str, patient_id: str, resources: tuple[MappedResource, ...]
     ) -> None:
-        doc = {"stored_at": self.clock(), "resources": [asdict(r) for r in resources]}
+        doc = {"stored_at": self.clock(), "resources": [r._asdict() for r in resources]}
         expire_ms = max(1, int((self.ttl_s + self.max_stale_s) * 1000))
         try:
             await self.client.set(

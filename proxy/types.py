@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 FhirDict = dict[str, Any]
 
@@ -99,12 +99,13 @@ class SourceResult:
     detail: str = ""  # a short, non-sensitive description of what went wrong
 
 
-@dataclass(frozen=True, slots=True)
-class MappedResource:
+class MappedResource(NamedTuple):
     """One FHIR resource produced by a mapping, with the data merge and sort need beside it.
 
-    Frozen, like the resource itself once mapped (the cache shares both): a stage that changes a
-    resource makes a new one, with ``refs`` to match (redaction trusts them)."""
+    Immutable, like the resource itself once mapped (the cache shares both): a stage that changes a
+    resource makes a new one (``_replace``), with ``refs`` to match (redaction trusts them). A
+    NamedTuple rather than a frozen dataclass: one is made per mapped resource, and a tuple is made
+    in one step where a frozen dataclass sets each field through ``object.__setattr__``."""
 
     resource: FhirDict
     source: str

@@ -27,45 +27,51 @@ from proxy.types import PatientRef
 PATIENT_ID_LENGTH = 26
 _VERSION = 0x01
 _ID_CHARS = re.compile(r"[A-Za-z0-9\-.]{1,64}")  # FHIR id
+_B32_VALUE = {c: i for i, c in enumerate("abcdefghijklmnopqrstuvwxyz234567")}
 
 
 class PatientIds:
-    """Encode a personnummer as an opaque Patient id and back. Keys are 16, 24 or 32 bytes."""
+    """Encode a personnummer as an opaque Patient id and back. Keys are 16, 24 or 32 bytes.
+
+    One instance serves one event loop (not shared between threads): an ECB context holds no state
+    between whole blocks, so the two contexts are made once and each call passes exactly one block.
+    """
 
     def __init__(self, key: bytes) -> None:
         if len(key) not in (16, 24, 32):
             raise ValueError("the patient id key must be 16, 24 or 32 bytes")
-        self._cipher = Cipher(algorithms.AES(key), modes.ECB())  # one block: a keyed permutation
+        cipher = Cipher(algorithms.AES(key), modes.ECB())  # one block: a keyed permutation
+        self._encrypt = cipher.encryptor().update
+        self._decrypt = cipher.decryptor().update
 
     def encode(self, pnr: str) -> str:
         block = bytes([_VERSION]) + bytes.fromhex(pnr) + bytes(9)
-        enc = self._cipher.encryptor()
-        raw = enc.update(block) + enc.finalize()
-        return base64.b32encode(raw).decode("ascii").rstrip("=").lower()
+        return base64.b32encode(self._encrypt(block)).decode("ascii").rstrip("=").lower()
 
     def decode(self, patient_id: str) -> str | None:
         """The personnummer behind an id, or None if the id is not one of ours."""
         if len(patient_id) != PATIENT_ID_LENGTH or patient_id != patient_id.lower():
             return None
+        # 26 base32 characters carry 130 bits for the 128 of a block: only the spelling whose last
+        # character leaves the two spare bits zero is the id (the others decode to the same block)
+        if _B32_VALUE.get(patient_id[-1], 1) & 3:
+            return None
         try:
             raw = base64.b32decode(patient_id.upper() + "======")
         except (binascii.Error, ValueError):
             return None
-        dec = self._cipher.decryptor()
-        block = dec.update(raw) + dec.finalize()
+        block = self._decrypt(raw)
         if block[0] != _VERSION or block[7:] != bytes(9):
             return None
         pnr = block[1:7].hex()
-        if not is_valid_pnr(pnr) or self.encode(pnr) != patient_id:
-            return None  # base32's last character has spare bits: only the canonical spelling counts
-        return pnr
+        return pnr if is_valid_pnr(pnr) else None
 
     def patient(self, pnr: str) -> PatientRef:
         return PatientRef(pnr=pnr, fhir_id=self.encode(pnr), system=system_of(pnr))
 
     def resolve(self, patient_id: str) -> PatientRef | None:
         pnr = self.decode(patient_id)
-        return None if pnr is None else self.patient(pnr)
+        return None if pnr is None else PatientRef(pnr=pnr, fhir_id=patient_id, system=system_of(pnr))
 
 
 def patient_part(resource_id_: str) -> str:

@@ -252,9 +252,10 @@ class _Compiler:
         except PathError as exc:
             raise self.fail(where, str(exc)) from None
 
-    def template(self, text: str, where: str) -> Builder:
-        """``"Patient/{@patient_id}"``: record paths and context names; None if any part is missing."""
-        parts: list[str | tuple[str, Any]] = []
+    def template(self, text: str, where: str) -> tuple[str | _Placeholder, ...]:
+        """``"Patient/{@patient_id}"``: literal text and placeholders (record paths and context
+        names), in order, without empty literals. ``_TreeSource.template`` makes the code."""
+        parts: list[str | _Placeholder] = []
         pos = 0
         for m in _PLACEHOLDER.finditer(text):
             parts.append(text[pos : m.start()])
@@ -266,32 +267,12 @@ class _Compiler:
                     raise self.fail(
                         where, f"unknown context name {name!r}; known: {sorted(self.context_names)}"
                     )
-                parts.append(("ctx", name[1:]))
+                parts.append(_Placeholder(ctx=name[1:]))
             else:
-                parts.append(("rec", self.first(name, where)))
+                parts.append(_Placeholder(first=self.first(name, where), keys=dotted_keys(name)))
             pos = m.end()
         parts.append(text[pos:])
-        if len(parts) == 3 and parts[0] == "" and parts[2] == "" and isinstance(parts[1], tuple):
-            kind, arg = parts[1]  # a lone placeholder keeps the value's own type
-            if kind == "ctx":
-                return lambda rec, ctx: ctx.get(arg)
-
-            return lambda rec, ctx: arg(rec)
-
-        def render(rec: Any, ctx: Context) -> str | None:
-            out: list[str] = []
-            for part in parts:
-                if isinstance(part, str):
-                    out.append(part)
-                    continue
-                kind, arg = part
-                value = ctx.get(arg) if kind == "ctx" else arg(rec)
-                if value is None or isinstance(value, dict | list):
-                    return None
-                out.append(scalar_text(value))
-            return "".join(out)
-
-        return render
+        return tuple(p for p in parts if p != "")
 
     def condition(self, spec: Any, where: str) -> Predicate:
         """``{path: x, equals: v}`` (or a list of such, all of which must hold)."""
@@ -347,6 +328,7 @@ class _Compiler:
             raise self.fail(where, "needs exactly one of $path, $const, $template, $each, $ref")
         (src,) = sources
         keys: tuple[str, ...] | None = None
+        template: tuple[str | _Placeholder, ...] | None = None
         base: Builder | None = None
         if src == "$const":
             const = spec["$const"]
@@ -354,7 +336,7 @@ class _Compiler:
         elif src == "$template":
             if not isinstance(spec["$template"], str):
                 raise self.fail(f"{where}.$template", "expects a string")
-            base = self.template(spec["$template"], f"{where}.$template")
+            template = self.template(spec["$template"], f"{where}.$template")
         elif src == "$path":
             first = self.first(spec["$path"], f"{where}.$path")
             keys = dotted_keys(spec["$path"])  # read inline by the generated code
@@ -383,7 +365,7 @@ class _Compiler:
         if "$as" in spec:
             steps.append(self.cast(spec["$as"], f"{where}.$as"))
         when = self.condition(spec["$when"], f"{where}.$when") if "$when" in spec else None
-        return _Parts(keys, base, tuple(steps), spec.get("$default"), when)
+        return _Parts(keys, template, base, tuple(steps), spec.get("$default"), when)
 
     def reference(self, spec: Any, where: str) -> Builder:
         if not isinstance(spec, dict) or set(spec) != {"mapping", "id"}:
@@ -480,11 +462,21 @@ def _is_constant(spec: Any) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
+class _Placeholder:
+    """A template's ``{@name}`` (``ctx``) or ``{record path}`` (``first``; ``keys`` if dotted)."""
+
+    ctx: str | None = None
+    first: First | None = None
+    keys: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class _Parts:
-    """A compiled value spec: its source — a dotted path (read inline) or a builder — and what is
-    applied to what it gives."""
+    """A compiled value spec: its source — a dotted path or a template (both read inline), or a
+    builder — and what is applied to what it gives."""
 
     keys: tuple[str, ...] | None  # a dotted $path
+    template: tuple[str | _Placeholder, ...] | None  # a $template
     base: Builder | None  # any other source
     steps: tuple[Callable[[Any], Any], ...]  # $map, $date, $as: applied while there is a value
     default: Any  # $default (None: none)
@@ -513,8 +505,9 @@ class _TreeSource:
     def __init__(self, compiler: _Compiler) -> None:
         self.c = compiler
         self.lines: list[str] = []
-        self.env: dict[str, Any] = {"_empty": _empty}
+        self.env: dict[str, Any] = {"_empty": _empty, "_text": scalar_text, "_NO_RECORD": _NO_RECORD}
         self.count = 0
+        self.reads_record = False  # the function starts with ``rd``: the record if it is a dict
 
     def function(self, spec: Any, where: str, *, element: bool = False) -> Builder:
         if element:
@@ -525,7 +518,8 @@ class _TreeSource:
 
     def _compile(self, value: _Value | None, where: str) -> Builder:
         result = "None" if value is None else value.name
-        source = "def build(rec, ctx):\n" + "".join(self.lines) + f"    return {result}\n"
+        prelude = "    rd = rec if isinstance(rec, dict) else _NO_RECORD\n" if self.reads_record else ""
+        source = "def build(rec, ctx):\n" + prelude + "".join(self.lines) + f"    return {result}\n"
         exec(compile(source, f"<mapping {self.c.file}: {where}>", "exec"), self.env)
         build: Builder = self.env["build"]
         return build
@@ -559,7 +553,7 @@ class _TreeSource:
         if isinstance(spec, dict):
             self.leaf(self.c.value_spec(spec, where), var, depth)
         elif isinstance(spec, str):  # (a constant string was handled above: this is a template)
-            self._put(depth, f"{var} = {self._bind(self.c.template(spec, where))}(rec, ctx)")
+            self.template(self.c.template(spec, where), var, depth)
         else:
             raise self.c.fail(where, "null is not a value; leave the element out")
         return _Value(var, "any")
@@ -570,12 +564,10 @@ class _TreeSource:
         if parts.when is not None:
             self._put(depth, f"if {self._bind(parts.when)}(rec):")
             at = depth + 1
-        if parts.keys is not None:  # a dotted path, as paths.compile_first reads it
-            self._put(at, f"{var} = rec")
-            for key in parts.keys:
-                self._put(at, f"{var} = {var}.get({key!r}) if isinstance({var}, dict) else None")
-            self._put(at, f"if isinstance({var}, list):")
-            self._put(at + 1, f"{var} = next((x for x in {var} if x is not None), None)")
+        if parts.keys is not None:
+            self.read(parts.keys, var, at)
+        elif parts.template is not None:
+            self.template(parts.template, var, at)
         else:
             self._put(at, f"{var} = {self._bind(parts.base)}(rec, ctx)")
         for step in parts.steps:
@@ -587,6 +579,43 @@ class _TreeSource:
         if parts.when is not None:
             self._put(depth, "else:")
             self._put(depth + 1, f"{var} = None")
+
+    def read(self, keys: tuple[str, ...], var: str, depth: int) -> None:
+        """A dotted path's first value, as ``paths.compile_first`` reads it."""
+        self.reads_record = True
+        self._put(depth, f"{var} = rd.get({keys[0]!r})")
+        for key in keys[1:]:
+            self._put(depth, f"{var} = {var}.get({key!r}) if isinstance({var}, dict) else None")
+        self._put(depth, f"if isinstance({var}, list):")
+        self._put(depth + 1, f"{var} = next((x for x in {var} if x is not None), None)")
+
+    def template(self, parts: tuple[str | _Placeholder, ...], var: str, depth: int) -> None:
+        """A lone placeholder keeps its value's own type; otherwise the text, with each value as
+        FHIR text (``scalar_text``), or None as soon as one is missing or not a scalar."""
+        if len(parts) == 1 and isinstance(parts[0], _Placeholder):
+            self.placeholder(parts[0], var, depth)
+            return
+        self._put(depth, f"{var} = None")
+        terms: list[str] = []
+        at = depth
+        for part in parts:
+            if isinstance(part, str):
+                terms.append(repr(part))
+                continue
+            t = self._name("t")
+            self.placeholder(part, t, at)
+            self._put(at, f"if {t} is not None and not isinstance({t}, (dict, list)):")
+            at += 1
+            terms.append(f"({t} if {t}.__class__ is str else _text({t}))")
+        self._put(at, f"{var} = {' + '.join(terms) or repr('')}")
+
+    def placeholder(self, part: _Placeholder, var: str, depth: int) -> None:
+        if part.ctx is not None:
+            self._put(depth, f"{var} = ctx.get({part.ctx!r})")
+        elif part.keys is not None:
+            self.read(part.keys, var, depth)
+        else:
+            self._put(depth, f"{var} = {self._bind(part.first)}(rec)")
 
     def tree(self, spec: Any, where: str, depth: int) -> _Value:
         if isinstance(spec, list):
@@ -616,7 +645,7 @@ class _TreeSource:
                 self._put(depth, f"{var}[{key!r}] = {v.name}")
                 filled = True
             elif v.kind == "any":
-                self._put(depth, f"if {v.name} is not None and not _empty({v.name}):")
+                self._put(depth, f"if {v.name} is not None and {_full(v.name)}:")
                 self._put(depth + 1, f"{var}[{key!r}] = {v.name}")
             else:
                 self._put(depth, f"if {v.name} is not None:")
@@ -642,11 +671,19 @@ class _TreeSource:
             else:  # a leaf: an $each contributes its elements
                 self._put(depth, f"if isinstance({v.name}, list):")
                 self._put(depth + 1, f"{var}.extend([x for x in {v.name} if not _empty(x)])")
-                self._put(depth, f"elif not _empty({v.name}):")
+                self._put(depth, f"elif {_full(v.name)}:")
                 self._put(depth + 1, f"{var}.append({v.name})")
         self._put(depth, f"if not {var}:")
         self._put(depth + 1, f"{var} = None")
         return _Value(var, "list")
+
+
+_NO_RECORD: dict[str, Any] = {}  # what generated code reads a record that is not an object as (never written)
+
+
+def _full(var: str) -> str:
+    """Generated code: ``not _empty(var)``, without the call for the common case, a string."""
+    return f"({var}.strip() if {var}.__class__ is str else not _empty({var}))"
 
 
 def _empty(v: Any) -> bool:

@@ -61,10 +61,11 @@ def _map_one(
 
     meta: dict[str, Any] = dict(built.pop("meta", None) or {})
     meta["source"] = source_uri
-    labels = list(meta.get("security") or [])
-    labels.extend(label for label in _labels(mapping, record) if label not in labels)
-    if labels:
-        meta["security"] = labels
+    if mapping.security:  # (most mappings label nothing)
+        labels = list(meta.get("security") or [])
+        labels.extend(label for label in _labels(mapping, record) if label not in labels)
+        if labels:
+            meta["security"] = labels
     resource: FhirDict = {"resourceType": mapping.resource_type, "id": rid, "meta": meta}
     resource.update(built)
     return MappedResource(
@@ -90,11 +91,17 @@ def references(resource: FhirDict) -> tuple[str, ...]:
     return tuple(found)
 
 
+# a value of one of these exact types holds no reference; anything else (a subclass too) is looked into
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
 def _references_in(node: dict[str, Any], found: dict[str, None]) -> None:
     ref = node.get("reference")
     if isinstance(ref, str):
         found[ref] = None
     for v in node.values():
+        if v.__class__ in _SCALARS:
+            continue
         if isinstance(v, dict):
             _references_in(v, found)
         elif isinstance(v, list):
@@ -103,6 +110,8 @@ def _references_in(node: dict[str, Any], found: dict[str, None]) -> None:
 
 def _references_in_list(items: list[Any], found: dict[str, None]) -> None:
     for v in items:
+        if v.__class__ in _SCALARS:
+            continue
         if isinstance(v, dict):
             _references_in(v, found)
         elif isinstance(v, list):

@@ -8,7 +8,9 @@ from lxml import etree
 
 # libxml2 through lxml: about 3.5 times the parse speed of ElementTree's expat builder, which was
 # the largest cost of an NPÖ answer (a 140 kB answer: 3.0 ms → 0.8 ms). Nothing is fetched or
-# expanded; comments and processing instructions are dropped, as ElementTree does.
+# expanded; comments and processing instructions are dropped, as ElementTree does. Whitespace
+# between elements (indentation) is dropped while parsing, and XML ids are not collected: neither
+# is read, and skipping them makes the parse about 15 % cheaper.
 _PARSER = etree.XMLParser(
     resolve_entities=False,
     no_network=True,
@@ -16,6 +18,8 @@ _PARSER = etree.XMLParser(
     huge_tree=False,
     remove_comments=True,
     remove_pis=True,
+    remove_blank_text=True,
+    collect_ids=False,
 )
 
 
@@ -64,17 +68,21 @@ def _convert(element: Any) -> Any:  # an lxml element
                 out["#text"] = text
             return out
         return text or None
+    local = _LOCAL_NAMES.get
     for child in element:
-        # most elements are plain leaves (no children, no attributes): read inline, no call
-        if not len(child) and not child.attrib:
-            value = (child.text.strip() or None) if child.text else None
-        else:
+        if len(child) or child.keys():  # (keys(): the attribute names, without an attrib proxy)
             value = _convert(child)
-        key = _local(child.tag)
+        else:  # most elements are plain leaves (no children, no attributes): read inline, no call
+            text = child.text
+            value = (text.strip() or None) if text else None
+        tag = child.tag
+        key = local(tag) or _local(tag)
         if key not in out:
             out[key] = value
-        elif isinstance(out[key], list):
-            out[key].append(value)
-        else:
-            out[key] = [out[key], value]
+        else:  # a repeated element: a list (only lists made here are lists, so the exact type)
+            have = out[key]
+            if have.__class__ is list:
+                have.append(value)
+            else:
+                out[key] = [have, value]
     return out

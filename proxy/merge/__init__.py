@@ -21,7 +21,6 @@ type's clinical date (``MappedResource.clinical_time``, read by the mapping engi
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import replace
 from typing import Any
 
 from proxy.types import MappedResource
@@ -63,13 +62,13 @@ def merge(resources: Iterable[MappedResource]) -> list[MappedResource]:
         if labels:
             meta["security"] = labels
         resource["meta"] = meta
-        kept.append(replace(winner, resource=resource))
+        kept.append(winner._replace(resource=resource))
 
     if aliases:
         for i, r in enumerate(kept):
             if not aliases.keys().isdisjoint(r.refs):
                 refs = tuple(dict.fromkeys(aliases.get(ref, ref) for ref in r.refs))
-                kept[i] = replace(r, resource=_rewrite_references(r.resource, aliases), refs=refs)
+                kept[i] = r._replace(resource=_rewrite_references(r.resource, aliases), refs=refs)
     kept.sort(key=_order)
     return kept
 

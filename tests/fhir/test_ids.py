@@ -41,3 +41,35 @@ def test_malformed_ids(bad: str) -> None:
 def test_key_length_is_checked() -> None:
     with pytest.raises(ValueError):
         PatientIds(b"short")
+
+
+def test_only_the_canonical_spelling_decodes() -> None:
+    """The last base32 character has two spare bits: the other three spellings of an id decode to
+    the same block, and are refused, so that one patient has exactly one id."""
+    pnr = DEMO_PEOPLE[0].pnr
+    pid = IDS.encode(pnr)
+    alphabet = "abcdefghijklmnopqrstuvwxyz234567"
+    value = alphabet.index(pid[-1])
+    assert value & 3 == 0
+    for spare in (1, 2, 3):
+        other = pid[:-1] + alphabet[value | spare]
+        assert IDS.decode(other) is None
+        assert IDS.resolve(other) is None
+    ref = IDS.resolve(pid)
+    assert ref is not None and ref.pnr == pnr and ref.fhir_id == pid == IDS.patient(pnr).fhir_id
+
+
+def test_the_reused_cipher_contexts_agree_with_fresh_ones() -> None:
+    """Encoding and decoding reuse one ECB context each: interleaved calls give what a fresh
+    context gives for each block."""
+    import base64
+
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    key = b"k" * 32
+    people = [p.pnr for p in generated_people(50)]
+    for pnr in people:
+        pid = IDS.encode(pnr)
+        fresh = Cipher(algorithms.AES(key), modes.ECB()).decryptor()
+        block = fresh.update(base64.b32decode(pid.upper() + "======")) + fresh.finalize()
+        assert block[1:7].hex() == pnr == IDS.decode(pid)

@@ -20,3 +20,20 @@ def test_references_are_found_at_any_depth_once_each_in_order() -> None:
 
 def test_only_text_references_count() -> None:
     assert references({"resourceType": "Basic", "id": "b", "reference": 5, "code": {"text": "t"}}) == ()
+
+
+def test_subclasses_of_dict_and_list_are_walked_too() -> None:
+    """The walk skips plain scalars by their exact type; anything else is looked into, so a dict
+    or list subclass (an OrderedDict, say) cannot hide a reference from redaction."""
+    from collections import OrderedDict
+
+    class Items(list[object]):
+        pass
+
+    resource = {
+        "resourceType": "Encounter",
+        "id": "e",
+        "subject": OrderedDict(reference="Patient/p"),
+        "reasonReference": Items([OrderedDict(reference="Condition/c"), 3, None, True, 1.5]),
+    }
+    assert references(resource) == ("Patient/p", "Condition/c")

@@ -32,3 +32,20 @@ def test_shape() -> None:
 def test_rejected(body: bytes) -> None:
     with pytest.raises(ValueError):
         parse_xml(body)
+
+
+def test_indentation_and_blank_text() -> None:
+    """Indentation between elements is not data; a leaf's text is stripped (whitespace-only is no
+    value) and its inner spaces kept; three repeats make one list; an element with attributes and
+    children keeps both."""
+    doc = parse_xml(
+        b"<Root>\n  <item>\n    one  two\n  </item>\n  <item>   </item>\n  <item/>\n"
+        b'  <box kind="k">\n    <in> x </in>\n  </box>\n  <blank a="1">  </blank>\n</Root>\n'
+    )
+    assert doc == {
+        "Root": {
+            "item": ["one  two", None, None],
+            "box": {"@kind": "k", "in": "x"},
+            "blank": {"@a": "1"},
+        }
+    }
