@@ -721,14 +721,32 @@ def _to_int(v: Any) -> int | None:
         return None
 
 
+_PLAIN_INTEGER = re.compile(r"[+-]?[0-9]+")
+_PLAIN_DECIMAL = re.compile(r"[+-]?[0-9]+[.,][0-9]+")
+
+
 def _to_decimal(v: Any) -> int | float | None:
+    """A FHIR decimal: a whole number written without a decimal point or comma is an int, any
+    other a float ("7.0" too: the decimals written are kept in FHIR's sense). The plain forms most
+    values have are read directly; any other goes through ``Decimal`` (same results)."""
+    if v.__class__ is int:
+        return v
+    text = scalar_text(v).strip()
+    if _PLAIN_INTEGER.fullmatch(text):
+        return int(text)
+    if _PLAIN_DECIMAL.fullmatch(text):
+        return float(text.replace(",", "."))
+    return _decimal(text)
+
+
+def _decimal(text: str) -> int | float | None:
     try:
-        d = Decimal(scalar_text(v).strip().replace(",", "."))  # Swedish decimal comma
+        d = Decimal(text.replace(",", "."))  # Swedish decimal comma
     except InvalidOperation:
         return None
     if not d.is_finite():
         return None
-    return int(d) if d == d.to_integral_value() and "." not in str(d) else float(d)
+    return int(d) if d == d.to_integral_value() and "." not in text and "," not in text else float(d)
 
 
 def compile_mapping(

@@ -42,6 +42,8 @@ class MappingSet:
     by_backend: Mapping[str, tuple[CompiledMapping, ...]]
     # (backend, request key) → every mapping that reads that request's answer, whatever it makes
     readers: Mapping[tuple[str, str], tuple[CompiledMapping, ...]] = field(init=False)
+    # types asked → with the types they reference (at most one entry per set of the ten types)
+    _closures: dict[frozenset[str], frozenset[str]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         readers: dict[tuple[str, str], list[CompiledMapping]] = {}
@@ -49,6 +51,7 @@ class MappingSet:
             for m in ms:
                 readers.setdefault((backend, m.request.key), []).append(m)
         object.__setattr__(self, "readers", {k: tuple(v) for k, v in readers.items()})
+        object.__setattr__(self, "_closures", {})
 
     def for_types(self, backend: str, types: Iterable[str]) -> tuple[CompiledMapping, ...]:
         wanted = set(types)
@@ -60,12 +63,18 @@ class MappingSet:
         Redaction keeps a reference only when its target is in the answer and visible, so a search
         fetches the referenced types too — to vouch for the references it may keep.
         """
-        closure = set(types)
+        asked = frozenset(types)
+        known = self._closures.get(asked)
+        if known is not None:  # (the mappings never change: one walk per set of types)
+            return known
+        closure = set(asked)
         while True:
             more = {t for m in self.all() if m.resource_type in closure for t in m.references} - closure
             if not more:
-                return frozenset(closure)
+                break
             closure |= more
+        self._closures[asked] = result = frozenset(closure)
+        return result
 
     @property
     def resource_types(self) -> frozenset[str]:

@@ -19,7 +19,14 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.mapping.compiler import CompiledMapping, MappingError, compile_mapping
+from proxy.mapping.compiler import (
+    CompiledMapping,
+    MappingError,
+    _decimal,
+    _to_decimal,
+    compile_mapping,
+    scalar_text,
+)
 from proxy.mapping.engine import map_records
 from proxy.mapping.paths import PathError, compile_first, compile_path, is_simple
 from proxy.mapping.registry import REQUEST_CONTEXT, load_backend_mappings
@@ -334,6 +341,9 @@ def test_date_spec_must_be_a_format() -> None:
         ("decimal", "-0,25", -0.25),
         ("decimal", 2.5, 2.5),
         ("decimal", 7, 7),
+        ("decimal", "7.0", 7.0),  # the decimals written are kept: a float
+        ("decimal", "0.0000000", 0.0),
+        ("decimal", "1e3", 1000),
         ("string", 5, "5"),
         ("string", True, "true"),
         ("string", "x", "x"),
@@ -363,6 +373,23 @@ def test_as(cast: str, value: Any, expected: Any) -> None:
 )
 def test_as_unreadable_is_omitted(cast: str, value: Any) -> None:
     assert build({"v": {"$path": "v", "$as": cast}, "k": 1}, {"v": value}) == {"k": 1}
+
+
+@settings(max_examples=400)
+@given(
+    st.one_of(
+        st.from_regex(r"\A *[+-]?[0-9]{1,25}([.,][0-9]{1,20})? *\Z"),
+        st.from_regex(r"\A[+-]?[0-9]{1,5}([.,][0-9]{0,5})?([eE][+-]?[0-9]{1,3})?\Z"),
+        st.text(alphabet="0123456789+-.,eE _٣", max_size=12),
+        st.integers(),
+    )
+)
+def test_decimal_fast_paths_agree_with_decimal(value: Any) -> None:
+    """Plain integers and decimals are read without ``Decimal``: the same value, of the same type,
+    as ``Decimal`` gives (an integer stays int, a fraction is a float, anything else as before)."""
+    fast = _to_decimal(value)
+    slow = _decimal(scalar_text(value).strip())
+    assert fast == slow and type(fast) is type(slow)
 
 
 def test_as_unknown_cast_is_an_error() -> None:

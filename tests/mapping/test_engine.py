@@ -37,3 +37,18 @@ def test_subclasses_of_dict_and_list_are_walked_too() -> None:
         "reasonReference": Items([OrderedDict(reference="Condition/c"), 3, None, True, 1.5]),
     }
     assert references(resource) == ("Patient/p", "Condition/c")
+
+
+def test_a_search_fetches_the_types_its_references_point_at_and_the_closure_is_per_set() -> None:
+    """Encounters reference Conditions, DocumentReferences reference Flags (bundled mappings):
+    the closure is per set of types asked, the same each time it is asked (it is kept)."""
+    from proxy.app import compile_mappings
+    from proxy.settings import load_settings
+
+    mappings = compile_mappings(load_settings())
+    assert mappings.with_referenced(["Encounter"]) == {"Encounter", "Condition"}
+    assert mappings.with_referenced({"DocumentReference"}) == {"DocumentReference", "Flag"}
+    assert mappings.with_referenced(("Encounter",)) == {"Encounter", "Condition"}
+    assert mappings.with_referenced({"Observation"}) == {"Observation"}
+    both = mappings.with_referenced({"Encounter", "DocumentReference"})
+    assert both == {"Encounter", "Condition", "DocumentReference", "Flag"}
