@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -134,7 +135,8 @@ async def fetch_and_map(
 
     def map_one(source: str, spec: RequestSpec, body: bytes | None) -> None:
         # by every mapping that reads the answer, whatever type it makes: one cache entry per
-        # request serves any later query
+        # request serves any later query; how long it took orders the backend's requests next time
+        started = time.perf_counter()
         try:
             answers[source][spec.key] = map_answer(
                 body,
@@ -146,6 +148,7 @@ async def fetch_and_map(
         except Exception:  # map_answer marks what it cannot read; this is for what it did not expect
             log.exception("mapping an answer from %s failed", source)
             answers[source][spec.key] = MappedAnswer([], readable=False)
+        facade.clients[source].handled(spec.key, (time.perf_counter() - started) * 1000)
 
     jobs: list[SlackJob] = []
 

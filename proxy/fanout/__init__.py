@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import aiohttp
@@ -53,6 +53,10 @@ class BackendClient:
     # how long this backend has been taking to answer a whole fetch (exponentially weighted, ms):
     # fan-out asks the slowest first, so its calls leave before the quick backends' calls
     typical_ms: float = 0.0
+    # per request key, how long its answers have taken to handle (map) once in (weighted, ms):
+    # the costliest are sent first, so they tend to arrive first and be mapped while the others
+    # are on their way, and the answer that comes in last — that everything waits for — is cheap
+    handling_ms: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def open(cls, settings: BackendSettings, max_body_bytes: int) -> BackendClient:
@@ -86,7 +90,8 @@ class BackendClient:
         on_answer: OnAnswer | None = None,
         on_done: Callable[[SourceResult], None] | None = None,
     ) -> BackendRun:
-        """Send each request now, concurrently, one task each. ``on_answer(backend, spec, body)``
+        """Send each request now, concurrently, one task each — the ones whose answers have cost
+        the most to handle first (see ``handled``). ``on_answer(backend, spec, body)``
         sees each body as soon as it has arrived whole; ``on_done(result)`` is called — from the
         task of the request that finished last, with no further hop through the event loop — once
         every request has ended. ``BackendRun.abandon`` cuts off the ones still out."""
@@ -99,8 +104,10 @@ class BackendClient:
             detail = f"was not asked: it failed repeatedly (asked again in {wait:.0f} s)"
             run.settle(SourceResult(self.settings.name, SourceStatus.UNAVAILABLE, 0.0, detail))
             return run
-        run.tasks = [
-            asyncio.ensure_future(self._ask(run, i, spec, ctx, on_answer)) for i, spec in enumerate(specs)
+        cost = self.handling_ms.get
+        run.tasks = [  # (tasks start in creation order; ``i`` keeps each outcome in plan order)
+            asyncio.ensure_future(self._ask(run, i, spec, ctx, on_answer))
+            for i, spec in sorted(enumerate(specs), key=lambda item: -cost(item[1].key, 0.0))
         ]
         run.timer = asyncio.get_running_loop().call_later(self.settings.total_timeout_s, run.expire)
         return run
@@ -147,6 +154,11 @@ class BackendClient:
         if worst is None:
             return SourceResult(self.settings.name, SourceStatus.OK, latency)
         return SourceResult(self.settings.name, worst[0], latency, worst[1])
+
+    def handled(self, key: str, ms: float) -> None:
+        """Learn how long the answer to request ``key`` took to handle (an exponentially weighted mean)."""
+        known = self.handling_ms.get(key)
+        self.handling_ms[key] = ms if known is None else 0.8 * known + 0.2 * ms
 
     def took(self, latency_ms: float) -> None:
         """Learn how long a whole fetch took (an exponentially weighted mean)."""

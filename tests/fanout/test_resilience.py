@@ -276,6 +276,55 @@ async def test_a_backend_client_learns_how_long_its_backend_takes() -> None:
         assert client.typical_ms > 0.0 and client.typical_ms != first
 
 
+async def test_a_backend_s_costliest_answers_are_asked_for_first_and_each_keeps_its_place() -> None:
+    from aiohttp import web
+
+    from proxy.simulators.harness import serving
+
+    arrived: list[str] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        arrived.append(request.path)
+        return web.Response(body=request.path.encode())
+
+    app = web.Application()
+    app.router.add_get("/{name}", answer)
+    specs = [request(f"/{name}") for name in ("a", "b", "c")]
+    seen: dict[str, bytes | None] = {}
+
+    def on_answer(backend: str, spec: RequestSpec, body: bytes | None) -> None:
+        seen[spec.path] = body
+
+    async with serving(app) as base:
+        # one connection: the requests reach the backend one by one, in the order they were sent
+        settings = replace(load_settings().backend("cosmic"), base_url=base, limit_per_host=1)
+        client = BackendClient.open(settings, 1 << 20)
+        try:
+            await client.fetch(specs, {})
+            assert arrived == ["/a", "/b", "/c"]  # nothing learnt yet: plan order
+            client.handled(specs[2].key, 5.0)
+            client.handled(specs[1].key, 0.5)  # (/a: never handled, so as cheap as can be)
+            arrived.clear()
+            result = await client.fetch(specs, {}, on_answer)
+        finally:
+            await client.close()
+    assert arrived == ["/c", "/b", "/a"]
+    assert result.status is SourceStatus.OK
+    assert seen == {"/a": b"/a", "/b": b"/b", "/c": b"/c"}  # each answer handed on with its own request
+
+
+async def test_a_backend_client_learns_how_long_each_answer_takes_to_handle() -> None:
+    client = BackendClient.open(load_settings().backend("cosmic"), 1 << 20)  # (nothing is sent)
+    try:
+        client.handled("x", 10.0)
+        assert client.handling_ms == {"x": 10.0}
+        client.handled("x", 0.0)
+        client.handled("y", 1.0)
+        assert client.handling_ms == {"x": 8.0, "y": 1.0}  # weighted: one answer moves it by a fifth
+    finally:
+        await client.close()
+
+
 async def test_a_backend_asked_for_nothing_answers_at_once() -> None:
     client = BackendClient.open(load_settings().backend("cosmic"), 1 << 20)  # (nothing is sent)
     try:

@@ -9,7 +9,7 @@ from dataclasses import replace
 from typing import Any
 
 from proxy.fhir.http import FACADE_KEY
-from proxy.pipeline import Facade, fetch_and_map
+from proxy.pipeline import Facade, fetch_and_map, plan_requests
 from proxy.slack import SlackJob, SlackQueue
 
 TOLVAN = "191212121212"
@@ -72,3 +72,13 @@ async def test_a_cancelled_request_drops_the_mapping_it_no_longer_needs(facade: 
     assert task.cancelled()
     assert stalled.ran == 0
     assert not any(job.run() for job in stalled.deferred)  # dropped: they never run
+
+
+async def test_how_long_each_answer_took_to_map_is_learnt_per_request(facade: Any) -> None:
+    async with facade() as f:
+        live = _facade(f, SlackQueue())
+        await fetch_and_map(live, live.ids.patient(TOLVAN), live.mappings.resource_types)
+        learnt = {name: dict(client.handling_ms) for name, client in live.clients.items()}
+    for name, specs in plan_requests(live.mappings, learnt, live.mappings.resource_types).items():
+        assert set(learnt[name]) == {spec.key for spec in specs}, name  # every answer, and only those
+        assert all(ms > 0.0 for ms in learnt[name].values())

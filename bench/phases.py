@@ -1,0 +1,93 @@
+"""Where a request's time goes: the facade's latency gap to the baseline, phase by phase.
+
+    python bench/phases.py [--rate 100] [--rounds 2] [compare.py's other options]
+
+Runs ``bench/compare.py`` (every option is passed on to it) with the instrumentation in
+``bench/phases_hook/`` loaded into the facade and the baseline, then prints, per target, how long
+each phase of an ``$everything`` took (p10 / p50 / p90 / mean, ms, over every request of the run,
+the unmeasured settle phases included, all at the same rate):
+
+    pre       the handler starts → the first backend request is begun
+    backends  → the last backend body has been read
+    post      → the response is ready (the facade: the rest of the mapping, merge, redaction, the
+              Bundle, the access log)
+
+and the facade's ``post`` split further. What happens before the handler starts (reading and
+parsing the request) and after (writing the response) is not covered: compare the sum with the
+p50 gap ``compare.py`` prints. A ``--variant`` with its own ``PYTHONPATH`` keeps the hook on it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+HOOK = BENCH / "phases_hook"
+
+PHASES = (("pre", "a", "s"), ("backends", "s", "r"), ("post", "r", "d"), ("all", "a", "d"))
+POST = (
+    ("last body → fan-out returns", "r", "fo"),
+    ("→ every answer mapped", "fo", "fm"),
+    ("→ merged, redacted (collect)", "fm", "co"),
+    ("→ Bundle begun", "co", "b0"),
+    ("Bundle built and serialised", "b0", "b1"),
+    ("→ access logged, response ready", "b1", "d"),
+)
+
+
+def _with_hook(args: list[str]) -> list[str]:
+    out = []
+    for i, arg in enumerate(args):
+        if i > 0 and args[i - 1] == "--variant" and "PYTHONPATH=" in arg:
+            parts = arg.split(",")
+            arg = ",".join(f"{p}:{HOOK}" if p.strip().startswith("PYTHONPATH=") else p for p in parts)
+        out.append(arg)
+    return out
+
+
+def _row(label: str, values: list[float]) -> str:
+    v = sorted(values)
+    q = lambda p: v[int(p * (len(v) - 1))]  # noqa: E731
+    return f"  {label:34} {q(0.1):7.2f} {q(0.5):7.2f} {q(0.9):7.2f} {statistics.mean(v):7.2f}"
+
+
+def report(out: Path) -> None:
+    for path in sorted(out.glob("*.json"), key=lambda p: (not p.name.startswith("baseline"), p.name)):
+        records: list[dict[str, Any]] = json.loads(path.read_text())
+        records = [r for r in records[len(records) // 20 :] if r.get("s") and r.get("r")]
+        if not records:
+            continue
+        print(f"{path.stem}: {len(records)} requests       p10     p50     p90    mean (ms)")
+        for label, start, end in PHASES:
+            print(_row(label, [(r[end] - r[start]) * 1000 for r in records]))
+        post = [r for r in records if all(k in r for _, a, b in POST for k in (a, b))]
+        if post:
+            print("  post, step by step:")
+            for label, start, end in POST:
+                print(_row("  " + label, [(r[end] - r[start]) * 1000 for r in post]))
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    if "-h" in args or "--help" in args:
+        print(__doc__)
+        return
+    with tempfile.TemporaryDirectory(prefix="fhir-facade-phases-") as tmp:
+        env = dict(os.environ, FHIR_FACADE_BENCH_PHASES=tmp)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(HOOK), os.environ.get("PYTHONPATH"))))
+        done = subprocess.run([sys.executable, str(BENCH / "compare.py"), *_with_hook(args)], env=env)
+        if done.returncode:
+            raise SystemExit(done.returncode)
+        print()
+        report(Path(tmp))
+
+
+if __name__ == "__main__":
+    main()
