@@ -54,8 +54,8 @@ def _with_hook(args: list[str]) -> list[str]:
 
 def _row(label: str, values: list[float]) -> str:
     v = sorted(values)
-    q = lambda p: v[int(p * (len(v) - 1))]  # noqa: E731
-    return f"  {label:34} {q(0.1):7.2f} {q(0.5):7.2f} {q(0.9):7.2f} {statistics.mean(v):7.2f}"
+    p10, p50, p90 = (v[int(q * (len(v) - 1))] for q in (0.1, 0.5, 0.9))
+    return f"  {label:34} {p10:7.2f} {p50:7.2f} {p90:7.2f} {statistics.mean(v):7.2f}"
 
 
 def report(out: Path) -> None:

@@ -10,7 +10,9 @@ Per ``$everything`` request (facade) or ``/everything/`` request (baseline) it r
 
     a   the handler chain starts (after aiohttp has read and parsed the request)
     s   the first backend request is begun
-    r   the last backend body has been read
+    r   the last backend body has been read (``ClientResponse.read``: the facade reads a body with
+        a Content-Length and no Content-Encoding that way, as the simulators send them; a request
+        whose bodies all came otherwise is left out of the figures)
     d   the handler chain has returned (the response is ready to be written)
 
 and in the facade, between ``r`` and ``d``: ``fo`` fan-out returned, ``fm`` every answer mapped
