@@ -5,7 +5,7 @@
 Asks the simulators (in this process, no added latency) every request of the ``$everything`` plan
 for the demo and ``--patients`` generated patients, keeps the raw answers, then times
 ``map_answer`` over them with nothing else running: per contract, and split into decoding the body
-(JSON, or XML into dicts), the engine's reference walk (``references``: redaction trusts it), the
+(JSON, or XML into dicts), the engine's reference scan (``references``: redaction trusts it), the
 clinical time merge sorts by (``sort_time``) and the rest (the compiled builders). Figures are
 milliseconds per patient, the best of ``--repeat`` passes. Under load the same work costs more
 (caches are colder, see ``bench/profile.py``); this is for comparing mapping changes, quickly.
@@ -116,7 +116,7 @@ def report(answers: list[Answer], patients: int, repeat: int) -> None:
     each_us = total * 1000 / max(1, resources)
     print(f"  mapping, all of it   {total / per:6.3f} ms/patient  ({each_us:.1f} µs/resource)")
     print(f"    decoding           {decoding / per:6.3f}  (of which XML {xml / per:.3f})")
-    print(f"    reference walk     {(total - no_refs) / per:6.3f}")
+    print(f"    reference scan     {(total - no_refs) / per:6.3f}")
     print(f"    clinical time      {(no_refs - neither) / per:6.3f}")
     print(f"    builders, the rest {(neither - decoding) / per:6.3f}")
     by_contract: dict[tuple[str, str], list[Answer]] = defaultdict(list)

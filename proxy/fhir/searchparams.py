@@ -111,15 +111,30 @@ def clinical_date(rtype: str) -> ParamDef | None:
 
 
 _CLINICAL = {t: clinical_date(t) for t in BY_TYPE}
+# each clinical date's elements: all top-level (a test holds it), ``sort_time`` reads them directly
+_CLINICAL_KEYS = {t: p.paths for t, p in _CLINICAL.items() if p is not None}
 
 
 def sort_time(resource: FhirDict) -> float | None:
     """The start of the resource's clinical date, for ordering; None when it has none."""
-    p = _CLINICAL.get(resource["resourceType"])
-    if p is None:
+    keys = _CLINICAL_KEYS.get(resource["resourceType"])
+    if keys is None:
         return None
-    starts = [lo for lo, _ in _date_ranges(resource, p) if not math.isinf(lo)]
-    return max(starts) if starts else None
+    latest = None
+    for key in keys:  # (as ``_date_ranges``, without the ranges' ends: a Period's start)
+        value = resource.get(key)
+        for v in value if isinstance(value, list) else (value,):
+            if isinstance(v, dict):
+                v = v.get("start")
+            if not isinstance(v, str):
+                continue
+            try:
+                lo = fhir_range(v)[0]
+            except ValueError:
+                continue
+            if latest is None or lo > latest:
+                latest = lo
+    return latest
 
 
 # ---- matching ----------------------------------------------------------------------------------

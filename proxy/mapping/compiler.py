@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import math
 import re
 import string
 from collections.abc import Callable, Mapping
@@ -716,10 +717,12 @@ def _to_bool(v: Any) -> bool | None:
 
 
 def _to_int(v: Any) -> int | None:
+    """A FHIR integer: 32-bit signed; a value outside that range is left out, never guessed."""
     try:
-        return int(scalar_text(v).strip())
+        n = int(scalar_text(v).strip())
     except ValueError:
         return None
+    return n if -(2**31) <= n < 2**31 else None
 
 
 _PLAIN_INTEGER = re.compile(r"[+-]?[0-9]+")
@@ -729,14 +732,15 @@ _PLAIN_DECIMAL = re.compile(r"[+-]?[0-9]+[.,][0-9]+")
 def _to_decimal(v: Any) -> int | float | None:
     """A FHIR decimal: a whole number written without a decimal point or comma is an int, any
     other a float ("7.0" too: the decimals written are kept in FHIR's sense). The plain forms most
-    values have are read directly; any other goes through ``Decimal`` (same results)."""
+    values have are read directly; any other goes through ``Decimal`` (same results). A value JSON
+    cannot carry as a number (a whole number beyond 64 bits, a float that overflows) is left out."""
     if v.__class__ is int:
-        return v
+        return _representable(v)
     text = scalar_text(v).strip()
     if _PLAIN_INTEGER.fullmatch(text):
-        return int(text)
+        return _representable(int(text))
     if _PLAIN_DECIMAL.fullmatch(text):
-        return float(text.replace(",", "."))
+        return _representable(float(text.replace(",", ".")))
     return _decimal(text)
 
 
@@ -747,7 +751,15 @@ def _decimal(text: str) -> int | float | None:
         return None
     if not d.is_finite():
         return None
-    return int(d) if d == d.to_integral_value() and "." not in text and "," not in text else float(d)
+    whole = d == d.to_integral_value() and "." not in text and "," not in text
+    return _representable(int(d) if whole else float(d))
+
+
+def _representable(n: int | float) -> int | float | None:
+    """``n`` if JSON output can carry it exactly as written: a 64-bit integer, a finite float."""
+    if n.__class__ is int:
+        return n if -(2**63) <= n < 2**63 else None
+    return n if math.isfinite(n) else None
 
 
 def compile_mapping(

@@ -82,7 +82,11 @@ def map_answer(
         out.extend(resources)
         skipped += bad
     if skipped:
-        log.warning("%s: %d record(s) without id/origin were skipped", mappings[0].backend, skipped)
+        log.warning(
+            "%s: %d record(s) were skipped (no id or origin, or a value that is not JSON)",
+            mappings[0].backend,
+            skipped,
+        )
     return MappedAnswer(out, readable)
 
 

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import math
+from datetime import UTC
+from typing import Any
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from proxy.fhir.errors import FhirError
 from proxy.fhir.params import _date, _token
-from proxy.fhir.searchparams import matches
+from proxy.fhir.searchparams import _CLINICAL, BY_TYPE, _date_ranges, clinical_date, matches, sort_time
 from proxy.types import SearchFilter
 
 OBS = {
@@ -95,3 +101,54 @@ def test_bad_dates_are_rejected(raw: str) -> None:
     with pytest.raises(FhirError) as exc:
         _date(raw, "date")
     assert exc.value.status == 400
+
+
+# ---- the clinical time merge orders by -----------------------------------------------------------
+
+_DATE_TEXT = st.one_of(
+    st.sampled_from(
+        [
+            "2024",
+            "2024-05",
+            "2024-05-15",
+            "2024-02-30",  # no such day
+            "9999-12-31",  # beyond what can be represented
+            "2024-05-15T08:05:00+02:00",
+            "2024-05-15T08:05:00Z",
+            "2024-05-15T08:05:00.25-03:30",
+            "2024-05-15T08:05+01:00",
+            "2024-05-15T08:05:00",  # no zone: read as Swedish time
+            "not a date",
+            "",
+        ]
+    ),
+    st.datetimes(timezones=st.just(UTC)).map(lambda d: d.isoformat(timespec="seconds")),
+)
+_DATE_VALUE = st.one_of(
+    st.none(),
+    st.integers(),
+    _DATE_TEXT,
+    st.fixed_dictionaries({}, optional={"start": st.one_of(_DATE_TEXT, st.integers()), "end": _DATE_TEXT}),
+)
+
+
+@given(
+    rtype=st.sampled_from(sorted({*BY_TYPE, "Patient", "Basic"})),
+    values=st.dictionaries(
+        st.sampled_from(sorted({path for p in _CLINICAL.values() if p for path in p.paths} | {"status"})),
+        st.one_of(_DATE_VALUE, st.lists(_DATE_VALUE, max_size=3)),
+        max_size=3,
+    ),
+)
+def test_sort_time_is_the_latest_start_of_the_clinical_date(rtype: str, values: dict[str, Any]) -> None:
+    """``sort_time`` reads the clinical date's elements directly; it must agree with the ranges
+    date search compares: the latest start that is bounded, None when there is none."""
+    resource = {"resourceType": rtype, **values}
+    p = clinical_date(rtype)
+    starts = [lo for lo, _ in _date_ranges(resource, p) if not math.isinf(lo)] if p else []
+    assert sort_time(resource) == (max(starts) if starts else None)
+
+
+def test_clinical_dates_are_top_level_elements() -> None:
+    """(``sort_time`` reads each path as one key of the resource)"""
+    assert all("." not in path for p in _CLINICAL.values() if p for path in p.paths)

@@ -369,6 +369,14 @@ def test_as(cast: str, value: Any, expected: Any) -> None:
         ("decimal", "NaN"),
         ("decimal", "Infinity"),
         ("decimal", ""),
+        # beyond what FHIR's integer, or a JSON number read exactly, can hold
+        ("integer", "2147483648"),
+        ("integer", "-2147483649"),
+        ("decimal", "123456789012345678901234567890"),
+        ("decimal", 2**63),
+        ("decimal", "1E+30"),
+        ("decimal", "1" * 400 + ".5"),
+        ("decimal", "1e400"),
     ],
 )
 def test_as_unreadable_is_omitted(cast: str, value: Any) -> None:
@@ -390,6 +398,20 @@ def test_decimal_fast_paths_agree_with_decimal(value: Any) -> None:
     fast = _to_decimal(value)
     slow = _decimal(scalar_text(value).strip())
     assert fast == slow and type(fast) is type(slow)
+
+
+@pytest.mark.parametrize(
+    ("cast", "value", "expected"),
+    [
+        ("integer", "2147483647", 2147483647),
+        ("integer", "-2147483648", -2147483648),
+        ("decimal", str(2**63 - 1), 2**63 - 1),
+        ("decimal", -(2**63), -(2**63)),
+        ("decimal", "1.5e300", 1.5e300),
+    ],
+)
+def test_as_keeps_the_edges_of_the_range(cast: str, value: Any, expected: Any) -> None:
+    assert build({"v": {"$path": "v", "$as": cast}}, {"v": value}) == {"v": expected}
 
 
 def test_as_unknown_cast_is_an_error() -> None:
@@ -490,6 +512,18 @@ def test_bad_where_names_the_key(where: Any, key: str) -> None:
 def test_records_that_are_not_objects_or_lack_an_id_are_skipped() -> None:
     resources, skipped = run(compile_doc(doc()), [{"rid": "1"}, "junk", {"other": 1}, {"rid": None}])
     assert len(resources) == 1 and skipped == 3
+
+
+def test_a_record_whose_resource_is_not_json_is_skipped_not_sent() -> None:
+    """No conversion makes a value JSON cannot carry, but a code map (config) could hold one: that
+    record is skipped and counted, where it would otherwise fail the whole answer when sent."""
+    fields = {
+        "subject": {"reference": "Patient/{@patient_id}"},
+        "note": {"$path": "n", "$map": {"x": b"raw"}},
+    }
+    resources, skipped = run(compile_doc(doc(fields)), [{"rid": "1", "n": "x"}, {"rid": "2", "n": "y"}])
+    assert [r["id"] for r in resources] == [compile_doc(doc(fields)).stable_id("pat1", "2")]
+    assert skipped == 1
 
 
 # ---- security labels ----------------------------------------------------------------------------
