@@ -1,7 +1,7 @@
 """Load benchmark of ``$everything``: the facade against the floor beneath it, on loopback.
 
     python bench/run.py [--latency-ms 20] [--patients 200] [--duration 10] [--rate R]
-                        [--concurrency 32] [--out bench/results]
+                        [--concurrency 32] [--gap-rounds 6] [--gap-round-s 5] [--out bench/results]
 
 What runs, each in its own process (the load generator is this process):
 
@@ -35,6 +35,11 @@ naming a source, the baseline's failed-call header) counts as "partial"; a facad
 only source notes say "answered from the cache" counts as answered from the cache — so (d) shows
 how many answers the cache really served.
 
+Then the latency gap of (c) to (b), paired: the two alternate at the same rate in ``--gap-rounds``
+rounds of ``--gap-round-s`` s each, and the median over the rounds of (c) minus (b), p50 and p99, is
+reported under the table. Rows measured minutes apart differ by machine drift as well; the paired
+figure is the one to compare with the targets.
+
 Outputs in ``--out``: ``results.json`` (settings, every figure, the open-model samples),
 ``results.md`` (the table printed at the end) and ``latency.png`` (latency CDF and percentiles per
 target). Facade RSS (VmRSS, and the peak VmHWM) is read from /proc before and after its load.
@@ -55,6 +60,7 @@ import platform
 import random
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -588,6 +594,15 @@ def markdown(results: dict[str, Any]) -> str:
         "errors and partial: open / closed model. CPU ms/req: the target's own process (facade or "
         "baseline; not the simulators) per answered request in the open model.",
     ]
+    gap = results.get("paired_gap")
+    if gap and gap["rounds"]:
+        lines.append(
+            f"Latency gap of (c) to (b), paired: the two alternate in {gap['rounds']} rounds of "
+            f"{gap['round_s']:g} s each at {gap['rate_rps']:g} req/s; median over the rounds of "
+            f"(c) − (b): **p50 {gap['p50_gap_ms']:+.2f} ms, p99 {gap['p99_gap_ms']:+.2f} ms** "
+            f"(p50 per round: {', '.join(f'{g:+.1f}' for g in gap['p50_gaps_ms'])}). The table's rows "
+            "are measured minutes apart; this is the figure to read the gap from."
+        )
     for t in results["targets"]:
         if "open" in t and (t["open"]["from_cache"] or t["closed"]["from_cache"]):
             o, c = t["open"], t["closed"]
@@ -726,6 +741,40 @@ async def measure(target: Target, args: argparse.Namespace, rate: float | None, 
     return rate
 
 
+async def paired_gaps(
+    baseline: Target, facade: Target, rate: float, args: argparse.Namespace
+) -> dict[str, Any]:
+    """The facade's latency gap to the baseline, from rounds that alternate the two at ``rate``.
+
+    The table's rows are measured one after the other, minutes apart; on a shared machine the CPU a
+    request costs drifts by ±10 % over minutes, and a single pair of rows moves the p50 gap by ±1 ms.
+    Each round here measures both for ``--gap-round-s`` s, back to back (which goes first alternates);
+    the gap of each round is facade minus baseline, and the median over the rounds is the figure."""
+    p50: list[float] = []
+    p99: list[float] = []
+    for r in range(args.gap_rounds):
+        got: dict[str, dict[str, Any]] = {}
+        for t in (baseline, facade) if r % 2 == 0 else (facade, baseline):
+            got[t.name] = await open_model(
+                t, rate, args.gap_round_s, args.max_inflight, args.timeout, args.arrivals
+            )
+        f, b = got[facade.name], got[baseline.name]
+        if None in (f["p50"], b["p50"], f["p99"], b["p99"]):  # (nothing answered: no gap to read)
+            continue
+        p50.append(round(f["p50"] - b["p50"], 2))
+        p99.append(round(f["p99"] - b["p99"], 2))
+        print(f"  round {r + 1}: p50 gap {p50[-1]:+.1f} ms, p99 gap {p99[-1]:+.1f} ms", flush=True)
+    return {
+        "rounds": len(p50),
+        "round_s": args.gap_round_s,
+        "rate_rps": round(rate, 1),
+        "p50_gap_ms": round(statistics.median(p50), 2) if p50 else None,
+        "p99_gap_ms": round(statistics.median(p99), 2) if p99 else None,
+        "p50_gaps_ms": p50,
+        "p99_gaps_ms": p99,
+    }
+
+
 async def bench(args: argparse.Namespace, procs: Processes, tmp: Path) -> dict[str, Any]:
     people = population(args.patients)
     pnrs = [p.pnr for p in people]
@@ -771,6 +820,10 @@ async def bench(args: argparse.Namespace, procs: Processes, tmp: Path) -> dict[s
         print(t.label, flush=True)
         t.results["warm_up"] = dict(await warm_up(t, min(len(pnrs), 50), 8, args.timeout))
         await measure(t, args, rate, procs)
+    paired = None
+    if args.gap_rounds:
+        print(f"latency gap, paired: (b) and (c) alternating, {args.gap_rounds} rounds", flush=True)
+        paired = await paired_gaps(baseline, uncached, rate, args)
 
     if no_cache:
         cached.results["skipped"] = "not available"
@@ -808,6 +861,7 @@ async def bench(args: argparse.Namespace, procs: Processes, tmp: Path) -> dict[s
             {"name": t.name, "label": t.label, "note": t.note, **t.results}
             for t in (direct, baseline, uncached, cached)
         ],
+        "paired_gap": paired,
     }
 
 
@@ -822,6 +876,10 @@ def main() -> None:
     ap.add_argument("--arrivals", choices=ARRIVALS, default="poisson", help="open-model arrival process")
     ap.add_argument("--concurrency", type=int, default=32, help="closed-model workers")
     ap.add_argument("--max-inflight", type=int, default=256, help="open-model bound on requests in flight")
+    ap.add_argument(
+        "--gap-rounds", type=int, default=6, help="paired rounds of (b) and (c) for the latency gap (0: none)"
+    )
+    ap.add_argument("--gap-round-s", type=float, default=5.0, help="seconds per target per paired round")
     ap.add_argument("--timeout", type=float, default=10.0, help="per-request timeout, s")
     ap.add_argument("--start-timeout", type=float, default=60.0, help="seconds a process may take to start")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
@@ -832,6 +890,8 @@ def main() -> None:
         ap.error("--duration 0-600 s, --concurrency 1-1024, --max-inflight 1-4096")
     if args.rate is not None and not 0 < args.rate <= 10_000:
         ap.error("--rate must be between 0 and 10000 req/s")
+    if not (0 <= args.gap_rounds <= 100 and 0 < args.gap_round_s <= 600):
+        ap.error("--gap-rounds 0-100, --gap-round-s 0-600 s")
 
     results = with_processes("fhir-bench-", lambda procs, tmp: bench(args, procs, tmp))
     print()
