@@ -37,6 +37,11 @@ class _TooLarge(Exception):
     pass
 
 
+def _weighted(mean: float | None, sample: float) -> float:
+    """An exponentially weighted mean, updated with ``sample`` (none yet, or 0: the sample itself)."""
+    return sample if not mean else 0.8 * mean + 0.2 * sample
+
+
 # (backend, request, body) — body None: the backend said it has nothing (an ``empty_statuses`` answer)
 OnAnswer = Callable[[str, RequestSpec, bytes | None], None]
 
@@ -157,12 +162,11 @@ class BackendClient:
 
     def handled(self, key: str, ms: float) -> None:
         """Learn how long the answer to request ``key`` took to handle (an exponentially weighted mean)."""
-        known = self.handling_ms.get(key)
-        self.handling_ms[key] = ms if known is None else 0.8 * known + 0.2 * ms
+        self.handling_ms[key] = _weighted(self.handling_ms.get(key), ms)
 
     def took(self, latency_ms: float) -> None:
         """Learn how long a whole fetch took (an exponentially weighted mean)."""
-        self.typical_ms = latency_ms if not self.typical_ms else 0.8 * self.typical_ms + 0.2 * latency_ms
+        self.typical_ms = _weighted(self.typical_ms, latency_ms)
 
     async def _one(self, spec: RequestSpec, ctx: Context) -> tuple[SourceStatus, bytes | None, str]:
         """One request. A connection the backend closed before answering is retried once for an
