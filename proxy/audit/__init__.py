@@ -12,6 +12,14 @@ which patient, what (interaction, resource types, sources, how many resources ea
 purpose (TREAT, ETREAT for emergency access, PATRQT for the patient), outcome, time and the request
 id — never a token, never clinical text.
 
+A patient's event names which patient asked — pseudonymously: the facade's opaque id of that
+patient (an auditor resolves it with the deployment's key) and the identity provider's subject and
+issuer. A patient's request about another patient's record (answered exactly as for a patient
+nobody knows) is logged against that record as the asker's refused attempt: an auditor reading the
+record's log finds it; the patient's own view never shows it (``Store.audit_events(as_patient=True)``).
+A request for emergency access is logged with purpose ETREAT and its reason code whether it was
+granted or refused (refused: outcome 8, and ``outcomeDesc`` says why).
+
 ``patient_view`` is what a patient reads of their own log: who (care unit, provider, role), when,
 what kind of access, purpose — nothing about what was read or hidden.
 """
@@ -27,7 +35,14 @@ from proxy.types import FhirDict, Principal
 
 ACT_REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
 BALP_ENTITY = "https://profiles.ihe.net/ITI/BALP/CodeSystem/BasicAuditEntityType"
+ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
 BEGUN = "begun; no outcome recorded (if it stays so, the outcome was lost: read as possibly disclosed)"
+# The outcomeDesc of a patient's request about another patient's record (the asker was answered as
+# for an unknown patient, whatever the status says).
+PROBE = "refused: a patient's request about another patient's record, answered as for an unknown patient"
+# The emergency-reason detail of a request whose X-Emergency-Access is not a reason code (its text
+# is never logged).
+NOT_A_REASON = "not-a-reason-code"
 ACTION = {"create": "C", "update": "U", "everything": "E"}  # else R (read, search)
 # What the patient's view calls each audience's role.
 ROLE_DISPLAY = {
@@ -46,12 +61,15 @@ def begun_event(
     resource_types: list[str],
     request_id: str,
     emergency_reason: str | None = None,
+    asker_id: str | None = None,
 ) -> FhirDict:
     """The AuditEvent (IHE BALP: type rest, subtype the interaction) of an access that has begun:
     who, which patient, what was asked for, why, when. It has no outcome yet: ``completed`` adds it.
     An event stored in this form says the access began and its outcome was never recorded (the
-    process stopped in between, or the store failed that write) — to be read as "may have disclosed"."""
-    purpose = "PATRQT" if principal.audience == "patient" else "ETREAT" if emergency_reason else "TREAT"
+    process stopped in between, or the store failed that write) — to be read as "may have disclosed".
+    ``emergency_reason``: emergency access was asked for (granted or not), with this reason code.
+    ``asker_id``: the opaque Patient id of the asking patient (patient audience)."""
+    purpose = "ETREAT" if emergency_reason else "PATRQT" if principal.audience == "patient" else "TREAT"
     who: list[FhirDict] = [
         {
             "type": {
@@ -61,7 +79,7 @@ def begun_event(
             },
             "who": {"identifier": {"system": "urn:oid:1.2.752.129.2.1.4.1", "value": principal.user_hsa_id}}
             if principal.user_hsa_id
-            else {"display": "the patient"},
+            else _patient_agent(principal, asker_id),
             "requestor": True,
             "role": [{"coding": [{"system": "urn:fhir-facade:audience", "code": principal.audience}]}],
             "purposeOfUse": [{"coding": [{"system": ACT_REASON, "code": purpose}]}],
@@ -118,25 +136,67 @@ def begun_event(
     }
 
 
-def completed(event: FhirDict, *, status: int, disclosed: Mapping[str, int], degraded: list[str]) -> FhirDict:
+def _patient_agent(principal: Principal, asker_id: str | None) -> FhirDict:
+    """Which patient asked, pseudonymously: the facade's opaque id of them, and the identity
+    provider's subject (an auditor resolves either; neither is the personnummer)."""
+    return {
+        **({"reference": f"Patient/{asker_id}"} if asker_id else {}),
+        "identifier": {"system": principal.issuer, "value": principal.subject},
+        "display": "the patient",
+    }
+
+
+def probing(principal: Principal, patient_pnr: str) -> bool:
+    """A patient asking about someone else's record (answered as for a patient nobody knows)."""
+    return principal.audience == "patient" and principal.patient_pnr != patient_pnr
+
+
+def completed(
+    event: FhirDict,
+    *,
+    status: int,
+    disclosed: Mapping[str, int],
+    degraded: list[str],
+    refused: str | None = None,
+    resource: str | None = None,
+) -> FhirDict:
     """The begun ``event`` with its outcome (BALP 0 success, 4 partial, 8 refused or not found, 12
     failed) and, for an answer that was given, how many resources each source disclosed and which
-    sources failed. Same id and time: it replaces the begun event in the store."""
+    sources failed. Same id and time: it replaces the begun event in the store. ``refused``: the
+    access was refused whatever the answer's status (outcome 8, or 12 if the request failed), and
+    why (``outcomeDesc``). ``resource``: the (versioned) reference of a resource the request wrote."""
     outcome = 0 if status < 400 and not degraded else 4 if status < 400 else 8 if status < 500 else 12
+    if refused is not None:
+        outcome = max(outcome, 8)
     what = event["entity"][1]
     details = [
         *(
             {"type": f"disclosed:{src}", "valueString": str(n)}
-            for src, n in (sorted(disclosed.items()) if status < 400 else ())
+            for src, n in (sorted(disclosed.items()) if status < 400 and refused is None else ())
         ),
         *({"type": f"failed:{src}", "valueString": "1"} for src in sorted(degraded)),
         *what.get("detail", ()),
     ]
     done = {k: v for k, v in event.items() if k != "outcomeDesc"}
     done["outcome"] = str(outcome)
+    if refused is not None:
+        done["outcomeDesc"] = refused
     done["entity"] = [
         event["entity"][0],
         {**what, "detail": details} if details else what,
+        *(
+            [
+                {
+                    "what": {"reference": resource},
+                    "type": {
+                        "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type",
+                        "code": "2",
+                    },
+                }
+            ]
+            if resource
+            else []
+        ),
         *event["entity"][2:],
     ]
     return done
@@ -152,6 +212,7 @@ def record(event: FhirDict, principal: Principal, patient_pnr: str, request_id: 
         outcome=int(event["outcome"]) if "outcome" in event else NO_OUTCOME,
         request_id=request_id,
         event=event,
+        asker_pnr=principal.patient_pnr if principal.audience == "patient" else None,
     )
 
 

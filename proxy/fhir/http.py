@@ -27,6 +27,8 @@ AUDIT_QUERY_KEY = web.RequestKey("audit_query", Query)
 AUDIT_DISCLOSED_KEY = web.RequestKey("audit_disclosed", Counter)
 AUDIT_DEGRADED_KEY = web.RequestKey("audit_degraded", list)
 AUDIT_EMERGENCY_KEY = web.RequestKey("audit_emergency", str)  # the emergency-access reason code
+AUDIT_REFUSED_KEY = web.RequestKey("audit_refused", str)  # why an access was refused (no personal data)
+AUDIT_RESOURCE_KEY = web.RequestKey("audit_resource", str)  # a resource the request wrote: Type/id/_history/n
 # the AuditEvent of an access logged as begun (before the backends were asked), and its commit
 AUDIT_BEGUN_KEY = web.RequestKey("audit_begun", tuple)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")

@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable, Sequence
 
 from proxy import pnr as pnr_mod
-from proxy.fhir.errors import bad_request, not_found
+from proxy.fhir.errors import FhirError, bad_request, not_found
 from proxy.fhir.ids import PatientIds, is_fhir_id, patient_part
 from proxy.fhir.searchparams import BY_TYPE, params_for
 from proxy.settings import FacadeSettings
@@ -155,6 +155,28 @@ def _filters(p: _Parser, rtype: str, skip: Iterable[str]) -> list[SearchFilter]:
         filters.append(SearchFilter(name=name, kind=d.kind, values=parsed))
         p.used.append((name, raw))
     return filters
+
+
+def named_patient(rtype: str, params: Params, ids: PatientIds) -> PatientRef | None:
+    """The patient a search names, read leniently: for a search refused as malformed, so that the
+    refusal is logged against the patient it named. The first value, in a form this server reads,
+    that is one of our patient ids (``patient``/``subject``; for Patient ``_id`` or ``identifier``);
+    else None."""
+    keys = ("_id", "identifier") if rtype == "Patient" else _PATIENT_KEYS
+    for key, value in params:
+        if key not in keys:
+            continue
+        try:
+            if key == "identifier":
+                number = pnr_mod.normalise(_token(value, key).code or "")
+                patient = ids.patient(number) if number else None
+            else:
+                patient = parse_patient_param(value, ids)
+        except FhirError:
+            continue
+        if patient is not None:
+            return patient
+    return None
 
 
 def check_type(rtype: str) -> None:

@@ -24,8 +24,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from proxy.access.pdl import EMERGENCY_HEADER, emergency_reason
-from proxy.audit import begun_event, completed, record
+from proxy.access.pdl import EMERGENCY_HEADER, EMERGENCY_REASONS, emergency_reason
+from proxy.audit import NOT_A_REASON, PROBE, begun_event, completed, probing, record
 from proxy.auth import AuthError
 from proxy.fhir import params as parse
 from proxy.fhir import stored
@@ -38,6 +38,8 @@ from proxy.fhir.http import (
     AUDIT_DISCLOSED_KEY,
     AUDIT_EMERGENCY_KEY,
     AUDIT_QUERY_KEY,
+    AUDIT_REFUSED_KEY,
+    AUDIT_RESOURCE_KEY,
     AUTH_KEY,
     FACADE_KEY,
     PRINCIPAL_KEY,
@@ -50,10 +52,10 @@ from proxy.fhir.http import (
     request_id,
     strict,
 )
-from proxy.fhir.ids import holding_backend
+from proxy.fhir.ids import holding_backend, is_fhir_id
 from proxy.pipeline import Answer, Facade, collect
 from proxy.store import StoreUnavailable
-from proxy.types import FhirDict, Principal, Query
+from proxy.types import FhirDict, PatientRef, Principal, Query
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +147,15 @@ def _begun(request: web.Request, query: Query, principal: Principal) -> FhirDict
         resource_types=sorted(query.resource_types),
         request_id=request[REQUEST_ID_KEY],
         emergency_reason=request.get(AUDIT_EMERGENCY_KEY),
+        asker_id=_asker_id(request, principal),
     )
+
+
+def _asker_id(request: web.Request, principal: Principal) -> str | None:
+    """The asking patient's opaque id (patient audience): the event names who acted."""
+    if principal.patient_pnr is None:
+        return None
+    return request.app[FACADE_KEY].ids.encode(principal.patient_pnr)
 
 
 async def _audit(request: web.Request, status: int) -> None:
@@ -174,11 +184,17 @@ def _submit_completed(request: web.Request, status: int) -> asyncio.Future[None]
     if query is None or query.patient is None or principal is None:
         return None
     begun = request.get(AUDIT_BEGUN_KEY)
+    # a patient asking about another patient's record: that asker's refused attempt, whatever the
+    # (unknown-patient) answer said; stored against the record, left out of its patient's own view
+    why = [PROBE] if probing(principal, query.patient.pnr) else []
+    why += [request[AUDIT_REFUSED_KEY]] if AUDIT_REFUSED_KEY in request else []
     done = completed(
         begun[0] if begun is not None else _begun(request, query, principal),
         status=status,
         disclosed=request.get(AUDIT_DISCLOSED_KEY, Counter()),
         degraded=request.get(AUDIT_DEGRADED_KEY, []),
+        refused="; ".join(why) or None,
+        resource=request.get(AUDIT_RESOURCE_KEY),
     )
     return request.app[STORE_KEY].submit_audit(
         record(done, principal, query.patient.pnr, request[REQUEST_ID_KEY])
@@ -270,7 +286,13 @@ class FhirRoutes:
     async def _search(self, request: web.Request, params: list[tuple[str, str]]) -> web.Response:
         facade = request.app[FACADE_KEY]
         rtype = request.match_info["type"]
-        query = parse.parse_search(rtype, params, facade.ids, facade.settings.facade, strict=strict(request))
+        try:
+            query = parse.parse_search(
+                rtype, params, facade.ids, facade.settings.facade, strict=strict(request)
+            )
+        except FhirError:  # refused as malformed: logged against the patient it names, if any
+            _audit_unparsed(request, "search-type", rtype, parse.named_patient(rtype, params, facade.ids))
+            raise
         url = f"{base_url(request, facade)}/{rtype}"
         request[AUDIT_QUERY_KEY] = query
         if query.patient is None:  # an id that is not ours: nothing can match
@@ -282,9 +304,13 @@ class FhirRoutes:
     async def everything(self, request: web.Request) -> web.Response:
         facade = request.app[FACADE_KEY]
         rid = request.match_info["id"]
-        query = parse.parse_everything(
-            rid, list(request.query.items()), facade.ids, facade.settings.facade, strict=strict(request)
-        )
+        try:
+            query = parse.parse_everything(
+                rid, list(request.query.items()), facade.ids, facade.settings.facade, strict=strict(request)
+            )
+        except FhirError:  # refused as malformed: logged against the patient it names
+            _audit_unparsed(request, "everything", None, facade.ids.resolve(rid) if is_fhir_id(rid) else None)
+            raise
         request[AUDIT_QUERY_KEY] = query
         answer = await _collect(request, facade, query)
         request[AUDIT_DEGRADED_KEY] = [o.source for o in answer.outcomes if o.status.degraded]
@@ -340,12 +366,28 @@ class FhirRoutes:
         return fhir_response(bundle, pretty=pretty(request))
 
 
+def _audit_unparsed(
+    request: web.Request, interaction: str, rtype: str | None, patient: PatientRef | None
+) -> None:
+    """A request refused before its query was parsed (a 400, or a 404 for an unknown type) that
+    names a patient is logged against that patient."""
+    if patient is not None:
+        types = frozenset({rtype}) if rtype in parse.SUPPORTED_TYPES else frozenset()
+        request[AUDIT_QUERY_KEY] = Query(interaction=interaction, resource_types=types, patient=patient)
+
+
 async def _collect(request: web.Request, facade: Facade, query: Query) -> Answer:
     """The pipeline's answer for this request's asker, with emergency access when asked for."""
     principal = request[PRINCIPAL_KEY]
-    reason = emergency_reason(principal, request.headers.get(EMERGENCY_HEADER), facade.settings.access)
-    if reason is not None:
-        request[AUDIT_EMERGENCY_KEY] = reason
+    header = request.headers.get(EMERGENCY_HEADER)
+    if header is not None:  # asked for: logged as ETREAT with its reason code, granted or refused
+        code = header.strip()
+        request[AUDIT_EMERGENCY_KEY] = code if code in EMERGENCY_REASONS else NOT_A_REASON
+    try:
+        reason = emergency_reason(principal, header, facade.settings.access)
+    except FhirError as exc:
+        request[AUDIT_REFUSED_KEY] = f"refused ({exc.status}): {exc.message}"  # never the header's text
+        raise
     audit_begun(request)
     return await collect(facade, query, principal, emergency=reason)
 

@@ -5,9 +5,10 @@
     GET  {base}/Consent?patient={id}    (status=active|inactive)     GET {base}/Consent/{id}
     GET  {base}/AuditEvent?patient={id} the access log: the patient's own view, or an auditor's
 
-Who sees which Consent: the patient all of their own; care staff the consents registered for their
-own care provider or unit (not the patient's blocks: the answer's hint says that blocked
-information exists, never where). Who reads the access log: the patient their own, in
+Who revokes: the patient any consent or block about themselves; care staff the consents given to
+their own provider or unit. Who sees which Consent: the patient all of their own; care staff the
+consents registered for their own care provider or unit (not the patient's blocks: the answer's
+hint says that blocked information exists, never where). Who reads the access log: the patient their own, in
 ``patient_view`` form; users configured as auditors (``access.auditors``) every patient's, whole.
 Everyone else: 403. Every one of these requests is itself audited.
 """
@@ -21,13 +22,14 @@ import orjson
 from aiohttp import web
 
 from proxy.access import consent
-from proxy.audit import patient_view
+from proxy.audit import patient_view, probing
 from proxy.fhir import params as parse
 from proxy.fhir.bundle import page_links, searchset
 from proxy.fhir.errors import FhirError, bad_request, not_found
 from proxy.fhir.http import (
     AUDIT_DISCLOSED_KEY,
     AUDIT_QUERY_KEY,
+    AUDIT_RESOURCE_KEY,
     FACADE_KEY,
     PRINCIPAL_KEY,
     STORE_KEY,
@@ -89,6 +91,14 @@ def _may_write(principal: Principal, patient_pnr: str, terms: consent.Terms) -> 
         )
 
 
+def _may_revoke(principal: Principal, row: ConsentRow) -> None:
+    """The patient revokes any consent and lifts any block about themselves (whoever registered
+    it); care staff revoke the consents given to their own provider or unit, and lift no block."""
+    if principal.audience == "patient" and row.patient_pnr == principal.patient_pnr:
+        return
+    _may_write(principal, row.patient_pnr, consent.terms(row.resource))
+
+
 async def _body(request: web.Request) -> Any:
     if request.content_type not in _JSON_BODIES:
         raise FhirError(415, "not-supported", "Send the Consent as application/fhir+json")
@@ -129,6 +139,7 @@ async def create_consent(request: web.Request) -> web.Response:
     await request.app[STORE_KEY].add_consent(
         ConsentRow(resource["id"], patient.pnr, resource["status"], 1, resource)
     )
+    request[AUDIT_RESOURCE_KEY] = f"Consent/{resource['id']}/_history/1"
     resp = _one(resource, 201, request=request)
     url = f"{base_url(request, request.app[FACADE_KEY])}/Consent/{resource['id']}"
     resp.headers["Location"] = f"{url}/_history/1"
@@ -168,7 +179,7 @@ async def update_consent(request: web.Request) -> web.Response:
         )
     if row.status == "inactive" and body["status"] == "active":
         raise bad_request("A revoked consent or lifted block stays inactive; register a new one")
-    _may_write(principal, row.patient_pnr, consent.terms(row.resource))
+    _may_revoke(principal, row)
     match = request.headers.get("If-Match")
     if match is not None and match.strip() != f'W/"{row.version}"':
         raise FhirError(412, "conflict", "The Consent has changed since that version (If-Match)")
@@ -180,6 +191,7 @@ async def update_consent(request: web.Request) -> web.Response:
     updated = ConsentRow(row.id, row.patient_pnr, resource["status"], row.version + 1, resource)
     if not await request.app[STORE_KEY].update_consent(updated, expected_version=row.version):
         raise FhirError(409, "conflict", "The Consent was changed by another request; read it and try again")
+    request[AUDIT_RESOURCE_KEY] = f"Consent/{row.id}/_history/{row.version + 1}"  # the revocation, logged
     return _one(resource, request=request)
 
 
@@ -187,7 +199,9 @@ async def search_consents(request: web.Request) -> web.Response:
     principal = request[PRINCIPAL_KEY]
     query, wanted = _search_params(request, "Consent", {"status": _STATUSES})
     request[AUDIT_QUERY_KEY] = query
-    rows = await request.app[STORE_KEY].consents(query.patient.pnr) if query.patient else []
+    # another patient's consents are not even read: the asker is answered as for an unknown patient
+    mine = query.patient is not None and not probing(principal, query.patient.pnr)
+    rows = await request.app[STORE_KEY].consents(query.patient.pnr) if query.patient and mine else []
     statuses = wanted.get("status", _STATUSES)
     found = [r.resource for r in rows if r.status in statuses and _visible(principal, r)]
     request[AUDIT_DISCLOSED_KEY] = Counter({"facade": len(found)})
@@ -209,7 +223,10 @@ async def search_audit(request: web.Request) -> web.Response:
     if not own or query.patient is None:  # another patient's log reads as an unknown patient's
         return _bundle(request, query, [], 0, "AuditEvent")
     total, events = await request.app[STORE_KEY].audit_events(
-        query.patient.pnr, limit=0 if query.summary_count else query.count, offset=query.offset
+        query.patient.pnr,
+        limit=0 if query.summary_count else query.count,
+        offset=query.offset,
+        as_patient=is_patient,  # no other patient's attempt on the record, as "Du själv" or at all
     )
     request[AUDIT_DISCLOSED_KEY] = Counter({"facade": len(events)})
     if is_patient:
@@ -222,14 +239,18 @@ def _search_params(
     request: web.Request, rtype: str, codes: dict[str, frozenset[str]]
 ) -> tuple[Query, dict[str, frozenset[str]]]:
     facade = request.app[FACADE_KEY]
-    return parse.parse_stored_search(
-        rtype,
-        list(request.query.items()),
-        facade.ids,
-        facade.settings.facade,
-        codes=codes,
-        strict=strict(request),
-    )
+    params = list(request.query.items())
+    try:
+        return parse.parse_stored_search(
+            rtype, params, facade.ids, facade.settings.facade, codes=codes, strict=strict(request)
+        )
+    except FhirError:  # refused as malformed: logged against the patient it names, if any
+        patient = parse.named_patient(rtype, params, facade.ids)
+        if patient is not None:
+            request[AUDIT_QUERY_KEY] = Query(
+                interaction="search-type", resource_types=frozenset({rtype}), patient=patient
+            )
+        raise
 
 
 def _bundle(request: web.Request, query: Query, page: list[FhirDict], total: int, rtype: str) -> web.Response:

@@ -46,9 +46,13 @@ class AuditRecord:
     outcome: int  # BALP: 0 success, 4 minor failure (partial), 8 serious (refused/not found), 12 major
     request_id: str
     event: FhirDict
+    # the patient who asked (patient audience only): the patient's own view of their log leaves out
+    # every other patient's attempt on it (``Store.audit_events(as_patient=True)``)
+    asker_pnr: str | None = None
 
     def row(self) -> tuple[object, ...]:
-        """The values of the audit_event columns, in schema order (id … event)."""
+        """The values of the audit_event columns id … request_id, asker_pnr, event (the order the
+        stores insert them in)."""
         return (
             self.event_id,
             self.recorded,
@@ -57,6 +61,7 @@ class AuditRecord:
             self.user_hsa_id,
             self.outcome,
             self.request_id,
+            self.asker_pnr,
             self.event,
         )
 
@@ -169,10 +174,15 @@ class Store(abc.ABC):
                     done.set_result(None)
             batch.clear()
 
-    async def audit_events(self, patient_pnr: str, *, limit: int, offset: int) -> tuple[int, list[FhirDict]]:
-        """(how many events name the patient, one page of them, newest first)."""
+    async def audit_events(
+        self, patient_pnr: str, *, limit: int, offset: int, as_patient: bool = False
+    ) -> tuple[int, list[FhirDict]]:
+        """(how many events name the patient, one page of them, newest first). ``as_patient``: the
+        patient's own view — without other patients' attempts on the record, and without patient
+        events that do not say which patient asked (stored before the store recorded it), which
+        may be such attempts; the count and the page both know nothing of them."""
         await self.flush()
-        return await self._audit_events(patient_pnr, limit=limit, offset=offset)
+        return await self._audit_events(patient_pnr, limit=limit, offset=offset, as_patient=as_patient)
 
     async def all_audit_events(self) -> list[FhirDict]:
         """Every stored event (for tests and exports; not on the request path)."""
@@ -195,7 +205,7 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def _audit_events(
-        self, patient_pnr: str, *, limit: int, offset: int
+        self, patient_pnr: str, *, limit: int, offset: int, as_patient: bool
     ) -> tuple[int, list[FhirDict]]: ...
 
     @abc.abstractmethod
@@ -214,6 +224,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def consents(self, patient_pnr: str) -> list[ConsentRow]:
         """The patient's consents and blocks, any status, oldest first."""
+
+
+# The patient's own view of their log: what care staff did, and what the patient did themselves.
+AS_PATIENT = "(audience <> 'patient' OR asker_pnr = patient_pnr)"
 
 
 def _not_stored(why: str, records: dict[str, AuditRecord]) -> None:

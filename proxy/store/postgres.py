@@ -6,14 +6,15 @@ from __future__ import annotations
 import asyncpg
 import orjson
 
-from proxy.store import NO_OUTCOME, AuditRecord, ConsentRow, Store, StoreUnavailable
+from proxy.store import AS_PATIENT, NO_OUTCOME, AuditRecord, ConsentRow, Store, StoreUnavailable
 from proxy.types import FhirDict
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit_event (
     seq BIGSERIAL PRIMARY KEY, id TEXT NOT NULL UNIQUE, recorded TIMESTAMPTZ NOT NULL,
     patient_pnr TEXT NOT NULL, audience TEXT NOT NULL, user_hsa_id TEXT, outcome SMALLINT NOT NULL,
-    request_id TEXT NOT NULL, event JSONB NOT NULL);
+    request_id TEXT NOT NULL, event JSONB NOT NULL, asker_pnr TEXT);
+ALTER TABLE audit_event ADD COLUMN IF NOT EXISTS asker_pnr TEXT;
 CREATE INDEX IF NOT EXISTS audit_by_patient ON audit_event (patient_pnr, recorded);
 CREATE TABLE IF NOT EXISTS consent (
     seq BIGSERIAL PRIMARY KEY, id TEXT NOT NULL UNIQUE, patient_pnr TEXT NOT NULL,
@@ -63,7 +64,8 @@ class PostgresStore(Store):
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.executemany(
                 "INSERT INTO audit_event (id, recorded, patient_pnr, audience, user_hsa_id, outcome,"
-                " request_id, event) VALUES ($1, $2::text::timestamptz, $3, $4, $5, $6, $7, $8)"
+                " request_id, asker_pnr, event)"
+                " VALUES ($1, $2::text::timestamptz, $3, $4, $5, $6, $7, $8, $9)"
                 " ON CONFLICT (id) DO UPDATE SET outcome = EXCLUDED.outcome, event = EXCLUDED.event"
                 f" WHERE audit_event.outcome = {NO_OUTCOME}",  # only a begun event is replaced
                 [r.row() for r in records],
@@ -83,12 +85,13 @@ class PostgresStore(Store):
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise StoreUnavailable(f"store write failed ({type(exc).__name__})") from None
 
-    async def _audit_events(self, patient_pnr: str, *, limit: int, offset: int) -> tuple[int, list[FhirDict]]:
-        ((total,),) = await self._fetch(
-            "SELECT count(*) FROM audit_event WHERE patient_pnr = $1", patient_pnr
-        )
+    async def _audit_events(
+        self, patient_pnr: str, *, limit: int, offset: int, as_patient: bool
+    ) -> tuple[int, list[FhirDict]]:
+        where = "patient_pnr = $1" + (f" AND {AS_PATIENT}" if as_patient else "")
+        ((total,),) = await self._fetch(f"SELECT count(*) FROM audit_event WHERE {where}", patient_pnr)
         rows = await self._fetch(
-            "SELECT event FROM audit_event WHERE patient_pnr = $1 ORDER BY recorded DESC, seq DESC"
+            f"SELECT event FROM audit_event WHERE {where} ORDER BY recorded DESC, seq DESC"
             " LIMIT $2 OFFSET $3",
             patient_pnr,
             limit,

@@ -16,14 +16,14 @@ from typing import Any
 import aiosqlite
 import orjson
 
-from proxy.store import NO_OUTCOME, AuditRecord, ConsentRow, Store, StoreUnavailable
+from proxy.store import AS_PATIENT, NO_OUTCOME, AuditRecord, ConsentRow, Store, StoreUnavailable
 from proxy.types import FhirDict
 
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS audit_event ("
     " seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, recorded TEXT NOT NULL,"
     " patient_pnr TEXT NOT NULL, audience TEXT NOT NULL, user_hsa_id TEXT, outcome INTEGER NOT NULL,"
-    " request_id TEXT NOT NULL, event BLOB NOT NULL)",
+    " request_id TEXT NOT NULL, event BLOB NOT NULL, asker_pnr TEXT)",
     "CREATE INDEX IF NOT EXISTS audit_by_patient ON audit_event (patient_pnr, recorded)",
     "CREATE TABLE IF NOT EXISTS consent ("
     " seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, patient_pnr TEXT NOT NULL,"
@@ -48,6 +48,9 @@ class SqliteStore(Store):
         self._db = await self._open()
         for statement in SCHEMA:
             await self._db.execute(statement)
+        columns = {c[1] for c in await self._db.execute_fetchall("PRAGMA table_info(audit_event)")}
+        if "asker_pnr" not in columns:  # a store from before the asking patient was recorded
+            await self._db.execute("ALTER TABLE audit_event ADD COLUMN asker_pnr TEXT")
         self._audit_db = await self._open()
 
     async def _open(self) -> aiosqlite.Connection:
@@ -72,7 +75,7 @@ class SqliteStore(Store):
         db = self._audit_db
         if db is None:
             raise StoreUnavailable("store is not open")
-        # 100 rows of 8 values per statement: under the 999 variables older SQLite builds allow
+        # 100 rows of 9 values per statement: under the 999 variables older SQLite builds allow
         chunks = [records[i : i + 100] for i in range(0, len(records), 100)]
         if len(chunks) == 1:  # one statement: its own transaction
             await _insert_rows(db, chunks[0])
@@ -97,11 +100,13 @@ class SqliteStore(Store):
         except (ValueError, aiosqlite.Error) as exc:  # ValueError: the connection is closed
             raise StoreUnavailable(f"store read failed ({type(exc).__name__})") from None
 
-    async def _audit_events(self, patient_pnr: str, *, limit: int, offset: int) -> tuple[int, list[FhirDict]]:
-        ((total,),) = await self._fetch("SELECT count(*) FROM audit_event WHERE patient_pnr = ?", patient_pnr)
+    async def _audit_events(
+        self, patient_pnr: str, *, limit: int, offset: int, as_patient: bool
+    ) -> tuple[int, list[FhirDict]]:
+        where = "patient_pnr = ?" + (f" AND {AS_PATIENT}" if as_patient else "")
+        ((total,),) = await self._fetch(f"SELECT count(*) FROM audit_event WHERE {where}", patient_pnr)
         rows = await self._fetch(
-            "SELECT event FROM audit_event WHERE patient_pnr = ? ORDER BY recorded DESC, seq DESC"
-            " LIMIT ? OFFSET ?",
+            f"SELECT event FROM audit_event WHERE {where} ORDER BY recorded DESC, seq DESC LIMIT ? OFFSET ?",
             patient_pnr,
             limit,
             offset,
@@ -148,8 +153,8 @@ class SqliteStore(Store):
 async def _insert_rows(db: aiosqlite.Connection, rows: list[AuditRecord]) -> None:
     await db.execute(
         "INSERT INTO audit_event (id, recorded, patient_pnr, audience, user_hsa_id, outcome,"
-        " request_id, event) VALUES "
-        + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(rows))
+        " request_id, asker_pnr, event) VALUES "
+        + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(rows))
         + " ON CONFLICT (id) DO UPDATE SET outcome = excluded.outcome, event = excluded.event"
         f" WHERE audit_event.outcome = {NO_OUTCOME}",  # only a begun event is replaced
         [v for r in rows for v in (*r.row()[:-1], orjson.dumps(r.event))],
