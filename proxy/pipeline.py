@@ -78,7 +78,8 @@ class Answer:
     # True: some source holds something about the patient; False: every source answered and none
     # does; None: nothing arrived, but a source did not answer, so nobody can say.
     patient_known: bool | None
-    # why records that would match were not shown (PDL: no consent, blocked); never for the patient
+    # why records of the requested types were not shown (PDL: no consent, blocked), whatever the
+    # filters; never for the patient
     withheld: frozenset[pdl.Withheld] = field(default_factory=frozenset)
 
 
@@ -243,10 +244,13 @@ async def collect(
                 readable.append(r)
             elif (
                 why not in withheld
+                and r.resource["resourceType"] in decision.types
                 and facade.policy.visible(r.resource, audience)
-                and _selected(r.resource, query)
             ):
-                withheld.add(why)  # worth a hint only if the asker could see it and asked for it
+                # The hint is decided over every withheld record of the requested types the asker
+                # could otherwise see, before any filter: it depends on the patient, the asker and
+                # the types only — never on filter values, dates, ids or paging (not an oracle).
+                withheld.add(why)
         mapped = readable
     merged = redact(
         merge(mapped),
