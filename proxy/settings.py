@@ -47,6 +47,9 @@ class BackendSettings:
     vars: tuple[tuple[str, str], ...] = ()
     breaker_failures: int = 5  # consecutive failed answers that open the circuit
     breaker_open_s: float = 10.0  # how long it stays open before one probe request
+    # Holds PDL care documentation (the default): every mapping but Patient must name the record's
+    # care provider, and a record whose provider comes out empty is withheld from care audiences.
+    care_documentation: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +130,11 @@ class Settings:
             if b.name == name:
                 return b
         raise KeyError(name)
+
+    @property
+    def without_care_documentation(self) -> frozenset[str]:
+        """The backends declared as holding no PDL care documentation (``care_documentation: false``)."""
+        return frozenset(b.name for b in self.backends if not b.care_documentation)
 
     def with_backend_urls(self, urls: dict[str, str]) -> Settings:
         return replace(
@@ -250,6 +258,7 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
                 "limit_per_host",
                 "vars",
                 "breaker",
+                "care_documentation",
             },
         )
         url = b.get("base_url")
@@ -266,6 +275,9 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
         for k, v in vars_.items():
             if not isinstance(v, str | int) or isinstance(v, bool) or str(v) == "":
                 raise r.fail(f"{where}.vars.{k}", "expects a non-empty text value")
+        care_documentation = b.get("care_documentation", True)
+        if not isinstance(care_documentation, bool):
+            raise r.fail(f"{where}.care_documentation", "expects true or false")
         backends.append(
             BackendSettings(
                 name=name,
@@ -281,6 +293,7 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
                 vars=tuple((str(k), str(v)) for k, v in vars_.items()),
                 breaker_failures=r.integer(br, "failures", f"{where}.breaker", 5, 1, 1000),
                 breaker_open_s=r.number(br, "open_s", f"{where}.breaker", 10.0, 0.01, 3600),
+                care_documentation=care_documentation,
             )
         )
 

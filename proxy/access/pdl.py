@@ -5,7 +5,12 @@
   it, or emergency access (nödöppning).
 * A block (spärr) on a provider (outer) or unit (inner) hides its records from everyone outside
   it; only a consent that names that provider/unit, or emergency access, lifts it for one asker.
-* Records with no owning provider (demographics) are not care documentation: always readable.
+* Demographics (``Patient``) belong to no provider and are not care documentation: always
+  readable; so are the records of a backend declared as holding no PDL care documentation
+  (``backends.<name>.care_documentation: false``).
+* Any other record whose care provider is unknown (empty) is withheld (fail closed): nobody can
+  tell whose it is, so neither "own provider" nor a consent can be shown to cover it, nor can a
+  block be shown not to; only emergency access, which lifts consent and blocks alike, shows it.
 * The patient reads all of their own records (``rules`` is not asked for the patient audience).
 
 Scopes and the audience's label policy still apply on top (proxy/access, proxy/redact).
@@ -35,6 +40,7 @@ EMERGENCY_REASONS = {
 class Withheld(enum.Enum):
     CONSENT = "consent-required"  # another provider's record, no consent
     BLOCKED = "blocked"  # behind the patient's block
+    UNATTRIBUTED = "provider-unknown"  # care documentation whose care provider is not known
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,11 +50,16 @@ class Rules:
     emergency: bool
     consents: tuple[Terms, ...]  # in force, for this asker
     blocked: frozenset[str]  # providers/units blocked by blocks in force (not the asker's own)
+    without_care_documentation: frozenset[str] = frozenset()  # backends (sources) declared so
 
     def verdict(self, r: MappedResource) -> Withheld | None:
         """None when the asker may read the record, else why not."""
         holder, unit = r.care_provider, r.care_unit
-        if holder is None or self.emergency:
+        if not holder:
+            if r.resource["resourceType"] == "Patient" or r.source in self.without_care_documentation:
+                return None  # not care documentation: no provider's
+            return None if self.emergency else Withheld.UNATTRIBUTED
+        if self.emergency:
             return None
         if holder in self.blocked or unit in self.blocked:
             lifted = any(c.custodians and c.covers(holder, unit) for c in self.consents)
@@ -76,7 +87,12 @@ def emergency_reason(principal: Principal, header: str | None, settings: AccessS
 
 
 def rules(
-    principal: Principal, stored: Iterable[Terms], *, emergency: bool, now: float | None = None
+    principal: Principal,
+    stored: Iterable[Terms],
+    *,
+    emergency: bool,
+    now: float | None = None,
+    without_care_documentation: frozenset[str] = frozenset(),
 ) -> Rules:
     at = time.time() if now is None else now
     mine = {principal.care_provider_hsa_id, principal.care_unit_hsa_id} - {None}
@@ -87,4 +103,5 @@ def rules(
         emergency=emergency,
         consents=tuple(t for t in in_force if t.permit and t.recipient in mine),
         blocked=frozenset(c for t in in_force if not t.permit for c in t.custodians) - mine,
+        without_care_documentation=without_care_documentation,
     )

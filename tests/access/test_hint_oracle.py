@@ -91,7 +91,9 @@ async def search(f: Any, params: dict[str, str]) -> dict[str, Any]:
 async def withheld_condition_ids(f: Any) -> list[str]:
     """What the patient sees that the clinician does not."""
     own = await f.get(CONDITIONS, params={"patient": PATIENT}, headers=auth("patient", pnr=LENNART.pnr))
-    shown = {e["resource"]["id"] for e in (await search(f, {})).get("entry", []) if e["search"]["mode"] == "match"}
+    shown = {
+        e["resource"]["id"] for e in (await search(f, {})).get("entry", []) if e["search"]["mode"] == "match"
+    }
     hidden = [
         e["resource"]["id"]
         for e in own[1]["entry"]
@@ -124,7 +126,9 @@ async def test_id_filter_and_post_search_do_not_change_the_hint(facade: Any, rea
     async with withheld_from_clinician(facade, reason) as f:
         baseline = hint(await search(f, {}))
         real = (await withheld_condition_ids(f))[0]
-        assert hint(await search(f, {"_id": real})) == hint(await search(f, {"_id": made_up(real)})) == baseline
+        assert (
+            hint(await search(f, {"_id": real})) == hint(await search(f, {"_id": made_up(real)})) == baseline
+        )
         posted = []
         for code in ("I50.9", "Z00.0"):
             resp = await f.client.post(
