@@ -239,6 +239,7 @@ async def collect(
             (terms(c.resource) for c in await consents),
             emergency=emergency is not None,
             without_care_documentation=facade.settings.without_care_documentation,
+            threat_register=facade.settings.access.threat_register,
         )
         readable = []
         audience = principal.audience

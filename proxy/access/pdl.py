@@ -12,6 +12,9 @@
   tell whose it is, so neither "own provider" nor a consent can be shown to cover it, nor can a
   block be shown not to; only emergency access, which lifts consent and blocks alike, shows it.
 * The patient reads all of their own records (``rules`` is not asked for the patient audience).
+* The ambulance threat register belongs to the ambulance service as a whole
+  (``access.threat_register``): its crews, at any station, are inside the service, so no block on
+  the service or on one of its stations hides the service's records (the threat flag) from them.
 
 Scopes and the audience's label policy still apply on top (proxy/access, proxy/redact).
 """
@@ -25,7 +28,7 @@ from dataclasses import dataclass
 
 from proxy.access.consent import Terms
 from proxy.fhir.errors import FhirError, bad_request
-from proxy.settings import AccessSettings
+from proxy.settings import AccessSettings, ThreatRegister
 from proxy.types import MappedResource, Principal
 
 EMERGENCY_HEADER = "X-Emergency-Access"
@@ -93,15 +96,26 @@ def rules(
     emergency: bool,
     now: float | None = None,
     without_care_documentation: frozenset[str] = frozenset(),
+    threat_register: ThreatRegister | None = None,
 ) -> Rules:
     at = time.time() if now is None else now
     mine = {principal.care_provider_hsa_id, principal.care_unit_hsa_id} - {None}
+    # A block hides a provider's or unit's records from everyone *outside* it. The crews of every
+    # station work inside the ambulance service that owns the threat register, so a block on the
+    # service (or on a station: the register is not the station's) does not hide it from them.
+    inside = set(mine)
+    if (
+        threat_register is not None
+        and principal.audience in threat_register.audiences
+        and principal.care_provider_hsa_id == threat_register.care_provider
+    ):
+        inside.add(threat_register.care_unit)
     in_force = [t for t in stored if t.in_force(at)]
     return Rules(
         provider=principal.care_provider_hsa_id,
         unit=principal.care_unit_hsa_id,
         emergency=emergency,
         consents=tuple(t for t in in_force if t.permit and t.recipient in mine),
-        blocked=frozenset(c for t in in_force if not t.permit for c in t.custodians) - mine,
+        blocked=frozenset(c for t in in_force if not t.permit for c in t.custodians) - inside,
         without_care_documentation=without_care_documentation,
     )
