@@ -79,8 +79,8 @@ class Answer:
     # True: some source holds something about the patient; False: every source answered and none
     # does; None: nothing arrived, but a source did not answer, so nobody can say.
     patient_known: bool | None
-    # why records of the requested types were not shown (PDL: no consent, blocked), whatever the
-    # filters; never for the patient
+    # why records of the requested types were not shown (PDL: no consent, blocked, no known care
+    # provider), whatever the filters; never for the patient
     withheld: frozenset[pdl.Withheld] = field(default_factory=frozenset)
 
 
