@@ -28,6 +28,7 @@ def compile_mappings(settings: Settings) -> MappingSet:
     return load_mappings(
         settings.mappings_dir,
         {b.name: (b.mappings, frozenset(k for k, _ in b.vars)) for b in settings.backends},
+        without_care_documentation=settings.without_care_documentation,
     )
 
 

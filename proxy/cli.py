@@ -165,6 +165,8 @@ async def _check(settings: Settings) -> int:
         print(f"  {name:<32} {n:>5} resources")
     for line in report.silent:
         print(f"SILENT   {line}: produced nothing from the sample data")
+    for name, n in sorted(report.unattributed.items()):
+        print(f"NO OWNER {name}: {n} record(s) without a care provider (withheld from care staff)")
     for line in report.degraded:
         print(f"DEGRADED {line}")
     for line in report.invalid:

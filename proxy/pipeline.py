@@ -24,6 +24,7 @@ import asyncio
 import functools
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -78,7 +79,8 @@ class Answer:
     # True: some source holds something about the patient; False: every source answered and none
     # does; None: nothing arrived, but a source did not answer, so nobody can say.
     patient_known: bool | None
-    # why records that would match were not shown (PDL: no consent, blocked); never for the patient
+    # why records of the requested types were not shown (PDL: no consent, blocked, no known care
+    # provider), whatever the filters; never for the patient
     withheld: frozenset[pdl.Withheld] = field(default_factory=frozenset)
 
 
@@ -233,20 +235,38 @@ async def collect(
     withheld: set[pdl.Withheld] = set()
     if consents is not None:
         rules = pdl.rules(
-            principal, (terms(c.resource) for c in await consents), emergency=emergency is not None
+            principal,
+            (terms(c.resource) for c in await consents),
+            emergency=emergency is not None,
+            without_care_documentation=facade.settings.without_care_documentation,
+            threat_register=facade.settings.access.threat_register,
         )
         readable = []
         audience = principal.audience
+        unattributed: Counter[tuple[str, str]] = Counter()
         for r in mapped:
             why = rules.verdict(r)
             if why is None:
                 readable.append(r)
-            elif (
+                continue
+            if why is pdl.Withheld.UNATTRIBUTED:
+                unattributed[(r.source, r.mapping)] += 1
+            if (
                 why not in withheld
+                and r.resource["resourceType"] in decision.types
                 and facade.policy.visible(r.resource, audience)
-                and _selected(r.resource, query)
             ):
-                withheld.add(why)  # worth a hint only if the asker could see it and asked for it
+                # The hint is decided over every withheld record of the requested types the asker
+                # could otherwise see, before any filter: it depends on the patient, the asker and
+                # the types only — never on filter values, dates, ids or paging (not an oracle).
+                withheld.add(why)
+        for (source, mapping), n in unattributed.items():  # a mapping or data defect: say where, not what
+            log.warning(
+                "withheld %d record(s) from backend %s, mapping %s, from care staff: no care provider",
+                n,
+                source,
+                mapping,
+            )
         mapped = readable
     merged = redact(
         merge(mapped),

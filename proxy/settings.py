@@ -47,6 +47,9 @@ class BackendSettings:
     vars: tuple[tuple[str, str], ...] = ()
     breaker_failures: int = 5  # consecutive failed answers that open the circuit
     breaker_open_s: float = 10.0  # how long it stays open before one probe request
+    # Holds PDL care documentation (the default): every mapping but Patient must name the record's
+    # care provider, and a record whose provider comes out empty is withheld from care audiences.
+    care_documentation: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +97,18 @@ class StoreSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ThreatRegister:
+    """Who owns the ambulance threat register ("Hot"): the ambulance service as a whole, not the
+    station that recorded a threat. Care staff of ``audiences`` at ``care_provider`` work for that
+    service, so for them its records (unit ``care_unit``) are their own unit's: a patient's block on
+    the service, or on any one station, does not hide the threat flag from another station's crew."""
+
+    care_unit: str  # HSA-id of the ambulance service: the threat flag's care unit
+    care_provider: str  # HSA-id of its care provider
+    audiences: frozenset[str] = frozenset({"ambulance"})  # who works for the service
+
+
+@dataclass(frozen=True, slots=True)
 class AccessSettings:
     """PDL rules that are the deployment's to set (proxy/access)."""
 
@@ -103,6 +118,7 @@ class AccessSettings:
     auditors: frozenset[str] = frozenset()
     # HSA-id → name of care providers and units, for the patient's view of the access log
     directory: tuple[tuple[str, str], ...] = ()
+    threat_register: ThreatRegister | None = None  # None: the threat flag follows the plain PDL rules
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +143,11 @@ class Settings:
             if b.name == name:
                 return b
         raise KeyError(name)
+
+    @property
+    def without_care_documentation(self) -> frozenset[str]:
+        """The backends declared as holding no PDL care documentation (``care_documentation: false``)."""
+        return frozenset(b.name for b in self.backends if not b.care_documentation)
 
     def with_backend_urls(self, urls: dict[str, str]) -> Settings:
         return replace(
@@ -250,6 +271,7 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
                 "limit_per_host",
                 "vars",
                 "breaker",
+                "care_documentation",
             },
         )
         url = b.get("base_url")
@@ -266,6 +288,9 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
         for k, v in vars_.items():
             if not isinstance(v, str | int) or isinstance(v, bool) or str(v) == "":
                 raise r.fail(f"{where}.vars.{k}", "expects a non-empty text value")
+        care_documentation = b.get("care_documentation", True)
+        if not isinstance(care_documentation, bool):
+            raise r.fail(f"{where}.care_documentation", "expects true or false")
         backends.append(
             BackendSettings(
                 name=name,
@@ -281,6 +306,7 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
                 vars=tuple((str(k), str(v)) for k, v in vars_.items()),
                 breaker_failures=r.integer(br, "failures", f"{where}.breaker", 5, 1, 1000),
                 breaker_open_s=r.number(br, "open_s", f"{where}.breaker", 10.0, 0.01, 3600),
+                care_documentation=care_documentation,
             )
         )
 
@@ -359,7 +385,9 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
         postgres_dsn=dsn,
     )
 
-    ac = r.section(top.get("access"), "access", {"emergency_audiences", "auditors", "directory"})
+    ac = r.section(
+        top.get("access"), "access", {"emergency_audiences", "auditors", "directory", "threat_register"}
+    )
     emergency = ac.get("emergency_audiences", ["ambulance", "clinician"])
     care = [a for a in AUDIENCES if a != "patient"]
     if not isinstance(emergency, list) or not all(a in care for a in emergency):
@@ -372,10 +400,23 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
     directory = ac.get("directory", {}) or {}
     if not isinstance(directory, dict) or not all(isinstance(v, str) for v in directory.values()):
         raise r.fail("access.directory", "expects a mapping of HSA-id: name")
+    tr = r.section(
+        ac.get("threat_register"), "access.threat_register", {"care_unit", "care_provider", "audiences"}
+    )
+    threat_register = None
+    if tr:
+        for hsa_key in ("care_unit", "care_provider"):
+            if not isinstance(tr.get(hsa_key), str) or not tr[hsa_key]:
+                raise r.fail(f"access.threat_register.{hsa_key}", "expects an HSA-id")
+        staff = tr.get("audiences", ["ambulance"])
+        if not isinstance(staff, list) or not staff or not all(a in care for a in staff):
+            raise r.fail("access.threat_register.audiences", f"expects a list of care audiences from {care}")
+        threat_register = ThreatRegister(tr["care_unit"], tr["care_provider"], frozenset(staff))
     access = AccessSettings(
         emergency_audiences=frozenset(emergency),
         auditors=frozenset(auditors),
         directory=tuple((str(k), v) for k, v in directory.items()),
+        threat_register=threat_register,
     )
 
     mappings_dir = (path.parent / str(top.get("mappings_dir", "../mappings"))).resolve()

@@ -105,3 +105,28 @@ def test_settle_heap_hides_what_start_up_built_from_the_collector() -> None:
     finally:
         gc.unfreeze()
         gc.set_threshold(*thresholds)
+
+
+def test_mappings_check_reports_records_without_a_care_provider(
+    tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:  # type: ignore[no-untyped-def]
+    """A mapping that names care_provider but reads it from a field the data lacks passes start-up;
+    the check runs it over the sample data and fails, naming the mapping (never record content)."""
+    import shutil
+
+    import yaml
+
+    from proxy.settings import DEFAULT_CONFIG, REPO_ROOT
+
+    mappings = tmp_path / "mappings"
+    shutil.copytree(REPO_ROOT / "mappings", mappings)
+    diagnoses = mappings / "cosmic" / "diagnoses.yaml"
+    doc = yaml.safe_load(diagnoses.read_text(encoding="utf-8"))
+    doc["care_provider"] = "{careUnit.noSuchField}"
+    diagnoses.write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
+    config = yaml.safe_load(DEFAULT_CONFIG.read_text(encoding="utf-8"))
+    config["mappings_dir"] = str(mappings)
+    (tmp_path / "facade.yaml").write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+    assert main(["--config", str(tmp_path / "facade.yaml"), "mappings", "check"]) == 1
+    out = capsys.readouterr().out
+    assert "NO OWNER cosmic/diagnoses:" in out and "FAILED" in out

@@ -5,8 +5,16 @@
   it, or emergency access (nödöppning).
 * A block (spärr) on a provider (outer) or unit (inner) hides its records from everyone outside
   it; only a consent that names that provider/unit, or emergency access, lifts it for one asker.
-* Records with no owning provider (demographics) are not care documentation: always readable.
+* Demographics (``Patient``) belong to no provider and are not care documentation: always
+  readable; so are the records of a backend declared as holding no PDL care documentation
+  (``backends.<name>.care_documentation: false``).
+* Any other record whose care provider is unknown (empty) is withheld (fail closed): nobody can
+  tell whose it is, so neither "own provider" nor a consent can be shown to cover it, nor can a
+  block be shown not to; only emergency access, which lifts consent and blocks alike, shows it.
 * The patient reads all of their own records (``rules`` is not asked for the patient audience).
+* The ambulance threat register belongs to the ambulance service as a whole
+  (``access.threat_register``): its crews, at any station, are inside the service, so no block on
+  the service or on one of its stations hides the service's records (the threat flag) from them.
 
 Scopes and the audience's label policy still apply on top (proxy/access, proxy/redact).
 """
@@ -20,7 +28,7 @@ from dataclasses import dataclass
 
 from proxy.access.consent import Terms
 from proxy.fhir.errors import FhirError, bad_request
-from proxy.settings import AccessSettings
+from proxy.settings import AccessSettings, ThreatRegister
 from proxy.types import MappedResource, Principal
 
 EMERGENCY_HEADER = "X-Emergency-Access"
@@ -35,6 +43,7 @@ EMERGENCY_REASONS = {
 class Withheld(enum.Enum):
     CONSENT = "consent-required"  # another provider's record, no consent
     BLOCKED = "blocked"  # behind the patient's block
+    UNATTRIBUTED = "provider-unknown"  # care documentation whose care provider is not known
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,11 +53,16 @@ class Rules:
     emergency: bool
     consents: tuple[Terms, ...]  # in force, for this asker
     blocked: frozenset[str]  # providers/units blocked by blocks in force (not the asker's own)
+    without_care_documentation: frozenset[str] = frozenset()  # backends (sources) declared so
 
     def verdict(self, r: MappedResource) -> Withheld | None:
         """None when the asker may read the record, else why not."""
         holder, unit = r.care_provider, r.care_unit
-        if holder is None or self.emergency:
+        if not holder:
+            if r.resource["resourceType"] == "Patient" or r.source in self.without_care_documentation:
+                return None  # not care documentation: no provider's
+            return None if self.emergency else Withheld.UNATTRIBUTED
+        if self.emergency:
             return None
         if holder in self.blocked or unit in self.blocked:
             lifted = any(c.custodians and c.covers(holder, unit) for c in self.consents)
@@ -76,15 +90,32 @@ def emergency_reason(principal: Principal, header: str | None, settings: AccessS
 
 
 def rules(
-    principal: Principal, stored: Iterable[Terms], *, emergency: bool, now: float | None = None
+    principal: Principal,
+    stored: Iterable[Terms],
+    *,
+    emergency: bool,
+    now: float | None = None,
+    without_care_documentation: frozenset[str] = frozenset(),
+    threat_register: ThreatRegister | None = None,
 ) -> Rules:
     at = time.time() if now is None else now
     mine = {principal.care_provider_hsa_id, principal.care_unit_hsa_id} - {None}
+    # A block hides a provider's or unit's records from everyone *outside* it. The crews of every
+    # station work inside the ambulance service that owns the threat register, so a block on the
+    # service (or on a station: the register is not the station's) does not hide it from them.
+    inside = set(mine)
+    if (
+        threat_register is not None
+        and principal.audience in threat_register.audiences
+        and principal.care_provider_hsa_id == threat_register.care_provider
+    ):
+        inside.add(threat_register.care_unit)
     in_force = [t for t in stored if t.in_force(at)]
     return Rules(
         provider=principal.care_provider_hsa_id,
         unit=principal.care_unit_hsa_id,
         emergency=emergency,
         consents=tuple(t for t in in_force if t.permit and t.recipient in mine),
-        blocked=frozenset(c for t in in_force if not t.permit for c in t.custodians) - mine,
+        blocked=frozenset(c for t in in_force if not t.permit for c in t.custodians) - inside,
+        without_care_documentation=without_care_documentation,
     )

@@ -57,6 +57,11 @@ _WITHHELD_TEXT = {
         "with the patient's consent naming the blocked care provider or unit, or by emergency access "
         "(header X-Emergency-Access)."
     ),
+    Withheld.UNATTRIBUTED: (
+        "Some information about this patient is withheld because the care provider it belongs to is "
+        "not known, so no consent can be shown to cover it. It can be shown only by emergency access "
+        "(header X-Emergency-Access)."
+    ),
 }
 
 

@@ -341,6 +341,8 @@ class FhirRoutes:
             )
             resp.headers["Retry-After"] = "5"
             return resp
+        # The hint is type-level (records of this type are withheld from this asker), so a withheld
+        # id and a made-up one of the same patient and type get the same 403; else 404.
         if answer.withheld:  # care staff only: the patient is never told that anything is withheld
             raise FhirError(403, "suppressed", " ".join(_hint_texts(answer)))
         raise not_found(f"No {rtype} with that id is known")

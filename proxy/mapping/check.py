@@ -31,10 +31,12 @@ class CheckReport:
     invalid: list[str] = field(default_factory=list)  # resources that failed R4B validation
     degraded: list[str] = field(default_factory=list)  # sources that failed during the check
     silent: list[str] = field(default_factory=list)  # mappings that produced nothing from any sample
+    # care documentation whose care provider came out empty (withheld from care staff at run time)
+    unattributed: Counter[str] = field(default_factory=Counter)
 
     @property
     def ok(self) -> bool:
-        return not (self.invalid or self.degraded or self.silent)
+        return not (self.invalid or self.degraded or self.silent or self.unattributed)
 
 
 def validate(resource: FhirDict) -> str | None:
@@ -64,6 +66,13 @@ async def check(settings: Settings, generated: int = 5) -> CheckReport:
                 )
                 report.degraded.extend(f"{o.source}: {o.detail}" for o in outcomes)
                 report.per_mapping.update(m.mapping for m in mapped)
+                report.unattributed.update(
+                    m.mapping
+                    for m in mapped
+                    if not m.care_provider
+                    and m.resource["resourceType"] != "Patient"
+                    and m.source not in settings.without_care_documentation
+                )
                 for kept in merge(mapped):
                     resource = kept.resource
                     reason = validate(resource)

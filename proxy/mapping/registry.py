@@ -123,8 +123,14 @@ def load_backend_mappings(
     code_maps: Mapping[str, Mapping[str, Any]],
     context_names: frozenset[str],
     root: Path | None = None,
+    *,
+    care_documentation: bool = True,
 ) -> tuple[CompiledMapping, ...]:
-    """Compile every ``*.yaml`` in one backend's folder."""
+    """Compile every ``*.yaml`` in one backend's folder.
+
+    A backend that holds PDL care documentation (the default) must say whose record each one is:
+    every mapping but Patient (demographics belong to no provider) names ``care_provider``, or the
+    PDL rules could not decide who may read its records (fail closed: refused here, at start-up)."""
     root = root or folder.parent
     if not folder.is_dir():
         raise MappingError(f"{_rel(folder, root)}: mapping folder for backend {backend!r} not found")
@@ -134,26 +140,42 @@ def load_backend_mappings(
     types = {stem: doc.get("resource") if isinstance(doc, dict) else None for stem, (_, doc) in docs.items()}
     compiled = []
     for stem, (path, doc) in docs.items():
-        compiled.append(
-            compile_mapping(
-                doc,
-                file=_rel(path, root),
-                backend=backend,
-                name=stem,
-                code_maps=code_maps,
-                resolve_ref=types.get,
-                context_names=context_names,
-            )
+        mapping = compile_mapping(
+            doc,
+            file=_rel(path, root),
+            backend=backend,
+            name=stem,
+            code_maps=code_maps,
+            resolve_ref=types.get,
+            context_names=context_names,
         )
+        if care_documentation and mapping.care_provider is None and mapping.resource_type != "Patient":
+            raise MappingError(
+                f"{mapping.file}: care_provider: is required for {mapping.resource_type}: whose record it "
+                f"is decides who may read it (PDL). A backend that holds no PDL care documentation says so "
+                f"in the config: backends.{backend}.care_documentation: false"
+            )
+        compiled.append(mapping)
     return tuple(compiled)
 
 
-def load_mappings(mappings_dir: Path, backends: Mapping[str, tuple[str, frozenset[str]]]) -> MappingSet:
-    """Compile the mappings of each backend: ``{backend: (folder name, its extra context names)}``."""
+def load_mappings(
+    mappings_dir: Path,
+    backends: Mapping[str, tuple[str, frozenset[str]]],
+    *,
+    without_care_documentation: frozenset[str] = frozenset(),
+) -> MappingSet:
+    """Compile the mappings of each backend: ``{backend: (folder name, its extra context names)}``.
+    ``without_care_documentation``: backends declared as holding no PDL care documentation."""
     code_maps = load_code_maps(mappings_dir)
     by_backend = {
         name: load_backend_mappings(
-            mappings_dir / folder, name, code_maps, REQUEST_CONTEXT | extra, root=mappings_dir
+            mappings_dir / folder,
+            name,
+            code_maps,
+            REQUEST_CONTEXT | extra,
+            root=mappings_dir,
+            care_documentation=name not in without_care_documentation,
         )
         for name, (folder, extra) in backends.items()
     }

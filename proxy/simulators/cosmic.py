@@ -218,7 +218,8 @@ def _tolvan() -> dict[str, list[dict[str, Any]]]:
                 "registeredAt": ts(at(1020, 22, 40)),
                 "description": "Hotfullt beteende mot ambulanspersonal vid larm, kniv synlig i hallen. "
                 "Invänta polis före insats.",
-                "registeredBy": {"name": "Ambulans 2-3010", "unitHsaId": UNITS["ambulans"][0]},
+                # MobiMed records the crew's station; the register is the ambulance service's
+                "registeredBy": {"name": "Ambulans 2-3010", "unitHsaId": UNITS["ambulans-city"][0]},
             }
         ],
     }
@@ -432,7 +433,7 @@ def _generated(person: Person) -> dict[str, list[dict[str, Any]]]:
                 "category": "HOT",
                 "registeredAt": ts(at(rng.randint(10, 900), 21, 0)),
                 "description": "Aggressivt beteende vid tidigare larm.",
-                "registeredBy": {"name": "Ambulans 2-3020", "unitHsaId": UNITS["ambulans"][0]},
+                "registeredBy": {"name": "Ambulans 2-3020", "unitHsaId": UNITS["ambulans-syd"][0]},
             }
         )
     return out

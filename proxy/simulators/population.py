@@ -39,7 +39,10 @@ UNITS = {
     "akuten": ("SE2321000016-AKM1", "Akutmottagningen Centralsjukhuset"),
     "vc-norr": ("SE2321000016-VCN1", "Vårdcentralen Norrmalm"),
     "med": ("SE2321000016-MED3", "Medicinkliniken avd 3"),
+    # the region's ambulance service (it owns MobiMed's threat register) and two of its stations
     "ambulans": ("SE2321000016-AMB1", "Ambulanssjukvården"),
+    "ambulans-city": ("SE2321000016-AMB2", "Ambulansstation City"),
+    "ambulans-syd": ("SE2321000016-AMB3", "Ambulansstation Syd"),
     "hemsjukvard": ("SE2120001520-HSV1", "Kommunal hemsjukvård Norr"),
     "annan-region": ("SE2321000081-KAR2", "Kardiologen, Universitetssjukhuset Öst"),
 }

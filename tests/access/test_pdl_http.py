@@ -160,15 +160,20 @@ async def test_reading_another_providers_record_is_refused_with_the_hint_unless_
         assert status == 403 and "consent" in body["issue"][0]["diagnostics"]
         assert (await f.get(f"{BASE}{plan}", headers=patient))[0] == 200
 
-        # the threat flag is the region's; homecare may never see it, so withholding it is no news
-        # to them: plain 404, as for any id that does not exist — while the region's other flag,
-        # which they could see with consent, gets the hint
+        # the threat flag is the region's; homecare may never see it, so it is answered exactly like
+        # a Flag id that does not exist: the type-level hint (the region's other flag, which they
+        # could see with consent, is withheld), never a trace of the threat flag itself
         _, flags = await f.get(f"{BASE}/Flag?patient={pid(TOLVAN.pnr)}", headers=auth("ambulance"))
         by_category = {
             e["resource"]["category"][0]["coding"][0]["code"]: e["fullUrl"].split(BASE, 1)[1]
             for e in flags["entry"]
         }
-        status, body = await f.get(f"{BASE}{by_category['safety']}", headers=auth("homecare"))
-        assert status == 404 and "consent" not in str(body)
-        status, body = await f.get(f"{BASE}{by_category['clinical']}", headers=auth("homecare"))
-        assert status == 403 and "consent" in body["issue"][0]["diagnostics"]
+        made_up = by_category["safety"][:-16] + "0" * 16
+        answers = []
+        for path in (by_category["safety"], made_up, by_category["clinical"]):
+            resp = await f.client.get(f"{BASE}{path}", headers=auth("homecare"))
+            answers.append((resp.status, await resp.read()))
+        assert answers[0] == answers[1] == answers[2]
+        assert answers[0][0] == 403 and b"consent" in answers[0][1]
+        # the patient's own flags: nothing is withheld, so an unknown id is a plain 404
+        assert (await f.get(f"{BASE}{made_up}", headers=patient))[0] == 404

@@ -43,7 +43,21 @@ def test_own_provider_readable_others_need_consent_and_demographics_are_free() -
     r = rules(ASKER, [], emergency=False, now=NOW)
     assert r.verdict(record(OWN, SISTER_UNIT)) is None
     assert r.verdict(record(OTHER, OTHER_UNIT)) is Withheld.CONSENT
-    assert r.verdict(record(None, None)) is None
+    patient = MappedResource({"resourceType": "Patient", "id": "p"}, "src", "m", "k", 0, ())
+    assert r.verdict(patient) is None
+
+
+def test_a_record_without_a_known_care_provider_is_withheld_not_shown_to_everyone() -> None:
+    """Fail closed: whose record it is decides who may read it, so an unknown owner opens nothing —
+    not a consent (it may be blocked, for all the facade knows); only emergency access lifts it."""
+    for unknown in (record(None, None), record(None, OTHER_UNIT), record("", MY_UNIT)):
+        assert verdict([], unknown) is Withheld.UNATTRIBUTED
+        assert verdict([consent(recipient=OWN)], unknown) is Withheld.UNATTRIBUTED
+        assert verdict([], unknown, emergency=True) is None
+    # a backend declared as holding no PDL care documentation: its records belong to no provider
+    exempt = rules(ASKER, [], emergency=False, now=NOW, without_care_documentation=frozenset({"src"}))
+    assert exempt.verdict(record(None, None)) is None
+    assert exempt.verdict(record(OTHER, OTHER_UNIT)) is Withheld.CONSENT  # one that names one: as ever
 
 
 def test_consent_for_my_provider_or_unit_opens_others_but_not_for_someone_else() -> None:

@@ -52,6 +52,7 @@ def doc(fields: dict[str, Any] | None = None, **top: Any) -> dict[str, Any]:
         "select": "$.items",
         "id": "{rid}",
         "origin": "{@system_hsa_id}|{rid}",
+        "care_provider": "{@system_hsa_id}",
         "fields": fields if fields is not None else {"subject": {"reference": "Patient/{@patient_id}"}},
     }
     d.update(top)
@@ -764,6 +765,23 @@ def test_registry_resolves_refs_between_files(tmp_path: Path) -> None:
     )
     with pytest.raises(MappingError, match=r"^mappings/testsys/contacts\.yaml: fields\.r\.\$ref\.mapping: "):
         load_backend_mappings(folder, "testsys", CODE_MAPS, CONTEXT_NAMES)
+
+
+def test_registry_refuses_a_mapping_without_care_provider_unless_declared(tmp_path: Path) -> None:
+    """Whose record it is decides who may read it (PDL): a backend that holds care documentation
+    names the care provider in every mapping but Patient; refused at start-up, file and key named."""
+    folder = tmp_path / "mappings" / "testsys"
+    folder.mkdir(parents=True)
+    ownerless = {k: v for k, v in doc().items() if k != "care_provider"}
+    (folder / "things.yaml").write_text(yaml.safe_dump(ownerless), encoding="utf-8")
+    with pytest.raises(MappingError, match=r"^mappings/testsys/things\.yaml: care_provider: is required"):
+        load_backend_mappings(folder, "testsys", CODE_MAPS, CONTEXT_NAMES)
+    (m,) = load_backend_mappings(folder, "testsys", CODE_MAPS, CONTEXT_NAMES, care_documentation=False)
+    assert m.care_provider is None
+    demographics = {k: v for k, v in ownerless.items() if k not in ("id", "origin")} | {"resource": "Patient"}
+    (folder / "things.yaml").write_text(yaml.safe_dump(demographics), encoding="utf-8")
+    (patient,) = load_backend_mappings(folder, "testsys", CODE_MAPS, CONTEXT_NAMES)
+    assert patient.resource_type == "Patient" and patient.care_provider is None
 
 
 # ---- once-known gaps, kept as regression tests ------------------------------------------------------

@@ -69,7 +69,7 @@ def compile_cosmic() -> tuple[CompiledMapping, ...]:
         MAPPINGS_DIR / "cosmic",
         "cosmic",
         load_code_maps(MAPPINGS_DIR),
-        REQUEST_CONTEXT | {"system_hsa_id"},
+        REQUEST_CONTEXT | {"system_hsa_id", "ambulance_service_hsa_id"},
     )
 
 
@@ -84,7 +84,8 @@ def patient_id(person: pop.Person) -> str:
 
 def context(person: pop.Person) -> dict[str, str]:
     patient = PatientRef(pnr=person.pnr, fhir_id=patient_id(person), system=system_of(person.pnr))
-    return request_context(patient, "cosmic", {"system_hsa_id": cosmic.SYSTEM_HSA_ID})
+    variables = {"system_hsa_id": cosmic.SYSTEM_HSA_ID, "ambulance_service_hsa_id": pop.UNITS["ambulans"][0]}
+    return request_context(patient, "cosmic", variables)
 
 
 Mapped = dict[str, list[MappedResource]]
@@ -220,7 +221,7 @@ async def test_tolvan_threat_flag(tolvan: Mapped) -> None:
     assert "kniv synlig" in flag["code"]["text"]
     assert INSTANT.match(flag["period"]["start"])
     assert r.care_provider == pop.REGION_PROVIDER
-    assert r.care_unit == pop.UNITS["ambulans"][0]
+    assert r.care_unit == pop.UNITS["ambulans"][0]  # the ambulance service, not the recording station
     assert r.origin_key == f"Flag|{pop.COSMIC_SYSTEM}|T-800001"
 
 

@@ -292,7 +292,7 @@ def test_hypertension_copy_has_the_cosmic_origin(mapped: Mapped) -> None:
             MAPPINGS_DIR / "cosmic",
             "cosmic",
             load_code_maps(MAPPINGS_DIR),
-            REQUEST_CONTEXT | {"system_hsa_id"},
+            REQUEST_CONTEXT | {"system_hsa_id", "ambulance_service_hsa_id"},
         )
         if m.name == "cosmic/diagnoses"
     )

@@ -177,7 +177,7 @@ async def test_threats_at_the_ambulance_path(client: Any) -> None:
     (threat,) = body["items"]
     assert threat["threatId"] == "T-800001"
     assert threat["category"] == "HOT"
-    assert threat["registeredBy"]["unitHsaId"] == pop.UNITS["ambulans"][0]
+    assert threat["registeredBy"]["unitHsaId"] == pop.UNITS["ambulans-city"][0]  # the crew's station
     assert TIMESTAMP.match(threat["registeredAt"])
     none = await get_json(client, f"{BASE}/ambulance/patients/{LENNART}/threats")
     assert none["items"] == [] and none["totalCount"] == 0
