@@ -49,9 +49,9 @@ def create_app(
     import fhir.resources.R4B.consent  # noqa: F401  (validates POSTed Consents; imported once, here)
 
     mappings = compile_mappings(settings)
-    authenticator = Authenticator.from_settings(settings, extra_issuer=extra_issuer)
-    policy = compile_policy(settings.policy)
     ids = PatientIds(patient_id_key)
+    authenticator = Authenticator.from_settings(settings, extra_issuer=extra_issuer, patient_ids=ids)
+    policy = compile_policy(settings.policy)
     app = web.Application(middlewares=[fhir_errors, audited], client_max_size=64 * 1024)
 
     async def backends(app: web.Application) -> AsyncIterator[None]:
