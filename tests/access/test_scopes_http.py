@@ -102,6 +102,9 @@ async def test_a_care_token_bound_to_a_cannot_ask_about_b(facade: Any) -> None:
         # another patient's consent by id: as if there were none (its existence is not confirmed)
         status, body = await f.get(f"{BASE}/Consent/{b_consent}", headers=token)
         assert status == 404, body
+        b_resource = b_consents["entry"][0]["resource"]
+        status, body = await put_consent(f, {**b_resource, "status": "inactive"}, token)
+        assert status == 404, body
         status, body = await f.get(f"{BASE}/Consent/{b_consent}")  # (it is there, for user/ scopes)
         assert status == 200
 
