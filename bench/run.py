@@ -232,7 +232,10 @@ def write_config(tmp: Path, name: str, sim_urls: dict[str, str], pem: Path, cach
     for backend, b in doc["backends"].items():
         if backend in sim_urls:
             b["base_url"] = sim_urls[backend]
-    doc["auth"] = {"issuers": [{"issuer": BENCH_ISSUER, "pem_file": str(pem), "algorithms": ["ES256"]}]}
+    doc["auth"] = {
+        "issuers": [{"issuer": BENCH_ISSUER, "pem_file": str(pem), "algorithms": ["ES256"]}],
+        "max_token_lifetime_s": 4 * 3600,  # (the bench's tokens outlive a run: clinician_token)
+    }
     # One SQLite store per run, shared by the facade's restarts: the consents registered at start-up
     # (register_consents) hold for the cached facade too; the access log of the run stays in tmp.
     doc["store"] = {"kind": "sqlite", "sqlite_path": str(tmp / "facade.sqlite")}

@@ -50,7 +50,9 @@ def create_app(
     import fhir.resources.R4B.consent  # noqa: F401  (validates POSTed Consents; imported once, here)
 
     mappings = compile_mappings(settings)
-    authenticator = Authenticator.from_settings(settings, extra_issuer=extra_issuer)
+    authenticator = Authenticator.from_settings(
+        settings, extra_issuer=extra_issuer, patient_ids=PatientIds(patient_id_key)
+    )
     policy = compile_policy(settings.policy)
     ids = PatientIds(patient_id_key)
     app = web.Application(middlewares=[fhir_errors, audited], client_max_size=64 * 1024)

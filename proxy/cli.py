@@ -4,7 +4,7 @@ fhir-facade demo [--port 8080] [--patients N]     simulators + facade on loopbac
 fhir-facade serve --config FILE [--port N]         the facade against configured backends
 fhir-facade simulate {cosmic,viva,npo} --port N    one simulator alone
 fhir-facade mappings check [--config FILE]         compile and validate every mapping
-fhir-facade token --audience A [--pnr P]           a DEV-ONLY token from the demo issuer
+fhir-facade token --audience A [--pnr P] [--patient ID|PNR] [--scope S]   a DEV-ONLY demo token
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from pathlib import Path
 from proxy import loop
 from proxy.app import create_app
 from proxy.auth.demo import demo_issuer, make_token
+from proxy.fhir.http import AUTH_KEY
 from proxy.fhir.ids import PatientIds
 from proxy.mapping.compiler import MappingError
 from proxy.settings import DEMO_PATIENT_ID_KEY, PATIENT_ID_KEY_ENV, ConfigError, Settings, load_settings
@@ -65,10 +66,14 @@ async def _demo(settings: Settings, port: int, patients: int | None) -> None:
             if len(people) > len(DEMO_PEOPLE):
                 print(f"  + {len(people) - len(DEMO_PEOPLE)} generated patients")
             tolvan = ids.encode(DEMO_PEOPLE[0].pnr)
-            print("Tokens, one per audience (dev-only demo issuer, valid 12 h; the patient is Tolvan):")
+            lifetime = int(app[AUTH_KEY].max_token_lifetime_s)
+            print(
+                f"Tokens, one per audience (dev-only demo issuer, valid {lifetime} s, "
+                "`fhir-facade token` prints more; the patient is Tolvan):"
+            )
             for audience in AUDIENCES:
                 pnr = DEMO_PEOPLE[0].pnr if audience == "patient" else None
-                print(f"  export {audience.upper()}='{make_token(audience, pnr=pnr, lifetime_s=43_200)}'")
+                print(f"  export {audience.upper()}='{make_token(audience, pnr=pnr, lifetime_s=lifetime)}'")
             print("Try:")
             print(
                 '  curl -H "Authorization: Bearer $CLINICIAN" '
@@ -192,9 +197,16 @@ def _patient_id_key() -> bytes:
     return key
 
 
-def _token(settings: Settings, audience: str, pnr: str | None, scope: str | None, lifetime: int) -> int:
+def _token(
+    settings: Settings,
+    audience: str,
+    pnr: str | None,
+    scope: str | None,
+    lifetime: int | None,
+    patient: str | None = None,
+) -> int:
     """Print a token signed by the dev-only demo issuer, for the configured `aud`."""
-    from proxy.auth import DEFAULT_AUDIENCE
+    from proxy.auth import DEFAULT_AUDIENCE, Authenticator
     from proxy.auth.demo import make_token
 
     if audience == "patient" and not pnr:
@@ -205,12 +217,18 @@ def _token(settings: Settings, audience: str, pnr: str | None, scope: str | None
     if audience != "patient" and pnr:
         print("fhir-facade: --pnr is only for --audience patient", file=sys.stderr)
         return 2
-    if not 1 <= lifetime <= 86_400:
-        print("fhir-facade: --lifetime expects 1 to 86400 seconds", file=sys.stderr)
+    longest = int(Authenticator.from_settings(settings).max_token_lifetime_s)
+    if lifetime is None:
+        lifetime = longest
+    if not 1 <= lifetime <= longest:
+        print(
+            f"fhir-facade: --lifetime expects 1 to {longest} seconds (auth.max_token_lifetime_s)",
+            file=sys.stderr,
+        )
         return 2
     aud = settings.auth.get("audience", DEFAULT_AUDIENCE)
     try:
-        token = make_token(audience, pnr=pnr, scopes=scope, lifetime_s=lifetime, aud=aud)
+        token = make_token(audience, pnr=pnr, patient=patient, scopes=scope, lifetime_s=lifetime, aud=aud)
     except ValueError as exc:
         print(f"fhir-facade: {exc}", file=sys.stderr)
         return 2
@@ -248,9 +266,23 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--audience", required=True, choices=AUDIENCES)
     tok.add_argument("--pnr", default=None, help="the patient's personnummer (--audience patient)")
     tok.add_argument(
-        "--scope", default=None, help='space-separated SMART scopes (default "user/*.rs" or "patient/*.rs")'
+        "--patient",
+        default=None,
+        help="the SMART launch patient (the `patient` claim; patient/ scopes cover only it): a Patient id, "
+        "or a personnummer (its id under the demo key); a patient token names its own by default",
     )
-    tok.add_argument("--lifetime", type=int, default=3600, help="seconds until the token expires")
+    tok.add_argument(
+        "--scope",
+        default=None,
+        help='space-separated SMART scopes (default "user/*.rs user/Consent.cu", '
+        'for a patient "patient/*.rs patient/Consent.cu")',
+    )
+    tok.add_argument(
+        "--lifetime",
+        type=int,
+        default=None,
+        help="seconds until the token expires (default and most: auth.max_token_lifetime_s)",
+    )
     return parser
 
 
@@ -280,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "mappings":
             return loop.run(_check(settings))
         elif args.command == "token":
-            return _token(settings, args.audience, args.pnr, args.scope, args.lifetime)
+            return _token(settings, args.audience, args.pnr, args.scope, args.lifetime, args.patient)
     except (ConfigError, MappingError) as exc:
         print(f"fhir-facade: {exc}", file=sys.stderr)
         return 2

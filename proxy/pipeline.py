@@ -216,7 +216,7 @@ async def collect(
         return Answer(resources=[], outcomes=[], patient_known=False)
     wants_patient = query.interaction == "everything" or "Patient" in query.resource_types
     asked = decision.types | ({"Patient"} if wants_patient else set())
-    fetch_types = frozenset(t for t in facade.mappings.with_referenced(asked) if principal.may_read(t))
+    fetch_types = frozenset(t for t in facade.mappings.with_referenced(asked) if decision.permits(t))
     if not fetch_types:
         return Answer(resources=[], outcomes=[], patient_known=None)
     # The patient reads all of their own records; anyone else's reading depends on the patient's

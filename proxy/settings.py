@@ -431,7 +431,7 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
         store=store,
         access=access,
         patient_id_key=key,
-        auth=r.section(top.get("auth"), "auth", {"issuers", "leeway_s", "audience"}),
+        auth=r.section(top.get("auth"), "auth", {"issuers", "leeway_s", "audience", "max_token_lifetime_s"}),
         policy=r.section(top.get("policy"), "policy", {"labels", "audiences", "protected_identity"}),
         config_dir=path.parent.resolve(),
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 FhirDict = dict[str, Any]
 
@@ -131,6 +131,17 @@ class SourceOutcome:
 
 AUDIENCES = ("ambulance", "homecare", "clinician", "patient")
 
+# A SMART v2 permission: create, read (by id), update, delete, search.
+Permission = Literal["c", "r", "u", "d", "s"]
+
+
+class Scope(NamedTuple):
+    """One permission a token's scopes grant: ("user", "Condition", "s"), ("patient", "*", "r")."""
+
+    context: str  # "patient" (only about the token's launch patient) | "user" (any patient)
+    resource_type: str  # a resource type, or "*"
+    permission: Permission
+
 
 @dataclass(frozen=True, slots=True)
 class Principal:
@@ -140,12 +151,22 @@ class Principal:
     subject: str  # the token's `sub`
     client_id: str  # the client application (`client_id` or `azp`)
     issuer: str
-    # SMART v2 read scopes as (context, resource type or "*"): ("patient", "Condition"), ("user", "*")
-    scopes: frozenset[tuple[str, str]]
+    # what the SMART scopes grant (v1 scopes expanded to v2 permissions)
+    scopes: frozenset[Scope]
     user_hsa_id: str | None = None
     care_unit_hsa_id: str | None = None
     care_provider_hsa_id: str | None = None
     patient_pnr: str | None = None  # set for the patient audience: the only record it may read
+    # the SMART launch patient (the token's `patient` claim), as a personnummer: the only patient
+    # `patient/` scopes cover. For the patient audience always their own (= patient_pnr).
+    launch_pnr: str | None = None
 
-    def may_read(self, resource_type: str) -> bool:
-        return any(t in ("*", resource_type) for _, t in self.scopes)
+    def may(self, permission: Permission, resource_type: str, patient_pnr: str | None) -> bool:
+        """Whether the scopes grant ``permission`` on ``resource_type`` about the patient with
+        personnummer ``patient_pnr`` (None: a patient the facade cannot name). ``user/`` scopes
+        cover every patient, ``patient/`` scopes only the launch patient."""
+        for s in self.scopes:
+            if s.permission == permission and s.resource_type in ("*", resource_type):
+                if s.context == "user" or (patient_pnr is not None and patient_pnr == self.launch_pnr):
+                    return True
+        return False

@@ -10,6 +10,7 @@ Configuration (paths relative to the config file)::
     auth:
       audience: urn:fhir-facade          # the JWT `aud` this facade accepts (default urn:fhir-facade)
       leeway_s: 30                       # clock skew allowed on exp / nbf / iat (default 30, max 300)
+      max_token_lifetime_s: 3600         # longest exp - iat accepted (default 3600, 60 to 86400)
       issuers:
         - issuer: https://idp.region.example/     # exact `iss`
           jwks_file: keys/region-jwks.json        # or pem_file: keys/region.pem (public key or certificate)
@@ -20,6 +21,7 @@ Configuration (paths relative to the config file)::
             care_unit: care_unit_hsa_id           #   the care unit's HSA-id (care audiences)
             care_provider: care_provider_hsa_id   #   the care provider's HSA-id (care audiences)
             pnr: patient_pnr                      #   the patient's own personnummer (patient audience)
+            launch_patient: patient               #   the SMART launch patient: a Patient id of this facade
           token_endpoint: https://idp.region.example/token          # optional, published in the
           authorization_endpoint: https://idp.region.example/auth   # SMART configuration when given
           grant_types: [authorization_code, client_credentials]     # (first issuer that has them)
@@ -31,15 +33,23 @@ in explicitly as ``extra_issuer``; configuration can never name it.
 A token is accepted when: the scheme is ``Bearer``; ``alg`` is one the issuer (looked up by the
 unverified ``iss``) allows; the signature verifies with a key of that issuer only (chosen by
 ``kid``); ``iss``, ``aud``, ``exp`` and ``sub`` are present; ``aud`` is this facade's audience;
-``exp``/``nbf``/``iat`` hold within the leeway; the audience claim is one of ``AUDIENCES``; the
-``patient`` audience carries a valid personnummer and no ``user/``/``system/`` scopes; the care
-audiences carry the user, care-unit and care-provider HSA-ids.
+``exp``/``nbf``/``iat`` hold within the leeway; ``exp - iat`` (``exp - now`` without ``iat``) is at
+most ``max_token_lifetime_s``; the audience claim is one of ``AUDIENCES``; the ``patient`` audience
+carries a valid personnummer and no ``user/``/``system/`` scopes; the care audiences carry the
+user, care-unit and care-provider HSA-ids.
 
-Scopes (``scope``, space-separated): SMART v2 ``patient|user/<Type|*>.<cruds subset>`` grants
-reading when the permissions include ``r`` or ``s``; SMART v1 ``.read`` and ``.*`` grant reading.
-Anything else (``openid``, ``launch/patient``, ``system/…``, write-only, v2 scopes with a
-``?param=value`` restriction — which the facade cannot enforce — …) is ignored. A token without any
-read scope is still a valid identity; it just may read nothing.
+Scopes (``scope``, space-separated) become ``Scope`` grants (``proxy.types``): SMART v2
+``patient|user/<Type|*>.<cruds subset>`` grants each letter's permission (``r`` read by id, ``s``
+search, ``c`` create, ``u`` update, ``d`` delete); SMART v1 ``.read`` grants ``r`` and ``s``,
+``.write`` ``c``, ``u`` and ``d``, ``.*`` all five. Anything else (``openid``, ``launch/patient``,
+``system/…``, v2 scopes with a ``?param=value`` restriction — which the facade cannot enforce — …)
+grants nothing. A token without any scope is still a valid identity; it just may do nothing.
+
+The launch patient: ``patient/`` scopes cover only the patient of the token's SMART launch context,
+its ``patient`` claim (a Patient id of this facade, decoded with its ``PatientIds``). A care token
+with ``patient/`` scopes and no ``patient`` claim is refused (401); a patient token's ``patient``
+claim, when present, must be the id of its own personnummer (else 401); for the patient audience
+the launch patient is always its own. Which permission each request needs: ``proxy.access``.
 
 ``AuthError`` messages are safe to return to the client: they never contain the token or any claim
 value (no personnummer, no HSA-id, no issuer).
@@ -61,9 +71,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
+from proxy.fhir.ids import PatientIds
 from proxy.pnr import normalise
 from proxy.settings import ConfigError, Settings
-from proxy.types import AUDIENCES, Principal
+from proxy.types import AUDIENCES, Permission, Principal, Scope
 
 __all__ = [
     "ASYMMETRIC_ALGORITHMS",
@@ -78,6 +89,8 @@ __all__ = [
 
 DEFAULT_AUDIENCE = "urn:fhir-facade"
 DEFAULT_LEEWAY_S = 30.0
+DEFAULT_MAX_TOKEN_LIFETIME_S = 3600
+MAX_TOKEN_LIFETIME_LIMIT_S = 86_400
 MAX_TOKEN_CHARS = 16 * 1024
 
 _RSA_ALGS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
@@ -132,6 +145,7 @@ class ClaimNames:
     care_unit: str = "care_unit_hsa_id"
     care_provider: str = "care_provider_hsa_id"
     pnr: str = "patient_pnr"
+    launch_patient: str = "patient"
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,9 +171,18 @@ class TrustedIssuer:
         return frozenset().union(*(k.algorithms for k in self.keys))
 
 
-def parse_scopes(scope: str) -> frozenset[tuple[str, str]]:
-    """The SMART read scopes in a space-separated ``scope`` string, as (context, type or "*")."""
-    granted = set()
+_V1_PERMISSIONS: dict[str, tuple[Permission, ...]] = {
+    "read": ("r", "s"),
+    "write": ("c", "u", "d"),
+    "*": ("c", "r", "u", "d", "s"),
+}
+
+
+def parse_scopes(scope: str) -> frozenset[Scope]:
+    """What the SMART scopes in a space-separated ``scope`` string grant, one ``Scope`` per
+    (context, type or "*", permission). v2 ``.cruds`` letters each grant their permission; v1
+    ``.read`` grants r and s, ``.write`` c, u and d, ``.*`` all five. Anything else grants nothing."""
+    granted: set[Scope] = set()
     for item in scope.split():
         m = _SCOPE.match(item)
         if not m:
@@ -167,10 +190,14 @@ def parse_scopes(scope: str) -> frozenset[tuple[str, str]]:
         context, resource_type, perms = m.groups()
         if context == "system":
             continue  # backend-service scopes: no audience here is a system client
-        if perms in ("read", "*"):  # SMART v1 (`*` = read and write)
-            granted.add((context, resource_type))
-        elif _V2_PERMISSIONS.match(perms) and ("r" in perms or "s" in perms):
-            granted.add((context, resource_type))
+        letters: tuple[Permission, ...]
+        if perms in _V1_PERMISSIONS:
+            letters = _V1_PERMISSIONS[perms]
+        elif _V2_PERMISSIONS.match(perms):
+            letters = tuple(perms)  # type: ignore[arg-type]  # (the pattern admits only c r u d s)
+        else:
+            continue
+        granted.update(Scope(context, resource_type, p) for p in letters)
     return frozenset(granted)
 
 
@@ -340,15 +367,26 @@ class Authenticator:
         config_dir: Path,
         *,
         extra_issuer: TrustedIssuer | None = None,
+        patient_ids: PatientIds | None = None,
     ) -> None:
         c = _Compiler(Path(config_dir))
-        doc = c.mapping(auth, "auth", {"audience", "leeway_s", "issuers"})
+        doc = c.mapping(auth, "auth", {"audience", "leeway_s", "issuers", "max_token_lifetime_s"})
         audience = doc.get("audience", DEFAULT_AUDIENCE)
         if not isinstance(audience, str) or not audience.strip():
             raise c.fail("auth.audience", "expects the `aud` value tokens for this facade carry")
         leeway = doc.get("leeway_s", DEFAULT_LEEWAY_S)
         if isinstance(leeway, bool) or not isinstance(leeway, int | float) or not 0 <= leeway <= 300:
             raise c.fail("auth.leeway_s", "expects a number of seconds between 0 and 300")
+        lifetime = doc.get("max_token_lifetime_s", DEFAULT_MAX_TOKEN_LIFETIME_S)
+        if (
+            isinstance(lifetime, bool)
+            or not isinstance(lifetime, int | float)
+            or not 60 <= lifetime <= MAX_TOKEN_LIFETIME_LIMIT_S
+        ):
+            raise c.fail(
+                "auth.max_token_lifetime_s",
+                f"expects a number of seconds between 60 and {MAX_TOKEN_LIFETIME_LIMIT_S}",
+            )
         issuers_doc = doc.get("issuers", []) or []
         if not isinstance(issuers_doc, list):
             raise c.fail("auth.issuers", "expects a list of issuers")
@@ -364,12 +402,20 @@ class Authenticator:
             issuers[extra_issuer.issuer] = extra_issuer
         self.audience: str = audience
         self.leeway_s = float(leeway)
+        self.max_token_lifetime_s = float(lifetime)
         self._issuers = issuers
+        self._ids = patient_ids  # to read the `patient` (launch) claim; without it, none is accepted
         self._verified: LRUCache[str, tuple[Principal, float]] = LRUCache(maxsize=10_000)
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, extra_issuer: TrustedIssuer | None = None) -> Authenticator:
-        return cls(settings.auth, settings.config_dir, extra_issuer=extra_issuer)
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        extra_issuer: TrustedIssuer | None = None,
+        patient_ids: PatientIds | None = None,
+    ) -> Authenticator:
+        return cls(settings.auth, settings.config_dir, extra_issuer=extra_issuer, patient_ids=patient_ids)
 
     @property
     def issuers(self) -> tuple[TrustedIssuer, ...]:
@@ -414,6 +460,7 @@ class Authenticator:
             raise AuthError("no key of the token's issuer matches the token's key id")
 
         claims = self._verify(token, issuer, alg, candidates)
+        self._check_lifetime(claims)
         principal = self._principal(claims, issuer)
         self._verified[token] = (principal, float(claims["exp"]))
         return principal
@@ -453,6 +500,29 @@ class Authenticator:
                 raise AuthError("the bearer token is not a valid JWT") from None
         raise AuthError("the token's signature is invalid")  # pragma: no cover - keys is never empty
 
+    def _check_lifetime(self, claims: dict[str, Any]) -> None:
+        """A token may live at most ``max_token_lifetime_s``: ``exp - iat`` (``exp - now`` without
+        ``iat``). PyJWT has checked that both are numbers and ``iat`` is not in the future."""
+        iat = claims.get("iat")
+        start = float(iat) if isinstance(iat, int | float) and not isinstance(iat, bool) else time.time()
+        if float(claims["exp"]) - start > self.max_token_lifetime_s:
+            raise AuthError(
+                f"the token's lifetime (exp - iat) exceeds the {self.max_token_lifetime_s:.0f} s "
+                "this service accepts"
+            )
+
+    def _launch_pnr(self, claims: dict[str, Any], names: ClaimNames) -> str | None:
+        """The personnummer behind the token's SMART launch patient (a Patient id of this server)."""
+        value = claims.get(names.launch_patient)
+        if value is None:
+            return None
+        if self._ids is None:
+            raise AuthError(f"this service cannot check the token's {names.launch_patient} claim")
+        pnr = self._ids.decode(value) if isinstance(value, str) else None
+        if pnr is None:
+            raise AuthError(f"the token's {names.launch_patient} claim is not a Patient id of this service")
+        return pnr
+
     def _principal(self, claims: dict[str, Any], issuer: TrustedIssuer) -> Principal:
         names = issuer.claims
         sub = claims["sub"]
@@ -479,6 +549,7 @@ class Authenticator:
             "issuer": issuer.issuer,
             "scopes": scopes,
         }
+        launch = self._launch_pnr(claims, names)
         if audience == "patient":
             if any(item.startswith(("user/", "system/")) for item in raw_scope.split()):
                 raise AuthError("a patient token may only carry patient/ scopes")
@@ -488,7 +559,17 @@ class Authenticator:
             pnr = normalise(value) if isinstance(value, str) else None
             if pnr is None:
                 raise AuthError(f"the token's {names.pnr} claim is not a valid personnummer")
-            return Principal(**common, patient_pnr=pnr)
+            if launch is not None and launch != pnr:
+                raise AuthError(
+                    f"the token's {names.launch_patient} claim is not the patient's own record ({names.pnr})"
+                )
+            return Principal(**common, patient_pnr=pnr, launch_pnr=pnr)
+
+        if launch is None and any(item.startswith("patient/") for item in raw_scope.split()):
+            raise AuthError(
+                f"a {audience} token with patient/ scopes needs a launch patient "
+                f"(the claim {names.launch_patient})"
+            )
 
         hsa = {}
         for attr in ("hsa_id", "care_unit", "care_provider"):
@@ -504,6 +585,7 @@ class Authenticator:
             user_hsa_id=hsa["hsa_id"],
             care_unit_hsa_id=hsa["care_unit"],
             care_provider_hsa_id=hsa["care_provider"],
+            launch_pnr=launch,
         )
 
     # -- discovery -------------------------------------------------------------------------
@@ -519,9 +601,17 @@ class Authenticator:
         that declares them:
 
         * ``capabilities`` — ``permission-v2`` and ``permission-v1`` (both scope syntaxes are
-          read), ``permission-patient`` and ``permission-user``. Launch modes, client types
-          (``client-confidential-asymmetric`` …), ``sso-openid-connect``, launch context and
-          ``permission-offline`` are properties of an authorization server and are not claimed.
+          enforced: v2 ``r`` read by id, ``s`` search, ``c``/``u`` Consent writes; v1 ``read`` =
+          ``rs``, ``write`` = ``cud``), ``permission-patient`` (bound to the token's launch
+          patient) and ``permission-user``. Launch modes (``launch-ehr``, ``launch-standalone``),
+          launch context (``context-*``: the facade reads a token's ``patient`` claim, it never
+          runs a launch), client types (``client-confidential-asymmetric`` …),
+          ``sso-openid-connect`` and ``permission-offline`` are properties of an authorization
+          server and are not claimed.
+        * ``scopes_supported`` — the scopes the facade enforces, per context: ``*.r``, ``*.s``,
+          ``*.rs`` and v1 ``*.read``; ``<Type>.rs`` for each mapped type; ``Consent.rs``,
+          ``Consent.cu`` (v1 ``Consent.write``) and ``AuditEvent.s``. Any v2 subset of ``cruds``
+          and v1 ``.*`` are read as well; a scope with a ``?`` restriction grants nothing.
         * ``token_endpoint`` and ``grant_types_supported`` (REQUIRED by SMART) and
           ``authorization_endpoint`` appear only when an issuer declares them in the config;
           otherwise they are left out rather than invented. ``code_challenge_methods_supported``
@@ -535,9 +625,12 @@ class Authenticator:
         ``base_url`` is the FHIR base the document belongs to; no field of a pure resource server's
         document needs it, it is accepted for symmetry with the route.
         """
-        scopes = ["patient/*.rs", "user/*.rs", "patient/*.read", "user/*.read"]
-        for t in sorted(set(resource_types)):
-            scopes += [f"patient/{t}.rs", f"user/{t}.rs"]
+        scopes = []
+        for ctx in ("patient", "user"):
+            scopes += [f"{ctx}/*.rs", f"{ctx}/*.r", f"{ctx}/*.s", f"{ctx}/*.read"]
+            scopes += [f"{ctx}/{t}.rs" for t in sorted(set(resource_types))]
+            scopes += [f"{ctx}/Consent.rs", f"{ctx}/Consent.cu", f"{ctx}/Consent.write"]
+            scopes += [f"{ctx}/AuditEvent.s"]
         doc: dict[str, Any] = {}
         ep = self._endpoints()
         if ep is not None:
@@ -571,9 +664,14 @@ class Authenticator:
             "description": (
                 "Every request except /metadata and /.well-known/smart-configuration needs "
                 "`Authorization: Bearer <JWT>` from a trusted issuer, with `aud` "
-                f"{self.audience}. Read access follows the SMART scopes (patient/*.rs, "
-                "user/Condition.rs, v1 .read); the client audience (ambulance, homecare, clinician, "
-                "patient) decides what is shown. See /.well-known/smart-configuration."
+                f"{self.audience}, living at most {self.max_token_lifetime_s:.0f} s (exp - iat). "
+                "SMART scopes are enforced per interaction: v2 `r` for a read by id, `s` for a "
+                "search or $everything (which returns only the types granted `s`), `c`/`u` for "
+                "Consent create/update; v1 `.read` grants r and s, `.write` c and u. `user/` scopes "
+                "cover any patient; `patient/` scopes only the token's launch patient (its `patient` "
+                "claim, required for them). Scopes with a `?` restriction grant nothing. The client "
+                "audience (ambulance, homecare, clinician, patient) decides what is shown. See "
+                "/.well-known/smart-configuration."
             ),
         }
         ep = self._endpoints()

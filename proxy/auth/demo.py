@@ -15,7 +15,9 @@ from typing import Any
 import jwt
 
 from proxy.auth import DEFAULT_AUDIENCE, ClaimNames, TrustedIssuer, VerificationKey
+from proxy.fhir.ids import PATIENT_ID_LENGTH, PatientIds
 from proxy.pnr import normalise
+from proxy.settings import DEMO_PATIENT_ID_KEY
 from proxy.simulators.population import MUNICIPALITY_PROVIDER, REGION_PROVIDER, UNITS
 from proxy.types import AUDIENCES
 
@@ -25,28 +27,32 @@ DEMO_KID = "demo-hs256"
 DEMO_SECRET = b"fhir-facade-demo-issuer-PUBLIC-dev-only-hs256-secret"
 
 _CLAIMS = ClaimNames()
+# Read anything about any patient (user/) or the own record (patient/); register and revoke
+# consents, place and lift blocks (Consent.cu): what every example in the README needs.
+CARE_SCOPES = "user/*.rs user/Consent.cu"
+PATIENT_SCOPES = "patient/*.rs patient/Consent.cu"
 
 # Per audience: client_id, sub, default scopes, (user HSA-id, care unit, care provider).
 _DEFAULTS: dict[str, tuple[str, str, str, tuple[str | None, str | None, str | None]]] = {
     "ambulance": (
         "demo-mobimed",
         "demo-ambulance-nurse",
-        "user/*.rs",
+        CARE_SCOPES,
         ("SE2321000016-A001", UNITS["ambulans"][0], REGION_PROVIDER),
     ),
     "clinician": (
         "demo-cosmic",
         "demo-clinician",
-        "user/*.rs",
+        CARE_SCOPES,
         ("SE2321000016-L001", UNITS["med"][0], REGION_PROVIDER),
     ),
     "homecare": (
         "demo-homecare-tablet",
         "demo-homecare-nurse",
-        "user/*.rs",
+        CARE_SCOPES,
         ("SE2120001520-S001", UNITS["hemsjukvard"][0], MUNICIPALITY_PROVIDER),
     ),
-    "patient": ("demo-1177", "demo-patient", "patient/*.rs", (None, None, None)),
+    "patient": ("demo-1177", "demo-patient", PATIENT_SCOPES, (None, None, None)),
 }
 
 
@@ -63,6 +69,7 @@ def make_token(
     audience: str,
     *,
     pnr: str | None = None,
+    patient: str | None = None,
     scopes: str | None = None,
     hsa_id: str | None = None,
     care_unit: str | None = None,
@@ -73,9 +80,11 @@ def make_token(
 ) -> str:
     """A demo-issuer token for one client audience. DEV-ONLY.
 
-    ``scopes`` is the space-separated ``scope`` claim (default ``user/*.rs``, for a patient
-    ``patient/*.rs``). ``overrides`` are set as claims last; an override of None removes the claim
-    (tests use it to build broken tokens).
+    ``scopes`` is the space-separated ``scope`` claim (default ``CARE_SCOPES``, for a patient
+    ``PATIENT_SCOPES``). ``patient`` is the SMART launch patient (the ``patient`` claim): a Patient
+    id, or a personnummer made into the demo's id (the facade under the demo key: ``demo`` and the
+    tests); a patient token names its own patient unless given another. ``overrides`` are set as
+    claims last; an override of None removes the claim (tests use it to build broken tokens).
     """
     if audience not in AUDIENCES:
         raise ValueError(f"audience must be one of {', '.join(AUDIENCES)}")
@@ -100,13 +109,27 @@ def make_token(
         if normalised is None:
             raise ValueError("pnr is not a valid personnummer")
         claims[_CLAIMS.pnr] = normalised
+        if patient is None:
+            patient = normalised
     else:
         claims[_CLAIMS.hsa_id] = hsa_id or d_user
         claims[_CLAIMS.care_unit] = care_unit or d_unit
         claims[_CLAIMS.care_provider] = care_provider or d_provider
+    if patient is not None:
+        claims[_CLAIMS.launch_patient] = _patient_id(patient)
     for k, v in overrides.items():
         if v is None:
             claims.pop(k, None)
         else:
             claims[k] = v
     return jwt.encode(claims, DEMO_SECRET, algorithm="HS256", headers={"kid": DEMO_KID})
+
+
+def _patient_id(patient: str) -> str:
+    """A Patient id as given, or a personnummer's id under the demo key."""
+    if len(patient) == PATIENT_ID_LENGTH and patient.isalnum():
+        return patient
+    pnr = normalise(patient)
+    if pnr is None:
+        raise ValueError("the launch patient must be a Patient id or a valid personnummer")
+    return PatientIds(DEMO_PATIENT_ID_KEY).encode(pnr)

@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from proxy.access import decide
 from proxy.access.pdl import EMERGENCY_HEADER, EMERGENCY_REASONS, emergency_reason
 from proxy.audit import NOT_A_REASON, PROBE, begun_event, completed, probing, record
 from proxy.auth import AuthError
@@ -296,6 +297,7 @@ class FhirRoutes:
         url = f"{base_url(request, facade)}/{rtype}"
         request[AUDIT_QUERY_KEY] = query
         if query.patient is None:  # an id that is not ours: nothing can match
+            decide(request[PRINCIPAL_KEY], query)  # (but the scopes hold all the same: 403)
             answer = Answer(resources=[], outcomes=[], patient_known=False)
         else:
             answer = await _collect(request, facade, query)

@@ -11,6 +11,12 @@ consents registered for their own care provider or unit (not the patient's block
 hint says that blocked information exists, never where). Who reads the access log: the patient their own, in
 ``patient_view`` form; users configured as auditors (``access.auditors``) every patient's, whole.
 Everyone else: 403. Every one of these requests is itself audited.
+
+Scopes (``proxy.access.require``): creating a Consent needs ``c`` on Consent, revoking one ``u``,
+reading one by id ``r``, searching ``s``; reading the access log ``s`` on AuditEvent (v1 ``write``
+grants c and u, ``read`` r and s). A read or update by id is refused (403) before the lookup when
+the scopes grant the permission for no patient at all, and answers 404, as for an unknown id, when
+they grant it only for another patient (``patient/`` scopes: the launch patient).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from proxy.access import consent
+from proxy.access import consent, require
 from proxy.audit import patient_view, probing
 from proxy.fhir import params as parse
 from proxy.fhir.bundle import page_links, searchset
@@ -40,7 +46,7 @@ from proxy.fhir.http import (
 )
 from proxy.fhir.ids import is_fhir_id
 from proxy.store import ConsentRow
-from proxy.types import FhirDict, PatientRef, Principal, Query
+from proxy.types import FhirDict, PatientRef, Permission, Principal, Query
 
 _JSON_BODIES = {"application/fhir+json", "application/json", "application/json+fhir"}
 _STATUSES = frozenset({"active", "inactive"})
@@ -134,6 +140,7 @@ async def create_consent(request: web.Request) -> web.Response:
     body = consent.validate(await _body(request))
     patient = _patient_of(request, body)
     _audited(request, "create", patient)
+    require(principal, "c", "Consent", patient.pnr)
     _may_write(principal, patient.pnr, consent.terms({**body, "id": ""}))
     resource = consent.stored(body)
     await request.app[STORE_KEY].add_consent(
@@ -146,17 +153,24 @@ async def create_consent(request: web.Request) -> web.Response:
     return resp
 
 
-async def _row(request: web.Request) -> ConsentRow:
-    """The stored Consent the URL names, if the asker may see it (else 404, as if there were none)."""
+async def _row(request: web.Request, permission: Permission) -> ConsentRow:
+    """The stored Consent the URL names, if the asker may see it (else 404, as if there were none)
+    and its scopes grant ``permission`` on it (for no patient at all: 403, before the lookup)."""
+    principal = request[PRINCIPAL_KEY]
+    require(principal, permission, "Consent", principal.launch_pnr)  # (user/ scopes or its own patient)
     cid = request.match_info["id"]
     row = await request.app[STORE_KEY].consent(cid) if is_fhir_id(cid) else None
-    if row is None or not _visible(request[PRINCIPAL_KEY], row):
+    if (
+        row is None
+        or not _visible(principal, row)
+        or not principal.may(permission, "Consent", row.patient_pnr)
+    ):
         raise not_found("No Consent with that id is known")
     return row
 
 
 async def read_consent(request: web.Request) -> web.Response:
-    row = await _row(request)
+    row = await _row(request, "r")
     _audited(request, "read", request.app[FACADE_KEY].ids.patient(row.patient_pnr))
     return _one(row.resource, request=request)
 
@@ -164,7 +178,7 @@ async def read_consent(request: web.Request) -> web.Response:
 async def update_consent(request: web.Request) -> web.Response:
     """Revoking a consent or lifting a block: the stored resource with ``status: inactive``."""
     principal = request[PRINCIPAL_KEY]
-    row = await _row(request)
+    row = await _row(request, "u")
     body = await _body(request)
     _audited(request, "update", request.app[FACADE_KEY].ids.patient(row.patient_pnr))
     if not isinstance(body, dict) or body.get("resourceType") != "Consent":
@@ -199,6 +213,7 @@ async def search_consents(request: web.Request) -> web.Response:
     principal = request[PRINCIPAL_KEY]
     query, wanted = _search_params(request, "Consent", {"status": _STATUSES})
     request[AUDIT_QUERY_KEY] = query
+    require(principal, "s", "Consent", query.patient.pnr if query.patient else None)
     # another patient's consents are not even read: the asker is answered as for an unknown patient
     mine = query.patient is not None and not probing(principal, query.patient.pnr)
     rows = await request.app[STORE_KEY].consents(query.patient.pnr) if query.patient and mine else []
@@ -216,6 +231,7 @@ async def search_audit(request: web.Request) -> web.Response:
     principal = request[PRINCIPAL_KEY]
     query, _ = _search_params(request, "AuditEvent", {})
     request[AUDIT_QUERY_KEY] = query  # a refused attempt is logged too
+    require(principal, "s", "AuditEvent", query.patient.pnr if query.patient else None)
     is_patient = principal.audience == "patient"
     if not is_patient and principal.user_hsa_id not in facade.settings.access.auditors:
         raise FhirError(403, "forbidden", "Only the patient and configured auditors may read the access log")

@@ -19,16 +19,31 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from proxy.auth import Authenticator, AuthError, parse_scopes
 from proxy.auth.demo import DEMO_ISSUER, DEMO_SECRET, demo_issuer, make_token
 from proxy.cli import main
-from proxy.settings import ConfigError, load_settings
+from proxy.fhir.ids import PatientIds
+from proxy.settings import DEMO_PATIENT_ID_KEY, ConfigError, load_settings
+from proxy.types import Scope
 
 TOLVAN = "191212121212"
 REGION_ISS = "https://idp.region.example/"
 MUNI_ISS = "https://idp.kommun.example/"
 
 
+IDS = PatientIds(DEMO_PATIENT_ID_KEY)
+
+
 @pytest.fixture
 def auth(tmp_path: Path) -> Authenticator:
-    return Authenticator({}, tmp_path, extra_issuer=demo_issuer())
+    return Authenticator({}, tmp_path, extra_issuer=demo_issuer(), patient_ids=IDS)
+
+
+def grants(*items: str) -> frozenset[Scope]:
+    """``grants("user/Condition.rs")``: the Scope per permission letter of each item."""
+    out = set()
+    for item in items:
+        ctx, _, rest = item.partition("/")
+        rtype, _, letters = rest.partition(".")
+        out.update(Scope(ctx, rtype, p) for p in letters)  # type: ignore[arg-type]
+    return frozenset(out)
 
 
 def bearer(token: str) -> str:
@@ -114,21 +129,23 @@ def test_care_audience_token_maps_to_principal(
     p = auth.authenticate(bearer(make_token(audience)))
     assert p.audience == audience
     assert p.issuer == DEMO_ISSUER
-    assert p.scopes == frozenset({("user", "*")})
+    assert p.scopes == grants("user/*.rs", "user/Consent.cu")
     assert p.care_unit_hsa_id == unit
     assert p.care_provider_hsa_id == provider
     assert p.user_hsa_id is not None and p.user_hsa_id.startswith(provider.split("-")[0])
     assert p.patient_pnr is None
     assert p.client_id.startswith("demo-")
     assert p.subject
-    assert p.may_read("Condition")
+    assert p.may("r", "Condition", TOLVAN) and p.may("s", "Condition", None)
+    assert p.may("c", "Consent", None) and not p.may("c", "Condition", None)
 
 
 def test_patient_token_maps_to_principal(auth: Authenticator) -> None:
     p = auth.authenticate(bearer(make_token("patient", pnr="19121212-1212")))
     assert p.audience == "patient"
     assert p.patient_pnr == TOLVAN
-    assert p.scopes == frozenset({("patient", "*")})
+    assert p.scopes == grants("patient/*.rs", "patient/Consent.cu")
+    assert p.launch_pnr == TOLVAN
     assert (p.user_hsa_id, p.care_unit_hsa_id, p.care_provider_hsa_id) == (None, None, None)
 
 
@@ -140,8 +157,8 @@ def test_scheme_is_case_insensitive_and_explicit_values_win(auth: Authenticator)
         care_unit="SE2321000016-VCN1",
     )
     p = auth.authenticate(f"bEaReR   {token} ")
-    assert p.scopes == frozenset({("user", "Condition")})
-    assert p.may_read("Condition") and not p.may_read("Flag")
+    assert p.scopes == grants("user/Condition.rs", "user/Flag.c")
+    assert p.may("r", "Condition", None) and not p.may("r", "Flag", None) and p.may("c", "Flag", None)
     assert p.user_hsa_id == "SE2321000016-L999"
     assert p.care_unit_hsa_id == "SE2321000016-VCN1"
 
@@ -156,7 +173,7 @@ def test_client_id_falls_back_to_azp_then_unknown(auth: Authenticator) -> None:
 def test_token_without_read_scope_is_still_an_identity(auth: Authenticator) -> None:
     p = auth.authenticate(bearer(make_token("clinician", scopes="openid fhirUser")))
     assert p.scopes == frozenset()
-    assert not p.may_read("Patient")
+    assert not p.may("r", "Patient", None) and not p.may("s", "Patient", None)
 
 
 def test_expired_within_leeway_is_accepted(auth: Authenticator) -> None:
@@ -359,7 +376,7 @@ def test_rs256_issuer_from_jwks_picks_the_key_by_kid(tmp_path: Path) -> None:
         assert p.issuer == REGION_ISS
         assert p.client_id == "cosmic-reader"
         assert p.subject == "user-17"
-        assert p.scopes == frozenset({("user", "Condition"), ("user", "Observation")})
+        assert p.scopes == grants("user/Condition.rs", "user/Observation.rs")
         assert p.user_hsa_id == "SE2321000016-L042"
 
     wrong_kid = jwt.encode(claims, new, algorithm="RS256", headers={"kid": "old"})
@@ -403,7 +420,7 @@ def test_es256_issuer_from_pem_with_renamed_claims(tmp_path: Path) -> None:
     claims = {k: v for k, v in claims.items() if v is not None}
     p = auth.authenticate(bearer(jwt.encode(claims, key, algorithm="ES256", headers={"kid": "any"})))
     assert (p.audience, p.user_hsa_id, p.issuer) == ("homecare", "SE2120001520-S007", MUNI_ISS)
-    assert p.scopes == frozenset({("user", "CarePlan"), ("user", "Observation")})
+    assert p.scopes == grants("user/CarePlan.rs", "user/Observation.s", "user/Condition.c")
     # ES256 issuer, RS256-signed token: refused before any key is tried
     reject(auth, bearer(jwt.encode(claims, rsa_key(), algorithm="RS256")), "algorithm is not accepted")
     # the default claim name is not read once renamed
@@ -536,37 +553,42 @@ def test_the_shipped_config_compiles(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("scope", "granted"),
     [
-        ("patient/Condition.rs", {("patient", "Condition")}),
-        ("user/*.rs", {("user", "*")}),
-        ("patient/*.r", {("patient", "*")}),
-        ("patient/*.s", {("patient", "*")}),
-        ("patient/*.cruds", {("patient", "*")}),
-        ("user/Observation.rs", {("user", "Observation")}),
-        ("patient/*.read", {("patient", "*")}),
-        ("user/Condition.read", {("user", "Condition")}),
-        ("patient/*.*", {("patient", "*")}),
-        ("patient/*.write", set()),
-        ("patient/*.c", set()),
-        ("patient/*.cud", set()),
+        ("patient/Condition.rs", {"patient/Condition.rs"}),
+        ("user/*.rs", {"user/*.rs"}),
+        ("patient/*.r", {"patient/*.r"}),
+        ("patient/*.s", {"patient/*.s"}),
+        ("patient/*.cruds", {"patient/*.cruds"}),
+        ("user/Observation.rs", {"user/Observation.rs"}),
+        ("patient/*.read", {"patient/*.rs"}),  # v1 read: read by id and search
+        ("user/Condition.read", {"user/Condition.rs"}),
+        ("patient/*.*", {"patient/*.cruds"}),
+        ("patient/*.write", {"patient/*.cud"}),
+        ("patient/*.c", {"patient/*.c"}),
+        ("patient/*.cud", {"patient/*.cud"}),
+        ("user/Consent.cu user/Consent.r", {"user/Consent.cru"}),
+        ("user/Condition.read user/Condition.c", {"user/Condition.crs"}),  # v1 and v2 together
         ("patient/*.sr", set()),  # v2 permissions must be in c r u d s order
         ("patient/*.rr", set()),
         ("patient/*.", set()),
+        ("patient/*.rw", set()),
         ("patient/Observation.rs?category=laboratory", set()),  # a restriction the facade cannot enforce
+        ("user/Consent.cu?status=active", set()),
+        ("user/*.read?x=y", set()),
         ("system/*.rs", set()),
         ("openid fhirUser launch/patient offline_access", set()),
         ("patient/condition.rs", set()),
         ("PATIENT/*.rs", set()),
-        ("patient/*.rs user/Flag.r openid", {("patient", "*"), ("user", "Flag")}),
+        ("patient/*.rs user/Flag.r openid", {"patient/*.rs", "user/Flag.r"}),
         ("", set()),
     ],
 )
-def test_scope_parsing(scope: str, granted: set[tuple[str, str]]) -> None:
-    assert parse_scopes(scope) == frozenset(granted)
+def test_scope_parsing(scope: str, granted: set[str]) -> None:
+    assert parse_scopes(scope) == grants(*granted)
 
 
 def test_scope_claim_may_be_a_list(auth: Authenticator) -> None:
     p = auth.authenticate(bearer(make_token("clinician", scope=["user/Condition.rs", "openid"])))
-    assert p.scopes == frozenset({("user", "Condition")})
+    assert p.scopes == grants("user/Condition.rs")
     reject(auth, bearer(make_token("clinician", scope=42)), "scope claim must be")
 
 
@@ -646,7 +668,7 @@ def test_cli_token_verifies(audience: str, capsys: pytest.CaptureFixture[str]) -
     assert main(args) == 0
     token = capsys.readouterr().out.strip()
     assert "\n" not in token
-    auth = Authenticator.from_settings(load_settings(), extra_issuer=demo_issuer())
+    auth = Authenticator.from_settings(load_settings(), extra_issuer=demo_issuer(), patient_ids=IDS)
     p = auth.authenticate(bearer(token))
     assert p.audience == audience
     assert p.patient_pnr == (TOLVAN if audience == "patient" else None)
@@ -658,7 +680,7 @@ def test_cli_token_scope_and_lifetime(capsys: pytest.CaptureFixture[str]) -> Non
     assert main(["token", "--audience", "clinician", "--scope", "user/Condition.rs", "--lifetime", "60"]) == 0
     token = capsys.readouterr().out.strip()
     p = Authenticator.from_settings(load_settings(), extra_issuer=demo_issuer()).authenticate(bearer(token))
-    assert p.scopes == frozenset({("user", "Condition")})
+    assert p.scopes == grants("user/Condition.rs")
     exp = jwt.decode(token, options={"verify_signature": False})["exp"]
     assert 50 <= exp - time.time() <= 70
 
