@@ -18,7 +18,7 @@ from proxy.access.consent import stored
 from proxy.app import create_app
 from proxy.auth.demo import demo_issuer, make_token
 from proxy.fhir.http import STORE_KEY
-from proxy.fhir.ids import PatientIds
+from proxy.fhir.ids import PatientIds, ResourceIds
 from proxy.settings import DEMO_PATIENT_ID_KEY, Settings, load_settings
 from proxy.simulators.harness import running_simulators
 from proxy.simulators.population import MUNICIPALITY_PROVIDER, REGION_PROVIDER, population
@@ -26,6 +26,7 @@ from proxy.store import ConsentRow, Store
 
 BASE = "/fhir"
 IDS = PatientIds(DEMO_PATIENT_ID_KEY)
+RESOURCE_IDS = ResourceIds(DEMO_PATIENT_ID_KEY)  # the demo deployment's keyed resource ids
 # The PostgreSQL the store tests use (.ci/run installs and starts it); its tables are dropped first.
 POSTGRES_DSN = os.environ.get(
     "FHIR_FACADE_TEST_POSTGRES_DSN", "postgresql://fhir_facade:fhir_facade@127.0.0.1:5432/fhir_facade_test"

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from proxy.fhir.ids import ResourceIds
 from proxy.mapping.compiler import CompiledMapping, MappingError, compile_mapping
 from proxy.pnr import dashed, oid_of
 from proxy.types import PatientRef
@@ -123,8 +124,10 @@ def load_backend_mappings(
     code_maps: Mapping[str, Mapping[str, Any]],
     context_names: frozenset[str],
     root: Path | None = None,
+    *,
+    ids: ResourceIds,
 ) -> tuple[CompiledMapping, ...]:
-    """Compile every ``*.yaml`` in one backend's folder."""
+    """Compile every ``*.yaml`` in one backend's folder; ``ids`` keys its resource ids."""
     root = root or folder.parent
     if not folder.is_dir():
         raise MappingError(f"{_rel(folder, root)}: mapping folder for backend {backend!r} not found")
@@ -143,17 +146,21 @@ def load_backend_mappings(
                 code_maps=code_maps,
                 resolve_ref=types.get,
                 context_names=context_names,
+                ids=ids,
             )
         )
     return tuple(compiled)
 
 
-def load_mappings(mappings_dir: Path, backends: Mapping[str, tuple[str, frozenset[str]]]) -> MappingSet:
-    """Compile the mappings of each backend: ``{backend: (folder name, its extra context names)}``."""
+def load_mappings(
+    mappings_dir: Path, backends: Mapping[str, tuple[str, frozenset[str]]], *, ids: ResourceIds
+) -> MappingSet:
+    """Compile the mappings of each backend: ``{backend: (folder name, its extra context names)}``;
+    ``ids`` (from the deployment's key) makes the resource ids."""
     code_maps = load_code_maps(mappings_dir)
     by_backend = {
         name: load_backend_mappings(
-            mappings_dir / folder, name, code_maps, REQUEST_CONTEXT | extra, root=mappings_dir
+            mappings_dir / folder, name, code_maps, REQUEST_CONTEXT | extra, root=mappings_dir, ids=ids
         )
         for name, (folder, extra) in backends.items()
     }

@@ -30,6 +30,7 @@ from proxy.mapping.compiler import (
 from proxy.mapping.engine import map_records
 from proxy.mapping.paths import PathError, compile_first, compile_path, is_simple
 from proxy.mapping.registry import REQUEST_CONTEXT, load_backend_mappings
+from tests.conftest import RESOURCE_IDS
 
 CONTEXT_NAMES = REQUEST_CONTEXT | {"system_hsa_id"}
 FILE = "mappings/testsys/things.yaml"
@@ -74,6 +75,7 @@ def compile_doc(
         code_maps=CODE_MAPS,
         resolve_ref=(refs or {}).get,
         context_names=CONTEXT_NAMES,
+        ids=RESOURCE_IDS,
     )
 
 
@@ -739,11 +741,11 @@ def test_registry_errors_name_the_yaml_file(tmp_path: Path) -> None:
     bad = doc({"code": {"$path": "c", "$wrong": 1}})
     (folder / "broken.yaml").write_text(yaml.safe_dump(bad), encoding="utf-8")
     with pytest.raises(MappingError) as exc:
-        load_backend_mappings(folder, "testsys", CODE_MAPS, CONTEXT_NAMES)
+        load_backend_mappings(folder, "testsys", CODE_MAPS, CONTEXT_NAMES, ids=RESOURCE_IDS)
     assert str(exc.value).startswith("mappings/testsys/broken.yaml: fields.code: ")
     (folder / "broken.yaml").write_text("resource: [unclosed", encoding="utf-8")
     with pytest.raises(MappingError, match=r"^mappings/testsys/broken\.yaml: not valid YAML"):
-        load_backend_mappings(folder, "testsys", CODE_MAPS, CONTEXT_NAMES)
+        load_backend_mappings(folder, "testsys", CODE_MAPS, CONTEXT_NAMES, ids=RESOURCE_IDS)
 
 
 def test_registry_resolves_refs_between_files(tmp_path: Path) -> None:
@@ -755,7 +757,7 @@ def test_registry_resolves_refs_between_files(tmp_path: Path) -> None:
         resource="Encounter",
     )
     (folder / "contacts.yaml").write_text(yaml.safe_dump(enc), encoding="utf-8")
-    contacts, diagnoses = load_backend_mappings(folder, "testsys", CODE_MAPS, CONTEXT_NAMES)
+    contacts, diagnoses = load_backend_mappings(folder, "testsys", CODE_MAPS, CONTEXT_NAMES, ids=RESOURCE_IDS)
     (cond,), _ = run(diagnoses, [{"rid": "D1"}])
     (e,), _ = run(contacts, [{"rid": "C1", "d": "D1"}])
     assert e["reasonReference"][0]["reference"] == f"Condition/{cond['id']}"
@@ -763,7 +765,7 @@ def test_registry_resolves_refs_between_files(tmp_path: Path) -> None:
         yaml.safe_dump(doc({"r": {"$ref": {"mapping": "nothere", "id": "{d}"}}})), encoding="utf-8"
     )
     with pytest.raises(MappingError, match=r"^mappings/testsys/contacts\.yaml: fields\.r\.\$ref\.mapping: "):
-        load_backend_mappings(folder, "testsys", CODE_MAPS, CONTEXT_NAMES)
+        load_backend_mappings(folder, "testsys", CODE_MAPS, CONTEXT_NAMES, ids=RESOURCE_IDS)
 
 
 # ---- once-known gaps, kept as regression tests ------------------------------------------------------
