@@ -19,6 +19,7 @@ from proxy.app import create_app
 from proxy.auth.demo import demo_issuer, make_token
 from proxy.fhir.http import STORE_KEY
 from proxy.fhir.ids import PatientIds, ResourceIds
+from proxy.fhir.server import FacadeRunner
 from proxy.settings import DEMO_PATIENT_ID_KEY, Settings, load_settings
 from proxy.simulators.harness import running_simulators
 from proxy.simulators.population import MUNICIPALITY_PROVIDER, REGION_PROVIDER, population
@@ -33,6 +34,14 @@ POSTGRES_DSN = os.environ.get(
 )
 HSA = "urn:oid:1.2.752.129.2.1.4.1"
 ROLES = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
+
+
+class FacadeTestServer(TestServer):
+    """A TestServer running the app as ``serve`` and ``demo`` do (``FacadeRunner``: malformed
+    requests answered as OperationOutcomes)."""
+
+    async def _make_runner(self, **kwargs: Any) -> FacadeRunner:
+        return FacadeRunner(self.app, **kwargs)
 
 
 def consent_body(
@@ -170,7 +179,7 @@ def facade(
             if backend_overrides:
                 live = replace(live, backends=tuple(replace(b, **backend_overrides) for b in live.backends))
             app = create_app(live, patient_id_key=DEMO_PATIENT_ID_KEY, extra_issuer=demo_issuer())
-            async with TestClient(TestServer(app), headers=auth("clinician")) as client:
+            async with TestClient(FacadeTestServer(app), headers=auth("clinician")) as client:
                 if consent:
                     await consent_to(client.server.app[STORE_KEY], [p.pnr for p in people])
                 yield Running(client, urls)

@@ -388,7 +388,8 @@ class _Compiler:
             rid = record_id(rec, ctx)
             if rid is None:
                 return None
-            return f"{target_type}/{stable_id(ids, ctx['patient_id'], backend, target_name, scalar_text(rid))}"
+            target_id = stable_id(ids, ctx["patient_id"], backend, target_name, scalar_text(rid))
+            return f"{target_type}/{target_id}"
 
         return ref
 
