@@ -22,6 +22,10 @@ A Consent the facade accepts (``POST {base}/Consent``)::
 
 An HSA-id names exactly one provider or unit, so whether a block is inner or outer follows from
 the id: it hides every record whose provider or unit is that id.
+
+Nothing that acts when displayed is stored (``inert``): a Consent's narrative (``text``, XHTML a
+viewer renders — a ``<script>`` in it would run in whichever patient app or care system shows the
+consent) is dropped, and ``contained`` resources are refused with a 400.
 """
 
 from __future__ import annotations
@@ -89,6 +93,24 @@ def _role(actor: FhirDict) -> str:
         if coding.get("system") == PARTICIPATION and coding.get("code") in (RECIPIENT, CUSTODIAN):
             return str(coding["code"])
     raise ValueError("actor without a known role")
+
+
+def inert(body: Any) -> Any:
+    """A Consent body as the facade will keep it, before it is validated or compared.
+
+    The narrative (``text``) is stripped rather than refused: it is optional, display-only, and
+    clients generate it; what a Consent means here is its coded elements, which the answer shows as
+    stored. ``contained`` resources are refused (400): they are content, not display — a contained
+    Organization or Patient a reference points at (``#id``) — and dropping them would change what
+    the Consent refers to, while keeping them would store resources the facade does not check."""
+    if not isinstance(body, dict):
+        return body  # (validate says what is wrong with it)
+    if "contained" in body:
+        raise bad_request(
+            "Consent.contained is not accepted: name care providers and units by HSA-id in "
+            "provision.actor, without contained resources"
+        )
+    return {k: v for k, v in body.items() if k != "text"}
 
 
 def validate(body: Any) -> FhirDict:
@@ -159,7 +181,7 @@ def validate(body: Any) -> FhirDict:
 def stored(body: FhirDict, *, consent_id: str | None = None, version: int = 1) -> FhirDict:
     """The resource as the facade keeps and returns it: its id and version, server-set."""
     now = datetime.now(UTC).isoformat(timespec="milliseconds")
-    resource = {k: v for k, v in body.items() if k not in ("id", "meta")}
+    resource = {k: v for k, v in body.items() if k not in ("id", "meta", "text", "contained")}
     resource.setdefault("dateTime", now)
     return {
         "resourceType": "Consent",
@@ -170,5 +192,5 @@ def stored(body: FhirDict, *, consent_id: str | None = None, version: int = 1) -
 
 
 def only_status_changed(old: FhirDict, new: FhirDict) -> bool:
-    keys = (set(old) | set(new)) - _EDITABLE - {"dateTime"}
+    keys = (set(old) | set(new)) - _EDITABLE - {"dateTime", "text", "contained"}  # (never stored)
     return all(old.get(k) == new.get(k) for k in keys)

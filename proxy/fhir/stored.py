@@ -121,7 +121,7 @@ def _one(resource: FhirDict, status: int = 200, *, request: web.Request) -> web.
 
 async def create_consent(request: web.Request) -> web.Response:
     principal = request[PRINCIPAL_KEY]
-    body = consent.validate(await _body(request))
+    body = consent.validate(consent.inert(await _body(request)))
     patient = _patient_of(request, body)
     _audited(request, "create", patient)
     _may_write(principal, patient.pnr, consent.terms({**body, "id": ""}))
@@ -156,6 +156,7 @@ async def update_consent(request: web.Request) -> web.Response:
     row = await _row(request)
     body = await _body(request)
     _audited(request, "update", request.app[FACADE_KEY].ids.patient(row.patient_pnr))
+    body = consent.inert(body)  # (no narrative, no contained resources: see proxy.access.consent)
     if not isinstance(body, dict) or body.get("resourceType") != "Consent":
         raise bad_request("The body must be a FHIR Consent resource (resourceType Consent)")
     if body.get("id") != row.id:
