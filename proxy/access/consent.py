@@ -30,6 +30,7 @@ consent) is dropped, and ``contained`` resources are refused with a 400.
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -46,6 +47,7 @@ PARTICIPATION = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
 SCOPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/consentscope"
 RECIPIENT, CUSTODIAN = "IRCP", "CST"
 _EDITABLE = {"status", "meta", "id"}
+_ELEMENT_NAME = re.compile(r"[a-z][A-Za-z0-9]{0,63}")  # how a FHIR element is spelt
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,9 +124,7 @@ def validate(body: Any) -> FhirDict:
     try:
         Consent.model_validate(body)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'Consent'}: {e['msg']}" for e in exc.errors()[:5]
-        )
+        problems = "; ".join(f"{_where(e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
         raise bad_request(f"Not a valid Consent: {problems}") from None
     if body.get("status") != "active":
         raise bad_request("Consent.status must be active (revoke later by setting it to inactive)")
@@ -176,6 +176,16 @@ def validate(body: Any) -> FhirDict:
             f"and no {RECIPIENT}"
         )
     return body
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    """Where in the Consent a problem is. A key the client sent is named only if it is spelt like a
+    FHIR element: markup, quotes, spaces or a ``Bearer ...`` header line are never echoed."""
+    parts = [
+        str(p) if isinstance(p, int) or _ELEMENT_NAME.fullmatch(p) else "(an element not in FHIR)"
+        for p in loc
+    ]
+    return ".".join(parts) or "Consent"
 
 
 def stored(body: FhirDict, *, consent_id: str | None = None, version: int = 1) -> FhirDict:

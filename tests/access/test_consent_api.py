@@ -206,3 +206,11 @@ async def test_contained_resources_are_refused_and_nothing_is_stored(facade: Any
         assert resp.status == 400
         (stored,) = (await search(f))["entry"]
     assert stored["resource"]["status"] == "active" and "contained" not in stored["resource"]
+
+
+async def test_a_validation_error_does_not_echo_an_unknown_key(facade: Any) -> None:
+    body = {**consent_body(pid(TOLVAN.pnr), recipient=REGION_PROVIDER), "<img src=x onerror=alert(1)>": 1}
+    async with facade(consent=False) as f:
+        status, outcome = await post(f, body)
+    assert status == 400 and "Extra inputs are not permitted" in outcome["issue"][0]["diagnostics"]
+    assert "<img" not in str(outcome) and "onerror" not in str(outcome)
