@@ -28,7 +28,7 @@ from aiohttp import web
 from yarl import URL
 
 from proxy.app import compile_mappings
-from proxy.fhir.ids import PatientIds
+from proxy.fhir.ids import PatientIds, ResourceIds
 from proxy.loop import new_loop
 from proxy.mapping.compiler import RequestSpec
 from proxy.pipeline import context, plan_requests
@@ -40,7 +40,7 @@ SESSIONS = web.AppKey("sessions", dict)
 
 
 def build_app(settings: Settings, patient_id_key: bytes) -> web.Application:
-    mappings = compile_mappings(settings)
+    mappings = compile_mappings(settings, ResourceIds(patient_id_key))
     plan = plan_requests(mappings, settings.source_priority, mappings.resource_types)
     ids = PatientIds(patient_id_key)
     # proxy.pipeline.context only reads ``facade.settings``: the same request context, no Facade.

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run
 
 from proxy.app import compile_mappings
-from proxy.fhir.ids import PatientIds
+from proxy.fhir.ids import PatientIds, ResourceIds
 from proxy.pipeline import plan_requests
 from proxy.settings import PATIENT_ID_KEY_ENV, load_settings
 from proxy.simulators.population import population
@@ -62,7 +62,7 @@ async def compare(args: argparse.Namespace, procs: run.Processes, tmp: Path) -> 
     sims = await run.start_simulators(procs, args)
     config = run.write_config(tmp, "facade", sims, pem, {"enabled": False})
     settings = load_settings(config)
-    mappings = compile_mappings(settings)
+    mappings = compile_mappings(settings, ResourceIds(key))
     plan = plan_requests(mappings, settings.source_priority, mappings.resource_types)
     baseline_url = await run.start_baseline(procs, config, key_b64, args.start_timeout)
     targets = [run.baseline_target(baseline_url, pnrs, sum(len(s) for s in plan.values()))]

@@ -26,7 +26,7 @@ import aiohttp
 
 from proxy import loop
 from proxy.app import compile_mappings
-from proxy.fhir.ids import PatientIds
+from proxy.fhir.ids import PatientIds, ResourceIds
 from proxy.mapping import engine
 from proxy.mapping.compiler import CompiledMapping
 from proxy.mapping.registry import MappingSet, request_context
@@ -136,7 +136,7 @@ def main() -> None:
     if not (0 <= args.patients <= 2000 and 1 <= args.repeat <= 100):
         ap.error("--patients 0-2000, --repeat 1-100")
     settings = load_settings()
-    mappings = compile_mappings(settings)
+    mappings = compile_mappings(settings, ResourceIds(DEMO_PATIENT_ID_KEY))
     answers, patients = loop.run(capture(settings, mappings, args.patients))
     report(answers, patients, args.repeat)
 

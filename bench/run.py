@@ -82,7 +82,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from proxy import loop
 from proxy.app import compile_mappings
 from proxy.auth.demo import make_token as demo_token
-from proxy.fhir.ids import PatientIds
+from proxy.fhir.ids import PatientIds, ResourceIds
 from proxy.mapping.compiler import RequestSpec
 from proxy.pipeline import context, plan_requests
 from proxy.pnr import system_of
@@ -239,6 +239,9 @@ def write_config(tmp: Path, name: str, sim_urls: dict[str, str], pem: Path, cach
     # One SQLite store per run, shared by the facade's restarts: the consents registered at start-up
     # (register_consents) hold for the cached facade too; the access log of the run stays in tmp.
     doc["store"] = {"kind": "sqlite", "sqlite_path": str(tmp / "facade.sqlite")}
+    # `serve` needs the address clients use for links (never taken from a request's Host header);
+    # the bench follows no links, so one base for every facade it starts will do
+    doc["facade"] = {**(doc.get("facade") or {}), "public_base_url": f"http://{HOST}/fhir"}
     if cache is not None:  # over the section config/facade.yaml may have, keeping its other keys
         doc["cache"] = {**(doc.get("cache") or {}), **cache}
     # The learned engagement index is a negative cache (it skips backends known to hold nothing):
@@ -793,7 +796,7 @@ async def bench(args: argparse.Namespace, procs: Processes, tmp: Path) -> dict[s
     sim_urls = await start_simulators(procs, args)
     uncached_cfg = write_config(tmp, "facade", sim_urls, pem, None if no_cache else {"enabled": False})
     settings = load_settings(uncached_cfg)
-    mappings = compile_mappings(settings)
+    mappings = compile_mappings(settings, ResourceIds(key))
     plan = plan_requests(mappings, settings.source_priority, mappings.resource_types)
     calls = sum(len(s) for s in plan.values())
 

@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from proxy import loop
@@ -27,11 +28,19 @@ from proxy.app import create_app
 from proxy.auth.demo import demo_issuer, make_token
 from proxy.fhir.http import AUTH_KEY
 from proxy.fhir.ids import PatientIds
+from proxy.fhir.server import FacadeRunner
 from proxy.mapping.compiler import MappingError
-from proxy.settings import DEMO_PATIENT_ID_KEY, PATIENT_ID_KEY_ENV, ConfigError, Settings, load_settings
+from proxy.settings import (
+    DEFAULT_CONFIG,
+    DEMO_PATIENT_ID_KEY,
+    PATIENT_ID_KEY_ENV,
+    ConfigError,
+    Settings,
+    load_settings,
+)
 from proxy.simulators import NAMES, factory
 from proxy.simulators.faults import Faults
-from proxy.simulators.harness import people_for, running_simulators, serving
+from proxy.simulators.harness import listening, people_for, running_simulators, serving
 from proxy.simulators.population import DEMO_PEOPLE, UNKNOWN_PNR
 from proxy.types import AUDIENCES
 
@@ -50,10 +59,14 @@ async def _until_interrupted() -> None:
 async def _demo(settings: Settings, port: int, patients: int | None) -> None:
     people = people_for(settings, patients)
     async with running_simulators(settings, people) as urls:
+        # links and Location name the demo's own loopback address, never a request's Host header
+        sock = listening(settings.facade.host, port)
+        host, bound = sock.getsockname()[:2]
+        base = f"http://{f'[{host}]' if ':' in host else host}:{bound}{settings.facade.base_path}"
         live = settings.with_backend_urls(urls)
+        live = replace(live, facade=replace(live.facade, public_base_url=base))
         app = create_app(live, patient_id_key=DEMO_PATIENT_ID_KEY, extra_issuer=demo_issuer())
-        async with serving(app, settings.facade.host, port) as url:
-            base = url + settings.facade.base_path
+        async with serving(app, sock=sock, runner_class=FacadeRunner):
             ids = PatientIds(DEMO_PATIENT_ID_KEY)
             print(f"FHIR base URL: {base}")
             for name, u in urls.items():
@@ -104,7 +117,7 @@ def settle_heap() -> None:
 
 async def _serve(settings: Settings, host: str, port: int, key: bytes, *, reuse_port: bool = False) -> None:
     app = create_app(settings, patient_id_key=key)
-    async with serving(app, host, port, reuse_port=reuse_port) as url:
+    async with serving(app, host, port, reuse_port=reuse_port, runner_class=FacadeRunner) as url:
         settle_heap()
         base = url + settings.facade.base_path
         running = type(asyncio.get_running_loop()).__module__.partition(".")[0]  # uvloop | asyncio
@@ -299,6 +312,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             loop.run(_demo(settings, port, args.patients))
         elif args.command == "serve":
             key = _patient_id_key()
+            if settings.facade.public_base_url is None:
+                raise ConfigError(
+                    f"{(args.config or DEFAULT_CONFIG).name}: facade.public_base_url: `serve` needs the "
+                    "address clients use (e.g. https://fhir.region.se/fhir) for links and Location; "
+                    "it is never taken from a request's Host header"
+                )
             host = args.host or settings.facade.host
             port = settings.facade.port if args.port is None else args.port
             if args.workers < 1:

@@ -61,7 +61,8 @@ class FacadeSettings:
     max_count: int = 500
     max_body_bytes: int = 8 * 1024 * 1024
     deadline_s: float = 5.0  # the whole fan-out: past it, answer with what has arrived
-    public_base_url: str | None = None  # e.g. https://fhir.region.se/fhir; unset: from the request
+    # e.g. https://fhir.region.se/fhir; `serve` needs it (links are never built from the Host header)
+    public_base_url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

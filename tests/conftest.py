@@ -18,7 +18,8 @@ from proxy.access.consent import stored
 from proxy.app import create_app
 from proxy.auth.demo import demo_issuer, make_token
 from proxy.fhir.http import STORE_KEY
-from proxy.fhir.ids import PatientIds
+from proxy.fhir.ids import PatientIds, ResourceIds
+from proxy.fhir.server import FacadeRunner
 from proxy.settings import DEMO_PATIENT_ID_KEY, Settings, load_settings
 from proxy.simulators.harness import running_simulators
 from proxy.simulators.population import MUNICIPALITY_PROVIDER, REGION_PROVIDER, population
@@ -26,12 +27,21 @@ from proxy.store import ConsentRow, Store
 
 BASE = "/fhir"
 IDS = PatientIds(DEMO_PATIENT_ID_KEY)
+RESOURCE_IDS = ResourceIds(DEMO_PATIENT_ID_KEY)  # the demo deployment's keyed resource ids
 # The PostgreSQL the store tests use (.ci/run installs and starts it); its tables are dropped first.
 POSTGRES_DSN = os.environ.get(
     "FHIR_FACADE_TEST_POSTGRES_DSN", "postgresql://fhir_facade:fhir_facade@127.0.0.1:5432/fhir_facade_test"
 )
 HSA = "urn:oid:1.2.752.129.2.1.4.1"
 ROLES = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
+
+
+class FacadeTestServer(TestServer):
+    """A TestServer running the app as ``serve`` and ``demo`` do (``FacadeRunner``: malformed
+    requests answered as OperationOutcomes)."""
+
+    async def _make_runner(self, **kwargs: Any) -> FacadeRunner:
+        return FacadeRunner(self.app, **kwargs)
 
 
 def consent_body(
@@ -169,7 +179,7 @@ def facade(
             if backend_overrides:
                 live = replace(live, backends=tuple(replace(b, **backend_overrides) for b in live.backends))
             app = create_app(live, patient_id_key=DEMO_PATIENT_ID_KEY, extra_issuer=demo_issuer())
-            async with TestClient(TestServer(app), headers=auth("clinician")) as client:
+            async with TestClient(FacadeTestServer(app), headers=auth("clinician")) as client:
                 if consent:
                     await consent_to(client.server.app[STORE_KEY], [p.pnr for p in people])
                 yield Running(client, urls)

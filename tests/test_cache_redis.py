@@ -12,7 +12,10 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from proxy.app import open_cache
 from proxy.cache import RedisCache
+from proxy.fhir.ids import ResourceIds
+from proxy.settings import CacheSettings
 from proxy.simulators.population import TOLVAN
 from proxy.types import MappedResource
 from tests.conftest import BASE, pid
@@ -87,3 +90,35 @@ async def test_an_unreachable_redis_is_only_a_miss(facade: Any) -> None:
         status, bundle = await f.get(EVERYTHING, params={"_count": "500"})
     assert status == 200 and outcomes(bundle) == {}
     assert bundle["total"] > 30
+
+
+async def test_entries_made_under_another_key_are_never_served(redis_db: Any) -> None:
+    """Cached resources carry ids, which depend on the deployment's key: an entry stored under one
+    key, or with the unkeyed ids of old (prefix v1), is a miss for a facade under another key."""
+    settings = CacheSettings(store="redis", redis_url=REDIS_URL)
+    resource = MappedResource(
+        resource={"resourceType": "Condition", "id": "p-cosmic-0011223344556677"},
+        source="cosmic",
+        mapping="cosmic/diagnoses",
+        origin_key="Condition|A|1",
+        priority=0,
+        refs=(),
+        clinical_time=None,
+        care_provider=None,
+        care_unit=None,
+    )
+    old = RedisCache(aioredis.from_url(REDIS_URL), ttl_s=30, max_stale_s=30)  # the v1 prefix
+    await old.put("cosmic", "GET /d", "pid", (resource,))
+    await old.close()
+    first, same, other = (
+        open_cache(settings, namespace=ResourceIds(key).fingerprint)
+        for key in (b"a" * 32, b"a" * 32, b"b" * 32)
+    )
+    assert first is not None and same is not None and other is not None
+    assert await first.get("cosmic", "GET /d", "pid") is None  # not the unkeyed entry
+    await first.put("cosmic", "GET /d", "pid", (resource,))
+    hit = await same.get("cosmic", "GET /d", "pid")  # another worker or host with the same key
+    assert hit is not None and hit[0].resources == (resource,)
+    assert await other.get("cosmic", "GET /d", "pid") is None
+    for cache in (first, same, other):
+        await cache.close()

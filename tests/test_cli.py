@@ -53,11 +53,25 @@ def test_serve_with_workers_shares_one_port(tmp_path) -> None:  # type: ignore[n
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    from tests.fhir.test_public_base_url import config_with_public_base
+
     env = {**os.environ, "FHIR_FACADE_PATIENT_ID_KEY": base64.b64encode(b"w" * 32).decode()}
+    config = config_with_public_base(tmp_path, f"http://127.0.0.1:{port}/fhir")
     log = tmp_path / "serve.log"
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "proxy.cli", "serve", "--workers", "2", "--port", str(port)],
+            [
+                sys.executable,
+                "-m",
+                "proxy.cli",
+                "--config",
+                str(config),
+                "serve",
+                "--workers",
+                "2",
+                "--port",
+                str(port),
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,

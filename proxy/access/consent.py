@@ -22,10 +22,15 @@ A Consent the facade accepts (``POST {base}/Consent``)::
 
 An HSA-id names exactly one provider or unit, so whether a block is inner or outer follows from
 the id: it hides every record whose provider or unit is that id.
+
+Nothing that acts when displayed is stored (``inert``): a Consent's narrative (``text``, XHTML a
+viewer renders — a ``<script>`` in it would run in whichever patient app or care system shows the
+consent) is dropped, and ``contained`` resources are refused with a 400.
 """
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -42,6 +47,7 @@ PARTICIPATION = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
 SCOPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/consentscope"
 RECIPIENT, CUSTODIAN = "IRCP", "CST"
 _EDITABLE = {"status", "meta", "id"}
+_ELEMENT_NAME = re.compile(r"[a-z][A-Za-z0-9]{0,63}")  # how a FHIR element is spelt
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +97,24 @@ def _role(actor: FhirDict) -> str:
     raise ValueError("actor without a known role")
 
 
+def inert(body: Any) -> Any:
+    """A Consent body as the facade will keep it, before it is validated or compared.
+
+    The narrative (``text``) is stripped rather than refused: it is optional, display-only, and
+    clients generate it; what a Consent means here is its coded elements, which the answer shows as
+    stored. ``contained`` resources are refused (400): they are content, not display — a contained
+    Organization or Patient a reference points at (``#id``) — and dropping them would change what
+    the Consent refers to, while keeping them would store resources the facade does not check."""
+    if not isinstance(body, dict):
+        return body  # (validate says what is wrong with it)
+    if "contained" in body:
+        raise bad_request(
+            "Consent.contained is not accepted: name care providers and units by HSA-id in "
+            "provision.actor, without contained resources"
+        )
+    return {k: v for k, v in body.items() if k != "text"}
+
+
 def validate(body: Any) -> FhirDict:
     """A Consent as a client sent it, checked against the FHIR model and the rules above → 400."""
     from fhir.resources.R4B.consent import Consent  # imported at start-up by proxy.app
@@ -100,9 +124,7 @@ def validate(body: Any) -> FhirDict:
     try:
         Consent.model_validate(body)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'Consent'}: {e['msg']}" for e in exc.errors()[:5]
-        )
+        problems = "; ".join(f"{_where(e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
         raise bad_request(f"Not a valid Consent: {problems}") from None
     if body.get("status") != "active":
         raise bad_request("Consent.status must be active (revoke later by setting it to inactive)")
@@ -156,10 +178,20 @@ def validate(body: Any) -> FhirDict:
     return body
 
 
+def _where(loc: tuple[int | str, ...]) -> str:
+    """Where in the Consent a problem is. A key the client sent is named only if it is spelt like a
+    FHIR element: markup, quotes, spaces or a ``Bearer ...`` header line are never echoed."""
+    parts = [
+        str(p) if isinstance(p, int) or _ELEMENT_NAME.fullmatch(p) else "(an element not in FHIR)"
+        for p in loc
+    ]
+    return ".".join(parts) or "Consent"
+
+
 def stored(body: FhirDict, *, consent_id: str | None = None, version: int = 1) -> FhirDict:
     """The resource as the facade keeps and returns it: its id and version, server-set."""
     now = datetime.now(UTC).isoformat(timespec="milliseconds")
-    resource = {k: v for k, v in body.items() if k not in ("id", "meta")}
+    resource = {k: v for k, v in body.items() if k not in ("id", "meta", "text", "contained")}
     resource.setdefault("dateTime", now)
     return {
         "resourceType": "Consent",
@@ -170,5 +202,5 @@ def stored(body: FhirDict, *, consent_id: str | None = None, version: int = 1) -
 
 
 def only_status_changed(old: FhirDict, new: FhirDict) -> bool:
-    keys = (set(old) | set(new)) - _EDITABLE - {"dateTime"}
+    keys = (set(old) | set(new)) - _EDITABLE - {"dateTime", "text", "contained"}  # (never stored)
     return all(old.get(k) == new.get(k) for k in keys)

@@ -65,8 +65,18 @@ def pretty(request: web.Request) -> bool:
 
 
 def base_url(request: web.Request, facade: Facade) -> str:
-    """The base for links: configured (behind a proxy or TLS terminator), else from the request."""
+    """The base for links, ``fullUrl`` and ``Location``: the configured ``facade.public_base_url``
+    (``serve`` refuses to start without one; ``demo`` sets its own address), else — in the tests —
+    the address the connection arrived at. Never the request's ``Host``, ``X-Forwarded-Host`` or
+    ``Forwarded`` header: the client writes those, and a link built from them points wherever the
+    client (or whoever crafted its link) wants."""
     configured = facade.settings.facade.public_base_url
     if configured:
         return configured
-    return f"{request.scheme}://{request.host}{facade.settings.facade.base_path}"
+    sockname = request.transport.get_extra_info("sockname") if request.transport is not None else None
+    if isinstance(sockname, tuple) and len(sockname) >= 2:
+        host = f"[{sockname[0]}]" if ":" in str(sockname[0]) else str(sockname[0])
+        authority = f"{host}:{sockname[1]}"
+    else:  # (a Unix socket, or a connection already gone)
+        authority = "localhost"
+    return f"{request.scheme}://{authority}{facade.settings.facade.base_path}"

@@ -9,17 +9,25 @@ the nine zero bytes make a forged or mistyped id fail to decode (chance 2^-72).
 Rendered as 26 characters of lower-case base32.
 
 Every other resource id starts with its patient's id, so a read by id knows which patient to ask
-the backends about: ``<patient id>-<backend>-<16 hex of BLAKE2b(mapping, source record id)>``
-(made by ``proxy.mapping.compiler.stable_id``).
+the backends about: ``<patient id>-<backend>-<16 hex of keyed BLAKE2b(mapping, source record id)>``
+(``ResourceIds``; made by ``proxy.mapping.compiler.stable_id``). The hash is keyed because source
+record ids are guessable (often sequential): with an unkeyed hash, anyone who knows a patient's id
+could compute the id of a record they may not read and tell "exists but withheld" from "absent".
+Its key is derived from the deployment's patient-id key (HKDF-SHA256 with its own label, so the
+AES key is never used for a second primitive): ids stay the same on every worker and host sharing
+that key, and change with it.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import re
 
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from proxy.pnr import is_valid_pnr, system_of
 from proxy.types import PatientRef
@@ -72,6 +80,35 @@ class PatientIds:
     def resolve(self, patient_id: str) -> PatientRef | None:
         pnr = self.decode(patient_id)
         return None if pnr is None else PatientRef(pnr=pnr, fhir_id=patient_id, system=system_of(pnr))
+
+
+def _derive(key: bytes, label: bytes, length: int) -> bytes:
+    if len(key) not in (16, 24, 32):
+        raise ValueError("the patient id key must be 16, 24 or 32 bytes")
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=label).derive(key)
+
+
+class ResourceIds:
+    """The keyed hash in ``<patient id>-<backend>-<hash>``, from the deployment's patient-id key.
+
+    ``fingerprint`` names the key without revealing it (another HKDF output): what is stored with
+    ids in it (the shared cache) is filed under it, so entries made under another key, or by the
+    unkeyed scheme before, are never served.
+    """
+
+    __slots__ = ("_key", "fingerprint")
+
+    def __init__(self, patient_id_key: bytes) -> None:
+        self._key = _derive(patient_id_key, b"fhir-facade resource id v1", 32)
+        self.fingerprint = _derive(patient_id_key, b"fhir-facade key fingerprint v1", 8).hex()
+
+    def digest(self, mapping_name: str, record_id: str) -> str:
+        """16 hex characters, stable for (mapping, source record id) under this key."""
+        data = f"{mapping_name}\x1f{record_id}".encode()
+        return hashlib.blake2b(data, digest_size=8, key=self._key).hexdigest()
+
+    def __repr__(self) -> str:
+        return f"ResourceIds(fingerprint={self.fingerprint})"  # never the key
 
 
 def patient_part(resource_id_: str) -> str:

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from aiohttp import web
+from aiohttp import http_exceptions, web
 
 from proxy.access import decide
 from proxy.access.pdl import EMERGENCY_HEADER, EMERGENCY_REASONS, emergency_reason
@@ -54,6 +54,7 @@ from proxy.fhir.http import (
     strict,
 )
 from proxy.fhir.ids import holding_backend, is_fhir_id
+from proxy.fhir.server import below_the_routes
 from proxy.pipeline import Answer, Facade, collect
 from proxy.store import StoreUnavailable
 from proxy.types import FhirDict, PatientRef, Principal, Query
@@ -223,16 +224,20 @@ async def fhir_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         resp = error_response(503, "transient", "The facade's store is unavailable; nothing can be disclosed")
         resp.headers["Retry-After"] = "5"
         return resp
-    except web.HTTPMethodNotAllowed as exc:
-        resp = error_response(405, "not-supported", f"Method {request.method} is not allowed here")
+    except web.HTTPMethodNotAllowed as exc:  # (the method is the client's bytes: not echoed)
+        resp = error_response(405, "not-supported", "This method is not allowed here")
         resp.headers["Allow"] = ",".join(sorted(exc.allowed_methods))
         return resp
     except web.HTTPNotFound:
         return error_response(404, "not-found", "No such FHIR endpoint")
-    except web.HTTPException as exc:
+    except web.HTTPException as exc:  # (e.g. a body over the size limit): a fixed text, not its reason
         if exc.status < 400:
             raise
-        return error_response(exc.status, "exception", exc.reason)
+        return below_the_routes(exc.status, None)
+    except (web.RequestPayloadError, http_exceptions.HttpProcessingError) as exc:
+        # the body broke off or is badly encoded (chunked, compression): the client's fault, and
+        # the error's text quotes the body, so neither answered nor logged
+        return below_the_routes(400, exc.__cause__ if exc.__cause__ is not None else exc)
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(500, "exception", "Internal error")

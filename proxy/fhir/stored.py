@@ -137,7 +137,7 @@ def _one(resource: FhirDict, status: int = 200, *, request: web.Request) -> web.
 
 async def create_consent(request: web.Request) -> web.Response:
     principal = request[PRINCIPAL_KEY]
-    body = consent.validate(await _body(request))
+    body = consent.validate(consent.inert(await _body(request)))
     patient = _patient_of(request, body)
     _audited(request, "create", patient)
     require(principal, "c", "Consent", patient.pnr)
@@ -181,6 +181,7 @@ async def update_consent(request: web.Request) -> web.Response:
     row = await _row(request, "u")
     body = await _body(request)
     _audited(request, "update", request.app[FACADE_KEY].ids.patient(row.patient_pnr))
+    body = consent.inert(body)  # (no narrative, no contained resources: see proxy.access.consent)
     if not isinstance(body, dict) or body.get("resourceType") != "Consent":
         raise bad_request("The body must be a FHIR Consent resource (resourceType Consent)")
     if body.get("id") != row.id:

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from proxy.app import compile_mappings
 from proxy.fanout import BackendClient
-from proxy.fhir.ids import PatientIds
+from proxy.fhir.ids import PatientIds, ResourceIds
 from proxy.merge import merge
 from proxy.pipeline import Facade, fetch_and_map
 from proxy.redact import compile_policy
@@ -49,7 +49,7 @@ def validate(resource: FhirDict) -> str | None:
 
 
 async def check(settings: Settings, generated: int = 5) -> CheckReport:
-    mappings = compile_mappings(settings)
+    mappings = compile_mappings(settings, ResourceIds(DEMO_PATIENT_ID_KEY))
     ids = PatientIds(DEMO_PATIENT_ID_KEY)
     people = people_for(settings, patients=generated)
     report = CheckReport()

@@ -21,7 +21,6 @@ the file and the key. Nothing is parsed per request.
 from __future__ import annotations
 
 import base64
-import hashlib
 import math
 import re
 import string
@@ -32,6 +31,7 @@ from typing import Any, NamedTuple
 from urllib.parse import quote, urlencode
 from xml.sax.saxutils import escape as xml_escape
 
+from proxy.fhir.ids import ResourceIds
 from proxy.mapping.paths import Finder, First, PathError, compile_first, compile_path, dotted_keys
 from proxy.timeutil import format_kind, iso_local_to_fhir, local_to_fhir
 
@@ -198,20 +198,21 @@ class CompiledMapping:
     security: tuple[SecurityRule, ...]
     fields: Builder
     file: str
+    ids: ResourceIds = field(repr=False, compare=False)  # the deployment's keyed id hash
     references: frozenset[str] = frozenset()  # resource types its $refs point at
 
     def stable_id(self, patient_id: str, record_id: str) -> str:
-        return stable_id(patient_id, self.backend, self.name, record_id)
+        return stable_id(self.ids, patient_id, self.backend, self.name, record_id)
 
 
-def stable_id(patient_id: str, backend: str, mapping_name: str, record_id: str) -> str:
-    """The FHIR id of a mapped resource: ``<patient id>-<backend>-<16 hex of BLAKE2b>``.
+def stable_id(ids: ResourceIds, patient_id: str, backend: str, mapping_name: str, record_id: str) -> str:
+    """The FHIR id of a mapped resource: ``<patient id>-<backend>-<16 hex of keyed BLAKE2b>``.
 
-    Stable for (patient, source, record); it starts with the patient id so that a read by id knows
-    whom to ask the backends about (see proxy.fhir.ids).
+    Stable for (patient, source, record) under the deployment's key, and not computable without
+    it; it starts with the patient id so that a read by id knows whom to ask the backends about
+    (see proxy.fhir.ids).
     """
-    digest = hashlib.blake2b(f"{mapping_name}\x1f{record_id}".encode(), digest_size=8).hexdigest()
-    return f"{patient_id}-{backend}-{digest}"
+    return f"{patient_id}-{backend}-{ids.digest(mapping_name, record_id)}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -227,7 +228,9 @@ class _Compiler:
         code_maps: Mapping[str, Mapping[str, Any]],
         resolve_ref: Callable[[str], str | None],
         context_names: frozenset[str],
+        ids: ResourceIds,
     ) -> None:
+        self.ids = ids
         self.context_names = context_names
         self.ref_types: set[str] = set()  # resource types this mapping's $refs point at
         self.file = file
@@ -379,13 +382,14 @@ class _Compiler:
         target_name = f"{self.backend}/{target}"
         self.ref_types.add(target_type)
         record_id = self.node(spec["id"], f"{where}.id")
-        backend = self.backend
+        backend, ids = self.backend, self.ids
 
         def ref(rec: Any, ctx: Context) -> str | None:
             rid = record_id(rec, ctx)
             if rid is None:
                 return None
-            return f"{target_type}/{stable_id(ctx['patient_id'], backend, target_name, scalar_text(rid))}"
+            target_id = stable_id(ids, ctx["patient_id"], backend, target_name, scalar_text(rid))
+            return f"{target_type}/{target_id}"
 
         return ref
 
@@ -771,13 +775,16 @@ def compile_mapping(
     code_maps: Mapping[str, Mapping[str, Any]],
     resolve_ref: Callable[[str], str | None],
     context_names: frozenset[str],
+    ids: ResourceIds,
 ) -> CompiledMapping:
     """Compile one parsed YAML mapping document. Raises MappingError naming ``file`` and the key.
 
     ``context_names`` are the ``{@name}`` values a request provides (patient identity plus the
     backend's configured ``vars``); any other name is an error here rather than a gap at run time.
+    ``ids`` makes the resource ids (the mapping's own and its ``$ref`` targets') under the
+    deployment's key.
     """
-    c = _Compiler(file, backend, f"{backend}/{name}", code_maps, resolve_ref, context_names)
+    c = _Compiler(file, backend, f"{backend}/{name}", code_maps, resolve_ref, context_names, ids)
     if not isinstance(doc, dict):
         raise c.fail("(top)", "a mapping is a YAML mapping with resource, request, select, fields")
     unknown = set(doc) - _TOP_KEYS
@@ -852,6 +859,7 @@ def compile_mapping(
         security=tuple(security),
         fields=fields,
         file=file,
+        ids=ids,
         references=frozenset(c.ref_types),
     )
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from proxy.fhir.ids import ResourceIds
 from proxy.mapping.compiler import CompiledMapping, MappingError, compile_mapping
 from proxy.pnr import dashed, oid_of
 from proxy.types import PatientRef
@@ -124,9 +125,10 @@ def load_backend_mappings(
     context_names: frozenset[str],
     root: Path | None = None,
     *,
+    ids: ResourceIds,
     care_documentation: bool = True,
 ) -> tuple[CompiledMapping, ...]:
-    """Compile every ``*.yaml`` in one backend's folder.
+    """Compile every ``*.yaml`` in one backend's folder; ``ids`` keys its resource ids.
 
     A backend that holds PDL care documentation (the default) must say whose record each one is:
     every mapping but Patient (demographics belong to no provider) names ``care_provider``, or the
@@ -148,6 +150,7 @@ def load_backend_mappings(
             code_maps=code_maps,
             resolve_ref=types.get,
             context_names=context_names,
+            ids=ids,
         )
         if care_documentation and mapping.care_provider is None and mapping.resource_type != "Patient":
             raise MappingError(
@@ -163,10 +166,12 @@ def load_mappings(
     mappings_dir: Path,
     backends: Mapping[str, tuple[str, frozenset[str]]],
     *,
+    ids: ResourceIds,
     without_care_documentation: frozenset[str] = frozenset(),
 ) -> MappingSet:
-    """Compile the mappings of each backend: ``{backend: (folder name, its extra context names)}``.
-    ``without_care_documentation``: backends declared as holding no PDL care documentation."""
+    """Compile the mappings of each backend: ``{backend: (folder name, its extra context names)}``;
+    ``ids`` (from the deployment's key) makes the resource ids. ``without_care_documentation``:
+    backends declared as holding no PDL care documentation."""
     code_maps = load_code_maps(mappings_dir)
     by_backend = {
         name: load_backend_mappings(
@@ -176,6 +181,7 @@ def load_mappings(
             REQUEST_CONTEXT | extra,
             root=mappings_dir,
             care_documentation=name not in without_care_documentation,
+            ids=ids,
         )
         for name, (folder, extra) in backends.items()
     }

@@ -6,6 +6,7 @@ Used by ``fhir-facade demo``, ``fhir-facade mappings check``, the tests and the 
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -21,21 +22,46 @@ LOOPBACK = "127.0.0.1"
 
 @contextlib.asynccontextmanager
 async def serving(
-    app: web.Application, host: str = LOOPBACK, port: int = 0, *, reuse_port: bool = False
+    app: web.Application,
+    host: str = LOOPBACK,
+    port: int = 0,
+    *,
+    reuse_port: bool = False,
+    runner_class: type[web.AppRunner] = web.AppRunner,
+    sock: socket.socket | None = None,
 ) -> AsyncIterator[str]:
     """Serve an app until the block ends; yields its base URL (port 0 = a free port).
 
     ``reuse_port`` lets several worker processes listen on one port (SO_REUSEPORT; the kernel
-    spreads connections over them)."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    spreads connections over them). ``sock``: a socket already bound (``listening``), for an app
+    that must know its address before it is made. The facade is served with
+    ``proxy.fhir.server.FacadeRunner``."""
+    runner = runner_class(app, access_log=None, handle_signals=False)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse_port or None)
+        site: web.BaseSite
+        if sock is not None:
+            site = web.SockSite(runner, sock)
+        else:
+            site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse_port or None)
         await site.start()
         bound_host, bound_port = runner.addresses[0][:2]
         yield f"http://{bound_host}:{bound_port}"
     finally:
         await runner.cleanup()
+
+
+def listening(host: str = LOOPBACK, port: int = 0) -> socket.socket:
+    """A TCP socket bound to ``host``:``port`` (0 = a free port), for ``serving(sock=...)``."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def people_for(settings: Settings, patients: int | None = None, seed: int | None = None) -> list[Person]:

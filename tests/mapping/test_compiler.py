@@ -30,6 +30,7 @@ from proxy.mapping.compiler import (
 from proxy.mapping.engine import map_records
 from proxy.mapping.paths import PathError, compile_first, compile_path, is_simple
 from proxy.mapping.registry import REQUEST_CONTEXT, load_backend_mappings
+from tests.conftest import RESOURCE_IDS
 
 CONTEXT_NAMES = REQUEST_CONTEXT | {"system_hsa_id"}
 FILE = "mappings/testsys/things.yaml"
@@ -75,6 +76,7 @@ def compile_doc(
         code_maps=CODE_MAPS,
         resolve_ref=(refs or {}).get,
         context_names=CONTEXT_NAMES,
+        ids=RESOURCE_IDS,
     )
 
 
@@ -740,11 +742,11 @@ def test_registry_errors_name_the_yaml_file(tmp_path: Path) -> None:
     bad = doc({"code": {"$path": "c", "$wrong": 1}})
     (folder / "broken.yaml").write_text(yaml.safe_dump(bad), encoding="utf-8")
     with pytest.raises(MappingError) as exc:
-        load_backend_mappings(folder, "testsys", CODE_MAPS, CONTEXT_NAMES)
+        load_backend_mappings(folder, "testsys", CODE_MAPS, CONTEXT_NAMES, ids=RESOURCE_IDS)
     assert str(exc.value).startswith("mappings/testsys/broken.yaml: fields.code: ")
     (folder / "broken.yaml").write_text("resource: [unclosed", encoding="utf-8")
     with pytest.raises(MappingError, match=r"^mappings/testsys/broken\.yaml: not valid YAML"):
-        load_backend_mappings(folder, "testsys", CODE_MAPS, CONTEXT_NAMES)
+        load_backend_mappings(folder, "testsys", CODE_MAPS, CONTEXT_NAMES, ids=RESOURCE_IDS)
 
 
 def test_registry_resolves_refs_between_files(tmp_path: Path) -> None:
@@ -756,7 +758,7 @@ def test_registry_resolves_refs_between_files(tmp_path: Path) -> None:
         resource="Encounter",
     )
     (folder / "contacts.yaml").write_text(yaml.safe_dump(enc), encoding="utf-8")
-    contacts, diagnoses = load_backend_mappings(folder, "testsys", CODE_MAPS, CONTEXT_NAMES)
+    contacts, diagnoses = load_backend_mappings(folder, "testsys", CODE_MAPS, CONTEXT_NAMES, ids=RESOURCE_IDS)
     (cond,), _ = run(diagnoses, [{"rid": "D1"}])
     (e,), _ = run(contacts, [{"rid": "C1", "d": "D1"}])
     assert e["reasonReference"][0]["reference"] == f"Condition/{cond['id']}"
@@ -764,7 +766,7 @@ def test_registry_resolves_refs_between_files(tmp_path: Path) -> None:
         yaml.safe_dump(doc({"r": {"$ref": {"mapping": "nothere", "id": "{d}"}}})), encoding="utf-8"
     )
     with pytest.raises(MappingError, match=r"^mappings/testsys/contacts\.yaml: fields\.r\.\$ref\.mapping: "):
-        load_backend_mappings(folder, "testsys", CODE_MAPS, CONTEXT_NAMES)
+        load_backend_mappings(folder, "testsys", CODE_MAPS, CONTEXT_NAMES, ids=RESOURCE_IDS)
 
 
 def test_registry_refuses_a_mapping_without_care_provider_unless_declared(tmp_path: Path) -> None:
@@ -775,12 +777,14 @@ def test_registry_refuses_a_mapping_without_care_provider_unless_declared(tmp_pa
     ownerless = {k: v for k, v in doc().items() if k != "care_provider"}
     (folder / "things.yaml").write_text(yaml.safe_dump(ownerless), encoding="utf-8")
     with pytest.raises(MappingError, match=r"^mappings/testsys/things\.yaml: care_provider: is required"):
-        load_backend_mappings(folder, "testsys", CODE_MAPS, CONTEXT_NAMES)
-    (m,) = load_backend_mappings(folder, "testsys", CODE_MAPS, CONTEXT_NAMES, care_documentation=False)
+        load_backend_mappings(folder, "testsys", CODE_MAPS, CONTEXT_NAMES, ids=RESOURCE_IDS)
+    (m,) = load_backend_mappings(
+        folder, "testsys", CODE_MAPS, CONTEXT_NAMES, ids=RESOURCE_IDS, care_documentation=False
+    )
     assert m.care_provider is None
     demographics = {k: v for k, v in ownerless.items() if k not in ("id", "origin")} | {"resource": "Patient"}
     (folder / "things.yaml").write_text(yaml.safe_dump(demographics), encoding="utf-8")
-    (patient,) = load_backend_mappings(folder, "testsys", CODE_MAPS, CONTEXT_NAMES)
+    (patient,) = load_backend_mappings(folder, "testsys", CODE_MAPS, CONTEXT_NAMES, ids=RESOURCE_IDS)
     assert patient.resource_type == "Patient" and patient.care_provider is None
 
 

@@ -24,6 +24,7 @@ from proxy.pnr import system_of
 from proxy.simulators import cosmic
 from proxy.simulators import population as pop
 from proxy.types import MappedResource, PatientRef
+from tests.conftest import RESOURCE_IDS
 
 ROOT = Path(__file__).resolve().parents[2]
 MAPPINGS_DIR = ROOT / "mappings"
@@ -70,6 +71,7 @@ def compile_cosmic() -> tuple[CompiledMapping, ...]:
         "cosmic",
         load_code_maps(MAPPINGS_DIR),
         REQUEST_CONTEXT | {"system_hsa_id", "ambulance_service_hsa_id"},
+        ids=RESOURCE_IDS,
     )
 
 

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.mapping.engine import references
+from tests.conftest import RESOURCE_IDS
 
 
 def test_references_are_found_at_any_depth_once_each_in_order() -> None:
@@ -106,7 +107,7 @@ def test_a_search_fetches_the_types_its_references_point_at_and_the_closure_is_p
     from proxy.app import compile_mappings
     from proxy.settings import load_settings
 
-    mappings = compile_mappings(load_settings())
+    mappings = compile_mappings(load_settings(), RESOURCE_IDS)
     assert mappings.with_referenced(["Encounter"]) == {"Encounter", "Condition"}
     assert mappings.with_referenced({"DocumentReference"}) == {"DocumentReference", "Flag"}
     assert mappings.with_referenced(("Encounter",)) == {"Encounter", "Condition"}

@@ -30,7 +30,7 @@ from proxy.pnr import system_of
 from proxy.simulators import cosmic, npo
 from proxy.simulators import population as pop
 from proxy.types import MappedResource, PatientRef
-from tests.conftest import walk
+from tests.conftest import RESOURCE_IDS, walk
 
 ROOT = Path(__file__).resolve().parents[2]
 MAPPINGS_DIR = ROOT / "mappings"
@@ -69,7 +69,11 @@ ZONED = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\+0[12]:00$")
 DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 MAPPINGS: tuple[CompiledMapping, ...] = load_backend_mappings(
-    MAPPINGS_DIR / "npo", "npo", load_code_maps(MAPPINGS_DIR), REQUEST_CONTEXT | {"logical_address"}
+    MAPPINGS_DIR / "npo",
+    "npo",
+    load_code_maps(MAPPINGS_DIR),
+    REQUEST_CONTEXT | {"logical_address"},
+    ids=RESOURCE_IDS,
 )
 BY_NAME = {m.name.split("/", 1)[1]: m for m in MAPPINGS}
 RAW = npo.build_data(PEOPLE)
@@ -293,6 +297,7 @@ def test_hypertension_copy_has_the_cosmic_origin(mapped: Mapped) -> None:
             "cosmic",
             load_code_maps(MAPPINGS_DIR),
             REQUEST_CONTEXT | {"system_hsa_id", "ambulance_service_hsa_id"},
+            ids=RESOURCE_IDS,
         )
         if m.name == "cosmic/diagnoses"
     )

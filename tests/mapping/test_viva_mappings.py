@@ -29,6 +29,7 @@ from proxy.simulators.population import (
     population,
 )
 from proxy.types import MappedResource, PatientRef
+from tests.conftest import RESOURCE_IDS
 
 ROOT = Path(__file__).resolve().parents[2]
 MAPPINGS = ROOT / "mappings"
@@ -66,7 +67,11 @@ EXPECTED_KINDS = {
 
 def compile_viva() -> tuple[CompiledMapping, ...]:
     return load_backend_mappings(
-        MAPPINGS / "viva", "viva", load_code_maps(MAPPINGS), REQUEST_CONTEXT | {"system_hsa_id"}
+        MAPPINGS / "viva",
+        "viva",
+        load_code_maps(MAPPINGS),
+        REQUEST_CONTEXT | {"system_hsa_id"},
+        ids=RESOURCE_IDS,
     )
 
 
