@@ -86,9 +86,7 @@ class Matrix:
         return dict(await resp.json(content_type=None))
 
     async def flags(self) -> dict[str, Any]:
-        resp = await self.client.get(
-            f"{BASE}/Flag", params={"patient": TOLVAN_ID}, headers=auth("ambulance")
-        )
+        resp = await self.client.get(f"{BASE}/Flag", params={"patient": TOLVAN_ID}, headers=auth("ambulance"))
         assert resp.status == 200
         return dict(await resp.json(content_type=None))
 
