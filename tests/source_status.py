@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 from typing import Any
 
@@ -42,19 +43,14 @@ def degraded(bundle: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def status_block(bundle: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every outcome entry, latency values and cache ages normalised: what must not depend on
-    records the asker cannot see."""
+    """Every source's outcome issue, latency values and cache ages normalised: what must not
+    depend on records the asker cannot see."""
     block = []
-    for e in bundle.get("entry", []):
-        if e["search"]["mode"] != "outcome":
-            continue
-        r = e["resource"]
-        for issue in r["issue"]:
-            for x in issue.get("extension", []):
-                if x["url"] == LATENCY_URL:
-                    x["valueDecimal"] = 0
-            text = issue["details"].get("text")
-            if text:
-                issue["details"]["text"] = re.sub(r"\b\d+ s\b", "N s", text)
-        block.append(r)
+    for name, issue in sorted(source_issues(bundle).items()):
+        issue = copy.deepcopy(issue)
+        for x in issue.get("extension", []):
+            if x["url"] == LATENCY_URL:
+                x["valueDecimal"] = 0
+        issue["details"]["text"] = re.sub(r"\b\d+ s\b", "N s", issue["details"]["text"])
+        block.append({"source": name, "issue": issue})
     return block

@@ -93,7 +93,7 @@ async def test_without_the_lookup_in_the_run_the_marker_is_a_failure() -> None:
     result, seen = await ask(spec("/list"), spec("/unknown"))
     assert result.status is SourceStatus.ERROR
     assert result.detail == "answered HTTP 404"
-    assert seen == [("/list", b'{"items":[]}')]
+    assert seen == [("/list", b'{"items": []}')]
 
 
 async def test_records_beside_the_lookups_unknown_do_not_teach_nothing_here() -> None:
