@@ -79,9 +79,9 @@ async def facade(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Te
 def probes(patient_id: str) -> list[tuple[str, dict[str, str]]]:
     search = {"patient": patient_id}
     return [
+        (f"{BASE}/Patient/{patient_id}/$everything", {}),  # every contract at once, then from the cache
         (f"{BASE}/DocumentReference", search),
         (f"{BASE}/DocumentReference", {**search, "_summary": "count"}),
-        (f"{BASE}/Patient/{patient_id}/$everything", {}),
         (f"{BASE}/Condition", search),  # no safety-critical type: the index may skip
         (f"{BASE}/DocumentReference", search),  # again: from the cache
         (f"{BASE}/Patient/{patient_id}/$everything", {}),
