@@ -26,7 +26,7 @@ class SourceStatus(enum.Enum):
     UNAVAILABLE = "unavailable"  # not asked: its circuit breaker is open after repeated failures
     CACHED = "cached"  # answered from the cache, fresh (NTjP: DataFromCache)
     STALE = "stale"  # the backend failed; an older cached answer stands in (DataFromCacheSynchFailed)
-    SKIPPED = "skipped"  # not asked: the engagement index knows it holds nothing for this patient
+    SKIPPED = "skipped"  # not asked: its lookup said "unknown patient" a moment ago (engagement index)
 
     @property
     def degraded(self) -> bool:

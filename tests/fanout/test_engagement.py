@@ -76,3 +76,20 @@ async def test_a_bare_404_or_a_failure_teaches_nothing(facade: Any) -> None:
     assert statuses(bare)["cosmic"] == "failed" and "HTTP 404" in str(source_issues(bare)["cosmic"])
     assert statuses(then)["cosmic"] == "failed"
     assert set(statuses(recovered).values()) == {"answered"}
+
+
+def test_a_bad_never_skip_or_a_long_ttl_is_refused_at_start_up(tmp_path: Any) -> None:
+    import pytest
+
+    from proxy.settings import ConfigError
+
+    source = (load_settings().config_dir / "facade.yaml").read_text(encoding="utf-8")
+    for bad, key in (
+        ("never_skip: [Flag, AllergyIntolerance]", "never_skip: flag"),
+        ("ttl_s: 60 ", "ttl_s: 600 "),
+    ):
+        config = tmp_path / "facade.yaml"
+        config.write_text(source.replace(bad, key), encoding="utf-8")
+        assert source != config.read_text(encoding="utf-8")
+        with pytest.raises(ConfigError, match=r"facade.yaml: engagement\.(never_skip|ttl_s)"):
+            load_settings(config)
