@@ -10,7 +10,7 @@ concatenated. Each call is made as the facade makes it (the same encoded URL, th
 timeout as one timer for all its calls), so the two pay the same HTTP client costs. No token
 check, no mapping, no merge, no redaction, no audit, no Bundle.
 
-A backend call that fails (not 2xx and not one of the backend's ``empty_statuses``, or an exception)
+A backend call that fails (not 2xx and not the request's declared ``unknown_patient`` answer, or an exception)
 is counted in the ``X-Bench-Failed`` response header; the status stays 200, as the facade's does for
 a partial answer. ``GET /health`` answers once the sessions are open. Loopback only.
 """
@@ -71,7 +71,8 @@ def build_app(settings: Settings, patient_id_key: bytes) -> web.Application:
                 spec.method, url, data=request.body, headers=request.headers
             ) as resp:
                 raw = await resp.read()
-                if resp.status in settings.backend(name).empty_statuses:
+                unknown = spec.unknown_patient
+                if unknown is not None and unknown.says_unknown(resp.status, raw, spec.format):
                     return b"", True
                 return raw, 200 <= resp.status < 300
         except (aiohttp.ClientError, TimeoutError):

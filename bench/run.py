@@ -381,14 +381,15 @@ def render(settings: Settings, backend: str, spec: RequestSpec, patient: Patient
 
 def direct_target(settings: Settings, backend: str, spec: RequestSpec, refs: list[PatientRef]) -> Target:
     """Request ``i``: the one backend call ``spec`` for patient ``i`` (round-robin), sent directly."""
-    empty = settings.backend(backend).empty_statuses
+    unknown = spec.unknown_patient
     rendered = [render(settings, backend, spec, p) for p in refs]
 
     async def send(http: aiohttp.ClientSession, i: int) -> str:
         method, url, query, headers, body = rendered[i % len(rendered)]
         async with http.request(method, url, params=query, headers=headers, data=body) as r:
-            await r.read()
-            return "ok" if 200 <= r.status < 300 or r.status in empty else "error"
+            raw = await r.read()
+            says_unknown = unknown is not None and unknown.says_unknown(r.status, raw, spec.format)
+            return "ok" if 200 <= r.status < 300 or says_unknown else "error"
 
     words = [w for w in spec.path.split("/") if w and "{" not in w and not w.isdigit() and w != "rivtabp21"]
     return Target("direct", f"(a) slowest backend call, direct ({backend} {words[-1]})", send)

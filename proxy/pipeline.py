@@ -75,7 +75,7 @@ class Facade:
 @dataclass(frozen=True, slots=True)
 class Answer:
     resources: list[FhirDict]  # every match, in the documented order, before paging
-    outcomes: list[SourceOutcome]  # one per degraded source
+    outcomes: list[SourceOutcome]  # one per source asked (or skipped, with why), degraded or not
     # True: some source holds something about the patient; False: every source answered and none
     # does; None: nothing arrived, but a source did not answer, so nobody can say.
     patient_known: bool | None
@@ -114,22 +114,37 @@ async def fetch_and_map(
     from_cache: dict[str, float] = {}  # backend → age of the oldest entry used
     stale: dict[tuple[str, str], CacheEntry] = {}
     to_fetch: dict[str, list[RequestSpec]] = {}
-    outcomes: list[SourceOutcome] = []
+    outcomes: dict[str, SourceOutcome] = {}  # one per source in the plan, in plan order (below)
     index = facade.engagement
+    # never skipped for safety-critical types (alerts, care limitations, the threat flag, allergies)
+    may_skip = index is not None and not types & facade.settings.engagement.never_skip
     for name, specs in plan.items():
-        if index is not None and index.holds_nothing(name, patient.fhir_id):
-            detail = "was not asked: it recently answered that it holds nothing for this patient"
-            outcomes.append(SourceOutcome(name, SourceStatus.SKIPPED, detail))
+        if may_skip and index is not None and index.holds_nothing(name, patient.fhir_id):
+            ttl = facade.settings.engagement.ttl_s
+            detail = f"was not asked: less than {ttl:g} s ago it answered that it does not know this patient"
+            outcomes[name] = SourceOutcome(name, SourceStatus.SKIPPED, detail)
             continue
+        hits: dict[str, CacheEntry] = {}
+        fetch: list[RequestSpec] = []
         for spec in specs:
             hit = await cache.get(name, spec.key, patient.fhir_id) if cache else None
             if hit is not None and hit[1]:
-                found.extend(hit[0].resources)
-                from_cache[name] = max(from_cache.get(name, 0.0), cache.age_s(hit[0]))  # type: ignore[union-attr]
+                hits[spec.key] = hit[0]
                 continue
             if hit is not None:
                 stale[(name, spec.key)] = hit[0]
-            to_fetch.setdefault(name, []).append(spec)
+            fetch.append(spec)
+        # A backend that may say "unknown patient" says it through its patient lookup, asked in the
+        # same run as any other request to it: without the lookup's word, a 404 is a failure.
+        lookup = facade.mappings.lookups.get(name)
+        if fetch and lookup is not None and all(s.key != lookup.key for s in fetch):
+            hits.pop(lookup.key, None)
+            fetch.append(lookup)
+        for entry in hits.values():
+            found.extend(entry.resources)
+            from_cache[name] = max(from_cache.get(name, 0.0), cache.age_s(entry))  # type: ignore[union-attr]
+        if fetch:
+            to_fetch[name] = fetch
 
     contexts = {name: context(facade, name, patient) for name in to_fetch}
     priority = {name: i for i, name in enumerate(facade.settings.source_priority)}
@@ -180,31 +195,32 @@ async def fetch_and_map(
                 resources = tuple(answers[result.source][key].resources)
                 await cache.put(result.source, key, patient.fhir_id, resources)
         found.extend(mapped.resources)
-        if index is not None:
-            every_contract = {m.request.key for m in facade.mappings.by_backend[result.source]}
-            if mapped.resources:
-                index.learn(result.source, patient.fhir_id, holds_data=True)
-            elif mapped.outcome is None and mapped.readable == every_contract:
-                index.learn(result.source, patient.fhir_id, holds_data=False)
+        if index is not None and mapped.outcome is None and result.source in facade.mappings.lookups:
+            # learned only from the positive "unknown patient" of its lookup (asked in this run);
+            # never from empty lists, from records, or from a failure
+            index.learn(result.source, patient.fhir_id, holds_data=not result.unknown_patient)
         missing = asked[result.source] - mapped.readable
         standing_in = [stale[(result.source, k)] for k in missing if (result.source, k) in stale]
         for entry in standing_in:
             found.extend(entry.resources)
+        latency = result.latency_ms
         if mapped.outcome is None:
-            continue
-        if standing_in and len(standing_in) == len(missing):
+            detail = "answered"
+            if result.source in from_cache:
+                detail += f" (in part from the cache, {from_cache[result.source]:.0f} s old)"
+            outcomes[result.source] = SourceOutcome(result.source, SourceStatus.OK, detail, latency)
+        elif standing_in and len(standing_in) == len(missing):
             age = max(cache.age_s(e) for e in standing_in)  # type: ignore[union-attr]
             detail = f"{mapped.outcome.detail}; showing its answer from {age:.0f} s ago (cache)"
-            outcomes.append(SourceOutcome(result.source, SourceStatus.STALE, detail))
+            outcomes[result.source] = SourceOutcome(result.source, SourceStatus.STALE, detail, latency)
         else:
-            outcomes.append(mapped.outcome)
+            outcomes[result.source] = mapped.outcome
     for name, age in from_cache.items():
-        if not any(o.source == name for o in outcomes):
-            outcomes.append(
-                SourceOutcome(name, SourceStatus.CACHED, f"answered from the cache ({age:.0f} s old)")
-            )
+        if name not in outcomes:
+            detail = f"answered from the cache ({age:.0f} s old)"
+            outcomes[name] = SourceOutcome(name, SourceStatus.CACHED, detail)
     wanted = [r for r in found if r.resource["resourceType"] in types]
-    return wanted, outcomes
+    return wanted, [outcomes[name] for name in plan if name in outcomes]
 
 
 async def collect(

@@ -40,7 +40,6 @@ class BackendSettings:
     source_uri: str
     simulator: str | None = None
     description: str = ""
-    empty_statuses: frozenset[int] = frozenset()
     connect_timeout_s: float = 1.0
     total_timeout_s: float = 3.0
     limit_per_host: int = 100
@@ -78,7 +77,10 @@ class CacheSettings:
 @dataclass(frozen=True, slots=True)
 class EngagementSettings:
     enabled: bool = True
-    ttl_s: float = 600.0  # how long "holds nothing for this patient" is believed
+    ttl_s: float = 60.0  # how long "unknown patient here" is believed (at most 300 s)
+    # never skipped, whatever the index holds: a query for any of these asks every source (a
+    # threat flag or "Ej HLR" registered a minute ago must show)
+    never_skip: frozenset[str] = frozenset({"Flag", "AllergyIntolerance"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +260,13 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
         where = f"backends.{name}"
         if not isinstance(name, str) or not _BACKEND_NAME.match(name):
             raise r.fail(where, "a backend name is 1-12 lower-case letters/digits, starting with a letter")
+        if isinstance(b, dict) and "empty_statuses" in b:  # (fail closed: a 404 is not "nothing")
+            raise r.fail(
+                f"{where}.empty_statuses",
+                "is no longer supported: a status alone does not say a patient is unknown. Declare "
+                "it on the backend's patient lookup, in its mapping's request.unknown_patient "
+                "(status and body marker; see mappings/README.md); every other non-2xx is a failure",
+            )
         b = r.section(
             b,
             where,
@@ -267,7 +276,6 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
                 "simulator",
                 "mappings",
                 "source_uri",
-                "empty_statuses",
                 "timeout",
                 "limit_per_host",
                 "vars",
@@ -280,9 +288,6 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
             raise r.fail(f"{where}.base_url", "expects an http(s) URL, without a query or fragment")
         t = r.section(b.get("timeout"), f"{where}.timeout", {"connect_s", "total_s"})
         br = r.section(b.get("breaker"), f"{where}.breaker", {"failures", "open_s"})
-        statuses = b.get("empty_statuses", [])
-        if not isinstance(statuses, list) or not all(isinstance(s, int) and 400 <= s < 500 for s in statuses):
-            raise r.fail(f"{where}.empty_statuses", "expects a list of 4xx statuses")
         vars_ = b.get("vars", {}) or {}
         if not isinstance(vars_, dict):
             raise r.fail(f"{where}.vars", "expects a mapping of name: value")
@@ -300,7 +305,6 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
                 source_uri=str(b.get("source_uri", f"urn:fhir-facade:source:{name}")),
                 simulator=b.get("simulator"),
                 description=str(b.get("description", "")),
-                empty_statuses=frozenset(statuses),
                 connect_timeout_s=r.number(t, "connect_s", f"{where}.timeout", 1.0, 0.01, 60),
                 total_timeout_s=r.number(t, "total_s", f"{where}.timeout", 3.0, 0.01, 300),
                 limit_per_host=r.integer(b, "limit_per_host", where, 100, 1, 10_000),
@@ -366,11 +370,18 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
         redis_url=redis_url,
     )
 
-    e = r.section(top.get("engagement"), "engagement", {"enabled", "ttl_s"})
+    e = r.section(top.get("engagement"), "engagement", {"enabled", "ttl_s", "never_skip"})
     if not isinstance(e.get("enabled", True), bool):
         raise r.fail("engagement.enabled", "expects true or false")
+    never_skip = e.get("never_skip", sorted(EngagementSettings().never_skip))
+    if not isinstance(never_skip, list) or not all(
+        isinstance(t, str) and re.match(r"^[A-Z][A-Za-z]{1,63}$", t) for t in never_skip
+    ):
+        raise r.fail("engagement.never_skip", "expects a list of FHIR resource types, e.g. [Flag]")
     engagement = EngagementSettings(
-        enabled=e.get("enabled", True), ttl_s=r.number(e, "ttl_s", "engagement", 600.0, 0.001, 7 * 86_400)
+        enabled=e.get("enabled", True),
+        ttl_s=r.number(e, "ttl_s", "engagement", 60.0, 0.001, 300),
+        never_skip=frozenset(never_skip),
     )
 
     st = r.section(top.get("store"), "store", {"kind", "sqlite_path", "postgres_dsn"})

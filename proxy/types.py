@@ -26,7 +26,7 @@ class SourceStatus(enum.Enum):
     UNAVAILABLE = "unavailable"  # not asked: its circuit breaker is open after repeated failures
     CACHED = "cached"  # answered from the cache, fresh (NTjP: DataFromCache)
     STALE = "stale"  # the backend failed; an older cached answer stands in (DataFromCacheSynchFailed)
-    SKIPPED = "skipped"  # not asked: the engagement index knows it holds nothing for this patient
+    SKIPPED = "skipped"  # not asked: its lookup said "unknown patient" a moment ago (engagement index)
 
     @property
     def degraded(self) -> bool:
@@ -97,6 +97,8 @@ class SourceResult:
     status: SourceStatus
     latency_ms: float = 0.0
     detail: str = ""  # a short, non-sensitive description of what went wrong
+    # its patient lookup, and every other request of the run, said positively "unknown patient"
+    unknown_patient: bool = False
 
 
 class MappedResource(NamedTuple):
@@ -122,11 +124,13 @@ class MappedResource(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class SourceOutcome:
-    """A degraded source, reported in the Bundle as an OperationOutcome entry."""
+    """How one source took part in an answer — every source asked or skipped, degraded or not —
+    reported in the Bundle as an OperationOutcome entry (proxy.fhir.bundle.source_outcome)."""
 
     source: str
     status: SourceStatus
     detail: str
+    latency_ms: float = 0.0  # how long it took to answer (0: not asked now)
 
 
 AUDIENCES = ("ambulance", "homecare", "clinician", "patient")

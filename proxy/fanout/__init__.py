@@ -22,15 +22,19 @@ import aiohttp
 from yarl import URL
 
 from proxy.fanout.breaker import CircuitBreaker
-from proxy.mapping.compiler import Context, RequestSpec
+from proxy.mapping.compiler import Context, RequestSpec, UnknownPatient
 from proxy.settings import BackendSettings
 from proxy.types import SourceResult, SourceStatus
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Statuses that mean "nothing here" for a backend whose dialect says so (e.g. Cosmic's 404 for an
-# unknown patient) are configured per backend as ``empty_statuses``; such answers count as OK.
+# "This patient is unknown here" is never a bare status: a backend's patient lookup declares the
+# answer that says so (``request.unknown_patient``: a status and a body marker). In one run, the
+# lookup's own answer decides; another request of that run answering with the same status and marker
+# is consistent with it — and counts as "nothing here" only when the lookup said "unknown" too. Any
+# other non-2xx, and a marker without the lookup's word, is a failed source (see ``_result``).
+_UNKNOWN = "unknown patient"  # an outcome's detail: the answer carried the declared marker
 
 
 class _TooLarge(Exception):
@@ -42,7 +46,7 @@ def _weighted(mean: float | None, sample: float) -> float:
     return sample if not mean else 0.8 * mean + 0.2 * sample
 
 
-# (backend, request, body) — body None: the backend said it has nothing (an ``empty_statuses`` answer)
+# (backend, request, body) — body None: the backend said the patient is unknown there (see _UNKNOWN)
 OnAnswer = Callable[[str, RequestSpec, bytes | None], None]
 
 
@@ -101,6 +105,8 @@ class BackendClient:
         task of the request that finished last, with no further hop through the event loop — once
         every request has ended. ``BackendRun.abandon`` cuts off the ones still out."""
         run = BackendRun(self, specs, on_done)
+        run.on_answer = on_answer
+        run.lookup = next((i for i, spec in enumerate(specs) if spec.unknown_patient is not None), None)
         if not specs:
             run.settle(SourceResult(self.settings.name, SourceStatus.OK))
             return run
@@ -111,7 +117,7 @@ class BackendClient:
             return run
         cost = self.handling_ms.get
         run.tasks = [  # (tasks start in creation order; ``i`` keeps each outcome in plan order)
-            asyncio.ensure_future(self._ask(run, i, spec, ctx, on_answer))
+            asyncio.ensure_future(self._ask(run, i, spec, ctx))
             for i, spec in sorted(enumerate(specs), key=lambda item: -cost(item[1].key, 0.0))
         ]
         run.timer = asyncio.get_running_loop().call_later(self.settings.total_timeout_s, run.expire)
@@ -129,17 +135,14 @@ class BackendClient:
             run.abandon("cancelled", its_fault=False)
             raise
 
-    async def _ask(
-        self, run: BackendRun, i: int, spec: RequestSpec, ctx: Context, on_answer: OnAnswer | None
-    ) -> None:
-        outcome = await self._one(spec, ctx)
+    async def _ask(self, run: BackendRun, i: int, spec: RequestSpec, ctx: Context) -> None:
+        marker = None if run.lookup is None else run.specs[run.lookup].unknown_patient
+        outcome = await self._one(spec, ctx, marker)
         if run.result is not None:  # out of time while this answer was on its way
             return
-        if on_answer is not None and outcome[0] is SourceStatus.OK:
-            try:
-                on_answer(self.settings.name, spec, outcome[1])
-            except Exception:  # (it must not raise) the answer still counts, the backend settles
-                log.exception("handing on an answer from %s failed", self.settings.name)
+        # a marker answer to another request waits for the lookup's word (see _result)
+        if outcome[0] is SourceStatus.OK and (outcome[2] != _UNKNOWN or i == run.lookup):
+            self._hand_on(run, spec, outcome[1])
         run.outcomes[i] = (outcome[0], outcome[2])  # (the body is the receiver's now)
         run.pending -= 1
         if not run.pending:
@@ -147,6 +150,20 @@ class BackendClient:
 
     def _result(self, run: BackendRun) -> SourceResult:
         """The backend's result once every request has ended; counted by the breaker."""
+        # "unknown patient" from the lookup makes the same answer to the run's other requests
+        # consistent ("nothing here"); without the lookup's word that answer is a failure
+        lookup_says_unknown = run.lookup is not None and run.outcomes[run.lookup] == (
+            SourceStatus.OK,
+            _UNKNOWN,
+        )
+        for i, outcome in enumerate(run.outcomes):
+            if outcome != (SourceStatus.OK, _UNKNOWN) or i == run.lookup:
+                continue
+            if lookup_says_unknown:
+                self._hand_on(run, run.specs[i], None)
+            else:
+                detail = "answered 'unknown patient' to a request, but its patient lookup did not"
+                run.outcomes[i] = (SourceStatus.ERROR, detail)
         outcomes = [o for o in run.outcomes if o is not None]
         failed = any(status in (SourceStatus.TIMEOUT, SourceStatus.ERROR) for status, _ in outcomes)
         self.breaker.record(success=not failed)
@@ -156,9 +173,18 @@ class BackendClient:
                 worst = (status, detail)
         latency = (time.perf_counter() - run.started) * 1000
         self.took(latency)
-        if worst is None:
-            return SourceResult(self.settings.name, SourceStatus.OK, latency)
+        if worst is None:  # unknown here: the lookup and every other request said so, positively
+            unknown = lookup_says_unknown and all(o == (SourceStatus.OK, _UNKNOWN) for o in outcomes)
+            return SourceResult(self.settings.name, SourceStatus.OK, latency, unknown_patient=unknown)
         return SourceResult(self.settings.name, worst[0], latency, worst[1])
+
+    def _hand_on(self, run: BackendRun, spec: RequestSpec, body: bytes | None) -> None:
+        if run.on_answer is None:
+            return
+        try:
+            run.on_answer(self.settings.name, spec, body)
+        except Exception:  # (it must not raise) the answer still counts, the backend settles
+            log.exception("handing on an answer from %s failed", self.settings.name)
 
     def handled(self, key: str, ms: float) -> None:
         """Learn how long the answer to request ``key`` took to handle (an exponentially weighted mean)."""
@@ -168,9 +194,13 @@ class BackendClient:
         """Learn how long a whole fetch took (an exponentially weighted mean)."""
         self.typical_ms = _weighted(self.typical_ms, latency_ms)
 
-    async def _one(self, spec: RequestSpec, ctx: Context) -> tuple[SourceStatus, bytes | None, str]:
+    async def _one(
+        self, spec: RequestSpec, ctx: Context, marker: UnknownPatient | None = None
+    ) -> tuple[SourceStatus, bytes | None, str]:
         """One request. A connection the backend closed before answering is retried once for an
-        idempotent GET — by aiohttp itself (RFC 9112 §9.3.1), never for a POST."""
+        idempotent GET — by aiohttp itself (RFC 9112 §9.3.1), never for a POST. An answer with the
+        ``marker``'s status is read and checked for its body marker: (OK, None, _UNKNOWN) if it
+        carries it; a non-2xx without it is a failure like any other."""
         try:
             request = spec.render(ctx)
             async with self.session.request(
@@ -180,8 +210,12 @@ class BackendClient:
                 headers=request.headers,
                 allow_redirects=False,  # a request naming a patient goes to the configured host only
             ) as resp:
-                if resp.status in self.settings.empty_statuses:
-                    return SourceStatus.OK, None, ""
+                if marker is not None and resp.status == marker.status:
+                    body = await self._read(resp)
+                    if marker.says_unknown(resp.status, body, spec.format):
+                        return SourceStatus.OK, None, _UNKNOWN
+                    if 200 <= resp.status < 300:
+                        return SourceStatus.OK, body, ""
                 if not 200 <= resp.status < 300:
                     return SourceStatus.ERROR, None, f"answered HTTP {resp.status}"
                 return SourceStatus.OK, await self._read(resp), ""
@@ -226,7 +260,19 @@ class BackendClient:
 class BackendRun:
     """One backend's share of a fan-out: its requests in flight, then its ``SourceResult``."""
 
-    __slots__ = ("client", "on_done", "outcomes", "pending", "result", "started", "tasks", "timer")
+    __slots__ = (
+        "client",
+        "lookup",
+        "on_answer",
+        "on_done",
+        "outcomes",
+        "pending",
+        "result",
+        "specs",
+        "started",
+        "tasks",
+        "timer",
+    )
 
     def __init__(
         self,
@@ -235,7 +281,10 @@ class BackendRun:
         on_done: Callable[[SourceResult], None] | None,
     ) -> None:
         self.client = client
+        self.specs = specs
         self.on_done = on_done
+        self.on_answer: OnAnswer | None = None
+        self.lookup: int | None = None  # index of the backend's patient lookup among specs
         self.outcomes: list[tuple[SourceStatus, str] | None] = [None] * len(specs)  # (status, detail)
         self.pending = len(specs)
         self.started = time.perf_counter()

@@ -1,10 +1,15 @@
-"""A learned engagement index: which backends hold nothing about a patient, for a while.
+"""A learned engagement index: which backends do not know a patient, for a short while.
 
 NTjP's engagement index tells the aggregating platform which source systems hold data for a
-patient, so it asks only those. The facade learns the negative half from the answers themselves:
-when a backend has answered *every* one of its contracts for a patient (an ``$everything``) and none
-held a record, it is not asked about that patient again for ``ttl_s`` — the answer says so. Any
-record from it clears the mark at once. The index is per worker; losing it costs only requests.
+patient, so it asks only those. The facade learns the negative half, and only from a positive
+statement: a backend whose patient lookup answered its declared "unknown patient" (the mapping's
+``request.unknown_patient``; see proxy.fanout) is not asked about that patient again for ``ttl_s``
+(config ``engagement.ttl_s``, 60 s, at most 300) — the answer names it "not asked" and says why.
+Empty lists, records, failures and bare 404s teach it nothing (so whether a source is asked never
+depends on records an asker may not see, and the first answer after a fault is complete); a lookup
+that knows the patient clears the mark. The pipeline never consults it for a query holding a type
+in ``engagement.never_skip`` (Flag, AllergyIntolerance). The index is per worker; losing it costs
+only requests.
 """
 
 from __future__ import annotations

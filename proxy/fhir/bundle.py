@@ -1,4 +1,4 @@
-"""The answer as FHIR: searchset Bundles with paging links and one OperationOutcome per degraded source."""
+"""The answer as FHIR: searchset Bundles with paging links and one OperationOutcome per source asked."""
 
 from __future__ import annotations
 
@@ -9,23 +9,46 @@ from proxy.access.pdl import Withheld
 from proxy.types import FhirDict, SourceOutcome, SourceStatus
 
 SOURCE_SYSTEM = "urn:fhir-facade:source"
+# How the source took part, for programs: one code per source outcome (README "Source status").
+# With NTjP's ProcessingStatus: answered = DataFromSource, cached = DataFromCache, stale =
+# DataFromCacheSynchFailed, failed = NoDataSynchFailed; not-asked: the source was not asked (why in
+# the text) and nothing is missing.
+SOURCE_STATUS_SYSTEM = "urn:fhir-facade:source-status"
+LATENCY_URL = "urn:fhir-facade:source-latency-ms"  # extension: how long the source took, in ms
+_STATUS_CODE = {
+    SourceStatus.OK: "answered",
+    SourceStatus.CACHED: "cached",
+    SourceStatus.STALE: "stale",
+    SourceStatus.SKIPPED: "not-asked",
+    SourceStatus.TIMEOUT: "failed",
+    SourceStatus.ERROR: "failed",
+    SourceStatus.INVALID: "failed",
+    SourceStatus.UNAVAILABLE: "failed",  # not asked after repeated failures: its data is missing
+}
 _ISSUE_CODE = {
     SourceStatus.TIMEOUT: "timeout",
     SourceStatus.ERROR: "transient",
     SourceStatus.INVALID: "processing",
     SourceStatus.UNAVAILABLE: "transient",
     SourceStatus.STALE: "transient",
+    SourceStatus.OK: "informational",
     SourceStatus.CACHED: "informational",
     SourceStatus.SKIPPED: "informational",
 }
 
 
+def source_status_code(status: SourceStatus) -> str:
+    return _STATUS_CODE[status]
+
+
 def source_outcome(outcome: SourceOutcome, description: str) -> FhirDict:
-    """Tells how a source took part when it was not simply "answered now" — the FHIR form of NTjP's
-    ProcessingStatus: missing (NoDataSynchFailed), stale (DataFromCacheSynchFailed) or cached
-    (DataFromCache). ``details.coding`` carries the source name for programs."""
+    """How one source took part in the answer — every source the answer asked, or chose not to ask,
+    gets one — the FHIR form of NTjP's ProcessingStatus. ``details.coding`` carries the source name
+    (system urn:fhir-facade:source) and its status code (urn:fhir-facade:source-status); the
+    extension its latency in milliseconds; severity is warning when data is or may be missing."""
     label = f"'{outcome.source}' ({description})" if description else f"'{outcome.source}'"
     consequence = {
+        SourceStatus.OK: "",
         SourceStatus.CACHED: "",
         SourceStatus.SKIPPED: "",
         SourceStatus.STALE: "; its data may be out of date",
@@ -34,10 +57,14 @@ def source_outcome(outcome: SourceOutcome, description: str) -> FhirDict:
         "resourceType": "OperationOutcome",
         "issue": [
             {
+                "extension": [{"url": LATENCY_URL, "valueDecimal": round(outcome.latency_ms, 1)}],
                 "severity": "warning" if outcome.status.degraded else "information",
                 "code": _ISSUE_CODE.get(outcome.status, "exception"),
                 "details": {
-                    "coding": [{"system": SOURCE_SYSTEM, "code": outcome.source}],
+                    "coding": [
+                        {"system": SOURCE_SYSTEM, "code": outcome.source},
+                        {"system": SOURCE_STATUS_SYSTEM, "code": _STATUS_CODE[outcome.status]},
+                    ],
                     "text": f"Source {label} {outcome.detail}{consequence}.",
                 },
             }

@@ -64,7 +64,7 @@ async def check(settings: Settings, generated: int = 5) -> CheckReport:
                 mapped, outcomes = await fetch_and_map(
                     facade, ids.patient(person.pnr), mappings.resource_types
                 )
-                report.degraded.extend(f"{o.source}: {o.detail}" for o in outcomes)
+                report.degraded.extend(f"{o.source}: {o.detail}" for o in outcomes if o.status.degraded)
                 report.per_mapping.update(m.mapping for m in mapped)
                 report.unattributed.update(
                     m.mapping

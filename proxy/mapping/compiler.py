@@ -31,8 +31,11 @@ from typing import Any, NamedTuple
 from urllib.parse import quote, urlencode
 from xml.sax.saxutils import escape as xml_escape
 
+import orjson
+
 from proxy.fhir.ids import ResourceIds
 from proxy.mapping.paths import Finder, First, PathError, compile_first, compile_path, dotted_keys
+from proxy.mapping.xml import parse_xml
 from proxy.timeutil import format_kind, iso_local_to_fhir, local_to_fhir
 
 Context = Mapping[str, Any]
@@ -72,13 +75,41 @@ _TOP_KEYS = frozenset(
         "fields",
     }
 )
-_REQUEST_KEYS = frozenset({"method", "path", "query", "body", "headers", "format"})
+_REQUEST_KEYS = frozenset({"method", "path", "query", "body", "headers", "format", "unknown_patient"})
 _CONDITION_OPS = frozenset({"equals", "not_equals", "in", "not_in", "exists"})
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 
 
 class MappingError(ValueError):
     """A mapping that cannot be compiled. The message names the file and the key path."""
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownPatient:
+    """How a backend's patient lookup says, positively, "this patient is unknown here": an answer
+    with this HTTP ``status`` whose body (in the request's format) holds ``equals`` at ``path``
+    (dotted keys). Only such an answer means "holds nothing"; any other non-2xx is a failure."""
+
+    status: int
+    path: tuple[str, ...]
+    equals: str
+
+    def says_unknown(self, status: int, body: bytes, fmt: str) -> bool:
+        """True only when the answer carries the declared status and body marker."""
+        if status != self.status:
+            return False
+        try:
+            if fmt == "xml":
+                node: Any = parse_xml(body)
+            else:
+                node = orjson.loads(body)
+        except ValueError:
+            return False
+        for step in self.path:
+            if not isinstance(node, dict) or step not in node:
+                return False
+            node = node[step]
+        return isinstance(node, str | int) and not isinstance(node, bool) and str(node) == self.equals
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +122,9 @@ class RequestSpec:
     body: str | None
     headers: tuple[tuple[str, str], ...]
     format: str  # "json" | "xml"
+    # declared on a backend's patient lookup only: the answer that says "unknown patient" (see
+    # UnknownPatient); never part of the request's identity
+    unknown_patient: UnknownPatient | None = field(default=None, compare=False)
     # Identity of the fetch: mappings with equal keys are served by one backend call (and share
     # a cache entry). Derived once here; it is read several times per request and per backend call.
     key: str = field(init=False, compare=False)
@@ -866,7 +900,7 @@ def compile_mapping(
 
 def _compile_request(c: _Compiler, spec: Any) -> RequestSpec:
     if not isinstance(spec, dict):
-        raise c.fail("request", "expects {path, method?, query?, body?, headers?, format?}")
+        raise c.fail("request", "expects {path, method?, query?, body?, headers?, format?, unknown_patient?}")
     unknown = set(spec) - _REQUEST_KEYS
     if unknown:
         raise c.fail("request", f"unknown key(s) {sorted(unknown)}; allowed: {sorted(_REQUEST_KEYS)}")
@@ -894,8 +928,31 @@ def _compile_request(c: _Compiler, spec: Any) -> RequestSpec:
             body=body,
             headers=tuple((str(k), str(v)) for k, v in headers.items()),
             format=fmt,
+            unknown_patient=_compile_unknown_patient(c, spec.get("unknown_patient")),
         )
         rs.render({k: "x" for k in c.context_names})
     except (KeyError, ValueError, IndexError) as exc:
         raise c.fail("request", f"template uses an unknown context name or bad braces: {exc}") from None
     return rs
+
+
+def _compile_unknown_patient(c: _Compiler, spec: Any) -> UnknownPatient | None:
+    """``unknown_patient: {status: 404, body: {path: errorCode, equals: PATIENT_NOT_FOUND}}``: a
+    status alone is not enough — a 404 can mean a moved endpoint as well as an unknown patient."""
+    if spec is None:
+        return None
+    where = "request.unknown_patient"
+    if not isinstance(spec, dict) or set(spec) != {"status", "body"}:
+        raise c.fail(where, "expects {status: <4xx or 200>, body: {path: <dotted key>, equals: <value>}}")
+    status = spec["status"]
+    if not isinstance(status, int) or isinstance(status, bool) or not (status == 200 or 400 <= status < 500):
+        raise c.fail(f"{where}.status", "expects 200 or a 4xx status")
+    body = spec["body"]
+    if not isinstance(body, dict) or set(body) != {"path", "equals"}:
+        raise c.fail(f"{where}.body", "expects {path: <dotted key>, equals: <value>} (a positive marker)")
+    path, equals = body["path"], body["equals"]
+    if not isinstance(path, str) or not path or any(not step for step in path.split(".")):
+        raise c.fail(f"{where}.body.path", "expects a dotted key such as errorCode or fel.kod")
+    if not isinstance(equals, str | int) or isinstance(equals, bool) or str(equals) == "":
+        raise c.fail(f"{where}.body.equals", "expects a non-empty string or number")
+    return UnknownPatient(status, tuple(path.split(".")), str(equals))

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from proxy.fhir.ids import ResourceIds
-from proxy.mapping.compiler import CompiledMapping, MappingError, compile_mapping
+from proxy.mapping.compiler import CompiledMapping, MappingError, RequestSpec, compile_mapping
 from proxy.pnr import dashed, oid_of
 from proxy.types import PatientRef
 
@@ -43,6 +43,8 @@ class MappingSet:
     by_backend: Mapping[str, tuple[CompiledMapping, ...]]
     # (backend, request key) → every mapping that reads that request's answer, whatever it makes
     readers: Mapping[tuple[str, str], tuple[CompiledMapping, ...]] = field(init=False)
+    # backend → its patient lookup: the one request that declares ``unknown_patient`` (if any)
+    lookups: Mapping[str, RequestSpec] = field(init=False)
     # types asked → with the types they reference (at most one entry per set of the ten types)
     _closures: dict[frozenset[str], frozenset[str]] = field(init=False, repr=False, compare=False)
 
@@ -52,6 +54,22 @@ class MappingSet:
             for m in ms:
                 readers.setdefault((backend, m.request.key), []).append(m)
         object.__setattr__(self, "readers", {k: tuple(v) for k, v in readers.items()})
+        lookups: dict[str, RequestSpec] = {}
+        for backend, ms in self.by_backend.items():
+            for m in ms:
+                if m.request.unknown_patient is None:
+                    continue
+                if backend in lookups and lookups[backend].key != m.request.key:
+                    raise MappingError(
+                        f"{m.file}: request.unknown_patient: backend {backend!r} declares it on two "
+                        "different requests; declare it on its patient lookup only"
+                    )
+                if backend in lookups and lookups[backend].unknown_patient != m.request.unknown_patient:
+                    raise MappingError(
+                        f"{m.file}: request.unknown_patient: differs from the other declaration"
+                    )
+                lookups[backend] = m.request
+        object.__setattr__(self, "lookups", lookups)
         object.__setattr__(self, "_closures", {})
 
     def for_types(self, backend: str, types: Iterable[str]) -> tuple[CompiledMapping, ...]:

@@ -96,10 +96,14 @@ def source_outcome(result: SourceResult, answers: Mapping[str, MappedAnswer]) ->
     out = [r for answer in answers.values() for r in answer.resources]
     readable = frozenset(key for key, answer in answers.items() if answer.readable)
     if result.status.degraded:
-        return MappedSource(out, SourceOutcome(result.source, result.status, result.detail), readable)
+        outcome = SourceOutcome(result.source, result.status, result.detail, result.latency_ms)
+        return MappedSource(out, outcome, readable)
     if len(readable) < len(answers):
         outcome = SourceOutcome(
-            result.source, SourceStatus.INVALID, "answered with a body that could not be read"
+            result.source,
+            SourceStatus.INVALID,
+            "answered with a body that could not be read",
+            result.latency_ms,
         )
         return MappedSource(out, outcome, readable)
     return MappedSource(out, None, readable)

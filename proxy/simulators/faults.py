@@ -12,8 +12,10 @@ Fields: ``latency_ms`` (added before every answer), ``error_status`` (answer wit
 ``malformed`` (200 with a body cut in half), ``hang`` (never answer; bounded by ``hang_s``),
 ``drop`` (send the headers and part of the body, then close the connection), ``oversize_bytes``
 (pad the answer with trailing whitespace to at least this size), ``rate`` (share of requests the
-error/malformed/drop/hang faults hit, decided by a seeded generator so runs repeat) and
-``path_contains`` (only requests whose path contains this string are affected).
+error/malformed/drop/hang faults hit, decided by a seeded generator so runs repeat),
+``path_contains`` / ``path_endswith`` (only requests whose path contains / ends with this string
+are affected) and ``error_body`` (with ``error_status``: this JSON body instead of the dialect's own
+error, e.g. Cosmic's unknown-patient answer on an endpoint where it must not pass as "nothing").
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ class Faults:
     oversize_bytes: int = 0
     rate: float = 1.0
     path_contains: str | None = None
+    path_endswith: str | None = None
+    error_body: dict[str, Any] | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, base: Faults | None = None) -> Faults:
@@ -77,8 +81,11 @@ class Faults:
             or not (0 <= out.oversize_bytes <= 512 * 1024 * 1024)
         ):
             raise ValueError("oversize_bytes must be between 0 and 512 MiB")
-        if out.path_contains is not None and not isinstance(out.path_contains, str):
-            raise ValueError("path_contains must be a string or null")
+        for key in ("path_contains", "path_endswith"):
+            if getattr(out, key) is not None and not isinstance(getattr(out, key), str):
+                raise ValueError(f"{key} must be a string or null")
+        if out.error_body is not None and not isinstance(out.error_body, dict):
+            raise ValueError("error_body must be a JSON object or null")
         for flag in ("malformed", "hang", "drop"):
             if not isinstance(getattr(out, flag), bool):
                 raise ValueError(f"{flag} must be true or false")
@@ -103,6 +110,8 @@ def install(app: web.Application, initial: Faults, error_body: Callable[[int], w
         f: Faults = state["current"]
         if f.path_contains and f.path_contains not in request.path:
             return await handler(request)
+        if f.path_endswith and not request.path.endswith(f.path_endswith):
+            return await handler(request)
         if request.can_read_body:
             await request.read()  # before any delay: a client that gives up must not break the read
         if f.latency_ms:
@@ -111,6 +120,8 @@ def install(app: web.Application, initial: Faults, error_body: Callable[[int], w
         if hit and f.hang:
             await asyncio.sleep(f.hang_s)
         if hit and f.error_status is not None:
+            if f.error_body is not None:
+                return web.json_response(f.error_body, status=f.error_status)
             return error_body(f.error_status)
         if not (hit and (f.malformed or f.drop)) and not f.oversize_bytes:
             return await handler(request)

@@ -167,6 +167,7 @@ async def test_reading_another_providers_record_is_refused_with_the_hint_unless_
         by_category = {
             e["resource"]["category"][0]["coding"][0]["code"]: e["fullUrl"].split(BASE, 1)[1]
             for e in flags["entry"]
+            if e["search"]["mode"] == "match"
         }
         made_up = by_category["safety"][:-16] + "0" * 16
         answers = []

@@ -15,23 +15,22 @@ from proxy.fhir.bundle import SOURCE_SYSTEM
 from proxy.pipeline import plan_requests
 from proxy.simulators.population import TOLVAN
 from tests.conftest import BASE, RESOURCE_IDS, auth, pid, validate
+from tests.source_status import degraded as degraded_sources
+from tests.source_status import source_issues
 
 EVERYTHING = f"{BASE}/Patient/{pid(TOLVAN.pnr)}/$everything"
 
 
 def split(bundle: dict[str, Any]) -> tuple[set[str], dict[str, dict[str, Any]]]:
     """(sources that contributed resources, {degraded source: its outcome issue})"""
-    contributed, degraded = set(), {}
+    contributed = set()
     for e in bundle.get("entry", []):
         r = e["resource"]
-        if e["search"]["mode"] == "outcome":
-            issue = r["issue"][0]
-            (coding,) = issue["details"]["coding"]
-            assert coding["system"] == SOURCE_SYSTEM
-            degraded[coding["code"]] = issue
-        else:
+        if e["search"]["mode"] != "outcome":
             contributed.add(r["meta"]["source"].rsplit(":", 1)[-1])
-    return contributed, degraded
+    issues = source_issues(bundle)  # (every source is named, each with its status)
+    assert all(i["details"]["coding"][0]["system"] == SOURCE_SYSTEM for i in issues.values())
+    return contributed, degraded_sources(bundle)
 
 
 @pytest.mark.parametrize(

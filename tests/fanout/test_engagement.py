@@ -1,20 +1,18 @@
-"""The learned engagement index: skip a backend known to hold nothing for the patient, for a while."""
+"""The learned engagement index: a backend whose patient lookup said, positively, "unknown patient"
+is not asked about that patient for a short while — never for safety-critical types, never learned
+from empty lists, records or failures."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from proxy.fanout.engagement import EngagementIndex
+from proxy.settings import load_settings
 from proxy.simulators.population import GRETA, TOLVAN
-from tests.conftest import BASE, pid
+from tests.conftest import BASE, auth, pid
+from tests.source_status import source_issues, statuses
 
-
-def outcomes(bundle: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {
-        e["resource"]["issue"][0]["details"]["coding"][0]["code"]: e["resource"]["issue"][0]
-        for e in bundle["entry"]
-        if e["search"]["mode"] == "outcome"
-    }
+GRETA_EVERYTHING = f"{BASE}/Patient/{pid(GRETA.pnr)}/$everything"  # known to Viva only
 
 
 def test_the_index_forgets_after_its_ttl_and_on_any_record() -> None:
@@ -29,29 +27,69 @@ def test_the_index_forgets_after_its_ttl_and_on_any_record() -> None:
     assert not index.holds_nothing("npo", "p")
 
 
-async def test_backends_that_hold_nothing_are_skipped_and_said_so(facade: Any) -> None:
-    greta = f"{BASE}/Patient/{pid(GRETA.pnr)}/$everything"  # known to Viva only
+def test_the_configured_ttl_is_short_and_the_safety_types_are_declared() -> None:
+    engagement = load_settings().engagement
+    assert engagement.ttl_s <= 60
+    assert {"Flag", "AllergyIntolerance"} <= engagement.never_skip
+
+
+async def test_only_the_lookups_unknown_patient_answer_teaches_a_skip(facade: Any) -> None:
+    conditions = f"{BASE}/Condition"
     async with facade(engagement=True) as f:
-        _, first = await f.get(greta, params={"_count": "500"})
-        await f.faults("cosmic", error_status=503)  # would show as degraded if it were asked
+        _, first = await f.get(GRETA_EVERYTHING, params={"_count": "500"})
+        await f.faults("cosmic", error_status=503)  # would show as failed if it were asked
         await f.faults("npo", error_status=503)
-        _, second = await f.get(greta, params={"_count": "500"})
-        _, tolvan = await f.get(f"{BASE}/Patient/{pid(TOLVAN.pnr)}/$everything")
-    assert outcomes(first) == {}
-    skipped = outcomes(second)
-    assert set(skipped) == {"cosmic", "npo"}
-    assert all(
-        i["severity"] == "information" and "was not asked" in i["details"]["text"] for i in skipped.values()
-    )
-    assert second["total"] == first["total"]
-    # Tolvan's record is in all three: nothing about him was learned as empty, so the faults show
-    assert {k: v["severity"] for k, v in outcomes(tolvan).items()} == {"cosmic": "warning", "npo": "warning"}
+        _, second = await f.get(conditions, params={"patient": pid(GRETA.pnr)})
+        _, everything = await f.get(GRETA_EVERYTHING, params={"_count": "500"})
+    assert statuses(first) == {"cosmic": "answered", "viva": "answered", "npo": "answered"}
+    # Cosmic's lookup said "unknown patient": not asked, and said so. NPÖ only answered empty
+    # lists — that says nothing about tomorrow's records: it is asked, and its failure shows.
+    assert statuses(second) == {"cosmic": "not-asked", "npo": "failed"}  # (Viva: no Condition)
+    skipped = source_issues(second)["cosmic"]
+    assert skipped["severity"] == "information"
+    assert "was not asked" in skipped["details"]["text"] and "does not know this patient" in str(skipped)
+    # $everything holds the safety-critical types: every source is asked
+    assert statuses(everything) == {"cosmic": "failed", "viva": "answered", "npo": "failed"}
 
 
-async def test_a_partial_fetch_teaches_nothing(facade: Any) -> None:
-    """Only an answer to every contract can say 'nothing here'; one search type cannot."""
+async def test_safety_critical_types_always_ask_every_source(facade: Any) -> None:
     async with facade(engagement=True) as f:
-        await f.get(f"{BASE}/Condition", params={"patient": pid(GRETA.pnr)})
+        await f.get(GRETA_EVERYTHING)  # Cosmic: "unknown patient", learned
         await f.faults("cosmic", error_status=503)
-        _, again = await f.get(f"{BASE}/Condition", params={"patient": pid(GRETA.pnr)})
-    assert outcomes(again)["cosmic"]["severity"] == "warning"
+        for rtype in ("Flag", "AllergyIntolerance"):
+            _, bundle = await f.get(
+                f"{BASE}/{rtype}", params={"patient": pid(GRETA.pnr)}, headers=auth("ambulance")
+            )
+            assert statuses(bundle)["cosmic"] == "failed", rtype  # asked, not skipped
+        _, condition = await f.get(f"{BASE}/Condition", params={"patient": pid(GRETA.pnr)})
+    assert statuses(condition)["cosmic"] == "not-asked"
+
+
+async def test_a_bare_404_or_a_failure_teaches_nothing(facade: Any) -> None:
+    async with facade(engagement=True) as f:
+        await f.faults("cosmic", error_status=404)  # a 404 without Cosmic's "unknown patient" body
+        _, bare = await f.get(GRETA_EVERYTHING)
+        await f.faults("cosmic", error_status=503)
+        _, then = await f.get(GRETA_EVERYTHING)
+        await f.faults("cosmic")
+        _, recovered = await f.get(f"{BASE}/Patient/{pid(TOLVAN.pnr)}/$everything")
+    assert statuses(bare)["cosmic"] == "failed" and "HTTP 404" in str(source_issues(bare)["cosmic"])
+    assert statuses(then)["cosmic"] == "failed"
+    assert set(statuses(recovered).values()) == {"answered"}
+
+
+def test_a_bad_never_skip_or_a_long_ttl_is_refused_at_start_up(tmp_path: Any) -> None:
+    import pytest
+
+    from proxy.settings import ConfigError
+
+    source = (load_settings().config_dir / "facade.yaml").read_text(encoding="utf-8")
+    for bad, key in (
+        ("never_skip: [Flag, AllergyIntolerance]", "never_skip: flag"),
+        ("ttl_s: 60 ", "ttl_s: 600 "),
+    ):
+        config = tmp_path / "facade.yaml"
+        config.write_text(source.replace(bad, key), encoding="utf-8")
+        assert source != config.read_text(encoding="utf-8")
+        with pytest.raises(ConfigError, match=r"facade.yaml: engagement\.(never_skip|ttl_s)"):
+            load_settings(config)

@@ -14,11 +14,12 @@ import pytest
 
 from proxy.fanout import BackendClient, fan_out
 from proxy.fanout.breaker import CircuitBreaker
-from proxy.mapping.compiler import RequestSpec
+from proxy.mapping.compiler import RequestSpec, UnknownPatient
 from proxy.settings import load_settings
 from proxy.simulators.population import TOLVAN
 from proxy.types import SourceResult, SourceStatus
 from tests.conftest import BASE, pid
+from tests.source_status import degraded, statuses
 
 EVERYTHING = f"{BASE}/Patient/{pid(TOLVAN.pnr)}/$everything"
 BOMB = gzip.compress(b" " * 3_000_000)
@@ -66,9 +67,8 @@ async def test_an_open_circuit_fails_fast_and_is_reported(facade: Any) -> None:
         status, bundle = await f.get(EVERYTHING)
         elapsed = time.perf_counter() - started
     assert status == 200
-    outcomes = [e["resource"]["issue"][0] for e in bundle["entry"] if e["search"]["mode"] == "outcome"]
-    assert [o["details"]["coding"][0]["code"] for o in outcomes] == ["npo"]
-    assert "was not asked" in outcomes[0]["details"]["text"]
+    assert statuses(bundle) == {"cosmic": "answered", "viva": "answered", "npo": "failed"}
+    assert "was not asked" in degraded(bundle)["npo"]["details"]["text"]
     assert elapsed < 0.3  # npo's 300 ms were not waited for
 
 
@@ -79,9 +79,8 @@ async def test_the_request_deadline_answers_with_what_has_arrived(facade: Any) -
         status, bundle = await f.get(EVERYTHING)
         elapsed = time.perf_counter() - started
     assert status == 200
-    outcomes = [e["resource"]["issue"][0] for e in bundle["entry"] if e["search"]["mode"] == "outcome"]
-    assert [o["details"]["coding"][0]["code"] for o in outcomes] == ["viva"]
-    assert "request deadline" in outcomes[0]["details"]["text"]
+    assert list(degraded(bundle)) == ["viva"]
+    assert "request deadline" in degraded(bundle)["viva"]["details"]["text"]
     assert {
         e["resource"]["meta"]["source"].rsplit(":", 1)[1] for e in bundle["entry"] if "meta" in e["resource"]
     } == {
@@ -223,14 +222,16 @@ async def test_a_backend_hands_on_each_request_s_answer_before_its_slower_siblin
         await asyncio.wait_for(release.wait(), 5)
         return web.json_response({"s": 1})
 
-    async def empty(request: web.Request) -> web.Response:
-        return web.Response(status=404)  # cosmic's "nothing here"
+    async def empty(request: web.Request) -> web.Response:  # the lookup's "unknown patient"
+        return web.json_response({"errorCode": "PATIENT_NOT_FOUND"}, status=404)
 
     app = web.Application()
     app.router.add_get("/quick", quick)
     app.router.add_get("/slow", slow)
     app.router.add_get("/empty", empty)
-    specs = [request(path) for path in ("/slow", "/quick", "/empty")]
+    marker = UnknownPatient(404, ("errorCode",), "PATIENT_NOT_FOUND")
+    lookup = replace(request("/empty"), unknown_patient=marker)
+    specs = [request("/slow"), request("/quick"), lookup]
     seen: list[tuple[str, bytes | None]] = []
 
     def on_answer(backend: str, spec: RequestSpec, body: bytes | None) -> None:
