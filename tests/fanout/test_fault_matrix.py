@@ -29,13 +29,13 @@ from proxy.settings import DEMO_PATIENT_ID_KEY, load_settings
 from proxy.simulators.harness import running_simulators
 from proxy.simulators.population import TOLVAN, population
 from proxy.types import PatientRef
-from tests.conftest import BASE, auth, consent_to, pid
+from tests.conftest import BASE, RESOURCE_IDS, auth, consent_to, pid
 from tests.source_status import statuses
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 SETTINGS = load_settings()
-MAPPINGS = compile_mappings(SETTINGS)
+MAPPINGS = compile_mappings(SETTINGS, RESOURCE_IDS)
 BACKENDS = ("cosmic", "viva", "npo")
 SAFETY = frozenset({"Flag", "AllergyIntolerance"})
 TOLVAN_ID = pid(TOLVAN.pnr)

@@ -17,6 +17,7 @@ from proxy.mapping.registry import REQUEST_CONTEXT, MappingSet
 from proxy.settings import ConfigError, load_settings
 from proxy.simulators.harness import serving
 from proxy.types import SourceStatus
+from tests.conftest import RESOURCE_IDS
 
 MARKER = UnknownPatient(404, ("errorCode",), "PATIENT_NOT_FOUND")
 NOT_FOUND = {"errorCode": "PATIENT_NOT_FOUND", "message": "No patient with that identity number"}
@@ -102,7 +103,7 @@ async def test_records_beside_the_lookups_unknown_do_not_teach_nothing_here() ->
 
 
 def test_the_marker_is_declared_on_cosmics_lookup_only() -> None:
-    mappings = compile_mappings(load_settings())
+    mappings = compile_mappings(load_settings(), RESOURCE_IDS)
     assert set(mappings.lookups) == {"cosmic"}
     assert mappings.lookups["cosmic"].unknown_patient == MARKER
     declared = [m.name for m in mappings.all() if m.request.unknown_patient is not None]
@@ -124,6 +125,7 @@ def _mapping(unknown: Any, path: str = "/p/{@pnr}", name: str = "patient") -> An
         code_maps={},
         resolve_ref=lambda _: None,
         context_names=REQUEST_CONTEXT,
+        ids=RESOURCE_IDS,
     )
 
 
