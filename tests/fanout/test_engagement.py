@@ -15,16 +15,16 @@ from tests.source_status import source_issues, statuses
 GRETA_EVERYTHING = f"{BASE}/Patient/{pid(GRETA.pnr)}/$everything"  # known to Viva only
 
 
-def test_the_index_forgets_after_its_ttl_and_on_any_record() -> None:
+def test_the_index_forgets_after_its_ttl_and_when_the_lookup_knows_the_patient() -> None:
     now = [0.0]
     index = EngagementIndex(ttl_s=10, clock=lambda: now[0])
-    index.learn("npo", "p", holds_data=False)
-    assert index.holds_nothing("npo", "p") and not index.holds_nothing("npo", "q")
-    index.learn("npo", "p", holds_data=True)
-    assert not index.holds_nothing("npo", "p")
-    index.learn("npo", "p", holds_data=False)
+    index.learn("npo", "p", known=False)
+    assert index.unknown_here("npo", "p") and not index.unknown_here("npo", "q")
+    index.learn("npo", "p", known=True)
+    assert not index.unknown_here("npo", "p")
+    index.learn("npo", "p", known=False)
     now[0] = 10.5
-    assert not index.holds_nothing("npo", "p")
+    assert not index.unknown_here("npo", "p")
 
 
 def test_the_configured_ttl_is_short_and_the_safety_types_are_declared() -> None:
