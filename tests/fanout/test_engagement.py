@@ -86,6 +86,8 @@ def test_a_bad_never_skip_or_a_long_ttl_is_refused_at_start_up(tmp_path: Any) ->
     source = (load_settings().config_dir / "facade.yaml").read_text(encoding="utf-8")
     for bad, key in (
         ("never_skip: [Flag, AllergyIntolerance]", "never_skip: flag"),
+        # a misspelt type would quietly leave Flag skippable: refused, not ignored
+        ("never_skip: [Flag, AllergyIntolerance]", "never_skip: [Flags, AllergyIntolerance]"),
         ("ttl_s: 60 ", "ttl_s: 600 "),
     ):
         config = tmp_path / "facade.yaml"
