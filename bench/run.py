@@ -30,10 +30,10 @@ target; ``--arrivals poisson``, the default, or ``uniform``; the same seeded sch
 target) for ``--duration`` s, each latency measured from the request's *intended* send time, so a
 stalled server or load generator shows up in the figures (no coordinated omission). In-flight
 requests are bounded (``--max-inflight``); a request still unfinished ``--timeout`` s after the
-last send is an error. An answer that is 200 but degraded (the facade's OperationOutcome entry
-naming a source, the baseline's failed-call header) counts as "partial"; a facade answer whose
-only source notes say "answered from the cache" counts as answered from the cache — so (d) shows
-how many answers the cache really served.
+last send is an error. An answer that is 200 but degraded (the facade's source status naming a
+source failed or stale, the baseline's failed-call header) counts as "partial"; a facade answer
+naming a source ``cached`` counts as answered from the cache — so (d) shows how many answers the
+cache really served (``judge_bundle``).
 
 Then the latency gap of (c) to (b), paired: the two alternate at the same rate in ``--gap-rounds``
 rounds of ``--gap-round-s`` s each, and the median over the rounds of (c) minus (b), p50 and p99, is
