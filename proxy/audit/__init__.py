@@ -146,11 +146,6 @@ def _patient_agent(principal: Principal, asker_id: str | None) -> FhirDict:
     }
 
 
-def probing(principal: Principal, patient_pnr: str) -> bool:
-    """A patient asking about someone else's record (answered as for a patient nobody knows)."""
-    return principal.audience == "patient" and principal.patient_pnr != patient_pnr
-
-
 def completed(
     event: FhirDict,
     *,

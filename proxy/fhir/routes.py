@@ -24,9 +24,9 @@ from typing import Any
 import orjson
 from aiohttp import http_exceptions, web
 
-from proxy.access import decide
+from proxy.access import decide, probing
 from proxy.access.pdl import EMERGENCY_HEADER, EMERGENCY_REASONS, emergency_reason
-from proxy.audit import NOT_A_REASON, PROBE, begun_event, completed, probing, record
+from proxy.audit import NOT_A_REASON, PROBE, begun_event, completed, record
 from proxy.auth import AuthError
 from proxy.fhir import params as parse
 from proxy.fhir import stored

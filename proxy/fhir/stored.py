@@ -27,8 +27,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from proxy.access import consent, require
-from proxy.audit import patient_view, probing
+from proxy.access import consent, probing, require
+from proxy.audit import patient_view
 from proxy.fhir import params as parse
 from proxy.fhir.bundle import page_links, searchset
 from proxy.fhir.errors import FhirError, bad_request, not_found
