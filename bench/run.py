@@ -30,10 +30,10 @@ target; ``--arrivals poisson``, the default, or ``uniform``; the same seeded sch
 target) for ``--duration`` s, each latency measured from the request's *intended* send time, so a
 stalled server or load generator shows up in the figures (no coordinated omission). In-flight
 requests are bounded (``--max-inflight``); a request still unfinished ``--timeout`` s after the
-last send is an error. An answer that is 200 but degraded (the facade's OperationOutcome entry
-naming a source, the baseline's failed-call header) counts as "partial"; a facade answer whose
-only source notes say "answered from the cache" counts as answered from the cache — so (d) shows
-how many answers the cache really served.
+last send is an error. An answer that is 200 but degraded (the facade's source status naming a
+source failed or stale, the baseline's failed-call header) counts as "partial"; a facade answer
+naming a source ``cached`` counts as answered from the cache — so (d) shows how many answers the
+cache really served (``judge_bundle``).
 
 Then the latency gap of (c) to (b), paired: the two alternate at the same rate in ``--gap-rounds``
 rounds of ``--gap-round-s`` s each, and the median over the rounds of (c) minus (b), p50 and p99, is
@@ -82,6 +82,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from proxy import loop
 from proxy.app import compile_mappings
 from proxy.auth.demo import make_token as demo_token
+from proxy.fhir.bundle import SOURCE_STATUS_SYSTEM
 from proxy.fhir.ids import PatientIds, ResourceIds
 from proxy.mapping.compiler import RequestSpec
 from proxy.pipeline import context, plan_requests
@@ -330,21 +331,28 @@ class Target:
 
 def judge_bundle(body: bytes) -> str:
     """``partial`` when an OperationOutcome entry says the answer is short of the baseline's: a
-    source missing or stale (severity warning) or records withheld under PDL (code ``suppressed``:
-    the bench patient's consent was not registered). ``cached`` when the only such notes are
-    informational (answered from the cache, or skipped by the engagement index), else ``ok``.
-    Parsed only when a source note is there at all."""
+    source failed or stale (severity warning) or records withheld under PDL (code ``suppressed``:
+    the bench patient's consent was not registered). ``cached`` when a source's status (README
+    "Source status") is ``cached`` or ``not-asked`` (answered from the cache, or skipped by the
+    engagement index), else ``ok``. Every answer names its sources, ``answered`` ones included, so
+    informational notes alone do not make an answer ``cached``."""
     if OUTCOME_MARK not in body:
         return "ok"
-    notes = [
-        (issue.get("severity"), issue.get("code"))
+    issues = [
+        issue
         for entry in orjson.loads(body).get("entry", [])
         if entry.get("search", {}).get("mode") == "outcome"
         for issue in entry.get("resource", {}).get("issue", [])
     ]
-    if any(severity != "information" or code == "suppressed" for severity, code in notes):
+    if any(i.get("severity") != "information" or i.get("code") == "suppressed" for i in issues):
         return "partial"
-    return "cached" if notes else "ok"
+    statuses = {
+        c.get("code")
+        for i in issues
+        for c in i.get("details", {}).get("coding", [])
+        if c.get("system") == SOURCE_STATUS_SYSTEM
+    }
+    return "cached" if statuses & {"cached", "not-asked"} else "ok"
 
 
 def facade_target(name: str, label: str, base: str, ids: list[str], token: str) -> Target:

@@ -61,13 +61,10 @@ def create_app(
     ``extra_issuer`` is for the demo and the tests (the dev-only demo issuer), never for ``serve``."""
     import fhir.resources.R4B.consent  # noqa: F401  (validates POSTed Consents; imported once, here)
 
-    resource_ids = ResourceIds(patient_id_key)
+    ids, resource_ids = PatientIds(patient_id_key), ResourceIds(patient_id_key)
     mappings = compile_mappings(settings, resource_ids)
-    authenticator = Authenticator.from_settings(
-        settings, extra_issuer=extra_issuer, patient_ids=PatientIds(patient_id_key)
-    )
+    authenticator = Authenticator.from_settings(settings, extra_issuer=extra_issuer, patient_ids=ids)
     policy = compile_policy(settings.policy)
-    ids = PatientIds(patient_id_key)
     app = web.Application(middlewares=[fhir_errors, audited], client_max_size=64 * 1024)
 
     async def backends(app: web.Application) -> AsyncIterator[None]:

@@ -1,10 +1,10 @@
 """The ``fhir-facade`` command.
 
 fhir-facade demo [--port 8080] [--patients N]     simulators + facade on loopback, until Ctrl-C
-fhir-facade serve --config FILE [--port N]         the facade against configured backends
+fhir-facade serve --config FILE [--port N] [--workers N]   the facade (needs facade.public_base_url)
 fhir-facade simulate {cosmic,viva,npo} --port N    one simulator alone
 fhir-facade mappings check [--config FILE]         compile and validate every mapping
-fhir-facade token --audience A [--pnr P] [--patient ID|PNR] [--scope S]   a DEV-ONLY demo token
+fhir-facade token --audience A [--pnr P] [--patient ID|PNR] [--scope S] [--lifetime S]   a DEV-ONLY demo token
 """
 
 from __future__ import annotations

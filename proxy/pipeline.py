@@ -3,9 +3,11 @@
     fhir/params   parse the request → Query                          (400/404 before any backend)
     auth/         token → Principal (in the routes' middleware)      (401)
     access/       Principal × Query → AccessDecision                 (403; others' records as unknown)
-    fanout/       ask the backends that can answer: each answer handed on as it arrives, then a
-                  SourceResult (status, latency) per backend
-    mapping/run   raw answers → FHIR dicts (+ a SourceOutcome per degraded source); an answer
+    fanout/       ask the backends that can answer (with each one's patient lookup, which alone may
+                  say "unknown patient"): each answer handed on as it arrives, then a SourceResult
+                  (status, latency) per backend
+    mapping/run   raw answers → FHIR dicts (+ a SourceOutcome per degraded source; the answer names
+                  every source, degraded or not: fetch_and_map); an answer
                   that arrives while others are still out is mapped in the event loop's slack
                   (proxy.slack), the rest when the last one is in
     access/pdl    whose records this asker may read: own provider, consents, blocks, emergency
@@ -119,7 +121,7 @@ async def fetch_and_map(
     # never skipped for safety-critical types (alerts, care limitations, the threat flag, allergies)
     may_skip = index is not None and not types & facade.settings.engagement.never_skip
     for name, specs in plan.items():
-        if may_skip and index is not None and index.holds_nothing(name, patient.fhir_id):
+        if may_skip and index is not None and index.unknown_here(name, patient.fhir_id):
             ttl = facade.settings.engagement.ttl_s
             detail = f"was not asked: less than {ttl:g} s ago it answered that it does not know this patient"
             outcomes[name] = SourceOutcome(name, SourceStatus.SKIPPED, detail)
@@ -198,7 +200,7 @@ async def fetch_and_map(
         if index is not None and mapped.outcome is None and result.source in facade.mappings.lookups:
             # learned only from the positive "unknown patient" of its lookup (asked in this run);
             # never from empty lists, from records, or from a failure
-            index.learn(result.source, patient.fhir_id, holds_data=not result.unknown_patient)
+            index.learn(result.source, patient.fhir_id, known=not result.unknown_patient)
         missing = asked[result.source] - mapped.readable
         standing_in = [stale[(result.source, k)] for k in missing if (result.source, k) in stale]
         for entry in standing_in:

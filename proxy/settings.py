@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from proxy.mapping.compiler import SUPPORTED_TYPES
 from proxy.simulators.faults import Faults
 from proxy.types import AUDIENCES
 
@@ -374,10 +375,12 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
     if not isinstance(e.get("enabled", True), bool):
         raise r.fail("engagement.enabled", "expects true or false")
     never_skip = e.get("never_skip", sorted(EngagementSettings().never_skip))
-    if not isinstance(never_skip, list) or not all(
-        isinstance(t, str) and re.match(r"^[A-Z][A-Za-z]{1,63}$", t) for t in never_skip
-    ):
-        raise r.fail("engagement.never_skip", "expects a list of FHIR resource types, e.g. [Flag]")
+    if not isinstance(never_skip, list) or not all(t in SUPPORTED_TYPES for t in never_skip):
+        # (a misspelt type must not pass: it would leave the type it meant skippable)
+        raise r.fail(
+            "engagement.never_skip",
+            f"expects a list of the facade's resource types ({', '.join(sorted(SUPPORTED_TYPES))})",
+        )
     engagement = EngagementSettings(
         enabled=e.get("enabled", True),
         ttl_s=r.number(e, "ttl_s", "engagement", 60.0, 0.001, 300),

@@ -43,6 +43,12 @@ class AccessDecision:
         return self.principal.may(self.permission, resource_type, self.patient_pnr)
 
 
+def probing(principal: Principal, patient_pnr: str) -> bool:
+    """A patient asking about someone else's record: answered exactly as for a patient nobody
+    knows (``AccessDecision.as_unknown``), and logged as that asker's refused attempt."""
+    return principal.audience == "patient" and principal.patient_pnr != patient_pnr
+
+
 def judged_for(principal: Principal, patient_pnr: str | None) -> str | None:
     """The patient whose scopes decide a request about ``patient_pnr``: the patient audience is
     judged as for its own record (another patient's answer is the unknown patient's, decided
@@ -94,11 +100,7 @@ def decide(principal: Principal, query: Query) -> AccessDecision:
             raise missing_scope(principal, permission, (), pnr)
     elif types != query.resource_types:
         raise missing_scope(principal, permission, query.resource_types - types, pnr)
-    other_patient = (
-        principal.audience == "patient"
-        and query.patient is not None
-        and query.patient.pnr != principal.patient_pnr
-    )
+    other_patient = query.patient is not None and probing(principal, query.patient.pnr)
     return AccessDecision(
         types=types, as_unknown=other_patient, principal=principal, permission=permission, patient_pnr=pnr
     )

@@ -46,6 +46,13 @@ class Withheld(enum.Enum):
     UNATTRIBUTED = "provider-unknown"  # care documentation whose care provider is not known
 
 
+def care_documentation(r: MappedResource, without_care_documentation: frozenset[str]) -> bool:
+    """Whether a record is PDL care documentation, which must name its care provider: anything but
+    demographics (``Patient``) from a backend not declared as holding none. (The start-up check of
+    the mappings, ``proxy.mapping.registry.load_backend_mappings``, applies the same rule per mapping.)"""
+    return r.resource["resourceType"] != "Patient" and r.source not in without_care_documentation
+
+
 @dataclass(frozen=True, slots=True)
 class Rules:
     provider: str | None
@@ -59,8 +66,8 @@ class Rules:
         """None when the asker may read the record, else why not."""
         holder, unit = r.care_provider, r.care_unit
         if not holder:
-            if r.resource["resourceType"] == "Patient" or r.source in self.without_care_documentation:
-                return None  # not care documentation: no provider's
+            if not care_documentation(r, self.without_care_documentation):
+                return None  # no provider's
             return None if self.emergency else Withheld.UNATTRIBUTED
         if self.emergency:
             return None

@@ -116,11 +116,11 @@ def begun_event(
         "entity": [
             {
                 "what": {"reference": f"Patient/{patient_id}"},
-                "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1"},
+                "type": {"system": ENTITY_TYPE, "code": "1"},
                 "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1"},
             },
             {
-                "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2"},
+                "type": {"system": ENTITY_TYPE, "code": "2"},
                 "description": "resource types: " + ",".join(sorted(resource_types)),
                 **(
                     {"detail": [{"type": "emergency-reason", "valueString": emergency_reason}]}
@@ -144,11 +144,6 @@ def _patient_agent(principal: Principal, asker_id: str | None) -> FhirDict:
         "identifier": {"system": principal.issuer, "value": principal.subject},
         "display": "the patient",
     }
-
-
-def probing(principal: Principal, patient_pnr: str) -> bool:
-    """A patient asking about someone else's record (answered as for a patient nobody knows)."""
-    return principal.audience == "patient" and principal.patient_pnr != patient_pnr
 
 
 def completed(
@@ -185,15 +180,7 @@ def completed(
         event["entity"][0],
         {**what, "detail": details} if details else what,
         *(
-            [
-                {
-                    "what": {"reference": resource},
-                    "type": {
-                        "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type",
-                        "code": "2",
-                    },
-                }
-            ]
+            [{"what": {"reference": resource}, "type": {"system": ENTITY_TYPE, "code": "2"}}]
             if resource
             else []
         ),

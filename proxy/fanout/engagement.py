@@ -21,16 +21,20 @@ from cachetools import TTLCache
 
 
 class EngagementIndex:
+    """(backend, patient id) pairs whose lookup said "unknown patient" less than ``ttl_s`` ago."""
+
     def __init__(
         self, *, ttl_s: float, max_entries: int = 200_000, clock: Callable[[], float] = time.monotonic
     ):
-        self._empty: TTLCache[tuple[str, str], bool] = TTLCache(maxsize=max_entries, ttl=ttl_s, timer=clock)
+        self._unknown: TTLCache[tuple[str, str], bool] = TTLCache(maxsize=max_entries, ttl=ttl_s, timer=clock)
 
-    def holds_nothing(self, backend: str, patient_id: str) -> bool:
-        return (backend, patient_id) in self._empty
+    def unknown_here(self, backend: str, patient_id: str) -> bool:
+        """Whether ``backend`` said positively, a moment ago, that it does not know the patient."""
+        return (backend, patient_id) in self._unknown
 
-    def learn(self, backend: str, patient_id: str, *, holds_data: bool) -> None:
-        if holds_data:
-            self._empty.pop((backend, patient_id), None)
+    def learn(self, backend: str, patient_id: str, *, known: bool) -> None:
+        """What the backend's patient lookup just said: it knows the patient, or positively not."""
+        if known:
+            self._unknown.pop((backend, patient_id), None)
         else:
-            self._empty[(backend, patient_id)] = True
+            self._unknown[(backend, patient_id)] = True

@@ -37,10 +37,6 @@ _ISSUE_CODE = {
 }
 
 
-def source_status_code(status: SourceStatus) -> str:
-    return _STATUS_CODE[status]
-
-
 def source_outcome(outcome: SourceOutcome, description: str) -> FhirDict:
     """How one source took part in the answer — every source the answer asked, or chose not to ask,
     gets one — the FHIR form of NTjP's ProcessingStatus. ``details.coding`` carries the source name

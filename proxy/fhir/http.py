@@ -14,7 +14,7 @@ from proxy.auth import Authenticator
 from proxy.fhir.errors import operation_outcome
 from proxy.pipeline import Facade
 from proxy.store import Store
-from proxy.types import FhirDict, Principal, Query
+from proxy.types import FhirDict, PatientRef, Principal, Query
 
 FHIR_JSON = "application/fhir+json"
 FACADE_KEY = web.AppKey("facade", Facade)
@@ -62,6 +62,17 @@ def strict(request: web.Request) -> bool:
 
 def pretty(request: web.Request) -> bool:
     return request.query.get("_pretty", "false").lower() == "true"
+
+
+def audit_unparsed(
+    request: web.Request, interaction: str, resource_types: frozenset[str], patient: PatientRef | None
+) -> None:
+    """A request refused before its query was parsed (a 400, or a 404 for an unknown type) that
+    names a patient (``proxy.fhir.params.named_patient``) is logged against that patient."""
+    if patient is not None:
+        request[AUDIT_QUERY_KEY] = Query(
+            interaction=interaction, resource_types=resource_types, patient=patient
+        )
 
 
 def base_url(request: web.Request, facade: Facade) -> str:

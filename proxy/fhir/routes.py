@@ -24,9 +24,9 @@ from typing import Any
 import orjson
 from aiohttp import http_exceptions, web
 
-from proxy.access import decide
+from proxy.access import decide, probing
 from proxy.access.pdl import EMERGENCY_HEADER, EMERGENCY_REASONS, emergency_reason
-from proxy.audit import NOT_A_REASON, PROBE, begun_event, completed, probing, record
+from proxy.audit import NOT_A_REASON, PROBE, begun_event, completed, record
 from proxy.auth import AuthError
 from proxy.fhir import params as parse
 from proxy.fhir import stored
@@ -46,6 +46,7 @@ from proxy.fhir.http import (
     PRINCIPAL_KEY,
     REQUEST_ID_KEY,
     STORE_KEY,
+    audit_unparsed,
     base_url,
     error_response,
     fhir_response,
@@ -57,7 +58,7 @@ from proxy.fhir.ids import holding_backend, is_fhir_id
 from proxy.fhir.server import below_the_routes
 from proxy.pipeline import Answer, Facade, collect
 from proxy.store import StoreUnavailable
-from proxy.types import FhirDict, PatientRef, Principal, Query
+from proxy.types import FhirDict, Principal, Query
 
 log = logging.getLogger(__name__)
 
@@ -297,7 +298,8 @@ class FhirRoutes:
                 rtype, params, facade.ids, facade.settings.facade, strict=strict(request)
             )
         except FhirError:  # refused as malformed: logged against the patient it names, if any
-            _audit_unparsed(request, "search-type", rtype, parse.named_patient(rtype, params, facade.ids))
+            types = frozenset({rtype}) if rtype in parse.SUPPORTED_TYPES else frozenset()
+            audit_unparsed(request, "search-type", types, parse.named_patient(rtype, params, facade.ids))
             raise
         url = f"{base_url(request, facade)}/{rtype}"
         request[AUDIT_QUERY_KEY] = query
@@ -316,7 +318,8 @@ class FhirRoutes:
                 rid, list(request.query.items()), facade.ids, facade.settings.facade, strict=strict(request)
             )
         except FhirError:  # refused as malformed: logged against the patient it names
-            _audit_unparsed(request, "everything", None, facade.ids.resolve(rid) if is_fhir_id(rid) else None)
+            patient = facade.ids.resolve(rid) if is_fhir_id(rid) else None
+            audit_unparsed(request, "everything", frozenset(), patient)
             raise
         request[AUDIT_QUERY_KEY] = query
         answer = await _collect(request, facade, query)
@@ -373,16 +376,6 @@ class FhirRoutes:
             outcomes=outcomes,
         )
         return fhir_response(bundle, pretty=pretty(request))
-
-
-def _audit_unparsed(
-    request: web.Request, interaction: str, rtype: str | None, patient: PatientRef | None
-) -> None:
-    """A request refused before its query was parsed (a 400, or a 404 for an unknown type) that
-    names a patient is logged against that patient."""
-    if patient is not None:
-        types = frozenset({rtype}) if rtype in parse.SUPPORTED_TYPES else frozenset()
-        request[AUDIT_QUERY_KEY] = Query(interaction=interaction, resource_types=types, patient=patient)
 
 
 async def _collect(request: web.Request, facade: Facade, query: Query) -> Answer:

@@ -27,8 +27,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from proxy.access import consent, require
-from proxy.audit import patient_view, probing
+from proxy.access import consent, probing, require
+from proxy.audit import patient_view
 from proxy.fhir import params as parse
 from proxy.fhir.bundle import page_links, searchset
 from proxy.fhir.errors import FhirError, bad_request, not_found
@@ -39,6 +39,7 @@ from proxy.fhir.http import (
     FACADE_KEY,
     PRINCIPAL_KEY,
     STORE_KEY,
+    audit_unparsed,
     base_url,
     fhir_response,
     pretty,
@@ -262,11 +263,9 @@ def _search_params(
             rtype, params, facade.ids, facade.settings.facade, codes=codes, strict=strict(request)
         )
     except FhirError:  # refused as malformed: logged against the patient it names, if any
-        patient = parse.named_patient(rtype, params, facade.ids)
-        if patient is not None:
-            request[AUDIT_QUERY_KEY] = Query(
-                interaction="search-type", resource_types=frozenset({rtype}), patient=patient
-            )
+        audit_unparsed(
+            request, "search-type", frozenset({rtype}), parse.named_patient(rtype, params, facade.ids)
+        )
         raise
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
+from proxy.access.pdl import care_documentation
 from proxy.app import compile_mappings
 from proxy.fanout import BackendClient
 from proxy.fhir.ids import PatientIds, ResourceIds
@@ -69,9 +70,7 @@ async def check(settings: Settings, generated: int = 5) -> CheckReport:
                 report.unattributed.update(
                     m.mapping
                     for m in mapped
-                    if not m.care_provider
-                    and m.resource["resourceType"] != "Patient"
-                    and m.source not in settings.without_care_documentation
+                    if not m.care_provider and care_documentation(m, settings.without_care_documentation)
                 )
                 for kept in merge(mapped):
                     resource = kept.resource

@@ -8,7 +8,7 @@ from typing import Any
 from proxy.access.consent import Terms, stored, terms
 from proxy.access.pdl import Withheld, rules
 from proxy.simulators.population import TOLVAN
-from proxy.types import MappedResource, Principal
+from proxy.types import MappedResource, Principal, Scope
 from tests.conftest import consent_body, pid
 
 OWN, OTHER = "SE-PROVIDER-OWN", "SE-PROVIDER-OTHER"
@@ -18,7 +18,7 @@ ASKER = Principal(
     subject="s",
     client_id="c",
     issuer="i",
-    scopes=frozenset({("user", "*")}),
+    scopes=frozenset({Scope("user", "*", "s")}),
     user_hsa_id="SE-USER",
     care_unit_hsa_id=MY_UNIT,
     care_provider_hsa_id=OWN,

@@ -19,7 +19,7 @@ from proxy.access.consent import stored, terms
 from proxy.access.pdl import Withheld, rules
 from proxy.settings import ConfigError, ThreatRegister, load_settings
 from proxy.simulators.population import REGION_PROVIDER, TOLVAN, UNITS
-from proxy.types import MappedResource, Principal
+from proxy.types import MappedResource, Principal, Scope
 from tests.conftest import BASE, auth, consent_body, pid
 from tests.test_settings import config_with
 
@@ -127,7 +127,9 @@ def test_inside_the_service_only_for_its_own_crews() -> None:
     blocks = [terms(stored(service_block))]
 
     def asker(audience: str, provider: str) -> Principal:
-        return Principal(audience, "s", "c", "i", frozenset({("user", "*")}), "u", STATIONS[0], provider)
+        return Principal(
+            audience, "s", "c", "i", frozenset({Scope("user", "*", "s")}), "u", STATIONS[0], provider
+        )
 
     def verdict(who: Principal) -> Withheld | None:
         return rules(who, blocks, emergency=False, threat_register=register).verdict(flag)

@@ -15,16 +15,16 @@ from tests.source_status import source_issues, statuses
 GRETA_EVERYTHING = f"{BASE}/Patient/{pid(GRETA.pnr)}/$everything"  # known to Viva only
 
 
-def test_the_index_forgets_after_its_ttl_and_on_any_record() -> None:
+def test_the_index_forgets_after_its_ttl_and_when_the_lookup_knows_the_patient() -> None:
     now = [0.0]
     index = EngagementIndex(ttl_s=10, clock=lambda: now[0])
-    index.learn("npo", "p", holds_data=False)
-    assert index.holds_nothing("npo", "p") and not index.holds_nothing("npo", "q")
-    index.learn("npo", "p", holds_data=True)
-    assert not index.holds_nothing("npo", "p")
-    index.learn("npo", "p", holds_data=False)
+    index.learn("npo", "p", known=False)
+    assert index.unknown_here("npo", "p") and not index.unknown_here("npo", "q")
+    index.learn("npo", "p", known=True)
+    assert not index.unknown_here("npo", "p")
+    index.learn("npo", "p", known=False)
     now[0] = 10.5
-    assert not index.holds_nothing("npo", "p")
+    assert not index.unknown_here("npo", "p")
 
 
 def test_the_configured_ttl_is_short_and_the_safety_types_are_declared() -> None:
@@ -86,6 +86,8 @@ def test_a_bad_never_skip_or_a_long_ttl_is_refused_at_start_up(tmp_path: Any) ->
     source = (load_settings().config_dir / "facade.yaml").read_text(encoding="utf-8")
     for bad, key in (
         ("never_skip: [Flag, AllergyIntolerance]", "never_skip: flag"),
+        # a misspelt type would quietly leave Flag skippable: refused, not ignored
+        ("never_skip: [Flag, AllergyIntolerance]", "never_skip: [Flags, AllergyIntolerance]"),
         ("ttl_s: 60 ", "ttl_s: 600 "),
     ):
         config = tmp_path / "facade.yaml"

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from proxy.app import compile_mappings, create_app
 from proxy.auth.demo import demo_issuer
@@ -29,7 +29,7 @@ from proxy.settings import DEMO_PATIENT_ID_KEY, load_settings
 from proxy.simulators.harness import running_simulators
 from proxy.simulators.population import TOLVAN, population
 from proxy.types import PatientRef
-from tests.conftest import BASE, RESOURCE_IDS, auth, consent_to, pid
+from tests.conftest import BASE, RESOURCE_IDS, FacadeTestServer, auth, consent_to, pid
 from tests.source_status import statuses
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -107,7 +107,7 @@ async def matrix(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Matr
             backends=tuple(replace(b, total_timeout_s=0.3, breaker_failures=5) for b in live.backends),
         )
         app = create_app(live, patient_id_key=DEMO_PATIENT_ID_KEY, extra_issuer=demo_issuer())
-        async with TestClient(TestServer(app), headers=auth("clinician")) as client:
+        async with TestClient(FacadeTestServer(app), headers=auth("clinician")) as client:
             await consent_to(client.server.app[STORE_KEY], [p.pnr for p in people])
             m = Matrix(client, urls, {}, {})
             m.baseline = await m.everything()

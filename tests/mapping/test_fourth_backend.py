@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from proxy.app import create_app
 from proxy.auth.demo import demo_issuer
@@ -22,7 +22,7 @@ from proxy.fhir.bundle import PDL_SYSTEM
 from proxy.mapping.compiler import MappingError
 from proxy.settings import DEMO_PATIENT_ID_KEY, ConfigError, load_settings
 from proxy.simulators.harness import serving
-from tests.conftest import BASE, auth, pid, validate
+from tests.conftest import BASE, FacadeTestServer, auth, pid, validate
 
 PNR = "191212121212"
 
@@ -111,7 +111,7 @@ def write_deployment(root: Path, url: str, mapping: str, extra: str = "") -> Pat
 
 async def observations(config: Path, audience: str = "clinician", **claims: Any) -> dict[str, Any]:
     app = create_app(load_settings(config), patient_id_key=DEMO_PATIENT_ID_KEY, extra_issuer=demo_issuer())
-    async with TestClient(TestServer(app), headers=auth(audience, **claims)) as client:
+    async with TestClient(FacadeTestServer(app), headers=auth(audience, **claims)) as client:
         resp = await client.get(f"{BASE}/Observation", params={"patient": pid(PNR)})
         assert resp.status == 200
         return await resp.json(content_type=None)

@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from proxy.app import create_app
 from proxy.auth.demo import demo_issuer
@@ -23,7 +23,7 @@ from proxy.fhir.ids import PatientIds
 from proxy.settings import DEMO_PATIENT_ID_KEY, Settings
 from proxy.simulators.harness import running_simulators
 from proxy.simulators.population import TOLVAN, population
-from tests.conftest import BASE, auth, consent_to, pid
+from tests.conftest import BASE, FacadeTestServer, auth, consent_to, pid
 
 # Tolvan's home-care records in Viva (mapping, FHIR type, Viva's own record id): the municipality's,
 # so withheld from the region's clinician until Tolvan consents
@@ -92,7 +92,7 @@ async def test_ids_are_the_same_under_one_key_and_differ_under_another(
         )
         app = create_app(live, patient_id_key=key, extra_issuer=demo_issuer())
         patient_id = PatientIds(key).encode(TOLVAN.pnr)
-        async with TestClient(TestServer(app)) as client:
+        async with TestClient(FacadeTestServer(app)) as client:
             await consent_to(client.server.app[STORE_KEY], [TOLVAN.pnr])
             resp = await client.get(
                 f"{BASE}/Condition", params={"patient": patient_id}, headers=auth("clinician")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from proxy.app import create_app
 from proxy.auth.demo import demo_issuer
@@ -26,7 +26,7 @@ from proxy.settings import DEMO_PATIENT_ID_KEY, load_settings
 from proxy.simulators import npo
 from proxy.simulators.harness import running_simulators
 from proxy.simulators.population import OTHER_REGION_PROVIDER, at, generated_people
-from tests.conftest import BASE, auth, pid
+from tests.conftest import BASE, FacadeTestServer, auth, pid
 from tests.source_status import status_block, statuses
 
 SETTINGS = load_settings()
@@ -72,7 +72,7 @@ async def facade(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Te
             store=replace(live.store, kind="sqlite", sqlite_path=tmp / f"{uuid.uuid4().hex}.sqlite"),
         )
         app = create_app(live, patient_id_key=DEMO_PATIENT_ID_KEY, extra_issuer=demo_issuer())
-        async with TestClient(TestServer(app)) as client:
+        async with TestClient(FacadeTestServer(app)) as client:
             yield client
 
 
