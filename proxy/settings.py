@@ -100,6 +100,10 @@ class StoreSettings:
     postgres_dsn: str = DEFAULT_POSTGRES_DSN
 
 
+# The backend var naming the ambulance service whose care unit the threat mapping gives every flag.
+THREAT_UNIT_VAR = "ambulance_service_hsa_id"
+
+
 @dataclass(frozen=True, slots=True)
 class ThreatRegister:
     """Who owns the ambulance threat register ("Hot"): the ambulance service as a whole, not the
@@ -427,6 +431,16 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
         if not isinstance(staff, list) or not staff or not all(a in care for a in staff):
             raise r.fail("access.threat_register.audiences", f"expects a list of care audiences from {care}")
         threat_register = ThreatRegister(tr["care_unit"], tr["care_provider"], frozenset(staff))
+        # The threat mapping gives every flag the care unit of its backend's ``ambulance_service_hsa_id``
+        # (mappings/cosmic/threats.yaml): if that is not the register's unit, a block on the unit
+        # the flags carry would hide the threat flag from every crew. One unit, or no start.
+        for b in backends:
+            unit = dict(b.vars).get(THREAT_UNIT_VAR)
+            if unit is not None and unit != threat_register.care_unit:
+                raise r.fail(
+                    "access.threat_register.care_unit",
+                    f"must be the unit the threat flags carry: backends.{b.name}.vars.{THREAT_UNIT_VAR}",
+                )
     access = AccessSettings(
         emergency_audiences=frozenset(emergency),
         auditors=frozenset(auditors),

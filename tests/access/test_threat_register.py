@@ -154,3 +154,15 @@ def test_a_bad_threat_register_setting_names_file_and_key(
     with pytest.raises(ConfigError) as exc:
         load_settings(config_with(tmp_path, change))
     assert str(exc.value).startswith(f"facade.yaml: {key}")
+
+
+def test_a_threat_register_that_names_another_unit_than_the_threat_mapping_is_refused(tmp_path: Path) -> None:
+    """The threat flag's care unit (Cosmic's ``ambulance_service_hsa_id``, read by the threat mapping)
+    and the register's owner must be one unit: if they differ, a block on the unit the flags carry
+    hides the threat flag from every crew. Start-up refuses that, naming both keys."""
+    other = "SE2321000016-AMB9"
+    with pytest.raises(ConfigError) as exc:
+        load_settings(config_with(tmp_path, {"backends.cosmic.vars.ambulance_service_hsa_id": other}))
+    message = str(exc.value)
+    assert message.startswith("facade.yaml: access.threat_register.care_unit")
+    assert "backends.cosmic.vars.ambulance_service_hsa_id" in message
