@@ -168,8 +168,10 @@ async def test_tolvan_medication_list_ramipril_given_by_home_care(client: Any) -
     assert is_date(med["startdatum"])
     assert med["administreringar"]
     for a in med["administreringar"]:
-        assert set(a) == {"tidpunkt", "givenAv", "status"}
-        assert is_stamp(a["tidpunkt"])
+        assert {"administreringId", "ordinationId", "tidpunkt", "signerad", "givenAv", "status"} <= set(a)
+        assert (a["ordinationId"], a["atc"], a["preparat"]) == (med["ordinationId"], med["atc"], med["preparat"])
+        assert a["enhet"] == med["enhet"]
+        assert is_stamp(a["tidpunkt"]) and is_stamp(a["signerad"]) and a["tidpunkt"] <= a["signerad"]
 
 
 async def test_tolvan_home_visits(client: Any) -> None:
