@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from fhir.resources.R4B.bundle import Bundle
@@ -112,6 +113,19 @@ async def test_atc_is_whocc_with_substance_displays_everywhere(facade: Any) -> N
         if c["system"] == ATC and c["code"] == "C09AA05"
     ]
     assert ramipril and {c.get("display") for c in ramipril} == {"ramipril"}
+
+
+def test_no_mapping_or_code_map_writes_atc_as_the_oid() -> None:
+    mappings = Path(__file__).resolve().parents[2] / "mappings"
+    users = []
+    for path in sorted(mappings.rglob("*.yaml")):
+        text = path.read_text(encoding="utf-8")
+        assert "1.2.752.129.2.2.3.1.1" not in text, path.name
+        if ATC in text:
+            users.append(path.relative_to(mappings).as_posix())
+    assert {"viva/lakemedelslista.yaml", "viva/lakemedelsadministreringar.yaml", "cosmic/medications.yaml"} <= set(
+        users
+    )
 
 
 def _codings(node: Any, key: str = "") -> Any:

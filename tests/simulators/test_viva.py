@@ -243,6 +243,8 @@ def test_record_ids_are_unique() -> None:
     for kind, field in id_fields.items():
         ids = [r[field] for entry in data.values() for r in entry[kind]]
         assert len(ids) == len(set(ids)), kind
+    given = [a["administreringId"] for e in data.values() for m in e["lakemedelslista"] for a in m["administreringar"]]
+    assert given and len(given) == len(set(given))
 
 
 def test_build_data_is_deterministic() -> None:
