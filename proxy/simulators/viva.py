@@ -22,6 +22,7 @@ Dialect (deliberately unlike Cosmic and unlike FHIR):
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -156,7 +157,7 @@ def _med(
     dosering: str,
     start: datetime,
     utsatt: datetime | None,
-    administreringar: list[Administration],
+    administreringar: Sequence[Administration],
     dos: str = "1 tablett",
 ) -> dict[str, Any]:
     """An ordination with its signed administrations. Each administration is a record of its own
@@ -410,7 +411,14 @@ def _greta() -> dict[str, list[dict[str, Any]]]:
                 at(170),
                 None,
                 [(at(d, 8, 0), USK, "GIVEN") for d in (3, 2, 1)]
-                + [(at(0, 8, 0), USK2, "VAGRAT", {"kommentar": "Brukaren avböjde morgondosen, uppgav yrsel."})],
+                + [
+                    (
+                        at(0, 8, 0),
+                        USK2,
+                        "VAGRAT",
+                        {"kommentar": "Brukaren avböjde morgondosen, uppgav yrsel."},
+                    )
+                ],
             ),
             _med(
                 "OR-100001-2",

@@ -43,7 +43,9 @@ async def test_search_by_patient_with_status_code_and_effective_time(facade: Any
         _, every = await f.get(url, params={"patient": GRETA_ID, "_count": "500"})
         assert every["total"] == 26
         _, not_done = await f.get(url, params={"patient": GRETA_ID, "status": "not-done"})
-        assert sorted(r["medicationCodeableConcept"]["coding"][0]["display"] for r in resources(not_done)) == [
+        assert sorted(
+            r["medicationCodeableConcept"]["coding"][0]["display"] for r in resources(not_done)
+        ) == [
             "apixaban",
             "furosemide",
         ]
@@ -123,9 +125,11 @@ def test_no_mapping_or_code_map_writes_atc_as_the_oid() -> None:
         assert "1.2.752.129.2.2.3.1.1" not in text, path.name
         if ATC in text:
             users.append(path.relative_to(mappings).as_posix())
-    assert {"viva/lakemedelslista.yaml", "viva/lakemedelsadministreringar.yaml", "cosmic/medications.yaml"} <= set(
-        users
-    )
+    assert {
+        "viva/lakemedelslista.yaml",
+        "viva/lakemedelsadministreringar.yaml",
+        "cosmic/medications.yaml",
+    } <= set(users)
 
 
 def _codings(node: Any, key: str = "") -> Any:

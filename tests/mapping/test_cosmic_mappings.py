@@ -372,7 +372,11 @@ async def test_vaccination(tolvan: Mapped) -> None:
     imm = r.resource
     assert imm["status"] == "completed"
     assert imm["vaccineCode"]["coding"] == [
-        {"system": ATC, "code": "J07BB02", "display": "influenza, inactivated, split virion or surface antigen"}
+        {
+            "system": ATC,
+            "code": "J07BB02",
+            "display": "influenza, inactivated, split virion or surface antigen",
+        }
     ]
     assert imm["lotNumber"] == "FLU-24-118"
     assert imm["protocolApplied"] == [{"doseNumberPositiveInt": 1}]

@@ -482,7 +482,9 @@ def local_time(stamp: str) -> str:
 
 async def greta_administrations(client: Any) -> dict[str, list[dict[str, Any]]]:
     """Greta's administrations per ordination id, oldest first."""
-    stmts = {mr.resource["id"]: raw_id(mr) for mr in await run(client, BY_NAME["viva/lakemedelslista"], GRETA)}
+    stmts = {
+        mr.resource["id"]: raw_id(mr) for mr in await run(client, BY_NAME["viva/lakemedelslista"], GRETA)
+    }
     out: dict[str, list[dict[str, Any]]] = {}
     for mr in await run(client, BY_NAME["viva/lakemedelsadministreringar"], GRETA):
         ref = mr.resource["supportingInformation"][0]["reference"].split("/", 1)[1]
@@ -517,7 +519,9 @@ async def test_a_refused_dose_is_not_done_declined_by_patient(client: Any) -> No
     furosemide = (await greta_administrations(client))["OR-100001-1"]
     assert [r["status"] for r in furosemide] == ["completed"] * 3 + ["not-done"]
     (reason,) = furosemide[-1]["statusReason"]
-    assert reason["coding"] == [{"system": SNOMED, "code": "182895007", "display": "Drug declined by patient"}]
+    assert reason["coding"] == [
+        {"system": SNOMED, "code": "182895007", "display": "Drug declined by patient"}
+    ]
     assert reason["text"] == "Vägrat (patienten avböjde)"
     assert furosemide[-1]["medicationCodeableConcept"]["coding"][0]["display"] == "furosemide"
 

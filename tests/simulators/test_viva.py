@@ -169,7 +169,11 @@ async def test_tolvan_medication_list_ramipril_given_by_home_care(client: Any) -
     assert med["administreringar"]
     for a in med["administreringar"]:
         assert {"administreringId", "ordinationId", "tidpunkt", "signerad", "givenAv", "status"} <= set(a)
-        assert (a["ordinationId"], a["atc"], a["preparat"]) == (med["ordinationId"], med["atc"], med["preparat"])
+        assert (a["ordinationId"], a["atc"], a["preparat"]) == (
+            med["ordinationId"],
+            med["atc"],
+            med["preparat"],
+        )
         assert a["enhet"] == med["enhet"]
         assert is_stamp(a["tidpunkt"]) and is_stamp(a["signerad"]) and a["tidpunkt"] <= a["signerad"]
 
@@ -243,7 +247,12 @@ def test_record_ids_are_unique() -> None:
     for kind, field in id_fields.items():
         ids = [r[field] for entry in data.values() for r in entry[kind]]
         assert len(ids) == len(set(ids)), kind
-    given = [a["administreringId"] for e in data.values() for m in e["lakemedelslista"] for a in m["administreringar"]]
+    given = [
+        a["administreringId"]
+        for e in data.values()
+        for m in e["lakemedelslista"]
+        for a in m["administreringar"]
+    ]
     assert given and len(given) == len(set(given))
 
 
