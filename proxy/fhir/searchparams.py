@@ -55,6 +55,18 @@ BY_TYPE: dict[str, tuple[ParamDef, ...]] = {
         _p("status", "token", "status", description="active | completed | ..."),
         _p("category", "token", "category", description="Type of medication usage"),
     ),
+    "MedicationAdministration": (
+        _p(
+            "effective-time",
+            "date",
+            "effectiveDateTime",
+            "effectivePeriod",
+            description="Date administration happened (or did not)",
+        ),
+        _p("code", "token", "medicationCodeableConcept", description="Medication code (ATC)"),
+        _p("status", "token", "status", description="completed | not-done | ..."),
+        _p("reason-not-given", "token", "statusReason", description="Reasons for not giving the medication"),
+    ),
     "Flag": (_p("date", "date", "period", description="Time period when flag is active"),),
     "AllergyIntolerance": (
         _p("date", "date", "recordedDate", description="Date first version was recorded"),

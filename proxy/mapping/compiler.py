@@ -47,6 +47,7 @@ SUPPORTED_TYPES = frozenset(
         "Patient",
         "Condition",
         "MedicationStatement",
+        "MedicationAdministration",
         "Flag",
         "AllergyIntolerance",
         "Observation",

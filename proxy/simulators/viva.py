@@ -14,13 +14,15 @@ Dialect (deliberately unlike Cosmic and unlike FHIR):
   injected faults;
 * dates are compact ``YYYYMMDD``, timestamps ``YYYYMMDDHHMM``, local time;
 * codes of its own: ``AKTIV``/``AVSLUTAD``/``UTKAST`` (care plans), ``AKTUELL``/``UTSATT``
-  (medication), ``GIVEN``/``EJ_GIVEN``/``VAGRAT`` (administrations), ``UTFORT``/``PLANERAT``/``INSTALLT``
+  (medication), ``GIVEN``/``EJ_GIVEN``/``VAGRAT`` (administrations, with reasons ``EJ_HEMMA``/``SOVER``/
+  ``KRAKNING`` for a dose not given), ``UTFORT``/``PLANERAT``/``INSTALLT``
   (visits), ``HEMSJUKVARD``/``HEMTJANST`` (visit type), ``man``/``kvinna``, ``J``/``N``.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -145,6 +147,9 @@ def _note(
     }
 
 
+Administration = tuple[datetime, str, str] | tuple[datetime, str, str, dict[str, str]]
+
+
 def _med(
     oid: str,
     atc: str,
@@ -152,8 +157,30 @@ def _med(
     dosering: str,
     start: datetime,
     utsatt: datetime | None,
-    administreringar: list[tuple[datetime, str, str]],
+    administreringar: Sequence[Administration],
+    dos: str = "1 tablett",
 ) -> dict[str, Any]:
+    """An ordination with its signed administrations. Each administration is a record of its own
+    (``administreringId``) naming its ordination, the drug and the unit that signed it; a given one
+    carries the dose given (``dos``), one not given may carry a reason code (``orsak``) and a
+    comment (``kommentar``)."""
+    out = []
+    for i, (t, who, status, *extra) in enumerate(administreringar):
+        a: dict[str, Any] = {
+            "administreringId": f"{oid}-A{i + 1}",
+            "ordinationId": oid,
+            "tidpunkt": ts(t),
+            "signerad": ts(t + timedelta(minutes=2)),
+            "givenAv": who,
+            "status": status,
+            "atc": atc,
+            "preparat": preparat,
+            "dos": dos if status == "GIVEN" else None,
+            "enhet": enhet(),
+        }
+        for more in extra:
+            a.update(more)
+        out.append(a)
     return {
         "ordinationId": oid,
         "atc": atc,
@@ -162,11 +189,9 @@ def _med(
         "status": "UTSATT" if utsatt else "AKTUELL",
         "startdatum": day(start),
         "utsattDatum": day(utsatt) if utsatt else None,
-        "administreringar": [
-            {"tidpunkt": ts(t), "givenAv": who, "status": status} for t, who, status in administreringar
-        ],
+        "administreringar": out,
         "enhet": enhet(),
-        "senastAndrad": ts(max([start, *(t for t, _, _ in administreringar)])),
+        "senastAndrad": ts(max([start, *(a[0] for a in administreringar)])),
     }
 
 
@@ -385,7 +410,15 @@ def _greta() -> dict[str, list[dict[str, Any]]]:
                 "1 tablett morgon",
                 at(170),
                 None,
-                [(at(d, 8, 0), USK, "GIVEN") for d in (3, 2, 1)] + [(at(0, 8, 0), USK2, "VAGRAT")],
+                [(at(d, 8, 0), USK, "GIVEN") for d in (3, 2, 1)]
+                + [
+                    (
+                        at(0, 8, 0),
+                        USK2,
+                        "VAGRAT",
+                        {"kommentar": "Brukaren avböjde morgondosen, uppgav yrsel."},
+                    )
+                ],
             ),
             _med(
                 "OR-100001-2",
@@ -406,7 +439,15 @@ def _greta() -> dict[str, list[dict[str, Any]]]:
                 [
                     (at(1, 8, 0), USK, "GIVEN"),
                     (at(1, 20, 0), USK2, "GIVEN"),
-                    (at(0, 20, 0), USK2, "EJ_GIVEN"),
+                    (
+                        at(0, 20, 0),
+                        USK2,
+                        "EJ_GIVEN",
+                        {
+                            "orsak": "EJ_HEMMA",
+                            "kommentar": "Brukaren ej hemma vid kvällsbesöket; dosen ligger kvar i dosetten.",
+                        },
+                    ),
                 ],
             ),
             _med(
@@ -546,7 +587,16 @@ def _generated(person: Person, seq: int) -> dict[str, list[dict[str, Any]]]:
             for d in range(last + rng.randint(0, 3), last - 1, -1)
         ]
         out["lakemedelslista"].append(
-            _med(f"OR-{n}-{i + 1}", atc, preparat, dosering, at(start), at(last) if stopped else None, given)
+            _med(
+                f"OR-{n}-{i + 1}",
+                atc,
+                preparat,
+                dosering,
+                at(start),
+                at(last) if stopped else None,
+                given,
+                " ".join(dosering.split(" ")[:2]),  # "1 tablett", "2 tabletter": the dose given
+            )
         )
     for i in range(rng.randint(1, 6)):
         days = rng.randint(-7, 700)

@@ -61,7 +61,7 @@ THREAT_LABEL = {
     "code": "THREAT",
     "display": "Threat flag - ambulance only",
 }
-ATC = "urn:oid:1.2.752.129.2.2.3.1.1"
+ATC = "http://www.whocc.no/atc"  # WHO's URI, as receivers know it (not the Swedish OID)
 INSTANT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}[+-]\d{2}:\d{2}$")
 
 
@@ -354,7 +354,11 @@ async def test_notes_decode_to_the_original_text(tolvan: Mapped) -> None:
 async def test_medications(tolvan: Mapped) -> None:
     ramipril = only(tolvan["medications"], record="M-200001")
     assert ramipril["status"] == "active"
-    assert ramipril["medicationCodeableConcept"]["coding"] == [{"system": ATC, "code": "C09AA05"}]
+    # the ATC display is the substance; the product name stays the text
+    assert ramipril["medicationCodeableConcept"]["coding"] == [
+        {"system": ATC, "code": "C09AA05", "display": "ramipril"}
+    ]
+    assert ramipril["medicationCodeableConcept"]["text"] == "Ramipril 5 mg tablett"
     assert ramipril["dosage"] == [{"text": "1 tablett 1 gång dagligen"}]
     assert "end" not in ramipril["effectivePeriod"]
     salbutamol = only(tolvan["medications"], record="M-200002")
@@ -367,7 +371,13 @@ async def test_vaccination(tolvan: Mapped) -> None:
     (r,) = tolvan["vaccinations"]
     imm = r.resource
     assert imm["status"] == "completed"
-    assert imm["vaccineCode"]["coding"] == [{"system": ATC, "code": "J07BB02"}]
+    assert imm["vaccineCode"]["coding"] == [
+        {
+            "system": ATC,
+            "code": "J07BB02",
+            "display": "influenza, inactivated, split virion or surface antigen",
+        }
+    ]
     assert imm["lotNumber"] == "FLU-24-118"
     assert imm["protocolApplied"] == [{"doseNumberPositiveInt": 1}]
     assert INSTANT.match(imm["occurrenceDateTime"])

@@ -312,7 +312,7 @@ def test_flag_vs_allergy_split(mapped: Mapped) -> None:
     (allergy,) = lennart["alerts-allergy"]
     a = allergy.resource
     assert a["code"]["coding"][0] == {
-        "system": "urn:oid:1.2.752.129.2.2.3.1.1",
+        "system": "http://www.whocc.no/atc",
         "code": "C09AA",
         "display": "ACE-hämmare, omodifierade",
     }

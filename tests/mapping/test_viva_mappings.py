@@ -61,6 +61,7 @@ EXPECTED_KINDS = {
     "viva/funktionsbedomningar": "Observation",
     "viva/anteckningar": "DocumentReference",
     "viva/lakemedelslista": "MedicationStatement",
+    "viva/lakemedelsadministreringar": "MedicationAdministration",
     "viva/hembesok": "Encounter",
 }
 
@@ -411,19 +412,147 @@ async def test_functional_status_is_an_icf_survey_observation(client: Any) -> No
         assert r["note"] == [{"text": rec["beskrivning"]}]
 
 
-async def test_medication_statement_carries_atc_and_administrations(client: Any) -> None:
+ATC = "http://www.whocc.no/atc"
+NOT_GIVEN_REASON = "http://terminology.hl7.org/CodeSystem/reason-medication-not-given"
+SNOMED = "http://snomed.info/sct"
+
+
+async def test_medication_statement_carries_atc_substance_and_no_administration_notes(client: Any) -> None:
     mapping = BY_NAME["viva/lakemedelslista"]
     (mr,) = await run(client, mapping, TOLVAN)
     r = mr.resource
-    assert r["medicationCodeableConcept"]["coding"][0] == {
-        "system": "urn:oid:1.2.752.129.2.2.3.1.1",
-        "code": "C09AA05",
-        "display": "Ramipril 5 mg tablett",
+    assert r["medicationCodeableConcept"] == {
+        "coding": [{"system": ATC, "code": "C09AA05", "display": "ramipril"}],
+        "text": "Ramipril 5 mg tablett",
     }
     assert r["status"] == "active"
-    raw = (await fetch(client, mapping, TOLVAN))["lakemedelslista"][0]
-    assert len(r["note"]) == len(raw["administreringar"])
-    assert all(n["text"] == "Given" and n["time"].endswith(("+01:00", "+02:00")) for n in r["note"])
+    assert "note" not in r  # the administrations are MedicationAdministrations of their own
+
+
+def administrations(raw: dict[str, Any]) -> list[dict[str, Any]]:
+    return [a for med in raw["lakemedelslista"] for a in med["administreringar"]]
+
+
+async def test_every_administration_comes_out_exactly_once(client: Any) -> None:
+    mapping = BY_NAME["viva/lakemedelsadministreringar"]
+    statements = BY_NAME["viva/lakemedelslista"]
+    expected_status = {"GIVEN": "completed", "EJ_GIVEN": "not-done", "VAGRAT": "not-done"}
+    seen = {"completed": 0, "not-done": 0}
+    for person in PEOPLE:
+        if not person.in_viva:
+            continue
+        raw = await fetch(client, mapping, person)
+        ctx = context(person)
+        stmt_ids = {raw_id(mr): mr.resource["id"] for mr in await run(client, statements, person)}
+        out = await run(client, mapping, person)
+        got = sorted(
+            (
+                mr.resource["supportingInformation"][0]["reference"],
+                mr.resource["effectiveDateTime"],
+                mr.resource["status"],
+                mr.resource["performer"][0]["actor"]["display"],
+            )
+            for mr in out
+        )
+        want = sorted(
+            (
+                f"MedicationStatement/{stmt_ids[med['ordinationId']]}",
+                local_time(a["tidpunkt"]),
+                expected_status[a["status"]],
+                a["givenAv"],
+            )
+            for med in raw["lakemedelslista"]
+            for a in med["administreringar"]
+        )
+        assert got == want, person.given
+        assert len({mr.resource["id"] for mr in out}) == len(out)
+        for mr in out:
+            validate(mr.resource)
+            assert mr.resource["subject"] == {"reference": f"Patient/{ctx['patient_id']}"}
+            seen[mr.resource["status"]] += 1
+        for mr in await run(client, statements, person):
+            assert "note" not in mr.resource
+    assert seen["completed"] > 20 and seen["not-done"] >= 3
+
+
+def local_time(stamp: str) -> str:
+    local = datetime.strptime(stamp, "%Y%m%d%H%M")
+    return local.strftime("%Y-%m-%dT%H:%M:00") + ("+02:00" if eu_summer_time(local) else "+01:00")
+
+
+async def greta_administrations(client: Any) -> dict[str, list[dict[str, Any]]]:
+    """Greta's administrations per ordination id, oldest first."""
+    stmts = {
+        mr.resource["id"]: raw_id(mr) for mr in await run(client, BY_NAME["viva/lakemedelslista"], GRETA)
+    }
+    out: dict[str, list[dict[str, Any]]] = {}
+    for mr in await run(client, BY_NAME["viva/lakemedelsadministreringar"], GRETA):
+        ref = mr.resource["supportingInformation"][0]["reference"].split("/", 1)[1]
+        out.setdefault(stmts[ref], []).append(mr.resource)
+    for items in out.values():
+        items.sort(key=lambda r: r["effectiveDateTime"])
+    return out
+
+
+async def test_last_nights_apixaban_not_given_is_a_not_done_administration(client: Any) -> None:
+    apixaban = (await greta_administrations(client))["OR-100001-3"]
+    assert [r["status"] for r in apixaban] == ["completed", "completed", "not-done"]
+    last = apixaban[-1]
+    assert last["medicationCodeableConcept"] == {
+        "coding": [{"system": ATC, "code": "B01AF02", "display": "apixaban"}],
+        "text": "Apixaban 2,5 mg tablett",
+    }
+    assert last["effectiveDateTime"] == "2026-11-01T20:00:00+01:00"
+    (reason,) = last["statusReason"]
+    assert reason["coding"] == [{"system": NOT_GIVEN_REASON, "code": "b", "display": "Away"}]
+    assert reason["text"] == "Ej given"
+    assert "ej hemma" in last["note"][0]["text"]
+    assert "dosage" not in last  # nothing was given
+    assert last["performer"] == [{"actor": {"display": "Omar Undersköterska"}}]
+    assert last["category"]["coding"][0]["code"] == "community"
+    given = apixaban[0]
+    assert "statusReason" not in given
+    assert given["dosage"] == {"text": "1 tablett"}
+
+
+async def test_a_refused_dose_is_not_done_declined_by_patient(client: Any) -> None:
+    furosemide = (await greta_administrations(client))["OR-100001-1"]
+    assert [r["status"] for r in furosemide] == ["completed"] * 3 + ["not-done"]
+    (reason,) = furosemide[-1]["statusReason"]
+    assert reason["coding"] == [
+        {"system": SNOMED, "code": "182895007", "display": "Drug declined by patient"}
+    ]
+    assert reason["text"] == "Vägrat (patienten avböjde)"
+    assert furosemide[-1]["medicationCodeableConcept"]["coding"][0]["display"] == "furosemide"
+
+
+async def test_a_not_given_dose_without_a_coded_reason_keeps_its_text(client: Any) -> None:
+    found = 0
+    for person in PEOPLE:
+        if not person.generated or not person.in_viva:
+            continue
+        for mr in await run(client, BY_NAME["viva/lakemedelsadministreringar"], person):
+            r = mr.resource
+            if r["status"] == "not-done":
+                assert r["statusReason"] == [{"text": "Ej given"}]
+                found += 1
+    assert found >= 1
+
+
+def test_an_unknown_administration_status_is_shown_as_unknown_not_dropped() -> None:
+    med = viva.build_data([TOLVAN])[TOLVAN.pnr]["lakemedelslista"][0]
+    odd = dict(med, administreringar=[dict(med["administreringar"][0], status="FORSENAD")])
+    out, skipped = map_records(
+        BY_NAME["viva/lakemedelsadministreringar"],
+        {"lakemedelslista": [odd]},
+        context(TOLVAN),
+        source_uri=SOURCE_URI,
+        priority=1,
+    )
+    assert skipped == 0
+    (mr,) = out
+    assert mr.resource["status"] == "unknown"
+    validate(mr.resource)
 
 
 def test_a_record_without_id_is_skipped_not_raised() -> None:

@@ -168,8 +168,14 @@ async def test_tolvan_medication_list_ramipril_given_by_home_care(client: Any) -
     assert is_date(med["startdatum"])
     assert med["administreringar"]
     for a in med["administreringar"]:
-        assert set(a) == {"tidpunkt", "givenAv", "status"}
-        assert is_stamp(a["tidpunkt"])
+        assert {"administreringId", "ordinationId", "tidpunkt", "signerad", "givenAv", "status"} <= set(a)
+        assert (a["ordinationId"], a["atc"], a["preparat"]) == (
+            med["ordinationId"],
+            med["atc"],
+            med["preparat"],
+        )
+        assert a["enhet"] == med["enhet"]
+        assert is_stamp(a["tidpunkt"]) and is_stamp(a["signerad"]) and a["tidpunkt"] <= a["signerad"]
 
 
 async def test_tolvan_home_visits(client: Any) -> None:
@@ -241,6 +247,13 @@ def test_record_ids_are_unique() -> None:
     for kind, field in id_fields.items():
         ids = [r[field] for entry in data.values() for r in entry[kind]]
         assert len(ids) == len(set(ids)), kind
+    given = [
+        a["administreringId"]
+        for e in data.values()
+        for m in e["lakemedelslista"]
+        for a in m["administreringar"]
+    ]
+    assert given and len(given) == len(set(given))
 
 
 def test_build_data_is_deterministic() -> None:
