@@ -214,3 +214,38 @@ async def test_a_validation_error_does_not_echo_an_unknown_key(facade: Any) -> N
         status, outcome = await post(f, body)
     assert status == 400 and "Extra inputs are not permitted" in outcome["issue"][0]["diagnostics"]
     assert "<img" not in str(outcome) and "onerror" not in str(outcome)
+
+
+# Restrictions FHIR lets a provision carry, which the facade's access rules do not read: a consent
+# stored with one would be enforced as a consent to everything (fail open).
+NARROWING = {
+    "class": [{"system": "http://hl7.org/fhir/resource-types", "code": "Condition"}],
+    "code": [{"coding": [{"system": "http://loinc.org", "code": "11506-3"}]}],
+    "dataPeriod": {"start": "2026-01-01"},
+    "data": [{"meaning": "instance", "reference": {"reference": "Condition/x"}}],
+    "securityLabel": [{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "N"}],
+    "purpose": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "ETREAT"}],
+    "action": [
+        {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentaction", "code": "access"}]}
+    ],
+}
+
+
+@pytest.mark.parametrize("element", sorted(NARROWING))
+async def test_a_consent_narrowed_in_a_way_not_enforced_is_refused_not_widened(
+    facade: Any, element: str
+) -> None:
+    """A consent limited to some data (only diagnoses, only since a date, one purpose…) would be
+    applied as a consent to every record: refused with a 400 naming the element, nothing stored,
+    and the other region's records stay withheld."""
+    body = consent_body(pid(TOLVAN.pnr), recipient=REGION_PROVIDER)
+    body["provision"][element] = NARROWING[element]
+    async with facade(consent=False) as f:
+        status, outcome = await post(f, body)
+        assert status == 400, outcome
+        assert f"provision.{element}" in outcome["issue"][0]["diagnostics"]
+        assert ids(await search(f)) == set()
+        status, bundle = await f.get(f"{BASE}/DocumentReference", params={"patient": pid(TOLVAN.pnr)})
+        assert status == 200
+        sources = {e["resource"]["meta"]["source"] for e in bundle["entry"] if e["search"]["mode"] == "match"}
+        assert not any(s.endswith(("npo", "viva")) for s in sources), sources
