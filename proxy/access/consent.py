@@ -60,6 +60,7 @@ _UNENFORCED = (
     "data",
     "modifierExtension",
 )
+_HSA_ID = re.compile(r"SE[0-9]{10}-[0-9A-Z]{1,31}")  # as HSA writes them; compared exactly
 _ELEMENT_NAME = re.compile(r"[a-z][A-Za-z0-9]{0,63}")  # how a FHIR element is spelt
 
 
@@ -176,9 +177,14 @@ def validate(body: Any) -> FhirDict:
         raise bad_request("Consent.provision.period ends before it starts")
     for i, actor in enumerate(provision.get("actor", [])):
         ident = actor.get("reference", {}).get("identifier", {})
-        if ident.get("system") != HSA_SYSTEM or not ident.get("value"):
+        if ident.get("system") != HSA_SYSTEM or not isinstance(ident.get("value"), str):
             raise bad_request(
                 f"Consent.provision.actor[{i}].reference.identifier must be an HSA-id (system {HSA_SYSTEM})"
+            )
+        if not _HSA_ID.fullmatch(ident["value"]):  # matched exactly: a near miss would match nothing
+            raise bad_request(
+                f"Consent.provision.actor[{i}].reference.identifier.value is not an HSA-id as written "
+                "(SE, ten digits, a hyphen, capital letters and digits, no spaces)"
             )
         try:
             _role(actor)

@@ -132,7 +132,9 @@ async def test_who_may_write_what(facade: Any) -> None:
         assert (await post(f, block))[0] == 403
         # the patient places blocks on their own record only, and does not register consents
         assert (await post(f, mine, PATIENT))[0] == 403
-        assert (await post(f, consent_body(pid(GRETA.pnr), deny=True, custodians=("X",)), PATIENT))[0] == 403
+        assert (
+            await post(f, consent_body(pid(GRETA.pnr), deny=True, custodians=("SE2321000081-X9",)), PATIENT)
+        )[0] == 403
         status, placed = await post(f, block, PATIENT)
         assert status == 201
         # only the patient lifts it
@@ -149,7 +151,9 @@ async def test_who_sees_which_consent(facade: Any) -> None:
         _, municipality = await post(
             f, consent_body(pid(TOLVAN.pnr), recipient=MUNICIPALITY_PROVIDER), auth("homecare")
         )
-        _, block = await post(f, consent_body(pid(TOLVAN.pnr), deny=True, custodians=("SE-X",)), PATIENT)
+        _, block = await post(
+            f, consent_body(pid(TOLVAN.pnr), deny=True, custodians=("SE2321000081-X9",)), PATIENT
+        )
         assert ids(await search(f)) == {region["id"]}
         assert ids(await search(f, auth("homecare"))) == {municipality["id"]}
         assert ids(await search(f, PATIENT)) == {region["id"], municipality["id"], block["id"]}
@@ -249,3 +253,31 @@ async def test_a_consent_narrowed_in_a_way_not_enforced_is_refused_not_widened(
         assert status == 200
         sources = {e["resource"]["meta"]["source"] for e in bundle["entry"] if e["search"]["mode"] == "match"}
         assert not any(s.endswith(("npo", "viva")) for s in sources), sources
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        f"{UNITS['annan-region'][0]} ",
+        f" {UNITS['annan-region'][0]}",
+        f"{UNITS['annan-region'][0]}\n",
+        UNITS["annan-region"][0].lower(),
+        "SE2321000081-kar2",
+        "Kardiologen Öst",
+    ],
+)
+async def test_a_block_naming_no_well_formed_hsa_id_is_refused_not_stored_as_a_block_on_nothing(
+    facade: Any, value: str
+) -> None:
+    """HSA-ids are matched exactly: a block on ``"SE2321000081-KAR2 "`` (or in small letters) would
+    be stored, listed to the patient as in force, and hide nothing. Refused with a 400 instead; a
+    consent naming such a recipient too."""
+    block = consent_body(pid(TOLVAN.pnr), deny=True, custodians=(value,))
+    async with facade() as f:
+        status, outcome = await post(f, block, PATIENT)
+        assert status == 400, outcome
+        assert "HSA-id" in outcome["issue"][0]["diagnostics"] and value.strip() not in str(outcome)
+        listed = (await search(f, PATIENT))["entry"]
+        assert listed and all(e["resource"]["provision"]["type"] == "permit" for e in listed)
+        status, created = await post(f, consent_body(pid(TOLVAN.pnr), recipient=value))
+        assert status == 400, created
