@@ -294,7 +294,9 @@ async def collect(
     )
 
     degraded = [o for o in outcomes if o.status.degraded]
-    known: bool | None = bool(merged) or (None if degraded else False)
+    # records withheld under PDL (the hint) are records of a known patient: an $everything that
+    # the scopes narrow to withheld types is the hint, never "no such patient"
+    known: bool | None = bool(merged) or bool(withheld) or (None if degraded else False)
 
     selected = [r for r in merged if _selected(r, query)]
     return Answer(resources=selected, outcomes=outcomes, patient_known=known, withheld=frozenset(withheld))

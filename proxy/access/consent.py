@@ -11,6 +11,8 @@ A Consent the facade accepts (``POST {base}/Consent``)::
     provision:
       type        permit → a consent, deny → a block
       period      optional start / end        (a consent or block outside it is not in force)
+      (no action, securityLabel, purpose, class, code, dataPeriod, data or modifierExtension: a
+      narrowing these rules do not read is refused with a 400, never enforced as no narrowing)
       actor       role v3-ParticipationType, reference.identifier an HSA-id (urn:oid:1.2.752.129.2.1.4.1)
                   IRCP  the recipient: the care provider or care unit that may read (consent only,
                         exactly one: the asker's own provider or unit)
@@ -47,6 +49,18 @@ PARTICIPATION = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
 SCOPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/consentscope"
 RECIPIENT, CUSTODIAN = "IRCP", "CST"
 _EDITABLE = {"status", "meta", "id"}
+# Consent.provision elements that narrow what a consent or block covers, which these rules do not read
+_UNENFORCED = (
+    "action",
+    "securityLabel",
+    "purpose",
+    "class",
+    "code",
+    "dataPeriod",
+    "data",
+    "modifierExtension",
+)
+_HSA_ID = re.compile(r"SE[0-9]{10}-[0-9A-Z]{1,31}")  # as HSA writes them; compared exactly
 _ELEMENT_NAME = re.compile(r"[a-z][A-Za-z0-9]{0,63}")  # how a FHIR element is spelt
 
 
@@ -140,6 +154,14 @@ def validate(body: Any) -> FhirDict:
         raise bad_request("Consent.provision.type must be permit (a consent) or deny (a block)")
     if provision.get("provision"):
         raise bad_request("Nested Consent.provision.provision is not supported")
+    # A restriction the access rules do not read would be enforced as no restriction at all (a
+    # consent to "only the diagnoses" read as a consent to everything): refused, not widened.
+    for where, element in [("", "modifierExtension")] + [("provision.", k) for k in _UNENFORCED]:
+        if (provision if where else body).get(element):
+            raise bad_request(
+                f"Consent.{where}{element} is not supported: a consent or block here covers all of "
+                "the named providers' or units' records for the period; register it without it"
+            )
     period = provision.get("period", {})
     for end in ("start", "end"):
         if end in period:
@@ -155,9 +177,14 @@ def validate(body: Any) -> FhirDict:
         raise bad_request("Consent.provision.period ends before it starts")
     for i, actor in enumerate(provision.get("actor", [])):
         ident = actor.get("reference", {}).get("identifier", {})
-        if ident.get("system") != HSA_SYSTEM or not ident.get("value"):
+        if ident.get("system") != HSA_SYSTEM or not isinstance(ident.get("value"), str):
             raise bad_request(
                 f"Consent.provision.actor[{i}].reference.identifier must be an HSA-id (system {HSA_SYSTEM})"
+            )
+        if not _HSA_ID.fullmatch(ident["value"]):  # matched exactly: a near miss would match nothing
+            raise bad_request(
+                f"Consent.provision.actor[{i}].reference.identifier.value is not an HSA-id as written "
+                "(SE, ten digits, a hyphen, capital letters and digits, no spaces)"
             )
         try:
             _role(actor)

@@ -11,6 +11,9 @@
 * Any other record whose care provider is unknown (empty) is withheld (fail closed): nobody can
   tell whose it is, so neither "own provider" nor a consent can be shown to cover it, nor can a
   block be shown not to; only emergency access, which lifts consent and blocks alike, shows it.
+  Likewise a record whose care unit is unknown, while the patient has a block in force: it may be
+  a blocked unit's, so it is withheld as blocked unless a consent naming its provider lifts blocks
+  there (or in an emergency).
 * The patient reads all of their own records (``rules`` is not asked for the patient audience).
 * The ambulance threat register belongs to the ambulance service as a whole
   (``access.threat_register``): its crews, at any station, are inside the service, so no block on
@@ -71,7 +74,8 @@ class Rules:
             return None if self.emergency else Withheld.UNATTRIBUTED
         if self.emergency:
             return None
-        if holder in self.blocked or unit in self.blocked:
+        # a record whose unit is not known may be a blocked unit's (an inner block): fail closed
+        if holder in self.blocked or unit in self.blocked or (not unit and self.blocked):
             lifted = any(c.custodians and c.covers(holder, unit) for c in self.consents)
             return None if lifted else Withheld.BLOCKED
         if holder == self.provider or any(c.covers(holder, unit) for c in self.consents):

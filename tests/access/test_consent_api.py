@@ -132,7 +132,9 @@ async def test_who_may_write_what(facade: Any) -> None:
         assert (await post(f, block))[0] == 403
         # the patient places blocks on their own record only, and does not register consents
         assert (await post(f, mine, PATIENT))[0] == 403
-        assert (await post(f, consent_body(pid(GRETA.pnr), deny=True, custodians=("X",)), PATIENT))[0] == 403
+        assert (
+            await post(f, consent_body(pid(GRETA.pnr), deny=True, custodians=("SE2321000081-X9",)), PATIENT)
+        )[0] == 403
         status, placed = await post(f, block, PATIENT)
         assert status == 201
         # only the patient lifts it
@@ -149,7 +151,9 @@ async def test_who_sees_which_consent(facade: Any) -> None:
         _, municipality = await post(
             f, consent_body(pid(TOLVAN.pnr), recipient=MUNICIPALITY_PROVIDER), auth("homecare")
         )
-        _, block = await post(f, consent_body(pid(TOLVAN.pnr), deny=True, custodians=("SE-X",)), PATIENT)
+        _, block = await post(
+            f, consent_body(pid(TOLVAN.pnr), deny=True, custodians=("SE2321000081-X9",)), PATIENT
+        )
         assert ids(await search(f)) == {region["id"]}
         assert ids(await search(f, auth("homecare"))) == {municipality["id"]}
         assert ids(await search(f, PATIENT)) == {region["id"], municipality["id"], block["id"]}
@@ -214,3 +218,66 @@ async def test_a_validation_error_does_not_echo_an_unknown_key(facade: Any) -> N
         status, outcome = await post(f, body)
     assert status == 400 and "Extra inputs are not permitted" in outcome["issue"][0]["diagnostics"]
     assert "<img" not in str(outcome) and "onerror" not in str(outcome)
+
+
+# Restrictions FHIR lets a provision carry, which the facade's access rules do not read: a consent
+# stored with one would be enforced as a consent to everything (fail open).
+NARROWING = {
+    "class": [{"system": "http://hl7.org/fhir/resource-types", "code": "Condition"}],
+    "code": [{"coding": [{"system": "http://loinc.org", "code": "11506-3"}]}],
+    "dataPeriod": {"start": "2026-01-01"},
+    "data": [{"meaning": "instance", "reference": {"reference": "Condition/x"}}],
+    "securityLabel": [{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "N"}],
+    "purpose": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "ETREAT"}],
+    "action": [
+        {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentaction", "code": "access"}]}
+    ],
+}
+
+
+@pytest.mark.parametrize("element", sorted(NARROWING))
+async def test_a_consent_narrowed_in_a_way_not_enforced_is_refused_not_widened(
+    facade: Any, element: str
+) -> None:
+    """A consent limited to some data (only diagnoses, only since a date, one purpose…) would be
+    applied as a consent to every record: refused with a 400 naming the element, nothing stored,
+    and the other region's records stay withheld."""
+    body = consent_body(pid(TOLVAN.pnr), recipient=REGION_PROVIDER)
+    body["provision"][element] = NARROWING[element]
+    async with facade(consent=False) as f:
+        status, outcome = await post(f, body)
+        assert status == 400, outcome
+        assert f"provision.{element}" in outcome["issue"][0]["diagnostics"]
+        assert ids(await search(f)) == set()
+        status, bundle = await f.get(f"{BASE}/DocumentReference", params={"patient": pid(TOLVAN.pnr)})
+        assert status == 200
+        sources = {e["resource"]["meta"]["source"] for e in bundle["entry"] if e["search"]["mode"] == "match"}
+        assert not any(s.endswith(("npo", "viva")) for s in sources), sources
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        f"{UNITS['annan-region'][0]} ",
+        f" {UNITS['annan-region'][0]}",
+        f"{UNITS['annan-region'][0]}\n",
+        UNITS["annan-region"][0].lower(),
+        "SE2321000081-kar2",
+        "Kardiologen Öst",
+    ],
+)
+async def test_a_block_naming_no_well_formed_hsa_id_is_refused_not_stored_as_a_block_on_nothing(
+    facade: Any, value: str
+) -> None:
+    """HSA-ids are matched exactly: a block on ``"SE2321000081-KAR2 "`` (or in small letters) would
+    be stored, listed to the patient as in force, and hide nothing. Refused with a 400 instead; a
+    consent naming such a recipient too."""
+    block = consent_body(pid(TOLVAN.pnr), deny=True, custodians=(value,))
+    async with facade() as f:
+        status, outcome = await post(f, block, PATIENT)
+        assert status == 400, outcome
+        assert "HSA-id" in outcome["issue"][0]["diagnostics"] and value.strip() not in str(outcome)
+        listed = (await search(f, PATIENT))["entry"]
+        assert listed and all(e["resource"]["provision"]["type"] == "permit" for e in listed)
+        status, created = await post(f, consent_body(pid(TOLVAN.pnr), recipient=value))
+        assert status == 400, created

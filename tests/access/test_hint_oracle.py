@@ -175,3 +175,19 @@ async def test_reading_a_withheld_id_is_answered_like_reading_a_made_up_one(faca
         # a type with nothing withheld from this asker: the plain 404 of an unknown id
         missing = await f.client.get(f"{BASE}/Immunization/{patient_part}-npo-{'0' * 16}")
         assert missing.status == 404
+
+
+@pytest.mark.parametrize("reason", ["consent-required", "blocked"])
+async def test_everything_narrowed_by_scopes_to_withheld_records_is_not_an_unknown_patient(
+    facade: Any, reason: str
+) -> None:
+    """A token whose scopes leave ``$everything`` only types all of whose records are withheld
+    (here: Condition, without Patient) must not be told "No Patient with that id is known": the
+    patient exists and more can be shown with consent or emergency access. The answer is the same
+    as a search of those types — 200 with the hint (no silent incompleteness)."""
+    async with withheld_from_clinician(facade, reason) as f:
+        narrow = auth("clinician", scopes="user/Condition.rs")
+        searched = await f.get(CONDITIONS, params={"patient": PATIENT}, headers=narrow)
+        status, bundle = await f.get(EVERYTHING, headers=narrow)
+        assert status == 200, bundle
+        assert hint(bundle) == hint(searched[1]) and len(hint(bundle)) == 1

@@ -104,3 +104,24 @@ def test_outer_block_survives_a_general_consent_but_not_one_naming_it_nor_emerge
     naming = consent(recipient=MY_UNIT, custodians=(OTHER,))
     assert verdict([block, naming], record(OTHER, OTHER_UNIT)) is None
     assert verdict([block], record(OTHER, OTHER_UNIT), emergency=True) is None
+
+
+def test_a_record_without_a_known_care_unit_is_not_let_past_an_inner_block() -> None:
+    """An inner block hides one unit's records; a record whose unit came out empty may be that
+    unit's, for all the facade can tell — so while the patient has a block in force it is withheld
+    as blocked (fail closed), unless a consent naming its provider lifts blocks there, or in an
+    emergency. Without any block it is read as before."""
+    block_other_unit = consent(deny=True, custodians=(OTHER_UNIT,))
+    block_sister_unit = consent(deny=True, custodians=(SISTER_UNIT,))
+    opened = consent(recipient=OWN)
+    for unitless in (record(OTHER, None), record(OTHER, "")):
+        assert verdict([opened], unitless) is None  # no block: consent opens it, as ever
+        assert verdict([opened, block_other_unit], record(OTHER, OTHER_UNIT)) is Withheld.BLOCKED
+        assert verdict([opened, block_other_unit], unitless) is Withheld.BLOCKED
+        assert verdict([opened, block_other_unit], unitless, emergency=True) is None
+        lifting = consent(recipient=OWN, custodians=(OTHER,))
+        assert verdict([lifting, block_other_unit], unitless) is None
+    # the asker's own provider: a unit-less record may be the blocked sister unit's
+    assert verdict([], record(OWN, None)) is None
+    assert verdict([block_sister_unit], record(OWN, SISTER_UNIT)) is Withheld.BLOCKED
+    assert verdict([block_sister_unit], record(OWN, None)) is Withheld.BLOCKED
