@@ -26,6 +26,7 @@ import re
 import string
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, NamedTuple
 from urllib.parse import quote, urlencode
@@ -36,7 +37,7 @@ import orjson
 from proxy.fhir.ids import ResourceIds
 from proxy.mapping.paths import Finder, First, PathError, compile_first, compile_path, dotted_keys
 from proxy.mapping.xml import parse_xml
-from proxy.timeutil import format_kind, iso_local_to_fhir, local_to_fhir
+from proxy.timeutil import SWEDEN, format_kind, iso_local_to_fhir, local_to_fhir
 
 Context = Mapping[str, Any]
 Builder = Callable[[Any, Context], Any]
@@ -76,7 +77,12 @@ _TOP_KEYS = frozenset(
     }
 )
 _REQUEST_KEYS = frozenset({"method", "path", "query", "body", "headers", "format", "unknown_patient"})
-_CONDITION_OPS = frozenset({"equals", "not_equals", "in", "not_in", "exists"})
+_CONDITION_OPS = frozenset({"equals", "not_equals", "in", "not_in", "exists", "before_now", "not_before_now"})
+
+
+def now() -> datetime:
+    """The wall clock in Swedish time, for ``before_now`` (module-level: a test may set it)."""
+    return datetime.now(SWEDEN)
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 
 
@@ -335,6 +341,23 @@ class _Compiler:
         if op == "exists":
             want = bool(arg)
             return lambda rec: bool(find(rec)) is want
+        if op in ("before_now", "not_before_now"):
+            # a local time (strptime format) at or before now; not_before_now: missing, unreadable
+            # or later — so a validity end proves an end only when it is readable and has passed
+            if not isinstance(arg, str) or "%" not in arg:
+                raise self.fail(f"{where}.{op}", "expects the value's strptime format, e.g. '%Y%m%d%H%M%S'")
+
+            def passed(rec: Any) -> bool:
+                for v in find(rec):
+                    try:
+                        when = datetime.strptime(str(v).strip(), arg).replace(tzinfo=SWEDEN)
+                    except ValueError:
+                        continue
+                    if when <= now():
+                        return True
+                return False
+
+            return passed if op == "before_now" else lambda rec: not passed(rec)
         target = scalar_text(arg)
         if op == "equals":
             return lambda rec: any(scalar_text(v) == target for v in find(rec))
