@@ -78,12 +78,12 @@ _TOP_KEYS = frozenset(
 )
 _REQUEST_KEYS = frozenset({"method", "path", "query", "body", "headers", "format", "unknown_patient"})
 _CONDITION_OPS = frozenset({"equals", "not_equals", "in", "not_in", "exists", "before_now", "not_before_now"})
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 
 
 def now() -> datetime:
     """The wall clock in Swedish time, for ``before_now`` (module-level: a test may set it)."""
     return datetime.now(SWEDEN)
-_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 
 
 class MappingError(ValueError):

@@ -316,7 +316,8 @@ def _lennart() -> dict[str, list[dict[str, Any]]]:
                 "alertId": "A-320003",
                 "alertKind": "HYPERSENSITIVITY",
                 "alertCode": "LAKEMEDEL",
-                "alertText": "Illamående och kräkningar av kodein. Avslutad: tål låga doser efter ny bedömning.",
+                "alertText": "Illamående och kräkningar av kodein. Avslutad: tål låga doser efter ny "
+                "bedömning.",
                 "substanceAtc": "R05DA04",
                 "substanceName": "Kodein",
                 "severity": "MODERATE",

@@ -605,10 +605,10 @@ def _lennart() -> dict[str, list[Record]]:
             "KAR-U-309278-5",
             at(240, 9, 15),
             "OVE",
-            "Överkänslighet mot jodkontrastmedel enligt patienten. Uppgift från annan vårdgivare, ej "
-            "bedömd.",
-            hypersensitivity=drug_hypersensitivity("V08AB", "Vattenlösliga, nefrotropa, lågosmolära "
-            "röntgenkontrastmedel", None, None),
+            "Överkänslighet mot jodkontrastmedel enligt patienten. Uppgift från annan vårdgivare, ej bedömd.",
+            hypersensitivity=drug_hypersensitivity(
+                "V08AB", "Vattenlösliga, nefrotropa, lågosmolära röntgenkontrastmedel", None, None
+            ),
         ),
         alert(
             p,

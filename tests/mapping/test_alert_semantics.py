@@ -108,9 +108,8 @@ async def test_every_sources_care_limitation_is_coded_the_same(
         for rec in cm.RAW_DATA[pnr]["alerts"]:
             if rec["alertKind"] == "CARE_LIMITATION":
                 flag = flags[rec["alertId"]]
-                assert {"system": "urn:fhir-facade:cosmic:alert-code", "code": rec["alertCode"]} in flag["code"][
-                    "coding"
-                ]
+                local = {"system": "urn:fhir-facade:cosmic:alert-code", "code": rec["alertCode"]}
+                assert local in flag["code"]["coding"]
                 seen.setdefault(rec["alertCode"], []).append(("cosmic", flag))
     for pnr, per in npo_mapped.items():
         flags = {r.resource["identifier"][0]["value"]: r.resource for r in per["alerts-flag"]}
@@ -119,7 +118,8 @@ async def test_every_sources_care_limitation_is_coded_the_same(
             if body["typeOfAlertInformation"]["code"] == "VBG":
                 flag = flags[rec["alertInformationHeader"]["documentId"]]
                 assert any(c["code"] == "VBG" for c in flag["code"]["coding"])  # the local code stays
-                seen.setdefault(body["restrictionOfCare"]["restrictionOfCareCode"]["code"], []).append(("npo", flag))
+                kind = body["restrictionOfCare"]["restrictionOfCareCode"]["code"]
+                seen.setdefault(kind, []).append(("npo", flag))
     assert {src for flags in seen.values() for src, _ in flags} == {"cosmic", "npo"}
     assert {src for src, _ in seen["EJHLR"]} == {"cosmic", "npo"}  # the same limitation from both sources
     assert set(seen) == {"EJHLR", "VILSAD"}
@@ -198,7 +198,8 @@ async def test_npo_allergies_say_what_npo_says(npo_mapped: nm.Mapped) -> None:
         "KAR-U-309278-4": ("confirmed", "inactive", "mild"),  # morphine, validity ended
         "KAR-U-309278-5": (None, "active", None),  # contrast media: neither certainty nor severity
     }
-    allergies = {r.resource["identifier"][0]["value"]: r.resource for r in npo_mapped[pop.LENNART.pnr]["alerts-allergy"]}
+    lennart = npo_mapped[pop.LENNART.pnr]["alerts-allergy"]
+    allergies = {r.resource["identifier"][0]["value"]: r.resource for r in lennart}
     assert set(allergies) == set(want)
     for doc, (verification, clinical, sev) in want.items():
         a = allergies[doc]
@@ -267,7 +268,11 @@ def _cosmic_allergy(**fields: Any) -> dict[str, Any]:
     }
     rec = {k: v for k, v in rec.items() if v is not None}
     (out,), bad = map_records(
-        cm.BY_NAME["hypersensitivity"], {"items": [rec]}, cm.context(pop.TOLVAN), source_uri=cm.SOURCE_URI, priority=1
+        cm.BY_NAME["hypersensitivity"],
+        {"items": [rec]},
+        cm.context(pop.TOLVAN),
+        source_uri=cm.SOURCE_URI,
+        priority=1,
     )
     assert bad == 0
     validate(out.resource)
@@ -290,6 +295,5 @@ def test_cosmic_refuted_unknown_and_missing_values() -> None:
     a = _cosmic_allergy(severity="MODERATE", reactionText=None)
     (reaction,) = a["reaction"]
     assert reaction["severity"] == "moderate"
-    assert reaction["manifestation"] == [
-        {"extension": [{"url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason", "valueCode": "unknown"}]}
-    ]
+    absent = {"url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason", "valueCode": "unknown"}
+    assert reaction["manifestation"] == [{"extension": [absent]}]

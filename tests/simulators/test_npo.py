@@ -338,7 +338,8 @@ async def test_lennart_heart_failure_story(client: Any) -> None:
     certainty = [body(a, "GetAlertInformation")["hypersensitivity"].get("degreeOfCertainty") for a in hyper]
     assert [c and c["code"] for c in certainty] == ["KON", "MIS", "KON", None]
     assert sum("end" in body(a, "GetAlertInformation")["validityTimePeriod"] for a in hyper) == 1
-    (limitation,) = [a for a in other if body(a, "GetAlertInformation")["typeOfAlertInformation"]["code"] == "VBG"]
+    kinds = [body(a, "GetAlertInformation")["typeOfAlertInformation"]["code"] for a in other]
+    (limitation,) = [a for a, kind in zip(other, kinds, strict=True) if kind == "VBG"]
     restriction = body(limitation, "GetAlertInformation")["restrictionOfCare"]
     assert restriction["restrictionOfCareCode"]["code"] == "EJHLR"
     assert restriction["restrictionOfCareComment"].startswith("Ej HLR")
