@@ -21,7 +21,9 @@ Data: NPÖ holds records produced by *another region* (``OTHER_REGION_*``) and c
 diagnoses the region publishes (``cosmic.shared_with_npo``): a copy keeps Cosmic's record id as
 ``documentId`` and Cosmic's system HSA-id as ``sourceSystemHSAId``, which is how the facade
 recognises it as the same fact. The code-system OIDs of the national value lists used for alert,
-note, care-contact and hypersensitivity types are illustrative.
+note, care-contact and hypersensitivity types are illustrative. A care limitation's
+``restrictionOfCare`` carries, beside the contract's comment, an illustrative coded kind
+(``restrictionOfCareCode``: EJHLR, VILSAD) that the contract does not have.
 """
 
 from __future__ import annotations
