@@ -12,7 +12,8 @@ leaves are:
 
 with modifiers on ``$path``/``$template`` values, applied in this order: ``$map`` (code map),
 ``$date`` (strptime format or ``iso``), ``$as`` (boolean/integer/decimal/string/base64),
-``$default``; and ``$when`` (a condition) on any spec or element object.
+``$default``; and ``$when`` (a condition) on any spec or element object, with ``$else`` (a constant
+scalar for when it does not hold) on a spec.
 
 Everything is validated here, once, at start-up: a broken mapping raises ``MappingError`` naming
 the file and the key. Nothing is parsed per request.
@@ -60,7 +61,7 @@ SUPPORTED_TYPES = frozenset(
 
 _SPEC_KEYS = frozenset(
     {"$path", "$const", "$template", "$each", "$build", "$ref", "$map", "$date", "$as", "$default", "$when"}
-)
+) | {"$else"}
 _TOP_KEYS = frozenset(
     {
         "resource",
@@ -427,7 +428,12 @@ class _Compiler:
         if "$as" in spec:
             steps.append(self.cast(spec["$as"], f"{where}.$as"))
         when = self.condition(spec["$when"], f"{where}.$when") if "$when" in spec else None
-        return _Parts(keys, template, base, tuple(steps), spec.get("$default"), when)
+        otherwise = spec.get("$else")
+        if "$else" in spec and (when is None or isinstance(otherwise, (dict, list)) or otherwise is None):
+            raise self.fail(
+                f"{where}.$else", "a constant scalar, beside a $when: the value when it does not hold"
+            )
+        return _Parts(keys, template, base, tuple(steps), spec.get("$default"), when, otherwise)
 
     def reference(self, spec: Any, where: str) -> Builder:
         if not isinstance(spec, dict) or set(spec) != {"mapping", "id"}:
@@ -543,7 +549,8 @@ class _Parts:
     base: Builder | None  # any other source
     steps: tuple[Callable[[Any], Any], ...]  # $map, $date, $as: applied while there is a value
     default: Any  # $default (None: none)
-    when: Predicate | None  # $when: else no value (and no default)
+    when: Predicate | None  # $when: else no value (and no default) ...
+    otherwise: Any = None  # ... or $else, a constant scalar
 
 
 @dataclass(frozen=True, slots=True)
@@ -641,7 +648,7 @@ class _TreeSource:
             self._put(at + 1, f"{var} = {self._bind(parts.default)}")
         if parts.when is not None:
             self._put(depth, "else:")
-            self._put(depth + 1, f"{var} = None")
+            self._put(depth + 1, f"{var} = {self._bind(parts.otherwise)}")
 
     def read(self, keys: tuple[str, ...], var: str, depth: int) -> None:
         """A dotted path's first value, as ``paths.compile_first`` reads it."""

@@ -297,3 +297,24 @@ def test_cosmic_refuted_unknown_and_missing_values() -> None:
     assert reaction["severity"] == "moderate"
     absent = {"url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason", "valueCode": "unknown"}
     assert reaction["manifestation"] == [{"extension": [absent]}]
+
+
+def test_npo_care_limitation_whose_validity_ended_is_not_active(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An Ej HLR that has expired must never read as an active limitation (Cosmic says so by state)."""
+    end = datetime(2026, 6, 1, 12, 0)
+    rec = npo.alert(
+        pop.LENNART.pnr, "X-3", datetime(2026, 1, 4, 10, 0), "VBG", "Ej HLR.", restriction="EJHLR", end=end
+    )
+    body = {"Envelope": {"Body": {"GetAlertInformationResponse": {"alertInformation": npo._drop_none(rec)}}}}
+
+    def status_at(moment: datetime) -> str:
+        monkeypatch.setattr(compiler, "now", lambda: moment.replace(tzinfo=SWEDEN))
+        (out,), _ = map_records(
+            nm.BY_NAME["alerts-flag"], body, nm.context(pop.LENNART), source_uri=nm.SOURCE_URI, priority=2
+        )
+        validate(out.resource)
+        assert snomed(out.resource) == [SNOMED_OF["EJHLR"]]
+        return str(out.resource["status"])
+
+    assert status_at(datetime(2026, 5, 31, 12, 0)) == "active"
+    assert status_at(datetime(2026, 6, 1, 12, 0)) == "inactive"

@@ -457,6 +457,18 @@ def test_when() -> None:
     assert build(fields, {"unit": "stuff"}) == {}
 
 
+def test_else_is_the_value_when_the_condition_does_not_hold() -> None:
+    fields = {"status": {"$const": "inactive", "$when": {"path": "ended", "equals": True}, "$else": "active"}}
+    assert build(fields, {"ended": True}) == {"status": "inactive"}
+    assert build(fields, {"ended": False}) == {"status": "active"}
+    assert build(fields, {}) == {"status": "active"}
+    for bad in (
+        {"$const": "x", "$else": "y"},
+        {"$const": "x", "$when": {"path": "a", "exists": True}, "$else": {}},
+    ):
+        assert compile_error(doc({"status": bad})).startswith(f"{FILE}: fields.status.$else: ")
+
+
 def test_when_with_a_list_of_conditions_needs_all() -> None:
     fields = {"v": {"$const": 1, "$when": [{"path": "a", "equals": "x"}, {"path": "b", "exists": True}]}}
     assert build(fields, {"a": "x", "b": 0}) == {"v": 1}
