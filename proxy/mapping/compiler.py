@@ -12,7 +12,8 @@ leaves are:
 
 with modifiers on ``$path``/``$template`` values, applied in this order: ``$map`` (code map),
 ``$date`` (strptime format or ``iso``), ``$as`` (boolean/integer/decimal/string/base64),
-``$default``; and ``$when`` (a condition) on any spec or element object.
+``$default``; and ``$when`` (a condition) on any spec or element object, with ``$else`` (a constant
+scalar for when it does not hold) on a spec.
 
 Everything is validated here, once, at start-up: a broken mapping raises ``MappingError`` naming
 the file and the key. Nothing is parsed per request.
@@ -26,6 +27,7 @@ import re
 import string
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, NamedTuple
 from urllib.parse import quote, urlencode
@@ -36,7 +38,7 @@ import orjson
 from proxy.fhir.ids import ResourceIds
 from proxy.mapping.paths import Finder, First, PathError, compile_first, compile_path, dotted_keys
 from proxy.mapping.xml import parse_xml
-from proxy.timeutil import format_kind, iso_local_to_fhir, local_to_fhir
+from proxy.timeutil import SWEDEN, format_kind, iso_local_to_fhir, local_to_fhir
 
 Context = Mapping[str, Any]
 Builder = Callable[[Any, Context], Any]
@@ -60,7 +62,7 @@ SUPPORTED_TYPES = frozenset(
 
 _SPEC_KEYS = frozenset(
     {"$path", "$const", "$template", "$each", "$build", "$ref", "$map", "$date", "$as", "$default", "$when"}
-)
+) | {"$else"}
 _TOP_KEYS = frozenset(
     {
         "resource",
@@ -77,8 +79,13 @@ _TOP_KEYS = frozenset(
     }
 )
 _REQUEST_KEYS = frozenset({"method", "path", "query", "body", "headers", "format", "unknown_patient"})
-_CONDITION_OPS = frozenset({"equals", "not_equals", "in", "not_in", "exists"})
+_CONDITION_OPS = frozenset({"equals", "not_equals", "in", "not_in", "exists", "before_now", "not_before_now"})
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+
+
+def now() -> datetime:
+    """The wall clock in Swedish time, for ``before_now`` (module-level: a test may set it)."""
+    return datetime.now(SWEDEN)
 
 
 class MappingError(ValueError):
@@ -336,6 +343,23 @@ class _Compiler:
         if op == "exists":
             want = bool(arg)
             return lambda rec: bool(find(rec)) is want
+        if op in ("before_now", "not_before_now"):
+            # a local time (strptime format) at or before now; not_before_now: missing, unreadable
+            # or later — so a validity end proves an end only when it is readable and has passed
+            if not isinstance(arg, str) or "%" not in arg:
+                raise self.fail(f"{where}.{op}", "expects the value's strptime format, e.g. '%Y%m%d%H%M%S'")
+
+            def passed(rec: Any) -> bool:
+                for v in find(rec):
+                    try:
+                        when = datetime.strptime(str(v).strip(), arg).replace(tzinfo=SWEDEN)
+                    except ValueError:
+                        continue
+                    if when <= now():
+                        return True
+                return False
+
+            return passed if op == "before_now" else lambda rec: not passed(rec)
         target = scalar_text(arg)
         if op == "equals":
             return lambda rec: any(scalar_text(v) == target for v in find(rec))
@@ -405,7 +429,12 @@ class _Compiler:
         if "$as" in spec:
             steps.append(self.cast(spec["$as"], f"{where}.$as"))
         when = self.condition(spec["$when"], f"{where}.$when") if "$when" in spec else None
-        return _Parts(keys, template, base, tuple(steps), spec.get("$default"), when)
+        otherwise = spec.get("$else")
+        if "$else" in spec and (when is None or isinstance(otherwise, (dict, list)) or otherwise is None):
+            raise self.fail(
+                f"{where}.$else", "a constant scalar, beside a $when: the value when it does not hold"
+            )
+        return _Parts(keys, template, base, tuple(steps), spec.get("$default"), when, otherwise)
 
     def reference(self, spec: Any, where: str) -> Builder:
         if not isinstance(spec, dict) or set(spec) != {"mapping", "id"}:
@@ -521,7 +550,8 @@ class _Parts:
     base: Builder | None  # any other source
     steps: tuple[Callable[[Any], Any], ...]  # $map, $date, $as: applied while there is a value
     default: Any  # $default (None: none)
-    when: Predicate | None  # $when: else no value (and no default)
+    when: Predicate | None  # $when: else no value (and no default) ...
+    otherwise: Any = None  # ... or $else, a constant scalar
 
 
 @dataclass(frozen=True, slots=True)
@@ -619,7 +649,7 @@ class _TreeSource:
             self._put(at + 1, f"{var} = {self._bind(parts.default)}")
         if parts.when is not None:
             self._put(depth, "else:")
-            self._put(depth + 1, f"{var} = None")
+            self._put(depth + 1, f"{var} = {self._bind(parts.otherwise)}")
 
     def read(self, keys: tuple[str, ...], var: str, depth: int) -> None:
         """A dotted path's first value, as ``paths.compile_first`` reads it."""

@@ -10,7 +10,11 @@ Dialect (deliberately unlike FHIR):
   ``{"errorCode": "PATIENT_NOT_FOUND"}``;
 * timestamps ``yyyy-MM-dd HH:mm`` local time, dates ``yyyy-MM-dd``; decimals with a comma;
 * status codes of its own: ``ACT``/``INACT``/``RES`` (diagnoses), ``ACTIVE``/``ENDED`` (medication),
-  ``FINAL``/``PRELIMINARY`` (lab), ``SIGNED``/``UNSIGNED`` (notes).
+  ``FINAL``/``PRELIMINARY`` (lab), ``SIGNED``/``UNSIGNED`` (notes);
+* alerts: ``alertKind`` ``CARE_LIMITATION`` (``alertCode`` ``EJHLR`` no CPR, ``VILSAD`` end-of-life
+  care), ``ALERT`` or ``HYPERSENSITIVITY``; a hypersensitivity carries the reaction's ``severity``
+  ``MILD``/``MODERATE``/``SEVERE`` and its ``certainty`` ``SUSPECTED``/``CONFIRMED``/``REFUTED``
+  (either may be missing: not recorded).
 """
 
 from __future__ import annotations
@@ -129,7 +133,8 @@ def _tolvan() -> dict[str, list[dict[str, Any]]]:
                 "alertText": "Penicillinallergi. Urtikaria och andningsbesvär efter fenoximetylpenicillin.",
                 "substanceAtc": "J01CE02",
                 "substanceName": "Fenoximetylpenicillin",
-                "severity": "HIGH",
+                "severity": "SEVERE",
+                "certainty": "CONFIRMED",
                 "reactionText": "Urtikaria och andningsbesvär",
                 "validFrom": ts(at(3200, 11, 0)),
                 "validTo": None,
@@ -277,6 +282,54 @@ def _sanna() -> dict[str, list[dict[str, Any]]]:
 
 def _lennart() -> dict[str, list[dict[str, Any]]]:
     return {
+        "alerts": [
+            {
+                "alertId": "A-320001",
+                "alertKind": "CARE_LIMITATION",
+                "alertCode": "VILSAD",
+                "alertText": "Vård i livets slutskede (VILSAD). Brytpunktssamtal med patient och hustru. "
+                "Symtomlindrande vård i hemmet, ingen inläggning för livsförlängande behandling.",
+                "validFrom": ts(at(20, 15, 0)),
+                "validTo": None,
+                "state": "ACTIVE",
+                "changedAt": ts(at(20, 15, 10)),
+                "careUnit": unit("med"),
+            },
+            {
+                "alertId": "A-320002",
+                "alertKind": "HYPERSENSITIVITY",
+                "alertCode": "LAKEMEDEL",
+                "alertText": "Misstänkt överkänslighet mot amoxicillin: utslag under pneumonibehandling, "
+                "oklart om läkemedelsreaktion eller virusexantem. Ej utrett.",
+                "substanceAtc": "J01CA04",
+                "substanceName": "Amoxicillin",
+                "severity": "MILD",
+                "certainty": "SUSPECTED",
+                "reactionText": "Makulopapulösa utslag",
+                "validFrom": ts(at(1400, 10, 0)),
+                "validTo": None,
+                "state": "ACTIVE",
+                "changedAt": ts(at(1400, 10, 5)),
+                "careUnit": unit("vc-norr"),
+            },
+            {
+                "alertId": "A-320003",
+                "alertKind": "HYPERSENSITIVITY",
+                "alertCode": "LAKEMEDEL",
+                "alertText": "Illamående och kräkningar av kodein. Avslutad: tål låga doser efter ny "
+                "bedömning.",
+                "substanceAtc": "R05DA04",
+                "substanceName": "Kodein",
+                "severity": "MODERATE",
+                "certainty": "CONFIRMED",
+                "reactionText": "Illamående och kräkningar",
+                "validFrom": ts(at(2400, 9, 0)),
+                "validTo": ts(at(1100, 9, 0)),
+                "state": "ENDED",
+                "changedAt": ts(at(1100, 9, 5)),
+                "careUnit": unit("vc-norr"),
+            },
+        ],
         "medications": [
             {
                 "medicationId": "M-220001",
@@ -405,7 +458,7 @@ def _generated(person: Person) -> dict[str, list[dict[str, Any]]]:
                 "alertText": "Överkänslighet mot sulfonamider.",
                 "substanceAtc": "J01EC02",
                 "substanceName": "Sulfadiazin",
-                "severity": "LOW",
+                "severity": "MILD",  # no certainty: Cosmic left it unrecorded
                 "reactionText": "Hudutslag",
                 "validFrom": ts(at(2000, 10, 0)),
                 "validTo": None,

@@ -21,7 +21,9 @@ Data: NPÖ holds records produced by *another region* (``OTHER_REGION_*``) and c
 diagnoses the region publishes (``cosmic.shared_with_npo``): a copy keeps Cosmic's record id as
 ``documentId`` and Cosmic's system HSA-id as ``sourceSystemHSAId``, which is how the facade
 recognises it as the same fact. The code-system OIDs of the national value lists used for alert,
-note, care-contact and hypersensitivity types are illustrative.
+note, care-contact and hypersensitivity types are illustrative. A care limitation's
+``restrictionOfCare`` carries, beside the contract's comment, an illustrative coded kind
+(``restrictionOfCareCode``: EJHLR, VILSAD) that the contract does not have.
 """
 
 from __future__ import annotations
@@ -64,6 +66,10 @@ ICF_OID = "1.2.752.116.1.1.3"
 KV_ALERT_TYPE_OID = "1.2.752.129.2.2.2.3"
 KV_HYPERSENSITIVITY_TYPE_OID = "1.2.752.129.2.2.2.4"
 KV_SEVERITY_OID = "1.2.752.129.2.2.2.5"
+KV_CERTAINTY_OID = "1.2.752.129.2.2.3.11"  # KV Visshetsgrad, as the contract names it
+# Not in the contract: its restrictionOfCare carries a free-text comment only. The simulator adds an
+# illustrative coded kind of care limitation so that a producer that codes it can be shown.
+KV_RESTRICTION_OID = "1.2.752.129.2.2.2.7"
 KV_CONTACT_TYPE_OID = "1.2.752.129.2.2.2.6"
 
 _OTHER_UNIT = UNITS["annan-region"]
@@ -239,6 +245,7 @@ def alert(
     comment: str,
     *,
     hypersensitivity: Record | None = None,
+    restriction: str | None = None,
     end: datetime | None = None,
     **kw: Any,
 ) -> Record:
@@ -251,6 +258,12 @@ def alert(
             "validityTimePeriod": {"start": ts(time), "end": ts(end) if end else None},
             "alertInformationComment": comment,
             "hypersensitivity": hypersensitivity,
+            "restrictionOfCare": {
+                "restrictionOfCareComment": comment,
+                "restrictionOfCareCode": _cv(restriction, KV_RESTRICTION_OID, _RESTRICTIONS[restriction]),
+            }
+            if restriction
+            else None,
         },
     }
 
@@ -265,12 +278,19 @@ _ALERT_TYPES = {
 }
 
 
-def drug_hypersensitivity(atc: str, substance: str, severity: str) -> Record:
-    severities = {"ALLV": "Allvarlig", "MAT": "Måttlig", "LIN": "Lindrig"}
+_RESTRICTIONS = {"EJHLR": "Ej hjärt-lungräddning", "VILSAD": "Vård i livets slutskede"}
+_SEVERITIES = {"ALLV": "Allvarlig", "MAT": "Måttlig", "LIN": "Lindrig"}
+_CERTAINTIES = {"KON": "Konstaterad", "MIS": "Misstänkt"}
+
+
+def drug_hypersensitivity(
+    atc: str, substance: str, severity: str | None, certainty: str | None = "KON"
+) -> Record:
+    """A drug hypersensitivity; ``None`` leaves severity or certainty out (both are 0..1)."""
     return {
         "typeOfHypersensitivity": _cv("LAK", KV_HYPERSENSITIVITY_TYPE_OID, "Läkemedelsöverkänslighet"),
-        "degreeOfSeverity": _cv(severity, KV_SEVERITY_OID, severities[severity]),
-        "degreeOfCertainty": "Bekräftad",
+        "degreeOfSeverity": _cv(severity, KV_SEVERITY_OID, _SEVERITIES[severity]) if severity else None,
+        "degreeOfCertainty": _cv(certainty, KV_CERTAINTY_OID, _CERTAINTIES[certainty]) if certainty else None,
         "pharmaceuticalHypersensitivity": {"atcSubstance": _cv(atc, ATC_OID, substance)},
     }
 
@@ -563,6 +583,43 @@ def _lennart() -> dict[str, list[Record]]:
             "OVE",
             "Angioödem i ansikte och tunga under behandling med enalapril. Undvik ACE-hämmare.",
             hypersensitivity=drug_hypersensitivity("C09AA", "ACE-hämmare, omodifierade", "ALLV"),
+        ),
+        alert(
+            p,
+            "KAR-U-309278-3",
+            at(380, 14, 30),
+            "OVE",
+            "Misstänkt överkänslighet mot acetylsalicylsyra: andnöd och väsande andning efter tablett, "
+            "ej utrett.",
+            hypersensitivity=drug_hypersensitivity("B01AC06", "Acetylsalicylsyra", "MAT", "MIS"),
+        ),
+        alert(
+            p,
+            "KAR-U-309278-4",
+            at(1900, 10, 0),
+            "OVE",
+            "Klåda efter morfin postoperativt. Inaktuell: tål morfin enligt senare bedömning.",
+            hypersensitivity=drug_hypersensitivity("N02AA01", "Morfin", "LIN"),
+            end=at(700, 12, 0),
+        ),
+        alert(
+            p,
+            "KAR-U-309278-5",
+            at(240, 9, 15),
+            "OVE",
+            "Överkänslighet mot jodkontrastmedel enligt patienten. Uppgift från annan vårdgivare, ej bedömd.",
+            hypersensitivity=drug_hypersensitivity(
+                "V08AB", "Vattenlösliga, nefrotropa, lågosmolära röntgenkontrastmedel", None, None
+            ),
+        ),
+        alert(
+            p,
+            "KAR-U-309278-6",
+            at(200, 16, 0),
+            "VBG",
+            "Ej HLR. Beslut av kardiolog efter samtal med patient och hustru vid hjärtsviktsmottagningen. "
+            "Ställningstagande till avstängning av defibrillatorfunktionen vid nästa kontroll.",
+            restriction="EJHLR",
         ),
         alert(
             p,

@@ -11,7 +11,9 @@ Named demo patients (their stories are in the README):
   and functional status in Viva, a note not approved for the patient in NPÖ.
 * ``193803142383`` Greta Gustafsson — known only to the municipality (Viva).
 * ``197505154844`` Sanna Skyddad — protected identity (skyddad identitet) in Cosmic.
-* ``194911309278`` Lennart Larsson — Cosmic plus plenty of NPÖ data from another region.
+* ``194911309278`` Lennart Larsson — Cosmic plus plenty of NPÖ data from another region; care
+  limitations from both (Ej HLR in NPÖ, VILSAD in Cosmic) and allergies in every state (suspected,
+  confirmed, ended, certainty not recorded).
 * ``190101019800`` — unknown to every system.
 """
 
@@ -114,7 +116,8 @@ LENNART = Person(
     gender="male",
     address=("Kungsgatan 7", "11143", "Stockholm"),
     story="Heart failure followed in another region: most of his record reaches the facade through "
-    "NPÖ; many lab results (paging).",
+    "NPÖ; many lab results (paging); Ej HLR (NPÖ) and end-of-life care (Cosmic); suspected, confirmed and "
+    "ended allergies in both.",
 )
 UNKNOWN_PNR = "190101019800"
 

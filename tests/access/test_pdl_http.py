@@ -171,7 +171,7 @@ async def test_reading_another_providers_record_is_refused_with_the_hint_unless_
         }
         made_up = by_category["safety"][:-16] + "0" * 16
         answers = []
-        for path in (by_category["safety"], made_up, by_category["clinical"]):
+        for path in (by_category["safety"], made_up, by_category["advance-directive"]):
             resp = await f.client.get(f"{BASE}{path}", headers=auth("homecare"))
             answers.append((resp.status, await resp.read()))
         assert answers[0] == answers[1] == answers[2]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import string
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote
@@ -19,6 +20,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from proxy.mapping import compiler as compiler_module
 from proxy.mapping.compiler import (
     CompiledMapping,
     MappingError,
@@ -30,6 +32,7 @@ from proxy.mapping.compiler import (
 from proxy.mapping.engine import map_records
 from proxy.mapping.paths import PathError, compile_first, compile_path, is_simple
 from proxy.mapping.registry import REQUEST_CONTEXT, load_backend_mappings
+from proxy.timeutil import SWEDEN
 from tests.conftest import RESOURCE_IDS
 
 CONTEXT_NAMES = REQUEST_CONTEXT | {"system_hsa_id"}
@@ -454,6 +457,18 @@ def test_when() -> None:
     assert build(fields, {"unit": "stuff"}) == {}
 
 
+def test_else_is_the_value_when_the_condition_does_not_hold() -> None:
+    fields = {"status": {"$const": "inactive", "$when": {"path": "ended", "equals": True}, "$else": "active"}}
+    assert build(fields, {"ended": True}) == {"status": "inactive"}
+    assert build(fields, {"ended": False}) == {"status": "active"}
+    assert build(fields, {}) == {"status": "active"}
+    for bad in (
+        {"$const": "x", "$else": "y"},
+        {"$const": "x", "$when": {"path": "a", "exists": True}, "$else": {}},
+    ):
+        assert compile_error(doc({"status": bad})).startswith(f"{FILE}: fields.status.$else: ")
+
+
 def test_when_with_a_list_of_conditions_needs_all() -> None:
     fields = {"v": {"$const": 1, "$when": [{"path": "a", "equals": "x"}, {"path": "b", "exists": True}]}}
     assert build(fields, {"a": "x", "b": 0}) == {"v": 1}
@@ -505,11 +520,29 @@ def test_where_operators(where: Any, expected: list[str]) -> None:
         ({"path": "kind", "in": "A"}, "where.in"),
         ({"path": "items[?(", "equals": "A"}, "where.path"),
         ([{"path": "a", "equals": 1}, {"path": "b"}], "where[1]"),
+        ({"path": "end", "before_now": True}, "where.before_now"),
+        ({"path": "end", "not_before_now": "YYYYMMDD"}, "where.not_before_now"),
     ],
 )
 def test_bad_where_names_the_key(where: Any, key: str) -> None:
     msg = compile_error(doc(where=where))
     assert msg.startswith(f"{FILE}: {key}: ")
+
+
+def test_before_now_compares_a_local_time_with_the_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An end proves itself only when readable and passed; missing, unreadable or later: not."""
+    summer = datetime(2026, 3, 29, 3, 0, tzinfo=SWEDEN)  # the first hour of summer time
+    monkeypatch.setattr(compiler_module, "now", lambda: summer)
+    fields = {
+        "ended": {"$const": True, "$when": {"path": "end", "before_now": "%Y%m%d%H%M"}},
+        "open": {"$const": True, "$when": {"path": "end", "not_before_now": "%Y%m%d%H%M"}},
+    }
+    assert build(fields, {"end": "202603290300"}) == {"ended": True}  # at the very moment: ended
+    assert build(fields, {"end": "202603290159"}) == {"ended": True}
+    assert build(fields, {"end": "202603290301"}) == {"open": True}
+    assert build(fields, {"end": "29/03/2026"}) == {"open": True}  # unreadable: no proof of an end
+    assert build(fields, {}) == {"open": True}
+    assert build(fields, {"end": ["junk", "202001010000"]}) == {"ended": True}  # any readable, passed
 
 
 def test_records_that_are_not_objects_or_lack_an_id_are_skipped() -> None:

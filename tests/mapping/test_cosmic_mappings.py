@@ -230,9 +230,12 @@ async def test_tolvan_threat_flag(tolvan: Mapped) -> None:
 async def test_ej_hlr_care_limitation_flag(tolvan: Mapped) -> None:
     (r,) = tolvan["alerts"]  # the hypersensitivity alert is not a Flag
     flag = r.resource
-    assert flag["code"]["coding"] == [{"system": "urn:fhir-facade:cosmic:alert-code", "code": "EJHLR"}]
+    assert flag["code"]["coding"] == [
+        {"system": "urn:fhir-facade:cosmic:alert-code", "code": "EJHLR"},
+        {"system": "http://snomed.info/sct", "code": "304253006", "display": "Not for resuscitation"},
+    ]
     assert flag["code"]["text"].startswith("Ej HLR")
-    assert flag["category"][0]["coding"][0]["code"] == "clinical"
+    assert flag["category"][0]["coding"][0]["code"] == "advance-directive"
     assert flag["status"] == "active"
     assert INSTANT.match(flag["period"]["start"]) and "end" not in flag["period"]
     assert INSTANT.match(flag["meta"]["lastUpdated"])
@@ -248,7 +251,8 @@ async def test_penicillin_allergy(tolvan: Mapped) -> None:
         "code": "J01CE02",
         "display": "Fenoximetylpenicillin",
     }
-    assert allergy["criticality"] == "high"
+    assert "criticality" not in allergy  # Cosmic records the reaction's severity, not a criticality
+    assert allergy["reaction"][0]["severity"] == "severe"
     assert allergy["category"] == ["medication"]
     assert allergy["clinicalStatus"]["coding"][0]["code"] == "active"
     assert allergy["verificationStatus"]["coding"][0]["code"] == "confirmed"
@@ -256,12 +260,13 @@ async def test_penicillin_allergy(tolvan: Mapped) -> None:
     assert allergy["patient"]["reference"] == f"Patient/{patient_id(pop.TOLVAN)}"
 
 
-async def test_low_severity_allergy_maps_to_low(client: Any) -> None:
+async def test_mild_allergy_is_a_mild_reaction(client: Any) -> None:
     candidates = [p for p in GENERATED if RAW_DATA[p.pnr]["alerts"]]
     if not candidates:  # pragma: no cover - depends on the seed
         pytest.skip("no generated patient with a hypersensitivity alert")
     mapped = await fetch_and_map(client, candidates[0])
-    assert [r.resource["criticality"] for r in mapped["hypersensitivity"]] == ["low"]
+    assert [r.resource["reaction"][0]["severity"] for r in mapped["hypersensitivity"]] == ["mild"]
+    assert all("criticality" not in r.resource for r in mapped["hypersensitivity"])
     assert mapped["alerts"] == []
 
 

@@ -309,16 +309,21 @@ def test_hypertension_copy_has_the_cosmic_origin(mapped: Mapped) -> None:
 
 def test_flag_vs_allergy_split(mapped: Mapped) -> None:
     lennart = mapped[pop.LENNART.pnr]
-    (allergy,) = lennart["alerts-allergy"]
+    allergy = lennart["alerts-allergy"][0]
+    assert len(lennart["alerts-allergy"]) == 4
     a = allergy.resource
     assert a["code"]["coding"][0] == {
         "system": "http://www.whocc.no/atc",
         "code": "C09AA",
         "display": "ACE-hämmare, omodifierade",
     }
-    assert a["category"] == ["medication"] and a["criticality"] == "high"
+    assert a["category"] == ["medication"] and a["reaction"][0]["severity"] == "severe"
+    assert "criticality" not in a  # "Allvarlig" is the reaction's severity, not a criticality
     assert a["patient"] == {"reference": f"Patient/pat{pop.LENNART.pnr}"}
-    (flag,) = lennart["alerts-flag"]
+    by_type = {mr.resource["code"]["coding"][0]["code"]: mr for mr in lennart["alerts-flag"]}
+    assert set(by_type) == {"BEH", "VBG"}
+    flag, limitation = by_type["BEH"], by_type["VBG"]
+    assert limitation.resource["category"][0]["coding"][0]["code"] == "advance-directive"
     f = flag.resource
     assert f["status"] == "active"
     assert f["code"]["coding"][0]["code"] == "BEH"

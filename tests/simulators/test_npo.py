@@ -331,9 +331,18 @@ async def test_lennart_heart_failure_story(client: Any) -> None:
     alerts = records(doc, "GetAlertInformation")
     hyper = [a for a in alerts if "hypersensitivity" in body(a, "GetAlertInformation")]
     other = [a for a in alerts if "hypersensitivity" not in body(a, "GetAlertInformation")]
-    assert len(hyper) == 1 and len(other) >= 1
+    assert len(hyper) == 4 and len(other) >= 2
     substance = body(hyper[0], "GetAlertInformation")["hypersensitivity"]["pharmaceuticalHypersensitivity"]
     assert substance["atcSubstance"]["code"].startswith("C09A")  # ACE inhibitors
+    # suspected, confirmed, ended and not assessed: each case the mappings must tell apart
+    certainty = [body(a, "GetAlertInformation")["hypersensitivity"].get("degreeOfCertainty") for a in hyper]
+    assert [c and c["code"] for c in certainty] == ["KON", "MIS", "KON", None]
+    assert sum("end" in body(a, "GetAlertInformation")["validityTimePeriod"] for a in hyper) == 1
+    kinds = [body(a, "GetAlertInformation")["typeOfAlertInformation"]["code"] for a in other]
+    (limitation,) = [a for a, kind in zip(other, kinds, strict=True) if kind == "VBG"]
+    restriction = body(limitation, "GetAlertInformation")["restrictionOfCare"]
+    assert restriction["restrictionOfCareCode"]["code"] == "EJHLR"
+    assert restriction["restrictionOfCareComment"].startswith("Ej HLR")
 
 
 def test_sanna_greta_unknown_and_generated_people() -> None:
