@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import math
 import re
+import sys
 import string
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -813,6 +814,9 @@ def _to_decimal(v: Any) -> int | float | None:
     return _decimal(text)
 
 
+_MAX_EXPONENT = sys.float_info.max_10_exp  # 308: a larger decimal exponent is no finite float
+
+
 def _decimal(text: str) -> int | float | None:
     try:
         d = Decimal(text.replace(",", "."))  # Swedish decimal comma
@@ -820,6 +824,8 @@ def _decimal(text: str) -> int | float | None:
         return None
     if not d.is_finite():
         return None
+    if d and d.adjusted() > _MAX_EXPONENT:  # past every float (and 64-bit integer): JSON cannot
+        return None  # carry it; and turning 1E100000 into an int would hold the loop for 0.3 s
     whole = d == d.to_integral_value() and "." not in text and "," not in text
     return _representable(int(d) if whole else float(d))
 
