@@ -24,8 +24,8 @@ from __future__ import annotations
 import base64
 import math
 import re
-import sys
 import string
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
