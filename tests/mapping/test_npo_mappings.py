@@ -396,6 +396,10 @@ def test_lennart_medication_encounters_and_functional_status(mapped: Mapped) -> 
     assert padl["category"][1]["text"] == "PADL-bedömning"
     assert "dusch" in padl["valueString"]
     assert "rollator" in functional["d450"]["valueString"]
+    # ICF (the contract's OID 1.2.752.116.1.1.3) as the URI receivers know, as Viva's is written
+    assert {c["system"] for r in functional.values() for c in r["code"]["coding"]} == {
+        "http://hl7.org/fhir/sid/icf"
+    }
 
 
 def test_sanna_gets_her_one_record(mapped: Mapped) -> None:
