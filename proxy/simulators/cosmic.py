@@ -86,6 +86,7 @@ def _tolvan() -> dict[str, list[dict[str, Any]]]:
                 "state": "RES",
                 "diagnosisType": "MAIN",
                 "diagnosedAt": ts(at(1360, 23, 5)),
+                "resolvedAt": ts(at(1300, 8, 0)),  # healed: the cast came off after eight weeks
                 "changedAt": ts(at(1300, 8, 0)),
                 "careUnit": unit("akuten"),
             },

@@ -405,3 +405,41 @@ async def test_mapping_is_deterministic(client: Any) -> None:
     assert {k: [r.resource for r in v] for k, v in first.items()} == {
         k: [r.resource for r in v] for k, v in second.items()
     }
+
+
+async def test_diagnoses_on_the_problem_list_with_an_end_only_when_ended(tolvan: Mapped) -> None:
+    conditions = {r.resource["code"]["coding"][0]["code"]: r.resource for r in tolvan["diagnoses"]}
+    for c in conditions.values():
+        validate(c)
+        assert c["category"] == [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/condition-category",
+                        "code": "problem-list-item",
+                    }
+                ]
+            }
+        ]
+    fracture = conditions["S52.5"]  # RES, with the date Cosmic gives for its end
+    assert fracture["clinicalStatus"]["coding"][0]["code"] == "resolved"
+    raw = next(d for d in RAW_DATA[pop.TOLVAN.pnr]["diagnoses"] if d["diagnosisId"] == "D-100003")
+    end = datetime.strptime(raw["resolvedAt"], "%Y-%m-%d %H:%M")
+    assert fracture["abatementDateTime"].startswith(end.strftime("%Y-%m-%dT%H:%M:00"))
+    assert INSTANT.match(fracture["abatementDateTime"])
+    assert "abatementDateTime" not in conditions["I10"]
+    # an end date beside a status that does not say it ended is not shown as an abatement (R4 con-4)
+    record = {**raw, "diagnosisId": "D-X", "state": "ACT"}
+    out, _ = map_records(
+        BY_NAME["diagnoses"], {"items": [record]}, context(pop.TOLVAN), source_uri=SOURCE_URI, priority=1
+    )
+    (still,) = out
+    assert still.resource["clinicalStatus"]["coding"][0]["code"] == "active"
+    assert "abatementDateTime" not in still.resource
+    record = {**raw, "diagnosisId": "D-Y", "state": "INACT"}
+    out, _ = map_records(
+        BY_NAME["diagnoses"], {"items": [record]}, context(pop.TOLVAN), source_uri=SOURCE_URI, priority=1
+    )
+    (inactive,) = out
+    assert inactive.resource["abatementDateTime"] == fracture["abatementDateTime"]
+    validate(inactive.resource)

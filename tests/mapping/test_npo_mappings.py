@@ -15,6 +15,7 @@ import base64
 import json
 import re
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -396,6 +397,10 @@ def test_lennart_medication_encounters_and_functional_status(mapped: Mapped) -> 
     assert padl["category"][1]["text"] == "PADL-bedömning"
     assert "dusch" in padl["valueString"]
     assert "rollator" in functional["d450"]["valueString"]
+    # ICF (the contract's OID 1.2.752.116.1.1.3) as the URI receivers know, as Viva's is written
+    assert {c["system"] for r in functional.values() for c in r["code"]["coding"]} == {
+        "http://hl7.org/fhir/sid/icf"
+    }
 
 
 def test_sanna_gets_her_one_record(mapped: Mapped) -> None:
@@ -421,3 +426,22 @@ def test_parse_xml_strips_prefixes_and_namespace_declarations() -> None:
 def test_parse_xml_rejects_malformed_xml(data: bytes) -> None:
     with pytest.raises(ValueError):
         parse_xml(data)
+
+
+def test_diagnosis_is_on_the_problem_list_unless_it_names_its_care_contact() -> None:
+    (mapping,) = [m for m in MAPPINGS if m.name.endswith("/diagnoses")]
+    t = datetime(2024, 3, 1, 10, 0)
+    plain = npo.diagnosis(pop.LENNART.pnr, "D-1", t, "I50.9", "Hjärtsvikt", main=True, chronic=True)
+    at_contact = npo.diagnosis(pop.LENNART.pnr, "D-2", t, "J18.9", "Pneumoni", main=True, chronic=False)
+    at_contact["diagnosisHeader"]["careContactId"] = "KK-1"
+    body = {"Envelope": {"Body": {"GetDiagnosisResponse": {"diagnosis": [plain, at_contact]}}}}
+    out, skipped = map_records(mapping, body, context(pop.LENNART), source_uri=SOURCE_URI, priority=2)
+    assert skipped == 0
+    category = {
+        document_id(mr.resource)[1]: [c["code"] for cat in mr.resource["category"] for c in cat["coding"]]
+        for mr in out
+    }
+    assert category == {"D-1": ["problem-list-item"], "D-2": ["encounter-diagnosis"]}
+    for mr in out:
+        get_fhir_model_class("Condition").model_validate(mr.resource)
+        assert "abatementDateTime" not in mr.resource  # NPÖ's contract gives no end date

@@ -403,7 +403,7 @@ async def test_functional_status_is_an_icf_survey_observation(client: Any) -> No
         assert r["category"][0]["coding"][0]["code"] == "survey"
         (code,) = r["code"]["coding"]
         assert (code["system"], code["code"], code["display"]) == (
-            "http://www.who.int/classifications/icf",
+            "http://hl7.org/fhir/sid/icf",
             rec["omrade"],
             rec["omradesText"],
         )

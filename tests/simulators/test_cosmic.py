@@ -24,6 +24,7 @@ TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}$")
 DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 TIMESTAMP_FIELDS = (
     "diagnosedAt",
+    "resolvedAt",
     "changedAt",
     "validFrom",
     "validTo",
