@@ -270,3 +270,39 @@ async def test_sanna_protected_identity_every_audience_and_endpoint(facade: Any)
                 )
                 assert pat["name"] == masked, (audience, where)
                 assert any(i["value"] == SANNA.pnr for i in pat["identifier"])
+
+
+def test_a_label_from_the_lower_priority_source_protects_every_sources_identity(settings: Any) -> None:
+    """Viva says skyddad identitet, Cosmic does not (yet): Cosmic's name and address go too."""
+    viva, cosmic = cosmic_and_viva()
+    viva = viva._replace(resource={**viva.resource, "meta": {**viva.resource["meta"], "security": [R]}})
+    merged = merge([viva, cosmic])
+    policy = compile_policy(settings.policy)
+    for audience in CARE_AUDIENCES:
+        [shown] = redact(merged, policy, audience)
+        validate(shown)
+        assert not {"telecom", "address"} & shown.keys()
+        assert "Tolvansson" not in json.dumps(shown) and "Tolvgatan" not in json.dumps(shown)
+
+
+def test_a_disagreement_about_a_withheld_element_is_withheld_too(settings: Any) -> None:
+    """A deployment that also withholds birthDate of a protected patient: another source's differing
+    birthDate, which the merge shows as a disagreement, goes with it."""
+    viva, cosmic = cosmic_and_viva()
+    cosmic = cosmic._replace(
+        resource={**cosmic.resource, "meta": {**cosmic.resource["meta"], "security": [R]}}
+    )
+    viva = viva._replace(resource={**viva.resource, "birthDate": "1912-12-13", "gender": "unknown"})
+    merged = merge([viva, cosmic])
+    section = {
+        **settings.policy,
+        "protected_identity": {**settings.policy["protected_identity"], "elements": [*IDENTITY, "birthDate"]},
+    }
+    policy = compile_policy(section)
+    [shown] = redact(merged, policy, "homecare")
+    validate(shown)
+    text = json.dumps(shown)
+    assert "birthDate" not in text and "1912-12-1" not in text
+    # a disagreement about an element that is shown stays
+    [noted] = [e for e in shown["extension"] if e["url"] == DISAGREEMENT_EXTENSION]
+    assert {s["url"]: s for s in noted["extension"]}["element"]["valueString"] == "gender"
