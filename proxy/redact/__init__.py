@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from proxy.merge import DISAGREEMENT_EXTENSION
 from proxy.settings import ConfigError
 from proxy.types import AUDIENCES, FhirDict, MappedResource
 
@@ -152,8 +153,40 @@ def _scrub(mapped: MappedResource, policy: Policy, audience: str, allowed: set[s
         and audience not in policy.identity_disclosed_to
         and policy.identity_label in set(_labels(r))
     ):
-        r = {k: v for k, v in r.items() if k not in policy.identity_elements}
+        r = _withhold_identity(r, policy.identity_elements)
     return r
+
+
+DATA_ABSENT_REASON = "http://hl7.org/fhir/StructureDefinition/data-absent-reason"
+# What stands for a withheld name: one HumanName holding nothing but the reason (R4: name is a list of
+# HumanName, and an element with an extension is not empty).
+
+
+def _withhold_identity(r: FhirDict, elements: tuple[str, ...]) -> FhirDict:
+    """A protected Patient without its identity elements (every source's, as merged) and without a
+    merge disagreement about one of them; the name, when withheld, says ``masked`` — whether or not
+    a source had one, so its absence tells nothing."""
+    out = {k: v for k, v in r.items() if k not in elements and k.removeprefix("_") not in elements}
+    if "extension" in out:
+        ext = [e for e in out["extension"] if not _about(e, elements)]
+        if ext:
+            out["extension"] = ext
+        else:
+            del out["extension"]
+    if "name" in elements:
+        out["name"] = [{"extension": [{"url": DATA_ABSENT_REASON, "valueCode": "masked"}]}]
+    return out
+
+
+def _about(extension: Any, elements: tuple[str, ...]) -> bool:
+    """Whether a merge disagreement (proxy.merge) names one of ``elements`` (or cannot be read)."""
+    if not isinstance(extension, dict) or extension.get("url") != DISAGREEMENT_EXTENSION:
+        return False
+    for sub in extension.get("extension", []):
+        if isinstance(sub, dict) and sub.get("url") == "element":
+            key = str(sub.get("valueString", ""))
+            return any(key == e or key.removeprefix("_").startswith(e) for e in elements)
+    return True  # no element named: withhold (fail closed)
 
 
 _GONE = object()

@@ -223,7 +223,9 @@ async def test_protected_identity_reaches_only_the_patient(facade: Any) -> None:
             seen[audience] = await resp.json(content_type=None)
     for audience in ("ambulance", "clinician", "homecare"):
         patient = seen[audience]
-        assert "name" not in patient and "address" not in patient and "telecom" not in patient
+        assert "address" not in patient and "telecom" not in patient
+        masked = {"url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason", "valueCode": "masked"}
+        assert patient["name"] == [{"extension": [masked]}]  # withheld, and says so
         assert patient["identifier"][0]["value"] == SANNA.pnr  # still identifiable in care
         assert any(s["code"] == "R" for s in patient["meta"]["security"])
     assert seen["patient"]["name"][0]["family"] == "Skyddad"
