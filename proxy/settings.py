@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from proxy.hsa import is_hsa_id
 from proxy.mapping.compiler import SUPPORTED_TYPES
 from proxy.simulators.faults import Faults
 from proxy.types import AUDIENCES
@@ -425,7 +426,7 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
     threat_register = None
     if tr:
         for hsa_key in ("care_unit", "care_provider"):
-            if not isinstance(tr.get(hsa_key), str) or not tr[hsa_key]:
+            if not is_hsa_id(tr.get(hsa_key)):
                 raise r.fail(f"access.threat_register.{hsa_key}", "expects an HSA-id")
         staff = tr.get("audiences", ["ambulance"])
         if not isinstance(staff, list) or not staff or not all(a in care for a in staff):

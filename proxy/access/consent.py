@@ -41,6 +41,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from proxy.fhir.errors import bad_request
+from proxy.hsa import is_hsa_id
 from proxy.timeutil import fhir_range
 from proxy.types import FhirDict
 
@@ -60,7 +61,6 @@ _UNENFORCED = (
     "data",
     "modifierExtension",
 )
-_HSA_ID = re.compile(r"SE[0-9]{10}-[0-9A-Z]{1,31}")  # as HSA writes them; compared exactly
 _ELEMENT_NAME = re.compile(r"[a-z][A-Za-z0-9]{0,63}")  # how a FHIR element is spelt
 
 
@@ -181,7 +181,7 @@ def validate(body: Any) -> FhirDict:
             raise bad_request(
                 f"Consent.provision.actor[{i}].reference.identifier must be an HSA-id (system {HSA_SYSTEM})"
             )
-        if not _HSA_ID.fullmatch(ident["value"]):  # matched exactly: a near miss would match nothing
+        if not is_hsa_id(ident["value"]):  # matched exactly: a near miss would match nothing
             raise bad_request(
                 f"Consent.provision.actor[{i}].reference.identifier.value is not an HSA-id as written "
                 "(SE, ten digits, a hyphen, capital letters and digits, no spaces)"

@@ -72,6 +72,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from proxy.fhir.ids import PatientIds
+from proxy.hsa import is_hsa_id
 from proxy.pnr import normalise
 from proxy.settings import ConfigError, Settings
 from proxy.types import AUDIENCES, Permission, Principal, Scope
@@ -101,8 +102,6 @@ DEFAULT_ALGORITHMS = ("RS256", "ES256")
 CARE_AUDIENCES = frozenset(a for a in AUDIENCES if a != "patient")
 
 _TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$")
-# HSA-id: country code SE, the organisation number (10 digits), '-', up to 31 letters/digits.
-_HSA_ID = re.compile(r"^SE[0-9]{10}-[0-9A-Za-z]{1,31}$")
 _SCOPE = re.compile(r"^(patient|user|system)/(\*|[A-Z][A-Za-z]{0,63})\.([a-z*]+)$")
 _V2_PERMISSIONS = re.compile(r"^c?r?u?d?s?$")
 
@@ -577,7 +576,7 @@ class Authenticator:
             value = claims.get(name)
             if value is None:
                 raise AuthError(f"a {audience} token needs the claim {name}")
-            if not isinstance(value, str) or not _HSA_ID.match(value):
+            if not is_hsa_id(value):
                 raise AuthError(f"the token's {name} claim is not an HSA-id")
             hsa[attr] = value
         return Principal(

@@ -143,6 +143,11 @@ def test_inside_the_service_only_for_its_own_crews() -> None:
     ("change", "key"),
     [
         ({"access.threat_register.care_unit": ""}, "access.threat_register.care_unit"),
+        ({"access.threat_register.care_unit": "AMB1"}, "access.threat_register.care_unit"),
+        (
+            {"access.threat_register.care_provider": "se2321000016-15cq"},
+            "access.threat_register.care_provider",
+        ),
         ({"access.threat_register.care_provider": 7}, "access.threat_register.care_provider"),
         ({"access.threat_register.audiences": ["patient"]}, "access.threat_register.audiences"),
         ({"access.threat_register.station": "x"}, "access.threat_register"),

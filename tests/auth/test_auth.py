@@ -355,8 +355,19 @@ def test_care_audience_without_hsa_id(auth: Authenticator, audience: str, claim:
     reject(auth, bearer(token), f"a {audience} token needs the claim {claim}")
 
 
-def test_care_audience_with_malformed_hsa_id(auth: Authenticator) -> None:
-    token = make_token("clinician", care_unit="MED3-not-an-hsa-id")
+@pytest.mark.parametrize(
+    "unit",
+    [
+        "MED3-not-an-hsa-id",
+        # near misses of SE2321000016-MED3: an HSA-id is compared exactly with the records' and the
+        # consents' (one rule, proxy.hsa), so a spelling no record carries is refused, not accepted
+        "SE2321000016-med3",
+        "SE2321000016-MED3\n",
+        " SE2321000016-MED3",
+    ],
+)
+def test_care_audience_with_malformed_hsa_id(auth: Authenticator, unit: str) -> None:
+    token = make_token("clinician", care_unit=unit)
     reject(auth, bearer(token), "care_unit_hsa_id claim is not an HSA-id", secrets=("MED3",))
 
 
