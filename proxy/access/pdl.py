@@ -83,12 +83,19 @@ class Rules:
         return Withheld.CONSENT
 
 
+def reason_code(header: str) -> str | None:
+    """The reason code an emergency-access header names, or None when it names none (its text is
+    never used: only a known code is logged or answered)."""
+    code = header.strip()
+    return code if code in EMERGENCY_REASONS else None
+
+
 def emergency_reason(principal: Principal, header: str | None, settings: AccessSettings) -> str | None:
     """The emergency-access reason code the request carries, if it may use it (else 400/403)."""
     if header is None:
         return None
-    reason = header.strip()
-    if reason not in EMERGENCY_REASONS:
+    reason = reason_code(header)
+    if reason is None:
         raise bad_request(f"{EMERGENCY_HEADER} takes a reason code: one of {', '.join(EMERGENCY_REASONS)}")
     if principal.audience not in settings.emergency_audiences:
         why = (

@@ -25,7 +25,7 @@ import orjson
 from aiohttp import http_exceptions, web
 
 from proxy.access import decide, probing
-from proxy.access.pdl import EMERGENCY_HEADER, EMERGENCY_REASONS, emergency_reason
+from proxy.access.pdl import EMERGENCY_HEADER, emergency_reason, reason_code
 from proxy.audit import NOT_A_REASON, PROBE, begun_event, completed, record
 from proxy.auth import AuthError
 from proxy.fhir import params as parse
@@ -383,8 +383,7 @@ async def _collect(request: web.Request, facade: Facade, query: Query) -> Answer
     principal = request[PRINCIPAL_KEY]
     header = request.headers.get(EMERGENCY_HEADER)
     if header is not None:  # asked for: logged as ETREAT with its reason code, granted or refused
-        code = header.strip()
-        request[AUDIT_EMERGENCY_KEY] = code if code in EMERGENCY_REASONS else NOT_A_REASON
+        request[AUDIT_EMERGENCY_KEY] = reason_code(header) or NOT_A_REASON
     try:
         reason = emergency_reason(principal, header, facade.settings.access)
     except FhirError as exc:
