@@ -32,9 +32,10 @@ type's clinical date (``MappedResource.clinical_time``, read by the mapping engi
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from typing import Any
+
+import orjson
 
 from proxy.types import MappedResource
 
@@ -132,7 +133,7 @@ def _disagreement_value(value: Any) -> dict[str, Any]:
         return {"url": "value", "valueInteger": value}
     if isinstance(value, str):
         return {"url": "value", "valueString": value}
-    return {"url": "value", "valueString": json.dumps(value, ensure_ascii=False, sort_keys=True)}
+    return {"url": "value", "valueString": orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()}
 
 
 def _merge_patient(resource: dict[str, Any], group: list[MappedResource]) -> dict[str, Any]:
@@ -141,6 +142,7 @@ def _merge_patient(resource: dict[str, Any], group: list[MappedResource]) -> dic
     # single-valued elements: the first copy that has the element gives it (all its keys: a choice
     # type's deceasedBoolean, a primitive's _birthDate)
     owner: dict[str, str] = {}  # element -> source that gave it
+    disagreements: list[dict[str, Any]] = []
     given: dict[str, dict[str, Any]] = {}  # element -> its keys and values
     for copy in group:
         by_element: dict[str, dict[str, Any]] = {}
@@ -158,14 +160,11 @@ def _merge_patient(resource: dict[str, Any], group: list[MappedResource]) -> dic
                         {"url": "source", "valueCode": copy.source},
                         _disagreement_value(keys[key]),
                     ]
-                    out.setdefault("_disagreements", []).append(
-                        {"url": DISAGREEMENT_EXTENSION, "extension": extension}
-                    )
+                    disagreements.append({"url": DISAGREEMENT_EXTENSION, "extension": extension})
     for element, keys in given.items():
         for key in [k for k in out if _element_name(k) == element and k not in keys]:
             del out[key]
         out.update(keys)
-    disagreements = out.pop("_disagreements", [])
     # list-valued elements: united by value, each naming its sources
     for element in UNITED_PATIENT_ELEMENTS:
         values: list[Any] = []
