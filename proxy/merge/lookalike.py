@@ -19,8 +19,9 @@ paging, so a resource carries the same marks whatever the filters, ``_type``, pa
 * neither is ``entered-in-error`` (status, or for a Condition its verificationStatus);
 * the same code, compared by system and code: they share at least one code system in the type's
   code (below) and, for every system both carry, the same set of codes;
-* overlapping periods (below): each has a readable start; a missing end is "still going on"; each
-  value spans its precision (a date is its whole day), and periods that only touch do not overlap;
+* overlapping periods (below): each has a readable start; a missing end is "still going on"; an
+  end that is a date includes that whole day (FHIR's Period.end), an end with a time is the instant
+  the period ends — one stay ending as the next begins (a transfer) does not overlap it;
 * the type's own comparison (below), on what both have (what only one has is not compared).
 
 Per type:
@@ -215,8 +216,11 @@ def _facts(r: FhirDict, mapped: MappedResource) -> _Facts | None:
     if not codes or not isinstance(start, str) or (end is not None and not isinstance(end, str)):
         return None
     try:
-        lo = fhir_range(start)[0]
-        hi = fhir_range(end)[1] if end else math.inf
+        lo, first = fhir_range(start)
+        # an end with a time is the instant the period ends (one ending as the next begins does
+        # not overlap it); an end without one, a date, includes its whole day (FHIR: Period.end);
+        # a period is at least its start
+        hi = max(_end(end), first) if end else math.inf
     except ValueError:
         return None
     return _Facts(
@@ -233,6 +237,11 @@ def _facts(r: FhirDict, mapped: MappedResource) -> _Facts | None:
         dose_texts=texts,
         dose_quantities=quantities,
     )
+
+
+def _end(value: str) -> float:
+    lo, hi = fhir_range(value)
+    return lo if "T" in value else hi
 
 
 def _producer(mapped: MappedResource) -> str:
