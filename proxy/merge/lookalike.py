@@ -52,8 +52,8 @@ type                         code                            period; also compar
   dagar") matches only the same text.
 
 Anything the rule cannot read — no start, an unreadable date, no shared code system — is not
-compared: the resource is shown unmarked (the rule is conservative: a false "possible duplicate"
-is noise a clinician learns to ignore).
+compared: the resource is shown unmarked (conservative: every false "possible duplicate" teaches a
+clinician to ignore the mark). The rule and its reasons: mappings/README.md, "Possible duplicates".
 
 **The marks.** Each resource gets, for each look-alike (pairwise: a mark never follows a chain to a
 resource that does not itself match), an extension ``POSSIBLE_DUPLICATE`` with a ``valueReference``
@@ -111,11 +111,22 @@ def mark(kept: Iterable[MappedResource], shown: Sequence[FhirDict]) -> list[Fhir
             facts.setdefault(resource["resourceType"], []).append(found)
     twins: dict[str, list[_Facts]] = {}
     for group in facts.values():
-        for i, a in enumerate(group):
-            for b in group[i + 1 :]:
-                if look_alike(a, b):
-                    twins.setdefault(a.key, []).append(b)
-                    twins.setdefault(b.key, []).append(a)
+        # only resources sharing a code can match: compare within each (system, codes) bucket
+        buckets: dict[tuple[str, frozenset[str]], list[int]] = {}
+        for i, f in enumerate(group):
+            for system, codes in f.codes.items():
+                buckets.setdefault((system, codes), []).append(i)
+        compared: set[tuple[int, int]] = set()
+        for members in buckets.values():
+            for n, i in enumerate(members):
+                for j in members[n + 1 :]:
+                    if (i, j) in compared:
+                        continue
+                    compared.add((i, j))
+                    a, b = group[i], group[j]
+                    if look_alike(a, b):
+                        twins.setdefault(a.key, []).append(b)
+                        twins.setdefault(b.key, []).append(a)
     if not twins:
         return list(shown)
     return [_marked(r, twins[_key(r)]) if _key(r) in twins else r for r in shown]
