@@ -210,3 +210,14 @@ async def test_probe_a_twin_redacted_for_the_audience_leaves_no_mark(facade: Any
         }
         for r in matches(bundle):
             assert not twins(r) and not dup_tags(r)
+        # nor in a read or a search of the type
+        for r in cosmic:
+            if r["resourceType"] == "MedicationStatement":
+                status, read = await f.get(f"{BASE}/{key(r)}", headers=auth("patient", pnr=LENNART.pnr))
+                assert status == 200 and read == r
+        status, bundle = await f.get(
+            f"{BASE}/Encounter",
+            params={"patient": pid(LENNART.pnr)},
+            headers=auth("patient", pnr=LENNART.pnr),
+        )
+        assert status == 200 and TAG not in str(bundle) and matches(bundle)
