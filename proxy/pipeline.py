@@ -14,6 +14,8 @@
                   (the patient's consents are read from the store while the backends answer)
     merge/        dedupe, provenance, stable order
     redact/       the audience policy removes what this asker may not see, and every trace of it
+    merge/lookalike  look-alikes from different producers marked as possible duplicates (never
+                  merged), over what this asker may see only
     search        the query's filters, after redaction, so hidden content cannot match
     fhir/routes   page, Bundle, bytes
 
@@ -40,7 +42,7 @@ from proxy.fhir.searchparams import matches
 from proxy.mapping.compiler import RequestSpec
 from proxy.mapping.registry import MappingSet, request_context
 from proxy.mapping.run import MappedAnswer, map_answer, source_outcome
-from proxy.merge import merge
+from proxy.merge import lookalike, merge
 from proxy.redact import Policy, redact
 from proxy.settings import Settings
 from proxy.slack import SlackJob, SlackQueue
@@ -286,12 +288,15 @@ async def collect(
                 mapping,
             )
         mapped = readable
+    kept = merge(mapped)
     merged = redact(
-        merge(mapped),
+        kept,
         facade.policy,
         principal.audience,
         subject=f"Patient/{query.patient.fhir_id}",
     )
+    # look-alikes from different producers marked as possible duplicates: over the visible only
+    merged = lookalike.mark(kept, merged)
 
     degraded = [o for o in outcomes if o.status.degraded]
     # records withheld under PDL (the hint) are records of a known patient: an $everything that
