@@ -68,7 +68,13 @@ BY_TYPE: dict[str, tuple[ParamDef, ...]] = {
         _p("reason-not-given", "token", "statusReason", description="Reasons for not giving the medication"),
     ),
     "Procedure": (
-        _p("date", "date", "performedDateTime", "performedPeriod", description="When the procedure was performed"),
+        _p(
+            "date",
+            "date",
+            "performedDateTime",
+            "performedPeriod",
+            description="When the procedure was performed",
+        ),
         _p("code", "token", "code", description="Procedure code (KVÅ)"),
         _p("status", "token", "status", description="preparation | in-progress | not-done | completed ..."),
     ),

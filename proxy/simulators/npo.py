@@ -465,10 +465,32 @@ def _tolvan() -> dict[str, list[Record]]:
         ),
     ]
     # sampled at the other region's emergency department in the evening, answered 55 minutes later
-    emergency = {"registered": at(611, 21, 5)}
+    answered = at(611, 21, 5)
     out["laboratoryOrderOutcome"] += [
-        lab(p, "KAR-L-121212-1", at(611, 20, 10), "NPU02319", "B-Hemoglobin", 141, "g/L", "134", "170", **emergency),
-        lab(p, "KAR-L-121212-2", at(611, 20, 10), "NPU19748", "P-CRP", 3, "mg/L", None, "5", **emergency),
+        lab(
+            p,
+            "KAR-L-121212-1",
+            at(611, 20, 10),
+            "NPU02319",
+            "B-Hemoglobin",
+            141,
+            "g/L",
+            "134",
+            "170",
+            registered=answered,
+        ),
+        lab(
+            p,
+            "KAR-L-121212-2",
+            at(611, 20, 10),
+            "NPU19748",
+            "P-CRP",
+            3,
+            "mg/L",
+            None,
+            "5",
+            registered=answered,
+        ),
         lab(
             p,
             "KAR-L-121212-3",
@@ -479,7 +501,7 @@ def _tolvan() -> dict[str, list[Record]]:
             "µmol/L",
             "60",
             "105",
-            **emergency,
+            registered=answered,
         ),
         lab(
             p,
@@ -492,7 +514,7 @@ def _tolvan() -> dict[str, list[Record]]:
             "3,5",
             "4,4",
             decimals=1,
-            **emergency,
+            registered=answered,
         ),
     ]
     out["careContact"].append(

@@ -109,7 +109,9 @@ def test_lucia_has_a_valid_samordningsnummer() -> None:
 
 async def test_samordningsnummer_patient_end_to_end(facade: Any) -> None:
     async with facade() as f:
-        status, search = await f.get(f"{BASE}/Patient", params={"identifier": f"{SAMORDNING_SYSTEM}|{LUCIA.pnr}"})
+        status, search = await f.get(
+            f"{BASE}/Patient", params={"identifier": f"{SAMORDNING_SYSTEM}|{LUCIA.pnr}"}
+        )
         assert status == 200 and search["total"] == 1
         (patient,) = resources(search)
         assert patient["id"] == LUCIA_ID
@@ -117,9 +119,7 @@ async def test_samordningsnummer_patient_end_to_end(facade: Any) -> None:
         _, wrong = await f.get(f"{BASE}/Patient", params={"identifier": f"{PNR_SYSTEM}|{LUCIA.pnr}"})
         assert wrong["total"] == 0
         status, bundle = await f.get(f"{BASE}/Patient/{LUCIA_ID}/$everything", params={"_count": "500"})
-        _, own = await f.get(
-            f"{BASE}/Patient/{LUCIA_ID}/$everything", headers=auth("patient", pnr=LUCIA.pnr)
-        )
+        _, own = await f.get(f"{BASE}/Patient/{LUCIA_ID}/$everything", headers=auth("patient", pnr=LUCIA.pnr))
     assert status == 200
     Bundle.model_validate(bundle)
     assert statuses(bundle) == {"cosmic": "answered", "viva": "answered", "npo": "answered"}
@@ -157,7 +157,9 @@ async def test_every_lab_result_was_sampled_before_it_was_issued(facade: Any) ->
             for r in resources(bundle):
                 if r["resourceType"] != "Observation":
                     continue
-                if "laboratory" not in {c.get("code") for cat in r.get("category", []) for c in cat.get("coding", [])}:
+                if "laboratory" not in {
+                    c.get("code") for cat in r.get("category", []) for c in cat.get("coding", [])
+                }:
                     continue
                 assert "effectiveDateTime" in r and "issued" in r, r["id"]
                 assert fhir_range(r["effectiveDateTime"])[0] < fhir_range(r["issued"])[0], r["id"]

@@ -66,17 +66,19 @@ def test_npo_lucia_sample_registered_next_morning() -> None:
 
 def test_the_npo_simulator_refuses_a_result_registered_before_its_sample() -> None:
     with pytest.raises(ValueError, match="before its sample"):
-        npo.lab(pop.TOLVAN.pnr, "L-X", datetime(2026, 3, 2, 20, 10), "NPU19748", "P-CRP", 3, "mg/L", None, "5")
+        npo.lab(
+            pop.TOLVAN.pnr, "L-X", datetime(2026, 3, 2, 20, 10), "NPU19748", "P-CRP", 3, "mg/L", None, "5"
+        )
 
 
 def test_npo_analysis_time_is_effective_and_registration_is_issued() -> None:
     mapped, _, _ = nm.asyncio.run(nm._fetch_and_map())
     count = 0
     for person in nm.PEOPLE:
-        records = {
-            f"{r['laboratoryOrderOutcomeHeader']['sourceSystemHSAId']}|{r['laboratoryOrderOutcomeHeader']['documentId']}": r
-            for r in nm.RAW.get(person.pnr, {}).get("laboratoryOrderOutcome", [])
-        }
+        records = {}
+        for r in nm.RAW.get(person.pnr, {}).get("laboratoryOrderOutcome", []):
+            head = r["laboratoryOrderOutcomeHeader"]
+            records[f"{head['sourceSystemHSAId']}|{head['documentId']}"] = r
         for mr in mapped[person.pnr]["laboratory-outcomes"]:
             rec = records[mr.origin_key.split("|", 1)[1]]
             body = rec["laboratoryOrderOutcomeBody"]
@@ -103,7 +105,9 @@ def test_npo_tolvan_emergency_labs_answered_after_the_evening_sample() -> None:
 
 def test_npo_analysis_time_with_only_an_end_is_the_sampling_time() -> None:
     """The contract: a missing start or end means both are the same time."""
-    rec = npo.lab(pop.LENNART.pnr, "L-1", datetime(2026, 3, 2, 8, 0), "NPU19748", "P-CRP", 3, "mg/L", None, "5")
+    rec = npo.lab(
+        pop.LENNART.pnr, "L-1", datetime(2026, 3, 2, 8, 0), "NPU19748", "P-CRP", 3, "mg/L", None, "5"
+    )
     rec["laboratoryOrderOutcomeBody"]["analysis"]["analysisTime"] = {"end": "20260302081500"}
     body = {
         "Envelope": {

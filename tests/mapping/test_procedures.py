@@ -61,7 +61,9 @@ async def test_every_cosmic_procedure_becomes_one_procedure(client: Any) -> None
             total += 1
             assert r["resourceType"] == "Procedure"
             assert r["subject"] == {"reference": f"Patient/{cm.patient_id(person)}"}
-            assert r["code"]["coding"] == [{"system": KVA, "code": rec["kvaCode"], "display": rec["procedureText"]}]
+            assert r["code"]["coding"] == [
+                {"system": KVA, "code": rec["kvaCode"], "display": rec["procedureText"]}
+            ]
             assert r["code"]["text"] == rec["procedureText"]
             assert r["status"] == STATUS[rec["state"]]
             start = cosmic_time(rec["performedAt"])
@@ -73,14 +75,18 @@ async def test_every_cosmic_procedure_becomes_one_procedure(client: Any) -> None
                 assert "performedPeriod" not in r
                 assert local(r["performedDateTime"]) == start
             unit = rec["careUnit"]
-            assert r["performer"] == [{"actor": {"identifier": {"system": HSA, "value": unit["hsaId"]}, "display": unit["name"]}}]
+            assert r["performer"] == [
+                {"actor": {"identifier": {"system": HSA, "value": unit["hsaId"]}, "display": unit["name"]}}
+            ]
             assert (mr.care_provider, mr.care_unit) == (unit["providerHsaId"], unit["hsaId"])
             if rec.get("contactId"):
                 assert r["encounter"] == {"reference": f"Encounter/{encounters[rec['contactId']]}"}
             else:
                 assert "encounter" not in r
             if rec.get("reasonDiagnosisId"):
-                assert r["reasonReference"] == [{"reference": f"Condition/{conditions[rec['reasonDiagnosisId']]}"}]
+                assert r["reasonReference"] == [
+                    {"reference": f"Condition/{conditions[rec['reasonDiagnosisId']]}"}
+                ]
             assert nopat(r) == (rec.get("shownToPatient") is not True)
             assert local(r["meta"]["lastUpdated"]) == cosmic_time(rec["changedAt"])
     assert total >= 6
@@ -98,7 +104,10 @@ async def test_demo_procedures(client: Any) -> None:
     lennart = by_code(await cm.fetch_and_map(client, pop.LENNART))
     # the end-of-life conversation (brytpunktssamtal) that led to VILSAD, an hour long: a period
     talk = lennart["XS026"]
-    assert talk["performedPeriod"] == {"start": "2026-10-12T14:00:00+02:00", "end": "2026-10-12T15:00:00+02:00"}
+    assert talk["performedPeriod"] == {
+        "start": "2026-10-12T14:00:00+02:00",
+        "end": "2026-10-12T15:00:00+02:00",
+    }
     assert talk["status"] == "completed"
     lucia = by_code(await cm.fetch_and_map(client, pop.LUCIA))
     assert set(lucia) == {"QDB00"} and "encounter" in lucia["QDB00"]
