@@ -165,3 +165,36 @@ async def test_every_lab_result_was_sampled_before_it_was_issued(facade: Any) ->
                 assert fhir_range(r["effectiveDateTime"])[0] < fhir_range(r["issued"])[0], r["id"]
                 seen[source(r)] += 1
     assert seen["cosmic"] >= 5 and seen["npo"] >= 45
+
+
+async def test_probes_a_withheld_procedure_leaves_no_trace_for_the_patient(facade: Any) -> None:
+    """A patient probing for the bronchoscopy by code, by count, by id or as another patient."""
+    url = f"{BASE}/Procedure"
+    tolvan = pid(TOLVAN.pnr)
+    me = auth("patient", pnr=TOLVAN.pnr)
+    async with facade() as f:
+        _, clinician = await f.get(url, params={"patient": tolvan})
+        hidden = next(r for r in resources(clinician) if r["code"]["coding"][0]["code"] == "UGC12")
+        _, by_code = await f.get(url, params={"patient": tolvan, "code": f"{KVA}|UGC12"}, headers=me)
+        _, count = await f.get(url, params={"patient": tolvan, "_summary": "count"}, headers=me)
+        _, by_id = await f.get(url, params={"patient": tolvan, "_id": hidden["id"]}, headers=me)
+        _, by_date = await f.get(url, params={"patient": tolvan, "date": "ge2025-01-01"}, headers=me)
+        # another patient (Lucía) may not read Tolvan's procedures at all
+        status, other = await f.get(f"{url}/{hidden['id']}", headers=auth("patient", pnr=LUCIA.pnr))
+    assert by_code["total"] == 0 and count["total"] == 2 and by_id["total"] == 0 and by_date["total"] == 0
+    for answer in (by_code, by_id, by_date):  # (the self link repeats the asker's own query)
+        entries = str(answer.get("entry", []))
+        assert hidden["id"] not in entries and "UGC12" not in entries and "Bronkoskopi" not in entries
+    assert status == 404 and hidden["id"] not in str(other)
+
+
+async def test_probes_malformed_samordningsnummer_are_refused(facade: Any) -> None:
+    day_92 = LUCIA.pnr[:6] + "92" + LUCIA.pnr[8:]  # day 92 - 60 = 32: no such date
+    bad_check = LUCIA.pnr[:-1] + str((int(LUCIA.pnr[-1]) + 1) % 10)
+    async with facade() as f:
+        for value in (day_92, bad_check):
+            status, body = await f.get(
+                f"{BASE}/Patient", params={"identifier": f"{SAMORDNING_SYSTEM}|{value}"}
+            )
+            assert status == 400 and body["resourceType"] == "OperationOutcome"
+            assert value not in str(body)  # the number is not echoed back
