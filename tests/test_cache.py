@@ -85,7 +85,7 @@ async def test_the_cache_holds_no_audience_view(facade: Any) -> None:
     amb2_ids, _ = split(amb2)
     assert amb1_ids == amb2_ids  # redacting for others changed nothing that was stored
     assert len(split(clin)[0]) == len(amb1_ids) - 1  # the threat flag
-    assert len(split(pat)[0]) == len(split(clin)[0]) - 1  # the NOPAT note
+    assert len(split(pat)[0]) == len(split(clin)[0]) - 2  # the NOPAT note and bronchoscopy
     assert "Hotfullt" not in str(clin) and "Hotfullt" in str(amb2)
 
 

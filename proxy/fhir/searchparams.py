@@ -67,6 +67,17 @@ BY_TYPE: dict[str, tuple[ParamDef, ...]] = {
         _p("status", "token", "status", description="completed | not-done | ..."),
         _p("reason-not-given", "token", "statusReason", description="Reasons for not giving the medication"),
     ),
+    "Procedure": (
+        _p(
+            "date",
+            "date",
+            "performedDateTime",
+            "performedPeriod",
+            description="When the procedure was performed",
+        ),
+        _p("code", "token", "code", description="Procedure code (KVÅ)"),
+        _p("status", "token", "status", description="preparation | in-progress | not-done | completed ..."),
+    ),
     "Flag": (_p("date", "date", "period", description="Time period when flag is active"),),
     "AllergyIntolerance": (
         _p("date", "date", "recordedDate", description="Date first version was recorded"),

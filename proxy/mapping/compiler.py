@@ -51,6 +51,7 @@ SUPPORTED_TYPES = frozenset(
         "Condition",
         "MedicationStatement",
         "MedicationAdministration",
+        "Procedure",
         "Flag",
         "AllergyIntolerance",
         "Observation",

@@ -4,7 +4,8 @@ Dialect (deliberately unlike FHIR):
 
 * per-patient resources under ``/cosmic/api/v1/patients/{yyyymmdd-nnnn}/...``: ``diagnoses``,
   ``medications``, ``alerts`` (care limitations, alerts *and* hypersensitivity in one list),
-  ``labresults``, ``carecontacts``, ``notes``, ``vaccinations``; the patient itself at the bare path;
+  ``labresults``, ``carecontacts``, ``notes``, ``vaccinations``, ``procedures``; the patient itself at
+  the bare path (a samordningsnummer is written like a personnummer, ``yyyymmdd-nnnn`` with day + 60);
 * the MobiMed ambulance module's threat register at ``/cosmic/api/v1/ambulance/patients/{pnr}/threats``;
 * lists are ``{"patientId", "items": [...], "totalCount"}``; an unknown patient is ``404`` with
   ``{"errorCode": "PATIENT_NOT_FOUND"}``;
@@ -14,7 +15,13 @@ Dialect (deliberately unlike FHIR):
 * alerts: ``alertKind`` ``CARE_LIMITATION`` (``alertCode`` ``EJHLR`` no CPR, ``VILSAD`` end-of-life
   care), ``ALERT`` or ``HYPERSENSITIVITY``; a hypersensitivity carries the reaction's ``severity``
   ``MILD``/``MODERATE``/``SEVERE`` and its ``certainty`` ``SUSPECTED``/``CONFIRMED``/``REFUTED``
-  (either may be missing: not recorded).
+  (either may be missing: not recorded);
+* procedures (åtgärder) carry a KVÅ code (``kvaCode``, Klassifikation av vårdåtgärder) and its text,
+  ``state`` ``PERFORMED``/``ONGOING``/``CANCELLED``, ``performedAt`` (and ``endAt`` for one that
+  lasted), the care contact and reason diagnosis, and ``shownToPatient``: whether the region lets the
+  patient read it in 1177 yet (a missing flag means no). The KVÅ codes and texts are illustrative:
+  chosen in KVÅ's format (three letters and two digits for surgical, two letters and three digits for
+  other procedures) to look real, not checked against an edition of KVÅ.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from proxy.simulators.population import (
     COSMIC_SYSTEM,
     GRETA,
     LENNART,
+    LUCIA,
     REGION_PROVIDER,
     SANNA,
     TOLVAN,
@@ -40,7 +48,16 @@ from proxy.simulators.population import (
 )
 
 BASE = "/cosmic/api/v1"
-KINDS = ("diagnoses", "medications", "alerts", "labresults", "carecontacts", "notes", "vaccinations")
+KINDS = (
+    "diagnoses",
+    "medications",
+    "alerts",
+    "labresults",
+    "carecontacts",
+    "notes",
+    "vaccinations",
+    "procedures",
+)
 
 
 def ts(dt: datetime) -> str:
@@ -50,6 +67,38 @@ def ts(dt: datetime) -> str:
 def unit(key: str) -> dict[str, str]:
     hsa, name = UNITS[key]
     return {"hsaId": hsa, "name": name, "providerHsaId": REGION_PROVIDER}
+
+
+def procedure(
+    pid: str,
+    kva: str,
+    text: str,
+    performed: datetime,
+    unit_key: str,
+    *,
+    end: datetime | None = None,
+    contact: str | None = None,
+    reason: str | None = None,
+    state: str = "PERFORMED",
+    shown: bool = True,
+    comment: str | None = None,
+) -> dict[str, Any]:
+    """A procedure (åtgärd) with its KVÅ code; ``shown``: approved for the patient (1177)."""
+    rec: dict[str, Any] = {
+        "procedureId": pid,
+        "kvaCode": kva,
+        "procedureText": text,
+        "state": state,
+        "performedAt": ts(performed),
+        "endAt": ts(end) if end else None,
+        "contactId": contact,
+        "reasonDiagnosisId": reason,
+        "comment": comment,
+        "shownToPatient": shown,
+        "changedAt": ts(end or performed),
+        "careUnit": unit(unit_key),
+    }
+    return {k: v for k, v in rec.items() if v is not None}
 
 
 # ---- the hand-written demo records --------------------------------------------------------------
@@ -217,6 +266,37 @@ def _tolvan() -> dict[str, list[dict[str, Any]]]:
                 "careUnit": unit("vc-norr"),
             },
         ],
+        "procedures": [
+            procedure(
+                "P-900001",
+                "DT016",
+                "Inläggning av perifer venkateter",
+                at(1360, 23, 10),
+                "akuten",
+                contact="C-500001",
+            ),
+            procedure(
+                "P-900002",
+                "NCJ09",
+                "Sluten reposition av distal radiusfraktur",
+                at(1360, 23, 20),
+                "akuten",
+                contact="C-500001",
+                reason="D-100003",
+            ),
+            # the region's lung clinic after the other region's referral (NPÖ note KAR-N-121212-2): the
+            # biopsy answer is not yet given to him, so the region keeps the record from 1177 for now
+            procedure(
+                "P-900003",
+                "UGC12",
+                "Bronkoskopi med biopsi",
+                at(590, 9, 30),
+                "med",
+                comment="Biopsier från förstorad lymfkörtel i mediastinum. Svar inväntas, ej delgivet "
+                "patienten.",
+                shown=False,
+            ),
+        ],
         "threats": [
             {
                 "threatId": "T-800001",
@@ -355,6 +435,79 @@ def _lennart() -> dict[str, list[dict[str, Any]]]:
                 "careUnit": unit("med"),
             }
         ],
+        "procedures": [
+            procedure(
+                "P-920001",
+                "DF027",
+                "Elkonvertering av förmaksflimmer",
+                at(902, 14, 0),
+                "med",
+                contact="C-520001",
+            ),
+            # the end-of-life conversation (brytpunktssamtal) behind the VILSAD decision: an hour
+            procedure(
+                "P-920002",
+                "XS026",
+                "Brytpunktssamtal vid övergång till palliativ vård i livets slutskede",
+                at(20, 14, 0),
+                "med",
+                end=at(20, 15, 0),
+            ),
+        ],
+    }
+
+
+def _lucia() -> dict[str, list[dict[str, Any]]]:
+    """A samordningsnummer: a bicycle fall, a hand wound sutured at the emergency department."""
+    hb = _lab("L-430001", "NPU02319", "B-Hemoglobin", "118", "g/L", "117", "153", 42, "vc-norr")
+    # sampled at the health centre late in the afternoon, analysed in the central lab's morning run
+    hb["sampledAt"], hb["resultAt"] = ts(at(42, 16, 40)), ts(at(41, 7, 15))
+    return {
+        "diagnoses": [
+            {
+                "diagnosisId": "D-130001",
+                "icd10Code": "S61.9",
+                "diagnosisText": "Öppen sårskada på handled och hand, ospecificerad",
+                "state": "ACT",
+                "diagnosisType": "MAIN",
+                "diagnosedAt": ts(at(44, 21, 30)),
+                "changedAt": ts(at(44, 21, 35)),
+                "careUnit": unit("akuten"),
+                "sharedWithNpo": True,
+            }
+        ],
+        "carecontacts": [
+            {
+                "contactId": "C-530001",
+                "contactType": "EMERGENCY",
+                "startAt": ts(at(44, 20, 55)),
+                "endAt": ts(at(44, 23, 30)),
+                "reasonDiagnosisId": "D-130001",
+                "state": "FINISHED",
+                "careUnit": unit("akuten"),
+            },
+            {
+                "contactId": "C-530002",
+                "contactType": "OPEN",
+                "startAt": ts(at(42, 16, 30)),
+                "endAt": ts(at(42, 16, 50)),
+                "reasonDiagnosisId": "D-130001",
+                "state": "FINISHED",
+                "careUnit": unit("vc-norr"),
+            },
+        ],
+        "procedures": [
+            procedure(
+                "P-930001",
+                "QDB00",
+                "Suturering av sår på hand",
+                at(44, 22, 10),
+                "akuten",
+                contact="C-530001",
+                reason="D-130001",
+            )
+        ],
+        "labresults": [hb],
     }
 
 
@@ -374,6 +527,12 @@ _MEDS = [
     ("B01AF01", "Rivaroxaban 20 mg tablett"),
     ("N02BE01", "Paracetamol 500 mg tablett"),
     ("C07AB02", "Metoprolol 50 mg depottablett"),
+]
+_PROCEDURES = [  # illustrative KVÅ codes (see the module docstring)
+    ("DT016", "Inläggning av perifer venkateter"),
+    ("UJD02", "Gastroskopi"),
+    ("UJF32", "Koloskopi"),
+    ("AF021", "Arbetsprov"),
 ]
 _LABS = [
     ("NPU02319", "B-Hemoglobin", 120, 170, "g/L", "134", "170"),
@@ -480,6 +639,24 @@ def _generated(person: Person) -> dict[str, list[dict[str, Any]]]:
                 "careUnit": unit("vc-norr"),
             }
         )
+    # (an rng of its own, so that adding procedures left every other generated record as it was)
+    prng = random.Random(f"{person.rng_seed}:cosmic:procedures")
+    for i in range(prng.choice([0, 0, 1, 2])):
+        kva, text = prng.choice(_PROCEDURES)
+        contact = prng.choice(out["carecontacts"])
+        started = datetime.strptime(contact["startAt"], "%Y-%m-%d %H:%M")
+        out["procedures"].append(
+            procedure(
+                f"P-{n}-{i}",
+                kva,
+                text,
+                started.replace(minute=20),
+                next(k for k, (hsa, _) in UNITS.items() if hsa == contact["careUnit"]["hsaId"]),
+                contact=contact["contactId"],
+                state=prng.choice(["PERFORMED", "PERFORMED", "PERFORMED", "CANCELLED"]),
+                shown=prng.random() < 0.9,
+            )
+        )
     if rng.random() < 0.05:
         out["threats"].append(
             {
@@ -511,7 +688,7 @@ def patient_record(person: Person, seq: int) -> dict[str, Any]:
 
 def build_data(people: list[Person]) -> dict[str, dict[str, Any]]:
     """Cosmic's database: personnummer → {"patient": {...}, "<kind>": [records], "threats": [...]}."""
-    hand = {TOLVAN.pnr: _tolvan, SANNA.pnr: _sanna, LENNART.pnr: _lennart}
+    hand = {TOLVAN.pnr: _tolvan, SANNA.pnr: _sanna, LENNART.pnr: _lennart, LUCIA.pnr: _lucia}
     data: dict[str, dict[str, Any]] = {}
     for seq, person in enumerate(p for p in people if p.in_cosmic):
         assert person is not GRETA

@@ -43,6 +43,7 @@ from proxy.simulators import faults as fault_mod
 from proxy.simulators.population import (
     COSMIC_SYSTEM,
     LENNART,
+    LUCIA,
     OTHER_REGION_PROVIDER,
     OTHER_REGION_SYSTEM,
     REGION_PROVIDER,
@@ -354,8 +355,12 @@ def lab(
     high: str | None,
     *,
     decimals: int = 0,
+    registered: datetime | None = None,
     **kw: Any,
 ) -> Record:
+    """One analysis: sampled at ``sampled``, the result registered at ``registered`` (default: the
+    lab's 14:30 run the same day), which is always later — a result is never issued before its
+    sample was taken."""
     text = f"{value:.{decimals}f}".replace(".", ",")
 
     def num(s: str | None) -> float | None:
@@ -364,7 +369,9 @@ def lab(
     lo, hi = num(low), num(high)
     abnormal = (lo is not None and value < lo) or (hi is not None and value > hi)
     interval = f"{low or ''}-{high or ''}" if low else f"<{high}"
-    registered = sampled.replace(hour=14, minute=30)
+    registered = registered or sampled.replace(hour=14, minute=30)
+    if registered <= sampled:
+        raise ValueError(f"{doc_id}: a result registered at or before its sample was taken")
     kw.setdefault("author", _OTHER_DOCTORS["labb"])
     return {
         "laboratoryOrderOutcomeHeader": header(pnr, doc_id, registered, title="Provsvar", **kw),
@@ -376,7 +383,9 @@ def lab(
             "analysis": {
                 "analysisId": f"{doc_id}-A",
                 "analysisCode": _cv(npu, NPU_OID, name),
-                "analysisTime": ts(sampled),
+                # the contract's TimePeriodType ("here the time of sampling is given"); a sample
+                # is taken at one moment, so only its start
+                "analysisTime": {"start": ts(sampled)},
                 "analysisStatus": "Slutsvar",
                 "analysisOutcome": {
                     "outcomeValue": text,
@@ -455,10 +464,45 @@ def _tolvan() -> dict[str, list[Record]]:
             nullified_reason="Felaktig patient",
         ),
     ]
+    # sampled at the other region's emergency department in the evening, answered 55 minutes later
+    answered = at(611, 21, 5)
     out["laboratoryOrderOutcome"] += [
-        lab(p, "KAR-L-121212-1", at(611, 20, 10), "NPU02319", "B-Hemoglobin", 141, "g/L", "134", "170"),
-        lab(p, "KAR-L-121212-2", at(611, 20, 10), "NPU19748", "P-CRP", 3, "mg/L", None, "5"),
-        lab(p, "KAR-L-121212-3", at(611, 20, 10), "NPU04998", "P-Kreatinin", 109, "µmol/L", "60", "105"),
+        lab(
+            p,
+            "KAR-L-121212-1",
+            at(611, 20, 10),
+            "NPU02319",
+            "B-Hemoglobin",
+            141,
+            "g/L",
+            "134",
+            "170",
+            registered=answered,
+        ),
+        lab(
+            p,
+            "KAR-L-121212-2",
+            at(611, 20, 10),
+            "NPU19748",
+            "P-CRP",
+            3,
+            "mg/L",
+            None,
+            "5",
+            registered=answered,
+        ),
+        lab(
+            p,
+            "KAR-L-121212-3",
+            at(611, 20, 10),
+            "NPU04998",
+            "P-Kreatinin",
+            109,
+            "µmol/L",
+            "60",
+            "105",
+            registered=answered,
+        ),
         lab(
             p,
             "KAR-L-121212-4",
@@ -470,6 +514,7 @@ def _tolvan() -> dict[str, list[Record]]:
             "3,5",
             "4,4",
             decimals=1,
+            registered=answered,
         ),
     ]
     out["careContact"].append(
@@ -489,6 +534,32 @@ def _sanna() -> dict[str, list[Record]]:
             "1",
             "Hjärtklappning",
             author=_OTHER_DOCTORS["kardiolog"],
+        )
+    )
+    return out
+
+
+def _lucia() -> dict[str, list[Record]]:
+    """A samordningsnummer (patientId.type 1.2.752.129.2.1.3.3): another region's follow-up."""
+    p = LUCIA.pnr
+    out = _empty()
+    nurse = {"author": _OTHER_DOCTORS["sjukskoterska"]}
+    out["careContact"].append(
+        contact(p, "KAR-C-672383-1", at(120, 9, 45), at(120, 10, 30), "1", "Feber efter resa", **nurse)
+    )
+    # sampled at the visit, sent to the central lab: registered the next morning
+    out["laboratoryOrderOutcome"].append(
+        lab(
+            p,
+            "KAR-L-672383-1",
+            at(120, 10, 5),
+            "NPU19748",
+            "P-CRP",
+            12,
+            "mg/L",
+            None,
+            "5",
+            registered=at(119, 8, 40),
         )
     )
     return out
@@ -778,7 +849,7 @@ def _cosmic_copy(pnr: str, d: dict[str, Any]) -> Record:
 
 def build_data(people: list[Person]) -> dict[str, dict[str, list[Record]]]:
     """NPÖ's index: personnummer → {record element name: [records]} for everyone NPÖ knows."""
-    hand = {TOLVAN.pnr: _tolvan, SANNA.pnr: _sanna, LENNART.pnr: _lennart}
+    hand = {TOLVAN.pnr: _tolvan, SANNA.pnr: _sanna, LENNART.pnr: _lennart, LUCIA.pnr: _lucia}
     copies = cosmic.shared_with_npo(cosmic.build_data(people))
     data: dict[str, dict[str, list[Record]]] = {}
     for person in people:

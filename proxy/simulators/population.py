@@ -14,6 +14,11 @@ Named demo patients (their stories are in the README):
 * ``194911309278`` Lennart Larsson — Cosmic plus plenty of NPÖ data from another region; care
   limitations from both (Ej HLR in NPÖ, VILSAD in Cosmic) and allergies in every state (suspected,
   confirmed, ended, certainty not recorded).
+* ``199004672383`` Lucía Fernández — known by a samordningsnummer (coordination number: the day of
+  birth + 60, here the 7th → 67), not a personnummer: a guest researcher not registered as resident.
+  Cosmic (the emergency department: a sutured hand wound, a lab sample taken in the evening and
+  answered next morning) and NPÖ (the wound diagnosis Cosmic published, a follow-up and a CRP from
+  another region).
 * ``190101019800`` — unknown to every system.
 """
 
@@ -75,7 +80,8 @@ class Person:
 
     @property
     def birth_date(self) -> date:
-        return date(int(self.pnr[:4]), int(self.pnr[4:6]), int(self.pnr[6:8]))
+        day = int(self.pnr[6:8])
+        return date(int(self.pnr[:4]), int(self.pnr[4:6]), day - 60 if day > 60 else day)
 
 
 TOLVAN = Person(
@@ -119,9 +125,20 @@ LENNART = Person(
     "NPÖ; many lab results (paging); Ej HLR (NPÖ) and end-of-life care (Cosmic); suspected, confirmed and "
     "ended allergies in both.",
 )
+LUCIA = Person(
+    pnr="199004672383",  # samordningsnummer: born 1990-04-07, day + 60 = 67; Luhn-valid, synthetic
+    given="Lucía",
+    family="Fernández",
+    gender="female",
+    address=("Forskarbacken 21", "11415", "Stockholm"),
+    story="Samordningsnummer (coordination number), not a personnummer: a guest researcher. Cosmic: "
+    "a bicycle fall, a hand wound sutured at the emergency department (KVÅ), a CRP sampled in the "
+    "evening and answered next morning; NPÖ: the wound diagnosis Cosmic published, a follow-up and a "
+    "CRP from another region.",
+)
 UNKNOWN_PNR = "190101019800"
 
-DEMO_PEOPLE: tuple[Person, ...] = (TOLVAN, GRETA, SANNA, LENNART)
+DEMO_PEOPLE: tuple[Person, ...] = (TOLVAN, GRETA, SANNA, LENNART, LUCIA)
 
 _GIVEN_F = ["Anna", "Maria", "Karin", "Eva", "Birgitta", "Kerstin", "Ingrid", "Elsa", "Astrid", "Maja"]
 _GIVEN_M = ["Lars", "Erik", "Karl", "Anders", "Johan", "Per", "Nils", "Sven", "Olof", "Gustav"]

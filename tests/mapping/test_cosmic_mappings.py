@@ -43,6 +43,7 @@ EXPECTED = {
     "notes": "DocumentReference",
     "vaccinations": "Immunization",
     "threats": "Flag",
+    "procedures": "Procedure",
 }
 # Which raw list (and record id field) each mapping reads.
 RAW = {
@@ -55,6 +56,7 @@ RAW = {
     "notes": ("notes", "noteId"),
     "vaccinations": ("vaccinations", "vaccinationId"),
     "threats": ("threats", "threatId"),
+    "procedures": ("procedures", "procedureId"),
 }
 THREAT_LABEL = {
     "system": "urn:fhir-facade:security-label",
