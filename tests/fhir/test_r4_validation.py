@@ -10,8 +10,8 @@ from typing import Any
 
 from yarl import URL
 
-from proxy.simulators.population import DEMO_PEOPLE, UNKNOWN_PNR, Person
-from tests.conftest import BASE, auth, pid
+from proxy.simulators.population import DEMO_PEOPLE, REGION_PROVIDER, UNKNOWN_PNR, Person
+from tests.conftest import BASE, auth, consent_body, pid
 from tests.r4 import resources_in, validate
 
 AUDIENCES = ("clinician", "ambulance", "homecare", "patient")  # care staff, MobiMed, 1177, home care
@@ -125,3 +125,40 @@ async def test_searches_reads_metadata_and_errors_are_valid_r4(facade: Any) -> N
         checked.check("400", bad)
     assert not checked.errors, checked.report()
     assert checked.answers > 40 and checked.types["Bundle"] > 20
+
+
+async def test_pdl_answers_consents_and_the_access_log_are_valid_r4(facade: Any) -> None:
+    """Without consent (records withheld, with a hint), with emergency access, a refusal, the
+    Consent a client registers and reads back, and the patient's own access log."""
+    checked = Checked()
+    json_body = {"Content-Type": "application/fhir+json"}
+    async with facade(consent=False) as f:
+        for person in DEMO_PEOPLE:
+            patient_id = pid(person.pnr)
+            path = f"{BASE}/Patient/{patient_id}/$everything"
+            for audience in ("clinician", "ambulance", "homecare"):
+                (own,) = await pages(f, path, {"_count": "500"}, auth(audience))
+                checked.check(f"{person.given}/{audience}/no consent", own)
+            emergency = {**auth("clinician"), "X-Emergency-Access": "no-time"}
+            (opened,) = await pages(f, path, {"_count": "500"}, emergency)
+            assert data(opened), person.given
+            checked.check(f"{person.given}/emergency access", opened)
+            status, refused = await f.get(path, headers={**auth("homecare"), "X-Emergency-Access": "no-time"})
+            assert status == 403
+            checked.check(f"{person.given}/emergency refused", refused)
+            resp = await f.client.post(
+                f"{BASE}/Consent", json=consent_body(patient_id, recipient=REGION_PROVIDER), headers=json_body
+            )
+            created = await resp.json(content_type=None)
+            assert resp.status == 201, created
+            checked.check(f"{person.given}/Consent created", created)
+            mine = auth("patient", pnr=person.pnr)
+            (consents,) = await pages(f, f"{BASE}/Consent", {"patient": patient_id}, mine)
+            assert data(consents), person.given
+            checked.check(f"{person.given}/Consent?patient", consents)
+            (log,) = await pages(f, f"{BASE}/AuditEvent", {"patient": patient_id, "_count": "500"}, mine)
+            assert any(r["resourceType"] == "AuditEvent" for r in data(log)), person.given
+            checked.check(f"{person.given}/AuditEvent?patient", log)
+    assert not checked.errors, checked.report()
+    assert checked.types["OperationOutcome"] > 0 and checked.types["AuditEvent"] > 0
+    assert checked.types["Consent"] >= 2 * len(DEMO_PEOPLE)
