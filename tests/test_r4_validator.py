@@ -274,3 +274,31 @@ def test_integers_are_whole_and_in_range() -> None:
     for bad in (0, 1.5, True):
         imm["protocolApplied"][0]["doseNumberPositiveInt"] = bad
         assert any("positiveInt" in e for e in validate(imm)), bad
+
+
+def test_what_r4_allows_is_not_an_error() -> None:
+    r = observation()
+    # json.html: a repeating primitive's null where its _x list has that position's extension
+    r["code"]["coding"][0]["extension"] = [{"url": "urn:x", "valueString": "y"}]
+    patient = {
+        "resourceType": "Patient",
+        "name": [
+            {"given": ["Tolvan", None], "_given": [None, {"extension": [{"url": "urn:x", "valueCode": "z"}]}]}
+        ],
+    }
+    assert validate(patient) == []
+    # an absolute reference, to a RESTful server or not, and a urn
+    for ref in (
+        "https://fhir.example.org/fhir/Patient/1",
+        "https://example.org/records/1",
+        f"urn:uuid:{'0' * 8}-0000-0000-0000-{'0' * 12}",
+    ):
+        r["subject"] = {"reference": ref}
+        assert validate(r) == [], ref
+    r["subject"] = {"reference": "urn:uuid:not-a-uuid"}
+    assert any("references.html#literal" in e for e in validate(r))
+    # the same precision compared only: a day and a time of that day are not out of order
+    r.pop("effectiveDateTime")
+    r["effectivePeriod"] = {"start": "2026-10-27T09:45:00+01:00", "end": "2026-10-27"}
+    r["subject"] = {"reference": PATIENT}
+    assert validate(r) == []
