@@ -9,16 +9,19 @@ Three checks, each independent of the R4B models of fhir.resources that the faca
    with the ``jsonschema`` library. It knows every element of every type: unknown elements, wrong
    JSON types, missing required elements (min 1), a list where one value is allowed, the regex of
    every primitive type (id, code, uri, date, dateTime, instant, string ...) and the codes of every
-   required binding (statuses, Bundle.type, search.mode ...).
+   required binding (statuses, Bundle.type, search.mode ...). It is the schema of R4's first
+   publication, 4.0.0; see ``_schema`` for the one difference of 4.0.1 that shows here.
 2. SMART's ``fhirclient`` models (PyPI, generated from R4 4.0.1): a second structural parser, and
    the one that rejects impossible calendar dates (2020-02-30), which a regex lets through.
 3. The rules neither of them checks (``_rules`` below), each from the R4 specification's text:
    JSON representation (json.html: no null, no empty array or object — ele-1), one value per
-   choice element ([x]), integer ranges, Reference format (references.html#literal, ref-1),
+   choice element ([x]), integer ranges (the schema's patterns skip numbers), relative references
+   as [type]/[id] of an R4 type (references.html#literal) and local ones to a contained resource
+   (ref-1), narratives as well-formed XHTML of the allowed elements (txt-1, txt-2),
    Bundle rules (bundle.html: bdl-1..bdl-12 and fullUrl agreeing with the resource id), the
    dom-2..dom-5 rules of contained resources, and the invariants of the datatypes and resources
-   the facade produces (per-1, qty-3, att-1, cpt-2, ext-1, txt-1/txt-2, obs-6, obs-7, ait-1,
-   ait-2, con-4, con-5, mad-1, cpl-3, pat-1, cmp-1, cmp-2).
+   the facade produces or will (per-1, qty-3, att-1, cpt-2, ext-1, obs-6, obs-7, ait-1, ait-2,
+   con-4, con-5, mad-1, cpl-3, pat-1, and cmp-1, cmp-2 for the summary's Composition).
 
 Not checked (what a full validator with the StructureDefinitions would add): the target types of
 each Reference, extensible/preferred bindings and code validity in a terminology, warning-level
