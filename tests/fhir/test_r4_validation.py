@@ -1,7 +1,9 @@
 """Every answer the facade gives, checked by an R4 validator nobody here wrote (tests/r4.py: HL7's
 official R4 JSON schema, SMART's fhirclient R4 models and the specification's invariants): every
 demo patient's $everything for every audience, every page of it, searches, reads, the
-CapabilityStatement and an error. 0 errors, and never a vacuous pass: each answer must carry data."""
+CapabilityStatement and an error. 0 errors, and never a vacuous pass: each answer must carry data.
+Patient/{id}/$summary is checked the same way (``Checked.check`` on each document Bundle): tests/r4.py
+holds the document rules too (bdl-9..bdl-11, cmp-1, cmp-2, narratives txt-1/txt-2)."""
 
 from __future__ import annotations
 
