@@ -24,6 +24,7 @@ from proxy.settings import DEMO_PATIENT_ID_KEY, Settings, load_settings
 from proxy.simulators.harness import running_simulators
 from proxy.simulators.population import MUNICIPALITY_PROVIDER, REGION_PROVIDER, population
 from proxy.store import ConsentRow, Store
+from tests import r4
 
 BASE = "/fhir"
 IDS = PatientIds(DEMO_PATIENT_ID_KEY)
@@ -112,6 +113,7 @@ def walk(node: Any, key: str = "") -> Iterator[tuple[str, Any]]:
 def validate(resource: dict[str, Any]) -> None:
     """Raise if the resource does not validate against its fhir.resources R4B model."""
     get_fhir_model_class(resource["resourceType"]).model_validate(resource)
+    assert r4.validate(resource) == [], r4.validate(resource)  # and against R4 itself (tests/r4.py)
 
 
 @dataclass

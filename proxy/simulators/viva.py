@@ -163,7 +163,9 @@ def _med(
     """An ordination with its signed administrations. Each administration is a record of its own
     (``administreringId``) naming its ordination, the drug and the unit that signed it; a given one
     carries the dose given (``dos``), one not given may carry a reason code (``orsak``) and a
-    comment (``kommentar``)."""
+    comment (``kommentar``). The dose given is also given as an amount and a unit
+    (``dosMangd``, ``dosEnhet``), as Viva's dose fields hold it."""
+    amount, _, unit = dos.partition(" ")
     out = []
     for i, (t, who, status, *extra) in enumerate(administreringar):
         a: dict[str, Any] = {
@@ -176,6 +178,8 @@ def _med(
             "atc": atc,
             "preparat": preparat,
             "dos": dos if status == "GIVEN" else None,
+            "dosMangd": amount if status == "GIVEN" else None,
+            "dosEnhet": unit if status == "GIVEN" else None,
             "enhet": enhet(),
         }
         for more in extra:

@@ -31,6 +31,7 @@ from proxy.simulators import cosmic, npo
 from proxy.simulators import population as pop
 from proxy.timeutil import SWEDEN
 from proxy.types import MappedResource
+from tests import r4
 from tests.mapping import test_cosmic_mappings as cm
 from tests.mapping import test_npo_mappings as nm
 
@@ -70,6 +71,7 @@ def by_record(resources: list[MappedResource]) -> dict[str, dict[str, Any]]:
 
 def validate(resource: dict[str, Any]) -> None:
     get_fhir_model_class(resource["resourceType"]).model_validate(resource)
+    assert r4.validate(resource) == [], r4.validate(resource)  # and against R4 itself (tests/r4.py)
     if resource["resourceType"] == "AllergyIntolerance":  # R4 ait-1
         codes = [c.get("code") for c in resource.get("verificationStatus", {}).get("coding", [])]
         assert "entered-in-error" in codes or resource.get("clinicalStatus", {}).get("coding"), resource

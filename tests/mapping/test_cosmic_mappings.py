@@ -24,6 +24,7 @@ from proxy.pnr import system_of
 from proxy.simulators import cosmic
 from proxy.simulators import population as pop
 from proxy.types import MappedResource, PatientRef
+from tests import r4
 from tests.conftest import RESOURCE_IDS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -140,6 +141,7 @@ def only(resources: Sequence[MappedResource], record: str) -> dict[str, Any]:
 
 def validate(resource: dict[str, Any]) -> None:
     get_fhir_model_class(resource["resourceType"]).model_validate(resource)
+    assert r4.validate(resource) == [], r4.validate(resource)  # and against R4 itself (tests/r4.py)
 
 
 def labels(resource: dict[str, Any]) -> list[dict[str, str]]:

@@ -31,6 +31,7 @@ from proxy.pnr import system_of
 from proxy.simulators import cosmic, npo
 from proxy.simulators import population as pop
 from proxy.types import MappedResource, PatientRef
+from tests import r4
 from tests.conftest import RESOURCE_IDS, walk
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -189,6 +190,7 @@ def test_every_resource_validates_and_nothing_is_skipped(
     for mr in all_resources(mapped):
         model = get_fhir_model_class(mr.resource["resourceType"])
         model.model_validate(mr.resource)
+        assert r4.validate(mr.resource) == [], r4.validate(mr.resource)  # and against R4 itself
         count += 1
     assert count > 100
 

@@ -29,6 +29,7 @@ from proxy.simulators.population import (
     population,
 )
 from proxy.types import MappedResource, PatientRef
+from tests import r4
 from tests.conftest import RESOURCE_IDS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -111,6 +112,7 @@ async def run_all(client: Any, person: Person) -> dict[str, list[MappedResource]
 
 def validate(resource: dict[str, Any]) -> None:
     get_fhir_model_class(resource["resourceType"]).model_validate(resource)
+    assert r4.validate(resource) == [], r4.validate(resource)  # and against R4 itself (tests/r4.py)
 
 
 def raw_id(mr: MappedResource) -> str:
@@ -512,7 +514,26 @@ async def test_last_nights_apixaban_not_given_is_a_not_done_administration(clien
     assert last["category"]["coding"][0]["code"] == "community"
     given = apixaban[0]
     assert "statusReason" not in given
-    assert given["dosage"] == {"text": "1 tablett"}
+    # R4 mad-1: a dosage has a dose (or a rate), not only text
+    assert given["dosage"] == {"text": "1 tablett", "dose": {"value": 1, "unit": "tablett"}}
+
+
+def test_a_dose_given_only_in_words_is_a_note_not_a_dosage_without_a_dose() -> None:
+    med = viva.build_data([GRETA])[GRETA.pnr]["lakemedelslista"][0]
+    given = next(a for a in med["administreringar"] if a["status"] == "GIVEN")
+    words = {k: v for k, v in given.items() if k not in ("dosMangd", "dosEnhet")} | {"dos": "en halv"}
+    out, skipped = map_records(
+        BY_NAME["viva/lakemedelsadministreringar"],
+        {"lakemedelslista": [dict(med, administreringar=[words])]},
+        context(GRETA),
+        source_uri=SOURCE_URI,
+        priority=1,
+    )
+    assert skipped == 0
+    (mr,) = out
+    assert "dosage" not in mr.resource  # R4 mad-1 allows no dosage without a dose or rate
+    assert {"text": "Dos: en halv"} in mr.resource["note"]  # the dose in words is kept, not dropped
+    assert r4.validate(mr.resource) == []
 
 
 async def test_a_refused_dose_is_not_done_declined_by_patient(client: Any) -> None:
