@@ -12,12 +12,12 @@ from typing import Any
 
 from yarl import URL
 
+from proxy.pnr import system_of
 from proxy.simulators.population import DEMO_PEOPLE, REGION_PROVIDER, UNKNOWN_PNR, Person
 from tests.conftest import BASE, auth, consent_body, pid
 from tests.r4 import resources_in, validate
 
 AUDIENCES = ("clinician", "ambulance", "homecare", "patient")  # care staff, MobiMed, 1177, home care
-PNR = "http://electronichealth.se/identifier/personnummer"
 
 
 def headers(audience: str, person: Person) -> dict[str, str]:
@@ -106,7 +106,9 @@ async def test_searches_reads_metadata_and_errors_are_valid_r4(facade: Any) -> N
                 for r in data(everything):
                     first_of.setdefault(r["resourceType"], r)
                 assert len(first_of) > 1, (person.given, audience)
-                (found,) = await pages(f, f"{BASE}/Patient", {"identifier": f"{PNR}|{person.pnr}"}, hdrs)
+                (found,) = await pages(
+                    f, f"{BASE}/Patient", {"identifier": f"{system_of(person.pnr)}|{person.pnr}"}, hdrs
+                )
                 assert [r["id"] for r in data(found)] == [patient_id]
                 checked.check(f"{person.given}/{audience}/Patient?identifier", found)
                 for rtype, example in sorted(first_of.items()):
