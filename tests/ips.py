@@ -108,7 +108,9 @@ def check_document(bundle: dict[str, Any], base: str, patient_id: str) -> None:
     comp = composition(bundle)
     # Composition: required elements (R4 + IPS)
     assert comp["status"] == "final"
-    assert {"system": LOINC, "code": "60591-5", "display": "Patient summary Document"} in comp["type"]["coding"]
+    assert {"system": LOINC, "code": "60591-5", "display": "Patient summary Document"} in comp["type"][
+        "coding"
+    ]
     assert comp["subject"]["reference"] == f"{base}/Patient/{patient_id}"
     assert _INSTANT.match(comp["date"])
     assert comp["title"] == "International Patient Summary"
