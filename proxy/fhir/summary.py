@@ -492,7 +492,17 @@ def build_summary(
                     ],
                 ),
             },
-            **({"entry": [{"reference": u} for u in outcome_urls]} if outcome_urls else {}),
+            **(
+                {"entry": [{"reference": u} for u in outcome_urls]}
+                if outcome_urls
+                else {
+                    "emptyReason": {
+                        "coding": [
+                            {"system": EMPTY_REASON, "code": "unavailable", "display": _EMPTY["unavailable"]}
+                        ]
+                    }
+                }
+            ),
         }
     )
     restricted = any(

@@ -218,6 +218,19 @@ async def test_the_summary_is_audited_like_everything(facade: Any) -> None:
     assert "Hotfullt" not in str(event)
 
 
+async def test_a_malformed_summary_request_is_refused_and_logged_against_its_patient(facade: Any) -> None:
+    async with facade() as f:
+        strict = {**auth("clinician"), "Prefer": "handling=strict"}
+        status, body = await f.get(summary_url(TOLVAN.pnr), params={"profile": "x"}, headers=strict)
+        lenient, _ = await f.get(summary_url(TOLVAN.pnr), params={"profile": "x"})
+        (refused, _ok) = sorted(
+            await f.client.server.app[STORE_KEY].all_audit_events(), key=lambda e: e["outcome"], reverse=True
+        )
+    assert status == 400 and "profile" in body["issue"][0]["diagnostics"] and lenient == 200
+    assert refused["subtype"][0]["code"] == "summary" and refused["outcome"] == "8"
+    assert refused["entity"][0]["what"]["reference"] == f"Patient/{pid(TOLVAN.pnr)}"
+
+
 async def test_the_capability_statement_names_the_operation(facade: Any) -> None:
     async with facade() as f:
         _, cs = await f.get(f"{BASE}/metadata")
@@ -240,3 +253,23 @@ def test_the_narrative_escapes_what_the_sources_wrote() -> None:
     assert "<script" not in div and "<b " not in div
     tags = {el.tag.split("}")[-1] for el in ET.fromstring(div).iter()}
     assert tags == {"div", "table", "caption", "thead", "tbody", "tr", "th", "td"}
+
+
+async def test_with_every_source_down_the_summary_says_so_in_every_section(facade: Any) -> None:
+    """Nothing arrived and nobody can say whether the patient exists: as ``$everything`` (200, the
+    sources failed), the document stands a Patient of only its id in and every section is
+    "unavailable" naming the sources that failed — never "nil known"."""
+    async with facade() as f:
+        for backend in ("cosmic", "viva", "npo"):
+            await f.faults(backend, error_status=503)
+        status, ev = await f.get(f"{BASE}/Patient/{pid(TOLVAN.pnr)}/$everything", headers=auth("ambulance"))
+        bundle = await summary(f, TOLVAN.pnr, "ambulance")
+    assert status == 200 and not [e for e in ev["entry"] if e["search"]["mode"] == "match"]
+    assert set(_statuses(bundle).values()) == {"failed"}
+    (patient,) = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient"]
+    assert patient == {"resourceType": "Patient", "id": pid(TOLVAN.pnr)}
+    for code, section in ips.sections(bundle).items():
+        if code == "sources":
+            continue
+        assert ips.empty_reason(section) == "unavailable", code
+        assert "failed" in ips.narrative_text(section) or "No source" in ips.narrative_text(section)
