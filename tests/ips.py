@@ -121,8 +121,12 @@ def check_document(bundle: dict[str, Any], base: str, patient_id: str) -> None:
     # every reference — from the Composition and from every resource in it — resolves in the Bundle
     urls = by_full_url(bundle)
     for e in bundle["entry"]:
+        contained = {f"#{c.get('id')}" for c in e["resource"].get("contained", ())}
         for ref in _references(e["resource"]):
-            assert _resolve(ref, e["fullUrl"], base) in urls, f"{ref} from {e['fullUrl']} does not resolve"
+            if ref.startswith("#"):  # a contained resource (dom-3)
+                assert ref in contained, f"{ref} from {e['fullUrl']} does not resolve"
+                continue
+            assert _resolve(ref, base) in urls, f"{ref} from {e['fullUrl']} does not resolve"
     # sections: each with title, code, narrative; entries or an emptyReason, never both
     found = sections(bundle)
     for code in MANDATORY:
@@ -164,10 +168,9 @@ def _references(node: Any) -> list[str]:
     return found
 
 
-def _resolve(ref: str, full_url: str, base: str) -> str:
+def _resolve(ref: str, base: str) -> str:
     """FHIR R4 bundle reference resolution: an absolute URL or urn as it is; a relative one against
-    the base of the entry's own fullUrl (here: the server's base)."""
+    the server's base (the base of every fullUrl that is not a urn here)."""
     if ref.startswith(("urn:", "http://", "https://")):
         return ref
-    assert not ref.startswith("#"), "no contained resources here"
     return f"{base}/{ref}"
