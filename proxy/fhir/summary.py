@@ -38,7 +38,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from proxy import __version__
-from proxy.types import FhirDict, SourceOutcome
+from proxy.types import FhirDict, SourceOutcome, SourceStatus
 
 LOINC = "http://loinc.org"
 EMPTY_REASON = "http://terminology.hl7.org/CodeSystem/list-empty-reason"
@@ -373,10 +373,18 @@ def _assess(section: Section, permitted: frozenset[str], sources: SourceView) ->
     reason = "nilknown"
     if failed:
         reason = "unavailable"
-        notes.append(
-            f"Source(s) {_source_list(o.source for o in failed)} failed or answered from an old copy: "
-            f"records they hold may be missing here (see the Sources section)."
-        )
+        missing = [o.source for o in failed if o.status is not SourceStatus.STALE]
+        old = [o.source for o in failed if o.status is SourceStatus.STALE]
+        if missing:
+            notes.append(
+                f"Source(s) {_source_list(missing)} failed: records they hold are missing here "
+                "(see the Sources section)."
+            )
+        if old:
+            notes.append(
+                f"Source(s) {_source_list(old)} failed and an earlier answer stands in: records may be "
+                "missing or out of date (see the Sources section)."
+            )
     if not holders:
         reason = "unavailable"
         notes.append("No source of this service records this kind of information.")

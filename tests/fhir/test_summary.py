@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 
 from proxy.fhir.http import STORE_KEY
-from proxy.fhir.summary import narrative
+from proxy.fhir.summary import TYPES, SourceView, build_summary, narrative
 from proxy.simulators.population import DEMO_PEOPLE, GRETA, LENNART, TOLVAN, UNKNOWN_PNR
+from proxy.types import SourceOutcome, SourceStatus
 from tests import ips
 from tests.conftest import BASE, auth, pid, validate
 
@@ -273,3 +274,42 @@ async def test_with_every_source_down_the_summary_says_so_in_every_section(facad
             continue
         assert ips.empty_reason(section) == "unavailable", code
         assert "failed" in ips.narrative_text(section) or "No source" in ips.narrative_text(section)
+
+
+def test_a_source_answering_from_an_old_copy_is_named_and_never_nil_known() -> None:
+    """(Without a clock to wind past the cache's TTL: the document from a stale source status.)"""
+    allergy = {
+        "resourceType": "AllergyIntolerance",
+        "id": "p-cosmic-1",
+        "meta": {"source": "urn:x:cosmic"},
+        "code": {"text": "Amoxicillin"},
+        "patient": {"reference": "Patient/p"},
+    }
+    view = SourceView(
+        holders={
+            "AllergyIntolerance": ("cosmic", "npo"),
+            "Condition": ("cosmic", "npo"),
+            "Flag": ("cosmic",),
+        },
+        outcomes=[
+            SourceOutcome("cosmic", SourceStatus.OK, "answered"),
+            SourceOutcome("npo", SourceStatus.STALE, "answered HTTP 503; showing its answer from 90 s ago"),
+        ],
+        outcome_resources=[{"resourceType": "OperationOutcome", "issue": []}],
+        withheld_text=None,
+    )
+    for resources in ([], [allergy]):
+        bundle = build_summary(
+            resources, patient_id="p", base_url="https://f/fhir", permitted=TYPES, sources=view
+        )
+        ips.check_document(bundle, "https://f/fhir", "p")
+        allergies = ips.sections(bundle)[ips.ALLERGIES]
+        text = ips.narrative_text(allergies)
+        assert "'npo'" in text and "earlier answer stands in" in text
+        if resources:
+            assert text.startswith("This section may be incomplete") and "Amoxicillin" in text
+        else:
+            assert ips.empty_reason(allergies) == "unavailable"
+        # a section only Cosmic holds is known to be empty; one nobody holds is unavailable
+        assert ips.empty_reason(ips.sections(bundle)[ips.ALERTS]) == "nilknown"
+        assert ips.empty_reason(ips.sections(bundle)[ips.IMMUNIZATIONS]) == "unavailable"
