@@ -364,7 +364,7 @@ def _source_list(names: Iterable[str]) -> str:
     return ", ".join(f"'{n}'" for n in names)
 
 
-def _assess(section: Section, permitted: frozenset[str], sources: SourceView) -> tuple[str | None, list[str]]:
+def _assess(section: Section, permitted: frozenset[str], sources: SourceView) -> tuple[str, list[str]]:
     """(the emptyReason this section would have if empty, the notes for its narrative)."""
     holders = sorted({s for t in section.types for s in sources.holders.get(t, ())})
     failed = [o for o in sources.outcomes if o.status.degraded and o.source in holders]
@@ -459,7 +459,6 @@ def build_summary(
             for r in members:
                 included.setdefault(url(r), r)
         else:
-            assert reason is not None
             where = _source_list(sorted({s for t in section.types for s in sources.holders.get(t, ())}))
             lead = f"No information. No source has such a record for this patient (asked: {where})."
             if reason != "nilknown":
