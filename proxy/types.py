@@ -75,7 +75,7 @@ class SearchFilter:
 class Query:
     """A parsed FHIR read or search: what to fetch, how to filter, which page to return."""
 
-    interaction: str  # "read" | "search-type" | "everything"
+    interaction: str  # "read" | "search-type" | "everything" | "summary"
     resource_types: frozenset[str]  # the types whose mappings are fanned out to
     patient: PatientRef | None
     resource_id: str | None = None  # for "read"

@@ -13,7 +13,9 @@ def source_issues(bundle: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """{source name: its outcome issue}, for every source the answer names (exactly one issue each)."""
     out: dict[str, dict[str, Any]] = {}
     for e in bundle.get("entry", []):
-        if e["search"]["mode"] != "outcome":
+        # (a $summary document has no search modes: its source outcomes are plain entries)
+        mode = e["search"]["mode"] if bundle["type"] != "document" else e["resource"]["resourceType"]
+        if mode not in ("outcome", "OperationOutcome"):
             continue
         for issue in e["resource"]["issue"]:
             codings = {c["system"]: c["code"] for c in issue["details"].get("coding", [])}

@@ -3,9 +3,10 @@
 * Scopes limit what may be done with each resource type (SMART v2 permissions, ``proxy.types``):
   a read by id needs ``r``, a search (GET or POST ``_search``) ``s``. ``$everything`` is a search of
   every type it returns: it quietly narrows to the types granted ``s`` (a type granted only ``r`` is
-  left out). Asking for nothing the scopes grant — a search or read of a type without the
-  permission, or an ``$everything`` with no type left — is a 403 whose OperationOutcome names the
-  scope missing. Types outside the scopes are never fanned out.
+  left out); so is ``$summary`` (its sections say which types were left out). Asking for nothing
+  the scopes grant — a search or read of a type without the permission, or an ``$everything`` with
+  no type left — is a 403 whose OperationOutcome names the scope missing. Types outside the scopes
+  are never fanned out.
 * ``user/`` scopes cover every patient; ``patient/`` scopes only the token's launch patient. A care
   token asking about another patient is judged by its ``user/`` scopes alone (403 when they grant
   nothing asked for), so an unknown patient id is refused the same way, and nothing is learnt.
@@ -24,7 +25,7 @@ from proxy.fhir.errors import FhirError
 from proxy.types import Permission, Principal, Query
 
 # The permission each interaction needs (SMART v2). $everything: a search of every type it returns.
-NEEDS: dict[str, Permission] = {"read": "r", "search-type": "s", "everything": "s"}
+NEEDS: dict[str, Permission] = {"read": "r", "search-type": "s", "everything": "s", "summary": "s"}
 _VERB = {"c": "create", "r": "read", "u": "update", "d": "delete", "s": "search"}
 _V1 = {"c": "write", "r": "read", "u": "write", "d": "write", "s": "read"}
 
@@ -95,7 +96,7 @@ def decide(principal: Principal, query: Query) -> AccessDecision:
     permission = NEEDS[query.interaction]
     pnr = judged_for(principal, query.patient.pnr if query.patient is not None else None)
     types = frozenset(t for t in query.resource_types if principal.may(permission, t, pnr))
-    if query.interaction == "everything":
+    if query.interaction in ("everything", "summary"):  # narrowed to the types granted
         if not types:
             raise missing_scope(principal, permission, (), pnr)
     elif types != query.resource_types:

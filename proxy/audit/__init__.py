@@ -43,7 +43,7 @@ PROBE = "refused: a patient's request about another patient's record, answered a
 # The emergency-reason detail of a request whose X-Emergency-Access is not a reason code (its text
 # is never logged).
 NOT_A_REASON = "not-a-reason-code"
-ACTION = {"create": "C", "update": "U", "everything": "E"}  # else R (read, search)
+ACTION = {"create": "C", "update": "U", "everything": "E", "summary": "E"}  # else R (read, search)
 # What the patient's view calls each audience's role.
 ROLE_DISPLAY = {
     "ambulance": "Ambulanssjukvård",

@@ -36,7 +36,12 @@ def capability_statement(mappings: MappingSet, base_url: str, software_date: str
                 {
                     "name": "everything",
                     "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
-                }
+                },
+                {
+                    "name": "summary",
+                    "definition": "http://hl7.org/fhir/uv/ips/OperationDefinition/summary",
+                    "documentation": "International Patient Summary (IPS) of what the asker may see",
+                },
             ]
         resources.append(entry)
     # the resources the facade keeps itself (proxy/fhir/stored.py)

@@ -323,6 +323,30 @@ def parse_everything(
     )
 
 
+def parse_summary(
+    rid: str,
+    params: Params,
+    ids: PatientIds,
+    types: frozenset[str],
+    settings: FacadeSettings,
+    *,
+    strict: bool = False,
+) -> Query:
+    """``Patient/{id}/$summary``: the IPS of the ``types`` its sections (and what they reference)
+    need. It takes no parameters of its own (the IPS operation's ``identifier`` and ``profile`` are
+    not supported): any is ignored, or a 400 under ``Prefer: handling=strict``."""
+    if not is_fhir_id(rid):
+        raise bad_request("Not a valid resource id")
+    patient = ids.resolve(rid)
+    if patient is None:
+        raise not_found("No Patient with that id is known")
+    p = _Parser(params, settings, strict)
+    for key, _ in p.params:
+        if key not in ("_format", "_pretty"):
+            p.ignore(key)
+    return Query(interaction="summary", resource_types=types & SUPPORTED_TYPES, patient=patient, count=0)
+
+
 def parse_stored_search(
     rtype: str,
     params: Params,

@@ -4,6 +4,7 @@
     GET  {base}/Patient?identifier=<system>|<personnummer>     (or _id)
     GET  {base}/Patient/{id}
     GET  {base}/Patient/{id}/$everything   (_type, _since, _count)
+    GET  {base}/Patient/{id}/$summary      (an International Patient Summary: proxy/fhir/summary.py)
     GET  {base}/{Type}?patient={id}&...     POST {base}/{Type}/_search (form-encoded)
     GET  {base}/{Type}/{id}
 
@@ -56,6 +57,9 @@ from proxy.fhir.http import (
 )
 from proxy.fhir.ids import holding_backend, is_fhir_id
 from proxy.fhir.server import below_the_routes
+from proxy.fhir.summary import TYPES as SUMMARY_TYPES
+from proxy.fhir.summary import SourceView, build_summary
+from proxy.fhir.summary import disclosed as summary_disclosed
 from proxy.pipeline import Answer, Facade, collect
 from proxy.store import StoreUnavailable
 from proxy.types import FhirDict, Principal, Query
@@ -255,6 +259,7 @@ class FhirRoutes:
         app.router.add_get(f"{b}/metadata", self.metadata)
         app.router.add_get(f"{b}/.well-known/smart-configuration", self.smart_configuration)
         app.router.add_get(f"{b}/Patient/{{id}}/$everything", self.everything)
+        app.router.add_get(f"{b}/Patient/{{id}}/$summary", self.summary)
         stored.add_routes(app, b)
         app.router.add_get(f"{b}/{{type}}", self.search)
         app.router.add_post(f"{b}/{{type}}/_search", self.search_post)
@@ -328,6 +333,50 @@ class FhirRoutes:
             raise not_found("No Patient with that id is known")
         url = f"{base_url(request, facade)}/Patient/{rid}/$everything"
         return self._bundle(request, facade, query, answer, url)
+
+    async def summary(self, request: web.Request) -> web.Response:
+        """The IPS document, from the same answer ``$everything`` gives this asker (same access
+        decision, PDL, redaction, emergency access, audit); 404 exactly when ``$everything`` is."""
+        facade = request.app[FACADE_KEY]
+        rid = request.match_info["id"]
+        types = facade.mappings.with_referenced(SUMMARY_TYPES)  # (referenced: to resolve in the document)
+        try:
+            query = parse.parse_summary(
+                rid,
+                list(request.query.items()),
+                facade.ids,
+                types,
+                facade.settings.facade,
+                strict=strict(request),
+            )
+        except FhirError:  # refused as malformed: logged against the patient it names
+            patient = facade.ids.resolve(rid) if is_fhir_id(rid) else None
+            audit_unparsed(request, "summary", frozenset(), patient)
+            raise
+        request[AUDIT_QUERY_KEY] = query
+        answer = await _collect(request, facade, query)
+        request[AUDIT_DEGRADED_KEY] = [o.source for o in answer.outcomes if o.status.degraded]
+        if answer.patient_known is False:
+            raise not_found("No Patient with that id is known")
+        assert query.patient is not None
+        outcomes = [source_outcome(o, facade.settings.backend(o.source).description) for o in answer.outcomes]
+        hint = None
+        if answer.withheld:
+            outcomes.append(withheld_outcome(answer.withheld))
+            hint = " ".join(_hint_texts(answer))
+        holders = {
+            t: tuple(b for b in facade.settings.source_priority if facade.mappings.for_types(b, (t,)))
+            for t in SUMMARY_TYPES
+        }
+        document = build_summary(
+            answer.resources,
+            patient_id=query.patient.fhir_id,
+            base_url=base_url(request, facade),
+            permitted=decide(request[PRINCIPAL_KEY], query).types,
+            sources=SourceView(holders, answer.outcomes, outcomes, hint),
+        )
+        request[AUDIT_DISCLOSED_KEY] = _disclosed(summary_disclosed(document))
+        return fhir_response(document, pretty=pretty(request))
 
     async def read(self, request: web.Request) -> web.Response:
         facade = request.app[FACADE_KEY]

@@ -191,3 +191,26 @@ async def test_everything_narrowed_by_scopes_to_withheld_records_is_not_an_unkno
         status, bundle = await f.get(EVERYTHING, headers=narrow)
         assert status == 200, bundle
         assert hint(bundle) == hint(searched[1]) and len(hint(bundle)) == 1
+
+
+@pytest.mark.parametrize("reason", ["consent-required", "blocked"])
+async def test_the_summary_shows_nothing_withheld_and_carries_the_same_hint(facade: Any, reason: str) -> None:
+    """``$summary`` is built from the same PDL-filtered answer: no withheld record, id or text in
+    it, and the hint it carries (among its source outcomes) is the one ``$everything`` carries."""
+    async with withheld_from_clinician(facade, reason) as f:
+        hidden = await withheld_condition_ids(f)
+        _, everything = await f.get(EVERYTHING)
+        resp = await f.client.get(f"{BASE}/Patient/{PATIENT}/$summary")
+        text = await resp.text()
+        document = orjson.loads(text)
+    assert resp.status == 200
+    assert not any(rid in text for rid in hidden)
+    outcomes = [
+        orjson.dumps({k: v for k, v in e["resource"].items() if k != "id"}, option=orjson.OPT_SORT_KEYS)
+        for e in document["entry"]
+        if e["resource"]["resourceType"] == "OperationOutcome"
+        and any(
+            c.get("system") == PDL for i in e["resource"]["issue"] for c in i["details"].get("coding", [])
+        )
+    ]
+    assert outcomes == hint(everything) and len(outcomes) == 1

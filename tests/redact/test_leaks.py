@@ -18,6 +18,7 @@ import pytest
 
 from proxy.fhir.params import SUPPORTED_TYPES
 from proxy.simulators.population import DEMO_PEOPLE, GRETA, SANNA, TOLVAN, UNKNOWN_PNR
+from tests import ips
 from tests.conftest import BASE, auth, pid
 
 THREAT = "Hotfullt beteende mot ambulanspersonal"  # Tolvan's threat flag (Cosmic, MobiMed "Hot")
@@ -142,6 +143,8 @@ async def test_no_sentinel_leaks_to_any_audience_on_any_endpoint_or_page(facade:
             hidden = set(everything) - set(await visible(f.client, headers, pnr))
             probe = Probe(f.client, headers, forbidden, hidden)
             await probe.all_pages(f"{BASE}/Patient/{pid(pnr)}/$everything", {})
+            status, _ = await probe.get(f"{BASE}/Patient/{pid(pnr)}/$summary")
+            assert status == (404 if pnr == UNKNOWN_PNR else 200)
             await probe.all_pages(f"{BASE}/Patient", {"identifier": pnr})
             for rtype in sorted(SUPPORTED_TYPES - {"Patient"}):
                 await probe.all_pages(f"{BASE}/{rtype}", {"patient": pid(pnr)})
@@ -206,11 +209,12 @@ async def test_a_patient_reads_only_their_own_record(facade: Any, other: str) ->
             ev = await f.client.get(f"{BASE}/Patient/{pid_}/$everything", headers=tolvan)
             rd = await f.client.get(f"{BASE}/Patient/{pid_}", headers=tolvan)
             sr = await f.client.get(f"{BASE}/Condition", params={"patient": pid_}, headers=tolvan)
+            su = await f.client.get(f"{BASE}/Patient/{pid_}/$summary", headers=tolvan)
             answers.append(
-                [(r.status, (await r.text()).replace(pid_, "X").replace(pnr, "N")) for r in (ev, rd, sr)]
+                [(r.status, (await r.text()).replace(pid_, "X").replace(pnr, "N")) for r in (ev, rd, sr, su)]
             )
     assert answers[0] == answers[1]
-    assert [status for status, _ in answers[0]] == [404, 404, 200]
+    assert [status for status, _ in answers[0]] == [404, 404, 200, 404]
 
 
 async def test_protected_identity_reaches_only_the_patient(facade: Any) -> None:
@@ -247,3 +251,26 @@ async def test_search_cannot_probe_hidden_content(facade: Any) -> None:
             f"{BASE}/Flag", params={"patient": pid(TOLVAN.pnr), "_summary": "count"}, headers=auth("homecare")
         )
         assert (await by_code.json(content_type=None))["total"] == clin_total
+
+
+@pytest.mark.parametrize("audience", ["clinician", "homecare", "patient"])
+async def test_a_summary_section_holding_only_hidden_records_reads_as_a_truly_empty_one(
+    facade: Any, audience: str
+) -> None:
+    """Tolvan's only alert is the ambulance's threat flag; Sanna has no alert anywhere. For every
+    audience but the ambulance both alerts sections are the same empty section, byte for byte, and
+    nothing in Tolvan's summary names the flag (its text or its id)."""
+    async with facade() as f:
+        amb = await f.get(f"{BASE}/Patient/{pid(TOLVAN.pnr)}/$summary", headers=auth("ambulance"))
+        seen = {}
+        for pnr in (TOLVAN.pnr, SANNA.pnr):
+            status, seen[pnr] = await f.get(
+                f"{BASE}/Patient/{pid(pnr)}/$summary", headers=token_for(audience, pnr)
+            )
+            assert status == 200
+    threat = ips.entries(amb[1], ips.ALERTS)[0]
+    assert THREAT in str(threat)
+    assert ips.sections(seen[TOLVAN.pnr])[ips.ALERTS] == ips.sections(seen[SANNA.pnr])[ips.ALERTS]
+    assert ips.empty_reason(ips.sections(seen[TOLVAN.pnr])[ips.ALERTS]) == "nilknown"
+    text = str(seen[TOLVAN.pnr])
+    assert THREAT not in text and threat["id"] not in text and "safety" not in text

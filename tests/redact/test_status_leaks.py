@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from proxy.settings import DEMO_PATIENT_ID_KEY, load_settings
 from proxy.simulators import npo
 from proxy.simulators.harness import running_simulators
 from proxy.simulators.population import OTHER_REGION_PROVIDER, at, generated_people
+from tests import ips
 from tests.conftest import BASE, FacadeTestServer, auth, pid
 from tests.source_status import status_block, statuses
 
@@ -60,9 +62,11 @@ def _npo_data(people: list[Any]) -> dict[str, dict[str, list[Any]]]:
 
 
 @contextlib.asynccontextmanager
-async def facade(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[TestClient]:
+async def facade(
+    tmp: Path, monkeypatch: pytest.MonkeyPatch, data: Callable[[list[Any]], Any] = _npo_data
+) -> AsyncIterator[TestClient]:
     """The deployment's own settings — cache and engagement index on — and no consents at all."""
-    monkeypatch.setattr(npo, "build_data", _npo_data)
+    monkeypatch.setattr(npo, "build_data", data)
     async with running_simulators(SETTINGS, [HIDDEN, EMPTY]) as urls:
         live = SETTINGS.with_backend_urls(urls)
         live = replace(
@@ -87,6 +91,7 @@ def probes(patient_id: str) -> list[tuple[str, dict[str, str]]]:
         (f"{BASE}/Patient/{patient_id}/$everything", {}),
         (f"{BASE}/Condition", search),
         (f"{BASE}/Flag", search),
+        (f"{BASE}/Patient/{patient_id}/$summary", {}),  # the sources in a document
     ]
 
 
@@ -97,7 +102,7 @@ def _pdl_hint(bundle: dict[str, Any]) -> bool:
     return any(
         c.get("system") == PDL
         for e in bundle.get("entry", [])
-        if e["search"]["mode"] == "outcome"
+        if e["resource"]["resourceType"] == "OperationOutcome"
         for i in e["resource"]["issue"]
         for c in i.get("details", {}).get("coding", [])
     )
@@ -135,7 +140,7 @@ async def test_hidden_records_leave_no_trace_in_the_source_statuses(
         # The one designed difference: care staff are told, by the PDL hint, that a record is
         # withheld (never where or what), so $everything of a patient whose only record is
         # withheld is that hint (200), not "no such patient" (404) like a patient with nothing.
-        assert audience != "patient" and path.endswith("$everything"), path
+        assert audience != "patient" and path.endswith(("$everything", "$summary")), path
         assert h[0] == 200 and h[2] and e[0] == 404
 
 
@@ -152,3 +157,69 @@ async def test_the_probe_sees_the_hidden_record_where_it_is_not_hidden(
         assert resp.status == 200
         bundle = await resp.json(content_type=None)
     assert bundle["total"] == 1 and statuses(bundle)["npo"] == "answered"
+
+
+ALLERGY = "Fenoximetylpenicillin, ej delgiven patienten"
+
+
+def _npo_allergy_data(people: list[Any]) -> dict[str, dict[str, list[Any]]]:
+    """Both patients have the same diagnosis from the region (shown to everyone); HIDDEN also has
+    an allergy not approved for the patient (NOPAT)."""
+    data = {}
+    for person in (HIDDEN, EMPTY):
+        records: dict[str, list[Any]] = npo._empty()
+        records["diagnosis"] = [
+            npo.diagnosis(
+                person.pnr, "LEAK-D-1", at(40), "I10", "Essentiell hypertoni", main=True, chronic=True
+            )
+        ]
+        if person is HIDDEN:
+            records["alertInformation"] = [
+                npo.alert(
+                    person.pnr,
+                    "LEAK-A-1",
+                    at(30),
+                    "OVE",
+                    ALLERGY,
+                    hypersensitivity=npo.drug_hypersensitivity("J01CE02", ALLERGY, "ALLV"),
+                    approved=False,
+                )
+            ]
+        data[person.pnr] = {k: [npo._drop_none(r) for r in v] for k, v in records.items()}
+    return data
+
+
+def _normalised(text: str, patient_id: str) -> str:
+    """A summary with what differs between any two requests made the same: ids of the patient and
+    of the document's own parts, times, latencies, cache ages."""
+    text = text.replace(patient_id, "P")
+    text = re.sub(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", "U", text)
+    text = re.sub(r'"(timestamp|date)":"[^"]+"', r'"\1":"T"', text)
+    text = re.sub(r'"valueDecimal":[0-9.]+', '"valueDecimal":0', text)
+    return re.sub(r"\b\d+ s\b", "N s", text)
+
+
+async def test_a_patients_summary_is_the_same_whether_a_record_is_hidden_from_them_or_absent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Section emptiness reveals nothing: HIDDEN's allergy is not approved for the patient, EMPTY
+    has none; each patient's own summary is the same document (its allergies section "nil known"
+    in both). Care staff, who may read it, do see it — the probe is sound."""
+    async with facade(tmp_path, monkeypatch, _npo_allergy_data) as client:
+        seen = {}
+        for person in (HIDDEN, EMPTY):
+            resp = await client.get(
+                f"{BASE}/Patient/{pid(person.pnr)}/$summary", headers=auth("patient", pnr=person.pnr)
+            )
+            assert resp.status == 200
+            seen[person.pnr] = await resp.text()
+        emergency = {**auth("clinician"), "X-Emergency-Access": "no-time"}
+        care = await client.get(f"{BASE}/Patient/{pid(HIDDEN.pnr)}/$summary", headers=emergency)
+        assert care.status == 200
+        care_text = await care.text()
+    assert ALLERGY not in seen[HIDDEN.pnr] and "LEAK-A-1" not in seen[HIDDEN.pnr]
+    assert _normalised(seen[HIDDEN.pnr], pid(HIDDEN.pnr)) == _normalised(seen[EMPTY.pnr], pid(EMPTY.pnr))
+    own = json.loads(seen[HIDDEN.pnr])
+    assert ips.empty_reason(ips.sections(own)[ips.ALLERGIES]) == "nilknown"
+    assert ips.entries(own, ips.PROBLEMS)  # the diagnosis both have is there
+    assert ips.entries(json.loads(care_text), ips.ALLERGIES) and ALLERGY in care_text
