@@ -39,7 +39,7 @@ import orjson
 from proxy.fhir.ids import ResourceIds
 from proxy.mapping.paths import Finder, First, PathError, compile_first, compile_path, dotted_keys
 from proxy.mapping.xml import parse_xml
-from proxy.timeutil import SWEDEN, format_kind, iso_local_to_fhir, local_to_fhir
+from proxy.timeutil import SWEDEN, LocalTime, format_kind, iso_local_to_fhir, local_to_fhir, localize
 
 Context = Mapping[str, Any]
 Builder = Callable[[Any, Context], Any]
@@ -352,11 +352,11 @@ class _Compiler:
 
             def passed(rec: Any) -> bool:
                 for v in find(rec):
-                    try:
-                        when = datetime.strptime(str(v).strip(), arg).replace(tzinfo=SWEDEN)
+                    try:  # by the local-time rule (proxy.timeutil.localize); instants compared
+                        when = localize(datetime.strptime(str(v).strip(), arg))[0].timestamp()
                     except ValueError:
                         continue
-                    if when <= now():
+                    if when <= now().timestamp():
                         return True
                 return False
 
@@ -577,7 +577,12 @@ class _TreeSource:
     def __init__(self, compiler: _Compiler) -> None:
         self.c = compiler
         self.lines: list[str] = []
-        self.env: dict[str, Any] = {"_empty": _empty, "_text": scalar_text, "_NO_RECORD": _NO_RECORD}
+        self.env: dict[str, Any] = {
+            "_empty": _empty,
+            "_text": scalar_text,
+            "_NO_RECORD": _NO_RECORD,
+            "_LocalTime": LocalTime,
+        }
         self.count = 0
         self.reads_record = False  # the function starts with ``rd``: the record if it is a dict
 
@@ -719,6 +724,10 @@ class _TreeSource:
             elif v.kind == "any":
                 self._put(depth, f"if {v.name} is not None and {_full(v.name)}:")
                 self._put(depth + 1, f"{var}[{key!r}] = {v.name}")
+                if isinstance(sub, dict) and "$date" in sub:  # a resolved local time: flagged beside it
+                    self._put(depth + 1, f"if {v.name}.__class__ is _LocalTime:")
+                    self._put(depth + 2, f"{var}[{key!r}] = str.__str__({v.name})")
+                    self._put(depth + 2, f"{var}[{'_' + key!r}] = {{'extension': [{v.name}.flag()]}}")
             else:
                 self._put(depth, f"if {v.name} is not None:")
                 self._put(depth + 1, f"{var}[{key!r}] = {v.name}")
