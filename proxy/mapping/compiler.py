@@ -80,7 +80,9 @@ _TOP_KEYS = frozenset(
     }
 )
 _REQUEST_KEYS = frozenset({"method", "path", "query", "body", "headers", "format", "unknown_patient"})
-_CONDITION_OPS = frozenset({"equals", "not_equals", "in", "not_in", "exists", "before_now", "not_before_now"})
+_CONDITION_OPS = frozenset(
+    {"equals", "not_equals", "in", "not_in", "exists", "before_now", "not_before_now", "mapped", "unmapped"}
+)
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 
 
@@ -341,6 +343,16 @@ class _Compiler:
             if op == "in":
                 return lambda rec: any(scalar_text(v) in allowed for v in find(rec))
             return lambda rec: not any(scalar_text(v) in allowed for v in find(rec))
+        if op in ("mapped", "unmapped"):
+            # a code map (by name, or inline) knows the value / a value is there that it does not know
+            known = frozenset(self.code_map_table(arg, f"{where}.{op}"))
+
+            def values(rec: Any) -> list[str]:
+                return [scalar_text(v) for v in find(rec) if not _empty(v) and not isinstance(v, dict | list)]
+
+            if op == "mapped":
+                return lambda rec: any(v in known for v in values(rec))
+            return lambda rec: (vs := values(rec)) != [] and not any(v in known for v in vs)
         if op == "exists":
             want = bool(arg)
             return lambda rec: bool(find(rec)) is want
@@ -435,7 +447,11 @@ class _Compiler:
             raise self.fail(
                 f"{where}.$else", "a constant scalar, beside a $when: the value when it does not hold"
             )
-        return _Parts(keys, template, base, tuple(steps), spec.get("$default"), when, otherwise)
+        default = spec.get("$default")
+        computed = None  # a $default that is itself a value spec (e.g. a $const with $when/$else)
+        if isinstance(default, dict) and any(k in default for k in ("$path", "$const", "$template", "$ref")):
+            computed, default = self.node(default, f"{where}.$default"), None
+        return _Parts(keys, template, base, tuple(steps), default, when, otherwise, computed)
 
     def reference(self, spec: Any, where: str) -> Builder:
         if not isinstance(spec, dict) or set(spec) != {"mapping", "id"}:
@@ -458,7 +474,8 @@ class _Compiler:
 
         return ref
 
-    def code_map(self, spec: Any, where: str) -> Callable[[Any], Any]:
+    def code_map_table(self, spec: Any, where: str) -> dict[str, Any]:
+        """A code map (a name in terminology/*.yaml, or an inline table), keyed by FHIR text."""
         if isinstance(spec, str):
             if spec not in self.code_maps:
                 raise self.fail(where, f"unknown code map {spec!r} (mappings/terminology/*.yaml)")
@@ -467,7 +484,10 @@ class _Compiler:
             table = spec
         else:
             raise self.fail(where, "expects a code map name or an inline {local: standard} table")
-        lookup = {scalar_text(k): v for k, v in table.items()}
+        return {scalar_text(k): v for k, v in table.items()}
+
+    def code_map(self, spec: Any, where: str) -> Callable[[Any], Any]:
+        lookup = self.code_map_table(spec, where)
         return lambda v: lookup.get(scalar_text(v))
 
     def date(self, spec: Any, where: str) -> Callable[[Any], Any]:
@@ -553,6 +573,7 @@ class _Parts:
     default: Any  # $default (None: none)
     when: Predicate | None  # $when: else no value (and no default) ...
     otherwise: Any = None  # ... or $else, a constant scalar
+    computed_default: Builder | None = None  # a $default that is a value spec of its own
 
 
 @dataclass(frozen=True, slots=True)
@@ -653,6 +674,9 @@ class _TreeSource:
         if parts.default is not None:
             self._put(at, f"if {var} is None:")
             self._put(at + 1, f"{var} = {self._bind(parts.default)}")
+        elif parts.computed_default is not None:
+            self._put(at, f"if {var} is None:")
+            self._put(at + 1, f"{var} = {self._bind(parts.computed_default)}(rec, ctx)")
         if parts.when is not None:
             self._put(depth, "else:")
             self._put(depth + 1, f"{var} = {self._bind(parts.otherwise)}")
