@@ -12,7 +12,8 @@ Dialect (deliberately unlike FHIR):
 * status codes of its own: ``ACT``/``INACT``/``RES`` (diagnoses), ``ACTIVE``/``ENDED`` (medication),
   ``FINAL``/``PRELIMINARY`` (lab), ``SIGNED``/``UNSIGNED`` (notes);
 * alerts: ``alertKind`` ``CARE_LIMITATION`` (``alertCode`` ``EJHLR`` no CPR, ``VILSAD`` end-of-life
-  care), ``ALERT`` or ``HYPERSENSITIVITY`` — and kinds the facade does not know (Lennart's ``INFECTION``); a hypersensitivity carries the reaction's ``severity``
+  care), ``ALERT`` or ``HYPERSENSITIVITY`` — and kinds the facade does not know (Lennart's
+  ``INFECTION``); a hypersensitivity carries the reaction's ``severity``
   ``MILD``/``MODERATE``/``SEVERE`` and its ``certainty`` ``SUSPECTED``/``CONFIRMED``/``REFUTED``
   (either may be missing: not recorded).
 """

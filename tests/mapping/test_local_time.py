@@ -75,7 +75,10 @@ def test_an_ambiguous_autumn_time_is_the_earlier_instant() -> None:
     ],
 )
 def test_a_resolved_local_time_is_flagged_on_its_element(fmt: str, text: str, url: str, value: str) -> None:
-    fields = {"onsetDateTime": {"$path": "t", "$date": fmt}, "period": {"start": {"$path": "t", "$date": fmt}}}
+    fields = {
+        "onsetDateTime": {"$path": "t", "$date": fmt},
+        "period": {"start": {"$path": "t", "$date": fmt}},
+    }
     mark = {"extension": [{"url": url, "valueString": text}]}
     assert tc.build(fields, {"t": text}) == {
         "onsetDateTime": value,
@@ -119,10 +122,14 @@ def test_before_now_compares_instants_by_the_same_rule(monkeypatch: pytest.Monke
     fields = {"ended": {"$const": True, "$when": {"path": "end", "before_now": "%Y%m%d%H%M"}, "$else": False}}
     # 01:15Z: the second 02:15 of the autumn night (winter time). An end at 02:30 is the first
     # 02:30 (00:30Z) by the rule: it has passed, though a wall-clock reading says 02:30 > 02:15.
-    monkeypatch.setattr(compiler_module, "now", lambda: datetime(2026, 10, 25, 1, 15, tzinfo=UTC).astimezone(SWEDEN))
+    monkeypatch.setattr(
+        compiler_module, "now", lambda: datetime(2026, 10, 25, 1, 15, tzinfo=UTC).astimezone(SWEDEN)
+    )
     assert tc.build(fields, {"end": "202610250230"}) == {"ended": True}
     # 01:15Z in spring is 03:15 summer time. An end at 02:30, in the gap, is 03:30 (01:30Z): not yet.
-    monkeypatch.setattr(compiler_module, "now", lambda: datetime(2026, 3, 29, 1, 15, tzinfo=UTC).astimezone(SWEDEN))
+    monkeypatch.setattr(
+        compiler_module, "now", lambda: datetime(2026, 3, 29, 1, 15, tzinfo=UTC).astimezone(SWEDEN)
+    )
     assert tc.build(fields, {"end": "202603290230"}) == {"ended": False}
 
 
@@ -145,7 +152,9 @@ def _map_lab(sampled: str, result: str) -> dict[str, Any]:
         "careUnit": {"hsaId": pop.UNITS["vc-norr"][0], "name": "Vc", "providerHsaId": pop.REGION_PROVIDER},
     }
     ctx = cm.context(pop.TOLVAN)
-    mapped, skipped = map_records(cm.BY_NAME["labresults"], {"items": [record]}, ctx, source_uri="urn:x", priority=1)
+    mapped, skipped = map_records(
+        cm.BY_NAME["labresults"], {"items": [record]}, ctx, source_uri="urn:x", priority=1
+    )
     assert skipped == 0 and len(mapped) == 1
     return mapped[0].resource
 
@@ -153,7 +162,9 @@ def _map_lab(sampled: str, result: str) -> dict[str, Any]:
 def test_a_cosmic_lab_result_sampled_in_the_gap_and_issued_in_the_repeated_hour() -> None:
     obs = _map_lab("2026-03-29 02:30", "2026-10-25 02:30")
     assert obs["effectiveDateTime"] == "2026-03-29T03:30:00+02:00"
-    assert obs["_effectiveDateTime"] == {"extension": [{"url": NONEXISTENT, "valueString": "2026-03-29 02:30"}]}
+    assert obs["_effectiveDateTime"] == {
+        "extension": [{"url": NONEXISTENT, "valueString": "2026-03-29 02:30"}]
+    }
     assert obs["issued"] == "2026-10-25T02:30:00+02:00"
     assert obs["_issued"] == {"extension": [{"url": AMBIGUOUS, "valueString": "2026-10-25 02:30"}]}
     cm.validate(obs)

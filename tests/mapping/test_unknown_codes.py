@@ -34,7 +34,11 @@ from tests.mapping import test_viva_mappings as vm
 
 UNMAPPED = "urn:fhir-facade:unmapped-code"
 FLAG_CATEGORY = "http://terminology.hl7.org/CodeSystem/flag-category"
-NULL_FLAVOR_UNK = {"system": "http://terminology.hl7.org/CodeSystem/v3-NullFlavor", "code": "UNK", "display": "unknown"}
+NULL_FLAVOR_UNK = {
+    "system": "http://terminology.hl7.org/CodeSystem/v3-NullFlavor",
+    "code": "UNK",
+    "display": "unknown",
+}
 
 
 def mark(system: str, code: str) -> dict[str, Any]:
@@ -80,7 +84,9 @@ async def test_a_cosmic_alert_of_a_kind_the_mapping_does_not_know_is_a_flag(clie
     flag = flags["A-320004"]
     cm.validate(flag)
     assert flag["status"] == "active"
-    assert flag["category"] == [{"coding": [{"system": "urn:fhir-facade:cosmic:alert-kind", "code": "INFECTION"}]}]
+    assert flag["category"] == [
+        {"coding": [{"system": "urn:fhir-facade:cosmic:alert-kind", "code": "INFECTION"}]}
+    ]
     assert flag["code"]["coding"] == [{"system": "urn:fhir-facade:cosmic:alert-code", "code": "MRSA"}]
     assert flag["code"]["text"].startswith("MRSA")
     assert marks(flag) == [mark("urn:fhir-facade:cosmic:alert-kind", "INFECTION")]
@@ -167,13 +173,20 @@ def test_cosmic_allergy_codes_the_maps_do_not_know() -> None:
         mark("urn:fhir-facade:cosmic:allergy-certainty", "PROBABLE"),
         mark("urn:fhir-facade:cosmic:allergy-severity", "LIFE_THREATENING"),
     ]
+    rec = cosmic_record("alerts", "A-300002")
+    rec["state"] = "UNDER_REVIEW"  # the validity period decides (no end: active), and it is marked
+    allergy = cosmic("hypersensitivity", rec)
+    assert [c["code"] for c in allergy["clinicalStatus"]["coding"]] == ["active"]
+    assert marks(allergy) == [mark("urn:fhir-facade:cosmic:alert-state", "UNDER_REVIEW")]
 
 
 def test_known_cosmic_codes_carry_no_mark() -> None:
     for who in (pop.TOLVAN, pop.LENNART):
         for kind, (raw_kind, _) in cm.RAW.items():
             records = cm.RAW_DATA[who.pnr][raw_kind]
-            out, _ = map_records(cm.BY_NAME[kind], {"items": records}, cm.context(who), source_uri="urn:x", priority=1)
+            out, _ = map_records(
+                cm.BY_NAME[kind], {"items": records}, cm.context(who), source_uri="urn:x", priority=1
+            )
             for r in out:
                 if r.origin_key.endswith("|A-320004"):
                     continue  # the unknown kind above
@@ -248,7 +261,9 @@ def test_known_npo_codes_carry_no_mark() -> None:
     for mapping, (_, contract, element) in nm.EXPECTED.items():
         for who in pop.DEMO_PEOPLE:
             records = nm.RAW.get(who.pnr, {}).get(element, [])
-            body = {"Envelope": {"Body": {f"{contract}Response": {element: [npo._drop_none(r) for r in records]}}}}
+            body = {
+                "Envelope": {"Body": {f"{contract}Response": {element: [npo._drop_none(r) for r in records]}}}
+            }
             out, _ = map_records(nm.BY_NAME[mapping], body, nm.context(who), source_uri="urn:x", priority=2)
             assert all(marks(r.resource) == [] for r in out), mapping
 
@@ -271,7 +286,9 @@ def viva_map(mapping: str, kind: str, rec: dict[str, Any]) -> dict[str, Any]:
     ],
 )
 def test_viva_statuses_the_maps_do_not_know(mapping: str, kind: str, field: str, system: str) -> None:
-    records = [r for r in VIVA_DATA[pop.TOLVAN.pnr][kind] if r.get("besokstyp", "HEMSJUKVARD") == "HEMSJUKVARD"]
+    records = [
+        r for r in VIVA_DATA[pop.TOLVAN.pnr][kind] if r.get("besokstyp", "HEMSJUKVARD") == "HEMSJUKVARD"
+    ]
     rec = copy.deepcopy(records[0])
     rec[field] = "PAUSAD"
     resource = viva_map(mapping, kind, rec)
@@ -280,7 +297,9 @@ def test_viva_statuses_the_maps_do_not_know(mapping: str, kind: str, field: str,
 
 
 def test_a_viva_administration_status_the_map_does_not_know() -> None:
-    ordination = copy.deepcopy(next(r for r in VIVA_DATA[pop.TOLVAN.pnr]["lakemedelslista"] if r.get("administreringar")))
+    ordination = copy.deepcopy(
+        next(r for r in VIVA_DATA[pop.TOLVAN.pnr]["lakemedelslista"] if r.get("administreringar"))
+    )
     ordination["administreringar"] = [dict(ordination["administreringar"][0], status="DELVIS_GIVEN")]
     admin = viva_map("lakemedelsadministreringar", "lakemedelslista", ordination)
     assert admin["status"] == "unknown"
@@ -339,3 +358,74 @@ def test_npo_allergy_codes_the_maps_do_not_know() -> None:
     assert "category" not in allergy and "verificationStatus" not in allergy and "reaction" not in allergy
     assert [m["valueCoding"]["code"] for m in marks(allergy)] == ["KON", "SAN", "LIV"]
     assert all(m["valueCoding"]["system"].startswith("urn:oid:1.2.752.") for m in marks(allergy))
+
+
+def test_a_viva_reason_and_an_npo_flag_the_maps_do_not_know() -> None:
+    ordination = copy.deepcopy(
+        next(r for r in VIVA_DATA[pop.TOLVAN.pnr]["lakemedelslista"] if r.get("administreringar"))
+    )
+    ordination["administreringar"] = [
+        dict(ordination["administreringar"][0], status="EJ_GIVEN", orsak="SJUKHUS")
+    ]
+    admin = viva_map("lakemedelsadministreringar", "lakemedelslista", ordination)
+    assert admin["status"] == "not-done" and admin["statusReason"] == [{"text": "Ej given"}]
+    assert marks(admin) == [mark("urn:fhir-facade:viva:administrering-orsak", "SJUKHUS")]
+
+    lab = npo_record("laboratoryOrderOutcome")
+    lab["laboratoryOrderOutcomeBody"]["analysis"]["analysisOutcome"]["pathologicalFlag"] = "H"
+    obs = npo_map("laboratory-outcomes", lab)
+    assert "interpretation" not in obs
+    assert marks(obs) == [mark("urn:fhir-facade:npo:pathological-flag", "H")]
+
+
+# ---- every code map a mapping reads a source's code through is guarded --------------------------
+
+# Maps whose miss loses nothing, each with the reason; every other `$map` over a `$path` must have an
+# unmapped-code extension on the same path and map in the same file.
+LOSES_NOTHING = {
+    "atc-substance": "a display: the ATC code and the product text go out whatever the map knows",
+    "cosmic-alert-flag-category-display": "the display beside a mapped code",
+    "cosmic-lab-interpretation-display": "the display beside a mapped code",
+    "cosmic-note-type": "display and text: the note type is kept as a coding of Cosmic's own system",
+    "npo-note-type-text": "the text beside npo-note-type",
+    "cosmic-ucum": "the unit's text is kept; only the UCUM code needs the map",
+    "npo-ucum": "the unit's text is kept; only the UCUM code needs the map",
+    "cosmic-care-limitation-snomed": "a SNOMED CT coding beside the local code, which is kept",
+    "npo-care-limitation-snomed": "a SNOMED CT coding beside the local code, which is kept",
+    "viva-icf-niva": "display and text: the qualifier is kept in the code (d450.2)",
+    "viva-besokstyp": "text: only HEMSJUKVARD visits are mapped at all (a privacy filter)",
+    "viva-administrering-ej-given": "derived from the status, whose map is guarded",
+    "viva-administrering-vagrat": "derived from the status, whose map is guarded",
+    "cosmic-sex": "Patient.gender: FHIR's own unknown; Patients merge element-wise across sources",
+    "viva-kon": "Patient.gender: FHIR's own unknown; Patients merge element-wise across sources",
+}
+
+
+def _walk(node: Any) -> Any:
+    yield node
+    if isinstance(node, dict):
+        for v in node.values():
+            yield from _walk(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _walk(v)
+
+
+def test_every_code_map_over_a_source_code_is_guarded() -> None:
+    import yaml
+
+    unguarded = []
+    for file in sorted((cm.MAPPINGS_DIR).glob("*/*.yaml")):
+        if file.parent.name == "terminology":
+            continue
+        doc = yaml.safe_load(file.read_text())
+        guarded = set()
+        for ext in doc["fields"].get("extension") or []:
+            if ext.get("url") == UNMAPPED:
+                conds = ext["$when"] if isinstance(ext["$when"], list) else [ext["$when"]]
+                guarded |= {(c["path"], c["unmapped"]) for c in conds if "unmapped" in c}
+        for node in _walk(doc["fields"]):
+            if isinstance(node, dict) and isinstance(node.get("$map"), str) and "$path" in node:
+                if node["$map"] not in LOSES_NOTHING and (node["$path"], node["$map"]) not in guarded:
+                    unguarded.append(f"{file.parent.name}/{file.name}: {node['$path']} via {node['$map']}")
+    assert unguarded == []
