@@ -19,6 +19,8 @@ from datetime import datetime
 from typing import Any
 
 import pytest
+import yaml
+from fhir.resources.R4B.bundle import Bundle
 
 from proxy.mapping import compiler as compiler_module
 from proxy.mapping.compiler import CompiledMapping
@@ -27,6 +29,7 @@ from proxy.simulators import cosmic as cosmic_sim
 from proxy.simulators import npo, viva
 from proxy.simulators import population as pop
 from proxy.timeutil import SWEDEN
+from tests.conftest import BASE, auth, pid
 from tests.mapping import test_compiler as tc
 from tests.mapping import test_cosmic_mappings as cm
 from tests.mapping import test_npo_mappings as nm
@@ -412,8 +415,6 @@ def _walk(node: Any) -> Any:
 
 
 def test_every_code_map_over_a_source_code_is_guarded() -> None:
-    import yaml
-
     unguarded = []
     for file in sorted((cm.MAPPINGS_DIR).glob("*/*.yaml")):
         if file.parent.name == "terminology":
@@ -429,3 +430,21 @@ def test_every_code_map_over_a_source_code_is_guarded() -> None:
                 if node["$map"] not in LOSES_NOTHING and (node["$path"], node["$map"]) not in guarded:
                     unguarded.append(f"{file.parent.name}/{file.name}: {node['$path']} via {node['$map']}")
     assert unguarded == []
+
+
+# ---- end to end: the alert of an unknown kind in the answer -------------------------------------
+
+
+@pytest.mark.parametrize("audience", ["clinician", "ambulance", "patient"])
+async def test_lennarts_alert_of_an_unknown_kind_is_in_the_answer(facade: Any, audience: str) -> None:
+    claims = {"pnr": pop.LENNART.pnr} if audience == "patient" else {}
+    async with facade() as f:
+        status, bundle = await f.get(
+            f"{BASE}/Flag", params={"patient": pid(pop.LENNART.pnr)}, headers=auth(audience, **claims)
+        )
+    assert status == 200
+    Bundle.model_validate(bundle)
+    flags = [e["resource"] for e in bundle["entry"] if e["search"]["mode"] == "match"]
+    (mrsa,) = [f for f in flags if any(c.get("code") == "MRSA" for c in f["code"]["coding"])]
+    assert mrsa["status"] == "active"
+    assert marks(mrsa) == [mark("urn:fhir-facade:cosmic:alert-kind", "INFECTION")]
