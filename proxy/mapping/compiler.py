@@ -11,7 +11,7 @@ leaves are:
 * ``{$ref: {mapping: <name>, id: <template>}}`` — a reference to another mapping's resource;
 
 with modifiers on ``$path``/``$template`` values, applied in this order: ``$map`` (code map),
-``$date`` (strptime format or ``iso``), ``$as`` (boolean/integer/decimal/string/base64),
+``$date`` (strptime format or ``iso``), ``$as`` (boolean/integer/decimal/string/code/base64),
 ``$default``; and ``$when`` (a condition) on any spec or element object, with ``$else`` (a constant
 scalar for when it does not hold) on a spec.
 
@@ -522,6 +522,7 @@ class _Compiler:
             "integer": _to_int,
             "decimal": _to_decimal,
             "string": scalar_text,
+            "code": _to_code,
             "base64": lambda v: base64.b64encode(scalar_text(v).encode()).decode("ascii"),
         }
         if spec not in casts:
@@ -817,6 +818,14 @@ def _to_bool(v: Any) -> bool | None:
     if text in ("false", "0", "n", "nej", "no"):
         return False
     return None
+
+
+def _to_code(v: Any) -> str | None:
+    """FHIR ``code`` text (no leading or trailing whitespace, single spaces inside): a source's code
+    echoed as it came (e.g. in an unmapped-code mark) must not make the resource invalid."""
+    if isinstance(v, dict | list):
+        return None
+    return " ".join(scalar_text(v).split()) or None
 
 
 def _to_int(v: Any) -> int | None:

@@ -448,3 +448,18 @@ async def test_lennarts_alert_of_an_unknown_kind_is_in_the_answer(facade: Any, a
     (mrsa,) = [f for f in flags if any(c.get("code") == "MRSA" for c in f["code"]["coding"])]
     assert mrsa["status"] == "active"
     assert marks(mrsa) == [mark("urn:fhir-facade:cosmic:alert-kind", "INFECTION")]
+
+
+@pytest.mark.parametrize("state", ["ACTIVE ", " active", "PÅ\nGÅR", "A  B\t", "x" * 2000])
+def test_an_unknown_code_with_odd_whitespace_is_still_valid_fhir(state: str) -> None:
+    """The source's code is echoed as FHIR ``code`` text (trimmed, single spaces): whatever the
+    backend sends, the resource stays valid — a mark must never make the record unsendable."""
+    rec = cosmic_record("alerts", "A-300001")
+    rec["state"], rec["alertKind"] = state, state
+    flag = cosmic("alerts", rec)  # validated
+    code = " ".join(state.split())
+    assert marks(flag) == [
+        mark("urn:fhir-facade:cosmic:alert-kind", code),
+        mark("urn:fhir-facade:cosmic:alert-state", code),
+    ]
+    assert flag["category"] == [{"coding": [{"system": "urn:fhir-facade:cosmic:alert-kind", "code": code}]}]
