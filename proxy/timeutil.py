@@ -4,6 +4,12 @@ Swedish legacy systems (and RIVTA headers) write local time without a zone. FHIR
 every dateTime that carries a time, so local times are read as Europe/Stockholm and written with the
 offset that applied then (+01:00 winter, +02:00 summer).
 
+Twice a year a Swedish wall-clock time is not one instant. The rule (mappings/README.md, "Local
+times"; RFC 5545 §3.3.5 and PEP 495's ``fold=0``): an ambiguous time (the autumn hour that happens
+twice) is the EARLIER instant, summer time; a time in the spring gap, which no clock showed, is read
+with the offset before the gap — moved forward by the gap (02:30 → 03:30+02:00). A value resolved so
+is a ``LocalTime``: the FHIR text, with what happened and the source's text, for the element's flag.
+
 For search and sorting, a FHIR date/dateTime denotes a half-open range of instants [lo, hi) whose
 width is its precision ("2024" is the whole year), as the FHIR search spec says.
 """
@@ -42,14 +48,59 @@ def format_kind(fmt: str) -> str:
     return "year"
 
 
+AMBIGUOUS_URL = "urn:fhir-facade:local-time-ambiguous"  # extension: the earlier of two instants was taken
+NONEXISTENT_URL = "urn:fhir-facade:local-time-nonexistent"  # extension: moved forward by the spring gap
+_FLAG_URL = {"ambiguous": AMBIGUOUS_URL, "nonexistent": NONEXISTENT_URL}
+
+
+class LocalTime(str):
+    """A FHIR dateTime resolved from a local time the clocks made ambiguous or skipped.
+
+    ``problem`` is "ambiguous" or "nonexistent", ``source`` the source's own text; the mapping
+    engine writes the value as a plain string and ``flag()`` beside it (``_<element>``)."""
+
+    problem: str
+    source: str
+
+    def __new__(cls, value: str, problem: str, source: str) -> LocalTime:
+        self = super().__new__(cls, value)
+        self.problem = problem
+        self.source = source
+        return self
+
+    def flag(self) -> dict[str, str]:
+        """The extension that says how the time was resolved, with the source's text."""
+        return {"url": _FLAG_URL[self.problem], "valueString": self.source}
+
+
+def localize(naive: datetime) -> tuple[datetime, str | None]:
+    """A Swedish wall-clock time as an aware datetime, by the rule, and what the rule had to
+    resolve: None, "ambiguous" (the earlier instant taken) or "nonexistent" (moved forward by the
+    gap). A datetime that has a zone already is returned as it is."""
+    if naive.tzinfo is not None:
+        return naive, None
+    aware = naive.replace(tzinfo=SWEDEN, fold=0)
+    normal = aware.astimezone(UTC).astimezone(SWEDEN)  # (the offset before a gap: moved forward)
+    if normal.replace(tzinfo=None, fold=0) != naive:
+        return normal, "nonexistent"
+    if aware.utcoffset() != naive.replace(tzinfo=SWEDEN, fold=1).utcoffset():
+        return aware, "ambiguous"
+    return aware, None
+
+
+def _rendered(naive: datetime, source: str) -> str:
+    dt, problem = localize(naive)
+    text = dt.isoformat(timespec="seconds")
+    return text if problem is None else LocalTime(text, problem, source)
+
+
 @functools.lru_cache(maxsize=65_536)  # the same record times come back on every request for a patient
 def local_to_fhir(value: str, fmt: str, kind: str) -> str:
-    """Parse a zone-less local timestamp with a strptime format and render it as a FHIR value."""
+    """Parse a zone-less local timestamp with a strptime format and render it as a FHIR value (a
+    ``LocalTime`` when the rule resolved an ambiguous or skipped time)."""
     dt = datetime.strptime(value.strip(), fmt)
     if kind == "dateTime":
-        if dt.tzinfo is None:
-            dt = dt.replace(tzinfo=SWEDEN)
-        return dt.isoformat(timespec="seconds")
+        return _rendered(dt, value.strip())
     if kind == "date":
         return dt.strftime("%Y-%m-%d")
     if kind == "month":
@@ -58,16 +109,14 @@ def local_to_fhir(value: str, fmt: str, kind: str) -> str:
 
 
 def iso_local_to_fhir(value: str) -> str:
-    """An ISO 8601 value that may lack a zone (read as Swedish local time) → FHIR date or dateTime."""
+    """An ISO 8601 value that may lack a zone (read as Swedish local time, by the rule) → FHIR date
+    or dateTime."""
     v = value.strip()
     if len(v) <= 10:  # a bare date (or partial date) carries no zone in FHIR either
         if not _FHIR_DATETIME.fullmatch(v):
             raise ValueError(f"not an ISO date: {v!r}")
         return v
-    dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=SWEDEN)
-    return dt.isoformat(timespec="seconds")
+    return _rendered(datetime.fromisoformat(v.replace("Z", "+00:00")), v)
 
 
 def fhir_range(value: str) -> tuple[float, float]:

@@ -11,7 +11,7 @@ leaves are:
 * ``{$ref: {mapping: <name>, id: <template>}}`` — a reference to another mapping's resource;
 
 with modifiers on ``$path``/``$template`` values, applied in this order: ``$map`` (code map),
-``$date`` (strptime format or ``iso``), ``$as`` (boolean/integer/decimal/string/base64),
+``$date`` (strptime format or ``iso``), ``$as`` (boolean/integer/decimal/string/code/base64),
 ``$default``; and ``$when`` (a condition) on any spec or element object, with ``$else`` (a constant
 scalar for when it does not hold) on a spec.
 
@@ -39,7 +39,7 @@ import orjson
 from proxy.fhir.ids import ResourceIds
 from proxy.mapping.paths import Finder, First, PathError, compile_first, compile_path, dotted_keys
 from proxy.mapping.xml import parse_xml
-from proxy.timeutil import SWEDEN, format_kind, iso_local_to_fhir, local_to_fhir
+from proxy.timeutil import SWEDEN, LocalTime, format_kind, iso_local_to_fhir, local_to_fhir, localize
 
 Context = Mapping[str, Any]
 Builder = Callable[[Any, Context], Any]
@@ -81,7 +81,9 @@ _TOP_KEYS = frozenset(
     }
 )
 _REQUEST_KEYS = frozenset({"method", "path", "query", "body", "headers", "format", "unknown_patient"})
-_CONDITION_OPS = frozenset({"equals", "not_equals", "in", "not_in", "exists", "before_now", "not_before_now"})
+_CONDITION_OPS = frozenset(
+    {"equals", "not_equals", "in", "not_in", "exists", "before_now", "not_before_now", "mapped", "unmapped"}
+)
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 
 
@@ -342,6 +344,16 @@ class _Compiler:
             if op == "in":
                 return lambda rec: any(scalar_text(v) in allowed for v in find(rec))
             return lambda rec: not any(scalar_text(v) in allowed for v in find(rec))
+        if op in ("mapped", "unmapped"):
+            # a code map (by name, or inline) knows the value / a value is there that it does not know
+            known = frozenset(self.code_map_table(arg, f"{where}.{op}"))
+
+            def values(rec: Any) -> list[str]:
+                return [scalar_text(v) for v in find(rec) if not _empty(v) and not isinstance(v, dict | list)]
+
+            if op == "mapped":
+                return lambda rec: any(v in known for v in values(rec))
+            return lambda rec: (vs := values(rec)) != [] and not any(v in known for v in vs)
         if op == "exists":
             want = bool(arg)
             return lambda rec: bool(find(rec)) is want
@@ -353,11 +365,11 @@ class _Compiler:
 
             def passed(rec: Any) -> bool:
                 for v in find(rec):
-                    try:
-                        when = datetime.strptime(str(v).strip(), arg).replace(tzinfo=SWEDEN)
+                    try:  # by the local-time rule (proxy.timeutil.localize); instants compared
+                        when = localize(datetime.strptime(str(v).strip(), arg))[0].timestamp()
                     except ValueError:
                         continue
-                    if when <= now():
+                    if when <= now().timestamp():
                         return True
                 return False
 
@@ -436,7 +448,11 @@ class _Compiler:
             raise self.fail(
                 f"{where}.$else", "a constant scalar, beside a $when: the value when it does not hold"
             )
-        return _Parts(keys, template, base, tuple(steps), spec.get("$default"), when, otherwise)
+        default = spec.get("$default")
+        computed = None  # a $default that is itself a value spec (e.g. a $const with $when/$else)
+        if isinstance(default, dict) and any(k in default for k in ("$path", "$const", "$template", "$ref")):
+            computed, default = self.node(default, f"{where}.$default"), None
+        return _Parts(keys, template, base, tuple(steps), default, when, otherwise, computed)
 
     def reference(self, spec: Any, where: str) -> Builder:
         if not isinstance(spec, dict) or set(spec) != {"mapping", "id"}:
@@ -459,7 +475,8 @@ class _Compiler:
 
         return ref
 
-    def code_map(self, spec: Any, where: str) -> Callable[[Any], Any]:
+    def code_map_table(self, spec: Any, where: str) -> dict[str, Any]:
+        """A code map (a name in terminology/*.yaml, or an inline table), keyed by FHIR text."""
         if isinstance(spec, str):
             if spec not in self.code_maps:
                 raise self.fail(where, f"unknown code map {spec!r} (mappings/terminology/*.yaml)")
@@ -468,7 +485,10 @@ class _Compiler:
             table = spec
         else:
             raise self.fail(where, "expects a code map name or an inline {local: standard} table")
-        lookup = {scalar_text(k): v for k, v in table.items()}
+        return {scalar_text(k): v for k, v in table.items()}
+
+    def code_map(self, spec: Any, where: str) -> Callable[[Any], Any]:
+        lookup = self.code_map_table(spec, where)
         return lambda v: lookup.get(scalar_text(v))
 
     def date(self, spec: Any, where: str) -> Callable[[Any], Any]:
@@ -503,6 +523,7 @@ class _Compiler:
             "integer": _to_int,
             "decimal": _to_decimal,
             "string": scalar_text,
+            "code": _to_code,
             "base64": lambda v: base64.b64encode(scalar_text(v).encode()).decode("ascii"),
         }
         if spec not in casts:
@@ -554,6 +575,7 @@ class _Parts:
     default: Any  # $default (None: none)
     when: Predicate | None  # $when: else no value (and no default) ...
     otherwise: Any = None  # ... or $else, a constant scalar
+    computed_default: Builder | None = None  # a $default that is a value spec of its own
 
 
 @dataclass(frozen=True, slots=True)
@@ -578,7 +600,12 @@ class _TreeSource:
     def __init__(self, compiler: _Compiler) -> None:
         self.c = compiler
         self.lines: list[str] = []
-        self.env: dict[str, Any] = {"_empty": _empty, "_text": scalar_text, "_NO_RECORD": _NO_RECORD}
+        self.env: dict[str, Any] = {
+            "_empty": _empty,
+            "_text": scalar_text,
+            "_NO_RECORD": _NO_RECORD,
+            "_LocalTime": LocalTime,
+        }
         self.count = 0
         self.reads_record = False  # the function starts with ``rd``: the record if it is a dict
 
@@ -649,6 +676,9 @@ class _TreeSource:
         if parts.default is not None:
             self._put(at, f"if {var} is None:")
             self._put(at + 1, f"{var} = {self._bind(parts.default)}")
+        elif parts.computed_default is not None:
+            self._put(at, f"if {var} is None:")
+            self._put(at + 1, f"{var} = {self._bind(parts.computed_default)}(rec, ctx)")
         if parts.when is not None:
             self._put(depth, "else:")
             self._put(depth + 1, f"{var} = {self._bind(parts.otherwise)}")
@@ -720,6 +750,10 @@ class _TreeSource:
             elif v.kind == "any":
                 self._put(depth, f"if {v.name} is not None and {_full(v.name)}:")
                 self._put(depth + 1, f"{var}[{key!r}] = {v.name}")
+                if isinstance(sub, dict) and "$date" in sub:  # a resolved local time: flagged beside it
+                    self._put(depth + 1, f"if {v.name}.__class__ is _LocalTime:")
+                    self._put(depth + 2, f"{var}[{key!r}] = str.__str__({v.name})")
+                    self._put(depth + 2, f"{var}[{'_' + key!r}] = {{'extension': [{v.name}.flag()]}}")
             else:
                 self._put(depth, f"if {v.name} is not None:")
                 self._put(depth + 1, f"{var}[{key!r}] = {v.name}")
@@ -785,6 +819,14 @@ def _to_bool(v: Any) -> bool | None:
     if text in ("false", "0", "n", "nej", "no"):
         return False
     return None
+
+
+def _to_code(v: Any) -> str | None:
+    """FHIR ``code`` text (no leading or trailing whitespace, single spaces inside): a source's code
+    echoed as it came (e.g. in an unmapped-code mark) must not make the resource invalid."""
+    if isinstance(v, dict | list):
+        return None
+    return " ".join(scalar_text(v).split()) or None
 
 
 def _to_int(v: Any) -> int | None:

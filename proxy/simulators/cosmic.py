@@ -13,7 +13,8 @@ Dialect (deliberately unlike FHIR):
 * status codes of its own: ``ACT``/``INACT``/``RES`` (diagnoses), ``ACTIVE``/``ENDED`` (medication),
   ``FINAL``/``PRELIMINARY`` (lab), ``SIGNED``/``UNSIGNED`` (notes);
 * alerts: ``alertKind`` ``CARE_LIMITATION`` (``alertCode`` ``EJHLR`` no CPR, ``VILSAD`` end-of-life
-  care), ``ALERT`` or ``HYPERSENSITIVITY``; a hypersensitivity carries the reaction's ``severity``
+  care), ``ALERT`` or ``HYPERSENSITIVITY`` — and kinds the facade does not know (Lennart's
+  ``INFECTION``); a hypersensitivity carries the reaction's ``severity``
   ``MILD``/``MODERATE``/``SEVERE`` and its ``certainty`` ``SUSPECTED``/``CONFIRMED``/``REFUTED``
   (either may be missing: not recorded);
 * procedures (åtgärder) carry a KVÅ code (``kvaCode``, Klassifikation av vårdåtgärder) and its text,
@@ -409,6 +410,20 @@ def _lennart() -> dict[str, list[dict[str, Any]]]:
                 "state": "ENDED",
                 "changedAt": ts(at(1100, 9, 5)),
                 "careUnit": unit("vc-norr"),
+            },
+            {
+                # a kind of alert the facade's mapping does not know (smitta): shown as a Flag with
+                # Cosmic's own kind and code, marked as not understood — never left out
+                "alertId": "A-320004",
+                "alertKind": "INFECTION",
+                "alertCode": "MRSA",
+                "alertText": "MRSA-bärare (odling från näsa och svalg). Basala hygienrutiner, enkelrum vid "
+                "inläggning.",
+                "validFrom": ts(at(300, 11, 0)),
+                "validTo": None,
+                "state": "ACTIVE",
+                "changedAt": ts(at(300, 11, 5)),
+                "careUnit": unit("med"),
             },
         ],
         "medications": [
