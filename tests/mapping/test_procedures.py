@@ -141,8 +141,16 @@ def test_an_unknown_status_is_shown_as_unknown_never_dropped() -> None:
     (r,) = _map(_record(state="SOMETHING_NEW"))
     cm.validate(r)
     assert r["status"] == "unknown"
+    # the source's own state is kept, marked as a code the mapping does not know
+    assert r["extension"] == [
+        {
+            "url": "urn:fhir-facade:unmapped-code",
+            "valueCoding": {"system": "urn:fhir-facade:cosmic:procedure-state", "code": "SOMETHING_NEW"},
+        }
+    ]
     (cancelled,) = _map(_record(state="CANCELLED"))
     assert cancelled["status"] == "not-done"
+    assert "extension" not in cancelled
 
 
 def test_patient_approval_fails_closed() -> None:
