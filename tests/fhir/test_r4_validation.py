@@ -14,6 +14,7 @@ from yarl import URL
 
 from proxy.pnr import system_of
 from proxy.simulators.population import DEMO_PEOPLE, REGION_PROVIDER, UNKNOWN_PNR, Person
+from tests import ips
 from tests.conftest import BASE, auth, consent_body, pid
 from tests.r4 import resources_in, validate
 
@@ -86,6 +87,29 @@ async def test_everything_is_valid_r4_for_every_demo_patient_and_audience(facade
     for rtype in ("Patient", "Condition", "Observation", "MedicationStatement", "MedicationAdministration"):
         assert checked.types[rtype] > 0, rtype
     assert sum(checked.types.values()) > 1000
+
+
+async def test_summary_is_valid_r4_for_every_demo_patient_and_audience(facade: Any) -> None:
+    """Patient/{id}/$summary: the IPS document of every demo patient for every audience, by the same
+    independent validator, and by the IPS document rules (tests/ips.py): 0 errors."""
+    checked = Checked()
+    async with facade() as f:
+        for person in DEMO_PEOPLE:
+            for audience in AUDIENCES:
+                patient_id = pid(person.pnr)
+                hdrs = headers(audience, person)
+                status, document = await f.get(f"{BASE}/Patient/{patient_id}/$summary", headers=hdrs)
+                assert status == 200, (person.given, audience, document)
+                assert document["type"] == "document"
+                ips.check_document(document, str(f.client.make_url(BASE)), patient_id)
+                # no vacuous pass: the Composition and more than the Patient it is about
+                assert len(document["entry"]) > 2, (person.given, audience)
+                checked.check(f"{person.given}/{audience}/$summary", document)
+    assert not checked.errors, checked.report()
+    assert checked.types["Bundle"] == checked.answers == len(DEMO_PEOPLE) * len(AUDIENCES)
+    assert checked.types["Composition"] == checked.answers
+    for rtype in ("Patient", "Condition", "AllergyIntolerance", "MedicationStatement", "Observation", "Flag"):
+        assert checked.types[rtype] > 0, rtype
 
 
 async def test_searches_reads_metadata_and_errors_are_valid_r4(facade: Any) -> None:
