@@ -38,6 +38,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from proxy import __version__
+from proxy.merge.lookalike import POSSIBLE_DUPLICATE
 from proxy.types import FhirDict, SourceOutcome, SourceStatus
 
 LOINC = "http://loinc.org"
@@ -352,12 +353,24 @@ def narrative(
         parts.append("<tbody>")
         for r in resources:
             cells = _cells(r)
+            also = _possible_duplicate_of(r)
+            if also:
+                cells["name"] = (
+                    f"{cells.get('name', '')} (possible duplicate: a record from {also} looks the same)"
+                )
             parts.append(
                 "<tr>" + "".join(f"<td>{_clean(cells.get(key, ''))}</td>" for _, key in columns) + "</tr>"
             )
         parts.append("</tbody></table>")
     parts.append("</div>")
     return "".join(parts)
+
+
+def _possible_duplicate_of(r: FhirDict) -> str:
+    """The sources of the look-alikes this entry is marked with (proxy/merge/lookalike.py: marked over
+    what this asker sees only), or nothing."""
+    tags = r.get("meta", {}).get("tag", ())
+    return ", ".join(sorted({str(t.get("code")) for t in tags if t.get("system") == POSSIBLE_DUPLICATE}))
 
 
 def _source_list(names: Iterable[str]) -> str:

@@ -314,3 +314,27 @@ def test_a_source_answering_from_an_old_copy_is_named_and_never_nil_known() -> N
         # a section only Cosmic holds is known to be empty; one nobody holds is unavailable
         assert ips.empty_reason(ips.sections(bundle)[ips.ALERTS]) == "nilknown"
         assert ips.empty_reason(ips.sections(bundle)[ips.IMMUNIZATIONS]) == "unavailable"
+
+
+async def test_a_possible_duplicate_is_said_in_the_narrative_for_those_who_see_both(facade: Any) -> None:
+    """Tolvan's ramipril is on Cosmic's list and on Viva's (two producers, not merged, marked as
+    possible duplicates): the clinician reading the summary is told so in the medication table, on
+    both rows; the patient, who sees both too, likewise. A row without a mark says nothing of it."""
+    async with facade() as f:
+        for audience in ("clinician", "patient"):
+            tolvan = await summary(f, TOLVAN.pnr, audience)
+            section = ips.sections(tolvan)[ips.MEDICATIONS]
+            marked = [r for r in ips.entries(tolvan, ips.MEDICATIONS) if _marked(r)]
+            assert len(marked) == 2, audience
+            rows = ET.fromstring(section["text"]["div"]).iter(f"{{{ips.XHTML}}}tr")
+            said = [
+                " ".join(row.itertext()) for row in rows if "possible duplicate" in " ".join(row.itertext())
+            ]
+            assert len(said) == 2, (audience, said)
+            assert any("viva" in row for row in said) and any("cosmic" in row for row in said)
+
+
+def _marked(r: dict[str, Any]) -> bool:
+    return any(
+        t.get("system") == "urn:fhir-facade:possible-duplicate" for t in r.get("meta", {}).get("tag", [])
+    )
