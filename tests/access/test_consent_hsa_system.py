@@ -1,0 +1,102 @@
+"""HSA-ids in a Consent: HL7 Sweden's system (urn:oid:1.2.752.29.4.19) is what the facade writes; the
+RIVTA OID (urn:oid:1.2.752.129.2.1.4.1) that NTjP clients use is accepted on input, stored and shown
+as HL7 Sweden's, and enforced exactly alike. Another system is still refused."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from proxy.hsa import HSA_SYSTEM, RIVTA_HSA_SYSTEM
+from proxy.simulators.population import REGION_PROVIDER, TOLVAN, UNITS
+from tests.conftest import BASE, auth, consent_body, pid
+
+JSON = {"Content-Type": "application/fhir+json"}
+PATIENT = auth("patient", pnr=TOLVAN.pnr)
+CARDIOLOGY = UNITS["annan-region"][0]
+
+
+def with_system(body: dict[str, Any], system: str) -> dict[str, Any]:
+    actors = [
+        {**a, "reference": {"identifier": {**a["reference"]["identifier"], "system": system}}}
+        for a in body["provision"]["actor"]
+    ]
+    return {**body, "provision": {**body["provision"], "actor": actors}}
+
+
+def actor_systems(consent: dict[str, Any]) -> set[str]:
+    return {a["reference"]["identifier"]["system"] for a in consent["provision"]["actor"]}
+
+
+async def seen(f: Any, headers: dict[str, str] | None = None) -> set[str]:
+    status, bundle = await f.get(
+        f"{BASE}/Patient/{pid(TOLVAN.pnr)}/$everything", params={"_count": "500"}, headers=headers
+    )
+    assert status == 200, bundle
+    return {e["resource"]["id"] for e in bundle["entry"] if e["search"]["mode"] == "match"}
+
+
+async def post(f: Any, body: dict[str, Any], headers: dict[str, str] | None = None) -> dict[str, Any]:
+    resp = await f.client.post(f"{BASE}/Consent", json=body, headers={**JSON, **(headers or {})})
+    created = await resp.json(content_type=None)
+    assert resp.status == 201, created
+    return dict(created)
+
+
+async def revoke(f: Any, created: dict[str, Any], sent: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+    """Revoke by PUTting back the body the client sent (in whichever system it wrote)."""
+    body = {**sent, "id": created["id"], "status": "inactive"}
+    resp = await f.client.put(f"{BASE}/Consent/{created['id']}", json=body, headers={**JSON, **(headers or {})})
+    assert resp.status == 200, await resp.text()
+
+
+async def test_a_consent_in_either_system_is_stored_in_hl7_swedens_and_enforced_alike(facade: Any) -> None:
+    async with facade(consent=False) as f:
+        own = await seen(f)  # the region's records only
+        granted: dict[str, set[str]] = {}
+        for system in (RIVTA_HSA_SYSTEM, HSA_SYSTEM):
+            sent = with_system(consent_body(pid(TOLVAN.pnr), recipient=REGION_PROVIDER), system)
+            created = await post(f, sent)
+            assert actor_systems(created) == {HSA_SYSTEM}, created
+            status, read = await f.get(f"{BASE}/Consent/{created['id']}")
+            assert status == 200 and actor_systems(read) == {HSA_SYSTEM}
+            granted[system] = await seen(f)
+            await revoke(f, created, sent)
+            assert await seen(f) == own
+        assert granted[RIVTA_HSA_SYSTEM] == granted[HSA_SYSTEM]
+        assert granted[HSA_SYSTEM] > own
+
+
+async def test_a_block_in_either_system_hides_the_same_records(facade: Any) -> None:
+    async with facade() as f:
+        everything = await seen(f)
+        hidden: dict[str, set[str]] = {}
+        for system in (RIVTA_HSA_SYSTEM, HSA_SYSTEM):
+            sent = with_system(consent_body(pid(TOLVAN.pnr), custodians=(CARDIOLOGY,), deny=True), system)
+            created = await post(f, sent, PATIENT)
+            assert actor_systems(created) == {HSA_SYSTEM}
+            hidden[system] = everything - await seen(f)
+            await revoke(f, created, sent, PATIENT)
+            assert await seen(f) == everything
+        assert hidden[RIVTA_HSA_SYSTEM] == hidden[HSA_SYSTEM] != set()
+
+
+async def test_another_system_is_still_refused(facade: Any) -> None:
+    async with facade(consent=False) as f:
+        for system in ("urn:oid:1.2.752.129.2.1.4.2", "urn:oid:1.2.752.29.4.19 ", "", "http://hsa"):
+            body = with_system(consent_body(pid(TOLVAN.pnr), recipient=REGION_PROVIDER), system)
+            resp = await f.client.post(f"{BASE}/Consent", json=body, headers=JSON)
+            assert resp.status == 400, system
+            assert HSA_SYSTEM in await resp.text()
+
+
+async def test_the_access_log_names_the_user_in_hl7_swedens_system(facade: Any) -> None:
+    auditor = auth("clinician", hsa_id="SE2321000016-AUD1")
+    async with facade(access={"auditors": frozenset({"SE2321000016-AUD1"})}) as f:
+        await f.get(f"{BASE}/Flag", params={"patient": pid(TOLVAN.pnr)}, headers=auth("ambulance"))
+        status, log = await f.get(f"{BASE}/AuditEvent", params={"patient": pid(TOLVAN.pnr)}, headers=auditor)
+    assert status == 200 and log["entry"]
+    for entry in log["entry"]:
+        event = entry["resource"]
+        assert RIVTA_HSA_SYSTEM not in str(event)
+        users = [a["who"]["identifier"] for a in event["agent"] if "identifier" in a.get("who", {})]
+        assert users and all(u["system"] == HSA_SYSTEM for u in users), users
