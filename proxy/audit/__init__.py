@@ -30,6 +30,7 @@ import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
+from proxy.hsa import HSA_SYSTEM
 from proxy.store import NO_OUTCOME, AuditRecord
 from proxy.types import FhirDict, Principal
 
@@ -77,7 +78,7 @@ def begun_event(
                     {"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}
                 ]
             },
-            "who": {"identifier": {"system": "urn:oid:1.2.752.129.2.1.4.1", "value": principal.user_hsa_id}}
+            "who": {"identifier": {"system": HSA_SYSTEM, "value": principal.user_hsa_id}}
             if principal.user_hsa_id
             else _patient_agent(principal, asker_id),
             "requestor": True,
