@@ -210,23 +210,31 @@ def validate(body: Any) -> FhirDict:
 def normalised(resource: FhirDict) -> FhirDict:
     """The Consent with every actor's HSA-id in HL7 Sweden's system (``HSA_SYSTEM``), as the facade
     stores and answers it: a client's RIVTA OID, or a Consent stored before the facade wrote
-    HL7 Sweden's, reads the same. The resource is not modified; unchanged, it is returned as is."""
+    HL7 Sweden's, reads the same. The resource is not modified; unchanged, it is returned as is.
+    Safe on a body nobody has validated yet (a PUT's): anything not shaped like an actor is kept."""
     provision = resource.get("provision")
-    actors = provision.get("actor") if isinstance(provision, dict) else None
-    if not isinstance(actors, list) or not any(_rivta(a) for a in actors):
+    if not isinstance(provision, dict) or not isinstance(provision.get("actor"), list):
         return resource
-    fixed = [
-        {**a, "reference": {**a["reference"], "identifier": {**a["reference"]["identifier"], "system": HSA_SYSTEM}}}
-        if _rivta(a)
-        else a
-        for a in actors
-    ]
+    actors: list[Any] = provision["actor"]
+    if not any(_rivta_identifier(a) for a in actors):
+        return resource
+    fixed = []
+    for actor in actors:
+        ident = _rivta_identifier(actor)
+        if ident is not None:
+            actor = {
+                **actor,
+                "reference": {**actor["reference"], "identifier": {**ident, "system": HSA_SYSTEM}},
+            }
+        fixed.append(actor)
     return {**resource, "provision": {**provision, "actor": fixed}}
 
 
-def _rivta(actor: Any) -> bool:
-    ident = actor.get("reference", {}).get("identifier") if isinstance(actor, dict) else None
-    return isinstance(ident, dict) and ident.get("system") == RIVTA_HSA_SYSTEM
+def _rivta_identifier(actor: Any) -> dict[str, Any] | None:
+    """An actor's HSA-id identifier when it is written in the RIVTA OID."""
+    reference = actor.get("reference") if isinstance(actor, dict) else None
+    ident = reference.get("identifier") if isinstance(reference, dict) else None
+    return ident if isinstance(ident, dict) and ident.get("system") == RIVTA_HSA_SYSTEM else None
 
 
 def _where(loc: tuple[int | str, ...]) -> str:

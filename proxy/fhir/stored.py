@@ -202,7 +202,9 @@ async def update_consent(request: web.Request) -> web.Response:
     if body["status"] == row.status:
         return _one(consent.normalised(row.resource), request=request)
     resource = consent.stored(
-        {**consent.normalised(row.resource), "status": body["status"]}, consent_id=row.id, version=row.version + 1
+        {**consent.normalised(row.resource), "status": body["status"]},
+        consent_id=row.id,
+        version=row.version + 1,
     )
     updated = ConsentRow(row.id, row.patient_pnr, resource["status"], row.version + 1, resource)
     if not await request.app[STORE_KEY].update_consent(updated, expected_version=row.version):

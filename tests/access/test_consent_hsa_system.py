@@ -6,8 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from proxy.access.consent import stored
+from proxy.fhir.http import STORE_KEY
 from proxy.hsa import HSA_SYSTEM, RIVTA_HSA_SYSTEM
 from proxy.simulators.population import REGION_PROVIDER, TOLVAN, UNITS
+from proxy.store import ConsentRow
 from tests.conftest import BASE, auth, consent_body, pid
 
 JSON = {"Content-Type": "application/fhir+json"}
@@ -42,10 +45,14 @@ async def post(f: Any, body: dict[str, Any], headers: dict[str, str] | None = No
     return dict(created)
 
 
-async def revoke(f: Any, created: dict[str, Any], sent: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+async def revoke(
+    f: Any, created: dict[str, Any], sent: dict[str, Any], headers: dict[str, str] | None = None
+) -> None:
     """Revoke by PUTting back the body the client sent (in whichever system it wrote)."""
     body = {**sent, "id": created["id"], "status": "inactive"}
-    resp = await f.client.put(f"{BASE}/Consent/{created['id']}", json=body, headers={**JSON, **(headers or {})})
+    resp = await f.client.put(
+        f"{BASE}/Consent/{created['id']}", json=body, headers={**JSON, **(headers or {})}
+    )
     assert resp.status == 200, await resp.text()
 
 
@@ -100,3 +107,25 @@ async def test_the_access_log_names_the_user_in_hl7_swedens_system(facade: Any) 
         assert RIVTA_HSA_SYSTEM not in str(event)
         users = [a["who"]["identifier"] for a in event["agent"] if "identifier" in a.get("who", {})]
         assert users and all(u["system"] == HSA_SYSTEM for u in users), users
+
+
+async def test_a_consent_stored_in_the_rivta_oid_reads_and_revokes_as_hl7_swedens(facade: Any) -> None:
+    """A Consent stored before the facade wrote HL7 Sweden's system (still in the store as the RIVTA
+    OID) is answered in HL7 Sweden's and enforced; a malformed PUT is a 400, never a 500."""
+    legacy = stored(with_system(consent_body(pid(TOLVAN.pnr), recipient=REGION_PROVIDER), RIVTA_HSA_SYSTEM))
+    async with facade(consent=False) as f:
+        own = await seen(f)
+        await f.client.server.app[STORE_KEY].add_consent(
+            ConsentRow(legacy["id"], TOLVAN.pnr, "active", 1, legacy)
+        )
+        assert await seen(f) > own
+        status, read = await f.get(f"{BASE}/Consent/{legacy['id']}")
+        assert status == 200 and actor_systems(read) == {HSA_SYSTEM}
+        status, bundle = await f.get(f"{BASE}/Consent", params={"patient": pid(TOLVAN.pnr)})
+        assert [actor_systems(e["resource"]) for e in bundle["entry"]] == [{HSA_SYSTEM}]
+        for actors in ([{"reference": "SE2321000016-15CQ"}], ["x"], [{"reference": {"identifier": 7}}]):
+            broken = {**read, "status": "inactive", "provision": {**read["provision"], "actor": actors}}
+            resp = await f.client.put(f"{BASE}/Consent/{legacy['id']}", json=broken, headers=JSON)
+            assert resp.status == 400, actors
+        await revoke(f, read, read)
+        assert await seen(f) == own

@@ -115,18 +115,13 @@ def record_systems(resource: dict[str, Any], source: str) -> list[dict[str, Any]
     return [i for i in resource.get("identifier", []) if str(i.get("system", "")).startswith(prefix)]
 
 
+IDENTIFIER_KEYS = {"system", "value", "use", "type", "assigner", "period", "extension"}
+
+
 def identifiers(node: Any) -> Iterator[dict[str, Any]]:
     """Every object with a ``value`` and a ``system``-or-no-system that looks like an Identifier."""
     if isinstance(node, dict):
-        if "value" in node and isinstance(node["value"], str) and set(node) <= {
-            "system",
-            "value",
-            "use",
-            "type",
-            "assigner",
-            "period",
-            "extension",
-        }:
+        if "value" in node and isinstance(node["value"], str) and set(node) <= IDENTIFIER_KEYS:
             yield node
         for v in node.values():
             yield from identifiers(v)
@@ -168,7 +163,11 @@ def test_every_resource_names_its_source_record_once(mapped: dict[str, list[Mapp
         # the record id the mapping's `id` reads: the last part of the dedupe origin
         assert value and m.origin_key.endswith(f"|{value}"), (m.origin_key, value)
         # one record, one identifier: no two resources of a patient share it
-        key = (m.resource["subject" if "subject" in m.resource else "patient"]["reference"], ours[0]["system"], value)
+        key = (
+            m.resource["subject" if "subject" in m.resource else "patient"]["reference"],
+            ours[0]["system"],
+            value,
+        )
         assert seen.setdefault(key, m.resource["id"]) == m.resource["id"], key
         # and no other source's record system on a resource before merge
         others = [
@@ -215,8 +214,7 @@ def test_merge_dedupes_by_origin_and_keeps_both_copies_record_ids(
     hypertension = [
         k.resource
         for k in tolvan
-        if k.resource["resourceType"] == "Condition"
-        and k.resource["code"]["coding"][0]["code"] == "I10"
+        if k.resource["resourceType"] == "Condition" and k.resource["code"]["coding"][0]["code"] == "I10"
     ]
     assert len(hypertension) == 1
     systems = {i.get("system"): i["value"] for i in hypertension[0]["identifier"]}
@@ -315,7 +313,11 @@ def test_a_name_beside_an_hsa_id_is_that_ids_name(mapped: dict[str, list[MappedR
             # the accountable professional NPÖ names (the simulator's lab) is who performed it, by
             # HSA-id and name alike; the responsible care unit beside it
             lab = npo._OTHER_DOCTORS["labb"]
-            who = {"type": "Practitioner", "identifier": {"system": HSA_SYSTEM, "value": lab[0]}, "display": lab[1]}
+            who = {
+                "type": "Practitioner",
+                "identifier": {"system": HSA_SYSTEM, "value": lab[0]},
+                "display": lab[1],
+            }
             unit = {"type": "Organization", "identifier": {"system": HSA_SYSTEM, "value": m.care_unit}}
             assert m.resource["performer"] == [who, unit], m.resource["performer"]
     assert labs >= 40
@@ -323,8 +325,10 @@ def test_a_name_beside_an_hsa_id_is_that_ids_name(mapped: dict[str, list[MappedR
 
 def _references(node: Any) -> Iterator[dict[str, Any]]:
     if isinstance(node, dict):
-        if "identifier" in node and isinstance(node["identifier"], dict) and (
-            "display" in node or "type" in node
+        if (
+            "identifier" in node
+            and isinstance(node["identifier"], dict)
+            and ("display" in node or "type" in node)
         ):
             yield node
         for v in node.values():
