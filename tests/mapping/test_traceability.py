@@ -27,6 +27,7 @@ from proxy.simulators import npo
 from proxy.simulators import population as pop
 from proxy.simulators.harness import running_simulators
 from proxy.types import MappedResource
+from tests.conftest import BASE, auth, pid
 
 MAPPINGS_DIR = Path(__file__).resolve().parents[2] / "mappings"
 PEOPLE = [*pop.DEMO_PEOPLE, *pop.generated_people(6)]
@@ -341,3 +342,36 @@ def _references(node: Any) -> Iterator[dict[str, Any]]:
 def test_every_hsa_id_pattern_is_exact() -> None:
     assert re.fullmatch(r"urn:oid:1\.2\.752\.29\.4\.19", HSA_SYSTEM)
     assert RIVTA_HSA_SYSTEM == "urn:oid:1.2.752.129.2.1.4.1"
+
+
+# ---- the same through HTTP: what each audience receives ---------------------------------------------
+
+
+async def test_every_answer_names_each_resources_source_records(facade: Any) -> None:
+    """Through redaction, per audience: every resource keeps its source record id (and a merged one
+    each source's), and no HSA-id leaves in the RIVTA OID."""
+    counted = 0
+    async with facade() as f:
+        for person in pop.DEMO_PEOPLE:
+            askers = {a: auth(a) for a in ("clinician", "ambulance", "homecare")}
+            askers["patient"] = auth("patient", pnr=person.pnr)
+            for audience, headers in askers.items():
+                status, bundle = await f.get(
+                    f"{BASE}/Patient/{pid(person.pnr)}/$everything", params={"_count": "500"}, headers=headers
+                )
+                if status == 404:  # (nobody knows the unknown test person)
+                    continue
+                assert status == 200, (audience, bundle)
+                assert RIVTA_HSA_SYSTEM not in orjson.dumps(bundle).decode()
+                for entry in bundle["entry"]:
+                    r = entry["resource"]
+                    if entry["search"]["mode"] != "match" or r["resourceType"] == "Patient":
+                        continue
+                    source = r["meta"]["source"].rsplit(":", 1)[-1]
+                    also = [
+                        t["code"] for t in r["meta"].get("tag", []) if t["system"].endswith("also-in-source")
+                    ]
+                    for s in (source, *also):
+                        assert len(record_systems(r, s)) == 1, (audience, s, r.get("identifier"))
+                    counted += 1
+    assert counted > 300
