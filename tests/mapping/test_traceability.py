@@ -375,3 +375,21 @@ async def test_every_answer_names_each_resources_source_records(facade: Any) -> 
                         assert len(record_systems(r, s)) == 1, (audience, s, r.get("identifier"))
                     counted += 1
     assert counted > 300
+
+
+def test_no_gap_in_vivas_ids_where_a_never_shared_record_was(
+    mapped: dict[str, list[MappedResource]],
+) -> None:
+    """Source record ids are shown: a social-care (SoL) note or home-help visit, which never leaves
+    the municipality, must not show as a gap in the shared records' numbering (Viva keeps its SoL
+    documentation in a series of its own, apart from the health-care records)."""
+    for pnr, resources in mapped.items():
+        series: dict[tuple[str, str], list[int]] = {}
+        for m in resources:
+            if m.source != "viva" or m.mapping not in ("viva/anteckningar", "viva/hembesok"):
+                continue
+            (ident,) = record_systems(m.resource, "viva")
+            prefix, _, number = ident["value"].rpartition("-")
+            series.setdefault((m.mapping, prefix), []).append(int(number))
+        for key, numbers in series.items():
+            assert sorted(numbers) == list(range(1, len(numbers) + 1)), (pnr, key, sorted(numbers))

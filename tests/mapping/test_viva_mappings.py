@@ -323,7 +323,7 @@ async def test_compact_timestamps_get_the_swedish_offset(client: Any) -> None:
         "end": "2026-10-22T09:00:00+02:00",
     }
     # 2026-11-04: winter time.
-    assert visits["HB-100000-4"]["period"]["start"] == "2026-11-04T08:30:00+01:00"
+    assert visits["HB-100000-3"]["period"]["start"] == "2026-11-04T08:30:00+01:00"
 
 
 async def test_compact_dates_become_fhir_dates(client: Any) -> None:
