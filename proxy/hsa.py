@@ -30,4 +30,4 @@ def is_hsa_id(value: object) -> bool:
 def hsa_system(system: object) -> str | None:
     """The system an HSA-id is written in, from one a client sent: ``HSA_SYSTEM`` for either accepted
     system (compared exactly, as every HSA-id is), None for anything else."""
-    return HSA_SYSTEM if system in HSA_SYSTEMS_ACCEPTED else None
+    return HSA_SYSTEM if isinstance(system, str) and system in HSA_SYSTEMS_ACCEPTED else None
