@@ -7,10 +7,12 @@ from __future__ import annotations
 from typing import Any
 
 from proxy.access.consent import stored
+from proxy.audit import begun_event, patient_view
 from proxy.fhir.http import STORE_KEY
-from proxy.hsa import HSA_SYSTEM, RIVTA_HSA_SYSTEM
+from proxy.hsa import HSA_SYSTEM, RIVTA_HSA_SYSTEM, is_hsa_id
 from proxy.simulators.population import REGION_PROVIDER, TOLVAN, UNITS
 from proxy.store import ConsentRow
+from proxy.types import Principal
 from tests.conftest import BASE, auth, consent_body, pid
 
 JSON = {"Content-Type": "application/fhir+json"}
@@ -107,6 +109,49 @@ async def test_the_access_log_names_the_user_in_hl7_swedens_system(facade: Any) 
         assert RIVTA_HSA_SYSTEM not in str(event)
         users = [a["who"]["identifier"] for a in event["agent"] if "identifier" in a.get("who", {})]
         assert users and all(u["system"] == HSA_SYSTEM for u in users), users
+        # the user's care unit and provider: HSA-ids too, in the same system
+        (asker,) = [a for a in event["agent"] if a.get("requestor")]
+        where = {e["url"]: e for e in asker["extension"]}
+        for url in ("urn:fhir-facade:care-unit", "urn:fhir-facade:care-provider"):
+            ident = where[url]["valueIdentifier"]
+            assert ident["system"] == HSA_SYSTEM and is_hsa_id(ident["value"]), where
+
+
+def test_the_patients_view_reads_the_care_unit_in_either_form() -> None:
+    """Events stored before the unit was an Identifier (a valueString) read the same to the patient."""
+    names = {"SE2321000016-MED3": "Medicinkliniken avd 3", "SE2321000016-15CQ": "Regionen"}
+    base = begun_event(
+        Principal(
+            audience="clinician",
+            subject="u1",
+            issuer="demo",
+            scopes=frozenset(),
+            user_hsa_id="SE2321000016-L5MED",
+            care_unit_hsa_id="SE2321000016-MED3",
+            care_provider_hsa_id="SE2321000016-15CQ",
+            client_id="demo",
+        ),
+        interaction="read",
+        patient_id="p1",
+        resource_types=["Condition"],
+        request_id="r1",
+    )
+    asker = base["agent"][0]
+    legacy = {
+        **base,
+        "agent": [
+            {
+                **asker,
+                "extension": [
+                    {"url": e["url"], "valueString": e["valueIdentifier"]["value"]}
+                    for e in asker["extension"]
+                ],
+            },
+            *base["agent"][1:],
+        ],
+    }
+    for event in (base, legacy):
+        assert patient_view(event, names)["agent"][0]["who"] == {"display": "Medicinkliniken avd 3, Regionen"}
 
 
 async def test_a_consent_stored_in_the_rivta_oid_reads_and_revokes_as_hl7_swedens(facade: Any) -> None:
