@@ -84,6 +84,7 @@ from proxy.app import compile_mappings
 from proxy.auth.demo import make_token as demo_token
 from proxy.fhir.bundle import SOURCE_STATUS_SYSTEM
 from proxy.fhir.ids import PatientIds, ResourceIds
+from proxy.hsa import HSA_SYSTEM
 from proxy.mapping.compiler import RequestSpec
 from proxy.pipeline import context, plan_requests
 from proxy.pnr import system_of
@@ -263,7 +264,6 @@ def cache_support(tmp: Path, pem: Path) -> str | None:
     return None
 
 
-HSA_SYSTEM = "urn:oid:1.2.752.129.2.1.4.1"
 RECIPIENT_ROLE = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
 
 

@@ -20,6 +20,7 @@ from proxy.auth.demo import demo_issuer, make_token
 from proxy.fhir.http import STORE_KEY
 from proxy.fhir.ids import PatientIds, ResourceIds
 from proxy.fhir.server import FacadeRunner
+from proxy.hsa import HSA_SYSTEM
 from proxy.settings import DEMO_PATIENT_ID_KEY, Settings, load_settings
 from proxy.simulators.harness import running_simulators
 from proxy.simulators.population import MUNICIPALITY_PROVIDER, REGION_PROVIDER, population
@@ -33,7 +34,7 @@ RESOURCE_IDS = ResourceIds(DEMO_PATIENT_ID_KEY)  # the demo deployment's keyed r
 POSTGRES_DSN = os.environ.get(
     "FHIR_FACADE_TEST_POSTGRES_DSN", "postgresql://fhir_facade:fhir_facade@127.0.0.1:5432/fhir_facade_test"
 )
-HSA = "urn:oid:1.2.752.129.2.1.4.1"
+HSA = HSA_SYSTEM  # HL7 Sweden's (proxy.hsa); the RIVTA OID is accepted on input
 ROLES = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
 
 

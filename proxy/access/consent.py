@@ -13,7 +13,9 @@ A Consent the facade accepts (``POST {base}/Consent``)::
       period      optional start / end        (a consent or block outside it is not in force)
       (no action, securityLabel, purpose, class, code, dataPeriod, data or modifierExtension: a
       narrowing these rules do not read is refused with a 400, never enforced as no narrowing)
-      actor       role v3-ParticipationType, reference.identifier an HSA-id (urn:oid:1.2.752.129.2.1.4.1)
+      actor       role v3-ParticipationType, reference.identifier an HSA-id: system HL7 Sweden's
+                  urn:oid:1.2.752.29.4.19, or the RIVTA OID urn:oid:1.2.752.129.2.1.4.1 (accepted,
+                  and stored and answered as HL7 Sweden's: ``normalised``)
                   IRCP  the recipient: the care provider or care unit that may read (consent only,
                         exactly one: the asker's own provider or unit)
                   CST   a custodian: the care provider (outer block) or care unit (inner block)
@@ -41,11 +43,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from proxy.fhir.errors import bad_request
-from proxy.hsa import is_hsa_id
+from proxy.hsa import HSA_SYSTEM, RIVTA_HSA_SYSTEM, hsa_system, is_hsa_id
 from proxy.timeutil import fhir_range
 from proxy.types import FhirDict
 
-HSA_SYSTEM = "urn:oid:1.2.752.129.2.1.4.1"
 PARTICIPATION = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
 SCOPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/consentscope"
 RECIPIENT, CUSTODIAN = "IRCP", "CST"
@@ -177,9 +178,10 @@ def validate(body: Any) -> FhirDict:
         raise bad_request("Consent.provision.period ends before it starts")
     for i, actor in enumerate(provision.get("actor", [])):
         ident = actor.get("reference", {}).get("identifier", {})
-        if ident.get("system") != HSA_SYSTEM or not isinstance(ident.get("value"), str):
+        if hsa_system(ident.get("system")) is None or not isinstance(ident.get("value"), str):
             raise bad_request(
-                f"Consent.provision.actor[{i}].reference.identifier must be an HSA-id (system {HSA_SYSTEM})"
+                f"Consent.provision.actor[{i}].reference.identifier must be an HSA-id (system {HSA_SYSTEM}, "
+                f"or {RIVTA_HSA_SYSTEM})"
             )
         if not is_hsa_id(ident["value"]):  # matched exactly: a near miss would match nothing
             raise bad_request(
@@ -202,7 +204,37 @@ def validate(body: Any) -> FhirDict:
             f"A block (deny) names the blocked care provider or unit as actors with role {CUSTODIAN}, "
             f"and no {RECIPIENT}"
         )
-    return body
+    return normalised(body)
+
+
+def normalised(resource: FhirDict) -> FhirDict:
+    """The Consent with every actor's HSA-id in HL7 Sweden's system (``HSA_SYSTEM``), as the facade
+    stores and answers it: a client's RIVTA OID, or a Consent stored before the facade wrote
+    HL7 Sweden's, reads the same. The resource is not modified; unchanged, it is returned as is.
+    Safe on a body nobody has validated yet (a PUT's): anything not shaped like an actor is kept."""
+    provision = resource.get("provision")
+    if not isinstance(provision, dict) or not isinstance(provision.get("actor"), list):
+        return resource
+    actors: list[Any] = provision["actor"]
+    if not any(_rivta_identifier(a) for a in actors):
+        return resource
+    fixed = []
+    for actor in actors:
+        ident = _rivta_identifier(actor)
+        if ident is not None:
+            actor = {
+                **actor,
+                "reference": {**actor["reference"], "identifier": {**ident, "system": HSA_SYSTEM}},
+            }
+        fixed.append(actor)
+    return {**resource, "provision": {**provision, "actor": fixed}}
+
+
+def _rivta_identifier(actor: Any) -> dict[str, Any] | None:
+    """An actor's HSA-id identifier when it is written in the RIVTA OID."""
+    reference = actor.get("reference") if isinstance(actor, dict) else None
+    ident = reference.get("identifier") if isinstance(reference, dict) else None
+    return ident if isinstance(ident, dict) and ident.get("system") == RIVTA_HSA_SYSTEM else None
 
 
 def _where(loc: tuple[int | str, ...]) -> str:
@@ -229,5 +261,7 @@ def stored(body: FhirDict, *, consent_id: str | None = None, version: int = 1) -
 
 
 def only_status_changed(old: FhirDict, new: FhirDict) -> bool:
+    """Whether ``new`` is ``old`` but for its status (an actor's HSA-id in either accepted system)."""
+    old, new = normalised(old), normalised(new)
     keys = (set(old) | set(new)) - _EDITABLE - {"dateTime", "text", "contained"}  # (never stored)
     return all(old.get(k) == new.get(k) for k in keys)

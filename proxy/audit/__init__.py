@@ -30,6 +30,7 @@ import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
+from proxy.hsa import HSA_SYSTEM
 from proxy.store import NO_OUTCOME, AuditRecord
 from proxy.types import FhirDict, Principal
 
@@ -77,7 +78,7 @@ def begun_event(
                     {"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}
                 ]
             },
-            "who": {"identifier": {"system": "urn:oid:1.2.752.129.2.1.4.1", "value": principal.user_hsa_id}}
+            "who": {"identifier": {"system": HSA_SYSTEM, "value": principal.user_hsa_id}}
             if principal.user_hsa_id
             else _patient_agent(principal, asker_id),
             "requestor": True,
@@ -94,8 +95,12 @@ def begun_event(
     ]
     if principal.care_unit_hsa_id:
         who[0]["extension"] = [
-            {"url": "urn:fhir-facade:care-unit", "valueString": principal.care_unit_hsa_id},
-            {"url": "urn:fhir-facade:care-provider", "valueString": principal.care_provider_hsa_id or ""},
+            {"url": f"urn:fhir-facade:{kind}", "valueIdentifier": {"system": HSA_SYSTEM, "value": hsa_id}}
+            for kind, hsa_id in (
+                ("care-unit", principal.care_unit_hsa_id),
+                ("care-provider", principal.care_provider_hsa_id),
+            )
+            if hsa_id
         ]
     return {
         "resourceType": "AuditEvent",
@@ -209,7 +214,11 @@ def patient_view(event: FhirDict, names: Mapping[str, str]) -> FhirDict:
     client application, not the user's id: nothing that tells what was read or hidden."""
     asker = event["agent"][0]
     role = asker["role"][0]["coding"][0]["code"]
-    where = {e["url"]: e["valueString"] for e in asker.get("extension", [])}
+    # (an HSA-id Identifier; a plain string in events stored by earlier versions)
+    where = {
+        e["url"]: e["valueIdentifier"]["value"] if "valueIdentifier" in e else e.get("valueString")
+        for e in asker.get("extension", [])
+    }
     unit, provider = where.get("urn:fhir-facade:care-unit"), where.get("urn:fhir-facade:care-provider")
     who = ", ".join(names.get(x, x) for x in (unit, provider) if x) or ROLE_DISPLAY.get(role, role)
     return {

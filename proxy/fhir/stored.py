@@ -173,7 +173,7 @@ async def _row(request: web.Request, permission: Permission) -> ConsentRow:
 async def read_consent(request: web.Request) -> web.Response:
     row = await _row(request, "r")
     _audited(request, "read", request.app[FACADE_KEY].ids.patient(row.patient_pnr))
-    return _one(row.resource, request=request)
+    return _one(consent.normalised(row.resource), request=request)
 
 
 async def update_consent(request: web.Request) -> web.Response:
@@ -200,9 +200,11 @@ async def update_consent(request: web.Request) -> web.Response:
     if match is not None and match.strip() != f'W/"{row.version}"':
         raise FhirError(412, "conflict", "The Consent has changed since that version (If-Match)")
     if body["status"] == row.status:
-        return _one(row.resource, request=request)
+        return _one(consent.normalised(row.resource), request=request)
     resource = consent.stored(
-        {**row.resource, "status": body["status"]}, consent_id=row.id, version=row.version + 1
+        {**consent.normalised(row.resource), "status": body["status"]},
+        consent_id=row.id,
+        version=row.version + 1,
     )
     updated = ConsentRow(row.id, row.patient_pnr, resource["status"], row.version + 1, resource)
     if not await request.app[STORE_KEY].update_consent(updated, expected_version=row.version):
@@ -220,7 +222,7 @@ async def search_consents(request: web.Request) -> web.Response:
     mine = query.patient is not None and not probing(principal, query.patient.pnr)
     rows = await request.app[STORE_KEY].consents(query.patient.pnr) if query.patient and mine else []
     statuses = wanted.get("status", _STATUSES)
-    found = [r.resource for r in rows if r.status in statuses and _visible(principal, r)]
+    found = [consent.normalised(r.resource) for r in rows if r.status in statuses and _visible(principal, r)]
     request[AUDIT_DISCLOSED_KEY] = Counter({"facade": len(found)})
     return _bundle(request, query, found[query.offset :], len(found), "Consent")
 

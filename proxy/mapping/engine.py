@@ -2,7 +2,9 @@
 
 For each record a mapping selects (and its ``where`` admits) the engine builds the element tree and
 adds what every resource carries: ``resourceType``, the stable ``id``, ``meta.source`` naming the
-backend, ``meta.security`` from the mapping's label rules, and — beside the resource, not in it —
+backend, ``meta.security`` from the mapping's label rules, the source record's id as an ``identifier``
+(system ``record_id_system``, after the mapping's own: traceability back to the record it was made
+from; not on a Patient, which is the request's patient), and — beside the resource, not in it —
 the origin key merge uses to recognise the same fact held by several sources, the references the
 resource makes (redaction checks them) and its clinical time (merge orders by it).
 """
@@ -22,6 +24,17 @@ class RecordError(ValueError):
     """A record the mapping could not turn into a resource (e.g. no id): skipped and counted."""
 
 
+RECORD_ID_SYSTEM = "urn:fhir-facade:{backend}:record:{mapping}"
+
+
+def record_id_system(mapping_name: str) -> str:
+    """The identifier system of the records one mapping (``<backend>/<file stem>``) reads: one per
+    backend and record kind, so a record id is unique within it (mappings/README.md, "Source record
+    ids"). It names the mapping file: renaming the file changes the system."""
+    backend, _, stem = mapping_name.partition("/")
+    return RECORD_ID_SYSTEM.format(backend=backend, mapping=stem)
+
+
 def map_records(
     mapping: CompiledMapping,
     body: Any,
@@ -33,6 +46,7 @@ def map_records(
     """All resources the mapping builds from one raw answer, and how many records it had to skip."""
     out: list[MappedResource] = []
     skipped = 0
+    system = record_id_system(mapping.name)
     for record in mapping.select(body):
         if not isinstance(record, dict):
             skipped += 1
@@ -40,14 +54,19 @@ def map_records(
         if mapping.where is not None and not mapping.where(record):
             continue
         try:
-            out.append(_map_one(mapping, record, ctx, source_uri, priority))
+            out.append(_map_one(mapping, record, ctx, source_uri, priority, system))
         except RecordError:
             skipped += 1
     return out, skipped
 
 
 def _map_one(
-    mapping: CompiledMapping, record: dict[str, Any], ctx: Context, source_uri: str, priority: int
+    mapping: CompiledMapping,
+    record: dict[str, Any],
+    ctx: Context,
+    source_uri: str,
+    priority: int,
+    record_system: str,
 ) -> MappedResource:
     built = mapping.fields(record, ctx) or {}
     if mapping.record_id is None:  # Patient: the request's patient, one logical resource across sources
@@ -58,8 +77,13 @@ def _map_one(
         raw_origin = mapping.origin(record, ctx) if mapping.origin is not None else None
         if raw_id is None or raw_origin is None:
             raise RecordError(f"{mapping.name}: record without id/origin")
-        rid = mapping.stable_id(ctx["patient_id"], scalar_text(raw_id))
+        source_id = scalar_text(raw_id)
+        rid = mapping.stable_id(ctx["patient_id"], source_id)
         origin = f"{mapping.resource_type}|{scalar_text(raw_origin)}"
+        # the source record's id after whatever identifiers the mapping builds (a new list: a
+        # constant subtree of the mapping is shared by every resource it makes)
+        own = {"system": record_system, "value": source_id}
+        built["identifier"] = [*(i for i in built.get("identifier") or () if i != own), own]
 
     meta: dict[str, Any] = dict(built.pop("meta", None) or {})
     meta["source"] = source_uri

@@ -15,12 +15,15 @@ from typing import Any
 import yaml
 
 from proxy.fhir.ids import ResourceIds
+from proxy.hsa import HSA_SYSTEM
 from proxy.mapping.compiler import CompiledMapping, MappingError, RequestSpec, compile_mapping
 from proxy.pnr import dashed, oid_of
 from proxy.types import PatientRef
 
 # Context names every request provides to templates, besides the backend's own ``vars``.
-REQUEST_CONTEXT = frozenset({"pnr", "pnr_dash", "pnr_system", "pnr_oid", "patient_id", "source"})
+REQUEST_CONTEXT = frozenset(
+    {"pnr", "pnr_dash", "pnr_system", "pnr_oid", "patient_id", "source", "hsa_system"}
+)
 
 
 def request_context(patient: PatientRef, backend: str, variables: Mapping[str, str]) -> dict[str, str]:
@@ -33,6 +36,7 @@ def request_context(patient: PatientRef, backend: str, variables: Mapping[str, s
         "pnr_oid": oid_of(patient.pnr),
         "patient_id": patient.fhir_id,
         "source": backend,
+        "hsa_system": HSA_SYSTEM,  # the one system every HSA-id is written in (proxy.hsa)
     }
 
 

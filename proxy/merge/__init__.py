@@ -10,8 +10,11 @@ patient merge into one, element by element (below).
 
 Of a group, the resource from the source listed first in ``merge.source_priority`` is kept (ties:
 lowest id). It keeps its ``meta.source``; each other source is added to ``meta.tag`` under
-``ALSO_IN_SOURCE_SYSTEM``; the security labels of all copies are united (the strictest copy wins —
-fail closed); references to a dropped copy are rewritten to the kept one.
+``ALSO_IN_SOURCE_SYSTEM``, and that source's record id (the ``identifier`` the mapping engine gives
+every resource: ``urn:fhir-facade:<backend>:record:<mapping>``) is added to the kept copy's
+identifiers, after its own, so the fact can be traced to the record in each source; identifiers play
+no part in the dedupe, which is by origin alone. The security labels of all copies are united (the
+strictest copy wins — fail closed); references to a dropped copy are rewritten to the kept one.
 
 **The Patient merge** keeps every source's facts. The list-valued elements (identifier, name, telecom,
 address, contact, photo, communication, generalPractitioner, link, extension) are united by value:
@@ -37,6 +40,7 @@ from typing import Any
 
 import orjson
 
+from proxy.mapping.engine import record_id_system
 from proxy.types import MappedResource
 
 ALSO_IN_SOURCE_SYSTEM = "urn:fhir-facade:also-in-source"
@@ -80,10 +84,16 @@ def merge(resources: Iterable[MappedResource]) -> list[MappedResource]:
         meta = dict(resource.get("meta", {}))
         tags = list(meta.get("tag", []))
         labels = list(meta.get("security", []))
+        idents = list(resource.get("identifier", []))
         for other in group[1:]:
             tag = {"system": ALSO_IN_SOURCE_SYSTEM, "code": other.source}
             if other.source != winner.source and tag not in tags:
                 tags.append(tag)
+                # traceability: the other copy's source record id too
+                system = record_id_system(other.mapping)
+                for ident in other.resource.get("identifier", []):
+                    if ident.get("system") == system and ident not in idents:
+                        idents.append(ident)
             for label in other.resource.get("meta", {}).get("security", []):
                 if label not in labels:
                     labels.append(label)
@@ -95,6 +105,8 @@ def merge(resources: Iterable[MappedResource]) -> list[MappedResource]:
         if labels:
             meta["security"] = labels
         resource["meta"] = meta
+        if idents and resource["resourceType"] != "Patient":
+            resource["identifier"] = idents
         if resource["resourceType"] == "Patient":
             resource = _merge_patient(resource, group)
         kept.append(winner._replace(resource=resource))

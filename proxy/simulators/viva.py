@@ -266,7 +266,7 @@ def _tolvan() -> dict[str, list[dict[str, Any]]]:
                 SSK,
             ),
             _note(
-                "AN-100000-2",
+                "SOL-100000-1",
                 at(60, 13, 0),
                 "Biståndsbedömning",
                 "Biståndsbeslut hemtjänst SoL-anteckning: brukaren beviljas hjälp med inköp och städning "
@@ -293,8 +293,8 @@ def _tolvan() -> dict[str, list[dict[str, Any]]]:
         "hembesok": [
             _visit("HB-100000-1", at(10, 8, 30), 30, "HEMSJUKVARD", "Sara Sjuksköterska", "UTFORT"),
             _visit("HB-100000-2", at(120, 10, 0), 90, "HEMSJUKVARD", "Fredrik Fysioterapeut", "UTFORT"),
-            _visit("HB-100000-3", at(5, 14, 0), 45, "HEMTJANST", "Hemtjänstgrupp Norr", "UTFORT"),
-            _visit("HB-100000-4", at(-3, 8, 30), 30, "HEMSJUKVARD", "Sara Sjuksköterska", "PLANERAT"),
+            _visit("HT-100000-1", at(5, 14, 0), 45, "HEMTJANST", "Hemtjänstgrupp Norr", "UTFORT"),
+            _visit("HB-100000-3", at(-3, 8, 30), 30, "HEMSJUKVARD", "Sara Sjuksköterska", "PLANERAT"),
         ],
         "beslut": [
             _decision(
@@ -373,7 +373,7 @@ def _greta() -> dict[str, list[dict[str, Any]]]:
                 SSK2,
             ),
             _note(
-                "AN-100001-2",
+                "SOL-100001-1",
                 at(150, 9, 20),
                 "Biståndsutredning",
                 "Biståndsbeslut hemtjänst SoL-anteckning: beviljas hemtjänst med personlig omvårdnad "
@@ -382,7 +382,7 @@ def _greta() -> dict[str, list[dict[str, Any]]]:
                 BISTAND,
             ),
             _note(
-                "AN-100001-3",
+                "AN-100001-2",
                 at(12, 14, 50),
                 "Viktuppföljning",
                 "Vikt 58,2 kg, minskat 1,5 kg på en månad. Näringsdryck insatt, läkare informerad.",
@@ -390,7 +390,7 @@ def _greta() -> dict[str, list[dict[str, Any]]]:
                 SSK2,
             ),
             _note(
-                "AN-100001-4",
+                "AN-100001-3",
                 at(6, 12, 10),
                 "Arbetsterapeutisk bedömning",
                 "Bedömning av ADL. Ökat hjälpbehov vid på- och avklädning. Förskrivit strumppådragare.",
@@ -398,7 +398,7 @@ def _greta() -> dict[str, list[dict[str, Any]]]:
                 AT,
             ),
             _note(
-                "AN-100001-5",
+                "SOL-100001-2",
                 at(4, 16, 0),
                 "Uppföljning av insatser",
                 "Genomförandeplan hemtjänst reviderad med brukaren och dottern.",
@@ -466,13 +466,13 @@ def _greta() -> dict[str, list[dict[str, Any]]]:
         ],
         "hembesok": [
             _visit("HB-100001-1", at(170, 13, 0), 60, "HEMSJUKVARD", "Sven Sjuksköterska", "UTFORT"),
-            _visit("HB-100001-2", at(150, 10, 0), 45, "HEMTJANST", "Hemtjänstgrupp Solna", "UTFORT"),
-            _visit("HB-100001-3", at(120, 14, 0), 30, "HEMSJUKVARD", "Fredrik Fysioterapeut", "UTFORT"),
-            _visit("HB-100001-4", at(12, 14, 30), 30, "HEMSJUKVARD", "Sven Sjuksköterska", "UTFORT"),
-            _visit("HB-100001-5", at(6, 10, 45), 75, "HEMSJUKVARD", "Anna Arbetsterapeut", "UTFORT"),
-            _visit("HB-100001-6", at(2, 9, 0), 30, "HEMSJUKVARD", "Sven Sjuksköterska", "INSTALLT"),
-            _visit("HB-100001-7", at(0, 7, 30), 30, "HEMTJANST", "Hemtjänstgrupp Solna", "UTFORT"),
-            _visit("HB-100001-8", at(-2, 14, 0), 30, "HEMSJUKVARD", "Sven Sjuksköterska", "PLANERAT"),
+            _visit("HT-100001-1", at(150, 10, 0), 45, "HEMTJANST", "Hemtjänstgrupp Solna", "UTFORT"),
+            _visit("HB-100001-2", at(120, 14, 0), 30, "HEMSJUKVARD", "Fredrik Fysioterapeut", "UTFORT"),
+            _visit("HB-100001-3", at(12, 14, 30), 30, "HEMSJUKVARD", "Sven Sjuksköterska", "UTFORT"),
+            _visit("HB-100001-4", at(6, 10, 45), 75, "HEMSJUKVARD", "Anna Arbetsterapeut", "UTFORT"),
+            _visit("HB-100001-5", at(2, 9, 0), 30, "HEMSJUKVARD", "Sven Sjuksköterska", "INSTALLT"),
+            _visit("HT-100001-2", at(0, 7, 30), 30, "HEMTJANST", "Hemtjänstgrupp Solna", "UTFORT"),
+            _visit("HB-100001-6", at(-2, 14, 0), 30, "HEMSJUKVARD", "Sven Sjuksköterska", "PLANERAT"),
         ],
         "beslut": [
             _decision(
@@ -557,12 +557,15 @@ def _generated(person: Person, seq: int) -> dict[str, list[dict[str, Any]]]:
         out["funktionsbedomningar"].append(
             _adl(f"FB-{n}-{i + 1}", when, omrade, niva, _ADL_TEXT[niva], rng.choice([AT, FT]))
         )
+    # SoL documentation is a series of its own (SOL-, HT-): the shared records' ids have no gaps
+    sol = hsl = 0
     for i in range(rng.randint(1, 3)):
         when = at(rng.randint(1, 900), rng.randint(8, 18), rng.choice([0, 10, 30, 50]))
         if rng.random() < 0.35:
+            sol += 1
             out["anteckningar"].append(
                 _note(
-                    f"AN-{n}-{i + 1}",
+                    f"SOL-{n}-{sol}",
                     when,
                     "Biståndsbedömning",
                     "Biståndsbeslut hemtjänst SoL-anteckning: beviljas hjälp med inköp.",
@@ -575,8 +578,9 @@ def _generated(person: Person, seq: int) -> dict[str, list[dict[str, Any]]]:
             )
         else:
             rubrik, text = rng.choice(_HSL_NOTES)
+            hsl += 1
             out["anteckningar"].append(
-                _note(f"AN-{n}-{i + 1}", when, rubrik, text, "HSL", rng.choice([SSK, SSK2]))
+                _note(f"AN-{n}-{hsl}", when, rubrik, text, "HSL", rng.choice([SSK, SSK2]))
             )
     for i, (atc, preparat, dosering) in enumerate(rng.sample(_VIVA_MEDS, rng.randint(0, 3))):
         start = rng.randint(10, 1200)
@@ -602,18 +606,18 @@ def _generated(person: Person, seq: int) -> dict[str, list[dict[str, Any]]]:
                 " ".join(dosering.split(" ")[:2]),  # "1 tablett", "2 tabletter": the dose given
             )
         )
-    for i in range(rng.randint(1, 6)):
+    series = {"HEMSJUKVARD": "HB", "HEMTJANST": "HT"}  # home help (SoL) numbered apart
+    counts = dict.fromkeys(series.values(), 0)
+    for _ in range(rng.randint(1, 6)):
         days = rng.randint(-7, 700)
-        out["hembesok"].append(
-            _visit(
-                f"HB-{n}-{i + 1}",
-                at(days, rng.randint(7, 20), rng.choice([0, 15, 30, 45])),
-                rng.choice([15, 30, 45, 60]),
-                rng.choice(["HEMSJUKVARD", "HEMSJUKVARD", "HEMTJANST"]),
-                rng.choice(["Sara Sjuksköterska", "Sven Sjuksköterska", "Hemtjänstgrupp Norr"]),
-                "PLANERAT" if days < 0 else rng.choice(["UTFORT"] * 9 + ["INSTALLT"]),
-            )
-        )
+        when = at(days, rng.randint(7, 20), rng.choice([0, 15, 30, 45]))  # (the same draws, in order)
+        minutes = rng.choice([15, 30, 45, 60])
+        besokstyp = rng.choice(["HEMSJUKVARD", "HEMSJUKVARD", "HEMTJANST"])
+        utforare = rng.choice(["Sara Sjuksköterska", "Sven Sjuksköterska", "Hemtjänstgrupp Norr"])
+        status = "PLANERAT" if days < 0 else rng.choice(["UTFORT"] * 9 + ["INSTALLT"])
+        counts[series[besokstyp]] += 1
+        vid = f"{series[besokstyp]}-{n}-{counts[series[besokstyp]]}"
+        out["hembesok"].append(_visit(vid, when, minutes, besokstyp, utforare, status))
     return out
 
 

@@ -181,7 +181,13 @@ def test_empty_objects_and_lists_are_pruned() -> None:
 def test_everything_pruned_leaves_only_what_the_engine_adds() -> None:
     (res,), skipped = run(compile_doc(doc({"code": {"text": "{nope}"}})), [{"rid": "1"}])
     assert skipped == 0
-    assert res == {"resourceType": "Condition", "id": res["id"], "meta": {"source": "urn:test"}}
+    assert res == {
+        "resourceType": "Condition",
+        "id": res["id"],
+        "meta": {"source": "urn:test"},
+        # the source record's id: traceability (mappings/README.md, "Source record ids")
+        "identifier": [{"system": "urn:fhir-facade:testsys:record:things", "value": "1"}],
+    }
 
 
 def test_null_in_a_mapping_is_a_compile_error() -> None:

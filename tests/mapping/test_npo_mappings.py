@@ -23,6 +23,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from fhir.resources.R4B import get_fhir_model_class
 
+from proxy.hsa import HSA_SYSTEM
 from proxy.mapping.compiler import CompiledMapping
 from proxy.mapping.engine import map_records
 from proxy.mapping.registry import REQUEST_CONTEXT, load_backend_mappings, load_code_maps, request_context
@@ -44,7 +45,7 @@ NOPAT = {
     "code": "NOPAT",
     "display": "no disclosure to patient, family or caregivers without attending provider's authorization",
 }
-HSA = "urn:oid:1.2.752.129.2.1.4.1"
+HSA = HSA_SYSTEM  # HL7 Sweden's (proxy.hsa)
 EXPECTED = {  # mapping → (resource type, contract, record element)
     "diagnoses": ("Condition", "GetDiagnosis", "diagnosis"),
     "care-documentation": ("DocumentReference", "GetCareDocumentation", "careDocumentation"),

@@ -11,6 +11,7 @@ import orjson
 import pytest
 from fhir.resources.R4B import get_fhir_model_class
 
+from proxy.hsa import HSA_SYSTEM
 from proxy.mapping.compiler import CompiledMapping
 from proxy.mapping.engine import map_records
 from proxy.mapping.registry import REQUEST_CONTEXT, load_backend_mappings, load_code_maps, request_context
@@ -36,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
 MAPPINGS = ROOT / "mappings"
 SOL_PHRASE = "Biståndsbeslut hemtjänst SoL-anteckning"
 SOURCE_URI = "urn:fhir-facade:source:viva"
-HSA = "urn:oid:1.2.752.129.2.1.4.1"
+HSA = HSA_SYSTEM  # HL7 Sweden's (proxy.hsa)
 CONFIDENTIALITY = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
 
 # A protected person (skyddad identitet) in Viva: none of the demo patients is one.
@@ -324,7 +325,7 @@ async def test_compact_timestamps_get_the_swedish_offset(client: Any) -> None:
         "end": "2026-10-22T09:00:00+02:00",
     }
     # 2026-11-04: winter time.
-    assert visits["HB-100000-4"]["period"]["start"] == "2026-11-04T08:30:00+01:00"
+    assert visits["HB-100000-3"]["period"]["start"] == "2026-11-04T08:30:00+01:00"
 
 
 async def test_compact_dates_become_fhir_dates(client: Any) -> None:
@@ -510,7 +511,13 @@ async def test_last_nights_apixaban_not_given_is_a_not_done_administration(clien
     assert reason["text"] == "Ej given"
     assert "ej hemma" in last["note"][0]["text"]
     assert "dosage" not in last  # nothing was given
-    assert last["performer"] == [{"actor": {"display": "Omar Undersköterska"}}]
+    # who gave it, acting for the care unit (R4 allows no Organization as the actor)
+    (performer,) = last["performer"]
+    assert performer["actor"]["display"] == "Omar Undersköterska"
+    (unit,) = performer["actor"]["extension"]
+    assert unit["url"] == "urn:fhir-facade:on-behalf-of"
+    assert unit["valueReference"]["type"] == "Organization"
+    assert unit["valueReference"]["identifier"] == {"system": HSA, "value": UNITS["hemsjukvard"][0]}
     assert last["category"]["coding"][0]["code"] == "community"
     given = apixaban[0]
     assert "statusReason" not in given
