@@ -13,13 +13,14 @@ from typing import Any
 
 import pytest
 
+from proxy.hsa import HSA_SYSTEM
 from proxy.mapping.engine import map_records
 from proxy.simulators import cosmic
 from proxy.simulators import population as pop
 from tests.mapping import test_cosmic_mappings as cm
 
 KVA = "urn:oid:1.2.752.116.1.3.2.1.4"  # Klassifikation av vårdåtgärder (Socialstyrelsen)
-HSA = "urn:oid:1.2.752.129.2.1.4.1"
+HSA = HSA_SYSTEM  # HL7 Sweden's system (proxy/hsa.py), never the RIVTA OID
 NOPAT = ("http://terminology.hl7.org/CodeSystem/v3-ActCode", "NOPAT")
 STATUS = {"PERFORMED": "completed", "ONGOING": "in-progress", "CANCELLED": "not-done"}
 
@@ -76,7 +77,13 @@ async def test_every_cosmic_procedure_becomes_one_procedure(client: Any) -> None
                 assert local(r["performedDateTime"]) == start
             unit = rec["careUnit"]
             assert r["performer"] == [
-                {"actor": {"identifier": {"system": HSA, "value": unit["hsaId"]}, "display": unit["name"]}}
+                {
+                    "actor": {
+                        "type": "Organization",
+                        "identifier": {"system": HSA, "value": unit["hsaId"]},
+                        "display": unit["name"],
+                    }
+                }
             ]
             assert (mr.care_provider, mr.care_unit) == (unit["providerHsaId"], unit["hsaId"])
             if rec.get("contactId"):
