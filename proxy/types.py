@@ -112,7 +112,9 @@ class MappedResource(NamedTuple):
     resource: FhirDict
     source: str
     mapping: str  # the mapping that built it, "<backend>/<file stem>"
-    origin_key: str  # "<producing system>|<record id>": the same fact in several sources shares it
+    # "<resource type>|<producing system>|<record id>" (a Patient: "Patient|<pnr>"): the same fact in
+    # several sources shares it
+    origin_key: str
     priority: int  # the source's rank in merge.source_priority, lower wins
     # Facts read once when the resource is mapped (and cached with it), so that merge and redaction,
     # which run after the last backend answer, need not walk the resource again:
