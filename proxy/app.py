@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from proxy.auth import Authenticator, TrustedIssuer
-from proxy.cache import MemoryCache, RedisCache, SourceCache
+from proxy.cache import MemoryCache, RedisCache, SourceCache, redis_prefix
 from proxy.fanout import BackendClient
 from proxy.fanout.engagement import EngagementIndex
 from proxy.fhir.http import AUTH_KEY, FACADE_KEY, STORE_KEY
@@ -26,19 +26,25 @@ from proxy.store import open_store
 
 def compile_mappings(settings: Settings, ids: ResourceIds) -> MappingSet:
     """The deployment's mappings; ``ids`` (from its patient-id key) makes their resource ids."""
+    priority = {name: i for i, name in enumerate(settings.source_priority)}
     return load_mappings(
         settings.mappings_dir,
         {b.name: (b.mappings, frozenset(k for k, _ in b.vars)) for b in settings.backends},
         without_care_documentation=settings.without_care_documentation,
         ids=ids,
+        # what else the mapped answers depend on: part of their cache keys
+        inputs={
+            b.name: repr((sorted(b.vars), b.source_uri, priority.get(b.name))) for b in settings.backends
+        },
     )
 
 
 def open_cache(c: CacheSettings, *, namespace: str) -> SourceCache | None:
     """The source cache. Its entries hold resource ids, which depend on the deployment's key: the
     shared store files them under ``namespace`` (the key's fingerprint), so an entry made under
-    another key — or by the unkeyed ids of old (prefix v1) — is never served. (The memory store
-    lives and dies with one app, and so with one key.)"""
+    another key — or under an older key layout (prefixes v1, v2) — is never served. (The memory
+    store lives and dies with one app, and so with one key.) Which mappings made an entry is in
+    each entry's cache key (``MappingSet.cache_key``)."""
     if not c.enabled:
         return None
     if c.store == "redis":
@@ -48,7 +54,7 @@ def open_cache(c: CacheSettings, *, namespace: str) -> SourceCache | None:
             aioredis.from_url(c.redis_url),
             ttl_s=c.ttl_s,
             max_stale_s=c.max_stale_s,
-            prefix=f"fhir-facade:v2:{namespace}",
+            prefix=redis_prefix(namespace),
         )
     return MemoryCache(ttl_s=c.ttl_s, max_stale_s=c.max_stale_s, max_entries=c.max_entries)
 

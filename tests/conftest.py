@@ -153,13 +153,15 @@ def facade(
         consent: bool = True,
         store: str = "sqlite",
         access: dict[str, Any] | None = None,
+        mappings_dir: Path | None = None,
         **backend_overrides: Any,
     ) -> AsyncIterator[Running]:
         """Tests see fresh answers unless they ask for the cache (True, or CacheSettings overrides).
 
         ``consent``: every patient has consented to the demo tokens' care providers (the region and
         the municipality), so tests about anything but the PDL rules see every source's records.
-        ``store``: sqlite (in tmp_path) or postgres (POSTGRES_DSN, emptied first)."""
+        ``store``: sqlite (in tmp_path) or postgres (POSTGRES_DSN, emptied first).
+        ``mappings_dir``: another deployment's mappings (e.g. a changed copy)."""
         people = population(generated, settings.simulators.seed)
         async with running_simulators(settings, people, faults=faults) as urls:
             live = settings.with_backend_urls(urls)
@@ -177,6 +179,8 @@ def facade(
                 live = replace(live, store=replace(live.store, postgres_dsn=POSTGRES_DSN))
             if access:
                 live = replace(live, access=replace(live.access, **access))
+            if mappings_dir is not None:
+                live = replace(live, mappings_dir=mappings_dir)
             if facade_overrides:
                 live = replace(live, facade=replace(live.facade, **facade_overrides))
             if backend_overrides:

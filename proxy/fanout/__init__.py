@@ -62,7 +62,8 @@ class BackendClient:
     # how long this backend has been taking to answer a whole fetch (exponentially weighted, ms):
     # fan-out asks the slowest first, so its calls leave before the quick backends' calls
     typical_ms: float = 0.0
-    # per request key, how long its answers have taken to handle (map) once in (weighted, ms):
+    # per learning key (``RequestSpec.learning_key``), how long its answers have taken to handle
+    # (map) once in (weighted, ms):
     # the costliest are sent first, so they tend to arrive first and be mapped while the others
     # are on their way, and the answer that comes in last — that everything waits for — is cheap
     handling_ms: dict[str, float] = field(default_factory=dict)
@@ -118,7 +119,7 @@ class BackendClient:
         cost = self.handling_ms.get
         run.tasks = [  # (tasks start in creation order; ``i`` keeps each outcome in plan order)
             asyncio.ensure_future(self._ask(run, i, spec, ctx))
-            for i, spec in sorted(enumerate(specs), key=lambda item: -cost(item[1].key, 0.0))
+            for i, spec in sorted(enumerate(specs), key=lambda item: -cost(item[1].learning_key, 0.0))
         ]
         run.timer = asyncio.get_running_loop().call_later(self.settings.total_timeout_s, run.expire)
         return run
@@ -187,7 +188,8 @@ class BackendClient:
             log.exception("handing on an answer from %s failed", self.settings.name)
 
     def handled(self, key: str, ms: float) -> None:
-        """Learn how long the answer to request ``key`` took to handle (an exponentially weighted mean)."""
+        """Learn how long the answer to a request (its ``learning_key``) took to handle (an
+        exponentially weighted mean)."""
         self.handling_ms[key] = _weighted(self.handling_ms.get(key), ms)
 
     def took(self, latency_ms: float) -> None:
