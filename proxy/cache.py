@@ -4,9 +4,11 @@ Key (``entry_key``, the one place it is built): backend + cache key + patient. T
 (``MappingSet.cache_key``) is the request (the contract: the fetch key's hash) and the digest of
 the mappings that read its answer (their YAML, the code maps they use, the backend configuration
 they read): entries made by other mappings — before a deploy — are never served. The shared store
-puts ``redis_prefix`` (the layout's version and the deployment key's fingerprint) in front. Value: every resource the mappings sharing that
-request built from the answer — all types, before merge and before any audience policy, so one
-entry serves every asker; redaction, audit and search run on every request, cached or not.
+puts ``redis_prefix`` (the layout's version and the deployment key's fingerprint) in front.
+
+Value: every resource the mappings sharing that request built from the answer — all types, before
+merge and before any audience policy, so one entry serves every asker; redaction, audit and
+search run on every request, cached or not.
 Entries are never modified after they are stored (the later stages copy what they change).
 
 An entry is *fresh* for ``ttl_s``; after that, for ``max_stale_s`` more, it may stand in for a
@@ -21,14 +23,13 @@ A Redis that fails is a cache miss, never a failed request.
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
 from cachetools import LRUCache
 
+from proxy.clock import SYSTEM_CLOCK, Clock
 from proxy.types import MappedResource
 
 log = logging.getLogger(__name__)
@@ -73,10 +74,10 @@ class SourceCache(Protocol):
 class _Ages:
     ttl_s: float
     max_stale_s: float
-    clock: Callable[[], float]
+    clock: Clock  # (its epoch reading: a shared entry is judged by other hosts too)
 
     def age_s(self, entry: CacheEntry) -> float:
-        return self.clock() - entry.stored_at
+        return self.clock.time() - entry.stored_at
 
     def judge(self, entry: CacheEntry) -> tuple[CacheEntry, bool] | None:
         age = self.age_s(entry)
@@ -89,7 +90,7 @@ class MemoryCache(_Ages):
     """Per worker, bounded (least recently used entries go first)."""
 
     def __init__(
-        self, *, ttl_s: float, max_stale_s: float, max_entries: int, clock: Callable[[], float] = time.time
+        self, *, ttl_s: float, max_stale_s: float, max_entries: int, clock: Clock = SYSTEM_CLOCK
     ) -> None:
         self.ttl_s = ttl_s
         self.max_stale_s = max_stale_s
@@ -109,7 +110,7 @@ class MemoryCache(_Ages):
     async def put(
         self, backend: str, cache_key: str, patient_id: str, resources: tuple[MappedResource, ...]
     ) -> None:
-        self._entries[entry_key(backend, cache_key, patient_id)] = CacheEntry(self.clock(), resources)
+        self._entries[entry_key(backend, cache_key, patient_id)] = CacheEntry(self.clock.time(), resources)
 
     async def close(self) -> None:
         self._entries.clear()
@@ -125,7 +126,7 @@ class RedisCache(_Ages):
         ttl_s: float,
         max_stale_s: float,
         prefix: str = "fhir-facade:v1",
-        clock: Callable[[], float] = time.time,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.client = client
         self.ttl_s = ttl_s
@@ -157,7 +158,7 @@ class RedisCache(_Ages):
     async def put(
         self, backend: str, cache_key: str, patient_id: str, resources: tuple[MappedResource, ...]
     ) -> None:
-        doc = {"stored_at": self.clock(), "resources": [r._asdict() for r in resources]}
+        doc = {"stored_at": self.clock.time(), "resources": [r._asdict() for r in resources]}
         expire_ms = max(1, int((self.ttl_s + self.max_stale_s) * 1000))
         try:
             await self.client.set(self._key(backend, cache_key, patient_id), orjson.dumps(doc), px=expire_ms)

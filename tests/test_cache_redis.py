@@ -154,7 +154,13 @@ def _codes(bundle: dict[str, Any], element: str) -> set[str]:
     ("file", "old", "new", "element", "code"),
     [
         # a mapping changed: Cosmic's diagnoses are now provisional
-        ("cosmic/diagnoses.yaml", "code: confirmed", "code: provisional", "verificationStatus", "provisional"),
+        (
+            "cosmic/diagnoses.yaml",
+            "code: confirmed",
+            "code: provisional",
+            "verificationStatus",
+            "provisional",
+        ),
         # a terminology table changed: Cosmic's ACT state now maps to "recurrence"
         ("terminology/cosmic.yaml", "  ACT: active\n", "  ACT: recurrence\n", "clinicalStatus", "recurrence"),
     ],

@@ -21,6 +21,7 @@ from typing import TypeVar
 import aiohttp
 from yarl import URL
 
+from proxy.clock import SYSTEM_CLOCK, Clock
 from proxy.fanout.breaker import CircuitBreaker
 from proxy.mapping.compiler import Context, RequestSpec, UnknownPatient
 from proxy.settings import BackendSettings
@@ -69,7 +70,9 @@ class BackendClient:
     handling_ms: dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def open(cls, settings: BackendSettings, max_body_bytes: int) -> BackendClient:
+    def open(
+        cls, settings: BackendSettings, max_body_bytes: int, *, clock: Clock = SYSTEM_CLOCK
+    ) -> BackendClient:
         connector = aiohttp.TCPConnector(
             limit=settings.limit_per_host,
             limit_per_host=settings.limit_per_host,
@@ -84,7 +87,7 @@ class BackendClient:
             raise_for_status=False,
             auto_decompress=True,
         )
-        breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_open_s)
+        breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_open_s, clock)
         base = str(URL(settings.base_url.rstrip("/")))  # (percent-encoded, as the request targets are)
         return cls(
             settings=settings, session=session, max_body_bytes=max_body_bytes, breaker=breaker, base=base

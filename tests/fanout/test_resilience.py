@@ -18,6 +18,7 @@ from proxy.mapping.compiler import RequestSpec, UnknownPatient
 from proxy.settings import load_settings
 from proxy.simulators.population import TOLVAN
 from proxy.types import SourceResult, SourceStatus
+from tests.clock import FakeClock
 from tests.conftest import BASE, pid
 from tests.source_status import degraded, statuses
 
@@ -25,16 +26,8 @@ EVERYTHING = f"{BASE}/Patient/{pid(TOLVAN.pnr)}/$everything"
 BOMB = gzip.compress(b" " * 3_000_000)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_breaker_opens_after_consecutive_failures_and_probes_once() -> None:
-    clock = Clock()
+    clock = FakeClock()
     b = CircuitBreaker(failures_to_open=3, open_s=10, clock=clock)
     for _ in range(2):
         assert b.allow()
@@ -45,14 +38,14 @@ def test_breaker_opens_after_consecutive_failures_and_probes_once() -> None:
         assert b.allow()
         b.record(success=False)
     assert b.state == "open" and not b.allow()
-    clock.now = 9.9
+    clock.advance(9.9)
     assert not b.allow()
-    clock.now = 10.0
+    clock.advance(0.1)
     assert b.allow()  # the one probe
     assert not b.allow()  # nobody else while it is out
     b.record(success=False)
     assert b.state == "open" and not b.allow()
-    clock.now = 20.0
+    clock.advance(10.0)
     assert b.allow()
     b.record(success=True)
     assert b.state == "closed" and b.allow() and b.allow()
