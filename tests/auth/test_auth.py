@@ -759,7 +759,7 @@ def test_token_times_are_judged_by_the_injected_clock_not_the_machine_s(auth: Au
 
 
 @pytest.mark.parametrize("claim", ["exp", "nbf", "iat"])
-@pytest.mark.parametrize("value", ["1900000000", True, [1], {"n": 1}])
+@pytest.mark.parametrize("value", ["1900000000", True, [1], {"n": 1}, float("inf"), float("nan")])
 def test_a_time_claim_that_is_not_a_number_is_refused(auth: Authenticator, claim: str, value: Any) -> None:
     token = make_token("clinician", **{claim: value})
     reject(auth, bearer(token), f"the token's {claim} is not a NumericDate")
