@@ -11,7 +11,8 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from proxy.auth import Authenticator, TrustedIssuer
-from proxy.cache import MemoryCache, RedisCache, SourceCache
+from proxy.cache import MemoryCache, RedisCache, SourceCache, redis_prefix
+from proxy.clock import SYSTEM_CLOCK, Clock
 from proxy.fanout import BackendClient
 from proxy.fanout.engagement import EngagementIndex
 from proxy.fhir.http import AUTH_KEY, FACADE_KEY, STORE_KEY
@@ -26,19 +27,25 @@ from proxy.store import open_store
 
 def compile_mappings(settings: Settings, ids: ResourceIds) -> MappingSet:
     """The deployment's mappings; ``ids`` (from its patient-id key) makes their resource ids."""
+    priority = {name: i for i, name in enumerate(settings.source_priority)}
     return load_mappings(
         settings.mappings_dir,
         {b.name: (b.mappings, frozenset(k for k, _ in b.vars)) for b in settings.backends},
         without_care_documentation=settings.without_care_documentation,
         ids=ids,
+        # what else the mapped answers depend on: part of their cache keys
+        inputs={
+            b.name: repr((sorted(b.vars), b.source_uri, priority.get(b.name))) for b in settings.backends
+        },
     )
 
 
-def open_cache(c: CacheSettings, *, namespace: str) -> SourceCache | None:
+def open_cache(c: CacheSettings, *, namespace: str, clock: Clock = SYSTEM_CLOCK) -> SourceCache | None:
     """The source cache. Its entries hold resource ids, which depend on the deployment's key: the
     shared store files them under ``namespace`` (the key's fingerprint), so an entry made under
-    another key — or by the unkeyed ids of old (prefix v1) — is never served. (The memory store
-    lives and dies with one app, and so with one key.)"""
+    another key — or under an older key layout (prefixes v1, v2) — is never served. (The memory
+    store lives and dies with one app, and so with one key.) Which mappings made an entry is in
+    each entry's cache key (``MappingSet.cache_key``)."""
     if not c.enabled:
         return None
     if c.store == "redis":
@@ -48,22 +55,30 @@ def open_cache(c: CacheSettings, *, namespace: str) -> SourceCache | None:
             aioredis.from_url(c.redis_url),
             ttl_s=c.ttl_s,
             max_stale_s=c.max_stale_s,
-            prefix=f"fhir-facade:v2:{namespace}",
+            prefix=redis_prefix(namespace),
+            clock=clock,
         )
-    return MemoryCache(ttl_s=c.ttl_s, max_stale_s=c.max_stale_s, max_entries=c.max_entries)
+    return MemoryCache(ttl_s=c.ttl_s, max_stale_s=c.max_stale_s, max_entries=c.max_entries, clock=clock)
 
 
 def create_app(
-    settings: Settings, *, patient_id_key: bytes, extra_issuer: TrustedIssuer | None = None
+    settings: Settings,
+    *,
+    patient_id_key: bytes,
+    extra_issuer: TrustedIssuer | None = None,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> web.Application:
     """The facade app. ``patient_id_key`` must be shared by every worker behind one base URL (the
     Patient ids are encrypted under it, the other resource ids keyed with a key derived from it);
-    ``extra_issuer`` is for the demo and the tests (the dev-only demo issuer), never for ``serve``."""
+    ``extra_issuer`` is for the demo and the tests (the dev-only demo issuer), never for ``serve``;
+    ``clock`` (``proxy.clock``) times tokens, the cache, the breakers and the engagement index."""
     import fhir.resources.R4B.consent  # noqa: F401  (validates POSTed Consents; imported once, here)
 
     ids, resource_ids = PatientIds(patient_id_key), ResourceIds(patient_id_key)
     mappings = compile_mappings(settings, resource_ids)
-    authenticator = Authenticator.from_settings(settings, extra_issuer=extra_issuer, patient_ids=ids)
+    authenticator = Authenticator.from_settings(
+        settings, extra_issuer=extra_issuer, patient_ids=ids, clock=clock
+    )
     policy = compile_policy(settings.policy)
     app = web.Application(middlewares=[fhir_errors, audited], client_max_size=64 * 1024)
 
@@ -71,8 +86,11 @@ def create_app(
         store = open_store(settings.store)
         await store.open()
         app[STORE_KEY] = store
-        clients = {b.name: BackendClient.open(b, settings.facade.max_body_bytes) for b in settings.backends}
-        cache = open_cache(settings.cache, namespace=resource_ids.fingerprint)
+        clients = {
+            b.name: BackendClient.open(b, settings.facade.max_body_bytes, clock=clock)
+            for b in settings.backends
+        }
+        cache = open_cache(settings.cache, namespace=resource_ids.fingerprint, clock=clock)
         e = settings.engagement
         app[FACADE_KEY] = Facade(
             settings=settings,
@@ -82,7 +100,7 @@ def create_app(
             policy=policy,
             store=store,
             cache=cache,
-            engagement=EngagementIndex(ttl_s=e.ttl_s) if e.enabled else None,
+            engagement=EngagementIndex(ttl_s=e.ttl_s, clock=clock) if e.enabled else None,
         )
         try:
             yield

@@ -131,7 +131,11 @@ async def fetch_and_map(
         hits: dict[str, CacheEntry] = {}
         fetch: list[RequestSpec] = []
         for spec in specs:
-            hit = await cache.get(name, spec.key, patient.fhir_id) if cache else None
+            hit = (
+                await cache.get(name, facade.mappings.cache_key(name, spec.key), patient.fhir_id)
+                if cache
+                else None
+            )
             if hit is not None and hit[1]:
                 hits[spec.key] = hit[0]
                 continue
@@ -169,7 +173,7 @@ async def fetch_and_map(
         except Exception:  # map_answer marks what it cannot read; this is for what it did not expect
             log.exception("mapping an answer from %s failed", source)
             answers[source][spec.key] = MappedAnswer([], readable=False)
-        facade.clients[source].handled(spec.key, (time.perf_counter() - started) * 1000)
+        facade.clients[source].handled(spec.learning_key, (time.perf_counter() - started) * 1000)
 
     jobs: list[SlackJob] = []
 
@@ -197,7 +201,8 @@ async def fetch_and_map(
         if cache is not None:
             for key in mapped.readable:
                 resources = tuple(answers[result.source][key].resources)
-                await cache.put(result.source, key, patient.fhir_id, resources)
+                cache_key = facade.mappings.cache_key(result.source, key)
+                await cache.put(result.source, cache_key, patient.fhir_id, resources)
         found.extend(mapped.resources)
         if index is not None and mapped.outcome is None and result.source in facade.mappings.lookups:
             # learned only from the positive "unknown patient" of its lookup (asked in this run);

@@ -17,6 +17,7 @@ from fhir.resources.R4B import get_fhir_model_class
 from proxy.access.consent import stored
 from proxy.app import create_app
 from proxy.auth.demo import demo_issuer, make_token
+from proxy.clock import SYSTEM_CLOCK, Clock
 from proxy.fhir.http import STORE_KEY
 from proxy.fhir.ids import PatientIds, ResourceIds
 from proxy.fhir.server import FacadeRunner
@@ -153,13 +154,17 @@ def facade(
         consent: bool = True,
         store: str = "sqlite",
         access: dict[str, Any] | None = None,
+        mappings_dir: Path | None = None,
+        clock: Clock = SYSTEM_CLOCK,
         **backend_overrides: Any,
     ) -> AsyncIterator[Running]:
         """Tests see fresh answers unless they ask for the cache (True, or CacheSettings overrides).
 
         ``consent``: every patient has consented to the demo tokens' care providers (the region and
         the municipality), so tests about anything but the PDL rules see every source's records.
-        ``store``: sqlite (in tmp_path) or postgres (POSTGRES_DSN, emptied first)."""
+        ``store``: sqlite (in tmp_path) or postgres (POSTGRES_DSN, emptied first).
+        ``mappings_dir``: another deployment's mappings (e.g. a changed copy). ``clock``: the app's
+        (tests.clock.FakeClock: move time on instead of sleeping)."""
         people = population(generated, settings.simulators.seed)
         async with running_simulators(settings, people, faults=faults) as urls:
             live = settings.with_backend_urls(urls)
@@ -177,11 +182,15 @@ def facade(
                 live = replace(live, store=replace(live.store, postgres_dsn=POSTGRES_DSN))
             if access:
                 live = replace(live, access=replace(live.access, **access))
+            if mappings_dir is not None:
+                live = replace(live, mappings_dir=mappings_dir)
             if facade_overrides:
                 live = replace(live, facade=replace(live.facade, **facade_overrides))
             if backend_overrides:
                 live = replace(live, backends=tuple(replace(b, **backend_overrides) for b in live.backends))
-            app = create_app(live, patient_id_key=DEMO_PATIENT_ID_KEY, extra_issuer=demo_issuer())
+            app = create_app(
+                live, patient_id_key=DEMO_PATIENT_ID_KEY, extra_issuer=demo_issuer(), clock=clock
+            )
             async with TestClient(FacadeTestServer(app), headers=auth("clinician")) as client:
                 if consent:
                     await consent_to(client.server.app[STORE_KEY], [p.pnr for p in people])

@@ -3,11 +3,11 @@ audience's view ever shaping another's."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from proxy.cache import MemoryCache
 from proxy.simulators.population import TOLVAN
+from tests.clock import FakeClock
 from tests.conftest import BASE, auth, pid
 from tests.source_status import source_issues, status_of, statuses
 
@@ -49,9 +49,10 @@ async def test_one_cache_entry_serves_every_type(facade: Any) -> None:
 
 
 async def test_a_stale_entry_stands_in_for_a_failing_backend(facade: Any) -> None:
-    async with facade(cache={"ttl_s": 0.2, "max_stale_s": 60}) as f:
+    clock = FakeClock()
+    async with facade(cache={"ttl_s": 30, "max_stale_s": 300}, clock=clock) as f:
         _, first = await f.get(EVERYTHING, params={"_count": "500"})
-        await asyncio.sleep(0.3)  # past the TTL: the next request asks the backends again
+        clock.advance(31)  # past the TTL: the next request asks the backends again
         await f.faults("npo", error_status=503)
         _, second = await f.get(EVERYTHING, params={"_count": "500"})
     first_ids, _ = split(first)
@@ -66,9 +67,10 @@ async def test_a_stale_entry_stands_in_for_a_failing_backend(facade: Any) -> Non
 
 
 async def test_beyond_max_staleness_the_source_is_missing(facade: Any) -> None:
-    async with facade(cache={"ttl_s": 0.1, "max_stale_s": 0.1}) as f:
+    clock = FakeClock()
+    async with facade(cache={"ttl_s": 30, "max_stale_s": 300}, clock=clock) as f:
         await f.get(EVERYTHING)
-        await asyncio.sleep(0.3)
+        clock.advance(30 + 300 + 1)
         await f.faults("npo", error_status=503)
         _, bundle = await f.get(EVERYTHING, params={"_count": "500"})
     _, outcomes = split(bundle)
@@ -90,15 +92,15 @@ async def test_the_cache_holds_no_audience_view(facade: Any) -> None:
 
 
 async def test_entries_expire_into_staleness_and_then_away() -> None:
-    now = [0.0]
-    cache = MemoryCache(ttl_s=10, max_stale_s=5, max_entries=2, clock=lambda: now[0])
+    clock = FakeClock()
+    cache = MemoryCache(ttl_s=10, max_stale_s=5, max_entries=2, clock=clock)
     await cache.put("cosmic", "k", "p", ())
     fresh = await cache.get("cosmic", "k", "p")
     assert fresh is not None and fresh[1] is True
-    now[0] = 12
+    clock.advance(12)
     stale = await cache.get("cosmic", "k", "p")
     assert stale is not None and stale[1] is False
-    now[0] = 16
+    clock.advance(4)
     assert await cache.get("cosmic", "k", "p") is None
     for i in range(3):  # bounded: least recently used entries go first
         await cache.put("cosmic", f"k{i}", "p", ())

@@ -124,3 +124,61 @@ async def test_entries_made_under_another_key_are_never_served(redis_db: Any) ->
     assert await other.get("cosmic", "GET /d", "pid") is None
     for cache in (first, same, other):
         await cache.close()
+
+
+def _changed_copy(tmp_path: Any, file: str, old: str, new: str) -> Any:
+    """A copy of the deployment's mappings with one text in one file changed (a deploy)."""
+    import shutil
+
+    from proxy.settings import load_settings
+
+    copy = tmp_path / "mappings-next"
+    shutil.copytree(load_settings().mappings_dir, copy)
+    path = copy / file
+    text = path.read_text(encoding="utf-8")
+    assert old in text
+    path.write_text(text.replace(old, new), encoding="utf-8")
+    return copy
+
+
+def _codes(bundle: dict[str, Any], element: str) -> set[str]:
+    return {
+        c["code"]
+        for e in bundle["entry"]
+        if e["resource"]["resourceType"] == "Condition"
+        for c in e["resource"].get(element, {}).get("coding", [])
+    }
+
+
+@pytest.mark.parametrize(
+    ("file", "old", "new", "element", "code"),
+    [
+        # a mapping changed: Cosmic's diagnoses are now provisional
+        (
+            "cosmic/diagnoses.yaml",
+            "code: confirmed",
+            "code: provisional",
+            "verificationStatus",
+            "provisional",
+        ),
+        # a terminology table changed: Cosmic's ACT state now maps to "recurrence"
+        ("terminology/cosmic.yaml", "  ACT: active\n", "  ACT: recurrence\n", "clinicalStatus", "recurrence"),
+    ],
+)
+async def test_a_deploy_with_changed_mappings_never_serves_the_old_output(
+    facade: Any, redis_db: Any, tmp_path: Any, file: str, old: str, new: str, element: str, code: str
+) -> None:
+    """Two facades share one Redis; the second runs changed mappings (a deploy, same key). It must
+    map the answers itself — never serve the entries the first made with the old mappings."""
+    shared = {"store": "redis", "redis_url": REDIS_URL}
+    changed = _changed_copy(tmp_path, file, old, new)
+    async with facade(cache=shared) as first:
+        _, before = await first.get(EVERYTHING, params={"_count": "500"})
+    async with facade(cache=shared, mappings_dir=changed) as second:
+        _, after = await second.get(EVERYTHING, params={"_count": "500"})
+        _, again = await second.get(EVERYTHING, params={"_count": "500"})
+    assert code not in _codes(before, element)
+    assert code in _codes(after, element)  # the new mapping's output, not the cached old one
+    assert outcomes(after).get("cosmic") is None  # cosmic was asked, not served from the cache
+    # the viva and NPÖ mappings did not change: their entries are still shared
+    assert outcomes(again) == {"cosmic": "information", "viva": "information", "npo": "information"}

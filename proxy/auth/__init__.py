@@ -58,8 +58,8 @@ value (no personnummer, no HSA-id, no issuer).
 from __future__ import annotations
 
 import json
+import math
 import re
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +71,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
+from proxy.clock import SYSTEM_CLOCK, Clock
 from proxy.fhir.ids import PatientIds
 from proxy.hsa import is_hsa_id
 from proxy.pnr import normalise
@@ -367,6 +368,7 @@ class Authenticator:
         *,
         extra_issuer: TrustedIssuer | None = None,
         patient_ids: PatientIds | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         c = _Compiler(Path(config_dir))
         doc = c.mapping(auth, "auth", {"audience", "leeway_s", "issuers", "max_token_lifetime_s"})
@@ -405,6 +407,8 @@ class Authenticator:
         self._issuers = issuers
         self._ids = patient_ids  # to read the `patient` (launch) claim; without it, none is accepted
         self._verified: LRUCache[str, tuple[Principal, float]] = LRUCache(maxsize=10_000)
+        # exp/nbf/iat and the remembered tokens are judged by it (its epoch reading), not by PyJWT
+        self.clock = clock
 
     @classmethod
     def from_settings(
@@ -413,8 +417,15 @@ class Authenticator:
         *,
         extra_issuer: TrustedIssuer | None = None,
         patient_ids: PatientIds | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> Authenticator:
-        return cls(settings.auth, settings.config_dir, extra_issuer=extra_issuer, patient_ids=patient_ids)
+        return cls(
+            settings.auth,
+            settings.config_dir,
+            extra_issuer=extra_issuer,
+            patient_ids=patient_ids,
+            clock=clock,
+        )
 
     @property
     def issuers(self) -> tuple[TrustedIssuer, ...]:
@@ -431,7 +442,7 @@ class Authenticator:
         """
         token = _bearer_token(authorization)
         known = self._verified.get(token)
-        if known is not None and time.time() < known[1]:
+        if known is not None and self.clock.time() < known[1]:
             return known[0]
         try:
             header = jwt.get_unverified_header(token)
@@ -459,6 +470,7 @@ class Authenticator:
             raise AuthError("no key of the token's issuer matches the token's key id")
 
         claims = self._verify(token, issuer, alg, candidates)
+        self._check_times(claims)
         self._check_lifetime(claims)
         principal = self._principal(claims, issuer)
         self._verified[token] = (principal, float(claims["exp"]))
@@ -475,18 +487,20 @@ class Authenticator:
                     algorithms=[alg],
                     audience=self.audience,
                     issuer=issuer.issuer,
-                    leeway=self.leeway_s,
-                    options={"require": ["iss", "aud", "exp", "sub"], "enforce_minimum_key_length": True},
+                    # exp, nbf and iat are checked against the injected clock (_check_times)
+                    options={
+                        "require": ["iss", "aud", "exp", "sub"],
+                        "enforce_minimum_key_length": True,
+                        "verify_exp": False,
+                        "verify_nbf": False,
+                        "verify_iat": False,
+                    },
                 )
                 return claims
             except jwt.InvalidSignatureError:
                 if i + 1 < len(keys):
                     continue  # no kid: try the issuer's next key
                 raise AuthError("the token's signature is invalid") from None
-            except jwt.ExpiredSignatureError:
-                raise AuthError("the token has expired", code="expired") from None
-            except jwt.ImmatureSignatureError:
-                raise AuthError("the token is not valid yet (nbf/iat in the future)") from None
             except jwt.MissingRequiredClaimError as exc:
                 raise AuthError(f"the token lacks the required claim {exc.claim}") from None
             except jwt.InvalidAudienceError:
@@ -499,11 +513,28 @@ class Authenticator:
                 raise AuthError("the bearer token is not a valid JWT") from None
         raise AuthError("the token's signature is invalid")  # pragma: no cover - keys is never empty
 
+    def _check_times(self, claims: dict[str, Any]) -> None:
+        """``exp`` (required), ``nbf`` and ``iat`` are NumericDates (JSON numbers, RFC 7519 §2) and
+        hold at the clock's ``time()`` within the leeway: ``exp`` has not passed, ``nbf`` and ``iat``
+        are not in the future. (PyJWT would read the machine's clock; this reads the injected one.)"""
+        now, leeway = self.clock.time(), self.leeway_s
+        for name in ("exp", "nbf", "iat"):
+            value = claims.get(name)
+            if name in claims and (
+                isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
+            ):
+                raise AuthError(f"the token's {name} is not a NumericDate")
+        if float(claims["exp"]) <= now - leeway:
+            raise AuthError("the token has expired", code="expired")
+        for name in ("nbf", "iat"):
+            if name in claims and float(claims[name]) > now + leeway:
+                raise AuthError("the token is not valid yet (nbf/iat in the future)")
+
     def _check_lifetime(self, claims: dict[str, Any]) -> None:
         """A token may live at most ``max_token_lifetime_s``: ``exp - iat`` (``exp - now`` without
-        ``iat``). PyJWT has checked that both are numbers and ``iat`` is not in the future."""
+        ``iat``). ``_check_times`` has checked that both are numbers and ``iat`` is not in the future."""
         iat = claims.get("iat")
-        start = float(iat) if isinstance(iat, int | float) and not isinstance(iat, bool) else time.time()
+        start = float(iat) if iat is not None else self.clock.time()
         if float(claims["exp"]) - start > self.max_token_lifetime_s:
             raise AuthError(
                 f"the token's lifetime (exp - iat) exceeds the {self.max_token_lifetime_s:.0f} s "

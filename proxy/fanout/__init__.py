@@ -1,7 +1,8 @@
 """Ask the backends, concurrently, each within its own budget: raw, audience-free answers.
 
-One ``aiohttp.ClientSession`` per backend lives for the app's lifetime (made in the app's
-``cleanup_ctx``). A backend is asked only for the requests the query's mappings need; requests that
+Each backend is asked through its ``Transport`` (``proxy.fanout.transport``: one long-lived
+``aiohttp.ClientSession`` per backend in production, made in the app's ``cleanup_ctx``; in memory in
+unit tests). A backend is asked only for the requests the query's mappings need; requests that
 several mappings share (e.g. Cosmic's alerts list feeding both Flag and AllergyIntolerance) are sent
 once. Each answer that arrives whole is handed on at once (``OnAnswer``), so the pipeline maps it
 while the others are still out. Whatever a backend does — time out, refuse, answer 5xx, cut the
@@ -18,10 +19,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-import aiohttp
 from yarl import URL
 
+from proxy.clock import SYSTEM_CLOCK, Clock
 from proxy.fanout.breaker import CircuitBreaker
+from proxy.fanout.transport import AiohttpTransport, BodyTooLarge, Exchange, Transport, TransportError
 from proxy.mapping.compiler import Context, RequestSpec, UnknownPatient
 from proxy.settings import BackendSettings
 from proxy.types import SourceResult, SourceStatus
@@ -37,10 +39,6 @@ T = TypeVar("T")
 _UNKNOWN = "unknown patient"  # an outcome's detail: the answer carried the declared marker
 
 
-class _TooLarge(Exception):
-    pass
-
-
 def _weighted(mean: float | None, sample: float) -> float:
     """An exponentially weighted mean, updated with ``sample`` (none yet, or 0: the sample itself)."""
     return sample if not mean else 0.8 * mean + 0.2 * sample
@@ -52,45 +50,45 @@ OnAnswer = Callable[[str, RequestSpec, bytes | None], None]
 
 @dataclass(slots=True)
 class BackendClient:
-    """One backend: its settings, its long-lived HTTP session and its circuit breaker."""
+    """One backend: its settings, its transport (a long-lived HTTP session) and its circuit breaker."""
 
     settings: BackendSettings
-    session: aiohttp.ClientSession
+    transport: Transport
     max_body_bytes: int
     breaker: CircuitBreaker
     base: str  # the base URL, to which each request's target is appended
     # how long this backend has been taking to answer a whole fetch (exponentially weighted, ms):
     # fan-out asks the slowest first, so its calls leave before the quick backends' calls
     typical_ms: float = 0.0
-    # per request key, how long its answers have taken to handle (map) once in (weighted, ms):
+    # per learning key (``RequestSpec.learning_key``), how long its answers have taken to handle
+    # (map) once in (weighted, ms):
     # the costliest are sent first, so they tend to arrive first and be mapped while the others
     # are on their way, and the answer that comes in last — that everything waits for — is cheap
     handling_ms: dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def open(cls, settings: BackendSettings, max_body_bytes: int) -> BackendClient:
-        connector = aiohttp.TCPConnector(
-            limit=settings.limit_per_host,
-            limit_per_host=settings.limit_per_host,
-            keepalive_timeout=15,  # below the common 30-75 s server keep-alive, to avoid reuse races
-        )
-        # the total budget is the run's (one timer per backend and request, see BackendRun.expire);
-        # an aiohttp ``total`` would cost a timer and its bookkeeping per backend call
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout_s)
-        session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=timeout,
-            raise_for_status=False,
-            auto_decompress=True,
-        )
-        breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_open_s)
+    def open(
+        cls,
+        settings: BackendSettings,
+        max_body_bytes: int,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        transport: Transport | None = None,
+    ) -> BackendClient:
+        """The client for one backend; ``transport`` defaults to aiohttp with the backend's
+        connection limit and connect timeout (unit tests pass a ``MemoryTransport``)."""
+        if transport is None:
+            transport = AiohttpTransport.open(
+                limit_per_host=settings.limit_per_host, connect_timeout_s=settings.connect_timeout_s
+            )
+        breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_open_s, clock)
         base = str(URL(settings.base_url.rstrip("/")))  # (percent-encoded, as the request targets are)
         return cls(
-            settings=settings, session=session, max_body_bytes=max_body_bytes, breaker=breaker, base=base
+            settings=settings, transport=transport, max_body_bytes=max_body_bytes, breaker=breaker, base=base
         )
 
     async def close(self) -> None:
-        await self.session.close()
+        await self.transport.close()
 
     def start(
         self,
@@ -118,7 +116,7 @@ class BackendClient:
         cost = self.handling_ms.get
         run.tasks = [  # (tasks start in creation order; ``i`` keeps each outcome in plan order)
             asyncio.ensure_future(self._ask(run, i, spec, ctx))
-            for i, spec in sorted(enumerate(specs), key=lambda item: -cost(item[1].key, 0.0))
+            for i, spec in sorted(enumerate(specs), key=lambda item: -cost(item[1].learning_key, 0.0))
         ]
         run.timer = asyncio.get_running_loop().call_later(self.settings.total_timeout_s, run.expire)
         return run
@@ -187,7 +185,8 @@ class BackendClient:
             log.exception("handing on an answer from %s failed", self.settings.name)
 
     def handled(self, key: str, ms: float) -> None:
-        """Learn how long the answer to request ``key`` took to handle (an exponentially weighted mean)."""
+        """Learn how long the answer to a request (its ``learning_key``) took to handle (an
+        exponentially weighted mean)."""
         self.handling_ms[key] = _weighted(self.handling_ms.get(key), ms)
 
     def took(self, latency_ms: float) -> None:
@@ -197,64 +196,36 @@ class BackendClient:
     async def _one(
         self, spec: RequestSpec, ctx: Context, marker: UnknownPatient | None = None
     ) -> tuple[SourceStatus, bytes | None, str]:
-        """One request. A connection the backend closed before answering is retried once for an
-        idempotent GET — by aiohttp itself (RFC 9112 §9.3.1), never for a POST. An answer with the
-        ``marker``'s status is read and checked for its body marker: (OK, None, _UNKNOWN) if it
-        carries it; a non-2xx without it is a failure like any other."""
+        """One request, through the transport (whose errors are TransportErrors: see
+        ``proxy.fanout.transport``). An answer with the ``marker``'s status is read and checked for
+        its body marker: (OK, None, _UNKNOWN) if it carries it; a non-2xx without it is a failure
+        like any other, its body never read."""
         try:
             request = spec.render(ctx)
-            async with self.session.request(
-                spec.method,
-                URL(self.base + request.target, encoded=True),  # (yarl need not parse and re-quote it)
-                data=request.body,
-                headers=request.headers,
-                allow_redirects=False,  # a request naming a patient goes to the configured host only
+            async with self.transport.request(
+                spec.method, self.base + request.target, headers=request.headers, body=request.body
             ) as resp:
-                if marker is not None and resp.status == marker.status:
-                    body = await self._read(resp)
-                    if marker.says_unknown(resp.status, body, spec.format):
-                        return SourceStatus.OK, None, _UNKNOWN
-                    if 200 <= resp.status < 300:
-                        return SourceStatus.OK, body, ""
-                if not 200 <= resp.status < 300:
-                    return SourceStatus.ERROR, None, f"answered HTTP {resp.status}"
-                return SourceStatus.OK, await self._read(resp), ""
-        except TimeoutError:  # (connecting; the total budget is the run's)
-            return SourceStatus.TIMEOUT, None, "could not connect in time"
-        except _TooLarge:
+                return await self._outcome(resp, spec, marker)
+        except TransportError as exc:
+            return exc.status, None, exc.detail
+        except BodyTooLarge:
             return SourceStatus.INVALID, None, f"answer larger than {self.max_body_bytes} bytes"
-        except aiohttp.ClientPayloadError:
-            return SourceStatus.ERROR, None, "connection closed before the answer was complete"
-        except aiohttp.ClientConnectorError:
-            return SourceStatus.ERROR, None, "could not connect"
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
-            return SourceStatus.ERROR, None, "connection closed before the answer was complete"
-        except aiohttp.ClientConnectionError:
-            return SourceStatus.ERROR, None, "could not connect"
-        except aiohttp.ClientError as exc:
-            return SourceStatus.ERROR, None, f"HTTP client error ({type(exc).__name__})"
         except Exception:  # a backend must never fail the request: log where, not what
             log.exception("unexpected error asking %s", self.settings.name)
             return SourceStatus.ERROR, None, "failed unexpectedly"
 
-    async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
-        """The whole body, or _TooLarge past ``max_body_bytes``. A body with a Content-Length and no
-        Content-Encoding is exactly that long (the HTTP parser reads no more), so it is checked
-        before it is read; a chunked or compressed one is counted as it arrives, decompressed."""
-        cap = self.max_body_bytes
-        if resp.content_length is not None:
-            if resp.content_length > cap:
-                raise _TooLarge
-            if "Content-Encoding" not in resp.headers:
-                return await resp.read()
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in resp.content.iter_chunked(64 * 1024):
-            size += len(chunk)
-            if size > cap:
-                raise _TooLarge
-            chunks.append(chunk)
-        return b"".join(chunks)
+    async def _outcome(
+        self, resp: Exchange, spec: RequestSpec, marker: UnknownPatient | None
+    ) -> tuple[SourceStatus, bytes | None, str]:
+        if marker is not None and resp.status == marker.status:
+            body = await resp.read(self.max_body_bytes)
+            if marker.says_unknown(resp.status, body, spec.format):
+                return SourceStatus.OK, None, _UNKNOWN
+            if 200 <= resp.status < 300:
+                return SourceStatus.OK, body, ""
+        if not 200 <= resp.status < 300:
+            return SourceStatus.ERROR, None, f"answered HTTP {resp.status}"
+        return SourceStatus.OK, await resp.read(self.max_body_bytes), ""
 
 
 class BackendRun:

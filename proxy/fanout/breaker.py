@@ -11,16 +11,16 @@ process; it is an optimisation, nothing correctness depends on it.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from proxy.clock import SYSTEM_CLOCK, Clock
 
 
 @dataclass(slots=True)
 class CircuitBreaker:
     failures_to_open: int = 5
     open_s: float = 10.0
-    clock: Callable[[], float] = time.monotonic
+    clock: Clock = SYSTEM_CLOCK  # (its monotonic reading)
     _failures: int = 0
     _opened_at: float | None = None
     _probing: bool = False
@@ -36,7 +36,7 @@ class CircuitBreaker:
             return True
         if self._state == "open":
             assert self._opened_at is not None
-            if self.clock() - self._opened_at < self.open_s:
+            if self.clock.monotonic() - self._opened_at < self.open_s:
                 return False
             self._state = "half-open"
             self._probing = False
@@ -54,7 +54,7 @@ class CircuitBreaker:
         self._failures += 1
         if self._state == "half-open" or self._failures >= self.failures_to_open:
             self._state = "open"
-            self._opened_at = self.clock()
+            self._opened_at = self.clock.monotonic()
             self._probing = False
 
     def no_verdict(self) -> None:
@@ -65,4 +65,4 @@ class CircuitBreaker:
     def retry_after_s(self) -> float:
         if self._opened_at is None:
             return 0.0
-        return max(0.0, self.open_s - (self.clock() - self._opened_at))
+        return max(0.0, self.open_s - (self.clock.monotonic() - self._opened_at))

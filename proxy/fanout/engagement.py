@@ -14,19 +14,18 @@ only requests.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 from cachetools import TTLCache
+
+from proxy.clock import SYSTEM_CLOCK, Clock
 
 
 class EngagementIndex:
     """(backend, patient id) pairs whose lookup said "unknown patient" less than ``ttl_s`` ago."""
 
-    def __init__(
-        self, *, ttl_s: float, max_entries: int = 200_000, clock: Callable[[], float] = time.monotonic
-    ):
-        self._unknown: TTLCache[tuple[str, str], bool] = TTLCache(maxsize=max_entries, ttl=ttl_s, timer=clock)
+    def __init__(self, *, ttl_s: float, max_entries: int = 200_000, clock: Clock = SYSTEM_CLOCK):
+        self._unknown: TTLCache[tuple[str, str], bool] = TTLCache(
+            maxsize=max_entries, ttl=ttl_s, timer=clock.monotonic
+        )
 
     def unknown_here(self, backend: str, patient_id: str) -> bool:
         """Whether ``backend`` said positively, a moment ago, that it does not know the patient."""

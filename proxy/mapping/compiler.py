@@ -22,6 +22,7 @@ the file and the key. Nothing is parsed per request.
 from __future__ import annotations
 
 import base64
+import hashlib
 import math
 import re
 import string
@@ -36,6 +37,7 @@ from xml.sax.saxutils import escape as xml_escape
 
 import orjson
 
+from proxy import __version__
 from proxy.fhir.ids import ResourceIds
 from proxy.mapping.paths import Finder, First, PathError, compile_first, compile_path, dotted_keys
 from proxy.mapping.xml import parse_xml
@@ -137,14 +139,32 @@ class RequestSpec:
     # declared on a backend's patient lookup only: the answer that says "unknown patient" (see
     # UnknownPatient); never part of the request's identity
     unknown_patient: UnknownPatient | None = field(default=None, compare=False)
-    # Identity of the fetch: mappings with equal keys are served by one backend call (and share
-    # a cache entry). Derived once here; it is read several times per request and per backend call.
-    key: str = field(init=False, compare=False)
+    # The fetch key: the identity of the backend call. Mappings with equal fetch keys are served by
+    # one call, and it indexes what is per call within one process: the answers of a run, the
+    # mappings that read each answer (``MappingSet.readers``), the requests asked. Derived once here;
+    # it is read several times per request and per backend call. It is *not* the cache key: an
+    # entry also depends on the mappings that made it (``MappingSet.cache_key``: fetch key + their
+    # digest), so that a deploy never serves the old mappings' output.
+    fetch_key: str = field(init=False, compare=False)
     _path: str = field(init=False, compare=False, repr=False)  # the path template, percent-encoded
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "key", f"{self.method} {self.path} {self.query} {self.headers} {self.body}")
+        object.__setattr__(
+            self, "fetch_key", f"{self.method} {self.path} {self.query} {self.headers} {self.body}"
+        )
         object.__setattr__(self, "_path", _encoded_path_template(self.path))
+
+    @property
+    def key(self) -> str:
+        """The fetch key (its older name)."""
+        return self.fetch_key
+
+    @property
+    def learning_key(self) -> str:
+        """What the learnt cost of handling an answer is kept under (``BackendClient.handled``): the
+        fetch key — per process, the mappings reading one call's answer are fixed, so the cost of
+        mapping it is a property of the call; nothing learnt outlives the process."""
+        return self.fetch_key
 
     def render(self, ctx: Context) -> Rendered:
         """Path, query, headers and body with the request's context filled in.
@@ -246,6 +266,9 @@ class CompiledMapping:
     file: str
     ids: ResourceIds = field(repr=False, compare=False)  # the deployment's keyed id hash
     references: frozenset[str] = frozenset()  # resource types its $refs point at
+    # what this mapping makes from an answer depends on: its document and the code maps it names
+    # (16 hex of BLAKE2b, computed once here); part of every cache key of its request's answers
+    digest: str = field(default="", compare=False)
 
     def stable_id(self, patient_id: str, record_id: str) -> str:
         return stable_id(self.ids, patient_id, self.backend, self.name, record_id)
@@ -283,6 +306,7 @@ class _Compiler:
         self.backend = backend
         self.name = name
         self.code_maps = code_maps
+        self.code_maps_used: set[str] = set()  # (named ones: they are part of the mapping's digest)
         self.resolve_ref = resolve_ref  # mapping name in this backend -> its resource type
 
     def fail(self, where: str, message: str) -> MappingError:
@@ -481,6 +505,7 @@ class _Compiler:
             if spec not in self.code_maps:
                 raise self.fail(where, f"unknown code map {spec!r} (mappings/terminology/*.yaml)")
             table = self.code_maps[spec]
+            self.code_maps_used.add(spec)
         elif isinstance(spec, dict):
             table = spec
         else:
@@ -975,7 +1000,19 @@ def compile_mapping(
         file=file,
         ids=ids,
         references=frozenset(c.ref_types),
+        digest=mapping_digest(backend, name, doc, {n: code_maps[n] for n in c.code_maps_used}),
     )
+
+
+def mapping_digest(backend: str, name: str, doc: Any, code_maps: Mapping[str, Any]) -> str:
+    """16 hex of BLAKE2b over what a mapping's output depends on besides its input: the facade's
+    version, the mapping's name, its document and the code maps it uses (canonical JSON)."""
+    canonical = orjson.dumps(
+        [__version__, backend, name, doc, code_maps],
+        option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS,
+        default=repr,
+    )
+    return hashlib.blake2b(canonical, digest_size=8).hexdigest()
 
 
 def _compile_request(c: _Compiler, spec: Any) -> RequestSpec:

@@ -7,6 +7,7 @@ belongs to which backend is set in ``config/`` (``backends.<name>.mappings``).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,8 +46,13 @@ class MappingSet:
     """All compiled mappings, per backend, in file-name order."""
 
     by_backend: Mapping[str, tuple[CompiledMapping, ...]]
-    # (backend, request key) → every mapping that reads that request's answer, whatever it makes
+    # backend → the configuration its mappings read besides their YAML (its ``vars``, source URI,
+    # priority), as text: part of its cache keys, like the mappings' own digests
+    inputs: Mapping[str, str] = field(default_factory=dict)
+    # (backend, fetch key) → every mapping that reads that request's answer, whatever it makes
     readers: Mapping[tuple[str, str], tuple[CompiledMapping, ...]] = field(init=False)
+    # (backend, fetch key) → its cache key (see ``cache_key``)
+    cache_keys: Mapping[tuple[str, str], str] = field(init=False)
     # backend → its patient lookup: the one request that declares ``unknown_patient`` (if any)
     lookups: Mapping[str, RequestSpec] = field(init=False)
     # types asked → with the types they reference (at most one entry per set of the ten types)
@@ -56,14 +62,22 @@ class MappingSet:
         readers: dict[tuple[str, str], list[CompiledMapping]] = {}
         for backend, ms in self.by_backend.items():
             for m in ms:
-                readers.setdefault((backend, m.request.key), []).append(m)
+                readers.setdefault((backend, m.request.fetch_key), []).append(m)
         object.__setattr__(self, "readers", {k: tuple(v) for k, v in readers.items()})
+        object.__setattr__(
+            self,
+            "cache_keys",
+            {
+                (backend, key): _cache_key(key, ms, self.inputs.get(backend, ""))
+                for (backend, key), ms in self.readers.items()
+            },
+        )
         lookups: dict[str, RequestSpec] = {}
         for backend, ms in self.by_backend.items():
             for m in ms:
                 if m.request.unknown_patient is None:
                     continue
-                if backend in lookups and lookups[backend].key != m.request.key:
+                if backend in lookups and lookups[backend].fetch_key != m.request.fetch_key:
                     raise MappingError(
                         f"{m.file}: request.unknown_patient: backend {backend!r} declares it on two "
                         "different requests; declare it on its patient lookup only"
@@ -75,6 +89,14 @@ class MappingSet:
                 lookups[backend] = m.request
         object.__setattr__(self, "lookups", lookups)
         object.__setattr__(self, "_closures", {})
+
+    def cache_key(self, backend: str, fetch_key: str) -> str:
+        """The key a backend's mapped answer to one request is cached under (with the patient id,
+        ``proxy.cache.entry_key``): ``<contract>.<mappings>`` — 16 hex of the fetch key, and 16 hex
+        over the digests of every mapping that reads the answer (their YAML and the code maps they
+        use) and the backend's configuration they read. Equal only when the entry was made by the
+        same mappings: after a deploy that changes them, the old entries are never served."""
+        return self.cache_keys[(backend, fetch_key)]
 
     def for_types(self, backend: str, types: Iterable[str]) -> tuple[CompiledMapping, ...]:
         wanted = set(types)
@@ -105,6 +127,15 @@ class MappingSet:
 
     def all(self) -> tuple[CompiledMapping, ...]:
         return tuple(m for ms in self.by_backend.values() for m in ms)
+
+
+def _cache_key(fetch_key: str, readers: Iterable[CompiledMapping], inputs: str) -> str:
+    contract = hashlib.blake2b(fetch_key.encode(), digest_size=8).hexdigest()
+    made_by = hashlib.blake2b(digest_size=8)
+    for digest in sorted(m.digest for m in readers):
+        made_by.update(digest.encode())
+    made_by.update(inputs.encode())
+    return f"{contract}.{made_by.hexdigest()}"
 
 
 def _read_yaml(path: Path, root: Path) -> Any:
@@ -190,10 +221,12 @@ def load_mappings(
     *,
     ids: ResourceIds,
     without_care_documentation: frozenset[str] = frozenset(),
+    inputs: Mapping[str, str] | None = None,
 ) -> MappingSet:
     """Compile the mappings of each backend: ``{backend: (folder name, its extra context names)}``;
     ``ids`` (from the deployment's key) makes the resource ids. ``without_care_documentation``:
-    backends declared as holding no PDL care documentation."""
+    backends declared as holding no PDL care documentation. ``inputs``: per backend, the
+    configuration its mappings read (see ``MappingSet.inputs``)."""
     code_maps = load_code_maps(mappings_dir)
     by_backend = {
         name: load_backend_mappings(
@@ -207,4 +240,4 @@ def load_mappings(
         )
         for name, (folder, extra) in backends.items()
     }
-    return MappingSet(by_backend=by_backend)
+    return MappingSet(by_backend=by_backend, inputs=dict(inputs or {}))

@@ -22,6 +22,7 @@ from proxy.cli import main
 from proxy.fhir.ids import PatientIds
 from proxy.settings import DEMO_PATIENT_ID_KEY, ConfigError, load_settings
 from proxy.types import Scope
+from tests.clock import FakeClock
 
 TOLVAN = "191212121212"
 REGION_ISS = "https://idp.region.example/"
@@ -720,15 +721,45 @@ def test_cli_token_unknown_audience_is_a_usage_error(capsys: pytest.CaptureFixtu
 
 
 def test_a_verified_token_is_remembered_only_until_it_expires(auth: Authenticator) -> None:
-    import time as time_mod
-
-    token = make_token("clinician", lifetime_s=2)
+    auth.clock = clock = FakeClock()
+    token = make_token("clinician", now=clock.time(), lifetime_s=2)
     first = auth.authenticate(f"Bearer {token}")
     assert auth.authenticate(f"Bearer {token}") is first  # remembered: no second verification
     flipped = token[:-2] + ("A" if token[-2] != "A" else "B") + token[-1]
     with pytest.raises(AuthError):
         auth.authenticate(f"Bearer {flipped}")  # any change is a different, unverified token
-    time_mod.sleep(2.1)
+    clock.advance(2.1)
     auth.leeway_s = 0.0
     with pytest.raises(AuthError):
         auth.authenticate(f"Bearer {token}")  # past exp the cache does not answer
+
+
+def test_token_times_are_judged_by_the_injected_clock_not_the_machine_s(auth: Authenticator) -> None:
+    """exp, nbf and iat hold at the Authenticator's clock, with the leeway, whatever the machine's
+    clock says: a token long expired by the machine's clock is good at a clock a day behind it, and
+    one the machine's clock would accept is refused once that clock has moved past its exp."""
+    auth.clock = clock = FakeClock(epoch=time.time() - 86_400)  # a day behind the machine
+    token = make_token("clinician", now=clock.time(), lifetime_s=600)  # expired, by the machine
+    assert auth.authenticate(bearer(token)).audience == "clinician"
+    clock.advance(600 + auth.leeway_s - 1)
+    assert auth.authenticate(bearer(token)).audience == "clinician"  # within the leeway
+    clock.advance(2)
+    assert reject(auth, bearer(token), "expired").code == "expired"  # the remembered token too
+
+    auth.clock = clock = FakeClock()
+    fresh = make_token("clinician", now=clock.time(), lifetime_s=600)
+    clock.advance(601 + auth.leeway_s)  # good by the machine's clock, expired by this one
+    reject(auth, bearer(fresh), "expired")
+
+    auth.clock = clock = FakeClock(epoch=time.time() - 3600)  # an hour behind: the token is ahead
+    reject(auth, bearer(make_token("ambulance", now=time.time())), "not valid yet")  # iat
+    reject(auth, bearer(make_token("ambulance", nbf=int(time.time()), iat=None)), "not valid yet")
+    clock.advance(3600)
+    assert auth.authenticate(bearer(make_token("ambulance", nbf=int(time.time()), iat=None)))
+
+
+@pytest.mark.parametrize("claim", ["exp", "nbf", "iat"])
+@pytest.mark.parametrize("value", ["1900000000", True, [1], {"n": 1}, float("inf"), float("nan")])
+def test_a_time_claim_that_is_not_a_number_is_refused(auth: Authenticator, claim: str, value: Any) -> None:
+    token = make_token("clinician", **{claim: value})
+    reject(auth, bearer(token), f"the token's {claim} is not a NumericDate")

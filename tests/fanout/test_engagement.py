@@ -9,6 +9,7 @@ from typing import Any
 from proxy.fanout.engagement import EngagementIndex
 from proxy.settings import load_settings
 from proxy.simulators.population import GRETA, TOLVAN
+from tests.clock import FakeClock
 from tests.conftest import BASE, auth, pid
 from tests.source_status import source_issues, statuses
 
@@ -16,14 +17,14 @@ GRETA_EVERYTHING = f"{BASE}/Patient/{pid(GRETA.pnr)}/$everything"  # known to Vi
 
 
 def test_the_index_forgets_after_its_ttl_and_when_the_lookup_knows_the_patient() -> None:
-    now = [0.0]
-    index = EngagementIndex(ttl_s=10, clock=lambda: now[0])
+    clock = FakeClock()
+    index = EngagementIndex(ttl_s=10, clock=clock)
     index.learn("npo", "p", known=False)
     assert index.unknown_here("npo", "p") and not index.unknown_here("npo", "q")
     index.learn("npo", "p", known=True)
     assert not index.unknown_here("npo", "p")
     index.learn("npo", "p", known=False)
-    now[0] = 10.5
+    clock.advance(10.5)
     assert not index.unknown_here("npo", "p")
 
 
