@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 class CacheEntry:
     stored_at: float  # epoch seconds
     resources: tuple[MappedResource, ...]
+    size: int | None = None  # bytes read, where the store knows it (the shared store; metrics)
 
 
 class SourceCache(Protocol):
@@ -132,6 +133,7 @@ class RedisCache(_Ages):
             entry = CacheEntry(
                 doc["stored_at"],
                 tuple(MappedResource(**{**r, "refs": tuple(r["refs"])}) for r in doc["resources"]),
+                len(raw),
             )
         except (orjson.JSONDecodeError, KeyError, TypeError):
             return None

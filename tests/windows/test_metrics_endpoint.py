@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.settings import MetricsSettings, Settings, load_settings
 from proxy.simulators.population import DEMO_PEOPLE, TOLVAN
-from tests.conftest import BASE, pid
+from tests.conftest import BASE, auth, pid
 
 TOKEN = "metrics-test-token-0123456789abcdef"
 EVERYTHING = f"{BASE}/Patient/{pid(TOLVAN.pnr)}/$everything"
@@ -33,7 +33,12 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def assert_patient_free(text: str) -> None:
-    assert not re.search(r"\d{12}", text), "a 12-digit number (a personnummer?) in the output"
+    """No 12-digit number in a label (the values are floats, whose digits may run long), and no demo
+    patient's personnummer, id or name anywhere."""
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            for value in s.labels.values():
+                assert not re.search(r"\d{12}", value), f"a 12-digit number (a personnummer?): {value}"
     for p in DEMO_PEOPLE:
         for secret in (p.pnr, pid(p.pnr), p.given, p.family):
             assert secret not in text
@@ -57,9 +62,10 @@ async def test_a_scrape_after_a_faulty_backend_request_shows_that_backends_failu
     route = f"{BASE}/Patient/{{id}}/$everything"  # the template, never the path with the patient's id
     labels = (("audience", "clinician"), ("route", route), ("status", "200"))
     assert got[("fhir_facade_requests_total", labels)] == 1
-    assert got[
-        ("fhir_facade_request_duration_seconds_count", (("audience", "clinician"), ("route", route)))
-    ] == 1
+    assert (
+        got[("fhir_facade_request_duration_seconds_count", (("audience", "clinician"), ("route", route)))]
+        == 1
+    )
     assert got[("fhir_facade_backend_call_duration_seconds_count", (("backend", "npo"),))] == 1
     assert got[("fhir_facade_breaker_state", (("backend", "npo"),))] == 0  # closed: one failure of 5
     assert got[("fhir_facade_mapped_records_total", (("backend", "cosmic"),))] > 0
@@ -87,7 +93,7 @@ async def test_metrics_need_their_token(facade: Any) -> None:
             status, text = await scrape(f, headers)
             assert status == 401 and "fhir_facade" not in text
         # a FHIR bearer token is not a metrics token
-        status, _ = await scrape(f, {"Authorization": f.client._default_headers["Authorization"]})
+        status, _ = await scrape(f, {"Authorization": auth("clinician")["Authorization"]})
         assert status == 401
 
 
