@@ -13,6 +13,7 @@ has its own token (``proxy.metrics.scrape``).
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from aiohttp import web
@@ -54,6 +55,9 @@ def observed(hooks: Hooks, metrics: Metrics | None, settings: MetricsSettings) -
             return response
         except web.HTTPException as exc:
             status = exc.status
+            raise
+        except asyncio.CancelledError:  # the client went away before its answer (nginx's 499)
+            status = 499
             raise
         finally:
             if hooks.wants(RequestFinished):

@@ -128,3 +128,23 @@ def test_metrics_settings_are_checked_at_start_up(tmp_path: Any) -> None:
         load_settings(path, env={"FHIR_FACADE_METRICS_TOKEN": "short"})
     assert load_settings(path, env={"FHIR_FACADE_METRICS_TOKEN": TOKEN}).metrics.token == TOKEN
     assert TOKEN not in repr(load_settings(path, env={"FHIR_FACADE_METRICS_TOKEN": TOKEN}))
+
+
+async def test_labels_stay_bounded_whatever_the_client_sends(facade: Any) -> None:
+    """Paths, ids, methods and headers of the client's choosing never become label values."""
+    async with facade() as f:
+        templates = {r.canonical for r in f.client.server.app.router.resources()}
+        for i in range(5):
+            await f.client.get(f"{BASE}/Patient/{pid(DEMO_PEOPLE[i].pnr)}")
+            await f.client.get(f"{BASE}/Observation", params={"patient": DEMO_PEOPLE[i].pnr})
+            await f.client.get(f"/x{i}/{DEMO_PEOPLE[i].pnr}", headers={"X-Request-ID": DEMO_PEOPLE[i].pnr})
+            await f.client.request(f"BREW{i}", f"{BASE}/metadata")
+        _, text = await scrape(f)
+    routes = {
+        s.labels["route"]
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if "route" in s.labels
+    }
+    assert routes <= templates | {"unmatched", "/metrics"}, routes - templates
+    assert_patient_free(text)
