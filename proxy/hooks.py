@@ -99,6 +99,7 @@ class AuditCommitted:
     events: int
     duration_ms: float
     ok: bool = True
+    depth: int = 0  # what is queued for the next commit
 
 
 class Hooks:

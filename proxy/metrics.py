@@ -197,7 +197,7 @@ class Metrics:
         self.audit_depth.set(e.depth)
 
     def audit_committed(self, e: AuditCommitted) -> None:
-        self.audit_depth.set(0)  # (what was queued went with the batch; the next AuditQueued says more)
+        self.audit_depth.set(e.depth)
         self.audit_seconds.observe(e.duration_ms / 1000)
         self._of(self.audit_commits, "ok" if e.ok else "failed").inc()
 

@@ -172,7 +172,7 @@ class Store(abc.ABC):
                     _not_stored(f"audit write failed ({type(exc).__name__})", latest)
                     failed = True
                 took = (time.perf_counter() - started) * 1000
-                self.hooks.emit(AuditCommitted(len(latest), took, ok=not failed))
+                self.hooks.emit(AuditCommitted(len(latest), took, not failed, self._queue.qsize()))
             for record, done in batch:
                 if done.done():
                     continue
