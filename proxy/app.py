@@ -6,10 +6,11 @@ file and key named. Backend sessions are opened and closed together in one ``cle
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
+from proxy import accesslog
 from proxy.auth import Authenticator, TrustedIssuer
 from proxy.cache import MemoryCache, RedisCache, SourceCache, redis_prefix
 from proxy.clock import SYSTEM_CLOCK, Clock
@@ -17,8 +18,11 @@ from proxy.fanout import BackendClient
 from proxy.fanout.engagement import EngagementIndex
 from proxy.fhir.http import AUTH_KEY, FACADE_KEY, STORE_KEY
 from proxy.fhir.ids import PatientIds, ResourceIds
+from proxy.fhir.observe import observed
 from proxy.fhir.routes import FhirRoutes, audited, fhir_errors
+from proxy.hooks import BreakerChanged, Hooks
 from proxy.mapping.registry import MappingSet, load_mappings
+from proxy.metrics import Metrics
 from proxy.pipeline import Facade
 from proxy.redact import compile_policy
 from proxy.settings import CacheSettings, Settings
@@ -67,11 +71,14 @@ def create_app(
     patient_id_key: bytes,
     extra_issuer: TrustedIssuer | None = None,
     clock: Clock = SYSTEM_CLOCK,
+    hooks: Hooks | None = None,
 ) -> web.Application:
     """The facade app. ``patient_id_key`` must be shared by every worker behind one base URL (the
     Patient ids are encrypted under it, the other resource ids keyed with a key derived from it);
     ``extra_issuer`` is for the demo and the tests (the dev-only demo issuer), never for ``serve``;
-    ``clock`` (``proxy.clock``) times tokens, the cache, the breakers and the engagement index."""
+    ``clock`` (``proxy.clock``) times tokens, the cache, the breakers and the engagement index.
+    ``hooks``: the hook bus (``proxy.hooks``) for further subscribers (the bench, tests); the
+    metrics, the access log and the fault log subscribe to it here."""
     import fhir.resources.R4B.consent  # noqa: F401  (validates POSTed Consents; imported once, here)
 
     ids, resource_ids = PatientIds(patient_id_key), ResourceIds(patient_id_key)
@@ -80,16 +87,27 @@ def create_app(
         settings, extra_issuer=extra_issuer, patient_ids=ids, clock=clock
     )
     policy = compile_policy(settings.policy)
-    app = web.Application(middlewares=[fhir_errors, audited], client_max_size=64 * 1024)
+    hooks = Hooks() if hooks is None else hooks
+    metrics = Metrics([b.name for b in settings.backends]) if settings.metrics.enabled else None
+    if metrics is not None:
+        metrics.subscribe(hooks)
+    accesslog.subscribe(hooks, access=settings.metrics.access_log)
+    app = web.Application(
+        middlewares=[observed(hooks, metrics, settings.metrics), fhir_errors, audited],
+        client_max_size=64 * 1024,
+    )
 
     async def backends(app: web.Application) -> AsyncIterator[None]:
         store = open_store(settings.store)
+        store.hooks = hooks
         await store.open()
         app[STORE_KEY] = store
         clients = {
             b.name: BackendClient.open(b, settings.facade.max_body_bytes, clock=clock)
             for b in settings.backends
         }
+        for name, client in clients.items():
+            client.breaker.on_change = _publisher(hooks, name)
         cache = open_cache(settings.cache, namespace=resource_ids.fingerprint, clock=clock)
         e = settings.engagement
         app[FACADE_KEY] = Facade(
@@ -101,6 +119,7 @@ def create_app(
             store=store,
             cache=cache,
             engagement=EngagementIndex(ttl_s=e.ttl_s, clock=clock) if e.enabled else None,
+            hooks=hooks,
         )
         try:
             yield
@@ -115,3 +134,10 @@ def create_app(
     app.cleanup_ctx.append(backends)
     FhirRoutes(settings.facade.base_path).add_to(app)
     return app
+
+
+def _publisher(hooks: Hooks, backend: str) -> Callable[[str, str], None]:
+    def changed(old: str, new: str) -> None:
+        hooks.emit(BreakerChanged(backend, old, new))
+
+    return changed

@@ -54,6 +54,7 @@ def entry_key(backend: str, cache_key: str, patient_id: str) -> str:
 class CacheEntry:
     stored_at: float  # epoch seconds
     resources: tuple[MappedResource, ...]
+    size: int | None = None  # bytes read, where the store knows it (the shared store; metrics)
 
 
 class SourceCache(Protocol):
@@ -150,6 +151,7 @@ class RedisCache(_Ages):
             entry = CacheEntry(
                 doc["stored_at"],
                 tuple(MappedResource(**{**r, "refs": tuple(r["refs"])}) for r in doc["resources"]),
+                len(raw),
             )
         except (orjson.JSONDecodeError, KeyError, TypeError):
             return None

@@ -17,13 +17,16 @@ import gc
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 from proxy import loop
+from proxy.accesslog import ACCESS_LOGGER, LineFormatter
 from proxy.app import create_app
 from proxy.auth.demo import demo_issuer, make_token
 from proxy.fhir.http import AUTH_KEY
@@ -125,18 +128,54 @@ async def _serve(settings: Settings, host: str, port: int, key: bytes, *, reuse_
         await _until_interrupted()
 
 
-def _worker(config: Path | None, host: str, port: int, key: bytes) -> None:
-    """One of ``serve --workers N``: its own event loop, backend sessions and cache."""
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    with contextlib.suppress(KeyboardInterrupt):
-        loop.run(_serve(load_settings(config), host, port, key, reuse_port=True))
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def _serve_workers(config: Path | None, host: str, port: int, key: bytes, workers: int) -> None:
+def configure_logging(verbose: bool, settings: Settings | None = None) -> None:
+    """Text lines on stderr, the access log's as JSON (``proxy.accesslog``); the access log at INFO
+    whatever ``-v`` says, unless ``metrics.access_log`` is false."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(LineFormatter(LOG_FORMAT))
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
+    if settings is not None and settings.metrics.access_log:
+        logging.getLogger(ACCESS_LOGGER).setLevel(logging.INFO)
+
+
+def _worker(config: Path | None, host: str, port: int, key: bytes, verbose: bool = False) -> None:
+    """One of ``serve --workers N``: its own event loop, backend sessions and cache; its metrics in
+    the shared ``PROMETHEUS_MULTIPROC_DIR`` (``proxy.metrics``)."""
+    settings = load_settings(config)
+    configure_logging(verbose, settings)
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            loop.run(_serve(settings, host, port, key, reuse_port=True))
+    finally:
+        from prometheus_client import multiprocess as mp
+
+        mp.mark_process_dead(os.getpid())  # (its live gauges, e.g. the audit queue, no longer count)
+
+
+def _serve_workers(
+    config: Path | None, host: str, port: int, key: bytes, workers: int, verbose: bool = False
+) -> None:
     """N processes on one port. Nothing correctness depends on lives in a worker's memory (ids are
-    derived from the shared key, the cache is an optimisation), so any worker may answer anything."""
+    derived from the shared key, the cache is an optimisation), so any worker may answer anything.
+    Their metrics meet in a directory made here (prometheus-client's multiprocess mode; a scrape of
+    any worker sums them), removed when the command stops."""
     if port == 0:
         raise ConfigError("serve --workers needs a fixed --port (the workers share it)")
+    from proxy.metrics import MULTIPROC_ENV
+
+    metrics_dir = tempfile.mkdtemp(prefix="fhir-facade-metrics-")
+    os.environ[MULTIPROC_ENV] = metrics_dir  # (inherited by the spawned workers)
+    try:
+        _run_workers(config, host, port, key, workers, verbose)
+    finally:
+        os.environ.pop(MULTIPROC_ENV, None)
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _run_workers(config: Path | None, host: str, port: int, key: bytes, workers: int, verbose: bool) -> None:
 
     def stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
@@ -144,7 +183,8 @@ def _serve_workers(config: Path | None, host: str, port: int, key: bytes, worker
     signal.signal(signal.SIGTERM, stop)  # so the workers are stopped with the parent
     ctx = multiprocessing.get_context("spawn")
     procs = [
-        ctx.Process(target=_worker, args=(config, host, port, key), daemon=False) for _ in range(workers)
+        ctx.Process(target=_worker, args=(config, host, port, key, verbose), daemon=False)
+        for _ in range(workers)
     ]
     for p in procs:
         p.start()
@@ -301,12 +341,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(args.verbose)
     try:
         settings = load_settings(args.config)
+        if settings.metrics.access_log and args.command in ("demo", "serve"):
+            logging.getLogger(ACCESS_LOGGER).setLevel(logging.INFO)
         if args.command == "demo":
             port = settings.facade.port if args.port is None else args.port
             loop.run(_demo(settings, port, args.patients))
@@ -323,7 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.workers < 1:
                 raise ConfigError("--workers expects 1 or more")
             if args.workers > 1:
-                _serve_workers(args.config, host, port, key, args.workers)
+                _serve_workers(args.config, host, port, key, args.workers, args.verbose)
             else:
                 loop.run(_serve(settings, host, port, key))
         elif args.command == "simulate":

@@ -39,6 +39,7 @@ from proxy.fanout import BackendClient, fan_out
 from proxy.fanout.engagement import EngagementIndex
 from proxy.fhir.ids import PatientIds
 from proxy.fhir.searchparams import matches
+from proxy.hooks import AnswerMapped, CacheLookup, Hooks, SourceAnswered, SourceFailed
 from proxy.mapping.compiler import RequestSpec
 from proxy.mapping.registry import MappingSet, request_context
 from proxy.mapping.run import MappedAnswer, map_answer, source_outcome
@@ -55,6 +56,7 @@ from proxy.types import (
     Principal,
     Query,
     SourceOutcome,
+    SourceResult,
     SourceStatus,
 )
 
@@ -74,6 +76,7 @@ class Facade:
     cache: SourceCache | None = None
     engagement: EngagementIndex | None = None
     slack: SlackQueue = field(default_factory=SlackQueue)  # mapping early answers, between other work
+    hooks: Hooks = field(default_factory=Hooks)  # what happened, for metrics and logs (proxy.hooks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +117,7 @@ async def fetch_and_map(
     else fetched (and cached); a failed fetch falls back to a stale entry when there is one."""
     plan = plan_requests(facade.mappings, facade.settings.source_priority, types)
     cache = facade.cache
+    hooks = facade.hooks
     found: list[MappedResource] = []
     from_cache: dict[str, float] = {}  # backend → age of the oldest entry used
     stale: dict[tuple[str, str], CacheEntry] = {}
@@ -136,6 +140,9 @@ async def fetch_and_map(
                 if cache
                 else None
             )
+            if cache is not None and hooks.wants(CacheLookup):
+                judged = "miss" if hit is None else "hit" if hit[1] else "stale"
+                hooks.emit(CacheLookup(name, judged, None if hit is None else hit[0].size))
             if hit is not None and hit[1]:
                 hits[spec.key] = hit[0]
                 continue
@@ -163,7 +170,7 @@ async def fetch_and_map(
         # request serves any later query; how long it took orders the backend's requests next time
         started = time.perf_counter()
         try:
-            answers[source][spec.key] = map_answer(
+            answers[source][spec.key] = mapped = map_answer(
                 body,
                 facade.mappings.readers.get((source, spec.key), ()),
                 contexts[source],
@@ -172,8 +179,11 @@ async def fetch_and_map(
             )
         except Exception:  # map_answer marks what it cannot read; this is for what it did not expect
             log.exception("mapping an answer from %s failed", source)
-            answers[source][spec.key] = MappedAnswer([], readable=False)
-        facade.clients[source].handled(spec.learning_key, (time.perf_counter() - started) * 1000)
+            answers[source][spec.key] = mapped = MappedAnswer([], readable=False)
+        took = (time.perf_counter() - started) * 1000
+        facade.clients[source].handled(spec.learning_key, took)
+        if hooks.wants(AnswerMapped):  # (no event built when nobody listens)
+            hooks.emit(AnswerMapped(source, len(mapped.resources), took))
 
     jobs: list[SlackJob] = []
 
@@ -198,6 +208,7 @@ async def fetch_and_map(
     asked = {name: {spec.key for spec in specs} for name, specs in to_fetch.items()}
     for result in results:
         mapped = source_outcome(result, answers[result.source])
+        _publish(hooks, result, mapped.outcome)
         if cache is not None:
             for key in mapped.readable:
                 resources = tuple(answers[result.source][key].resources)
@@ -230,6 +241,29 @@ async def fetch_and_map(
             outcomes[name] = SourceOutcome(name, SourceStatus.CACHED, detail)
     wanted = [r for r in found if r.resource["resourceType"] in types]
     return wanted, [outcomes[name] for name in plan if name in outcomes]
+
+
+def _publish(hooks: Hooks, result: SourceResult, degraded: SourceOutcome | None) -> None:
+    """SourceAnswered, or SourceFailed with the kind of failure (a bounded label, no patient)."""
+    if degraded is None:
+        hooks.emit(SourceAnswered(result.source, result.latency_ms))
+        return
+    status, detail = degraded.status, degraded.detail
+    if status is SourceStatus.UNAVAILABLE:
+        kind = "breaker-open"
+    elif status is SourceStatus.TIMEOUT:
+        kind = "timeout"
+    elif status is SourceStatus.INVALID:
+        kind = "too-large" if "larger than" in detail else "invalid"
+    elif detail.startswith("answered HTTP"):
+        kind = "http-error"
+    elif detail.startswith("could not connect"):
+        kind = "connect-error"
+    elif detail.startswith("connection closed"):
+        kind = "connection-closed"
+    else:
+        kind = "error"
+    hooks.emit(SourceFailed(result.source, result.latency_ms, kind, detail))
 
 
 async def collect(

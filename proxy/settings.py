@@ -26,6 +26,7 @@ PATIENT_ID_KEY_ENV = "FHIR_FACADE_PATIENT_ID_KEY"
 # Public and dev-only: used by `fhir-facade demo` and the tests, never by `serve`.
 DEMO_PATIENT_ID_KEY = b"demo-only-key-not-for-production"
 DEFAULT_POSTGRES_DSN = "postgresql://fhir_facade@127.0.0.1:5432/fhir_facade"
+METRICS_TOKEN_ENV = "FHIR_FACADE_METRICS_TOKEN"
 
 _BACKEND_NAME = re.compile(r"^[a-z][a-z0-9]{0,11}$")
 
@@ -101,6 +102,18 @@ class StoreSettings:
     postgres_dsn: str = DEFAULT_POSTGRES_DSN
 
 
+@dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    """``/metrics`` (proxy/metrics.py) and the access log (proxy/accesslog.py)."""
+
+    enabled: bool = True
+    # the bearer token a scraper sends (from FHIR_FACADE_METRICS_TOKEN; never a FHIR token)
+    token: str | None = field(default=None, repr=False)
+    # without a token: let a peer on the loopback address in (not behind a proxy on the same host)
+    allow_unauthenticated_loopback: bool = False
+    access_log: bool = True  # one JSON line per request (logger fhir_facade.access, INFO)
+
+
 # The backend var naming the ambulance service whose care unit the threat mapping gives every flag.
 THREAT_UNIT_VAR = "ambulance_service_hsa_id"
 
@@ -146,6 +159,7 @@ class Settings:
     config_dir: Path = field(default_factory=lambda: DEFAULT_CONFIG.parent)
     store: StoreSettings = field(default_factory=StoreSettings)
     access: AccessSettings = field(default_factory=AccessSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
     def backend(self, name: str) -> BackendSettings:
         for b in self.backends:
@@ -222,6 +236,7 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
             "policy",
             "store",
             "access",
+            "metrics",
         },
     )
 
@@ -449,6 +464,8 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
         threat_register=threat_register,
     )
 
+    metrics = _metrics(r, top.get("metrics"), env)
+
     mappings_dir = (path.parent / str(top.get("mappings_dir", "../mappings"))).resolve()
     return Settings(
         facade=facade,
@@ -460,8 +477,25 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
         engagement=engagement,
         store=store,
         access=access,
+        metrics=metrics,
         patient_id_key=key,
         auth=r.section(top.get("auth"), "auth", {"issuers", "leeway_s", "audience", "max_token_lifetime_s"}),
         policy=r.section(top.get("policy"), "policy", {"labels", "audiences", "protected_identity"}),
         config_dir=path.parent.resolve(),
+    )
+
+
+def _metrics(r: _Reader, data: Any, env: dict[str, str]) -> MetricsSettings:
+    m = r.section(data, "metrics", {"enabled", "allow_unauthenticated_loopback", "access_log"})
+    for key in ("enabled", "allow_unauthenticated_loopback", "access_log"):
+        if not isinstance(m.get(key, False), bool):
+            raise r.fail(f"metrics.{key}", "expects true or false")
+    token = env.get(METRICS_TOKEN_ENV) or None
+    if token is not None and (len(token) < 16 or not token.isprintable() or " " in token):
+        raise ConfigError(f"{METRICS_TOKEN_ENV}: expects a random token of 16 or more printable characters")
+    return MetricsSettings(
+        enabled=m.get("enabled", True),
+        token=token,
+        allow_unauthenticated_loopback=m.get("allow_unauthenticated_loopback", False),
+        access_log=m.get("access_log", True),
     )

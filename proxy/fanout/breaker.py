@@ -25,6 +25,8 @@ class CircuitBreaker:
     _opened_at: float | None = None
     _probing: bool = False
     _state: str = field(default="closed")
+    # called with (old, new) when the state moves (the app publishes it: proxy.hooks.BreakerChanged)
+    on_change: Callable[[str, str], None] | None = None
 
     @property
     def state(self) -> str:
@@ -38,7 +40,7 @@ class CircuitBreaker:
             assert self._opened_at is not None
             if self.clock.monotonic() - self._opened_at < self.open_s:
                 return False
-            self._state = "half-open"
+            self._move("half-open")
             self._probing = False
         if self._probing:
             return False
@@ -48,14 +50,19 @@ class CircuitBreaker:
     def record(self, success: bool) -> None:
         if success:
             self._failures = 0
-            self._state = "closed"
+            self._move("closed")
             self._probing = False
             return
         self._failures += 1
         if self._state == "half-open" or self._failures >= self.failures_to_open:
-            self._state = "open"
+            self._move("open")
             self._opened_at = self.clock.monotonic()
             self._probing = False
+
+    def _move(self, state: str) -> None:
+        old, self._state = self._state, state
+        if old != state and self.on_change is not None:
+            self.on_change(old, state)
 
     def no_verdict(self) -> None:
         """The request ended without saying anything about the backend (its caller went away): in

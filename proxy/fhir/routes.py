@@ -56,6 +56,7 @@ from proxy.fhir.http import (
     strict,
 )
 from proxy.fhir.ids import holding_backend, is_fhir_id
+from proxy.fhir.observe import record_sources
 from proxy.fhir.server import below_the_routes
 from proxy.fhir.summary import TYPES as SUMMARY_TYPES
 from proxy.fhir.summary import SourceView, build_summary
@@ -439,7 +440,9 @@ async def _collect(request: web.Request, facade: Facade, query: Query) -> Answer
         request[AUDIT_REFUSED_KEY] = f"refused ({exc.status}): {exc.message}"  # never the header's text
         raise
     audit_begun(request)
-    return await collect(facade, query, principal, emergency=reason)
+    answer = await collect(facade, query, principal, emergency=reason)
+    record_sources(request, answer.outcomes)
+    return answer
 
 
 def _hint_texts(answer: Answer) -> list[str]:

@@ -18,9 +18,11 @@ import abc
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from proxy.hooks import AuditCommitted, AuditQueued, Hooks
 from proxy.types import FhirDict
 
 if TYPE_CHECKING:
@@ -88,6 +90,7 @@ class Store(abc.ABC):
         self._queue: asyncio.Queue[tuple[AuditRecord | None, asyncio.Future[None]]] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._batch: list[tuple[AuditRecord | None, asyncio.Future[None]]] = []  # being written
+        self.hooks = Hooks()  # queue depth and commit latency (the app passes its own)
 
     async def open(self) -> None:
         await self._connect()
@@ -149,6 +152,8 @@ class Store(abc.ABC):
             raise StoreUnavailable("audit store is not running")
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((record, done))
+        if record is not None:
+            self.hooks.emit(AuditQueued(self._queue.qsize()))
         return done
 
     async def _write_batches(self) -> None:
@@ -160,11 +165,14 @@ class Store(abc.ABC):
             latest = {r.event_id: r for r, _ in batch if r is not None}
             failed = False
             if latest:
+                started = time.perf_counter()
                 try:
                     await self._insert_audit(list(latest.values()))
                 except Exception as exc:  # the store failed: every waiting request must refuse to disclose
                     _not_stored(f"audit write failed ({type(exc).__name__})", latest)
                     failed = True
+                took = (time.perf_counter() - started) * 1000
+                self.hooks.emit(AuditCommitted(len(latest), took, not failed, self._queue.qsize()))
             for record, done in batch:
                 if done.done():
                     continue

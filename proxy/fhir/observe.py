@@ -1,0 +1,81 @@
+"""The HTTP edge's window: ``GET /metrics``, and a ``RequestFinished`` event for every request.
+
+``observed`` is the app's outermost middleware: it sees the status every request finally got —
+errors included, as ``fhir_errors`` answered them — and publishes it on the hook bus with the route
+*template* (``/fhir/Patient/{id}/$everything``; "unmatched" when no route matched: the path itself,
+which may name a patient, is never published), the audience of the verified token ("none" without
+one) and each asked source's status (``SOURCES_KEY``, set by the handlers that ask the backends).
+``proxy.metrics`` counts these events, ``proxy.accesslog`` writes them as JSON lines.
+
+``/metrics`` is answered here, before authentication and content negotiation: it is not FHIR and
+has its own token (``proxy.metrics.scrape``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+
+from proxy.fhir.http import PRINCIPAL_KEY, REQUEST_ID_KEY, request_id
+from proxy.hooks import Hooks, RequestFinished
+from proxy.metrics import Metrics, scrape
+from proxy.settings import MetricsSettings
+from proxy.types import AUDIENCES, SourceOutcome
+
+METRICS_PATH = "/metrics"
+# each asked source's outcome in this request's answer (the access log's "sources")
+SOURCES_KEY = web.RequestKey("sources", list)
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def record_sources(request: web.Request, outcomes: list[SourceOutcome]) -> None:
+    """Note the sources of the answer (the last answer, if a handler asks twice)."""
+    request[SOURCES_KEY] = outcomes
+
+
+def route_template(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+def observed(hooks: Hooks, metrics: Metrics | None, settings: MetricsSettings) -> Middleware:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        status = 500
+        try:
+            if metrics is not None and request.path == METRICS_PATH:
+                response: web.StreamResponse = scrape(metrics, settings, request)
+            else:
+                response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        except asyncio.CancelledError:  # the client went away before its answer (nginx's 499)
+            status = 499
+            raise
+        finally:
+            if hooks.wants(RequestFinished):
+                hooks.emit(_finished(request, status, (time.perf_counter() - started) * 1000))
+
+    return middleware
+
+
+def _finished(request: web.Request, status: int, duration_ms: float) -> RequestFinished:
+    principal = request.get(PRINCIPAL_KEY)
+    audience = "none" if principal is None else principal.audience  # (a token's: one of AUDIENCES)
+    outcomes = request.get(SOURCES_KEY, ())
+    return RequestFinished(
+        request_id=request.get(REQUEST_ID_KEY) or request_id(request),
+        method=request.method if request.method in _METHODS else "OTHER",
+        route=METRICS_PATH if request.path == METRICS_PATH else route_template(request),
+        status=status,
+        duration_ms=duration_ms,
+        audience=audience if audience in AUDIENCES or principal is None else "other",
+        sources=tuple((o.source, o.status.value) for o in outcomes),
+    )
