@@ -11,6 +11,7 @@ process; it is an optimisation, nothing correctness depends on it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from proxy.clock import SYSTEM_CLOCK, Clock
