@@ -9,9 +9,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from proxy.auth import Authenticator, TrustedIssuer
 from proxy.cache import MemoryCache, RedisCache, SourceCache
+from proxy.edge.compression import compression
+from proxy.edge.cors import cors
+from proxy.edge.health import health
+from proxy.edge.request_id import request_ids
 from proxy.fanout import BackendClient
 from proxy.fanout.engagement import EngagementIndex
 from proxy.fhir.http import AUTH_KEY, FACADE_KEY, STORE_KEY
@@ -53,6 +58,18 @@ def open_cache(c: CacheSettings, *, namespace: str) -> SourceCache | None:
     return MemoryCache(ttl_s=c.ttl_s, max_stale_s=c.max_stale_s, max_entries=c.max_entries)
 
 
+def edge(settings: Settings) -> list[Middleware]:
+    """The HTTP edge's middlewares, outermost first (proxy/edge/__init__.py): CORS only for
+    configured origins, gzip only when enabled."""
+    h = settings.http
+    return [
+        request_ids,
+        *([cors(h.cors_allow_origins, h.cors_max_age_s)] if h.cors_allow_origins else []),
+        *([compression(h.gzip_min_bytes)] if h.gzip else []),
+        health,
+    ]
+
+
 def create_app(
     settings: Settings, *, patient_id_key: bytes, extra_issuer: TrustedIssuer | None = None
 ) -> web.Application:
@@ -65,7 +82,7 @@ def create_app(
     mappings = compile_mappings(settings, resource_ids)
     authenticator = Authenticator.from_settings(settings, extra_issuer=extra_issuer, patient_ids=ids)
     policy = compile_policy(settings.policy)
-    app = web.Application(middlewares=[fhir_errors, audited], client_max_size=64 * 1024)
+    app = web.Application(middlewares=[*edge(settings), fhir_errors, audited], client_max_size=64 * 1024)
 
     async def backends(app: web.Application) -> AsyncIterator[None]:
         store = open_store(settings.store)

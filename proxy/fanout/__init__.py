@@ -24,6 +24,7 @@ from yarl import URL
 from proxy.fanout.breaker import CircuitBreaker
 from proxy.mapping.compiler import Context, RequestSpec, UnknownPatient
 from proxy.settings import BackendSettings
+from proxy.trace import outgoing_headers
 from proxy.types import SourceResult, SourceStatus
 
 log = logging.getLogger(__name__)
@@ -207,7 +208,7 @@ class BackendClient:
                 spec.method,
                 URL(self.base + request.target, encoded=True),  # (yarl need not parse and re-quote it)
                 data=request.body,
-                headers=request.headers,
+                headers={**request.headers, **outgoing_headers()},  # (X-Request-ID, traceparent)
                 allow_redirects=False,  # a request naming a patient goes to the configured host only
             ) as resp:
                 if marker is not None and resp.status == marker.status:
