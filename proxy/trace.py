@@ -25,7 +25,7 @@ import uuid
 from dataclasses import dataclass
 
 # a client's X-Request-ID is echoed, logged and stored in the access log: printable, short, plain
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 # W3C Trace Context §3.2: version-traceid-parentid-flags, lower-case hex; a later version may append
 # fields after a "-" (parsed as version 00), version ff is invalid, all-zero ids are invalid
 _TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
@@ -46,7 +46,8 @@ class Trace:
 
 
 def sane_request_id(given: str | None) -> str | None:
-    """The client's X-Request-ID if it is a plain token (1-128 of A-Z a-z 0-9 . _ : -), else None."""
+    """The client's X-Request-ID if it is a plain token (1-128 of A-Z a-z 0-9 . _ : -, starting with
+    a letter or digit), else None."""
     return given if given is not None and _REQUEST_ID.match(given) else None
 
 

@@ -1,10 +1,11 @@
 """X-Request-ID on every answer, and the request's trace for the backend calls (``proxy.trace``).
 
-The client's X-Request-ID is kept when it is a plain token (1-128 of ``A-Z a-z 0-9 . _ : -``),
-else replaced by a new one (uuid4, 32 hex); a valid W3C ``traceparent`` continues the client's
-trace. The id is stored on the request (``REQUEST_ID_KEY``, named "request_id") for the access
-log and the audit event, and answered on every response — success, OperationOutcome, preflight,
-and an error raised past every other middleware.
+The client's X-Request-ID is kept when it is a plain token (1-128 of ``A-Z a-z 0-9 . _ : -``,
+starting with a letter or digit) sent once, else replaced by a new one (uuid4, 32 hex); a valid
+W3C ``traceparent`` sent once continues the client's trace. The id is stored on the request
+(``REQUEST_ID_KEY``, named "request_id") for the access log and the audit event, and answered on
+every response — success, OperationOutcome, preflight, and an error raised past every other
+middleware.
 """
 
 from __future__ import annotations
@@ -21,9 +22,16 @@ log = logging.getLogger(__name__)
 HEADER = "X-Request-ID"
 
 
+def _single(request: web.Request, name: str) -> str | None:
+    """The header's value if it is sent once; sent twice it is ambiguous (a proxy in between may
+    read the other one), so it counts as not sent: a new id, a new trace (W3C Trace Context §3.2)."""
+    values = request.headers.getall(name, [])
+    return values[0] if len(values) == 1 else None
+
+
 @web.middleware
 async def request_ids(request: web.Request, handler: Handler) -> web.StreamResponse:
-    current = trace.new_trace(request.headers.get(HEADER), request.headers.get("traceparent"))
+    current = trace.new_trace(_single(request, HEADER), _single(request, "traceparent"))
     request[REQUEST_ID_KEY] = current.request_id
     token = trace.CURRENT.set(current)
     try:

@@ -66,6 +66,9 @@ async def raw_exchange(host: str, port: int, data: bytes) -> tuple[int, dict[str
         "<script>alert(1)</script>",
         "id\u00e9",  # not ASCII
         "",
+        "." * 128,  # nothing but punctuation
+        "-rf",
+        "../../etc/passwd",
     ],
 )
 async def test_an_unusable_client_request_id_is_replaced(edge: Any, given: str) -> None:
@@ -84,6 +87,26 @@ async def test_a_sane_client_request_id_is_echoed_on_success_and_on_errors(edge:
         refused = await f.client.get(f"{BASE}/Patient/{pid(TOLVAN)}", headers={"X-Request-ID": given})
     assert (ok.status, refused.status) == (200, 401)
     assert ok.headers["X-Request-ID"] == given and refused.headers["X-Request-ID"] == given
+
+
+async def test_a_request_id_or_traceparent_sent_twice_is_replaced(edge: Any) -> None:
+    """Two values are ambiguous (a proxy in between may have read the other): neither is used."""
+    received: list[Received] = []
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    twice = [
+        ("X-Request-ID", "req-a"),
+        ("X-Request-ID", "req-b"),
+        ("traceparent", f"00-{trace}-00f067aa0ba902b7-01"),
+        ("traceparent", f"00-{trace}-00f067aa0ba902b8-01"),
+        *auth("clinician").items(),
+    ]
+    async with edge(received=received) as f:
+        resp = await f.client.get(f"{BASE}/Patient/{pid(TOLVAN)}/$everything", headers=twice)
+    assert resp.status == 200
+    rid = resp.headers["X-Request-ID"]
+    assert MINTED.match(rid)
+    assert received and all(r.headers["X-Request-ID"] == rid for r in received)
+    assert all(trace not in r.headers["traceparent"] for r in received)
 
 
 async def test_every_backend_is_sent_the_request_id_and_a_traceparent_of_one_trace(edge: Any) -> None:
