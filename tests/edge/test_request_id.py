@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from proxy.fhir import routes
+from proxy.fhir.http import STORE_KEY
 from proxy.simulators.harness import Received
 from tests.conftest import BASE, auth, pid
 
@@ -165,3 +166,21 @@ async def test_an_invalid_traceparent_starts_a_new_trace(edge: Any, bad: str) ->
         assert resp.status == 200
     traces = {m.group(1) for r in received if (m := TRACEPARENT.match(r.headers.get("traceparent", "")))}
     assert len(traces) == 1 and traces.pop() not in bad.lower()
+
+
+async def test_the_access_log_names_the_id_the_answer_carries(edge: Any) -> None:
+    """The audit event and the answer name one id (the edge's), not one each."""
+    async with edge() as f:
+        resp = await f.client.get(f"{BASE}/Patient/{pid(TOLVAN)}/$everything", headers=auth("clinician"))
+        refused = await f.client.get(
+            f"{BASE}/Patient/{pid(TOLVAN)}/$everything?_count=x", headers=auth("clinician")
+        )
+        logged = await f.client.server.app[STORE_KEY].all_audit_events()
+    assert resp.status == 200 and refused.status == 400
+    ids = {
+        e["what"]["identifier"]["value"]
+        for event in logged
+        for e in event["entity"]
+        if e.get("type", {}).get("code") == "XrequestId"
+    }
+    assert ids == {resp.headers["X-Request-ID"], refused.headers["X-Request-ID"]}
