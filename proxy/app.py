@@ -9,11 +9,16 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from proxy import accesslog
 from proxy.auth import Authenticator, TrustedIssuer
 from proxy.cache import MemoryCache, RedisCache, SourceCache, redis_prefix
 from proxy.clock import SYSTEM_CLOCK, Clock
+from proxy.edge.compression import compression
+from proxy.edge.cors import cors
+from proxy.edge.health import health
+from proxy.edge.request_id import request_ids
 from proxy.fanout import BackendClient
 from proxy.fanout.engagement import EngagementIndex
 from proxy.fhir.http import AUTH_KEY, FACADE_KEY, STORE_KEY
@@ -65,6 +70,18 @@ def open_cache(c: CacheSettings, *, namespace: str, clock: Clock = SYSTEM_CLOCK)
     return MemoryCache(ttl_s=c.ttl_s, max_stale_s=c.max_stale_s, max_entries=c.max_entries, clock=clock)
 
 
+def edge(settings: Settings) -> list[Middleware]:
+    """The HTTP edge's middlewares, outermost first (proxy/edge/__init__.py): CORS only for
+    configured origins, gzip only when enabled."""
+    h = settings.http
+    return [
+        request_ids,
+        *([cors(h.cors_allow_origins, h.cors_max_age_s)] if h.cors_allow_origins else []),
+        *([compression(h.gzip_min_bytes)] if h.gzip else []),
+        health,
+    ]
+
+
 def create_app(
     settings: Settings,
     *,
@@ -93,7 +110,7 @@ def create_app(
         metrics.subscribe(hooks)
     accesslog.subscribe(hooks, access=settings.metrics.access_log)
     app = web.Application(
-        middlewares=[observed(hooks, metrics, settings.metrics), fhir_errors, audited],
+        middlewares=[*edge(settings), observed(hooks, metrics, settings.metrics), fhir_errors, audited],
         client_max_size=64 * 1024,
     )
 

@@ -114,6 +114,16 @@ class MetricsSettings:
     access_log: bool = True  # one JSON line per request (logger fhir_facade.access, INFO)
 
 
+@dataclass(frozen=True, slots=True)
+class HttpSettings:
+    """The HTTP edge (proxy/edge): CORS for the configured origins, gzip."""
+
+    cors_allow_origins: tuple[str, ...] = ()  # e.g. https://www.1177.se; none: no CORS headers at all
+    cors_max_age_s: int = 600  # how long a browser may reuse a preflight's answer
+    gzip: bool = True  # when the client accepts it
+    gzip_min_bytes: int = 1024  # smaller answers are sent as they are
+
+
 # The backend var naming the ambulance service whose care unit the threat mapping gives every flag.
 THREAT_UNIT_VAR = "ambulance_service_hsa_id"
 
@@ -160,6 +170,7 @@ class Settings:
     store: StoreSettings = field(default_factory=StoreSettings)
     access: AccessSettings = field(default_factory=AccessSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
 
     def backend(self, name: str) -> BackendSettings:
         for b in self.backends:
@@ -237,6 +248,7 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
             "store",
             "access",
             "metrics",
+            "http",
         },
     )
 
@@ -465,6 +477,7 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
     )
 
     metrics = _metrics(r, top.get("metrics"), env)
+    http = _http_settings(r, top.get("http"))
 
     mappings_dir = (path.parent / str(top.get("mappings_dir", "../mappings"))).resolve()
     return Settings(
@@ -478,6 +491,7 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
         store=store,
         access=access,
         metrics=metrics,
+        http=http,
         patient_id_key=key,
         auth=r.section(top.get("auth"), "auth", {"issuers", "leeway_s", "audience", "max_token_lifetime_s"}),
         policy=r.section(top.get("policy"), "policy", {"labels", "audiences", "protected_identity"}),
@@ -498,4 +512,31 @@ def _metrics(r: _Reader, data: Any, env: dict[str, str]) -> MetricsSettings:
         token=token,
         allow_unauthenticated_loopback=m.get("allow_unauthenticated_loopback", False),
         access_log=m.get("access_log", True),
+    )
+
+
+# an origin as a browser sends it: scheme://host[:port], nothing after (RFC 6454 serialisation)
+_ORIGIN = re.compile(r"^https?://[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?$")
+
+
+def _http_settings(r: _Reader, data: Any) -> HttpSettings:
+    h = r.section(data, "http", {"cors", "compression"})
+    c = r.section(h.get("cors"), "http.cors", {"allow_origins", "max_age_s"})
+    origins = c.get("allow_origins", []) or []
+    if not isinstance(origins, list):
+        raise r.fail("http.cors.allow_origins", "expects a list of origins such as https://www.1177.se")
+    for o in origins:
+        if not isinstance(o, str) or not _ORIGIN.match(o.lower()):
+            raise r.fail(
+                "http.cors.allow_origins",
+                f"{o!r} is not an origin: scheme://host[:port], no path, no wildcard (* is never allowed)",
+            )
+    z = r.section(h.get("compression"), "http.compression", {"gzip", "min_bytes"})
+    if not isinstance(z.get("gzip", True), bool):
+        raise r.fail("http.compression.gzip", "expects true or false")
+    return HttpSettings(
+        cors_allow_origins=tuple(dict.fromkeys(o.lower() for o in origins)),
+        cors_max_age_s=r.integer(c, "max_age_s", "http.cors", 600, 0, 86_400),
+        gzip=z.get("gzip", True),
+        gzip_min_bytes=r.integer(z, "min_bytes", "http.compression", 1024, 0, 1 << 30),
     )

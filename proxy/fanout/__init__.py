@@ -26,6 +26,7 @@ from proxy.fanout.breaker import CircuitBreaker
 from proxy.fanout.transport import AiohttpTransport, BodyTooLarge, Exchange, Transport, TransportError
 from proxy.mapping.compiler import Context, RequestSpec, UnknownPatient
 from proxy.settings import BackendSettings
+from proxy.trace import outgoing_headers
 from proxy.types import SourceResult, SourceStatus
 
 log = logging.getLogger(__name__)
@@ -203,7 +204,10 @@ class BackendClient:
         try:
             request = spec.render(ctx)
             async with self.transport.request(
-                spec.method, self.base + request.target, headers=request.headers, body=request.body
+                spec.method,
+                self.base + request.target,
+                headers={**request.headers, **outgoing_headers()},  # (X-Request-ID, traceparent)
+                body=request.body,
             ) as resp:
                 return await self._outcome(resp, spec, marker)
         except TransportError as exc:

@@ -3,7 +3,6 @@ request readings (base URL, _pretty, Prefer: handling=strict, X-Request-ID)."""
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections import Counter
 
@@ -14,6 +13,7 @@ from proxy.auth import Authenticator
 from proxy.fhir.errors import operation_outcome
 from proxy.pipeline import Facade
 from proxy.store import Store
+from proxy.trace import sane_request_id
 from proxy.types import FhirDict, PatientRef, Principal, Query
 
 FHIR_JSON = "application/fhir+json"
@@ -31,7 +31,6 @@ AUDIT_REFUSED_KEY = web.RequestKey("audit_refused", str)  # why an access was re
 AUDIT_RESOURCE_KEY = web.RequestKey("audit_resource", str)  # a resource the request wrote: Type/id/_history/n
 # the AuditEvent of an access logged as begun (before the backends were asked), and its commit
 AUDIT_BEGUN_KEY = web.RequestKey("audit_begun", tuple)
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
 def fhir_response(data: FhirDict, status: int = 200, *, pretty: bool = False) -> web.Response:
@@ -51,8 +50,7 @@ def error_response(status: int, code: str, message: str) -> web.Response:
 
 def request_id(request: web.Request) -> str:
     """The client's X-Request-ID when it is a plain token, else a new one; echoed and audited."""
-    given = request.headers.get("X-Request-ID", "")
-    return given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+    return sane_request_id(request.headers.get("X-Request-ID")) or uuid.uuid4().hex
 
 
 def strict(request: web.Request) -> bool:

@@ -110,7 +110,7 @@ def _authenticate(request: web.Request) -> None:
 async def audited(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Log every request that got as far as naming a patient — allowed, refused or failed — with
     one AuditEvent, and let its answer leave only once the access is durably logged (else 503)."""
-    request[REQUEST_ID_KEY] = rid = request_id(request)
+    request[REQUEST_ID_KEY] = rid = request.get(REQUEST_ID_KEY) or request_id(request)  # (the edge's)
     try:
         response = await handler(request)
     except FhirError as exc:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from http import HTTPStatus
 
 from aiohttp import http_exceptions, web
@@ -86,6 +87,7 @@ class FhirRequestHandler(web.RequestHandler):
         if request.writer.output_size > 0:  # (as aiohttp: an answer has begun, the connection is lost)
             raise ConnectionError("Response is sent already, cannot send another response")
         resp = below_the_routes(status, exc)
+        resp.headers["X-Request-ID"] = uuid.uuid4().hex  # (nothing of the request is trusted here)
         resp.force_close()
         return resp
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import socket
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -69,6 +70,29 @@ def people_for(settings: Settings, patients: int | None = None, seed: int | None
     return population(sims.patients if patients is None else patients, sims.seed if seed is None else seed)
 
 
+@dataclass(frozen=True, slots=True)
+class Received:
+    """A request a simulator received (the test hook of ``running_simulators``)."""
+
+    backend: str
+    method: str
+    path: str
+    headers: dict[str, str]  # the tracing headers only: X-Request-ID, traceparent
+
+
+_TRACED = ("X-Request-ID", "traceparent")
+
+
+def _recording(backend: str, received: list[Received]) -> Any:
+    @web.middleware
+    async def record(request: web.Request, handler: Any) -> web.StreamResponse:
+        headers = {h: request.headers[h] for h in _TRACED if h in request.headers}
+        received.append(Received(backend, request.method, request.path, headers))
+        return await handler(request)
+
+    return record
+
+
 @contextlib.asynccontextmanager
 async def running_simulators(
     settings: Settings,
@@ -76,8 +100,11 @@ async def running_simulators(
     *,
     faults: Mapping[str, dict[str, Any]] | None = None,
     ports: Mapping[str, int] | None = None,
+    received: list[Received] | None = None,
 ) -> AsyncIterator[dict[str, str]]:
-    """Start the simulator of every backend that names one. Yields {backend: base URL}."""
+    """Start the simulator of every backend that names one. Yields {backend: base URL}.
+
+    ``received`` (tests): each simulator appends what it was sent (``Received``) to it."""
     configured = dict(settings.simulators.faults)
     configured.update(faults or {})
     urls: dict[str, str] = {}
@@ -86,5 +113,7 @@ async def running_simulators(
             if b.simulator is None:
                 continue
             app = factory(b.simulator)(people, Faults.from_dict(configured.get(b.simulator)))
+            if received is not None:  # (first: it sees every request, faulty or not)
+                app.middlewares.insert(0, _recording(b.name, received))
             urls[b.name] = await stack.enter_async_context(serving(app, port=(ports or {}).get(b.name, 0)))
         yield urls

@@ -141,6 +141,13 @@ class Store(abc.ABC):
         done.add_done_callback(_retrieved)  # a failure nobody waits for is logged once, by the writer
         return done
 
+    async def ping(self) -> None:
+        """Raise unless the store can take the access log now: its writer runs and its database
+        answers a trivial query (``/readyz``)."""
+        if self._writer is None or self._writer.done():
+            raise StoreUnavailable("the audit writer is not running")
+        await self._ping()
+
     async def flush(self) -> None:
         """Wait until every event submitted before this call is committed (or has failed)."""
         await self._enqueue(None)
@@ -201,6 +208,10 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def _connect(self) -> None: ...
+
+    async def _ping(self) -> None:
+        """A trivial query (each store overrides it with ``SELECT 1``)."""
+        await self.consent("")
 
     @abc.abstractmethod
     async def _disconnect(self) -> None: ...

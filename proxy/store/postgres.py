@@ -54,6 +54,9 @@ class PostgresStore(Store):
         if self._pool is not None:
             await self._pool.close()
 
+    async def _ping(self) -> None:
+        await self.pool.fetchval("SELECT 1")
+
     @property
     def pool(self) -> asyncpg.Pool:
         if self._pool is None or self._pool.is_closing():

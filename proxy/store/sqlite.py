@@ -65,6 +65,12 @@ class SqliteStore(Store):
             if db is not None:
                 await db.close()
 
+    async def _ping(self) -> None:
+        if self._audit_db is None:
+            raise StoreUnavailable("store is not open")
+        for db in (self.db, self._audit_db):  # (the audit writer's connection too)
+            await db.execute_fetchall("SELECT 1")
+
     @property
     def db(self) -> aiosqlite.Connection:
         if self._db is None:
