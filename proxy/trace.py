@@ -26,6 +26,9 @@ from dataclasses import dataclass
 
 # a client's X-Request-ID is echoed, logged and stored in the access log: printable, short, plain
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+# ... and never holds what could be a personnummer (10 or 12 digits): such an id is replaced, and a
+# minted one is drawn again (a random 32-hex id has a run of ten digits about once in twenty)
+_DIGIT_RUN = re.compile(r"[0-9]{10}")
 # W3C Trace Context §3.2: version-traceid-parentid-flags, lower-case hex; a later version may append
 # fields after a "-" (parsed as version 00), version ff is invalid, all-zero ids are invalid
 _TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
@@ -47,8 +50,19 @@ class Trace:
 
 def sane_request_id(given: str | None) -> str | None:
     """The client's X-Request-ID if it is a plain token (1-128 of A-Z a-z 0-9 . _ : -, starting with
-    a letter or digit), else None."""
-    return given if given is not None and _REQUEST_ID.match(given) else None
+    a letter or digit, with no run of ten digits), else None."""
+    if given is None or not _REQUEST_ID.match(given) or _DIGIT_RUN.search(given):
+        return None
+    return given
+
+
+def mint_request_id() -> str:
+    """A new request id: 32 lower-case hex (a valid trace-id too), never with a run of ten digits."""
+    for _ in range(64):  # (each draw fails about once in twenty)
+        minted = uuid.uuid4().hex
+        if not _DIGIT_RUN.search(minted):
+            return minted
+    raise RuntimeError("no request id without a digit run in 64 draws")  # (never: 1 in 20**64)
 
 
 def trace_id_of(traceparent: str | None) -> str | None:
@@ -68,7 +82,7 @@ def trace_id_of(traceparent: str | None) -> str | None:
 
 def new_trace(request_id_header: str | None, traceparent_header: str | None) -> Trace:
     """The request's trace from its headers (each replaced when it is absent or not usable)."""
-    minted = uuid.uuid4().hex
+    minted = mint_request_id()
     request_id = sane_request_id(request_id_header) or minted
     return Trace(request_id, trace_id_of(traceparent_header) or minted)
 

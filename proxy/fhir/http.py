@@ -3,7 +3,6 @@ request readings (base URL, _pretty, Prefer: handling=strict, X-Request-ID)."""
 
 from __future__ import annotations
 
-import uuid
 from collections import Counter
 
 import orjson
@@ -13,7 +12,7 @@ from proxy.auth import Authenticator
 from proxy.fhir.errors import operation_outcome
 from proxy.pipeline import Facade
 from proxy.store import Store
-from proxy.trace import sane_request_id
+from proxy.trace import mint_request_id, sane_request_id
 from proxy.types import FhirDict, PatientRef, Principal, Query
 
 FHIR_JSON = "application/fhir+json"
@@ -50,7 +49,7 @@ def error_response(status: int, code: str, message: str) -> web.Response:
 
 def request_id(request: web.Request) -> str:
     """The client's X-Request-ID when it is a plain token, else a new one; echoed and audited."""
-    return sane_request_id(request.headers.get("X-Request-ID")) or uuid.uuid4().hex
+    return sane_request_id(request.headers.get("X-Request-ID")) or mint_request_id()
 
 
 def strict(request: web.Request) -> bool:

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from http import HTTPStatus
 
 from aiohttp import http_exceptions, web
 
 from proxy.fhir.http import error_response
+from proxy.trace import mint_request_id
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class FhirRequestHandler(web.RequestHandler):
         if request.writer.output_size > 0:  # (as aiohttp: an answer has begun, the connection is lost)
             raise ConnectionError("Response is sent already, cannot send another response")
         resp = below_the_routes(status, exc)
-        resp.headers["X-Request-ID"] = uuid.uuid4().hex  # (nothing of the request is trusted here)
+        resp.headers["X-Request-ID"] = mint_request_id()  # (nothing of the request is trusted here)
         resp.force_close()
         return resp
 

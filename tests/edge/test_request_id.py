@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import uuid
 from typing import Any
 
 import pytest
 
+from proxy import trace
 from proxy.fhir import routes
 from proxy.fhir.http import STORE_KEY
 from proxy.simulators.harness import Received
@@ -184,3 +186,18 @@ async def test_the_access_log_names_the_id_the_answer_carries(edge: Any) -> None
         if e.get("type", {}).get("code") == "XrequestId"
     }
     assert ids == {resp.headers["X-Request-ID"], refused.headers["X-Request-ID"]}
+
+
+def test_an_id_that_could_hold_a_personnummer_is_never_kept_or_minted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The id is echoed, audited and written to the access log, which never hold a personnummer: a
+    client id with a run of ten or more digits (a personnummer has 10 or 12) is replaced, and a minted
+    one never has such a run (a random hex id has one about once in twenty)."""
+    for given in ("191212121212", "req-1912121212-x", "20121212-1212x1212121212"):
+        assert trace.sane_request_id(given) is None, given
+    assert trace.sane_request_id("req-123456789-x") == "req-123456789-x"  # nine digits: kept
+    digits, letters = uuid.UUID("12345678901234567890abcdefabcdef"), uuid.UUID("a1b2c3d4" * 4)
+    drawn = iter([digits, letters])
+    monkeypatch.setattr(trace.uuid, "uuid4", lambda: next(drawn))
+    assert trace.mint_request_id() == letters.hex
