@@ -1,19 +1,22 @@
 """Build-time only (``[tool.setuptools.cmdclass]`` in pyproject.toml; nothing imports it at run time).
 
-A wheel has no checkout around it, so the repository's ``config/`` and ``mappings/`` are copied into
-it as package data, ``proxy/_data/config`` and ``proxy/_data/mappings``, where ``proxy.settings``
-finds them when ``config/facade.yaml`` is not beside the package. The repository keeps its layout
-(the copies exist only in the build directory), and an sdist carries the originals, since it lists
-the source files of everything ``build_py`` copies.
+A wheel has no checkout around it, so the repository's default config and mappings are copied into
+it as package data, ``proxy/_data/config/facade.yaml`` and ``proxy/_data/mappings/**``, where
+``proxy.settings`` finds them when ``config/facade.yaml`` is not beside the package. The repository
+keeps its layout (the copies exist only in the build directory), and an sdist carries the originals,
+since it lists the source files of everything ``build_py`` copies.
+
+Only these patterns ship: a key file or a local override that someone keeps in ``config/`` stays out.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 
 from setuptools.command.build_py import build_py as _build_py
 
-SHIPPED = ("config", "mappings")  # folders at the repository root, copied whole
+SHIPPED = ("config/facade.yaml", "mappings/**/*.yaml", "mappings/README.md")
 TARGET = ("proxy", "_data")
 
 
@@ -26,9 +29,7 @@ class build_py(_build_py):  # (named as the command it replaces)
 
     def _shipped(self) -> tuple[str, str, str, list[str]]:
         """One build_py data entry: (package, source dir, build dir, files relative to the source dir)."""
-        files: list[str] = []
-        for top in SHIPPED:
-            for folder, dirs, names in os.walk(top):
-                dirs[:] = sorted(d for d in dirs if not d.startswith((".", "__")))
-                files += [os.path.join(folder, n) for n in sorted(names) if not n.startswith(".")]
+        files = sorted(
+            {f for pattern in SHIPPED for f in glob.glob(pattern, recursive=True) if os.path.isfile(f)}
+        )
         return "proxy", os.curdir, os.path.join(self.build_lib, *TARGET), files

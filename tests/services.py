@@ -7,12 +7,14 @@ engineers, CI beside a developer) each get their own ports and data directories.
 
 - PostgreSQL: ``initdb`` into a temporary directory (fsync off: nothing here has to survive a
   crash), ``pg_ctl start`` on 127.0.0.1 and a free port, its Unix socket in that directory; the
-  superuser ``postgres`` (trusted on the socket) creates the role ``fhir_facade`` (password
-  ``fhir_facade``, needed over TCP) and its database ``fhir_facade_test``. PostgreSQL refuses to run
+  superuser ``postgres`` (trusted on the socket, which only its owner can reach) creates the role
+  ``fhir_facade`` with a random password (needed over TCP) and its database ``fhir_facade_test``.
+  PostgreSQL refuses to run
   as root, so as root the cluster belongs to the user ``postgres`` (Debian's package makes it) or
   else ``nobody``. Debian keeps the binaries in /usr/lib/postgresql/<version>/bin, off the PATH:
   they are looked for there too (the newest version).
-- Redis: ``redis-server`` in the foreground on 127.0.0.1 and a free port, nothing saved to disk.
+- Redis: ``redis-server`` in the foreground on 127.0.0.1 and a free port, nothing saved to disk, a
+  random password (no other session, and no other user of the machine, flushes it by mistake).
 
 ``FHIR_FACADE_TEST_POSTGRES_DSN`` and ``FHIR_FACADE_TEST_REDIS_URL``, when set, win: the session then
 uses those servers and starts none. A binary that is missing fails the session at its start with
@@ -25,6 +27,7 @@ import atexit
 import contextlib
 import os
 import pwd
+import secrets
 import shutil
 import socket
 import subprocess
@@ -38,7 +41,7 @@ POSTGRES_ENV = "FHIR_FACADE_TEST_POSTGRES_DSN"
 REDIS_ENV = "FHIR_FACADE_TEST_REDIS_URL"
 DEBIAN_POSTGRES = Path("/usr/lib/postgresql")  # <version>/bin/initdb ...: Debian's, not on the PATH
 POSTGRES_TOOLS = ("initdb", "pg_ctl", "psql")
-ROLE = DATABASE_OWNER = "fhir_facade"
+ROLE = "fhir_facade"
 DATABASE = "fhir_facade_test"
 START_TIMEOUT_S = 30.0
 _PORT_TRIES = 5  # a free port can be taken between choosing it and the server binding it
@@ -134,13 +137,21 @@ class _RunAs:
         if self.user is not None:
             os.chown(path, self.uid, self.gid)
 
-    def run(self, argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    def run(self, argv: list[str], cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         extra = {"user": self.uid, "group": self.gid, "extra_groups": []} if self.user else {}
         env = {**os.environ, "LC_ALL": "C.UTF-8", "PGTZ": "UTC"}
         if self.user:
             env["HOME"] = str(cwd)
         return subprocess.run(
-            argv, cwd=cwd, env=env, capture_output=True, text=True, check=False, timeout=120, **extra
+            argv,
+            cwd=cwd,
+            env=env,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+            **extra,
         )
 
 
@@ -176,6 +187,7 @@ def start_postgres(bindir: Path) -> Postgres:
     owner = _RunAs.for_postgres()
     work = _workdir("fhir-facade-test-pg-", owner)
     data, log = work / "data", work / "postgres.log"
+    password = secrets.token_hex(16)
     try:
         done = owner.run(
             [
@@ -214,18 +226,10 @@ def start_postgres(bindir: Path) -> Postgres:
             shutil.rmtree(work, ignore_errors=True)
 
         psql = [str(bindir / "psql"), "-h", str(work), "-p", str(port), "-U", "postgres", "-d", "postgres"]
+        sql = f"CREATE ROLE {ROLE} LOGIN PASSWORD '{password}';\nCREATE DATABASE {DATABASE} OWNER {ROLE};\n"
         done = owner.run(
-            [
-                *psql,
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-qc",
-                f"CREATE ROLE {ROLE} LOGIN PASSWORD '{ROLE}'",
-                "-c",
-                f"CREATE DATABASE {DATABASE} OWNER {DATABASE_OWNER}",
-            ],
-            work,
-        )
+            [*psql, "-v", "ON_ERROR_STOP=1", "-q"], work, stdin=sql
+        )  # (stdin: no password in ps)
         if done.returncode != 0:
             stop()
             raise ServiceError(f"creating the test role and database failed: {done.stderr.strip()}")
@@ -233,7 +237,7 @@ def start_postgres(bindir: Path) -> Postgres:
         if not (data / "postmaster.pid").exists():
             shutil.rmtree(work, ignore_errors=True)
         raise
-    return Postgres(f"postgresql://{ROLE}:{ROLE}@127.0.0.1:{port}/{DATABASE}", port, work, stop)
+    return Postgres(f"postgresql://{ROLE}:{password}@127.0.0.1:{port}/{DATABASE}", port, work, stop)
 
 
 @dataclass
@@ -254,11 +258,14 @@ class Redis:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def _redis_answers(port: int) -> bool:
+def _redis_answers(port: int, password: str) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
+            s.sendall(f"AUTH {password}\r\nPING\r\n".encode())
+            answer = b""
+            while answer.count(b"\r\n") < 2 and (chunk := s.recv(64)):
+                answer += chunk
+            return answer == b"+OK\r\n+PONG\r\n"
     except OSError:
         return False
 
@@ -267,16 +274,22 @@ def start_redis(binary: Path) -> Redis:
     """redis-server in the foreground on a free port, persisting nothing; ``stop()`` ends it."""
     work = Path(tempfile.mkdtemp(prefix="fhir-facade-test-redis-"))
     log = work / "redis.log"
+    password = secrets.token_hex(16)
     for _ in range(_PORT_TRIES):
         port = free_port()
-        argv = [str(binary), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        argv += ["--dir", str(work), "--daemonize", "no", "--logfile", ""]
+        conf = work / "redis.conf"  # (a file only we read: no password in ps)
+        conf.write_text(
+            f'port {port}\nbind 127.0.0.1\nsave ""\nappendonly no\ndir {work}\ndaemonize no\n'
+            f'logfile ""\nrequirepass {password}\n',
+            encoding="utf-8",
+        )
+        argv = [str(binary), str(conf)]
         with log.open("wb") as out:
             process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=work)
         deadline = time.monotonic() + START_TIMEOUT_S
         while process.poll() is None and time.monotonic() < deadline:
-            if _redis_answers(port):
-                return Redis(f"redis://127.0.0.1:{port}/0", port, process, work)
+            if _redis_answers(port, password):
+                return Redis(f"redis://:{password}@127.0.0.1:{port}/0", port, process, work)
             time.sleep(0.02)
         if process.poll() is None:  # alive but not answering in time
             process.kill()

@@ -30,9 +30,10 @@ from typing import Any
 import pytest
 import yaml
 
-from proxy.settings import REPO_ROOT
+from proxy.settings import DEFAULT_CONFIG, REPO_ROOT
 
 SHIPPED = ("pyproject.toml", "README.md", "proxy", "config", "mappings")  # what a checkout has
+STRAYS = ("config/issuer-key.pem", "config/local.yaml", "mappings/cosmic/.notes.yaml", "mappings/todo.txt")
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +46,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
         copy = shutil.copytree if (REPO_ROOT / name).is_dir() else shutil.copy2
         copy(REPO_ROOT / name, src / name)
     shutil.rmtree(src / "proxy" / "_data", ignore_errors=True)  # (a stale copy must not hide a gap)
+    for stray in STRAYS:  # what someone may keep in a checkout and must not ship
+        (src / stray).write_text("not for the wheel\n", encoding="utf-8")
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet"]
     run([*pip, "wheel", "--no-deps", "--wheel-dir", str(dist), str(src)], cwd=root)
     (wheel,) = dist.glob("fhir_facade-*.whl")
@@ -150,9 +153,10 @@ def test_the_wheel_ships_config_and_mappings_and_runs_the_demo(
     assert installed in where.parents, where  # the wheel's copy, not the checkout's
     data = where.parent / "_data"
     assert (data / "config" / "facade.yaml").is_file()
-    assert sorted(p.name for p in (data / "mappings").iterdir() if p.is_dir()) == sorted(
-        p.name for p in (REPO_ROOT / "mappings").iterdir() if p.is_dir()
-    )
+    shipped = sorted(str(p.relative_to(data)) for p in data.rglob("*") if p.is_file())
+    in_repo = [f"config/{DEFAULT_CONFIG.name}", "mappings/README.md"]
+    in_repo += [str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "mappings").rglob("*.yaml")]
+    assert shipped == sorted(in_repo)  # every mapping, and none of the strays
 
     demo = Command([str(installed / "bin" / "fhir-facade"), "demo", "--port", "0"], away, env)
     commands.append(demo)
