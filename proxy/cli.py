@@ -293,18 +293,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fhir-facade", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, default=None, help="config file (default: config/facade.yaml)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    # `--config FILE` after the command too (`fhir-facade serve --config FILE`, as the README writes
+    # it); SUPPRESS: a command without it keeps the one given before the command
+    config = argparse.ArgumentParser(add_help=False)
+    config.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="config file")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="run the simulators and the facade on loopback until Ctrl-C")
+    demo = sub.add_parser(
+        "demo", parents=[config], help="run the simulators and the facade on loopback until Ctrl-C"
+    )
     demo.add_argument("--port", type=int, default=None, help="facade port (default from config: 8080)")
     demo.add_argument("--patients", type=int, default=None, help="generated patients besides the demo ones")
 
-    serve = sub.add_parser("serve", help="run the facade against the configured backends")
+    serve = sub.add_parser("serve", parents=[config], help="run the facade against the configured backends")
     serve.add_argument("--host", default=None)
     serve.add_argument("--port", type=int, default=None)
     serve.add_argument("--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)")
 
-    sim = sub.add_parser("simulate", help="run one backend simulator")
+    sim = sub.add_parser("simulate", parents=[config], help="run one backend simulator")
     sim.add_argument("name", choices=NAMES)
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=0, help="0 = a free port")
@@ -313,9 +319,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     maps = sub.add_parser("mappings", help="work with the declarative mappings")
     maps_sub = maps.add_subparsers(dest="action", required=True)
-    maps_sub.add_parser("check", help="validate every mapping's output against the simulators' data")
+    maps_sub.add_parser(
+        "check", parents=[config], help="validate every mapping's output against the simulators' data"
+    )
 
-    tok = sub.add_parser("token", help="print a DEV-ONLY bearer token from the demo issuer")
+    tok = sub.add_parser("token", parents=[config], help="print a DEV-ONLY bearer token from the demo issuer")
     tok.add_argument("--audience", required=True, choices=AUDIENCES)
     tok.add_argument("--pnr", default=None, help="the patient's personnummer (--audience patient)")
     tok.add_argument(

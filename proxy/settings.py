@@ -21,7 +21,19 @@ from proxy.simulators.faults import Faults
 from proxy.types import AUDIENCES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG = REPO_ROOT / "config" / "facade.yaml"
+# An installed wheel has no checkout around it: its build copies config/ and mappings/ here
+# (proxy/_build.py). A checkout's own config/ wins.
+PACKAGED_DATA = Path(__file__).resolve().parent / "_data"
+DEFAULT_CONFIG = next(
+    (
+        p
+        for p in (REPO_ROOT / "config" / "facade.yaml", PACKAGED_DATA / "config" / "facade.yaml")
+        if p.is_file()
+    ),
+    REPO_ROOT / "config" / "facade.yaml",
+)
+# the mappings that ship with the facade: what a config file without `mappings_dir` uses
+DEFAULT_MAPPINGS = DEFAULT_CONFIG.parent.parent / "mappings"
 PATIENT_ID_KEY_ENV = "FHIR_FACADE_PATIENT_ID_KEY"
 # Public and dev-only: used by `fhir-facade demo` and the tests, never by `serve`.
 DEMO_PATIENT_ID_KEY = b"demo-only-key-not-for-production"
@@ -219,6 +231,16 @@ class _Reader:
         if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
             raise self.fail(f"{where}.{key}", f"expects an integer between {lo} and {hi}")
         return v
+
+
+def _store_file(config: Path, given: str, env: dict[str, str]) -> Path:
+    """The SQLite file: relative to the config file's folder, except for the default config shipped
+    inside an installed wheel (site-packages is no place for the access log): there, the file's name
+    in ``$XDG_STATE_HOME/fhir-facade`` (``~/.local/state/fhir-facade/facade.sqlite``)."""
+    if Path(given).is_absolute() or not config.resolve().is_relative_to(PACKAGED_DATA):
+        return (config.parent / given).resolve()
+    state = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state).resolve() / "fhir-facade" / Path(given).name
 
 
 def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None = None) -> Settings:
@@ -428,7 +450,7 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
         raise r.fail("store.postgres_dsn", "expects a postgresql:// URL")
     store = StoreSettings(
         kind=kind,
-        sqlite_path=(path.parent / str(st.get("sqlite_path", "../var/facade.sqlite"))).resolve(),
+        sqlite_path=_store_file(path, str(st.get("sqlite_path", "../var/facade.sqlite")), env),
         postgres_dsn=dsn,
     )
 
@@ -479,7 +501,8 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
     metrics = _metrics(r, top.get("metrics"), env)
     http = _http_settings(r, top.get("http"))
 
-    mappings_dir = (path.parent / str(top.get("mappings_dir", "../mappings"))).resolve()
+    given_mappings = top.get("mappings_dir")
+    mappings_dir = (path.parent / str(given_mappings)).resolve() if given_mappings else DEFAULT_MAPPINGS
     return Settings(
         facade=facade,
         backends=tuple(backends),

@@ -27,14 +27,11 @@ from proxy.simulators.harness import running_simulators
 from proxy.simulators.population import MUNICIPALITY_PROVIDER, REGION_PROVIDER, population
 from proxy.store import ConsentRow, Store
 from tests import r4
+from tests.services import SESSION, missing
 
 BASE = "/fhir"
 IDS = PatientIds(DEMO_PATIENT_ID_KEY)
 RESOURCE_IDS = ResourceIds(DEMO_PATIENT_ID_KEY)  # the demo deployment's keyed resource ids
-# The PostgreSQL the store tests use (.ci/run installs and starts it); its tables are dropped first.
-POSTGRES_DSN = os.environ.get(
-    "FHIR_FACADE_TEST_POSTGRES_DSN", "postgresql://fhir_facade:fhir_facade@127.0.0.1:5432/fhir_facade_test"
-)
 HSA = HSA_SYSTEM  # HL7 Sweden's (proxy.hsa); the RIVTA OID is accepted on input
 ROLES = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
 
@@ -81,10 +78,35 @@ def consent_body(
     }
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """A binary the session needs and cannot find fails it here, in one line, never as a skip."""
+    need_npm = not (os.environ.get(r4.SCHEMA_ENV) or r4.cached_schema().exists())
+    gap = missing(need_npm=need_npm)
+    if gap:
+        raise pytest.UsageError(gap)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    SESSION.close()
+
+
+# The session's PostgreSQL and Redis (tests/services.py): its own, started on first use on free
+# loopback ports and stopped at the end, unless FHIR_FACADE_TEST_POSTGRES_DSN / _REDIS_URL name others.
+def postgres_dsn() -> str:
+    """The DSN of the PostgreSQL the store tests use (started on first use); its tables are dropped
+    first (``reset_postgres``)."""
+    return SESSION.postgres_dsn()
+
+
+def redis_url() -> str:
+    """The URL of the Redis the shared-cache tests use (started on first use); they flush it."""
+    return SESSION.redis_url()
+
+
 async def reset_postgres() -> None:
     import asyncpg
 
-    conn = await asyncpg.connect(POSTGRES_DSN)  # no PostgreSQL is a failure here, not a skip
+    conn = await asyncpg.connect(postgres_dsn())  # no PostgreSQL is a failure here, not a skip
     try:
         await conn.execute("DROP TABLE IF EXISTS audit_event, consent")
     finally:
@@ -162,9 +184,11 @@ def facade(
 
         ``consent``: every patient has consented to the demo tokens' care providers (the region and
         the municipality), so tests about anything but the PDL rules see every source's records.
-        ``store``: sqlite (in tmp_path) or postgres (POSTGRES_DSN, emptied first).
+        ``store``: sqlite (in tmp_path) or postgres (``postgres_dsn()``, emptied first).
         ``mappings_dir``: another deployment's mappings (e.g. a changed copy). ``clock``: the app's
         (tests.clock.FakeClock: move time on instead of sleeping)."""
+        if store == "postgres":
+            await reset_postgres()  # (starts the session's PostgreSQL before the simulators)
         people = population(generated, settings.simulators.seed)
         async with running_simulators(settings, people, faults=faults) as urls:
             live = settings.with_backend_urls(urls)
@@ -178,8 +202,7 @@ def facade(
                 ),
             )
             if store == "postgres":
-                await reset_postgres()
-                live = replace(live, store=replace(live.store, postgres_dsn=POSTGRES_DSN))
+                live = replace(live, store=replace(live.store, postgres_dsn=postgres_dsn()))
             if access:
                 live = replace(live, access=replace(live.access, **access))
             if mappings_dir is not None:

@@ -67,14 +67,19 @@ def schema_path() -> Path:
     if given:
         path = Path(given)
     else:
-        cache_home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-        path = cache_home / "fhir-facade" / f"fhir.schema-r4-{SCHEMA_SHA256[:12]}.json"
+        path = cached_schema()
         if not path.exists():
             _fetch(path)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if digest != SCHEMA_SHA256:
         raise RuntimeError(f"{path}: SHA-256 {digest} is not the pinned R4 schema's {SCHEMA_SHA256}")
     return path
+
+
+def cached_schema() -> Path:
+    """Where the fetched schema is kept (the user's cache)."""
+    cache_home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache_home / "fhir-facade" / f"fhir.schema-r4-{SCHEMA_SHA256[:12]}.json"
 
 
 def _fetch(path: Path) -> None:

@@ -1,11 +1,9 @@
-"""The shared cache in a real Redis (``.ci/run`` installs and starts redis-server).
-
-Set FHIR_FACADE_TEST_REDIS_URL to use another server; the tests use database 15 and flush it.
+"""The shared cache in a real Redis: the test session's own (tests/services.py), or the one
+FHIR_FACADE_TEST_REDIS_URL names; the tests flush its database.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,16 +16,15 @@ from proxy.fhir.ids import ResourceIds
 from proxy.settings import CacheSettings
 from proxy.simulators.population import TOLVAN
 from proxy.types import MappedResource
-from tests.conftest import BASE, pid
+from tests.conftest import BASE, pid, redis_url
 from tests.source_status import source_issues, status_of
 
-REDIS_URL = os.environ.get("FHIR_FACADE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 EVERYTHING = f"{BASE}/Patient/{pid(TOLVAN.pnr)}/$everything"
 
 
 @pytest.fixture
 async def redis_db() -> AsyncIterator[Any]:
-    client = aioredis.from_url(REDIS_URL)
+    client = aioredis.from_url(redis_url())
     await client.ping()  # no Redis is a failure here, not a skip: CI provides one
     await client.flushdb()
     yield client
@@ -45,7 +42,7 @@ def outcomes(bundle: dict[str, Any]) -> dict[str, str]:
 
 
 async def test_round_trip_keeps_every_field(redis_db: Any) -> None:
-    cache = RedisCache(aioredis.from_url(REDIS_URL), ttl_s=30, max_stale_s=30)
+    cache = RedisCache(aioredis.from_url(redis_url()), ttl_s=30, max_stale_s=30)
     resource = MappedResource(
         resource={
             "resourceType": "Condition",
@@ -72,7 +69,7 @@ async def test_round_trip_keeps_every_field(redis_db: Any) -> None:
 
 
 async def test_one_worker_fills_what_another_reuses(facade: Any, redis_db: Any) -> None:
-    shared = {"store": "redis", "redis_url": REDIS_URL}
+    shared = {"store": "redis", "redis_url": redis_url()}
     async with facade(cache=shared) as first:
         _, cold = await first.get(EVERYTHING, params={"_count": "500"})
     async with facade(cache=shared) as second:  # another process or host, same Redis
@@ -97,7 +94,7 @@ async def test_an_unreachable_redis_is_only_a_miss(facade: Any) -> None:
 async def test_entries_made_under_another_key_are_never_served(redis_db: Any) -> None:
     """Cached resources carry ids, which depend on the deployment's key: an entry stored under one
     key, or with the unkeyed ids of old (prefix v1), is a miss for a facade under another key."""
-    settings = CacheSettings(store="redis", redis_url=REDIS_URL)
+    settings = CacheSettings(store="redis", redis_url=redis_url())
     resource = MappedResource(
         resource={"resourceType": "Condition", "id": "p-cosmic-0011223344556677"},
         source="cosmic",
@@ -109,7 +106,7 @@ async def test_entries_made_under_another_key_are_never_served(redis_db: Any) ->
         care_provider=None,
         care_unit=None,
     )
-    old = RedisCache(aioredis.from_url(REDIS_URL), ttl_s=30, max_stale_s=30)  # the v1 prefix
+    old = RedisCache(aioredis.from_url(redis_url()), ttl_s=30, max_stale_s=30)  # the v1 prefix
     await old.put("cosmic", "GET /d", "pid", (resource,))
     await old.close()
     first, same, other = (
@@ -170,7 +167,7 @@ async def test_a_deploy_with_changed_mappings_never_serves_the_old_output(
 ) -> None:
     """Two facades share one Redis; the second runs changed mappings (a deploy, same key). It must
     map the answers itself — never serve the entries the first made with the old mappings."""
-    shared = {"store": "redis", "redis_url": REDIS_URL}
+    shared = {"store": "redis", "redis_url": redis_url()}
     changed = _changed_copy(tmp_path, file, old, new)
     async with facade(cache=shared) as first:
         _, before = await first.get(EVERYTHING, params={"_count": "500"})

@@ -41,6 +41,30 @@ def test_bad_config_file_is_a_clear_error(tmp_path, capsys: pytest.CaptureFixtur
     assert "x.yaml: not valid YAML" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv", [["serve", "--config"], ["mappings", "check", "--config"], ["--config"]])
+def test_config_is_taken_before_or_after_the_command(
+    argv: list[str], tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:  # type: ignore[no-untyped-def]
+    """`fhir-facade serve --config FILE`, as the README writes it, reads FILE (as `--config FILE serve`
+    always did), rather than stopping at "unrecognized arguments"."""
+    bad = tmp_path / "given.yaml"
+    bad.write_text("backends: [", encoding="utf-8")
+    full = [*argv, str(bad)] if argv != ["--config"] else ["--config", str(bad), "serve"]
+    assert main(full) == 2
+    assert "given.yaml: not valid YAML" in capsys.readouterr().err
+
+
+def test_a_config_after_the_command_wins_over_one_before_it(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from pathlib import Path
+
+    from proxy.cli import build_parser
+
+    args = build_parser().parse_args(["--config", "first.yaml", "serve", "--config", "second.yaml"])
+    assert args.config == Path("second.yaml")
+    assert build_parser().parse_args(["--config", "first.yaml", "serve"]).config == Path("first.yaml")
+    assert build_parser().parse_args(["serve"]).config is None
+
+
 def test_serve_with_workers_shares_one_port(tmp_path) -> None:  # type: ignore[no-untyped-def]
     import os
     import re

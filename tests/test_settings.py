@@ -33,6 +33,37 @@ def test_the_shipped_config_loads() -> None:
     assert s.backend("npo").vars == (("logical_address", "SE165565594230-1000"),)
 
 
+def test_a_config_elsewhere_without_mappings_dir_uses_the_shipped_mappings(tmp_path: Path) -> None:
+    """A deployment's own file (``serve --config /etc/...``) need not copy the mappings beside it;
+    a relative ``mappings_dir`` is still relative to the file."""
+    doc = yaml.safe_load(DEFAULT_CONFIG.read_text(encoding="utf-8"))
+    del doc["mappings_dir"]
+    (tmp_path / "etc").mkdir()
+    path = tmp_path / "etc" / "facade.yaml"
+    path.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    assert load_settings(path).mappings_dir == (REPO_ROOT / "mappings").resolve()
+    doc["mappings_dir"] = "../ours"
+    path.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    assert load_settings(path).mappings_dir == (tmp_path / "ours").resolve()
+
+
+def test_the_default_config_of_an_installed_wheel_keeps_its_store_in_the_users_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The config a wheel ships sits inside site-packages: its relative SQLite path lands in
+    $XDG_STATE_HOME/fhir-facade instead; any other config's stays relative to the file."""
+    import proxy.settings
+
+    packaged = tmp_path / "site-packages" / "proxy" / "_data"
+    (packaged / "config").mkdir(parents=True)
+    shutil.copy(DEFAULT_CONFIG, packaged / "config" / "facade.yaml")
+    monkeypatch.setattr(proxy.settings, "PACKAGED_DATA", packaged)
+    env = {"XDG_STATE_HOME": str(tmp_path / "state")}
+    shipped = load_settings(packaged / "config" / "facade.yaml", env=env)
+    assert shipped.store.sqlite_path == tmp_path / "state" / "fhir-facade" / "facade.sqlite"
+    assert load_settings(DEFAULT_CONFIG, env=env).store.sqlite_path == REPO_ROOT / "var" / "facade.sqlite"
+
+
 @pytest.mark.parametrize(
     ("change", "key"),
     [

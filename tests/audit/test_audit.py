@@ -20,7 +20,7 @@ from proxy.fhir.http import STORE_KEY
 from proxy.settings import StoreSettings
 from proxy.simulators.population import GRETA, LENNART, SANNA, TOLVAN
 from proxy.store import NO_OUTCOME, AuditRecord, Store, StoreUnavailable, open_store
-from tests.conftest import BASE, POSTGRES_DSN, auth, consent_to, pid, reset_postgres, validate
+from tests.conftest import BASE, auth, consent_to, pid, postgres_dsn, reset_postgres, validate
 
 
 async def events(store: Store) -> list[dict[str, Any]]:
@@ -197,7 +197,7 @@ def audit_record(event_id: str, outcome: int, event: dict[str, Any]) -> AuditRec
 async def open_store_for(kind: str, tmp_path: Path) -> AsyncIterator[Store]:
     if kind == "postgres":
         await reset_postgres()
-    settings = StoreSettings(kind=kind, sqlite_path=tmp_path / "audit.sqlite", postgres_dsn=POSTGRES_DSN)
+    settings = StoreSettings(kind=kind, sqlite_path=tmp_path / "audit.sqlite", postgres_dsn=postgres_dsn())
     store = open_store(settings)
     await store.open()
     try:

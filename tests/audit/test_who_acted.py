@@ -16,7 +16,7 @@ from proxy.fhir.http import STORE_KEY
 from proxy.simulators.population import GRETA, TOLVAN, UNKNOWN_PNR
 from proxy.store import NO_OUTCOME, AuditRecord, Store
 from tests.audit.test_audit import open_store_for, request_id
-from tests.conftest import BASE, POSTGRES_DSN, auth, consent_body, pid, reset_postgres, validate
+from tests.conftest import BASE, auth, consent_body, pid, postgres_dsn, reset_postgres, validate
 
 AUDITOR = "SE2321000016-AUD1"
 JSON = {"Content-Type": "application/fhir+json"}
@@ -158,7 +158,7 @@ async def _old_schema(kind: str, path: Any) -> None:
         import asyncpg
 
         await reset_postgres()
-        conn = await asyncpg.connect(POSTGRES_DSN)
+        conn = await asyncpg.connect(postgres_dsn())
         try:
             await conn.execute(
                 create.format(serial="BIGSERIAL", time="TIMESTAMPTZ", small="SMALLINT", blob="JSONB")
@@ -194,7 +194,7 @@ async def test_a_store_from_before_is_upgraded_and_its_unattributed_patient_even
 
     path = tmp_path / "audit.sqlite"
     await _old_schema(kind, path)
-    store: Store = open_store(StoreSettings(kind=kind, sqlite_path=path, postgres_dsn=POSTGRES_DSN))
+    store: Store = open_store(StoreSettings(kind=kind, sqlite_path=path, postgres_dsn=postgres_dsn()))
     await store.open()
     try:
         await store.submit_audit(record("new", "patient", asker=TOLVAN.pnr))
