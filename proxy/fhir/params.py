@@ -280,15 +280,21 @@ def parse_read(rtype: str, rid: str, ids: PatientIds) -> Query:
     )
 
 
-def parse_everything(
-    rid: str, params: Params, ids: PatientIds, settings: FacadeSettings, *, strict: bool = False
-) -> Query:
-    """``Patient/{id}/$everything`` with ``_type``, ``_since``, ``_count``."""
+def _operation_patient(rid: str, ids: PatientIds) -> PatientRef:
+    """The patient of ``Patient/{rid}/$operation``: 400 for what is no id, 404 for an unknown one."""
     if not is_fhir_id(rid):
         raise bad_request("Not a valid resource id")
     patient = ids.resolve(rid)
     if patient is None:
         raise not_found("No Patient with that id is known")
+    return patient
+
+
+def parse_everything(
+    rid: str, params: Params, ids: PatientIds, settings: FacadeSettings, *, strict: bool = False
+) -> Query:
+    """``Patient/{id}/$everything`` with ``_type``, ``_since``, ``_count``."""
+    patient = _operation_patient(rid, ids)
     p = _Parser(params, settings, strict)
     count, offset, summary_count = p.result_params()
     types = set(SUPPORTED_TYPES)
@@ -335,11 +341,7 @@ def parse_summary(
     """``Patient/{id}/$summary``: the IPS of the ``types`` its sections (and what they reference)
     need. It takes no parameters of its own (the IPS operation's ``identifier`` and ``profile`` are
     not supported): any is ignored, or a 400 under ``Prefer: handling=strict``."""
-    if not is_fhir_id(rid):
-        raise bad_request("Not a valid resource id")
-    patient = ids.resolve(rid)
-    if patient is None:
-        raise not_found("No Patient with that id is known")
+    patient = _operation_patient(rid, ids)
     p = _Parser(params, settings, strict)
     for key, _ in p.params:
         if key not in ("_format", "_pretty"):

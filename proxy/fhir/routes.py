@@ -319,19 +319,13 @@ class FhirRoutes:
     async def everything(self, request: web.Request) -> web.Response:
         facade = request.app[FACADE_KEY]
         rid = request.match_info["id"]
-        try:
-            query = parse.parse_everything(
+        query, answer = await _patient_operation(
+            request,
+            "everything",
+            lambda: parse.parse_everything(
                 rid, list(request.query.items()), facade.ids, facade.settings.facade, strict=strict(request)
-            )
-        except FhirError:  # refused as malformed: logged against the patient it names
-            patient = facade.ids.resolve(rid) if is_fhir_id(rid) else None
-            audit_unparsed(request, "everything", frozenset(), patient)
-            raise
-        request[AUDIT_QUERY_KEY] = query
-        answer = await _collect(request, facade, query)
-        request[AUDIT_DEGRADED_KEY] = [o.source for o in answer.outcomes if o.status.degraded]
-        if answer.patient_known is False:
-            raise not_found("No Patient with that id is known")
+            ),
+        )
         url = f"{base_url(request, facade)}/Patient/{rid}/$everything"
         return self._bundle(request, facade, query, answer, url)
 
@@ -341,24 +335,18 @@ class FhirRoutes:
         facade = request.app[FACADE_KEY]
         rid = request.match_info["id"]
         types = facade.mappings.with_referenced(SUMMARY_TYPES)  # (referenced: to resolve in the document)
-        try:
-            query = parse.parse_summary(
+        query, answer = await _patient_operation(
+            request,
+            "summary",
+            lambda: parse.parse_summary(
                 rid,
                 list(request.query.items()),
                 facade.ids,
                 types,
                 facade.settings.facade,
                 strict=strict(request),
-            )
-        except FhirError:  # refused as malformed: logged against the patient it names
-            patient = facade.ids.resolve(rid) if is_fhir_id(rid) else None
-            audit_unparsed(request, "summary", frozenset(), patient)
-            raise
-        request[AUDIT_QUERY_KEY] = query
-        answer = await _collect(request, facade, query)
-        request[AUDIT_DEGRADED_KEY] = [o.source for o in answer.outcomes if o.status.degraded]
-        if answer.patient_known is False:
-            raise not_found("No Patient with that id is known")
+            ),
+        )
         assert query.patient is not None
         outcomes = [source_outcome(o, facade.settings.backend(o.source).description) for o in answer.outcomes]
         hint = None
@@ -426,6 +414,27 @@ class FhirRoutes:
             outcomes=outcomes,
         )
         return fhir_response(bundle, pretty=pretty(request))
+
+
+async def _patient_operation(
+    request: web.Request, name: str, parse_query: Callable[[], Query]
+) -> tuple[Query, Answer]:
+    """An operation on ``Patient/{id}`` ($everything, $summary): the query parsed (a malformed one is
+    refused and logged against the patient it names), the answer collected, and a 404 exactly when
+    no source knows the patient."""
+    facade = request.app[FACADE_KEY]
+    try:
+        query = parse_query()
+    except FhirError:
+        rid = request.match_info["id"]
+        audit_unparsed(request, name, frozenset(), facade.ids.resolve(rid) if is_fhir_id(rid) else None)
+        raise
+    request[AUDIT_QUERY_KEY] = query
+    answer = await _collect(request, facade, query)
+    request[AUDIT_DEGRADED_KEY] = [o.source for o in answer.outcomes if o.status.degraded]
+    if answer.patient_known is False:
+        raise not_found("No Patient with that id is known")
+    return query, answer
 
 
 async def _collect(request: web.Request, facade: Facade, query: Query) -> Answer:
