@@ -540,6 +540,8 @@ def _audiences(r: _Reader, data: Any, emergency: Any) -> Audiences:
             where = f"audiences.{name}"
             if not isinstance(name, str) or not _AUDIENCE_NAME.match(name):
                 raise r.fail(where, "an audience name is 1-32 of a-z, 0-9, - and _, starting with a letter")
+            if name == "none":  # the metrics' and access log's label of a request without a token
+                raise r.fail(where, "none is reserved: it labels requests without a token")
             e = r.section(spec, where, {"display", "patient", "social_care"})
             for flag in ("patient", "social_care"):
                 if not isinstance(e.get(flag, False), bool):

@@ -156,6 +156,7 @@ def test_an_audience_not_configured_is_refused_at_token_verification(tmp_path: P
         ({"audiences.nurse": {"role": "x"}}, (), r"audiences\.nurse: unknown key"),
         ({"audiences.nurse": {"display": ""}}, (), r"audiences\.nurse\.display"),
         ({"audiences.Nurse Team": {"display": "x"}}, (), r"audiences\.Nurse Team: an audience name"),
+        ({"audiences.none": {"display": "x"}}, (), r"audiences\.none: none is reserved"),
         ({"audiences": {}}, (), r"audiences: expects a mapping"),
         ({"audiences": ["ambulance"]}, (), r"audiences: expects a mapping"),
     ],
