@@ -103,7 +103,7 @@ def create_app(
     authenticator = Authenticator.from_settings(
         settings, extra_issuer=extra_issuer, patient_ids=ids, clock=clock
     )
-    policy = compile_policy(settings.policy)
+    policy = compile_policy(settings.policy, settings.audiences.names)
     hooks = Hooks() if hooks is None else hooks
     metrics = Metrics([b.name for b in settings.backends]) if settings.metrics.enabled else None
     if metrics is not None:

@@ -28,7 +28,7 @@ from pathlib import Path
 from proxy import loop
 from proxy.accesslog import ACCESS_LOGGER, LineFormatter
 from proxy.app import create_app
-from proxy.auth.demo import demo_issuer, make_token
+from proxy.auth.demo import DEMO_AUDIENCES, demo_issuer, make_token
 from proxy.fhir.http import AUTH_KEY
 from proxy.fhir.ids import PatientIds
 from proxy.fhir.server import FacadeRunner
@@ -45,7 +45,6 @@ from proxy.simulators import NAMES, factory
 from proxy.simulators.faults import Faults
 from proxy.simulators.harness import listening, people_for, running_simulators, serving
 from proxy.simulators.population import DEMO_PEOPLE, UNKNOWN_PNR
-from proxy.types import AUDIENCES
 
 log = logging.getLogger("fhir_facade")
 
@@ -87,9 +86,10 @@ async def _demo(settings: Settings, port: int, patients: int | None) -> None:
                 f"Tokens, one per audience (dev-only demo issuer, valid {lifetime} s, "
                 "`fhir-facade token` prints more; the patient is Tolvan):"
             )
-            for audience in AUDIENCES:
-                pnr = DEMO_PEOPLE[0].pnr if audience == "patient" else None
-                print(f"  export {audience.upper()}='{make_token(audience, pnr=pnr, lifetime_s=lifetime)}'")
+            for audience in DEMO_AUDIENCES:  # (the demo issuer's)
+                pnr = DEMO_PEOPLE[0].pnr if audience.is_patient else None
+                token = make_token(audience.name, pnr=pnr, lifetime_s=lifetime)
+                print(f"  export {audience.name.upper()}='{token}'")
             print("Try:")
             print(
                 '  curl -H "Authorization: Bearer $CLINICIAN" '
@@ -262,12 +262,13 @@ def _token(
     from proxy.auth import DEFAULT_AUDIENCE, Authenticator
     from proxy.auth.demo import make_token
 
-    if audience == "patient" and not pnr:
+    is_patient = DEMO_AUDIENCES[audience].is_patient
+    if is_patient and not pnr:
         print(
             "fhir-facade: token --audience patient needs --pnr (the patient's personnummer)", file=sys.stderr
         )
         return 2
-    if audience != "patient" and pnr:
+    if not is_patient and pnr:
         print("fhir-facade: --pnr is only for --audience patient", file=sys.stderr)
         return 2
     longest = int(Authenticator.from_settings(settings).max_token_lifetime_s)
@@ -324,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     tok = sub.add_parser("token", parents=[config], help="print a DEV-ONLY bearer token from the demo issuer")
-    tok.add_argument("--audience", required=True, choices=AUDIENCES)
+    tok.add_argument("--audience", required=True, choices=DEMO_AUDIENCES.names)
     tok.add_argument("--pnr", default=None, help="the patient's personnummer (--audience patient)")
     tok.add_argument(
         "--patient",

@@ -281,7 +281,7 @@ async def collect(
     # The patient reads all of their own records; anyone else's reading depends on the patient's
     # consents and blocks, read while the backends answer.
     consents = None
-    if principal.audience != "patient":
+    if decision.under_pdl:
         if facade.store is None:
             raise StoreUnavailable("no consent store")
         consents = asyncio.ensure_future(facade.store.consents(query.patient.pnr))
@@ -301,7 +301,7 @@ async def collect(
             threat_register=facade.settings.access.threat_register,
         )
         readable = []
-        audience = principal.audience
+        audience = decision.audience.name
         unattributed: Counter[tuple[str, str]] = Counter()
         for r in mapped:
             why = rules.verdict(r)
@@ -331,7 +331,7 @@ async def collect(
     merged = redact(
         kept,
         facade.policy,
-        principal.audience,
+        decision.audience.name,
         subject=f"Patient/{query.patient.fhir_id}",
     )
     # look-alikes from different producers marked as possible duplicates: over the visible only

@@ -15,10 +15,10 @@ from typing import Any
 
 import yaml
 
+from proxy.audience import DEFAULT_AUDIENCES, Audience, Audiences
 from proxy.hsa import is_hsa_id
 from proxy.mapping.compiler import SUPPORTED_TYPES
 from proxy.simulators.faults import Faults
-from proxy.types import AUDIENCES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # An installed wheel has no checkout around it: its build copies config/ and mappings/ here
@@ -156,8 +156,8 @@ class ThreatRegister:
 class AccessSettings:
     """PDL rules that are the deployment's to set (proxy/access)."""
 
-    # care-giving audiences that may use emergency access (nödöppning); social care never may
-    emergency_audiences: frozenset[str] = frozenset({"ambulance", "clinician"})
+    # (who may use emergency access, nödöppning: ``Audience.emergency_allowed``, from
+    # access.emergency_audiences)
     # user HSA-ids that may read any patient's whole access log (GET AuditEvent)
     auditors: frozenset[str] = frozenset()
     # HSA-id → name of care providers and units, for the patient's view of the access log
@@ -181,6 +181,8 @@ class Settings:
     config_dir: Path = field(default_factory=lambda: DEFAULT_CONFIG.parent)
     store: StoreSettings = field(default_factory=StoreSettings)
     access: AccessSettings = field(default_factory=AccessSettings)
+    # the client audiences (``audiences:`` and ``access.emergency_audiences``), by name
+    audiences: Audiences = DEFAULT_AUDIENCES
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
 
@@ -271,6 +273,7 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
             "access",
             "metrics",
             "http",
+            "audiences",
         },
     )
 
@@ -457,12 +460,10 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
     ac = r.section(
         top.get("access"), "access", {"emergency_audiences", "auditors", "directory", "threat_register"}
     )
-    emergency = ac.get("emergency_audiences", ["ambulance", "clinician"])
-    care = [a for a in AUDIENCES if a != "patient"]
-    if not isinstance(emergency, list) or not all(a in care for a in emergency):
-        raise r.fail("access.emergency_audiences", f"expects a list of care audiences from {care}")
-    if "homecare" in emergency:
-        raise r.fail("access.emergency_audiences", "homecare is social care: it has no emergency access")
+    emergency = ac.get("emergency_audiences", [a.name for a in DEFAULT_AUDIENCES if a.emergency_allowed])
+    audiences = _audiences(r, top.get("audiences"), emergency)
+    care = list(audiences.care)
+    _policy_audiences(r, top.get("policy"), audiences)
     auditors = ac.get("auditors", []) or []
     if not isinstance(auditors, list) or not all(isinstance(a, str) and a for a in auditors):
         raise r.fail("access.auditors", "expects a list of user HSA-ids")
@@ -492,7 +493,6 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
                     f"must be the unit the threat flags carry: backends.{b.name}.vars.{THREAT_UNIT_VAR}",
                 )
     access = AccessSettings(
-        emergency_audiences=frozenset(emergency),
         auditors=frozenset(auditors),
         directory=tuple((str(k), v) for k, v in directory.items()),
         threat_register=threat_register,
@@ -513,6 +513,7 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
         engagement=engagement,
         store=store,
         access=access,
+        audiences=audiences,
         metrics=metrics,
         http=http,
         patient_id_key=key,
@@ -520,6 +521,73 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
         policy=r.section(top.get("policy"), "policy", {"labels", "audiences", "protected_identity"}),
         config_dir=path.parent.resolve(),
     )
+
+
+# an audience's name: a token claim value, a metric label, a stored column
+_AUDIENCE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+
+
+def _audiences(r: _Reader, data: Any, emergency: Any) -> Audiences:
+    """The client audiences (``audiences:``; left out, ``DEFAULT_AUDIENCES``' names, display names and
+    kinds), each with emergency access when ``access.emergency_audiences`` names it."""
+    kinds: list[Audience] = []
+    if data is None:
+        kinds = [replace(a, emergency_allowed=False) for a in DEFAULT_AUDIENCES]
+    elif not isinstance(data, dict) or not data:
+        raise r.fail("audiences", "expects a mapping of audience name: {display, patient, social_care}")
+    else:
+        for name, spec in data.items():
+            where = f"audiences.{name}"
+            if not isinstance(name, str) or not _AUDIENCE_NAME.match(name):
+                raise r.fail(where, "an audience name is 1-32 of a-z, 0-9, - and _, starting with a letter")
+            if name == "none":  # the metrics' and access log's label of a request without a token
+                raise r.fail(where, "none is reserved: it labels requests without a token")
+            e = r.section(spec, where, {"display", "patient", "social_care"})
+            for flag in ("patient", "social_care"):
+                if not isinstance(e.get(flag, False), bool):
+                    raise r.fail(f"{where}.{flag}", "expects true or false")
+            if e.get("patient", False) and e.get("social_care", False):
+                raise r.fail(where, "the patient's own audience is not a social-care provider")
+            display = e.get("display", name)
+            if not isinstance(display, str) or not display.strip():
+                raise r.fail(
+                    f"{where}.display", "expects the name the patient's view of the access log shows"
+                )
+            kinds.append(
+                Audience(
+                    name, display, is_patient=e.get("patient", False), social_care=e.get("social_care", False)
+                )
+            )
+    by_name = {a.name: a for a in kinds}
+    if not isinstance(emergency, list) or not all(isinstance(a, str) for a in emergency):
+        raise r.fail("access.emergency_audiences", "expects a list of care audiences")
+    for name in emergency:
+        a = by_name.get(name)
+        if a is None or a.is_patient:
+            care = [k.name for k in kinds if not k.is_patient]
+            raise r.fail("access.emergency_audiences", f"{name!r} is not one of the care audiences {care}")
+        if a.social_care:
+            raise r.fail("access.emergency_audiences", f"{name} is social care: it has no emergency access")
+    return Audiences(replace(a, emergency_allowed=a.name in emergency) for a in kinds)
+
+
+def _policy_audiences(r: _Reader, data: Any, audiences: Audiences) -> None:
+    """The policy names only configured audiences (its label grants: proxy/redact)."""
+    policy = data if isinstance(data, dict) else {}
+    grants = policy.get("audiences") or {}
+    for name in grants if isinstance(grants, dict) else ():
+        if name not in audiences:
+            raise r.fail(
+                f"policy.audiences.{name}", f"not an audience; the audiences are {list(audiences.names)}"
+            )
+    identity = policy.get("protected_identity") or {}
+    disclosed = identity.get("disclosed_to") if isinstance(identity, dict) else None
+    for name in disclosed if isinstance(disclosed, list) else ():
+        if name not in audiences:
+            raise r.fail(
+                "policy.protected_identity.disclosed_to",
+                f"{name!r} is not an audience: {list(audiences.names)}",
+            )
 
 
 def _metrics(r: _Reader, data: Any, env: dict[str, str]) -> MetricsSettings:

@@ -13,6 +13,8 @@ import enum
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
+from proxy.audience import Audience
+
 FhirDict = dict[str, Any]
 
 
@@ -135,8 +137,6 @@ class SourceOutcome:
     latency_ms: float = 0.0  # how long it took to answer (0: not asked now)
 
 
-AUDIENCES = ("ambulance", "homecare", "clinician", "patient")
-
 # A SMART v2 permission: create, read (by id), update, delete, search.
 Permission = Literal["c", "r", "u", "d", "s"]
 
@@ -153,7 +153,7 @@ class Scope(NamedTuple):
 class Principal:
     """Who is asking, from a verified token. Never holds the token itself."""
 
-    audience: str  # one of AUDIENCES
+    audience: Audience  # one of the configured audiences (proxy.audience); its name: ``audience.name``
     subject: str  # the token's `sub`
     client_id: str  # the client application (`client_id` or `azp`)
     issuer: str

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from proxy.audience import Audience
 from proxy.fhir.errors import FhirError
 from proxy.types import Permission, Principal, Query
 
@@ -38,6 +39,17 @@ class AccessDecision:
     permission: Permission  # what the query needs of each type it fetches
     patient_pnr: str | None  # the patient the scopes are judged for
 
+    @property
+    def audience(self) -> Audience:
+        """Who asks: its policy (by ``audience.name``) decides what of the answer is shown."""
+        return self.principal.audience
+
+    @property
+    def under_pdl(self) -> bool:
+        """Whether the PDL rules (consents, blocks, emergency access: ``proxy.access.pdl``) decide
+        which records are read: for every audience but the patient, who reads all of their own."""
+        return not self.principal.audience.is_patient
+
     def permits(self, resource_type: str) -> bool:
         """Whether the scopes let resources of this type be fetched: to show them, or to vouch for
         a reference to them (with the same permission the query needs)."""
@@ -47,14 +59,14 @@ class AccessDecision:
 def probing(principal: Principal, patient_pnr: str) -> bool:
     """A patient asking about someone else's record: answered exactly as for a patient nobody
     knows (``AccessDecision.as_unknown``), and logged as that asker's refused attempt."""
-    return principal.audience == "patient" and principal.patient_pnr != patient_pnr
+    return principal.audience.is_patient and principal.patient_pnr != patient_pnr
 
 
 def judged_for(principal: Principal, patient_pnr: str | None) -> str | None:
     """The patient whose scopes decide a request about ``patient_pnr``: the patient audience is
     judged as for its own record (another patient's answer is the unknown patient's, decided
     apart), the care audiences for the patient asked about (None: one the facade cannot name)."""
-    return principal.patient_pnr if principal.audience == "patient" else patient_pnr
+    return principal.patient_pnr if principal.audience.is_patient else patient_pnr
 
 
 def missing_scope(
@@ -63,7 +75,7 @@ def missing_scope(
     """The 403 for a request the scopes do not cover: it names the scope that would (never a token
     value, never anything about the patient). ``types`` empty: an ``$everything`` left with none."""
     names = sorted(types)
-    ctx = "patient" if principal.audience == "patient" else "user"
+    ctx = principal.audience.scope_context
     if names:
         what = ", ".join(names)
         needed = ", ".join(f"{ctx}/{t}.{permission}" for t in names)
@@ -74,7 +86,7 @@ def missing_scope(
         f"that needs the scope {needed} or {ctx}/*.{permission} (SMART v1: .{_V1[permission]})"
     )
     if (
-        principal.audience != "patient"
+        not principal.audience.is_patient
         and patient_pnr != principal.launch_pnr
         and any(s.context == "patient" for s in principal.scopes)
     ):

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from proxy.access.consent import Terms
 from proxy.fhir.errors import FhirError, bad_request
-from proxy.settings import AccessSettings, ThreatRegister
+from proxy.settings import ThreatRegister
 from proxy.types import MappedResource, Principal
 
 EMERGENCY_HEADER = "X-Emergency-Access"
@@ -90,18 +90,18 @@ def reason_code(header: str) -> str | None:
     return code if code in EMERGENCY_REASONS else None
 
 
-def emergency_reason(principal: Principal, header: str | None, settings: AccessSettings) -> str | None:
+def emergency_reason(principal: Principal, header: str | None) -> str | None:
     """The emergency-access reason code the request carries, if it may use it (else 400/403)."""
     if header is None:
         return None
     reason = reason_code(header)
     if reason is None:
         raise bad_request(f"{EMERGENCY_HEADER} takes a reason code: one of {', '.join(EMERGENCY_REASONS)}")
-    if principal.audience not in settings.emergency_audiences:
+    if not principal.audience.emergency_allowed:
         why = (
             "social-care providers have no emergency access"
-            if principal.audience == "homecare"
-            else f"the {principal.audience} audience has no emergency access"
+            if principal.audience.social_care
+            else f"the {principal.audience.name} audience has no emergency access"
         )
         raise FhirError(403, "forbidden", f"Emergency access (nödöppning) refused: {why}")
     return reason
@@ -124,7 +124,7 @@ def rules(
     inside = set(mine)
     if (
         threat_register is not None
-        and principal.audience in threat_register.audiences
+        and principal.audience.name in threat_register.audiences
         and principal.care_provider_hsa_id == threat_register.care_provider
     ):
         inside.add(threat_register.care_unit)

@@ -30,6 +30,7 @@ import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
+from proxy.audience import Audiences
 from proxy.hsa import HSA_SYSTEM
 from proxy.store import NO_OUTCOME, AuditRecord
 from proxy.types import FhirDict, Principal
@@ -45,13 +46,6 @@ PROBE = "refused: a patient's request about another patient's record, answered a
 # is never logged).
 NOT_A_REASON = "not-a-reason-code"
 ACTION = {"create": "C", "update": "U", "everything": "E", "summary": "E"}  # else R (read, search)
-# What the patient's view calls each audience's role.
-ROLE_DISPLAY = {
-    "ambulance": "Ambulanssjukvård",
-    "clinician": "Hälso- och sjukvård",
-    "homecare": "Kommunal hemsjukvård",
-    "patient": "Du själv (1177)",
-}
 
 
 def begun_event(
@@ -70,7 +64,7 @@ def begun_event(
     process stopped in between, or the store failed that write) — to be read as "may have disclosed".
     ``emergency_reason``: emergency access was asked for (granted or not), with this reason code.
     ``asker_id``: the opaque Patient id of the asking patient (patient audience)."""
-    purpose = "ETREAT" if emergency_reason else "PATRQT" if principal.audience == "patient" else "TREAT"
+    purpose = "ETREAT" if emergency_reason else principal.audience.purpose
     who: list[FhirDict] = [
         {
             "type": {
@@ -82,7 +76,7 @@ def begun_event(
             if principal.user_hsa_id
             else _patient_agent(principal, asker_id),
             "requestor": True,
-            "role": [{"coding": [{"system": "urn:fhir-facade:audience", "code": principal.audience}]}],
+            "role": [{"coding": [{"system": "urn:fhir-facade:audience", "code": principal.audience.name}]}],
             "purposeOfUse": [{"coding": [{"system": ACT_REASON, "code": purpose}]}],
         },
         {
@@ -199,16 +193,16 @@ def record(event: FhirDict, principal: Principal, patient_pnr: str, request_id: 
         event_id=event["id"],
         recorded=event["recorded"],
         patient_pnr=patient_pnr,
-        audience=principal.audience,
+        audience=principal.audience.name,
         user_hsa_id=principal.user_hsa_id,
         outcome=int(event["outcome"]) if "outcome" in event else NO_OUTCOME,
         request_id=request_id,
         event=event,
-        asker_pnr=principal.patient_pnr if principal.audience == "patient" else None,
+        asker_pnr=principal.patient_pnr if principal.audience.is_patient else None,
     )
 
 
-def patient_view(event: FhirDict, names: Mapping[str, str]) -> FhirDict:
+def patient_view(event: FhirDict, names: Mapping[str, str], audiences: Audiences) -> FhirDict:
     """What the patient reads of one event: when, who (care unit, provider, role), which kind of
     access, why, and whether it succeeded. Not the resource types, sources or counts, not the
     client application, not the user's id: nothing that tells what was read or hidden."""
@@ -220,7 +214,7 @@ def patient_view(event: FhirDict, names: Mapping[str, str]) -> FhirDict:
         for e in asker.get("extension", [])
     }
     unit, provider = where.get("urn:fhir-facade:care-unit"), where.get("urn:fhir-facade:care-provider")
-    who = ", ".join(names.get(x, x) for x in (unit, provider) if x) or ROLE_DISPLAY.get(role, role)
+    who = ", ".join(names.get(x, x) for x in (unit, provider) if x) or audiences.display(role, role)
     return {
         "resourceType": "AuditEvent",
         "id": event["id"],
@@ -235,7 +229,7 @@ def patient_view(event: FhirDict, names: Mapping[str, str]) -> FhirDict:
                 "type": asker["type"],
                 "who": {"display": who},
                 "requestor": True,
-                "role": [{"text": ROLE_DISPLAY.get(role, "Vården")}],
+                "role": [{"text": audiences.display(role)}],
             }
         ],
         "source": event["source"],

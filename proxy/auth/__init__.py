@@ -16,7 +16,7 @@ Configuration (paths relative to the config file)::
           jwks_file: keys/region-jwks.json        # or pem_file: keys/region.pem (public key or certificate)
           algorithms: [RS256, ES256]              # default [RS256, ES256]; HS* and none are refused
           claims:                                 # optional renames; these are the defaults
-            audience: client_audience             #   ambulance | homecare | clinician | patient
+            audience: client_audience             #   one of the audiences (config `audiences:`)
             hsa_id: hsa_id                        #   the user's HSA-id (care audiences)
             care_unit: care_unit_hsa_id           #   the care unit's HSA-id (care audiences)
             care_provider: care_provider_hsa_id   #   the care provider's HSA-id (care audiences)
@@ -34,7 +34,8 @@ A token is accepted when: the scheme is ``Bearer``; ``alg`` is one the issuer (l
 unverified ``iss``) allows; the signature verifies with a key of that issuer only (chosen by
 ``kid``); ``iss``, ``aud``, ``exp`` and ``sub`` are present; ``aud`` is this facade's audience;
 ``exp``/``nbf``/``iat`` hold within the leeway; ``exp - iat`` (``exp - now`` without ``iat``) is at
-most ``max_token_lifetime_s``; the audience claim is one of ``AUDIENCES``; the ``patient`` audience
+most ``max_token_lifetime_s``; the audience claim names one of the configured audiences
+(``Settings.audiences``, ``proxy.audience``: any other name is refused); the patient's audience
 carries a valid personnummer and no ``user/``/``system/`` scopes; the care audiences carry the
 user, care-unit and care-provider HSA-ids.
 
@@ -71,12 +72,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
+from proxy.audience import DEFAULT_AUDIENCES, Audiences
 from proxy.clock import SYSTEM_CLOCK, Clock
 from proxy.fhir.ids import PatientIds
 from proxy.hsa import is_hsa_id
 from proxy.pnr import normalise
 from proxy.settings import ConfigError, Settings
-from proxy.types import AUDIENCES, Permission, Principal, Scope
+from proxy.types import Permission, Principal, Scope
 
 __all__ = [
     "ASYMMETRIC_ALGORITHMS",
@@ -100,7 +102,6 @@ _EC_ALGS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
 ASYMMETRIC_ALGORITHMS = _RSA_ALGS | frozenset(_EC_ALGS.values())
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 DEFAULT_ALGORITHMS = ("RS256", "ES256")
-CARE_AUDIENCES = frozenset(a for a in AUDIENCES if a != "patient")
 
 _TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$")
 _SCOPE = re.compile(r"^(patient|user|system)/(\*|[A-Z][A-Za-z]{0,63})\.([a-z*]+)$")
@@ -369,6 +370,7 @@ class Authenticator:
         extra_issuer: TrustedIssuer | None = None,
         patient_ids: PatientIds | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        audiences: Audiences = DEFAULT_AUDIENCES,
     ) -> None:
         c = _Compiler(Path(config_dir))
         doc = c.mapping(auth, "auth", {"audience", "leeway_s", "issuers", "max_token_lifetime_s"})
@@ -409,6 +411,7 @@ class Authenticator:
         self._verified: LRUCache[str, tuple[Principal, float]] = LRUCache(maxsize=10_000)
         # exp/nbf/iat and the remembered tokens are judged by it (its epoch reading), not by PyJWT
         self.clock = clock
+        self.audiences = audiences  # a token's audience claim names one of them (else 401)
 
     @classmethod
     def from_settings(
@@ -425,6 +428,7 @@ class Authenticator:
             extra_issuer=extra_issuer,
             patient_ids=patient_ids,
             clock=clock,
+            audiences=settings.audiences,
         )
 
     @property
@@ -558,11 +562,14 @@ class Authenticator:
         sub = claims["sub"]
         if not isinstance(sub, str) or not sub:
             raise AuthError("the token's sub claim must be a non-empty string")
-        audience = claims.get(names.audience)
-        if audience is None:
+        claimed = claims.get(names.audience)
+        if claimed is None:
             raise AuthError(f"the token lacks the required claim {names.audience}")
-        if audience not in AUDIENCES:
-            raise AuthError(f"the token's {names.audience} claim is not one of {', '.join(AUDIENCES)}")
+        audience = self.audiences.get(claimed)
+        if audience is None:  # fail closed: an audience not configured is no audience
+            raise AuthError(
+                f"the token's {names.audience} claim is not one of {', '.join(self.audiences.names)}"
+            )
 
         raw_scope = claims.get("scope", "")
         if isinstance(raw_scope, list) and all(isinstance(s, str) for s in raw_scope):
@@ -580,7 +587,7 @@ class Authenticator:
             "scopes": scopes,
         }
         launch = self._launch_pnr(claims, names)
-        if audience == "patient":
+        if audience.is_patient:
             if any(item.startswith(("user/", "system/")) for item in raw_scope.split()):
                 raise AuthError("a patient token may only carry patient/ scopes")
             value = claims.get(names.pnr)
@@ -597,7 +604,7 @@ class Authenticator:
 
         if launch is None and any(item.startswith("patient/") for item in raw_scope.split()):
             raise AuthError(
-                f"a {audience} token with patient/ scopes needs a launch patient "
+                f"a {audience.name} token with patient/ scopes needs a launch patient "
                 f"(the claim {names.launch_patient})"
             )
 
@@ -606,7 +613,7 @@ class Authenticator:
             name = getattr(names, attr)
             value = claims.get(name)
             if value is None:
-                raise AuthError(f"a {audience} token needs the claim {name}")
+                raise AuthError(f"a {audience.name} token needs the claim {name}")
             if not is_hsa_id(value):
                 raise AuthError(f"the token's {name} claim is not an HSA-id")
             hsa[attr] = value
@@ -700,7 +707,7 @@ class Authenticator:
                 "Consent create/update; v1 `.read` grants r and s, `.write` c and u. `user/` scopes "
                 "cover any patient; `patient/` scopes only the token's launch patient (its `patient` "
                 "claim, required for them). Scopes with a `?` restriction grant nothing. The client "
-                "audience (ambulance, homecare, clinician, patient) decides what is shown. See "
+                f"audience ({', '.join(self.audiences.names)}) decides what is shown. See "
                 "/.well-known/smart-configuration."
             ),
         }

@@ -14,12 +14,12 @@ from typing import Any
 
 import jwt
 
+from proxy.audience import DEFAULT_AUDIENCES
 from proxy.auth import DEFAULT_AUDIENCE, ClaimNames, TrustedIssuer, VerificationKey
 from proxy.fhir.ids import PATIENT_ID_LENGTH, PatientIds
 from proxy.pnr import normalise
 from proxy.settings import DEMO_PATIENT_ID_KEY
 from proxy.simulators.population import MUNICIPALITY_PROVIDER, REGION_PROVIDER, UNITS
-from proxy.types import AUDIENCES
 
 DEMO_ISSUER = "urn:fhir-facade:demo-issuer"
 DEMO_KID = "demo-hs256"
@@ -31,6 +31,8 @@ _CLAIMS = ClaimNames()
 # consents, place and lift blocks (Consent.cu): what every example in the README needs.
 CARE_SCOPES = "user/*.rs user/Consent.cu"
 PATIENT_SCOPES = "patient/*.rs patient/Consent.cu"
+# The audiences it mints tokens for: the built-in ones (a deployment's own come from its issuers).
+DEMO_AUDIENCES = DEFAULT_AUDIENCES
 
 # Per audience: client_id, sub, default scopes, (user HSA-id, care unit, care provider).
 _DEFAULTS: dict[str, tuple[str, str, str, tuple[str | None, str | None, str | None]]] = {
@@ -86,8 +88,8 @@ def make_token(
     tests); a patient token names its own patient unless given another. ``overrides`` are set as
     claims last; an override of None removes the claim (tests use it to build broken tokens).
     """
-    if audience not in AUDIENCES:
-        raise ValueError(f"audience must be one of {', '.join(AUDIENCES)}")
+    if audience not in DEMO_AUDIENCES or audience not in _DEFAULTS:
+        raise ValueError(f"audience must be one of {', '.join(DEMO_AUDIENCES.names)}")
     client_id, sub, default_scopes, (d_user, d_unit, d_provider) = _DEFAULTS[audience]
     issued = int(time.time() if now is None else now)
     claims: dict[str, Any] = {
@@ -102,7 +104,7 @@ def make_token(
         "scope": default_scopes if scopes is None else scopes,
         _CLAIMS.audience: audience,
     }
-    if audience == "patient":
+    if DEMO_AUDIENCES[audience].is_patient:
         if pnr is None:
             raise ValueError("a patient token needs the patient's personnummer (pnr)")
         normalised = normalise(pnr)

@@ -23,7 +23,7 @@ from proxy.fhir.http import PRINCIPAL_KEY, REQUEST_ID_KEY, request_id
 from proxy.hooks import Hooks, RequestFinished
 from proxy.metrics import Metrics, scrape
 from proxy.settings import MetricsSettings
-from proxy.types import AUDIENCES, SourceOutcome
+from proxy.types import SourceOutcome
 
 METRICS_PATH = "/metrics"
 # each asked source's outcome in this request's answer (the access log's "sources")
@@ -68,7 +68,7 @@ def observed(hooks: Hooks, metrics: Metrics | None, settings: MetricsSettings) -
 
 def _finished(request: web.Request, status: int, duration_ms: float) -> RequestFinished:
     principal = request.get(PRINCIPAL_KEY)
-    audience = "none" if principal is None else principal.audience  # (a token's: one of AUDIENCES)
+    audience = "none" if principal is None else principal.audience.name  # (a configured one's)
     outcomes = request.get(SOURCES_KEY, ())
     return RequestFinished(
         request_id=request.get(REQUEST_ID_KEY) or request_id(request),
@@ -76,6 +76,6 @@ def _finished(request: web.Request, status: int, duration_ms: float) -> RequestF
         route=METRICS_PATH if request.path == METRICS_PATH else route_template(request),
         status=status,
         duration_ms=duration_ms,
-        audience=audience if audience in AUDIENCES or principal is None else "other",
+        audience=audience,
         sources=tuple((o.source, o.status.value) for o in outcomes),
     )

@@ -444,7 +444,7 @@ async def _collect(request: web.Request, facade: Facade, query: Query) -> Answer
     if header is not None:  # asked for: logged as ETREAT with its reason code, granted or refused
         request[AUDIT_EMERGENCY_KEY] = reason_code(header) or NOT_A_REASON
     try:
-        reason = emergency_reason(principal, header, facade.settings.access)
+        reason = emergency_reason(principal, header)
     except FhirError as exc:
         request[AUDIT_REFUSED_KEY] = f"refused ({exc.status}): {exc.message}"  # never the header's text
         raise

@@ -69,14 +69,14 @@ def _mine(principal: Principal) -> set[str]:
 
 
 def _visible(principal: Principal, row: ConsentRow) -> bool:
-    if principal.audience == "patient":
+    if principal.audience.is_patient:
         return row.patient_pnr == principal.patient_pnr
     terms = consent.terms(row.resource)
     return terms.permit and terms.recipient in _mine(principal)
 
 
 def _may_write(principal: Principal, patient_pnr: str, terms: consent.Terms) -> None:
-    if principal.audience == "patient":
+    if principal.audience.is_patient:
         if patient_pnr != principal.patient_pnr:
             raise FhirError(
                 403, "forbidden", "A patient manages consents and blocks for their own record only"
@@ -101,7 +101,7 @@ def _may_write(principal: Principal, patient_pnr: str, terms: consent.Terms) -> 
 def _may_revoke(principal: Principal, row: ConsentRow) -> None:
     """The patient revokes any consent and lifts any block about themselves (whoever registered
     it); care staff revoke the consents given to their own provider or unit, and lift no block."""
-    if principal.audience == "patient" and row.patient_pnr == principal.patient_pnr:
+    if principal.audience.is_patient and row.patient_pnr == principal.patient_pnr:
         return
     _may_write(principal, row.patient_pnr, consent.terms(row.resource))
 
@@ -236,7 +236,7 @@ async def search_audit(request: web.Request) -> web.Response:
     query, _ = _search_params(request, "AuditEvent", {})
     request[AUDIT_QUERY_KEY] = query  # a refused attempt is logged too
     require(principal, "s", "AuditEvent", query.patient.pnr if query.patient else None)
-    is_patient = principal.audience == "patient"
+    is_patient = principal.audience.is_patient
     if not is_patient and principal.user_hsa_id not in facade.settings.access.auditors:
         raise FhirError(403, "forbidden", "Only the patient and configured auditors may read the access log")
     own = query.patient is not None and (not is_patient or query.patient.pnr == principal.patient_pnr)
@@ -251,7 +251,7 @@ async def search_audit(request: web.Request) -> web.Response:
     request[AUDIT_DISCLOSED_KEY] = Counter({"facade": len(events)})
     if is_patient:
         names = dict(facade.settings.access.directory)
-        events = [patient_view(e, names) for e in events]
+        events = [patient_view(e, names, facade.settings.audiences) for e in events]
     return _bundle(request, query, events, total, "AuditEvent")
 
 

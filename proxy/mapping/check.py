@@ -58,7 +58,11 @@ async def check(settings: Settings, generated: int = 5) -> CheckReport:
         live = settings.with_backend_urls(urls)
         clients = {b.name: BackendClient.open(b, live.facade.max_body_bytes) for b in live.backends}
         facade = Facade(
-            settings=live, mappings=mappings, clients=clients, ids=ids, policy=compile_policy(settings.policy)
+            settings=live,
+            mappings=mappings,
+            clients=clients,
+            ids=ids,
+            policy=compile_policy(settings.policy, settings.audiences.names),
         )
         try:
             for person in people:

@@ -19,13 +19,14 @@ Totals, paging and read-by-id are computed after this stage, so they cannot hint
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from proxy.audience import DEFAULT_AUDIENCES
 from proxy.merge import DISAGREEMENT_EXTENSION
 from proxy.settings import ConfigError
-from proxy.types import AUDIENCES, FhirDict, MappedResource
+from proxy.types import FhirDict, MappedResource
 
 Label = tuple[str, str]  # (system, code)
 
@@ -69,8 +70,11 @@ def _label(text: Any, names: Mapping[str, Label], where: str) -> Label:
     raise ConfigError(f"{where}: expects a label name from policy.labels or 'system|code'")
 
 
-def compile_policy(section: Mapping[str, Any]) -> Policy:
-    """Compile the ``policy`` section of the config (see config/facade.yaml). Raises ConfigError."""
+def compile_policy(
+    section: Mapping[str, Any], audience_names: Collection[str] = DEFAULT_AUDIENCES.names
+) -> Policy:
+    """Compile the ``policy`` section of the config (see config/facade.yaml) for the audiences
+    named ``audience_names`` (the configured ones: ``Settings.audiences.names``). Raises ConfigError."""
     labels_doc = section.get("labels", {}) or {}
     if not isinstance(labels_doc, dict):
         raise ConfigError("policy.labels: expects name: 'system|code'")
@@ -79,8 +83,8 @@ def compile_policy(section: Mapping[str, Any]) -> Policy:
         names[str(name)] = _label(text, {}, f"policy.labels.{name}")
 
     audiences = section.get("audiences", {}) or {}  # an audience not listed sees no labelled resource
-    if not isinstance(audiences, dict) or set(audiences) - set(AUDIENCES):
-        raise ConfigError(f"policy.audiences: expects some of {', '.join(AUDIENCES)}")
+    if not isinstance(audiences, dict) or set(audiences) - set(audience_names):
+        raise ConfigError(f"policy.audiences: expects some of {', '.join(audience_names)}")
     grants: dict[str, frozenset[Label]] = {}
     for audience, spec in audiences.items():
         where = f"policy.audiences.{audience}"
@@ -96,8 +100,10 @@ def compile_policy(section: Mapping[str, Any]) -> Policy:
         raise ConfigError("policy.protected_identity: expects {label, elements, disclosed_to}")
     identity_label = _label(identity["label"], names, "policy.protected_identity.label") if identity else None
     disclosed = identity.get("disclosed_to", []) or []
-    if not isinstance(disclosed, list) or set(disclosed) - set(AUDIENCES):
-        raise ConfigError(f"policy.protected_identity.disclosed_to: expects audiences of {AUDIENCES}")
+    if not isinstance(disclosed, list) or set(disclosed) - set(audience_names):
+        raise ConfigError(
+            f"policy.protected_identity.disclosed_to: expects audiences of {tuple(audience_names)}"
+        )
     elements = tuple(identity.get("elements", DEFAULT_IDENTITY_ELEMENTS))
     known = frozenset(names.values()) | frozenset(lbl for g in grants.values() for lbl in g)
     if identity_label is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from proxy.access.consent import stored
+from proxy.audience import DEFAULT_AUDIENCES
 from proxy.audit import begun_event, patient_view
 from proxy.fhir.http import STORE_KEY
 from proxy.hsa import HSA_SYSTEM, RIVTA_HSA_SYSTEM, is_hsa_id
@@ -122,7 +123,7 @@ def test_the_patients_view_reads_the_care_unit_in_either_form() -> None:
     names = {"SE2321000016-MED3": "Medicinkliniken avd 3", "SE2321000016-15CQ": "Regionen"}
     base = begun_event(
         Principal(
-            audience="clinician",
+            audience=DEFAULT_AUDIENCES["clinician"],
             subject="u1",
             issuer="demo",
             scopes=frozenset(),
@@ -151,7 +152,9 @@ def test_the_patients_view_reads_the_care_unit_in_either_form() -> None:
         ],
     }
     for event in (base, legacy):
-        assert patient_view(event, names)["agent"][0]["who"] == {"display": "Medicinkliniken avd 3, Regionen"}
+        assert patient_view(event, names, DEFAULT_AUDIENCES)["agent"][0]["who"] == {
+            "display": "Medicinkliniken avd 3, Regionen"
+        }
 
 
 async def test_a_consent_stored_in_the_rivta_oid_reads_and_revokes_as_hl7_swedens(facade: Any) -> None:

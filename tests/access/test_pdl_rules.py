@@ -7,6 +7,7 @@ from typing import Any
 
 from proxy.access.consent import Terms, stored, terms
 from proxy.access.pdl import Withheld, rules
+from proxy.audience import DEFAULT_AUDIENCES
 from proxy.simulators.population import TOLVAN
 from proxy.types import MappedResource, Principal, Scope
 from tests.conftest import consent_body, pid
@@ -14,7 +15,7 @@ from tests.conftest import consent_body, pid
 OWN, OTHER = "SE-PROVIDER-OWN", "SE-PROVIDER-OTHER"
 MY_UNIT, SISTER_UNIT, OTHER_UNIT = "SE-UNIT-MINE", "SE-UNIT-SISTER", "SE-UNIT-OTHER"
 ASKER = Principal(
-    audience="clinician",
+    audience=DEFAULT_AUDIENCES["clinician"],
     subject="s",
     client_id="c",
     issuer="i",

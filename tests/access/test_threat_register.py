@@ -17,6 +17,7 @@ import pytest
 
 from proxy.access.consent import stored, terms
 from proxy.access.pdl import Withheld, rules
+from proxy.audience import DEFAULT_AUDIENCES
 from proxy.settings import ConfigError, ThreatRegister, load_settings
 from proxy.simulators.population import REGION_PROVIDER, TOLVAN, UNITS
 from proxy.types import MappedResource, Principal, Scope
@@ -127,9 +128,8 @@ def test_inside_the_service_only_for_its_own_crews() -> None:
     blocks = [terms(stored(service_block))]
 
     def asker(audience: str, provider: str) -> Principal:
-        return Principal(
-            audience, "s", "c", "i", frozenset({Scope("user", "*", "s")}), "u", STATIONS[0], provider
-        )
+        who = DEFAULT_AUDIENCES[audience]
+        return Principal(who, "s", "c", "i", frozenset({Scope("user", "*", "s")}), "u", STATIONS[0], provider)
 
     def verdict(who: Principal) -> Withheld | None:
         return rules(who, blocks, emergency=False, threat_register=register).verdict(flag)

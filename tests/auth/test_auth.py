@@ -128,7 +128,7 @@ def test_care_audience_token_maps_to_principal(
     auth: Authenticator, audience: str, unit: str, provider: str
 ) -> None:
     p = auth.authenticate(bearer(make_token(audience)))
-    assert p.audience == audience
+    assert p.audience.name == audience
     assert p.issuer == DEMO_ISSUER
     assert p.scopes == grants("user/*.rs", "user/Consent.cu")
     assert p.care_unit_hsa_id == unit
@@ -143,7 +143,7 @@ def test_care_audience_token_maps_to_principal(
 
 def test_patient_token_maps_to_principal(auth: Authenticator) -> None:
     p = auth.authenticate(bearer(make_token("patient", pnr="19121212-1212")))
-    assert p.audience == "patient"
+    assert p.audience.name == "patient"
     assert p.patient_pnr == TOLVAN
     assert p.scopes == grants("patient/*.rs", "patient/Consent.cu")
     assert p.launch_pnr == TOLVAN
@@ -179,12 +179,12 @@ def test_token_without_read_scope_is_still_an_identity(auth: Authenticator) -> N
 
 def test_expired_within_leeway_is_accepted(auth: Authenticator) -> None:
     expired_10s_ago = make_token("ambulance", now=time.time() - 3610, lifetime_s=3600)
-    assert auth.authenticate(bearer(expired_10s_ago)).audience == "ambulance"
+    assert auth.authenticate(bearer(expired_10s_ago)).audience.name == "ambulance"
 
 
 def test_nbf_within_leeway_is_accepted(auth: Authenticator) -> None:
     token = make_token("ambulance", nbf=int(time.time()) + 10, iat=None)
-    assert auth.authenticate(bearer(token)).audience == "ambulance"
+    assert auth.authenticate(bearer(token)).audience.name == "ambulance"
 
 
 # -- rejected requests, one by one --------------------------------------------------------------
@@ -252,7 +252,8 @@ def test_wrong_aud(auth: Authenticator) -> None:
 def test_configured_aud_is_the_one_checked(tmp_path: Path) -> None:
     other = Authenticator({"audience": "urn:region:fhir"}, tmp_path, extra_issuer=demo_issuer())
     reject(other, bearer(make_token("ambulance")), "not issued for this service")
-    assert other.authenticate(bearer(make_token("ambulance", aud="urn:region:fhir"))).audience == "ambulance"
+    token = make_token("ambulance", aud="urn:region:fhir")
+    assert other.authenticate(bearer(token)).audience.name == "ambulance"
 
 
 def test_alg_none(auth: Authenticator) -> None:
@@ -288,7 +289,7 @@ def test_hs256_with_the_public_key_as_secret_is_refused(tmp_path: Path) -> None:
         {"issuers": [{"issuer": REGION_ISS, "pem_file": "region.pem", "algorithms": ["RS256"]}]}, tmp_path
     )
     claims = care_claims(REGION_ISS)
-    assert auth.authenticate(bearer(jwt.encode(claims, key, algorithm="RS256"))).audience == "clinician"
+    assert auth.authenticate(bearer(jwt.encode(claims, key, algorithm="RS256"))).audience.name == "clinician"
 
     header = b64url(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
     signing_input = f"{header}.{b64url(json.dumps(claims).encode())}"
@@ -431,7 +432,7 @@ def test_es256_issuer_from_pem_with_renamed_claims(tmp_path: Path) -> None:
     )
     claims = {k: v for k, v in claims.items() if v is not None}
     p = auth.authenticate(bearer(jwt.encode(claims, key, algorithm="ES256", headers={"kid": "any"})))
-    assert (p.audience, p.user_hsa_id, p.issuer) == ("homecare", "SE2120001520-S007", MUNI_ISS)
+    assert (p.audience.name, p.user_hsa_id, p.issuer) == ("homecare", "SE2120001520-S007", MUNI_ISS)
     assert p.scopes == grants("user/CarePlan.rs", "user/Observation.s", "user/Condition.c")
     # ES256 issuer, RS256-signed token: refused before any key is tried
     reject(auth, bearer(jwt.encode(claims, rsa_key(), algorithm="RS256")), "algorithm is not accepted")
@@ -463,7 +464,7 @@ def test_certificate_pem_is_accepted(tmp_path: Path) -> None:
     (tmp_path / "idp.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     auth = Authenticator({"issuers": [{"issuer": MUNI_ISS, "pem_file": "idp.crt"}]}, tmp_path)
     token = jwt.encode(care_claims(MUNI_ISS), key, algorithm="ES256")
-    assert auth.authenticate(bearer(token)).audience == "clinician"
+    assert auth.authenticate(bearer(token)).audience.name == "clinician"
 
 
 # -- configuration errors ------------------------------------------------------------------------
@@ -682,7 +683,7 @@ def test_cli_token_verifies(audience: str, capsys: pytest.CaptureFixture[str]) -
     assert "\n" not in token
     auth = Authenticator.from_settings(load_settings(), extra_issuer=demo_issuer(), patient_ids=IDS)
     p = auth.authenticate(bearer(token))
-    assert p.audience == audience
+    assert p.audience.name == audience
     assert p.patient_pnr == (TOLVAN if audience == "patient" else None)
     exp = jwt.decode(token, options={"verify_signature": False})["exp"]
     assert 3590 <= exp - time.time() <= 3610
@@ -740,9 +741,9 @@ def test_token_times_are_judged_by_the_injected_clock_not_the_machine_s(auth: Au
     one the machine's clock would accept is refused once that clock has moved past its exp."""
     auth.clock = clock = FakeClock(epoch=time.time() - 86_400)  # a day behind the machine
     token = make_token("clinician", now=clock.time(), lifetime_s=600)  # expired, by the machine
-    assert auth.authenticate(bearer(token)).audience == "clinician"
+    assert auth.authenticate(bearer(token)).audience.name == "clinician"
     clock.advance(600 + auth.leeway_s - 1)
-    assert auth.authenticate(bearer(token)).audience == "clinician"  # within the leeway
+    assert auth.authenticate(bearer(token)).audience.name == "clinician"  # within the leeway
     clock.advance(2)
     assert reject(auth, bearer(token), "expired").code == "expired"  # the remembered token too
 

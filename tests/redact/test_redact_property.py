@@ -8,10 +8,11 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from proxy.audience import DEFAULT_AUDIENCES
 from proxy.mapping.engine import references
 from proxy.redact import compile_policy, redact
 from proxy.settings import load_settings
-from proxy.types import AUDIENCES, MappedResource
+from proxy.types import MappedResource
 
 POLICY = compile_policy(load_settings().policy)
 LABELS = [
@@ -91,7 +92,7 @@ def strings(node: Any) -> list[str]:
 
 
 @settings(max_examples=300, deadline=None)
-@given(bundles(), st.sampled_from(AUDIENCES))
+@given(bundles(), st.sampled_from(DEFAULT_AUDIENCES.names))
 def test_redaction_never_lets_a_denied_resource_or_reference_through(
     resources: list[dict[str, Any]], audience: str
 ) -> None:
