@@ -40,8 +40,8 @@ from proxy.fanout.engagement import EngagementIndex
 from proxy.fhir.ids import PatientIds
 from proxy.fhir.searchparams import matches
 from proxy.hooks import AnswerMapped, CacheLookup, Hooks, SourceAnswered, SourceFailed
-from proxy.mapping.compiler import RequestSpec
 from proxy.mapping.registry import MappingSet, request_context
+from proxy.mapping.requests import RequestSpec
 from proxy.mapping.run import MappedAnswer, map_answer, source_outcome
 from proxy.merge import lookalike, merge
 from proxy.redact import Policy, redact

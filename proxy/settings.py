@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from proxy.hsa import is_hsa_id
-from proxy.mapping.compiler import SUPPORTED_TYPES
+from proxy.mapping.validate import SUPPORTED_TYPES
 from proxy.simulators.faults import Faults
 from proxy.types import AUDIENCES
 

@@ -24,7 +24,7 @@ from yarl import URL
 from proxy.clock import SYSTEM_CLOCK, Clock
 from proxy.fanout.breaker import CircuitBreaker
 from proxy.fanout.transport import AiohttpTransport, BodyTooLarge, Exchange, Transport, TransportError
-from proxy.mapping.compiler import Context, RequestSpec, UnknownPatient
+from proxy.mapping.requests import Context, RequestSpec, UnknownPatient
 from proxy.settings import BackendSettings
 from proxy.trace import outgoing_headers
 from proxy.types import SourceResult, SourceStatus

@@ -18,7 +18,7 @@ from proxy.app import compile_mappings
 from proxy.fanout import BackendClient, fan_out
 from proxy.fanout.transport import CUT_OFF, Canned, MemoryTransport, TransportError
 from proxy.fhir.ids import PatientIds
-from proxy.mapping.compiler import RequestSpec
+from proxy.mapping.requests import RequestSpec
 from proxy.pipeline import Facade, fetch_and_map, plan_requests
 from proxy.redact import compile_policy
 from proxy.settings import DEMO_PATIENT_ID_KEY, Settings, load_settings
