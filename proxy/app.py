@@ -19,7 +19,7 @@ from proxy.edge.compression import compression
 from proxy.edge.cors import cors
 from proxy.edge.health import health
 from proxy.edge.request_id import request_ids
-from proxy.fanout import BackendClient
+from proxy.fanout.client import BackendClient
 from proxy.fanout.engagement import EngagementIndex
 from proxy.fhir.http import AUTH_KEY, FACADE_KEY, STORE_KEY
 from proxy.fhir.ids import PatientIds, ResourceIds

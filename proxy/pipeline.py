@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from proxy.access import decide, pdl
 from proxy.access.consent import terms
 from proxy.cache import CacheEntry, SourceCache
-from proxy.fanout import BackendClient, fan_out
+from proxy.fanout.client import BackendClient, fan_out
 from proxy.fanout.engagement import EngagementIndex
 from proxy.fhir.ids import PatientIds
 from proxy.fhir.searchparams import matches

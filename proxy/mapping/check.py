@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from proxy.access.pdl import care_documentation
 from proxy.app import compile_mappings
-from proxy.fanout import BackendClient
+from proxy.fanout.client import BackendClient
 from proxy.fhir.ids import PatientIds, ResourceIds
 from proxy.merge import merge
 from proxy.pipeline import Facade, fetch_and_map

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from proxy.app import compile_mappings
-from proxy.fanout import BackendClient, fan_out
+from proxy.fanout.client import BackendClient, fan_out
 from proxy.fanout.transport import CUT_OFF, Canned, MemoryTransport, TransportError
 from proxy.fhir.ids import PatientIds
 from proxy.mapping.requests import RequestSpec

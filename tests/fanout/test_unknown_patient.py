@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 
 from proxy.app import compile_mappings
-from proxy.fanout import BackendClient
+from proxy.fanout.client import BackendClient
 from proxy.mapping.compiler import compile_mapping
 from proxy.mapping.registry import REQUEST_CONTEXT, MappingSet
 from proxy.mapping.requests import RequestSpec, UnknownPatient

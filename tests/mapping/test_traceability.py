@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from proxy.app import compile_mappings
-from proxy.fanout import BackendClient
+from proxy.fanout.client import BackendClient
 from proxy.fhir.ids import PatientIds, ResourceIds
 from proxy.hsa import HSA_SYSTEM, RIVTA_HSA_SYSTEM, is_hsa_id
 from proxy.merge import merge
