@@ -43,7 +43,8 @@ from proxy.hooks import AnswerMapped, CacheLookup, Hooks, SourceAnswered, Source
 from proxy.mapping.registry import MappingSet, request_context
 from proxy.mapping.requests import RequestSpec
 from proxy.mapping.run import MappedAnswer, map_answer, source_outcome
-from proxy.merge import lookalike, merge
+from proxy.merge import lookalike
+from proxy.merge.facts import merge
 from proxy.redact import Policy, redact
 from proxy.settings import Settings
 from proxy.slack import SlackJob, SlackQueue

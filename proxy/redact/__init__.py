@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.merge import DISAGREEMENT_EXTENSION
+from proxy.merge.facts import DISAGREEMENT_EXTENSION
 from proxy.settings import ConfigError
 from proxy.types import AUDIENCES, FhirDict, MappedResource
 
