@@ -31,7 +31,7 @@ from proxy.metrics import Metrics
 from proxy.pipeline import Facade
 from proxy.redact import compile_policy
 from proxy.settings import CacheSettings, Settings
-from proxy.store import open_store
+from proxy.store.base import open_store
 
 
 def compile_mappings(settings: Settings, ids: ResourceIds) -> MappingSet:

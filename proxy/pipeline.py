@@ -48,7 +48,7 @@ from proxy.merge.facts import merge
 from proxy.redact import Policy, redact
 from proxy.settings import Settings
 from proxy.slack import SlackJob, SlackQueue
-from proxy.store import Store, StoreUnavailable
+from proxy.store.base import Store, StoreUnavailable
 from proxy.timeutil import fhir_range
 from proxy.types import (
     FhirDict,

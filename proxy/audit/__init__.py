@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 
 from proxy.hsa import HSA_SYSTEM
-from proxy.store import NO_OUTCOME, AuditRecord
+from proxy.store.base import NO_OUTCOME, AuditRecord
 from proxy.types import FhirDict, Principal
 
 ACT_REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"

@@ -62,7 +62,7 @@ from proxy.fhir.summary import TYPES as SUMMARY_TYPES
 from proxy.fhir.summary import SourceView, build_summary
 from proxy.fhir.summary import disclosed as summary_disclosed
 from proxy.pipeline import Answer, Facade, collect
-from proxy.store import StoreUnavailable
+from proxy.store.base import StoreUnavailable
 from proxy.types import FhirDict, Principal, Query
 
 log = logging.getLogger(__name__)

@@ -46,7 +46,7 @@ from proxy.fhir.http import (
     strict,
 )
 from proxy.fhir.ids import is_fhir_id
-from proxy.store import ConsentRow
+from proxy.store.base import ConsentRow
 from proxy.types import FhirDict, PatientRef, Permission, Principal, Query
 
 _JSON_BODIES = {"application/fhir+json", "application/json", "application/json+fhir"}
