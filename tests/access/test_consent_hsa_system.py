@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from proxy.access.consent import stored
-from proxy.audit import begun_event, patient_view
+from proxy.audit.events import begun_event, patient_view
 from proxy.fhir.http import STORE_KEY
 from proxy.hsa import HSA_SYSTEM, RIVTA_HSA_SYSTEM, is_hsa_id
 from proxy.simulators.population import REGION_PROVIDER, TOLVAN, UNITS

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from proxy.audit import BEGUN
+from proxy.audit.events import BEGUN
 from proxy.fhir.http import STORE_KEY
 from proxy.settings import StoreSettings
 from proxy.simulators.population import GRETA, LENNART, SANNA, TOLVAN
