@@ -45,7 +45,7 @@ from proxy.mapping.requests import RequestSpec
 from proxy.mapping.run import MappedAnswer, map_answer, source_outcome
 from proxy.merge import lookalike
 from proxy.merge.facts import merge
-from proxy.redact import Policy, redact
+from proxy.redact.policy import Policy, redact
 from proxy.settings import Settings
 from proxy.slack import SlackJob, SlackQueue
 from proxy.store.base import Store, StoreUnavailable

@@ -20,7 +20,7 @@ from proxy.fanout.client import BackendClient
 from proxy.fhir.ids import PatientIds, ResourceIds
 from proxy.merge.facts import merge
 from proxy.pipeline import Facade, fetch_and_map
-from proxy.redact import compile_policy
+from proxy.redact.policy import compile_policy
 from proxy.settings import DEMO_PATIENT_ID_KEY, Settings
 from proxy.simulators.harness import people_for, running_simulators
 from proxy.types import FhirDict

@@ -20,7 +20,7 @@ from proxy.fanout.transport import CUT_OFF, Canned, MemoryTransport, TransportEr
 from proxy.fhir.ids import PatientIds
 from proxy.mapping.requests import RequestSpec
 from proxy.pipeline import Facade, fetch_and_map, plan_requests
-from proxy.redact import compile_policy
+from proxy.redact.policy import compile_policy
 from proxy.settings import DEMO_PATIENT_ID_KEY, Settings, load_settings
 from proxy.slack import SlackJob
 from proxy.types import SourceStatus

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.mapping.engine import references
-from proxy.redact import compile_policy, redact
+from proxy.redact.policy import compile_policy, redact
 from proxy.settings import load_settings
 from proxy.types import AUDIENCES, MappedResource
 
