@@ -38,7 +38,7 @@ from proxy.mapping.codegen import Builder, Predicate
 from proxy.mapping.ids import stable_id
 from proxy.mapping.paths import Finder
 from proxy.mapping.requests import RequestSpec
-from proxy.mapping.validate import _TOP_KEYS, SUPPORTED_TYPES, SpecCompiler, compile_request
+from proxy.mapping.validate import SUPPORTED_TYPES, TOP_KEYS, SpecCompiler, compile_request
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,9 +95,9 @@ def compile_mapping(
     c = SpecCompiler(file, backend, f"{backend}/{name}", code_maps, resolve_ref, context_names, ids)
     if not isinstance(doc, dict):
         raise c.fail("(top)", "a mapping is a YAML mapping with resource, request, select, fields")
-    unknown = set(doc) - _TOP_KEYS
+    unknown = set(doc) - TOP_KEYS
     if unknown:
-        raise c.fail("(top)", f"unknown key(s) {sorted(unknown)}; allowed: {sorted(_TOP_KEYS)}")
+        raise c.fail("(top)", f"unknown key(s) {sorted(unknown)}; allowed: {sorted(TOP_KEYS)}")
     for key in ("resource", "request", "select", "fields"):
         if key not in doc:
             raise c.fail(key, "is required")

@@ -40,7 +40,7 @@ SUPPORTED_TYPES = frozenset(
 _SPEC_KEYS = frozenset(
     {"$path", "$const", "$template", "$each", "$build", "$ref", "$map", "$date", "$as", "$default", "$when"}
 ) | {"$else"}
-_TOP_KEYS = frozenset(
+TOP_KEYS = frozenset(
     {
         "resource",
         "description",
