@@ -30,7 +30,7 @@ from yarl import URL
 from proxy.app import compile_mappings
 from proxy.fhir.ids import PatientIds, ResourceIds
 from proxy.loop import new_loop
-from proxy.mapping.compiler import RequestSpec
+from proxy.mapping.requests import RequestSpec
 from proxy.pipeline import context, plan_requests
 from proxy.pnr import is_valid_pnr, system_of
 from proxy.settings import PATIENT_ID_KEY_ENV, Settings, load_settings

@@ -19,7 +19,7 @@ from proxy.edge.compression import compression
 from proxy.edge.cors import cors
 from proxy.edge.health import health
 from proxy.edge.request_id import request_ids
-from proxy.fanout import BackendClient
+from proxy.fanout.client import BackendClient
 from proxy.fanout.engagement import EngagementIndex
 from proxy.fhir.http import AUTH_KEY, FACADE_KEY, STORE_KEY
 from proxy.fhir.ids import PatientIds, ResourceIds
@@ -29,9 +29,9 @@ from proxy.hooks import BreakerChanged, Hooks
 from proxy.mapping.registry import MappingSet, load_mappings
 from proxy.metrics import Metrics
 from proxy.pipeline import Facade
-from proxy.redact import compile_policy
+from proxy.redact.policy import compile_policy
 from proxy.settings import CacheSettings, Settings
-from proxy.store import open_store
+from proxy.store.base import open_store
 
 
 def compile_mappings(settings: Settings, ids: ResourceIds) -> MappingSet:

@@ -32,7 +32,7 @@ from proxy.auth.demo import DEMO_AUDIENCES, demo_issuer, make_token
 from proxy.fhir.http import AUTH_KEY
 from proxy.fhir.ids import PatientIds
 from proxy.fhir.server import FacadeRunner
-from proxy.mapping.compiler import MappingError
+from proxy.mapping.validate import MappingError
 from proxy.settings import (
     DEFAULT_CONFIG,
     DEMO_PATIENT_ID_KEY,

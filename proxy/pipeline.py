@@ -35,19 +35,20 @@ from dataclasses import dataclass, field
 from proxy.access import decide, pdl
 from proxy.access.consent import terms
 from proxy.cache import CacheEntry, SourceCache
-from proxy.fanout import BackendClient, fan_out
+from proxy.fanout.client import BackendClient, fan_out
 from proxy.fanout.engagement import EngagementIndex
 from proxy.fhir.ids import PatientIds
 from proxy.fhir.searchparams import matches
 from proxy.hooks import AnswerMapped, CacheLookup, Hooks, SourceAnswered, SourceFailed
-from proxy.mapping.compiler import RequestSpec
 from proxy.mapping.registry import MappingSet, request_context
+from proxy.mapping.requests import RequestSpec
 from proxy.mapping.run import MappedAnswer, map_answer, source_outcome
-from proxy.merge import lookalike, merge
-from proxy.redact import Policy, redact
+from proxy.merge import lookalike
+from proxy.merge.facts import merge
+from proxy.redact.policy import Policy, redact
 from proxy.settings import Settings
 from proxy.slack import SlackJob, SlackQueue
-from proxy.store import Store, StoreUnavailable
+from proxy.store.base import Store, StoreUnavailable
 from proxy.timeutil import fhir_range
 from proxy.types import (
     FhirDict,

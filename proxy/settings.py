@@ -17,7 +17,7 @@ import yaml
 
 from proxy.audience import DEFAULT_AUDIENCES, Audience, Audiences
 from proxy.hsa import is_hsa_id
-from proxy.mapping.compiler import SUPPORTED_TYPES
+from proxy.mapping.validate import SUPPORTED_TYPES
 from proxy.simulators.faults import Faults
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -93,7 +93,7 @@ class Query:
 @dataclass(frozen=True, slots=True)
 class SourceResult:
     """How one backend's share of a query went. Its answer bodies (raw, audience-free) are not kept
-    here: fan-out hands each on as soon as it has arrived (``proxy.fanout.OnAnswer``)."""
+    here: fan-out hands each on as soon as it has arrived (``proxy.fanout.client.OnAnswer``)."""
 
     source: str
     status: SourceStatus

@@ -25,7 +25,7 @@ from proxy.hsa import HSA_SYSTEM
 from proxy.settings import DEMO_PATIENT_ID_KEY, Settings, load_settings
 from proxy.simulators.harness import running_simulators
 from proxy.simulators.population import MUNICIPALITY_PROVIDER, REGION_PROVIDER, population
-from proxy.store import ConsentRow, Store
+from proxy.store.base import ConsentRow, Store
 from tests import r4
 from tests.services import SESSION, missing
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from proxy.app import create_app
-from proxy.mapping.compiler import MappingError
+from proxy.mapping.validate import MappingError
 from proxy.settings import DEFAULT_CONFIG, REPO_ROOT, ConfigError, load_settings
 
 

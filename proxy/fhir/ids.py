@@ -10,7 +10,7 @@ Rendered as 26 characters of lower-case base32.
 
 Every other resource id starts with its patient's id, so a read by id knows which patient to ask
 the backends about: ``<patient id>-<backend>-<16 hex of keyed BLAKE2b(mapping, source record id)>``
-(``ResourceIds``; made by ``proxy.mapping.compiler.stable_id``). The hash is keyed because source
+(``ResourceIds``; made by ``proxy.mapping.ids.stable_id``). The hash is keyed because source
 record ids are guessable (often sequential): with an unkeyed hash, anyone who knows a patient's id
 could compute the id of a record they may not read and tell "exists but withheld" from "absent".
 Its key is derived from the deployment's patient-id key (HKDF-SHA256 with its own label, so the

@@ -27,7 +27,7 @@ from aiohttp import http_exceptions, web
 
 from proxy.access import decide, probing
 from proxy.access.pdl import EMERGENCY_HEADER, emergency_reason, reason_code
-from proxy.audit import NOT_A_REASON, PROBE, begun_event, completed, record
+from proxy.audit.events import NOT_A_REASON, PROBE, begun_event, completed, record
 from proxy.auth import AuthError
 from proxy.fhir import params as parse
 from proxy.fhir import stored
@@ -62,7 +62,7 @@ from proxy.fhir.summary import TYPES as SUMMARY_TYPES
 from proxy.fhir.summary import SourceView, build_summary
 from proxy.fhir.summary import disclosed as summary_disclosed
 from proxy.pipeline import Answer, Facade, collect
-from proxy.store import StoreUnavailable
+from proxy.store.base import StoreUnavailable
 from proxy.types import FhirDict, Principal, Query
 
 log = logging.getLogger(__name__)

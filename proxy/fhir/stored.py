@@ -28,7 +28,7 @@ import orjson
 from aiohttp import web
 
 from proxy.access import consent, probing, require
-from proxy.audit import patient_view
+from proxy.audit.events import patient_view
 from proxy.fhir import params as parse
 from proxy.fhir.bundle import page_links, searchset
 from proxy.fhir.errors import FhirError, bad_request, not_found
@@ -46,7 +46,7 @@ from proxy.fhir.http import (
     strict,
 )
 from proxy.fhir.ids import is_fhir_id
-from proxy.store import ConsentRow
+from proxy.store.base import ConsentRow
 from proxy.types import FhirDict, PatientRef, Permission, Principal, Query
 
 _JSON_BODIES = {"application/fhir+json", "application/json", "application/json+fhir"}

@@ -16,11 +16,11 @@ from pydantic import ValidationError
 
 from proxy.access.pdl import care_documentation
 from proxy.app import compile_mappings
-from proxy.fanout import BackendClient
+from proxy.fanout.client import BackendClient
 from proxy.fhir.ids import PatientIds, ResourceIds
-from proxy.merge import merge
+from proxy.merge.facts import merge
 from proxy.pipeline import Facade, fetch_and_map
-from proxy.redact import compile_policy
+from proxy.redact.policy import compile_policy
 from proxy.settings import DEMO_PATIENT_ID_KEY, Settings
 from proxy.simulators.harness import people_for, running_simulators
 from proxy.types import FhirDict

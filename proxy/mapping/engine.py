@@ -16,7 +16,10 @@ from typing import Any
 import orjson
 
 from proxy.fhir.searchparams import sort_time
-from proxy.mapping.compiler import Builder, CompiledMapping, Context, scalar_text
+from proxy.mapping.codegen import Builder
+from proxy.mapping.coerce import scalar_text
+from proxy.mapping.compiler import CompiledMapping
+from proxy.mapping.requests import Context
 from proxy.types import FhirDict, MappedResource
 
 

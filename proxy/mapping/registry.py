@@ -17,7 +17,9 @@ import yaml
 
 from proxy.fhir.ids import ResourceIds
 from proxy.hsa import HSA_SYSTEM
-from proxy.mapping.compiler import CompiledMapping, MappingError, RequestSpec, compile_mapping
+from proxy.mapping.compiler import CompiledMapping, compile_mapping
+from proxy.mapping.requests import RequestSpec
+from proxy.mapping.validate import MappingError
 from proxy.pnr import dashed, oid_of
 from proxy.types import PatientRef
 

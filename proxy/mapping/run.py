@@ -16,8 +16,9 @@ from typing import Any
 
 import orjson
 
-from proxy.mapping.compiler import CompiledMapping, Context
+from proxy.mapping.compiler import CompiledMapping
 from proxy.mapping.engine import map_records
+from proxy.mapping.requests import Context
 from proxy.mapping.xml import parse_xml
 from proxy.types import MappedResource, SourceOutcome, SourceResult, SourceStatus
 

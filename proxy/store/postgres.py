@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncpg
 import orjson
 
-from proxy.store import AS_PATIENT, NO_OUTCOME, AuditRecord, ConsentRow, Store, StoreUnavailable
+from proxy.store.base import AS_PATIENT, NO_OUTCOME, AuditRecord, ConsentRow, Store, StoreUnavailable
 from proxy.types import FhirDict
 
 SCHEMA = """

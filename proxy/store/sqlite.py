@@ -16,7 +16,7 @@ from typing import Any
 import aiosqlite
 import orjson
 
-from proxy.store import AS_PATIENT, NO_OUTCOME, AuditRecord, ConsentRow, Store, StoreUnavailable
+from proxy.store.base import AS_PATIENT, NO_OUTCOME, AuditRecord, ConsentRow, Store, StoreUnavailable
 from proxy.types import FhirDict
 
 SCHEMA = (

@@ -13,12 +13,12 @@ import yaml
 from proxy.access import decide
 from proxy.access.pdl import emergency_reason
 from proxy.audience import DEFAULT_AUDIENCES, ETREAT, PATRQT, TREAT, Audience, Audiences
-from proxy.audit import begun_event, patient_view
+from proxy.audit.events import begun_event, patient_view
 from proxy.auth import Authenticator, AuthError
 from proxy.auth.demo import demo_issuer, make_token
 from proxy.fhir.errors import FhirError
 from proxy.fhir.ids import PatientIds
-from proxy.redact import compile_policy
+from proxy.redact.policy import compile_policy
 from proxy.settings import (
     DEFAULT_CONFIG,
     DEMO_PATIENT_ID_KEY,

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from proxy.audit import BEGUN
+from proxy.audit.events import BEGUN
 from proxy.fhir.http import STORE_KEY
 from proxy.settings import StoreSettings
 from proxy.simulators.population import GRETA, LENNART, SANNA, TOLVAN
-from proxy.store import NO_OUTCOME, AuditRecord, Store, StoreUnavailable, open_store
+from proxy.store.base import NO_OUTCOME, AuditRecord, Store, StoreUnavailable, open_store
 from tests.conftest import BASE, auth, consent_to, pid, postgres_dsn, reset_postgres, validate
 
 

@@ -14,7 +14,7 @@ import pytest
 from proxy.auth.demo import DEMO_ISSUER
 from proxy.fhir.http import STORE_KEY
 from proxy.simulators.population import GRETA, TOLVAN, UNKNOWN_PNR
-from proxy.store import NO_OUTCOME, AuditRecord, Store
+from proxy.store.base import NO_OUTCOME, AuditRecord, Store
 from tests.audit.test_audit import open_store_for, request_id
 from tests.conftest import BASE, auth, consent_body, pid, postgres_dsn, reset_postgres, validate
 
@@ -190,7 +190,7 @@ async def test_a_store_from_before_is_upgraded_and_its_unattributed_patient_even
     tmp_path: Any, kind: str
 ) -> None:
     from proxy.settings import StoreSettings
-    from proxy.store import open_store
+    from proxy.store.base import open_store
 
     path = tmp_path / "audit.sqlite"
     await _old_schema(kind, path)

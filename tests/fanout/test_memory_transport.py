@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 
 from proxy.app import compile_mappings
-from proxy.fanout import BackendClient, fan_out
+from proxy.fanout.client import BackendClient, fan_out
 from proxy.fanout.transport import CUT_OFF, Canned, MemoryTransport, TransportError
 from proxy.fhir.ids import PatientIds
-from proxy.mapping.compiler import RequestSpec
+from proxy.mapping.requests import RequestSpec
 from proxy.pipeline import Facade, fetch_and_map, plan_requests
-from proxy.redact import compile_policy
+from proxy.redact.policy import compile_policy
 from proxy.settings import DEMO_PATIENT_ID_KEY, Settings, load_settings
 from proxy.slack import SlackJob
 from proxy.types import SourceStatus

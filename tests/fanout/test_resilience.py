@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from proxy.fanout import BackendClient, fan_out
 from proxy.fanout.breaker import CircuitBreaker
-from proxy.mapping.compiler import RequestSpec, UnknownPatient
+from proxy.fanout.client import BackendClient, fan_out
+from proxy.mapping.requests import RequestSpec, UnknownPatient
 from proxy.settings import load_settings
 from proxy.simulators.population import TOLVAN
 from proxy.types import SourceResult, SourceStatus

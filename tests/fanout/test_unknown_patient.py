@@ -11,9 +11,11 @@ import pytest
 from aiohttp import web
 
 from proxy.app import compile_mappings
-from proxy.fanout import BackendClient
-from proxy.mapping.compiler import MappingError, RequestSpec, UnknownPatient, compile_mapping
+from proxy.fanout.client import BackendClient
+from proxy.mapping.compiler import compile_mapping
 from proxy.mapping.registry import REQUEST_CONTEXT, MappingSet
+from proxy.mapping.requests import RequestSpec, UnknownPatient
+from proxy.mapping.validate import MappingError
 from proxy.settings import ConfigError, load_settings
 from proxy.simulators.harness import serving
 from proxy.types import SourceStatus

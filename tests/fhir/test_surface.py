@@ -11,7 +11,7 @@ from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 
 from proxy.fhir.params import SUPPORTED_TYPES
-from proxy.merge import ALSO_IN_SOURCE_SYSTEM
+from proxy.merge.facts import ALSO_IN_SOURCE_SYSTEM
 from proxy.simulators.population import DEMO_PEOPLE, GRETA, LENNART, SANNA, TOLVAN, UNKNOWN_PNR
 from tests.conftest import BASE, pid, validate
 from tests.source_status import statuses

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from fhir.resources.R4B import get_fhir_model_class
 
-from proxy.mapping import compiler
+from proxy.mapping import validate as validate_module
 from proxy.mapping.engine import map_records
 from proxy.simulators import cosmic, npo
 from proxy.simulators import population as pop
@@ -246,9 +246,9 @@ def test_npo_unknown_values_leave_the_element_out_never_the_record() -> None:
 
 def test_npo_validity_ending_in_the_future_is_still_active(monkeypatch: pytest.MonkeyPatch) -> None:
     end = datetime(2026, 6, 1, 12, 0)
-    monkeypatch.setattr(compiler, "now", lambda: datetime(2026, 5, 31, 12, 0, tzinfo=SWEDEN))
+    monkeypatch.setattr(validate_module, "now", lambda: datetime(2026, 5, 31, 12, 0, tzinfo=SWEDEN))
     assert code_of(_npo_allergy(end=end)["clinicalStatus"], CLINICAL) == "active"
-    monkeypatch.setattr(compiler, "now", lambda: datetime(2026, 6, 1, 12, 0, tzinfo=SWEDEN))
+    monkeypatch.setattr(validate_module, "now", lambda: datetime(2026, 6, 1, 12, 0, tzinfo=SWEDEN))
     assert code_of(_npo_allergy(end=end)["clinicalStatus"], CLINICAL) == "inactive"
     # an unreadable end is no proof of an end: the allergy stays active (the safe reading)
     a = _npo_allergy()
@@ -310,7 +310,7 @@ def test_npo_care_limitation_whose_validity_ended_is_not_active(monkeypatch: pyt
     body = {"Envelope": {"Body": {"GetAlertInformationResponse": {"alertInformation": npo._drop_none(rec)}}}}
 
     def status_at(moment: datetime) -> str:
-        monkeypatch.setattr(compiler, "now", lambda: moment.replace(tzinfo=SWEDEN))
+        monkeypatch.setattr(validate_module, "now", lambda: moment.replace(tzinfo=SWEDEN))
         (out,), _ = map_records(
             nm.BY_NAME["alerts-flag"], body, nm.context(pop.LENNART), source_uri=nm.SOURCE_URI, priority=2
         )

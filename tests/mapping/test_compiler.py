@@ -1,4 +1,4 @@
-"""The mapping language itself (proxy/mapping/compiler.py, engine.py, paths.py).
+"""The mapping language itself (proxy/mapping/compiler.py and the modules it wires, engine.py, paths.py).
 
 Each feature is compiled from a small inline document and run over hand-made records; compile errors
 must name the file and the key. A property test proves the fast dotted accessor agrees with
@@ -20,18 +20,13 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.mapping import compiler as compiler_module
-from proxy.mapping.compiler import (
-    CompiledMapping,
-    MappingError,
-    _decimal,
-    _to_decimal,
-    compile_mapping,
-    scalar_text,
-)
+from proxy.mapping import validate as validate_module
+from proxy.mapping.coerce import _decimal, scalar_text, to_decimal
+from proxy.mapping.compiler import CompiledMapping, compile_mapping
 from proxy.mapping.engine import map_records
 from proxy.mapping.paths import PathError, compile_first, compile_path, is_simple
 from proxy.mapping.registry import REQUEST_CONTEXT, load_backend_mappings
+from proxy.mapping.validate import MappingError
 from proxy.timeutil import SWEDEN
 from tests.conftest import RESOURCE_IDS
 
@@ -412,7 +407,7 @@ def test_as_unreadable_is_omitted(cast: str, value: Any) -> None:
 def test_decimal_fast_paths_agree_with_decimal(value: Any) -> None:
     """Plain integers and decimals are read without ``Decimal``: the same value, of the same type,
     as ``Decimal`` gives (an integer stays int, a fraction is a float, anything else as before)."""
-    fast = _to_decimal(value)
+    fast = to_decimal(value)
     slow = _decimal(scalar_text(value).strip())
     assert fast == slow and type(fast) is type(slow)
 
@@ -543,7 +538,7 @@ def test_bad_where_names_the_key(where: Any, key: str) -> None:
 def test_before_now_compares_a_local_time_with_the_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     """An end proves itself only when readable and passed; missing, unreadable or later: not."""
     summer = datetime(2026, 3, 29, 3, 0, tzinfo=SWEDEN)  # the first hour of summer time
-    monkeypatch.setattr(compiler_module, "now", lambda: summer)
+    monkeypatch.setattr(validate_module, "now", lambda: summer)
     fields = {
         "ended": {"$const": True, "$when": {"path": "end", "before_now": "%Y%m%d%H%M"}},
         "open": {"$const": True, "$when": {"path": "end", "not_before_now": "%Y%m%d%H%M"}},

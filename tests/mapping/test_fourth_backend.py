@@ -19,7 +19,7 @@ from proxy.app import create_app
 from proxy.auth.demo import demo_issuer
 from proxy.cli import main
 from proxy.fhir.bundle import PDL_SYSTEM
-from proxy.mapping.compiler import MappingError
+from proxy.mapping.validate import MappingError
 from proxy.settings import DEMO_PATIENT_ID_KEY, ConfigError, load_settings
 from proxy.simulators.harness import serving
 from tests.conftest import BASE, FacadeTestServer, auth, pid, validate

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from fhir.resources.R4B import get_fhir_model_class
 
-from proxy.mapping import compiler as compiler_module
+from proxy.mapping import validate as validate_module
 from proxy.mapping.engine import map_records
 from proxy.simulators import population as pop
 from proxy.timeutil import SWEDEN, fhir_range, iso_local_to_fhir, local_to_fhir
@@ -123,12 +123,12 @@ def test_before_now_compares_instants_by_the_same_rule(monkeypatch: pytest.Monke
     # 01:15Z: the second 02:15 of the autumn night (winter time). An end at 02:30 is the first
     # 02:30 (00:30Z) by the rule: it has passed, though a wall-clock reading says 02:30 > 02:15.
     monkeypatch.setattr(
-        compiler_module, "now", lambda: datetime(2026, 10, 25, 1, 15, tzinfo=UTC).astimezone(SWEDEN)
+        validate_module, "now", lambda: datetime(2026, 10, 25, 1, 15, tzinfo=UTC).astimezone(SWEDEN)
     )
     assert tc.build(fields, {"end": "202610250230"}) == {"ended": True}
     # 01:15Z in spring is 03:15 summer time. An end at 02:30, in the gap, is 03:30 (01:30Z): not yet.
     monkeypatch.setattr(
-        compiler_module, "now", lambda: datetime(2026, 3, 29, 1, 15, tzinfo=UTC).astimezone(SWEDEN)
+        validate_module, "now", lambda: datetime(2026, 3, 29, 1, 15, tzinfo=UTC).astimezone(SWEDEN)
     )
     assert tc.build(fields, {"end": "202603290230"}) == {"ended": False}
 

@@ -15,12 +15,12 @@ import orjson
 import pytest
 
 from proxy.app import compile_mappings
-from proxy.fanout import BackendClient
+from proxy.fanout.client import BackendClient
 from proxy.fhir.ids import PatientIds, ResourceIds
 from proxy.hsa import HSA_SYSTEM, RIVTA_HSA_SYSTEM, is_hsa_id
-from proxy.merge import merge
+from proxy.merge.facts import merge
 from proxy.pipeline import Facade, fetch_and_map
-from proxy.redact import compile_policy
+from proxy.redact.policy import compile_policy
 from proxy.settings import DEMO_PATIENT_ID_KEY, load_settings
 from proxy.simulators import npo
 from proxy.simulators import population as pop

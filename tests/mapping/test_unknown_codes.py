@@ -22,7 +22,7 @@ import pytest
 import yaml
 from fhir.resources.R4B.bundle import Bundle
 
-from proxy.mapping import compiler as compiler_module
+from proxy.mapping import validate as validate_module
 from proxy.mapping.compiler import CompiledMapping
 from proxy.mapping.engine import map_records
 from proxy.simulators import cosmic as cosmic_sim
@@ -108,7 +108,7 @@ def test_a_cosmic_alert_without_a_kind_is_a_flag() -> None:
 def test_a_cosmic_alert_state_the_map_does_not_know_reads_from_the_validity_period(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(compiler_module, "now", lambda: datetime(2026, 6, 1, 12, 0, tzinfo=SWEDEN))
+    monkeypatch.setattr(validate_module, "now", lambda: datetime(2026, 6, 1, 12, 0, tzinfo=SWEDEN))
     rec = cosmic_record("alerts", "A-300001")  # Tolvan's Ej HLR
     rec["state"] = "PENDING_REVIEW"
     flag = cosmic("alerts", rec)

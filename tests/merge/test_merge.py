@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from proxy.fhir.searchparams import sort_time
 from proxy.mapping.engine import references
-from proxy.merge import ALSO_IN_SOURCE_SYSTEM, merge
+from proxy.merge.facts import ALSO_IN_SOURCE_SYSTEM, merge
 from proxy.types import MappedResource
 
 NOPAT = {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "NOPAT"}

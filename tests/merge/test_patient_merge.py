@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.mapping.engine import references
-from proxy.merge import DISAGREEMENT_EXTENSION, SOURCE_EXTENSION, merge
-from proxy.redact import DATA_ABSENT_REASON, compile_policy, redact
+from proxy.merge.facts import DISAGREEMENT_EXTENSION, SOURCE_EXTENSION, merge
+from proxy.redact.policy import DATA_ABSENT_REASON, compile_policy, redact
 from proxy.simulators.population import SANNA, TOLVAN, population
 from proxy.simulators.viva import build_data
 from proxy.types import MappedResource

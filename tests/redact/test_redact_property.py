@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from proxy.audience import DEFAULT_AUDIENCES
 from proxy.mapping.engine import references
-from proxy.redact import compile_policy, redact
+from proxy.redact.policy import compile_policy, redact
 from proxy.settings import load_settings
 from proxy.types import MappedResource
 

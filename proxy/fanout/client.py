@@ -1,0 +1,365 @@
+"""Ask the backends, concurrently, each within its own budget: raw, audience-free answers.
+
+Each backend is asked through its ``Transport`` (``proxy.fanout.transport``: one long-lived
+``aiohttp.ClientSession`` per backend in production, made in the app's ``cleanup_ctx``; in memory in
+unit tests). A backend is asked only for the requests the query's mappings need; requests that
+several mappings share (e.g. Cosmic's alerts list feeding both Flag and AllergyIntolerance) are sent
+once. Each answer that arrives whole is handed on at once (``OnAnswer``), so the pipeline maps it
+while the others are still out. Whatever a backend does — time out, refuse, answer 5xx, cut the
+connection, send too much — becomes a ``SourceResult`` with a status and a short, non-sensitive
+detail; nothing here raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from yarl import URL
+
+from proxy.clock import SYSTEM_CLOCK, Clock
+from proxy.fanout.breaker import CircuitBreaker
+from proxy.fanout.transport import AiohttpTransport, BodyTooLarge, Exchange, Transport, TransportError
+from proxy.mapping.requests import Context, RequestSpec, UnknownPatient
+from proxy.settings import BackendSettings
+from proxy.trace import outgoing_headers
+from proxy.types import SourceResult, SourceStatus
+
+log = logging.getLogger("proxy.fanout")  # the name it logged under before the module moved
+T = TypeVar("T")
+
+# "This patient is unknown here" is never a bare status: a backend's patient lookup declares the
+# answer that says so (``request.unknown_patient``: a status and a body marker). In one run, the
+# lookup's own answer decides; another request of that run answering with the same status and marker
+# is consistent with it — and counts as "nothing here" only when the lookup said "unknown" too. Any
+# other non-2xx, and a marker without the lookup's word, is a failed source (see ``_result``).
+_UNKNOWN = "unknown patient"  # an outcome's detail: the answer carried the declared marker
+
+
+def _weighted(mean: float | None, sample: float) -> float:
+    """An exponentially weighted mean, updated with ``sample`` (none yet, or 0: the sample itself)."""
+    return sample if not mean else 0.8 * mean + 0.2 * sample
+
+
+# (backend, request, body) — body None: the backend said the patient is unknown there (see _UNKNOWN)
+OnAnswer = Callable[[str, RequestSpec, bytes | None], None]
+
+
+@dataclass(slots=True)
+class BackendClient:
+    """One backend: its settings, its transport (a long-lived HTTP session) and its circuit breaker."""
+
+    settings: BackendSettings
+    transport: Transport
+    max_body_bytes: int
+    breaker: CircuitBreaker
+    base: str  # the base URL, to which each request's target is appended
+    # how long this backend has been taking to answer a whole fetch (exponentially weighted, ms):
+    # fan-out asks the slowest first, so its calls leave before the quick backends' calls
+    typical_ms: float = 0.0
+    # per learning key (``RequestSpec.learning_key``), how long its answers have taken to handle
+    # (map) once in (weighted, ms):
+    # the costliest are sent first, so they tend to arrive first and be mapped while the others
+    # are on their way, and the answer that comes in last — that everything waits for — is cheap
+    handling_ms: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def open(
+        cls,
+        settings: BackendSettings,
+        max_body_bytes: int,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        transport: Transport | None = None,
+    ) -> BackendClient:
+        """The client for one backend; ``transport`` defaults to aiohttp with the backend's
+        connection limit and connect timeout (unit tests pass a ``MemoryTransport``)."""
+        if transport is None:
+            transport = AiohttpTransport.open(
+                limit_per_host=settings.limit_per_host, connect_timeout_s=settings.connect_timeout_s
+            )
+        breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_open_s, clock)
+        base = str(URL(settings.base_url.rstrip("/")))  # (percent-encoded, as the request targets are)
+        return cls(
+            settings=settings, transport=transport, max_body_bytes=max_body_bytes, breaker=breaker, base=base
+        )
+
+    async def close(self) -> None:
+        await self.transport.close()
+
+    def start(
+        self,
+        specs: Sequence[RequestSpec],
+        ctx: Context,
+        on_answer: OnAnswer | None = None,
+        on_done: Callable[[SourceResult], None] | None = None,
+    ) -> BackendRun:
+        """Send each request now, concurrently, one task each — the ones whose answers have cost
+        the most to handle first (see ``handled``). ``on_answer(backend, spec, body)``
+        sees each body as soon as it has arrived whole; ``on_done(result)`` is called — from the
+        task of the request that finished last, with no further hop through the event loop — once
+        every request has ended. ``BackendRun.abandon`` cuts off the ones still out."""
+        run = BackendRun(self, specs, on_done)
+        run.on_answer = on_answer
+        run.lookup = next((i for i, spec in enumerate(specs) if spec.unknown_patient is not None), None)
+        if not specs:
+            run.settle(SourceResult(self.settings.name, SourceStatus.OK))
+            return run
+        if not self.breaker.allow():
+            wait = self.breaker.retry_after_s()
+            detail = f"was not asked: it failed repeatedly (asked again in {wait:.0f} s)"
+            run.settle(SourceResult(self.settings.name, SourceStatus.UNAVAILABLE, 0.0, detail))
+            return run
+        cost = self.handling_ms.get
+        run.tasks = [  # (tasks start in creation order; ``i`` keeps each outcome in plan order)
+            asyncio.ensure_future(self._ask(run, i, spec, ctx))
+            for i, spec in sorted(enumerate(specs), key=lambda item: -cost(item[1].learning_key, 0.0))
+        ]
+        run.timer = asyncio.get_running_loop().call_later(self.settings.total_timeout_s, run.expire)
+        return run
+
+    async def fetch(
+        self, specs: Sequence[RequestSpec], ctx: Context, on_answer: OnAnswer | None = None
+    ) -> SourceResult:
+        """``start``, and wait for the result (cancelled: the requests still out are cut off)."""
+        done: asyncio.Future[SourceResult] = asyncio.get_running_loop().create_future()
+        run = self.start(specs, ctx, on_answer, lambda result: _resolve(done, result))
+        try:
+            return await done
+        except asyncio.CancelledError:
+            run.abandon("cancelled", its_fault=False)
+            raise
+
+    async def _ask(self, run: BackendRun, i: int, spec: RequestSpec, ctx: Context) -> None:
+        marker = None if run.lookup is None else run.specs[run.lookup].unknown_patient
+        outcome = await self._one(spec, ctx, marker)
+        if run.result is not None:  # out of time while this answer was on its way
+            return
+        # a marker answer to another request waits for the lookup's word (see _result)
+        if outcome[0] is SourceStatus.OK and (outcome[2] != _UNKNOWN or i == run.lookup):
+            self._hand_on(run, spec, outcome[1])
+        run.outcomes[i] = (outcome[0], outcome[2])  # (the body is the receiver's now)
+        run.pending -= 1
+        if not run.pending:
+            run.settle(self._result(run))
+
+    def _result(self, run: BackendRun) -> SourceResult:
+        """The backend's result once every request has ended; counted by the breaker."""
+        # "unknown patient" from the lookup makes the same answer to the run's other requests
+        # consistent ("nothing here"); without the lookup's word that answer is a failure
+        lookup_says_unknown = run.lookup is not None and run.outcomes[run.lookup] == (
+            SourceStatus.OK,
+            _UNKNOWN,
+        )
+        for i, outcome in enumerate(run.outcomes):
+            if outcome != (SourceStatus.OK, _UNKNOWN) or i == run.lookup:
+                continue
+            if lookup_says_unknown:
+                self._hand_on(run, run.specs[i], None)
+            else:
+                detail = "answered 'unknown patient' to a request, but its patient lookup did not"
+                run.outcomes[i] = (SourceStatus.ERROR, detail)
+        outcomes = [o for o in run.outcomes if o is not None]
+        failed = any(status in (SourceStatus.TIMEOUT, SourceStatus.ERROR) for status, _ in outcomes)
+        self.breaker.record(success=not failed)
+        worst: tuple[SourceStatus, str] | None = None
+        for status, detail in outcomes:
+            if status is not SourceStatus.OK and (worst is None or _rank(status) > _rank(worst[0])):
+                worst = (status, detail)
+        latency = (time.perf_counter() - run.started) * 1000
+        self.took(latency)
+        if worst is None:  # unknown here: the lookup and every other request said so, positively
+            unknown = lookup_says_unknown and all(o == (SourceStatus.OK, _UNKNOWN) for o in outcomes)
+            return SourceResult(self.settings.name, SourceStatus.OK, latency, unknown_patient=unknown)
+        return SourceResult(self.settings.name, worst[0], latency, worst[1])
+
+    def _hand_on(self, run: BackendRun, spec: RequestSpec, body: bytes | None) -> None:
+        if run.on_answer is None:
+            return
+        try:
+            run.on_answer(self.settings.name, spec, body)
+        except Exception:  # (it must not raise) the answer still counts, the backend settles
+            log.exception("handing on an answer from %s failed", self.settings.name)
+
+    def handled(self, key: str, ms: float) -> None:
+        """Learn how long the answer to a request (its ``learning_key``) took to handle (an
+        exponentially weighted mean)."""
+        self.handling_ms[key] = _weighted(self.handling_ms.get(key), ms)
+
+    def took(self, latency_ms: float) -> None:
+        """Learn how long a whole fetch took (an exponentially weighted mean)."""
+        self.typical_ms = _weighted(self.typical_ms, latency_ms)
+
+    async def _one(
+        self, spec: RequestSpec, ctx: Context, marker: UnknownPatient | None = None
+    ) -> tuple[SourceStatus, bytes | None, str]:
+        """One request, through the transport (whose errors are TransportErrors: see
+        ``proxy.fanout.transport``). An answer with the ``marker``'s status is read and checked for
+        its body marker: (OK, None, _UNKNOWN) if it carries it; a non-2xx without it is a failure
+        like any other, its body never read."""
+        try:
+            request = spec.render(ctx)
+            async with self.transport.request(
+                spec.method,
+                self.base + request.target,
+                headers={**request.headers, **outgoing_headers()},  # (X-Request-ID, traceparent)
+                body=request.body,
+            ) as resp:
+                return await self._outcome(resp, spec, marker)
+        except TransportError as exc:
+            return exc.status, None, exc.detail
+        except BodyTooLarge:
+            return SourceStatus.INVALID, None, f"answer larger than {self.max_body_bytes} bytes"
+        except Exception:  # a backend must never fail the request: log where, not what
+            log.exception("unexpected error asking %s", self.settings.name)
+            return SourceStatus.ERROR, None, "failed unexpectedly"
+
+    async def _outcome(
+        self, resp: Exchange, spec: RequestSpec, marker: UnknownPatient | None
+    ) -> tuple[SourceStatus, bytes | None, str]:
+        if marker is not None and resp.status == marker.status:
+            body = await resp.read(self.max_body_bytes)
+            if marker.says_unknown(resp.status, body, spec.format):
+                return SourceStatus.OK, None, _UNKNOWN
+            if 200 <= resp.status < 300:
+                return SourceStatus.OK, body, ""
+        if not 200 <= resp.status < 300:
+            return SourceStatus.ERROR, None, f"answered HTTP {resp.status}"
+        return SourceStatus.OK, await resp.read(self.max_body_bytes), ""
+
+
+class BackendRun:
+    """One backend's share of a fan-out: its requests in flight, then its ``SourceResult``."""
+
+    __slots__ = (
+        "client",
+        "lookup",
+        "on_answer",
+        "on_done",
+        "outcomes",
+        "pending",
+        "result",
+        "specs",
+        "started",
+        "tasks",
+        "timer",
+    )
+
+    def __init__(
+        self,
+        client: BackendClient,
+        specs: Sequence[RequestSpec],
+        on_done: Callable[[SourceResult], None] | None,
+    ) -> None:
+        self.client = client
+        self.specs = specs
+        self.on_done = on_done
+        self.on_answer: OnAnswer | None = None
+        self.lookup: int | None = None  # index of the backend's patient lookup among specs
+        self.outcomes: list[tuple[SourceStatus, str] | None] = [None] * len(specs)  # (status, detail)
+        self.pending = len(specs)
+        self.started = time.perf_counter()
+        self.tasks: list[asyncio.Task[None]] = []
+        self.timer: asyncio.TimerHandle | None = None
+        self.result: SourceResult | None = None
+
+    def settle(self, result: SourceResult) -> None:
+        self.result = result
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.on_done is not None:
+            self.on_done(result)
+
+    def expire(self) -> None:
+        """The backend's total budget has run out: cut off what is still out, and settle as timed out."""
+        if self.result is not None:
+            return
+        self.abandon(f"no complete answer within {self.client.settings.total_timeout_s:g} s")
+        if self.on_done is not None:
+            assert self.result is not None
+            self.on_done(self.result)
+
+    def abandon(self, detail: str, *, its_fault: bool = True) -> None:
+        """Cut off the requests still out. Answers already handed on stay handed on. Cut off at the
+        request's deadline or at the end of its own budget (``its_fault``), the backend counts as
+        timed out — for the breaker, and as slow, so that it is asked first next time; cut off
+        because the request itself was cancelled (its client left), it counts as neither."""
+        if self.result is not None:
+            return
+        if self.timer is not None:
+            self.timer.cancel()
+        for task in self.tasks:
+            task.cancel()
+        latency = (time.perf_counter() - self.started) * 1000
+        if its_fault:
+            self.client.breaker.record(success=False)
+            self.client.took(latency)
+        else:
+            self.client.breaker.no_verdict()
+        self.result = SourceResult(self.client.settings.name, SourceStatus.TIMEOUT, latency, detail)
+
+
+def _resolve(future: asyncio.Future[T], value: T) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _rank(status: SourceStatus) -> int:
+    order = (SourceStatus.OK, SourceStatus.INVALID, SourceStatus.ERROR, SourceStatus.TIMEOUT)
+    return order.index(status)
+
+
+async def fan_out(
+    clients: Mapping[str, BackendClient],
+    plan: Mapping[str, Sequence[RequestSpec]],
+    contexts: Mapping[str, Context],
+    *,
+    deadline_s: float,
+    on_answer: OnAnswer | None = None,
+) -> list[SourceResult]:
+    """Ask every backend in ``plan`` concurrently; one SourceResult per backend, in plan order.
+
+    When ``deadline_s`` passes, backends still out are abandoned and reported as timed out: the
+    answer comes back with what has arrived. ``on_answer`` sees each body that arrives whole as soon
+    as it has, so work on one answer overlaps the wait for the others — also the bodies of a backend
+    abandoned later, at the deadline. (It should not raise; if it does, that is logged.)
+    """
+    names = [name for name, specs in plan.items() if specs]
+    if not names:
+        return []
+    loop = asyncio.get_running_loop()
+    all_done: asyncio.Future[None] = loop.create_future()
+    left = len(names)
+
+    def one_done(_: SourceResult) -> None:
+        nonlocal left
+        left -= 1
+        if not left:
+            _resolve(all_done, None)
+
+    # the slowest backend's calls first (tasks start in creation order): the answer waits on it
+    runs = {
+        name: clients[name].start(plan[name], contexts[name], on_answer, one_done)
+        for name in sorted(names, key=lambda n: clients[n].typical_ms, reverse=True)
+    }
+    timer = loop.call_later(deadline_s, _resolve, all_done, None)
+    try:
+        await all_done
+    except asyncio.CancelledError:  # the request itself was cancelled: no backend is to blame
+        for run in runs.values():
+            run.abandon("cancelled", its_fault=False)
+        raise
+    finally:
+        timer.cancel()
+    for run in runs.values():
+        run.abandon(f"did not answer within the request deadline ({deadline_s:g} s)")
+    results = []
+    for name in names:
+        result = runs[name].result
+        assert result is not None  # settled, or abandoned just above
+        results.append(result)
+    return results

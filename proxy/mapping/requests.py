@@ -1,0 +1,162 @@
+"""The request a mapping reads: a template (``RequestSpec``) rendered with the request's context
+into one backend call (``Rendered``), and the answer that positively says "unknown patient"
+(``UnknownPatient``). The ``request:`` section of a mapping is checked in ``validate.py``."""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+from urllib.parse import quote, urlencode
+from xml.sax.saxutils import escape as xml_escape
+
+import orjson
+
+from proxy.mapping.xml import parse_xml
+
+Context = Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownPatient:
+    """How a backend's patient lookup says, positively, "this patient is unknown here": an answer
+    with this HTTP ``status`` whose body (in the request's format) holds ``equals`` at ``path``
+    (dotted keys). Only such an answer means "holds nothing"; any other non-2xx is a failure."""
+
+    status: int
+    path: tuple[str, ...]
+    equals: str
+
+    def says_unknown(self, status: int, body: bytes, fmt: str) -> bool:
+        """True only when the answer carries the declared status and body marker."""
+        if status != self.status:
+            return False
+        try:
+            if fmt == "xml":
+                node: Any = parse_xml(body)
+            else:
+                node = orjson.loads(body)
+        except ValueError:
+            return False
+        for step in self.path:
+            if not isinstance(node, dict) or step not in node:
+                return False
+            node = node[step]
+        return isinstance(node, str | int) and not isinstance(node, bool) and str(node) == self.equals
+
+
+@dataclass(frozen=True, slots=True)
+class RequestSpec:
+    """How to fetch the raw answer a mapping reads. Several mappings may share one request."""
+
+    method: str
+    path: str
+    query: tuple[tuple[str, str], ...]
+    body: str | None
+    headers: tuple[tuple[str, str], ...]
+    format: str  # "json" | "xml"
+    # declared on a backend's patient lookup only: the answer that says "unknown patient" (see
+    # UnknownPatient); never part of the request's identity
+    unknown_patient: UnknownPatient | None = field(default=None, compare=False)
+    # The fetch key: the identity of the backend call. Mappings with equal fetch keys are served by
+    # one call, and it indexes what is per call within one process: the answers of a run, the
+    # mappings that read each answer (``MappingSet.readers``), the requests asked. Derived once here;
+    # it is read several times per request and per backend call. It is *not* the cache key: an
+    # entry also depends on the mappings that made it (``MappingSet.cache_key``: fetch key + their
+    # digest), so that a deploy never serves the old mappings' output.
+    fetch_key: str = field(init=False, compare=False)
+    _path: str = field(init=False, compare=False, repr=False)  # the path template, percent-encoded
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "fetch_key", f"{self.method} {self.path} {self.query} {self.headers} {self.body}"
+        )
+        object.__setattr__(self, "_path", _encoded_path_template(self.path))
+
+    @property
+    def key(self) -> str:
+        """The fetch key (its older name)."""
+        return self.fetch_key
+
+    @property
+    def learning_key(self) -> str:
+        """What the learnt cost of handling an answer is kept under (``BackendClient.handled``): the
+        fetch key — per process, the mappings reading one call's answer are fixed, so the cost of
+        mapping it is a property of the call; nothing learnt outlives the process."""
+        return self.fetch_key
+
+    def render(self, ctx: Context) -> Rendered:
+        """Path, query, headers and body with the request's context filled in.
+
+        Values are escaped for where they go: the path is percent-encoded (a context value as one
+        segment), and an XML body gets XML escaping (context values come from validated identifiers
+        and config, but a config value must not be able to break an envelope either).
+        """
+        plain = _ContextView(ctx)
+        path = self._path.format_map(_ContextView(ctx, _segment))
+        query = [(k, v.format_map(plain)) for k, v in self.query]
+        headers = {k: v.format_map(plain) for k, v in self.headers}
+        body = None
+        if self.body is not None:
+            escape = xml_escape if self.format == "xml" else None
+            body = self.body.format_map(_ContextView(ctx, escape)).encode()
+        return Rendered(path, query, headers, body)
+
+
+class Rendered(NamedTuple):
+    """One request, ready to send."""
+
+    path: str  # percent-encoded
+    query: list[tuple[str, str]]  # as the template gives it (not yet encoded)
+    headers: dict[str, str]
+    body: bytes | None
+
+    @property
+    def target(self) -> str:
+        """Path and query string, percent-encoded: what follows the backend's base URL."""
+        return f"{self.path}?{urlencode(self.query, quote_via=quote)}" if self.query else self.path
+
+
+# what a path may hold as it is: unreserved characters, sub-delimiters, ":", "@", "/" (RFC 3986
+# §3.3), and "%" (the configured path may be percent-encoded already)
+_PATH_SAFE = "/:@!$&'()*+,;=-._~%"
+
+
+_LONE_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")  # a "%" that does not start an escape
+
+
+def _segment(value: str) -> str:
+    if value in (".", ".."):  # a value is one segment, never a step up the path
+        return value.replace(".", "%2E")
+    return quote(value, safe="")
+
+
+def _encoded_path_template(template: str) -> str:
+    """The path template with its own characters percent-encoded where the URL syntax needs it (a
+    space, a non-ASCII letter); the ``{@name}`` fields are kept for ``format_map``."""
+    out = []
+    for literal, name, spec, conversion in string.Formatter().parse(template):
+        out.append(quote(_LONE_PERCENT.sub("%25", literal), safe=_PATH_SAFE))
+        if name is not None:
+            fmt = name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "")
+            out.append("{" + fmt + "}")
+    return "".join(out)
+
+
+class _ContextView:
+    """``str.format_map`` over the context, where request templates write ``{@pnr}``; a value is
+    escaped only when a template uses it."""
+
+    __slots__ = ("ctx", "escape")
+
+    def __init__(self, ctx: Context, escape: Callable[[str], str] | None = None) -> None:
+        self.ctx = ctx
+        self.escape = escape
+
+    def __getitem__(self, key: str) -> Any:
+        if not key.startswith("@") or key[1:] not in self.ctx:
+            raise KeyError(key)
+        value = self.ctx[key[1:]]
+        return self.escape(str(value)) if self.escape else value

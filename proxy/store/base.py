@@ -1,0 +1,272 @@
+"""The facade's durable state: the access log (AuditEvents) and the patients' consents and blocks.
+
+Two stores with one interface: ``SqliteStore`` (aiosqlite, WAL; the embedded default) and
+``PostgresStore`` (asyncpg; for several workers or hosts). ``open_store(settings)`` picks one.
+
+Audit writes are group-committed: concurrent requests queue their events, one writer task stores
+whatever is queued in one transaction and then releases every waiting request. A request answers
+only once its access is logged (its event, or its begun event, committed); if the store cannot take
+it, ``StoreUnavailable`` is raised and the request must disclose nothing. An event submitted again
+with the same id replaces the stored one while that one is begun (an access logged as begun, then
+completed); a completed event stays. Reads of the access log see every event submitted before them.
+Consents are few and written one at a time.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from proxy.hooks import AuditCommitted, AuditQueued, Hooks
+from proxy.types import FhirDict
+
+if TYPE_CHECKING:
+    from proxy.settings import StoreSettings
+
+log = logging.getLogger("proxy.store")  # the name it logged under before the module moved
+
+
+NO_OUTCOME = -1  # the outcome column of an event logged as begun (the column is NOT NULL)
+
+
+class StoreUnavailable(Exception):
+    """The store could not take (or give) the data: the request must not disclose anything."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    event_id: str
+    recorded: str
+    patient_pnr: str
+    audience: str
+    user_hsa_id: str | None
+    outcome: int  # BALP: 0 success, 4 minor failure (partial), 8 serious (refused/not found), 12 major
+    request_id: str
+    event: FhirDict
+    # the patient who asked (patient audience only): the patient's own view of their log leaves out
+    # every other patient's attempt on it (``Store.audit_events(as_patient=True)``)
+    asker_pnr: str | None = None
+
+    def row(self) -> tuple[object, ...]:
+        """The values of the audit_event columns id … request_id, asker_pnr, event (the order the
+        stores insert them in)."""
+        return (
+            self.event_id,
+            self.recorded,
+            self.patient_pnr,
+            self.audience,
+            self.user_hsa_id,
+            self.outcome,
+            self.request_id,
+            self.asker_pnr,
+            self.event,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentRow:
+    """A stored Consent: the resource as the facade keeps it, with the columns it is found by."""
+
+    id: str
+    patient_pnr: str
+    status: str
+    version: int
+    resource: FhirDict
+
+
+class Store(abc.ABC):
+    """Shared by both stores: the group-commit writer for AuditEvents, and read-your-writes for
+    the access log (a read waits for every event submitted before it)."""
+
+    def __init__(self, *, max_batch: int = 500, drain_timeout_s: float = 5.0) -> None:
+        self.max_batch = max_batch
+        self.drain_timeout_s = drain_timeout_s
+        # (event, its future) or (None, a flush marker's future)
+        self._queue: asyncio.Queue[tuple[AuditRecord | None, asyncio.Future[None]]] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+        self._batch: list[tuple[AuditRecord | None, asyncio.Future[None]]] = []  # being written
+        self.hooks = Hooks()  # queue depth and commit latency (the app passes its own)
+
+    async def open(self) -> None:
+        await self._connect()
+        self._writer = asyncio.create_task(self._write_batches(), name="audit-writer")
+        self._writer.add_done_callback(self._writer_ended)
+
+    def _writer_ended(self, writer: asyncio.Task[None]) -> None:
+        """The writer broke on something unforeseen: nobody may wait for it (``close`` cancels it
+        and sees to what is left itself)."""
+        if not writer.cancelled():
+            log.error("the audit writer stopped (%s)", type(writer.exception()).__name__)
+            self._fail_waiting("the audit writer stopped")
+
+    async def close(self) -> None:
+        """Stop, once the events already submitted are stored; what is left after ``drain_timeout_s``
+        fails (StoreUnavailable) and is logged by event id."""
+        if self._writer is not None:
+            if not self._writer.done():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.flush(), self.drain_timeout_s)
+            self._writer.cancel()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await self._writer
+            self._fail_waiting("audit store closed")
+        await self._disconnect()
+
+    def _fail_waiting(self, why: str) -> None:
+        """Fail (and log by id) the batch being written and everything still queued."""
+        left: dict[str, AuditRecord] = {}
+        while not self._queue.empty():
+            self._batch.append(self._queue.get_nowait())
+        for record, done in self._batch:
+            if not done.done():
+                if isinstance(record, AuditRecord):
+                    left[record.event_id] = record
+                done.set_exception(StoreUnavailable(why))
+        self._batch = []
+        if left:
+            _not_stored(why, left)
+
+    def submit_audit(self, record: AuditRecord) -> asyncio.Future[None]:
+        """Queue the event for the next group commit. An event with the id of a stored begun one
+        (outcome ``NO_OUTCOME``) replaces it; a stored completed event is never replaced. The
+        future is done once the event is committed, or fails with StoreUnavailable if it could not
+        be; StoreUnavailable is raised at once if the writer is not running. A caller need not
+        wait: every event that is not stored is logged, by id."""
+        done = self._enqueue(record)
+        done.add_done_callback(_retrieved)  # a failure nobody waits for is logged once, by the writer
+        return done
+
+    async def ping(self) -> None:
+        """Raise unless the store can take the access log now: its writer runs and its database
+        answers a trivial query (``/readyz``)."""
+        if self._writer is None or self._writer.done():
+            raise StoreUnavailable("the audit writer is not running")
+        await self._ping()
+
+    async def flush(self) -> None:
+        """Wait until every event submitted before this call is committed (or has failed)."""
+        await self._enqueue(None)
+
+    def _enqueue(self, record: AuditRecord | None) -> asyncio.Future[None]:
+        if self._writer is None or self._writer.done():
+            if record is not None:
+                _not_stored("the audit writer is not running", {record.event_id: record})
+            raise StoreUnavailable("audit store is not running")
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((record, done))
+        if record is not None:
+            self.hooks.emit(AuditQueued(self._queue.qsize()))
+        return done
+
+    async def _write_batches(self) -> None:
+        while True:
+            self._batch = batch = [await self._queue.get()]
+            while len(batch) < self.max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            # one row per event id, the last submitted (a begun event completed in the same batch)
+            latest = {r.event_id: r for r, _ in batch if r is not None}
+            failed = False
+            if latest:
+                started = time.perf_counter()
+                try:
+                    await self._insert_audit(list(latest.values()))
+                except Exception as exc:  # the store failed: every waiting request must refuse to disclose
+                    _not_stored(f"audit write failed ({type(exc).__name__})", latest)
+                    failed = True
+                took = (time.perf_counter() - started) * 1000
+                self.hooks.emit(AuditCommitted(len(latest), took, not failed, self._queue.qsize()))
+            for record, done in batch:
+                if done.done():
+                    continue
+                if failed and record is not None:
+                    done.set_exception(StoreUnavailable("audit store failed"))
+                else:
+                    done.set_result(None)
+            batch.clear()
+
+    async def audit_events(
+        self, patient_pnr: str, *, limit: int, offset: int, as_patient: bool = False
+    ) -> tuple[int, list[FhirDict]]:
+        """(how many events name the patient, one page of them, newest first). ``as_patient``: the
+        patient's own view — without other patients' attempts on the record, and without patient
+        events that do not say which patient asked (stored before the store recorded it), which
+        may be such attempts; the count and the page both know nothing of them."""
+        await self.flush()
+        return await self._audit_events(patient_pnr, limit=limit, offset=offset, as_patient=as_patient)
+
+    async def all_audit_events(self) -> list[FhirDict]:
+        """Every stored event (for tests and exports; not on the request path)."""
+        await self.flush()
+        return await self._all_audit_events()
+
+    # ---- what each store implements -------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def _connect(self) -> None: ...
+
+    async def _ping(self) -> None:
+        """A trivial query (each store overrides it with ``SELECT 1``)."""
+        await self.consent("")
+
+    @abc.abstractmethod
+    async def _disconnect(self) -> None: ...
+
+    @abc.abstractmethod
+    async def _insert_audit(self, records: list[AuditRecord]) -> None:
+        """Store every record (distinct event ids) in one transaction, durably, or raise. A record
+        whose event id is stored already replaces that row's outcome and event if the row is begun
+        (outcome ``NO_OUTCOME``); a completed row stays as it is."""
+
+    @abc.abstractmethod
+    async def _audit_events(
+        self, patient_pnr: str, *, limit: int, offset: int, as_patient: bool
+    ) -> tuple[int, list[FhirDict]]: ...
+
+    @abc.abstractmethod
+    async def _all_audit_events(self) -> list[FhirDict]: ...
+
+    @abc.abstractmethod
+    async def add_consent(self, row: ConsentRow) -> None: ...
+
+    @abc.abstractmethod
+    async def update_consent(self, row: ConsentRow, *, expected_version: int) -> bool:
+        """Replace the stored consent if it is still at ``expected_version``; False if it is not."""
+
+    @abc.abstractmethod
+    async def consent(self, consent_id: str) -> ConsentRow | None: ...
+
+    @abc.abstractmethod
+    async def consents(self, patient_pnr: str) -> list[ConsentRow]:
+        """The patient's consents and blocks, any status, oldest first."""
+
+
+# The patient's own view of their log: what care staff did, and what the patient did themselves.
+AS_PATIENT = "(audience <> 'patient' OR asker_pnr = patient_pnr)"
+
+
+def _not_stored(why: str, records: dict[str, AuditRecord]) -> None:
+    """Log what was lost, by event id (no personal data), so that events left begun can be found."""
+    ids = list(records)
+    more = f" and {len(ids) - 20} more" if len(ids) > 20 else ""
+    listed = ", ".join(ids[:20])
+    log.error("%s; %d audit event(s) not (known to be) stored: %s%s", why, len(ids), listed, more)
+
+
+def _retrieved(done: asyncio.Future[None]) -> None:
+    if not done.cancelled():
+        done.exception()
+
+
+def open_store(settings: StoreSettings) -> Store:
+    if settings.kind == "postgres":
+        from proxy.store.postgres import PostgresStore
+
+        return PostgresStore(settings.postgres_dsn)
+    from proxy.store.sqlite import SqliteStore
+
+    return SqliteStore(settings.sqlite_path)
