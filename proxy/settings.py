@@ -15,9 +15,9 @@ from typing import Any
 
 import yaml
 
+from proxy.faultspec import Faults
 from proxy.hsa import is_hsa_id
 from proxy.mapping.compiler import SUPPORTED_TYPES
-from proxy.simulators.faults import Faults
 from proxy.types import AUDIENCES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -28,31 +28,33 @@ import random
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
+# the synthetic organisation (HSA-ids), shared with the demo issuer: proxy/demo_org.py
+from proxy.demo_org import (
+    COSMIC_SYSTEM,
+    MUNICIPALITY_PROVIDER,
+    OTHER_REGION_PROVIDER,
+    OTHER_REGION_SYSTEM,
+    REGION_PROVIDER,
+    UNITS,
+    VIVA_SYSTEM,
+)
 from proxy.pnr import PNR_SYSTEM, SAMORDNING_SYSTEM, dashed, is_valid_pnr, luhn_check_digit
 
-__all__ = ["PNR_SYSTEM", "SAMORDNING_SYSTEM", "is_valid_pnr", "luhn_check_digit"]
+__all__ = [
+    "COSMIC_SYSTEM",
+    "MUNICIPALITY_PROVIDER",
+    "OTHER_REGION_PROVIDER",
+    "OTHER_REGION_SYSTEM",
+    "PNR_SYSTEM",
+    "REGION_PROVIDER",
+    "SAMORDNING_SYSTEM",
+    "UNITS",
+    "VIVA_SYSTEM",
+    "is_valid_pnr",
+    "luhn_check_digit",
+]
 
 DEFAULT_SEED = 1177
-
-# HSA-ids of the synthetic organisation (format of real HSA-ids, invented values).
-REGION_PROVIDER = "SE2321000016-15CQ"  # the region (vårdgivare) running Cosmic
-COSMIC_SYSTEM = "SE2321000016-COSM"  # Cosmic's source system HSA-id, as NPÖ records it
-OTHER_REGION_PROVIDER = "SE2321000081-1MVR"  # another region whose data only NPÖ has
-OTHER_REGION_SYSTEM = "SE2321000081-MEL1"
-MUNICIPALITY_PROVIDER = "SE2120001520-KOMM"  # the municipality (omsorgsgivare) running Viva
-VIVA_SYSTEM = "SE2120001520-VIVA"
-
-UNITS = {
-    "akuten": ("SE2321000016-AKM1", "Akutmottagningen Centralsjukhuset"),
-    "vc-norr": ("SE2321000016-VCN1", "Vårdcentralen Norrmalm"),
-    "med": ("SE2321000016-MED3", "Medicinkliniken avd 3"),
-    # the region's ambulance service (it owns MobiMed's threat register) and two of its stations
-    "ambulans": ("SE2321000016-AMB1", "Ambulanssjukvården"),
-    "ambulans-city": ("SE2321000016-AMB2", "Ambulansstation City"),
-    "ambulans-syd": ("SE2321000016-AMB3", "Ambulansstation Syd"),
-    "hemsjukvard": ("SE2120001520-HSV1", "Kommunal hemsjukvård Norr"),
-    "annan-region": ("SE2321000081-KAR2", "Kardiologen, Universitetssjukhuset Öst"),
-}
 
 
 def make_pnr(birth: date, birth_number: int) -> str:
