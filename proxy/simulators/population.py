@@ -4,7 +4,8 @@ Everything here is synthetic. Personnummer are Luhn-valid test numbers; names, a
 stories are invented. The same seed always yields the same population, so tests, the demo and the
 benchmark see identical data.
 
-Named demo patients (their stories are in the README):
+Named demo patients (their stories are in the README; the people are ``data/people.yaml``, their
+records ``data/<backend>/<name>.yaml``):
 
 * ``191212121212`` Tolvan Tolvansson — in all three systems: threat flag, no-CPR limitation,
   penicillin allergy and hypertension in Cosmic (the hypertension also copied to NPÖ), care plan
