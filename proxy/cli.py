@@ -218,7 +218,8 @@ async def _simulate(
 async def _check(settings: Settings) -> int:
     from proxy.mapping.check import check  # imports fhir.resources: only this command needs it
 
-    report = await check(settings)
+    people = people_for(settings, patients=5)  # the named demo patients and five generated ones
+    report = await check(settings, [p.pnr for p in people], running_simulators(settings, people, faults={}))
     for name, n in sorted(report.per_mapping.items()):
         print(f"  {name:<32} {n:>5} resources")
     for line in report.silent:

@@ -157,6 +157,12 @@ def test_the_wheel_ships_config_and_mappings_and_runs_the_demo(
     in_repo = [f"config/{DEFAULT_CONFIG.name}", "mappings/README.md"]
     in_repo += [str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "mappings").rglob("*.yaml")]
     assert shipped == sorted(in_repo)  # every mapping, and none of the strays
+    # the simulators' hand-written demo records (data files, not Python), which the demo serves
+    records = where.parent / "simulators" / "data"
+    in_repo_records = REPO_ROOT / "proxy" / "simulators" / "data"
+    assert sorted(str(p.relative_to(records)) for p in records.rglob("*") if p.is_file()) == sorted(
+        str(p.relative_to(in_repo_records)) for p in in_repo_records.rglob("*.yaml")
+    )
 
     demo = Command([str(installed / "bin" / "fhir-facade"), "demo", "--port", "0"], away, env)
     commands.append(demo)

@@ -16,10 +16,10 @@ import jwt
 
 from proxy.audience import DEFAULT_AUDIENCES
 from proxy.auth import DEFAULT_AUDIENCE, ClaimNames, TrustedIssuer, VerificationKey
+from proxy.demo_org import MUNICIPALITY_PROVIDER, REGION_PROVIDER, UNITS
 from proxy.fhir.ids import PATIENT_ID_LENGTH, PatientIds
 from proxy.pnr import normalise
 from proxy.settings import DEMO_PATIENT_ID_KEY
-from proxy.simulators.population import MUNICIPALITY_PROVIDER, REGION_PROVIDER, UNITS
 
 DEMO_ISSUER = "urn:fhir-facade:demo-issuer"
 DEMO_KID = "demo-hs256"

@@ -1,14 +1,17 @@
 """``fhir-facade mappings check``: compile every mapping and validate what it produces.
 
-Each backend's simulator is started in-process; for every named demo patient and a few generated
-ones, every mapping runs through the real pipeline stages (fan-out, decode, map, merge) and each
-resulting resource is validated with fhir.resources (R4B models). The request path never touches
-those models — they are too slow for it — which is why this check, and the test suite, do.
+The caller (the CLI, which may import the simulators: the product does not) starts each backend's
+simulator in-process and passes in their URLs and the sample patients; for every named demo patient
+and a few generated ones, every mapping runs through the real pipeline stages (fan-out, decode, map,
+merge) and each resulting resource is validated with fhir.resources (R4B models). The request path
+never touches those models — they are too slow for it — which is why this check, and the test suite, do.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 
 from fhir.resources.R4B import get_fhir_model_class
@@ -22,7 +25,6 @@ from proxy.merge.facts import merge
 from proxy.pipeline import Facade, fetch_and_map
 from proxy.redact.policy import compile_policy
 from proxy.settings import DEMO_PATIENT_ID_KEY, Settings
-from proxy.simulators.harness import people_for, running_simulators
 from proxy.types import FhirDict
 
 
@@ -49,12 +51,15 @@ def validate(resource: FhirDict) -> str | None:
     return None
 
 
-async def check(settings: Settings, generated: int = 5) -> CheckReport:
+async def check(
+    settings: Settings, samples: Sequence[str], backends: AbstractAsyncContextManager[dict[str, str]]
+) -> CheckReport:
+    """Check every mapping on the records of ``samples`` (personnummer), fetched from ``backends``:
+    entered, it yields {backend name: base URL} (the simulators, started by the caller)."""
     mappings = compile_mappings(settings, ResourceIds(DEMO_PATIENT_ID_KEY))
     ids = PatientIds(DEMO_PATIENT_ID_KEY)
-    people = people_for(settings, patients=generated)
     report = CheckReport()
-    async with running_simulators(settings, people, faults={}) as urls:
+    async with backends as urls:
         live = settings.with_backend_urls(urls)
         clients = {b.name: BackendClient.open(b, live.facade.max_body_bytes) for b in live.backends}
         facade = Facade(
@@ -65,10 +70,8 @@ async def check(settings: Settings, generated: int = 5) -> CheckReport:
             policy=compile_policy(settings.policy, settings.audiences.names),
         )
         try:
-            for person in people:
-                mapped, outcomes = await fetch_and_map(
-                    facade, ids.patient(person.pnr), mappings.resource_types
-                )
+            for pnr in samples:
+                mapped, outcomes = await fetch_and_map(facade, ids.patient(pnr), mappings.resource_types)
                 report.degraded.extend(f"{o.source}: {o.detail}" for o in outcomes if o.status.degraded)
                 report.per_mapping.update(m.mapping for m in mapped)
                 report.unattributed.update(

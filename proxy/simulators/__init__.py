@@ -1,6 +1,11 @@
 """Stand-ins for the three legacy backends, each its own aiohttp app in its own dialect.
 
 ``SIMULATORS`` maps a simulator name to ``create_app(people, faults) -> web.Application``.
+
+The named demo patients and their hand-written records are data files in ``data/`` (read by
+``records.py``, which describes the format); generated patients come from each module's seeded
+generator. Only the CLI (``demo``, ``simulate``, ``mappings check``) imports this package: the
+product does not (``tests/test_layers_simulators.py``).
 """
 
 from __future__ import annotations

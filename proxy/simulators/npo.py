@@ -43,17 +43,15 @@ from proxy.simulators import faults as fault_mod
 from proxy.simulators.population import (
     COSMIC_SYSTEM,
     LENNART,
-    LUCIA,
     OTHER_REGION_PROVIDER,
     OTHER_REGION_SYSTEM,
     REGION_PROVIDER,
-    SANNA,
-    TOLVAN,
     UNITS,
     Person,
     at,
     is_valid_pnr,
 )
+from proxy.simulators.records import hand_written
 
 SOAP_NS = "http://schemas.xmlsoap.org/soap/envelope/"
 PNR_OID = "1.2.752.129.2.1.3.1"
@@ -329,20 +327,6 @@ def medication(
     }
 
 
-def functional(
-    pnr: str, doc_id: str, time: datetime, category: str, icf: str, icf_name: str, assessment: str, **kw: Any
-) -> Record:
-    body: Record = {"assessmentCategory": category, "comment": None}
-    if category == "pad-pad":
-        body["padl"] = {"typeOfAssessment": _cv(icf, ICF_OID, icf_name), "assessment": assessment}
-    else:
-        body["disability"] = {"disabilityAssessment": _cv(icf, ICF_OID, icf_name), "assessment": assessment}
-    return {
-        "functionalStatusAssessmentHeader": header(pnr, doc_id, time, title="Funktionsstatus", **kw),
-        "functionalStatusAssessmentBody": body,
-    }
-
-
 def lab(
     pnr: str,
     doc_id: str,
@@ -427,144 +411,6 @@ def _empty() -> dict[str, list[Record]]:
     return {k: [] for k in RECORD_KINDS}
 
 
-def _tolvan() -> dict[str, list[Record]]:
-    p = TOLVAN.pnr
-    out = _empty()
-    onk = {"author": _OTHER_DOCTORS["onkolog"]}
-    out["careDocumentation"] += [
-        note(
-            p,
-            "KAR-N-121212-1",
-            at(610, 16, 20),
-            "epi",
-            "Epikris",
-            "Inlagd på Kardiologen via akuten under resa med bröstsmärta. Troponin normalt vid upprepade "
-            "prover, EKG utan ischemi. Hjärtinfarkt utesluten. Hypertoni, fortsatt ramipril. Utskriven "
-            "till hemmet med uppföljning på hemortens vårdcentral.",
-        ),
-        note(
-            p,
-            "KAR-N-121212-2",
-            at(600, 11, 5),
-            "utr",
-            "Utredning pågår",
-            "Vid DT thorax inom ramen för bröstsmärteutredningen ses förstorade lymfkörtlar i mediastinum. "
-            "Misstänkt malignitet, ej delgivet patienten. Remiss till lungmedicin för bronkoskopi; "
-            "besked ges vid återbesök när svaret föreligger.",
-            approved=False,
-            **onk,
-        ),
-        note(
-            p,
-            "KAR-N-121212-3",
-            at(605, 9, 40),
-            "utr",
-            "Anteckning",
-            "MAKULERAD-ANTECKNING: anteckningen avsåg en annan patient och har makulerats.",
-            nullified_reason="Felaktig patient",
-        ),
-    ]
-    # sampled at the other region's emergency department in the evening, answered 55 minutes later
-    answered = at(611, 21, 5)
-    out["laboratoryOrderOutcome"] += [
-        lab(
-            p,
-            "KAR-L-121212-1",
-            at(611, 20, 10),
-            "NPU02319",
-            "B-Hemoglobin",
-            141,
-            "g/L",
-            "134",
-            "170",
-            registered=answered,
-        ),
-        lab(
-            p,
-            "KAR-L-121212-2",
-            at(611, 20, 10),
-            "NPU19748",
-            "P-CRP",
-            3,
-            "mg/L",
-            None,
-            "5",
-            registered=answered,
-        ),
-        lab(
-            p,
-            "KAR-L-121212-3",
-            at(611, 20, 10),
-            "NPU04998",
-            "P-Kreatinin",
-            109,
-            "µmol/L",
-            "60",
-            "105",
-            registered=answered,
-        ),
-        lab(
-            p,
-            "KAR-L-121212-4",
-            at(611, 20, 10),
-            "NPU03429",
-            "P-Kalium",
-            4.0,
-            "mmol/L",
-            "3,5",
-            "4,4",
-            decimals=1,
-            registered=answered,
-        ),
-    ]
-    out["careContact"].append(
-        contact(p, "KAR-C-121212-1", at(611, 19, 30), at(610, 15, 0), "2", "Bröstsmärta, utredning")
-    )
-    return out
-
-
-def _sanna() -> dict[str, list[Record]]:
-    out = _empty()
-    out["careContact"].append(
-        contact(
-            SANNA.pnr,
-            "KAR-C-154844-1",
-            at(300, 13, 0),
-            at(300, 13, 45),
-            "1",
-            "Hjärtklappning",
-            author=_OTHER_DOCTORS["kardiolog"],
-        )
-    )
-    return out
-
-
-def _lucia() -> dict[str, list[Record]]:
-    """A samordningsnummer (patientId.type 1.2.752.129.2.1.3.3): another region's follow-up."""
-    p = LUCIA.pnr
-    out = _empty()
-    nurse = {"author": _OTHER_DOCTORS["sjukskoterska"]}
-    out["careContact"].append(
-        contact(p, "KAR-C-672383-1", at(120, 9, 45), at(120, 10, 30), "1", "Feber efter resa", **nurse)
-    )
-    # sampled at the visit, sent to the central lab: registered the next morning
-    out["laboratoryOrderOutcome"].append(
-        lab(
-            p,
-            "KAR-L-672383-1",
-            at(120, 10, 5),
-            "NPU19748",
-            "P-CRP",
-            12,
-            "mg/L",
-            None,
-            "5",
-            registered=at(119, 8, 40),
-        )
-    )
-    return out
-
-
 _LENNART_LABS = (
     # npu, name, unit, low, high, decimals, base value, drift per visit, noise
     ("NPU21571", "P-NT-proBNP", "ng/L", None, "300", 0, 5200.0, -180.0, 700.0),
@@ -574,162 +420,19 @@ _LENNART_LABS = (
 )
 
 
-def _lennart() -> dict[str, list[Record]]:
+def _lennart_labs() -> list[Record]:
+    """Lennart's heart-failure controls at the other region: a seeded series (the rest of his NPÖ
+    record is a data file, ``data/npo/lennart.yaml``)."""
     p = LENNART.pnr
     rng = random.Random("npo:lennart")
-    out = _empty()
-    nurse = {"author": _OTHER_DOCTORS["sjukskoterska"]}
-    out["diagnosis"] += [
-        diagnosis(
-            p, "KAR-D-309278-1", at(905, 17, 0), "I50.9", "Hjärtsvikt, ospecificerad", main=True, chronic=True
-        ),
-        diagnosis(
-            p,
-            "KAR-D-309278-2",
-            at(905, 17, 5),
-            "I48.9",
-            "Förmaksflimmer och förmaksfladder, ospecificerat",
-            main=False,
-            chronic=True,
-        ),
-        diagnosis(
-            p, "KAR-D-309278-3", at(860, 10, 0), "T78.3", "Angioneurotiskt ödem", main=True, chronic=False
-        ),
-    ]
-    out["medicationMedicalRecord"] += [
-        medication(
-            p,
-            "KAR-M-309278-1",
-            at(900, 12, 0),
-            "C03CA01",
-            "Furosemid",
-            "Furosemid 40 mg tablett",
-            "1 tablett på morgonen",
-            npl="19890120000014",
-        ),
-        medication(
-            p,
-            "KAR-M-309278-2",
-            at(900, 12, 5),
-            "C07AB07",
-            "Bisoprolol",
-            "Bisoprolol 5 mg tablett",
-            "1 tablett dagligen",
-            npl="19990304000036",
-        ),
-        medication(
-            p,
-            "KAR-M-309278-3",
-            at(899, 10, 0),
-            "C09AA02",
-            "Enalapril",
-            "Enalapril 10 mg tablett",
-            "1 tablett 2 gånger dagligen",
-            end=at(860),
-        ),
-        medication(
-            p,
-            "KAR-M-309278-4",
-            at(850, 9, 0),
-            "C03DA01",
-            "Spironolakton",
-            "Spironolakton 25 mg tablett",
-            "1 tablett dagligen",
-        ),
-        medication(
-            p,
-            "KAR-M-309278-5",
-            at(700, 9, 0),
-            "A10BK01",
-            "Dapagliflozin",
-            "Dapagliflozin 10 mg tablett",
-            "1 tablett dagligen",
-        ),
-    ]
-    out["alertInformation"] += [
-        alert(
-            p,
-            "KAR-U-309278-1",
-            at(860, 11, 0),
-            "OVE",
-            "Angioödem i ansikte och tunga under behandling med enalapril. Undvik ACE-hämmare.",
-            hypersensitivity=drug_hypersensitivity("C09AA", "ACE-hämmare, omodifierade", "ALLV"),
-        ),
-        alert(
-            p,
-            "KAR-U-309278-3",
-            at(380, 14, 30),
-            "OVE",
-            "Misstänkt överkänslighet mot acetylsalicylsyra: andnöd och väsande andning efter tablett, "
-            "ej utrett.",
-            hypersensitivity=drug_hypersensitivity("B01AC06", "Acetylsalicylsyra", "MAT", "MIS"),
-        ),
-        alert(
-            p,
-            "KAR-U-309278-4",
-            at(1900, 10, 0),
-            "OVE",
-            "Klåda efter morfin postoperativt. Inaktuell: tål morfin enligt senare bedömning.",
-            hypersensitivity=drug_hypersensitivity("N02AA01", "Morfin", "LIN"),
-            end=at(700, 12, 0),
-        ),
-        alert(
-            p,
-            "KAR-U-309278-5",
-            at(240, 9, 15),
-            "OVE",
-            "Överkänslighet mot jodkontrastmedel enligt patienten. Uppgift från annan vårdgivare, ej bedömd.",
-            hypersensitivity=drug_hypersensitivity(
-                "V08AB", "Vattenlösliga, nefrotropa, lågosmolära röntgenkontrastmedel", None, None
-            ),
-        ),
-        alert(
-            p,
-            "KAR-U-309278-6",
-            at(200, 16, 0),
-            "VBG",
-            "Ej HLR. Beslut av kardiolog efter samtal med patient och hustru vid hjärtsviktsmottagningen. "
-            "Ställningstagande till avstängning av defibrillatorfunktionen vid nästa kontroll.",
-            restriction="EJHLR",
-        ),
-        alert(
-            p,
-            "KAR-U-309278-2",
-            at(500, 14, 0),
-            "BEH",
-            "Implanterad CRT-D (biventrikulär pacemaker med defibrillator). Kontakta kardiologjouren vid "
-            "chock eller inför MR och operation.",
-        ),
-    ]
-    out["functionalStatusAssessment"] += [
-        functional(
-            p,
-            "KAR-F-309278-1",
-            at(120, 10, 0),
-            "pad-pad",
-            "d510",
-            "Att tvätta sig",
-            "Behöver hjälp med dusch, klarar övrig personlig hygien själv.",
-            author=_OTHER_DOCTORS["arbetsterapeut"],
-        ),
-        functional(
-            p,
-            "KAR-F-309278-2",
-            at(120, 10, 10),
-            "fun-fun",
-            "d450",
-            "Att gå",
-            "Går med rollator inomhus, andfådd efter 50 meter (NYHA III).",
-            author=_OTHER_DOCTORS["arbetsterapeut"],
-        ),
-    ]
+    out: list[Record] = []
     seq = 0
     for visit in range(10):  # a control every ~3 months, four analyses each: 40 results
         sampled = at(900 - visit * 88 - rng.randint(0, 6), 8, 10 + rng.randint(0, 30))
         for npu, name, unit, low, high, decimals, base, drift, noise in _LENNART_LABS:
             seq += 1
             value = max(base + drift * visit + rng.uniform(-noise, noise), 0.1)
-            out["laboratoryOrderOutcome"].append(
+            out.append(
                 lab(
                     p,
                     f"KAR-L-309278-{seq}",
@@ -743,30 +446,6 @@ def _lennart() -> dict[str, list[Record]]:
                     decimals=decimals,
                 )
             )
-    out["careContact"] += [
-        contact(p, "KAR-C-309278-1", at(905, 16, 0), at(899, 11, 0), "2", "Nydebuterad hjärtsvikt"),
-        contact(p, "KAR-C-309278-2", at(861, 22, 0), at(858, 10, 0), "2", "Angioödem under ACE-hämmare"),
-        contact(
-            p,
-            "KAR-C-309278-3",
-            at(120, 9, 30),
-            at(120, 10, 30),
-            "1",
-            "Hjärtsviktsmottagning, uppföljning",
-            **nurse,
-        ),
-    ]
-    out["careDocumentation"].append(
-        note(
-            p,
-            "KAR-N-309278-1",
-            at(858, 10, 30),
-            "epi",
-            "Epikris",
-            "Inlagd för angioödem i ansikte och tunga, sannolikt orsakat av enalapril som sätts ut. "
-            "ACE-hämmare ska undvikas. Hjärtsvikten kompenserad vid utskrivning.",
-        )
-    )
     return out
 
 
@@ -848,15 +527,20 @@ def _cosmic_copy(pnr: str, d: dict[str, Any]) -> Record:
 
 
 def build_data(people: list[Person]) -> dict[str, dict[str, list[Record]]]:
-    """NPÖ's index: personnummer → {record element name: [records]} for everyone NPÖ knows."""
-    hand = {TOLVAN.pnr: _tolvan, SANNA.pnr: _sanna, LENNART.pnr: _lennart, LUCIA.pnr: _lucia}
+    """NPÖ's index: personnummer → {record element name: [records]} for everyone NPÖ knows.
+
+    The named demo patients' records are data files (``data/npo/<name>.yaml``, see
+    ``proxy/simulators/records.py``) — but for Lennart's seeded lab series; everyone else's come from
+    the seeded generator here."""
+    hand = hand_written("npo", ts, day)
+    hand[LENNART.pnr]["laboratoryOrderOutcome"] += _lennart_labs()
     copies = cosmic.shared_with_npo(cosmic.build_data(people))
     data: dict[str, dict[str, list[Record]]] = {}
     for person in people:
         if not person.in_npo:
             continue
         if person.pnr in hand:
-            records = hand[person.pnr]()
+            records = hand[person.pnr]
         elif person.generated:
             records = _generated(person)
         else:

@@ -4,7 +4,8 @@ Everything here is synthetic. Personnummer are Luhn-valid test numbers; names, a
 stories are invented. The same seed always yields the same population, so tests, the demo and the
 benchmark see identical data.
 
-Named demo patients (their stories are in the README):
+Named demo patients (their stories are in the README; the people are ``data/people.yaml``, their
+records ``data/<backend>/<name>.yaml``):
 
 * ``191212121212`` Tolvan Tolvansson — in all three systems: threat flag, no-CPR limitation,
   penicillin allergy and hypertension in Cosmic (the hypertension also copied to NPÖ), care plan
@@ -27,32 +28,37 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from pathlib import Path
 
+import yaml
+
+# the synthetic organisation (HSA-ids), shared with the demo issuer: proxy/demo_org.py
+from proxy.demo_org import (
+    COSMIC_SYSTEM,
+    MUNICIPALITY_PROVIDER,
+    OTHER_REGION_PROVIDER,
+    OTHER_REGION_SYSTEM,
+    REGION_PROVIDER,
+    UNITS,
+    VIVA_SYSTEM,
+)
 from proxy.pnr import PNR_SYSTEM, SAMORDNING_SYSTEM, dashed, is_valid_pnr, luhn_check_digit
 
-__all__ = ["PNR_SYSTEM", "SAMORDNING_SYSTEM", "is_valid_pnr", "luhn_check_digit"]
+__all__ = [
+    "COSMIC_SYSTEM",
+    "MUNICIPALITY_PROVIDER",
+    "OTHER_REGION_PROVIDER",
+    "OTHER_REGION_SYSTEM",
+    "PNR_SYSTEM",
+    "REGION_PROVIDER",
+    "SAMORDNING_SYSTEM",
+    "UNITS",
+    "VIVA_SYSTEM",
+    "is_valid_pnr",
+    "luhn_check_digit",
+]
 
 DEFAULT_SEED = 1177
-
-# HSA-ids of the synthetic organisation (format of real HSA-ids, invented values).
-REGION_PROVIDER = "SE2321000016-15CQ"  # the region (vårdgivare) running Cosmic
-COSMIC_SYSTEM = "SE2321000016-COSM"  # Cosmic's source system HSA-id, as NPÖ records it
-OTHER_REGION_PROVIDER = "SE2321000081-1MVR"  # another region whose data only NPÖ has
-OTHER_REGION_SYSTEM = "SE2321000081-MEL1"
-MUNICIPALITY_PROVIDER = "SE2120001520-KOMM"  # the municipality (omsorgsgivare) running Viva
-VIVA_SYSTEM = "SE2120001520-VIVA"
-
-UNITS = {
-    "akuten": ("SE2321000016-AKM1", "Akutmottagningen Centralsjukhuset"),
-    "vc-norr": ("SE2321000016-VCN1", "Vårdcentralen Norrmalm"),
-    "med": ("SE2321000016-MED3", "Medicinkliniken avd 3"),
-    # the region's ambulance service (it owns MobiMed's threat register) and two of its stations
-    "ambulans": ("SE2321000016-AMB1", "Ambulanssjukvården"),
-    "ambulans-city": ("SE2321000016-AMB2", "Ambulansstation City"),
-    "ambulans-syd": ("SE2321000016-AMB3", "Ambulansstation Syd"),
-    "hemsjukvard": ("SE2120001520-HSV1", "Kommunal hemsjukvård Norr"),
-    "annan-region": ("SE2321000081-KAR2", "Kardiologen, Universitetssjukhuset Öst"),
-}
 
 
 def make_pnr(birth: date, birth_number: int) -> str:
@@ -84,59 +90,24 @@ class Person:
         return date(int(self.pnr[:4]), int(self.pnr[4:6]), day - 60 if day > 60 else day)
 
 
-TOLVAN = Person(
-    pnr="191212121212",
-    given="Tolvan",
-    family="Tolvansson",
-    gender="male",
-    address=("Tolvgatan 12", "12345", "Stockholm"),
-    in_viva=True,
-    story="Threat flag (ambulance only), no-CPR limitation, penicillin allergy, hypertension in Cosmic "
-    "and NPÖ (deduplicated), care plan and ADL in Viva, a note not approved for the patient in NPÖ.",
-)
-GRETA = Person(
-    pnr="193803142383",
-    given="Greta",
-    family="Gustafsson",
-    gender="female",
-    address=("Hemtjänstvägen 4", "17160", "Solna"),
-    in_cosmic=False,
-    in_viva=True,
-    in_npo=False,
-    story="Known only to the municipality: home care, care plan, ADL, a social-care (SoL) note that "
-    "must never be mapped out.",
-)
-SANNA = Person(
-    pnr="197505154844",
-    given="Sanna",
-    family="Skyddad",
-    gender="female",
-    address=("Hemlig adress 1", "10000", "Okänd ort"),
-    protected=True,
-    story="Protected identity (skyddad identitet): name and address must not travel beyond need.",
-)
-LENNART = Person(
-    pnr="194911309278",
-    given="Lennart",
-    family="Larsson",
-    gender="male",
-    address=("Kungsgatan 7", "11143", "Stockholm"),
-    story="Heart failure followed in another region: most of his record reaches the facade through "
-    "NPÖ; many lab results (paging); Ej HLR (NPÖ) and end-of-life care (Cosmic); suspected, confirmed and "
-    "ended allergies in both.",
-)
-LUCIA = Person(
-    pnr="199004672383",  # samordningsnummer: born 1990-04-07, day + 60 = 67; Luhn-valid, synthetic
-    given="Lucía",
-    family="Fernández",
-    gender="female",
-    address=("Forskarbacken 21", "11415", "Stockholm"),
-    story="Samordningsnummer (coordination number), not a personnummer: a guest researcher. Cosmic: "
-    "a bicycle fall, a hand wound sutured at the emergency department (KVÅ), a CRP sampled in the "
-    "evening and answered next morning; NPÖ: the wound diagnosis Cosmic published, a follow-up and a "
-    "CRP from another region.",
-)
-UNKNOWN_PNR = "190101019800"
+def _demo_people() -> dict[str, Person]:
+    """The named demo patients, from ``data/people.yaml`` (their records: ``data/<backend>/``)."""
+    path = Path(__file__).resolve().parent / "data" / "people.yaml"
+    with path.open(encoding="utf-8") as f:
+        doc = yaml.safe_load(f)
+    return {
+        name: Person(**{**fields, "address": tuple(fields["address"])})
+        for name, fields in doc["people"].items()
+    }
+
+
+_DEMO = _demo_people()
+TOLVAN = _DEMO["tolvan"]
+GRETA = _DEMO["greta"]
+SANNA = _DEMO["sanna"]
+LENNART = _DEMO["lennart"]
+LUCIA = _DEMO["lucia"]
+UNKNOWN_PNR = "190101019800"  # unknown to every system
 
 DEMO_PEOPLE: tuple[Person, ...] = (TOLVAN, GRETA, SANNA, LENNART, LUCIA)
 

@@ -31,14 +31,13 @@ from aiohttp import web
 
 from proxy.simulators import faults as fault_mod
 from proxy.simulators.population import (
-    GRETA,
     MUNICIPALITY_PROVIDER,
-    TOLVAN,
     UNITS,
     VIVA_SYSTEM,
     Person,
     at,
 )
+from proxy.simulators.records import hand_written
 
 BASE = "/viva/api/v2"
 # endpoint (= top-level key of its answer) → record kind in the database
@@ -229,263 +228,6 @@ def _decision(bid: str, insats: str, when: datetime, text: str) -> dict[str, Any
 # ---- the hand-written demo records --------------------------------------------------------------
 
 
-def _tolvan() -> dict[str, list[dict[str, Any]]]:
-    return {
-        "vardplaner": [
-            _plan(
-                "VP-100000-1",
-                "Vårdplan hemsjukvård – hypertoni och fallprevention",
-                "Blodtryckskontroller och läkemedelsadministrering i hemmet. Fallprevention efter "
-                "tidigare handledsfraktur.",
-                "AKTIV",
-                at(400),
-                None,
-                [
-                    ("Blodtryckskontroll", "1 gång per vecka"),
-                    ("Administrering av blodtrycksläkemedel (ramipril)", "dagligen kl 08"),
-                    ("Fallpreventiv balansträning", "2 gånger per vecka"),
-                ],
-                SSK,
-                at(120, 14, 20),
-            )
-        ],
-        "funktionsbedomningar": [
-            _adl("FB-100000-1", at(300, 10, 15), "d450", 2, "Går kortare sträckor inomhus med rollator.", FT),
-            _adl("FB-100000-2", at(120, 10, 30), "d450", 1, "Går inomhus utan hjälpmedel, rollator ute.", FT),
-            _adl("FB-100000-3", at(120, 11, 0), "d510", 2, "Behöver hjälp att tvätta rygg och fötter.", AT),
-            _adl("FB-100000-4", at(120, 11, 15), "d540", 1, "Klär sig själv, hjälp med strumpor.", AT),
-            _adl("FB-100000-5", at(5, 9, 45), "d550", 0, "Äter själv utan svårigheter.", AT),
-        ],
-        "anteckningar": [
-            _note(
-                "AN-100000-1",
-                at(10, 8, 40),
-                "Hembesök hemsjukvård",
-                "Blodtryck 138/84 sittande. Ramipril 5 mg given. Inga yrselbesvär. Fortsatt plan.",
-                "HSL",
-                SSK,
-            ),
-            _note(
-                "SOL-100000-1",
-                at(60, 13, 0),
-                "Biståndsbedömning",
-                "Biståndsbeslut hemtjänst SoL-anteckning: brukaren beviljas hjälp med inköp och städning "
-                "varannan vecka efter hembesök av handläggare.",
-                "SoL",
-                BISTAND,
-            ),
-        ],
-        "lakemedelslista": [
-            _med(
-                "OR-100000-1",
-                "C09AA05",
-                "Ramipril 5 mg tablett",
-                "1 tablett kl 08",
-                at(400),
-                None,
-                [
-                    (at(2, 8, 5), USK, "GIVEN"),
-                    (at(1, 8, 0), USK, "GIVEN"),
-                    (at(0, 8, 10), USK2, "GIVEN"),
-                ],
-            )
-        ],
-        "hembesok": [
-            _visit("HB-100000-1", at(10, 8, 30), 30, "HEMSJUKVARD", "Sara Sjuksköterska", "UTFORT"),
-            _visit("HB-100000-2", at(120, 10, 0), 90, "HEMSJUKVARD", "Fredrik Fysioterapeut", "UTFORT"),
-            _visit("HT-100000-1", at(5, 14, 0), 45, "HEMTJANST", "Hemtjänstgrupp Norr", "UTFORT"),
-            _visit("HB-100000-3", at(-3, 8, 30), 30, "HEMSJUKVARD", "Sara Sjuksköterska", "PLANERAT"),
-        ],
-        "beslut": [
-            _decision(
-                "BE-100000-1",
-                "Hemtjänst: inköp och städning",
-                at(60, 13, 0),
-                "Beviljas hjälp med inköp och städning varannan vecka.",
-            )
-        ],
-    }
-
-
-def _greta() -> dict[str, list[dict[str, Any]]]:
-    return {
-        "vardplaner": [
-            _plan(
-                "VP-100001-1",
-                "Vårdplan hemsjukvård – hjärtsvikt och nutrition",
-                "Viktkontroll, vätskelista och läkemedelsadministrering. Nutritionsstöd vid viktnedgång.",
-                "AKTIV",
-                at(200),
-                None,
-                [
-                    ("Viktkontroll", "2 gånger per vecka"),
-                    ("Dosettdelning och läkemedelsadministrering", "morgon och kväll"),
-                    ("Kostregistrering och näringsdryck", "dagligen"),
-                    ("Trycksårsprofylax, hudinspektion", "dagligen"),
-                ],
-                SSK2,
-                at(12, 15, 0),
-            ),
-            _plan(
-                "VP-100001-2",
-                "Rehabiliteringsplan efter sjukhusvistelse",
-                "Träning av förflyttning och gång efter utskrivning från medicinkliniken.",
-                "AVSLUTAD",
-                at(260),
-                at(170),
-                [
-                    ("Förflyttningsträning säng–stol", "dagligen"),
-                    ("Gångträning med rollator", "3 gånger per vecka"),
-                ],
-                FT,
-                at(170, 11, 0),
-            ),
-            _plan(
-                "VP-100001-3",
-                "Palliativ vårdplan (utkast)",
-                "Utkast inför brytpunktssamtal. Ej fastställd.",
-                "UTKAST",
-                at(3),
-                None,
-                [("Symtomskattning", "1 gång per vecka")],
-                SSK2,
-                at(3, 16, 30),
-            ),
-        ],
-        "funktionsbedomningar": [
-            _adl("FB-100001-1", at(250, 9, 0), "d420", 3, "Förflyttning säng–stol kräver hjälp av två.", FT),
-            _adl("FB-100001-2", at(180, 9, 30), "d420", 1, "Förflyttar sig själv med stöd av handtag.", FT),
-            _adl("FB-100001-3", at(180, 10, 0), "d450", 2, "Går med rollator inomhus, korta sträckor.", FT),
-            _adl("FB-100001-4", at(180, 10, 20), "d510", 3, "Duschas med hjälp två gånger i veckan.", AT),
-            _adl("FB-100001-5", at(180, 10, 40), "d530", 2, "Behöver hjälp nattetid, toalettstol.", AT),
-            _adl("FB-100001-6", at(6, 11, 0), "d540", 3, "Behöver hjälp med på- och avklädning.", AT),
-            _adl("FB-100001-7", at(6, 11, 20), "d550", 1, "Äter själv efter att maten skurits.", AT),
-            _adl("FB-100001-8", at(6, 11, 40), "d560", 2, "Dricker för lite, påminnelse behövs.", AT),
-        ],
-        "anteckningar": [
-            _note(
-                "AN-100001-1",
-                at(170, 10, 0),
-                "Inskrivning hemsjukvård",
-                "Inskriven i hemsjukvården efter utskrivning från medicinkliniken. Hjärtsvikt, "
-                "nedsatt rörlighet.",
-                "HSL",
-                SSK2,
-            ),
-            _note(
-                "SOL-100001-1",
-                at(150, 9, 20),
-                "Biståndsutredning",
-                "Biståndsbeslut hemtjänst SoL-anteckning: beviljas hemtjänst med personlig omvårdnad "
-                "morgon och kväll samt trygghetslarm.",
-                "SoL",
-                BISTAND,
-            ),
-            _note(
-                "AN-100001-2",
-                at(12, 14, 50),
-                "Viktuppföljning",
-                "Vikt 58,2 kg, minskat 1,5 kg på en månad. Näringsdryck insatt, läkare informerad.",
-                "HSL",
-                SSK2,
-            ),
-            _note(
-                "AN-100001-3",
-                at(6, 12, 10),
-                "Arbetsterapeutisk bedömning",
-                "Bedömning av ADL. Ökat hjälpbehov vid på- och avklädning. Förskrivit strumppådragare.",
-                "HSL",
-                AT,
-            ),
-            _note(
-                "SOL-100001-2",
-                at(4, 16, 0),
-                "Uppföljning av insatser",
-                "Genomförandeplan hemtjänst reviderad med brukaren och dottern.",
-                "SoL",
-                BISTAND,
-            ),
-        ],
-        "lakemedelslista": [
-            _med(
-                "OR-100001-1",
-                "C03CA01",
-                "Furosemid 40 mg tablett",
-                "1 tablett morgon",
-                at(170),
-                None,
-                [(at(d, 8, 0), USK, "GIVEN") for d in (3, 2, 1)]
-                + [
-                    (
-                        at(0, 8, 0),
-                        USK2,
-                        "VAGRAT",
-                        {"kommentar": "Brukaren avböjde morgondosen, uppgav yrsel."},
-                    )
-                ],
-            ),
-            _med(
-                "OR-100001-2",
-                "C07AB02",
-                "Metoprolol 50 mg depottablett",
-                "1 tablett morgon",
-                at(170),
-                None,
-                [(at(d, 8, 0), USK, "GIVEN") for d in (3, 2, 1, 0)],
-            ),
-            _med(
-                "OR-100001-3",
-                "B01AF02",
-                "Apixaban 2,5 mg tablett",
-                "1 tablett morgon och kväll",
-                at(170),
-                None,
-                [
-                    (at(1, 8, 0), USK, "GIVEN"),
-                    (at(1, 20, 0), USK2, "GIVEN"),
-                    (
-                        at(0, 20, 0),
-                        USK2,
-                        "EJ_GIVEN",
-                        {
-                            "orsak": "EJ_HEMMA",
-                            "kommentar": "Brukaren ej hemma vid kvällsbesöket; dosen ligger kvar i dosetten.",
-                        },
-                    ),
-                ],
-            ),
-            _med(
-                "OR-100001-4",
-                "J01CA08",
-                "Pivmecillinam 200 mg tablett",
-                "1 tablett 3 gånger dagligen i 5 dagar",
-                at(130),
-                at(125),
-                [(at(130 - i // 3, 8 + 6 * (i % 3), 0), USK, "GIVEN") for i in range(15)],
-            ),
-        ],
-        "hembesok": [
-            _visit("HB-100001-1", at(170, 13, 0), 60, "HEMSJUKVARD", "Sven Sjuksköterska", "UTFORT"),
-            _visit("HT-100001-1", at(150, 10, 0), 45, "HEMTJANST", "Hemtjänstgrupp Solna", "UTFORT"),
-            _visit("HB-100001-2", at(120, 14, 0), 30, "HEMSJUKVARD", "Fredrik Fysioterapeut", "UTFORT"),
-            _visit("HB-100001-3", at(12, 14, 30), 30, "HEMSJUKVARD", "Sven Sjuksköterska", "UTFORT"),
-            _visit("HB-100001-4", at(6, 10, 45), 75, "HEMSJUKVARD", "Anna Arbetsterapeut", "UTFORT"),
-            _visit("HB-100001-5", at(2, 9, 0), 30, "HEMSJUKVARD", "Sven Sjuksköterska", "INSTALLT"),
-            _visit("HT-100001-2", at(0, 7, 30), 30, "HEMTJANST", "Hemtjänstgrupp Solna", "UTFORT"),
-            _visit("HB-100001-6", at(-2, 14, 0), 30, "HEMSJUKVARD", "Sven Sjuksköterska", "PLANERAT"),
-        ],
-        "beslut": [
-            _decision(
-                "BE-100001-1",
-                "Hemtjänst: personlig omvårdnad",
-                at(150, 9, 20),
-                "Beviljas personlig omvårdnad morgon och kväll.",
-            ),
-            _decision("BE-100001-2", "Trygghetslarm", at(150, 9, 25), "Beviljas trygghetslarm."),
-        ],
-    }
-
-
 # ---- generated people ---------------------------------------------------------------------------
 
 _PLANS = [
@@ -637,11 +379,14 @@ def brukare_record(person: Person, seq: int) -> dict[str, Any]:
 
 
 def build_data(people: list[Person]) -> dict[str, dict[str, Any]]:
-    """Viva's database: personnummer → {"brukare": {...}, "<kind>": [records]} for people in Viva."""
-    hand = {TOLVAN.pnr: _tolvan, GRETA.pnr: _greta}
+    """Viva's database: personnummer → {"brukare": {...}, "<kind>": [records]} for people in Viva.
+
+    The named demo patients' records are data files (``data/viva/<name>.yaml``, see
+    ``proxy/simulators/records.py``); everyone else's come from the seeded generator here."""
+    hand = hand_written("viva", ts, day)
     data: dict[str, dict[str, Any]] = {}
     for seq, person in enumerate(p for p in people if p.in_viva):
-        records = hand[person.pnr]() if person.pnr in hand else _generated(person, seq)
+        records = hand[person.pnr] if person.pnr in hand else _generated(person, seq)
         entry: dict[str, Any] = {k: list(records.get(k, [])) for k in KINDS}
         entry["brukare"] = brukare_record(person, seq)
         data[person.pnr] = entry

@@ -169,18 +169,19 @@ async def test_probe_a_twin_withheld_under_pdl_leaves_no_mark(facade: Any) -> No
 @pytest.fixture
 def npo_twins_not_for_the_patient(monkeypatch: pytest.MonkeyPatch) -> None:
     """NPÖ's furosemide and admission of Lennart's, not approved for the patient (NOPAT)."""
-    original = npo._lennart
+    original = npo.hand_written  # the hand-written records, from data/npo/*.yaml
 
-    def lennart() -> dict[str, list[Any]]:
-        out = original()
+    def hand_written(*args: Any, **kwargs: Any) -> dict[str, dict[str, list[Any]]]:
+        data = original(*args, **kwargs)
+        out = data[LENNART.pnr]
         for kind in ("medicationMedicalRecord", "careContact"):
             for record in out[kind]:
                 header = record[f"{kind}Header"]
                 if header["documentId"] in ("KAR-M-309278-1", "KAR-C-309278-1"):
                     header["approvedForPatient"] = "false"
-        return out
+        return data
 
-    monkeypatch.setattr(npo, "_lennart", lennart)
+    monkeypatch.setattr(npo, "hand_written", hand_written)
 
 
 @pytest.mark.usefixtures("npo_twins_not_for_the_patient")
