@@ -60,11 +60,14 @@ def map_answer(
 ) -> MappedAnswer:
     """Decode one answer (its format is the request's) and run each mapping that reads it.
 
-    An empty answer (no body, or a status the backend uses for "nothing here") maps to nothing.
-    A body that does not decode, or does not have the shape a mapping expects, is unreadable: what
-    the other mappings made of it is kept."""
-    if not mappings or raw is None or not raw.strip():
+    A status the backend uses for "nothing here" (``raw`` is None) maps to nothing. A body that is
+    empty, does not decode, or does not have the shape a mapping expects, is unreadable: no dialect
+    says "nothing" with an empty 2xx body (JSON says ``[]``/``{}``, RIVTA an envelope), so it is a
+    cut-off or broken answer, never an empty record. What the other mappings made of a body is kept."""
+    if not mappings or raw is None:
         return MappedAnswer([], True)
+    if not raw.strip():
+        return MappedAnswer([], False)
     try:
         decoded = decode(raw, mappings[0].request.format)
     except ValueError:

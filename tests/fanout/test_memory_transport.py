@@ -252,3 +252,20 @@ async def test_every_request_of_a_run_is_sent_the_slowest_backend_first() -> Non
         "http://viva.test/a",
         "http://viva.test/b",
     ]
+
+
+@pytest.mark.parametrize("body", [b"", b"  \n"], ids=["empty", "blank"])
+@pytest.mark.parametrize("failing", NAMES)
+async def test_a_success_with_an_empty_body_is_unreadable_never_nothing(failing: str, body: bytes) -> None:
+    """A 200 whose body is empty is no answer in any of the three dialects (JSON wants at least
+    ``{}`` or ``[]``, a RIVTA answer an envelope): a cut-off or broken answer, never "this patient
+    has nothing here". The source is reported as unreadable; the others answer as usual."""
+    transports = {name: MemoryTransport(default=Canned(EMPTY[name])) for name in NAMES}
+    transports[failing] = MemoryTransport(default=Canned(body))
+    live = memory_facade(transports)
+    _, outcomes = await fetch_and_map(live, live.ids.patient(TOLVAN), live.mappings.resource_types)
+    by_source = {o.source: o for o in outcomes}
+    assert by_source[failing].status is SourceStatus.INVALID, by_source[failing]
+    assert all(by_source[n].status is SourceStatus.OK for n in NAMES if n != failing)
+    for c in live.clients.values():
+        await c.close()
