@@ -60,8 +60,13 @@ async def test_one_broken_backend_gives_a_partial_answer(
     facade: Any, broken: str, fault: dict[str, Any], code: str, words: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING)
+    # Only a hang or a delay needs the short budget (0.5 s, which the outcome names); any other fault
+    # answers at once, so the healthy backends get a budget a loaded machine cannot miss (at 0.5 s
+    # for everyone, a cold first request on a busy CI machine timed all three out).
+    slow = "within 0.5 s" in words
+    budget, deadline = (0.5, 1.0) if slow else (5.0, 6.0)
     async with facade(
-        facade_overrides={"max_body_bytes": 200_000, "deadline_s": 1.0}, total_timeout_s=0.5
+        facade_overrides={"max_body_bytes": 200_000, "deadline_s": deadline}, total_timeout_s=budget
     ) as f:
         await f.faults(broken, **fault)
         started = time.perf_counter()
@@ -79,7 +84,9 @@ async def test_one_broken_backend_gives_a_partial_answer(
     assert TOLVAN.pnr not in issue["details"]["text"] and "http" not in issue["details"]["text"]
     for e in bundle["entry"]:
         validate(e["resource"])
-    assert elapsed < 1.0 + 0.5  # the request deadline plus a margin, not the fault's 5 s hang or 2 s delay
+    # a hang or delay: the request deadline plus a margin, not the fault's 5 s hang or 2 s delay;
+    # any other fault is reported at once, not after the backend's budget
+    assert elapsed < (deadline + 0.5 if slow else budget)
     # handled, not crashed: nothing logged with a traceback, nothing at ERROR
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
 
