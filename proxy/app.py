@@ -18,13 +18,13 @@ from proxy.clock import SYSTEM_CLOCK, Clock
 from proxy.edge.compression import compression
 from proxy.edge.cors import cors
 from proxy.edge.health import health
+from proxy.edge.http import AUTH_KEY, FACADE_KEY, STORE_KEY
+from proxy.edge.observe import observed
 from proxy.edge.request_id import request_ids
+from proxy.edge.routes import FhirRoutes, audited, fhir_errors
 from proxy.fanout.client import BackendClient
 from proxy.fanout.engagement import EngagementIndex
-from proxy.fhir.http import AUTH_KEY, FACADE_KEY, STORE_KEY
 from proxy.fhir.ids import PatientIds, ResourceIds
-from proxy.fhir.observe import observed
-from proxy.fhir.routes import FhirRoutes, audited, fhir_errors
 from proxy.hooks import BreakerChanged, Hooks
 from proxy.mapping.registry import MappingSet, load_mappings
 from proxy.metrics import Metrics

@@ -29,9 +29,9 @@ from proxy import loop
 from proxy.accesslog import ACCESS_LOGGER, LineFormatter
 from proxy.app import create_app
 from proxy.auth.demo import DEMO_AUDIENCES, demo_issuer, make_token
-from proxy.fhir.http import AUTH_KEY
+from proxy.edge.http import AUTH_KEY
+from proxy.edge.server import FacadeRunner
 from proxy.fhir.ids import PatientIds
-from proxy.fhir.server import FacadeRunner
 from proxy.mapping.validate import MappingError
 from proxy.settings import (
     DEFAULT_CONFIG,
@@ -216,7 +216,7 @@ async def _simulate(
 
 
 async def _check(settings: Settings) -> int:
-    from proxy.mapping.check import check  # imports fhir.resources: only this command needs it
+    from proxy.mappingcheck import check  # imports fhir.resources: only this command needs it
 
     people = people_for(settings, patients=5)  # the named demo patients and five generated ones
     report = await check(settings, [p.pnr for p in people], running_simulators(settings, people, faults={}))

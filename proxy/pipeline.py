@@ -19,7 +19,7 @@
     search        the query's filters, after redaction, so hidden content cannot match
     fhir/routes   page, Bundle, bytes
 
-The handlers in ``proxy.fhir.routes`` call ``collect`` and turn its ``Answer`` into a response.
+The handlers in ``proxy.edge.routes`` call ``collect`` and turn its ``Answer`` into a response.
 """
 
 from __future__ import annotations

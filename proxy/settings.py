@@ -18,7 +18,7 @@ import yaml
 from proxy.audience import DEFAULT_AUDIENCES, Audience, Audiences
 from proxy.faultspec import Faults
 from proxy.hsa import is_hsa_id
-from proxy.mapping.validate import SUPPORTED_TYPES
+from proxy.types import SUPPORTED_TYPES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # An installed wheel has no checkout around it: its build copies config/ and mappings/ here

@@ -18,6 +18,33 @@ from proxy.audience import Audience
 FhirDict = dict[str, Any]
 
 
+# The FHIR resource types the facade serves: what a mapping may make, and what config may name.
+SUPPORTED_TYPES = frozenset(
+    {
+        "Patient",
+        "Condition",
+        "MedicationStatement",
+        "MedicationAdministration",
+        "Procedure",
+        "Flag",
+        "AllergyIntolerance",
+        "Observation",
+        "Immunization",
+        "Encounter",
+        "CarePlan",
+        "DocumentReference",
+    }
+)
+
+
+class Withheld(enum.Enum):
+    """Why PDL kept records of the requested types from this asker (the hint; never for the patient)."""
+
+    CONSENT = "consent-required"  # another provider's record, no consent
+    BLOCKED = "blocked"  # behind the patient's block
+    UNATTRIBUTED = "provider-unknown"  # care documentation whose care provider is not known
+
+
 class SourceStatus(enum.Enum):
     """How one backend answered, in the spirit of NTjP's ProcessingStatus."""
 

@@ -18,9 +18,9 @@ from proxy.access.consent import stored
 from proxy.app import create_app
 from proxy.auth.demo import demo_issuer, make_token
 from proxy.clock import SYSTEM_CLOCK, Clock
-from proxy.fhir.http import STORE_KEY
+from proxy.edge.http import STORE_KEY
+from proxy.edge.server import FacadeRunner
 from proxy.fhir.ids import PatientIds, ResourceIds
-from proxy.fhir.server import FacadeRunner
 from proxy.hsa import HSA_SYSTEM
 from proxy.settings import DEMO_PATIENT_ID_KEY, Settings, load_settings
 from proxy.simulators.harness import running_simulators

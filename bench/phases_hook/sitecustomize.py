@@ -95,7 +95,7 @@ def _install() -> None:
     aiohttp.client_reqrep.ClientResponse.read = timed_read  # type: ignore[method-assign]
 
     if _ROLE == "facade":
-        import proxy.fhir.routes as routes
+        import proxy.edge.routes as routes
         import proxy.pipeline as pipeline
 
         def stamp_return(module: Any, name: str, key: str) -> None:

@@ -24,7 +24,6 @@ Scopes and the audience's label policy still apply on top (proxy/access, proxy/r
 
 from __future__ import annotations
 
-import enum
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from dataclasses import dataclass
 from proxy.access.consent import Terms
 from proxy.fhir.errors import FhirError, bad_request
 from proxy.settings import ThreatRegister
-from proxy.types import MappedResource, Principal
+from proxy.types import MappedResource, Principal, Withheld
 
 EMERGENCY_HEADER = "X-Emergency-Access"
 # Why consent could not be asked for; the code (never free text) goes to the access log.
@@ -41,12 +40,6 @@ EMERGENCY_REASONS = {
     "patient-unable": "the patient cannot express a will",
     "no-time": "there is no time to ask",
 }
-
-
-class Withheld(enum.Enum):
-    CONSENT = "consent-required"  # another provider's record, no consent
-    BLOCKED = "blocked"  # behind the patient's block
-    UNATTRIBUTED = "provider-unknown"  # care documentation whose care provider is not known
 
 
 def care_documentation(r: MappedResource, without_care_documentation: frozenset[str]) -> bool:

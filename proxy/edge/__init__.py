@@ -5,9 +5,9 @@
     compression   gzip when the client accepts it, above a small size
     health        /healthz and /readyz, at the server root: answered here, outside the FHIR
                   middlewares below (no negotiation, no token, no audit), patient-free
-    (proxy.fhir.routes) fhir_errors, audited: content negotiation, authentication, OperationOutcomes,
+    (proxy.edge.routes) fhir_errors, audited: content negotiation, authentication, OperationOutcomes,
                   the access log
 
 ``proxy.app.create_app`` lists them in this order. Errors aiohttp answers below every middleware
-(a request it cannot parse) carry a request id too: ``proxy.fhir.server``.
+(a request it cannot parse) carry a request id too: ``proxy.edge.server``.
 """

@@ -21,7 +21,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from aiohttp.web_response import ContentCoding
 
-from proxy.fhir.routes import Handler
+from proxy.edge.routes import Handler
 
 
 def accepts_gzip(accept_encoding: str) -> bool:

@@ -25,8 +25,8 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from proxy.access.pdl import EMERGENCY_HEADER
-from proxy.fhir.http import error_response
-from proxy.fhir.routes import Handler
+from proxy.edge.http import error_response
+from proxy.edge.routes import Handler
 
 METHODS = ("GET", "HEAD", "POST", "PUT")
 ALLOW_HEADERS = (

@@ -24,8 +24,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from proxy.fhir.http import FACADE_KEY, STORE_KEY
-from proxy.fhir.routes import Handler
+from proxy.edge.http import FACADE_KEY, STORE_KEY
+from proxy.edge.routes import Handler
 
 log = logging.getLogger(__name__)
 READY_TIMEOUT_S = 2.0

@@ -15,8 +15,8 @@ import logging
 from aiohttp import web
 
 from proxy import trace
-from proxy.fhir.http import REQUEST_ID_KEY, error_response
-from proxy.fhir.routes import Handler
+from proxy.edge.http import REQUEST_ID_KEY, error_response
+from proxy.edge.routes import Handler
 
 log = logging.getLogger(__name__)
 HEADER = "X-Request-ID"

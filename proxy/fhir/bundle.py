@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from urllib.parse import urlencode
 
-from proxy.access.pdl import Withheld
-from proxy.types import FhirDict, SourceOutcome, SourceStatus
+from proxy.types import FhirDict, SourceOutcome, SourceStatus, Withheld
 
 SOURCE_SYSTEM = "urn:fhir-facade:source"
 # How the source took part, for programs: one code per source outcome (README "Source status").

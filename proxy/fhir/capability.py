@@ -1,30 +1,30 @@
-"""The CapabilityStatement, generated from what the compiled mappings can produce."""
+"""The CapabilityStatement, generated from what the compiled mappings can produce (their resource
+types and, per type, the sources that hold it: ``MappingSet.sources_by_type``)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 from proxy import __version__
 from proxy.fhir.searchparams import BY_TYPE, COMMON
-from proxy.mapping.registry import MappingSet
 from proxy.types import FhirDict
 
 _SEARCH_TYPE = {"token": "token", "date": "date"}
 PATIENT_PARAM = {"name": "patient", "type": "reference", "documentation": "The patient (required)"}
 
 
-def capability_statement(mappings: MappingSet, base_url: str, software_date: str) -> FhirDict:
+def capability_statement(
+    sources_by_type: Mapping[str, Sequence[str]], base_url: str, software_date: str
+) -> FhirDict:
     resources = []
-    for rtype in sorted(mappings.resource_types):
+    for rtype in sorted(sources_by_type):
         params = [
             {"name": p.name, "type": _SEARCH_TYPE[p.kind], "documentation": p.description}
             for p in (*COMMON, *BY_TYPE.get(rtype, ()))
         ]
         if rtype != "Patient":
             params.insert(0, dict(PATIENT_PARAM))
-        sources = sorted(
-            backend
-            for backend, ms in mappings.by_backend.items()
-            if any(m.resource_type == rtype for m in ms)
-        )
+        sources = sorted(sources_by_type[rtype])
         entry: FhirDict = {
             "type": rtype,
             "documentation": "Sources: " + ", ".join(sources),
@@ -44,7 +44,7 @@ def capability_statement(mappings: MappingSet, base_url: str, software_date: str
                 },
             ]
         resources.append(entry)
-    # the resources the facade keeps itself (proxy/fhir/stored.py)
+    # the resources the facade keeps itself (proxy/edge/stored.py)
     resources.append(
         {
             "type": "Consent",

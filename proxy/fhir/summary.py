@@ -38,7 +38,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from proxy import __version__
-from proxy.merge.lookalike import POSSIBLE_DUPLICATE
+from proxy.fhir.marks import POSSIBLE_DUPLICATE
 from proxy.types import FhirDict, SourceOutcome, SourceStatus
 
 LOINC = "http://loinc.org"

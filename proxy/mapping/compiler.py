@@ -38,7 +38,8 @@ from proxy.mapping.codegen import Builder, Predicate
 from proxy.mapping.ids import stable_id
 from proxy.mapping.paths import Finder
 from proxy.mapping.requests import RequestSpec
-from proxy.mapping.validate import SUPPORTED_TYPES, TOP_KEYS, SpecCompiler, compile_request
+from proxy.mapping.validate import TOP_KEYS, SpecCompiler, compile_request
+from proxy.types import SUPPORTED_TYPES
 
 
 @dataclass(frozen=True, slots=True)

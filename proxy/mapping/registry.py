@@ -130,6 +130,14 @@ class MappingSet:
     def all(self) -> tuple[CompiledMapping, ...]:
         return tuple(m for ms in self.by_backend.values() for m in ms)
 
+    def sources_by_type(self) -> dict[str, tuple[str, ...]]:
+        """Per resource type the mappings make, the backends that hold it (in the mappings' order)."""
+        out: dict[str, list[str]] = {}
+        for backend, ms in self.by_backend.items():
+            for rtype in dict.fromkeys(m.resource_type for m in ms):
+                out.setdefault(rtype, []).append(backend)
+        return {rtype: tuple(backends) for rtype, backends in out.items()}
+
 
 def _cache_key(fetch_key: str, readers: Iterable[CompiledMapping], inputs: str) -> str:
     contract = hashlib.blake2b(fetch_key.encode(), digest_size=8).hexdigest()

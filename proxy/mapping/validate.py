@@ -20,23 +20,6 @@ from proxy.mapping.paths import Finder, First, PathError, compile_first, compile
 from proxy.mapping.requests import Context, RequestSpec, UnknownPatient
 from proxy.timeutil import SWEDEN, localize
 
-SUPPORTED_TYPES = frozenset(
-    {
-        "Patient",
-        "Condition",
-        "MedicationStatement",
-        "MedicationAdministration",
-        "Procedure",
-        "Flag",
-        "AllergyIntolerance",
-        "Observation",
-        "Immunization",
-        "Encounter",
-        "CarePlan",
-        "DocumentReference",
-    }
-)
-
 _SPEC_KEYS = frozenset(
     {"$path", "$const", "$template", "$each", "$build", "$ref", "$map", "$date", "$as", "$default", "$when"}
 ) | {"$else"}

@@ -72,10 +72,10 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from proxy.fhir.marks import POSSIBLE_DUPLICATE
 from proxy.timeutil import fhir_range
 from proxy.types import FhirDict, MappedResource
 
-POSSIBLE_DUPLICATE = "urn:fhir-facade:possible-duplicate"  # the tag's system and the extension's url
 COVERED = ("Condition", "Encounter", "MedicationStatement")
 TAG_DISPLAY = "Possible duplicate: a record from this source looks the same (not merged)"
 

@@ -5,7 +5,7 @@
 The named demo patients and their hand-written records are data files in ``data/`` (read by
 ``records.py``, which describes the format); generated patients come from each module's seeded
 generator. Only the CLI (``demo``, ``simulate``, ``mappings check``) imports this package: the
-product does not (``tests/test_layers_simulators.py``).
+product does not (``tests/test_house.py``).
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ async def serving(
     ``reuse_port`` lets several worker processes listen on one port (SO_REUSEPORT; the kernel
     spreads connections over them). ``sock``: a socket already bound (``listening``), for an app
     that must know its address before it is made. The facade is served with
-    ``proxy.fhir.server.FacadeRunner``."""
+    ``proxy.edge.server.FacadeRunner``."""
     runner = runner_class(app, access_log=None, handle_signals=False)
     await runner.setup()
     try:

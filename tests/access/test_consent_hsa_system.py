@@ -9,7 +9,7 @@ from typing import Any
 from proxy.access.consent import stored
 from proxy.audience import DEFAULT_AUDIENCES
 from proxy.audit.events import begun_event, patient_view
-from proxy.fhir.http import STORE_KEY
+from proxy.edge.http import STORE_KEY
 from proxy.hsa import HSA_SYSTEM, RIVTA_HSA_SYSTEM, is_hsa_id
 from proxy.simulators.population import REGION_PROVIDER, TOLVAN, UNITS
 from proxy.store.base import ConsentRow

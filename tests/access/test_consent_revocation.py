@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from proxy.fhir.http import STORE_KEY
+from proxy.edge.http import STORE_KEY
 from proxy.simulators.population import GRETA, MUNICIPALITY_PROVIDER, REGION_PROVIDER, TOLVAN, UNITS
 from tests.audit.test_audit import request_id
 from tests.conftest import BASE, auth, consent_body, pid, validate

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from proxy.fhir.http import STORE_KEY
+from proxy.edge.http import STORE_KEY
 from proxy.simulators.population import OTHER_REGION_PROVIDER, REGION_PROVIDER, TOLVAN, UNITS
 from tests.conftest import BASE, auth, consent_body, pid
 

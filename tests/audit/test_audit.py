@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 
 from proxy.audit.events import BEGUN
-from proxy.fhir.http import STORE_KEY
+from proxy.edge.http import STORE_KEY
 from proxy.settings import StoreSettings
 from proxy.simulators.population import GRETA, LENNART, SANNA, TOLVAN
 from proxy.store.base import NO_OUTCOME, AuditRecord, Store, StoreUnavailable, open_store
@@ -305,7 +305,7 @@ async def test_closing_the_store_stores_what_was_submitted_first(tmp_path: Path)
 
 
 async def test_a_request_that_fails_unexpectedly_is_logged_too(facade: Any, monkeypatch: Any) -> None:
-    from proxy.fhir import routes
+    from proxy.edge import routes
 
     async with facade() as f:
         store = f.client.server.app[STORE_KEY]

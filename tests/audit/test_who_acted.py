@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from proxy.auth.demo import DEMO_ISSUER
-from proxy.fhir.http import STORE_KEY
+from proxy.edge.http import STORE_KEY
 from proxy.simulators.population import GRETA, TOLVAN, UNKNOWN_PNR
 from proxy.store.base import NO_OUTCOME, AuditRecord, Store
 from tests.audit.test_audit import open_store_for, request_id

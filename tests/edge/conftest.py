@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 
 from proxy.app import create_app
 from proxy.auth.demo import demo_issuer
-from proxy.fhir.http import STORE_KEY
+from proxy.edge.http import STORE_KEY
 from proxy.settings import DEMO_PATIENT_ID_KEY, Settings
 from proxy.simulators.harness import Received, running_simulators
 from proxy.simulators.population import population

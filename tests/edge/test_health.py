@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from proxy.fhir.http import FACADE_KEY, STORE_KEY
+from proxy.edge.http import FACADE_KEY, STORE_KEY
 from tests.conftest import BASE, auth, pid
 
 TOLVAN = "191212121212"

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from proxy import trace
-from proxy.fhir import routes
-from proxy.fhir.http import STORE_KEY
+from proxy.edge import routes
+from proxy.edge.http import STORE_KEY
 from proxy.simulators.harness import Received
 from tests.conftest import BASE, auth, pid
 
@@ -24,7 +24,7 @@ TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-01$")
 async def test_every_answer_carries_a_request_id_errors_too(
     edge: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.CRITICAL, logger="proxy.fhir.routes")  # (the 500's traceback)
+    caplog.set_level(logging.CRITICAL, logger="proxy.edge.routes")  # (the 500's traceback)
     async with edge() as f:
         ok = await f.client.get(f"{BASE}/metadata")
         unauthorised = await f.client.get(f"{BASE}/Patient/{pid(TOLVAN)}")

@@ -23,7 +23,7 @@ from aiohttp.test_utils import TestClient
 
 from proxy.app import compile_mappings, create_app
 from proxy.auth.demo import demo_issuer
-from proxy.fhir.http import FACADE_KEY, STORE_KEY
+from proxy.edge.http import FACADE_KEY, STORE_KEY
 from proxy.mapping.registry import request_context
 from proxy.pipeline import plan_requests
 from proxy.settings import DEMO_PATIENT_ID_KEY, load_settings

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from proxy.fhir.http import FACADE_KEY
+from proxy.edge.http import FACADE_KEY
 from proxy.pipeline import Facade, fetch_and_map, plan_requests
 from proxy.slack import SlackJob, SlackQueue
 from proxy.types import SourceStatus

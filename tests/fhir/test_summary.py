@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from proxy.fhir.http import STORE_KEY
+from proxy.edge.http import STORE_KEY
 from proxy.fhir.summary import TYPES, SourceView, build_summary, narrative
 from proxy.simulators.population import DEMO_PEOPLE, GRETA, LENNART, TOLVAN, UNKNOWN_PNR
 from proxy.types import SourceOutcome, SourceStatus

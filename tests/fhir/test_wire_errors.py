@@ -3,7 +3,7 @@ the routes' own refusals answer an OperationOutcome with a fixed text, never a b
 (a header, a bearer token, a method name), and log the kind of error only.
 
 Sent over raw sockets (asyncio.open_connection) to the test server, which runs the app as
-``serve`` and ``demo`` do (``proxy.fhir.server.FacadeRunner``).
+``serve`` and ``demo`` do (``proxy.edge.server.FacadeRunner``).
 """
 
 from __future__ import annotations

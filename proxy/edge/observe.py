@@ -19,7 +19,7 @@ import time
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from proxy.fhir.http import PRINCIPAL_KEY, REQUEST_ID_KEY, request_id
+from proxy.edge.http import PRINCIPAL_KEY, REQUEST_ID_KEY, request_id
 from proxy.hooks import Hooks, RequestFinished
 from proxy.metrics import Metrics, scrape
 from proxy.settings import MetricsSettings

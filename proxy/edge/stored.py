@@ -29,10 +29,7 @@ from aiohttp import web
 
 from proxy.access import consent, probing, require
 from proxy.audit.events import patient_view
-from proxy.fhir import params as parse
-from proxy.fhir.bundle import page_links, searchset
-from proxy.fhir.errors import FhirError, bad_request, not_found
-from proxy.fhir.http import (
+from proxy.edge.http import (
     AUDIT_DISCLOSED_KEY,
     AUDIT_QUERY_KEY,
     AUDIT_RESOURCE_KEY,
@@ -45,6 +42,9 @@ from proxy.fhir.http import (
     pretty,
     strict,
 )
+from proxy.fhir import params as parse
+from proxy.fhir.bundle import page_links, searchset
+from proxy.fhir.errors import FhirError, bad_request, not_found
 from proxy.fhir.ids import is_fhir_id
 from proxy.store.base import ConsentRow
 from proxy.types import FhirDict, PatientRef, Permission, Principal, Query

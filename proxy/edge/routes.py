@@ -29,12 +29,8 @@ from proxy.access import decide, probing
 from proxy.access.pdl import EMERGENCY_HEADER, emergency_reason, reason_code
 from proxy.audit.events import NOT_A_REASON, PROBE, begun_event, completed, record
 from proxy.auth import AuthError
-from proxy.fhir import params as parse
-from proxy.fhir import stored
-from proxy.fhir.bundle import page_links, searchset, source_outcome, withheld_outcome
-from proxy.fhir.capability import capability_statement
-from proxy.fhir.errors import FhirError, bad_request, not_found
-from proxy.fhir.http import (
+from proxy.edge import stored
+from proxy.edge.http import (
     AUDIT_BEGUN_KEY,
     AUDIT_DEGRADED_KEY,
     AUDIT_DISCLOSED_KEY,
@@ -55,9 +51,13 @@ from proxy.fhir.http import (
     request_id,
     strict,
 )
+from proxy.edge.observe import record_sources
+from proxy.edge.server import below_the_routes
+from proxy.fhir import params as parse
+from proxy.fhir.bundle import page_links, searchset, source_outcome, withheld_outcome
+from proxy.fhir.capability import capability_statement
+from proxy.fhir.errors import FhirError, bad_request, not_found
 from proxy.fhir.ids import holding_backend, is_fhir_id
-from proxy.fhir.observe import record_sources
-from proxy.fhir.server import below_the_routes
 from proxy.fhir.summary import TYPES as SUMMARY_TYPES
 from proxy.fhir.summary import SourceView, build_summary
 from proxy.fhir.summary import disclosed as summary_disclosed
@@ -268,7 +268,7 @@ class FhirRoutes:
 
     async def metadata(self, request: web.Request) -> web.Response:
         facade = request.app[FACADE_KEY]
-        cs = capability_statement(facade.mappings, base_url(request, facade), _STARTED)
+        cs = capability_statement(facade.mappings.sources_by_type(), base_url(request, facade), _STARTED)
         cs["rest"][0]["security"] = request.app[AUTH_KEY].capability_security()
         return fhir_response(cs, pretty=pretty(request))
 

@@ -21,7 +21,7 @@ from http import HTTPStatus
 
 from aiohttp import http_exceptions, web
 
-from proxy.fhir.http import error_response
+from proxy.edge.http import error_response
 from proxy.trace import mint_request_id
 
 log = logging.getLogger(__name__)
