@@ -13,12 +13,16 @@ and breaker states.
               that is down makes answers partial (and says so), not the facade unready — taking
               every worker out of the load balancer because a backend is down would turn a partial
               answer into none.
+
+Anyone can call them, so a flood of ``/readyz`` must not become a flood of store queries: probes
+that arrive together share one ping, and its result stands for ``READY_MEMO_S``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from typing import Any
 
 import orjson
@@ -26,10 +30,39 @@ from aiohttp import web
 
 from proxy.edge.http import FACADE_KEY, STORE_KEY
 from proxy.edge.routes import Handler
+from proxy.store.base import Store
 
 log = logging.getLogger(__name__)
 READY_TIMEOUT_S = 2.0
+READY_MEMO_S = 1.0  # how long one store ping's result answers /readyz
 _METHODS = ("GET", "HEAD")
+
+
+class _StoreProbe:
+    """One store ping at a time, its result reused for READY_MEMO_S (per app)."""
+
+    def __init__(self) -> None:
+        self._pending: asyncio.Future[bool] | None = None
+        self._at = float("-inf")
+
+    async def reachable(self, store: Store) -> bool:
+        loop = asyncio.get_running_loop()
+        if self._pending is None or (self._pending.done() and loop.time() - self._at > READY_MEMO_S):
+            self._at = loop.time()
+            self._pending = asyncio.ensure_future(self._ping(store))
+        return await asyncio.shield(self._pending)  # (a client that leaves does not cancel the others')
+
+    @staticmethod
+    async def _ping(store: Store) -> bool:
+        try:
+            await asyncio.wait_for(store.ping(), READY_TIMEOUT_S)
+            return True
+        except Exception as exc:  # (any failure: not ready; the kind is logged, never the DSN)
+            log.warning("readiness: the store is unreachable (%s)", type(exc).__name__)
+            return False
+
+
+_PROBES: weakref.WeakKeyDictionary[Store, _StoreProbe] = weakref.WeakKeyDictionary()  # (one per store)
 
 
 def _json(data: dict[str, Any], status: int = 200) -> web.Response:
@@ -51,11 +84,11 @@ async def readyz(request: web.Request) -> web.Response:
     store = app.get(STORE_KEY)
     checks = {"store": "unreachable", "mappings": "not loaded"}
     if store is not None:
-        try:
-            await asyncio.wait_for(store.ping(), READY_TIMEOUT_S)
+        probe = _PROBES.get(store)
+        if probe is None:
+            _PROBES[store] = probe = _StoreProbe()
+        if await probe.reachable(store):
             checks["store"] = "ok"
-        except Exception as exc:  # (any failure: not ready; the kind is logged, never the DSN)
-            log.warning("readiness: the store is unreachable (%s)", type(exc).__name__)
     if facade is not None and any(facade.mappings.by_backend.values()):
         checks["mappings"] = "ok"
     backends = {}

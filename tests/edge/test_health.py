@@ -80,3 +80,22 @@ async def test_an_open_breaker_is_reported_but_the_facade_stays_ready(edge: Any)
     assert ready.status == 200 and body["status"] == "ready"
     assert body["backends"]["viva"]["breaker"] == "open"
     assert body["backends"]["cosmic"]["breaker"] == "closed"
+
+
+async def test_a_flood_of_readyz_asks_the_store_once(edge: Any) -> None:
+    """/readyz is outside authentication, so anyone can call it: concurrent probes share one store
+    ping, and a result is reused for READY_MEMO_S — a flood never becomes a flood of queries."""
+    async with edge() as f:
+        store = f.client.server.app[STORE_KEY]
+        real, pings = store.ping, []
+
+        async def counted() -> None:
+            pings.append(1)
+            await asyncio.sleep(0.05)  # (a ping that takes a while: the others arrive meanwhile)
+            await real()
+
+        store.ping = counted  # type: ignore[method-assign]
+        answers = await asyncio.gather(*(f.client.get("/readyz") for _ in range(40)))
+        again = await f.client.get("/readyz")
+    assert [a.status for a in answers] == [200] * 40 and again.status == 200
+    assert len(pings) == 1
