@@ -26,7 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from proxy import loop
-from proxy.accesslog import ACCESS_LOGGER, LineFormatter
+from proxy.accesslog import ACCESS_LOGGER, JsonFormatter, LineFormatter
 from proxy.app import create_app
 from proxy.auth.demo import DEMO_AUDIENCES, demo_issuer, make_token
 from proxy.edge.http import AUTH_KEY
@@ -132,11 +132,13 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def configure_logging(verbose: bool, settings: Settings | None = None) -> None:
-    """Text lines on stderr, the access log's as JSON (``proxy.accesslog``); the access log at INFO
-    whatever ``-v`` says, unless ``metrics.access_log`` is false."""
+    """Text lines on stderr, the access log's as JSON (``proxy.accesslog``) — or, with
+    ``metrics.log_format: json``, every line as JSON; the access log at INFO whatever ``-v`` says,
+    unless ``metrics.access_log`` is false."""
     handler = logging.StreamHandler()
-    handler.setFormatter(LineFormatter(LOG_FORMAT))
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
+    as_json = settings is not None and settings.metrics.log_format == "json"
+    handler.setFormatter(JsonFormatter() if as_json else LineFormatter(LOG_FORMAT))
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler], force=True)
     if settings is not None and settings.metrics.access_log:
         logging.getLogger(ACCESS_LOGGER).setLevel(logging.INFO)
 
@@ -351,11 +353,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging(args.verbose)
+    configure_logging(args.verbose)  # (a config error is logged as text: no settings yet)
     try:
         settings = load_settings(args.config)
-        if settings.metrics.access_log and args.command in ("demo", "serve"):
-            logging.getLogger(ACCESS_LOGGER).setLevel(logging.INFO)
+        if args.command in ("demo", "serve"):  # the config's log format and access log
+            configure_logging(args.verbose, settings)
         if args.command == "demo":
             port = settings.facade.port if args.port is None else args.port
             loop.run(_demo(settings, port, args.patients))

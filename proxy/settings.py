@@ -124,6 +124,7 @@ class MetricsSettings:
     # without a token: let a peer on the loopback address in (not behind a proxy on the same host)
     allow_unauthenticated_loopback: bool = False
     access_log: bool = True  # one JSON line per request (logger fhir_facade.access, INFO)
+    log_format: str = "text"  # "json": every log line a JSON object, not only the access log's
 
 
 @dataclass(frozen=True, slots=True)
@@ -591,10 +592,12 @@ def _policy_audiences(r: _Reader, data: Any, audiences: Audiences) -> None:
 
 
 def _metrics(r: _Reader, data: Any, env: dict[str, str]) -> MetricsSettings:
-    m = r.section(data, "metrics", {"enabled", "allow_unauthenticated_loopback", "access_log"})
+    m = r.section(data, "metrics", {"enabled", "allow_unauthenticated_loopback", "access_log", "log_format"})
     for key in ("enabled", "allow_unauthenticated_loopback", "access_log"):
         if not isinstance(m.get(key, False), bool):
             raise r.fail(f"metrics.{key}", "expects true or false")
+    if m.get("log_format", "text") not in ("text", "json"):
+        raise r.fail("metrics.log_format", "expects text or json")
     token = env.get(METRICS_TOKEN_ENV) or None
     if token is not None and (len(token) < 16 or not token.isprintable() or " " in token):
         raise ConfigError(f"{METRICS_TOKEN_ENV}: expects a random token of 16 or more printable characters")
@@ -603,6 +606,7 @@ def _metrics(r: _Reader, data: Any, env: dict[str, str]) -> MetricsSettings:
         token=token,
         allow_unauthenticated_loopback=m.get("allow_unauthenticated_loopback", False),
         access_log=m.get("access_log", True),
+        log_format=m.get("log_format", "text"),
     )
 
 

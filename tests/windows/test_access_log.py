@@ -85,3 +85,45 @@ async def test_with_every_backend_failing_each_fault_is_logged(
         assert any(name in m and "http-error" in m and "HTTP 502" in m for m in warnings), warnings
         assert any(name in m and "breaker" in m and "open" in m for m in warnings), warnings
     assert_patient_free("\n".join(warnings))
+
+
+def test_log_format_json_writes_every_line_as_json_and_text_keeps_the_access_line_json(
+    tmp_path: Any,
+) -> None:
+    """``metrics.log_format: json`` — one log shipper, one parser: a fault line is a JSON object like
+    the access line. The default (text) keeps operators' text lines, the access line still JSON."""
+    import yaml
+
+    from proxy.cli import configure_logging
+    from proxy.settings import DEFAULT_CONFIG, ConfigError, load_settings
+
+    def settings_with(value: Any) -> Any:
+        doc = yaml.safe_load(DEFAULT_CONFIG.read_text(encoding="utf-8"))
+        doc["metrics"]["log_format"] = value
+        doc["mappings_dir"] = str(DEFAULT_CONFIG.parent.parent / "mappings")
+        path = tmp_path / "facade.yaml"
+        path.write_text(yaml.safe_dump(doc), encoding="utf-8")
+        return load_settings(path)
+
+    fault = logging.LogRecord(
+        "fhir_facade.backends", logging.WARNING, __file__, 1, "backend %s failed", ("npo",), None
+    )
+    access = logging.LogRecord(ACCESS_LOGGER, logging.INFO, __file__, 1, "request", (), None)
+    access.fields = {"status": 200}
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        configure_logging(False, settings_with("json"))
+        (handler,) = root.handlers
+        as_json = orjson.loads(handler.format(fault))
+        assert as_json["logger"] == "fhir_facade.backends" and as_json["message"] == "backend npo failed"
+        assert orjson.loads(handler.format(access))["status"] == 200
+        configure_logging(False, settings_with("text"))
+        (handler,) = root.handlers
+        assert handler.format(fault).endswith("WARNING fhir_facade.backends: backend npo failed")
+        assert orjson.loads(handler.format(access))["status"] == 200
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    with pytest.raises(ConfigError, match=r"metrics\.log_format"):
+        settings_with("xml")
