@@ -12,7 +12,8 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from proxy import accesslog
-from proxy.auth import Authenticator, TrustedIssuer
+from proxy.auth.config import TrustedIssuer
+from proxy.auth.verify import Authenticator
 from proxy.cache import MemoryCache, RedisCache, SourceCache, redis_prefix
 from proxy.clock import SYSTEM_CLOCK, Clock
 from proxy.edge.compression import compression

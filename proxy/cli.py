@@ -262,8 +262,9 @@ def _token(
     patient: str | None = None,
 ) -> int:
     """Print a token signed by the dev-only demo issuer, for the configured `aud`."""
-    from proxy.auth import DEFAULT_AUDIENCE, Authenticator
+    from proxy.auth.config import DEFAULT_AUDIENCE
     from proxy.auth.demo import make_token
+    from proxy.auth.verify import Authenticator
 
     is_patient = DEMO_AUDIENCES[audience].is_patient
     if is_patient and not pnr:

@@ -15,7 +15,8 @@ from typing import Any
 import jwt
 
 from proxy.audience import DEFAULT_AUDIENCES
-from proxy.auth import DEFAULT_AUDIENCE, ClaimNames, TrustedIssuer, VerificationKey
+from proxy.auth.config import DEFAULT_AUDIENCE, ClaimNames, TrustedIssuer
+from proxy.auth.keys import VerificationKey
 from proxy.demo_org import MUNICIPALITY_PROVIDER, REGION_PROVIDER, UNITS
 from proxy.fhir.ids import PATIENT_ID_LENGTH, PatientIds
 from proxy.pnr import normalise

@@ -8,7 +8,7 @@ from collections import Counter
 import orjson
 from aiohttp import web
 
-from proxy.auth import Authenticator
+from proxy.auth.verify import Authenticator
 from proxy.fhir.errors import operation_outcome
 from proxy.pipeline import Facade
 from proxy.store.base import Store

@@ -28,7 +28,7 @@ from aiohttp import http_exceptions, web
 from proxy.access import decide, probing
 from proxy.access.pdl import EMERGENCY_HEADER, emergency_reason, reason_code
 from proxy.audit.events import NOT_A_REASON, PROBE, begun_event, completed, record
-from proxy.auth import AuthError
+from proxy.auth.verify import AuthError
 from proxy.edge import stored
 from proxy.edge.http import (
     AUDIT_BEGUN_KEY,

@@ -14,8 +14,8 @@ from proxy.access import decide
 from proxy.access.pdl import emergency_reason
 from proxy.audience import DEFAULT_AUDIENCES, ETREAT, PATRQT, TREAT, Audience, Audiences
 from proxy.audit.events import begun_event, patient_view
-from proxy.auth import Authenticator, AuthError
 from proxy.auth.demo import demo_issuer, make_token
+from proxy.auth.verify import Authenticator, AuthError
 from proxy.fhir.errors import FhirError
 from proxy.fhir.ids import PatientIds
 from proxy.redact.policy import compile_policy

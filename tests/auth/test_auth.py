@@ -16,8 +16,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from proxy.auth import Authenticator, AuthError, parse_scopes
 from proxy.auth.demo import DEMO_ISSUER, DEMO_SECRET, demo_issuer, make_token
+from proxy.auth.scopes import parse_scopes
+from proxy.auth.verify import Authenticator, AuthError
 from proxy.cli import main
 from proxy.fhir.ids import PatientIds
 from proxy.settings import DEMO_PATIENT_ID_KEY, ConfigError, load_settings

@@ -10,8 +10,8 @@ from urllib.parse import urlsplit
 import pytest
 
 from proxy.access import NEEDS
-from proxy.auth import Authenticator
 from proxy.auth.demo import demo_issuer, make_token
+from proxy.auth.verify import Authenticator
 from proxy.fhir.ids import PatientIds
 from proxy.settings import DEMO_PATIENT_ID_KEY
 from proxy.simulators.population import TOLVAN

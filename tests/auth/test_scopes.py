@@ -9,8 +9,8 @@ from pathlib import Path
 import jwt
 import pytest
 
-from proxy.auth import Authenticator, AuthError
 from proxy.auth.demo import DEMO_KID, DEMO_SECRET, demo_issuer, make_token
+from proxy.auth.verify import Authenticator, AuthError
 from proxy.cli import main
 from proxy.fhir.ids import PatientIds
 from proxy.settings import DEMO_PATIENT_ID_KEY, ConfigError, load_settings
