@@ -28,7 +28,7 @@ from proxy.fhir.ids import PatientIds, ResourceIds
 from proxy.hooks import BreakerChanged, Hooks
 from proxy.mapping.registry import MappingSet, load_mappings
 from proxy.metrics import Metrics
-from proxy.pipeline import Facade
+from proxy.pipeline.facade import Facade
 from proxy.redact.policy import compile_policy
 from proxy.settings import CacheSettings, Settings
 from proxy.store.base import open_store

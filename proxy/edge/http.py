@@ -10,7 +10,7 @@ from aiohttp import web
 
 from proxy.auth import Authenticator
 from proxy.fhir.errors import operation_outcome
-from proxy.pipeline import Facade
+from proxy.pipeline.facade import Facade
 from proxy.store.base import Store
 from proxy.trace import mint_request_id, sane_request_id
 from proxy.types import FhirDict, PatientRef, Principal, Query
