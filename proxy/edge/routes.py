@@ -163,7 +163,7 @@ async def fhir_errors(request: web.Request, handler: Handler) -> web.StreamRespo
 
 
 class FhirRoutes:
-    """Request handlers; each parses, calls the pipeline, and renders."""
+    """Request handlers; each reads parse → walk (``proxy.pipeline.walk``) → render."""
 
     def __init__(self, base_path: str) -> None:
         self.base = base_path
