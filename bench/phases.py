@@ -37,12 +37,12 @@ PHASES = (("pre", "a", "s"), ("backends", "s", "r"), ("post", "r", "d"), ("all",
 # the facade's post, from its hook bus (StageFinished per stage of the walk; the first backend's
 # share settled): see phases_hook/sitecustomize.py
 POST = (
-    ("last body → fan-out returned, all mapped", "r", "settled"),
-    ("→ cached, outcomes (fetch_and_map)", "settled", "end:fetch_and_map"),
+    ("last body → fan-out back, mapped", "r", "settled"),
+    ("→ cached, outcomes (fetch)", "settled", "end:fetch_and_map"),
     ("→ PDL (pdl)", "end:fetch_and_map", "end:pdl"),
     ("→ merged (merge)", "end:pdl", "end:merge"),
     ("→ redacted (redact)", "end:merge", "end:redact"),
-    ("→ look-alikes marked (lookalikes)", "end:redact", "end:lookalikes"),
+    ("→ look-alikes marked", "end:redact", "end:lookalikes"),
     ("→ filtered, the answer (select)", "end:lookalikes", "end:select"),
     ("→ Bundle, access logged, ready", "end:select", "d"),
 )
