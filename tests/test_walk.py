@@ -66,6 +66,18 @@ def test_the_edge_keeps_one_request_key_the_exchange() -> None:
     assert len(made) == 1
 
 
+def test_the_pipeline_does_not_know_http() -> None:
+    """The walk runs on the Exchange alone: nothing under proxy/pipeline imports aiohttp."""
+    from tests.test_house import modules
+
+    http = {
+        module: sorted(n for n in names if n == "aiohttp" or n.startswith("aiohttp."))
+        for _path, module, names in modules()
+        if module == "proxy.pipeline" or module.startswith("proxy.pipeline.")
+    }
+    assert len(http) >= 7 and all(not found for found in http.values()), http
+
+
 def test_a_subscriber_that_cannot_be_loaded_stops_start_up() -> None:
     with pytest.raises(ValueError, match=r"tests\.test_walk:nothing_here"):
         load_subscribers(Hooks(), "tests.test_walk:nothing_here")
