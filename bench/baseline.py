@@ -3,7 +3,7 @@
     python bench/baseline.py --config <facade config> --port N
 
 ``GET /everything/{pnr}`` sends the very backend requests the facade sends for ``$everything`` —
-derived from the same compiled mappings (``proxy.pipeline.plan_requests`` over every resource type,
+derived from the same compiled mappings (``proxy.pipeline.fetch.plan_requests`` over every resource type,
 rendered with the same request context) — concurrently, one ``aiohttp.ClientSession`` per backend
 with the backend's configured connection limit and timeouts, and answers with the raw bodies
 concatenated. Each call is made as the facade makes it (the same encoded URL, the backend's total
@@ -31,7 +31,7 @@ from proxy.app import compile_mappings
 from proxy.fhir.ids import PatientIds, ResourceIds
 from proxy.loop import new_loop
 from proxy.mapping.requests import RequestSpec
-from proxy.pipeline import context, plan_requests
+from proxy.pipeline.fetch import context, plan_requests
 from proxy.pnr import is_valid_pnr, system_of
 from proxy.settings import PATIENT_ID_KEY_ENV, Settings, load_settings
 from proxy.types import PatientRef
@@ -43,7 +43,7 @@ def build_app(settings: Settings, patient_id_key: bytes) -> web.Application:
     mappings = compile_mappings(settings, ResourceIds(patient_id_key))
     plan = plan_requests(mappings, settings.source_priority, mappings.resource_types)
     ids = PatientIds(patient_id_key)
-    # proxy.pipeline.context only reads ``facade.settings``: the same request context, no Facade.
+    # proxy.pipeline.fetch.context only reads ``facade.settings``: the same request context, no Facade.
     ctx_source = SimpleNamespace(settings=settings)
     app = web.Application()
 

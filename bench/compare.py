@@ -36,7 +36,7 @@ import run
 
 from proxy.app import compile_mappings
 from proxy.fhir.ids import PatientIds, ResourceIds
-from proxy.pipeline import plan_requests
+from proxy.pipeline.fetch import plan_requests
 from proxy.settings import PATIENT_ID_KEY_ENV, load_settings
 from proxy.simulators.population import population
 

@@ -31,7 +31,7 @@ from proxy.mapping import engine
 from proxy.mapping.compiler import CompiledMapping
 from proxy.mapping.registry import MappingSet, request_context
 from proxy.mapping.run import decode, map_answer
-from proxy.pipeline import plan_requests
+from proxy.pipeline.fetch import plan_requests
 from proxy.settings import DEMO_PATIENT_ID_KEY, Settings, load_settings
 from proxy.simulators.harness import people_for, running_simulators
 

@@ -12,7 +12,9 @@ the unmeasured settle phases included, all at the same rate):
     post      → the response is ready (the facade: the rest of the mapping, merge, redaction, the
               Bundle, the access log)
 
-and the facade's ``post`` split further. What happens before the handler starts (reading and
+and the facade's ``post`` split further, stage by stage of its walk (``proxy/pipeline/walk.py``, from
+the ``StageFinished`` events its hook bus publishes to the subscriber ``phases.py`` names in
+``FHIR_FACADE_HOOK_SUBSCRIBERS``). What happens before the handler starts (reading and
 parsing the request) and after (writing the response) is not covered: compare the sum with the
 p50 gap ``compare.py`` prints. A ``--variant`` with its own ``PYTHONPATH`` keeps the hook on it.
 """
@@ -32,13 +34,17 @@ BENCH = Path(__file__).resolve().parent
 HOOK = BENCH / "phases_hook"
 
 PHASES = (("pre", "a", "s"), ("backends", "s", "r"), ("post", "r", "d"), ("all", "a", "d"))
+# the facade's post, from its hook bus (StageFinished per stage of the walk; the first backend's
+# share settled): see phases_hook/sitecustomize.py
 POST = (
-    ("last body → fan-out returns", "r", "fo"),
-    ("→ every answer mapped", "fo", "fm"),
-    ("→ merged, redacted (collect)", "fm", "co"),
-    ("→ Bundle begun", "co", "b0"),
-    ("Bundle built and serialised", "b0", "b1"),
-    ("→ access logged, response ready", "b1", "d"),
+    ("last body → fan-out back, mapped", "r", "settled"),
+    ("→ cached, outcomes (fetch)", "settled", "end:fetch_and_map"),
+    ("→ PDL (pdl)", "end:fetch_and_map", "end:pdl"),
+    ("→ merged (merge)", "end:pdl", "end:merge"),
+    ("→ redacted (redact)", "end:merge", "end:redact"),
+    ("→ look-alikes marked", "end:redact", "end:lookalikes"),
+    ("→ filtered, the answer (select)", "end:lookalikes", "end:select"),
+    ("→ Bundle, access logged, ready", "end:select", "d"),
 )
 
 
@@ -80,7 +86,10 @@ def main() -> None:
         print(__doc__)
         return
     with tempfile.TemporaryDirectory(prefix="fhir-facade-phases-") as tmp:
-        env = dict(os.environ, FHIR_FACADE_BENCH_PHASES=tmp)
+        # the facade's phases: its hook bus, subscribed at start-up (proxy/app.py), no wrapping
+        env = dict(
+            os.environ, FHIR_FACADE_BENCH_PHASES=tmp, FHIR_FACADE_HOOK_SUBSCRIBERS="sitecustomize:subscribe"
+        )
         env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(HOOK), os.environ.get("PYTHONPATH"))))
         done = subprocess.run([sys.executable, str(BENCH / "compare.py"), *_with_hook(args)], env=env)
         if done.returncode:

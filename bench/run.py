@@ -86,7 +86,7 @@ from proxy.fhir.bundle import SOURCE_STATUS_SYSTEM
 from proxy.fhir.ids import PatientIds, ResourceIds
 from proxy.hsa import HSA_SYSTEM
 from proxy.mapping.requests import RequestSpec
-from proxy.pipeline import context, plan_requests
+from proxy.pipeline.fetch import context, plan_requests
 from proxy.pnr import system_of
 from proxy.settings import DEFAULT_CONFIG, PATIENT_ID_KEY_ENV, ConfigError, Settings, load_settings
 from proxy.simulators.population import population

@@ -2,10 +2,17 @@
 
 Mappings are compiled here, before the app exists, so a broken mapping stops start-up with its
 file and key named. Backend sessions are opened and closed together in one ``cleanup_ctx``.
+
+Hook subscribers from outside the product (the bench's phases, a deployment's own probe) are named
+in ``FHIR_FACADE_HOOK_SUBSCRIBERS``: ``module:function`` entries, separated by commas or spaces,
+each imported and called once with the app's ``Hooks`` (``proxy.hooks``) to subscribe what it
+wants — no monkeypatching. One that cannot be imported or called stops start-up, named.
 """
 
 from __future__ import annotations
 
+import importlib
+import os
 from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
@@ -29,7 +36,7 @@ from proxy.fhir.ids import PatientIds, ResourceIds
 from proxy.hooks import BreakerChanged, Hooks
 from proxy.mapping.registry import MappingSet, load_mappings
 from proxy.metrics import Metrics
-from proxy.pipeline import Facade
+from proxy.pipeline.facade import Facade
 from proxy.redact.policy import compile_policy
 from proxy.settings import CacheSettings, Settings
 from proxy.store.base import open_store
@@ -110,6 +117,7 @@ def create_app(
     if metrics is not None:
         metrics.subscribe(hooks)
     accesslog.subscribe(hooks, access=settings.metrics.access_log)
+    load_subscribers(hooks, os.environ.get(SUBSCRIBERS_ENV, ""))
     app = web.Application(
         middlewares=[*edge(settings), observed(hooks, metrics, settings.metrics), fhir_errors, audited],
         client_max_size=64 * 1024,
@@ -152,6 +160,23 @@ def create_app(
     app.cleanup_ctx.append(backends)
     FhirRoutes(settings.facade.base_path).add_to(app)
     return app
+
+
+SUBSCRIBERS_ENV = "FHIR_FACADE_HOOK_SUBSCRIBERS"
+
+
+def load_subscribers(hooks: Hooks, spec: str) -> None:
+    """Import each ``module:function`` of ``spec`` (commas or spaces between) and call it with
+    ``hooks``; a name that does not resolve stops start-up (a subscriber asked for is not dropped)."""
+    for entry in spec.replace(",", " ").split():
+        module, _, name = entry.partition(":")
+        try:
+            subscribe = getattr(importlib.import_module(module), name) if name else None
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(f"{SUBSCRIBERS_ENV}: cannot load {entry!r}: {exc}") from exc
+        if not callable(subscribe):
+            raise ValueError(f"{SUBSCRIBERS_ENV}: {entry!r} is not module:function")
+        subscribe(hooks)
 
 
 def _publisher(hooks: Hooks, backend: str) -> Callable[[str, str], None]:

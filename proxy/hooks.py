@@ -39,6 +39,14 @@ class RequestFinished:
 
 
 @dataclass(frozen=True, slots=True)
+class StageFinished:
+    """One stage of a request's walk (``proxy.pipeline.walk``) finished: its name, how long it took."""
+
+    stage: str  # the stage function's name, e.g. fetch_and_map
+    duration_ms: float
+
+
+@dataclass(frozen=True, slots=True)
 class SourceAnswered:
     """A backend answered every request of its share of a fan-out."""
 

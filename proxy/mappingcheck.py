@@ -22,7 +22,8 @@ from proxy.app import compile_mappings
 from proxy.fanout.client import BackendClient
 from proxy.fhir.ids import PatientIds, ResourceIds
 from proxy.merge.facts import merge
-from proxy.pipeline import Facade, fetch_and_map
+from proxy.pipeline.facade import Facade
+from proxy.pipeline.fetch import fetch_and_map
 from proxy.redact.policy import compile_policy
 from proxy.settings import DEMO_PATIENT_ID_KEY, Settings
 from proxy.types import FhirDict

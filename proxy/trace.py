@@ -7,8 +7,8 @@ the current trace for the request's task. Fan-out (``proxy.fanout``) sends ``out
 each backend call: the same X-Request-ID, and a ``traceparent`` (version 00) continuing the trace
 with a fresh parent-id per call, flags 01 (sampled).
 
-A context variable rather than an argument through ``collect → fetch_and_map → fan_out →
-BackendClient.start → _ask → _one``: six signatures (two of them being reshaped elsewhere) for a
+A context variable rather than an argument through the walk (``proxy.pipeline``: ``run →
+fetch_and_map → ask``) and ``fan_out → BackendClient.start → _ask → _one``: a signature each for a
 value nothing between the edge and the wire reads. asyncio copies the context into the tasks
 fan-out starts, so each backend call sees its request's trace; outside a request (the CLI's
 ``mappings check``, the bench's direct calls) there is none and nothing is added.

@@ -5,7 +5,7 @@
 
 Python imports ``sitecustomize`` at start-up from the path. With ``FHIR_FACADE_BENCH_MAPPING_FREE``
 set, in the facade process (``fhir-facade … serve``) and nowhere else, this wraps
-``proxy.pipeline.map_answer`` in a memo keyed by everything its result depends on — the answer's
+``proxy.pipeline.fetch.map_answer`` in a memo keyed by everything its result depends on — the answer's
 bytes, the mappings that read it, the request context, the source — so each distinct answer is
 mapped once and the same answer again costs a dict look-up. The simulators send the same bytes for
 the same patient, so once every bench patient has been asked, the mapping stage costs next to
@@ -25,7 +25,7 @@ _LIMIT = 100_000
 
 
 def _install() -> None:
-    import proxy.pipeline as pipeline
+    import proxy.pipeline.fetch as pipeline
 
     real = pipeline.map_answer
     memo: dict[tuple[Any, ...], Any] = {}

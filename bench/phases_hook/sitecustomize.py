@@ -3,7 +3,7 @@
 Python imports ``sitecustomize`` at start-up from the path; ``bench/phases.py`` puts this directory
 on ``PYTHONPATH`` and names an output directory in ``FHIR_FACADE_BENCH_PHASES``. Without that
 variable, or in any process that is not the facade (``fhir-facade … serve``) or the baseline
-(``bench/baseline.py``), it does nothing. Bench-only: it wraps aiohttp and pipeline functions.
+(``bench/baseline.py``), it does nothing. Bench-only.
 
 Per ``$everything`` request (facade) or ``/everything/`` request (baseline) it records, in
 ``time.perf_counter`` seconds (one monotonic clock for every process on the machine):
@@ -15,8 +15,15 @@ Per ``$everything`` request (facade) or ``/everything/`` request (baseline) it r
         whose bodies all came otherwise is left out of the figures)
     d   the handler chain has returned (the response is ready to be written)
 
-and in the facade, between ``r`` and ``d``: ``fo`` fan-out returned, ``fm`` every answer mapped
-(``fetch_and_map`` returned), ``co`` ``collect`` returned, ``b0``/``b1`` the Bundle built.
+These four wrap aiohttp (the server's ``Application._handle``, the client's ``_request`` and
+``read``): the baseline has no hooks, and no facade event marks them. The facade's own phases come
+from its hook bus, with no wrapping: ``phases.py`` names ``sitecustomize:subscribe`` in
+``FHIR_FACADE_HOOK_SUBSCRIBERS``, so ``create_app`` calls ``subscribe(hooks)`` at start-up, which
+records, between ``a`` and ``d``:
+
+    end:<stage>  each stage of the walk finished (``StageFinished``: proxy/pipeline/walk.py)
+    settled      the first backend's share settled (``SourceAnswered``/``SourceFailed``): fan-out
+                 has returned and the answers the slack had not mapped yet are mapped
 """
 
 from __future__ import annotations
@@ -94,40 +101,28 @@ def _install() -> None:
 
     aiohttp.client_reqrep.ClientResponse.read = timed_read  # type: ignore[method-assign]
 
-    if _ROLE == "facade":
-        import proxy.edge.routes as routes
-        import proxy.pipeline as pipeline
-
-        def stamp_return(module: Any, name: str, key: str) -> None:
-            original = getattr(module, name)
-
-            async def stamped(*args: Any, **kwargs: Any) -> Any:
-                try:
-                    return await original(*args, **kwargs)
-                finally:
-                    rec = _CURRENT.get()
-                    if rec is not None:
-                        rec[key] = time.perf_counter()
-
-            setattr(module, name, stamped)
-
-        stamp_return(pipeline, "fan_out", "fo")
-        stamp_return(pipeline, "fetch_and_map", "fm")
-        stamp_return(routes, "collect", "co")
-        bundle = routes.FhirRoutes._bundle
-
-        def stamped_bundle(self: Any, *args: Any, **kwargs: Any) -> Any:
-            rec = _CURRENT.get()
-            if rec is not None:
-                rec["b0"] = time.perf_counter()
-            try:
-                return bundle(self, *args, **kwargs)
-            finally:
-                if rec is not None:
-                    rec["b1"] = time.perf_counter()
-
-        routes.FhirRoutes._bundle = stamped_bundle  # type: ignore[method-assign]
     atexit.register(_dump)
+
+
+def subscribe(hooks: Any) -> None:
+    """Called by the facade's ``create_app`` (``FHIR_FACADE_HOOK_SUBSCRIBERS``) with its hook bus."""
+    if not (_OUT and _ROLE == "facade"):
+        return
+    from proxy.hooks import SourceAnswered, SourceFailed, StageFinished
+
+    def stage_finished(event: StageFinished) -> None:
+        rec = _CURRENT.get()
+        if rec is not None:
+            rec[f"end:{event.stage}"] = time.perf_counter()
+
+    def settled(event: Any) -> None:
+        rec = _CURRENT.get()
+        if rec is not None and "settled" not in rec:
+            rec["settled"] = time.perf_counter()
+
+    hooks.subscribe(StageFinished, stage_finished)
+    hooks.subscribe(SourceAnswered, settled)
+    hooks.subscribe(SourceFailed, settled)
 
 
 if _OUT and _ROLE is not None:

@@ -1,35 +1,29 @@
-"""What every FHIR handler shares: the app's and request's keys, JSON responses, and the small
-request readings (base URL, _pretty, Prefer: handling=strict, X-Request-ID)."""
+"""What every FHIR handler shares: the app's keys and the request's one key (its ``Exchange``, the
+request as the pipeline sees it: ``proxy.pipeline.exchange``), JSON responses, and the small request
+readings (base URL, _pretty, Prefer: handling=strict, X-Request-ID, X-Emergency-Access)."""
 
 from __future__ import annotations
-
-from collections import Counter
 
 import orjson
 from aiohttp import web
 
+from proxy.access.pdl import EMERGENCY_HEADER, reason_code
+from proxy.audit.events import NOT_A_REASON
 from proxy.auth.verify import Authenticator
 from proxy.fhir.errors import operation_outcome
-from proxy.pipeline import Facade
+from proxy.pipeline.exchange import Exchange
+from proxy.pipeline.facade import Facade
 from proxy.store.base import Store
 from proxy.trace import mint_request_id, sane_request_id
-from proxy.types import FhirDict, PatientRef, Principal, Query
+from proxy.types import FhirDict, Principal
 
 FHIR_JSON = "application/fhir+json"
 FACADE_KEY = web.AppKey("facade", Facade)
 AUTH_KEY = web.AppKey("authenticator", Authenticator)
 STORE_KEY = web.AppKey("store", Store)
-PRINCIPAL_KEY = web.RequestKey("principal", Principal)
-REQUEST_ID_KEY = web.RequestKey("request_id", str)
-# what a handler tells the audit step: the query (once parsed) and what the answer disclosed
-AUDIT_QUERY_KEY = web.RequestKey("audit_query", Query)
-AUDIT_DISCLOSED_KEY = web.RequestKey("audit_disclosed", Counter)
-AUDIT_DEGRADED_KEY = web.RequestKey("audit_degraded", list)
-AUDIT_EMERGENCY_KEY = web.RequestKey("audit_emergency", str)  # the emergency-access reason code
-AUDIT_REFUSED_KEY = web.RequestKey("audit_refused", str)  # why an access was refused (no personal data)
-AUDIT_RESOURCE_KEY = web.RequestKey("audit_resource", str)  # a resource the request wrote: Type/id/_history/n
-# the AuditEvent of an access logged as begun (before the backends were asked), and its commit
-AUDIT_BEGUN_KEY = web.RequestKey("audit_begun", tuple)
+# the request as the pipeline sees it: made with the request id (proxy.edge.request_id), its
+# principal set by authentication, its query and answer by the handler; the audit reads it
+EXCHANGE_KEY = web.RequestKey("exchange", Exchange)
 
 
 def fhir_response(data: FhirDict, status: int = 200, *, pretty: bool = False) -> web.Response:
@@ -47,6 +41,31 @@ def error_response(status: int, code: str, message: str) -> web.Response:
     return fhir_response(operation_outcome(("error", code, message)), status)
 
 
+def exchange(request: web.Request) -> Exchange:
+    """The request's Exchange (made by the outermost middleware; else here, with its request id)."""
+    x = request.get(EXCHANGE_KEY)
+    if x is None:
+        request[EXCHANGE_KEY] = x = Exchange(request_id(request))
+    return x
+
+
+def asker(request: web.Request) -> Principal:
+    """The request's verified principal (every FHIR route but the capability documents has one)."""
+    principal = exchange(request).principal
+    if principal is None:  # (a route outside the authenticating middleware: a bug of ours)
+        raise RuntimeError("the request was not authenticated")
+    return principal
+
+
+def emergency_asked(request: web.Request) -> str | None:
+    """Emergency access asked for: the header's reason code, or ``NOT_A_REASON`` (its text is
+    never kept: the walk's ``emergency`` stage refuses it); None when not asked for."""
+    header = request.headers.get(EMERGENCY_HEADER)
+    if header is None:
+        return None
+    return reason_code(header) or NOT_A_REASON
+
+
 def request_id(request: web.Request) -> str:
     """The client's X-Request-ID when it is a plain token, else a new one; echoed and audited."""
     return sane_request_id(request.headers.get("X-Request-ID")) or mint_request_id()
@@ -59,17 +78,6 @@ def strict(request: web.Request) -> bool:
 
 def pretty(request: web.Request) -> bool:
     return request.query.get("_pretty", "false").lower() == "true"
-
-
-def audit_unparsed(
-    request: web.Request, interaction: str, resource_types: frozenset[str], patient: PatientRef | None
-) -> None:
-    """A request refused before its query was parsed (a 400, or a 404 for an unknown type) that
-    names a patient (``proxy.fhir.params.named_patient``) is logged against that patient."""
-    if patient is not None:
-        request[AUDIT_QUERY_KEY] = Query(
-            interaction=interaction, resource_types=resource_types, patient=patient
-        )
 
 
 def base_url(request: web.Request, facade: Facade) -> str:

@@ -4,7 +4,7 @@
 errors included, as ``fhir_errors`` answered them — and publishes it on the hook bus with the route
 *template* (``/fhir/Patient/{id}/$everything``; "unmatched" when no route matched: the path itself,
 which may name a patient, is never published), the audience of the verified token ("none" without
-one) and each asked source's status (``SOURCES_KEY``, set by the handlers that ask the backends).
+one) and each asked source's status (the answer's, on the request's ``Exchange``).
 ``proxy.metrics`` counts these events, ``proxy.accesslog`` writes them as JSON lines.
 
 ``/metrics`` is answered here, before authentication and content negotiation: it is not FHIR and
@@ -19,21 +19,13 @@ import time
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from proxy.edge.http import PRINCIPAL_KEY, REQUEST_ID_KEY, request_id
+from proxy.edge.http import exchange
 from proxy.hooks import Hooks, RequestFinished
 from proxy.metrics import Metrics, scrape
 from proxy.settings import MetricsSettings
-from proxy.types import SourceOutcome
 
 METRICS_PATH = "/metrics"
-# each asked source's outcome in this request's answer (the access log's "sources")
-SOURCES_KEY = web.RequestKey("sources", list)
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-
-
-def record_sources(request: web.Request, outcomes: list[SourceOutcome]) -> None:
-    """Note the sources of the answer (the last answer, if a handler asks twice)."""
-    request[SOURCES_KEY] = outcomes
 
 
 def route_template(request: web.Request) -> str:
@@ -67,11 +59,12 @@ def observed(hooks: Hooks, metrics: Metrics | None, settings: MetricsSettings) -
 
 
 def _finished(request: web.Request, status: int, duration_ms: float) -> RequestFinished:
-    principal = request.get(PRINCIPAL_KEY)
-    audience = "none" if principal is None else principal.audience.name  # (a configured one's)
-    outcomes = request.get(SOURCES_KEY, ())
+    x = exchange(request)
+    audience = "none" if x.principal is None else x.principal.audience.name  # (a configured one's)
+    # each asked source's outcome in this request's answer (the access log's "sources")
+    outcomes = x.answer.outcomes if x.answer is not None else ()
     return RequestFinished(
-        request_id=request.get(REQUEST_ID_KEY) or request_id(request),
+        request_id=x.request_id,
         method=request.method if request.method in _METHODS else "OTHER",
         route=METRICS_PATH if request.path == METRICS_PATH else route_template(request),
         status=status,

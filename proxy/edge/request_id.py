@@ -2,10 +2,10 @@
 
 The client's X-Request-ID is kept when it is a plain token (1-128 of ``A-Z a-z 0-9 . _ : -``,
 starting with a letter or digit) sent once, else replaced by a new one (uuid4, 32 hex); a valid
-W3C ``traceparent`` sent once continues the client's trace. The id is stored on the request
-(``REQUEST_ID_KEY``, named "request_id") for the access log and the audit event, and answered on
-every response — success, OperationOutcome, preflight, and an error raised past every other
-middleware.
+W3C ``traceparent`` sent once continues the client's trace. This is the outermost place that
+knows the id, so the request's ``Exchange`` (``EXCHANGE_KEY``: ``proxy.pipeline.exchange``) is
+made here with it, for the access log and the audit event. The id is answered on every response —
+success, OperationOutcome, preflight, and an error raised past every other middleware.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import logging
 from aiohttp import web
 
 from proxy import trace
-from proxy.edge.http import REQUEST_ID_KEY, error_response
+from proxy.edge.http import EXCHANGE_KEY, error_response
 from proxy.edge.routes import Handler
+from proxy.pipeline.exchange import Exchange
 
 log = logging.getLogger(__name__)
 HEADER = "X-Request-ID"
@@ -32,7 +33,7 @@ def _single(request: web.Request, name: str) -> str | None:
 @web.middleware
 async def request_ids(request: web.Request, handler: Handler) -> web.StreamResponse:
     current = trace.new_trace(_single(request, HEADER), _single(request, "traceparent"))
-    request[REQUEST_ID_KEY] = current.request_id
+    request[EXCHANGE_KEY] = Exchange(current.request_id)
     token = trace.CURRENT.set(current)
     try:
         response = await handler(request)

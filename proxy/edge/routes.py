@@ -14,10 +14,8 @@ with the status the FHIR spec gives it; nothing unhandled leaves as a bare 500 p
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -25,33 +23,22 @@ from typing import Any
 import orjson
 from aiohttp import http_exceptions, web
 
-from proxy.access import decide, probing
-from proxy.access.pdl import EMERGENCY_HEADER, emergency_reason, reason_code
-from proxy.audit.events import NOT_A_REASON, PROBE, begun_event, completed, record
+from proxy.access import decide
 from proxy.auth.verify import AuthError
 from proxy.edge import stored
 from proxy.edge.http import (
-    AUDIT_BEGUN_KEY,
-    AUDIT_DEGRADED_KEY,
-    AUDIT_DISCLOSED_KEY,
-    AUDIT_EMERGENCY_KEY,
-    AUDIT_QUERY_KEY,
-    AUDIT_REFUSED_KEY,
-    AUDIT_RESOURCE_KEY,
     AUTH_KEY,
     FACADE_KEY,
-    PRINCIPAL_KEY,
-    REQUEST_ID_KEY,
     STORE_KEY,
-    audit_unparsed,
+    asker,
     base_url,
+    emergency_asked,
     error_response,
+    exchange,
     fhir_response,
     pretty,
-    request_id,
     strict,
 )
-from proxy.edge.observe import record_sources
 from proxy.edge.server import below_the_routes
 from proxy.fhir import params as parse
 from proxy.fhir.bundle import page_links, searchset, source_outcome, withheld_outcome
@@ -61,9 +48,12 @@ from proxy.fhir.ids import holding_backend, is_fhir_id
 from proxy.fhir.summary import TYPES as SUMMARY_TYPES
 from proxy.fhir.summary import SourceView, build_summary
 from proxy.fhir.summary import disclosed as summary_disclosed
-from proxy.pipeline import Answer, Facade, collect
+from proxy.pipeline import audit
+from proxy.pipeline.exchange import Exchange
+from proxy.pipeline.facade import Answer
+from proxy.pipeline.walk import run
 from proxy.store.base import StoreUnavailable
-from proxy.types import FhirDict, Principal, Query
+from proxy.types import Query
 
 log = logging.getLogger(__name__)
 
@@ -103,114 +93,37 @@ def _authenticate(request: web.Request) -> None:
     base = request.app[FACADE_KEY].settings.facade.base_path
     if request.path in (f"{base}/metadata", f"{base}/.well-known/smart-configuration"):
         return
-    request[PRINCIPAL_KEY] = request.app[AUTH_KEY].authenticate(request.headers.get("Authorization"))
+    exchange(request).principal = request.app[AUTH_KEY].authenticate(request.headers.get("Authorization"))
 
 
 @web.middleware
 async def audited(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Log every request that got as far as naming a patient — allowed, refused or failed — with
-    one AuditEvent, and let its answer leave only once the access is durably logged (else 503)."""
-    request[REQUEST_ID_KEY] = rid = request.get(REQUEST_ID_KEY) or request_id(request)  # (the edge's)
+    one AuditEvent (``proxy.pipeline.audit``, from the request's Exchange), and let its answer leave
+    only once the access is durably logged (else 503)."""
+    x = exchange(request)
+    store, ids = request.app[STORE_KEY], request.app[FACADE_KEY].ids
     try:
         response = await handler(request)
     except FhirError as exc:
-        await _audit(request, exc.status)
+        await audit.complete(store, ids, x, exc.status)
         raise
     except StoreUnavailable:  # nothing was disclosed; the error handler answers 503
         with contextlib.suppress(StoreUnavailable):  # logged if the log can take it; nobody waits
-            _submit_completed(request, 503)
+            audit.submit_completed(store, ids, x, 503)
         raise
     except web.HTTPException as exc:  # (e.g. a body over the size limit) logged with its status
-        await _audit(request, exc.status)
+        await audit.complete(store, ids, x, exc.status)
         raise
     except Exception:  # (the error handler answers 500) the attempt is logged as well
-        await _audit(request, 500)
+        await audit.complete(store, ids, x, 500)
         raise
     try:
-        await _audit(request, response.status)
+        await audit.complete(store, ids, x, response.status)
     except StoreUnavailable:
         return error_response(503, "transient", "The access log is unavailable; nothing can be disclosed")
-    response.headers["X-Request-ID"] = rid
+    response.headers["X-Request-ID"] = x.request_id
     return response
-
-
-def audit_begun(request: web.Request) -> None:
-    """The request is about to ask the backends: log the access as begun now, so that its commit
-    runs while they answer (``audited`` waits for it before anything leaves)."""
-    query, principal = request[AUDIT_QUERY_KEY], request[PRINCIPAL_KEY]
-    if query.patient is not None:
-        event = _begun(request, query, principal)
-        committed = request.app[STORE_KEY].submit_audit(
-            record(event, principal, query.patient.pnr, request[REQUEST_ID_KEY])
-        )
-        request[AUDIT_BEGUN_KEY] = (event, committed)
-
-
-def _begun(request: web.Request, query: Query, principal: Principal) -> FhirDict:
-    assert query.patient is not None
-    return begun_event(
-        principal,
-        interaction=query.interaction,
-        patient_id=query.patient.fhir_id,
-        resource_types=sorted(query.resource_types),
-        request_id=request[REQUEST_ID_KEY],
-        emergency_reason=request.get(AUDIT_EMERGENCY_KEY),
-        asker_id=_asker_id(request, principal),
-    )
-
-
-def _asker_id(request: web.Request, principal: Principal) -> str | None:
-    """The asking patient's opaque id (patient audience): the event names who acted."""
-    if principal.patient_pnr is None:
-        return None
-    return request.app[FACADE_KEY].ids.encode(principal.patient_pnr)
-
-
-async def _audit(request: web.Request, status: int) -> None:
-    """Log the request's AuditEvent, completed with its outcome, once the access is durably logged.
-    An access logged as begun: wait for that commit, then submit the completed event, which
-    replaces it and commits after the answer (if the begun event could not be stored, the request
-    fails with 503 and is completed as such). Otherwise: store the completed event and wait."""
-    begun = request.get(AUDIT_BEGUN_KEY)
-    if begun is None:
-        stored = _submit_completed(request, status)
-        if stored is not None:
-            await stored
-        return
-    try:
-        await begun[1]
-    except StoreUnavailable:
-        with contextlib.suppress(StoreUnavailable):
-            _submit_completed(request, 503)
-        raise
-    _submit_completed(request, status)
-
-
-def _submit_completed(request: web.Request, status: int) -> asyncio.Future[None] | None:
-    query = request.get(AUDIT_QUERY_KEY)
-    principal = request.get(PRINCIPAL_KEY)
-    if query is None or query.patient is None or principal is None:
-        return None
-    begun = request.get(AUDIT_BEGUN_KEY)
-    # a patient asking about another patient's record: that asker's refused attempt, whatever the
-    # (unknown-patient) answer said; stored against the record, left out of its patient's own view
-    why = [PROBE] if probing(principal, query.patient.pnr) else []
-    why += [request[AUDIT_REFUSED_KEY]] if AUDIT_REFUSED_KEY in request else []
-    done = completed(
-        begun[0] if begun is not None else _begun(request, query, principal),
-        status=status,
-        disclosed=request.get(AUDIT_DISCLOSED_KEY, Counter()),
-        degraded=request.get(AUDIT_DEGRADED_KEY, []),
-        refused="; ".join(why) or None,
-        resource=request.get(AUDIT_RESOURCE_KEY),
-    )
-    return request.app[STORE_KEY].submit_audit(
-        record(done, principal, query.patient.pnr, request[REQUEST_ID_KEY])
-    )
-
-
-def _disclosed(resources: list[FhirDict]) -> Counter[str]:
-    return Counter(r.get("meta", {}).get("source", "").rsplit(":", 1)[-1] for r in resources)
 
 
 @web.middleware
@@ -250,7 +163,7 @@ async def fhir_errors(request: web.Request, handler: Handler) -> web.StreamRespo
 
 
 class FhirRoutes:
-    """Request handlers; each parses, calls the pipeline, and renders."""
+    """Request handlers; each reads parse → walk (``proxy.pipeline.walk``) → render."""
 
     def __init__(self, base_path: str) -> None:
         self.base = base_path
@@ -297,46 +210,46 @@ class FhirRoutes:
         return await self._search(request, [(k, str(v)) for k, v in items])
 
     async def _search(self, request: web.Request, params: list[tuple[str, str]]) -> web.Response:
-        facade = request.app[FACADE_KEY]
+        facade, x = request.app[FACADE_KEY], exchange(request)
         rtype = request.match_info["type"]
         try:
-            query = parse.parse_search(
+            x.query = query = parse.parse_search(
                 rtype, params, facade.ids, facade.settings.facade, strict=strict(request)
             )
         except FhirError:  # refused as malformed: logged against the patient it names, if any
             types = frozenset({rtype}) if rtype in parse.SUPPORTED_TYPES else frozenset()
-            audit_unparsed(request, "search-type", types, parse.named_patient(rtype, params, facade.ids))
+            audit.unparsed(x, "search-type", types, parse.named_patient(rtype, params, facade.ids))
             raise
-        url = f"{base_url(request, facade)}/{rtype}"
-        request[AUDIT_QUERY_KEY] = query
         if query.patient is None:  # an id that is not ours: nothing can match
-            decide(request[PRINCIPAL_KEY], query)  # (but the scopes hold all the same: 403)
-            answer = Answer(resources=[], outcomes=[], patient_known=False)
+            decide(asker(request), query)  # (but the scopes hold all the same: 403)
+            x.answer = answer = Answer(resources=[], outcomes=[], patient_known=False)
         else:
-            answer = await _collect(request, facade, query)
-        return self._bundle(request, facade, query, answer, url)
+            answer = await _walk(request, x)
+        return self._bundle(request, x, answer, f"{base_url(request, facade)}/{rtype}")
 
     async def everything(self, request: web.Request) -> web.Response:
-        facade = request.app[FACADE_KEY]
+        facade, x = request.app[FACADE_KEY], exchange(request)
         rid = request.match_info["id"]
-        query, answer = await _patient_operation(
+        _parse_operation(
             request,
+            x,
             "everything",
             lambda: parse.parse_everything(
                 rid, list(request.query.items()), facade.ids, facade.settings.facade, strict=strict(request)
             ),
         )
-        url = f"{base_url(request, facade)}/Patient/{rid}/$everything"
-        return self._bundle(request, facade, query, answer, url)
+        answer = _known(await _walk(request, x))
+        return self._bundle(request, x, answer, f"{base_url(request, facade)}/Patient/{rid}/$everything")
 
     async def summary(self, request: web.Request) -> web.Response:
         """The IPS document, from the same answer ``$everything`` gives this asker (same access
         decision, PDL, redaction, emergency access, audit); 404 exactly when ``$everything`` is."""
-        facade = request.app[FACADE_KEY]
+        facade, x = request.app[FACADE_KEY], exchange(request)
         rid = request.match_info["id"]
         types = facade.mappings.with_referenced(SUMMARY_TYPES)  # (referenced: to resolve in the document)
-        query, answer = await _patient_operation(
+        _parse_operation(
             request,
+            x,
             "summary",
             lambda: parse.parse_summary(
                 rid,
@@ -347,7 +260,12 @@ class FhirRoutes:
                 strict=strict(request),
             ),
         )
-        assert query.patient is not None
+        answer = _known(await _walk(request, x))
+        return self._summary(request, x, answer)
+
+    def _summary(self, request: web.Request, x: Exchange, answer: Answer) -> web.Response:
+        facade = request.app[FACADE_KEY]
+        assert x.query is not None and x.query.patient is not None and x.decision is not None
         outcomes = [source_outcome(o, facade.settings.backend(o.source).description) for o in answer.outcomes]
         hint = None
         if answer.withheld:
@@ -359,23 +277,24 @@ class FhirRoutes:
         }
         document = build_summary(
             answer.resources,
-            patient_id=query.patient.fhir_id,
+            patient_id=x.query.patient.fhir_id,
             base_url=base_url(request, facade),
-            permitted=decide(request[PRINCIPAL_KEY], query).types,
+            permitted=x.decision.types,
             sources=SourceView(holders, answer.outcomes, outcomes, hint),
         )
-        request[AUDIT_DISCLOSED_KEY] = _disclosed(summary_disclosed(document))
+        x.disclosed = audit.disclosed(summary_disclosed(document))
         return fhir_response(document, pretty=pretty(request))
 
     async def read(self, request: web.Request) -> web.Response:
-        facade = request.app[FACADE_KEY]
+        facade, x = request.app[FACADE_KEY], exchange(request)
+        x.query = parse.parse_read(request.match_info["type"], request.match_info["id"], facade.ids)
+        answer = await _walk(request, x)
+        return self._one(request, x, answer)
+
+    def _one(self, request: web.Request, x: Exchange, answer: Answer) -> web.Response:
         rtype, rid = request.match_info["type"], request.match_info["id"]
-        query = parse.parse_read(rtype, rid, facade.ids)
-        request[AUDIT_QUERY_KEY] = query
-        answer = await _collect(request, facade, query)
-        request[AUDIT_DEGRADED_KEY] = [o.source for o in answer.outcomes if o.status.degraded]
         if answer.resources:
-            request[AUDIT_DISCLOSED_KEY] = _disclosed(answer.resources[:1])
+            x.disclosed = audit.disclosed(answer.resources[:1])
             return fhir_response(answer.resources[0], pretty=pretty(request))
         # The id names the source that holds the resource (<patient>-<backend>-<hash>; a Patient may
         # come from any). If that source did not answer, say so rather than "gone".
@@ -395,14 +314,14 @@ class FhirRoutes:
             raise FhirError(403, "suppressed", " ".join(_hint_texts(answer)))
         raise not_found(f"No {rtype} with that id is known")
 
-    def _bundle(
-        self, request: web.Request, facade: Facade, query: Query, answer: Answer, url: str
-    ) -> web.Response:
+    def _bundle(self, request: web.Request, x: Exchange, answer: Answer, url: str) -> web.Response:
+        facade = request.app[FACADE_KEY]
+        query = x.query
+        assert query is not None
         total = len(answer.resources)
         count = 0 if query.summary_count else query.count
         page = answer.resources[query.offset : query.offset + count]
-        request[AUDIT_DISCLOSED_KEY] = _disclosed(page)
-        request[AUDIT_DEGRADED_KEY] = [o.source for o in answer.outcomes if o.status.degraded]
+        x.disclosed = audit.disclosed(page)
         outcomes = [source_outcome(o, facade.settings.backend(o.source).description) for o in answer.outcomes]
         if answer.withheld:
             outcomes.append(withheld_outcome(answer.withheld))
@@ -416,41 +335,28 @@ class FhirRoutes:
         return fhir_response(bundle, pretty=pretty(request))
 
 
-async def _patient_operation(
-    request: web.Request, name: str, parse_query: Callable[[], Query]
-) -> tuple[Query, Answer]:
-    """An operation on ``Patient/{id}`` ($everything, $summary): the query parsed (a malformed one is
-    refused and logged against the patient it names), the answer collected, and a 404 exactly when
-    no source knows the patient."""
-    facade = request.app[FACADE_KEY]
+def _parse_operation(request: web.Request, x: Exchange, name: str, parse_query: Callable[[], Query]) -> None:
+    """The query of an operation on ``Patient/{id}`` ($everything, $summary); a malformed one is
+    refused and logged against the patient it names."""
     try:
-        query = parse_query()
+        x.query = parse_query()
     except FhirError:
-        rid = request.match_info["id"]
-        audit_unparsed(request, name, frozenset(), facade.ids.resolve(rid) if is_fhir_id(rid) else None)
+        facade, rid = request.app[FACADE_KEY], request.match_info["id"]
+        audit.unparsed(x, name, frozenset(), facade.ids.resolve(rid) if is_fhir_id(rid) else None)
         raise
-    request[AUDIT_QUERY_KEY] = query
-    answer = await _collect(request, facade, query)
-    request[AUDIT_DEGRADED_KEY] = [o.source for o in answer.outcomes if o.status.degraded]
+
+
+async def _walk(request: web.Request, x: Exchange) -> Answer:
+    """The walk (``proxy.pipeline.walk``) for this request's asker and parsed query, with emergency
+    access when asked for (the header's reason code; the walk grants or refuses it)."""
+    x.emergency_code = emergency_asked(request)
+    return await run(request.app[FACADE_KEY], x)
+
+
+def _known(answer: Answer) -> Answer:
+    """An operation on ``Patient/{id}``: 404 exactly when no source knows the patient."""
     if answer.patient_known is False:
         raise not_found("No Patient with that id is known")
-    return query, answer
-
-
-async def _collect(request: web.Request, facade: Facade, query: Query) -> Answer:
-    """The pipeline's answer for this request's asker, with emergency access when asked for."""
-    principal = request[PRINCIPAL_KEY]
-    header = request.headers.get(EMERGENCY_HEADER)
-    if header is not None:  # asked for: logged as ETREAT with its reason code, granted or refused
-        request[AUDIT_EMERGENCY_KEY] = reason_code(header) or NOT_A_REASON
-    try:
-        reason = emergency_reason(principal, header)
-    except FhirError as exc:
-        request[AUDIT_REFUSED_KEY] = f"refused ({exc.status}): {exc.message}"  # never the header's text
-        raise
-    audit_begun(request)
-    answer = await collect(facade, query, principal, emergency=reason)
-    record_sources(request, answer.outcomes)
     return answer
 
 

@@ -30,14 +30,11 @@ from aiohttp import web
 from proxy.access import consent, probing, require
 from proxy.audit.events import patient_view
 from proxy.edge.http import (
-    AUDIT_DISCLOSED_KEY,
-    AUDIT_QUERY_KEY,
-    AUDIT_RESOURCE_KEY,
     FACADE_KEY,
-    PRINCIPAL_KEY,
     STORE_KEY,
-    audit_unparsed,
+    asker,
     base_url,
+    exchange,
     fhir_response,
     pretty,
     strict,
@@ -46,6 +43,7 @@ from proxy.fhir import params as parse
 from proxy.fhir.bundle import page_links, searchset
 from proxy.fhir.errors import FhirError, bad_request, not_found
 from proxy.fhir.ids import is_fhir_id
+from proxy.pipeline import audit
 from proxy.store.base import ConsentRow
 from proxy.types import FhirDict, PatientRef, Permission, Principal, Query
 
@@ -124,7 +122,7 @@ def _patient_of(request: web.Request, body: FhirDict) -> PatientRef:
 
 
 def _audited(request: web.Request, interaction: str, patient: PatientRef) -> None:
-    request[AUDIT_QUERY_KEY] = Query(
+    exchange(request).query = Query(
         interaction=interaction, resource_types=frozenset({"Consent"}), patient=patient
     )
 
@@ -137,7 +135,7 @@ def _one(resource: FhirDict, status: int = 200, *, request: web.Request) -> web.
 
 
 async def create_consent(request: web.Request) -> web.Response:
-    principal = request[PRINCIPAL_KEY]
+    principal = asker(request)
     body = consent.validate(consent.inert(await _body(request)))
     patient = _patient_of(request, body)
     _audited(request, "create", patient)
@@ -147,7 +145,7 @@ async def create_consent(request: web.Request) -> web.Response:
     await request.app[STORE_KEY].add_consent(
         ConsentRow(resource["id"], patient.pnr, resource["status"], 1, resource)
     )
-    request[AUDIT_RESOURCE_KEY] = f"Consent/{resource['id']}/_history/1"
+    exchange(request).resource = f"Consent/{resource['id']}/_history/1"
     resp = _one(resource, 201, request=request)
     url = f"{base_url(request, request.app[FACADE_KEY])}/Consent/{resource['id']}"
     resp.headers["Location"] = f"{url}/_history/1"
@@ -157,7 +155,7 @@ async def create_consent(request: web.Request) -> web.Response:
 async def _row(request: web.Request, permission: Permission) -> ConsentRow:
     """The stored Consent the URL names, if the asker may see it (else 404, as if there were none)
     and its scopes grant ``permission`` on it (for no patient at all: 403, before the lookup)."""
-    principal = request[PRINCIPAL_KEY]
+    principal = asker(request)
     require(principal, permission, "Consent", principal.launch_pnr)  # (user/ scopes or its own patient)
     cid = request.match_info["id"]
     row = await request.app[STORE_KEY].consent(cid) if is_fhir_id(cid) else None
@@ -178,7 +176,7 @@ async def read_consent(request: web.Request) -> web.Response:
 
 async def update_consent(request: web.Request) -> web.Response:
     """Revoking a consent or lifting a block: the stored resource with ``status: inactive``."""
-    principal = request[PRINCIPAL_KEY]
+    principal = asker(request)
     row = await _row(request, "u")
     body = await _body(request)
     _audited(request, "update", request.app[FACADE_KEY].ids.patient(row.patient_pnr))
@@ -209,21 +207,21 @@ async def update_consent(request: web.Request) -> web.Response:
     updated = ConsentRow(row.id, row.patient_pnr, resource["status"], row.version + 1, resource)
     if not await request.app[STORE_KEY].update_consent(updated, expected_version=row.version):
         raise FhirError(409, "conflict", "The Consent was changed by another request; read it and try again")
-    request[AUDIT_RESOURCE_KEY] = f"Consent/{row.id}/_history/{row.version + 1}"  # the revocation, logged
+    exchange(request).resource = f"Consent/{row.id}/_history/{row.version + 1}"  # the revocation, logged
     return _one(resource, request=request)
 
 
 async def search_consents(request: web.Request) -> web.Response:
-    principal = request[PRINCIPAL_KEY]
+    principal = asker(request)
     query, wanted = _search_params(request, "Consent", {"status": _STATUSES})
-    request[AUDIT_QUERY_KEY] = query
+    exchange(request).query = query
     require(principal, "s", "Consent", query.patient.pnr if query.patient else None)
     # another patient's consents are not even read: the asker is answered as for an unknown patient
     mine = query.patient is not None and not probing(principal, query.patient.pnr)
     rows = await request.app[STORE_KEY].consents(query.patient.pnr) if query.patient and mine else []
     statuses = wanted.get("status", _STATUSES)
     found = [consent.normalised(r.resource) for r in rows if r.status in statuses and _visible(principal, r)]
-    request[AUDIT_DISCLOSED_KEY] = Counter({"facade": len(found)})
+    exchange(request).disclosed = Counter({"facade": len(found)})
     return _bundle(request, query, found[query.offset :], len(found), "Consent")
 
 
@@ -232,9 +230,9 @@ async def search_consents(request: web.Request) -> web.Response:
 
 async def search_audit(request: web.Request) -> web.Response:
     facade = request.app[FACADE_KEY]
-    principal = request[PRINCIPAL_KEY]
+    principal = asker(request)
     query, _ = _search_params(request, "AuditEvent", {})
-    request[AUDIT_QUERY_KEY] = query  # a refused attempt is logged too
+    exchange(request).query = query  # a refused attempt is logged too
     require(principal, "s", "AuditEvent", query.patient.pnr if query.patient else None)
     is_patient = principal.audience.is_patient
     if not is_patient and principal.user_hsa_id not in facade.settings.access.auditors:
@@ -248,7 +246,7 @@ async def search_audit(request: web.Request) -> web.Response:
         offset=query.offset,
         as_patient=is_patient,  # no other patient's attempt on the record, as "Du själv" or at all
     )
-    request[AUDIT_DISCLOSED_KEY] = Counter({"facade": len(events)})
+    exchange(request).disclosed = Counter({"facade": len(events)})
     if is_patient:
         names = dict(facade.settings.access.directory)
         events = [patient_view(e, names, facade.settings.audiences) for e in events]
@@ -265,8 +263,11 @@ def _search_params(
             rtype, params, facade.ids, facade.settings.facade, codes=codes, strict=strict(request)
         )
     except FhirError:  # refused as malformed: logged against the patient it names, if any
-        audit_unparsed(
-            request, "search-type", frozenset({rtype}), parse.named_patient(rtype, params, facade.ids)
+        audit.unparsed(
+            exchange(request),
+            "search-type",
+            frozenset({rtype}),
+            parse.named_patient(rtype, params, facade.ids),
         )
         raise
 

@@ -7,9 +7,10 @@ list — stay two resources, each as its source gave it. This stage only links t
 that they may be one fact and can compare them.
 
 **Where it runs.** After PDL and after redaction, over the resources this asker may see and nothing
-else (``proxy.pipeline.collect``): a mark never names, counts or hints at a record the asker cannot
-see — a look-alike whose twin is withheld carries no mark. It runs before the query's filters and
-paging, so a resource carries the same marks whatever the filters, ``_type``, page or read.
+else (the walk's ``lookalikes`` stage: ``proxy.pipeline.walk``): a mark never names, counts or
+hints at a record the asker cannot see — a look-alike whose twin is withheld carries no mark. It
+runs before the query's filters and paging, so a resource carries the same marks whatever the
+filters, ``_type``, page or read.
 
 **The rule.** Two resources are possible duplicates of each other when all of these hold:
 

@@ -323,7 +323,7 @@ async def test_a_request_that_fails_unexpectedly_is_logged_too(facade: Any, monk
             raise RuntimeError("the pipeline failed")
 
         with monkeypatch.context() as m:  # fails before anything was decided
-            m.setattr(routes, "collect", broken_collect)
+            m.setattr(routes, "run", broken_collect)
             early = await f.client.get(
                 f"{BASE}/Patient/{pid(TOLVAN.pnr)}/$everything", headers={"X-Request-ID": "early"}
             )
@@ -332,7 +332,7 @@ async def test_a_request_that_fails_unexpectedly_is_logged_too(facade: Any, monk
             raise web.HTTPTooManyRequests()
 
         with monkeypatch.context() as m:  # an HTTP error from below is logged with its own status
-            m.setattr(routes, "collect", refused)
+            m.setattr(routes, "run", refused)
             busy = await f.client.get(
                 f"{BASE}/Patient/{pid(TOLVAN.pnr)}/$everything", headers={"X-Request-ID": "busy"}
             )

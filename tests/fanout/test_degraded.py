@@ -12,7 +12,7 @@ from fhir.resources.R4B.bundle import Bundle
 
 from proxy.app import compile_mappings
 from proxy.fhir.bundle import SOURCE_SYSTEM
-from proxy.pipeline import plan_requests
+from proxy.pipeline.fetch import plan_requests
 from proxy.simulators.population import TOLVAN
 from tests.conftest import BASE, RESOURCE_IDS, auth, pid, validate
 from tests.source_status import degraded as degraded_sources
@@ -152,16 +152,16 @@ async def test_one_failing_endpoint_degrades_its_source_but_keeps_the_rest(facad
 async def test_a_mapping_that_fails_unexpectedly_degrades_only_its_source(
     facade: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import proxy.pipeline
+    import proxy.pipeline.fetch
 
-    real = proxy.pipeline.map_answer
+    real = proxy.pipeline.fetch.map_answer
 
     def failing_for_viva(body: Any, mappings: Any, *args: Any, **kwargs: Any) -> Any:
         if mappings[0].backend == "viva":
             raise RuntimeError("a bug the mapping stage did not expect")
         return real(body, mappings, *args, **kwargs)
 
-    monkeypatch.setattr(proxy.pipeline, "map_answer", failing_for_viva)
+    monkeypatch.setattr(proxy.pipeline.fetch, "map_answer", failing_for_viva)
     async with facade() as f:
         resp = await f.client.get(EVERYTHING, params={"_count": "500"})
         bundle = await resp.json(content_type=None)

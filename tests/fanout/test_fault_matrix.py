@@ -25,7 +25,7 @@ from proxy.app import compile_mappings, create_app
 from proxy.auth.demo import demo_issuer
 from proxy.edge.http import FACADE_KEY, STORE_KEY
 from proxy.mapping.registry import request_context
-from proxy.pipeline import plan_requests
+from proxy.pipeline.fetch import plan_requests
 from proxy.settings import DEMO_PATIENT_ID_KEY, load_settings
 from proxy.simulators.harness import running_simulators
 from proxy.simulators.population import TOLVAN, population

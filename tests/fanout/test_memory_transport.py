@@ -19,7 +19,8 @@ from proxy.fanout.client import BackendClient, fan_out
 from proxy.fanout.transport import CUT_OFF, Canned, MemoryTransport, TransportError
 from proxy.fhir.ids import PatientIds
 from proxy.mapping.requests import RequestSpec
-from proxy.pipeline import Facade, fetch_and_map, plan_requests
+from proxy.pipeline.facade import Facade
+from proxy.pipeline.fetch import fetch_and_map, plan_requests
 from proxy.redact.policy import compile_policy
 from proxy.settings import DEMO_PATIENT_ID_KEY, Settings, load_settings
 from proxy.slack import SlackJob

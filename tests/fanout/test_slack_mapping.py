@@ -9,7 +9,8 @@ from dataclasses import replace
 from typing import Any
 
 from proxy.edge.http import FACADE_KEY
-from proxy.pipeline import Facade, fetch_and_map, plan_requests
+from proxy.pipeline.facade import Facade
+from proxy.pipeline.fetch import fetch_and_map, plan_requests
 from proxy.slack import SlackJob, SlackQueue
 from proxy.types import SourceStatus
 

@@ -19,7 +19,8 @@ from proxy.fanout.client import BackendClient
 from proxy.fhir.ids import PatientIds, ResourceIds
 from proxy.hsa import HSA_SYSTEM, RIVTA_HSA_SYSTEM, is_hsa_id
 from proxy.merge.facts import merge
-from proxy.pipeline import Facade, fetch_and_map
+from proxy.pipeline.facade import Facade
+from proxy.pipeline.fetch import fetch_and_map
 from proxy.redact.policy import compile_policy
 from proxy.settings import DEMO_PATIENT_ID_KEY, load_settings
 from proxy.simulators import npo

@@ -1,0 +1,51 @@
+"""What every request's walk is given (``Facade``, built once at start-up) and what it gives back
+(``Answer``, before paging and rendering)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from proxy.cache import SourceCache
+from proxy.fanout.client import BackendClient
+from proxy.fanout.engagement import EngagementIndex
+from proxy.fhir.ids import PatientIds
+from proxy.hooks import Hooks
+from proxy.mapping.registry import MappingSet
+from proxy.redact.policy import Policy
+from proxy.settings import Settings
+from proxy.slack import SlackQueue
+from proxy.store.base import Store
+from proxy.types import FhirDict, SourceOutcome, Withheld
+
+
+@dataclass(frozen=True, slots=True)
+class Facade:
+    """Everything a request needs, built once at start-up (kept under a web.AppKey)."""
+
+    settings: Settings
+    mappings: MappingSet
+    clients: dict[str, BackendClient]
+    ids: PatientIds
+    policy: Policy
+    store: Store | None = None  # consents (without one, only the patient reads: fail closed)
+    cache: SourceCache | None = None
+    engagement: EngagementIndex | None = None
+    slack: SlackQueue = field(default_factory=SlackQueue)  # mapping early answers, between other work
+    hooks: Hooks = field(default_factory=Hooks)  # what happened, for metrics and logs (proxy.hooks)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    resources: list[FhirDict]  # every match, in the documented order, before paging
+    outcomes: list[SourceOutcome]  # one per source asked (or skipped, with why), degraded or not
+    # True: some source holds something about the patient; False: every source answered and none
+    # does; None: nothing arrived, but a source did not answer, so nobody can say.
+    patient_known: bool | None
+    # why records of the requested types were not shown (PDL: no consent, blocked, no known care
+    # provider), whatever the filters; never for the patient
+    withheld: frozenset[Withheld] = field(default_factory=frozenset)
+
+    @property
+    def degraded(self) -> list[str]:
+        """The sources whose status is degraded (the AuditEvent names them as failed)."""
+        return [o.source for o in self.outcomes if o.status.degraded]

@@ -1,0 +1,197 @@
+"""The walk's stages (``proxy.pipeline.walk`` puts them in order). Each is a small adapter:
+``await stage(facade, x)`` reads what the stages before it left on the ``Exchange``, calls into
+access/, audit/, fanout/ (via ``proxy.pipeline.fetch``), mapping/, merge/ or redact/, and leaves its
+own result there. It returns True to go on, False when the answer is already settled (``x.answer``
+set: an asker answered as for an unknown patient, or nothing permitted to fetch); an error it
+raises ends the walk and is the edge's to answer (and audit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+
+from proxy.access import decide as decide_access
+from proxy.access import pdl as pdl_rules
+from proxy.access.consent import terms
+from proxy.fhir.errors import FhirError
+from proxy.fhir.searchparams import matches
+from proxy.merge import lookalike
+from proxy.merge.facts import merge as merge_facts
+from proxy.pipeline import audit
+from proxy.pipeline.exchange import Exchange
+from proxy.pipeline.facade import Answer, Facade
+from proxy.pipeline.fetch import fetch_and_map as fetch
+from proxy.redact.policy import redact as redact_for
+from proxy.store.base import StoreUnavailable
+from proxy.timeutil import fhir_range
+from proxy.types import FhirDict, Query, Withheld
+
+log = logging.getLogger(__name__)
+
+
+async def emergency(facade: Facade, x: Exchange) -> bool:
+    """Emergency access, when asked for (``x.emergency_code``): granted with its reason, or refused
+    (400 not a reason code, 403 an audience without it) and the refusal logged as such."""
+    assert x.principal is not None
+    try:
+        x.emergency_reason = pdl_rules.emergency_reason(x.principal, x.emergency_code)
+    except FhirError as exc:
+        x.refused = f"refused ({exc.status}): {exc.message}"  # our fixed text, never the header's
+        raise
+    return True
+
+
+async def audit_begun(facade: Facade, x: Exchange) -> bool:
+    """The access logged as begun before any backend is asked; its commit runs while they answer
+    (the edge waits for it before the answer leaves)."""
+    if facade.store is None:
+        raise StoreUnavailable("no audit store")
+    audit.begin(facade.store, facade.ids, x)
+    return True
+
+
+async def decide(facade: Facade, x: Exchange) -> bool:
+    """Scopes × query × audience → AccessDecision (403 when the scopes allow none of it); a patient
+    asking about another patient is answered as for an unknown patient, without asking anyone."""
+    assert x.principal is not None and x.query is not None
+    x.decision = decide_access(x.principal, x.query)
+    if x.decision.as_unknown:
+        x.answer = Answer(resources=[], outcomes=[], patient_known=False)
+        return False
+    return True
+
+
+async def plan(facade: Facade, x: Exchange) -> bool:
+    """The types to fetch: those asked for (Patient too, for ``$everything``) with the types they
+    reference, the scopes permitting; none permitted settles the answer (nobody can say more)."""
+    assert x.query is not None and x.decision is not None
+    decision = x.decision
+    wants_patient = x.query.interaction == "everything" or "Patient" in x.query.resource_types
+    asked = decision.types | ({"Patient"} if wants_patient else set())
+    x.fetch_types = frozenset(t for t in facade.mappings.with_referenced(asked) if decision.permits(t))
+    if not x.fetch_types:
+        x.answer = Answer(resources=[], outcomes=[], patient_known=None)
+        return False
+    return True
+
+
+async def consents(facade: Facade, x: Exchange) -> bool:
+    """The patient reads all of their own records; anyone else's reading depends on the patient's
+    consents and blocks, read from the store *while the backends answer* (started here, awaited by
+    ``pdl``; the runner cancels it when the walk ends in an error)."""
+    assert x.query is not None and x.query.patient is not None and x.decision is not None
+    if x.decision.under_pdl:
+        if facade.store is None:
+            raise StoreUnavailable("no consent store")
+        x.consents = asyncio.ensure_future(facade.store.consents(x.query.patient.pnr))
+    return True
+
+
+async def fetch_and_map(facade: Facade, x: Exchange) -> bool:
+    """Cache → engagement index → fan-out → mapping (in the slack) → stale fallback
+    (``proxy.pipeline.fetch``): the mapped resources and one outcome per source."""
+    assert x.query is not None and x.query.patient is not None
+    x.mapped, x.outcomes = await fetch(facade, x.query.patient, x.fetch_types)
+    return True
+
+
+async def pdl(facade: Facade, x: Exchange) -> bool:
+    """Whose records this asker may read (own provider, consents, blocks, emergency access), and why
+    the rest of the requested types were withheld — the hint, decided before any filter."""
+    if x.consents is None:
+        return True
+    assert x.principal is not None and x.decision is not None
+    decision = x.decision
+    rules = pdl_rules.rules(
+        x.principal,
+        (terms(c.resource) for c in await x.consents),
+        emergency=x.emergency_reason is not None,
+        without_care_documentation=facade.settings.without_care_documentation,
+        threat_register=facade.settings.access.threat_register,
+    )
+    readable = []
+    audience = decision.audience.name
+    unattributed: Counter[tuple[str, str]] = Counter()
+    for r in x.mapped:
+        why = rules.verdict(r)
+        if why is None:
+            readable.append(r)
+            continue
+        if why is Withheld.UNATTRIBUTED:
+            unattributed[(r.source, r.mapping)] += 1
+        if (
+            why not in x.withheld
+            and r.resource["resourceType"] in decision.types
+            and facade.policy.visible(r.resource, audience)
+        ):
+            # The hint is decided over every withheld record of the requested types the asker
+            # could otherwise see, before any filter: it depends on the patient, the asker and
+            # the types only — never on filter values, dates, ids or paging (not an oracle).
+            x.withheld.add(why)
+    for (source, mapping), n in unattributed.items():  # a mapping or data defect: say where, not what
+        log.warning(
+            "withheld %d record(s) from backend %s, mapping %s, from care staff: no care provider",
+            n,
+            source,
+            mapping,
+        )
+    x.mapped = readable
+    return True
+
+
+async def merge(facade: Facade, x: Exchange) -> bool:
+    """One resource per fact, with its provenance, in a stable order."""
+    x.kept = merge_facts(x.mapped)
+    return True
+
+
+async def redact(facade: Facade, x: Exchange) -> bool:
+    """The audience policy removes what this asker may not see, and every trace of it."""
+    assert x.query is not None and x.query.patient is not None and x.decision is not None
+    x.resources = redact_for(
+        x.kept,
+        facade.policy,
+        x.decision.audience.name,
+        subject=f"Patient/{x.query.patient.fhir_id}",
+    )
+    return True
+
+
+async def lookalikes(facade: Facade, x: Exchange) -> bool:
+    """Look-alikes from different producers marked as possible duplicates (never merged), over
+    what this asker may see only."""
+    x.resources = lookalike.mark(x.kept, x.resources)
+    return True
+
+
+async def select(facade: Facade, x: Exchange) -> bool:
+    """The query's filters, after redaction so hidden content cannot match; and whether the
+    patient is known: the answer."""
+    assert x.query is not None
+    degraded = [o for o in x.outcomes if o.status.degraded]
+    # records withheld under PDL (the hint) are records of a known patient: an $everything that
+    # the scopes narrow to withheld types is the hint, never "no such patient"
+    known: bool | None = bool(x.resources) or bool(x.withheld) or (None if degraded else False)
+    selected = [r for r in x.resources if _selected(r, x.query)]
+    x.answer = Answer(
+        resources=selected, outcomes=x.outcomes, patient_known=known, withheld=frozenset(x.withheld)
+    )
+    return True
+
+
+def _selected(resource: FhirDict, query: Query) -> bool:
+    if resource["resourceType"] not in query.resource_types:  # (the access decision narrowed the fetch)
+        return False
+    if query.resource_id is not None and resource["id"] != query.resource_id:
+        return False
+    if query.since is not None:
+        updated = resource.get("meta", {}).get("lastUpdated")
+        if updated is not None:  # without a change time a resource cannot be shown to be older
+            try:
+                if fhir_range(updated)[0] < query.since:
+                    return False
+            except ValueError:
+                pass
+    return not query.filters or matches(resource, query.filters)
