@@ -4,6 +4,8 @@
 - no two packages of ``proxy/`` import each other, directly (a two-way dependency);
 - every package and module of ``proxy/`` has its place in the layer contract, so a new one cannot
   sit outside the house unchecked;
+- the layers from ``proxy.fhir`` down (the core and FHIR layers) are exactly the modules mypy checks
+  with ``--strict``'s flags (the override in ``pyproject.toml``);
 - the product does not import the simulators: only the CLI's ``demo``/``simulate``/``mappings check``
 (``proxy/cli.py``) starts them. A module anywhere else under ``proxy/`` that imports
 ``proxy.simulators`` (absolute or relative, at module level or inside a function) fails here, so a
@@ -117,3 +119,40 @@ def test_the_scan_sees_relative_nested_and_package_imports() -> None:
     assert "proxy.simulators" in imported("proxy.auth", True, "from ..simulators import faults\n")
     assert "proxy.simulators.faults" in imported("proxy.x", False, "import proxy.simulators.faults\n")
     assert "proxy.simulators" not in imported("proxy.x", False, "from proxy import simulation\n")
+
+
+# What `mypy --strict` turns on, as per-module options (`strict` itself is global-only in mypy's
+# config; warn_redundant_casts is global-only too).
+STRICT_FLAGS = {
+    "disallow_any_generics": True,
+    "disallow_subclassing_any": True,
+    "disallow_untyped_calls": True,
+    "disallow_untyped_defs": True,
+    "disallow_incomplete_defs": True,
+    "check_untyped_defs": True,
+    "disallow_untyped_decorators": True,
+    "warn_unused_ignores": True,
+    "warn_return_any": True,
+    "implicit_reexport": False,
+    "strict_equality": True,
+    "extra_checks": True,
+}
+
+
+def test_the_core_and_fhir_layers_are_type_checked_strictly() -> None:
+    """The mypy override with the strict flags names exactly the rooms of the layers from
+    ``proxy.fhir`` down (a package with its modules), so a new core module cannot slip in unchecked."""
+    config = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text(encoding="utf-8"))
+    (house,) = [c for c in config["tool"]["importlinter"]["contracts"] if c["id"] == "house"]
+    core = house["layers"][house["layers"].index("proxy.fhir") :]
+    expected: set[str] = set()
+    for name in (n.strip() for layer in core for n in layer.split("|")):
+        is_package = (PACKAGE / name.removeprefix("proxy.") / "__init__.py").exists()
+        expected.add(f"{name}.*" if is_package else name)  # (`pkg.*` is the package and its modules)
+    assert {"proxy.types", "proxy.settings", "proxy.loop", "proxy.fhir.*"} <= expected  # (the scan itself)
+    strict = [o for o in config["tool"]["mypy"].get("overrides", []) if STRICT_FLAGS.items() <= o.items()]
+    assert len(strict) == 1, "one mypy override sets every flag of mypy --strict"
+    (override,) = strict
+    modules = override["module"]
+    assert len(modules) == len(set(modules))
+    assert set(modules) == expected

@@ -98,16 +98,20 @@ def parse_patient_param(value: str, ids: PatientIds) -> PatientRef | None:
     return ids.resolve(ref)
 
 
+def _unescape(s: str) -> str:
+    """A token's escaped `|`, `,` and `$` back to plain characters (a def, so it is typed)."""
+    return s.replace("\\|", "|").replace("\\,", ",").replace("\\$", "$")
+
+
 def _token(raw: str, name: str) -> TokenParam:
     parts = _SPLIT_PIPE.split(raw)
     if len(parts) > 2:
         raise bad_request(f"'{name}' value has more than one '|'")
-    unescape = lambda s: s.replace("\\|", "|").replace("\\,", ",").replace("\\$", "$")  # noqa: E731
     if len(parts) == 1:
         if not raw:
             raise bad_request(f"'{name}' needs a value")
-        return TokenParam(system=None, code=unescape(raw))
-    system, code = unescape(parts[0]), unescape(parts[1])
+        return TokenParam(system=None, code=_unescape(raw))
+    system, code = _unescape(parts[0]), _unescape(parts[1])
     if not system and not code:
         raise bad_request(f"'{name}' value '|' names neither system nor code")
     # "|code" means a code with no system; "system|" any code in the system
