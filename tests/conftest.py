@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -76,6 +77,15 @@ def consent_body(
         "patient": {"reference": f"Patient/{patient_id}"},
         "provision": provision,
     }
+
+
+def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
+    """With ``-p no:xdist`` (one process, for a debugger) pyproject's ``--numprocesses``/``--dist``
+    are accepted and mean nothing, instead of failing the command line. (Asked of the blocklist, not
+    of the plugins loaded: loaded as ``-p tests.conftest``, this runs before xdist is.)"""
+    if pluginmanager.is_blocked("xdist") or importlib.util.find_spec("xdist") is None:
+        parser.addoption("--numprocesses", default=None, help="(pytest-xdist's; off with -p no:xdist)")
+        parser.addoption("--dist", default="no", help="(pytest-xdist's; off with -p no:xdist)")
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
