@@ -15,6 +15,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from fhir.resources.R4B import get_fhir_model_class
 
+import proxy.app
 from proxy.access.consent import stored
 from proxy.app import create_app
 from proxy.auth.demo import demo_issuer, make_token
@@ -23,6 +24,7 @@ from proxy.edge.http import STORE_KEY
 from proxy.edge.server import FacadeRunner
 from proxy.fhir.ids import PatientIds, ResourceIds
 from proxy.hsa import HSA_SYSTEM
+from proxy.mapping.registry import MappingSet, load_mappings
 from proxy.settings import DEMO_PATIENT_ID_KEY, Settings, load_settings
 from proxy.simulators.harness import running_simulators
 from proxy.simulators.population import MUNICIPALITY_PROVIDER, REGION_PROVIDER, population
@@ -98,6 +100,39 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     SESSION.close()
+
+
+_COMPILED: dict[str, MappingSet] = {}
+
+
+def _compiled_once(mappings_dir: Path, backends: Any, **kw: Any) -> MappingSet:
+    """``load_mappings`` as the app calls it, remembered by its arguments and the mapping files'
+    (name, size, mtime): each test starts its own app, and parsing the same YAML for every one was
+    most of a test's time. A changed copy of the mappings (another folder or a file edited) compiles
+    anew; a failure is never remembered."""
+    files = sorted(
+        (str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in Path(mappings_dir).rglob("*") if f.is_file()
+    )
+    ids = kw.get("ids")
+    key = repr(
+        (
+            str(mappings_dir),
+            files,
+            sorted(backends.items()),
+            sorted((k, v) for k, v in kw.items() if k != "ids"),
+            getattr(ids, "fingerprint", ids),  # (the key the ids are made under, by its fingerprint)
+        )
+    )
+    if key not in _COMPILED:
+        _COMPILED[key] = load_mappings(mappings_dir, backends, **kw)
+    return _COMPILED[key]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _mappings_compiled_once() -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(proxy.app, "load_mappings", _compiled_once)
+        yield
 
 
 # The session's PostgreSQL and Redis (tests/services.py): its own, started on first use on free
