@@ -37,6 +37,7 @@ IDS = PatientIds(DEMO_PATIENT_ID_KEY)
 RESOURCE_IDS = ResourceIds(DEMO_PATIENT_ID_KEY)  # the demo deployment's keyed resource ids
 HSA = HSA_SYSTEM  # HL7 Sweden's (proxy.hsa); the RIVTA OID is accepted on input
 ROLES = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
+TEST_CONNECT_TIMEOUT_S = 5.0
 
 
 class FacadeTestServer(TestServer):
@@ -254,8 +255,11 @@ def facade(
                 live = replace(live, mappings_dir=mappings_dir)
             if facade_overrides:
                 live = replace(live, facade=replace(live.facade, **facade_overrides))
-            if backend_overrides:
-                live = replace(live, backends=tuple(replace(b, **backend_overrides) for b in live.backends))
+            # A loopback connect is never slow, but a busy machine (parallel workers) can hold up the
+            # loop that both ends share for longer than the config's 1 s: tests not about connecting
+            # give it room. A test's own ``connect_timeout_s`` wins.
+            backend_overrides = {"connect_timeout_s": TEST_CONNECT_TIMEOUT_S, **backend_overrides}
+            live = replace(live, backends=tuple(replace(b, **backend_overrides) for b in live.backends))
             app = create_app(
                 live, patient_id_key=DEMO_PATIENT_ID_KEY, extra_issuer=demo_issuer(), clock=clock
             )
