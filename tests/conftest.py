@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -14,6 +15,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from fhir.resources.R4B import get_fhir_model_class
 
+import proxy.app
 from proxy.access.consent import stored
 from proxy.app import create_app
 from proxy.auth.demo import demo_issuer, make_token
@@ -22,6 +24,7 @@ from proxy.edge.http import STORE_KEY
 from proxy.edge.server import FacadeRunner
 from proxy.fhir.ids import PatientIds, ResourceIds
 from proxy.hsa import HSA_SYSTEM
+from proxy.mapping.registry import MappingSet, load_mappings
 from proxy.settings import DEMO_PATIENT_ID_KEY, Settings, load_settings
 from proxy.simulators.harness import running_simulators
 from proxy.simulators.population import MUNICIPALITY_PROVIDER, REGION_PROVIDER, population
@@ -34,6 +37,7 @@ IDS = PatientIds(DEMO_PATIENT_ID_KEY)
 RESOURCE_IDS = ResourceIds(DEMO_PATIENT_ID_KEY)  # the demo deployment's keyed resource ids
 HSA = HSA_SYSTEM  # HL7 Sweden's (proxy.hsa); the RIVTA OID is accepted on input
 ROLES = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
+TEST_CONNECT_TIMEOUT_S = 5.0
 
 
 class FacadeTestServer(TestServer):
@@ -78,6 +82,15 @@ def consent_body(
     }
 
 
+def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
+    """With ``-p no:xdist`` (one process, for a debugger) pyproject's ``--numprocesses``/``--dist``
+    are accepted and mean nothing, instead of failing the command line. (Asked of the blocklist, not
+    of the plugins loaded: loaded as ``-p tests.conftest``, this runs before xdist is.)"""
+    if pluginmanager.is_blocked("xdist") or importlib.util.find_spec("xdist") is None:
+        parser.addoption("--numprocesses", default=None, help="(pytest-xdist's; off with -p no:xdist)")
+        parser.addoption("--dist", default="no", help="(pytest-xdist's; off with -p no:xdist)")
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     """A binary the session needs and cannot find fails it here, in one line, never as a skip."""
     need_npm = not (os.environ.get(r4.SCHEMA_ENV) or r4.cached_schema().exists())
@@ -88,6 +101,39 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     SESSION.close()
+
+
+_COMPILED: dict[str, MappingSet] = {}
+
+
+def _compiled_once(mappings_dir: Path, backends: Any, **kw: Any) -> MappingSet:
+    """``load_mappings`` as the app calls it, remembered by its arguments and the mapping files'
+    (name, size, mtime): each test starts its own app, and parsing the same YAML for every one was
+    most of a test's time. A changed copy of the mappings (another folder or a file edited) compiles
+    anew; a failure is never remembered."""
+    files = sorted(
+        (str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in Path(mappings_dir).rglob("*") if f.is_file()
+    )
+    ids = kw.get("ids")
+    key = repr(
+        (
+            str(mappings_dir),
+            files,
+            sorted(backends.items()),
+            sorted((k, v) for k, v in kw.items() if k != "ids"),
+            getattr(ids, "fingerprint", ids),  # (the key the ids are made under, by its fingerprint)
+        )
+    )
+    if key not in _COMPILED:
+        _COMPILED[key] = load_mappings(mappings_dir, backends, **kw)
+    return _COMPILED[key]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _mappings_compiled_once() -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(proxy.app, "load_mappings", _compiled_once)
+        yield
 
 
 # The session's PostgreSQL and Redis (tests/services.py): its own, started on first use on free
@@ -209,8 +255,11 @@ def facade(
                 live = replace(live, mappings_dir=mappings_dir)
             if facade_overrides:
                 live = replace(live, facade=replace(live.facade, **facade_overrides))
-            if backend_overrides:
-                live = replace(live, backends=tuple(replace(b, **backend_overrides) for b in live.backends))
+            # A loopback connect is never slow, but a busy machine (parallel workers) can hold up the
+            # loop that both ends share for longer than the config's 1 s: tests not about connecting
+            # give it room. A test's own ``connect_timeout_s`` wins.
+            backend_overrides = {"connect_timeout_s": TEST_CONNECT_TIMEOUT_S, **backend_overrides}
+            live = replace(live, backends=tuple(replace(b, **backend_overrides) for b in live.backends))
             app = create_app(
                 live, patient_id_key=DEMO_PATIENT_ID_KEY, extra_issuer=demo_issuer(), clock=clock
             )

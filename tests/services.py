@@ -343,8 +343,8 @@ class Services:
         self._postgres = self._redis = None
 
 
-# The session's one instance. It lives here, not in conftest.py: pytest imports conftest.py as
-# `conftest` while test modules import `tests.conftest`, two module objects; this module is one.
+# The session's (or, under pytest-xdist, each worker's) one instance. It lives here, not in
+# conftest.py, so that it stays one however conftest is loaded (a test run, or `-p tests.conftest`).
 SESSION = Services()
 atexit.register(SESSION.close)  # (conftest's pytest_sessionfinish closes it; this if that never ran)
 

@@ -32,6 +32,7 @@ def request_id(event: dict[str, Any]) -> str:
     return str(entity["what"]["identifier"]["value"])
 
 
+@pytest.mark.load  # 2,400 requests at once
 @pytest.mark.parametrize("store", ["sqlite", "postgres"])
 async def test_exactly_one_event_per_patient_request_under_concurrency(facade: Any, store: str) -> None:
     people = [TOLVAN.pnr, GRETA.pnr, SANNA.pnr, LENNART.pnr]

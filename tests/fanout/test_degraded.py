@@ -115,15 +115,21 @@ async def test_unreachable_backend(facade: Any) -> None:
 
 
 async def test_fanout_is_concurrent(facade: Any) -> None:
-    """Three backends each 300 ms slow answer in about 300 ms, not 900 ms."""
+    """Three backends each 500 ms slow add about 500 ms to an answer, not 1.5 s. (Measured against
+    the same request without the delay, so that a busy machine's own slowness, which is the same in
+    both, cancels out.)"""
     async with facade() as f:
+        await f.get(EVERYTHING)  # (warm: connections, the first request's one-off work)
+        started = time.perf_counter()
+        fast_status, fast = await f.get(EVERYTHING)
+        unhindered = time.perf_counter() - started
         for name in ("cosmic", "viva", "npo"):
-            await f.faults(name, latency_ms=300)
+            await f.faults(name, latency_ms=500)
         started = time.perf_counter()
         status, bundle = await f.get(EVERYTHING)
-        elapsed = time.perf_counter() - started
-    assert status == 200 and not split(bundle)[1]
-    assert elapsed < 0.8, f"{elapsed:.2f} s: the backends were asked one after another"
+        added = time.perf_counter() - started - unhindered
+    assert fast_status == status == 200 and not split(fast)[1] and not split(bundle)[1]
+    assert added < 1.0, f"{added:.2f} s more for 0.5 s per backend: the backends were asked one after another"
 
 
 def test_shared_requests_are_planned_once(settings: Any) -> None:

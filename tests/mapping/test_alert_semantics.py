@@ -31,7 +31,7 @@ from proxy.simulators import cosmic, npo
 from proxy.simulators import population as pop
 from proxy.timeutil import SWEDEN
 from proxy.types import MappedResource
-from tests import r4
+from tests import contract, r4
 from tests.mapping import test_cosmic_mappings as cm
 from tests.mapping import test_npo_mappings as nm
 
@@ -52,14 +52,13 @@ VERIFICATION = "http://terminology.hl7.org/CodeSystem/allergyintolerance-verific
 
 
 @pytest.fixture
-async def cosmic_mapped(aiohttp_client: Any) -> dict[str, cm.Mapped]:
-    client = await aiohttp_client(cosmic.create_app(cm.PEOPLE))
-    return {p.pnr: await cm.fetch_and_map(client, p) for p in cm.COSMIC_PEOPLE}
+async def cosmic_mapped(cosmic_client: Any) -> dict[str, cm.Mapped]:
+    return {p.pnr: await cm.fetch_and_map(cosmic_client, p) for p in cm.COSMIC_PEOPLE}
 
 
 @pytest.fixture
-async def npo_mapped() -> nm.Mapped:
-    mapped, skipped, _ = await nm._fetch_and_map()
+def npo_mapped(npo_everyone: contract.Everyone) -> nm.Mapped:
+    mapped, skipped, _ = npo_everyone
     assert skipped == dict.fromkeys(skipped, 0)
     return mapped
 

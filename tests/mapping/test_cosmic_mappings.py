@@ -11,27 +11,21 @@ import base64
 import re
 from collections.abc import Sequence
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 from fhir.resources.R4B import get_fhir_model_class
 
-from proxy.mapping.compiler import CompiledMapping
 from proxy.mapping.engine import map_records
-from proxy.mapping.registry import REQUEST_CONTEXT, load_backend_mappings, load_code_maps, request_context
-from proxy.pnr import system_of
 from proxy.simulators import cosmic
 from proxy.simulators import population as pop
-from proxy.types import MappedResource, PatientRef
-from tests import r4
-from tests.conftest import RESOURCE_IDS
+from proxy.types import MappedResource
+from tests import contract, r4
 
-ROOT = Path(__file__).resolve().parents[2]
-MAPPINGS_DIR = ROOT / "mappings"
-SOURCE_URI = "urn:fhir-facade:source:cosmic"
-GENERATED = pop.generated_people(8)
-PEOPLE = [*pop.DEMO_PEOPLE, *GENERATED]
+MAPPINGS_DIR = contract.MAPPINGS_DIR
+SOURCE_URI = contract.COSMIC.source_uri
+PEOPLE = contract.PEOPLE["cosmic"]
+GENERATED = [p for p in PEOPLE if p.generated]
 COSMIC_PEOPLE = [p for p in PEOPLE if p.in_cosmic]
 EXPECTED = {
     "patient": "Patient",
@@ -68,63 +62,23 @@ ATC = "http://www.whocc.no/atc"  # WHO's URI, as receivers know it (not the Swed
 INSTANT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}[+-]\d{2}:\d{2}$")
 
 
-def compile_cosmic() -> tuple[CompiledMapping, ...]:
-    return load_backend_mappings(
-        MAPPINGS_DIR / "cosmic",
-        "cosmic",
-        load_code_maps(MAPPINGS_DIR),
-        REQUEST_CONTEXT | {"system_hsa_id", "ambulance_service_hsa_id"},
-        ids=RESOURCE_IDS,
-    )
-
-
-MAPPINGS = compile_cosmic()
-BY_NAME = {m.name.split("/", 1)[1]: m for m in MAPPINGS}
+MAPPINGS = contract.COSMIC.mappings
+BY_NAME = contract.COSMIC.by_name
 RAW_DATA = cosmic.build_data(PEOPLE)
+patient_id = contract.COSMIC.patient_id
+context = contract.COSMIC.context
 
-
-def patient_id(person: pop.Person) -> str:
-    return f"pat{person.pnr}"  # an opaque FHIR id without a hyphen, as the real ones are
-
-
-def context(person: pop.Person) -> dict[str, str]:
-    patient = PatientRef(pnr=person.pnr, fhir_id=patient_id(person), system=system_of(person.pnr))
-    variables = {"system_hsa_id": cosmic.SYSTEM_HSA_ID, "ambulance_service_hsa_id": pop.UNITS["ambulans"][0]}
-    return request_context(patient, "cosmic", variables)
-
-
-Mapped = dict[str, list[MappedResource]]
+Mapped = contract.Mapped
 
 
 async def fetch_and_map(client: Any, person: pop.Person) -> Mapped:
-    """Fetch each distinct request once from the simulator and run every mapping over its answer."""
-    ctx = context(person)
-    bodies: dict[str, Any] = {}
-    out: Mapped = {}
-    for name, m in BY_NAME.items():
-        if m.request.key not in bodies:
-            path, query, _headers, body = m.request.render(ctx)
-            assert m.request.method == "GET" and body is None
-            resp = await client.get(path, params=query)
-            if resp.status == 404:
-                assert (await resp.json())["errorCode"] == "PATIENT_NOT_FOUND"
-                bodies[m.request.key] = None
-            else:
-                assert resp.status == 200, (path, resp.status)
-                bodies[m.request.key] = await resp.json()
-        raw = bodies[m.request.key]
-        if raw is None:
-            out[name] = []
-            continue
-        resources, skipped = map_records(m, raw, ctx, source_uri=SOURCE_URI, priority=1)
-        assert skipped == 0, name
-        out[name] = resources
-    return out
+    """Every Cosmic mapping over the simulator's answers for ``person`` (tests/contract.py)."""
+    return await contract.map_all(contract.COSMIC, client, person)
 
 
 @pytest.fixture
-async def client(aiohttp_client: Any) -> Any:
-    return await aiohttp_client(cosmic.create_app(PEOPLE))
+def client(cosmic_client: Any) -> Any:
+    return cosmic_client
 
 
 @pytest.fixture

@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
-from proxy.simulators import cosmic, npo
+from proxy.simulators import npo
 from proxy.simulators import population as pop
+from tests import contract
 from tests.mapping import test_cosmic_mappings as cm
 from tests.mapping import test_npo_mappings as nm
 
@@ -27,8 +28,8 @@ def local(value: str) -> datetime:
 
 
 @pytest.fixture
-async def client(aiohttp_client: Any) -> Any:
-    return await aiohttp_client(cosmic.create_app(cm.PEOPLE))
+def client(cosmic_client: Any) -> Any:
+    return cosmic_client
 
 
 async def test_cosmic_lab_sampled_is_effective_and_result_is_issued(client: Any) -> None:
@@ -57,8 +58,8 @@ async def test_lucia_cosmic_sample_taken_late_answered_next_morning(client: Any)
     assert obs["issued"] == "2026-09-21T07:15:00+02:00"
 
 
-def test_npo_lucia_sample_registered_next_morning() -> None:
-    mapped, _, _ = nm.asyncio.run(nm._fetch_and_map())
+def test_npo_lucia_sample_registered_next_morning(npo_everyone: contract.Everyone) -> None:
+    mapped, _, _ = npo_everyone
     (obs,) = [mr.resource for mr in mapped[pop.LUCIA.pnr]["laboratory-outcomes"]]
     assert obs["effectiveDateTime"] == "2026-07-04T10:05:00+02:00"
     assert obs["issued"] == "2026-07-05T08:40:00+02:00"
@@ -71,8 +72,8 @@ def test_the_npo_simulator_refuses_a_result_registered_before_its_sample() -> No
         )
 
 
-def test_npo_analysis_time_is_effective_and_registration_is_issued() -> None:
-    mapped, _, _ = nm.asyncio.run(nm._fetch_and_map())
+def test_npo_analysis_time_is_effective_and_registration_is_issued(npo_everyone: contract.Everyone) -> None:
+    mapped, _, _ = npo_everyone
     count = 0
     for person in nm.PEOPLE:
         records = {}
@@ -94,8 +95,8 @@ def test_npo_analysis_time_is_effective_and_registration_is_issued() -> None:
     assert count >= 45
 
 
-def test_npo_tolvan_emergency_labs_answered_after_the_evening_sample() -> None:
-    mapped, _, _ = nm.asyncio.run(nm._fetch_and_map())
+def test_npo_tolvan_emergency_labs_answered_after_the_evening_sample(npo_everyone: contract.Everyone) -> None:
+    mapped, _, _ = npo_everyone
     labs = [mr.resource for mr in mapped[pop.TOLVAN.pnr]["laboratory-outcomes"]]
     assert len(labs) == 4
     for obs in labs:

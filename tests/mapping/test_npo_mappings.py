@@ -10,36 +10,31 @@ every other alert to Flag, and every dateTime carries the Swedish offset of its 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import re
 from collections.abc import Iterator
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 from fhir.resources.R4B import get_fhir_model_class
 
 from proxy.hsa import HSA_SYSTEM
 from proxy.mapping.compiler import CompiledMapping
 from proxy.mapping.engine import map_records
-from proxy.mapping.registry import REQUEST_CONTEXT, load_backend_mappings, load_code_maps, request_context
+from proxy.mapping.registry import REQUEST_CONTEXT, load_backend_mappings, load_code_maps
 from proxy.mapping.xml import parse_xml
-from proxy.pnr import system_of
 from proxy.simulators import cosmic, npo
 from proxy.simulators import population as pop
-from proxy.types import MappedResource, PatientRef
-from tests import r4
+from proxy.types import MappedResource
+from tests import contract, r4
 from tests.conftest import RESOURCE_IDS, walk
 
-ROOT = Path(__file__).resolve().parents[2]
-MAPPINGS_DIR = ROOT / "mappings"
-SOURCE_URI = "urn:fhir-facade:source:npo"
-LOGICAL_ADDRESS = "SE165565594230-1000"
-PEOPLE = [*pop.DEMO_PEOPLE, *pop.generated_people(10)]
+MAPPINGS_DIR = contract.MAPPINGS_DIR
+SOURCE_URI = contract.NPO.source_uri
+LOGICAL_ADDRESS = contract.NPO_LOGICAL_ADDRESS
+PEOPLE = contract.PEOPLE["npo"]
 NOPAT = {
     "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
     "code": "NOPAT",
@@ -71,59 +66,21 @@ DATETIME_KEYS = {
 ZONED = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\+0[12]:00$")
 DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
-MAPPINGS: tuple[CompiledMapping, ...] = load_backend_mappings(
-    MAPPINGS_DIR / "npo",
-    "npo",
-    load_code_maps(MAPPINGS_DIR),
-    REQUEST_CONTEXT | {"logical_address"},
-    ids=RESOURCE_IDS,
-)
-BY_NAME = {m.name.split("/", 1)[1]: m for m in MAPPINGS}
+MAPPINGS: tuple[CompiledMapping, ...] = contract.NPO.mappings
+BY_NAME = contract.NPO.by_name
 RAW = npo.build_data(PEOPLE)
 
 Mapped = dict[str, dict[str, list[MappedResource]]]  # pnr → mapping name → resources
-
-
-def patient_id(person: pop.Person) -> str:
-    return f"pat{person.pnr}"
-
-
-def context(person: pop.Person) -> dict[str, str]:
-    patient = PatientRef(pnr=person.pnr, fhir_id=patient_id(person), system=system_of(person.pnr))
-    return request_context(patient, "npo", {"logical_address": LOGICAL_ADDRESS})
-
-
-async def _fetch_and_map() -> tuple[Mapped, dict[str, int], dict[str, int]]:
-    mapped: Mapped = {}
-    skipped: dict[str, int] = {}
-    fetches: dict[str, int] = {}
-    async with TestClient(TestServer(npo.create_app(PEOPLE))) as client:
-        for person in [*PEOPLE, pop.Person(pop.UNKNOWN_PNR, "Okänd", "Okänd", "male", ("", "", ""))]:
-            ctx = context(person)
-            bodies: dict[str, Any] = {}  # like the facade: one fetch per distinct request
-            for m in MAPPINGS:
-                if m.request.key not in bodies:
-                    path, query, headers, data = m.request.render(ctx)
-                    resp = await client.request(
-                        m.request.method, path, params=query, data=data, headers=headers
-                    )
-                    raw = await resp.read()
-                    assert resp.status == 200, (m.name, resp.status, raw[:300])
-                    bodies[m.request.key] = parse_xml(raw)
-                    fetches[person.pnr] = fetches.get(person.pnr, 0) + 1
-                out, bad = map_records(m, bodies[m.request.key], ctx, source_uri=SOURCE_URI, priority=2)
-                mapped.setdefault(person.pnr, {})[m.name.split("/", 1)[1]] = out
-                skipped[m.name] = skipped.get(m.name, 0) + bad
-    return mapped, skipped, fetches
+context = contract.NPO.context
 
 
 @pytest.fixture(scope="module")
-def results() -> tuple[Mapped, dict[str, int], dict[str, int]]:
-    return asyncio.run(_fetch_and_map())
+def results(npo_everyone: contract.Everyone) -> contract.Everyone:
+    return npo_everyone
 
 
 @pytest.fixture(scope="module")
-def mapped(results: tuple[Mapped, dict[str, int], dict[str, int]]) -> Mapped:
+def mapped(results: contract.Everyone) -> Mapped:
     return results[0]
 
 

@@ -26,8 +26,8 @@ STATUS = {"PERFORMED": "completed", "ONGOING": "in-progress", "CANCELLED": "not-
 
 
 @pytest.fixture
-async def client(aiohttp_client: Any) -> Any:
-    return await aiohttp_client(cosmic.create_app(cm.PEOPLE))
+def client(cosmic_client: Any) -> Any:
+    return cosmic_client
 
 
 def local(value: str) -> datetime:

@@ -25,7 +25,6 @@ from fhir.resources.R4B.bundle import Bundle
 from proxy.mapping import validate as validate_module
 from proxy.mapping.compiler import CompiledMapping
 from proxy.mapping.engine import map_records
-from proxy.simulators import cosmic as cosmic_sim
 from proxy.simulators import npo, viva
 from proxy.simulators import population as pop
 from proxy.timeutil import SWEDEN
@@ -64,8 +63,8 @@ def map_one(mapping: CompiledMapping, body: Any, ctx: dict[str, str]) -> dict[st
 
 
 @pytest.fixture
-async def client(aiohttp_client: Any) -> Any:
-    return await aiohttp_client(cosmic_sim.create_app(cm.PEOPLE))
+def client(cosmic_client: Any) -> Any:
+    return cosmic_client
 
 
 def cosmic_record(kind: str, record_id: str, who: pop.Person = pop.TOLVAN) -> dict[str, Any]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 from datetime import date, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -14,8 +13,6 @@ from fhir.resources.R4B import get_fhir_model_class
 from proxy.hsa import HSA_SYSTEM
 from proxy.mapping.compiler import CompiledMapping
 from proxy.mapping.engine import map_records
-from proxy.mapping.registry import REQUEST_CONTEXT, load_backend_mappings, load_code_maps, request_context
-from proxy.pnr import system_of
 from proxy.simulators import viva
 from proxy.simulators.population import (
     DEMO_PEOPLE,
@@ -29,14 +26,12 @@ from proxy.simulators.population import (
     make_pnr,
     population,
 )
-from proxy.types import MappedResource, PatientRef
-from tests import r4
-from tests.conftest import RESOURCE_IDS
+from proxy.types import MappedResource
+from tests import contract, r4
 
-ROOT = Path(__file__).resolve().parents[2]
-MAPPINGS = ROOT / "mappings"
+MAPPINGS = contract.MAPPINGS_DIR
 SOL_PHRASE = "Biståndsbeslut hemtjänst SoL-anteckning"
-SOURCE_URI = "urn:fhir-facade:source:viva"
+SOURCE_URI = contract.VIVA.source_uri
 HSA = HSA_SYSTEM  # HL7 Sweden's (proxy.hsa)
 CONFIDENTIALITY = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
 
@@ -68,47 +63,27 @@ EXPECTED_KINDS = {
 }
 
 
-def compile_viva() -> tuple[CompiledMapping, ...]:
-    return load_backend_mappings(
-        MAPPINGS / "viva",
-        "viva",
-        load_code_maps(MAPPINGS),
-        REQUEST_CONTEXT | {"system_hsa_id"},
-        ids=RESOURCE_IDS,
-    )
-
-
-VIVA_MAPPINGS = compile_viva()
+VIVA_MAPPINGS = contract.VIVA.mappings
 BY_NAME = {m.name: m for m in VIVA_MAPPINGS}
-
-
-def context(person: Person) -> dict[str, str]:
-    patient = PatientRef(pnr=person.pnr, fhir_id=f"pat-{person.pnr[-4:]}", system=system_of(person.pnr))
-    return request_context(patient, "viva", {"system_hsa_id": viva.SYSTEM_HSA_ID})
+context = contract.VIVA.context
 
 
 @pytest.fixture
 async def client(aiohttp_client: Any) -> Any:
-    return await aiohttp_client(viva.create_app(PEOPLE))
+    return await aiohttp_client(contract.VIVA.create_app(PEOPLE))
 
 
 async def fetch(client: Any, mapping: CompiledMapping, person: Person) -> Any:
-    path, query, _headers, body = mapping.request.render(context(person))
-    assert mapping.request.method == "GET" and body is None
-    resp = await client.get(path, params=query)
-    assert resp.status == 200
-    return orjson.loads(await resp.read())
+    return await contract.fetch(contract.VIVA, client, mapping, context(person))
 
 
 async def run(client: Any, mapping: CompiledMapping, person: Person) -> list[MappedResource]:
-    body = await fetch(client, mapping, person)
-    out, skipped = map_records(mapping, body, context(person), source_uri=SOURCE_URI, priority=1)
-    assert skipped == 0
-    return out
+    ctx = context(person)
+    return contract.run(contract.VIVA, mapping, await fetch(client, mapping, person), ctx)
 
 
-async def run_all(client: Any, person: Person) -> dict[str, list[MappedResource]]:
-    return {m.name: await run(client, m, person) for m in VIVA_MAPPINGS}
+async def run_all(client: Any, person: Person) -> contract.Mapped:
+    return await contract.map_all(contract.VIVA, client, person)
 
 
 def validate(resource: dict[str, Any]) -> None:
