@@ -399,7 +399,7 @@ def _long(person: Person, history: Plan) -> dict[str, list[dict[str, Any]]]:
         when = history.moment(rng)
         out["diagnoses"].append(
             {
-                "diagnosisId": f"D-{n}-H{i}",
+                "diagnosisId": f"D-{n}H-{i + 1}",
                 "icd10Code": code,
                 "diagnosisText": text,
                 "state": "ACT" if chronic and i < len(_LONG_DIAGNOSES) else "INACT",
@@ -419,7 +419,7 @@ def _long(person: Person, history: Plan) -> dict[str, list[dict[str, Any]]]:
             timedelta(days=stay, hours=2) if stay else timedelta(minutes=rng.choice((30, 45, 180)))
         )
         contact: dict[str, Any] = {
-            "contactId": f"C-{n}-H{i}",
+            "contactId": f"C-{n}H-{i + 1}",
             "contactType": kind,
             "startAt": ts(start),
             "endAt": ts(end),
@@ -434,7 +434,7 @@ def _long(person: Person, history: Plan) -> dict[str, list[dict[str, Any]]]:
         where = {"ADMISSION": "med", "DISCHARGE": "med"}.get(note_type, rng.choice(["vc-norr", "med"]))
         out["notes"].append(
             {
-                "noteId": f"N-{n}-H{i}",
+                "noteId": f"N-{n}H-{i + 1}",
                 "noteType": note_type,
                 "title": title,
                 "text": text,
@@ -455,7 +455,7 @@ def _long(person: Person, history: Plan) -> dict[str, list[dict[str, Any]]]:
         ):
             value = _decimal(rng.uniform(lo, hi), decimals)
             out["labresults"].append(
-                _lab_at(f"L-{n}-H{i}", npu, name, value, u, rlo, rhi, sampled, resulted, where)
+                _lab_at(f"L-{n}H-{i + 1}", npu, name, value, u, rlo, rhi, sampled, resulted, where)
             )
             i += 1
     for i in range(counts.get("medications", 0)):
@@ -464,7 +464,7 @@ def _long(person: Person, history: Plan) -> dict[str, list[dict[str, Any]]]:
         ended = i >= 4 and rng.random() < 0.6
         out["medications"].append(
             {
-                "medicationId": f"M-{n}-H{i}",
+                "medicationId": f"M-{n}H-{i + 1}",
                 "atcCode": atc,
                 "productName": name,
                 "dosageText": dosage,
@@ -490,7 +490,7 @@ def _long(person: Person, history: Plan) -> dict[str, list[dict[str, Any]]]:
         )
         out["procedures"].append(
             procedure(
-                f"P-{n}-H{i}",
+                f"P-{n}H-{i + 1}",
                 kva,
                 text,
                 when,
@@ -504,7 +504,7 @@ def _long(person: Person, history: Plan) -> dict[str, list[dict[str, Any]]]:
         atc, name, batch = rng.choice(_LONG_VACCINES)
         out["vaccinations"].append(
             {
-                "vaccinationId": f"V-{n}-H{i}",
+                "vaccinationId": f"V-{n}H-{i + 1}",
                 "atcCode": atc,
                 "vaccineName": name,
                 "administeredAt": ts(history.moment(rng, 9, 15)),
@@ -517,7 +517,7 @@ def _long(person: Person, history: Plan) -> dict[str, list[dict[str, Any]]]:
         atc, substance, reaction = rng.choice(_SUBSTANCES)
         when = history.moment(rng)
         alert: dict[str, Any] = {
-            "alertId": f"A-{n}-H{i}",
+            "alertId": f"A-{n}H-{i + 1}",
             "alertKind": "HYPERSENSITIVITY",
             "alertCode": "LAKEMEDEL",
             "alertText": f"Överkänslighet mot {substance.lower()}.",

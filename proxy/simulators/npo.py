@@ -631,9 +631,10 @@ def _long(person: Person, history: Plan) -> dict[str, list[Record]]:
             note(p, f"{tag}-N{i}", history.moment(rng, 9, 17), code, title, text, approved=rng.random() < 0.9)
         )
     for i in range(counts.get("careContact", 0)):
-        start = history.moment(rng)
         code = rng.choice(["1", "1", "1", "2", "4"])
-        end = start + (timedelta(days=rng.randint(2, 7)) if code == "2" else timedelta(minutes=45))
+        stay = rng.randint(2, 7) if code == "2" else 0  # (an admission: days; ended before today)
+        start = at(history.days_ago(rng, newest=stay + 1), rng.randint(8, 16), rng.choice((0, 15, 30, 45)))
+        end = start + (timedelta(days=stay) if stay else timedelta(minutes=45))
         out["careContact"].append(
             contact(
                 p, f"{tag}-C{i}", start, end, code, "Kardiologisk uppföljning", author=rng.choice(doctors)

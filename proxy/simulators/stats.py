@@ -49,7 +49,7 @@ def install(app: web.Application) -> None:
         return web.json_response(app[STATS_KEY])
 
     async def reset_stats(request: web.Request) -> web.Response:
-        app[STATS_KEY] = _zero()
+        app[STATS_KEY].update(_zero())  # (in place: a running app's state is not replaced)
         return web.json_response(app[STATS_KEY])
 
     app.router.add_get(f"{CONTROL_PREFIX}/stats", get_stats)

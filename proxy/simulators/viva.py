@@ -410,7 +410,7 @@ def _long(person: Person, history: Plan) -> dict[str, list[dict[str, Any]]]:
         ended = i >= len(_PLANS) or rng.random() < 0.3
         out["vardplaner"].append(
             _plan(
-                f"VP-{n}-H{i}",
+                f"VP-{n}H-{i + 1}",
                 titel,
                 beskrivning,
                 "AVSLUTAD" if ended else "AKTIV",
@@ -424,19 +424,19 @@ def _long(person: Person, history: Plan) -> dict[str, list[dict[str, Any]]]:
     for i in range(counts.get("funktionsbedomningar", 0)):
         omrade, niva, text = rng.choice(_LONG_ADL)
         out["funktionsbedomningar"].append(
-            _adl(f"FB-{n}-H{i}", history.moment(rng), omrade, niva, text, rng.choice([AT, FT]))
+            _adl(f"FB-{n}H-{i + 1}", history.moment(rng), omrade, niva, text, rng.choice([AT, FT]))
         )
     for i in range(counts.get("anteckningar", 0)):
         rubrik, text = rng.choice(_HSL_NOTES)
         out["anteckningar"].append(
-            _note(f"AN-{n}-H{i}", history.moment(rng, 7, 20), rubrik, text, "HSL", rng.choice([SSK, SSK2]))
+            _note(f"AN-{n}H-{i + 1}", history.moment(rng, 7, 20), rubrik, text, "HSL", rng.choice([SSK, SSK2]))
         )
     for i in range(counts.get("hembesok", 0)):
         visit = history.moment(rng, 7, 20)
         status = "UTFORT" if rng.random() < 0.95 else "INSTALLT"
         who = rng.choice(["Sara Sjuksköterska", "Sven Sjuksköterska"])
         out["hembesok"].append(
-            _visit(f"HB-{n}-H{i}", visit, rng.choice([15, 30, 45]), "HEMSJUKVARD", who, status)
+            _visit(f"HB-{n}H-{i + 1}", visit, rng.choice([15, 30, 45]), "HEMSJUKVARD", who, status)
         )
     # ordinations, each with a run of daily administrations inside its period
     orders, doses = counts.get("lakemedelslista", 0), counts.get("administreringar", 0)
@@ -458,7 +458,7 @@ def _long(person: Person, history: Plan) -> dict[str, list[dict[str, Any]]]:
         ]
         out["lakemedelslista"].append(
             _med(
-                f"OR-{n}-H{i}",
+                f"OR-{n}H-{i + 1}",
                 atc,
                 preparat,
                 dosering,
