@@ -429,7 +429,9 @@ def _long(person: Person, history: Plan) -> dict[str, list[dict[str, Any]]]:
     for i in range(counts.get("anteckningar", 0)):
         rubrik, text = rng.choice(_HSL_NOTES)
         out["anteckningar"].append(
-            _note(f"AN-{n}H-{i + 1}", history.moment(rng, 7, 20), rubrik, text, "HSL", rng.choice([SSK, SSK2]))
+            _note(
+                f"AN-{n}H-{i + 1}", history.moment(rng, 7, 20), rubrik, text, "HSL", rng.choice([SSK, SSK2])
+            )
         )
     for i in range(counts.get("hembesok", 0)):
         visit = history.moment(rng, 7, 20)
