@@ -70,7 +70,7 @@ DEFAULT_SEED = 1177
 
 
 def make_pnr(birth: date, birth_number: int) -> str:
-    base = f"{birth:%Y%m%d}{birth_number:03d}"
+    base = f"{birth.year:04d}{birth.month:02d}{birth.day:02d}{birth_number:03d}"  # (not strftime: 4x faster)
     return base + str(luhn_check_digit(base[2:]))
 
 
