@@ -377,6 +377,11 @@ _SUBSTANCES = [  # (atc, name, reaction)
     ("N02BA01", "Acetylsalicylsyra", "Astmaanfall"),
     ("C09AA05", "Ramipril", "Torrhosta"),
 ]
+_ALERTS = [
+    "Behandlas med antikoagulantia (rivaroxaban): ökad blödningsrisk.",
+    "Insulinbehandlad diabetes: risk för hypoglykemi.",
+    "Pacemaker: ej MR utan kontroll.",
+]
 _DOCTORS = {
     "vc-norr": {"hsaId": "SE2321000016-L2VC", "name": "Bertil Distriktsläkare"},
     "akuten": {"hsaId": "SE2321000016-L1AK", "name": "Anna Akutläkare"},
@@ -514,8 +519,24 @@ def _long(person: Person, history: Plan) -> dict[str, list[dict[str, Any]]]:
             }
         )
     for i in range(counts.get("alerts", 0)):
-        atc, substance, reaction = rng.choice(_SUBSTANCES)
         when = history.moment(rng)
+        if i % 3 == 2:  # an alert of another kind: a treatment to know of (a Flag)
+            ended = rng.random() < 0.5
+            out["alerts"].append(
+                {
+                    "alertId": f"A-{n}H-{i + 1}",
+                    "alertKind": "ALERT",
+                    "alertCode": "BEHANDLING",
+                    "alertText": rng.choice(_ALERTS),
+                    "validFrom": ts(when),
+                    "validTo": ts(when + timedelta(days=rng.randint(30, 300))) if ended else None,
+                    "state": "ENDED" if ended else "ACTIVE",
+                    "changedAt": ts(when),
+                    "careUnit": unit("med"),
+                }
+            )
+            continue
+        atc, substance, reaction = rng.choice(_SUBSTANCES)
         alert: dict[str, Any] = {
             "alertId": f"A-{n}H-{i + 1}",
             "alertKind": "HYPERSENSITIVITY",

@@ -674,6 +674,11 @@ def _long(person: Person, history: Plan) -> dict[str, list[Record]]:
             )
         )
     for i in range(counts.get("alertInformation", 0)):
+        if i % 3 == 2:  # an alert without a hypersensitivity: a treatment to know of (a Flag)
+            out["alertInformation"].append(
+                alert(p, f"{tag}-U{i}", history.moment(rng), "BEH", "Behandlas med antikoagulantia.")
+            )
+            continue
         atc, substance, severity, certainty = rng.choice(
             [
                 ("C09AA05", "Ramipril", "MAT", "KON"),

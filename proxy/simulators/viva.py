@@ -388,11 +388,7 @@ def _generated(person: Person, seq: int) -> dict[str, list[dict[str, Any]]]:
 # ---- long histories (history.py) ----------------------------------------------------------------
 
 _LONG_ADL = [  # (area, level, text)
-    *(
-        (area, niva, _ADL_TEXT[niva])
-        for area in ("d450", "d510", "d540", "d550", "d420")
-        for niva in (1, 2, 3)
-    )
+    (area, niva, _ADL_TEXT[niva]) for area in ("d450", "d510", "d540", "d550", "d420") for niva in (1, 2, 3)
 ]
 
 
