@@ -266,7 +266,8 @@ async def bench(args: argparse.Namespace, procs: run.Processes, tmp: Path) -> di
 def markdown(results: dict[str, Any]) -> str:
     cfg = results["config"]
     lines = [
-        f"`$everything` of one patient per size, uncached, `_count={cfg['count']}` (one page); backends "
+        f"`$everything` of one patient per size, uncached, `_count={cfg['count']}`"
+        f"{' (one page holds it all)' if cfg['count'] >= max(cfg['sizes']) + 1 else ''}; backends "
         f"+{cfg['latency_ms']:g} ms each; sequential requests per size ({cfg['requests']}), then "
         f"{cfg['inflight']} at once; {cfg['cpus']} CPUs.",
         "",
