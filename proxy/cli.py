@@ -1,8 +1,8 @@
 """The ``fhir-facade`` command.
 
-fhir-facade demo [--port 8080] [--patients N]     simulators + facade on loopback, until Ctrl-C
+fhir-facade demo [--port 8080] [--patients N] [--records N] [--years Y]   simulators + facade on loopback
 fhir-facade serve --config FILE [--port N] [--workers N]   the facade (needs facade.public_base_url)
-fhir-facade simulate {cosmic,viva,npo} --port N    one simulator alone
+fhir-facade simulate {cosmic,viva,npo} --port N [--patients N] [--records N|MIN-MAX] [--years Y]   one alone
 fhir-facade mappings check [--config FILE]         compile and validate every mapping
 fhir-facade token --audience A [--pnr P] [--patient ID|PNR] [--scope S] [--lifetime S]   a DEV-ONLY demo token
 """
@@ -39,12 +39,14 @@ from proxy.settings import (
     PATIENT_ID_KEY_ENV,
     ConfigError,
     Settings,
+    SimulatorSettings,
     load_settings,
+    simulator_records,
 )
-from proxy.simulators import NAMES, factory
+from proxy.simulators import NAMES
 from proxy.simulators.faults import Faults
-from proxy.simulators.harness import listening, people_for, running_simulators, serving
-from proxy.simulators.population import DEMO_PEOPLE, UNKNOWN_PNR
+from proxy.simulators.harness import listening, people_for, running_simulators, serving, simulator_app
+from proxy.simulators.population import DEMO_PEOPLE, LONG_HISTORIES, LONG_HISTORY_PEOPLE, UNKNOWN_PNR
 
 log = logging.getLogger("fhir_facade")
 
@@ -77,9 +79,18 @@ async def _demo(settings: Settings, port: int, patients: int | None) -> None:
             for p in DEMO_PEOPLE:
                 name = f"{p.given} {p.family}"
                 print(f"  {p.pnr}  {name:<18}  Patient/{ids.encode(p.pnr)}")
+            for p in LONG_HISTORY_PEOPLE:
+                name = f"{p.given} {p.family}"
+                records, years = LONG_HISTORIES[p.pnr]
+                print(
+                    f"  {p.pnr}  {name:<18}  Patient/{ids.encode(p.pnr)}  ({records} records, {years} years)"
+                )
             print(f"  {UNKNOWN_PNR}  (unknown to every system)")
-            if len(people) > len(DEMO_PEOPLE):
-                print(f"  + {len(people) - len(DEMO_PEOPLE)} generated patients")
+            named = len(DEMO_PEOPLE) + len(LONG_HISTORY_PEOPLE)
+            if len(people) > named:
+                sims = settings.simulators
+                long = f", {_records_text(sims)} records each" if sims.records[1] else ""
+                print(f"  + {len(people) - named} generated patients{long}")
             tolvan = ids.encode(DEMO_PEOPLE[0].pnr)
             lifetime = int(app[AUTH_KEY].max_token_lifetime_s)
             print(
@@ -99,6 +110,26 @@ async def _demo(settings: Settings, port: int, patients: int | None) -> None:
             print("Serving until Ctrl-C.", flush=True)
             settle_heap()
             await _until_interrupted()
+
+
+def _records_text(sims: SimulatorSettings) -> str:
+    lo, hi = sims.records
+    return f"{lo}" if lo == hi else f"{lo}-{hi}"
+
+
+def with_history(settings: Settings, records: str | None, years: int | None) -> Settings:
+    """The settings with ``--records`` / ``--years`` (when given) as the long-history knobs."""
+    sims = settings.simulators
+    if records is not None:
+        try:
+            sims = replace(sims, records=simulator_records(records))
+        except ValueError as exc:
+            raise ConfigError(f"--records: {exc}") from None
+    if years is not None:
+        if not 1 <= years <= 100:
+            raise ConfigError("--years expects 1 to 100")
+        sims = replace(sims, years=years)
+    return replace(settings, simulators=sims)
 
 
 def settle_heap() -> None:
@@ -208,10 +239,17 @@ async def _simulate(
 ) -> None:
     people = people_for(settings, patients, seed)
     faults = Faults.from_dict(dict(settings.simulators.faults).get(name))
-    app = factory(name)(people, faults)
+    app = simulator_app(name, people, settings.simulators, faults)
+    sims = settings.simulators
+    long = (
+        f", {_records_text(sims)} records per generated patient over {sims.years} years"
+        if sims.records[1]
+        else ""
+    )
     async with serving(app, host, port) as url:
         print(
-            f"{name} simulator at {url} ({len(people)} patients); fault control at {url}/_sim/faults",
+            f"{name} simulator at {url} ({len(people)} patients{long}); fault control at "
+            f"{url}/_sim/faults, counts at {url}/_sim/stats",
             flush=True,
         )
         await _until_interrupted()
@@ -220,7 +258,9 @@ async def _simulate(
 async def _check(settings: Settings) -> int:
     from proxy.mappingcheck import check  # imports fhir.resources: only this command needs it
 
-    people = people_for(settings, patients=5)  # the named demo patients and five generated ones
+    # the named demo patients and five generated ones (the long history's generator makes the same
+    # kinds of record as the others: its own tests map it, tests/mapping/test_long_history.py)
+    people = people_for(settings, patients=5, long_histories=False)
     report = await check(settings, [p.pnr for p in people], running_simulators(settings, people, faults={}))
     for name, n in sorted(report.per_mapping.items()):
         print(f"  {name:<32} {n:>5} resources")
@@ -294,6 +334,16 @@ def _token(
     return 0
 
 
+def _history_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--records",
+        default=None,
+        help="records per generated patient across the three simulators: N, or MIN-MAX drawn per patient "
+        "(default from config: 0, the small histories)",
+    )
+    parser.add_argument("--years", type=int, default=None, help="years of history (default from config: 10)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fhir-facade", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, default=None, help="config file (default: config/facade.yaml)")
@@ -309,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--port", type=int, default=None, help="facade port (default from config: 8080)")
     demo.add_argument("--patients", type=int, default=None, help="generated patients besides the demo ones")
+    _history_arguments(demo)
 
     serve = sub.add_parser("serve", parents=[config], help="run the facade against the configured backends")
     serve.add_argument("--host", default=None)
@@ -321,6 +372,13 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--port", type=int, default=0, help="0 = a free port")
     sim.add_argument("--patients", type=int, default=None)
     sim.add_argument("--seed", type=int, default=None)
+    _history_arguments(sim)
+    sim.add_argument(
+        "--cached-records",
+        type=int,
+        default=None,
+        help="records of generated patients kept in memory (default from config: 250000)",
+    )
 
     maps = sub.add_parser("mappings", help="work with the declarative mappings")
     maps_sub = maps.add_subparsers(dest="action", required=True)
@@ -359,6 +417,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(args.config)
         if args.command in ("demo", "serve"):  # the config's log format and access log
             configure_logging(args.verbose, settings)
+        if args.command in ("demo", "simulate"):
+            settings = with_history(settings, args.records, args.years)
+        if args.command == "simulate" and args.cached_records is not None:
+            if args.cached_records < 1:
+                raise ConfigError("--cached-records expects 1 or more")
+            sims = replace(settings.simulators, cached_records=args.cached_records)
+            settings = replace(settings, simulators=sims)
         if args.command == "demo":
             port = settings.facade.port if args.port is None else args.port
             loop.run(_demo(settings, port, args.patients))

@@ -103,6 +103,38 @@ class SimulatorSettings:
     seed: int = 1177
     patients: int = 0
     faults: tuple[tuple[str, dict[str, Any]], ...] = ()
+    # Long histories (proxy/simulators/history.py): records per generated patient across the three
+    # simulators, (n, n) or a (min, max) range drawn per patient; (0, 0): the small default histories.
+    records: tuple[int, int] = (0, 0)
+    years: int = 10  # how far back a long history reaches
+    # each simulator keeps the patients it has generated, up to this many records (least recently
+    # used dropped; a patient asked for again is generated again, the same)
+    cached_records: int = 250_000
+
+
+MAX_RECORDS = 1_000_000  # per patient
+
+
+def simulator_records(value: Any) -> tuple[int, int]:
+    """``simulators.records`` (and ``--records``): N, or a range [min, max] / "min-max" with
+    1 ≤ min ≤ max. Raises ValueError."""
+    if isinstance(value, str):
+        parts = value.split("-")
+        if not 1 <= len(parts) <= 2 or not all(p.strip().isdigit() for p in parts):
+            raise ValueError("expects N or MIN-MAX")
+        value = [int(p) for p in parts] if len(parts) == 2 else int(parts[0])
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not 0 <= value <= MAX_RECORDS:
+            raise ValueError(f"expects 0 to {MAX_RECORDS} records")
+        return value, value
+    if (
+        isinstance(value, list | tuple)
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        and 1 <= value[0] <= value[1] <= MAX_RECORDS
+    ):
+        return int(value[0]), int(value[1])
+    raise ValueError(f"expects a number of records, or a range [min, max] with 1 ≤ min ≤ max ≤ {MAX_RECORDS}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,7 +416,11 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
     ):
         raise r.fail("merge.source_priority", f"expects every backend exactly once: {names}")
 
-    s = r.section(top.get("simulators"), "simulators", {"seed", "patients", "faults"})
+    s = r.section(
+        top.get("simulators"),
+        "simulators",
+        {"seed", "patients", "faults", "records", "years", "cached_records"},
+    )
     faults = s.get("faults", {}) or {}
     if not isinstance(faults, dict):
         raise r.fail("simulators.faults", "expects {simulator: {fault settings}}")
@@ -397,7 +433,13 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
         seed=r.integer(s, "seed", "simulators", 1177, 0, 2**31),
         patients=r.integer(s, "patients", "simulators", 0, 0, 10_000_000),
         faults=tuple((str(k), dict(v or {})) for k, v in faults.items()),
+        years=r.integer(s, "years", "simulators", 10, 1, 100),
+        cached_records=r.integer(s, "cached_records", "simulators", 250_000, 1, 100_000_000),
     )
+    try:
+        sims = replace(sims, records=simulator_records(s.get("records", 0)))
+    except ValueError as exc:
+        raise r.fail("simulators.records", str(exc)) from None
 
     key = None
     if env.get(PATIENT_ID_KEY_ENV):

@@ -27,7 +27,7 @@ from proxy.hsa import HSA_SYSTEM
 from proxy.mapping.registry import MappingSet, load_mappings
 from proxy.settings import DEMO_PATIENT_ID_KEY, Settings, load_settings
 from proxy.simulators.harness import running_simulators
-from proxy.simulators.population import MUNICIPALITY_PROVIDER, REGION_PROVIDER, population
+from proxy.simulators.population import MUNICIPALITY_PROVIDER, REGION_PROVIDER, Person, population
 from proxy.store.base import ConsentRow, Store
 from tests import r4
 from tests.services import SESSION, missing
@@ -224,6 +224,7 @@ def facade(
         access: dict[str, Any] | None = None,
         mappings_dir: Path | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        people: list[Person] | None = None,
         **backend_overrides: Any,
     ) -> AsyncIterator[Running]:
         """Tests see fresh answers unless they ask for the cache (True, or CacheSettings overrides).
@@ -232,10 +233,12 @@ def facade(
         the municipality), so tests about anything but the PDL rules see every source's records.
         ``store``: sqlite (in tmp_path) or postgres (``postgres_dsn()``, emptied first).
         ``mappings_dir``: another deployment's mappings (e.g. a changed copy). ``clock``: the app's
-        (tests.clock.FakeClock: move time on instead of sleeping)."""
+        (tests.clock.FakeClock: move time on instead of sleeping). ``people``: the simulators' population
+        instead of the demo patients and ``generated`` generated ones (e.g. with the long history)."""
         if store == "postgres":
             await reset_postgres()  # (starts the session's PostgreSQL before the simulators)
-        people = population(generated, settings.simulators.seed)
+        if people is None:
+            people = population(generated, settings.simulators.seed)
         async with running_simulators(settings, people, faults=faults) as urls:
             live = settings.with_backend_urls(urls)
             tuning = cache if isinstance(cache, dict) else {}

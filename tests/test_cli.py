@@ -168,3 +168,46 @@ def test_mappings_check_reports_records_without_a_care_provider(
     assert main(["--config", str(tmp_path / "facade.yaml"), "mappings", "check"]) == 1
     out = capsys.readouterr().out
     assert "NO OWNER cosmic/diagnoses:" in out and "FAILED" in out
+
+
+def test_simulate_and_demo_take_the_long_history_knobs() -> None:
+    from proxy.cli import build_parser, with_history
+    from proxy.settings import ConfigError, load_settings
+
+    args = build_parser().parse_args(
+        [
+            "simulate",
+            "npo",
+            "--patients",
+            "100000",
+            "--records",
+            "50-5000",
+            "--years",
+            "12",
+            "--cached-records",
+            "9",
+        ]
+    )
+    assert (args.records, args.years, args.cached_records) == ("50-5000", 12, 9)
+    sims = with_history(load_settings(), args.records, args.years).simulators
+    assert (sims.records, sims.years) == ((50, 5000), 12)
+    assert with_history(load_settings(), "500", None).simulators.records == (500, 500)
+    assert with_history(load_settings(), None, None).simulators == load_settings().simulators
+    demo = build_parser().parse_args(["demo", "--records", "2000"])
+    assert demo.records == "2000"
+    for bad in ("5000-50", "0-10", "lots", "1-2-3"):
+        with pytest.raises(ConfigError, match="--records"):
+            with_history(load_settings(), bad, None)
+    with pytest.raises(ConfigError, match="--years"):
+        with_history(load_settings(), None, 0)
+
+
+def test_the_demo_population_has_the_long_history_and_mappings_check_does_not() -> None:
+    from proxy.settings import load_settings
+    from proxy.simulators.harness import people_for
+    from proxy.simulators.population import DEMO_PEOPLE, INGEGERD, generated_people
+
+    settings = load_settings()
+    people = people_for(settings, patients=3)
+    assert people == [*DEMO_PEOPLE, INGEGERD, *generated_people(3)]
+    assert INGEGERD not in people_for(settings, patients=3, long_histories=False)

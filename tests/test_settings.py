@@ -104,3 +104,33 @@ def test_a_broken_mapping_stops_start_up(tmp_path: Path) -> None:
     message = str(exc.value)
     assert message.startswith("mappings/viva/vardplaner.yaml: fields.")
     assert "$pth" in message
+
+
+def test_the_simulators_long_history_knobs(tmp_path: Path) -> None:
+    shipped = load_settings().simulators
+    assert (shipped.records, shipped.years, shipped.cached_records) == ((0, 0), 10, 250_000)
+    fixed = load_settings(config_with(tmp_path, {"simulators.records": 5000, "simulators.years": 12}))
+    assert (fixed.simulators.records, fixed.simulators.years) == ((5000, 5000), 12)
+    ranged = load_settings(config_with(tmp_path, {"simulators.records": [50, 20000]}))
+    assert ranged.simulators.records == (50, 20000)
+    bounded = load_settings(config_with(tmp_path, {"simulators.cached_records": 1000}))
+    assert bounded.simulators.cached_records == 1000
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        ({"simulators.records": -1}, "simulators.records"),
+        ({"simulators.records": [0, 10]}, "simulators.records"),  # a range starts at 1
+        ({"simulators.records": [10, 5]}, "simulators.records"),
+        ({"simulators.records": "many"}, "simulators.records"),
+        ({"simulators.records": True}, "simulators.records"),
+        ({"simulators.years": 0}, "simulators.years"),
+        ({"simulators.cached_records": 0}, "simulators.cached_records"),
+        ({"simulators.history": 5}, "simulators"),
+    ],
+)
+def test_bad_long_history_knobs_name_the_key(tmp_path: Path, change: dict, key: str) -> None:  # type: ignore[type-arg]
+    with pytest.raises(ConfigError) as exc:
+        load_settings(config_with(tmp_path, change))
+    assert str(exc.value).startswith(f"facade.yaml: {key}")

@@ -22,18 +22,27 @@ Dialect (deliberately unlike FHIR):
   lasted), the care contact and reason diagnosis, and ``shownToPatient``: whether the region lets the
   patient read it in 1177 yet (a missing flag means no). The KVÅ codes and texts are illustrative:
   chosen in KVÅ's format (three letters and two digits for surgical, two letters and three digits for
-  other procedures) to look real, not checked against an edition of KVÅ.
+  other procedures) to look real, not checked against an edition of KVÅ;
+* every list endpoint takes an optional date range, ``?fromDate=2024-01-01&toDate=2024-12-31``
+  (``yyyy-MM-dd`` or ``yyyy-MM-dd HH:mm``, both inclusive, either may be left out; a malformed one is
+  ``400`` ``INVALID_PARAMETER``): the items dated in it, by ``DATE_FIELDS`` — one date for a record
+  made at one moment, a period (start, end) for one that lasts, admitted when it overlaps the range
+  (``proxy/simulators/window.py``); ``totalCount`` counts what is returned.
 """
 
 from __future__ import annotations
 
 import random
-from datetime import datetime
+from collections.abc import Iterable
+from datetime import datetime, timedelta
 from typing import Any
 
 from aiohttp import web
 
 from proxy.simulators import faults as fault_mod
+from proxy.simulators import stats
+from proxy.simulators.history import History, Plan, plan
+from proxy.simulators.lazy import DEFAULT_CACHED_RECORDS, Patients
 from proxy.simulators.population import (
     COSMIC_SYSTEM,
     GRETA,
@@ -44,6 +53,7 @@ from proxy.simulators.population import (
     pnr_dash,
 )
 from proxy.simulators.records import hand_written
+from proxy.simulators.window import Window
 
 BASE = "/cosmic/api/v1"
 KINDS = (
@@ -58,8 +68,27 @@ KINDS = (
 )
 
 
+# What a date range filters each list by: (field, None) for a record made at one moment, (start,
+# end) for one that lasts (overlapping the range; no end: still going). The threat register too.
+DATE_FIELDS: dict[str, tuple[str, str | None]] = {
+    "diagnoses": ("diagnosedAt", None),
+    "medications": ("startDate", "endDate"),
+    "alerts": ("validFrom", "validTo"),
+    "labresults": ("sampledAt", None),
+    "carecontacts": ("startAt", "endAt"),
+    "notes": ("signedAt", None),
+    "vaccinations": ("administeredAt", None),
+    "procedures": ("performedAt", "endAt"),
+    "threats": ("registeredAt", None),
+}
+
+
 def ts(dt: datetime) -> str:
     return dt.strftime("%Y-%m-%d %H:%M")
+
+
+def day(dt: datetime) -> str:
+    return dt.strftime("%Y-%m-%d")
 
 
 def unit(key: str) -> dict[str, str]:
@@ -102,6 +131,21 @@ def procedure(
 def _lab(
     rid: str, npu: str, name: str, value: str, unit_: str, low: str, high: str, days: int, unit_key: str
 ) -> dict[str, Any]:
+    return _lab_at(rid, npu, name, value, unit_, low, high, at(days, 8, 5), at(days, 14, 30), unit_key)
+
+
+def _lab_at(
+    rid: str,
+    npu: str,
+    name: str,
+    value: str,
+    unit_: str,
+    low: str,
+    high: str,
+    sampled: datetime,
+    resulted: datetime,
+    unit_key: str,
+) -> dict[str, Any]:
     def num(s: str) -> float:
         return float(s.replace(",", "."))
 
@@ -114,8 +158,8 @@ def _lab(
         "referenceLow": low,
         "referenceHigh": high,
         "abnormal": not num(low) <= num(value) <= num(high),
-        "sampledAt": ts(at(days, 8, 5)),
-        "resultAt": ts(at(days, 14, 30)),
+        "sampledAt": ts(sampled),
+        "resultAt": ts(resulted),
         "state": "FINAL",
         "careUnit": unit(unit_key),
     }
@@ -280,6 +324,241 @@ def _generated(person: Person) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+# ---- long histories (history.py) ----------------------------------------------------------------
+
+_LONG_DIAGNOSES = [  # (code, text, chronic)
+    ("E11.9", "Typ 2-diabetes utan komplikationer", True),
+    ("I50.9", "Hjärtsvikt, ospecificerad", True),
+    ("N18.3", "Kronisk njursjukdom, stadium 3", True),
+    ("I10", "Essentiell hypertoni", True),
+    ("I48.9", "Förmaksflimmer, ospecificerat", True),
+    ("E78.0", "Ren hyperkolesterolemi", True),
+    ("J18.9", "Pneumoni, ospecificerad", False),
+    ("N39.0", "Urinvägsinfektion utan angiven lokalisation", False),
+    ("S52.5", "Fraktur på nedre delen av strålbenet", False),
+    ("L03.1", "Cellulit i andra delar av extremitet", False),
+]
+_LONG_MEDS = [  # (atc, product, dosage)
+    ("A10BA02", "Metformin 500 mg tablett", "1 tablett morgon och kväll"),
+    ("C09AA05", "Ramipril 5 mg tablett", "1 tablett dagligen"),
+    ("C07AB02", "Metoprolol 50 mg depottablett", "1 tablett morgon"),
+    ("C03CA01", "Furosemid 40 mg tablett", "1 tablett morgon"),
+    ("B01AF01", "Rivaroxaban 20 mg tablett", "1 tablett kväll"),
+    ("C10AA01", "Simvastatin 20 mg tablett", "1 tablett kväll"),
+    ("A10AE04", "Insulin glargin 100 E/ml injektionsvätska", "20 E subkutant till kvällen"),
+    ("N02BE01", "Paracetamol 500 mg tablett", "2 tabletter vid behov, högst 4 gånger per dygn"),
+    ("J01CE02", "Fenoximetylpenicillin 1 g tablett", "1 tablett 3 gånger dagligen i 10 dagar"),
+]
+_LONG_LABS = [  # npu, name, low and high of the values drawn, unit, reference low, high, decimals
+    ("NPU02319", "B-Hemoglobin", 105, 160, "g/L", "117", "153", 0),
+    ("NPU03429", "P-Kalium", 3.2, 5.4, "mmol/L", "3,5", "4,4", 1),
+    ("NPU03230", "P-Natrium", 131, 146, "mmol/L", "137", "145", 0),
+    ("NPU04998", "P-Kreatinin", 70, 190, "µmol/L", "45", "90", 0),
+    ("NPU27300", "B-HbA1c", 42, 78, "mmol/mol", "27", "42", 0),
+    ("NPU19748", "P-CRP", 1, 60, "mg/L", "0", "5", 0),
+    ("NPU21571", "P-NT-proBNP", 150, 4500, "ng/L", "0", "300", 0),
+]
+_LONG_NOTES = [  # (noteType, title, text)
+    ("DAILY", "Mottagningsbesök", "Uppföljning av diabetes och hjärtsvikt. Stabil. Fortsatt behandling."),
+    ("DAILY", "Telefonkontakt", "Ringer angående provsvar. Informerad, ny kontroll om tre månader."),
+    ("DAILY", "Daganteckning", "Inneliggande. Mår bättre, äter och dricker. Fortsatt diuretika."),
+    ("ADMISSION", "Inskrivningsanteckning", "Inkommer med ökande andfåddhet och bensvullnad sedan en vecka."),
+    ("DISCHARGE", "Epikris", "Vårdad för dekompenserad hjärtsvikt. Diuretika justerat. Återbesök planeras."),
+]
+_LONG_PROCEDURES = [*_PROCEDURES, ("DG017", "Elektrokonvertering av hjärtrytm"), ("TJD10", "Cystoskopi")]
+_LONG_VACCINES = [
+    ("J07BB02", "Influensavaccin, inaktiverat", "FLU"),
+    ("J07AL02", "Pneumokockvaccin, konjugerat", "PNE"),
+    ("J07BN01", "Covid-19-vaccin, mRNA", "COV"),
+]
+_SUBSTANCES = [  # (atc, name, reaction)
+    ("J01EC02", "Sulfadiazin", "Hudutslag"),
+    ("J01CE02", "Fenoximetylpenicillin", "Urtikaria"),
+    ("N02BA01", "Acetylsalicylsyra", "Astmaanfall"),
+    ("C09AA05", "Ramipril", "Torrhosta"),
+]
+_ALERTS = [
+    "Behandlas med antikoagulantia (rivaroxaban): ökad blödningsrisk.",
+    "Insulinbehandlad diabetes: risk för hypoglykemi.",
+    "Pacemaker: ej MR utan kontroll.",
+]
+_DOCTORS = {
+    "vc-norr": {"hsaId": "SE2321000016-L2VC", "name": "Bertil Distriktsläkare"},
+    "akuten": {"hsaId": "SE2321000016-L1AK", "name": "Anna Akutläkare"},
+    "med": {"hsaId": "SE2321000016-L5MED", "name": "Maria Medicinläkare"},
+}
+
+
+def _decimal(value: float, decimals: int) -> str:
+    return f"{value:.{decimals}f}".replace(".", ",")
+
+
+def _long(person: Person, history: Plan) -> dict[str, list[dict[str, Any]]]:
+    """A long history in Cosmic: ``history.counts["cosmic"]`` records of each kind, seeded by the patient."""
+    counts = history.counts.get("cosmic", {})
+    rng = history.rng("cosmic")
+    n = person.pnr[-6:]
+    out: dict[str, list[dict[str, Any]]] = {k: [] for k in (*KINDS, "threats")}
+    for i in range(counts.get("diagnoses", 0)):
+        code, text, chronic = _LONG_DIAGNOSES[i % len(_LONG_DIAGNOSES)]
+        when = history.moment(rng)
+        out["diagnoses"].append(
+            {
+                "diagnosisId": f"D-{n}H-{i + 1}",
+                "icd10Code": code,
+                "diagnosisText": text,
+                "state": "ACT" if chronic and i < len(_LONG_DIAGNOSES) else "INACT",
+                "diagnosisType": "MAIN" if i == 0 else "SECONDARY",
+                "diagnosedAt": ts(when),
+                "changedAt": ts(when),
+                "careUnit": unit("vc-norr" if chronic else "akuten"),
+                "sharedWithNpo": False,  # (no copies in NPÖ: each record one resource)
+            }
+        )
+    for i in range(counts.get("carecontacts", 0)):
+        where = rng.choice(["vc-norr", "vc-norr", "vc-norr", "akuten", "med"])
+        kind = {"vc-norr": "OPEN", "akuten": "EMERGENCY", "med": "INPATIENT"}[where]
+        stay = rng.randint(2, 9) if kind == "INPATIENT" else 0
+        start = at(history.days_ago(rng, newest=stay + 1), rng.randint(8, 16), rng.choice((0, 15, 30, 45)))
+        end = start + (
+            timedelta(days=stay, hours=2) if stay else timedelta(minutes=rng.choice((30, 45, 180)))
+        )
+        contact: dict[str, Any] = {
+            "contactId": f"C-{n}H-{i + 1}",
+            "contactType": kind,
+            "startAt": ts(start),
+            "endAt": ts(end),
+            "state": "FINISHED",
+            "careUnit": unit(where),
+        }
+        if out["diagnoses"]:
+            contact["reasonDiagnosisId"] = rng.choice(out["diagnoses"])["diagnosisId"]
+        out["carecontacts"].append(contact)
+    for i in range(counts.get("notes", 0)):
+        note_type, title, text = rng.choice(_LONG_NOTES)
+        where = {"ADMISSION": "med", "DISCHARGE": "med"}.get(note_type, rng.choice(["vc-norr", "med"]))
+        out["notes"].append(
+            {
+                "noteId": f"N-{n}H-{i + 1}",
+                "noteType": note_type,
+                "title": title,
+                "text": text,
+                "signedAt": ts(history.moment(rng, 9, 17)),
+                "signedBy": dict(_DOCTORS[where]),
+                "state": "SIGNED" if rng.random() < 0.97 else "UNSIGNED",
+                "careUnit": unit(where),
+            }
+        )
+    labs = counts.get("labresults", 0)
+    i = 0
+    while i < labs:  # a sample taken at one visit, answered the same day: several analyses
+        sampled = at(history.days_ago(rng), rng.randint(7, 11), rng.choice((0, 5, 10, 20, 35, 50)))
+        resulted = sampled + timedelta(hours=rng.randint(2, 6))
+        where = rng.choice(["vc-norr", "vc-norr", "med"])
+        for npu, name, lo, hi, u, rlo, rhi, decimals in rng.sample(
+            _LONG_LABS, min(labs - i, rng.randint(1, 5))
+        ):
+            value = _decimal(rng.uniform(lo, hi), decimals)
+            out["labresults"].append(
+                _lab_at(f"L-{n}H-{i + 1}", npu, name, value, u, rlo, rhi, sampled, resulted, where)
+            )
+            i += 1
+    for i in range(counts.get("medications", 0)):
+        atc, name, dosage = _LONG_MEDS[i % len(_LONG_MEDS)] if i < len(_LONG_MEDS) else rng.choice(_LONG_MEDS)
+        days = history.days_ago(rng, newest=30)
+        ended = i >= 4 and rng.random() < 0.6
+        out["medications"].append(
+            {
+                "medicationId": f"M-{n}H-{i + 1}",
+                "atcCode": atc,
+                "productName": name,
+                "dosageText": dosage,
+                "startDate": day(at(days)),
+                "endDate": day(at(rng.randint(1, days - 1))) if ended else None,
+                "state": "ENDED" if ended else "ACTIVE",
+                "changedAt": ts(at(days, 9, 0)),
+                "careUnit": unit("vc-norr"),
+            }
+        )
+    for i in range(counts.get("procedures", 0)):
+        kva, text = rng.choice(_LONG_PROCEDURES)
+        linked = rng.choice(out["carecontacts"]) if out["carecontacts"] else None
+        when = (
+            datetime.strptime(linked["startAt"], "%Y-%m-%d %H:%M") + timedelta(minutes=20)
+            if linked
+            else history.moment(rng)
+        )
+        where = (
+            next(k for k, (hsa, _) in UNITS.items() if hsa == linked["careUnit"]["hsaId"])
+            if linked
+            else "med"
+        )
+        out["procedures"].append(
+            procedure(
+                f"P-{n}H-{i + 1}",
+                kva,
+                text,
+                when,
+                where,
+                contact=linked["contactId"] if linked else None,
+                state="PERFORMED" if rng.random() < 0.95 else "CANCELLED",
+                shown=rng.random() < 0.9,
+            )
+        )
+    for i in range(counts.get("vaccinations", 0)):
+        atc, name, batch = rng.choice(_LONG_VACCINES)
+        out["vaccinations"].append(
+            {
+                "vaccinationId": f"V-{n}H-{i + 1}",
+                "atcCode": atc,
+                "vaccineName": name,
+                "administeredAt": ts(history.moment(rng, 9, 15)),
+                "doseNumber": 1,
+                "batchNumber": f"{batch}-{rng.randint(100, 999)}",
+                "careUnit": unit("vc-norr"),
+            }
+        )
+    for i in range(counts.get("alerts", 0)):
+        when = history.moment(rng)
+        if i % 3 == 2:  # an alert of another kind: a treatment to know of (a Flag)
+            ended = rng.random() < 0.5
+            out["alerts"].append(
+                {
+                    "alertId": f"A-{n}H-{i + 1}",
+                    "alertKind": "ALERT",
+                    "alertCode": "BEHANDLING",
+                    "alertText": rng.choice(_ALERTS),
+                    "validFrom": ts(when),
+                    "validTo": ts(when + timedelta(days=rng.randint(30, 300))) if ended else None,
+                    "state": "ENDED" if ended else "ACTIVE",
+                    "changedAt": ts(when),
+                    "careUnit": unit("med"),
+                }
+            )
+            continue
+        atc, substance, reaction = rng.choice(_SUBSTANCES)
+        alert: dict[str, Any] = {
+            "alertId": f"A-{n}H-{i + 1}",
+            "alertKind": "HYPERSENSITIVITY",
+            "alertCode": "LAKEMEDEL",
+            "alertText": f"Överkänslighet mot {substance.lower()}.",
+            "substanceAtc": atc,
+            "substanceName": substance,
+            "severity": rng.choice(["MILD", "MODERATE", "SEVERE"]),
+            "certainty": rng.choice(["SUSPECTED", "CONFIRMED", None]),
+            "reactionText": reaction,
+            "validFrom": ts(when),
+            "validTo": None,
+            "state": "ACTIVE",
+            "changedAt": ts(when),
+            "careUnit": unit("vc-norr"),
+        }
+        out["alerts"].append({k: v for k, v in alert.items() if v is not None or k == "validTo"})
+    for kind, (field, _) in DATE_FIELDS.items():  # newest first, as Cosmic lists them
+        out[kind].sort(key=lambda r: str(r.get(field) or ""), reverse=True)
+    return out
+
+
 def patient_record(person: Person, seq: int) -> dict[str, Any]:
     street, zip_, city = person.address
     return {
@@ -296,20 +575,48 @@ def patient_record(person: Person, seq: int) -> dict[str, Any]:
     }
 
 
-def build_data(people: list[Person]) -> dict[str, dict[str, Any]]:
-    """Cosmic's database: personnummer → {"patient": {...}, "<kind>": [records], "threats": [...]}.
+Hand = dict[str, dict[str, list[Any]]]
 
-    The named demo patients' records are data files (``data/cosmic/<name>.yaml``, see
-    ``proxy/simulators/records.py``); everyone else's come from the seeded generator here."""
-    hand = hand_written("cosmic", ts, lambda dt: dt.strftime("%Y-%m-%d"))  # data/cosmic/*.yaml
-    data: dict[str, dict[str, Any]] = {}
-    for seq, person in enumerate(p for p in people if p.in_cosmic):
-        assert person is not GRETA
-        records = hand[person.pnr] if person.pnr in hand else _generated(person)
-        entry: dict[str, Any] = {k: list(records.get(k, [])) for k in (*KINDS, "threats")}
-        entry["patient"] = patient_record(person, seq)
-        data[person.pnr] = entry
-    return data
+
+def hand_records() -> Hand:
+    """The named demo patients' records, ``data/cosmic/<name>.yaml`` (``proxy/simulators/records.py``)."""
+    return hand_written("cosmic", ts, day)
+
+
+def records_of(person: Person, hand: Hand, history: History | None = None) -> dict[str, list[Any]]:
+    """One patient's records by kind: a data file's, a long history's (``history.py``), or the small
+    seeded history of the generator above."""
+    if person.pnr in hand:
+        records = hand[person.pnr]
+    elif (long := plan(person, history)) is not None:
+        records = _long(person, long)
+    else:
+        records = _generated(person)
+    return {k: list(records.get(k, [])) for k in (*KINDS, "threats")}
+
+
+def entry_of(person: Person, seq: int, hand: Hand, history: History | None = None) -> dict[str, Any]:
+    """One patient's database entry: {"patient": {...}, "<kind>": [records], "threats": [...]}."""
+    assert person is not GRETA
+    entry: dict[str, Any] = records_of(person, hand, history)
+    entry["patient"] = patient_record(person, seq)
+    return entry
+
+
+def in_cosmic(people: Iterable[Person]) -> list[Person]:
+    return [p for p in people if p.in_cosmic]
+
+
+def build_data(people: list[Person], history: History | None = None) -> dict[str, dict[str, Any]]:
+    """Cosmic's whole database at once: personnummer → entry (``entry_of``). The app makes each
+    patient's entry when first asked (``create_app``); this is for tests and checks."""
+    hand = hand_records()
+    return {p.pnr: entry_of(p, seq, hand, history) for seq, p in enumerate(in_cosmic(people))}
+
+
+def size(entry: dict[str, Any]) -> int:
+    """Records in an entry (what the app's cache of generated patients is bounded by)."""
+    return sum(len(entry[k]) for k in (*KINDS, "threats"))
 
 
 def shared_with_npo(data: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -328,12 +635,39 @@ def _error(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"errorCode": code, "message": message, "status": status}, status=status)
 
 
-def create_app(people: list[Person], faults: fault_mod.Faults | None = None) -> web.Application:
-    data = build_data(people)
-    by_dash = {pnr_dash(p): p for p in data}
+PATIENTS_KEY = web.AppKey("patients", Patients)
+
+
+def in_window(items: list[dict[str, Any]], kind: str, window: Window) -> list[dict[str, Any]]:
+    if window.unbounded:
+        return items
+    start, end = DATE_FIELDS[kind]
+    return [r for r in items if window.admits(r.get(start), r.get(end) if end else None, lasting=bool(end))]
+
+
+def _window(request: web.Request) -> Window:
+    return Window.parse(request.query.get("fromDate"), request.query.get("toDate"))
+
+
+def create_app(
+    people: list[Person],
+    faults: fault_mod.Faults | None = None,
+    *,
+    history: History | None = None,
+    cached_records: int = DEFAULT_CACHED_RECORDS,
+) -> web.Application:
+    """The Cosmic app for ``people``: each patient's records made when first asked for
+    (``proxy/simulators/lazy.py``), long histories per ``history``."""
+    hand = hand_records()
+    patients: Patients[dict[str, Any]] = Patients(
+        in_cosmic(people), lambda p, seq: entry_of(p, seq, hand, history), size, cached_records
+    )
 
     def lookup(request: web.Request) -> dict[str, Any] | None:
-        return data.get(by_dash.get(request.match_info["pnr"], ""), None)
+        dashed = request.match_info["pnr"]
+        if len(dashed) != 13 or dashed[8] != "-":  # (Cosmic writes yyyymmdd-nnnn, nothing else)
+            return None
+        return patients.get(dashed[:8] + dashed[9:])
 
     async def patient(request: web.Request) -> web.Response:
         entry = lookup(request)
@@ -345,21 +679,32 @@ def create_app(people: list[Person], faults: fault_mod.Faults | None = None) -> 
         kind = request.match_info["kind"]
         if kind not in KINDS:
             return _error(404, "RESOURCE_NOT_FOUND", "Unknown resource")
+        try:
+            window = _window(request)
+        except ValueError as exc:
+            return _error(400, "INVALID_PARAMETER", f"fromDate/toDate: {exc}")
         entry = lookup(request)
         if entry is None:
             return _error(404, "PATIENT_NOT_FOUND", "No patient with that identity number")
-        items = entry[kind]
+        items = in_window(entry[kind], kind, window)
         return web.json_response(
             {"patientId": entry["patient"]["patientId"], "items": items, "totalCount": len(items)}
         )
 
     async def threats(request: web.Request) -> web.Response:
+        try:
+            window = _window(request)
+        except ValueError as exc:
+            return _error(400, "INVALID_PARAMETER", f"fromDate/toDate: {exc}")
         entry = lookup(request)
         if entry is None:
             return _error(404, "PATIENT_NOT_FOUND", "No patient with that identity number")
-        return web.json_response({"items": entry["threats"], "totalCount": len(entry["threats"])})
+        items = in_window(entry["threats"], "threats", window)
+        return web.json_response({"items": items, "totalCount": len(items)})
 
     app = web.Application()
+    app[PATIENTS_KEY] = patients
+    stats.install(app)
     fault_mod.install(
         app, faults or fault_mod.Faults(), lambda s: _error(s, "SERVER_ERROR", "Injected error")
     )

@@ -13,10 +13,11 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.settings import Settings
+from proxy.settings import Settings, SimulatorSettings
 from proxy.simulators import factory
 from proxy.simulators.faults import Faults
-from proxy.simulators.population import Person, population
+from proxy.simulators.history import History
+from proxy.simulators.population import DEMO_PEOPLE, LONG_HISTORY_PEOPLE, Person, generated_people
 
 LOOPBACK = "127.0.0.1"
 
@@ -65,9 +66,28 @@ def listening(host: str = LOOPBACK, port: int = 0) -> socket.socket:
     return sock
 
 
-def people_for(settings: Settings, patients: int | None = None, seed: int | None = None) -> list[Person]:
+def people_for(
+    settings: Settings, patients: int | None = None, seed: int | None = None, *, long_histories: bool = True
+) -> list[Person]:
+    """The simulators' population: the named demo patients, the named long histories (unless
+    ``long_histories`` is false) and the generated patients."""
     sims = settings.simulators
-    return population(sims.patients if patients is None else patients, sims.seed if seed is None else seed)
+    generated = generated_people(
+        sims.patients if patients is None else patients, sims.seed if seed is None else seed
+    )
+    return [*DEMO_PEOPLE, *(LONG_HISTORY_PEOPLE if long_histories else ()), *generated]
+
+
+def history_for(sims: SimulatorSettings) -> History:
+    """The long-history knobs of the simulator settings."""
+    return History(sims.records, sims.years)
+
+
+def simulator_app(
+    name: str, people: list[Person], sims: SimulatorSettings, faults: Faults
+) -> web.Application:
+    """One simulator's app, with the long-history knobs and the cache bound of ``sims``."""
+    return factory(name)(people, faults, history=history_for(sims), cached_records=sims.cached_records)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +132,8 @@ async def running_simulators(
         for b in settings.backends:
             if b.simulator is None:
                 continue
-            app = factory(b.simulator)(people, Faults.from_dict(configured.get(b.simulator)))
+            faulty = Faults.from_dict(configured.get(b.simulator))
+            app = simulator_app(b.simulator, people, settings.simulators, faulty)
             if received is not None:  # (first: it sees every request, faulty or not)
                 app.middlewares.insert(0, _recording(b.name, received))
             urls[b.name] = await stack.enter_async_context(serving(app, port=(ports or {}).get(b.name, 0)))

@@ -24,6 +24,12 @@ recognises it as the same fact. The code-system OIDs of the national value lists
 note, care-contact and hypersensitivity types are illustrative. A care limitation's
 ``restrictionOfCare`` carries, beside the contract's comment, an illustrative coded kind
 (``restrictionOfCareCode``: EJHLR, VILSAD) that the contract does not have.
+
+A request may carry the contracts' ``<timePeriod><start>…</start><end>…</end></timePeriod>`` (dates
+``YYYYMMDD`` or times ``YYYYMMDDhhmmss``, inclusive, either may be left out; a malformed one is a
+``soap:Client`` fault): the answer holds the records dated in it, by ``DATE_PATHS`` — the document
+time, the sampling time, the diagnosis time, or for one that lasts (a medication, an alert's
+validity, a care contact) its period overlapping the range (``proxy/simulators/window.py``).
 """
 
 from __future__ import annotations
@@ -31,15 +37,16 @@ from __future__ import annotations
 import random
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-import xmltodict
 from aiohttp import web
 
 from proxy.mapping.xml import parse_xml
-from proxy.simulators import cosmic
+from proxy.simulators import cosmic, stats, xmlwrite
 from proxy.simulators import faults as fault_mod
+from proxy.simulators.history import History, Plan, plan
+from proxy.simulators.lazy import DEFAULT_CACHED_RECORDS, Patients
 from proxy.simulators.population import (
     COSMIC_SYSTEM,
     LENNART,
@@ -52,6 +59,7 @@ from proxy.simulators.population import (
     is_valid_pnr,
 )
 from proxy.simulators.records import hand_written
+from proxy.simulators.window import Window
 
 SOAP_NS = "http://schemas.xmlsoap.org/soap/envelope/"
 PNR_OID = "1.2.752.129.2.1.3.1"
@@ -131,6 +139,28 @@ CONTRACTS: tuple[Contract, ...] = (
     Contract("GetCareContacts", "clinicalprocess:logistics:logistics", 3, "careContact"),
 )
 RECORD_KINDS = tuple(c.record for c in CONTRACTS)
+
+# What a timePeriod filters each contract's records by, below ``<record>``: one path for a record
+# made at one moment (a lab result by its sampling time, ``analysisTime`` start, else end), (start,
+# end) for one that lasts — admitted when its period overlaps the range; no end: still going.
+DATE_PATHS: dict[str, tuple[tuple[str, ...], tuple[str, ...] | None]] = {
+    "careDocumentation": (("careDocumentationHeader", "documentTime"), None),
+    "diagnosis": (("diagnosisBody", "diagnosisTime"), None),
+    "alertInformation": (
+        ("alertInformationBody", "validityTimePeriod", "start"),
+        ("alertInformationBody", "validityTimePeriod", "end"),
+    ),
+    "medicationMedicalRecord": (
+        ("medicationMedicalRecordBody", "medicationPrescription", "startOfTreatment"),
+        ("medicationMedicalRecordBody", "medicationPrescription", "endOfTreatment"),
+    ),
+    "functionalStatusAssessment": (("functionalStatusAssessmentHeader", "documentTime"), None),
+    "laboratoryOrderOutcome": (("laboratoryOrderOutcomeBody", "analysis", "analysisTime"), None),
+    "careContact": (
+        ("careContactBody", "careContactTimePeriod", "start"),
+        ("careContactBody", "careContactTimePeriod", "end"),
+    ),
+}
 
 Record = dict[str, Any]
 
@@ -404,6 +434,22 @@ def contact(
     }
 
 
+def functional_status(
+    pnr: str, doc_id: str, time: datetime, code: str, display: str, assessment: str, **kw: Any
+) -> Record:
+    """A PADL assessment (``pad-pad``) of one ICF activity."""
+    return {
+        "functionalStatusAssessmentHeader": header(pnr, doc_id, time, title="Funktionsstatus", **kw),
+        "functionalStatusAssessmentBody": {
+            "assessmentCategory": "pad-pad",
+            "padl": {
+                "typeOfAssessment": _cv(code, ICF_OID, display),
+                "assessment": assessment,
+            },
+        },
+    }
+
+
 # ---- the hand-written demo records --------------------------------------------------------------
 
 
@@ -505,6 +551,156 @@ def _generated(person: Person) -> dict[str, list[Record]]:
     return out
 
 
+# ---- long histories (history.py) ----------------------------------------------------------------
+
+_LONG_LABS = [  # npu, name, unit, reference low, high, values drawn low, high, decimals
+    ("NPU21571", "P-NT-proBNP", "ng/L", None, "300", 300, 6000, 0),
+    ("NPU04998", "P-Kreatinin", "µmol/L", "45", "90", 70, 190, 0),
+    ("NPU03429", "P-Kalium", "mmol/L", "3,5", "4,4", 3.2, 5.4, 1),
+    ("NPU03230", "P-Natrium", "mmol/L", "137", "145", 131, 146, 0),
+    ("NPU02319", "B-Hemoglobin", "g/L", "117", "153", 105, 160, 0),
+    ("NPU19748", "P-CRP", "mg/L", None, "5", 1, 60, 0),
+]
+_LONG_DIAGNOSES = [
+    ("I50.9", "Hjärtsvikt, ospecificerad", True),
+    ("I48.9", "Förmaksflimmer, ospecificerat", True),
+    ("I25.1", "Aterosklerotisk hjärtsjukdom", True),
+    ("R07.4", "Bröstsmärtor, ospecificerade", False),
+    ("I95.1", "Ortostatisk hypotoni", False),
+]
+_LONG_NOTES = [  # (code, title, text)
+    (
+        "utr",
+        "Utredning",
+        "Ekokardiografi: nedsatt vänsterkammarfunktion, EF 35 %. Oförändrat sedan förra året.",
+    ),
+    ("ins", "Inskrivningsanteckning", "Inkommer med andfåddhet och viktökning, dekompenserad hjärtsvikt."),
+    ("epi", "Epikris", "Vårdad för hjärtsvikt. Diuretika justerat. Återgår till hemortens vårdcentral."),
+    ("sam", "Sammanfattning", "Kardiologisk uppföljning: stabil hjärtsvikt, fortsatt behandling."),
+]
+_LONG_MEDS = [  # (atc, substance, product, dosage)
+    ("C03CA01", "Furosemid", "Furosemid 40 mg tablett", "1 tablett morgon"),
+    ("C07AB07", "Bisoprolol", "Bisoprolol 5 mg tablett", "1 tablett dagligen"),
+    ("C09DX04", "Valsartan och sakubitril", "Entresto 49 mg/51 mg tablett", "1 tablett 2 gånger dagligen"),
+    ("C03DA01", "Spironolakton", "Spironolakton 25 mg tablett", "1 tablett dagligen"),
+]
+_LONG_PADL = [
+    ("d450", "Att gå", "Går med rollator inomhus, kortare sträckor utomhus."),
+    ("d510", "Att tvätta sig", "Behöver hjälp med dusch."),
+    ("d540", "Att klä sig", "Klarar på- och avklädning med viss hjälp."),
+]
+
+
+def _long(person: Person, history: Plan) -> dict[str, list[Record]]:
+    """A long history in NPÖ (the other region's cardiology): ``history.counts["npo"]`` records of
+    each kind, seeded by the patient; none nullified, none a copy of a Cosmic record."""
+    counts = history.counts.get("npo", {})
+    rng = history.rng("npo")
+    p = person.pnr
+    tag = f"H-{p[-6:]}"
+    out = _empty()
+    doctors = (_OTHER_DOCTORS["kardiolog"], _OTHER_DOCTORS["sjukskoterska"])
+    labs = counts.get("laboratoryOrderOutcome", 0)
+    i = 0
+    while i < labs:  # one sample, several analyses, registered the same day
+        sampled = at(history.days_ago(rng), rng.randint(7, 11), rng.choice((0, 10, 25, 40)))
+        registered = sampled + timedelta(hours=rng.randint(1, 5))
+        for npu, name, unit, low, high, lo, hi, decimals in rng.sample(
+            _LONG_LABS, min(labs - i, rng.randint(1, 4))
+        ):
+            value = round(rng.uniform(lo, hi), decimals)
+            out["laboratoryOrderOutcome"].append(
+                lab(
+                    p,
+                    f"{tag}-L{i}",
+                    sampled,
+                    npu,
+                    name,
+                    value,
+                    unit,
+                    low,
+                    high,
+                    decimals=decimals,
+                    registered=registered,
+                )
+            )
+            i += 1
+    for i in range(counts.get("careDocumentation", 0)):
+        code, title, text = rng.choice(_LONG_NOTES)
+        out["careDocumentation"].append(
+            note(p, f"{tag}-N{i}", history.moment(rng, 9, 17), code, title, text, approved=rng.random() < 0.9)
+        )
+    for i in range(counts.get("careContact", 0)):
+        code = rng.choice(["1", "1", "1", "2", "4"])
+        stay = rng.randint(2, 7) if code == "2" else 0  # (an admission: days; ended before today)
+        start = at(history.days_ago(rng, newest=stay + 1), rng.randint(8, 16), rng.choice((0, 15, 30, 45)))
+        end = start + (timedelta(days=stay) if stay else timedelta(minutes=45))
+        out["careContact"].append(
+            contact(
+                p, f"{tag}-C{i}", start, end, code, "Kardiologisk uppföljning", author=rng.choice(doctors)
+            )
+        )
+    for i in range(counts.get("diagnosis", 0)):
+        code, text, chronic = _LONG_DIAGNOSES[i % len(_LONG_DIAGNOSES)]
+        when = history.moment(rng)
+        out["diagnosis"].append(diagnosis(p, f"{tag}-D{i}", when, code, text, main=i == 0, chronic=chronic))
+    for i in range(counts.get("medicationMedicalRecord", 0)):
+        atc, substance, product, dosage = _LONG_MEDS[i % len(_LONG_MEDS)]
+        days = history.days_ago(rng, newest=30)
+        ended = i >= len(_LONG_MEDS) or rng.random() < 0.3
+        out["medicationMedicalRecord"].append(
+            medication(
+                p,
+                f"{tag}-M{i}",
+                at(days, 11),
+                atc,
+                substance,
+                product,
+                dosage,
+                end=at(rng.randint(1, days - 1)) if ended else None,
+            )
+        )
+    for i in range(counts.get("functionalStatusAssessment", 0)):
+        code, display, text = rng.choice(_LONG_PADL)
+        out["functionalStatusAssessment"].append(
+            functional_status(
+                p,
+                f"{tag}-F{i}",
+                history.moment(rng),
+                code,
+                display,
+                text,
+                author=_OTHER_DOCTORS["arbetsterapeut"],
+            )
+        )
+    for i in range(counts.get("alertInformation", 0)):
+        if i % 3 == 2:  # an alert without a hypersensitivity: a treatment to know of (a Flag)
+            out["alertInformation"].append(
+                alert(p, f"{tag}-U{i}", history.moment(rng), "BEH", "Behandlas med antikoagulantia.")
+            )
+            continue
+        atc, substance, severity, certainty = rng.choice(
+            [
+                ("C09AA05", "Ramipril", "MAT", "KON"),
+                ("N02AA01", "Morfin", "LIN", "MIS"),
+                ("J01CE02", "Fenoximetylpenicillin", "ALLV", "KON"),
+            ]
+        )
+        out["alertInformation"].append(
+            alert(
+                p,
+                f"{tag}-U{i}",
+                history.moment(rng),
+                "OVE",
+                f"Överkänslighet mot {substance.lower()}.",
+                hypersensitivity=drug_hypersensitivity(atc, substance, severity, certainty),
+            )
+        )
+    for kind, records in out.items():  # newest first
+        records.sort(key=lambda r: str(r[f"{kind}Header"]["documentTime"]), reverse=True)
+    return out
+
+
 def _cosmic_copy(pnr: str, d: dict[str, Any]) -> Record:
     """NPÖ's copy of a Cosmic diagnosis: Cosmic's record id and system, the region as care giver."""
     changed = datetime.strptime(d["changedAt"], "%Y-%m-%d %H:%M")
@@ -526,36 +722,83 @@ def _cosmic_copy(pnr: str, d: dict[str, Any]) -> Record:
     )
 
 
-def build_data(people: list[Person]) -> dict[str, dict[str, list[Record]]]:
-    """NPÖ's index: personnummer → {record element name: [records]} for everyone NPÖ knows.
+Hand = dict[str, dict[str, list[Record]]]
 
-    The named demo patients' records are data files (``data/npo/<name>.yaml``, see
-    ``proxy/simulators/records.py``) — but for Lennart's seeded lab series; everyone else's come from
-    the seeded generator here."""
+
+def hand_records() -> Hand:
+    """The named demo patients' records, ``data/npo/<name>.yaml`` (``proxy/simulators/records.py``),
+    and Lennart's seeded lab series."""
     hand = hand_written("npo", ts, day)
     hand[LENNART.pnr]["laboratoryOrderOutcome"] += _lennart_labs()
-    copies = cosmic.shared_with_npo(cosmic.build_data(people))
-    data: dict[str, dict[str, list[Record]]] = {}
-    for person in people:
-        if not person.in_npo:
-            continue
-        if person.pnr in hand:
-            records = hand[person.pnr]
-        elif person.generated:
-            records = _generated(person)
-        else:
-            records = _empty()
-        shared = [_cosmic_copy(person.pnr, d) for d in copies.get(person.pnr, [])]
+    return hand
+
+
+def entry_of(
+    person: Person, hand: Hand, cosmic_hand: cosmic.Hand, history: History | None = None
+) -> dict[str, list[Record]]:
+    """One patient's records in NPÖ by record element: a data file's, a long history's
+    (``history.py``), the small seeded history of the generator above, or none (a named patient
+    without a file) — and first the copies of the Cosmic diagnoses the region publishes."""
+    long = plan(person, history)
+    if person.pnr in hand:
+        records = {k: list(v) for k, v in hand[person.pnr].items()}
+    elif long is not None:
+        records = _long(person, long)
+    elif person.generated:
+        records = _generated(person)
+    else:
+        records = _empty()
+    if person.in_cosmic and long is None:  # (a long history shares nothing: history.py)
+        published = cosmic.records_of(person, cosmic_hand, history)["diagnoses"]
+        shared = [_cosmic_copy(person.pnr, d) for d in published if d.get("sharedWithNpo")]
         records["diagnosis"] = shared + records["diagnosis"]
-        data[person.pnr] = {k: [_drop_none(r) for r in v] for k, v in records.items()}
-    return data
+    return {k: [_drop_none(r) for r in v] for k, v in records.items()}
+
+
+def in_npo(people: list[Person]) -> list[Person]:
+    return [p for p in people if p.in_npo]
+
+
+def build_data(people: list[Person], history: History | None = None) -> dict[str, dict[str, list[Record]]]:
+    """NPÖ's whole index at once: personnummer → {record element name: [records]} for everyone NPÖ
+    knows (``entry_of``). The app makes each patient's entry when first asked (``create_app``);
+    this is for tests and checks."""
+    hand, cosmic_hand = hand_records(), cosmic.hand_records()
+    return {p.pnr: entry_of(p, hand, cosmic_hand, history) for p in in_npo(people)}
+
+
+def size(entry: dict[str, list[Record]]) -> int:
+    """Records in an entry (what the app's cache of generated patients is bounded by)."""
+    return sum(len(v) for v in entry.values())
+
+
+def _at(record: Record, path: tuple[str, ...]) -> str | None:
+    node: Any = record
+    for step in path:
+        if not isinstance(node, dict):
+            return None
+        node = node.get(step)
+    if isinstance(node, dict):  # a TimePeriodType: its start, else its end
+        node = node.get("start") or node.get("end")
+    return node if isinstance(node, str) else None
+
+
+def in_window(records: list[Record], kind: str, window: Window) -> list[Record]:
+    if window.unbounded:
+        return records
+    start, end = DATE_PATHS[kind]
+    return [
+        r
+        for r in records
+        if window.admits(_at(r, start), _at(r, end) if end else None, lasting=end is not None)
+    ]
 
 
 # ---- SOAP ---------------------------------------------------------------------------------------
 
 
 def _xml(doc: dict[str, Any], status: int = 200) -> web.Response:
-    body = xmltodict.unparse(doc, encoding="utf-8", pretty=True, indent="  ").encode("utf-8")
+    body = xmlwrite.unparse(doc).encode("utf-8")  # (xmltodict's bytes, faster: xmlwrite.py)
     return web.Response(body=body, status=status, content_type="text/xml", charset="utf-8")
 
 
@@ -594,6 +837,12 @@ def _text(node: Any) -> str | None:
 
 def read_request(contract: Contract, raw: bytes) -> str:
     """The patient id of a contract request. Raises ValueError with a fault string."""
+    return read_query(contract, raw)[0]
+
+
+def read_query(contract: Contract, raw: bytes) -> tuple[str, Window]:
+    """The patient id and the time period (unbounded when not given) of a contract request.
+    Raises ValueError with a fault string."""
     try:
         doc = parse_xml(raw)
     except ValueError:
@@ -616,23 +865,48 @@ def read_request(contract: Contract, raw: bytes) -> str:
         raise ValueError("patientId.type must be a personnummer or samordningsnummer OID")
     if pnr is None or not is_valid_pnr(pnr):
         raise ValueError("patientId.id is not a valid personnummer")
-    return pnr
+    period = op.get("timePeriod")
+    if period is None:
+        return pnr, Window()
+    if not isinstance(period, dict):
+        raise ValueError("timePeriod holds a start and/or an end")
+    try:
+        return pnr, Window.parse(_text(period.get("start")), _text(period.get("end")))
+    except ValueError as exc:
+        raise ValueError(f"timePeriod: {exc}") from None
 
 
-def create_app(people: list[Person], faults: fault_mod.Faults | None = None) -> web.Application:
-    data = build_data(people)
+PATIENTS_KEY = web.AppKey("patients", Patients)
+
+
+def create_app(
+    people: list[Person],
+    faults: fault_mod.Faults | None = None,
+    *,
+    history: History | None = None,
+    cached_records: int = DEFAULT_CACHED_RECORDS,
+) -> web.Application:
+    """The NPÖ app for ``people``: each patient's records made when first asked for
+    (``proxy/simulators/lazy.py``), long histories per ``history``."""
+    hand, cosmic_hand = hand_records(), cosmic.hand_records()
+    patients: Patients[dict[str, list[Record]]] = Patients(
+        in_npo(people), lambda p, _: entry_of(p, hand, cosmic_hand, history), size, cached_records
+    )
 
     def endpoint(contract: Contract) -> fault_mod.Handler:
         async def handle(request: web.Request) -> web.Response:
             try:
-                pnr = read_request(contract, await request.read())
+                pnr, window = read_query(contract, await request.read())
             except ValueError as exc:
                 return soap_fault(500, str(exc), "Client")
-            return response(contract, pnr, data.get(pnr, {}).get(contract.record, []))
+            records = (patients.get(pnr) or {}).get(contract.record, [])
+            return response(contract, pnr, in_window(records, contract.record, window))
 
         return handle
 
     app = web.Application()
+    app[PATIENTS_KEY] = patients
+    stats.install(app)
     fault_mod.install(app, faults or fault_mod.Faults(), lambda s: soap_fault(s, "Injected error"))
     for contract in CONTRACTS:
         app.router.add_post(contract.path, endpoint(contract))

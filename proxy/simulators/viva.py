@@ -16,13 +16,19 @@ Dialect (deliberately unlike Cosmic and unlike FHIR):
 * codes of its own: ``AKTIV``/``AVSLUTAD``/``UTKAST`` (care plans), ``AKTUELL``/``UTSATT``
   (medication), ``GIVEN``/``EJ_GIVEN``/``VAGRAT`` (administrations, with reasons ``EJ_HEMMA``/``SOVER``/
   ``KRAKNING`` for a dose not given), ``UTFORT``/``PLANERAT``/``INSTALLT``
-  (visits), ``HEMSJUKVARD``/``HEMTJANST`` (visit type), ``man``/``kvinna``, ``J``/``N``.
+  (visits), ``HEMSJUKVARD``/``HEMTJANST`` (visit type), ``man``/``kvinna``, ``J``/``N``;
+* every list endpoint takes an optional date range, ``&fromDatum=20240101&tomDatum=20241231``
+  ("från och med", "till och med": ``YYYYMMDD`` or ``YYYYMMDDHHMM``, inclusive, either may be left out;
+  a malformed one is ``400`` ``OGILTIGT_DATUM``): the records dated in it, by ``DATE_FIELDS`` (a
+  period overlapping the range for one that lasts, ``proxy/simulators/window.py``); on the
+  medication list, the ordinations whose period overlaps it, each with only the administrations
+  given in it.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -30,6 +36,9 @@ import orjson
 from aiohttp import web
 
 from proxy.simulators import faults as fault_mod
+from proxy.simulators import stats
+from proxy.simulators.history import History, Plan, plan
+from proxy.simulators.lazy import DEFAULT_CACHED_RECORDS, Patients
 from proxy.simulators.population import (
     MUNICIPALITY_PROVIDER,
     UNITS,
@@ -38,12 +47,25 @@ from proxy.simulators.population import (
     at,
 )
 from proxy.simulators.records import hand_written
+from proxy.simulators.window import Window
 
 BASE = "/viva/api/v2"
 # endpoint (= top-level key of its answer) → record kind in the database
 KINDS = ("vardplaner", "funktionsbedomningar", "anteckningar", "lakemedelslista", "hembesok", "beslut")
 
 SOL_LAGRUM = "SoL 4 kap. 1 §"
+
+# What a date range filters each list by: (field, None) for a record made at one moment, (start,
+# end) for one that lasts (overlapping the range; no end: still going). The medication list's
+# administrations are filtered by ``tidpunkt`` inside the ordinations kept.
+DATE_FIELDS: dict[str, tuple[str, str | None]] = {
+    "vardplaner": ("startdatum", "slutdatum"),
+    "funktionsbedomningar": ("datum", None),
+    "anteckningar": ("datum", None),
+    "lakemedelslista": ("startdatum", "utsattDatum"),
+    "hembesok": ("start", "slut"),
+    "beslut": ("beslutsdatum", None),
+}
 
 
 def ts(dt: datetime) -> str:
@@ -363,6 +385,92 @@ def _generated(person: Person, seq: int) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+# ---- long histories (history.py) ----------------------------------------------------------------
+
+_LONG_ADL = [  # (area, level, text)
+    (area, niva, _ADL_TEXT[niva]) for area in ("d450", "d510", "d540", "d550", "d420") for niva in (1, 2, 3)
+]
+
+
+def _long(person: Person, history: Plan) -> dict[str, list[dict[str, Any]]]:
+    """A long history in Viva: ``history.counts["viva"]`` records of each kind, seeded by the patient;
+    only what the mappings share (HSL notes, home health-care visits: no SoL documentation)."""
+    counts = history.counts.get("viva", {})
+    rng = history.rng("viva")
+    n = person.pnr[-6:]
+    span = history.years * 365
+    out: dict[str, list[dict[str, Any]]] = {k: [] for k in KINDS}
+    for i in range(counts.get("vardplaner", 0)):
+        titel, beskrivning, insatser = _PLANS[i % len(_PLANS)]
+        start = history.days_ago(rng, newest=10)
+        ended = i >= len(_PLANS) or rng.random() < 0.3
+        out["vardplaner"].append(
+            _plan(
+                f"VP-{n}H-{i + 1}",
+                titel,
+                beskrivning,
+                "AVSLUTAD" if ended else "AKTIV",
+                at(start),
+                at(rng.randint(1, start - 1)) if ended else None,
+                insatser,
+                rng.choice([SSK, SSK2]),
+                at(start, 10, 0),
+            )
+        )
+    for i in range(counts.get("funktionsbedomningar", 0)):
+        omrade, niva, text = rng.choice(_LONG_ADL)
+        out["funktionsbedomningar"].append(
+            _adl(f"FB-{n}H-{i + 1}", history.moment(rng), omrade, niva, text, rng.choice([AT, FT]))
+        )
+    for i in range(counts.get("anteckningar", 0)):
+        rubrik, text = rng.choice(_HSL_NOTES)
+        out["anteckningar"].append(
+            _note(
+                f"AN-{n}H-{i + 1}", history.moment(rng, 7, 20), rubrik, text, "HSL", rng.choice([SSK, SSK2])
+            )
+        )
+    for i in range(counts.get("hembesok", 0)):
+        visit = history.moment(rng, 7, 20)
+        status = "UTFORT" if rng.random() < 0.95 else "INSTALLT"
+        who = rng.choice(["Sara Sjuksköterska", "Sven Sjuksköterska"])
+        out["hembesok"].append(
+            _visit(f"HB-{n}H-{i + 1}", visit, rng.choice([15, 30, 45]), "HEMSJUKVARD", who, status)
+        )
+    # ordinations, each with a run of daily administrations inside its period
+    orders, doses = counts.get("lakemedelslista", 0), counts.get("administreringar", 0)
+    if orders == 0 and doses:  # (administrations need an ordination to sit in)
+        orders, doses = 1, doses - 1
+    shares = [doses // orders + (1 if k < doses % orders else 0) for k in range(orders)] if orders else []
+    for i, given in enumerate(shares):
+        atc, preparat, dosering = _VIVA_MEDS[i % len(_VIVA_MEDS)]
+        first = rng.randint(given + 1, max(given + 1, span))  # the first dose, days back
+        stopped = rng.random() < 0.5 and first - given > 1
+        last = first - given + 1  # the last dose, days back
+        administrations = [
+            (
+                at(d, 8, rng.choice([0, 5, 10, 20])),
+                rng.choice([USK, USK2]),
+                rng.choice(["GIVEN"] * 19 + ["EJ_GIVEN"]),
+            )
+            for d in range(first, last - 1, -1)
+        ]
+        out["lakemedelslista"].append(
+            _med(
+                f"OR-{n}H-{i + 1}",
+                atc,
+                preparat,
+                dosering,
+                at(first),
+                at(last - 1) if stopped else None,
+                administrations,
+                " ".join(dosering.split(" ")[:2]),
+            )
+        )
+    for kind, field in (("funktionsbedomningar", "datum"), ("anteckningar", "datum"), ("hembesok", "start")):
+        out[kind].sort(key=lambda r: str(r[field]), reverse=True)
+    return out
+
+
 def brukare_record(person: Person, seq: int) -> dict[str, Any]:
     street, zip_, city = person.address
     return {
@@ -378,19 +486,56 @@ def brukare_record(person: Person, seq: int) -> dict[str, Any]:
     }
 
 
-def build_data(people: list[Person]) -> dict[str, dict[str, Any]]:
-    """Viva's database: personnummer → {"brukare": {...}, "<kind>": [records]} for people in Viva.
+Hand = dict[str, dict[str, list[Any]]]
 
-    The named demo patients' records are data files (``data/viva/<name>.yaml``, see
-    ``proxy/simulators/records.py``); everyone else's come from the seeded generator here."""
-    hand = hand_written("viva", ts, day)
-    data: dict[str, dict[str, Any]] = {}
-    for seq, person in enumerate(p for p in people if p.in_viva):
-        records = hand[person.pnr] if person.pnr in hand else _generated(person, seq)
-        entry: dict[str, Any] = {k: list(records.get(k, [])) for k in KINDS}
-        entry["brukare"] = brukare_record(person, seq)
-        data[person.pnr] = entry
-    return data
+
+def hand_records() -> Hand:
+    """The named demo patients' records, ``data/viva/<name>.yaml`` (``proxy/simulators/records.py``)."""
+    return hand_written("viva", ts, day)
+
+
+def entry_of(person: Person, seq: int, hand: Hand, history: History | None = None) -> dict[str, Any]:
+    """One person's database entry, {"brukare": {...}, "<kind>": [records]}: a data file's records, a
+    long history's (``history.py``), or the small seeded history of the generator above."""
+    if person.pnr in hand:
+        records = hand[person.pnr]
+    elif (long := plan(person, history)) is not None:
+        records = _long(person, long)
+    else:
+        records = _generated(person, seq)
+    entry: dict[str, Any] = {k: list(records.get(k, [])) for k in KINDS}
+    entry["brukare"] = brukare_record(person, seq)
+    return entry
+
+
+def in_viva(people: Iterable[Person]) -> list[Person]:
+    return [p for p in people if p.in_viva]
+
+
+def build_data(people: list[Person], history: History | None = None) -> dict[str, dict[str, Any]]:
+    """Viva's whole database at once: personnummer → entry (``entry_of``) for people in Viva. The
+    app makes each person's entry when first asked (``create_app``); this is for tests and checks."""
+    hand = hand_records()
+    return {p.pnr: entry_of(p, seq, hand, history) for seq, p in enumerate(in_viva(people))}
+
+
+def size(entry: dict[str, Any]) -> int:
+    """Records in an entry, administrations included (what the app's cache is bounded by)."""
+    meds = sum(len(o["administreringar"]) for o in entry["lakemedelslista"])
+    return meds + sum(len(entry[k]) for k in KINDS)
+
+
+def in_window(items: list[dict[str, Any]], kind: str, window: Window) -> list[dict[str, Any]]:
+    if window.unbounded:
+        return items
+    start, end = DATE_FIELDS[kind]
+    kept = [r for r in items if window.admits(r.get(start), r.get(end) if end else None, lasting=bool(end))]
+    if kind != "lakemedelslista":
+        return kept
+    return [
+        {**o, "administreringar": [a for a in o["administreringar"] if window.admits(a.get("tidpunkt"))]}
+        for o in kept
+    ]
 
 
 # ---- the HTTP app -------------------------------------------------------------------------------
@@ -404,8 +549,22 @@ def _error(status: int, kod: str, meddelande: str) -> web.Response:
     return _json({"fel": {"kod": kod, "meddelande": meddelande, "status": status}}, status)
 
 
-def create_app(people: list[Person], faults: fault_mod.Faults | None = None) -> web.Application:
-    data = build_data(people)
+PATIENTS_KEY = web.AppKey("patients", Patients)
+
+
+def create_app(
+    people: list[Person],
+    faults: fault_mod.Faults | None = None,
+    *,
+    history: History | None = None,
+    cached_records: int = DEFAULT_CACHED_RECORDS,
+) -> web.Application:
+    """The Viva app for ``people``: each person's records made when first asked for
+    (``proxy/simulators/lazy.py``), long histories per ``history``."""
+    hand = hand_records()
+    patients: Patients[dict[str, Any]] = Patients(
+        in_viva(people), lambda p, seq: entry_of(p, seq, hand, history), size, cached_records
+    )
 
     def person_of(request: web.Request) -> tuple[dict[str, Any] | None, web.Response | None]:
         pnr = request.query.get("personnummer")
@@ -413,7 +572,7 @@ def create_app(people: list[Person], faults: fault_mod.Faults | None = None) -> 
             return None, _error(400, "PERSONNUMMER_SAKNAS", "Parametern personnummer saknas")
         if len(pnr) != 12 or not pnr.isascii() or not pnr.isdigit():
             return None, _error(400, "OGILTIGT_PERSONNUMMER", "Personnummer ska anges med 12 siffror")
-        return data.get(pnr), None
+        return patients.get(pnr), None
 
     async def brukare(request: web.Request) -> web.Response:
         entry, err = person_of(request)
@@ -426,11 +585,17 @@ def create_app(people: list[Person], faults: fault_mod.Faults | None = None) -> 
             entry, err = person_of(request)
             if err is not None:
                 return err
-            return _json({kind: entry[kind] if entry else []})
+            try:
+                window = Window.parse(request.query.get("fromDatum"), request.query.get("tomDatum"))
+            except ValueError as exc:
+                return _error(400, "OGILTIGT_DATUM", f"fromDatum/tomDatum: {exc}")
+            return _json({kind: in_window(entry[kind], kind, window) if entry else []})
 
         return handler
 
     app = web.Application()
+    app[PATIENTS_KEY] = patients
+    stats.install(app)
     fault_mod.install(app, faults or fault_mod.Faults(), lambda s: _error(s, "SERVERFEL", "Injicerat fel"))
     app.router.add_get(BASE + "/brukare", brukare)
     for kind in KINDS:

@@ -30,7 +30,8 @@ from proxy.types import MappedResource
 from tests.conftest import BASE, auth, pid
 
 MAPPINGS_DIR = Path(__file__).resolve().parents[2] / "mappings"
-PEOPLE = [*pop.DEMO_PEOPLE, *pop.generated_people(6)]
+# (and the long history: thousands of generated records must trace as the hand-written ones do)
+PEOPLE = [*pop.DEMO_PEOPLE, *pop.LONG_HISTORY_PEOPLE, *pop.generated_people(6)]
 ON_BEHALF_OF = "urn:fhir-facade:on-behalf-of"
 
 # The names the simulators give their HSA-ids (care units, the NPÖ lab, people): who is who.
@@ -200,8 +201,11 @@ def test_merge_dedupes_by_origin_and_keeps_both_copies_record_ids(
         kept = merge(resources)
         # identifiers change nothing in dedupe: one resource per origin
         assert len(kept) == len({m.origin_key for m in resources}), pnr
+        by_origin: dict[str, list[MappedResource]] = {}
+        for m in resources:
+            by_origin.setdefault(m.origin_key, []).append(m)
         for k in kept:
-            copies = [m for m in resources if m.origin_key == k.origin_key]
+            copies = by_origin[k.origin_key]
             if k.resource["resourceType"] == "Patient":
                 continue
             # the kept copy names every copy's source record

@@ -66,7 +66,9 @@ async def facade(
     tmp: Path, monkeypatch: pytest.MonkeyPatch, data: Callable[[list[Any]], Any] = _npo_data
 ) -> AsyncIterator[TestClient]:
     """The deployment's own settings — cache and engagement index on — and no consents at all."""
-    monkeypatch.setattr(npo, "build_data", data)
+    # NPÖ's records are the test's: each patient's entry, made when first asked for
+    # (proxy/simulators/lazy.py), is the one ``data`` gives
+    monkeypatch.setattr(npo, "entry_of", lambda person, *_: data([person]).get(person.pnr, npo._empty()))
     async with running_simulators(SETTINGS, [HIDDEN, EMPTY]) as urls:
         live = SETTINGS.with_backend_urls(urls)
         live = replace(
