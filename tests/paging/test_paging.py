@@ -273,7 +273,9 @@ async def test_a_store_that_cannot_keep_the_snapshot_leaves_offset_links(facade:
 
 
 @contextlib.asynccontextmanager
-async def two_workers(settings: Settings, tmp_path: Path, store: str) -> AsyncIterator[tuple[Running, Running]]:
+async def two_workers(
+    settings: Settings, tmp_path: Path, store: str
+) -> AsyncIterator[tuple[Running, Running]]:
     """Two facade apps (as two workers or hosts) over one store and one set of simulators."""
     if store == "postgres":
         await reset_postgres()
@@ -282,7 +284,9 @@ async def two_workers(settings: Settings, tmp_path: Path, store: str) -> AsyncIt
         live = settings.with_backend_urls(urls)
         live = replace(live, engagement=replace(live.engagement, enabled=False))
         if store == "redis":
-            live = replace(live, cache=replace(live.cache, enabled=False, store="redis", redis_url=redis_url()))
+            live = replace(
+                live, cache=replace(live.cache, enabled=False, store="redis", redis_url=redis_url())
+            )
             kind, dsn = "sqlite", live.store.postgres_dsn  # (each worker its own SQLite: only Redis shared)
         else:
             live = replace(live, cache=replace(live.cache, enabled=False))
