@@ -19,10 +19,11 @@ token nor who asked.
 
 **Invalidation.** A consent or block written for the patient drops the patient's snapshots and
 moves the patient's *generation* on (``drop_snapshots``). A snapshot carries the generation read
-before its walk read the consents, and is served only while that is still the patient's current
-one: a walk that read the consents before the change never serves a snapshot after it, even one
-stored after the drop. A snapshot also lives no longer than the next instant one of the patient's
-consents or blocks comes into or goes out of force (``expiry``).
+before its walk read the consents (for the patient's own reading, which reads none: when it is
+kept), and is served only while that is still the patient's current one: a walk that read the
+consents before the change never serves a snapshot after it, even one stored after the drop. A
+snapshot also lives no longer than the next instant one of the patient's consents or blocks comes
+into or goes out of force (``expiry``).
 
 **The stores** (``SnapshotStore``): the facade's embedded store (``proxy.store``: a table in SQLite
 or PostgreSQL), or Redis (``RedisSnapshots``) when the cache is configured with Redis. Layout: part
@@ -56,6 +57,7 @@ HEADER = -1  # the part holding the header
 LAYOUT = "fhir-facade:pages:v1"
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{22}")  # 16 random bytes, URL-safe base64 without padding
 _THREAD_BYTES = 1 << 20  # an answer this large is compressed off the event loop (zlib frees the GIL)
+MIN_CHUNK = 20  # resources per part at least (a page of 1 need not make a part per resource)
 
 
 class SnapshotStore(Protocol):
@@ -112,6 +114,12 @@ def gone() -> FhirError:
 def may_keep(query: Query) -> bool:
     """Whether the query's answer is paged (a search or ``$everything`` with a page size)."""
     return query.interaction in ("search-type", "everything") and query.count > 0 and not query.summary_count
+
+
+def chunk_for(count: int) -> int:
+    """Resources per part of a snapshot kept by a first page of ``count``: a later page of the
+    same size is read from one or two parts."""
+    return max(count, MIN_CHUNK)
 
 
 def new_token() -> str:
@@ -219,7 +227,7 @@ async def read(
 ) -> Window | None:
     """The window of the snapshot ``key`` that holds the page at ``offset`` of ``count``
     resources, or None when there is no such snapshot (expired, dropped, another generation's)."""
-    first, last = _span(offset, count, max(count, 1))  # (the parts, if the snapshot's chunk is this count)
+    first, last = _span(offset, count, chunk_for(count))  # (if the first page had this size)
     found = await store.read_snapshot(key, patient, first, last, now=now)
     if found is None or HEADER not in found[1]:
         return None

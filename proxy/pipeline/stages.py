@@ -70,11 +70,13 @@ async def from_snapshot(facade: Facade, x: Exchange) -> bool:
     """A later page (the query carries a page token): read from the first page's snapshot
     (``proxy.paging``) — no backend asked, nothing mapped again — or 410 Gone when the token finds
     none for this asker and search (expired, unknown, another's: one answer). A first page that may
-    be kept as a snapshot reads the patient's snapshot generation now, before the consents."""
+    be kept as a snapshot, read under PDL, reads the patient's snapshot generation now, before the
+    consents are read."""
     assert x.query is not None and x.query.patient is not None
     query, patient, pages = x.query, x.query.patient.fhir_id, facade.pages
     if query.page_token is None:
-        if pages is not None and paging.may_keep(query):
+        assert x.decision is not None
+        if pages is not None and paging.may_keep(query) and x.decision.under_pdl:
             x.generation = asyncio.ensure_future(pages.snapshot_generation(patient))
             x.generation.add_done_callback(_retrieved)
         return True
@@ -228,11 +230,11 @@ async def keep_snapshot(facade: Facade, x: Exchange) -> bool:
     """An answer of more than one page kept as a snapshot for the later pages (``proxy.paging``):
     its page links carry the token. A store that cannot take it leaves the links by offset, as
     without snapshots (each page then walks again)."""
-    if x.generation is None:
-        return True
     assert x.query is not None and x.query.patient is not None and x.answer is not None
     query, patient, answer, pages = x.query, x.query.patient.fhir_id, x.answer, facade.pages
-    if pages is None or (len(answer.resources) <= query.count and query.offset == 0):
+    if pages is None or x.query.page_token is not None or not paging.may_keep(query):
+        return True
+    if len(answer.resources) <= query.count and query.offset == 0:
         return True  # one page: nothing to keep
     now = facade.clock.time()
     # not past the next instant a consent or block of the patient comes into or goes out of force
@@ -241,13 +243,16 @@ async def keep_snapshot(facade: Facade, x: Exchange) -> bool:
     key = paging.snapshot_key(token, _binding(x))
     assert key is not None
     try:
+        # read before the consents were (``from_snapshot``); the patient's own reading does not
+        # depend on them: read now
+        generation = await (pages.snapshot_generation(patient) if x.generation is None else x.generation)
         await paging.keep(
             pages,
             key,
             patient=patient,
-            generation=await x.generation,
+            generation=generation,
             resources=answer.resources,
-            chunk=query.count,
+            chunk=paging.chunk_for(query.count),
             outcomes=answer.outcomes,
             known=answer.patient_known,
             withheld=answer.withheld,
