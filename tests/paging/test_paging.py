@@ -9,6 +9,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -23,7 +24,7 @@ from proxy.auth.demo import demo_issuer
 from proxy.edge.http import STORE_KEY
 from proxy.settings import DEMO_PATIENT_ID_KEY, Settings
 from proxy.simulators.harness import Received, running_simulators
-from proxy.simulators.population import LENNART, OTHER_REGION_PROVIDER, TOLVAN, population
+from proxy.simulators.population import LENNART, OTHER_REGION_PROVIDER, REGION_PROVIDER, TOLVAN, population
 from tests.clock import FakeClock
 from tests.conftest import (
     BASE,
@@ -204,6 +205,25 @@ async def test_a_block_or_a_revoked_consent_ends_the_patients_snapshots(facade: 
         )
         assert lifted.status == 200
         assert (await follow(f, again))[0] == 410
+
+
+async def test_a_snapshot_ends_when_a_consent_it_was_made_under_does(facade: Any) -> None:
+    """A consent that runs out in two minutes: the snapshot made under it lives two minutes, not
+    its five, so no page shows what the consent no longer covers."""
+    clock = FakeClock()
+    end = datetime.fromtimestamp(clock.time() + 120, UTC).isoformat(timespec="seconds")
+    consent = consent_body(LENNART_ID, recipient=REGION_PROVIDER, period={"end": end})
+    async with facade(clock=clock, consent=False) as f:
+        resp = await f.client.post(
+            f"{BASE}/Consent", json=consent, headers={"Content-Type": "application/fhir+json"}
+        )
+        assert resp.status == 201
+        _, first = await f.get(EVERYTHING, params={"_count": "5"})
+        nxt = link(first, "next") or ""
+        clock.advance(100)
+        assert (await follow(f, nxt))[0] == 200
+        clock.advance(22)
+        assert (await follow(f, nxt))[0] == 410
 
 
 async def test_a_snapshot_made_by_a_walk_that_read_the_old_consents_is_never_served(
