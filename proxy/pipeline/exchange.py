@@ -37,8 +37,8 @@ class Exchange:
     # -- what the stages hand forward
     decision: AccessDecision | None = None
     fetch_types: frozenset[str] = frozenset()  # permitted types to fetch, referenced ones included
-    # the patient's snapshot generation (``proxy.paging``), read before the consents: for an
-    # answer that may be kept as a snapshot
+    # the patient's page-snapshot generation (``proxy.paging``), read before the consents are
+    # (under PDL, for an answer that may be kept as a snapshot)
     generation: asyncio.Future[int] | None = None
     consents: asyncio.Future[list[ConsentRow]] | None = None  # read while the backends answer
     mapped: list[MappedResource] = field(default_factory=list)  # fetched, then PDL-readable only

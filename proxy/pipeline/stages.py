@@ -232,7 +232,7 @@ async def keep_snapshot(facade: Facade, x: Exchange) -> bool:
     without snapshots (each page then walks again)."""
     assert x.query is not None and x.query.patient is not None and x.answer is not None
     query, patient, answer, pages = x.query, x.query.patient.fhir_id, x.answer, facade.pages
-    if pages is None or x.query.page_token is not None or not paging.may_keep(query):
+    if pages is None or query.page_token is not None or not paging.may_keep(query):
         return True
     if len(answer.resources) <= query.count and query.offset == 0:
         return True  # one page: nothing to keep

@@ -50,7 +50,7 @@ READING: tuple[Stage, ...] = tuple(
 
 async def run(facade: Facade, x: Exchange, walk: tuple[Stage, ...] = PATIENT_READ) -> Answer:
     """Walk ``x`` through ``walk`` and return its answer. A walk that ends in an error leaves
-    nothing running (the consents being read are cancelled)."""
+    nothing running (the consents and the snapshot generation being read are cancelled)."""
     hooks = facade.hooks
     try:
         for stage in walk:
