@@ -36,10 +36,12 @@ from proxy.fhir.ids import PatientIds, ResourceIds
 from proxy.hooks import BreakerChanged, Hooks
 from proxy.mapping.registry import MappingSet, load_mappings
 from proxy.metrics import Metrics
+from proxy.paging import LAYOUT as PAGES_LAYOUT
+from proxy.paging import RedisSnapshots, SnapshotStore
 from proxy.pipeline.facade import Facade
 from proxy.redact.policy import compile_policy
 from proxy.settings import CacheSettings, Settings
-from proxy.store.base import open_store
+from proxy.store.base import Store, open_store
 
 
 def compile_mappings(settings: Settings, ids: ResourceIds) -> MappingSet:
@@ -76,6 +78,23 @@ def open_cache(c: CacheSettings, *, namespace: str, clock: Clock = SYSTEM_CLOCK)
             clock=clock,
         )
     return MemoryCache(ttl_s=c.ttl_s, max_stale_s=c.max_stale_s, max_entries=c.max_entries, clock=clock)
+
+
+def open_pages(
+    settings: Settings, store: Store, *, namespace: str
+) -> tuple[SnapshotStore, RedisSnapshots | None]:
+    """Where page snapshots live (``proxy.paging``): the Redis the cache is configured with, shared
+    by every worker and host — filed under ``namespace`` (the key's fingerprint: the snapshots hold
+    resource ids made under it) — else the facade's store (a table in SQLite or PostgreSQL). The
+    second value is the Redis client's owner, to close (None: the store is closed as itself)."""
+    if settings.cache.store == "redis":
+        import redis.asyncio as aioredis
+
+        redis = RedisSnapshots(
+            aioredis.from_url(settings.cache.redis_url), prefix=f"{PAGES_LAYOUT}:{namespace}"
+        )
+        return redis, redis
+    return store, None
 
 
 def edge(settings: Settings) -> list[Middleware]:
@@ -135,6 +154,7 @@ def create_app(
         for name, client in clients.items():
             client.breaker.on_change = _publisher(hooks, name)
         cache = open_cache(settings.cache, namespace=resource_ids.fingerprint, clock=clock)
+        pages, redis_pages = open_pages(settings, store, namespace=resource_ids.fingerprint)
         e = settings.engagement
         app[FACADE_KEY] = Facade(
             settings=settings,
@@ -146,6 +166,8 @@ def create_app(
             cache=cache,
             engagement=EngagementIndex(ttl_s=e.ttl_s, clock=clock) if e.enabled else None,
             hooks=hooks,
+            pages=pages if settings.paging.snapshots else None,
+            clock=clock,
         )
         try:
             yield
@@ -154,6 +176,8 @@ def create_app(
                 await client.close()
             if cache is not None:
                 await cache.close()
+            if redis_pages is not None:
+                await redis_pages.close()
             await store.close()
 
     app[AUTH_KEY] = authenticator

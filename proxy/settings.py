@@ -90,6 +90,16 @@ class CacheSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class PagingSettings:
+    """Paging from snapshots (proxy/paging.py): the first page of an answer of several pages keeps
+    the answer; the later pages are read from it, in the store the cache shares (Redis with
+    ``cache.store: redis``, else ``store``)."""
+
+    snapshots: bool = True  # false: every page walks again (offset links, no page token)
+    snapshot_ttl_s: float = 300.0  # how long the later pages can be read
+
+
+@dataclass(frozen=True, slots=True)
 class EngagementSettings:
     enabled: bool = True
     ttl_s: float = 60.0  # how long "unknown patient here" is believed (at most 300 s)
@@ -218,6 +228,7 @@ class Settings:
     audiences: Audiences = DEFAULT_AUDIENCES
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
+    paging: PagingSettings = field(default_factory=PagingSettings)
 
     def backend(self, name: str) -> BackendSettings:
         for b in self.backends:
@@ -307,6 +318,7 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
             "metrics",
             "http",
             "audiences",
+            "paging",
         },
     )
 
@@ -543,6 +555,7 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
 
     metrics = _metrics(r, top.get("metrics"), env)
     http = _http_settings(r, top.get("http"))
+    paging = _paging(r, top.get("paging"))
 
     given_mappings = top.get("mappings_dir")
     mappings_dir = (path.parent / str(given_mappings)).resolve() if given_mappings else DEFAULT_MAPPINGS
@@ -559,6 +572,7 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
         audiences=audiences,
         metrics=metrics,
         http=http,
+        paging=paging,
         patient_id_key=key,
         auth=r.section(top.get("auth"), "auth", {"issuers", "leeway_s", "audience", "max_token_lifetime_s"}),
         policy=r.section(top.get("policy"), "policy", {"labels", "audiences", "protected_identity"}),
@@ -649,6 +663,16 @@ def _metrics(r: _Reader, data: Any, env: dict[str, str]) -> MetricsSettings:
         allow_unauthenticated_loopback=m.get("allow_unauthenticated_loopback", False),
         access_log=m.get("access_log", True),
         log_format=m.get("log_format", "text"),
+    )
+
+
+def _paging(r: _Reader, data: Any) -> PagingSettings:
+    p = r.section(data, "paging", {"snapshots", "snapshot_ttl_s"})
+    if not isinstance(p.get("snapshots", True), bool):
+        raise r.fail("paging.snapshots", "expects true or false")
+    return PagingSettings(
+        snapshots=p.get("snapshots", True),
+        snapshot_ttl_s=r.number(p, "snapshot_ttl_s", "paging", 300.0, 1, 3600),
     )
 
 

@@ -115,6 +115,7 @@ class Query:
     summary_count: bool = False
     # the request's own parameters, normalised, that were actually used (for self/next links)
     used_params: tuple[tuple[str, str], ...] = ()
+    page_token: str | None = None  # a later page: the first page's snapshot (proxy/paging.py)
 
 
 @dataclass(frozen=True, slots=True)

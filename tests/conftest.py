@@ -26,7 +26,7 @@ from proxy.fhir.ids import PatientIds, ResourceIds
 from proxy.hsa import HSA_SYSTEM
 from proxy.mapping.registry import MappingSet, load_mappings
 from proxy.settings import DEMO_PATIENT_ID_KEY, Settings, load_settings
-from proxy.simulators.harness import running_simulators
+from proxy.simulators.harness import Received, running_simulators
 from proxy.simulators.population import MUNICIPALITY_PROVIDER, REGION_PROVIDER, Person, population
 from proxy.store.base import ConsentRow, Store
 from tests import r4
@@ -154,7 +154,7 @@ async def reset_postgres() -> None:
 
     conn = await asyncpg.connect(postgres_dsn())  # no PostgreSQL is a failure here, not a skip
     try:
-        await conn.execute("DROP TABLE IF EXISTS audit_event, consent")
+        await conn.execute("DROP TABLE IF EXISTS audit_event, consent, page_snapshot, page_generation")
     finally:
         await conn.close()
 
@@ -225,6 +225,8 @@ def facade(
         mappings_dir: Path | None = None,
         clock: Clock = SYSTEM_CLOCK,
         people: list[Person] | None = None,
+        received: list[Received] | None = None,
+        paging: dict[str, Any] | None = None,
         **backend_overrides: Any,
     ) -> AsyncIterator[Running]:
         """Tests see fresh answers unless they ask for the cache (True, or CacheSettings overrides).
@@ -234,15 +236,17 @@ def facade(
         ``store``: sqlite (in tmp_path) or postgres (``postgres_dsn()``, emptied first).
         ``mappings_dir``: another deployment's mappings (e.g. a changed copy). ``clock``: the app's
         (tests.clock.FakeClock: move time on instead of sleeping). ``people``: the simulators' population
-        instead of the demo patients and ``generated`` generated ones (e.g. with the long history)."""
+        instead of the demo patients and ``generated`` generated ones (e.g. with the long history).
+        ``received``: each simulator appends what it was sent (``proxy.simulators.harness.Received``).
+        ``paging``: PagingSettings overrides."""
         if store == "postgres":
             await reset_postgres()  # (starts the session's PostgreSQL before the simulators)
         if people is None:
             people = population(generated, settings.simulators.seed)
-        async with running_simulators(settings, people, faults=faults) as urls:
+        async with running_simulators(settings, people, faults=faults, received=received) as urls:
             live = settings.with_backend_urls(urls)
             tuning = cache if isinstance(cache, dict) else {}
-            live = replace(live, cache=replace(live.cache, enabled=bool(cache), **tuning))
+            live = replace(live, cache=replace(live.cache, **{"enabled": bool(cache), **tuning}))
             live = replace(live, engagement=replace(live.engagement, enabled=engagement))
             live = replace(
                 live,
@@ -258,6 +262,8 @@ def facade(
                 live = replace(live, mappings_dir=mappings_dir)
             if facade_overrides:
                 live = replace(live, facade=replace(live.facade, **facade_overrides))
+            if paging:
+                live = replace(live, paging=replace(live.paging, **paging))
             # A loopback connect is never slow, but a busy machine (parallel workers) can hold up the
             # loop that both ends share for longer than the config's 1 s: tests not about connecting
             # give it room. A test's own ``connect_timeout_s`` wins.

@@ -31,6 +31,7 @@ def test_the_shipped_config_loads() -> None:
     s = load_settings()
     assert [b.name for b in s.backends] == ["cosmic", "viva", "npo"]
     assert s.backend("npo").vars == (("logical_address", "SE165565594230-1000"),)
+    assert s.paging.snapshots and s.paging.snapshot_ttl_s == 300
 
 
 def test_a_config_elsewhere_without_mappings_dir_uses_the_shipped_mappings(tmp_path: Path) -> None:
@@ -76,6 +77,9 @@ def test_the_default_config_of_an_installed_wheel_keeps_its_store_in_the_users_s
         ({"backends.cosmic.empty_statuses": [200]}, "backends.cosmic.empty_statuses"),
         ({"merge.source_priority": ["cosmic", "viva"]}, "merge.source_priority"),
         ({"backends.Cosmic!": {"base_url": "http://x"}}, "backends.Cosmic!"),
+        ({"paging.snapshot_ttl_s": 0}, "paging.snapshot_ttl_s"),
+        ({"paging.snapshots": "yes"}, "paging.snapshots"),
+        ({"paging.ttl_s": 60}, "paging"),
     ],
 )
 def test_bad_config_names_file_and_key(tmp_path: Path, change: dict, key: str) -> None:  # type: ignore[type-arg]

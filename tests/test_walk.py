@@ -19,11 +19,13 @@ from tests.conftest import BASE, pid
 
 # The order README "The request walk" and proxy/pipeline/walk.py document. Reordering is a design
 # change (e.g. the audit's begun event must be submitted before any backend is asked, the consents
-# read while the backends answer, redaction before the filters): change it here on purpose.
+# read while the backends answer, redaction before the filters, a later page read from its snapshot
+# once the access is decided): change it here on purpose.
 DOCUMENTED = [
     "emergency",
     "audit_begun",
     "decide",
+    "from_snapshot",
     "plan",
     "consents",
     "fetch_and_map",
@@ -32,6 +34,7 @@ DOCUMENTED = [
     "redact",
     "lookalikes",
     "select",
+    "keep_snapshot",
 ]
 
 SEEN: list[StageFinished] = []
@@ -45,8 +48,9 @@ def subscribe(hooks: Hooks) -> None:
 
 def test_the_walk_is_the_documented_order() -> None:
     assert [s.__name__ for s in PATIENT_READ] == DOCUMENTED
-    # collect() (no request): the same reading, without the door and the log
-    assert [s.__name__ for s in READING] == [n for n in DOCUMENTED if n not in ("emergency", "audit_begun")]
+    # collect() (no request): the same reading, without the door, the log and the page snapshots
+    door = ("emergency", "audit_begun", "from_snapshot", "keep_snapshot")
+    assert [s.__name__ for s in READING] == [n for n in DOCUMENTED if n not in door]
 
 
 def test_the_edge_keeps_one_request_key_the_exchange() -> None:

@@ -318,9 +318,9 @@ class FhirRoutes:
         facade = request.app[FACADE_KEY]
         query = x.query
         assert query is not None
-        total = len(answer.resources)
+        total = answer.total
         count = 0 if query.summary_count else query.count
-        page = answer.resources[query.offset : query.offset + count]
+        page = answer.page(query.offset, count)
         x.disclosed = audit.disclosed(page)
         outcomes = [source_outcome(o, facade.settings.backend(o.source).description) for o in answer.outcomes]
         if answer.withheld:
@@ -329,7 +329,7 @@ class FhirRoutes:
             page,
             total=total,
             base_url=base_url(request, facade),
-            links=page_links(url, query.used_params, query.offset, count, total),
+            links=page_links(url, query.used_params, query.offset, count, total, token=x.page_token),
             outcomes=outcomes,
         )
         return fhir_response(bundle, pretty=pretty(request))

@@ -145,6 +145,7 @@ async def create_consent(request: web.Request) -> web.Response:
     await request.app[STORE_KEY].add_consent(
         ConsentRow(resource["id"], patient.pnr, resource["status"], 1, resource)
     )
+    await _in_force(request, patient)
     exchange(request).resource = f"Consent/{resource['id']}/_history/1"
     resp = _one(resource, 201, request=request)
     url = f"{base_url(request, request.app[FACADE_KEY])}/Consent/{resource['id']}"
@@ -179,7 +180,8 @@ async def update_consent(request: web.Request) -> web.Response:
     principal = asker(request)
     row = await _row(request, "u")
     body = await _body(request)
-    _audited(request, "update", request.app[FACADE_KEY].ids.patient(row.patient_pnr))
+    patient = request.app[FACADE_KEY].ids.patient(row.patient_pnr)
+    _audited(request, "update", patient)
     body = consent.inert(body)  # (no narrative, no contained resources: see proxy.access.consent)
     if not isinstance(body, dict) or body.get("resourceType") != "Consent":
         raise bad_request("The body must be a FHIR Consent resource (resourceType Consent)")
@@ -197,7 +199,8 @@ async def update_consent(request: web.Request) -> web.Response:
     match = request.headers.get("If-Match")
     if match is not None and match.strip() != f'W/"{row.version}"':
         raise FhirError(412, "conflict", "The Consent has changed since that version (If-Match)")
-    if body["status"] == row.status:
+    if body["status"] == row.status:  # (a repeat after a 503: the snapshots are dropped again)
+        await _in_force(request, patient)
         return _one(consent.normalised(row.resource), request=request)
     resource = consent.stored(
         {**consent.normalised(row.resource), "status": body["status"]},
@@ -208,7 +211,17 @@ async def update_consent(request: web.Request) -> web.Response:
     if not await request.app[STORE_KEY].update_consent(updated, expected_version=row.version):
         raise FhirError(409, "conflict", "The Consent was changed by another request; read it and try again")
     exchange(request).resource = f"Consent/{row.id}/_history/{row.version + 1}"  # the revocation, logged
+    await _in_force(request, patient)
     return _one(resource, request=request)
+
+
+async def _in_force(request: web.Request, patient: PatientRef) -> None:
+    """A consent or block written: the patient's page snapshots (``proxy.paging``), made under the
+    old terms, are dropped — in the shared store, so on every worker and host at once. If that
+    fails, the request fails (503): the write is stored, and repeating it drops them."""
+    pages = request.app[FACADE_KEY].pages
+    if pages is not None:
+        await pages.drop_snapshots(patient.fhir_id)
 
 
 async def search_consents(request: web.Request) -> web.Response:

@@ -103,12 +103,20 @@ def withheld_outcome(reasons: Iterable[Withheld]) -> FhirDict:
 
 
 def page_links(
-    url: str, params: Sequence[tuple[str, str]], offset: int, count: int, total: int
+    url: str,
+    params: Sequence[tuple[str, str]],
+    offset: int,
+    count: int,
+    total: int,
+    *,
+    token: str | None = None,
 ) -> list[dict[str, str]]:
-    """self/first/previous/next/last for stateless offset paging over a deterministic order."""
+    """self/first/previous/next/last: by offset over a deterministic order, from the snapshot
+    ``token`` names when there is one (``_page_token``, proxy/paging.py), else walked again."""
+    kept = [("_page_token", token)] if token is not None else []
 
     def link(relation: str, at: int) -> dict[str, str]:
-        query = [*params, *([("_offset", str(at))] if at else [])]
+        query = [*params, *kept, *([("_offset", str(at))] if at else [])]
         return {"relation": relation, "url": f"{url}?{urlencode(query)}" if query else url}
 
     links = [link("self", offset), link("first", 0)]

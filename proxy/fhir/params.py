@@ -22,7 +22,7 @@ from proxy.types import DateParam, PatientRef, Query, SearchFilter, TokenParam
 SUPPORTED_TYPES = frozenset(BY_TYPE)
 DATE_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb")
 # Parameters with a meaning for every search, handled here rather than by the type's table.
-_RESULT_PARAMS = {"_count", "_offset", "_summary", "_total", "_format", "_pretty"}
+_RESULT_PARAMS = {"_count", "_offset", "_summary", "_total", "_format", "_pretty", "_page_token"}
 _UINT = re.compile(r"[0-9]{1,9}")
 # Refused outright rather than ignored: each reaches across resources, and a client should not get a
 # result that silently differs from what it asked for.
@@ -208,6 +208,7 @@ def parse_search(
         offset=offset,
         summary_count=summary_count,
         used_params=tuple(p.used),
+        page_token=p.single("_page_token"),
     )
 
 
@@ -330,6 +331,7 @@ def parse_everything(
         offset=offset,
         summary_count=summary_count,
         used_params=tuple(p.used),
+        page_token=p.single("_page_token"),
     )
 
 

@@ -37,6 +37,9 @@ class Exchange:
     # -- what the stages hand forward
     decision: AccessDecision | None = None
     fetch_types: frozenset[str] = frozenset()  # permitted types to fetch, referenced ones included
+    # the patient's page-snapshot generation (``proxy.paging``), read before the consents are
+    # (under PDL, for an answer that may be kept as a snapshot)
+    generation: asyncio.Future[int] | None = None
     consents: asyncio.Future[list[ConsentRow]] | None = None  # read while the backends answer
     mapped: list[MappedResource] = field(default_factory=list)  # fetched, then PDL-readable only
     outcomes: list[SourceOutcome] = field(default_factory=list)  # one per source in the plan
@@ -44,6 +47,7 @@ class Exchange:
     kept: list[MappedResource] = field(default_factory=list)  # merged: one per fact
     resources: list[FhirDict] = field(default_factory=list)  # what this asker may see
     answer: Answer | None = None  # the walk's result (or an early one: unknown, nothing permitted)
+    page_token: str | None = None  # the snapshot the answer's page links read from (proxy.paging)
 
     # -- what the audit records
     disclosed: Counter[str] = field(default_factory=Counter)  # per source: resources that left

@@ -6,11 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from proxy.cache import SourceCache
+from proxy.clock import SYSTEM_CLOCK, Clock
 from proxy.fanout.client import BackendClient
 from proxy.fanout.engagement import EngagementIndex
 from proxy.fhir.ids import PatientIds
 from proxy.hooks import Hooks
 from proxy.mapping.registry import MappingSet
+from proxy.paging import SnapshotStore
 from proxy.redact.policy import Policy
 from proxy.settings import Settings
 from proxy.slack import SlackQueue
@@ -32,6 +34,8 @@ class Facade:
     engagement: EngagementIndex | None = None
     slack: SlackQueue = field(default_factory=SlackQueue)  # mapping early answers, between other work
     hooks: Hooks = field(default_factory=Hooks)  # what happened, for metrics and logs (proxy.hooks)
+    pages: SnapshotStore | None = None  # page snapshots (proxy.paging); None: every page walks
+    clock: Clock = SYSTEM_CLOCK  # (the snapshots' lifetime)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +48,20 @@ class Answer:
     # why records of the requested types were not shown (PDL: no consent, blocked, no known care
     # provider), whatever the filters; never for the patient
     withheld: frozenset[Withheld] = field(default_factory=frozenset)
+    # a page read from a snapshot (``proxy.paging``) holds only the resources around it:
+    # ``resources[0]`` is the whole answer's ``start``-th, and the whole had ``size`` (None: whole)
+    start: int = 0
+    size: int | None = None
+
+    @property
+    def total(self) -> int:
+        """How many resources the whole answer has (``Bundle.total``)."""
+        return len(self.resources) if self.size is None else self.size
+
+    def page(self, offset: int, count: int) -> list[FhirDict]:
+        """The ``count`` resources from the whole answer's ``offset``-th."""
+        at = offset - self.start
+        return self.resources[at : at + count] if at >= 0 else []
 
     @property
     def degraded(self) -> list[str]:

@@ -11,7 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from collections.abc import Awaitable
 
+from proxy import paging
+from proxy.access import AccessDecision
 from proxy.access import decide as decide_access
 from proxy.access import pdl as pdl_rules
 from proxy.access.consent import terms
@@ -24,9 +27,9 @@ from proxy.pipeline.exchange import Exchange
 from proxy.pipeline.facade import Answer, Facade
 from proxy.pipeline.fetch import fetch_and_map as fetch
 from proxy.redact.policy import redact as redact_for
-from proxy.store.base import StoreUnavailable
+from proxy.store.base import ConsentRow, StoreUnavailable
 from proxy.timeutil import fhir_range
-from proxy.types import FhirDict, Query, Withheld
+from proxy.types import FhirDict, Principal, Query, Withheld
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +66,40 @@ async def decide(facade: Facade, x: Exchange) -> bool:
     return True
 
 
+async def from_snapshot(facade: Facade, x: Exchange) -> bool:
+    """A later page (the query carries a page token): read from the first page's snapshot
+    (``proxy.paging``) — no backend asked, nothing mapped again — or 410 Gone when the token finds
+    none for this asker and search (expired, unknown, another's: one answer). A first page that may
+    be kept as a snapshot, read under PDL, reads the patient's snapshot generation now, before the
+    consents are read."""
+    assert x.query is not None and x.query.patient is not None
+    query, patient, pages = x.query, x.query.patient.fhir_id, facade.pages
+    if query.page_token is None:
+        assert x.decision is not None
+        if pages is not None and paging.may_keep(query) and x.decision.under_pdl:
+            x.generation = asyncio.ensure_future(pages.snapshot_generation(patient))
+            x.generation.add_done_callback(_retrieved)
+        return True
+    key = None if pages is None else paging.snapshot_key(query.page_token, _binding(x))
+    window = None
+    if pages is not None and key is not None:
+        count = 0 if query.summary_count else query.count
+        now = facade.clock.time()
+        window = await paging.read(pages, key, patient=patient, offset=query.offset, count=count, now=now)
+    if window is None:
+        raise paging.gone()
+    x.page_token = query.page_token
+    x.answer = Answer(
+        resources=window.resources,
+        outcomes=window.outcomes,
+        patient_known=window.known,
+        withheld=window.withheld,
+        start=window.start,
+        size=window.size,
+    )
+    return False
+
+
 async def plan(facade: Facade, x: Exchange) -> bool:
     """The types to fetch: those asked for (Patient too, for ``$everything``) with the types they
     reference, the scopes permitting; none permitted settles the answer (nobody can say more)."""
@@ -85,8 +122,16 @@ async def consents(facade: Facade, x: Exchange) -> bool:
     if x.decision.under_pdl:
         if facade.store is None:
             raise StoreUnavailable("no consent store")
-        x.consents = asyncio.ensure_future(facade.store.consents(x.query.patient.pnr))
+        x.consents = asyncio.ensure_future(_after(x.generation, facade.store.consents(x.query.patient.pnr)))
     return True
+
+
+async def _after(first: asyncio.Future[int] | None, then: Awaitable[list[ConsentRow]]) -> list[ConsentRow]:
+    """``then``, once ``first`` is done (whatever its outcome): the snapshot generation is read
+    before the consents, so that a consent changed in between is a generation the snapshot lacks."""
+    if first is not None:
+        await asyncio.wait([first])
+    return await then
 
 
 async def fetch_and_map(facade: Facade, x: Exchange) -> bool:
@@ -179,6 +224,69 @@ async def select(facade: Facade, x: Exchange) -> bool:
         resources=selected, outcomes=x.outcomes, patient_known=known, withheld=frozenset(x.withheld)
     )
     return True
+
+
+async def keep_snapshot(facade: Facade, x: Exchange) -> bool:
+    """An answer of more than one page kept as a snapshot for the later pages (``proxy.paging``):
+    its page links carry the token. A store that cannot take it leaves the links by offset, as
+    without snapshots (each page then walks again)."""
+    assert x.query is not None and x.query.patient is not None and x.answer is not None
+    query, patient, answer, pages = x.query, x.query.patient.fhir_id, x.answer, facade.pages
+    if pages is None or query.page_token is not None or not paging.may_keep(query):
+        return True
+    if len(answer.resources) <= query.count and query.offset == 0:
+        return True  # one page: nothing to keep
+    now = facade.clock.time()
+    # not past the next instant a consent or block of the patient comes into or goes out of force
+    boundaries = [] if x.consents is None else [b for c in x.consents.result() for b in _period(c)]
+    token = paging.new_token()
+    key = paging.snapshot_key(token, _binding(x))
+    assert key is not None
+    try:
+        # read before the consents were (``from_snapshot``); the patient's own reading does not
+        # depend on them: read now
+        generation = await (pages.snapshot_generation(patient) if x.generation is None else x.generation)
+        await paging.keep(
+            pages,
+            key,
+            patient=patient,
+            generation=generation,
+            resources=answer.resources,
+            chunk=paging.chunk_for(query.count),
+            outcomes=answer.outcomes,
+            known=answer.patient_known,
+            withheld=answer.withheld,
+            expires=paging.expiry(now, facade.settings.paging.snapshot_ttl_s, boundaries),
+            now=now,
+        )
+    except StoreUnavailable as exc:
+        log.warning("page snapshot not kept (%s): later pages walk again", exc)
+        return True
+    x.page_token = token
+    return True
+
+
+def _binding(x: Exchange) -> bytes:
+    principal, decision, query = x.principal, x.decision, x.query
+    assert isinstance(principal, Principal) and isinstance(decision, AccessDecision) and query is not None
+    return paging.binding(
+        principal,
+        types=decision.types,
+        permission=decision.permission,
+        emergency=x.emergency_reason,
+        query=query,
+    )
+
+
+def _period(row: ConsentRow) -> tuple[float | None, float | None]:
+    t = terms(row.resource)
+    return t.start, t.end
+
+
+def _retrieved(done: asyncio.Future[int]) -> None:
+    """A generation nobody needed in the end (one page) may have failed: not an unretrieved error."""
+    if not done.cancelled():
+        done.exception()
 
 
 def _selected(resource: FhirDict, query: Query) -> bool:

@@ -27,6 +27,7 @@ PATIENT_READ: tuple[Stage, ...] = (
     stages.emergency,  # asked-for emergency access: granted (its reason) or refused (400/403, logged)
     stages.audit_begun,  # logged as begun; the commit runs while the backends answer
     stages.decide,  # scopes × query × audience → AccessDecision (403; another patient's: as unknown)
+    stages.from_snapshot,  # a later page: from the first page's snapshot, no backend asked (or 410)
     stages.plan,  # the types to fetch (+ those they reference), permitted ones only
     stages.consents,  # PDL: the patient's consents, read while the backends answer
     stages.fetch_and_map,  # cache → engagement → fan-out → mapping in the slack → stale fallback
@@ -35,16 +36,21 @@ PATIENT_READ: tuple[Stage, ...] = (
     stages.redact,  # the audience policy removes what this asker may not see, and every trace of it
     stages.lookalikes,  # look-alikes from different producers marked, over the visible only
     stages.select,  # the query's filters (after redaction: hidden content cannot match) → Answer
+    stages.keep_snapshot,  # more than one page: the answer kept for the later pages (their token)
 )
 
 # The same reading for a caller that is not a request (``collect``: the tests, the bench): nothing
-# asked at the door (emergency access comes granted, or not at all), nothing logged.
-READING: tuple[Stage, ...] = tuple(s for s in PATIENT_READ if s not in (stages.emergency, stages.audit_begun))
+# asked at the door (emergency access comes granted, or not at all), nothing logged, no pages.
+READING: tuple[Stage, ...] = tuple(
+    s
+    for s in PATIENT_READ
+    if s not in (stages.emergency, stages.audit_begun, stages.from_snapshot, stages.keep_snapshot)
+)
 
 
 async def run(facade: Facade, x: Exchange, walk: tuple[Stage, ...] = PATIENT_READ) -> Answer:
     """Walk ``x`` through ``walk`` and return its answer. A walk that ends in an error leaves
-    nothing running (the consents being read are cancelled)."""
+    nothing running (the consents and the snapshot generation being read are cancelled)."""
     hooks = facade.hooks
     try:
         for stage in walk:
@@ -55,8 +61,9 @@ async def run(facade: Facade, x: Exchange, walk: tuple[Stage, ...] = PATIENT_REA
             if not go_on:
                 break
     except BaseException:
-        if x.consents is not None:
-            x.consents.cancel()
+        for pending in (x.generation, x.consents):
+            if pending is not None:
+                pending.cancel()
         raise
     assert x.answer is not None, "the walk ended without an answer"
     x.degraded = x.answer.degraded

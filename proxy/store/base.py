@@ -9,7 +9,9 @@ only once its access is logged (its event, or its begun event, committed); if th
 it, ``StoreUnavailable`` is raised and the request must disclose nothing. An event submitted again
 with the same id replaces the stored one while that one is begun (an access logged as begun, then
 completed); a completed event stays. Reads of the access log see every event submitted before them.
-Consents are few and written one at a time.
+Consents are few and written one at a time. Page snapshots (``proxy.paging``) are short-lived
+rows of compressed answer parts, found by a key that is a hash; the expired ones are swept on a
+write now and then.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -32,6 +35,7 @@ log = logging.getLogger("proxy.store")  # the name it logged under before the mo
 
 
 NO_OUTCOME = -1  # the outcome column of an event logged as begun (the column is NOT NULL)
+SWEEP_EVERY_S = 60.0  # expired page snapshots are deleted this often (on a write, by the writer)
 
 
 class StoreUnavailable(Exception):
@@ -91,6 +95,7 @@ class Store(abc.ABC):
         self._writer: asyncio.Task[None] | None = None
         self._batch: list[tuple[AuditRecord | None, asyncio.Future[None]]] = []  # being written
         self.hooks = Hooks()  # queue depth and commit latency (the app passes its own)
+        self._swept = 0.0  # when expired page snapshots were last deleted (the app's epoch seconds)
 
     async def open(self) -> None:
         await self._connect()
@@ -243,6 +248,31 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def consents(self, patient_pnr: str) -> list[ConsentRow]:
         """The patient's consents and blocks, any status, oldest first."""
+
+    # ---- page snapshots (``proxy.paging.SnapshotStore``: what each method promises) ---------------
+
+    @abc.abstractmethod
+    async def snapshot_generation(self, patient: str) -> int: ...
+
+    @abc.abstractmethod
+    async def put_snapshot(
+        self, key: str, patient: str, parts: Sequence[tuple[int, bytes]], *, expires: float, now: float
+    ) -> None: ...
+
+    @abc.abstractmethod
+    async def read_snapshot(
+        self, key: str, patient: str, first: int, last: int, *, now: float
+    ) -> tuple[int, dict[int, bytes]] | None: ...
+
+    @abc.abstractmethod
+    async def drop_snapshots(self, patient: str) -> None: ...
+
+    def _sweep_due(self, now: float) -> bool:
+        """Whether expired snapshots are due to be deleted (at most once a minute per store)."""
+        if now - self._swept < SWEEP_EVERY_S:
+            return False
+        self._swept = now
+        return True
 
 
 # The patient's own view of their log: what care staff did, and what the patient did themselves.

@@ -3,6 +3,8 @@ balancer. Commits are synchronous (PostgreSQL's default), so a committed event s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import asyncpg
 import orjson
 
@@ -20,6 +22,12 @@ CREATE TABLE IF NOT EXISTS consent (
     seq BIGSERIAL PRIMARY KEY, id TEXT NOT NULL UNIQUE, patient_pnr TEXT NOT NULL,
     status TEXT NOT NULL, version INTEGER NOT NULL, resource JSONB NOT NULL);
 CREATE INDEX IF NOT EXISTS consent_by_patient ON consent (patient_pnr);
+CREATE TABLE IF NOT EXISTS page_snapshot (
+    key TEXT NOT NULL, part INTEGER NOT NULL, patient TEXT NOT NULL, expires DOUBLE PRECISION NOT NULL,
+    data BYTEA NOT NULL, PRIMARY KEY (key, part));
+CREATE INDEX IF NOT EXISTS page_snapshot_by_patient ON page_snapshot (patient);
+CREATE INDEX IF NOT EXISTS page_snapshot_by_expiry ON page_snapshot (expires);
+CREATE TABLE IF NOT EXISTS page_generation (patient TEXT PRIMARY KEY, generation BIGINT NOT NULL);
 """
 # Several workers may start at once: creating the schema is serialised on an advisory lock.
 _SCHEMA_LOCK = 0x66686972
@@ -139,3 +147,52 @@ class PostgresStore(Store):
             patient_pnr,
         )
         return [ConsentRow(*r) for r in rows]
+
+    # ---- page snapshots (proxy/paging.py: key is a hash, patient the opaque patient id) ----------
+
+    async def snapshot_generation(self, patient: str) -> int:
+        rows = await self._fetch("SELECT generation FROM page_generation WHERE patient = $1", patient)
+        return int(rows[0][0]) if rows else 0
+
+    async def put_snapshot(
+        self, key: str, patient: str, parts: Sequence[tuple[int, bytes]], *, expires: float, now: float
+    ) -> None:
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                if self._sweep_due(now):
+                    await conn.execute("DELETE FROM page_snapshot WHERE expires <= $1", now)
+                await conn.executemany(
+                    "INSERT INTO page_snapshot (key, part, patient, expires, data)"
+                    " VALUES ($1, $2, $3, $4, $5)",
+                    [(key, part, patient, expires, data) for part, data in parts],
+                )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreUnavailable(f"store write failed ({type(exc).__name__})") from None
+
+    async def read_snapshot(
+        self, key: str, patient: str, first: int, last: int, *, now: float
+    ) -> tuple[int, dict[int, bytes]] | None:
+        rows = await self._fetch(
+            "SELECT part, data, (SELECT generation FROM page_generation WHERE patient = $1)"
+            " FROM page_snapshot WHERE key = $2 AND expires > $3 AND (part = -1 OR part BETWEEN $4 AND $5)",
+            patient,
+            key,
+            now,
+            first,
+            last,
+        )
+        if not rows:
+            return None
+        return int(rows[0][2] or 0), {int(r[0]): bytes(r[1]) for r in rows}
+
+    async def drop_snapshots(self, patient: str) -> None:
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                await conn.execute(
+                    "INSERT INTO page_generation (patient, generation) VALUES ($1, 1)"
+                    " ON CONFLICT (patient) DO UPDATE SET generation = page_generation.generation + 1",
+                    patient,
+                )
+                await conn.execute("DELETE FROM page_snapshot WHERE patient = $1", patient)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreUnavailable(f"store write failed ({type(exc).__name__})") from None

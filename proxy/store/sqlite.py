@@ -10,6 +10,7 @@ larger batch is one explicit transaction, on the audit writer's own connection."
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,15 @@ SCHEMA = (
     " seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, patient_pnr TEXT NOT NULL,"
     " status TEXT NOT NULL, version INTEGER NOT NULL, resource BLOB NOT NULL)",
     "CREATE INDEX IF NOT EXISTS consent_by_patient ON consent (patient_pnr)",
+    # page snapshots (proxy/paging.py): key is a hash, patient the opaque patient id
+    "CREATE TABLE IF NOT EXISTS page_snapshot ("
+    " key TEXT NOT NULL, part INTEGER NOT NULL, patient TEXT NOT NULL, expires REAL NOT NULL,"
+    " data BLOB NOT NULL, PRIMARY KEY (key, part))",
+    "CREATE INDEX IF NOT EXISTS page_snapshot_by_patient ON page_snapshot (patient)",
+    "CREATE INDEX IF NOT EXISTS page_snapshot_by_expiry ON page_snapshot (expires)",
+    "CREATE TABLE IF NOT EXISTS page_generation (patient TEXT PRIMARY KEY, generation INTEGER NOT NULL)",
 )
+_PARTS_PER_STATEMENT = 100  # 5 values each: under the 999 variables older SQLite builds allow
 
 
 class SqliteStore(Store):
@@ -154,6 +163,57 @@ class SqliteStore(Store):
             patient_pnr,
         )
         return [_row(r) for r in rows]
+
+    # ---- page snapshots --------------------------------------------------------------------------
+
+    async def _write(self, sql: str, *args: object) -> None:
+        try:
+            await self.db.execute(sql, args)
+        except (ValueError, aiosqlite.Error) as exc:
+            raise StoreUnavailable(f"store write failed ({type(exc).__name__})") from None
+
+    async def snapshot_generation(self, patient: str) -> int:
+        rows = await self._fetch("SELECT generation FROM page_generation WHERE patient = ?", patient)
+        return int(rows[0][0]) if rows else 0
+
+    async def put_snapshot(
+        self, key: str, patient: str, parts: Sequence[tuple[int, bytes]], *, expires: float, now: float
+    ) -> None:
+        if self._sweep_due(now):
+            await self._write("DELETE FROM page_snapshot WHERE expires <= ?", now)
+        # each statement its own transaction, the header (the last part) in the last: a snapshot
+        # is found only once whole
+        for at in range(0, len(parts), _PARTS_PER_STATEMENT):
+            rows = parts[at : at + _PARTS_PER_STATEMENT]
+            await self._write(
+                "INSERT INTO page_snapshot (key, part, patient, expires, data) VALUES "
+                + ", ".join(["(?, ?, ?, ?, ?)"] * len(rows)),
+                *(v for part, data in rows for v in (key, part, patient, expires, data)),
+            )
+
+    async def read_snapshot(
+        self, key: str, patient: str, first: int, last: int, *, now: float
+    ) -> tuple[int, dict[int, bytes]] | None:
+        rows = await self._fetch(
+            "SELECT part, data, (SELECT generation FROM page_generation WHERE patient = ?)"
+            " FROM page_snapshot WHERE key = ? AND expires > ? AND (part = -1 OR part BETWEEN ? AND ?)",
+            patient,
+            key,
+            now,
+            first,
+            last,
+        )
+        if not rows:
+            return None
+        return int(rows[0][2] or 0), {int(part): bytes(data) for part, data, _ in rows}
+
+    async def drop_snapshots(self, patient: str) -> None:
+        await self._write(
+            "INSERT INTO page_generation (patient, generation) VALUES (?, 1)"
+            " ON CONFLICT (patient) DO UPDATE SET generation = generation + 1",
+            patient,
+        )
+        await self._write("DELETE FROM page_snapshot WHERE patient = ?", patient)
 
 
 async def _insert_rows(db: aiosqlite.Connection, rows: list[AuditRecord]) -> None:

@@ -1,0 +1,161 @@
+"""A paging walk: every page of one patient's ``$everything`` at a small ``_count``, with page
+snapshots (``paging.snapshots: true``, the default) and without (every page walks again).
+
+    python bench/paging.py [--latency-ms 20] [--count 5] [--walks 20] [--patient 194911309278]
+                           [--redis-url redis://127.0.0.1:6379/0] [--out /tmp/paging.json]
+
+Sequential requests over loopback, one facade worker, simulators in the same process (each with
+``--latency-ms`` added to every answer), the embedded store (SQLite) in a temporary folder (the
+snapshots there too, or in ``--redis-url``). The
+patient's consent for the clinician's care provider is registered first (PDL: the answer holds
+every source). For each mode: backend calls per walk (counted at the simulators) against those of
+one unpaged ``$everything``, and the latency of the first page and of the pages after it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import aiohttp
+
+from proxy import loop
+from proxy.app import create_app
+from proxy.auth.demo import demo_issuer, make_token
+from proxy.fhir.ids import PatientIds
+from proxy.settings import DEMO_PATIENT_ID_KEY, load_settings
+from proxy.simulators.harness import Received, people_for, running_simulators, serving
+from proxy.simulators.population import LENNART
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import register_consents
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+async def walk_mode(
+    snapshots: bool, latency_ms: float, count: int, walks: int, pnr: str, tmp: Path, redis_url: str | None
+) -> dict[str, Any]:
+    settings = load_settings()
+    cache = replace(settings.cache, enabled=False)
+    if redis_url:  # the snapshots in Redis (the cache's store; the cache itself stays off)
+        cache = replace(cache, store="redis", redis_url=redis_url)
+    settings = replace(
+        settings,
+        cache=cache,
+        engagement=replace(settings.engagement, enabled=False),
+        store=replace(settings.store, kind="sqlite", sqlite_path=tmp / f"facade-{snapshots}.sqlite"),
+        paging=replace(settings.paging, snapshots=snapshots),
+    )
+    faults = {b.simulator: {"latency_ms": latency_ms} for b in settings.backends if b.simulator}
+    received: list[Received] = []
+    async with running_simulators(settings, people_for(settings), faults=faults, received=received) as urls:
+        app = create_app(
+            settings.with_backend_urls(urls), patient_id_key=DEMO_PATIENT_ID_KEY, extra_issuer=demo_issuer()
+        )
+        token = make_token("clinician")
+        patient_id = PatientIds(DEMO_PATIENT_ID_KEY).encode(pnr)
+        async with (
+            serving(app) as base,
+            aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http,
+        ):
+            await register_consents(base, [patient_id], token)
+            url = f"{base}/fhir/Patient/{patient_id}/$everything"
+
+            async def get(u: str, params: Any) -> tuple[dict[str, Any], float, int]:
+                t0 = time.perf_counter()
+                async with http.get(u, params=params) as r:
+                    body = await r.read()
+                    assert r.status == 200, body[:300]
+                return json.loads(body), (time.perf_counter() - t0) * 1000, len(body)
+
+            for _ in range(5):  # warm-up: connections, first-call costs
+                await get(url, {"_count": "500"})
+            before = len(received)
+            whole, _, _ = await get(url, {"_count": "500"})
+            one_everything = len(received) - before
+            first_ms, later_ms, calls, pages, delivered = [], [], [], 0, 0
+            for _ in range(walks):
+                before = len(received)
+                page, ms, size = await get(url, {"_count": str(count)})
+                first_ms.append(ms)
+                delivered += size
+                pages = 1
+                while (
+                    nxt := next((lk["url"] for lk in page["link"] if lk["relation"] == "next"), None)
+                ) is not None:
+                    parts = urlsplit(nxt)
+                    page, ms, size = await get(parts._replace(query="").geturl(), parse_qsl(parts.query))
+                    later_ms.append(ms)
+                    delivered += size
+                    pages += 1
+                calls.append(len(received) - before)
+    return {
+        "snapshots": snapshots,
+        "resources": whole["total"],
+        "pages_per_walk": pages,
+        "backend_calls_one_everything": one_everything,
+        "backend_calls_per_walk": statistics.median(calls),
+        "calls_ratio": statistics.median(calls) / one_everything,
+        "first_page_p50_ms": statistics.median(first_ms),
+        "later_pages_p50_ms": statistics.median(later_ms),
+        "later_pages_p90_ms": pct(later_ms, 90),
+        "later_pages_p99_ms": pct(later_ms, 99),
+        "bytes_delivered_per_walk": delivered // walks,
+    }
+
+
+async def run(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
+    return [
+        await walk_mode(snapshots, args.latency_ms, args.count, args.walks, args.patient, tmp, args.redis_url)
+        for snapshots in (True, False)
+    ]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--latency-ms", type=float, default=20.0)
+    ap.add_argument("--count", type=int, default=5, help="_count of each page")
+    ap.add_argument("--walks", type=int, default=20, help="full paging walks per mode")
+    ap.add_argument(
+        "--patient", default=LENNART.pnr, help="personnummer (default: Lennart, the longest demo history)"
+    )
+    ap.add_argument("--redis-url", help="keep the snapshots in this Redis (default: the SQLite store)")
+    ap.add_argument("--out", type=Path, help="also write the figures as JSON here")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        results = loop.run(run(args, Path(tmp)))
+    print(
+        f"Paging walk of $everything, _count={args.count}, {results[0]['resources']} resources, "
+        f"{results[0]['pages_per_walk']} pages, {args.walks} walks, backends +{args.latency_ms:g} ms each\n"
+    )
+    print(
+        "| mode | backend calls per walk | × one $everything | first page p50 | later pages p50 / p90 / p99 |"
+    )
+    print("|---|---|---|---|---|")
+    for r in results:
+        print(
+            f"| {'snapshots' if r['snapshots'] else 'no snapshots (walk per page)'} "
+            f"| {r['backend_calls_per_walk']:g} | {r['calls_ratio']:.2f} | {r['first_page_p50_ms']:.1f} ms "
+            f"| {r['later_pages_p50_ms']:.1f} / {r['later_pages_p90_ms']:.1f}"
+            f" / {r['later_pages_p99_ms']:.1f} ms |"
+        )
+    if args.out:
+        args.out.write_text(
+            json.dumps({"settings": vars(args) | {"out": str(args.out)}, "results": results}, indent=2)
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Paging from snapshots (proxy/paging.py): later pages read from the first page's answer."""
