@@ -57,7 +57,8 @@ class SourceAnswered:
 @dataclass(frozen=True, slots=True)
 class SourceFailed:
     """A backend's share of a fan-out failed. ``kind``: timeout, http-error, connect-error,
-    connection-closed, too-large, invalid, breaker-open or error; ``detail`` is the answer's own
+    connection-closed, too-large, invalid, breaker-open, error, or facade-overloaded (not the
+    backend's fault: the facade could not ask or hear it in time); ``detail`` is the answer's own
     short, fixed text (``SourceResult.detail``), never a body."""
 
     backend: str

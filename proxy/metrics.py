@@ -7,7 +7,8 @@ personnummer, a patient id or a name: the events (``proxy.hooks``) do not carry 
     fhir_facade_requests_total{route,status,audience}            counter
     fhir_facade_request_duration_seconds{route,audience}         histogram
     fhir_facade_backend_calls_total{backend,outcome}             counter (answered, timeout,
-                                                                 http-error, breaker-open, ...)
+                                                                 http-error, breaker-open,
+                                                                 facade-overloaded, ...)
     fhir_facade_backend_call_duration_seconds{backend}           histogram (a backend's whole share)
     fhir_facade_mapped_records_total{backend}                    counter
     fhir_facade_mapping_duration_seconds{backend}                histogram (one answer)
@@ -177,7 +178,7 @@ class Metrics:
 
     def source_failed(self, e: SourceFailed) -> None:
         self._of(self.calls, e.backend, e.kind).inc()
-        if e.kind != "breaker-open":  # (not asked: no call to time)
+        if e.kind not in ("breaker-open", "facade-overloaded"):  # (not asked, or not the backend's time)
             self._of(self.call_seconds, e.backend).observe(e.latency_ms / 1000)
 
     def answer_mapped(self, e: AnswerMapped) -> None:
