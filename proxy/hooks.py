@@ -39,6 +39,14 @@ class RequestFinished:
 
 
 @dataclass(frozen=True, slots=True)
+class RequestShed:
+    """Admission control refused a request (503, ``proxy.edge.admission``) before reading it:
+    ``reason`` is queue-full (every place and the queue taken) or waited-too-long."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class StageFinished:
     """One stage of a request's walk (``proxy.pipeline.walk``) finished: its name, how long it took."""
 

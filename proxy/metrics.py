@@ -6,6 +6,9 @@ personnummer, a patient id or a name: the events (``proxy.hooks``) do not carry 
 
     fhir_facade_requests_total{route,status,audience}            counter
     fhir_facade_request_duration_seconds{route,audience}         histogram
+    fhir_facade_requests_shed_total{reason}                      counter: refused by admission
+                                                                 control (503): queue-full,
+                                                                 waited-too-long
     fhir_facade_backend_calls_total{backend,outcome}             counter (answered, timeout,
                                                                  http-error, breaker-open,
                                                                  facade-overloaded, ...)
@@ -56,6 +59,7 @@ from proxy.hooks import (
     CacheLookup,
     Hooks,
     RequestFinished,
+    RequestShed,
     SourceAnswered,
     SourceFailed,
 )
@@ -87,6 +91,12 @@ class Metrics:
             "Time to answer a request",
             ["route", "audience"],
             buckets=_REQUEST_BUCKETS,
+            registry=r,
+        )
+        self.shed = Counter(
+            "fhir_facade_requests_shed",
+            "Requests refused by admission control (503 with Retry-After)",
+            ["reason"],
             registry=r,
         )
         self.calls = Counter(
@@ -160,6 +170,7 @@ class Metrics:
 
     def subscribe(self, hooks: Hooks) -> None:
         hooks.subscribe(RequestFinished, self.request_finished)
+        hooks.subscribe(RequestShed, self.request_shed)
         hooks.subscribe(SourceAnswered, self.source_answered)
         hooks.subscribe(SourceFailed, self.source_failed)
         hooks.subscribe(AnswerMapped, self.answer_mapped)
@@ -171,6 +182,9 @@ class Metrics:
     def request_finished(self, e: RequestFinished) -> None:
         self._of(self.requests, e.route, str(e.status), e.audience).inc()
         self._of(self.request_seconds, e.route, e.audience).observe(e.duration_ms / 1000)
+
+    def request_shed(self, e: RequestShed) -> None:
+        self._of(self.shed, e.reason).inc()
 
     def source_answered(self, e: SourceAnswered) -> None:
         self._of(self.calls, e.backend, "answered").inc()
