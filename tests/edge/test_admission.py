@@ -302,3 +302,73 @@ def test_bad_admission_settings_name_file_and_key(tmp_path: Path, change: dict[s
 def test_the_shipped_admission_settings() -> None:
     a = load_settings().admission
     assert (a.enabled, a.max_in_flight, a.max_queue, a.max_wait_s, a.retry_after_s) == (True, 64, 64, 1.0, 1)
+
+
+# -- the door in front of the gate: the kernel's listen queue -------------------------------------
+
+
+def _connects(port: int, n: int) -> int:
+    """How many of ``n`` connections to ``port`` the kernel completes within a second (from a
+    thread: the server's loop is blocked meanwhile, accepting none of them)."""
+    import socket
+
+    done = 0
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.settimeout(1.0)
+        try:
+            s.connect(("127.0.0.1", port))
+            done += 1
+        except OSError:
+            pass
+        socks.append(s)
+    for s in socks:
+        s.close()
+    return done
+
+
+async def test_serve_queues_a_burst_of_connections_for_the_gate_rather_than_dropping_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While the worker's loop is busy, new connections wait in the kernel's listen queue; once it
+    is full, the kernel drops them and each client waits for its SYN to be sent again (1 s, 3 s, …)
+    — a silent delay no admission control can see or answer. ``serve`` listens with a queue that
+    takes a burst (here 300 at once) so that they reach the gate, to be let in or refused."""
+    import threading
+
+    from aiohttp import web
+
+    from proxy import cli
+    from proxy.simulators.harness import serving
+
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/", ok)
+    used: dict[str, Any] = {}
+    real_serving = cli.serving
+
+    def recording(*args: Any, **kw: Any) -> Any:
+        used.update(kw)
+        return real_serving(*args, **kw)
+
+    monkeypatch.setattr(cli, "serving", recording)
+
+    async def at_once() -> None:
+        return None
+
+    monkeypatch.setattr(cli, "_until_interrupted", at_once)
+    monkeypatch.setattr(cli, "settle_heap", lambda: None)  # (the test process's collector stays as it is)
+    monkeypatch.setattr(cli, "create_app", lambda *a, **kw: app)
+    await cli._serve(load_settings(), "127.0.0.1", 0, DEMO_PATIENT_ID_KEY)
+    assert used["backlog"] == cli.LISTEN_BACKLOG >= 1024
+
+    async with serving(app, backlog=cli.LISTEN_BACKLOG) as url:
+        port = int(url.rsplit(":", 1)[1])
+        got: list[int] = []
+        burst = threading.Thread(target=lambda: got.append(_connects(port, 300)))
+        burst.start()
+        burst.join()  # (blocking the loop: nothing is accepted while the burst comes in)
+    assert got == [300]
