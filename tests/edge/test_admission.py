@@ -27,6 +27,7 @@ from proxy.app import create_app
 from proxy.auth.demo import demo_issuer
 from proxy.edge.admission import ADMISSION_KEY, QUEUE_FULL, WAITED_TOO_LONG, Gate
 from proxy.edge.http import FACADE_KEY, STORE_KEY
+from proxy.edge.server import AcceptingSite
 from proxy.fanout.transport import Exchange, Transport
 from proxy.settings import DEMO_PATIENT_ID_KEY, ConfigError, Settings, load_settings
 from proxy.simulators.harness import running_simulators
@@ -364,6 +365,7 @@ async def test_serve_queues_a_burst_of_connections_for_the_gate_rather_than_drop
     monkeypatch.setattr(cli, "create_app", lambda *a, **kw: app)
     await cli._serve(load_settings(), "127.0.0.1", 0, DEMO_PATIENT_ID_KEY)
     assert used["backlog"] == cli.LISTEN_BACKLOG >= 1024
+    assert used["site_class"] is AcceptingSite
 
     async with serving(app, backlog=cli.LISTEN_BACKLOG) as url:
         port = int(url.rsplit(":", 1)[1])
@@ -372,3 +374,53 @@ async def test_serve_queues_a_burst_of_connections_for_the_gate_rather_than_drop
         burst.start()
         burst.join()  # (blocking the loop: nothing is accepted while the burst comes in)
     assert got == [300]
+
+
+def test_a_busy_worker_accepts_every_waiting_connection_at_each_turn_of_its_loop() -> None:
+    """uvloop (libuv) accepts one waiting connection per turn of the event loop; a worker whose
+    turns take 100 ms under load then takes in ten new connections a second, however many wait in
+    the listen queue — a queue in front of admission control that it cannot see. ``serve``'s site
+    (``AcceptingSite``) accepts every waiting connection at each turn, so that each request reaches
+    the gate at once, to be let in or refused. On uvloop, as ``serve`` runs."""
+    import threading
+
+    import uvloop
+    from aiohttp import web
+
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def accepted_after_a_few_turns(site_class: type[web.TCPSite]) -> int:
+        app = web.Application()
+        app.router.add_get("/", ok)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = site_class(runner, "127.0.0.1", 0, backlog=1024)
+        await site.start()
+        assert runner.server is not None
+        socks: list[Any] = []
+        try:
+            burst = threading.Thread(target=lambda: socks.extend(_open(site.port, 100)))
+            burst.start()
+            burst.join()  # (blocking the loop, as a busy worker's turn does, while the burst comes in)
+            for _ in range(10):  # ten turns of the loop
+                await asyncio.sleep(0)
+            return len(runner.server.connections)
+        finally:
+            for sock in socks:
+                sock.close()
+            await runner.cleanup()
+
+    loop = uvloop.new_event_loop()
+    try:
+        assert loop.run_until_complete(accepted_after_a_few_turns(web.TCPSite)) < 100  # (the trap)
+        assert loop.run_until_complete(accepted_after_a_few_turns(AcceptingSite)) == 100
+    finally:
+        loop.close()
+
+
+def _open(port: int, n: int) -> list[Any]:
+    """``n`` connections to ``port``, each completed by the kernel (left open)."""
+    import socket
+
+    return [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(n)]
