@@ -64,10 +64,7 @@ from proxy.fhir.ids import PatientIds
 from proxy.simulators.population import population
 
 OUTCOMES = ("ok", "partial-facade", "partial-backend", "shed", "error")
-VARIANTS = (
-    ("admission", "admission control on (shipped defaults)", True),
-    ("no-admission", "admission control off", False),
-)
+VARIANTS = (("admission", True), ("no-admission", False))  # (name, admission.enabled)
 
 
 def judge(status: int, headers: Any, body: bytes) -> tuple[str, bool]:
@@ -246,7 +243,9 @@ async def overload(args: argparse.Namespace, procs: run.Processes, tmp: Path) ->
     rate = maximum = None
     closed: dict[str, Any] | None = None
     variants = []
-    for name, label, enabled in VARIANTS:
+    for name, enabled in VARIANTS:
+        given = ", ".join(f"{k}={v}" for k, v in args.admission.items()) or "the shipped defaults"
+        label = f"admission control on ({given})" if enabled else "admission control off"
         cfg = config(tmp, name, sim_urls, pem, {**args.admission, "enabled": enabled})
         print(f"{label}: starting the facade …", flush=True)
         base, pid = await run.start_facade(procs, name, cfg, key_b64, args.start_timeout)
