@@ -368,6 +368,10 @@ def plot(results: dict[str, Any], path: Path) -> bool:
         ax.set_title(v["label"])
         ax.set_xlabel("second of the phase the request was due in")
         ax.grid(True, axis="y", alpha=0.3)
+    tallest = max(
+        (sum(1 for t, _ in v["timeline"] if int(t) == k) for v in variants for k in range(60)), default=1
+    )
+    axes[0][0].set_ylim(0, tallest * 1.1)
     axes[0][0].set_ylabel("requests")
     axes[0][0].legend(fontsize=8)
     fig.suptitle(
