@@ -14,7 +14,8 @@ audit log's job, in the store, not this file's.)
 
 ``fhir_facade.backends`` (WARNING): each backend fault — "backend npo failed: http-error (answered
 HTTP 503)" — and each breaker change; a backend skipped because its breaker is open is INFO (the
-breaker's opening was the warning).
+breaker's opening was the warning), and so is one the facade could not ask or hear in time because
+it was overloaded itself (no fault of the backend's; counted in the metrics).
 
 ``JsonFormatter`` renders any record as one JSON line, with the ``fields`` a record carries.
 """
@@ -81,6 +82,9 @@ def request_finished(e: RequestFinished) -> None:
 
 
 def source_failed(e: SourceFailed) -> None:
+    if e.kind == "facade-overloaded":  # the facade's own condition, not a fault of the backend: INFO
+        backends_log.info("backend %s: %s", e.backend, e.detail or "the facade was overloaded")  # (metrics)
+        return
     level = logging.INFO if e.kind == "breaker-open" else logging.WARNING
     backends_log.log(level, "backend %s failed: %s (%s)", e.backend, e.kind, e.detail or "no detail")
 

@@ -23,6 +23,7 @@ from proxy.auth.config import TrustedIssuer
 from proxy.auth.verify import Authenticator
 from proxy.cache import MemoryCache, RedisCache, SourceCache, redis_prefix
 from proxy.clock import SYSTEM_CLOCK, Clock
+from proxy.edge.admission import ADMISSION_KEY, Gate, admission
 from proxy.edge.compression import compression
 from proxy.edge.cors import cors
 from proxy.edge.health import health
@@ -137,10 +138,23 @@ def create_app(
         metrics.subscribe(hooks)
     accesslog.subscribe(hooks, access=settings.metrics.access_log)
     load_subscribers(hooks, os.environ.get(SUBSCRIBERS_ENV, ""))
+    a = settings.admission
+    gate = Gate(a.max_in_flight, a.max_queue, a.max_wait_s) if a.enabled else None
+    # admission inside ``observed`` (a refused request has its access-log line and is counted),
+    # outside authentication and audit (refused before any token or patient is read)
+    door = [admission(a, settings.facade.base_path, gate, hooks)] if gate is not None else []
     app = web.Application(
-        middlewares=[*edge(settings), observed(hooks, metrics, settings.metrics), fhir_errors, audited],
+        middlewares=[
+            *edge(settings),
+            observed(hooks, metrics, settings.metrics),
+            *door,
+            fhir_errors,
+            audited,
+        ],
         client_max_size=64 * 1024,
     )
+    if gate is not None:
+        app[ADMISSION_KEY] = gate
 
     async def backends(app: web.Application) -> AsyncIterator[None]:
         store = open_store(settings.store)

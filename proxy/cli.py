@@ -30,7 +30,7 @@ from proxy.accesslog import ACCESS_LOGGER, JsonFormatter, LineFormatter
 from proxy.app import create_app
 from proxy.auth.demo import DEMO_AUDIENCES, demo_issuer, make_token
 from proxy.edge.http import AUTH_KEY
-from proxy.edge.server import FacadeRunner
+from proxy.edge.server import AcceptingSite, FacadeRunner
 from proxy.fhir.ids import PatientIds
 from proxy.mapping.validate import MappingError
 from proxy.settings import (
@@ -149,9 +149,26 @@ def settle_heap() -> None:
     gc.set_threshold(10_000, 10, 10)
 
 
+# The kernel's queue of connections a worker has not accepted yet. While its loop is busy, a burst of
+# new connections waits there; past the queue's end the kernel drops them, and each client waits for
+# its SYN to be sent again (1 s, 3 s, …) — a delay nobody answers for. Queued, they are all accepted
+# at the loop's next turn (proxy.edge.server.AcceptingSite) and reach admission control
+# (proxy/edge/admission.py), which lets them in or refuses them at once (bench/overload.py counts the
+# drops). aiohttp's default is 128; the kernel caps it at net.core.somaxconn.
+LISTEN_BACKLOG = 1024
+
+
 async def _serve(settings: Settings, host: str, port: int, key: bytes, *, reuse_port: bool = False) -> None:
     app = create_app(settings, patient_id_key=key)
-    async with serving(app, host, port, reuse_port=reuse_port, runner_class=FacadeRunner) as url:
+    async with serving(
+        app,
+        host,
+        port,
+        reuse_port=reuse_port,
+        runner_class=FacadeRunner,
+        backlog=LISTEN_BACKLOG,
+        site_class=AcceptingSite,
+    ) as url:
         settle_heap()
         base = url + settings.facade.base_path
         running = type(asyncio.get_running_loop()).__module__.partition(".")[0]  # uvloop | asyncio

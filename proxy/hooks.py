@@ -39,6 +39,14 @@ class RequestFinished:
 
 
 @dataclass(frozen=True, slots=True)
+class RequestShed:
+    """Admission control refused a request (503, ``proxy.edge.admission``) before reading it:
+    ``reason`` is queue-full (every place and the queue taken) or waited-too-long."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class StageFinished:
     """One stage of a request's walk (``proxy.pipeline.walk``) finished: its name, how long it took."""
 
@@ -57,7 +65,8 @@ class SourceAnswered:
 @dataclass(frozen=True, slots=True)
 class SourceFailed:
     """A backend's share of a fan-out failed. ``kind``: timeout, http-error, connect-error,
-    connection-closed, too-large, invalid, breaker-open or error; ``detail`` is the answer's own
+    connection-closed, too-large, invalid, breaker-open, error, or facade-overloaded (not the
+    backend's fault: the facade could not ask or hear it in time); ``detail`` is the answer's own
     short, fixed text (``SourceResult.detail``), never a body."""
 
     backend: str

@@ -6,8 +6,12 @@ personnummer, a patient id or a name: the events (``proxy.hooks``) do not carry 
 
     fhir_facade_requests_total{route,status,audience}            counter
     fhir_facade_request_duration_seconds{route,audience}         histogram
+    fhir_facade_requests_shed_total{reason}                      counter: refused by admission
+                                                                 control (503): queue-full,
+                                                                 waited-too-long
     fhir_facade_backend_calls_total{backend,outcome}             counter (answered, timeout,
-                                                                 http-error, breaker-open, ...)
+                                                                 http-error, breaker-open,
+                                                                 facade-overloaded, ...)
     fhir_facade_backend_call_duration_seconds{backend}           histogram (a backend's whole share)
     fhir_facade_mapped_records_total{backend}                    counter
     fhir_facade_mapping_duration_seconds{backend}                histogram (one answer)
@@ -55,6 +59,7 @@ from proxy.hooks import (
     CacheLookup,
     Hooks,
     RequestFinished,
+    RequestShed,
     SourceAnswered,
     SourceFailed,
 )
@@ -86,6 +91,12 @@ class Metrics:
             "Time to answer a request",
             ["route", "audience"],
             buckets=_REQUEST_BUCKETS,
+            registry=r,
+        )
+        self.shed = Counter(
+            "fhir_facade_requests_shed",
+            "Requests refused by admission control (503 with Retry-After)",
+            ["reason"],
             registry=r,
         )
         self.calls = Counter(
@@ -159,6 +170,7 @@ class Metrics:
 
     def subscribe(self, hooks: Hooks) -> None:
         hooks.subscribe(RequestFinished, self.request_finished)
+        hooks.subscribe(RequestShed, self.request_shed)
         hooks.subscribe(SourceAnswered, self.source_answered)
         hooks.subscribe(SourceFailed, self.source_failed)
         hooks.subscribe(AnswerMapped, self.answer_mapped)
@@ -171,13 +183,16 @@ class Metrics:
         self._of(self.requests, e.route, str(e.status), e.audience).inc()
         self._of(self.request_seconds, e.route, e.audience).observe(e.duration_ms / 1000)
 
+    def request_shed(self, e: RequestShed) -> None:
+        self._of(self.shed, e.reason).inc()
+
     def source_answered(self, e: SourceAnswered) -> None:
         self._of(self.calls, e.backend, "answered").inc()
         self._of(self.call_seconds, e.backend).observe(e.latency_ms / 1000)
 
     def source_failed(self, e: SourceFailed) -> None:
         self._of(self.calls, e.backend, e.kind).inc()
-        if e.kind != "breaker-open":  # (not asked: no call to time)
+        if e.kind not in ("breaker-open", "facade-overloaded"):  # (not asked, or not the backend's time)
             self._of(self.call_seconds, e.backend).observe(e.latency_ms / 1000)
 
     def answer_mapped(self, e: AnswerMapped) -> None:

@@ -179,6 +179,18 @@ class HttpSettings:
     gzip_min_bytes: int = 1024  # smaller answers are sent as they are
 
 
+@dataclass(frozen=True, slots=True)
+class AdmissionSettings:
+    """Admission control per worker (proxy/edge/admission.py): how many requests are worked on at
+    once, how many more may wait and how long; beyond that, 503 with Retry-After."""
+
+    enabled: bool = True
+    max_in_flight: int = 64  # (the bench's closed model runs 32 workers; the tests at most 64 at once)
+    max_queue: int = 64
+    max_wait_s: float = 1.0
+    retry_after_s: int = 1  # what a refused client is told to wait
+
+
 # The backend var naming the ambulance service whose care unit the threat mapping gives every flag.
 THREAT_UNIT_VAR = "ambulance_service_hsa_id"
 
@@ -229,6 +241,7 @@ class Settings:
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
     paging: PagingSettings = field(default_factory=PagingSettings)
+    admission: AdmissionSettings = field(default_factory=AdmissionSettings)
 
     def backend(self, name: str) -> BackendSettings:
         for b in self.backends:
@@ -319,6 +332,7 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
             "http",
             "audiences",
             "paging",
+            "admission",
         },
     )
 
@@ -556,6 +570,7 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
     metrics = _metrics(r, top.get("metrics"), env)
     http = _http_settings(r, top.get("http"))
     paging = _paging(r, top.get("paging"))
+    admission = _admission(r, top.get("admission"))
 
     given_mappings = top.get("mappings_dir")
     mappings_dir = (path.parent / str(given_mappings)).resolve() if given_mappings else DEFAULT_MAPPINGS
@@ -573,6 +588,7 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
         metrics=metrics,
         http=http,
         paging=paging,
+        admission=admission,
         patient_id_key=key,
         auth=r.section(top.get("auth"), "auth", {"issuers", "leeway_s", "audience", "max_token_lifetime_s"}),
         policy=r.section(top.get("policy"), "policy", {"labels", "audiences", "protected_identity"}),
@@ -700,4 +716,18 @@ def _http_settings(r: _Reader, data: Any) -> HttpSettings:
         cors_max_age_s=r.integer(c, "max_age_s", "http.cors", 600, 0, 86_400),
         gzip=z.get("gzip", True),
         gzip_min_bytes=r.integer(z, "min_bytes", "http.compression", 1024, 0, 1 << 30),
+    )
+
+
+def _admission(r: _Reader, data: Any) -> AdmissionSettings:
+    a = r.section(data, "admission", {"enabled", "max_in_flight", "max_queue", "max_wait_s", "retry_after_s"})
+    if not isinstance(a.get("enabled", True), bool):
+        raise r.fail("admission.enabled", "expects true or false")
+    d = AdmissionSettings()
+    return AdmissionSettings(
+        enabled=a.get("enabled", True),
+        max_in_flight=r.integer(a, "max_in_flight", "admission", d.max_in_flight, 1, 100_000),
+        max_queue=r.integer(a, "max_queue", "admission", d.max_queue, 0, 100_000),
+        max_wait_s=r.number(a, "max_wait_s", "admission", d.max_wait_s, 0.001, 60),
+        retry_after_s=r.integer(a, "retry_after_s", "admission", d.retry_after_s, 1, 3600),
     )

@@ -56,6 +56,10 @@ class SourceStatus(enum.Enum):
     CACHED = "cached"  # answered from the cache, fresh (NTjP: DataFromCache)
     STALE = "stale"  # the backend failed; an older cached answer stands in (DataFromCacheSynchFailed)
     SKIPPED = "skipped"  # not asked: its lookup said "unknown patient" a moment ago (engagement index)
+    # not asked in time, or not heard in time: the facade itself was overloaded (its own queue for a
+    # connection, or its event loop, held the request up); its data is missing, and it is not the
+    # source's fault (never counted by its breaker)
+    OVERLOADED = "overloaded"
 
     @property
     def degraded(self) -> bool:

@@ -5,6 +5,9 @@
     compression   gzip when the client accepts it, above a small size
     health        /healthz and /readyz, at the server root: answered here, outside the FHIR
                   middlewares below (no negotiation, no token, no audit), patient-free
+    observe       /metrics, and the RequestFinished event (access log, metrics) of every request
+    admission     at most so many requests in flight per worker, a short queue; beyond: 503
+                  throttled with Retry-After, before any token or patient is read
     (proxy.edge.routes) fhir_errors, audited: content negotiation, authentication, OperationOutcomes,
                   the access log
 

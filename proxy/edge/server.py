@@ -11,12 +11,20 @@ kind only. Nothing of the request is echoed or logged.
 
 ``FacadeRunner`` is a drop-in ``web.AppRunner``: ``serve`` and ``demo`` run the facade with it
 (``proxy.simulators.harness.serving``), the tests through a ``TestServer`` that makes one.
+
+``AcceptingSite`` is a drop-in ``web.TCPSite`` for ``serve``: it accepts every connection waiting
+in the listen queue at each turn of the event loop. uvloop (libuv) accepts one per turn; a worker
+whose turns take 100 ms under load then takes in ten new connections a second, and the rest wait in
+the kernel's queue — unseen by admission control (``proxy.edge.admission``), which can only refuse
+what has been accepted, while their clients wait.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import socket
 from http import HTTPStatus
 
 from aiohttp import http_exceptions, web
@@ -112,3 +120,76 @@ class FacadeRunner(web.AppRunner):
             loop=asyncio.get_running_loop(),
             **made._kwargs,
         )
+
+
+class _Listening(asyncio.AbstractServer):
+    """A listening socket whose waiting connections are all accepted at each turn of the loop and
+    handed to ``protocol_factory`` (aiohttp's server), as a ``loop.create_server`` would."""
+
+    def __init__(self, sock: socket.socket, protocol_factory: web.Server, backlog: int) -> None:
+        self._sock = sock
+        self._factory = protocol_factory
+        self._backlog = backlog
+        self._loop = asyncio.get_running_loop()
+        self._tasks: set[asyncio.Task[object]] = set()
+        sock.setblocking(False)
+        self._loop.add_reader(sock.fileno(), self._accept)
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]:
+        return (self._sock,) if self._sock.fileno() != -1 else ()
+
+    def _accept(self) -> None:
+        for _ in range(self._backlog):  # (bounded: a flood cannot keep this turn going forever)
+            try:
+                conn, _ = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return  # every waiting connection taken
+            except ConnectionAbortedError:
+                continue  # (the client gave up while it waited)
+            except OSError as exc:  # out of file descriptors, or the like: try again next turn
+                if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.error("accepting a connection failed (%s)", type(exc).__name__)
+                return
+            conn.setblocking(False)
+            task = self._loop.create_task(self._loop.connect_accepted_socket(self._factory, conn))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def close(self) -> None:
+        if self._sock.fileno() != -1:
+            self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    def is_serving(self) -> bool:
+        return self._sock.fileno() != -1
+
+    async def start_serving(self) -> None:
+        return None
+
+    async def serve_forever(self) -> None:
+        raise NotImplementedError
+
+    async def wait_closed(self) -> None:
+        return None
+
+
+class AcceptingSite(web.TCPSite):
+    """``web.TCPSite``, every waiting connection accepted at each turn of the loop (see above)."""
+
+    __slots__ = ()
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # (registers the site; TCPSite.start would listen through uvloop)
+        server = self._runner.server
+        assert server is not None
+        host = self._host or "0.0.0.0"
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.create_server(
+            (host, self._port), family=family, backlog=self._backlog, reuse_port=bool(self._reuse_port)
+        )
+        self._server = _Listening(sock, server, self._backlog)
+        self._bound_port = sock.getsockname()[1]

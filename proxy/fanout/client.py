@@ -8,6 +8,16 @@ once. Each answer that arrives whole is handed on at once (``OnAnswer``), so the
 while the others are still out. Whatever a backend does — time out, refuse, answer 5xx, cut the
 connection, send too much — becomes a ``SourceResult`` with a status and a short, non-sensitive
 detail; nothing here raises.
+
+Time queued inside the facade is never charged to a backend. Each request is sent inside one of the
+backend's connection slots (``Transport.slot``); its budget (``total_timeout_s``) starts when it has
+one — the wait for a slot, and for the event loop to get to the request, is the facade's. A budget
+timer that fires late because the loop was stalled (other requests' CPU work) gives the answers that
+came in meanwhile the stalled time to be read. At the request deadline, a backend's share still out
+is the backend's fault only when one of its requests was sent and was with it at least as long as
+it had waited in the facade; otherwise — never sent, sent too late, or the deadline itself came
+late — it is the facade's own condition (``SourceStatus.OVERLOADED``): named in the answer as
+missing, never counted by the backend's breaker, never learned from.
 """
 
 from __future__ import annotations
@@ -31,6 +41,14 @@ from proxy.types import SourceResult, SourceStatus
 
 log = logging.getLogger("proxy.fanout")  # the name it logged under before the module moved
 T = TypeVar("T")
+
+# A timer this late (s) means the event loop was held up — by other requests' CPU work — rather than
+# scheduling noise: what came in meanwhile is read before anyone is blamed (see ``BackendRun.expire``).
+STALL_S = 0.25
+# The facade's own conditions (SourceStatus.OVERLOADED): its data missing, no fault of the source's
+NOT_ASKED = "was not asked in time: the facade was overloaded"
+ASKED_TOO_LATE = "was asked too late to answer in time: the facade was overloaded"
+NOT_HEARD = "its answer could not be read in time: the facade was overloaded"
 
 # "This patient is unknown here" is never a bare status: a backend's patient lookup declares the
 # answer that says so (``request.unknown_patient``: a status and a body marker). In one run, the
@@ -119,7 +137,7 @@ class BackendClient:
             asyncio.ensure_future(self._ask(run, i, spec, ctx))
             for i, spec in sorted(enumerate(specs), key=lambda item: -cost(item[1].learning_key, 0.0))
         ]
-        run.timer = asyncio.get_running_loop().call_later(self.settings.total_timeout_s, run.expire)
+        run.arm(run.started + self.settings.total_timeout_s)  # (no request can be due before)
         return run
 
     async def fetch(
@@ -136,7 +154,9 @@ class BackendClient:
 
     async def _ask(self, run: BackendRun, i: int, spec: RequestSpec, ctx: Context) -> None:
         marker = None if run.lookup is None else run.specs[run.lookup].unknown_patient
-        outcome = await self._one(spec, ctx, marker)
+        async with self.transport.slot():  # (the wait for a connection is the facade's own)
+            run.sent(i)  # its budget starts now
+            outcome = await self._one(spec, ctx, marker)
         if run.result is not None:  # out of time while this answer was on its way
             return
         # a marker answer to another request waits for the lookup's word (see _result)
@@ -170,7 +190,7 @@ class BackendClient:
         for status, detail in outcomes:
             if status is not SourceStatus.OK and (worst is None or _rank(status) > _rank(worst[0])):
                 worst = (status, detail)
-        latency = (time.perf_counter() - run.started) * 1000
+        latency = (time.perf_counter() - run.first_sent()) * 1000
         self.took(latency)
         if worst is None:  # unknown here: the lookup and every other request said so, positively
             unknown = lookup_says_unknown and all(o == (SourceStatus.OK, _UNKNOWN) for o in outcomes)
@@ -237,12 +257,14 @@ class BackendRun:
 
     __slots__ = (
         "client",
+        "due",
         "lookup",
         "on_answer",
         "on_done",
         "outcomes",
         "pending",
         "result",
+        "sent_at",
         "specs",
         "started",
         "tasks",
@@ -263,9 +285,26 @@ class BackendRun:
         self.outcomes: list[tuple[SourceStatus, str] | None] = [None] * len(specs)  # (status, detail)
         self.pending = len(specs)
         self.started = time.perf_counter()
+        # when each request was sent (it had a connection slot): its budget counts from then
+        self.sent_at: list[float | None] = [None] * len(specs)
         self.tasks: list[asyncio.Task[None]] = []
         self.timer: asyncio.TimerHandle | None = None
+        self.due = 0.0  # when the timer is due (perf_counter)
         self.result: SourceResult | None = None
+
+    def sent(self, i: int) -> None:
+        """Request ``i`` has its connection slot and goes out now: its budget starts."""
+        self.sent_at[i] = now = time.perf_counter()
+        if self.timer is None and self.result is None:
+            self.arm(now + self.client.settings.total_timeout_s)
+
+    def first_sent(self) -> float:
+        return min((t for t in self.sent_at if t is not None), default=self.started)
+
+    def arm(self, due: float) -> None:
+        self.due = due
+        delay = max(0.0, due - time.perf_counter())
+        self.timer = asyncio.get_running_loop().call_later(delay, self.expire)
 
     def settle(self, result: SourceResult) -> None:
         self.result = result
@@ -275,32 +314,67 @@ class BackendRun:
             self.on_done(result)
 
     def expire(self) -> None:
-        """The backend's total budget has run out: cut off what is still out, and settle as timed out."""
+        """A request's budget may have run out: if one sent has been out for all of its budget, cut
+        off what is still out and settle as timed out; else wait for the next one due. Fired late by
+        a stalled loop, it first gives what came in meanwhile as long again to be read."""
+        self.timer = None
         if self.result is not None:
             return
-        self.abandon(f"no complete answer within {self.client.settings.total_timeout_s:g} s")
+        now = time.perf_counter()
+        if now - self.due > STALL_S:  # (the stall was the facade's: answers may be in, unread)
+            self.arm(now + (now - self.due))
+            return
+        budget = self.client.settings.total_timeout_s
+        out = [t for t, o in zip(self.sent_at, self.outcomes, strict=True) if t is not None and o is None]
+        if not out:  # every request still out waits for a slot: the timer is armed when one is sent
+            return
+        if now - min(out) < budget:
+            self.arm(min(out) + budget)
+            return
+        self.abandon(f"no complete answer within {budget:g} s")
         if self.on_done is not None:
             assert self.result is not None
             self.on_done(self.result)
 
-    def abandon(self, detail: str, *, its_fault: bool = True) -> None:
+    def cut_off(self, deadline_s: float, at: float, stalled: bool) -> None:
+        """The request's deadline (due at ``at``) has passed with this share unfinished. The
+        backend's fault when one of its requests still out was sent and had been with it at least
+        as long as it had waited in the facade; else the facade's own (see the module's doc)."""
+        if self.result is None and stalled:
+            self.abandon(NOT_HEARD, its_fault=False, status=SourceStatus.OVERLOADED)
+        if self.result is not None:
+            return
+        out = [t for t, o in zip(self.sent_at, self.outcomes, strict=True) if o is None]
+        sent = [t for t in out if t is not None]
+        if any(t - self.started <= at - t for t in sent):
+            self.abandon(f"did not answer within the request deadline ({deadline_s:g} s)")
+        else:
+            self.abandon(
+                ASKED_TOO_LATE if sent else NOT_ASKED, its_fault=False, status=SourceStatus.OVERLOADED
+            )
+
+    def abandon(
+        self, detail: str, *, its_fault: bool = True, status: SourceStatus = SourceStatus.TIMEOUT
+    ) -> None:
         """Cut off the requests still out. Answers already handed on stay handed on. Cut off at the
         request's deadline or at the end of its own budget (``its_fault``), the backend counts as
         timed out — for the breaker, and as slow, so that it is asked first next time; cut off
-        because the request itself was cancelled (its client left), it counts as neither."""
+        because the request itself was cancelled (its client left), or by the facade's own load,
+        it counts as neither."""
         if self.result is not None:
             return
         if self.timer is not None:
             self.timer.cancel()
+            self.timer = None
         for task in self.tasks:
             task.cancel()
-        latency = (time.perf_counter() - self.started) * 1000
+        latency = (time.perf_counter() - self.first_sent()) * 1000
         if its_fault:
             self.client.breaker.record(success=False)
             self.client.took(latency)
         else:
             self.client.breaker.no_verdict()
-        self.result = SourceResult(self.client.settings.name, SourceStatus.TIMEOUT, latency, detail)
+        self.result = SourceResult(self.client.settings.name, status, latency, detail)
 
 
 def _resolve(future: asyncio.Future[T], value: T) -> None:
@@ -346,6 +420,7 @@ async def fan_out(
         name: clients[name].start(plan[name], contexts[name], on_answer, one_done)
         for name in sorted(names, key=lambda n: clients[n].typical_ms, reverse=True)
     }
+    due = time.perf_counter() + deadline_s
     timer = loop.call_later(deadline_s, _resolve, all_done, None)
     try:
         await all_done
@@ -355,8 +430,10 @@ async def fan_out(
         raise
     finally:
         timer.cancel()
-    for run in runs.values():
-        run.abandon(f"did not answer within the request deadline ({deadline_s:g} s)")
+    if left:  # the deadline passed: whose fault is each share still out? (BackendRun.cut_off)
+        stalled = time.perf_counter() - due > STALL_S
+        for run in runs.values():
+            run.cut_off(deadline_s, due, stalled)
     results = []
     for name in names:
         result = runs[name].result

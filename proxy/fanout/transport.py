@@ -11,6 +11,10 @@ The whole budget of a backend and of a request is fan-out's (``BackendRun.expire
 deadline), never the transport's: a transport only bounds connecting. Headers are the caller's, as
 given (the request's own from its mapping, and whatever fan-out adds, e.g. a request id).
 
+``Transport.slot()`` is one of the backend's connections (``limit_per_host``), waited for in the
+facade's own queue: fan-out sends each request inside one, and a request's budget starts only once it
+has one — the wait for a slot is the facade's, never the backend's (``proxy.fanout.client``).
+
 ``AiohttpTransport`` keeps one ``aiohttp.ClientSession`` per backend for the app's lifetime.
 ``MemoryTransport`` answers from a table (URL → ``Canned``: status, headers, body, a delay, a wait,
 or an exception) and records what it was asked, so fan-out's logic — budgets, deadlines, the
@@ -65,6 +69,10 @@ class Exchange(Protocol):
 
 
 class Transport(Protocol):
+    def slot(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """Wait for one of the backend's connection slots and hold it (a request is sent inside one)."""
+        ...
+
     def request(
         self, method: str, url: str, *, headers: Mapping[str, str], body: bytes | None
     ) -> contextlib.AbstractAsyncContextManager[Exchange]:
@@ -156,8 +164,11 @@ class AiohttpTransport:
     backend closed before answering is retried once for an idempotent GET — by aiohttp itself
     (RFC 9112 §9.3.1), never for a POST."""
 
-    def __init__(self, session: aiohttp.ClientSession) -> None:
+    def __init__(self, session: aiohttp.ClientSession, limit: int) -> None:
         self.session = session
+        # The connection slots, in front of aiohttp's pool (which has the same limit, and so never
+        # queues a request inside ``session.request``, where the wait would look like the backend's).
+        self._slots = asyncio.Semaphore(limit)
 
     @classmethod
     def open(cls, *, limit_per_host: int, connect_timeout_s: float) -> AiohttpTransport:
@@ -172,7 +183,10 @@ class AiohttpTransport:
         session = aiohttp.ClientSession(
             connector=connector, timeout=timeout, raise_for_status=False, auto_decompress=True
         )
-        return cls(session)
+        return cls(session, limit_per_host)
+
+    def slot(self) -> contextlib.AbstractAsyncContextManager[None]:
+        return self._slots
 
     def request(
         self, method: str, url: str, *, headers: Mapping[str, str], body: bytes | None
@@ -236,29 +250,50 @@ class _MemoryExchange:
 
 class MemoryTransport:
     """Answers from ``answers`` (URL → Canned, or plain bytes for a 200), ``default`` for any other
-    URL (a 404, as a backend without that path); ``sent`` records every request, in the order sent."""
+    URL (a 404, as a backend without that path); ``sent`` records every request, in the order sent.
+    ``limit``: how many connection slots it has (None: as many as asked for); ``peak``: the most
+    requests it has had out at once."""
 
-    def __init__(self, answers: Mapping[str, Canned | bytes] | None = None, default: Canned | None = None):
+    def __init__(
+        self,
+        answers: Mapping[str, Canned | bytes] | None = None,
+        default: Canned | None = None,
+        *,
+        limit: int | None = None,
+    ):
         self.answers: dict[str, Canned | bytes] = dict(answers or {})
         self.default = default if default is not None else Canned(b"", status=404)
         self.sent: list[Sent] = []
         self.closed = False
+        self.peak = 0
+        self._out = 0
+        self._slots: contextlib.AbstractAsyncContextManager[Any] = (
+            asyncio.Semaphore(limit) if limit is not None else contextlib.nullcontext()
+        )
+
+    def slot(self) -> contextlib.AbstractAsyncContextManager[None]:
+        return self._slots
 
     @contextlib.asynccontextmanager
     async def request(
         self, method: str, url: str, *, headers: Mapping[str, str], body: bytes | None
     ) -> AsyncIterator[Exchange]:
         self.sent.append(Sent(method, url, dict(headers), body))
-        canned = self.answers.get(url, self.default)
-        if isinstance(canned, bytes):
-            canned = Canned(canned)
-        if canned.delay_s:
-            await asyncio.sleep(canned.delay_s)
-        if canned.until is not None:
-            await canned.until.wait()
-        if canned.exception is not None:
-            raise canned.exception
-        yield _MemoryExchange(canned)
+        self._out += 1
+        self.peak = max(self.peak, self._out)
+        try:
+            canned = self.answers.get(url, self.default)
+            if isinstance(canned, bytes):
+                canned = Canned(canned)
+            if canned.delay_s:
+                await asyncio.sleep(canned.delay_s)
+            if canned.until is not None:
+                await canned.until.wait()
+            if canned.exception is not None:
+                raise canned.exception
+            yield _MemoryExchange(canned)
+        finally:
+            self._out -= 1
 
     async def close(self) -> None:
         self.closed = True

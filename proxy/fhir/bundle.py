@@ -23,12 +23,14 @@ _STATUS_CODE = {
     SourceStatus.ERROR: "failed",
     SourceStatus.INVALID: "failed",
     SourceStatus.UNAVAILABLE: "failed",  # not asked after repeated failures: its data is missing
+    SourceStatus.OVERLOADED: "failed",  # not asked (or heard) in time, the facade's load: data missing
 }
 _ISSUE_CODE = {
     SourceStatus.TIMEOUT: "timeout",
     SourceStatus.ERROR: "transient",
     SourceStatus.INVALID: "processing",
     SourceStatus.UNAVAILABLE: "transient",
+    SourceStatus.OVERLOADED: "throttled",  # the facade's own load management, not the source
     SourceStatus.STALE: "transient",
     SourceStatus.OK: "informational",
     SourceStatus.CACHED: "informational",

@@ -237,6 +237,8 @@ def _publish(hooks: Hooks, result: SourceResult, degraded: SourceOutcome | None)
     status, detail = degraded.status, degraded.detail
     if status is SourceStatus.UNAVAILABLE:
         kind = "breaker-open"
+    elif status is SourceStatus.OVERLOADED:
+        kind = "facade-overloaded"  # (the facade's own condition: no fault of the backend's)
     elif status is SourceStatus.TIMEOUT:
         kind = "timeout"
     elif status is SourceStatus.INVALID:

@@ -31,21 +31,27 @@ async def serving(
     reuse_port: bool = False,
     runner_class: type[web.AppRunner] = web.AppRunner,
     sock: socket.socket | None = None,
+    backlog: int = 128,
+    site_class: type[web.TCPSite] = web.TCPSite,
 ) -> AsyncIterator[str]:
     """Serve an app until the block ends; yields its base URL (port 0 = a free port).
 
     ``reuse_port`` lets several worker processes listen on one port (SO_REUSEPORT; the kernel
     spreads connections over them). ``sock``: a socket already bound (``listening``), for an app
     that must know its address before it is made. The facade is served with
-    ``proxy.edge.server.FacadeRunner``."""
+    ``proxy.edge.server.FacadeRunner``. ``backlog``: the kernel's queue of connections not yet
+    accepted (aiohttp's default, 128, unless given; capped by ``net.core.somaxconn``); ``site_class``:
+    the site listening on ``host``:``port`` (``serve``: ``proxy.edge.server.AcceptingSite``)."""
     runner = runner_class(app, access_log=None, handle_signals=False)
     await runner.setup()
     try:
         site: web.BaseSite
         if sock is not None:
-            site = web.SockSite(runner, sock)
+            site = web.SockSite(runner, sock, backlog=backlog)
         else:
-            site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse_port or None)
+            site = site_class(
+                runner, host, port, reuse_address=True, reuse_port=reuse_port or None, backlog=backlog
+            )
         await site.start()
         bound_host, bound_port = runner.addresses[0][:2]
         yield f"http://{bound_host}:{bound_port}"

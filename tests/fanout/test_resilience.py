@@ -162,6 +162,9 @@ class _Run:
             self.task.cancel()
             self.result = SourceResult(self.name, SourceStatus.TIMEOUT, 0.0, detail)
 
+    def cut_off(self, deadline_s: float, at: float, stalled: bool) -> None:  # (BackendRun's, simplified)
+        self.abandon(f"did not answer within the request deadline ({deadline_s:g} s)")
+
 
 async def test_each_answer_is_handed_on_as_it_arrives_and_results_keep_plan_order() -> None:
     clients = {"slow": _Backend("slow", 0.15), "fast": _Backend("fast", 0.0), "dead": _Backend("dead", 5.0)}
