@@ -129,7 +129,12 @@ def create_app(
         await store.open()
         app[STORE_KEY] = store
         clients = {
-            b.name: BackendClient.open(b, settings.facade.max_body_bytes, clock=clock)
+            b.name: BackendClient.open(
+                b,
+                settings.facade.max_body_bytes,
+                max_answer_bytes=settings.facade.max_answer_bytes,
+                clock=clock,
+            )
             for b in settings.backends
         }
         for name, client in clients.items():

@@ -180,7 +180,7 @@ class BackendClient:
 
     async def _ask(self, run: BackendRun, i: int, spec: RequestSpec, ctx: Context) -> None:
         marker = None if run.lookup is None else run.specs[run.lookup].unknown_patient
-        outcome = await self._one(spec, ctx, marker, run.open_sink)
+        outcome = await self._one(spec, ctx, marker, run)
         if run.result is not None:  # out of time while this answer was on its way
             return
         # a marker answer to another request waits for the lookup's word (see _result)
@@ -250,7 +250,7 @@ class BackendClient:
         spec: RequestSpec,
         ctx: Context,
         marker: UnknownPatient | None = None,
-        open_sink: OpenSink | None = None,
+        run: BackendRun | None = None,
     ) -> _Outcome:
         """One request, through the transport (whose errors are TransportErrors: see
         ``proxy.fanout.transport``). An answer with the ``marker``'s status is read and checked for
@@ -264,7 +264,7 @@ class BackendClient:
                 headers={**request.headers, **outgoing_headers()},  # (X-Request-ID, traceparent)
                 body=request.body,
             ) as resp:
-                return await self._outcome(resp, spec, marker, open_sink)
+                return await self._outcome(resp, spec, marker, run)
         except TransportError as exc:
             return exc.status, None, exc.detail
         except BodyTooLarge:
@@ -274,7 +274,7 @@ class BackendClient:
             return SourceStatus.ERROR, None, "failed unexpectedly"
 
     async def _outcome(
-        self, resp: Exchange, spec: RequestSpec, marker: UnknownPatient | None, open_sink: OpenSink | None
+        self, resp: Exchange, spec: RequestSpec, marker: UnknownPatient | None, run: BackendRun | None
     ) -> _Outcome:
         ok = 200 <= resp.status < 300
         try:
@@ -289,23 +289,29 @@ class BackendClient:
                 return SourceStatus.ERROR, None, f"answered HTTP {resp.status}"
             return SourceStatus.OK, await resp.read(self.max_body_bytes), ""
         except BodyTooLarge as too_large:
-            if not ok or open_sink is None:
+            if not ok or run is None or run.open_sink is None:
                 raise
-            return await self._stream(resp, open_sink(self.settings.name, spec), too_large.head)
+            return await self._stream(resp, run.open_sink(self.settings.name, spec), too_large.head, run)
 
-    async def _stream(self, resp: Exchange, sink: AnswerSink, head: bytes) -> _Outcome:
+    async def _stream(self, resp: Exchange, sink: AnswerSink, head: bytes, run: BackendRun) -> _Outcome:
         """The rest of an answer too large to hold whole, into ``sink`` as it arrives — up to
-        ``max_answer_bytes``; what is past it is not read. A cut answer is handed on all the same."""
+        ``max_answer_bytes``; what is past it is not read. A cut answer is handed on all the same.
+        The time the sink takes is the facade's, not the backend's: it is added to the backend's
+        budget and to the request's deadline (``BackendRun.own_s``)."""
         cap = self.max_answer_bytes
         size = 0
 
         def take(chunk: bytes) -> bool:  # False: stop reading (the cap, or the sink wants no more)
             nonlocal size
             size += len(chunk)
-            if size > cap:
-                sink.feed(chunk[: len(chunk) - (size - cap)])
-                return False
-            return sink.feed(chunk)
+            started = time.perf_counter()
+            try:
+                if size > cap:
+                    sink.feed(chunk[: len(chunk) - (size - cap)])
+                    return False
+                return sink.feed(chunk)
+            finally:
+                run.own_s += time.perf_counter() - started
 
         try:
             if take(head):
@@ -332,6 +338,8 @@ class BackendRun:
         "on_done",
         "open_sink",
         "outcomes",
+        "credited_s",
+        "own_s",
         "partial",
         "pending",
         "result",
@@ -353,6 +361,10 @@ class BackendRun:
         self.on_answer: OnAnswer | None = None
         self.open_sink: OpenSink | None = None
         self.partial: set[int] = set()  # requests whose answer was cut off mid-way and handed on
+        # the facade's own time on this backend's answers as they arrived (sinks: mapping them), and
+        # how much of it the budget has been extended by (see ``expire``)
+        self.own_s = 0.0
+        self.credited_s = 0.0
         self.lookup: int | None = None  # index of the backend's patient lookup among specs
         self.outcomes: list[tuple[SourceStatus, str] | None] = [None] * len(specs)  # (status, detail)
         self.pending = len(specs)
@@ -369,8 +381,15 @@ class BackendRun:
             self.on_done(result)
 
     def expire(self) -> None:
-        """The backend's total budget has run out: cut off what is still out, and settle as timed out."""
+        """The backend's total budget has run out: cut off what is still out, and settle as timed out
+        — unless the facade spent time of it on this backend's answers as they arrived (mapping a
+        long one): that time is given back first, and the budget runs on."""
         if self.result is not None:
+            return
+        owed = self.own_s - self.credited_s
+        if owed > 0.001:
+            self.credited_s = self.own_s
+            self.timer = asyncio.get_running_loop().call_later(owed, self.expire)
             return
         self.abandon(f"no complete answer within {self.client.settings.total_timeout_s:g} s")
         if self.on_done is not None:
@@ -443,7 +462,20 @@ async def fan_out(
         name: clients[name].start(plan[name], contexts[name], on_answer, one_done, open_sink)
         for name in sorted(names, key=lambda n: clients[n].typical_ms, reverse=True)
     }
-    timer = loop.call_later(deadline_s, _resolve, all_done, None)
+    credited = 0.0
+
+    def at_deadline() -> None:
+        # the facade's own time on answers as they arrived (mapping long ones) is not a backend's
+        # lateness: given back first (as each backend's budget is, ``BackendRun.expire``)
+        nonlocal credited, timer
+        owed = sum(run.own_s for run in runs.values()) - credited
+        if owed > 0.001:
+            credited += owed
+            timer = loop.call_later(owed, at_deadline)
+            return
+        _resolve(all_done, None)
+
+    timer = loop.call_later(deadline_s, at_deadline)
     try:
         await all_done
     except asyncio.CancelledError:  # the request itself was cancelled: no backend is to blame

@@ -325,3 +325,24 @@ async def test_over_http_a_long_answer_cut_mid_body_is_degraded_and_not_cached(
     assert long_labs(after) == []  # no stale entry of the cut answer stood in
     later = npo_issue(after)
     assert later is not None and "HTTP 503" in later
+
+
+async def test_mapping_a_long_answer_as_it_arrives_is_not_the_backends_time() -> None:
+    """The budget of a backend and the request's deadline are for the backends' answers: the time
+    the facade spends mapping a long one as it arrives is given back (here mapping takes many
+    times the budget, the transport none of it) — NPÖ answered (so its breaker counted a success),
+    nothing timed out."""
+    n = 3500
+    transports = npo_answering(Canned())
+    live = memory_facade(transports)
+    live = replace(
+        live,
+        settings=replace(live.settings, facade=replace(live.settings.facade, deadline_s=0.15)),
+        clients={
+            name: replace(c, settings=replace(c.settings, total_timeout_s=0.1)) for name, c in live.clients.items()
+        },
+    )
+    transports["npo"].answers[lab_url(live)] = Canned(lab_answer(n))
+    mapped, outcomes = await fetch_and_map(live, live.ids.patient(TOLVAN.pnr), live.mappings.resource_types)
+    assert {o.source: o.status for o in outcomes} == dict.fromkeys(NAMES, SourceStatus.OK)
+    assert len(lab_ids(mapped)) == n
