@@ -75,7 +75,9 @@ def open_cache(c: CacheSettings, *, namespace: str, clock: Clock = SYSTEM_CLOCK)
             prefix=redis_prefix(namespace),
             clock=clock,
         )
-    return MemoryCache(ttl_s=c.ttl_s, max_stale_s=c.max_stale_s, max_entries=c.max_entries, clock=clock)
+    return MemoryCache(
+        ttl_s=c.ttl_s, max_stale_s=c.max_stale_s, max_entries=c.max_entries, max_bytes=c.max_bytes, clock=clock
+    )
 
 
 def edge(settings: Settings) -> list[Middleware]:
