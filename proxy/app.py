@@ -76,7 +76,11 @@ def open_cache(c: CacheSettings, *, namespace: str, clock: Clock = SYSTEM_CLOCK)
             clock=clock,
         )
     return MemoryCache(
-        ttl_s=c.ttl_s, max_stale_s=c.max_stale_s, max_entries=c.max_entries, max_bytes=c.max_bytes, clock=clock
+        ttl_s=c.ttl_s,
+        max_stale_s=c.max_stale_s,
+        max_entries=c.max_entries,
+        max_bytes=c.max_bytes,
+        clock=clock,
     )
 
 

@@ -173,7 +173,11 @@ class MemoryCache(_Ages):
             self._entries[key] = entry
         except ValueError:  # (cachetools: larger than the whole budget) kept, it would empty the cache
             self._entries.pop(key, None)  # (nor does an older answer to the same request stay)
-            log.debug("an answer of %d resources (~%d bytes) is larger than the cache: not cached", len(resources), entry.footprint)
+            log.debug(
+                "an answer of %d resources (~%d bytes) is larger than the cache: not cached",
+                len(resources),
+                entry.footprint,
+            )
 
     async def close(self) -> None:
         self._entries.clear()

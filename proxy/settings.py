@@ -424,7 +424,9 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
             raise ConfigError(f"{PATIENT_ID_KEY_ENV}: expects 16, 24 or 32 bytes (base64)")
 
     c = r.section(
-        top.get("cache"), "cache", {"enabled", "ttl_s", "max_stale_s", "max_entries", "max_bytes", "store", "redis_url"}
+        top.get("cache"),
+        "cache",
+        {"enabled", "ttl_s", "max_stale_s", "max_entries", "max_bytes", "store", "redis_url"},
     )
     enabled = c.get("enabled", True)
     if not isinstance(enabled, bool):

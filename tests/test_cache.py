@@ -135,7 +135,9 @@ async def test_the_memory_cache_is_bounded_by_bytes_least_recently_used_first() 
     the least recently used (not the oldest: the first was read since), and the bytes held stay
     within the budget."""
     one = footprint(_resources(100))
-    cache = MemoryCache(ttl_s=30, max_stale_s=30, max_entries=1000, max_bytes=one * 3 + one // 2, clock=FakeClock())
+    cache = MemoryCache(
+        ttl_s=30, max_stale_s=30, max_entries=1000, max_bytes=one * 3 + one // 2, clock=FakeClock()
+    )
     for key in ("a", "b", "c"):
         await cache.put("npo", key, "p", _resources(100))
     assert await cache.get("npo", "a", "p") is not None  # a is now the most recently used

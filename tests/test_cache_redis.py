@@ -190,9 +190,11 @@ async def test_entries_are_stored_compressed_and_read_back_identical(redis_db: A
             resource={
                 "resourceType": "Observation",
                 "id": f"o{i}",
-                "code": {"coding": [{"system": "urn:oid:1.2.752.108.1", "code": "NPU02319", "display": "B-Hb"}]},
+                "code": {
+                    "coding": [{"system": "urn:oid:1.2.752.108.1", "code": "NPU02319", "display": "B-Hb"}]
+                },
                 "valueQuantity": {"value": 120.5 + i, "unit": "g/L"},
-                "note": [{"text": "Provsvar — ünïcödé, \"citat\""}],
+                "note": [{"text": 'Provsvar — ünïcödé, "citat"'}],
                 "subject": {"reference": "Patient/p"},
             },
             source="npo",
@@ -216,7 +218,9 @@ async def test_entries_are_stored_compressed_and_read_back_identical(redis_db: A
     assert got is not None and got[0].resources == resources
     assert got[0].size == len(stored)  # (bytes read: what the metrics count)
     # an entry an older facade wrote, plain JSON, under the same key: still read
-    await redis_db.set(key, orjson.dumps({"stored_at": cache.clock.time(), "resources": [r._asdict() for r in resources]}))
+    await redis_db.set(
+        key, orjson.dumps({"stored_at": cache.clock.time(), "resources": [r._asdict() for r in resources]})
+    )
     old = await cache.get("npo", "POST /labs", "pid")
     await cache.close()
     assert old is not None and old[0].resources == resources

@@ -53,7 +53,6 @@ def _weighted(mean: float | None, sample: float) -> float:
     return sample if not mean else 0.8 * mean + 0.2 * sample
 
 
-
 class AnswerSink(Protocol):
     """Takes an answer too large to hold whole, chunk by chunk as it arrives."""
 
@@ -333,12 +332,12 @@ class BackendRun:
 
     __slots__ = (
         "client",
+        "credited_s",
         "lookup",
         "on_answer",
         "on_done",
         "open_sink",
         "outcomes",
-        "credited_s",
         "own_s",
         "partial",
         "pending",
@@ -463,19 +462,20 @@ async def fan_out(
         for name in sorted(names, key=lambda n: clients[n].typical_ms, reverse=True)
     }
     credited = 0.0
+    timer: list[asyncio.TimerHandle] = []  # (the one armed now)
 
     def at_deadline() -> None:
         # the facade's own time on answers as they arrived (mapping long ones) is not a backend's
         # lateness: given back first (as each backend's budget is, ``BackendRun.expire``)
-        nonlocal credited, timer
+        nonlocal credited
         owed = sum(run.own_s for run in runs.values()) - credited
         if owed > 0.001:
             credited += owed
-            timer = loop.call_later(owed, at_deadline)
+            timer[0] = loop.call_later(owed, at_deadline)
             return
         _resolve(all_done, None)
 
-    timer = loop.call_later(deadline_s, at_deadline)
+    timer.append(loop.call_later(deadline_s, at_deadline))
     try:
         await all_done
     except asyncio.CancelledError:  # the request itself was cancelled: no backend is to blame
@@ -483,7 +483,7 @@ async def fan_out(
             run.abandon("cancelled", its_fault=False)
         raise
     finally:
-        timer.cancel()
+        timer[0].cancel()
     for run in runs.values():
         run.abandon(f"did not answer within the request deadline ({deadline_s:g} s)")
     results = []

@@ -27,7 +27,7 @@ from proxy.fhir.ids import PatientIds
 from proxy.pipeline.facade import Facade
 from proxy.pipeline.fetch import context, fetch_and_map
 from proxy.redact.policy import compile_policy
-from proxy.settings import DEMO_PATIENT_ID_KEY, FacadeSettings, Settings, load_settings
+from proxy.settings import DEMO_PATIENT_ID_KEY, Settings, load_settings
 from proxy.simulators import npo
 from proxy.simulators.population import TOLVAN, at
 from proxy.types import MappedResource, SourceOutcome, SourceStatus
@@ -46,7 +46,9 @@ def lab_records(n: int, *, pnr: str = TOLVAN.pnr) -> list[dict[str, Any]]:
     out = []
     for i in range(n):
         npu, name, unit, low, high, lo, hi = rng.choice(npo._GEN_LABS)
-        record = npo.lab(pnr, f"LONG-{i}", at(10 + i, 8), npu, name, round(rng.uniform(lo, hi)), unit, low, high)
+        record = npo.lab(
+            pnr, f"LONG-{i}", at(10 + i, 8), npu, name, round(rng.uniform(lo, hi)), unit, low, high
+        )
         out.append(npo._drop_none(record))
     return out
 
@@ -62,9 +64,7 @@ def _settings() -> Settings:
     return load_settings()
 
 
-def memory_facade(
-    transports: Mapping[str, MemoryTransport], *, cache: bool = False, **caps: int
-) -> Facade:
+def memory_facade(transports: Mapping[str, MemoryTransport], *, cache: bool = False, **caps: int) -> Facade:
     """The pipeline over in-memory backends, with the facade's caps (``max_body_bytes``,
     ``max_answer_bytes``) as configured unless ``caps`` says otherwise; ``cache``: a memory cache."""
     settings = _settings()
@@ -96,10 +96,14 @@ def lab_url(live: Facade) -> str:
     return live.clients["npo"].base + spec.render(ctx).target
 
 
-def npo_answering(body: Canned) -> dict[str, MemoryTransport]:
-    """Cosmic and Viva hold nothing; NPÖ answers the lab request with ``body``, nothing otherwise."""
-    transports = {name: MemoryTransport(default=Canned(EMPTY[name])) for name in NAMES}
-    return transports
+def lab_cache_key(live: Facade) -> str:
+    spec = next(m.request for m in live.mappings.by_backend["npo"] if m.name == "npo/laboratory-outcomes")
+    return live.mappings.cache_key("npo", spec.key)
+
+
+def nothing_held() -> dict[str, MemoryTransport]:
+    """Every backend answers that it holds nothing (the test adds NPÖ's lab answer)."""
+    return {name: MemoryTransport(default=Canned(EMPTY[name])) for name in NAMES}
 
 
 async def fetch(
@@ -137,7 +141,7 @@ async def test_an_npo_answer_over_the_old_cap_is_mapped_completely() -> None:
     n = 3500
     body = lab_answer(n)
     assert len(body) > OLD_CAP
-    _, mapped, outcomes = await fetch(npo_answering(Canned()), Canned(body))
+    _, mapped, outcomes = await fetch(nothing_held(), Canned(body))
     assert outcomes["npo"].status is SourceStatus.OK, outcomes["npo"]
     assert sorted(lab_ids(mapped)) == sorted(every_lab_id(n))
 
@@ -147,8 +151,8 @@ async def test_the_answer_read_as_it_arrives_is_the_answer_read_whole(chunked_fr
     """The same answer read whole (under the cap) and decoded as it arrives (over it): the same
     resources, in the same order — whichever byte the incremental decode starts at."""
     body = lab_answer(400)
-    _, whole, _ = await fetch(npo_answering(Canned()), Canned(body), max_body_bytes=len(body))
-    _, streamed, outcomes = await fetch(npo_answering(Canned()), Canned(body), max_body_bytes=chunked_from)
+    _, whole, _ = await fetch(nothing_held(), Canned(body), max_body_bytes=len(body))
+    _, streamed, outcomes = await fetch(nothing_held(), Canned(body), max_body_bytes=chunked_from)
     assert outcomes["npo"].status is SourceStatus.OK
     assert len(lab_ids(streamed)) == 400
     assert [orjson.dumps(r.resource) for r in streamed] == [orjson.dumps(r.resource) for r in whole]
@@ -157,13 +161,10 @@ async def test_the_answer_read_as_it_arrives_is_the_answer_read_whole(chunked_fr
 
 async def test_a_complete_streamed_answer_is_cached() -> None:
     n = 300
-    live, _, outcomes = await fetch(npo_answering(Canned()), Canned(lab_answer(n)), max_body_bytes=4096, cache=True)
+    live, _, outcomes = await fetch(nothing_held(), Canned(lab_answer(n)), max_body_bytes=4096, cache=True)
     assert outcomes["npo"].status is SourceStatus.OK
     assert live.cache is not None
-    key = live.mappings.cache_key("npo", next(
-        m.request.key for m in live.mappings.by_backend["npo"] if m.name == "npo/laboratory-outcomes"
-    ))
-    entry = await live.cache.get("npo", key, live.ids.patient(TOLVAN.pnr).fhir_id)
+    entry = await live.cache.get("npo", lab_cache_key(live), live.ids.patient(TOLVAN.pnr).fhir_id)
     assert entry is not None and sorted(lab_ids(list(entry[0].resources))) == sorted(every_lab_id(n))
 
 
@@ -180,17 +181,14 @@ async def _assert_cut(live: Facade, mapped: list[MappedResource], outcome: Sourc
     assert set(got) < set(every_lab_id(n))
     assert TOLVAN.pnr not in outcome.detail
     assert live.cache is not None
-    key = live.mappings.cache_key("npo", next(
-        m.request.key for m in live.mappings.by_backend["npo"] if m.name == "npo/laboratory-outcomes"
-    ))
-    assert await live.cache.get("npo", key, live.ids.patient(TOLVAN.pnr).fhir_id) is None
+    assert await live.cache.get("npo", lab_cache_key(live), live.ids.patient(TOLVAN.pnr).fhir_id) is None
 
 
 async def test_an_answer_cut_off_mid_body_is_degraded_and_not_cached() -> None:
     n = 400
     body = lab_answer(n)
     live, mapped, outcomes = await fetch(
-        npo_answering(Canned()), Canned(body, cut_after=len(body) // 2), max_body_bytes=4096, cache=True
+        nothing_held(), Canned(body, cut_after=len(body) // 2), max_body_bytes=4096, cache=True
     )
     assert outcomes["npo"].status is SourceStatus.ERROR
     assert outcomes["npo"].detail.startswith("connection closed before the answer was complete")
@@ -202,7 +200,7 @@ async def test_an_answer_over_the_answer_cap_is_degraded_and_not_cached() -> Non
     body = lab_answer(n)
     cap = len(body) // 3
     live, mapped, outcomes = await fetch(
-        npo_answering(Canned()), Canned(body), max_body_bytes=4096, max_answer_bytes=cap, cache=True
+        nothing_held(), Canned(body), max_body_bytes=4096, max_answer_bytes=cap, cache=True
     )
     assert outcomes["npo"].status is SourceStatus.INVALID
     assert f"larger than {cap} bytes" in outcomes["npo"].detail
@@ -216,9 +214,12 @@ async def test_a_body_malformed_mid_way_is_unreadable_not_partial() -> None:
     body = lab_answer(n)
     half = len(body) // 2
     broken = body[:half] + b"<<not xml>>" + body[half:]
-    live, mapped, outcomes = await fetch(npo_answering(Canned()), Canned(broken), max_body_bytes=4096, cache=True)
+    live, mapped, outcomes = await fetch(nothing_held(), Canned(broken), max_body_bytes=4096, cache=True)
     assert outcomes["npo"].status is SourceStatus.INVALID
+    assert "could not be read" in outcomes["npo"].detail
     assert lab_ids(mapped) == []
+    assert live.cache is not None
+    assert await live.cache.get("npo", lab_cache_key(live), live.ids.patient(TOLVAN.pnr).fhir_id) is None
 
 
 # ---- JSON (Cosmic) --------------------------------------------------------------------------------
@@ -238,7 +239,11 @@ def cosmic_labs(n: int) -> bytes:
             "resultAt": "2024-01-02 14:30",
             "status": "FINAL",
             "comment": 'a "quoted" note, with {braces} and [brackets] \\ and ünïcödé',
-            "careUnit": {"hsaId": "SE2321000016-15CG", "name": "VC Norr", "providerHsaId": "SE2321000016-1ABC"},
+            "careUnit": {
+                "hsaId": "SE2321000016-15CG",
+                "name": "VC Norr",
+                "providerHsaId": "SE2321000016-1ABC",
+            },
         }
         for i in range(n)
     ]
@@ -251,11 +256,16 @@ async def test_a_long_json_answer_is_mapped_completely() -> None:
     transports = {name: MemoryTransport(default=Canned(EMPTY[name])) for name in NAMES}
     live = memory_facade(transports, max_body_bytes=16 * 1024)
     spec = next(m.request for m in live.mappings.by_backend["cosmic"] if m.name == "cosmic/labresults")
-    url = live.clients["cosmic"].base + spec.render(context(live, "cosmic", live.ids.patient(TOLVAN.pnr))).target
+    url = (
+        live.clients["cosmic"].base
+        + spec.render(context(live, "cosmic", live.ids.patient(TOLVAN.pnr))).target
+    )
     transports["cosmic"].answers[url] = Canned(body)
     mapped, outcomes = await fetch_and_map(live, live.ids.patient(TOLVAN.pnr), live.mappings.resource_types)
     whole_live = memory_facade(transports, max_body_bytes=len(body))
-    whole, _ = await fetch_and_map(whole_live, whole_live.ids.patient(TOLVAN.pnr), whole_live.mappings.resource_types)
+    whole, _ = await fetch_and_map(
+        whole_live, whole_live.ids.patient(TOLVAN.pnr), whole_live.mappings.resource_types
+    )
     labs = [r for r in mapped if r.mapping == "cosmic/labresults"]
     assert {o.source: o.status for o in outcomes}["cosmic"] is SourceStatus.OK
     assert len(labs) == n
@@ -274,7 +284,9 @@ def long_npo_history(monkeypatch: pytest.MonkeyPatch) -> int:
 
     def with_long_history(people: Any) -> Any:
         data = build(people)
-        data[TOLVAN.pnr]["laboratoryOrderOutcome"] = lab_records(n) + data[TOLVAN.pnr]["laboratoryOrderOutcome"]
+        data[TOLVAN.pnr]["laboratoryOrderOutcome"] = (
+            lab_records(n) + data[TOLVAN.pnr]["laboratoryOrderOutcome"]
+        )
         return data
 
     monkeypatch.setattr(npo, "build_data", with_long_history)
@@ -289,7 +301,10 @@ def long_labs(bundle: dict[str, Any]) -> list[str]:
         e["resource"]["id"]
         for e in bundle.get("entry", [])
         if e["resource"]["resourceType"] == "Observation"
-        and any(i["value"].startswith(f"{npo.OTHER_REGION_SYSTEM}|LONG-") for i in e["resource"].get("identifier", []))
+        and any(
+            i["value"].startswith(f"{npo.OTHER_REGION_SYSTEM}|LONG-")
+            for i in e["resource"].get("identifier", [])
+        )
     ]
 
 
@@ -333,13 +348,14 @@ async def test_mapping_a_long_answer_as_it_arrives_is_not_the_backends_time() ->
     times the budget, the transport none of it) — NPÖ answered (so its breaker counted a success),
     nothing timed out."""
     n = 3500
-    transports = npo_answering(Canned())
+    transports = nothing_held()
     live = memory_facade(transports)
     live = replace(
         live,
         settings=replace(live.settings, facade=replace(live.settings.facade, deadline_s=0.15)),
         clients={
-            name: replace(c, settings=replace(c.settings, total_timeout_s=0.1)) for name, c in live.clients.items()
+            name: replace(c, settings=replace(c.settings, total_timeout_s=0.1))
+            for name, c in live.clients.items()
         },
     )
     transports["npo"].answers[lab_url(live)] = Canned(lab_answer(n))

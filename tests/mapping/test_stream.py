@@ -41,7 +41,9 @@ def readers(backend: contract.Backend) -> dict[str, tuple[CompiledMapping, ...]]
     return {k: tuple(v) for k, v in out.items()}
 
 
-async def answers(backend: contract.Backend) -> list[tuple[tuple[CompiledMapping, ...], dict[str, str], bytes]]:
+async def answers(
+    backend: contract.Backend,
+) -> list[tuple[tuple[CompiledMapping, ...], dict[str, str], bytes]]:
     """(readers, context, raw body) of every 2xx answer the simulator gives its people."""
     out = []
     async with contract.simulator(backend, PEOPLE[backend.name]) as client:
@@ -49,7 +51,9 @@ async def answers(backend: contract.Backend) -> list[tuple[tuple[CompiledMapping
             ctx = backend.context(person)
             for group in readers(backend).values():
                 path, query, headers, body = group[0].request.render(dict(ctx))
-                resp = await client.request(group[0].request.method, path, params=query, data=body, headers=headers)
+                resp = await client.request(
+                    group[0].request.method, path, params=query, data=body, headers=headers
+                )
                 raw = await resp.read()
                 if resp.status == 200:
                     out.append((group, ctx, raw))
@@ -57,7 +61,12 @@ async def answers(backend: contract.Backend) -> list[tuple[tuple[CompiledMapping
 
 
 def streamed(
-    group: tuple[CompiledMapping, ...], ctx: dict[str, str], raw: bytes, sizes: list[int], *, cut: int | None = None
+    group: tuple[CompiledMapping, ...],
+    ctx: dict[str, str],
+    raw: bytes,
+    sizes: list[int],
+    *,
+    cut: int | None = None,
 ) -> MappedAnswer:
     stream = AnswerStream(group, dict(ctx), source_uri="urn:test", priority=1)
     at, end = 0, len(raw) if cut is None else cut
@@ -75,7 +84,9 @@ def streamed(
 def same(a: MappedAnswer, b: MappedAnswer) -> None:
     assert a.readable == b.readable
     assert [orjson.dumps(r.resource) for r in a.resources] == [orjson.dumps(r.resource) for r in b.resources]
-    assert [r._replace(resource=None) for r in a.resources] == [r._replace(resource=None) for r in b.resources]
+    assert [r._replace(resource=None) for r in a.resources] == [
+        r._replace(resource=None) for r in b.resources
+    ]
 
 
 @pytest.mark.parametrize("backend", ["cosmic", "viva", "npo"])
@@ -141,7 +152,13 @@ def test_xml_refuses_a_doctype_even_split_across_chunks() -> None:
 # ---- JSON, generated ----------------------------------------------------------------------------
 
 _text = st.text(alphabet=st.sampled_from(list('ab{}[]",:\\ é\n\t')), max_size=12)
-_scalar = st.one_of(st.none(), st.booleans(), st.integers(-(10**6), 10**6), st.floats(allow_nan=False, allow_infinity=False), _text)
+_scalar = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=False, allow_infinity=False),
+    _text,
+)
 _value = st.recursive(
     _scalar,
     lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(_text, inner, max_size=4)),
@@ -186,7 +203,11 @@ def test_json_that_is_not_json_is_refused(doc: Any, sizes: list[int], data: st.D
     """A document cut short, or with a byte changed, is refused when the whole decode refuses it."""
     raw = orjson.dumps(doc)
     at = data.draw(st.integers(0, len(raw) - 1))
-    broken = raw[:at] if data.draw(st.booleans()) else raw[:at] + data.draw(st.sampled_from([b",", b"]", b"}", b'"', b"x"])) + raw[at + 1 :]
+    broken = (
+        raw[:at]
+        if data.draw(st.booleans())
+        else raw[:at] + data.draw(st.sampled_from([b",", b"]", b"}", b'"', b"x"])) + raw[at + 1 :]
+    )
     try:
         want = compile_path("$.items")(orjson.loads(broken))
     except orjson.JSONDecodeError:
