@@ -63,7 +63,9 @@ def lab_answer(n: int) -> bytes:
     for i in range(n):
         npu, name, unit, low, high, lo, hi = rng.choice(npo._GEN_LABS)
         value = round(rng.uniform(lo, hi))
-        records.append(npo._drop_none(npo.lab(TOLVAN.pnr, f"LONG-{i}", at(10 + i, 8), npu, name, value, unit, low, high)))
+        records.append(
+            npo._drop_none(npo.lab(TOLVAN.pnr, f"LONG-{i}", at(10 + i, 8), npu, name, value, unit, low, high))
+        )
     return bytes(npo.response(LAB, TOLVAN.pnr, records).body)  # type: ignore[arg-type]
 
 
@@ -93,7 +95,9 @@ def serve(body: bytes, port: Any) -> None:
 
 def rss_kib() -> tuple[int, int]:
     """(VmRSS, VmHWM) of this process, KiB."""
-    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    fields = dict(
+        line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line
+    )
     return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
 
 
@@ -193,7 +197,14 @@ async def compression(long_answer: bytes) -> dict[str, Any]:
     async with running_simulators(settings, list(DEMO_PEOPLE), faults={}) as urls:
         live = settings.with_backend_urls(urls)
         clients = {b.name: BackendClient.open(b, live.facade.max_body_bytes) for b in live.backends}
-        f = Facade(settings=live, mappings=mappings, clients=clients, ids=ids, policy=compile_policy(settings.policy), cache=cache)
+        f = Facade(
+            settings=live,
+            mappings=mappings,
+            clients=clients,
+            ids=ids,
+            policy=compile_policy(settings.policy),
+            cache=cache,
+        )
         for person in DEMO_PEOPLE:
             await fetch_and_map(f, ids.patient(person.pnr), mappings.resource_types)
         for c in clients.values():
@@ -208,7 +219,9 @@ async def compression(long_answer: bytes) -> dict[str, Any]:
     from proxy.mapping.registry import request_context
     from proxy.mapping.run import map_answer
 
-    readers = next(v for (b, _), v in mappings.readers.items() if any(m.name == "npo/laboratory-outcomes" for m in v))
+    readers = next(
+        v for (b, _), v in mappings.readers.items() if any(m.name == "npo/laboratory-outcomes" for m in v)
+    )
     ctx = request_context(ids.patient(TOLVAN.pnr), "npo", dict(settings.backend("npo").vars))
     answer = map_answer(long_answer, readers, ctx, source_uri="urn:x", priority=2)
     await cache.put("npo", "k", "p", tuple(answer.resources))
@@ -236,7 +249,9 @@ async def compression(long_answer: bytes) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--records", type=int, default=3500)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--modes", default="before,whole,stream")

@@ -76,6 +76,8 @@ def test_the_default_config_of_an_installed_wheel_keeps_its_store_in_the_users_s
         ({"backends.cosmic.empty_statuses": [200]}, "backends.cosmic.empty_statuses"),
         ({"merge.source_priority": ["cosmic", "viva"]}, "merge.source_priority"),
         ({"backends.Cosmic!": {"base_url": "http://x"}}, "backends.Cosmic!"),
+        ({"facade.max_answer_bytes": 1024 * 1024 - 1}, "facade.max_answer_bytes"),  # below max_body_bytes
+        ({"cache.max_bytes": "a lot"}, "cache.max_bytes"),
     ],
 )
 def test_bad_config_names_file_and_key(tmp_path: Path, change: dict, key: str) -> None:  # type: ignore[type-arg]
@@ -104,3 +106,16 @@ def test_a_broken_mapping_stops_start_up(tmp_path: Path) -> None:
     message = str(exc.value)
     assert message.startswith("mappings/viva/vardplaner.yaml: fields.")
     assert "$pth" in message
+
+
+def test_the_answer_and_cache_budgets_are_read(tmp_path: Path) -> None:
+    shipped = load_settings()
+    assert (shipped.facade.max_body_bytes, shipped.facade.max_answer_bytes) == (1 << 20, 256 << 20)
+    assert shipped.cache.max_bytes == 256 << 20
+    s = load_settings(
+        config_with(
+            tmp_path,
+            {"facade.max_body_bytes": 4096, "facade.max_answer_bytes": 8192, "cache.max_bytes": 65536},
+        )
+    )
+    assert (s.facade.max_body_bytes, s.facade.max_answer_bytes, s.cache.max_bytes) == (4096, 8192, 65536)
