@@ -2,9 +2,9 @@
 
     python bench/large_answer.py [--records 3500] [--repeat 3]
 
-A throwaway HTTP server (its own process, loopback) answers NPÖ's GetLaboratoryOrderOutcome with
-``--records`` other-region lab results (the NPÖ simulator's own record and envelope builders, one
-a day; 3,500 are ≈ 8.9 MB) and every other request with "nothing here". The facade's pipeline
+A throwaway HTTP server (its own process, loopback) answers NPÖ's GetLaboratoryOrderOutcome
+with ``--records`` other-region lab results (the NPÖ simulator's own record and envelope
+builders, one a day; 3,500 are ≈ 8.9 MB) and every other request with "nothing here". The facade's pipeline
 (``fetch_and_map``, real aiohttp transport) asks for all types, each mode in a fresh process:
 
     before   the old setting, max_body_bytes 8 MiB and no incremental decode: the answer is refused
@@ -14,8 +14,8 @@ a day; 3,500 are ≈ 8.9 MB) and every other request with "nothing here". The fa
 Per mode, the median of ``--repeat`` fresh processes, each measuring its first fetch: records
 mapped, the NPÖ outcome, the growth of the process's peak resident size (VmHWM, reset through
 /proc/self/clear_refs just before) while fetching and mapping, the growth still held after it (the
-mapped resources: the answer), and the CPU time of the fetch. Then the shared cache's compression: every entry the demo
-patients' answers make, and the long answer's, as ``RedisCache`` stores them (zlib over the JSON).
+mapped resources: the answer), and the CPU time of the fetch. Then the shared cache's compression:
+every entry the demo patients' answers make, and the long answer's, as ``RedisCache`` stores them.
 """
 
 from __future__ import annotations
@@ -25,29 +25,25 @@ import asyncio
 import gc
 import json
 import multiprocessing
-import os
 import random
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from aiohttp import web
 
-from aiohttp import web  # noqa: E402
-
-from proxy.app import compile_mappings  # noqa: E402
-from proxy.cache import RedisCache  # noqa: E402
-from proxy.fanout.client import BackendClient  # noqa: E402
-from proxy.fhir.ids import PatientIds, ResourceIds  # noqa: E402
-from proxy.pipeline.facade import Facade  # noqa: E402
-from proxy.pipeline.fetch import fetch_and_map  # noqa: E402
-from proxy.redact.policy import compile_policy  # noqa: E402
-from proxy.settings import DEMO_PATIENT_ID_KEY, Settings, load_settings  # noqa: E402
-from proxy.simulators import npo  # noqa: E402
-from proxy.simulators.harness import running_simulators  # noqa: E402
-from proxy.simulators.population import DEMO_PEOPLE, TOLVAN, at  # noqa: E402
+from proxy.app import compile_mappings
+from proxy.cache import RedisCache
+from proxy.fanout.client import BackendClient
+from proxy.fhir.ids import PatientIds, ResourceIds
+from proxy.pipeline.facade import Facade
+from proxy.pipeline.fetch import fetch_and_map
+from proxy.redact.policy import compile_policy
+from proxy.settings import DEMO_PATIENT_ID_KEY, Settings, load_settings
+from proxy.simulators import npo
+from proxy.simulators.harness import running_simulators
+from proxy.simulators.population import DEMO_PEOPLE, TOLVAN, at
 
 LAB = next(c for c in npo.CONTRACTS if c.record == "laboratoryOrderOutcome")
 MODES = {
@@ -91,6 +87,10 @@ def serve(body: bytes, port: Any) -> None:
         await asyncio.Event().wait()
 
     asyncio.run(main())
+
+
+def reset_peak() -> None:
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
 
 
 def rss_kib() -> tuple[int, int]:
@@ -145,7 +145,7 @@ def measure(name: str, base: str, out: Any) -> None:
         types = live.mappings.resource_types
         # (the first fetch of a fresh process: memory freed by an earlier one would hide the peak)
         gc.collect()
-        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+        reset_peak()
         before, _ = rss_kib()
         started = time.process_time()
         mapped, outcomes = await fetch_and_map(live, patient, types)
@@ -284,7 +284,6 @@ def main() -> None:
     finally:
         server.terminate()
         server.join()
-        os.environ.pop("_", None)
 
 
 if __name__ == "__main__":
