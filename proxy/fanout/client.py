@@ -70,7 +70,7 @@ OpenSink = Callable[[str, RequestSpec], AnswerSink]
 # (backend, request, body) — body None: the backend said the patient is unknown there (see _UNKNOWN);
 # an AnswerSink: the answer was read into it (closed: whole, or cut off — see the result)
 OnAnswer = Callable[[str, RequestSpec, bytes | AnswerSink | None], None]
-# what one request came to: its status, its body, a detail (and whether a cut answer is handed on)
+# what one request came to: its status, its body (a sink: also when it was cut off), a detail
 _Outcome = tuple[SourceStatus, bytes | AnswerSink | None, str]
 
 _ANSWER_CAP = FacadeSettings().max_answer_bytes  # (the configured default)
@@ -138,9 +138,8 @@ class BackendClient:
         """Send each request now, concurrently, one task each — the ones whose answers have cost
         the most to handle first (see ``handled``). ``on_answer(backend, spec, body)``
         sees each body as soon as it has arrived whole (or, read into a sink from ``open_sink``, has
-        ended); ``on_done(result)`` is called — from the
-        task of the request that finished last, with no further hop through the event loop — once
-        every request has ended. ``BackendRun.abandon`` cuts off the ones still out."""
+        ended); ``on_done(result)`` is called — from the task of the request that finished last,
+        with no further hop through the event loop — once every request has ended. ``BackendRun.abandon`` cuts off the ones still out."""
         run = BackendRun(self, specs, on_done)
         run.on_answer = on_answer
         run.open_sink = open_sink
