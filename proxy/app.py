@@ -78,7 +78,13 @@ def open_cache(c: CacheSettings, *, namespace: str, clock: Clock = SYSTEM_CLOCK)
             prefix=redis_prefix(namespace),
             clock=clock,
         )
-    return MemoryCache(ttl_s=c.ttl_s, max_stale_s=c.max_stale_s, max_entries=c.max_entries, clock=clock)
+    return MemoryCache(
+        ttl_s=c.ttl_s,
+        max_stale_s=c.max_stale_s,
+        max_entries=c.max_entries,
+        max_bytes=c.max_bytes,
+        clock=clock,
+    )
 
 
 def open_pages(
@@ -162,7 +168,12 @@ def create_app(
         await store.open()
         app[STORE_KEY] = store
         clients = {
-            b.name: BackendClient.open(b, settings.facade.max_body_bytes, clock=clock)
+            b.name: BackendClient.open(
+                b,
+                settings.facade.max_body_bytes,
+                max_answer_bytes=settings.facade.max_answer_bytes,
+                clock=clock,
+            )
             for b in settings.backends
         }
         for name, client in clients.items():

@@ -62,7 +62,12 @@ async def check(
     report = CheckReport()
     async with backends as urls:
         live = settings.with_backend_urls(urls)
-        clients = {b.name: BackendClient.open(b, live.facade.max_body_bytes) for b in live.backends}
+        clients = {
+            b.name: BackendClient.open(
+                b, live.facade.max_body_bytes, max_answer_bytes=live.facade.max_answer_bytes
+            )
+            for b in live.backends
+        }
         facade = Facade(
             settings=live,
             mappings=mappings,

@@ -19,7 +19,8 @@ personnummer, a patient id or a name: the events (``proxy.hooks``) do not carry 
                                                                  (several workers: the worst)
     fhir_facade_breaker_transitions_total{backend,state}         counter (the state moved to)
     fhir_facade_cache_lookups_total{backend,result}              counter: hit, stale, miss
-    fhir_facade_cache_read_bytes_total{backend}                  counter (the shared store's entries)
+    fhir_facade_cache_read_bytes_total{backend}                  counter (the shared store's entries,
+                                                                 compressed: the bytes Redis sent)
     fhir_facade_audit_queue_depth                                gauge (several workers: summed)
     fhir_facade_audit_commit_duration_seconds                    histogram (one group commit)
     fhir_facade_audit_commits_total{result}                      counter: ok, failed

@@ -73,7 +73,12 @@ class FacadeSettings:
     base_path: str = "/fhir"
     default_count: int = 50
     max_count: int = 500
-    max_body_bytes: int = 8 * 1024 * 1024
+    # An answer up to max_body_bytes is read whole and decoded in one go (the quick path); a larger
+    # one is decoded and mapped as it arrives, record by record (proxy.mapping.stream), so memory
+    # stays bounded per request however long the history; max_answer_bytes is the safety cap on one
+    # answer: past it the rest is not read and the source is reported with part of its answer missing.
+    max_body_bytes: int = 1024 * 1024
+    max_answer_bytes: int = 256 * 1024 * 1024
     deadline_s: float = 5.0  # the whole fan-out: past it, answer with what has arrived
     # e.g. https://fhir.region.se/fhir; `serve` needs it (links are never built from the Host header)
     public_base_url: str | None = None
@@ -84,7 +89,11 @@ class CacheSettings:
     enabled: bool = True
     ttl_s: float = 30.0  # an answer is reused this long
     max_stale_s: float = 300.0  # and may stand in for a failing backend this much longer
-    max_entries: int = 10_000  # per worker (backend × contract × patient), ~7 KB each; memory store
+    max_entries: int = 10_000  # per worker (backend × contract × patient); memory store
+    # per worker, the memory store's entries together (an estimate of the memory they hold: see
+    # proxy.cache.footprint); the least recently used go first, and an entry larger than this is
+    # not kept at all
+    max_bytes: int = 256 * 1024 * 1024
     store: str = "memory"  # "memory" (per worker) or "redis" (shared by workers and hosts)
     redis_url: str = "redis://127.0.0.1:6379/0"
 
@@ -346,6 +355,7 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
             "default_count",
             "max_count",
             "max_body_bytes",
+            "max_answer_bytes",
             "public_base_url",
             "deadline_s",
         },
@@ -358,13 +368,18 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
     if public is not None and (not isinstance(public, str) or not re.match(r"^https?://[^/]+", public)):
         raise r.fail("facade.public_base_url", "expects an http(s) URL such as https://fhir.example.se/fhir")
     max_count = r.integer(f, "max_count", "facade", 500, 1, 100_000)
+    max_body = r.integer(f, "max_body_bytes", "facade", 1024 * 1024, 1024, 1 << 31)
+    max_answer = r.integer(f, "max_answer_bytes", "facade", max(256 * 1024 * 1024, max_body), 1024, 1 << 34)
+    if max_answer < max_body:
+        raise r.fail("facade.max_answer_bytes", "expects at least facade.max_body_bytes")
     facade = FacadeSettings(
         host=str(f.get("host", "127.0.0.1")),
         port=r.integer(f, "port", "facade", 8080, 0, 65535),
         base_path=base_path,
         default_count=r.integer(f, "default_count", "facade", 50, 1, max_count),
         max_count=max_count,
-        max_body_bytes=r.integer(f, "max_body_bytes", "facade", 8 * 1024 * 1024, 1024, 1 << 31),
+        max_body_bytes=max_body,
+        max_answer_bytes=max_answer,
         public_base_url=public.rstrip("/") if public else None,
         deadline_s=r.number(f, "deadline_s", "facade", 5.0, 0.05, 300),
     )
@@ -477,7 +492,9 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
             raise ConfigError(f"{PATIENT_ID_KEY_ENV}: expects 16, 24 or 32 bytes (base64)")
 
     c = r.section(
-        top.get("cache"), "cache", {"enabled", "ttl_s", "max_stale_s", "max_entries", "store", "redis_url"}
+        top.get("cache"),
+        "cache",
+        {"enabled", "ttl_s", "max_stale_s", "max_entries", "max_bytes", "store", "redis_url"},
     )
     enabled = c.get("enabled", True)
     if not isinstance(enabled, bool):
@@ -493,6 +510,7 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
         ttl_s=r.number(c, "ttl_s", "cache", 30.0, 0, 86_400),
         max_stale_s=r.number(c, "max_stale_s", "cache", 300.0, 0, 7 * 86_400),
         max_entries=r.integer(c, "max_entries", "cache", 10_000, 1, 10_000_000),
+        max_bytes=r.integer(c, "max_bytes", "cache", 256 * 1024 * 1024, 1024, 1 << 40),
         store=store,
         redis_url=redis_url,
     )

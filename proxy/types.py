@@ -133,6 +133,9 @@ class SourceResult:
     detail: str = ""  # a short, non-sensitive description of what went wrong
     # its patient lookup, and every other request of the run, said positively "unknown patient"
     unknown_patient: bool = False
+    # degraded by an answer cut off mid-way (the connection closed, or past the answer cap): what
+    # arrived whole of it was handed on, the rest is missing
+    partial: bool = False
 
 
 class MappedResource(NamedTuple):
@@ -167,6 +170,9 @@ class SourceOutcome:
     status: SourceStatus
     detail: str
     latency_ms: float = 0.0  # how long it took to answer (0: not asked now)
+    # degraded, and an answer of it was cut off mid-way: what arrived whole of it is in the answer
+    # (before redaction: the flag comes from how the answer was cut, never from what it held)
+    partial: bool = False
 
 
 # A SMART v2 permission: create, read (by id), update, delete, search.

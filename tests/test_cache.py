@@ -3,10 +3,15 @@ audience's view ever shaping another's."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from proxy.cache import MemoryCache
+import orjson
+import pytest
+
+from proxy.cache import MemoryCache, footprint
 from proxy.simulators.population import TOLVAN
+from proxy.types import MappedResource
 from tests.clock import FakeClock
 from tests.conftest import BASE, auth, pid
 from tests.source_status import source_issues, status_of, statuses
@@ -106,3 +111,61 @@ async def test_entries_expire_into_staleness_and_then_away() -> None:
         await cache.put("cosmic", f"k{i}", "p", ())
     assert await cache.get("cosmic", "k0", "p") is None
     assert await cache.get("cosmic", "k2", "p") is not None
+
+
+def _resources(n: int, text: str = "x" * 200) -> tuple[MappedResource, ...]:
+    return tuple(
+        MappedResource(
+            resource={"resourceType": "Observation", "id": f"o{i}", "note": [{"text": text}]},
+            source="npo",
+            mapping="npo/laboratory-outcomes",
+            origin_key=f"Observation|S|{i}",
+            priority=2,
+            refs=(),
+            clinical_time=None,
+            care_provider=None,
+            care_unit=None,
+        )
+        for i in range(n)
+    )
+
+
+async def test_the_memory_cache_is_bounded_by_bytes_least_recently_used_first() -> None:
+    """Entries of 100 resources each, a budget that holds about three of them: the fourth puts out
+    the least recently used (not the oldest: the first was read since), and the bytes held stay
+    within the budget."""
+    one = footprint(_resources(100))
+    cache = MemoryCache(
+        ttl_s=30, max_stale_s=30, max_entries=1000, max_bytes=one * 3 + one // 2, clock=FakeClock()
+    )
+    for key in ("a", "b", "c"):
+        await cache.put("npo", key, "p", _resources(100))
+    assert await cache.get("npo", "a", "p") is not None  # a is now the most recently used
+    await cache.put("npo", "d", "p", _resources(100))
+    assert await cache.get("npo", "b", "p") is None  # the least recently used went
+    assert all([await cache.get("npo", k, "p") is not None for k in ("a", "c", "d")])
+    assert cache.held_bytes <= one * 3 + one // 2
+    assert cache.held_bytes == 3 * one
+
+
+async def test_an_entry_larger_than_the_whole_budget_is_not_cached(caplog: pytest.LogCaptureFixture) -> None:
+    small, large = _resources(2), _resources(2000)
+    cache = MemoryCache(
+        ttl_s=30, max_stale_s=30, max_entries=1000, max_bytes=footprint(large) - 1, clock=FakeClock()
+    )
+    await cache.put("npo", "small", "p", small)
+    await cache.put("npo", "large", "p", small)  # (an older, smaller answer to the same request)
+    with caplog.at_level(logging.DEBUG, logger="proxy.cache"):
+        await cache.put("npo", "large", "p", large)
+    assert await cache.get("npo", "large", "p") is None  # neither the new nor the older answer
+    assert await cache.get("npo", "small", "p") is not None  # and nothing else was put out for it
+    assert any("not cached" in r.getMessage() and r.levelno == logging.DEBUG for r in caplog.records)
+
+
+def test_an_entrys_footprint_grows_with_what_it_holds() -> None:
+    """The estimate the budget counts: about what Python holds for the resources (a few times their
+    JSON), in proportion to their number and size."""
+    assert footprint(_resources(200)) == pytest.approx(2 * footprint(_resources(100)), rel=0.05)
+    assert footprint(_resources(100, "x" * 2000)) > 5 * footprint(_resources(100, "x" * 20))
+    json_size = len(orjson.dumps([r._asdict() for r in _resources(100)]))
+    assert 2 * json_size < footprint(_resources(100)) < 8 * json_size

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 import pytest
 import redis.asyncio as aioredis
 
@@ -179,3 +180,47 @@ async def test_a_deploy_with_changed_mappings_never_serves_the_old_output(
     assert outcomes(after).get("cosmic") is None  # cosmic was asked, not served from the cache
     # the viva and NPÖ mappings did not change: their entries are still shared
     assert outcomes(again) == {"cosmic": "information", "viva": "information", "npo": "information"}
+
+
+async def test_entries_are_stored_compressed_and_read_back_identical(redis_db: Any) -> None:
+    """What Redis holds is a compressed entry — a fraction of its JSON — and it reads back as the
+    very resources put; an entry an older facade stored as plain JSON still reads."""
+    resources = tuple(
+        MappedResource(
+            resource={
+                "resourceType": "Observation",
+                "id": f"o{i}",
+                "code": {
+                    "coding": [{"system": "urn:oid:1.2.752.108.1", "code": "NPU02319", "display": "B-Hb"}]
+                },
+                "valueQuantity": {"value": 120.5 + i, "unit": "g/L"},
+                "note": [{"text": 'Provsvar — ünïcödé, "citat"'}],
+                "subject": {"reference": "Patient/p"},
+            },
+            source="npo",
+            mapping="npo/laboratory-outcomes",
+            origin_key=f"Observation|S|{i}",
+            priority=2,
+            refs=("Patient/p",),
+            clinical_time=1_700_000_000.0 + i,
+            care_provider="SE1",
+            care_unit=None,
+        )
+        for i in range(300)
+    )
+    cache = RedisCache(aioredis.from_url(redis_url()), ttl_s=30, max_stale_s=30)
+    await cache.put("npo", "POST /labs", "pid", resources)
+    (key,) = await redis_db.keys("*")
+    stored = await redis_db.get(key)
+    plain = orjson.dumps({"stored_at": 0.0, "resources": [r._asdict() for r in resources]})
+    assert not stored.startswith(b"{") and len(stored) * 4 < len(plain)
+    got = await cache.get("npo", "POST /labs", "pid")
+    assert got is not None and got[0].resources == resources
+    assert got[0].size == len(stored)  # (bytes read: what the metrics count)
+    # an entry an older facade wrote, plain JSON, under the same key: still read
+    await redis_db.set(
+        key, orjson.dumps({"stored_at": cache.clock.time(), "resources": [r._asdict() for r in resources]})
+    )
+    old = await cache.get("npo", "POST /labs", "pid")
+    await cache.close()
+    assert old is not None and old[0].resources == resources

@@ -80,6 +80,8 @@ def test_the_default_config_of_an_installed_wheel_keeps_its_store_in_the_users_s
         ({"paging.snapshot_ttl_s": 0}, "paging.snapshot_ttl_s"),
         ({"paging.snapshots": "yes"}, "paging.snapshots"),
         ({"paging.ttl_s": 60}, "paging"),
+        ({"facade.max_answer_bytes": 1024 * 1024 - 1}, "facade.max_answer_bytes"),  # below max_body_bytes
+        ({"cache.max_bytes": "a lot"}, "cache.max_bytes"),
     ],
 )
 def test_bad_config_names_file_and_key(tmp_path: Path, change: dict, key: str) -> None:  # type: ignore[type-arg]
@@ -138,3 +140,16 @@ def test_bad_long_history_knobs_name_the_key(tmp_path: Path, change: dict, key: 
     with pytest.raises(ConfigError) as exc:
         load_settings(config_with(tmp_path, change))
     assert str(exc.value).startswith(f"facade.yaml: {key}")
+
+
+def test_the_answer_and_cache_budgets_are_read(tmp_path: Path) -> None:
+    shipped = load_settings()
+    assert (shipped.facade.max_body_bytes, shipped.facade.max_answer_bytes) == (1 << 20, 256 << 20)
+    assert shipped.cache.max_bytes == 256 << 20
+    s = load_settings(
+        config_with(
+            tmp_path,
+            {"facade.max_body_bytes": 4096, "facade.max_answer_bytes": 8192, "cache.max_bytes": 65536},
+        )
+    )
+    assert (s.facade.max_body_bytes, s.facade.max_answer_bytes, s.cache.max_bytes) == (4096, 8192, 65536)

@@ -18,6 +18,14 @@ is the backend's fault only when one of its requests was sent and was with it at
 it had waited in the facade; otherwise — never sent, sent too late, or the deadline itself came
 late — it is the facade's own condition (``SourceStatus.OVERLOADED``): named in the answer as
 missing, never counted by the backend's breaker, never learned from.
+
+An answer is read whole up to ``max_body_bytes``. A larger one — a long history — is handed, chunk by
+chunk as it arrives, to an ``AnswerSink`` the caller opens for it (``OpenSink``; the pipeline's maps
+it record by record, ``proxy.mapping.stream``), up to ``max_answer_bytes``; it is then handed on
+like any other. Cut off — the connection closed mid-body, or the answer passed ``max_answer_bytes`` —
+it is handed on all the same (what arrived whole of it counts), and the backend's result says that
+part of its answer is missing (``SourceResult.partial``). Without a sink, an answer over
+``max_body_bytes`` is refused whole, as "larger than".
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from yarl import URL
 
@@ -35,7 +43,7 @@ from proxy.clock import SYSTEM_CLOCK, Clock
 from proxy.fanout.breaker import CircuitBreaker
 from proxy.fanout.transport import AiohttpTransport, BodyTooLarge, Exchange, Transport, TransportError
 from proxy.mapping.requests import Context, RequestSpec, UnknownPatient
-from proxy.settings import BackendSettings
+from proxy.settings import BackendSettings, FacadeSettings
 from proxy.trace import outgoing_headers
 from proxy.types import SourceResult, SourceStatus
 
@@ -63,8 +71,29 @@ def _weighted(mean: float | None, sample: float) -> float:
     return sample if not mean else 0.8 * mean + 0.2 * sample
 
 
-# (backend, request, body) — body None: the backend said the patient is unknown there (see _UNKNOWN)
-OnAnswer = Callable[[str, RequestSpec, bytes | None], None]
+class AnswerSink(Protocol):
+    """Takes an answer too large to hold whole, chunk by chunk as it arrives."""
+
+    def feed(self, chunk: bytes) -> bool:
+        """The next part of the body; False when nothing more is wanted (it cannot be read)."""
+        ...
+
+    def close(self, complete: bool) -> None:
+        """The body has ended: all of it, or (``complete`` False) cut off."""
+        ...
+
+
+# one sink per answer too large to hold whole: (backend, request) → its sink
+OpenSink = Callable[[str, RequestSpec], AnswerSink]
+# (backend, request, body) — body None: the backend said the patient is unknown there (see _UNKNOWN);
+# an AnswerSink: the answer was read into it (closed: whole, or cut off — see the result)
+OnAnswer = Callable[[str, RequestSpec, bytes | AnswerSink | None], None]
+# what one request came to: its status, its body (a sink: also when it was cut off), a detail
+_Outcome = tuple[SourceStatus, bytes | AnswerSink | None, str]
+
+_ANSWER_CAP = FacadeSettings().max_answer_bytes  # (the configured default)
+# what a cut answer's detail adds: the source is named beside it, the asker is told what is missing
+PART_MISSING = "part of its answer is missing"
 
 
 @dataclass(slots=True)
@@ -73,9 +102,10 @@ class BackendClient:
 
     settings: BackendSettings
     transport: Transport
-    max_body_bytes: int
+    max_body_bytes: int  # read whole up to this; a larger answer goes to a sink (see the module doc)
     breaker: CircuitBreaker
     base: str  # the base URL, to which each request's target is appended
+    max_answer_bytes: int = _ANSWER_CAP  # a sink's answer is cut off past this
     # how long this backend has been taking to answer a whole fetch (exponentially weighted, ms):
     # fan-out asks the slowest first, so its calls leave before the quick backends' calls
     typical_ms: float = 0.0
@@ -91,6 +121,7 @@ class BackendClient:
         settings: BackendSettings,
         max_body_bytes: int,
         *,
+        max_answer_bytes: int | None = None,
         clock: Clock = SYSTEM_CLOCK,
         transport: Transport | None = None,
     ) -> BackendClient:
@@ -103,7 +134,12 @@ class BackendClient:
         breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_open_s, clock)
         base = str(URL(settings.base_url.rstrip("/")))  # (percent-encoded, as the request targets are)
         return cls(
-            settings=settings, transport=transport, max_body_bytes=max_body_bytes, breaker=breaker, base=base
+            settings=settings,
+            transport=transport,
+            max_body_bytes=max_body_bytes,
+            breaker=breaker,
+            base=base,
+            max_answer_bytes=max(max_body_bytes, max_answer_bytes or _ANSWER_CAP),
         )
 
     async def close(self) -> None:
@@ -115,14 +151,17 @@ class BackendClient:
         ctx: Context,
         on_answer: OnAnswer | None = None,
         on_done: Callable[[SourceResult], None] | None = None,
+        open_sink: OpenSink | None = None,
     ) -> BackendRun:
         """Send each request now, concurrently, one task each — the ones whose answers have cost
         the most to handle first (see ``handled``). ``on_answer(backend, spec, body)``
-        sees each body as soon as it has arrived whole; ``on_done(result)`` is called — from the
-        task of the request that finished last, with no further hop through the event loop — once
-        every request has ended. ``BackendRun.abandon`` cuts off the ones still out."""
+        sees each body as soon as it has arrived whole (or, read into a sink from ``open_sink``, has
+        ended); ``on_done(result)`` is called — from the task of the request that finished last,
+        with no further hop through the event loop — once every request has ended.
+        ``BackendRun.abandon`` cuts off the ones still out."""
         run = BackendRun(self, specs, on_done)
         run.on_answer = on_answer
+        run.open_sink = open_sink
         run.lookup = next((i for i, spec in enumerate(specs) if spec.unknown_patient is not None), None)
         if not specs:
             run.settle(SourceResult(self.settings.name, SourceStatus.OK))
@@ -141,11 +180,15 @@ class BackendClient:
         return run
 
     async def fetch(
-        self, specs: Sequence[RequestSpec], ctx: Context, on_answer: OnAnswer | None = None
+        self,
+        specs: Sequence[RequestSpec],
+        ctx: Context,
+        on_answer: OnAnswer | None = None,
+        open_sink: OpenSink | None = None,
     ) -> SourceResult:
         """``start``, and wait for the result (cancelled: the requests still out are cut off)."""
         done: asyncio.Future[SourceResult] = asyncio.get_running_loop().create_future()
-        run = self.start(specs, ctx, on_answer, lambda result: _resolve(done, result))
+        run = self.start(specs, ctx, on_answer, lambda result: _resolve(done, result), open_sink)
         try:
             return await done
         except asyncio.CancelledError:
@@ -156,11 +199,14 @@ class BackendClient:
         marker = None if run.lookup is None else run.specs[run.lookup].unknown_patient
         async with self.transport.slot():  # (the wait for a connection is the facade's own)
             run.sent(i)  # its budget starts now
-            outcome = await self._one(spec, ctx, marker)
+            outcome = await self._one(spec, ctx, marker, run)
         if run.result is not None:  # out of time while this answer was on its way
             return
         # a marker answer to another request waits for the lookup's word (see _result)
         if outcome[0] is SourceStatus.OK and (outcome[2] != _UNKNOWN or i == run.lookup):
+            self._hand_on(run, spec, outcome[1])
+        elif outcome[1] is not None:  # cut off mid-way: what arrived whole of it counts
+            run.partial.add(i)
             self._hand_on(run, spec, outcome[1])
         run.outcomes[i] = (outcome[0], outcome[2])  # (the body is the receiver's now)
         run.pending -= 1
@@ -187,17 +233,21 @@ class BackendClient:
         failed = any(status in (SourceStatus.TIMEOUT, SourceStatus.ERROR) for status, _ in outcomes)
         self.breaker.record(success=not failed)
         worst: tuple[SourceStatus, str] | None = None
-        for status, detail in outcomes:
+        partial = False
+        for i, outcome in enumerate(run.outcomes):
+            if outcome is None:
+                continue
+            status, detail = outcome
             if status is not SourceStatus.OK and (worst is None or _rank(status) > _rank(worst[0])):
-                worst = (status, detail)
+                worst, partial = (status, detail), i in run.partial
         latency = (time.perf_counter() - run.first_sent()) * 1000
         self.took(latency)
         if worst is None:  # unknown here: the lookup and every other request said so, positively
             unknown = lookup_says_unknown and all(o == (SourceStatus.OK, _UNKNOWN) for o in outcomes)
             return SourceResult(self.settings.name, SourceStatus.OK, latency, unknown_patient=unknown)
-        return SourceResult(self.settings.name, worst[0], latency, worst[1])
+        return SourceResult(self.settings.name, worst[0], latency, worst[1], partial=partial)
 
-    def _hand_on(self, run: BackendRun, spec: RequestSpec, body: bytes | None) -> None:
+    def _hand_on(self, run: BackendRun, spec: RequestSpec, body: bytes | AnswerSink | None) -> None:
         if run.on_answer is None:
             return
         try:
@@ -215,8 +265,12 @@ class BackendClient:
         self.typical_ms = _weighted(self.typical_ms, latency_ms)
 
     async def _one(
-        self, spec: RequestSpec, ctx: Context, marker: UnknownPatient | None = None
-    ) -> tuple[SourceStatus, bytes | None, str]:
+        self,
+        spec: RequestSpec,
+        ctx: Context,
+        marker: UnknownPatient | None = None,
+        run: BackendRun | None = None,
+    ) -> _Outcome:
         """One request, through the transport (whose errors are TransportErrors: see
         ``proxy.fanout.transport``). An answer with the ``marker``'s status is read and checked for
         its body marker: (OK, None, _UNKNOWN) if it carries it; a non-2xx without it is a failure
@@ -229,7 +283,7 @@ class BackendClient:
                 headers={**request.headers, **outgoing_headers()},  # (X-Request-ID, traceparent)
                 body=request.body,
             ) as resp:
-                return await self._outcome(resp, spec, marker)
+                return await self._outcome(resp, spec, marker, run)
         except TransportError as exc:
             return exc.status, None, exc.detail
         except BodyTooLarge:
@@ -239,17 +293,58 @@ class BackendClient:
             return SourceStatus.ERROR, None, "failed unexpectedly"
 
     async def _outcome(
-        self, resp: Exchange, spec: RequestSpec, marker: UnknownPatient | None
-    ) -> tuple[SourceStatus, bytes | None, str]:
-        if marker is not None and resp.status == marker.status:
-            body = await resp.read(self.max_body_bytes)
-            if marker.says_unknown(resp.status, body, spec.format):
-                return SourceStatus.OK, None, _UNKNOWN
-            if 200 <= resp.status < 300:
-                return SourceStatus.OK, body, ""
-        if not 200 <= resp.status < 300:
-            return SourceStatus.ERROR, None, f"answered HTTP {resp.status}"
-        return SourceStatus.OK, await resp.read(self.max_body_bytes), ""
+        self, resp: Exchange, spec: RequestSpec, marker: UnknownPatient | None, run: BackendRun | None
+    ) -> _Outcome:
+        ok = 200 <= resp.status < 300
+        try:
+            if marker is not None and resp.status == marker.status:
+                # (an answer that says "unknown" is small: one larger than max_body_bytes is not it)
+                body = await resp.read(self.max_body_bytes)
+                if marker.says_unknown(resp.status, body, spec.format):
+                    return SourceStatus.OK, None, _UNKNOWN
+                if ok:
+                    return SourceStatus.OK, body, ""
+            if not ok:
+                return SourceStatus.ERROR, None, f"answered HTTP {resp.status}"
+            return SourceStatus.OK, await resp.read(self.max_body_bytes), ""
+        except BodyTooLarge as too_large:
+            if not ok or run is None or run.open_sink is None:
+                raise
+            return await self._stream(resp, run.open_sink(self.settings.name, spec), too_large.head, run)
+
+    async def _stream(self, resp: Exchange, sink: AnswerSink, head: bytes, run: BackendRun) -> _Outcome:
+        """The rest of an answer too large to hold whole, into ``sink`` as it arrives — up to
+        ``max_answer_bytes``; what is past it is not read. A cut answer is handed on all the same.
+        The time the sink takes is the facade's, not the backend's: it is added to the backend's
+        budget and to the request's deadline (``BackendRun.own_s``)."""
+        cap = self.max_answer_bytes
+        size = 0
+
+        def take(chunk: bytes) -> bool:  # False: stop reading (the cap, or the sink wants no more)
+            nonlocal size
+            size += len(chunk)
+            started = time.perf_counter()
+            try:
+                if size > cap:
+                    sink.feed(chunk[: len(chunk) - (size - cap)])
+                    return False
+                return sink.feed(chunk)
+            finally:
+                run.own_s += time.perf_counter() - started
+
+        try:
+            if take(head):
+                async for chunk in resp.chunks():
+                    if not take(chunk):
+                        break
+        except TransportError as exc:
+            sink.close(complete=False)
+            return exc.status, sink, f"{exc.detail}: {PART_MISSING}"
+        if size > cap:
+            sink.close(complete=False)
+            return SourceStatus.INVALID, sink, f"{PART_MISSING}: it is larger than {cap} bytes"
+        sink.close(complete=True)  # (or it stopped reading: it says it could not read the answer)
+        return SourceStatus.OK, sink, ""
 
 
 class BackendRun:
@@ -261,7 +356,10 @@ class BackendRun:
         "lookup",
         "on_answer",
         "on_done",
+        "open_sink",
         "outcomes",
+        "own_s",
+        "partial",
         "pending",
         "result",
         "sent_at",
@@ -281,6 +379,11 @@ class BackendRun:
         self.specs = specs
         self.on_done = on_done
         self.on_answer: OnAnswer | None = None
+        self.open_sink: OpenSink | None = None
+        self.partial: set[int] = set()  # requests whose answer was cut off mid-way and handed on
+        # the facade's own time on this backend's answers as they arrived (sinks: mapping them): it
+        # extends the backend's budget (see ``expire``)
+        self.own_s = 0.0
         self.lookup: int | None = None  # index of the backend's patient lookup among specs
         self.outcomes: list[tuple[SourceStatus, str] | None] = [None] * len(specs)  # (status, detail)
         self.pending = len(specs)
@@ -316,7 +419,9 @@ class BackendRun:
     def expire(self) -> None:
         """A request's budget may have run out: if one sent has been out for all of its budget, cut
         off what is still out and settle as timed out; else wait for the next one due. Fired late by
-        a stalled loop, it first gives what came in meanwhile as long again to be read."""
+        a stalled loop, it first gives what came in meanwhile as long again to be read. The facade's
+        own time on this backend's answers as they arrived (mapping long ones, ``own_s``) is added to
+        the budget: it is not the backend's lateness."""
         self.timer = None
         if self.result is not None:
             return
@@ -328,8 +433,8 @@ class BackendRun:
         out = [t for t, o in zip(self.sent_at, self.outcomes, strict=True) if t is not None and o is None]
         if not out:  # every request still out waits for a slot: the timer is armed when one is sent
             return
-        if now - min(out) < budget:
-            self.arm(min(out) + budget)
+        if now - min(out) < budget + self.own_s:
+            self.arm(min(out) + budget + self.own_s)
             return
         self.abandon(f"no complete answer within {budget:g} s")
         if self.on_done is not None:
@@ -394,6 +499,7 @@ async def fan_out(
     *,
     deadline_s: float,
     on_answer: OnAnswer | None = None,
+    open_sink: OpenSink | None = None,
 ) -> list[SourceResult]:
     """Ask every backend in ``plan`` concurrently; one SourceResult per backend, in plan order.
 
@@ -401,6 +507,8 @@ async def fan_out(
     answer comes back with what has arrived. ``on_answer`` sees each body that arrives whole as soon
     as it has, so work on one answer overlaps the wait for the others — also the bodies of a backend
     abandoned later, at the deadline. (It should not raise; if it does, that is logged.)
+    ``open_sink`` opens the sink an answer larger than ``max_body_bytes`` is read into (see the
+    module doc); without it such an answer is refused.
     """
     names = [name for name, specs in plan.items() if specs]
     if not names:
@@ -417,11 +525,26 @@ async def fan_out(
 
     # the slowest backend's calls first (tasks start in creation order): the answer waits on it
     runs = {
-        name: clients[name].start(plan[name], contexts[name], on_answer, one_done)
+        name: clients[name].start(plan[name], contexts[name], on_answer, one_done, open_sink)
         for name in sorted(names, key=lambda n: clients[n].typical_ms, reverse=True)
     }
     due = time.perf_counter() + deadline_s
-    timer = loop.call_later(deadline_s, _resolve, all_done, None)
+    credited = 0.0
+    timer: list[asyncio.TimerHandle] = []  # (the one armed now)
+
+    def at_deadline() -> None:
+        # the facade's own time on answers as they arrived (mapping long ones) is not a backend's
+        # lateness: given back first (as each backend's budget is, ``BackendRun.expire``)
+        nonlocal credited, due
+        owed = sum(run.own_s for run in runs.values()) - credited
+        if owed > 0.001:
+            credited += owed
+            due += owed
+            timer[0] = loop.call_later(owed, at_deadline)
+            return
+        _resolve(all_done, None)
+
+    timer.append(loop.call_later(deadline_s, at_deadline))
     try:
         await all_done
     except asyncio.CancelledError:  # the request itself was cancelled: no backend is to blame
@@ -429,7 +552,7 @@ async def fan_out(
             run.abandon("cancelled", its_fault=False)
         raise
     finally:
-        timer.cancel()
+        timer[0].cancel()
     if left:  # the deadline passed: whose fault is each share still out? (BackendRun.cut_off)
         stalled = time.perf_counter() - due > STALL_S
         for run in runs.values():

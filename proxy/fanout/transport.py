@@ -2,7 +2,8 @@
 
 ``Transport.request(method, url, headers=..., body=...)`` is an async context manager giving an
 ``Exchange`` — the status and headers as soon as they are in, the body only when fan-out asks for it
-(``read(cap)``: whole, or ``BodyTooLarge`` past ``cap`` bytes). Whatever goes wrong on the way
+(``read(cap)``: whole, or ``BodyTooLarge`` past ``cap`` bytes, carrying what was read; then
+``chunks()``: the rest as it arrives, for an answer decoded incrementally). Whatever goes wrong on the way
 (cannot connect, connecting takes too long, the connection is cut, the body is incomplete) is a
 ``TransportError`` with a short, non-sensitive detail and the source status it makes; nothing else
 escapes but ``BodyTooLarge``, cancellation, and bugs (which fan-out logs and reports as a failure).
@@ -45,7 +46,15 @@ class TransportError(Exception):
 
 
 class BodyTooLarge(Exception):
-    """The answer's body is larger than the cap fan-out read it with."""
+    """The answer's body is larger than the cap fan-out read it with. ``head``: what had been read
+    (nothing when the length was known beforehand); the rest is still to be had from ``chunks()``."""
+
+    def __init__(self, head: bytes = b"") -> None:
+        super().__init__()
+        self.head = head
+
+
+CHUNK_BYTES = 64 * 1024  # what a body is read in: bounded, and large enough that a chunk's overhead is small
 
 
 # what each failure is called in an answer (one wording for every transport)
@@ -65,6 +74,12 @@ class Exchange(Protocol):
 
     async def read(self, cap: int) -> bytes:
         """The whole body (decompressed), or ``BodyTooLarge`` once it passes ``cap`` bytes."""
+        ...
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        """The rest of the body (decompressed) as it arrives, in chunks of at most ``CHUNK_BYTES``:
+        after ``read`` raised ``BodyTooLarge``, what it had not read. A cut-off body raises
+        ``TransportError`` after the chunks that did arrive."""
         ...
 
 
@@ -130,12 +145,19 @@ class _AiohttpExchange:
                     return await resp.read()
             chunks: list[bytes] = []
             size = 0
-            async for chunk in resp.content.iter_chunked(64 * 1024):
+            async for chunk in resp.content.iter_chunked(CHUNK_BYTES):
                 size += len(chunk)
-                if size > cap:
-                    raise BodyTooLarge
                 chunks.append(chunk)
+                if size > cap:
+                    raise BodyTooLarge(b"".join(chunks))
             return b"".join(chunks)
+        except aiohttp.ClientError as exc:
+            raise _translated(exc) from None
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._resp.content.iter_chunked(CHUNK_BYTES):
+                yield chunk
         except aiohttp.ClientError as exc:
             raise _translated(exc) from None
 
@@ -211,7 +233,8 @@ class AiohttpTransport:
 @dataclass(frozen=True, slots=True)
 class Canned:
     """One backend answer, in memory. ``delay_s`` passes (on the event loop's clock) and ``until``
-    is waited for before the answer (or ``exception``) comes."""
+    is waited for before the answer (or ``exception``) comes. ``cut_after``: the connection closes
+    after that many bytes of the body (a ``TransportError``, as aiohttp's would be)."""
 
     body: bytes = b""
     status: int = 200
@@ -219,6 +242,7 @@ class Canned:
     delay_s: float = 0.0
     until: asyncio.Event | None = None
     exception: BaseException | None = None  # raised instead of answering (e.g. a TransportError)
+    cut_after: int | None = None
 
 
 class Sent(NamedTuple):
@@ -229,10 +253,13 @@ class Sent(NamedTuple):
 
 
 class _MemoryExchange:
-    __slots__ = ("_canned",)
+    """The body is handed out as the network would: in chunks, one event-loop turn apart."""
+
+    __slots__ = ("_at", "_canned")
 
     def __init__(self, canned: Canned) -> None:
         self._canned = canned
+        self._at = 0  # how much of the body has been read
 
     @property
     def status(self) -> int:
@@ -243,9 +270,25 @@ class _MemoryExchange:
         return self._canned.headers
 
     async def read(self, cap: int) -> bytes:
-        if len(self._canned.body) > cap:
-            raise BodyTooLarge
-        return self._canned.body
+        body, cut = self._canned.body, self._canned.cut_after
+        if len(body) > cap and (cut is None or cut > cap):
+            self._at = cap + 1
+            raise BodyTooLarge(body[: self._at])
+        if cut is not None and cut < len(body):
+            raise TransportError(SourceStatus.ERROR, CUT_OFF)
+        self._at = len(body)
+        return body
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        body, cut = self._canned.body, self._canned.cut_after
+        end = len(body) if cut is None else min(cut, len(body))
+        while self._at < end:
+            await asyncio.sleep(0)
+            chunk = body[self._at : min(self._at + CHUNK_BYTES, end)]
+            self._at += len(chunk)
+            yield chunk
+        if end < len(body):
+            raise TransportError(SourceStatus.ERROR, CUT_OFF)
 
 
 class MemoryTransport:

@@ -38,6 +38,10 @@ _ISSUE_CODE = {
 }
 
 
+# an answer cut off mid-way (SourceOutcome.partial): what arrived before the cut is in the answer
+_PARTIAL = "; what arrived before the cut is in this answer"
+
+
 def source_outcome(outcome: SourceOutcome, description: str) -> FhirDict:
     """How one source took part in the answer — every source the answer asked, or chose not to ask,
     gets one — the FHIR form of NTjP's ProcessingStatus. ``details.coding`` carries the source name
@@ -49,7 +53,7 @@ def source_outcome(outcome: SourceOutcome, description: str) -> FhirDict:
         SourceStatus.CACHED: "",
         SourceStatus.SKIPPED: "",
         SourceStatus.STALE: "; its data may be out of date",
-    }.get(outcome.status, "; its data is missing from this answer")
+    }.get(outcome.status, _PARTIAL if outcome.partial else "; its data is missing from this answer")
     return {
         "resourceType": "OperationOutcome",
         "issue": [

@@ -70,6 +70,8 @@ class CompiledMapping:
     # what this mapping makes from an answer depends on: its document and the code maps it names
     # (16 hex of BLAKE2b, computed once here); part of every cache key of its request's answers
     digest: str = field(default="", compare=False)
+    # the ``select`` path as written: what the incremental decoder plans from (proxy.mapping.stream)
+    select_path: str = ""
 
     def stable_id(self, patient_id: str, record_id: str) -> str:
         return stable_id(self.ids, patient_id, self.backend, self.name, record_id)
@@ -171,6 +173,7 @@ def compile_mapping(
         ids=ids,
         references=frozenset(c.ref_types),
         digest=mapping_digest(backend, name, doc, {n: code_maps[n] for n in c.code_maps_used}),
+        select_path=doc["select"].strip() if isinstance(doc["select"], str) else "",
     )
 
 

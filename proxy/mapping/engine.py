@@ -51,16 +51,31 @@ def map_records(
     skipped = 0
     system = record_id_system(mapping.name)
     for record in mapping.select(body):
-        if not isinstance(record, dict):
-            skipped += 1
-            continue
-        if mapping.where is not None and not mapping.where(record):
-            continue
-        try:
-            out.append(_map_one(mapping, record, ctx, source_uri, priority, system))
-        except RecordError:
-            skipped += 1
+        skipped += map_record(mapping, record, ctx, source_uri, priority, system, out)
     return out, skipped
+
+
+def map_record(
+    mapping: CompiledMapping,
+    record: Any,
+    ctx: Context,
+    source_uri: str,
+    priority: int,
+    record_system: str,
+    out: list[MappedResource],
+) -> int:
+    """Map one selected record into ``out`` (unless the mapping's ``where`` leaves it out); 1 when
+    it had to be skipped (not an object, no id or origin, a value that is not JSON), else 0. (The
+    record-by-record step of ``map_records``; the incremental decoder calls it as records complete.)"""
+    if not isinstance(record, dict):
+        return 1
+    if mapping.where is not None and not mapping.where(record):
+        return 0
+    try:
+        out.append(_map_one(mapping, record, ctx, source_uri, priority, record_system))
+    except RecordError:
+        return 1
+    return 0
 
 
 def _map_one(

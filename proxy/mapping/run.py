@@ -100,7 +100,9 @@ def source_outcome(result: SourceResult, answers: Mapping[str, MappedAnswer]) ->
     out = [r for answer in answers.values() for r in answer.resources]
     readable = frozenset(key for key, answer in answers.items() if answer.readable)
     if result.status.degraded:
-        outcome = SourceOutcome(result.source, result.status, result.detail, result.latency_ms)
+        outcome = SourceOutcome(
+            result.source, result.status, result.detail, result.latency_ms, partial=result.partial
+        )
         return MappedSource(out, outcome, readable)
     if len(readable) < len(answers):
         outcome = SourceOutcome(

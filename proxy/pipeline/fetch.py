@@ -5,7 +5,8 @@
                 index); each request from the cache where it is fresh (a stale entry kept to stand in);
                 what is left to ask, with the backend's patient lookup when it can say "unknown"
     ask         fan-out to those backends; each answer mapped as it arrives, in the event loop's
-                slack (proxy.slack), the rest when the last one is in
+                slack (proxy.slack), the rest when the last one is in — an answer larger than
+                facade.max_body_bytes record by record as its body arrives (proxy.mapping.stream)
     settle      per backend that was asked: hook events, cache put, what the engagement index
                 learns, a stale entry standing in for a failed request, its SourceOutcome
     fetch_and_map  the four in order; one SourceOutcome per backend in the plan, in plan order
@@ -23,11 +24,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from proxy.cache import CacheEntry
-from proxy.fanout.client import fan_out
+from proxy.fanout.client import AnswerSink, fan_out
 from proxy.hooks import AnswerMapped, CacheLookup, Hooks, SourceAnswered, SourceFailed
 from proxy.mapping.registry import MappingSet, request_context
 from proxy.mapping.requests import RequestSpec
 from proxy.mapping.run import MappedAnswer, map_answer, source_outcome
+from proxy.mapping.stream import AnswerStream
 from proxy.pipeline.facade import Facade
 from proxy.slack import SlackJob
 from proxy.types import MappedResource, PatientRef, SourceOutcome, SourceResult, SourceStatus
@@ -138,31 +140,46 @@ async def ask(
     priority = {name: i for i, name in enumerate(facade.settings.source_priority)}
     answers: dict[str, dict[str, MappedAnswer]] = {name: {} for name in to_fetch}
 
-    def map_one(source: str, spec: RequestSpec, body: bytes | None) -> None:
+    def map_one(source: str, spec: RequestSpec, body: bytes | AnswerSink | None) -> None:
         # by every mapping that reads the answer, whatever type it makes: one cache entry per
         # request serves any later query; how long it took orders the backend's requests next time
         started = time.perf_counter()
+        before = 0.0  # (a streamed answer was mapped as it arrived: that time counts too)
         try:
-            answers[source][spec.key] = mapped = map_answer(
-                body,
-                facade.mappings.readers.get((source, spec.key), ()),
-                contexts[source],
-                source_uri=facade.settings.backend(source).source_uri,
-                priority=priority[source],
-            )
+            if isinstance(body, AnswerStream):  # (the sinks open_sink opens)
+                before = body.took_ms
+                answers[source][spec.key] = mapped = body.answer()
+            else:
+                assert body is None or isinstance(body, bytes)
+                answers[source][spec.key] = mapped = map_answer(
+                    body,
+                    facade.mappings.readers.get((source, spec.key), ()),
+                    contexts[source],
+                    source_uri=facade.settings.backend(source).source_uri,
+                    priority=priority[source],
+                )
         except Exception:  # map_answer marks what it cannot read; this is for what it did not expect
             log.exception("mapping an answer from %s failed", source)
             answers[source][spec.key] = mapped = MappedAnswer([], readable=False)
-        took = (time.perf_counter() - started) * 1000
+        took = before + (time.perf_counter() - started) * 1000
         facade.clients[source].handled(spec.learning_key, took)
         if hooks.wants(AnswerMapped):  # (no event built when nobody listens)
             hooks.emit(AnswerMapped(source, len(mapped.resources), took))
 
     jobs: list[SlackJob] = []
 
-    def on_answer(source: str, spec: RequestSpec, body: bytes | None) -> None:
+    def on_answer(source: str, spec: RequestSpec, body: bytes | AnswerSink | None) -> None:
         # mapped while the other answers are still out, in the event loop's slack
         jobs.append(facade.slack.defer(functools.partial(map_one, source, spec, body)))
+
+    def open_sink(source: str, spec: RequestSpec) -> AnswerStream:
+        # an answer too large to hold whole: mapped record by record as it arrives
+        return AnswerStream(
+            facade.mappings.readers.get((source, spec.key), ()),
+            contexts[source],
+            source_uri=facade.settings.backend(source).source_uri,
+            priority=priority[source],
+        )
 
     try:
         results = await fan_out(
@@ -171,6 +188,7 @@ async def ask(
             contexts,
             deadline_s=facade.settings.facade.deadline_s,
             on_answer=on_answer,
+            open_sink=open_sink,
         )
     except BaseException:  # (cancelled: its client left) nothing more is mapped for it
         for job in jobs:
@@ -198,14 +216,16 @@ async def settle(
             resources = tuple(answers[key].resources)
             cache_key = facade.mappings.cache_key(result.source, key)
             await cache.put(result.source, cache_key, patient.fhir_id, resources)
-    found.found.extend(mapped.resources)
+    missing = {spec.key for spec in found.to_fetch[result.source]} - mapped.readable
+    standing_in = {k: found.stale[(result.source, k)] for k in missing if (result.source, k) in found.stale}
+    # a stale entry stands in for its request's whole answer: nothing fresh of that answer (what
+    # arrived of one cut off mid-way) goes beside it
+    found.found.extend(r for key, a in answers.items() if key not in standing_in for r in a.resources)
     if index is not None and mapped.outcome is None and result.source in facade.mappings.lookups:
         # learned only from the positive "unknown patient" of its lookup (asked in this run);
         # never from empty lists, from records, or from a failure
         index.learn(result.source, patient.fhir_id, known=not result.unknown_patient)
-    missing = {spec.key for spec in found.to_fetch[result.source]} - mapped.readable
-    standing_in = [found.stale[(result.source, k)] for k in missing if (result.source, k) in found.stale]
-    for entry in standing_in:
+    for entry in standing_in.values():
         found.found.extend(entry.resources)
     latency = result.latency_ms
     if mapped.outcome is None:
@@ -214,7 +234,7 @@ async def settle(
             detail += f" (in part from the cache, {found.from_cache[result.source]:.0f} s old)"
         found.outcomes[result.source] = SourceOutcome(result.source, SourceStatus.OK, detail, latency)
     elif standing_in and len(standing_in) == len(missing):
-        age = max(cache.age_s(e) for e in standing_in)  # type: ignore[union-attr]
+        age = max(cache.age_s(e) for e in standing_in.values())  # type: ignore[union-attr]
         detail = f"{mapped.outcome.detail}; showing its answer from {age:.0f} s ago (cache)"
         found.outcomes[result.source] = SourceOutcome(result.source, SourceStatus.STALE, detail, latency)
     else:

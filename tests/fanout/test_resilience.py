@@ -137,7 +137,9 @@ class _Backend:
     ) -> None:
         self.name, self.delay_s, self.typical_ms, self.log = name, delay_s, typical_ms, log
 
-    def start(self, specs: Any, ctx: Any, on_answer: Any = None, on_done: Any = None) -> _Run:
+    def start(
+        self, specs: Any, ctx: Any, on_answer: Any = None, on_done: Any = None, open_sink: Any = None
+    ) -> _Run:
         if self.log is not None:
             self.log.append(self.name)
         return _Run(self, specs, on_answer, on_done)
@@ -145,6 +147,7 @@ class _Backend:
 
 class _Run:
     def __init__(self, backend: _Backend, specs: Any, on_answer: Any, on_done: Any) -> None:
+        self.own_s = 0.0  # (BackendRun's: the facade's own time on its answers; none here)
         self.name = backend.name
         self.result: SourceResult | None = None
         self.task = asyncio.ensure_future(self._answer(backend, specs, on_answer, on_done))
