@@ -1,9 +1,13 @@
 """gzip when the client accepts it, for answers of at least ``http.compression.min_bytes``.
 
-aiohttp compresses (``Response.enable_compression``, the whole ``bytes`` body the routes build
-with orjson, in its executor when large); the choice is made here, because aiohttp's own
-negotiation looks for the coding's name anywhere in ``Accept-Encoding`` and so ignores q-values
-(``gzip;q=0`` would be gzipped) and prefers deflate. Here gzip is used only when ``Accept-Encoding``
+The whole ``bytes`` body the routes build with orjson is compressed here, with zlib at level 1:
+on the facade's FHIR JSON that is about 0.5 ms per 27 KB Bundle against 0.9 ms at aiohttp's level 6,
+for about 12 % more bytes (5.2 KB against 4.6 KB) — CPU per request is what limits a worker. An
+answer up to ``SYNC_BYTES`` is compressed on the event loop (a thread hop costs more than the work);
+a larger one in the default executor, so that one big answer does not stall the others (zlib
+releases the GIL). The choice is made here, not by aiohttp's negotiation, which looks for the
+coding's name anywhere in ``Accept-Encoding`` and so ignores q-values (``gzip;q=0`` would be
+gzipped) and prefers deflate. Here gzip is used only when ``Accept-Encoding``
 accepts it (``gzip`` or ``*`` with q > 0, RFC 9110 §12.5.3); answers that could be compressed
 carry ``Vary: Accept-Encoding`` either way.
 
@@ -17,11 +21,22 @@ Should the facade ever take ambient credentials (cookies), this must be revisite
 
 from __future__ import annotations
 
+import asyncio
+import zlib
+
 from aiohttp import web
 from aiohttp.typedefs import Middleware
-from aiohttp.web_response import ContentCoding
 
 from proxy.edge.routes import Handler
+
+LEVEL = 1
+SYNC_BYTES = 256 * 1024  # (about 2 ms of level-1 work) larger answers are compressed off the loop
+
+
+def gzipped(body: bytes) -> bytes:
+    """``body`` as a gzip member (RFC 1952), at ``LEVEL``."""
+    z = zlib.compressobj(LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    return z.compress(body) + z.flush()
 
 
 def accepts_gzip(accept_encoding: str) -> bool:
@@ -62,7 +77,12 @@ def compression(min_bytes: int) -> Middleware:
             if "accept-encoding" not in vary.lower():
                 response.headers["Vary"] = f"{vary}, Accept-Encoding" if vary else "Accept-Encoding"
             if accepts_gzip(request.headers.get("Accept-Encoding", "")):
-                response.enable_compression(ContentCoding.gzip)
+                body = response.body
+                if len(body) <= SYNC_BYTES:
+                    response.body = gzipped(body)
+                else:
+                    response.body = await asyncio.get_running_loop().run_in_executor(None, gzipped, body)
+                response.headers["Content-Encoding"] = "gzip"
         return response
 
     return gzip_middleware

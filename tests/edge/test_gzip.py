@@ -8,7 +8,10 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 
+from proxy.edge.compression import SYNC_BYTES, compression
 from tests.conftest import BASE, auth, pid
 
 TOLVAN = "191212121212"
@@ -77,3 +80,20 @@ async def test_compression_can_be_turned_off(edge: Any) -> None:
     async with edge(http={"gzip": False}) as f:
         status, headers, _ = await fetch(f, f"{BASE}/Patient/{pid(TOLVAN)}/$everything", "gzip")
     assert status == 200 and "Content-Encoding" not in headers
+
+
+@pytest.mark.parametrize("size", [4 * 1024, SYNC_BYTES + 1])
+async def test_an_answer_is_gzipped_whole_on_the_loop_or_off_it(size: int) -> None:
+    """Both paths (small: on the event loop; over ``SYNC_BYTES``: in the executor) give one gzip
+    member that decodes to the body, with its length and the coding in the headers."""
+    body = orjson.dumps({"resourceType": "Bundle", "text": "x" * size})
+    middleware = compression(min_bytes=1024)
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=body, content_type="application/fhir+json")
+
+    request = make_mocked_request("GET", "/fhir/metadata", headers={"Accept-Encoding": "gzip"})
+    response = await middleware(request, handler)
+    assert isinstance(response, web.Response) and isinstance(response.body, bytes)
+    assert response.headers["Content-Encoding"] == "gzip"
+    assert gzip.decompress(response.body) == body and len(response.body) < len(body) / 10
