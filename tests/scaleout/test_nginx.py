@@ -66,6 +66,26 @@ def site(example: str, listen: int, hosts: tuple[int, int]) -> str:
     return text
 
 
+def directives(text: str) -> list[str]:
+    """nginx statements in order (``name args;``, ``name args {``, ``}``), comments and layout aside."""
+    plain = re.sub(r"#[^\n]*", "", text)
+    return [
+        " ".join(part.split()) + end
+        for part, end in re.findall(r"([^;{}]*)([;{}])", plain)
+        if part.strip() or end == "}"
+    ]
+
+
+def test_the_readmes_nginx_configuration_is_the_example_file() -> None:
+    """README "Deployment" shows config/nginx.conf.example, every directive in order, nothing else."""
+    readme = (DEFAULT_CONFIG.parent.parent / "README.md").read_text(encoding="utf-8")
+    shown = re.findall(r"```nginx\n(.*?)```", readme, re.S)
+    assert len(shown) == 1
+    example = directives(EXAMPLE.read_text(encoding="utf-8"))
+    assert "proxy_buffering off;" in example and "proxy_pass http://fhir_facade;" in example
+    assert directives(shown[0]) == example
+
+
 @dataclass
 class Cluster:
     nginx: Nginx
