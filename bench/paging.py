@@ -2,14 +2,19 @@
 snapshots (``paging.snapshots: true``, the default) and without (every page walks again).
 
     python bench/paging.py [--latency-ms 20] [--count 5] [--walks 20] [--patient 194911309278]
-                           [--redis-url redis://127.0.0.1:6379/0] [--out /tmp/paging.json]
+                           [--redis-url redis://127.0.0.1:6379/0] [--max-pages N] [--out /tmp/paging.json]
+    python bench/paging.py --patient 194406289829 --count 50 --walks 3 --max-pages 10  # Ingegerd
 
 Sequential requests over loopback, one facade worker, simulators in the same process (each with
 ``--latency-ms`` added to every answer), the embedded store (SQLite) in a temporary folder (the
 snapshots there too, or in ``--redis-url``). The
 patient's consent for the clinician's care provider is registered first (PDL: the answer holds
-every source). For each mode: backend calls per walk (counted at the simulators) against those of
-one unpaged ``$everything``, and the latency of the first page and of the pages after it.
+every source). For each mode: backend calls and bytes per walk (counted at the simulators,
+``/_sim/stats``) against those of one ``$everything`` (its first page at ``_count=500``: the
+backends are asked for the whole history either way), and the latency of the first page and of the
+pages after it. ``--max-pages N``: a walk without snapshots stops after N pages (each page there is a
+whole walk again: 121 of them at 6,000 records) and its calls and bytes are extrapolated to the full
+walk in proportion to the pages (``extrapolated`` in the figures).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from proxy.app import create_app
 from proxy.auth.demo import demo_issuer, make_token
 from proxy.fhir.ids import PatientIds
 from proxy.settings import DEMO_PATIENT_ID_KEY, load_settings
-from proxy.simulators.harness import Received, people_for, running_simulators, serving
+from proxy.simulators.harness import people_for, running_simulators, serving
 from proxy.simulators.population import LENNART
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -44,8 +49,25 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
+async def backend_totals(http: aiohttp.ClientSession, urls: dict[str, str]) -> tuple[int, int]:
+    """(requests, body bytes) the simulators have served so far."""
+    calls = size = 0
+    for url in urls.values():
+        async with http.get(f"{url}/_sim/stats") as r:
+            stats = await r.json()
+        calls, size = calls + stats["requests"], size + stats["bytes"]
+    return calls, size
+
+
 async def walk_mode(
-    snapshots: bool, latency_ms: float, count: int, walks: int, pnr: str, tmp: Path, redis_url: str | None
+    snapshots: bool,
+    latency_ms: float,
+    count: int,
+    walks: int,
+    pnr: str,
+    tmp: Path,
+    redis_url: str | None,
+    max_pages: int | None = None,
 ) -> dict[str, Any]:
     settings = load_settings()
     cache = replace(settings.cache, enabled=False)
@@ -59,8 +81,7 @@ async def walk_mode(
         paging=replace(settings.paging, snapshots=snapshots),
     )
     faults = {b.simulator: {"latency_ms": latency_ms} for b in settings.backends if b.simulator}
-    received: list[Received] = []
-    async with running_simulators(settings, people_for(settings), faults=faults, received=received) as urls:
+    async with running_simulators(settings, people_for(settings), faults=faults) as urls:
         app = create_app(
             settings.with_backend_urls(urls), patient_id_key=DEMO_PATIENT_ID_KEY, extra_issuer=demo_issuer()
         )
@@ -82,43 +103,62 @@ async def walk_mode(
 
             for _ in range(5):  # warm-up: connections, first-call costs
                 await get(url, {"_count": "500"})
-            before = len(received)
+            before, before_bytes = await backend_totals(http, urls)
             whole, _, _ = await get(url, {"_count": "500"})
-            one_everything = len(received) - before
-            first_ms, later_ms, calls, pages, delivered = [], [], [], 0, 0
+            after, after_bytes = await backend_totals(http, urls)
+            one_everything, one_everything_bytes = after - before, after_bytes - before_bytes
+            total_pages = -(-whole["total"] // count)
+            first_ms, later_ms, calls, fetched, pages, delivered = [], [], [], [], 0, 0
             for _ in range(walks):
-                before = len(received)
+                before, before_bytes = await backend_totals(http, urls)
                 page, ms, size = await get(url, {"_count": str(count)})
                 first_ms.append(ms)
                 delivered += size
                 pages = 1
                 while (
                     nxt := next((lk["url"] for lk in page["link"] if lk["relation"] == "next"), None)
-                ) is not None:
+                ) is not None and (snapshots or max_pages is None or pages < max_pages):
                     parts = urlsplit(nxt)
                     page, ms, size = await get(parts._replace(query="").geturl(), parse_qsl(parts.query))
                     later_ms.append(ms)
                     delivered += size
                     pages += 1
-                calls.append(len(received) - before)
+                after, after_bytes = await backend_totals(http, urls)
+                scale = total_pages / pages  # 1 for a full walk; else the cut walk's extrapolation
+                calls.append((after - before) * scale)
+                fetched.append((after_bytes - before_bytes) * scale)
     return {
         "snapshots": snapshots,
         "resources": whole["total"],
-        "pages_per_walk": pages,
+        "pages_per_walk": total_pages,
+        "pages_walked": pages,
+        "extrapolated": pages < total_pages,
         "backend_calls_one_everything": one_everything,
         "backend_calls_per_walk": statistics.median(calls),
         "calls_ratio": statistics.median(calls) / one_everything,
+        "backend_bytes_one_everything": one_everything_bytes,
+        "backend_bytes_per_walk": statistics.median(fetched),
+        "bytes_ratio": statistics.median(fetched) / one_everything_bytes,
         "first_page_p50_ms": statistics.median(first_ms),
         "later_pages_p50_ms": statistics.median(later_ms),
         "later_pages_p90_ms": pct(later_ms, 90),
         "later_pages_p99_ms": pct(later_ms, 99),
-        "bytes_delivered_per_walk": delivered // walks,
+        "bytes_delivered_per_walk": delivered // walks,  # (of the pages walked)
     }
 
 
 async def run(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
     return [
-        await walk_mode(snapshots, args.latency_ms, args.count, args.walks, args.patient, tmp, args.redis_url)
+        await walk_mode(
+            snapshots,
+            args.latency_ms,
+            args.count,
+            args.walks,
+            args.patient,
+            tmp,
+            args.redis_url,
+            args.max_pages,
+        )
         for snapshots in (True, False)
     ]
 
@@ -131,6 +171,11 @@ def main() -> None:
     ap.add_argument(
         "--patient", default=LENNART.pnr, help="personnummer (default: Lennart, the longest demo history)"
     )
+    ap.add_argument(
+        "--max-pages",
+        type=int,
+        help="without snapshots, walk only this many pages and extrapolate calls and bytes to the full walk",
+    )
     ap.add_argument("--redis-url", help="keep the snapshots in this Redis (default: the SQLite store)")
     ap.add_argument("--out", type=Path, help="also write the figures as JSON here")
     args = ap.parse_args()
@@ -141,13 +186,18 @@ def main() -> None:
         f"{results[0]['pages_per_walk']} pages, {args.walks} walks, backends +{args.latency_ms:g} ms each\n"
     )
     print(
-        "| mode | backend calls per walk | × one $everything | first page p50 | later pages p50 / p90 / p99 |"
+        "| mode | backend calls per walk | × one $everything | backend bytes per walk | × one $everything "
+        "| first page p50 | later pages p50 / p90 / p99 |"
     )
-    print("|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for r in results:
+        mode = "snapshots" if r["snapshots"] else "no snapshots (walk per page)"
+        if r["extrapolated"]:
+            mode += f", {r['pages_walked']} pages walked, extrapolated"
         print(
-            f"| {'snapshots' if r['snapshots'] else 'no snapshots (walk per page)'} "
-            f"| {r['backend_calls_per_walk']:g} | {r['calls_ratio']:.2f} | {r['first_page_p50_ms']:.1f} ms "
+            f"| {mode} | {r['backend_calls_per_walk']:g} | {r['calls_ratio']:.2f} "
+            f"| {r['backend_bytes_per_walk'] / 1e6:.1f} MB | {r['bytes_ratio']:.2f} "
+            f"| {r['first_page_p50_ms']:.1f} ms "
             f"| {r['later_pages_p50_ms']:.1f} / {r['later_pages_p90_ms']:.1f}"
             f" / {r['later_pages_p99_ms']:.1f} ms |"
         )

@@ -15,6 +15,10 @@ engineers, CI beside a developer) each get their own ports and data directories.
   they are looked for there too (the newest version).
 - Redis: ``redis-server`` in the foreground on 127.0.0.1 and a free port, nothing saved to disk, a
   random password (no other session, and no other user of the machine, flushes it by mistake).
+- nginx (the scale-out test, tests/scaleout): started per test, not per session, with the test's own
+  configuration (``start_nginx``): in the foreground on 127.0.0.1 and a free port, its pid file, logs
+  and temporary files in its own directory (``-p``, ``-e``: nothing under /var). Debian installs it
+  in /usr/sbin, off a plain user's PATH: it is looked for there too.
 
 ``FHIR_FACADE_TEST_POSTGRES_DSN`` and ``FHIR_FACADE_TEST_REDIS_URL``, when set, win: the session then
 uses those servers and starts none. A binary that is missing fails the session at its start with
@@ -40,6 +44,7 @@ from pathlib import Path
 POSTGRES_ENV = "FHIR_FACADE_TEST_POSTGRES_DSN"
 REDIS_ENV = "FHIR_FACADE_TEST_REDIS_URL"
 DEBIAN_POSTGRES = Path("/usr/lib/postgresql")  # <version>/bin/initdb ...: Debian's, not on the PATH
+DEBIAN_SBIN = Path("/usr/sbin")  # Debian's nginx: not on a plain user's PATH
 POSTGRES_TOOLS = ("initdb", "pg_ctl", "psql")
 ROLE = "fhir_facade"
 DATABASE = "fhir_facade_test"
@@ -74,16 +79,27 @@ def postgres_bindir(path: str | None = None, debian_root: Path = DEBIAN_POSTGRES
     return None
 
 
+def nginx_binary(path: str | None = None, sbin: Path = DEBIAN_SBIN) -> Path | None:
+    """The ``nginx`` on the PATH (``path``: a PATH to search instead), else Debian's in /usr/sbin."""
+    found = shutil.which("nginx", path=path)
+    if found:
+        return Path(found)
+    candidate = sbin / "nginx"
+    return candidate if os.access(candidate, os.X_OK) else None
+
+
 def missing(
     env: Mapping[str, str] | None = None,
     path: str | None = None,
     debian_root: Path = DEBIAN_POSTGRES,
     need_npm: bool = True,
+    sbin: Path = DEBIAN_SBIN,
 ) -> str | None:
     """One line naming what the test session cannot find and the command that installs it, or None.
 
     PostgreSQL is not needed when ``FHIR_FACADE_TEST_POSTGRES_DSN`` names a server, Redis not when
-    ``FHIR_FACADE_TEST_REDIS_URL`` does; npm only fetches the R4 schema once (``need_npm``)."""
+    ``FHIR_FACADE_TEST_REDIS_URL`` does; nginx always (the scale-out test starts its own); npm only
+    fetches the R4 schema once (``need_npm``)."""
     env = os.environ if env is None else env
     gaps: list[tuple[str, str]] = []  # (what, Debian package)
     if not env.get(POSTGRES_ENV) and postgres_bindir(path, debian_root) is None:
@@ -92,6 +108,8 @@ def missing(
         )
     if not env.get(REDIS_ENV) and shutil.which("redis-server", path=path) is None:
         gaps.append(("redis-server", "redis-server"))
+    if nginx_binary(path, sbin) is None:
+        gaps.append((f"nginx (on the PATH or in {sbin})", "nginx"))
     if need_npm and shutil.which("npm", path=path) is None:
         gaps.append(("npm (it fetches the R4 schema once)", "npm"))
     if not gaps:
@@ -99,7 +117,7 @@ def missing(
     sudo = "" if os.geteuid() == 0 else "sudo "
     whats, packages = "; ".join(w for w, _ in gaps), " ".join(p for _, p in gaps)
     return (
-        f"the test session starts its own PostgreSQL and Redis and cannot find {whats}"
+        f"the test session starts its own PostgreSQL, Redis and nginx and cannot find {whats}"
         f" — install: {sudo}apt-get install {packages}"
     )
 
@@ -299,6 +317,90 @@ def start_redis(binary: Path) -> Redis:
     reason = _tail(log)
     shutil.rmtree(work, ignore_errors=True)
     raise ServiceError(f"redis-server did not start:\n{reason}")
+
+
+@dataclass
+class Nginx:
+    url: str  # http://127.0.0.1:<port>
+    port: int
+    workdir: Path  # nginx.conf, the site's file, error.log, access.log, temporary files
+    process: subprocess.Popen[bytes] = field(repr=False)
+
+    @property
+    def access_log(self) -> Path:
+        return self.workdir / "access.log"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()  # (SIGTERM: nginx's fast shutdown)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+# The main context around a site's file (a server block for http {}, as /etc/nginx/conf.d/ holds):
+# everything nginx writes goes to the work directory. The access log names the upstream that
+# answered each request and the request id sent, so a test can see which host answered what.
+_NGINX_MAIN = """daemon off;
+worker_processes 1;
+pid {work}/nginx.pid;
+error_log {work}/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+    log_format upstream '$http_x_request_id $upstream_addr $status';
+    access_log {work}/access.log upstream;
+    client_body_temp_path {work}/client_body;
+    proxy_temp_path {work}/proxy;
+    fastcgi_temp_path {work}/fastcgi;
+    uwsgi_temp_path {work}/uwsgi;
+    scgi_temp_path {work}/scgi;
+    include {work}/site.conf;
+}}
+"""
+
+
+def _listens(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def start_nginx(binary: Path, site: Callable[[int], str]) -> Nginx:
+    """nginx in the foreground, ``site(port)`` (a server block listening on 127.0.0.1:port, a free
+    port) included in its own http {}; ``stop()`` ends it and removes its directory."""
+    work = Path(tempfile.mkdtemp(prefix="fhir-facade-test-nginx-"))
+    work.chmod(0o755)  # (as root, its workers run as nobody)
+    log = work / "error.log"
+    (work / "nginx.conf").write_text(_NGINX_MAIN.format(work=work), encoding="utf-8")
+    for _ in range(_PORT_TRIES):
+        port = free_port()
+        (work / "site.conf").write_text(site(port), encoding="utf-8")
+        argv = [str(binary), "-p", str(work), "-e", str(log), "-c", str(work / "nginx.conf")]
+        with (work / "nginx.out").open("wb") as out:
+            process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=work)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while process.poll() is None and time.monotonic() < deadline:
+            if _listens(port):
+                return Nginx(f"http://127.0.0.1:{port}", port, work, process)
+            time.sleep(0.02)
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        if "in use" not in _tail(log, 40):
+            break
+    reason = _tail(log) + "\n" + _tail(work / "nginx.out")
+    shutil.rmtree(work, ignore_errors=True)
+    raise ServiceError(f"nginx did not start:\n{reason}")
+
+
+def find_nginx() -> Path:
+    """The nginx binary, or a ServiceError naming the package to install."""
+    binary = nginx_binary()
+    if binary is None:
+        raise ServiceError(missing(env={POSTGRES_ENV: "-", REDIS_ENV: "-"}, need_npm=False) or "no nginx")
+    return binary
 
 
 class Services:

@@ -16,7 +16,7 @@ import redis
 
 from proxy.settings import REPO_ROOT
 from tests.conftest import postgres_dsn, redis_url
-from tests.services import POSTGRES_ENV, REDIS_ENV, SESSION, Services, missing, postgres_bindir
+from tests.services import POSTGRES_ENV, REDIS_ENV, SESSION, Services, missing, nginx_binary, postgres_bindir
 
 
 def tools(folder: Path, *names: str) -> Path:
@@ -31,21 +31,30 @@ def tools(folder: Path, *names: str) -> Path:
 def test_a_missing_binary_is_one_line_naming_what_to_install(tmp_path: Path) -> None:
     empty = str(tools(tmp_path / "bin"))
     nowhere = tmp_path / "no-postgresql"
-    line = missing(env={}, path=empty, debian_root=nowhere)
+    line = missing(env={}, path=empty, debian_root=nowhere, sbin=nowhere)
     assert line is not None and "\n" not in line
-    assert line.endswith("apt-get install postgresql redis-server npm")
-    for what in ("initdb", "pg_ctl", "psql", "redis-server", "npm"):
+    assert line.endswith("apt-get install postgresql redis-server nginx npm")
+    for what in ("initdb", "pg_ctl", "psql", "redis-server", "nginx", "npm"):
         assert what in line
 
     # servers named in the environment need no binaries; npm is needed only to fetch the schema
     given = {POSTGRES_ENV: "postgresql://x@127.0.0.1:1/x", REDIS_ENV: "redis://127.0.0.1:1/0"}
-    assert (missing(env=given, path=empty, debian_root=nowhere) or "").endswith("apt-get install npm")
-    assert missing(env=given, path=empty, debian_root=nowhere, need_npm=False) is None
-    only_redis = missing(env={POSTGRES_ENV: "postgresql://x@127.0.0.1:1/x"}, path=empty, debian_root=nowhere)
-    assert (only_redis or "").endswith("apt-get install redis-server npm")
+    assert (missing(env=given, path=empty, debian_root=nowhere, sbin=nowhere) or "").endswith(
+        "apt-get install nginx npm"
+    )
+    assert (missing(env=given, path=empty, debian_root=nowhere, need_npm=False, sbin=nowhere) or "").endswith(
+        "apt-get install nginx"
+    )
+    only_redis = missing(
+        env={POSTGRES_ENV: "postgresql://x@127.0.0.1:1/x"}, path=empty, debian_root=nowhere, sbin=nowhere
+    )
+    assert (only_redis or "").endswith("apt-get install redis-server nginx npm")
+    # Debian's nginx in /usr/sbin, off a plain user's PATH, is found there
+    sbin = tools(tmp_path / "sbin", "nginx")
+    assert missing(env=given, path=empty, debian_root=nowhere, need_npm=False, sbin=sbin) is None
 
-    full = str(tools(tmp_path / "full", "initdb", "pg_ctl", "psql", "redis-server", "npm"))
-    assert missing(env={}, path=full, debian_root=nowhere) is None
+    full = str(tools(tmp_path / "full", "initdb", "pg_ctl", "psql", "redis-server", "nginx", "npm"))
+    assert missing(env={}, path=full, debian_root=nowhere, sbin=nowhere) is None
 
 
 def test_postgresql_is_found_in_debians_folder_off_the_path(tmp_path: Path) -> None:
@@ -177,9 +186,10 @@ def test_apt_install_installs_only_what_is_missing(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     calls = log.read_text(encoding="utf-8").splitlines()
     postgres = [] if postgres_bindir(path=str(bin_dir)) else ["postgresql"]
-    assert calls == ["update -q", " ".join(["install -y -q", *postgres, "redis-server", "npm"])]
+    nginx = [] if nginx_binary(path=str(bin_dir)) else ["nginx"]  # (Debian's, in /usr/sbin, if here)
+    assert calls == ["update -q", " ".join(["install -y -q", *postgres, "redis-server", *nginx, "npm"])]
 
-    tools(bin_dir, "initdb", "pg_ctl", "psql", "redis-server", "npm")  # all there: apt is not asked
+    tools(bin_dir, "initdb", "pg_ctl", "psql", "redis-server", "nginx", "npm")  # all there: apt is not asked
     log.unlink()
     assert subprocess.run(argv, env=env, timeout=60, check=False).returncode == 0
     assert not log.exists()

@@ -1,0 +1,1 @@
+"""Scale-out: two ``serve`` processes behind nginx, sharing PostgreSQL and Redis."""
