@@ -19,12 +19,13 @@ from proxy.access import decide as decide_access
 from proxy.access import pdl as pdl_rules
 from proxy.access.consent import terms
 from proxy.fhir.errors import FhirError
-from proxy.fhir.searchparams import matches
+from proxy.fhir.searchparams import date_bounds, matches
 from proxy.merge import lookalike
 from proxy.merge.facts import merge as merge_facts
 from proxy.pipeline import audit
 from proxy.pipeline.exchange import Exchange
 from proxy.pipeline.facade import Answer, Facade
+from proxy.pipeline.fetch import Narrowing
 from proxy.pipeline.fetch import fetch_and_map as fetch
 from proxy.redact.policy import redact as redact_for
 from proxy.store.base import ConsentRow, StoreUnavailable
@@ -138,8 +139,26 @@ async def fetch_and_map(facade: Facade, x: Exchange) -> bool:
     """Cache → engagement index → fan-out → mapping (in the slack) → stale fallback
     (``proxy.pipeline.fetch``): the mapped resources and one outcome per source."""
     assert x.query is not None and x.query.patient is not None
-    x.mapped, x.outcomes = await fetch(facade, x.query.patient, x.fetch_types)
+    x.mapped, x.outcomes = await fetch(facade, x.query.patient, x.fetch_types, _narrowing(facade, x))
     return True
+
+
+def _narrowing(facade: Facade, x: Exchange) -> Narrowing | None:
+    """A search's date ranges, for the backends that can apply them (``request.filters``), or None.
+
+    Only outside PDL (the patient reading their own records): under PDL the withheld hint is decided
+    over every record of the asked types before any filter (``pdl``), so a narrowed list would let
+    the hint depend on the filter's dates — an oracle. Never for ``$everything`` (its ``_since`` is
+    about changes, not clinical dates) nor a read by id."""
+    query, decision = x.query, x.decision
+    assert query is not None and decision is not None
+    if not facade.settings.facade.pushdown or query.interaction != "search-type" or decision.under_pdl:
+        return None
+    names = dict.fromkeys(f.name for f in query.filters if f.kind == "date")
+    dates = tuple((name, *date_bounds(query.filters, name)) for name in names)
+    if not any(lo is not None or hi is not None for _, lo, hi in dates):
+        return None
+    return Narrowing(query.resource_types, dates)
 
 
 async def pdl(facade: Facade, x: Exchange) -> bool:
