@@ -141,8 +141,10 @@ class RequestSpec:
     def learning_key(self) -> str:
         """What the learnt cost of handling an answer is kept under (``BackendClient.handled``): the
         fetch key — per process, the mappings reading one call's answer are fixed, so the cost of
-        mapping it is a property of the call; nothing learnt outlives the process."""
-        return self.fetch_key
+        mapping it is a property of the call; nothing learnt outlives the process. A narrowed copy's
+        is its whole list's marked as narrowed: a narrowed answer costs little beside the whole
+        list, but one key per range asked would grow without bound (the ranges are the askers')."""
+        return f"{self.narrows} (narrowed)" if self.narrows else self.fetch_key
 
     def render(self, ctx: Context) -> Rendered:
         """Path, query, headers and body with the request's context filled in.

@@ -65,6 +65,8 @@ def test_a_query_filter_narrows_into_a_request_of_its_own() -> None:
     assert narrowed.render({"pnr_dash": "x"}).query == [("fromDate", "2024-02-29"), ("toDate", "2024-04-01")]
     assert spec.render({"pnr_dash": "x"}).query == []  # the whole list: no range
     assert narrowed.fetch_key != spec.fetch_key and narrowed.learning_key != spec.learning_key
+    # learnt apart from the whole list, but not one key per range (the ranges are the askers')
+    assert spec.narrowed(lo, None).learning_key == narrowed.learning_key
     assert narrowed.whole_key == spec.fetch_key and narrowed.narrows == spec.fetch_key
     assert spec.narrowed(lo, None).render({"pnr_dash": "x"}).query == [("fromDate", "2024-02-29")]
     # a zone far from Sweden's still falls inside the widened days
