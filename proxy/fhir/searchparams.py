@@ -271,6 +271,17 @@ def matches(resource: FhirDict, filters: Iterable[SearchFilter]) -> bool:
     return True
 
 
+def resource_bounds(resource: FhirDict, name: str) -> tuple[float | None, float | None]:
+    """The hull ``[lo, hi)`` (None: open) of what the resource's date parameter ``name`` reads:
+    every copy of the same fact, dated alike, overlaps it. ``(None, None)``: no date to go by."""
+    p = params_for(resource["resourceType"]).get(name)
+    ranges = _date_ranges(resource, p) if p is not None and p.kind == "date" else []
+    if not ranges:
+        return None, None
+    lo, hi = min(r[0] for r in ranges), max(r[1] for r in ranges)
+    return (None if lo == -math.inf else lo), (None if hi == math.inf else hi)
+
+
 # per prefix, the side(s) of a value's range that bound every target it can match: the target
 # overlaps [lo, ∞) for ge/gt/sa, (-∞, hi) for le/lt/eb, [lo, hi) for eq; ne bounds nothing
 _LOWER = frozenset({"eq", "ge", "gt", "sa"})

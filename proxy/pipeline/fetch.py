@@ -97,13 +97,22 @@ class Lookup:
 
 
 async def fetch_and_map(
-    facade: Facade, patient: PatientRef, types: frozenset[str], narrowing: Narrowing | None = None
+    facade: Facade,
+    patient: PatientRef,
+    types: frozenset[str],
+    narrowing: Narrowing | None = None,
+    *,
+    backends: Iterable[str] | None = None,
 ) -> tuple[list[MappedResource], list[SourceOutcome]]:
     """The mapped resources of ``types`` from every backend — from the cache where it is fresh,
     else fetched (and cached); a failed fetch falls back to a stale entry when there is one.
     ``narrowing``: a search's range, sent to the backends that can apply it (a narrowed request is
-    its own fetch, cached under its own key)."""
-    plan = plan_requests(facade.mappings, facade.settings.source_priority, types, narrowing)
+    its own fetch, cached under its own key). ``backends``: only these (in priority order)."""
+    asked = facade.settings.source_priority
+    if backends is not None:
+        only = set(backends)
+        asked = tuple(b for b in asked if b in only)
+    plan = plan_requests(facade.mappings, asked, types, narrowing)
     found = await look_up(facade, patient, types, plan)
     results, answers = await ask(facade, patient, found.to_fetch)
     for result in results:
