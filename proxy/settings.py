@@ -80,6 +80,10 @@ class FacadeSettings:
     max_body_bytes: int = 1024 * 1024
     max_answer_bytes: int = 256 * 1024 * 1024
     deadline_s: float = 5.0  # the whole fan-out: past it, answer with what has arrived
+    # A search's date range sent to the backends whose mappings declare one (``request.filters``;
+    # the facade still filters after). Off: every backend is asked for the whole list (the bench's
+    # "before").
+    pushdown: bool = True
     # e.g. https://fhir.region.se/fhir; `serve` needs it (links are never built from the Host header)
     public_base_url: str | None = None
 
@@ -358,6 +362,7 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
             "max_answer_bytes",
             "public_base_url",
             "deadline_s",
+            "pushdown",
         },
     )
     raw_base = f.get("base_path", "/fhir")
@@ -372,6 +377,8 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
     max_answer = r.integer(f, "max_answer_bytes", "facade", max(256 * 1024 * 1024, max_body), 1024, 1 << 34)
     if max_answer < max_body:
         raise r.fail("facade.max_answer_bytes", "expects at least facade.max_body_bytes")
+    if not isinstance(f.get("pushdown", True), bool):
+        raise r.fail("facade.pushdown", "expects true or false")
     facade = FacadeSettings(
         host=str(f.get("host", "127.0.0.1")),
         port=r.integer(f, "port", "facade", 8080, 0, 65535),
@@ -382,6 +389,7 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
         max_answer_bytes=max_answer,
         public_base_url=public.rstrip("/") if public else None,
         deadline_s=r.number(f, "deadline_s", "facade", 5.0, 0.05, 300),
+        pushdown=f.get("pushdown", True),
     )
 
     backends_doc = top.get("backends")

@@ -269,3 +269,44 @@ def matches(resource: FhirDict, filters: Iterable[SearchFilter]) -> bool:
             ):
                 return False
     return True
+
+
+def resource_bounds(resource: FhirDict, name: str) -> tuple[float | None, float | None]:
+    """The hull ``[lo, hi)`` (None: open) of what the resource's date parameter ``name`` reads:
+    every copy of the same fact, dated alike, overlaps it. ``(None, None)``: no date to go by."""
+    p = params_for(resource["resourceType"]).get(name)
+    ranges = _date_ranges(resource, p) if p is not None and p.kind == "date" else []
+    if not ranges:
+        return None, None
+    lo, hi = min(r[0] for r in ranges), max(r[1] for r in ranges)
+    return (None if lo == -math.inf else lo), (None if hi == math.inf else hi)
+
+
+# per prefix, the side(s) of a value's range that bound every target it can match: the target
+# overlaps [lo, ∞) for ge/gt/sa, (-∞, hi) for le/lt/eb, [lo, hi) for eq; ne bounds nothing
+_LOWER = frozenset({"eq", "ge", "gt", "sa"})
+_UPPER = frozenset({"eq", "le", "lt", "eb"})
+
+
+def date_bounds(filters: Iterable[SearchFilter], name: str) -> tuple[float | None, float | None]:
+    """The instant range ``[lo, hi)`` (None: open) every resource matching ``filters`` overlaps by
+    the date parameter ``name`` — what a backend may be asked to narrow its list to. Never narrower
+    than the filters: the values of one filter (OR) by their hull, repeated filters (AND) by their
+    intersection. ``(None, None)``: nothing to narrow by."""
+    lo: float | None = None
+    hi: float | None = None
+    for f in filters:
+        if f.name != name or f.kind != "date":
+            continue
+        values = [v for v in f.values if isinstance(v, DateParam)]
+        if not values:
+            continue
+        f_lo = None if any(v.prefix not in _LOWER for v in values) else min(v.lo for v in values)
+        f_hi = None if any(v.prefix not in _UPPER for v in values) else max(v.hi for v in values)
+        if f_lo is not None:
+            lo = f_lo if lo is None else max(lo, f_lo)
+        if f_hi is not None:
+            hi = f_hi if hi is None else min(hi, f_hi)
+    if lo is not None and hi is not None and lo >= hi:
+        return None, None  # (nothing can match: the facade's own filter says so, on the whole list)
+    return lo, hi

@@ -112,7 +112,7 @@ def compile_mapping(
             if key not in doc:
                 raise c.fail(key, f"is required for {rtype} (Patient mappings use the request's patient)")
 
-    request = compile_request(c, doc["request"])
+    request = compile_request(c, doc["request"], rtype)
     select = c.path(doc["select"], "select")
     where = c.condition(doc["where"], "where") if "where" in doc else None
 

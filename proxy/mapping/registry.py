@@ -100,6 +100,18 @@ class MappingSet:
         same mappings: after a deploy that changes them, the old entries are never served."""
         return self.cache_keys[(backend, fetch_key)]
 
+    def readers_of(self, backend: str, spec: RequestSpec) -> tuple[CompiledMapping, ...]:
+        """Every mapping that reads ``spec``'s answer: a narrowed copy's are the whole list's."""
+        return self.readers.get((backend, spec.whole_key), ())
+
+    def cache_key_of(self, backend: str, spec: RequestSpec) -> str:
+        """``cache_key`` of ``spec``; a narrowed copy (``RequestSpec.narrowed``) has its own contract
+        (its fetch key, the range in it) beside the whole list's mappings: a narrowed answer is never
+        served as the whole list, nor the whole list as a narrowed one, nor one range as another."""
+        if not spec.narrows:
+            return self.cache_keys[(backend, spec.fetch_key)]
+        return _cache_key(spec.fetch_key, self.readers[(backend, spec.narrows)], self.inputs.get(backend, ""))
+
     def for_types(self, backend: str, types: Iterable[str]) -> tuple[CompiledMapping, ...]:
         wanted = set(types)
         return tuple(m for m in self.by_backend.get(backend, ()) if m.resource_type in wanted)

@@ -7,7 +7,8 @@ from __future__ import annotations
 import re
 import string
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 from urllib.parse import quote, urlencode
 from xml.sax.saxutils import escape as xml_escape
@@ -15,6 +16,7 @@ from xml.sax.saxutils import escape as xml_escape
 import orjson
 
 from proxy.mapping.xml import parse_xml
+from proxy.timeutil import SWEDEN
 
 Context = Mapping[str, Any]
 
@@ -48,6 +50,27 @@ class UnknownPatient:
 
 
 @dataclass(frozen=True, slots=True)
+class DateFilter:
+    """A date range the backend applies to this request (``request.filters.<param>``), bound to a
+    date search parameter of the resources its mappings make (``param``): the bounds go out as query
+    parameters ``start``/``end`` (either may be absent) or, for a request with a body, as the
+    ``body`` fragment (``{@from}``, ``{@to}``) put where the body writes ``{@filters}``. Dates in
+    ``format`` (strftime), Swedish local days, both inclusive."""
+
+    param: str  # the search parameter (a date one of the type the mappings make)
+    start: str | None
+    end: str | None
+    format: str
+    body: str | None = None
+
+
+# a bound the facade does not have, for a body fragment that needs both (the simulators and RIVTA
+# accept these as "no limit" in effect: nothing is dated before or after them)
+_EARLIEST = datetime(1900, 1, 1)
+_LATEST = datetime(9998, 12, 31)
+
+
+@dataclass(frozen=True, slots=True)
 class RequestSpec:
     """How to fetch the raw answer a mapping reads. Several mappings may share one request."""
 
@@ -60,6 +83,11 @@ class RequestSpec:
     # declared on a backend's patient lookup only: the answer that says "unknown patient" (see
     # UnknownPatient); never part of the request's identity
     unknown_patient: UnknownPatient | None = field(default=None, compare=False)
+    # the date range the backend can apply (``DateFilter``); None: it is always asked for the whole list
+    date_filter: DateFilter | None = field(default=None, compare=False)
+    # a narrowed copy (``narrowed``): the fetch key of the whole-list request it narrows — its readers
+    # and mapping digests are that request's; "" for a request as the mapping declares it
+    narrows: str = field(default="", compare=False)
     # The fetch key: the identity of the backend call. Mappings with equal fetch keys are served by
     # one call, and it indexes what is per call within one process: the answers of a run, the
     # mappings that read each answer (``MappingSet.readers``), the requests asked. Derived once here;
@@ -76,6 +104,35 @@ class RequestSpec:
         object.__setattr__(self, "_path", _encoded_path_template(self.path))
 
     @property
+    def whole_key(self) -> str:
+        """The fetch key of the whole-list request: this one's, or the one a narrowed copy narrows."""
+        return self.narrows or self.fetch_key
+
+    def narrowed(self, lo: float | None, hi: float | None) -> RequestSpec:
+        """A copy asking the backend only for records dated in ``[lo, hi)`` (epoch seconds; None:
+        open), as whole Swedish local days widened by one day on each side: never narrower than the
+        FHIR semantics, whatever zone the search or the record is written in. The bounds are literal
+        parts of the copy, so its fetch key (and from it its cache and learning keys) differs from
+        the whole list's and from any other range's."""
+        f = self.date_filter
+        assert f is not None and not self.narrows and (lo is not None or hi is not None)
+        first = _local_day(lo) - timedelta(days=1) if lo is not None else None
+        # (the range is half-open: its last instant is a second before ``hi``)
+        last = _local_day(hi - 1) + timedelta(days=1) if hi is not None else None
+        if f.body is not None:
+            assert self.body is not None
+            fragment = f.body.replace("{@from}", (first or _EARLIEST).strftime(f.format)).replace(
+                "{@to}", (last or _LATEST).strftime(f.format)
+            )
+            return replace(self, body=self.body.replace("{@filters}", fragment), narrows=self.fetch_key)
+        query = list(self.query)
+        if first is not None and f.start is not None:
+            query.append((f.start, first.strftime(f.format)))
+        if last is not None and f.end is not None:
+            query.append((f.end, last.strftime(f.format)))
+        return replace(self, query=tuple(query), narrows=self.fetch_key)
+
+    @property
     def key(self) -> str:
         """The fetch key (its older name)."""
         return self.fetch_key
@@ -84,8 +141,10 @@ class RequestSpec:
     def learning_key(self) -> str:
         """What the learnt cost of handling an answer is kept under (``BackendClient.handled``): the
         fetch key — per process, the mappings reading one call's answer are fixed, so the cost of
-        mapping it is a property of the call; nothing learnt outlives the process."""
-        return self.fetch_key
+        mapping it is a property of the call; nothing learnt outlives the process. A narrowed copy's
+        is its whole list's marked as narrowed: a narrowed answer costs little beside the whole
+        list, but one key per range asked would grow without bound (the ranges are the askers')."""
+        return f"{self.narrows} (narrowed)" if self.narrows else self.fetch_key
 
     def render(self, ctx: Context) -> Rendered:
         """Path, query, headers and body with the request's context filled in.
@@ -101,8 +160,13 @@ class RequestSpec:
         body = None
         if self.body is not None:
             escape = xml_escape if self.format == "xml" else None
-            body = self.body.format_map(_ContextView(ctx, escape)).encode()
+            body = self.body.replace("{@filters}", "").format_map(_ContextView(ctx, escape)).encode()
         return Rendered(path, query, headers, body)
+
+
+def _local_day(t: float) -> datetime:
+    """The Swedish local day (midnight, naive) instant ``t`` falls on."""
+    return datetime.fromtimestamp(t, SWEDEN).replace(hour=0, minute=0, second=0, microsecond=0, tzinfo=None)
 
 
 class Rendered(NamedTuple):

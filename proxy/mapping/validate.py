@@ -13,11 +13,12 @@ from datetime import datetime
 from typing import Any
 
 from proxy.fhir.ids import ResourceIds
+from proxy.fhir.searchparams import BY_TYPE
 from proxy.mapping.codegen import PLACEHOLDER, Builder, Parts, Placeholder, Predicate, TreeSource
 from proxy.mapping.coerce import CASTS, empty, iso_date, local_date, scalar_text
 from proxy.mapping.ids import stable_id
 from proxy.mapping.paths import Finder, First, PathError, compile_first, compile_path, dotted_keys
-from proxy.mapping.requests import Context, RequestSpec, UnknownPatient
+from proxy.mapping.requests import Context, DateFilter, RequestSpec, UnknownPatient
 from proxy.timeutil import SWEDEN, localize
 
 _SPEC_KEYS = frozenset(
@@ -38,7 +39,9 @@ TOP_KEYS = frozenset(
         "fields",
     }
 )
-_REQUEST_KEYS = frozenset({"method", "path", "query", "body", "headers", "format", "unknown_patient"})
+_REQUEST_KEYS = frozenset(
+    {"method", "path", "query", "body", "headers", "format", "unknown_patient", "filters"}
+)
 _CONDITION_OPS = frozenset(
     {"equals", "not_equals", "in", "not_in", "exists", "before_now", "not_before_now", "mapped", "unmapped"}
 )
@@ -288,7 +291,7 @@ class SpecCompiler:
         return CASTS[spec]
 
 
-def compile_request(c: SpecCompiler, spec: Any) -> RequestSpec:
+def compile_request(c: SpecCompiler, spec: Any, rtype: str) -> RequestSpec:
     if not isinstance(spec, dict):
         raise c.fail("request", "expects {path, method?, query?, body?, headers?, format?, unknown_patient?}")
     unknown = set(spec) - _REQUEST_KEYS
@@ -319,11 +322,50 @@ def compile_request(c: SpecCompiler, spec: Any) -> RequestSpec:
             headers=tuple((str(k), str(v)) for k, v in headers.items()),
             format=fmt,
             unknown_patient=_compile_unknown_patient(c, spec.get("unknown_patient")),
+            date_filter=_compile_filters(c, spec.get("filters"), body, rtype),
         )
         rs.render({k: "x" for k in c.context_names})
     except (KeyError, ValueError, IndexError) as exc:
         raise c.fail("request", f"template uses an unknown context name or bad braces: {exc}") from None
     return rs
+
+
+def _compile_filters(c: SpecCompiler, spec: Any, body: str | None, rtype: str) -> DateFilter | None:
+    """``filters: {date: {from: fromDate, to: toDate, format: "%Y-%m-%d"}}`` (query parameters), or
+    for a request with a body ``{date: {body: "<timePeriod>…{@from}…{@to}…", format: "%Y%m%d"}}``,
+    the fragment put where the body writes ``{@filters}``. The key is one date search parameter of
+    the type the mapping makes (``proxy.fhir.searchparams``): the one whose elements the backend's
+    range goes by."""
+    if spec is None:
+        return None
+    where = "request.filters"
+    dates = sorted(p.name for p in BY_TYPE.get(rtype, ()) if p.kind == "date")
+    if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in dates:
+        raise c.fail(where, f"expects {{<one of {dates}>: {{from?, to?, body?, format}}}} for {rtype}")
+    param = next(iter(spec))
+    date = spec[param]
+    where = f"{where}.{param}"
+    allowed = {"from", "to", "format"} if body is None else {"body", "format"}
+    if not isinstance(date, dict) or not set(date) <= allowed or "format" not in date:
+        shape = "{from?: <query name>, to?: <query name>, format}" if body is None else "{body, format}"
+        raise c.fail(where, f"expects {shape} for a request {'with' if body else 'without'} a body")
+    fmt = date["format"]
+    if not isinstance(fmt, str) or "%Y" not in fmt or "%d" not in fmt:
+        raise c.fail(f"{where}.format", "expects a strftime date format such as '%Y-%m-%d'")
+    if body is not None:
+        fragment = date.get("body")
+        if not isinstance(fragment, str) or "{@from}" not in fragment or "{@to}" not in fragment:
+            raise c.fail(f"{where}.body", "expects a template fragment writing {@from} and {@to}")
+        if "{@filters}" not in body:
+            raise c.fail(f"{where}.body", "the request's body must write {@filters} where it goes")
+        return DateFilter(param, None, None, fmt, fragment)
+    start, end = date.get("from"), date.get("to")
+    for name, value in (("from", start), ("to", end)):
+        if value is not None and (not isinstance(value, str) or not value or "{" in value):
+            raise c.fail(f"{where}.{name}", "expects a query parameter name")
+    if start is None and end is None:
+        raise c.fail(where, "expects from and/or to")
+    return DateFilter(param, start, end, fmt)
 
 
 def _compile_unknown_patient(c: SpecCompiler, spec: Any) -> UnknownPatient | None:

@@ -42,17 +42,46 @@ def context(facade: Facade, backend: str, patient: PatientRef) -> dict[str, str]
     return request_context(patient, backend, dict(facade.settings.backend(backend).vars))
 
 
+@dataclass(frozen=True, slots=True)
+class Narrowing:
+    """What a search lets the backends narrow their lists to: per date search parameter, the range
+    every match overlaps (``proxy.fhir.searchparams.date_bounds``; None: open), for the requests
+    whose every reader makes one of ``types`` (the types asked for — a request fetched only to
+    vouch for references, or shared with another type, stays whole). The facade still filters."""
+
+    types: frozenset[str]
+    dates: tuple[tuple[str, float | None, float | None], ...]
+
+    def apply(self, mappings: MappingSet, backend: str, spec: RequestSpec) -> RequestSpec:
+        f = spec.date_filter
+        if f is None or spec.unknown_patient is not None:  # (the patient lookup: always whole)
+            return spec
+        readers = mappings.readers_of(backend, spec)
+        if not readers or any(m.resource_type not in self.types for m in readers):
+            return spec
+        for name, lo, hi in self.dates:
+            if name == f.param and (lo is not None or hi is not None):
+                return spec.narrowed(lo, hi)
+        return spec
+
+
 def plan_requests(
-    mappings: MappingSet, backends: Iterable[str], types: frozenset[str]
+    mappings: MappingSet,
+    backends: Iterable[str],
+    types: frozenset[str],
+    narrowing: Narrowing | None = None,
 ) -> dict[str, list[RequestSpec]]:
-    """Per backend, the distinct requests the mappings for ``types`` need (shared ones once)."""
+    """Per backend, the distinct requests the mappings for ``types`` need (shared ones once), each
+    narrowed where ``narrowing`` lets its backend apply a search's range."""
     plan: dict[str, list[RequestSpec]] = {}
     for backend in backends:
         specs: dict[str, RequestSpec] = {}
         for m in mappings.for_types(backend, types):
             specs.setdefault(m.request.key, m.request)
         if specs:
-            plan[backend] = list(specs.values())
+            plan[backend] = [
+                narrowing.apply(mappings, backend, s) if narrowing else s for s in specs.values()
+            ]
     return plan
 
 
@@ -68,11 +97,22 @@ class Lookup:
 
 
 async def fetch_and_map(
-    facade: Facade, patient: PatientRef, types: frozenset[str]
+    facade: Facade,
+    patient: PatientRef,
+    types: frozenset[str],
+    narrowing: Narrowing | None = None,
+    *,
+    backends: Iterable[str] | None = None,
 ) -> tuple[list[MappedResource], list[SourceOutcome]]:
     """The mapped resources of ``types`` from every backend — from the cache where it is fresh,
-    else fetched (and cached); a failed fetch falls back to a stale entry when there is one."""
-    plan = plan_requests(facade.mappings, facade.settings.source_priority, types)
+    else fetched (and cached); a failed fetch falls back to a stale entry when there is one.
+    ``narrowing``: a search's range, sent to the backends that can apply it (a narrowed request is
+    its own fetch, cached under its own key). ``backends``: only these (in priority order)."""
+    asked = facade.settings.source_priority
+    if backends is not None:
+        only = set(backends)
+        asked = tuple(b for b in asked if b in only)
+    plan = plan_requests(facade.mappings, asked, types, narrowing)
     found = await look_up(facade, patient, types, plan)
     results, answers = await ask(facade, patient, found.to_fetch)
     for result in results:
@@ -103,7 +143,7 @@ async def look_up(
         fetch: list[RequestSpec] = []
         for spec in specs:
             hit = (
-                await cache.get(name, facade.mappings.cache_key(name, spec.key), patient.fhir_id)
+                await cache.get(name, facade.mappings.cache_key_of(name, spec), patient.fhir_id)
                 if cache
                 else None
             )
@@ -153,7 +193,7 @@ async def ask(
                 assert body is None or isinstance(body, bytes)
                 answers[source][spec.key] = mapped = map_answer(
                     body,
-                    facade.mappings.readers.get((source, spec.key), ()),
+                    facade.mappings.readers_of(source, spec),
                     contexts[source],
                     source_uri=facade.settings.backend(source).source_uri,
                     priority=priority[source],
@@ -175,7 +215,7 @@ async def ask(
     def open_sink(source: str, spec: RequestSpec) -> AnswerStream:
         # an answer too large to hold whole: mapped record by record as it arrives
         return AnswerStream(
-            facade.mappings.readers.get((source, spec.key), ()),
+            facade.mappings.readers_of(source, spec),
             contexts[source],
             source_uri=facade.settings.backend(source).source_uri,
             priority=priority[source],
@@ -212,9 +252,10 @@ async def settle(
     mapped = source_outcome(result, answers)
     _publish(facade.hooks, result, mapped.outcome)
     if cache is not None:
+        asked = {spec.key: spec for spec in found.to_fetch[result.source]}
         for key in mapped.readable:
             resources = tuple(answers[key].resources)
-            cache_key = facade.mappings.cache_key(result.source, key)
+            cache_key = facade.mappings.cache_key_of(result.source, asked[key])
             await cache.put(result.source, cache_key, patient.fhir_id, resources)
     missing = {spec.key for spec in found.to_fetch[result.source]} - mapped.readable
     standing_in = {k: found.stale[(result.source, k)] for k in missing if (result.source, k) in found.stale}

@@ -19,17 +19,19 @@ from proxy.access import decide as decide_access
 from proxy.access import pdl as pdl_rules
 from proxy.access.consent import terms
 from proxy.fhir.errors import FhirError
-from proxy.fhir.searchparams import matches
+from proxy.fhir.ids import holding_backend
+from proxy.fhir.searchparams import date_bounds, matches, params_for, resource_bounds
 from proxy.merge import lookalike
 from proxy.merge.facts import merge as merge_facts
 from proxy.pipeline import audit
 from proxy.pipeline.exchange import Exchange
 from proxy.pipeline.facade import Answer, Facade
+from proxy.pipeline.fetch import Narrowing
 from proxy.pipeline.fetch import fetch_and_map as fetch
 from proxy.redact.policy import redact as redact_for
 from proxy.store.base import ConsentRow, StoreUnavailable
 from proxy.timeutil import fhir_range
-from proxy.types import FhirDict, Principal, Query, Withheld
+from proxy.types import FhirDict, MappedResource, Principal, Query, SourceOutcome, Withheld
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +140,72 @@ async def fetch_and_map(facade: Facade, x: Exchange) -> bool:
     """Cache → engagement index → fan-out → mapping (in the slack) → stale fallback
     (``proxy.pipeline.fetch``): the mapped resources and one outcome per source."""
     assert x.query is not None and x.query.patient is not None
-    x.mapped, x.outcomes = await fetch(facade, x.query.patient, x.fetch_types)
+    if _reads_from_holder(facade, x):
+        x.mapped, x.outcomes = await _read_from_holder(facade, x)
+        return True
+    x.mapped, x.outcomes = await fetch(facade, x.query.patient, x.fetch_types, _narrowing(facade, x))
     return True
+
+
+def _reads_from_holder(facade: Facade, x: Exchange) -> bool:
+    """A read by id outside PDL (see ``_narrowing`` for why not under it) of a type a backend makes."""
+    query, decision = x.query, x.decision
+    assert query is not None and decision is not None
+    return (
+        facade.settings.facade.pushdown
+        and query.interaction == "read"
+        and query.resource_id is not None
+        and "Patient" not in query.resource_types
+        and not decision.under_pdl
+    )
+
+
+async def _read_from_holder(facade: Facade, x: Exchange) -> tuple[list[MappedResource], list[SourceOutcome]]:
+    """A read by id in two steps: the backend its id names (``<patient>-<backend>-<hash>``), whole;
+    then, only when it holds the record, the other backends with the record's type narrowed to its
+    date (``request.filters``) — what its copies there (merged with it: their security labels, the
+    strictest wins) and what it references need. An id no backend holds asks only the one it names
+    (none, for a name that is no backend's): absent either way."""
+    query = x.query
+    assert query is not None and query.patient is not None and query.resource_id is not None
+    holder = holding_backend(query.resource_id)
+    priority = facade.settings.source_priority
+    mapped, outcomes = await fetch(facade, query.patient, x.fetch_types, backends=(holder,))
+    rtype = next(iter(query.resource_types))
+    record = next(
+        (r for r in mapped if r.resource["id"] == query.resource_id and r.resource["resourceType"] == rtype),
+        None,
+    )
+    if record is None:
+        return mapped, outcomes
+    dates = tuple(
+        (p.name, *resource_bounds(record.resource, p.name))
+        for p in params_for(rtype).values()
+        if p.kind == "date"
+    )
+    narrowing = Narrowing(frozenset({rtype}), dates)
+    others = tuple(b for b in priority if b != holder)
+    more, more_outcomes = await fetch(facade, query.patient, x.fetch_types, narrowing, backends=others)
+    order = {name: i for i, name in enumerate(priority)}
+    return mapped + more, sorted(outcomes + more_outcomes, key=lambda o: order.get(o.source, len(order)))
+
+
+def _narrowing(facade: Facade, x: Exchange) -> Narrowing | None:
+    """A search's date ranges, for the backends that can apply them (``request.filters``), or None.
+
+    Only outside PDL (the patient reading their own records): under PDL the withheld hint is decided
+    over every record of the asked types before any filter (``pdl``), so a narrowed list would let
+    the hint depend on the filter's dates — an oracle. Never for ``$everything`` (its ``_since`` is
+    about changes, not clinical dates) nor a read by id."""
+    query, decision = x.query, x.decision
+    assert query is not None and decision is not None
+    if not facade.settings.facade.pushdown or query.interaction != "search-type" or decision.under_pdl:
+        return None
+    names = dict.fromkeys(f.name for f in query.filters if f.kind == "date")
+    dates = tuple((name, *date_bounds(query.filters, name)) for name in names)
+    if not any(lo is not None or hi is not None for _, lo, hi in dates):
+        return None
+    return Narrowing(query.resource_types, dates)
 
 
 async def pdl(facade: Facade, x: Exchange) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import socket
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -104,6 +104,8 @@ class Received:
     method: str
     path: str
     headers: dict[str, str]  # the tracing headers only: X-Request-ID, traceparent
+    query: dict[str, str] = field(default_factory=dict)  # the query string's parameters
+    body: bytes = b""  # what was posted (a SOAP envelope)
 
 
 _TRACED = ("X-Request-ID", "traceparent")
@@ -113,7 +115,8 @@ def _recording(backend: str, received: list[Received]) -> Any:
     @web.middleware
     async def record(request: web.Request, handler: Any) -> web.StreamResponse:
         headers = {h: request.headers[h] for h in _TRACED if h in request.headers}
-        received.append(Received(backend, request.method, request.path, headers))
+        body = await request.read() if request.can_read_body else b""  # (kept for the handler)
+        received.append(Received(backend, request.method, request.path, headers, dict(request.query), body))
         return await handler(request)
 
     return record

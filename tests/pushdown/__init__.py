@@ -1,0 +1,1 @@
+"""Filters pushed down to the backends (issue 21)."""

@@ -1,0 +1,81 @@
+"""A read by id (outside PDL) asks the backend its id names for the record's type, and the others
+only narrowed to the record's date — or nobody else, when the named backend does not hold it. The
+answer is the one asking everyone gives (the leak suite holds hidden ids to made-up ones)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from proxy.fhir.ids import holding_backend
+from proxy.simulators.harness import Received
+from proxy.simulators.population import DEMO_PEOPLE, INGEGERD, LENNART
+from tests.conftest import auth, pid
+from tests.pushdown.test_date_pushdown import LAB_PATHS, OBSERVATIONS, asked
+
+LENNART_ID = pid(LENNART.pnr)
+AS_LENNART = auth("patient", pnr=LENNART.pnr)
+INGEGERD_ID = pid(INGEGERD.pnr)
+AS_INGEGERD = auth("patient", pnr=INGEGERD.pnr)
+LONG = [*DEMO_PEOPLE, INGEGERD]  # (her Observations come from all three systems)
+
+
+async def observation_ids(f: Any, patient: str = LENNART_ID, headers: Any = AS_LENNART) -> dict[str, str]:
+    """One Observation id per backend that holds one of the patient's."""
+    params = {"patient": patient, "_count": "500", "date": "ge2026-06-01"}
+    _, bundle = await f.get(OBSERVATIONS, params=params, headers=headers)
+    out: dict[str, str] = {}
+    for e in bundle["entry"]:
+        if e["search"]["mode"] == "match":
+            out.setdefault(holding_backend(e["resource"]["id"]), e["resource"]["id"])
+    return out
+
+
+async def test_a_read_asks_the_holder_whole_and_the_others_narrowed(facade: Any) -> None:
+    received: list[Received] = []
+    async with facade(received=received, people=LONG) as f:
+        ids = await observation_ids(f, INGEGERD_ID, AS_INGEGERD)
+        assert len(ids) == 3, ids
+        answers = {}
+        for backend, rid in ids.items():
+            received.clear()
+            status, answers[backend] = await f.get(f"{OBSERVATIONS}/{rid}", headers=AS_INGEGERD)
+            assert status == 200 and answers[backend]["id"] == rid
+            holder = asked(received, backend)
+            assert holder and all(
+                set(r.query) <= {"personnummer"} and b"timePeriod" not in r.body for r in holder
+            )
+            for other in set(LAB_PATHS) - {backend}:
+                for r in asked(received, other):  # (narrowed to the record's date, a day either side)
+                    assert r.query.keys() & {"fromDate", "fromDatum"} or b"timePeriod" in r.body, (backend, r)
+    async with facade(facade_overrides={"pushdown": False}, people=LONG) as f:
+        for backend, rid in ids.items():
+            status, whole = await f.get(f"{OBSERVATIONS}/{rid}", headers=AS_INGEGERD)
+            assert status == 200 and whole == answers[backend]  # the same answer, byte for byte
+
+
+async def test_an_id_its_backend_does_not_hold_asks_nobody_else(facade: Any) -> None:
+    received: list[Received] = []
+    async with facade(received=received) as f:
+        holder, rid = next(iter((await observation_ids(f)).items()))
+        made_up = rid[:-4] + ("0000" if not rid.endswith("0000") else "1111")
+        received.clear()
+        status, body = await f.get(f"{OBSERVATIONS}/{made_up}", headers=AS_LENNART)
+        assert status == 404, body
+        assert received and {r.backend for r in received} == {holder}
+        received.clear()
+        status, _ = await f.get(
+            f"{OBSERVATIONS}/{rid.replace(f'-{holder}-', '-nosuch-')}", headers=AS_LENNART
+        )
+        assert status == 404 and received == []
+
+
+async def test_care_staff_reads_ask_every_backend(facade: Any) -> None:
+    """Under PDL the 403 hint is decided over every record of the type: every backend is asked."""
+    received: list[Received] = []
+    async with facade(received=received) as f:
+        rid = next(iter((await observation_ids(f)).values()))
+        received.clear()
+        status, _ = await f.get(f"{OBSERVATIONS}/{rid}", headers=auth("clinician"))
+        assert status == 200
+    assert {r.backend for r in received} == {"cosmic", "viva", "npo"}
+    assert all(set(r.query) <= {"personnummer"} and b"timePeriod" not in r.body for r in received)
