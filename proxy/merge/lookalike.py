@@ -112,19 +112,28 @@ def mark(kept: Iterable[MappedResource], shown: Sequence[FhirDict]) -> list[Fhir
             facts.setdefault(resource["resourceType"], []).append(found)
     twins: dict[str, list[_Facts]] = {}
     for group in facts.values():
-        # only resources sharing a code can match: compare within each (system, codes) bucket
+        # only resources sharing a code can match: compare within each (system, codes) bucket; and
+        # only overlapping periods can match: within a bucket, in order of start, a resource is
+        # compared with those starting before it ends (a sweep: near-linear over a long history,
+        # where one bucket holds every ambulatory visit of ten years)
         buckets: dict[tuple[str, frozenset[str]], list[int]] = {}
         for i, f in enumerate(group):
             for system, codes in f.codes.items():
                 buckets.setdefault((system, codes), []).append(i)
         compared: set[tuple[int, int]] = set()
         for members in buckets.values():
+            members.sort(key=lambda i: group[i].lo)
             for n, i in enumerate(members):
-                for j in members[n + 1 :]:
-                    if (i, j) in compared:
+                hi = group[i].hi
+                for m in range(n + 1, len(members)):
+                    j = members[m]
+                    if group[j].lo >= hi:
+                        break  # it, and every later one, starts after this one has ended
+                    pair = (i, j) if i < j else (j, i)
+                    if pair in compared:
                         continue
-                    compared.add((i, j))
-                    a, b = group[i], group[j]
+                    compared.add(pair)
+                    a, b = group[pair[0]], group[pair[1]]
                     if look_alike(a, b):
                         twins.setdefault(a.key, []).append(b)
                         twins.setdefault(b.key, []).append(a)
