@@ -76,9 +76,10 @@ async def merge_in_turns(resources: Iterable[MappedResource]) -> list[MappedReso
 
 def _merge(resources: Iterable[MappedResource]) -> Steps[list[MappedResource]]:
     groups: dict[str, list[MappedResource]] = {}
-    for r in resources:
+    for n, r in enumerate(resources):
+        if slice_ends(n):
+            yield
         groups.setdefault(r.origin_key, []).append(r)
-    yield
 
     kept: list[MappedResource] = []
     aliases: dict[str, str] = {}

@@ -111,8 +111,11 @@ async def mark_in_turns(kept: Iterable[MappedResource], shown: Sequence[FhirDict
 
 
 def _mark(kept: Iterable[MappedResource], shown: Sequence[FhirDict]) -> Steps[list[FhirDict]]:
-    about = {_key(r.resource): r for r in kept}
-    yield
+    about: dict[str, MappedResource] = {}
+    for n, mr in enumerate(kept):
+        if slice_ends(n):
+            yield
+        about[_key(mr.resource)] = mr
     facts: dict[str, list[_Facts]] = {}
     for n, resource in enumerate(shown):
         if slice_ends(n):
