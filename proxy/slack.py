@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Generator
+from typing import TypeVar, cast
+
+T = TypeVar("T")
 
 
 class SlackJob:
@@ -65,3 +68,41 @@ class SlackQueue:
             if jobs and not self._scheduled:
                 self._scheduled = True
                 asyncio.get_running_loop().call_soon(self._turn)
+
+
+# ---- long loops in turns ------------------------------------------------------------------------
+#
+# A stage over a long history (20,000 records: pdl, merge, redaction, look-alikes, the filters) is a
+# pure loop of a second or more; run as one block it holds every other request on the loop for as
+# long (head-of-line). Such a loop is written once, as steps — a generator that yields after each
+# ``SLICE`` records and returns its result — and driven either at once (``at_once``: the plain
+# function) or with a turn of the event loop between the slices (``in_turns``: the walk's stages).
+# One body, two drivers: the result is the same whichever drives it.
+
+SLICE = 500  # records between turns: a few ms of work a slice (the look-alikes: ~20 µs a record)
+
+Steps = Generator[None, None, T]
+
+
+def at_once(steps: Steps[T]) -> T:
+    """The result of ``steps``, run to the end without letting anything else run."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return cast(T, done.value)
+
+
+async def in_turns(steps: Steps[T]) -> T:
+    """The result of ``steps``, with a turn of the event loop after each slice."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return cast(T, done.value)
+        await asyncio.sleep(0)
+
+
+def slice_ends(n: int) -> bool:
+    """Whether the ``n``-th item (from 0) ends a slice: yield after it."""
+    return n % SLICE == SLICE - 1

@@ -41,6 +41,7 @@ from typing import Any
 import orjson
 
 from proxy.mapping.engine import record_id_system
+from proxy.slack import Steps, at_once, in_turns, slice_ends
 from proxy.types import MappedResource
 
 ALSO_IN_SOURCE_SYSTEM = "urn:fhir-facade:also-in-source"
@@ -65,13 +66,26 @@ _CHOICE_ELEMENTS = ("deceased", "multipleBirth")
 def merge(resources: Iterable[MappedResource]) -> list[MappedResource]:
     """One resource per fact, in the answer's order. The input is not modified: a kept resource that
     changes (another copy's tags and labels, a rewritten reference) is a new one."""
+    return at_once(_merge(resources))
+
+
+async def merge_in_turns(resources: Iterable[MappedResource]) -> list[MappedResource]:
+    """``merge``, giving the event loop a turn between slices of a long history (``proxy.slack``)."""
+    return await in_turns(_merge(resources))
+
+
+def _merge(resources: Iterable[MappedResource]) -> Steps[list[MappedResource]]:
     groups: dict[str, list[MappedResource]] = {}
-    for r in resources:
+    for n, r in enumerate(resources):
+        if slice_ends(n):
+            yield
         groups.setdefault(r.origin_key, []).append(r)
 
     kept: list[MappedResource] = []
     aliases: dict[str, str] = {}
-    for group in groups.values():
+    for n, group in enumerate(groups.values()):
+        if slice_ends(n):
+            yield
         if len(group) == 1:
             only = group[0]
             if only.resource["resourceType"] == "Patient":  # its elements name their source too
@@ -113,6 +127,8 @@ def merge(resources: Iterable[MappedResource]) -> list[MappedResource]:
 
     if aliases:
         for i, r in enumerate(kept):
+            if slice_ends(i):
+                yield
             if not aliases.keys().isdisjoint(r.refs):
                 refs = tuple(dict.fromkeys(aliases.get(ref, ref) for ref in r.refs))
                 kept[i] = r._replace(resource=_rewrite_references(r.resource, aliases), refs=refs)

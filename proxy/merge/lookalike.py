@@ -74,6 +74,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from proxy.fhir.marks import POSSIBLE_DUPLICATE
+from proxy.slack import Steps, at_once, in_turns, slice_ends
 from proxy.timeutil import fhir_range
 from proxy.types import FhirDict, MappedResource
 
@@ -101,9 +102,24 @@ class _Facts(NamedTuple):
 def mark(kept: Iterable[MappedResource], shown: Sequence[FhirDict]) -> list[FhirDict]:
     """``shown`` (what the asker may see, in order) with its look-alikes marked; ``kept`` gives the
     source and producer of each (by type and id) and is never itself shown."""
-    about = {_key(r.resource): r for r in kept}
+    return at_once(_mark(kept, shown))
+
+
+async def mark_in_turns(kept: Iterable[MappedResource], shown: Sequence[FhirDict]) -> list[FhirDict]:
+    """``mark``, giving the event loop a turn between slices of a long history (``proxy.slack``)."""
+    return await in_turns(_mark(kept, shown))
+
+
+def _mark(kept: Iterable[MappedResource], shown: Sequence[FhirDict]) -> Steps[list[FhirDict]]:
+    about: dict[str, MappedResource] = {}
+    for n, mr in enumerate(kept):
+        if slice_ends(n):
+            yield
+        about[_key(mr.resource)] = mr
     facts: dict[str, list[_Facts]] = {}
-    for resource in shown:
+    for n, resource in enumerate(shown):
+        if slice_ends(n):
+            yield
         mapped = about.get(_key(resource))
         if mapped is None or resource.get("resourceType") not in COVERED:
             continue
@@ -111,26 +127,45 @@ def mark(kept: Iterable[MappedResource], shown: Sequence[FhirDict]) -> list[Fhir
         if found is not None:
             facts.setdefault(resource["resourceType"], []).append(found)
     twins: dict[str, list[_Facts]] = {}
+    swept = 0
     for group in facts.values():
-        # only resources sharing a code can match: compare within each (system, codes) bucket
+        # only resources sharing a code can match: compare within each (system, codes) bucket; and
+        # only overlapping periods can match: within a bucket, in order of start, a resource is
+        # compared with those starting before it ends (a sweep: near-linear over a long history,
+        # where one bucket holds every ambulatory visit of ten years)
         buckets: dict[tuple[str, frozenset[str]], list[int]] = {}
         for i, f in enumerate(group):
             for system, codes in f.codes.items():
                 buckets.setdefault((system, codes), []).append(i)
         compared: set[tuple[int, int]] = set()
         for members in buckets.values():
+            members.sort(key=lambda i: group[i].lo)
             for n, i in enumerate(members):
-                for j in members[n + 1 :]:
-                    if (i, j) in compared:
+                if slice_ends(swept):
+                    yield
+                swept += 1
+                hi = group[i].hi
+                for m in range(n + 1, len(members)):
+                    j = members[m]
+                    if group[j].lo >= hi:
+                        break  # it, and every later one, starts after this one has ended
+                    pair = (i, j) if i < j else (j, i)
+                    if pair in compared:
                         continue
-                    compared.add((i, j))
-                    a, b = group[i], group[j]
+                    compared.add(pair)
+                    a, b = group[pair[0]], group[pair[1]]
                     if look_alike(a, b):
                         twins.setdefault(a.key, []).append(b)
                         twins.setdefault(b.key, []).append(a)
     if not twins:
         return list(shown)
-    return [_marked(r, twins[_key(r)]) if _key(r) in twins else r for r in shown]
+    out = []
+    for n, r in enumerate(shown):
+        if slice_ends(n):
+            yield
+        key = _key(r)
+        out.append(_marked(r, twins[key]) if key in twins else r)
+    return out
 
 
 def look_alike(a: _Facts, b: _Facts) -> bool:

@@ -22,13 +22,14 @@ from proxy.fhir.errors import FhirError
 from proxy.fhir.ids import holding_backend
 from proxy.fhir.searchparams import date_bounds, matches, params_for, resource_bounds
 from proxy.merge import lookalike
-from proxy.merge.facts import merge as merge_facts
+from proxy.merge.facts import merge_in_turns
 from proxy.pipeline import audit
 from proxy.pipeline.exchange import Exchange
 from proxy.pipeline.facade import Answer, Facade
 from proxy.pipeline.fetch import Narrowing
 from proxy.pipeline.fetch import fetch_and_map as fetch
-from proxy.redact.policy import redact as redact_for
+from proxy.redact.policy import redact_in_turns
+from proxy.slack import slice_ends
 from proxy.store.base import ConsentRow, StoreUnavailable
 from proxy.timeutil import fhir_range
 from proxy.types import FhirDict, MappedResource, Principal, Query, SourceOutcome, Withheld
@@ -225,7 +226,9 @@ async def pdl(facade: Facade, x: Exchange) -> bool:
     readable = []
     audience = decision.audience.name
     unattributed: Counter[tuple[str, str]] = Counter()
-    for r in x.mapped:
+    for n, r in enumerate(x.mapped):
+        if slice_ends(n):
+            await asyncio.sleep(0)  # a long history: other requests get a turn (proxy.slack)
         why = rules.verdict(r)
         if why is None:
             readable.append(r)
@@ -254,14 +257,14 @@ async def pdl(facade: Facade, x: Exchange) -> bool:
 
 async def merge(facade: Facade, x: Exchange) -> bool:
     """One resource per fact, with its provenance, in a stable order."""
-    x.kept = merge_facts(x.mapped)
+    x.kept = await merge_in_turns(x.mapped)
     return True
 
 
 async def redact(facade: Facade, x: Exchange) -> bool:
     """The audience policy removes what this asker may not see, and every trace of it."""
     assert x.query is not None and x.query.patient is not None and x.decision is not None
-    x.resources = redact_for(
+    x.resources = await redact_in_turns(
         x.kept,
         facade.policy,
         x.decision.audience.name,
@@ -273,7 +276,7 @@ async def redact(facade: Facade, x: Exchange) -> bool:
 async def lookalikes(facade: Facade, x: Exchange) -> bool:
     """Look-alikes from different producers marked as possible duplicates (never merged), over
     what this asker may see only."""
-    x.resources = lookalike.mark(x.kept, x.resources)
+    x.resources = await lookalike.mark_in_turns(x.kept, x.resources)
     return True
 
 
@@ -285,7 +288,12 @@ async def select(facade: Facade, x: Exchange) -> bool:
     # records withheld under PDL (the hint) are records of a known patient: an $everything that
     # the scopes narrow to withheld types is the hint, never "no such patient"
     known: bool | None = bool(x.resources) or bool(x.withheld) or (None if degraded else False)
-    selected = [r for r in x.resources if _selected(r, x.query)]
+    selected = []
+    for n, r in enumerate(x.resources):
+        if slice_ends(n):
+            await asyncio.sleep(0)
+        if _selected(r, x.query):
+            selected.append(r)
     x.answer = Answer(
         resources=selected, outcomes=x.outcomes, patient_known=known, withheld=frozenset(x.withheld)
     )

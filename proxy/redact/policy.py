@@ -26,6 +26,7 @@ from typing import Any
 from proxy.audience import DEFAULT_AUDIENCES
 from proxy.merge.facts import DISAGREEMENT_EXTENSION
 from proxy.settings import ConfigError
+from proxy.slack import Steps, at_once, in_turns, slice_ends
 from proxy.types import FhirDict, MappedResource
 
 Label = tuple[str, str]  # (system, code)
@@ -127,11 +128,34 @@ def redact(
     something this answer did not fetch and so cannot vouch for, is removed (fail closed). The input
     is not modified (it may be shared, e.g. cached): changed resources are copies.
     """
-    shown = [r for r in resources if policy.visible(r.resource, audience)]
+    return at_once(_redact(resources, policy, audience, subject))
+
+
+async def redact_in_turns(
+    resources: Iterable[MappedResource], policy: Policy, audience: str, *, subject: str | None = None
+) -> list[FhirDict]:
+    """``redact``, giving the event loop a turn between slices of a long history (``proxy.slack``)."""
+    return await in_turns(_redact(resources, policy, audience, subject))
+
+
+def _redact(
+    resources: Iterable[MappedResource], policy: Policy, audience: str, subject: str | None
+) -> Steps[list[FhirDict]]:
+    shown = []
+    for n, r in enumerate(resources):
+        if slice_ends(n):
+            yield
+        if policy.visible(r.resource, audience):
+            shown.append(r)
     allowed = {f"{r.resource['resourceType']}/{r.resource['id']}" for r in shown}
     if subject is not None:
         allowed.add(subject)
-    return [_scrub(r, policy, audience, allowed) for r in shown]
+    out = []
+    for n, r in enumerate(shown):
+        if slice_ends(n):
+            yield
+        out.append(_scrub(r, policy, audience, allowed))
+    return out
 
 
 def _scrub(mapped: MappedResource, policy: Policy, audience: str, allowed: set[str]) -> FhirDict:

@@ -316,3 +316,38 @@ def test_the_rule_per_type_at_its_edges() -> None:
     moment = {"start": "2024-05-12T09:00:00+02:00", "end": "2024-05-12T09:00:00+02:00"}
     assert _marked(stay, stay | {"id": "e2", "period": moment})  # a period is at least its start
     assert not _marked(stay, stay | {"id": "e2", "status": "entered-in-error"})
+
+
+def _visit(rid: str, start: str, end: str | None, code: str = "AMB") -> dict[str, Any]:
+    period = {"start": start} | ({"end": end} if end is not None else {})
+    return {
+        "resourceType": "Encounter",
+        "id": rid,
+        "meta": {},
+        "status": "finished",
+        "class": {"system": ACT, "code": code},
+        "subject": {"reference": "Patient/a"},
+        "period": period,
+    }
+
+
+def test_only_visits_at_about_the_same_time_are_look_alikes_however_long_the_history() -> None:
+    """A long history (one class, ten years, two producers): a visit is marked with the other
+    producer's visits its period overlaps and with nothing else — not the same visit a year later,
+    and a period still going on overlaps every later one, however many end in between."""
+    visits, producers = [], []
+    for year in range(2015, 2025):
+        for producer in ("P1", "P2"):
+            visits.append(
+                _visit(f"{producer}-{year}", f"{year}-03-01T10:00:00+01:00", f"{year}-03-01T11:00:00+01:00")
+            )
+            producers.append(producer)
+    ongoing = _visit("P1-ongoing", "2014-06-01T08:00:00+02:00", None)  # no end: still going on
+    visits.append(ongoing)
+    producers.append("P1")
+    kept = [mapped(v, p, "cosmic" if p == "P1" else "npo") for v, p in zip(visits, producers, strict=True)]
+    out = {r["id"]: twins(r) for r in mark(kept, visits)}
+    for year in range(2015, 2025):
+        assert out[f"P1-{year}"] == [f"Encounter/P2-{year}"]
+        assert out[f"P2-{year}"] == sorted([f"Encounter/P1-{year}", "Encounter/P1-ongoing"])
+    assert out["P1-ongoing"] == sorted(f"Encounter/P2-{year}" for year in range(2015, 2025))

@@ -1,0 +1,245 @@
+"""Head-of-line: do other patients wait while the facade works through a long history?
+
+    python bench/headofline.py [--rate 20] [--duration 20] [--big 3] [--patients 40]
+                               [--latency-ms 20] [--out bench/results/headofline]
+
+On loopback, each piece in its own process (``bench/run.py``'s helpers): the three simulators
+(``fhir-facade simulate``, ``--latency-ms`` on every answer) and one facade (``fhir-facade serve``,
+uncached, ``facade.max_count`` raised so a long history is one page: its whole Bundle is rendered).
+The bench clinician asks, with each patient's consent registered (PDL):
+
+* **alone**: small patients (the generated population, 3–58 records each) ``$everything`` at
+  ``--rate`` requests a second (open model: Poisson arrivals, latency from the intended send time)
+  for ``--duration`` seconds;
+* **with big requests**: the same small patients at the same rate, while ``--big`` clients each ask,
+  back to back, for the ``$everything`` of the long-history demo patient Ingegerd Långberg (about
+  6,000 records across the three systems, ``proxy/simulators/population.py``).
+
+In both phases a probe asks ``GET /healthz`` (answered at once, no backend) every 50 ms: its
+latency is how long a ready request waits for the facade's event loop (the loop's lag, as a
+client sees it). Reported per phase: the small patients' p50/p90/p99/max, the probe's p50/p99/max,
+the big requests answered and their p50, and the ratio of the small patients' p99 with and
+without the big requests (issue 21's target: at most 2).
+
+Written to ``--out``: ``results.json`` and ``results.md`` (the table, also printed). Bounded: every
+request has ``--timeout`` s, every process is stopped at the end (Ctrl-C included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import run
+
+from proxy.fhir.ids import PatientIds
+from proxy.simulators.population import population
+
+BIG_PNR = "194406289829"  # Ingegerd Långberg: the long-history demo patient
+PROBE_EVERY_S = 0.05
+
+
+def write_config(tmp: Path, sim_urls: dict[str, str], pem: Path, args: argparse.Namespace) -> Path:
+    """``bench/run.py``'s config (uncached), one page for the long history."""
+    path = run.write_config(tmp, "facade", sim_urls, pem, {"enabled": False})
+    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    doc["facade"]["max_count"] = args.big_count
+    for b in doc["backends"].values():
+        b["timeout"] = {**(b.get("timeout") or {}), "total_s": args.timeout}
+    path.write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+async def probe(base: str, stop: asyncio.Event, timeout_s: float) -> list[float]:
+    """``GET /healthz`` every ``PROBE_EVERY_S`` until ``stop``: each one's latency, ms."""
+    out = []
+    async with run.client(2, timeout_s) as http:
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            try:
+                async with http.get(f"{base}/healthz") as r:
+                    await r.read()
+                out.append((time.perf_counter() - t0) * 1000)
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+            await asyncio.sleep(PROBE_EVERY_S)
+    return out
+
+
+async def big_clients(
+    url: str,
+    headers: dict[str, str],
+    n: int,
+    stop: asyncio.Event,
+    args: argparse.Namespace,
+    rounds: int | None = None,
+) -> dict[str, Any]:
+    """``n`` clients asking for the long history back to back until ``stop`` (or ``rounds`` each)."""
+    latencies: list[float] = []
+    failed = 0
+    entries = 0
+    async with run.client(n, args.timeout) as http:
+
+        async def one() -> None:
+            nonlocal failed, entries
+            asked = 0
+            while not stop.is_set() and (rounds is None or asked < rounds):
+                asked += 1
+                t0 = time.perf_counter()
+                try:
+                    async with http.get(url, params={"_count": str(args.big_count)}, headers=headers) as r:
+                        body = await r.read()
+                        if r.status != 200:
+                            failed += 1
+                            continue
+                    latencies.append((time.perf_counter() - t0) * 1000)
+                    entries = body.count(b'"fullUrl"')
+                except (aiohttp.ClientError, TimeoutError):
+                    failed += 1
+
+        await asyncio.gather(*(one() for _ in range(n)))
+    return {
+        "clients": n,
+        "answered": len(latencies),
+        "failed": failed,
+        "entries": entries,
+        "p50_ms": round(statistics.median(latencies), 1) if latencies else None,
+    }
+
+
+async def phase(
+    name: str, small: run.Target, base: str, big: tuple[str, dict[str, str]] | None, args: argparse.Namespace
+) -> dict[str, Any]:
+    print(f"{name}: small patients at {args.rate:g} req/s for {args.duration:g} s", flush=True)
+    stop = asyncio.Event()
+    probing = asyncio.create_task(probe(base, stop, args.timeout))
+    bigs = None
+    if big is not None:
+        bigs = asyncio.create_task(big_clients(big[0], big[1], args.big, stop, args))
+        await asyncio.sleep(args.big_head_start)  # the long histories already under way
+    small_result = await run.open_model(small, args.rate, args.duration, 64, args.timeout)
+    stop.set()
+    lag = run.percentiles(await probing)
+    out: dict[str, Any] = {
+        "small": {k: v for k, v in small_result.items() if k != "samples_ms"},
+        "probe_ms": {k: lag[k] for k in ("p50", "p99", "max")},
+    }
+    if bigs is not None:
+        out["big"] = await bigs
+    return out
+
+
+async def bench(args: argparse.Namespace, procs: run.Processes, tmp: Path) -> dict[str, Any]:
+    key = os.urandom(32)
+    ids = PatientIds(key)
+    key_b64 = base64.b64encode(key).decode()
+    private, pem = run.make_issuer(tmp)
+    token = run.clinician_token(private, lifetime_s=4 * 3600)
+    print("starting the simulators and the facade …", flush=True)
+    sims = await run.start_simulators(procs, args)
+    config = write_config(tmp, sims, pem, args)
+    base, pid = await run.start_facade(procs, "facade", config, key_b64, args.start_timeout)
+    small_ids = [ids.encode(p.pnr) for p in population(args.patients)]
+    big_id = ids.encode(BIG_PNR)
+    await run.register_consents(base, [*small_ids, big_id], token)
+    small = run.facade_target("facade", "small patients", base, small_ids, token)
+    headers = {"Authorization": f"Bearer {token}", "Accept": "application/fhir+json"}
+    big_url = f"{base}/fhir/Patient/{big_id}/$everything"
+
+    print("warming up (the simulators generate the long history on first access) …", flush=True)
+    await run.warm_up(small, min(args.patients, 40), 4, args.timeout)
+    warm = await big_clients(big_url, headers, 1, asyncio.Event(), args, rounds=1)
+    if not warm["answered"]:
+        raise RuntimeError("the long-history patient's $everything failed")
+    cpu_before = run.cpu_s(pid)
+    alone = await phase("alone", small, base, None, args)
+    loaded = await phase(f"with {args.big} big requests", small, base, (big_url, headers), args)
+    p99 = alone["small"]["p99"], loaded["small"]["p99"]
+    return {
+        "config": {
+            "rate_rps": args.rate,
+            "duration_s": args.duration,
+            "big_clients": args.big,
+            "big_entries": warm["entries"],
+            "big_count": args.big_count,
+            "patients": args.patients,
+            "latency_ms": args.latency_ms,
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
+        "alone": alone,
+        "with_big": loaded,
+        "p99_ratio": round(p99[1] / p99[0], 2) if p99[0] and p99[1] else None,
+        "facade_cpu_s": round(run.cpu_s(pid) - cpu_before, 1),
+    }
+
+
+def markdown(results: dict[str, Any]) -> str:
+    c = results["config"]
+    lines = [
+        f"Small patients' `$everything` at {c['rate_rps']:g} req/s for {c['duration_s']:g} s, alone and with "
+        f"{c['big_clients']} clients asking back to back for the long-history patient ({c['big_entries']:,} "
+        f"entries, one page); backends +{c['latency_ms']:g} ms; {c['cpus']} CPUs.",
+        "",
+        "| phase | small p50 ms | p90 | p99 | max | answered / scheduled | `/healthz` p50 ms | p99 | max "
+        "| big answered | big p50 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for label, key in (("alone", "alone"), ("with big requests", "with_big")):
+        p = results[key]
+        s, lag, big = p["small"], p["probe_ms"], p.get("big") or {}
+        answered = s["scheduled"] - s["errors"]
+        lines.append(
+            f"| {label} | {s['p50']} | {s['p90']} | {s['p99']} | {s['max']} | {answered} / {s['scheduled']} "
+            f"| {lag['p50']} | {lag['p99']} | {lag['max']} | {big.get('answered', '–')} "
+            f"| {big.get('p50_ms', '–')} |"
+        )
+    lines += [
+        "",
+        f"Small patients' p99 with the big requests over p99 alone: **{results['p99_ratio']}** (target ≤ 2).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rate", type=float, default=20.0, help="small patients' requests a second")
+    ap.add_argument("--duration", type=float, default=20.0, help="seconds per phase")
+    ap.add_argument("--big", type=int, default=3, help="clients asking for the long history")
+    ap.add_argument("--big-count", type=int, default=10_000, help="_count of the long history (one page)")
+    ap.add_argument("--big-head-start", type=float, default=2.0, help="s the big requests start earlier")
+    ap.add_argument("--patients", type=int, default=40, help="generated (small) patients")
+    ap.add_argument("--latency-ms", type=float, default=20.0, help="added to every simulator answer")
+    ap.add_argument("--timeout", type=float, default=60.0, help="per-request timeout, s")
+    ap.add_argument("--start-timeout", type=float, default=120.0, help="seconds a process may take to start")
+    ap.add_argument("--out", type=Path, default=run.REPO / "bench" / "results" / "headofline")
+    args = ap.parse_args()
+    if not (1 <= args.rate <= 200 and 1 <= args.duration <= 120 and 0 <= args.big <= 8):
+        ap.error("--rate 1-200, --duration 1-120, --big 0-8")
+    results = run.with_processes("fhir-bench-headofline-", lambda procs, tmp: bench(args, procs, tmp))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
+    table = markdown(results)
+    (args.out / "results.md").write_text(table)
+    print()
+    print(table)
+    print(f"written: {args.out}/results.json, results.md")
+
+
+if __name__ == "__main__":
+    main()
