@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import json
 import os
 import platform
 import statistics
@@ -40,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -55,13 +53,15 @@ PROBE_EVERY_S = 0.05
 
 def write_config(tmp: Path, sim_urls: dict[str, str], pem: Path, args: argparse.Namespace) -> Path:
     """``bench/run.py``'s config (uncached), one page for the long history."""
-    path = run.write_config(tmp, "facade", sim_urls, pem, {"enabled": False})
-    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    doc["facade"]["max_count"] = args.big_count
-    for b in doc["backends"].values():
-        b["timeout"] = {**(b.get("timeout") or {}), "total_s": args.timeout}
-    path.write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    return path
+    return run.write_config(
+        tmp,
+        "facade",
+        sim_urls,
+        pem,
+        {"enabled": False},
+        facade={"max_count": args.big_count},
+        backend_total_s=args.timeout,
+    )
 
 
 async def probe(base: str, stop: asyncio.Event, timeout_s: float) -> list[float]:
@@ -232,13 +232,7 @@ def main() -> None:
     if not (1 <= args.rate <= 200 and 1 <= args.duration <= 120 and 0 <= args.big <= 8):
         ap.error("--rate 1-200, --duration 1-120, --big 0-8")
     results = run.with_processes("fhir-bench-headofline-", lambda procs, tmp: bench(args, procs, tmp))
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
-    table = markdown(results)
-    (args.out / "results.md").write_text(table)
-    print()
-    print(table)
-    print(f"written: {args.out}/results.json, results.md")
+    run.write_results(args.out, results, markdown(results))
 
 
 if __name__ == "__main__":

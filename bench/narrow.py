@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import json
 import os
 import platform
 import statistics
@@ -34,7 +33,6 @@ from typing import Any
 
 import jwt
 import orjson
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -61,11 +59,7 @@ def patient_token(private: Any, pnr: str, ids: PatientIds, lifetime_s: int) -> s
 def write_config(
     tmp: Path, sims: dict[str, str], pem: Path, args: argparse.Namespace, pushdown: bool
 ) -> Path:
-    path = records.write_config(tmp, sims, pem, args)
-    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    doc["facade"]["pushdown"] = pushdown
-    path.write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    return path
+    return records.write_config(tmp, sims, pem, args, pushdown=pushdown)
 
 
 async def measure(
@@ -204,13 +198,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=run.REPO / "bench" / "results" / "narrow")
     args = ap.parse_args()
     results = run.with_processes("fhir-bench-narrow-", lambda procs, tmp: bench(args, procs, tmp))
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
-    table = markdown(results)
-    (args.out / "results.md").write_text(table)
-    print()
-    print(table)
-    print(f"written to {args.out}")
+    run.write_results(args.out, results, markdown(results))
 
 
 if __name__ == "__main__":

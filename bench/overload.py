@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import json
 import os
 import platform
 import sys
@@ -121,22 +120,11 @@ async def open_phase(
                         outcome, breaker = judge(r.status, r.headers, await r.read())
                 except (aiohttp.ClientError, TimeoutError, OSError):
                     outcome, breaker = "error", False
-            done.append((due - start, (time.perf_counter() - due) * 1000, outcome, breaker))
+            done.append((offsets[i], (time.perf_counter() - due) * 1000, outcome, breaker))
 
-        start = time.perf_counter() + 0.05
-        tasks = []
-        for i, offset in enumerate(offsets):
-            due = start + offset
-            if (delay := due - time.perf_counter()) > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(fire(i, due)))
-        _, pending = await asyncio.wait(tasks, timeout=timeout_s + 5)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-        elapsed = time.perf_counter() - start
+        unfinished, elapsed = await run.fire_on_schedule(offsets, fire, timeout_s + 5)
     seen = Counter(outcome for _, _, outcome, _ in done)
-    seen["error"] += len(pending)
+    seen["error"] += unfinished
     answered = seen["ok"] + seen["partial-facade"] + seen["partial-backend"]
     partial = seen["partial-facade"] + seen["partial-backend"]
     return {
@@ -414,17 +402,7 @@ def main() -> None:
     if not (0 < args.factor <= 10 and 1 <= args.max_inflight <= 16_384 and 0 < args.timeout <= 120):
         ap.error("--factor 0-10, --max-inflight 1-16384, --timeout 0-120 s")
     results = run.with_processes("fhir-overload-", lambda procs, tmp: overload(args, procs, tmp))
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "overload.json").write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
-    table = markdown(results)
-    (args.out / "overload.md").write_text(table)
-    plotted = plot(results, args.out / "overload.png")
-    print()
-    print(table)
-    print(
-        f"written: {args.out}/overload.json, overload.md"
-        + (", overload.png" if plotted else " (no plot: no matplotlib)")
-    )
+    run.write_results(args.out, results, markdown(results), stem="overload", plot=plot)
 
 
 if __name__ == "__main__":

@@ -47,7 +47,6 @@ from typing import Any
 
 import aiohttp
 import orjson
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -73,15 +72,20 @@ def reset_peak(pid: int) -> None:
     Path(f"/proc/{pid}/clear_refs").write_text("5")
 
 
-def write_config(tmp: Path, sim_urls: dict[str, str], pem: Path, args: argparse.Namespace) -> Path:
-    """``bench/run.py``'s config (uncached), one page for the whole answer, patient backend timeouts."""
-    path = run.write_config(tmp, "facade", sim_urls, pem, {"enabled": False})
-    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    doc["facade"]["max_count"] = args.count
-    for b in doc["backends"].values():
-        b["timeout"] = {**(b.get("timeout") or {}), "total_s": args.backend_timeout}
-    path.write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    return path
+def write_config(
+    tmp: Path, sim_urls: dict[str, str], pem: Path, args: argparse.Namespace, **facade: Any
+) -> Path:
+    """``bench/run.py``'s config (uncached), one page for the whole answer, patient backend timeouts;
+    ``facade``: more keys of its ``facade:`` section."""
+    return run.write_config(
+        tmp,
+        "facade",
+        sim_urls,
+        pem,
+        {"enabled": False},
+        facade={"max_count": args.count, **facade},
+        backend_total_s=args.backend_timeout,
+    )
 
 
 async def start_simulators(
@@ -362,17 +366,7 @@ def main() -> None:
         ap.error("--requests 0-100, --inflight 1-16, --count 1-100000")
 
     results = run.with_processes("fhir-bench-records-", lambda procs, tmp: bench(args, procs, tmp))
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
-    table = markdown(results)
-    (args.out / "results.md").write_text(table)
-    print()
-    print(table)
-    plotted = plot(results, args.out / "records.png")
-    print(
-        f"written: {args.out}/results.json, results.md"
-        + (", records.png" if plotted else " (no matplotlib: no plot)")
-    )
+    run.write_results(args.out, results, markdown(results), plot=plot)
 
 
 if __name__ == "__main__":

@@ -66,7 +66,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -227,8 +227,19 @@ def clinician_token(private: ec.EllipticCurvePrivateKey, lifetime_s: int) -> str
     return jwt.encode(claims, private, algorithm="ES256")
 
 
-def write_config(tmp: Path, name: str, sim_urls: dict[str, str], pem: Path, cache: dict | None) -> Path:
-    """config/facade.yaml with the backends on the simulators, the bench issuer and ``cache``."""
+def write_config(
+    tmp: Path,
+    name: str,
+    sim_urls: dict[str, str],
+    pem: Path,
+    cache: dict | None,
+    *,
+    facade: dict[str, Any] | None = None,
+    backend_total_s: float | None = None,
+) -> Path:
+    """config/facade.yaml with the backends on the simulators, the bench issuer and ``cache``;
+    ``facade``: keys over its ``facade:`` section (e.g. ``max_count``), ``backend_total_s``: every
+    backend's total timeout (the long-history scenarios)."""
     doc = yaml.safe_load(DEFAULT_CONFIG.read_text(encoding="utf-8"))
     doc["mappings_dir"] = str((DEFAULT_CONFIG.parent / doc.get("mappings_dir", "../mappings")).resolve())
     for backend, b in doc["backends"].items():
@@ -243,7 +254,10 @@ def write_config(tmp: Path, name: str, sim_urls: dict[str, str], pem: Path, cach
     doc["store"] = {"kind": "sqlite", "sqlite_path": str(tmp / "facade.sqlite")}
     # `serve` needs the address clients use for links (never taken from a request's Host header);
     # the bench follows no links, so one base for every facade it starts will do
-    doc["facade"] = {**(doc.get("facade") or {}), "public_base_url": f"http://{HOST}/fhir"}
+    doc["facade"] = {**(doc.get("facade") or {}), "public_base_url": f"http://{HOST}/fhir", **(facade or {})}
+    if backend_total_s is not None:
+        for b in doc["backends"].values():
+            b["timeout"] = {**(b.get("timeout") or {}), "total_s": backend_total_s}
     if cache is not None:  # over the section config/facade.yaml may have, keeping its other keys
         doc["cache"] = {**(doc.get("cache") or {}), **cache}
     # The learned engagement index is a negative cache (it skips backends known to hold nothing):
@@ -521,6 +535,46 @@ def schedule(rate: float, n: int, arrivals: str, seed: int = 1177) -> list[float
     return due
 
 
+async def fire_on_schedule(
+    offsets: list[float], fire: Callable[[int, float], Awaitable[None]], wait_s: float
+) -> tuple[int, float]:
+    """Start ``fire(i, due)`` at ``due = start + offsets[i]`` (an open model: never waiting for an
+    answer before the next send); then wait at most ``wait_s`` for them, cancelling the rest.
+    Returns (how many were cancelled, seconds from start to the end)."""
+    start = time.perf_counter() + 0.05
+    tasks = []
+    for i, offset in enumerate(offsets):
+        due = start + offset
+        if (delay := due - time.perf_counter()) > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(fire(i, due)))
+    _, pending = await asyncio.wait(tasks, timeout=wait_s)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    return len(pending), time.perf_counter() - start
+
+
+def write_results(
+    out: Path,
+    results: dict[str, Any],
+    table: str,
+    *,
+    stem: str = "results",
+    plot: Callable[[dict[str, Any], Path], bool | None] | None = None,
+) -> None:
+    """``<stem>.json``, ``<stem>.md`` and, with ``plot`` and matplotlib, ``<stem>.png`` in ``out``;
+    the table printed."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
+    (out / f"{stem}.md").write_text(table)
+    plotted = plot is not None and plot(results, out / f"{stem}.png") is not False
+    print()
+    print(table)
+    written = f"written: {out}/{stem}.json, {stem}.md"
+    print(written + (f", {stem}.png" if plotted else "" if plot is None else " (no matplotlib: no plot)"))
+
+
 async def open_model(
     target: Target,
     rate: float,
@@ -542,18 +596,7 @@ async def open_model(
                 status = await attempt(target, http, i)
             done.append(((time.perf_counter() - due) * 1000, lag * 1000, status))
 
-        start = time.perf_counter() + 0.05
-        tasks = []
-        for i, offset in enumerate(offsets):
-            due = start + offset
-            if (delay := due - time.perf_counter()) > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(fire(i, due)))
-        _, pending = await asyncio.wait(tasks, timeout=timeout_s + 2)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-        elapsed = time.perf_counter() - start
+        unfinished, elapsed = await fire_on_schedule(offsets, fire, timeout_s + 2)
     statuses = Counter(s for _, _, s in done)
     latencies = [ms for ms, _, s in done if s != "error"]
     return {
@@ -561,8 +604,8 @@ async def open_model(
         "duration_s": round(elapsed, 2),
         "scheduled": n,
         "throughput_rps": round(len(latencies) / elapsed, 1),
-        "errors": statuses["error"] + len(pending),
-        "unfinished": len(pending),
+        "errors": statuses["error"] + unfinished,
+        "unfinished": unfinished,
         "partial": statuses["partial"],
         "from_cache": statuses["cached"],
         "max_send_lag_ms": round(max((lag for _, lag, _ in done), default=0.0), 1),
@@ -683,15 +726,6 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def write_outputs(results: dict[str, Any], out: Path) -> str:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
-    table = markdown(results)
-    (out / "results.md").write_text(table)
-    plot(results, out / "latency.png")
-    return table
 
 
 # ---------------------------------------------------------------- the run
@@ -909,9 +943,7 @@ def main() -> None:
         ap.error("--gap-rounds 0-100, --gap-round-s 0-600 s")
 
     results = with_processes("fhir-bench-", lambda procs, tmp: bench(args, procs, tmp))
-    print()
-    print(write_outputs(results, args.out))
-    print(f"written: {args.out}/results.json, results.md, latency.png")
+    write_results(args.out, results, markdown(results), plot=plot)
 
 
 if __name__ == "__main__":
