@@ -482,6 +482,45 @@ class BackendRun:
         self.result = SourceResult(self.client.settings.name, status, latency, detail)
 
 
+class _Deadline:
+    """Fan-out's deadline: resolves ``done`` when it passes. The facade's own time on answers as
+    they arrived (mapping long ones) is not a backend's lateness: it is given back first (as each
+    backend's budget is, ``BackendRun.expire``), so the deadline moves on by that much.
+
+    (An object that lets go of its timer when cancelled, not a closure that names itself to re-arm:
+    such a closure is a reference cycle that keeps all of the request's runs, tasks and answers
+    alive until the garbage collector finds them — tests/test_garbage.py.)"""
+
+    __slots__ = ("_credited", "_done", "_handle", "_loop", "_runs", "due")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        runs: Mapping[str, BackendRun],
+        done: asyncio.Future[None],
+        deadline_s: float,
+    ) -> None:
+        self._loop, self._runs, self._done = loop, runs, done
+        self.due = time.perf_counter() + deadline_s
+        self._credited = 0.0
+        self._handle: asyncio.TimerHandle | None = loop.call_later(deadline_s, self._passed)
+
+    def _passed(self) -> None:
+        owed = sum(run.own_s for run in self._runs.values()) - self._credited
+        if owed > 0.001:
+            self._credited += owed
+            self.due += owed
+            self._handle = self._loop.call_later(owed, self._passed)
+            return
+        self._handle = None
+        _resolve(self._done, None)
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
 def _resolve(future: asyncio.Future[T], value: T) -> None:
     if not future.done():
         future.set_result(value)
@@ -528,23 +567,7 @@ async def fan_out(
         name: clients[name].start(plan[name], contexts[name], on_answer, one_done, open_sink)
         for name in sorted(names, key=lambda n: clients[n].typical_ms, reverse=True)
     }
-    due = time.perf_counter() + deadline_s
-    credited = 0.0
-    timer: list[asyncio.TimerHandle] = []  # (the one armed now)
-
-    def at_deadline() -> None:
-        # the facade's own time on answers as they arrived (mapping long ones) is not a backend's
-        # lateness: given back first (as each backend's budget is, ``BackendRun.expire``)
-        nonlocal credited, due
-        owed = sum(run.own_s for run in runs.values()) - credited
-        if owed > 0.001:
-            credited += owed
-            due += owed
-            timer[0] = loop.call_later(owed, at_deadline)
-            return
-        _resolve(all_done, None)
-
-    timer.append(loop.call_later(deadline_s, at_deadline))
+    deadline = _Deadline(loop, runs, all_done, deadline_s)
     try:
         await all_done
     except asyncio.CancelledError:  # the request itself was cancelled: no backend is to blame
@@ -552,7 +575,8 @@ async def fan_out(
             run.abandon("cancelled", its_fault=False)
         raise
     finally:
-        timer[0].cancel()
+        deadline.cancel()
+    due = deadline.due
     if left:  # the deadline passed: whose fault is each share still out? (BackendRun.cut_off)
         stalled = time.perf_counter() - due > STALL_S
         for run in runs.values():
