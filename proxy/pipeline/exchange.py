@@ -16,11 +16,21 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from proxy.access import AccessDecision
 from proxy.pipeline.facade import Answer
 from proxy.store.base import ConsentRow
 from proxy.types import FhirDict, MappedResource, Principal, Query, SourceOutcome, Withheld
+
+
+class ConsentsRead(NamedTuple):
+    """The patient's consents and blocks, as the PDL stage reads them."""
+
+    rows: list[ConsentRow]
+    # the patient's page-snapshot generation (``proxy.paging``) they were read at: read with them,
+    # or before them, for an answer that may be kept as a snapshot (else, or unreadable: None)
+    generation: int | None
 
 
 @dataclass(slots=True)
@@ -37,10 +47,7 @@ class Exchange:
     # -- what the stages hand forward
     decision: AccessDecision | None = None
     fetch_types: frozenset[str] = frozenset()  # permitted types to fetch, referenced ones included
-    # the patient's page-snapshot generation (``proxy.paging``), read before the consents are
-    # (under PDL, for an answer that may be kept as a snapshot)
-    generation: asyncio.Future[int] | None = None
-    consents: asyncio.Future[list[ConsentRow]] | None = None  # read while the backends answer
+    consents: asyncio.Future[ConsentsRead] | None = None  # under PDL: read while the backends answer
     mapped: list[MappedResource] = field(default_factory=list)  # fetched, then PDL-readable only
     outcomes: list[SourceOutcome] = field(default_factory=list)  # one per source in the plan
     withheld: set[Withheld] = field(default_factory=set)  # the PDL hint's reasons

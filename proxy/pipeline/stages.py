@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Awaitable
 
 from proxy import paging
 from proxy.access import AccessDecision
@@ -23,14 +22,15 @@ from proxy.fhir.ids import holding_backend
 from proxy.fhir.searchparams import date_bounds, matches, params_for, resource_bounds
 from proxy.merge import lookalike
 from proxy.merge.facts import merge_in_turns
+from proxy.paging import SnapshotStore
 from proxy.pipeline import audit
-from proxy.pipeline.exchange import Exchange
+from proxy.pipeline.exchange import ConsentsRead, Exchange
 from proxy.pipeline.facade import Answer, Facade
 from proxy.pipeline.fetch import Narrowing
 from proxy.pipeline.fetch import fetch_and_map as fetch
 from proxy.redact.policy import redact_in_turns
 from proxy.slack import slice_ends
-from proxy.store.base import ConsentRow, StoreUnavailable
+from proxy.store.base import ConsentRow, Store, StoreUnavailable
 from proxy.timeutil import fhir_range
 from proxy.types import FhirDict, MappedResource, Principal, Query, SourceOutcome, Withheld
 
@@ -72,16 +72,10 @@ async def decide(facade: Facade, x: Exchange) -> bool:
 async def from_snapshot(facade: Facade, x: Exchange) -> bool:
     """A later page (the query carries a page token): read from the first page's snapshot
     (``proxy.paging``) — no backend asked, nothing mapped again — or 410 Gone when the token finds
-    none for this asker and search (expired, unknown, another's: one answer). A first page that may
-    be kept as a snapshot, read under PDL, reads the patient's snapshot generation now, before the
-    consents are read."""
+    none for this asker and search (expired, unknown, another's: one answer)."""
     assert x.query is not None and x.query.patient is not None
     query, patient, pages = x.query, x.query.patient.fhir_id, facade.pages
     if query.page_token is None:
-        assert x.decision is not None
-        if pages is not None and paging.may_keep(query) and x.decision.under_pdl:
-            x.generation = asyncio.ensure_future(pages.snapshot_generation(patient))
-            x.generation.add_done_callback(_retrieved)
         return True
     key = None if pages is None else paging.snapshot_key(query.page_token, _binding(x))
     window = None
@@ -125,16 +119,25 @@ async def consents(facade: Facade, x: Exchange) -> bool:
     if x.decision.under_pdl:
         if facade.store is None:
             raise StoreUnavailable("no consent store")
-        x.consents = asyncio.ensure_future(_after(x.generation, facade.store.consents(x.query.patient.pnr)))
+        x.consents = asyncio.ensure_future(_read_consents(facade.store, facade.pages, x.query))
     return True
 
 
-async def _after(first: asyncio.Future[int] | None, then: Awaitable[list[ConsentRow]]) -> list[ConsentRow]:
-    """``then``, once ``first`` is done (whatever its outcome): the snapshot generation is read
-    before the consents, so that a consent changed in between is a generation the snapshot lacks."""
-    if first is not None:
-        await asyncio.wait([first])
-    return await then
+async def _read_consents(store: Store, pages: SnapshotStore | None, query: Query) -> ConsentsRead:
+    """The consents, and for an answer that may be kept as a page snapshot the patient's snapshot
+    generation with them — in one statement where the snapshots are the store's, else read first —
+    so that a consent changed after them is a generation the snapshot lacks."""
+    assert query.patient is not None
+    pnr, patient = query.patient.pnr, query.patient.fhir_id
+    if pages is None or not paging.may_keep(query):
+        return ConsentsRead(await store.consents(pnr), None)
+    if pages is store:
+        return ConsentsRead(*await store.consents_at(pnr, patient))
+    try:
+        generation: int | None = await pages.snapshot_generation(patient)
+    except StoreUnavailable:  # (the snapshots' store: no snapshot is kept, later pages walk again)
+        generation = None
+    return ConsentsRead(await store.consents(pnr), generation)
 
 
 async def fetch_and_map(facade: Facade, x: Exchange) -> bool:
@@ -218,7 +221,7 @@ async def pdl(facade: Facade, x: Exchange) -> bool:
     decision = x.decision
     rules = pdl_rules.rules(
         x.principal,
-        (terms(c.resource) for c in await x.consents),
+        (terms(c.resource) for c in (await x.consents).rows),
         emergency=x.emergency_reason is not None,
         without_care_documentation=facade.settings.without_care_documentation,
         threat_register=facade.settings.access.threat_register,
@@ -312,14 +315,17 @@ async def keep_snapshot(facade: Facade, x: Exchange) -> bool:
         return True  # one page: nothing to keep
     now = facade.clock.time()
     # not past the next instant a consent or block of the patient comes into or goes out of force
-    boundaries = [] if x.consents is None else [b for c in x.consents.result() for b in _period(c)]
+    read = None if x.consents is None else x.consents.result()
+    boundaries = [] if read is None else [b for c in read.rows for b in _period(c)]
     token = paging.new_token()
     key = paging.snapshot_key(token, _binding(x))
     assert key is not None
     try:
-        # read before the consents were (``from_snapshot``); the patient's own reading does not
-        # depend on them: read now
-        generation = await (pages.snapshot_generation(patient) if x.generation is None else x.generation)
+        # read with the consents (``_read_consents``); the patient's own reading does not depend
+        # on them: read now
+        generation = await pages.snapshot_generation(patient) if read is None else read.generation
+        if generation is None:
+            raise StoreUnavailable("the snapshot generation could not be read")
         await paging.keep(
             pages,
             key,
@@ -355,12 +361,6 @@ def _binding(x: Exchange) -> bytes:
 def _period(row: ConsentRow) -> tuple[float | None, float | None]:
     t = terms(row.resource)
     return t.start, t.end
-
-
-def _retrieved(done: asyncio.Future[int]) -> None:
-    """A generation nobody needed in the end (one page) may have failed: not an unretrieved error."""
-    if not done.cancelled():
-        done.exception()
 
 
 def _selected(resource: FhirDict, query: Query) -> bool:

@@ -50,7 +50,7 @@ READING: tuple[Stage, ...] = tuple(
 
 async def run(facade: Facade, x: Exchange, walk: tuple[Stage, ...] = PATIENT_READ) -> Answer:
     """Walk ``x`` through ``walk`` and return its answer. A walk that ends in an error leaves
-    nothing running (the consents and the snapshot generation being read are cancelled)."""
+    nothing running (the consents being read are cancelled)."""
     hooks = facade.hooks
     try:
         for stage in walk:
@@ -61,9 +61,8 @@ async def run(facade: Facade, x: Exchange, walk: tuple[Stage, ...] = PATIENT_REA
             if not go_on:
                 break
     except BaseException:
-        for pending in (x.generation, x.consents):
-            if pending is not None:
-                pending.cancel()
+        if x.consents is not None:
+            x.consents.cancel()
         raise
     assert x.answer is not None, "the walk ended without an answer"
     x.degraded = x.answer.degraded

@@ -28,6 +28,14 @@ from typing import TYPE_CHECKING
 from proxy.hooks import AuditCommitted, AuditQueued, Hooks
 from proxy.types import FhirDict
 
+# ``Store.consents_at`` in SQL (PostgreSQL's placeholders; SQLite numbers them ?1, ?2): one row per
+# consent, or one of NULLs when there is none — each led by the patient's snapshot generation
+CONSENTS_AT = (
+    "SELECT COALESCE((SELECT generation FROM page_generation WHERE patient = $1), 0),"
+    " c.id, c.patient_pnr, c.status, c.version, c.resource"
+    " FROM (SELECT 1) AS one LEFT JOIN consent AS c ON c.patient_pnr = $2 ORDER BY c.seq"
+)
+
 if TYPE_CHECKING:
     from proxy.settings import StoreSettings
 
@@ -248,6 +256,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def consents(self, patient_pnr: str) -> list[ConsentRow]:
         """The patient's consents and blocks, any status, oldest first."""
+
+    @abc.abstractmethod
+    async def consents_at(self, patient_pnr: str, patient: str) -> tuple[list[ConsentRow], int]:
+        """``consents(patient_pnr)`` with the page-snapshot generation of ``patient`` (the opaque
+        id) they were read at, in one statement: a consent changed after them is a later generation."""
 
     # ---- page snapshots (``proxy.paging.SnapshotStore``: what each method promises) ---------------
 

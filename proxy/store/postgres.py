@@ -8,7 +8,15 @@ from collections.abc import Sequence
 import asyncpg
 import orjson
 
-from proxy.store.base import AS_PATIENT, NO_OUTCOME, AuditRecord, ConsentRow, Store, StoreUnavailable
+from proxy.store.base import (
+    AS_PATIENT,
+    CONSENTS_AT,
+    NO_OUTCOME,
+    AuditRecord,
+    ConsentRow,
+    Store,
+    StoreUnavailable,
+)
 from proxy.types import FhirDict
 
 SCHEMA = """
@@ -147,6 +155,10 @@ class PostgresStore(Store):
             patient_pnr,
         )
         return [ConsentRow(*r) for r in rows]
+
+    async def consents_at(self, patient_pnr: str, patient: str) -> tuple[list[ConsentRow], int]:
+        rows = await self._fetch(CONSENTS_AT, patient, patient_pnr)
+        return [ConsentRow(*tuple(r)[1:]) for r in rows if r[1] is not None], int(rows[0][0])
 
     # ---- page snapshots (proxy/paging.py: key is a hash, patient the opaque patient id) ----------
 

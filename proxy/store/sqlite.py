@@ -17,7 +17,15 @@ from typing import Any
 import aiosqlite
 import orjson
 
-from proxy.store.base import AS_PATIENT, NO_OUTCOME, AuditRecord, ConsentRow, Store, StoreUnavailable
+from proxy.store.base import (
+    AS_PATIENT,
+    CONSENTS_AT,
+    NO_OUTCOME,
+    AuditRecord,
+    ConsentRow,
+    Store,
+    StoreUnavailable,
+)
 from proxy.types import FhirDict
 
 SCHEMA = (
@@ -163,6 +171,10 @@ class SqliteStore(Store):
             patient_pnr,
         )
         return [_row(r) for r in rows]
+
+    async def consents_at(self, patient_pnr: str, patient: str) -> tuple[list[ConsentRow], int]:
+        rows = await self._fetch(CONSENTS_AT.replace("$", "?"), patient, patient_pnr)
+        return [_row(r[1:]) for r in rows if r[1] is not None], int(rows[0][0])
 
     # ---- page snapshots --------------------------------------------------------------------------
 

@@ -402,10 +402,11 @@ async def test_an_access_whose_completion_cannot_be_stored_stays_logged_as_begun
 
 
 def consents_unreadable(store: Store) -> None:
-    async def unreadable(pnr: str) -> Any:
+    async def unreadable(*_: str) -> Any:
         raise StoreUnavailable("consent read failed")
 
-    store.consents = unreadable  # type: ignore[method-assign]
+    # (alone, or with the page-snapshot generation)
+    store.consents = store.consents_at = unreadable  # type: ignore[method-assign]
 
 
 def first_audit_write_fails(store: Store) -> None:

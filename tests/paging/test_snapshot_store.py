@@ -3,6 +3,7 @@ facade's store) and Redis each keep, read, expire, sweep and drop snapshots alik
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from proxy import paging
-from proxy.store.base import SWEEP_EVERY_S
+from proxy.store.base import SWEEP_EVERY_S, ConsentRow
 from proxy.store.postgres import PostgresStore
 from proxy.store.sqlite import SqliteStore
 from proxy.types import SourceOutcome, SourceStatus, Withheld
@@ -33,14 +34,28 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         yield redis
         await redis.close()
         return
-    if request.param == "postgres":
+    async with opened(request.param, tmp_path) as sql:
+        yield sql
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def sql_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
+    async with opened(request.param, tmp_path) as sql:
+        yield sql
+
+
+@contextlib.asynccontextmanager
+async def opened(kind: str, tmp_path: Path) -> AsyncIterator[Any]:
+    if kind == "postgres":
         await reset_postgres()
         sql: Any = PostgresStore(postgres_dsn())
     else:
         sql = SqliteStore(tmp_path / "facade.sqlite")
     await sql.open()
-    yield sql
-    await sql.close()
+    try:
+        yield sql
+    finally:
+        await sql.close()
 
 
 async def keep(
@@ -124,3 +139,22 @@ async def _keys(store: Any) -> set[str]:
     if isinstance(store, SqliteStore):
         return {k for (k,) in await store._fetch("SELECT DISTINCT key FROM page_snapshot")}
     return {r[0] for r in await store._fetch("SELECT DISTINCT key FROM page_snapshot")}
+
+
+async def test_the_consents_are_read_with_the_generation_they_were_read_at(sql_store: Any) -> None:
+    """``Store.consents_at``: one statement, so a consent changed after it is a later generation."""
+    store = sql_store
+    assert await store.consents_at("191212121212", "p1") == ([], 0)
+    rows = [
+        ConsentRow(f"c{i}", "191212121212", "active", 1, {"resourceType": "Consent", "id": f"c{i}"})
+        for i in range(2)
+    ]
+    for row in rows:
+        await store.add_consent(row)
+    await store.add_consent(ConsentRow("other", "201212121212", "active", 1, {"resourceType": "Consent"}))
+    await store.drop_snapshots("p1")
+    await store.drop_snapshots("p1")
+    assert await store.consents_at("191212121212", "p1") == (rows, 2)
+    assert await store.consents_at("191212121212", "p2") == (rows, 0)
+    assert await store.consents_at("191212121213", "p1") == ([], 2)
+    assert await store.consents("191212121212") == rows
