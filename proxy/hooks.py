@@ -77,7 +77,8 @@ class SourceFailed:
 
 @dataclass(frozen=True, slots=True)
 class AnswerMapped:
-    """One backend answer was mapped to FHIR."""
+    """A backend's answers to one request were mapped to FHIR: the resources they made, and the
+    time mapping them took (all of it: answers are mapped one by one as they arrive)."""
 
     backend: str
     records: int

@@ -118,7 +118,7 @@ class Metrics:
         )
         self.mapping_seconds = Histogram(
             "fhir_facade_mapping_duration_seconds",
-            "Time to map one backend answer",
+            "Time to map a backend's answers to one request",
             ["backend"],
             buckets=_MAPPING_BUCKETS,
             registry=r,

@@ -179,6 +179,7 @@ async def ask(
     contexts = {name: context(facade, name, patient) for name in to_fetch}
     priority = {name: i for i, name in enumerate(facade.settings.source_priority)}
     answers: dict[str, dict[str, MappedAnswer]] = {name: {} for name in to_fetch}
+    mapping: dict[str, tuple[int, float]] = {}  # per backend that answered: resources made, ms it took
 
     def map_one(source: str, spec: RequestSpec, body: bytes | AnswerSink | None) -> None:
         # by every mapping that reads the answer, whatever type it makes: one cache entry per
@@ -203,8 +204,8 @@ async def ask(
             answers[source][spec.key] = mapped = MappedAnswer([], readable=False)
         took = before + (time.perf_counter() - started) * 1000
         facade.clients[source].handled(spec.learning_key, took)
-        if hooks.wants(AnswerMapped):  # (no event built when nobody listens)
-            hooks.emit(AnswerMapped(source, len(mapped.resources), took))
+        records, ms = mapping.get(source, (0, 0.0))
+        mapping[source] = (records + len(mapped.resources), ms + took)
 
     jobs: list[SlackJob] = []
 
@@ -236,6 +237,9 @@ async def ask(
         raise
     for job in jobs:  # what the slack has not mapped yet is mapped now
         job.run()
+    if hooks.wants(AnswerMapped):  # (one event a backend, not one an answer: 23 metric updates less)
+        for source, (records, took) in mapping.items():
+            hooks.emit(AnswerMapped(source, records, took))
     return results, answers
 
 

@@ -69,6 +69,9 @@ async def test_a_scrape_after_a_faulty_backend_request_shows_that_backends_failu
     assert got[("fhir_facade_backend_call_duration_seconds_count", (("backend", "npo"),))] == 1
     assert got[("fhir_facade_breaker_state", (("backend", "npo"),))] == 0  # closed: one failure of 5
     assert got[("fhir_facade_mapped_records_total", (("backend", "cosmic"),))] > 0
+    # mapping: one observation a backend that answered, per request (not one an answer)
+    assert got[("fhir_facade_mapping_duration_seconds_count", (("backend", "cosmic"),))] == 1
+    assert ("fhir_facade_mapping_duration_seconds_count", (("backend", "npo"),)) not in got
     assert got[("fhir_facade_audit_commits_total", (("result", "ok"),))] >= 1
     assert_patient_free(text)
 
