@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import uuid
 from typing import Any
@@ -201,3 +202,18 @@ def test_an_id_that_could_hold_a_personnummer_is_never_kept_or_minted(
     drawn = iter([digits, letters])
     monkeypatch.setattr(trace.uuid, "uuid4", lambda: next(drawn))
     assert trace.mint_request_id() == letters.hex
+
+
+def test_workers_forked_from_one_parent_draw_different_parent_ids() -> None:
+    """``serve --workers N`` forks its workers: each must draw its own parent-ids, not the parent's."""
+    parent = trace.Trace("req", "4bf92f3577b34da6a3ce929d0e0e4736")
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # the worker: its first parent-id, to the test
+        os.write(write, parent.outgoing()["traceparent"].encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(child, 0)
+    childs = os.read(read, 100).decode()
+    os.close(read)
+    assert TRACEPARENT.match(childs) and childs != parent.outgoing()["traceparent"]
