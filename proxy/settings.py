@@ -204,6 +204,26 @@ class AdmissionSettings:
     retry_after_s: int = 1  # what a refused client is told to wait
 
 
+# What a client may write through the facade (issue 22: a home visit documented once): these types.
+WRITABLE_TYPES = ("Encounter", "Observation", "DocumentReference", "MedicationAdministration")
+
+
+@dataclass(frozen=True, slots=True)
+class WritesSettings:
+    """Who may write which types, and to which backends (``writes.policy``): audience → type →
+    targets. Fail closed: an audience or type not listed writes nothing, and the patient's audience
+    can be given nothing (the patient writes no clinical data)."""
+
+    policy: tuple[tuple[str, tuple[tuple[str, tuple[str, ...]], ...]], ...] = ()
+
+    def targets(self, audience: str, resource_type: str) -> tuple[str, ...]:
+        """The backends a resource of ``resource_type`` written by ``audience`` goes to (none: refused)."""
+        for name, types in self.policy:
+            if name == audience:
+                return next((targets for t, targets in types if t == resource_type), ())
+        return ()
+
+
 # The backend var naming the ambulance service whose care unit the threat mapping gives every flag.
 THREAT_UNIT_VAR = "ambulance_service_hsa_id"
 
@@ -255,6 +275,7 @@ class Settings:
     http: HttpSettings = field(default_factory=HttpSettings)
     paging: PagingSettings = field(default_factory=PagingSettings)
     admission: AdmissionSettings = field(default_factory=AdmissionSettings)
+    writes: WritesSettings = field(default_factory=WritesSettings)
 
     def backend(self, name: str) -> BackendSettings:
         for b in self.backends:
@@ -346,6 +367,7 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
             "audiences",
             "paging",
             "admission",
+            "writes",
         },
     )
 
@@ -597,6 +619,7 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
     http = _http_settings(r, top.get("http"))
     paging = _paging(r, top.get("paging"))
     admission = _admission(r, top.get("admission"))
+    writes = _writes(r, top.get("writes"), audiences, {b.name for b in backends})
 
     given_mappings = top.get("mappings_dir")
     mappings_dir = (path.parent / str(given_mappings)).resolve() if given_mappings else DEFAULT_MAPPINGS
@@ -615,6 +638,7 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
         http=http,
         paging=paging,
         admission=admission,
+        writes=writes,
         patient_id_key=key,
         auth=r.section(top.get("auth"), "auth", {"issuers", "leeway_s", "audience", "max_token_lifetime_s"}),
         policy=r.section(top.get("policy"), "policy", {"labels", "audiences", "protected_identity"}),
@@ -743,6 +767,35 @@ def _http_settings(r: _Reader, data: Any) -> HttpSettings:
         gzip=z.get("gzip", True),
         gzip_min_bytes=r.integer(z, "min_bytes", "http.compression", 1024, 0, 1 << 30),
     )
+
+
+def _writes(r: _Reader, data: Any, audiences: Audiences, backends: set[str]) -> WritesSettings:
+    w = r.section(data, "writes", {"policy"})
+    policy = w.get("policy") or {}
+    if not isinstance(policy, dict):
+        raise r.fail("writes.policy", "expects a mapping: audience -> resource type -> [backends]")
+    out = []
+    for name, types in policy.items():
+        where = f"writes.policy.{name}"
+        audience = audiences.get(name)
+        if audience is None:
+            raise r.fail(where, "is not a configured audience")
+        if audience.is_patient:
+            raise r.fail(where, "the patient writes no clinical data through the facade")
+        if not isinstance(types, dict) or not types:
+            raise r.fail(where, "expects a mapping: resource type -> [backends]")
+        granted = []
+        for rtype, targets in types.items():
+            if rtype not in WRITABLE_TYPES:
+                raise r.fail(f"{where}.{rtype}", f"is not writable (one of {', '.join(WRITABLE_TYPES)})")
+            if not isinstance(targets, list) or not targets or len(set(targets)) != len(targets):
+                raise r.fail(f"{where}.{rtype}", "expects a list of distinct backends")
+            unknown = [t for t in targets if t not in backends]
+            if unknown:
+                raise r.fail(f"{where}.{rtype}", f"unknown backend(s): {', '.join(map(str, unknown))}")
+            granted.append((rtype, tuple(targets)))
+        out.append((name, tuple(granted)))
+    return WritesSettings(policy=tuple(out))
 
 
 def _admission(r: _Reader, data: Any) -> AdmissionSettings:

@@ -32,6 +32,11 @@ def test_the_shipped_config_loads() -> None:
     assert [b.name for b in s.backends] == ["cosmic", "viva", "npo"]
     assert s.backend("npo").vars == (("logical_address", "SE165565594230-1000"),)
     assert s.paging.snapshots and s.paging.snapshot_ttl_s == 300
+    # writes: home care to Viva and Cosmic, the ambulance to Cosmic; nobody else, nothing else
+    assert s.writes.targets("homecare", "Encounter") == ("viva", "cosmic")
+    assert s.writes.targets("ambulance", "Observation") == ("cosmic",)
+    assert s.writes.targets("clinician", "Observation") == () == s.writes.targets("patient", "Encounter")
+    assert s.writes.targets("homecare", "Condition") == ()
 
 
 def test_a_config_elsewhere_without_mappings_dir_uses_the_shipped_mappings(tmp_path: Path) -> None:
@@ -82,6 +87,13 @@ def test_the_default_config_of_an_installed_wheel_keeps_its_store_in_the_users_s
         ({"paging.ttl_s": 60}, "paging"),
         ({"facade.max_answer_bytes": 1024 * 1024 - 1}, "facade.max_answer_bytes"),  # below max_body_bytes
         ({"cache.max_bytes": "a lot"}, "cache.max_bytes"),
+        ({"writes.policy.patient": {"Observation": ["cosmic"]}}, "writes.policy.patient"),
+        ({"writes.policy.nobody": {"Observation": ["cosmic"]}}, "writes.policy.nobody"),
+        ({"writes.policy.homecare.Condition": ["cosmic"]}, "writes.policy.homecare.Condition"),
+        ({"writes.policy.homecare.Encounter": ["elsewhere"]}, "writes.policy.homecare.Encounter"),
+        ({"writes.policy.homecare.Encounter": ["viva", "viva"]}, "writes.policy.homecare.Encounter"),
+        ({"writes.policy.homecare.Encounter": []}, "writes.policy.homecare.Encounter"),
+        ({"writes.who": {}}, "writes"),
     ],
 )
 def test_bad_config_names_file_and_key(tmp_path: Path, change: dict, key: str) -> None:  # type: ignore[type-arg]
