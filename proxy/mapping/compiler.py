@@ -72,6 +72,8 @@ class CompiledMapping:
     digest: str = field(default="", compare=False)
     # the ``select`` path as written: what the incremental decoder plans from (proxy.mapping.stream)
     select_path: str = ""
+    # the keys an answer must hold for an empty selection to mean "no records" (``answer_keys``)
+    required: tuple[str, ...] = ()
 
     def stable_id(self, patient_id: str, record_id: str) -> str:
         return stable_id(self.ids, patient_id, self.backend, self.name, record_id)
@@ -174,7 +176,22 @@ def compile_mapping(
         references=frozenset(c.ref_types),
         digest=mapping_digest(backend, name, doc, {n: code_maps[n] for n in c.code_maps_used}),
         select_path=doc["select"].strip() if isinstance(doc["select"], str) else "",
+        required=answer_keys(doc["select"], request.format),
     )
+
+
+def answer_keys(select: Any, fmt: str) -> tuple[str, ...]:
+    """What an answer must hold for an empty selection to be "no records" rather than a broken
+    answer: the select path's leading dotted keys. A JSON dialect says "none" with the list there
+    and empty, so all of them; in XML zero repetitions of an element are no element, so all but the
+    record element itself (its parent, e.g. the RIVTA response element, must be there)."""
+    if not isinstance(select, str):
+        return ()
+    head = select.strip().removeprefix("$").removeprefix(".")
+    cut = min((i for i in (head.find("["), head.find("..")) if i >= 0), default=-1)
+    whole = cut < 0
+    keys = tuple(k for k in (head if whole else head[:cut]).split(".") if k)
+    return keys[:-1] if fmt == "xml" and whole else keys
 
 
 def mapping_digest(backend: str, name: str, doc: Any, code_maps: Mapping[str, Any]) -> str:

@@ -50,9 +50,20 @@ def map_records(
     out: list[MappedResource] = []
     skipped = 0
     system = record_id_system(mapping.name)
-    for record in mapping.select(body):
+    records = mapping.select(body)
+    if not records and not _holds(body, mapping.required):
+        raise ValueError("the answer lacks the list its mapping selects")  # (a broken answer, not "none")
+    for record in records:
         skipped += map_record(mapping, record, ctx, source_uri, priority, system, out)
     return out, skipped
+
+
+def _holds(body: Any, keys: tuple[str, ...]) -> bool:
+    for key in keys:
+        if not isinstance(body, dict) or key not in body:
+            return False
+        body = body[key]
+    return True
 
 
 def map_record(
