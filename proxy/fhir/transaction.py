@@ -471,11 +471,11 @@ class _Check:
         if regex:
             return issue("value", f"Not a valid FHIR {regex.group(1)}", expression=where)
         names = _CHOICE_NAMES.findall(msg)
-        if kind == "value_error" and names:  # a choice element [x]: none where one is required, or two
-            stem = names[0]
-            for name in names[1:]:
-                while not name.startswith(stem):
-                    stem = stem[:-1]
+        stem = names[0] if names else ""
+        for name in names[1:]:
+            while not name.startswith(stem):
+                stem = stem[:-1]
+        if kind == "value_error" and stem:  # a choice element [x]: none where one is required, or two
             what = (
                 "one value is required"
                 if msg.startswith("Value error, Expect")
@@ -526,7 +526,9 @@ class _Check:
                 continue
             if ref.startswith("#"):
                 self.fail(
-                    "not-found", f"{path}.reference", "Contained resources are not accepted to refer to"
+                    "not-found",
+                    f"{path}.reference",
+                    "A local reference (#) needs a contained resource: those are not accepted",
                 )
             elif ref.startswith("urn:uuid:"):
                 if ref not in urls:
