@@ -32,3 +32,16 @@ def bad_request(message: str) -> FhirError:
 
 def not_found(message: str = "Resource not found") -> FhirError:
     return FhirError(404, "not-found", message)
+
+
+def issue(code: str, text: str, *, expression: str | None = None, severity: str = "error") -> FhirDict:
+    """One OperationOutcome issue; ``expression``: the FHIRPath of the element it is about."""
+    out: FhirDict = {"severity": severity, "code": code, "diagnostics": text}
+    if expression is not None:
+        out["expression"] = [expression]
+    return out
+
+
+def outcome(issues: list[FhirDict]) -> FhirDict:
+    """An OperationOutcome of issues made by ``issue``."""
+    return {"resourceType": "OperationOutcome", "issue": issues}
