@@ -146,7 +146,13 @@ def encode_requests(requests: Sequence[PartRequest]) -> bytes:
     """A part's requests as one JSON column (bodies base64: they are bytes)."""
     return orjson.dumps(
         [
-            [r.method, r.path, [list(h) for h in r.headers], base64.b64encode(r.body).decode(), r.idempotency_key]
+            [
+                r.method,
+                r.path,
+                [list(h) for h in r.headers],
+                base64.b64encode(r.body).decode(),
+                r.idempotency_key,
+            ]
             for r in requests
         ]
     )
@@ -388,7 +394,9 @@ class Store(abc.ABC):
         """The transaction with every part's current state, its parts in the order enqueued."""
 
     @abc.abstractmethod
-    async def claim(self, now: float, lease_s: float, limit: int, worker: str) -> list[tuple[str, OutboxPart]]:
+    async def claim(
+        self, now: float, lease_s: float, limit: int, worker: str
+    ) -> list[tuple[str, OutboxPart]]:
         """At most ``limit`` (transaction id, part) of pending parts that are due (``next_attempt``
         <= now) and not leased, or whose lease ran out (a worker that died mid-delivery), the
         longest due first; each leased to ``worker`` until now + lease_s. No two claimers, in any

@@ -309,10 +309,10 @@ class SqliteStore(Store):
                     ],
                 )
                 return txn
-            rows = await db.execute_fetchall(
+            (winner,) = await db.execute_fetchall(
                 "SELECT id FROM outbox_transaction WHERE identifier = ?", (txn.identifier,)
             )
-        stored = await self.outbox_transaction(str(list(rows)[0][0]))
+        stored = await self.outbox_transaction(str(winner[0]))
         if stored is None:  # (a stored transaction is never deleted)
             raise StoreUnavailable("outbox transaction vanished")
         return stored
@@ -338,12 +338,14 @@ class SqliteStore(Store):
             tuple(outbox_part(p) for p in parts),
         )
 
-    async def claim(self, now: float, lease_s: float, limit: int, worker: str) -> list[tuple[str, OutboxPart]]:
+    async def claim(
+        self, now: float, lease_s: float, limit: int, worker: str
+    ) -> list[tuple[str, OutboxPart]]:
         async with self._immediate() as db:
             rows = await db.execute_fetchall(
                 f"SELECT seq, txn_id, {OUTBOX_PART_COLUMNS} FROM outbox_part"
-                " WHERE state = 'pending' AND next_attempt <= ? AND (claimed_until IS NULL OR claimed_until <= ?)"
-                " ORDER BY next_attempt, seq LIMIT ?",
+                " WHERE state = 'pending' AND next_attempt <= ?"
+                " AND (claimed_until IS NULL OR claimed_until <= ?) ORDER BY next_attempt, seq LIMIT ?",
                 (now, now, limit),
             )
             rows = list(rows)
