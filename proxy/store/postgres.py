@@ -58,6 +58,15 @@ CREATE TABLE IF NOT EXISTS outbox_part (
 CREATE INDEX IF NOT EXISTS outbox_part_by_txn ON outbox_part (txn_id);
 CREATE INDEX IF NOT EXISTS outbox_part_due ON outbox_part (next_attempt, seq) WHERE state = 'pending';
 """
+# Store.claim: the due parts, each locked as it is picked (one another claimer has locked is
+# skipped), leased in the same statement; the rows are returned with their transaction's id.
+_CLAIM = (
+    "WITH due AS (SELECT seq FROM outbox_part WHERE state = 'pending' AND next_attempt <= $1"
+    " AND (claimed_until IS NULL OR claimed_until <= $1) ORDER BY next_attempt, seq LIMIT $2"
+    " FOR UPDATE SKIP LOCKED)"
+    " UPDATE outbox_part AS p SET claimed_by = $3, claimed_until = $4 FROM due WHERE p.seq = due.seq"
+    " RETURNING p.seq, p.txn_id, " + ", ".join("p." + c for c in OUTBOX_PART_COLUMNS.split(", "))
+)
 # Several workers may start at once: creating the schema is serialised on an advisory lock.
 _SCHEMA_LOCK = 0x66686972
 
@@ -310,18 +319,12 @@ class PostgresStore(Store):
         # One statement, one transaction: the rows are locked as they are picked (a row another
         # claimer has locked is skipped; one whose claim committed meanwhile is re-checked against
         # the WHERE and left out) and leased before the locks are released.
-        rows = await self._fetch(
-            "WITH due AS (SELECT seq FROM outbox_part WHERE state = 'pending' AND next_attempt <= $1"
-            " AND (claimed_until IS NULL OR claimed_until <= $1) ORDER BY next_attempt, seq LIMIT $2"
-            " FOR UPDATE SKIP LOCKED)"
-            " UPDATE outbox_part AS p SET claimed_by = $3, claimed_until = $4 FROM due WHERE p.seq = due.seq"
-            f" RETURNING p.seq, p.txn_id, {', '.join('p.' + c for c in OUTBOX_PART_COLUMNS.split(', '))}",
-            now,
-            limit,
-            worker,
-            now + lease_s,
-        )
-        rows.sort(key=lambda r: (r["next_attempt"], r["seq"]))  # (RETURNING keeps no order)
+        try:
+            async with self.pool.acquire() as conn:
+                rows = await conn.fetch(_CLAIM, now, limit, worker, now + lease_s)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreUnavailable(f"outbox claim failed ({type(exc).__name__})") from None
+        rows = sorted(rows, key=lambda r: (r["next_attempt"], r["seq"]))  # (RETURNING keeps no order)
         return [(str(r["txn_id"]), outbox_part(tuple(r)[2:])) for r in rows]
 
     async def _outcome(self, sql: str, *args: object) -> bool:

@@ -131,6 +131,7 @@ async def test_a_second_enqueue_of_an_identifier_writes_nothing_and_returns_the_
     again = transaction("sys|visit-1", targets=("viva", "cosmic", "npo"))  # another id, digest, parts
     assert await store.enqueue(first) == first
     assert await store.enqueue(again) == first
+    assert await store.enqueue(first) == first  # the very same again (an enqueue retried): as well
     assert await store.outbox_transaction(again.id) is None
     claimed = await store.claim(NOW, LEASE, 100, "w1")
     assert sorted(part_ids(claimed)) == sorted(p.id for p in first.parts)  # none of the second's parts
