@@ -222,6 +222,19 @@ class WritesSettings:
             if name == audience:
                 return next((targets for t, targets in types if t == resource_type), ())
         return ()
+@dataclass(frozen=True, slots=True)
+class OutboxSettings:
+    """The outbox of accepted writes (proxy/store) and the workers that deliver it to the targets."""
+
+    # a claimed part is its worker's this long; then another may take it (the worker died). Longer
+    # than any one delivery takes, or a slow one is sent twice (the idempotency key makes it harmless)
+    lease_s: float = 60.0
+    claim_limit: int = 16  # parts a worker claims at once
+    max_attempts: int = 10  # tries of a part that keeps failing for a while, then it is parked
+    backoff_base_s: float = 1.0  # the wait after the first failed try (at most: full jitter)
+    backoff_cap_s: float = 300.0  # the longest wait between tries
+    poll_s: float = 1.0  # how often an idle worker looks for due parts
+    wait_s: float = 2.0  # how long a POST waits for every target before it answers 202 (0: at once)
 
 
 # The backend var naming the ambulance service whose care unit the threat mapping gives every flag.
@@ -276,6 +289,7 @@ class Settings:
     paging: PagingSettings = field(default_factory=PagingSettings)
     admission: AdmissionSettings = field(default_factory=AdmissionSettings)
     writes: WritesSettings = field(default_factory=WritesSettings)
+    outbox: OutboxSettings = field(default_factory=OutboxSettings)
 
     def backend(self, name: str) -> BackendSettings:
         for b in self.backends:
@@ -368,6 +382,7 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
             "paging",
             "admission",
             "writes",
+            "outbox",
         },
     )
 
@@ -620,6 +635,7 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
     paging = _paging(r, top.get("paging"))
     admission = _admission(r, top.get("admission"))
     writes = _writes(r, top.get("writes"), audiences, {b.name for b in backends})
+    outbox = _outbox(r, top.get("outbox"), backends)
 
     given_mappings = top.get("mappings_dir")
     mappings_dir = (path.parent / str(given_mappings)).resolve() if given_mappings else DEFAULT_MAPPINGS
@@ -639,6 +655,7 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
         paging=paging,
         admission=admission,
         writes=writes,
+        outbox=outbox,
         patient_id_key=key,
         auth=r.section(top.get("auth"), "auth", {"issuers", "leeway_s", "audience", "max_token_lifetime_s"}),
         policy=r.section(top.get("policy"), "policy", {"labels", "audiences", "protected_identity"}),
@@ -809,4 +826,28 @@ def _admission(r: _Reader, data: Any) -> AdmissionSettings:
         max_queue=r.integer(a, "max_queue", "admission", d.max_queue, 0, 100_000),
         max_wait_s=r.number(a, "max_wait_s", "admission", d.max_wait_s, 0.001, 60),
         retry_after_s=r.integer(a, "retry_after_s", "admission", d.retry_after_s, 1, 3600),
+    )
+
+
+def _outbox(r: _Reader, data: Any, backends: list[BackendSettings]) -> OutboxSettings:
+    o = r.section(
+        data,
+        "outbox",
+        {"lease_s", "claim_limit", "max_attempts", "backoff_base_s", "backoff_cap_s", "poll_s", "wait_s"},
+    )
+    d = OutboxSettings()
+    lease = r.number(o, "lease_s", "outbox", d.lease_s, 1, 3600)
+    # a lease shorter than one request may take runs out mid-delivery: every slow part sent twice
+    slowest = max(backends, key=lambda b: b.total_timeout_s)
+    if lease <= slowest.total_timeout_s:
+        raise r.fail("outbox.lease_s", f"expects more than backends.{slowest.name}.timeout.total_s")
+    base = r.number(o, "backoff_base_s", "outbox", d.backoff_base_s, 0.001, 3600)
+    return OutboxSettings(
+        lease_s=lease,
+        claim_limit=r.integer(o, "claim_limit", "outbox", d.claim_limit, 1, 1000),
+        max_attempts=r.integer(o, "max_attempts", "outbox", d.max_attempts, 1, 1000),
+        backoff_base_s=base,
+        backoff_cap_s=r.number(o, "backoff_cap_s", "outbox", max(d.backoff_cap_s, base), base, 86_400),
+        poll_s=r.number(o, "poll_s", "outbox", d.poll_s, 0.01, 60),
+        wait_s=r.number(o, "wait_s", "outbox", d.wait_s, 0, 60),
     )

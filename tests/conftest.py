@@ -154,7 +154,10 @@ async def reset_postgres() -> None:
 
     conn = await asyncpg.connect(postgres_dsn())  # no PostgreSQL is a failure here, not a skip
     try:
-        await conn.execute("DROP TABLE IF EXISTS audit_event, consent, page_snapshot, page_generation")
+        await conn.execute(
+            "DROP TABLE IF EXISTS audit_event, consent, page_snapshot, page_generation,"
+            " outbox_part, outbox_transaction"
+        )
     finally:
         await conn.close()
 

@@ -94,6 +94,14 @@ def test_the_default_config_of_an_installed_wheel_keeps_its_store_in_the_users_s
         ({"writes.policy.homecare.Encounter": ["viva", "viva"]}, "writes.policy.homecare.Encounter"),
         ({"writes.policy.homecare.Encounter": []}, "writes.policy.homecare.Encounter"),
         ({"writes.who": {}}, "writes"),
+        ({"outbox.lease_s": 0}, "outbox.lease_s"),
+        ({"outbox.lease_s": 4}, "outbox.lease_s"),  # not longer than npo's total_s: 4
+        ({"outbox.claim_limit": 0}, "outbox.claim_limit"),
+        ({"outbox.max_attempts": 2.5}, "outbox.max_attempts"),
+        ({"outbox.backoff_base_s": 10, "outbox.backoff_cap_s": 5}, "outbox.backoff_cap_s"),
+        ({"outbox.poll_s": "often"}, "outbox.poll_s"),
+        ({"outbox.wait_s": -1}, "outbox.wait_s"),
+        ({"outbox.retries": 3}, "outbox"),
     ],
 )
 def test_bad_config_names_file_and_key(tmp_path: Path, change: dict, key: str) -> None:  # type: ignore[type-arg]
@@ -165,3 +173,32 @@ def test_the_answer_and_cache_budgets_are_read(tmp_path: Path) -> None:
         )
     )
     assert (s.facade.max_body_bytes, s.facade.max_answer_bytes, s.cache.max_bytes) == (4096, 8192, 65536)
+
+
+def test_the_outbox_settings_are_read(tmp_path: Path) -> None:
+    from proxy.settings import OutboxSettings
+
+    shipped = load_settings().outbox
+    assert shipped == OutboxSettings()  # the shipped file says what the defaults are
+    assert (shipped.lease_s, shipped.wait_s, shipped.max_attempts) == (60.0, 2.0, 10)
+    s = load_settings(
+        config_with(
+            tmp_path,
+            {
+                "outbox": {
+                    "lease_s": 30,
+                    "claim_limit": 4,
+                    "max_attempts": 3,
+                    "backoff_base_s": 0.5,
+                    "backoff_cap_s": 20,
+                    "poll_s": 0.2,
+                    "wait_s": 0,
+                }
+            },
+        )
+    ).outbox
+    assert s == OutboxSettings(30.0, 4, 3, 0.5, 20.0, 0.2, 0.0)
+    # left out: the defaults (the cap never below the base given)
+    assert load_settings(config_with(tmp_path, {"outbox": None})).outbox == OutboxSettings()
+    low = load_settings(config_with(tmp_path, {"outbox": {"backoff_base_s": 600}})).outbox
+    assert (low.backoff_base_s, low.backoff_cap_s) == (600.0, 600.0)

@@ -12,18 +12,28 @@ completed); a completed event stays. Reads of the access log see every event sub
 Consents are few and written one at a time. Page snapshots (``proxy.paging``) are short-lived
 rows of compressed answer parts, found by a key that is a hash; the expired ones are swept on a
 write now and then.
+
+The outbox keeps each accepted write (``OutboxTransaction``: one part per target, each with the
+requests that deliver it) until every target has it: enqueued in one database transaction before
+the answer, then claimed part by part under a lease by whichever worker (process or host) is free.
+A worker that dies mid-delivery leaves its lease to run out; the part is claimed again, and the
+target's idempotency key makes the second send harmless.
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
+import base64
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal
+
+import orjson
 
 from proxy.hooks import AuditCommitted, AuditQueued, Hooks
 from proxy.types import FhirDict
@@ -89,6 +99,96 @@ class ConsentRow:
     status: str
     version: int
     resource: FhirDict
+
+
+PartState = Literal["pending", "delivered", "parked"]
+
+
+@dataclass(frozen=True, slots=True)
+class PartRequest:
+    """One HTTP request of a part, as rendered: sent again as it is after a restart."""
+
+    method: str
+    path: str
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+    idempotency_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxPart:
+    """What one target must be sent of a transaction, and how far its delivery has come."""
+
+    id: str
+    target: str  # the backend's name
+    requests: tuple[PartRequest, ...]
+    state: PartState = "pending"
+    attempts: int = 0  # deliveries tried (each outcome recorded counts one)
+    next_attempt: float = 0.0  # epoch seconds: not claimed before
+    reason: str | None = None  # why the last try failed (retry) or why the part was parked
+    delivered_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxTransaction:
+    """An accepted write: the client's Bundle (by identifier and digest) and one part per target."""
+
+    id: str  # the Task id (uuid hex)
+    identifier: str  # Bundle.identifier "system|value": one transaction per identifier, ever
+    digest: str  # sha256 hex of the Bundle as received (same identifier, other digest: a conflict)
+    patient: str  # the opaque patient id
+    created: float
+    entries: bytes  # JSON the facade keeps about the entries (their types and minted ids)
+    parts: tuple[OutboxPart, ...]
+
+
+def encode_requests(requests: Sequence[PartRequest]) -> bytes:
+    """A part's requests as one JSON column (bodies base64: they are bytes)."""
+    return orjson.dumps(
+        [
+            [
+                r.method,
+                r.path,
+                [list(h) for h in r.headers],
+                base64.b64encode(r.body).decode(),
+                r.idempotency_key,
+            ]
+            for r in requests
+        ]
+    )
+
+
+def decode_requests(data: bytes) -> tuple[PartRequest, ...]:
+    return tuple(
+        PartRequest(m, p, tuple((str(k), str(v)) for k, v in h), base64.b64decode(b), key)
+        for m, p, h, b, key in orjson.loads(data)
+    )
+
+
+def outbox_part(row: Sequence[Any]) -> OutboxPart:
+    """An OutboxPart from the columns ``OUTBOX_PART_COLUMNS`` (both stores select them in this order)."""
+    pid, target, requests, state, attempts, next_attempt, reason, delivered_at = row
+    return OutboxPart(
+        str(pid),
+        str(target),
+        decode_requests(bytes(requests)),
+        state,
+        int(attempts),
+        float(next_attempt),
+        reason,
+        None if delivered_at is None else float(delivered_at),
+    )
+
+
+OUTBOX_PART_COLUMNS = "id, target, requests, state, attempts, next_attempt, reason, delivered_at"
+
+
+def backoff(attempt: int, base_s: float, cap_s: float, rng: random.Random) -> float:
+    """Seconds to wait before the next try after ``attempt`` failed tries (1 after the first):
+    exponential with full jitter — uniform in [0, min(cap, base * 2^(attempt-1))] — so that the
+    parts a target's outage failed together do not all come back at once."""
+    ceiling = min(cap_s, base_s * 2.0 ** min(max(attempt - 1, 0), 60))
+    return rng.uniform(0.0, ceiling)
 
 
 class Store(abc.ABC):
@@ -279,6 +379,43 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def drop_snapshots(self, patient: str) -> None: ...
+
+    # ---- the outbox (issue 22: writes delivered to each target exactly once) ---------------------
+
+    @abc.abstractmethod
+    async def enqueue(self, txn: OutboxTransaction) -> OutboxTransaction:
+        """Store the transaction and all its parts in one database transaction, or nothing
+        (StoreUnavailable). If a transaction with the same ``identifier`` is stored already, nothing
+        is written and that one is returned (the caller compares the digest); two enqueues of one
+        identifier at once, from any workers or hosts: one is stored, both get it."""
+
+    @abc.abstractmethod
+    async def outbox_transaction(self, txn_id: str) -> OutboxTransaction | None:
+        """The transaction with every part's current state, its parts in the order enqueued."""
+
+    @abc.abstractmethod
+    async def claim(
+        self, now: float, lease_s: float, limit: int, worker: str
+    ) -> list[tuple[str, OutboxPart]]:
+        """At most ``limit`` (transaction id, part) of pending parts that are due (``next_attempt``
+        <= now) and not leased, or whose lease ran out (a worker that died mid-delivery), the
+        longest due first; each leased to ``worker`` until now + lease_s. No two claimers, in any
+        process or host, get one part while its lease runs. ``worker`` must name this claimer only."""
+
+    @abc.abstractmethod
+    async def delivered(self, part_id: str, now: float, worker: str) -> bool:
+        """The target has the part. Only while ``worker`` holds the part's lease (or held it last and
+        nobody claimed it since): else nothing changes and False."""
+
+    @abc.abstractmethod
+    async def retry(self, part_id: str, next_attempt: float, reason: str, worker: str) -> bool:
+        """The try failed for a while: one attempt more, pending again from ``next_attempt``, the
+        lease released. Only by the lease holder (as ``delivered``)."""
+
+    @abc.abstractmethod
+    async def park(self, part_id: str, reason: str, worker: str) -> bool:
+        """The target refused the part, or it ran out of attempts: never tried again. Only by the
+        lease holder (as ``delivered``)."""
 
     def _sweep_due(self, now: float) -> bool:
         """Whether expired snapshots are due to be deleted (at most once a minute per store)."""

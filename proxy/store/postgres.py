@@ -1,5 +1,10 @@
 """The shared store: PostgreSQL through asyncpg, for several workers or hosts behind one load
-balancer. Commits are synchronous (PostgreSQL's default), so a committed event survives a crash."""
+balancer. Commits are synchronous (PostgreSQL's default), so a committed event survives a crash.
+
+The outbox is shared by every worker: an enqueue races others of the same identifier on its unique
+index (the loser's insert waits for the winner's commit, then does nothing and reads the winner's);
+a claim locks the rows it takes ``FOR UPDATE SKIP LOCKED`` and leases them in the same statement,
+so a second claimer skips them while the first commits and sees the lease after."""
 
 from __future__ import annotations
 
@@ -12,10 +17,15 @@ from proxy.store.base import (
     AS_PATIENT,
     CONSENTS_AT,
     NO_OUTCOME,
+    OUTBOX_PART_COLUMNS,
     AuditRecord,
     ConsentRow,
+    OutboxPart,
+    OutboxTransaction,
     Store,
     StoreUnavailable,
+    encode_requests,
+    outbox_part,
 )
 from proxy.types import FhirDict
 
@@ -36,7 +46,27 @@ CREATE TABLE IF NOT EXISTS page_snapshot (
 CREATE INDEX IF NOT EXISTS page_snapshot_by_patient ON page_snapshot (patient);
 CREATE INDEX IF NOT EXISTS page_snapshot_by_expiry ON page_snapshot (expires);
 CREATE TABLE IF NOT EXISTS page_generation (patient TEXT PRIMARY KEY, generation BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS outbox_transaction (
+    seq BIGSERIAL PRIMARY KEY, id TEXT NOT NULL UNIQUE, identifier TEXT NOT NULL UNIQUE,
+    digest TEXT NOT NULL, patient TEXT NOT NULL, created DOUBLE PRECISION NOT NULL, entries BYTEA NOT NULL);
+CREATE TABLE IF NOT EXISTS outbox_part (
+    seq BIGSERIAL PRIMARY KEY, id TEXT NOT NULL UNIQUE,
+    txn_id TEXT NOT NULL REFERENCES outbox_transaction (id), target TEXT NOT NULL,
+    requests BYTEA NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL,
+    next_attempt DOUBLE PRECISION NOT NULL, reason TEXT, delivered_at DOUBLE PRECISION,
+    claimed_by TEXT, claimed_until DOUBLE PRECISION);
+CREATE INDEX IF NOT EXISTS outbox_part_by_txn ON outbox_part (txn_id);
+CREATE INDEX IF NOT EXISTS outbox_part_due ON outbox_part (next_attempt, seq) WHERE state = 'pending';
 """
+# Store.claim: the due parts, each locked as it is picked (one another claimer has locked is
+# skipped), leased in the same statement; the rows are returned with their transaction's id.
+_CLAIM = (
+    "WITH due AS (SELECT seq FROM outbox_part WHERE state = 'pending' AND next_attempt <= $1"
+    " AND (claimed_until IS NULL OR claimed_until <= $1) ORDER BY next_attempt, seq LIMIT $2"
+    " FOR UPDATE SKIP LOCKED)"
+    " UPDATE outbox_part AS p SET claimed_by = $3, claimed_until = $4 FROM due WHERE p.seq = due.seq"
+    " RETURNING p.seq, p.txn_id, " + ", ".join("p." + c for c in OUTBOX_PART_COLUMNS.split(", "))
+)
 # Several workers may start at once: creating the schema is serialised on an advisory lock.
 _SCHEMA_LOCK = 0x66686972
 
@@ -208,3 +238,110 @@ class PostgresStore(Store):
                 await conn.execute("DELETE FROM page_snapshot WHERE patient = $1", patient)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise StoreUnavailable(f"store write failed ({type(exc).__name__})") from None
+
+    # ---- the outbox ------------------------------------------------------------------------------
+
+    async def enqueue(self, txn: OutboxTransaction) -> OutboxTransaction:
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                stored = await conn.fetchval(
+                    "INSERT INTO outbox_transaction (id, identifier, digest, patient, created, entries)"
+                    " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (identifier) DO NOTHING RETURNING id",
+                    txn.id,
+                    txn.identifier,
+                    txn.digest,
+                    txn.patient,
+                    txn.created,
+                    txn.entries,
+                )
+                if stored is not None:
+                    await conn.executemany(
+                        "INSERT INTO outbox_part (id, txn_id, target, requests, state, attempts,"
+                        " next_attempt, reason, delivered_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                        [
+                            (
+                                p.id,
+                                txn.id,
+                                p.target,
+                                encode_requests(p.requests),
+                                p.state,
+                                p.attempts,
+                                p.next_attempt,
+                                p.reason,
+                                p.delivered_at,
+                            )
+                            for p in txn.parts
+                        ],
+                    )
+                    return txn
+                # another's, committed (an insert of the same identifier waits for the other to end)
+                winner = await self._outbox_transaction(conn, "identifier = $1", txn.identifier)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreUnavailable(f"outbox write failed ({type(exc).__name__})") from None
+        if winner is None:  # (a stored transaction is never deleted)
+            raise StoreUnavailable("outbox transaction vanished")
+        return winner
+
+    async def outbox_transaction(self, txn_id: str) -> OutboxTransaction | None:
+        try:
+            async with (
+                self.pool.acquire() as conn,
+                conn.transaction(isolation="repeatable_read", readonly=True),
+            ):
+                return await self._outbox_transaction(conn, "id = $1", txn_id)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreUnavailable(f"store read failed ({type(exc).__name__})") from None
+
+    @staticmethod
+    async def _outbox_transaction(conn: asyncpg.Connection, where: str, key: str) -> OutboxTransaction | None:
+        row = await conn.fetchrow(
+            f"SELECT id, identifier, digest, patient, created, entries FROM outbox_transaction WHERE {where}",
+            key,
+        )
+        if row is None:
+            return None
+        parts = await conn.fetch(
+            f"SELECT {OUTBOX_PART_COLUMNS} FROM outbox_part WHERE txn_id = $1 ORDER BY seq", row["id"]
+        )
+        return OutboxTransaction(
+            row["id"],
+            row["identifier"],
+            row["digest"],
+            row["patient"],
+            float(row["created"]),
+            bytes(row["entries"]),
+            tuple(outbox_part(tuple(p)) for p in parts),
+        )
+
+    async def claim(
+        self, now: float, lease_s: float, limit: int, worker: str
+    ) -> list[tuple[str, OutboxPart]]:
+        # One statement, one transaction: the rows are locked as they are picked (a row another
+        # claimer has locked is skipped; one whose claim committed meanwhile is re-checked against
+        # the WHERE and left out) and leased before the locks are released.
+        try:
+            async with self.pool.acquire() as conn:
+                rows = await conn.fetch(_CLAIM, now, limit, worker, now + lease_s)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreUnavailable(f"outbox claim failed ({type(exc).__name__})") from None
+        rows = sorted(rows, key=lambda r: (r["next_attempt"], r["seq"]))  # (RETURNING keeps no order)
+        return [(str(r["txn_id"]), outbox_part(tuple(r)[2:])) for r in rows]
+
+    async def _outcome(self, sql: str, *args: object) -> bool:
+        """One UPDATE of a part held by the worker (its last two arguments: part id, worker)."""
+        n = len(args)
+        done = await self._execute(
+            f"UPDATE outbox_part SET {sql}, attempts = attempts + 1, claimed_by = NULL, claimed_until = NULL"
+            f" WHERE id = ${n - 1} AND claimed_by = ${n} AND state = 'pending'",
+            *args,
+        )
+        return done == "UPDATE 1"
+
+    async def delivered(self, part_id: str, now: float, worker: str) -> bool:
+        return await self._outcome("state = 'delivered', delivered_at = $1", now, part_id, worker)
+
+    async def retry(self, part_id: str, next_attempt: float, reason: str, worker: str) -> bool:
+        return await self._outcome("next_attempt = $1, reason = $2", next_attempt, reason, part_id, worker)
+
+    async def park(self, part_id: str, reason: str, worker: str) -> bool:
+        return await self._outcome("state = 'parked', reason = $1", reason, part_id, worker)

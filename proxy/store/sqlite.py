@@ -5,12 +5,16 @@ The connections (one for the audit writer, one for the rest) are in autocommit m
 are one statement — AuditEvents go in as one multi-row INSERT (an upsert: a completed event replaces
 its begun one) of up to 100 rows — so each is its own atomic transaction, committed (and fsynced) in
 a single trip to aiosqlite's thread: on the request path a trip costs more than the statement. A
-larger batch is one explicit transaction, on the audit writer's own connection."""
+larger batch is one explicit transaction, on the audit writer's own connection. The outbox's
+transactions of several statements (an enqueue, a claim) are explicit ``BEGIN IMMEDIATE`` ones on
+a third connection of their own, one at a time: the write lock is taken first, so another store
+on the same file (another process) waits for it rather than claiming the same parts."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +25,15 @@ from proxy.store.base import (
     AS_PATIENT,
     CONSENTS_AT,
     NO_OUTCOME,
+    OUTBOX_PART_COLUMNS,
     AuditRecord,
     ConsentRow,
+    OutboxPart,
+    OutboxTransaction,
     Store,
     StoreUnavailable,
+    encode_requests,
+    outbox_part,
 )
 from proxy.types import FhirDict
 
@@ -45,6 +54,17 @@ SCHEMA = (
     "CREATE INDEX IF NOT EXISTS page_snapshot_by_patient ON page_snapshot (patient)",
     "CREATE INDEX IF NOT EXISTS page_snapshot_by_expiry ON page_snapshot (expires)",
     "CREATE TABLE IF NOT EXISTS page_generation (patient TEXT PRIMARY KEY, generation INTEGER NOT NULL)",
+    # the outbox: an accepted write (one per Bundle identifier) and its parts, one per target
+    "CREATE TABLE IF NOT EXISTS outbox_transaction ("
+    " seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, identifier TEXT NOT NULL UNIQUE,"
+    " digest TEXT NOT NULL, patient TEXT NOT NULL, created REAL NOT NULL, entries BLOB NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS outbox_part ("
+    " seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE,"
+    " txn_id TEXT NOT NULL REFERENCES outbox_transaction (id), target TEXT NOT NULL,"
+    " requests BLOB NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL, next_attempt REAL NOT NULL,"
+    " reason TEXT, delivered_at REAL, claimed_by TEXT, claimed_until REAL)",
+    "CREATE INDEX IF NOT EXISTS outbox_part_by_txn ON outbox_part (txn_id)",
+    "CREATE INDEX IF NOT EXISTS outbox_part_due ON outbox_part (next_attempt, seq) WHERE state = 'pending'",
 )
 _PARTS_PER_STATEMENT = 100  # 5 values each: under the 999 variables older SQLite builds allow
 
@@ -59,6 +79,10 @@ class SqliteStore(Store):
         # that transaction, and go with it if it rolled back), and reads never queue behind its
         # fsyncs in aiosqlite's thread.
         self._audit_db: aiosqlite.Connection | None = None
+        # The outbox's own connection, for its explicit transactions, one at a time (the lock):
+        # a statement of anyone else's on it would join the transaction.
+        self._outbox_db: aiosqlite.Connection | None = None
+        self._outbox_lock = asyncio.Lock()
 
     async def _connect(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -69,6 +93,7 @@ class SqliteStore(Store):
         if "asker_pnr" not in columns:  # a store from before the asking patient was recorded
             await self._db.execute("ALTER TABLE audit_event ADD COLUMN asker_pnr TEXT")
         self._audit_db = await self._open()
+        self._outbox_db = await self._open()
 
     async def _open(self) -> aiosqlite.Connection:
         # autocommit; a writer waits up to 10 s for the other connection's write lock
@@ -78,7 +103,7 @@ class SqliteStore(Store):
         return db
 
     async def _disconnect(self) -> None:
-        for db in (self._audit_db, self._db):
+        for db in (self._outbox_db, self._audit_db, self._db):
             if db is not None:
                 await db.close()
 
@@ -226,6 +251,133 @@ class SqliteStore(Store):
             patient,
         )
         await self._write("DELETE FROM page_snapshot WHERE patient = ?", patient)
+
+    # ---- the outbox ------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _immediate(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One ``BEGIN IMMEDIATE`` transaction on the outbox's connection, committed at the end or
+        rolled back (StoreUnavailable); one at a time."""
+        async with self._outbox_lock:
+            db = self._outbox_db
+            if db is None:
+                raise StoreUnavailable("store is not open")
+            try:
+                await db.execute("BEGIN IMMEDIATE")
+                yield db
+                await db.execute("COMMIT")
+            except (ValueError, aiosqlite.Error) as exc:
+                await self._roll_back(db)
+                raise StoreUnavailable(f"outbox write failed ({type(exc).__name__})") from None
+            except BaseException:
+                await self._roll_back(db)
+                raise
+
+    async def _roll_back(self, db: aiosqlite.Connection) -> None:
+        with contextlib.suppress(Exception):
+            await db.execute("ROLLBACK")
+        with contextlib.suppress(Exception):
+            if db.in_transaction:  # a transaction left open would swallow every later write
+                self._outbox_db = None
+                await db.close()  # (closing rolls it back)
+                self._outbox_db = await self._open()
+
+    async def enqueue(self, txn: OutboxTransaction) -> OutboxTransaction:
+        async with self._immediate() as db:
+            cur = await db.execute(
+                "INSERT INTO outbox_transaction (id, identifier, digest, patient, created, entries)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (identifier) DO NOTHING",
+                (txn.id, txn.identifier, txn.digest, txn.patient, txn.created, txn.entries),
+            )
+            if cur.rowcount == 1:
+                await db.executemany(
+                    "INSERT INTO outbox_part (id, txn_id, target, requests, state, attempts, next_attempt,"
+                    " reason, delivered_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            p.id,
+                            txn.id,
+                            p.target,
+                            encode_requests(p.requests),
+                            p.state,
+                            p.attempts,
+                            p.next_attempt,
+                            p.reason,
+                            p.delivered_at,
+                        )
+                        for p in txn.parts
+                    ],
+                )
+                return txn
+            (winner,) = await db.execute_fetchall(
+                "SELECT id FROM outbox_transaction WHERE identifier = ?", (txn.identifier,)
+            )
+        stored = await self.outbox_transaction(str(winner[0]))
+        if stored is None:  # (a stored transaction is never deleted)
+            raise StoreUnavailable("outbox transaction vanished")
+        return stored
+
+    async def outbox_transaction(self, txn_id: str) -> OutboxTransaction | None:
+        rows = await self._fetch(
+            "SELECT id, identifier, digest, patient, created, entries FROM outbox_transaction WHERE id = ?",
+            txn_id,
+        )
+        if not rows:
+            return None
+        tid, identifier, digest, patient, created, entries = rows[0]
+        parts = await self._fetch(
+            f"SELECT {OUTBOX_PART_COLUMNS} FROM outbox_part WHERE txn_id = ? ORDER BY seq", txn_id
+        )
+        return OutboxTransaction(
+            str(tid),
+            str(identifier),
+            str(digest),
+            str(patient),
+            float(created),
+            bytes(entries),
+            tuple(outbox_part(p) for p in parts),
+        )
+
+    async def claim(
+        self, now: float, lease_s: float, limit: int, worker: str
+    ) -> list[tuple[str, OutboxPart]]:
+        async with self._immediate() as db:
+            rows = await db.execute_fetchall(
+                f"SELECT seq, txn_id, {OUTBOX_PART_COLUMNS} FROM outbox_part"
+                " WHERE state = 'pending' AND next_attempt <= ?"
+                " AND (claimed_until IS NULL OR claimed_until <= ?) ORDER BY next_attempt, seq LIMIT ?",
+                (now, now, limit),
+            )
+            rows = list(rows)
+            if rows:
+                await db.execute(
+                    "UPDATE outbox_part SET claimed_by = ?, claimed_until = ? WHERE seq IN ("
+                    + ", ".join("?" * len(rows))
+                    + ")",
+                    (worker, now + lease_s, *(r[0] for r in rows)),
+                )
+        return [(str(r[1]), outbox_part(r[2:])) for r in rows]
+
+    async def _outcome(self, sql: str, *args: object) -> bool:
+        """One UPDATE of a part held by the worker (its last two arguments: part id, worker)."""
+        try:
+            cur = await self.db.execute(
+                f"UPDATE outbox_part SET {sql}, attempts = attempts + 1, claimed_by = NULL,"
+                " claimed_until = NULL WHERE id = ? AND claimed_by = ? AND state = 'pending'",
+                args,
+            )
+        except (ValueError, aiosqlite.Error) as exc:
+            raise StoreUnavailable(f"outbox write failed ({type(exc).__name__})") from None
+        return cur.rowcount == 1
+
+    async def delivered(self, part_id: str, now: float, worker: str) -> bool:
+        return await self._outcome("state = 'delivered', delivered_at = ?", now, part_id, worker)
+
+    async def retry(self, part_id: str, next_attempt: float, reason: str, worker: str) -> bool:
+        return await self._outcome("next_attempt = ?, reason = ?", next_attempt, reason, part_id, worker)
+
+    async def park(self, part_id: str, reason: str, worker: str) -> bool:
+        return await self._outcome("state = 'parked', reason = ?", reason, part_id, worker)
 
 
 async def _insert_rows(db: aiosqlite.Connection, rows: list[AuditRecord]) -> None:
