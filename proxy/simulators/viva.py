@@ -608,7 +608,7 @@ class _Writes:
         self.written = written
 
     def person(self, doc: dict[str, Any]) -> str:
-        pnr = w.text(doc, "personnummer", WRITE_CODES, limit=12)
+        pnr = w.text(doc, "personnummer", WRITE_CODES, limit=64)
         assert pnr is not None
         if len(pnr) != 12 or not pnr.isascii() or not pnr.isdigit():
             raise Refused(400, "OGILTIGT_PERSONNUMMER", "Personnummer ska anges med 12 siffror")
