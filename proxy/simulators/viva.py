@@ -69,6 +69,7 @@ DATE_FIELDS: dict[str, tuple[str, str | None]] = {
     "hembesok": ("start", "slut"),
     "beslut": ("beslutsdatum", None),
     "matvarden": ("tidpunkt", None),  # (written records only: see "writes" below)
+    "administreringar": ("tidpunkt", None),
 }
 
 
@@ -563,11 +564,11 @@ WRITTEN_KEY = web.AppKey("written", Written)
 # The written record is listed by the kind's GET like any other, with the writer's ``enhet`` and the
 # writer's own id for it (``externtId``); a record may name the visit it was made at by the visit's
 # ``besokExterntId`` (``besokId`` is added when Viva holds that visit). Vital signs (``matvarden``) and
-# administrations without an ordination (``fristaendeAdministreringar`` in the medication list's
-# answer, only when there are some) exist only as written records.
+# administrations without an ordination (``administreringar``: the mobile journal does not know
+# Viva's ordinations) exist only as written records, each kind at its own GET.
 
 WRITE_CODES = Codes("OBLIGATORISKT_FALT_SAKNAS", "OGILTIGT_FORMAT", "OKAND_KOD")
-WRITTEN_ONLY = ("matvarden",)
+WRITTEN_ONLY = ("matvarden", "administreringar")
 TS = "%Y%m%d%H%M"
 BESOK_STATUS = ("UTFORT", "PLANERAT", "INSTALLT", "PAGAENDE")
 BESOKSTYP = ("HEMSJUKVARD", "HEMTJANST")
@@ -748,7 +749,7 @@ class _Writes:
             **self.visit(pnr, doc),
             "externtId": ext,
         }
-        return self.keep(pnr, "fristaendeAdministreringar", record)
+        return self.keep(pnr, "administreringar", record)
 
 
 def create_app(
@@ -794,12 +795,7 @@ def create_app(
                 return _json({kind: []})
             pnr = entry["brukare"]["personnummer"]
             items = [*written.of(pnr, kind), *entry.get(kind, [])]
-            answer: dict[str, Any] = {kind: in_window(items, kind, window)}
-            if kind == "lakemedelslista" and (alone := written.of(pnr, "fristaendeAdministreringar")):
-                answer["fristaendeAdministreringar"] = [
-                    a for a in alone if window.unbounded or window.admits(a.get("tidpunkt"))
-                ]
-            return _json(answer)
+            return _json({kind: in_window(items, kind, window)})
 
         return handler
 
