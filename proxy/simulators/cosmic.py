@@ -27,7 +27,11 @@ Dialect (deliberately unlike FHIR):
   (``yyyy-MM-dd`` or ``yyyy-MM-dd HH:mm``, both inclusive, either may be left out; a malformed one is
   ``400`` ``INVALID_PARAMETER``): the items dated in it, by ``DATE_FIELDS`` — one date for a record
   made at one moment, a period (start, end) for one that lasts, admitted when it overlaps the range
-  (``proxy/simulators/window.py``); ``totalCount`` counts what is returned.
+  (``proxy/simulators/window.py``); ``totalCount`` counts what is returned;
+* writes (issue 22): ``POST`` to the patient's ``carecontacts``, ``vitalsigns``, ``notes`` and
+  ``administrations``, checked whole (``400``/``404``/``422`` with ``errorCode``; nothing kept),
+  ``Idempotency-Key`` honoured; the record is listed by the kind's GET with the writer's
+  ``careUnit`` and ``externalId`` (see "writes" below, ``writes.py``).
 """
 
 from __future__ import annotations

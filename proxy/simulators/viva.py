@@ -22,7 +22,11 @@ Dialect (deliberately unlike Cosmic and unlike FHIR):
   a malformed one is ``400`` ``OGILTIGT_DATUM``): the records dated in it, by ``DATE_FIELDS`` (a
   period overlapping the range for one that lasts, ``proxy/simulators/window.py``); on the
   medication list, the ordinations whose period overlaps it, each with only the administrations
-  given in it.
+  given in it;
+* writes (issue 22): ``POST`` to ``hembesok``, ``matvarden`` (vital signs), ``anteckningar`` and
+  ``administreringar`` (doses without an ordination), the person in the body, checked whole (``400``
+  / ``422`` with ``fel``; nothing kept), ``Idempotency-Key`` honoured; the record is listed by the
+  kind's GET with the writer's ``enhet`` and ``externtId`` (see "writes" below, ``writes.py``).
 """
 
 from __future__ import annotations
