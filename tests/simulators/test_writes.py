@@ -16,6 +16,7 @@ from proxy.mappingcheck import WRITER, home_visit
 from proxy.merge.facts import ALSO_IN_SOURCE_SYSTEM
 from proxy.pnr import dashed
 from proxy.simulators import cosmic, viva
+from proxy.simulators.harness import Received
 from proxy.simulators.population import DEMO_PEOPLE, TOLVAN
 from tests.conftest import BASE, pid
 
@@ -299,7 +300,8 @@ async def test_a_refused_write_is_refused_again_under_its_key(viva_client: Any) 
 
 
 async def test_a_visit_written_to_both_reads_back_once_with_both_sources(facade: Any) -> None:
-    async with facade() as f:
+    received: list[Received] = []
+    async with facade(received=received) as f:
         session = f.client.session
         for backend in ("viva", "cosmic"):
             for resource in home_visit(pid(TOLVAN.pnr)):
@@ -307,6 +309,9 @@ async def test_a_visit_written_to_both_reads_back_once_with_both_sources(facade:
                 headers = {"Content-Type": "application/json", "Idempotency-Key": key}
                 async with session.post(f.sim_urls[backend] + path, data=body, headers=headers) as r:
                     assert r.status == 201, await r.text()
+        posted = [r for r in received if r.method == "POST"]
+        assert len(posted) == 20  # (the harness records each write's key, for the delivery tests)
+        assert all(r.headers["Idempotency-Key"].endswith(f"-{r.backend}") for r in posted)
         status, bundle = await f.get(f"{BASE}/Patient/{pid(TOLVAN.pnr)}/$everything")
         assert status == 200
         resources = [e["resource"] for e in bundle["entry"] if e.get("search", {}).get("mode") != "outcome"]
