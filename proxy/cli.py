@@ -281,6 +281,10 @@ async def _check(settings: Settings) -> int:
     report = await check(settings, [p.pnr for p in people], running_simulators(settings, people, faults={}))
     for name, n in sorted(report.per_mapping.items()):
         print(f"  {name:<32} {n:>5} resources")
+    for name, n in sorted(report.written.items()):
+        print(f"  {name:<32} {n:>5} written")
+    for line in report.unwritten:
+        print(f"UNWRITTEN {line}")
     for line in report.silent:
         print(f"SILENT   {line}: produced nothing from the sample data")
     for name, n in sorted(report.unattributed.items()):

@@ -27,7 +27,11 @@ Dialect (deliberately unlike FHIR):
   (``yyyy-MM-dd`` or ``yyyy-MM-dd HH:mm``, both inclusive, either may be left out; a malformed one is
   ``400`` ``INVALID_PARAMETER``): the items dated in it, by ``DATE_FIELDS`` — one date for a record
   made at one moment, a period (start, end) for one that lasts, admitted when it overlaps the range
-  (``proxy/simulators/window.py``); ``totalCount`` counts what is returned.
+  (``proxy/simulators/window.py``); ``totalCount`` counts what is returned;
+* writes (issue 22): ``POST`` to the patient's ``carecontacts``, ``vitalsigns``, ``notes`` and
+  ``administrations``, checked whole (``400``/``404``/``422`` with ``errorCode``; nothing kept),
+  ``Idempotency-Key`` honoured; the record is listed by the kind's GET with the writer's
+  ``careUnit`` and ``externalId`` (see "writes" below, ``writes.py``).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from aiohttp import web
 
 from proxy.simulators import faults as fault_mod
 from proxy.simulators import stats
+from proxy.simulators import writes as w
 from proxy.simulators.history import History, Plan, plan
 from proxy.simulators.lazy import DEFAULT_CACHED_RECORDS, Patients
 from proxy.simulators.population import (
@@ -54,6 +59,7 @@ from proxy.simulators.population import (
 )
 from proxy.simulators.records import hand_written
 from proxy.simulators.window import Window
+from proxy.simulators.writes import Codes, Refused, Written
 
 BASE = "/cosmic/api/v1"
 KINDS = (
@@ -80,6 +86,11 @@ DATE_FIELDS: dict[str, tuple[str, str | None]] = {
     "vaccinations": ("administeredAt", None),
     "procedures": ("performedAt", "endAt"),
     "threats": ("registeredAt", None),
+}
+# the kinds only written records fill (issue 22: see "writes" below), and what a range filters them by
+WRITTEN_ONLY: dict[str, tuple[str, str | None]] = {
+    "vitalsigns": ("measuredAt", None),
+    "administrations": ("administeredAt", None),
 }
 
 
@@ -641,12 +652,184 @@ PATIENTS_KEY = web.AppKey("patients", Patients)
 def in_window(items: list[dict[str, Any]], kind: str, window: Window) -> list[dict[str, Any]]:
     if window.unbounded:
         return items
-    start, end = DATE_FIELDS[kind]
+    start, end = DATE_FIELDS[kind] if kind in DATE_FIELDS else WRITTEN_ONLY[kind]
     return [r for r in items if window.admits(r.get(start), r.get(end) if end else None, lasting=bool(end))]
 
 
 def _window(request: web.Request) -> Window:
     return Window.parse(request.query.get("fromDate"), request.query.get("toDate"))
+
+
+# ---- writes (issue 22) --------------------------------------------------------------------------
+# POST to a kind's path under the patient, Cosmic's formats. Checked whole before anything is kept:
+# 400 MISSING_FIELD / INVALID_FORMAT, 404 PATIENT_NOT_FOUND, 422 UNKNOWN_CODE. The written record is
+# listed by the kind's GET like any other, with the writer's ``careUnit`` and the writer's own id for
+# it (``externalId``); a record may name the care contact it was made in by the contact's
+# ``contactExternalId`` (``contactId`` is added when Cosmic holds that contact). Vital signs and
+# administrations exist only as written records.
+
+WRITE_CODES = Codes("MISSING_FIELD", "INVALID_FORMAT", "UNKNOWN_CODE")
+TS = "%Y-%m-%d %H:%M"
+CONTACT_TYPES = ("OPEN", "EMERGENCY", "INPATIENT", "HOME")
+CONTACT_STATES = ("PLANNED", "ONGOING", "FINISHED", "CANCELLED")
+NOTE_TYPES = ("ADMISSION", "DAILY", "DISCHARGE", "AMBULANCE", "NURSING")
+# vital sign term → the unit Cosmic keeps it in (None: a coded value)
+VITAL_UNITS: dict[str, str | None] = {
+    "BP": "mmHg",
+    "PULSE": "/min",
+    "RESP_RATE": "/min",
+    "TEMP": "Cel",
+    "SPO2": "%",
+    "ACVPU": None,
+}
+ACVPU = ("A", "C", "V", "P", "U")
+ADMINISTRATION_STATES = ("GIVEN", "NOT_GIVEN")
+
+
+def _written_unit(doc: dict[str, Any]) -> dict[str, str]:
+    hsa = w.hsa_id(doc, "careUnit.hsaId", WRITE_CODES)
+    provider = w.hsa_id(doc, "careUnit.providerHsaId", WRITE_CODES)
+    assert hsa is not None and provider is not None
+    return {"hsaId": hsa, "name": w.unit_name(hsa), "providerHsaId": provider}
+
+
+def _person(doc: dict[str, Any], name: str) -> dict[str, str]:
+    hsa = w.hsa_id(doc, f"{name}.hsaId", WRITE_CODES)
+    assert hsa is not None
+    return {"hsaId": hsa, "name": w.text(doc, f"{name}.name", WRITE_CODES, required=False, limit=200) or hsa}
+
+
+class _Writes:
+    """Cosmic's write handlers over one app's patients and written records."""
+
+    def __init__(self, patients: Patients[dict[str, Any]], written: Written) -> None:
+        self.patients = patients
+        self.written = written
+
+    def patient(self, request: web.Request) -> str:
+        dashed = request.match_info["pnr"]
+        pnr = dashed[:8] + dashed[9:]
+        if len(dashed) != 13 or dashed[8] != "-" or pnr not in self.patients:
+            raise Refused(404, "PATIENT_NOT_FOUND", "No patient with that identity number")
+        return pnr
+
+    def contact(self, pnr: str, doc: dict[str, Any]) -> dict[str, str]:
+        ext = w.text(doc, "contactExternalId", WRITE_CODES, required=False, limit=64)
+        if ext is None:
+            return {}
+        found = self.written.find(pnr, "carecontacts", "externalId", ext)
+        return {"contactExternalId": ext, **({"contactId": found["contactId"]} if found else {})}
+
+    def keep(self, pnr: str, kind: str, record: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        record = {k: v for k, v in record.items() if v is not None}
+        self.written.add(pnr, kind, record)
+        return 201, record
+
+    def carecontacts(self, request: web.Request, doc: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        pnr = self.patient(request)
+        ext = w.text(doc, "externalId", WRITE_CODES, limit=64)
+        kind = w.code(doc, "contactType", CONTACT_TYPES, WRITE_CODES)
+        state = w.code(doc, "state", CONTACT_STATES, WRITE_CODES)
+        start = w.timestamp(doc, "startAt", TS, WRITE_CODES)
+        end = w.timestamp(doc, "endAt", TS, WRITE_CODES, required=False)
+        if start is not None and end is not None and end < start:
+            raise Refused(400, "INVALID_FORMAT", "endAt is before startAt")
+        responsible = _person(doc, "responsible")
+        unit_ = _written_unit(doc)
+        record = {
+            "contactId": f"CC-W{self.written.next_number()}",
+            "contactType": kind,
+            "state": state,
+            "startAt": start,
+            "endAt": end,
+            "responsible": responsible,
+            "careUnit": unit_,
+            "externalId": ext,
+        }
+        return self.keep(pnr, "carecontacts", record)
+
+    def vitalsigns(self, request: web.Request, doc: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        pnr = self.patient(request)
+        ext = w.text(doc, "externalId", WRITE_CODES, limit=64)
+        term = w.code(doc, "term", VITAL_UNITS, WRITE_CODES)
+        assert term is not None
+        measured = w.timestamp(doc, "measuredAt", TS, WRITE_CODES)
+        values: dict[str, Any] = {}
+        if term == "BP":
+            values["systolic"] = w.decimal(doc, "systolic", WRITE_CODES, comma=True)
+            values["diastolic"] = w.decimal(doc, "diastolic", WRITE_CODES, comma=True)
+        elif term == "ACVPU":
+            values["value"] = w.code(doc, "value", ACVPU, WRITE_CODES)
+        else:
+            values["value"] = w.decimal(doc, "value", WRITE_CODES, comma=True)
+        unit_ = VITAL_UNITS[term]
+        if unit_ is not None:
+            if w.text(doc, "unit", WRITE_CODES, limit=16) != unit_:
+                raise Refused(422, "UNKNOWN_CODE", "unit: not the unit of this term")
+            values["unit"] = unit_
+        record = {
+            "vitalSignId": f"VS-W{self.written.next_number()}",
+            "term": term,
+            **values,
+            "measuredAt": measured,
+            **self.contact(pnr, doc),
+            "registeredBy": _person(doc, "registeredBy"),
+            "careUnit": _written_unit(doc),
+            "externalId": ext,
+        }
+        return self.keep(pnr, "vitalsigns", record)
+
+    def notes(self, request: web.Request, doc: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        pnr = self.patient(request)
+        ext = w.text(doc, "externalId", WRITE_CODES, limit=64)
+        note_type = w.code(doc, "noteType", NOTE_TYPES, WRITE_CODES)
+        state = w.code(doc, "state", ("SIGNED", "UNSIGNED"), WRITE_CODES)
+        record = {
+            "noteId": f"N-W{self.written.next_number()}",
+            "noteType": note_type,
+            "title": w.text(doc, "title", WRITE_CODES, limit=200),
+            "text": w.text(doc, "text", WRITE_CODES),
+            "state": state,
+            "signedAt": w.timestamp(doc, "signedAt", TS, WRITE_CODES),
+            "signedBy": _person(doc, "signedBy"),
+            "careUnit": _written_unit(doc),
+            **self.contact(pnr, doc),
+            "externalId": ext,
+        }
+        return self.keep(pnr, "notes", record)
+
+    def administrations(self, request: web.Request, doc: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        pnr = self.patient(request)
+        ext = w.text(doc, "externalId", WRITE_CODES, limit=64)
+        state = w.code(doc, "state", ADMINISTRATION_STATES, WRITE_CODES)
+        given = state == "GIVEN"
+        atc = w.text(doc, "atcCode", WRITE_CODES, limit=7)
+        if (
+            atc is None
+            or len(atc) != 7
+            or not (atc[0].isalpha() and atc[1:3].isdigit() and atc[5:].isdigit())
+        ):
+            raise Refused(400, "INVALID_FORMAT", "atcCode must be an ATC code (substance level)")
+        record = {
+            "administrationId": f"MA-W{self.written.next_number()}",
+            "atcCode": atc,
+            "drugName": w.text(doc, "drugName", WRITE_CODES, limit=200),
+            "state": state,
+            "administeredAt": w.timestamp(doc, "administeredAt", TS, WRITE_CODES),
+            "dose": w.decimal(doc, "dose", WRITE_CODES, comma=True, required=given),
+            "doseUnit": w.text(doc, "doseUnit", WRITE_CODES, required=given, limit=32),
+            "notGivenReason": w.text(doc, "notGivenReason", WRITE_CODES, required=not given, limit=2000),
+            "administeredBy": _person(doc, "administeredBy"),
+            "careUnit": _written_unit(doc),
+            **self.contact(pnr, doc),
+            "externalId": ext,
+        }
+        if given and record["notGivenReason"] is not None:
+            raise Refused(400, "INVALID_FORMAT", "notGivenReason is for a dose not given")
+        return self.keep(pnr, "administrations", record)
+
+
+WRITTEN_KEY = web.AppKey("written", Written)
 
 
 def create_app(
@@ -662,6 +845,7 @@ def create_app(
     patients: Patients[dict[str, Any]] = Patients(
         in_cosmic(people), lambda p, seq: entry_of(p, seq, hand, history), size, cached_records
     )
+    written = Written()
 
     def lookup(request: web.Request) -> dict[str, Any] | None:
         dashed = request.match_info["pnr"]
@@ -677,7 +861,7 @@ def create_app(
 
     async def records(request: web.Request) -> web.Response:
         kind = request.match_info["kind"]
-        if kind not in KINDS:
+        if kind not in KINDS and kind not in WRITTEN_ONLY:
             return _error(404, "RESOURCE_NOT_FOUND", "Unknown resource")
         try:
             window = _window(request)
@@ -686,7 +870,8 @@ def create_app(
         entry = lookup(request)
         if entry is None:
             return _error(404, "PATIENT_NOT_FOUND", "No patient with that identity number")
-        items = in_window(entry[kind], kind, window)
+        pnr = entry["patient"]["personalIdentityNumber"].replace("-", "")
+        items = in_window([*written.of(pnr, kind), *entry.get(kind, [])], kind, window)
         return web.json_response(
             {"patientId": entry["patient"]["patientId"], "items": items, "totalCount": len(items)}
         )
@@ -704,6 +889,7 @@ def create_app(
 
     app = web.Application()
     app[PATIENTS_KEY] = patients
+    app[WRITTEN_KEY] = written
     stats.install(app)
     fault_mod.install(
         app, faults or fault_mod.Faults(), lambda s: _error(s, "SERVER_ERROR", "Injected error")
@@ -711,6 +897,17 @@ def create_app(
     app.router.add_get(BASE + "/patients/{pnr}", patient)
     app.router.add_get(BASE + "/patients/{pnr}/{kind}", records)
     app.router.add_get(BASE + "/ambulance/patients/{pnr}/threats", threats)
+    writes = _Writes(patients, written)
+    for kind, handle in (
+        ("carecontacts", writes.carecontacts),
+        ("vitalsigns", writes.vitalsigns),
+        ("notes", writes.notes),
+        ("administrations", writes.administrations),
+    ):
+        app.router.add_post(
+            f"{BASE}/patients/{{pnr}}/{kind}",
+            w.endpoint(written, handle, _error, "IDEMPOTENCY_KEY_REUSED", "INVALID_REQUEST"),
+        )
     return app
 
 

@@ -103,12 +103,14 @@ class Received:
     backend: str
     method: str
     path: str
-    headers: dict[str, str]  # the tracing headers only: X-Request-ID, traceparent
+    headers: dict[
+        str, str
+    ]  # the tracing headers only: X-Request-ID, traceparent (and a write's Idempotency-Key)
     query: dict[str, str] = field(default_factory=dict)  # the query string's parameters
     body: bytes = b""  # what was posted (a SOAP envelope)
 
 
-_TRACED = ("X-Request-ID", "traceparent")
+_TRACED = ("X-Request-ID", "traceparent", "Idempotency-Key")
 
 
 def _recording(backend: str, received: list[Received]) -> Any:

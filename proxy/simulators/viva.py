@@ -22,12 +22,17 @@ Dialect (deliberately unlike Cosmic and unlike FHIR):
   a malformed one is ``400`` ``OGILTIGT_DATUM``): the records dated in it, by ``DATE_FIELDS`` (a
   period overlapping the range for one that lasts, ``proxy/simulators/window.py``); on the
   medication list, the ordinations whose period overlaps it, each with only the administrations
-  given in it.
+  given in it;
+* writes (issue 22): ``POST`` to ``hembesok``, ``matvarden`` (vital signs), ``anteckningar`` and
+  ``administreringar`` (doses without an ordination), the person in the body, checked whole (``400``
+  / ``422`` with ``fel``; nothing kept), ``Idempotency-Key`` honoured; the record is listed by the
+  kind's GET with the writer's ``enhet`` and ``externtId`` (see "writes" below, ``writes.py``).
 """
 
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -37,6 +42,7 @@ from aiohttp import web
 
 from proxy.simulators import faults as fault_mod
 from proxy.simulators import stats
+from proxy.simulators import writes as w
 from proxy.simulators.history import History, Plan, plan
 from proxy.simulators.lazy import DEFAULT_CACHED_RECORDS, Patients
 from proxy.simulators.population import (
@@ -48,6 +54,7 @@ from proxy.simulators.population import (
 )
 from proxy.simulators.records import hand_written
 from proxy.simulators.window import Window
+from proxy.simulators.writes import Codes, Refused, Written
 
 BASE = "/viva/api/v2"
 # endpoint (= top-level key of its answer) → record kind in the database
@@ -65,6 +72,8 @@ DATE_FIELDS: dict[str, tuple[str, str | None]] = {
     "lakemedelslista": ("startdatum", "utsattDatum"),
     "hembesok": ("start", "slut"),
     "beslut": ("beslutsdatum", None),
+    "matvarden": ("tidpunkt", None),  # (written records only: see "writes" below)
+    "administreringar": ("tidpunkt", None),
 }
 
 
@@ -550,6 +559,201 @@ def _error(status: int, kod: str, meddelande: str) -> web.Response:
 
 
 PATIENTS_KEY = web.AppKey("patients", Patients)
+WRITTEN_KEY = web.AppKey("written", Written)
+
+
+# ---- writes (issue 22) --------------------------------------------------------------------------
+# POST to a kind's own path, the person in the body (``personnummer``), Viva's formats. Checked whole
+# before anything is kept; 400 for a missing or malformed field, 422 for an unknown person or code.
+# The written record is listed by the kind's GET like any other, with the writer's ``enhet`` and the
+# writer's own id for it (``externtId``); a record may name the visit it was made at by the visit's
+# ``besokExterntId`` (``besokId`` is added when Viva holds that visit). Vital signs (``matvarden``) and
+# administrations without an ordination (``administreringar``: the mobile journal does not know
+# Viva's ordinations) exist only as written records, each kind at its own GET.
+
+WRITE_CODES = Codes("OBLIGATORISKT_FALT_SAKNAS", "OGILTIGT_FORMAT", "OKAND_KOD")
+WRITTEN_ONLY = ("matvarden", "administreringar")
+TS = "%Y%m%d%H%M"
+BESOK_STATUS = ("UTFORT", "PLANERAT", "INSTALLT", "PAGAENDE")
+BESOKSTYP = ("HEMSJUKVARD", "HEMTJANST")
+LAGRUM = ("HSL", "SoL")
+# vital sign type → the unit Viva keeps it in (None: a code, not a number)
+MATVARDE_ENHET: dict[str, str | None] = {
+    "BLODTRYCK": "mmHg",
+    "PULS": "/min",
+    "ANDNINGSFREKVENS": "/min",
+    "TEMPERATUR": "°C",
+    "SATURATION": "%",
+    "MEDVETANDEGRAD": None,
+}
+ACVPU = ("A", "C", "V", "P", "U")  # alert, confusion, voice, pain, unresponsive
+ADMINISTRERING_STATUS = ("GIVEN", "EJ_GIVEN", "VAGRAT")
+ORSAK = ("EJ_HEMMA", "SOVER", "KRAKNING")
+_ATC = re.compile(r"[A-Z][0-9]{2}[A-Z]{2}[0-9]{2}")
+
+
+def _written_enhet(doc: dict[str, Any]) -> dict[str, str]:
+    hsa = w.hsa_id(doc, "enhet.hsaId", WRITE_CODES)
+    provider = w.hsa_id(doc, "enhet.vardgivareHsaId", WRITE_CODES)
+    assert hsa is not None and provider is not None
+    return {"hsaId": hsa, "namn": w.unit_name(hsa), "vardgivareHsaId": provider}
+
+
+def _signer(doc: dict[str, Any], name: str) -> dict[str, str]:
+    hsa = w.hsa_id(doc, f"{name}.hsaId", WRITE_CODES)
+    assert hsa is not None
+    return {"namn": w.text(doc, f"{name}.namn", WRITE_CODES, required=False, limit=200) or hsa, "hsaId": hsa}
+
+
+class _Writes:
+    """Viva's write handlers over one app's patients and written records."""
+
+    def __init__(self, patients: Patients[dict[str, Any]], written: Written) -> None:
+        self.patients = patients
+        self.written = written
+
+    def person(self, doc: dict[str, Any]) -> str:
+        pnr = w.text(doc, "personnummer", WRITE_CODES, limit=64)
+        assert pnr is not None
+        if len(pnr) != 12 or not pnr.isascii() or not pnr.isdigit():
+            raise Refused(400, "OGILTIGT_PERSONNUMMER", "Personnummer ska anges med 12 siffror")
+        if pnr not in self.patients:
+            raise Refused(422, "OKAND_BRUKARE", "Ingen brukare med det personnumret")
+        return pnr
+
+    def visit(self, pnr: str, doc: dict[str, Any]) -> dict[str, str]:
+        """``besokExterntId``: the visit it was made at (and Viva's ``besokId`` for it, when held)."""
+        ext = w.text(doc, "besokExterntId", WRITE_CODES, required=False, limit=64)
+        if ext is None:
+            return {}
+        found = self.written.find(pnr, "hembesok", "externtId", ext)
+        return {"besokExterntId": ext, **({"besokId": found["besokId"]} if found else {})}
+
+    def keep(self, pnr: str, kind: str, record: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        self.written.add(pnr, kind, record)
+        return 201, record
+
+    def hembesok(self, request: web.Request, doc: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        pnr = self.person(doc)
+        ext = w.text(doc, "externtId", WRITE_CODES, limit=64)
+        start = w.timestamp(doc, "start", TS, WRITE_CODES)
+        slut = w.timestamp(doc, "slut", TS, WRITE_CODES, required=False)
+        if slut is not None and start is not None and slut < start:
+            raise Refused(400, "OGILTIGT_FORMAT", "slut är före start")
+        besokstyp = w.code(doc, "besokstyp", BESOKSTYP, WRITE_CODES)
+        status = w.code(doc, "status", BESOK_STATUS, WRITE_CODES)
+        utforare = w.text(doc, "utforare", WRITE_CODES, limit=200)
+        enhet = _written_enhet(doc)
+        n = self.written.next_number()
+        prefix = "HB" if besokstyp == "HEMSJUKVARD" else "HT"
+        record = {
+            "besokId": f"{prefix}-W{n}",
+            "start": start,
+            "slut": slut,
+            "besokstyp": besokstyp,
+            "utforare": utforare,
+            "status": status,
+            "enhet": enhet,
+            "externtId": ext,
+        }
+        return self.keep(pnr, "hembesok", record)
+
+    def matvarden(self, request: web.Request, doc: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        pnr = self.person(doc)
+        ext = w.text(doc, "externtId", WRITE_CODES, limit=64)
+        tidpunkt = w.timestamp(doc, "tidpunkt", TS, WRITE_CODES)
+        typ = w.code(doc, "typ", MATVARDE_ENHET, WRITE_CODES)
+        assert typ is not None
+        values: dict[str, Any] = {}
+        if typ == "BLODTRYCK":
+            for name in ("systoliskt", "diastoliskt"):
+                v = doc.get(name)
+                if v is None:
+                    raise Refused(400, "OBLIGATORISKT_FALT_SAKNAS", f"{name} is required")
+                if not isinstance(v, int) or isinstance(v, bool) or not 0 < v < 400:
+                    raise Refused(400, "OGILTIGT_FORMAT", f"{name} ska vara ett heltal (mmHg)")
+                values[name] = v
+        elif typ == "MEDVETANDEGRAD":
+            values["varde"] = w.code(doc, "varde", ACVPU, WRITE_CODES)
+        else:
+            values["varde"] = w.decimal(doc, "varde", WRITE_CODES, comma=True)
+        enhet_ = MATVARDE_ENHET[typ]
+        if enhet_ is not None:
+            if w.text(doc, "matenhet", WRITE_CODES, limit=16) != enhet_:
+                raise Refused(422, "OKAND_KOD", "matenhet: fel enhet för typen")
+            values["matenhet"] = enhet_
+        signer, enhet = _signer(doc, "signeradAv"), _written_enhet(doc)
+        record = {
+            "matvardeId": f"MV-W{self.written.next_number()}",
+            "tidpunkt": tidpunkt,
+            "typ": typ,
+            **values,
+            **self.visit(pnr, doc),
+            "signeradAv": signer,
+            "enhet": enhet,
+            "senastAndrad": tidpunkt,
+            "externtId": ext,
+        }
+        return self.keep(pnr, "matvarden", record)
+
+    def anteckningar(self, request: web.Request, doc: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        pnr = self.person(doc)
+        ext = w.text(doc, "externtId", WRITE_CODES, limit=64)
+        datum = w.timestamp(doc, "datum", TS, WRITE_CODES)
+        rubrik = w.text(doc, "rubrik", WRITE_CODES, limit=200)
+        body = w.text(doc, "text", WRITE_CODES)
+        lagrum = w.code(doc, "lagrum", LAGRUM, WRITE_CODES)
+        signer, enhet = _signer(doc, "signeradAv"), _written_enhet(doc)
+        record = {
+            "anteckningId": f"AN-W{self.written.next_number()}",
+            "datum": datum,
+            "rubrik": rubrik,
+            "text": body,
+            "lagrum": lagrum,
+            "signeradAv": signer,
+            "enhet": enhet,
+            "senastAndrad": datum,
+            **self.visit(pnr, doc),
+            "externtId": ext,
+        }
+        return self.keep(pnr, "anteckningar", record)
+
+    def administreringar(self, request: web.Request, doc: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        pnr = self.person(doc)
+        ext = w.text(doc, "externtId", WRITE_CODES, limit=64)
+        tidpunkt = w.timestamp(doc, "tidpunkt", TS, WRITE_CODES)
+        status = w.code(doc, "status", ADMINISTRERING_STATUS, WRITE_CODES)
+        atc = w.text(doc, "atc", WRITE_CODES, limit=7)
+        if atc is None or not _ATC.fullmatch(atc):
+            raise Refused(400, "OGILTIGT_FORMAT", "atc ska vara en ATC-kod på substansnivå")
+        preparat = w.text(doc, "preparat", WRITE_CODES, limit=200)
+        given = status == "GIVEN"
+        amount = w.decimal(doc, "dosMangd", WRITE_CODES, comma=True, required=given)
+        unit_ = w.text(doc, "dosEnhet", WRITE_CODES, required=given, limit=32)
+        orsak = w.code(doc, "orsak", ORSAK, WRITE_CODES, required=False)
+        kommentar = w.text(doc, "kommentar", WRITE_CODES, required=not given, limit=2000)
+        if given and orsak is not None:
+            raise Refused(400, "OGILTIGT_FORMAT", "orsak gäller bara en dos som inte gavs")
+        givenAv = w.text(doc, "givenAv", WRITE_CODES, limit=200)
+        enhet = _written_enhet(doc)
+        record = {
+            "administreringId": f"AD-W{self.written.next_number()}",
+            "tidpunkt": tidpunkt,
+            "signerad": tidpunkt,
+            "givenAv": givenAv,
+            "status": status,
+            "atc": atc,
+            "preparat": preparat,
+            "dos": f"{amount} {unit_}" if given else None,
+            "dosMangd": amount if given else None,
+            "dosEnhet": unit_ if given else None,
+            "enhet": enhet,
+            **({"orsak": orsak} if orsak else {}),
+            **({"kommentar": kommentar} if kommentar else {}),
+            **self.visit(pnr, doc),
+            "externtId": ext,
+        }
+        return self.keep(pnr, "administreringar", record)
 
 
 def create_app(
@@ -560,11 +764,13 @@ def create_app(
     cached_records: int = DEFAULT_CACHED_RECORDS,
 ) -> web.Application:
     """The Viva app for ``people``: each person's records made when first asked for
-    (``proxy/simulators/lazy.py``), long histories per ``history``."""
+    (``proxy/simulators/lazy.py``), long histories per ``history``; what was written (POST) kept
+    beside them."""
     hand = hand_records()
     patients: Patients[dict[str, Any]] = Patients(
         in_viva(people), lambda p, seq: entry_of(p, seq, hand, history), size, cached_records
     )
+    written = Written()
 
     def person_of(request: web.Request) -> tuple[dict[str, Any] | None, web.Response | None]:
         pnr = request.query.get("personnummer")
@@ -589,17 +795,33 @@ def create_app(
                 window = Window.parse(request.query.get("fromDatum"), request.query.get("tomDatum"))
             except ValueError as exc:
                 return _error(400, "OGILTIGT_DATUM", f"fromDatum/tomDatum: {exc}")
-            return _json({kind: in_window(entry[kind], kind, window) if entry else []})
+            if not entry:
+                return _json({kind: []})
+            pnr = entry["brukare"]["personnummer"]
+            items = [*written.of(pnr, kind), *entry.get(kind, [])]
+            return _json({kind: in_window(items, kind, window)})
 
         return handler
 
     app = web.Application()
     app[PATIENTS_KEY] = patients
+    app[WRITTEN_KEY] = written
     stats.install(app)
     fault_mod.install(app, faults or fault_mod.Faults(), lambda s: _error(s, "SERVERFEL", "Injicerat fel"))
     app.router.add_get(BASE + "/brukare", brukare)
-    for kind in KINDS:
+    for kind in (*KINDS, *WRITTEN_ONLY):
         app.router.add_get(f"{BASE}/{kind}", records(kind))
+    writes = _Writes(patients, written)
+    for kind, handle in (
+        ("hembesok", writes.hembesok),
+        ("matvarden", writes.matvarden),
+        ("anteckningar", writes.anteckningar),
+        ("administreringar", writes.administreringar),
+    ):
+        app.router.add_post(
+            f"{BASE}/{kind}",
+            w.endpoint(written, handle, _error, "IDEMPOTENSNYCKEL_ATERANVAND", "OGILTIG_BEGARAN"),
+        )
     return app
 
 

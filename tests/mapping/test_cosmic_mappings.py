@@ -40,6 +40,8 @@ EXPECTED = {
     "threats": "Flag",
     "procedures": "Procedure",
 }
+# the kinds only the facade's writes fill (issue 22; tests/simulators/test_writes.py reads them back)
+WRITTEN = {"vitalsigns": "Observation", "administrations": "MedicationAdministration"}
 # Which raw list (and record id field) each mapping reads.
 RAW = {
     "diagnoses": ("diagnoses", "diagnosisId"),
@@ -106,7 +108,7 @@ def labels(resource: dict[str, Any]) -> list[dict[str, str]]:
 
 
 def test_all_cosmic_mappings_compile() -> None:
-    assert {name: m.resource_type for name, m in BY_NAME.items()} == EXPECTED
+    assert {name: m.resource_type for name, m in BY_NAME.items()} == EXPECTED | WRITTEN
     assert all(m.backend == "cosmic" for m in MAPPINGS)
     for name, m in BY_NAME.items():
         if name != "patient":
