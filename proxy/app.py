@@ -11,8 +11,12 @@ wants — no monkeypatching. One that cannot be imported or called stops start-u
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import importlib
 import os
+import socket
+import uuid
 from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
@@ -36,9 +40,12 @@ from proxy.fanout.engagement import EngagementIndex
 from proxy.fhir.ids import PatientIds, ResourceIds
 from proxy.hooks import BreakerChanged, Hooks
 from proxy.mapping.registry import MappingSet, load_mappings
+from proxy.mapping.validate import MappingError
+from proxy.mapping.write import WriteMappings, compile_write_mappings
 from proxy.metrics import Metrics
 from proxy.paging import LAYOUT as PAGES_LAYOUT
 from proxy.paging import RedisSnapshots, SnapshotStore
+from proxy.pipeline.delivery import Delivery
 from proxy.pipeline.facade import Facade
 from proxy.redact.policy import compile_policy
 from proxy.settings import CacheSettings, Settings
@@ -58,6 +65,25 @@ def compile_mappings(settings: Settings, ids: ResourceIds) -> MappingSet:
             b.name: repr((sorted(b.vars), b.source_uri, priority.get(b.name))) for b in settings.backends
         },
     )
+
+
+def compile_writes(settings: Settings) -> WriteMappings:
+    """The deployment's write mappings (``<folder>/write/*.yaml`` of each backend), checked against
+    ``writes.policy``: every target the policy names for a type has a mapping writing that type."""
+    writes = compile_write_mappings(
+        settings.mappings_dir,
+        [(b.name, b.mappings) for b in settings.backends],
+        variables={b.name: [k for k, _ in b.vars] for b in settings.backends},
+    )
+    for audience, types in settings.writes.policy:
+        for rtype, targets in types:
+            missing = [t for t in targets if t not in writes.for_type(rtype)]
+            if missing:
+                raise MappingError(
+                    f"writes.policy.{audience}.{rtype}: no write mapping for {rtype} in {', '.join(missing)}"
+                    " (mappings/<backend>/write/)"
+                )
+    return writes
 
 
 def open_cache(c: CacheSettings, *, namespace: str, clock: Clock = SYSTEM_CLOCK) -> SourceCache | None:
@@ -134,6 +160,7 @@ def create_app(
 
     ids, resource_ids = PatientIds(patient_id_key), ResourceIds(patient_id_key)
     mappings = compile_mappings(settings, resource_ids)
+    writes = compile_writes(settings)
     authenticator = Authenticator.from_settings(
         settings, extra_issuer=extra_issuer, patient_ids=ids, clock=clock
     )
@@ -181,6 +208,8 @@ def create_app(
         cache = open_cache(settings.cache, namespace=resource_ids.fingerprint, clock=clock)
         pages, redis_pages = open_pages(settings, store, namespace=resource_ids.fingerprint)
         e = settings.engagement
+        worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        delivery = Delivery(store, clients, settings.outbox, clock, worker)
         app[FACADE_KEY] = Facade(
             settings=settings,
             mappings=mappings,
@@ -193,10 +222,17 @@ def create_app(
             hooks=hooks,
             pages=pages if settings.paging.snapshots else None,
             clock=clock,
+            write_mappings=writes,
+            delivery=delivery,
         )
+        # this worker's outbox delivery (any worker delivers any write: the store leases the parts)
+        delivering = asyncio.create_task(delivery.run(), name="outbox delivery")
         try:
             yield
         finally:
+            delivering.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await delivering
             for client in clients.values():
                 await client.close()
             if cache is not None:

@@ -27,11 +27,11 @@ from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
 from proxy.access.pdl import care_documentation
-from proxy.app import compile_mappings
+from proxy.app import compile_mappings, compile_writes
 from proxy.demo_org import MUNICIPALITY_PROVIDER, UNITS
 from proxy.fanout.client import BackendClient
 from proxy.fhir.ids import PatientIds, ResourceIds
-from proxy.mapping.write import WRITTEN_SYSTEM, WriteMappingError, WriteMappings, compile_write_mappings
+from proxy.mapping.write import WRITTEN_SYSTEM, WriteMappingError, WriteMappings
 from proxy.merge.facts import merge
 from proxy.pipeline.facade import Facade
 from proxy.pipeline.fetch import fetch_and_map
@@ -55,15 +55,6 @@ class CheckReport:
     @property
     def ok(self) -> bool:
         return not (self.invalid or self.degraded or self.silent or self.unattributed or self.unwritten)
-
-
-def compile_writes(settings: Settings) -> WriteMappings:
-    """The deployment's write mappings (``<folder>/write/*.yaml`` of each backend)."""
-    return compile_write_mappings(
-        settings.mappings_dir,
-        [(b.name, b.mappings) for b in settings.backends],
-        variables={b.name: [k for k, _ in b.vars] for b in settings.backends},
-    )
 
 
 # the check's writer: a nurse of the municipality's home care (the demo organisation's HSA-ids)

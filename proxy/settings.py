@@ -222,6 +222,8 @@ class WritesSettings:
             if name == audience:
                 return next((targets for t, targets in types if t == resource_type), ())
         return ()
+
+
 @dataclass(frozen=True, slots=True)
 class OutboxSettings:
     """The outbox of accepted writes (proxy/store) and the workers that deliver it to the targets."""

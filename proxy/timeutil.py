@@ -119,6 +119,11 @@ def iso_local_to_fhir(value: str) -> str:
     return _rendered(datetime.fromisoformat(v.replace("Z", "+00:00")), v)
 
 
+def instant(epoch_s: float) -> str:
+    """A FHIR instant (UTC, milliseconds) for an epoch time."""
+    return datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def fhir_range(value: str) -> tuple[float, float]:
     """The instant range [lo, hi) in epoch seconds that a FHIR date/dateTime/instant denotes.
 

@@ -230,6 +230,7 @@ def facade(
         people: list[Person] | None = None,
         received: list[Received] | None = None,
         paging: dict[str, Any] | None = None,
+        outbox: dict[str, Any] | None = None,
         **backend_overrides: Any,
     ) -> AsyncIterator[Running]:
         """Tests see fresh answers unless they ask for the cache (True, or CacheSettings overrides).
@@ -241,7 +242,7 @@ def facade(
         (tests.clock.FakeClock: move time on instead of sleeping). ``people``: the simulators' population
         instead of the demo patients and ``generated`` generated ones (e.g. with the long history).
         ``received``: each simulator appends what it was sent (``proxy.simulators.harness.Received``).
-        ``paging``: PagingSettings overrides."""
+        ``paging``: PagingSettings overrides. ``outbox``: OutboxSettings overrides (the writes')."""
         if store == "postgres":
             await reset_postgres()  # (starts the session's PostgreSQL before the simulators)
         if people is None:
@@ -267,6 +268,8 @@ def facade(
                 live = replace(live, facade=replace(live.facade, **facade_overrides))
             if paging:
                 live = replace(live, paging=replace(live.paging, **paging))
+            if outbox:
+                live = replace(live, outbox=replace(live.outbox, **outbox))
             # A loopback connect is never slow, but a busy machine (parallel workers) can hold up the
             # loop that both ends share for longer than the config's 1 s: tests not about connecting
             # give it room. A test's own ``connect_timeout_s`` wins.

@@ -32,6 +32,17 @@ _CLAIMS = ClaimNames()
 # consents, place and lift blocks (Consent.cu): what every example in the README needs.
 CARE_SCOPES = "user/*.rs user/Consent.cu"
 PATIENT_SCOPES = "patient/*.rs patient/Consent.cu"
+# ... and, for the home-care nurse and the ambulance crew, document a visit (issue 22; the
+# policy, ``writes.policy``, decides the targets)
+WRITER_SCOPES = " ".join(
+    [
+        CARE_SCOPES,
+        *(
+            f"user/{t}.c"
+            for t in ("Encounter", "Observation", "DocumentReference", "MedicationAdministration")
+        ),
+    ]
+)
 # The audiences it mints tokens for: the built-in ones (a deployment's own come from its issuers).
 DEMO_AUDIENCES = DEFAULT_AUDIENCES
 
@@ -40,7 +51,7 @@ _DEFAULTS: dict[str, tuple[str, str, str, tuple[str | None, str | None, str | No
     "ambulance": (
         "demo-mobimed",
         "demo-ambulance-nurse",
-        CARE_SCOPES,
+        WRITER_SCOPES,
         ("SE2321000016-A001", UNITS["ambulans"][0], REGION_PROVIDER),
     ),
     "clinician": (
@@ -52,7 +63,7 @@ _DEFAULTS: dict[str, tuple[str, str, str, tuple[str | None, str | None, str | No
     "homecare": (
         "demo-homecare-tablet",
         "demo-homecare-nurse",
-        CARE_SCOPES,
+        WRITER_SCOPES,
         ("SE2120001520-S001", UNITS["hemsjukvard"][0], MUNICIPALITY_PROVIDER),
     ),
     "patient": ("demo-1177", "demo-patient", PATIENT_SCOPES, (None, None, None)),

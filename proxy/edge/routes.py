@@ -25,7 +25,7 @@ from aiohttp import http_exceptions, web
 
 from proxy.access import decide
 from proxy.auth.verify import AuthError
-from proxy.edge import stored
+from proxy.edge import stored, writes
 from proxy.edge.http import (
     AUTH_KEY,
     FACADE_KEY,
@@ -138,7 +138,7 @@ async def fhir_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         resp.headers["WWW-Authenticate"] = exc.www_authenticate
         return resp
     except FhirError as exc:
-        return error_response(exc.status, exc.code, exc.message)
+        return fhir_response(exc.outcome(), exc.status)
     except StoreUnavailable:
         resp = error_response(503, "transient", "The facade's store is unavailable; nothing can be disclosed")
         resp.headers["Retry-After"] = "5"
@@ -175,6 +175,7 @@ class FhirRoutes:
         app.router.add_get(f"{b}/Patient/{{id}}/$everything", self.everything)
         app.router.add_get(f"{b}/Patient/{{id}}/$summary", self.summary)
         stored.add_routes(app, b)
+        writes.add_routes(app, b)
         app.router.add_get(f"{b}/{{type}}", self.search)
         app.router.add_post(f"{b}/{{type}}/_search", self.search_post)
         app.router.add_get(f"{b}/{{type}}/{{id}}", self.read)

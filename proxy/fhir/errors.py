@@ -10,12 +10,27 @@ from proxy.types import FhirDict
 
 
 class FhirError(Exception):
-    def __init__(self, status: int, code: str, message: str, *, severity: str = "error") -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        severity: str = "error",
+        issues: tuple[FhirDict, ...] = (),
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code  # an IssueType code: invalid, not-found, not-supported, exception ...
         self.message = message
         self.severity = severity
+        # every problem, as OperationOutcome issues (a write refused: each one listed); else the one
+        self.issues = issues
+
+    def outcome(self) -> FhirDict:
+        if self.issues:
+            return outcome(list(self.issues))
+        return operation_outcome((self.severity, self.code, self.message))
 
 
 def operation_outcome(*issues: tuple[str, str, str]) -> FhirDict:

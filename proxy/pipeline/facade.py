@@ -12,7 +12,9 @@ from proxy.fanout.engagement import EngagementIndex
 from proxy.fhir.ids import PatientIds
 from proxy.hooks import Hooks
 from proxy.mapping.registry import MappingSet
+from proxy.mapping.write import WriteMappings
 from proxy.paging import SnapshotStore
+from proxy.pipeline.delivery import Delivery
 from proxy.redact.policy import Policy
 from proxy.settings import Settings
 from proxy.slack import SlackQueue
@@ -36,6 +38,8 @@ class Facade:
     hooks: Hooks = field(default_factory=Hooks)  # what happened, for metrics and logs (proxy.hooks)
     pages: SnapshotStore | None = None  # page snapshots (proxy.paging); None: every page walks
     clock: Clock = SYSTEM_CLOCK  # (the snapshots' lifetime)
+    write_mappings: WriteMappings | None = None  # FHIR -> each target's dialect (proxy.pipeline.write)
+    delivery: Delivery | None = None  # this worker's outbox delivery loop (proxy.pipeline.delivery)
 
 
 @dataclass(frozen=True, slots=True)

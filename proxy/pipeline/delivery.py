@@ -1,0 +1,154 @@
+"""The outbox's delivery: each target backend is sent its part of an accepted write, exactly once.
+
+A write is accepted only once it is in the store's outbox (``proxy.pipeline.write``): the
+transaction, and one *part* per target holding that target's requests (already rendered in its
+dialect). Any worker of any host delivers: it *claims* due parts for a lease (``Store.claim``: no
+other claimer gets them while it runs), sends each request of a part in order with its
+``Idempotency-Key``, and records the outcome — only while it still holds the lease:
+
+- every request answered 2xx: **delivered**;
+- refused — a 4xx other than 408, 425 and 429 (the target will not take it as it is): **parked**,
+  with the status as the reason; it is never sent again by itself;
+- anything else — 5xx, 408/425/429, no answer in time, no connection: **retried** after a backoff
+  with full jitter (``backoff``), until ``max_attempts`` sends; then parked, with the last reason.
+
+Exactly once: a part is marked delivered only after its target acknowledged every request; a worker
+killed in between leaves the part leased, and once the lease runs out another claims it and sends
+it again — the same requests with the same keys, which the target has seen and answers as before
+without writing twice. The reasons recorded name the target and a status, never the content.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Mapping
+
+from proxy.clock import Clock
+from proxy.fanout.client import BackendClient
+from proxy.fanout.transport import TransportError
+from proxy.settings import OutboxSettings
+from proxy.store.base import OutboxPart, OutboxTransaction, PartRequest, Store, StoreUnavailable, backoff
+
+log = logging.getLogger("fhir_facade.outbox")
+
+DELIVERED, PENDING, PARKED = "delivered", "pending", "parked"
+_TRANSIENT_4XX = frozenset({408, 425, 429})  # (time-out, too early, too many: try again later)
+_ANSWER_CAP = 1 << 20  # an acknowledgement is small: read at most this much of it
+
+
+class Refused(Exception):
+    """The target will not take the request as it is (a 4xx): parked, never retried by itself."""
+
+
+class Transient(Exception):
+    """The target could not take it now (a 5xx, a time-out, no connection): tried again later."""
+
+
+class Delivery:
+    """The delivery loop of one worker: ``run`` until cancelled; ``nudge`` when a part was queued."""
+
+    def __init__(
+        self,
+        store: Store,
+        clients: Mapping[str, BackendClient],
+        settings: OutboxSettings,
+        clock: Clock,
+        worker: str,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store, self.clients, self.settings, self.clock, self.worker = (
+            store,
+            clients,
+            settings,
+            clock,
+            worker,
+        )
+        self.rng = rng or random.Random()
+        self._wake = asyncio.Event()
+        self._settled = asyncio.Event()  # set whenever this worker settled a part
+
+    def nudge(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                worked = await self.once()
+            except StoreUnavailable as exc:  # (the store is down: try again after a pause)
+                log.warning("outbox: %s", exc)
+                worked = 0
+            if not worked:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.settings.poll_s)
+
+    async def once(self) -> int:
+        """Claim the parts that are due and deliver them (each target's concurrently); how many."""
+        s = self.settings
+        claimed = await self.store.claim(self.clock.time(), s.lease_s, s.claim_limit, self.worker)
+        if claimed:
+            await asyncio.gather(*(self._deliver(part) for _, part in claimed))
+        return len(claimed)
+
+    async def _deliver(self, part: OutboxPart) -> None:
+        s = self.settings
+        try:
+            for request in part.requests:
+                await self._send(part.target, request)
+        except Refused as exc:
+            await self.store.park(part.id, str(exc), self.worker)
+            log.warning("outbox: a part for %s was refused: %s", part.target, exc)
+        except Transient as exc:
+            if part.attempts + 1 >= s.max_attempts:
+                reason = f"gave up after {part.attempts + 1} attempts (last: {exc})"
+                await self.store.park(part.id, reason, self.worker)
+                log.warning("outbox: a part for %s was parked: %s", part.target, reason)
+            else:
+                wait = backoff(part.attempts + 1, s.backoff_base_s, s.backoff_cap_s, self.rng)
+                await self.store.retry(part.id, self.clock.time() + wait, str(exc), self.worker)
+        else:
+            await self.store.delivered(part.id, self.clock.time(), self.worker)
+        self._settled.set()
+
+    async def _send(self, target: str, request: PartRequest) -> None:
+        client = self.clients.get(target)
+        if client is None:  # (a target taken out of the configuration since)
+            raise Refused(f"{target} is not a configured backend")
+        headers = {**dict(request.headers), "Idempotency-Key": request.idempotency_key}
+        try:
+            async with asyncio.timeout(client.settings.total_timeout_s):
+                async with client.transport.request(
+                    request.method, client.base + request.path, headers=headers, body=request.body
+                ) as resp:
+                    status = resp.status
+                    await resp.read(_ANSWER_CAP)
+        except TimeoutError:
+            raise Transient(f"{target} did not answer in time") from None
+        except TransportError as exc:
+            raise Transient(f"{target}: {exc.detail}") from None
+        except Exception:  # (read past the cap, or a bug: not the target's fault; try again later)
+            log.exception("outbox: sending to %s failed", target)
+            raise Transient(f"{target}: failed unexpectedly") from None
+        if 200 <= status < 300:
+            return
+        if 400 <= status < 500 and status not in _TRANSIENT_4XX:
+            raise Refused(f"{target} refused it (HTTP {status})")
+        raise Transient(f"{target} answered HTTP {status}")
+
+    async def settled(self, transaction: str, wait_s: float) -> OutboxTransaction | None:
+        """The transaction once every part is delivered or parked, or as it is after ``wait_s``."""
+        deadline = self.clock.monotonic() + wait_s
+        while True:
+            txn = await self.store.outbox_transaction(transaction)
+            if txn is None or all(p.state != PENDING for p in txn.parts):
+                return txn
+            left = deadline - self.clock.monotonic()
+            if left <= 0:
+                return txn
+            self._settled.clear()
+            with contextlib.suppress(TimeoutError):  # (another worker may settle it: look again soon)
+                await asyncio.wait_for(self._settled.wait(), min(left, 0.05))

@@ -1,0 +1,240 @@
+"""Document once: a home visit written through the facade reaches Viva and Cosmic exactly once.
+
+End to end on the simulators (tests/conftest.py ``facade``): the happy path; a target down during the
+POST (202, the Task pending, delivered after recovery); a target refusing (the Task says refused, it
+is not retried forever); a delivery worker killed mid-way and another taking over (exactly once in
+each target); the same Bundle twice (once); a malformed Bundle (400 listing every problem, nothing
+queued); a patient token and a token without write scope (403); another Bundle under a used
+identifier (409); a Task is its writer's only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import pytest
+from yarl import URL
+
+from proxy.edge.http import FACADE_KEY, STORE_KEY
+from proxy.pipeline.delivery import Delivery
+from proxy.simulators.harness import Received
+from proxy.simulators.population import TOLVAN
+from tests.conftest import BASE, auth, pid
+from tests.writes.visit import visit
+
+HOMECARE = {**auth("homecare"), "Content-Type": "application/fhir+json"}
+FAST = {"wait_s": 2.0, "poll_s": 0.05, "backoff_base_s": 0.05, "backoff_cap_s": 0.2}
+
+
+def posted(received: list[Received], backend: str) -> list[Received]:
+    return [r for r in received if r.backend == backend and r.method == "POST" and "/_sim/" not in r.path]
+
+
+async def post(f: Any, bundle: dict[str, Any], headers: dict[str, str] = HOMECARE) -> tuple[int, Any, Any]:
+    resp = await f.client.post(BASE, data=orjson.dumps(bundle), headers=headers)
+    return resp.status, await resp.json(content_type=None), resp.headers
+
+
+async def task(f: Any, location: str, headers: dict[str, str] = HOMECARE) -> tuple[int, Any]:
+    resp = await f.client.get(URL(location).path, headers=headers)
+    return resp.status, await resp.json(content_type=None)
+
+
+async def until(f: Any, location: str, status: str, timeout_s: float = 10.0) -> Any:
+    for _ in range(int(timeout_s / 0.05)):
+        _, t = await task(f, location)
+        if t.get("status") == status:
+            return t
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the Task never became {status}: {t}")
+
+
+def encounters_of(bundle: Any) -> list[Any]:
+    return [e["resource"] for e in bundle.get("entry", []) if e["resource"]["resourceType"] == "Encounter"]
+
+
+async def test_a_home_visit_reaches_both_targets_and_reads_back_once(facade: Any) -> None:
+    received: list[Received] = []
+    async with facade(received=received, outbox=FAST) as f:
+        status, answer, headers = await post(f, visit(pid(TOLVAN.pnr)))
+        assert status == 200, answer
+        assert answer["type"] == "transaction-response" and len(answer["entry"]) == 10
+        assert {e["response"]["status"] for e in answer["entry"]} == {"201 Created"}
+        _, t = await task(f, headers["Location"])
+        assert t["status"] == "completed" and {o["type"]["text"] for o in t["output"]} == {"viva", "cosmic"}
+        assert posted(received, "viva") and posted(received, "cosmic")
+        assert all(
+            r.headers.get("Idempotency-Key") for r in posted(received, "viva") + posted(received, "cosmic")
+        )
+        # read back by care staff: the visit once, with both sources as provenance
+        status, everything = await f.get(
+            f"{BASE}/Patient/{pid(TOLVAN.pnr)}/$everything", headers=auth("homecare")
+        )
+        written = [
+            e
+            for e in encounters_of(everything)
+            if any(i.get("system") == "urn:fhir-facade:written" for i in e.get("identifier", []))
+        ]
+        assert status == 200 and len(written) == 1, written
+
+
+async def test_a_target_down_during_the_post_is_delivered_after_recovery_once(facade: Any) -> None:
+    received: list[Received] = []
+    async with facade(received=received, outbox={**FAST, "wait_s": 0.5, "max_attempts": 1000}) as f:
+        await f.faults("cosmic", error_status=503, path_contains="/cosmic/api")
+        status, answer, headers = await post(f, visit(pid(TOLVAN.pnr)))
+        assert status == 200
+        assert {e["response"]["status"] for e in answer["entry"]} == {"202 Accepted"}
+        issues = answer["entry"][0]["response"]["outcome"]["issue"]
+        assert any("cosmic" in i["diagnostics"] and "pending" in i["diagnostics"] for i in issues)
+        _, t = await task(f, headers["Location"])
+        assert t["status"] == "in-progress"
+        cosmic = next(o for o in t["output"] if o["type"]["text"] == "cosmic")
+        assert cosmic["valueString"].startswith("pending")
+        await f.faults("cosmic")  # recovered
+        await until(f, headers["Location"], "completed")
+        keys = [r.headers["Idempotency-Key"] for r in posted(received, "cosmic")]
+        accepted = {k for k in keys}
+        assert len(accepted) == 10  # each entry's key; a retry repeated a key, never a new one
+
+
+async def test_a_refused_part_is_parked_with_why_and_not_retried(facade: Any) -> None:
+    received: list[Received] = []
+    async with facade(received=received, outbox=FAST) as f:
+        await f.faults("viva", error_status=422, path_contains="/viva/api")
+        status, _, headers = await post(f, visit(pid(TOLVAN.pnr)))
+        assert status == 200
+        t = await until(f, headers["Location"], "failed")
+        viva = next(o for o in t["output"] if o["type"]["text"] == "viva")
+        assert viva["valueString"] == "not delivered: viva refused it (HTTP 422)"
+        sent = len(posted(received, "viva"))
+        await asyncio.sleep(0.5)
+        assert len(posted(received, "viva")) == sent == 1  # the first request refused: parked, not retried
+        assert TOLVAN.pnr not in orjson.dumps(t).decode()
+
+
+async def test_a_target_down_for_good_is_given_up_on_after_max_attempts(facade: Any) -> None:
+    received: list[Received] = []
+    async with facade(received=received, outbox={**FAST, "max_attempts": 3}) as f:
+        await f.faults("cosmic", error_status=503, path_contains="/cosmic/api")
+        _, _, headers = await post(f, visit(pid(TOLVAN.pnr)))
+        t = await until(f, headers["Location"], "failed")
+        cosmic = next(o for o in t["output"] if o["type"]["text"] == "cosmic")
+        assert (
+            cosmic["valueString"]
+            == "not delivered: gave up after 3 attempts (last: cosmic answered HTTP 503)"
+        )
+        assert len(posted(received, "cosmic")) == 3  # three sends of its first request, then no more
+        await asyncio.sleep(0.3)
+        assert len(posted(received, "cosmic")) == 3
+
+
+async def test_the_same_bundle_twice_is_written_once(facade: Any) -> None:
+    received: list[Received] = []
+    async with facade(received=received, outbox=FAST) as f:
+        bundle = visit(pid(TOLVAN.pnr))
+        first = await post(f, bundle)
+        second = await post(f, bundle)
+        assert first[0] == second[0] == 200
+        assert first[2]["Location"] == second[2]["Location"]
+        assert first[1] == second[1]
+        assert len(posted(received, "viva")) == len(posted(received, "cosmic")) == 10
+        # another Bundle under the same identifier: a conflict, nothing written
+        other = visit(pid(TOLVAN.pnr), identifier=bundle["identifier"]["value"])
+        other["entry"][2]["resource"]["valueQuantity"]["value"] = 80  # (another pulse: another Bundle)
+        status, outcome, _ = await post(f, other)
+        assert status == 409 and outcome["resourceType"] == "OperationOutcome"
+        assert len(posted(received, "viva")) == 10
+
+
+async def test_a_malformed_bundle_lists_every_problem_and_nothing_is_queued(facade: Any) -> None:
+    received: list[Received] = []
+    async with facade(received=received, outbox=FAST) as f:
+        bundle = visit(pid(TOLVAN.pnr))
+        bundle["entry"][0]["resource"]["period"]["start"] = "2026-11-30T09:15:00"  # no zone
+        bundle["entry"][1]["resource"]["effectiveDateTime"] = "2099-01-01T00:00:00+01:00"  # future
+        bundle["entry"][2]["resource"]["encounter"] = {
+            "reference": "urn:uuid:00000000-0000-4000-8000-000000000000"
+        }
+        status, outcome, _ = await post(f, bundle)
+        assert status == 400 and outcome["resourceType"] == "OperationOutcome"
+        assert len(outcome["issue"]) >= 3, outcome
+        await asyncio.sleep(0.2)
+        assert posted(received, "viva") == posted(received, "cosmic") == []
+        status, outcome, _ = await post(f, {"resourceType": "Patient"})
+        assert status == 400
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {**auth("patient", pnr=TOLVAN.pnr), "Content-Type": "application/fhir+json"},
+        {**auth("homecare", scopes="user/*.rs"), "Content-Type": "application/fhir+json"},
+        {**auth("clinician"), "Content-Type": "application/fhir+json"},  # no policy grants it
+    ],
+)
+async def test_who_may_not_write_is_refused_and_nothing_is_sent(facade: Any, headers: dict[str, str]) -> None:
+    received: list[Received] = []
+    async with facade(received=received, outbox=FAST) as f:
+        status, outcome, _ = await post(f, visit(pid(TOLVAN.pnr)), headers=headers)
+        assert status == 403 and outcome["resourceType"] == "OperationOutcome"
+        await asyncio.sleep(0.2)
+        assert posted(received, "viva") == posted(received, "cosmic") == []
+
+
+async def test_a_task_is_its_writers_only(facade: Any) -> None:
+    async with facade(outbox=FAST) as f:
+        _, _, headers = await post(f, visit(pid(TOLVAN.pnr)))
+        mine = await task(f, headers["Location"])
+        other = await task(f, headers["Location"], headers=auth("homecare", sub="another-nurse"))
+        unknown = await task(f, f"{BASE}/Task/{'0' * 32}")
+        assert mine[0] == 200 and other[0] == unknown[0] == 404
+        assert other[1] == unknown[1]
+
+
+async def test_a_worker_killed_mid_delivery_leaves_each_target_with_the_visit_once(facade: Any) -> None:
+    """The parts were sent, but the worker died before recording it (its loop ends there); after the
+    lease a restarted worker sends them again with the same keys, and the targets write nothing twice."""
+    received: list[Received] = []
+    async with facade(received=received, outbox={**FAST, "lease_s": 0.3, "wait_s": 0.0}) as f:
+        app = f.client.server.app
+        facade_, store = app[FACADE_KEY], app[STORE_KEY]
+        real_delivered = store.delivered
+        died: list[str] = []
+
+        async def killed_before_recording(part_id: str, now: float, worker: str) -> bool:
+            died.append(part_id)
+            raise asyncio.CancelledError  # (the worker is killed here: its acknowledgement is lost)
+
+        store.delivered = killed_before_recording
+        _, _, headers = await post(f, visit(pid(TOLVAN.pnr)))
+        for _ in range(200):
+            if len(died) >= 1:
+                break
+            await asyncio.sleep(0.02)
+        assert died
+        store.delivered = real_delivered
+        restarted = Delivery(store, facade_.clients, facade_.settings.outbox, facade_.clock, "restarted")
+        for _ in range(200):
+            await restarted.once()
+            _, t = await task(f, headers["Location"])
+            if t["status"] == "completed":
+                break
+            await asyncio.sleep(0.05)
+        assert t["status"] == "completed", t
+        for target in ("viva", "cosmic"):
+            keys = [r.headers["Idempotency-Key"] for r in posted(received, target)]
+            assert len(set(keys)) == 10 and len(keys) >= 10  # some sent twice, always with the same key
+        assert any(len(posted(received, t)) > 10 for t in ("viva", "cosmic"))
+        # and each target holds the visit once: read back once
+        status, everything = await f.get(
+            f"{BASE}/Patient/{pid(TOLVAN.pnr)}/$everything", headers=auth("homecare")
+        )
+        written = [
+            e
+            for e in encounters_of(everything)
+            if any(i.get("system") == "urn:fhir-facade:written" for i in e.get("identifier", []))
+        ]
+        assert status == 200 and len(written) == 1
