@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import orjson
 
 from proxy.access import require
-from proxy.fhir.errors import FhirError, issue
+from proxy.fhir.errors import FhirError, issue, outcome
 from proxy.fhir.transaction import WRITTEN_SYSTEM, TransactionInvalid, ValidTransaction, validate_transaction
 from proxy.mapping.write import WriteMappingError
 from proxy.pipeline.delivery import DELIVERED, PARKED, PENDING
@@ -170,14 +170,9 @@ def transaction_response(txn: OutboxTransaction) -> FhirDict:
     for _full_url, rtype, minted in orjson.loads(txn.entries)["entries"]:
         response: FhirDict = {"status": "201 Created" if not pending and not parked else "202 Accepted"}
         if pending or parked:
-            issues = [
-                {"severity": "warning", "code": "incomplete", "diagnostics": f"{t}: pending delivery"}
-                for t in pending
-            ] + [
-                {"severity": "error", "code": "processing", "diagnostics": f"{t}: not delivered"}
-                for t in parked
-            ]
-            response["outcome"] = {"resourceType": "OperationOutcome", "issue": issues}
+            issues = [issue("incomplete", f"{t}: pending delivery", severity="warning") for t in pending]
+            issues += [issue("processing", f"{t}: not delivered") for t in parked]
+            response["outcome"] = outcome(issues)
         response["location"] = f"{rtype}?identifier={WRITTEN_SYSTEM}|{minted}"
         entries.append({"response": response})
     return {
