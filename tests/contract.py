@@ -196,3 +196,25 @@ async def map_everyone(
         for person in [*people, *also]:
             mapped[person.pnr] = await map_all(backend, client, person, skipped=skipped, fetches=fetches)
     return mapped, skipped, fetches
+
+
+def empty_answer(name: str) -> bytes:
+    """The answer each of ``name``'s mappings reads as "nothing here" (and none as broken): every list
+    its mappings select, present and empty — JSON for Cosmic and Viva; for NPÖ a SOAP envelope with
+    every response element and no record in it (proxy.mapping.compiler ``answer_keys``)."""
+    backend = BACKENDS[name]
+    tree: dict[str, Any] = {}
+    for m in backend.mappings:
+        node = tree
+        for i, key in enumerate(m.required):
+            last = i == len(m.required) - 1
+            node = node.setdefault(key, [] if last and m.request.format == "json" else {})
+            if not isinstance(node, dict):
+                break
+    if backend.mappings[0].request.format == "json":
+        return orjson.dumps(tree)
+
+    def xml(node: dict[str, Any]) -> str:
+        return "".join(f"<{k}>{xml(v) if isinstance(v, dict) else ''}</{k}>" for k, v in node.items())
+
+    return xml(tree).encode()

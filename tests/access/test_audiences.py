@@ -61,7 +61,7 @@ DENTAL = {
     "policy.audiences.dentist": {"sees": ["NOPAT"]},
     "access.emergency_audiences": ["ambulance", "clinician", "dentist"],
 }
-NO_HOMECARE = ("audiences.homecare", "policy.audiences.homecare")
+NO_HOMECARE = ("audiences.homecare", "policy.audiences.homecare", "writes.policy.homecare")
 
 
 def test_the_shipped_config_builds_the_table_once_and_the_defaults_are_the_same(tmp_path: Path) -> None:

@@ -117,6 +117,14 @@ def write_jwks(path: Path, keys: dict[str, rsa.RSAPrivateKey]) -> None:
 # -- valid tokens -------------------------------------------------------------------------------
 
 
+WRITES = (
+    "user/Encounter.c",
+    "user/Observation.c",
+    "user/DocumentReference.c",
+    "user/MedicationAdministration.c",
+)
+
+
 @pytest.mark.parametrize(
     ("audience", "unit", "provider"),
     [
@@ -131,7 +139,9 @@ def test_care_audience_token_maps_to_principal(
     p = auth.authenticate(bearer(make_token(audience)))
     assert p.audience.name == audience
     assert p.issuer == DEMO_ISSUER
-    assert p.scopes == grants("user/*.rs", "user/Consent.cu")
+    # the home-care nurse and the ambulance crew also document visits (issue 22)
+    writes = () if audience == "clinician" else WRITES
+    assert p.scopes == grants("user/*.rs", "user/Consent.cu", *writes)
     assert p.care_unit_hsa_id == unit
     assert p.care_provider_hsa_id == provider
     assert p.user_hsa_id is not None and p.user_hsa_id.startswith(provider.split("-")[0])

@@ -178,7 +178,10 @@ def test_cli_token_defaults_carry_consent_writes_and_the_patients_own_id(
     assert main(["token", "--audience", "homecare"]) == 0
     claims = jwt.decode(capsys.readouterr().out.strip(), options={"verify_signature": False})
     assert "patient" not in claims
-    assert set(claims["scope"].split()) == {"user/*.rs", "user/Consent.cu"}
+    writes = {
+        f"user/{t}.c" for t in ("Encounter", "Observation", "DocumentReference", "MedicationAdministration")
+    }
+    assert set(claims["scope"].split()) == {"user/*.rs", "user/Consent.cu", *writes}  # (a writer: issue 22)
     assert claims["exp"] - claims["iat"] == 3600
 
 

@@ -31,11 +31,12 @@ from proxy.settings import DEMO_PATIENT_ID_KEY, Settings, load_settings
 from proxy.simulators import npo
 from proxy.simulators.population import TOLVAN, at
 from proxy.types import MappedResource, SourceOutcome, SourceStatus
+from tests import contract
 from tests.clock import FakeClock
 from tests.conftest import BASE, RESOURCE_IDS, pid
 
 NAMES = ("cosmic", "viva", "npo")
-EMPTY = {"cosmic": b"{}", "viva": b"{}", "npo": b"<Envelope><Body/></Envelope>"}
+EMPTY = {name: contract.empty_answer(name) for name in ("cosmic", "viva", "npo")}
 LAB = next(c for c in npo.CONTRACTS if c.record == "laboratoryOrderOutcome")
 OLD_CAP = 8 * 1024 * 1024  # the cap an answer was dropped whole at, before this issue
 

@@ -25,13 +25,14 @@ from proxy.redact.policy import compile_policy
 from proxy.settings import DEMO_PATIENT_ID_KEY, Settings, load_settings
 from proxy.slack import SlackJob
 from proxy.types import SourceStatus
+from tests import contract
 from tests.clock import FakeClock
 from tests.conftest import RESOURCE_IDS
 from tests.fanout.test_slack_mapping import TOLVAN, _Stalled
 
 NAMES = ("cosmic", "viva", "npo")
 # an answer each backend's mappings read as "nothing here" (JSON for Cosmic and Viva, SOAP for NPÖ)
-EMPTY = {"cosmic": b"{}", "viva": b"{}", "npo": b"<Envelope><Body/></Envelope>"}
+EMPTY = {name: contract.empty_answer(name) for name in ("cosmic", "viva", "npo")}
 
 
 @functools.cache

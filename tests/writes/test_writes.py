@@ -25,6 +25,7 @@ from tests.conftest import BASE, auth, pid
 from tests.writes.visit import visit
 
 HOMECARE = {**auth("homecare"), "Content-Type": "application/fhir+json"}
+STORES = pytest.mark.parametrize("store", ["sqlite", "postgres"])
 FAST = {"wait_s": 2.0, "poll_s": 0.05, "backoff_base_s": 0.05, "backoff_cap_s": 0.2}
 
 
@@ -55,9 +56,10 @@ def encounters_of(bundle: Any) -> list[Any]:
     return [e["resource"] for e in bundle.get("entry", []) if e["resource"]["resourceType"] == "Encounter"]
 
 
-async def test_a_home_visit_reaches_both_targets_and_reads_back_once(facade: Any) -> None:
+@STORES
+async def test_a_home_visit_reaches_both_targets_and_reads_back_once(facade: Any, store: str) -> None:
     received: list[Received] = []
-    async with facade(received=received, outbox=FAST) as f:
+    async with facade(received=received, outbox=FAST, store=store) as f:
         status, answer, headers = await post(f, visit(pid(TOLVAN.pnr)))
         assert status == 200, answer
         assert answer["type"] == "transaction-response" and len(answer["entry"]) == 10
@@ -80,9 +82,14 @@ async def test_a_home_visit_reaches_both_targets_and_reads_back_once(facade: Any
         assert status == 200 and len(written) == 1, written
 
 
-async def test_a_target_down_during_the_post_is_delivered_after_recovery_once(facade: Any) -> None:
+@STORES
+async def test_a_target_down_during_the_post_is_delivered_after_recovery_once(
+    facade: Any, store: str
+) -> None:
     received: list[Received] = []
-    async with facade(received=received, outbox={**FAST, "wait_s": 0.5, "max_attempts": 1000}) as f:
+    async with facade(
+        received=received, outbox={**FAST, "wait_s": 0.5, "max_attempts": 1000}, store=store
+    ) as f:
         await f.faults("cosmic", error_status=503, path_contains="/cosmic/api")
         status, answer, headers = await post(f, visit(pid(TOLVAN.pnr)))
         assert status == 200
@@ -131,9 +138,10 @@ async def test_a_target_down_for_good_is_given_up_on_after_max_attempts(facade: 
         assert len(posted(received, "cosmic")) == 3
 
 
-async def test_the_same_bundle_twice_is_written_once(facade: Any) -> None:
+@STORES
+async def test_the_same_bundle_twice_is_written_once(facade: Any, store: str) -> None:
     received: list[Received] = []
-    async with facade(received=received, outbox=FAST) as f:
+    async with facade(received=received, outbox=FAST, store=store) as f:
         bundle = visit(pid(TOLVAN.pnr))
         first = await post(f, bundle)
         second = await post(f, bundle)
@@ -194,11 +202,14 @@ async def test_a_task_is_its_writers_only(facade: Any) -> None:
         assert other[1] == unknown[1]
 
 
-async def test_a_worker_killed_mid_delivery_leaves_each_target_with_the_visit_once(facade: Any) -> None:
+@STORES
+async def test_a_worker_killed_mid_delivery_leaves_each_target_with_the_visit_once(
+    facade: Any, store: str
+) -> None:
     """The parts were sent, but the worker died before recording it (its loop ends there); after the
     lease a restarted worker sends them again with the same keys, and the targets write nothing twice."""
     received: list[Received] = []
-    async with facade(received=received, outbox={**FAST, "lease_s": 0.3, "wait_s": 0.0}) as f:
+    async with facade(received=received, outbox={**FAST, "lease_s": 0.3, "wait_s": 0.0}, store=store) as f:
         app = f.client.server.app
         facade_, store = app[FACADE_KEY], app[STORE_KEY]
         real_delivered = store.delivered
