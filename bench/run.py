@@ -220,9 +220,10 @@ def make_issuer(tmp: Path) -> tuple[ec.EllipticCurvePrivateKey, Path]:
     return private, pem
 
 
-def clinician_token(private: ec.EllipticCurvePrivateKey, lifetime_s: int) -> str:
-    """The claims of a demo clinician token (HSA-ids, scopes …), issued by the bench issuer, ES256."""
-    claims = jwt.decode(demo_token("clinician", lifetime_s=lifetime_s), options={"verify_signature": False})
+def clinician_token(private: ec.EllipticCurvePrivateKey, lifetime_s: int, audience: str = "clinician") -> str:
+    """The claims of a demo token of ``audience`` (a clinician's: HSA-ids, scopes …), issued by the
+    bench issuer, ES256."""
+    claims = jwt.decode(demo_token(audience, lifetime_s=lifetime_s), options={"verify_signature": False})
     claims["iss"] = BENCH_ISSUER
     return jwt.encode(claims, private, algorithm="ES256")
 

@@ -249,3 +249,20 @@ async def test_a_worker_killed_mid_delivery_leaves_each_target_with_the_visit_on
             if any(i.get("system") == "urn:fhir-facade:written" for i in e.get("identifier", []))
         ]
         assert status == 200 and len(written) == 1
+
+
+async def test_a_write_is_audited_as_a_create_and_shown_in_the_patients_access_log(facade: Any) -> None:
+    async with facade(outbox=FAST) as f:
+        status, _, _ = await post(f, visit(pid(TOLVAN.pnr)))
+        assert status == 200
+        patient = auth("patient", pnr=TOLVAN.pnr)
+        status, log = await f.get(f"{BASE}/AuditEvent", params={"patient": pid(TOLVAN.pnr)}, headers=patient)
+    assert status == 200
+    creates = [e["resource"] for e in log["entry"] if e["resource"]["action"] == "C"]
+    assert len(creates) == 1, [e["resource"]["action"] for e in log["entry"]]
+    (event,) = creates
+    assert event["subtype"][0]["code"] == "create" and event["outcome"] == "0"
+    assert event["agent"][0]["role"] == [{"text": "Kommunal hemsjukvård"}]
+    # what was written is not named in the patient's view: no types, no sources, no counts
+    text = orjson.dumps(event).decode()
+    assert "Observation" not in text and "viva" not in text and "cosmic" not in text
