@@ -31,7 +31,8 @@ from proxy.app import compile_mappings, compile_writes
 from proxy.demo_org import MUNICIPALITY_PROVIDER, UNITS
 from proxy.fanout.client import BackendClient
 from proxy.fhir.ids import PatientIds, ResourceIds
-from proxy.mapping.write import WRITTEN_SYSTEM, WriteMappingError, WriteMappings
+from proxy.fhir.transaction import WRITTEN_SYSTEM
+from proxy.mapping.write import WriteMappingError, WriteMappings
 from proxy.merge.facts import merge
 from proxy.pipeline.facade import Facade
 from proxy.pipeline.fetch import fetch_and_map

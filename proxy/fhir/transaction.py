@@ -30,6 +30,7 @@ from typing import Any
 import orjson
 
 from proxy.fhir.errors import issue, outcome
+from proxy.settings import WRITABLE_TYPES
 from proxy.types import FhirDict
 
 WRITTEN_SYSTEM = "urn:fhir-facade:written"
@@ -37,7 +38,6 @@ WRITTEN_SYSTEM = "urn:fhir-facade:written"
 # and the facade's clock disagree by seconds to minutes; a visit hours ahead is a mistake.
 CLOCK_SKEW_S = 300.0
 MAX_DEPTH = 64  # JSON levels; a home visit's deepest element is about 10 down from the Bundle
-WRITABLE_TYPES = ("Encounter", "Observation", "DocumentReference", "MedicationAdministration")
 
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"

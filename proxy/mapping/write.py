@@ -40,8 +40,6 @@ from proxy.mapping.validate import SpecCompiler
 from proxy.timeutil import SWEDEN
 from proxy.types import SUPPORTED_TYPES
 
-WRITTEN_SYSTEM = "urn:fhir-facade:written"  # (W2's constant, proxy/fhir/transaction.py: one at merge)
-
 # What every write's templates may name besides the backend's own ``vars``: the patient, the
 # identifier the facade minted for the entry, and the writer (stamped on what is written).
 WRITE_CONTEXT = frozenset(

@@ -15,10 +15,10 @@ import pytest
 
 from proxy.cli import main
 from proxy.fhir.ids import ResourceIds
+from proxy.fhir.transaction import WRITTEN_SYSTEM
 from proxy.mapping.registry import REQUEST_CONTEXT, load_mappings
 from proxy.mapping.validate import MappingError
 from proxy.mapping.write import (
-    WRITTEN_SYSTEM,
     WriteMapping,
     WriteMappingError,
     WriteMappings,
