@@ -66,6 +66,12 @@ BY_TYPE: dict[str, tuple[ParamDef, ...]] = {
         _p("code", "token", "medicationCodeableConcept", description="Medication code (ATC)"),
         _p("status", "token", "status", description="completed | not-done | ..."),
         _p("reason-not-given", "token", "statusReason", description="Reasons for not giving the medication"),
+        _p(
+            "identifier",
+            "token",
+            "identifier",
+            description="An identifier of the record (a written one's: urn:fhir-facade:written)",
+        ),
     ),
     "Procedure": (
         _p(
@@ -98,6 +104,12 @@ BY_TYPE: dict[str, tuple[ParamDef, ...]] = {
         _p("code", "token", "code", description="Observation code (NPU, ICF ...)"),
         _p("category", "token", "category", description="laboratory | survey | ..."),
         _p("status", "token", "status", description="Status of the observation"),
+        _p(
+            "identifier",
+            "token",
+            "identifier",
+            description="An identifier of the record (a written one's: urn:fhir-facade:written)",
+        ),
     ),
     "Immunization": (
         _p("date", "date", "occurrenceDateTime", description="Vaccination date"),
@@ -109,6 +121,12 @@ BY_TYPE: dict[str, tuple[ParamDef, ...]] = {
         _p("class", "token", "class", description="AMB | EMER | IMP | HH ..."),
         _p("type", "token", "type", description="Specific type of encounter"),
         _p("status", "token", "status", description="planned | in-progress | finished ..."),
+        _p(
+            "identifier",
+            "token",
+            "identifier",
+            description="An identifier of the record (a written one's: urn:fhir-facade:written)",
+        ),
     ),
     "CarePlan": (
         _p("date", "date", "period", description="Time period the plan covers"),
@@ -121,6 +139,12 @@ BY_TYPE: dict[str, tuple[ParamDef, ...]] = {
         _p("category", "token", "category", description="Categorization of the document"),
         _p("status", "token", "status", description="current | superseded | entered-in-error"),
         _p("period", "date", "context.period", description="Time of service documented"),
+        _p(
+            "identifier",
+            "token",
+            "identifier",
+            description="An identifier of the record (a written one's: urn:fhir-facade:written)",
+        ),
     ),
 }
 

@@ -173,7 +173,8 @@ def transaction_response(txn: OutboxTransaction) -> FhirDict:
             issues = [issue("incomplete", f"{t}: pending delivery", severity="warning") for t in pending]
             issues += [issue("processing", f"{t}: not delivered") for t in parked]
             response["outcome"] = outcome(issues)
-        response["location"] = f"{rtype}?identifier={WRITTEN_SYSTEM}|{minted}"
+        # (a search finding the written record, once delivered: its id is the read side's)
+        response["location"] = f"{rtype}?patient={txn.patient}&identifier={WRITTEN_SYSTEM}|{minted}"
         entries.append({"response": response})
     return {
         "resourceType": "Bundle",

@@ -80,6 +80,11 @@ async def test_a_home_visit_reaches_both_targets_and_reads_back_once(facade: Any
             if any(i.get("system") == "urn:fhir-facade:written" for i in e.get("identifier", []))
         ]
         assert status == 200 and len(written) == 1, written
+        # each entry's location finds its record: exactly the one written
+        for entry in answer["entry"]:
+            status, found = await f.get(f"{BASE}/{entry['response']['location']}", headers=auth("homecare"))
+            records = [e["resource"] for e in found["entry"] if e["search"]["mode"] == "match"]
+            assert status == 200 and len(records) == 1, (entry, found.get("total"))
 
 
 @STORES
