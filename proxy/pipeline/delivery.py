@@ -36,6 +36,7 @@ log = logging.getLogger("fhir_facade.outbox")
 
 DELIVERED, PENDING, PARKED = "delivered", "pending", "parked"
 _TRANSIENT_4XX = frozenset({408, 425, 429})  # (time-out, too early, too many: try again later)
+LEASE_USE = 0.9  # of a lease, what a part's sending may take (the rest: recording its outcome)
 _ANSWER_CAP = 1 << 20  # an acknowledgement is small: read at most this much of it
 
 
@@ -97,22 +98,31 @@ class Delivery:
     async def _deliver(self, part: OutboxPart) -> None:
         s = self.settings
         try:
-            for request in part.requests:
-                await self._send(part.target, request)
+            # within the lease: past it another worker may claim the part and send it as well
+            async with asyncio.timeout(s.lease_s * LEASE_USE):
+                for request in part.requests:
+                    await self._send(part.target, request)
+        except TimeoutError:
+            exc = Transient(f"{part.target}: the part was not sent whole within its lease")
+            await self._retry_or_park(part, exc)
         except Refused as exc:
             await self.store.park(part.id, str(exc), self.worker)
             log.warning("outbox: a part for %s was refused: %s", part.target, exc)
         except Transient as exc:
-            if part.attempts + 1 >= s.max_attempts:
-                reason = f"gave up after {part.attempts + 1} attempts (last: {exc})"
-                await self.store.park(part.id, reason, self.worker)
-                log.warning("outbox: a part for %s was parked: %s", part.target, reason)
-            else:
-                wait = backoff(part.attempts + 1, s.backoff_base_s, s.backoff_cap_s, self.rng)
-                await self.store.retry(part.id, self.clock.time() + wait, str(exc), self.worker)
+            await self._retry_or_park(part, exc)
         else:
             await self.store.delivered(part.id, self.clock.time(), self.worker)
         self._settled.set()
+
+    async def _retry_or_park(self, part: OutboxPart, exc: Transient) -> None:
+        s = self.settings
+        if part.attempts + 1 >= s.max_attempts:
+            reason = f"gave up after {part.attempts + 1} attempts (last: {exc})"
+            await self.store.park(part.id, reason, self.worker)
+            log.warning("outbox: a part for %s was parked: %s", part.target, reason)
+        else:
+            wait = backoff(part.attempts + 1, s.backoff_base_s, s.backoff_cap_s, self.rng)
+            await self.store.retry(part.id, self.clock.time() + wait, str(exc), self.worker)
 
     async def _send(self, target: str, request: PartRequest) -> None:
         client = self.clients.get(target)
