@@ -13,6 +13,7 @@ with every problem; no write scope or policy: 403; another Bundle under the same
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 
 import orjson
@@ -60,13 +61,17 @@ async def single(request: web.Request) -> web.Response:
     key = request.headers.get("Idempotency-Key", "")
     if not (0 < len(key) <= 128 and key.isascii() and key.isprintable()):
         key = uuid.uuid4().hex  # (no key: every POST is a new write)
+    # a key is its writer's: another client's or user's same key is another write, never a conflict
+    who = asker(request)
+    key = hashlib.sha256(f"{who.client_id}\n{who.subject}\n{key}".encode()).hexdigest()[:32]
     bundle = {
         "resourceType": "Bundle",
         "type": "transaction",
         "identifier": {"system": SINGLE_SYSTEM, "value": key},
         "entry": [
             {
-                "fullUrl": f"urn:uuid:{uuid.uuid4()}",
+                # (from the key: the same resource under the same key is the same Bundle, a repeat)
+                "fullUrl": f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, f'{SINGLE_SYSTEM}|{key}')}",
                 "resource": resource,
                 "request": {"method": "POST", "url": rtype},
             }

@@ -108,8 +108,17 @@ async def test_a_target_down_during_the_post_is_delivered_after_recovery_once(
         await f.faults("cosmic")  # recovered
         await until(f, headers["Location"], "completed")
         keys = [r.headers["Idempotency-Key"] for r in posted(received, "cosmic")]
-        accepted = {k for k in keys}
-        assert len(accepted) == 10  # each entry's key; a retry repeated a key, never a new one
+        assert len(set(keys)) == 10 < len(keys)  # each entry's key; a retry repeated a key, never a new one
+        # read back once: one visit, in both sources
+        status, everything = await f.get(
+            f"{BASE}/Patient/{pid(TOLVAN.pnr)}/$everything", headers=auth("homecare")
+        )
+        written = [
+            e
+            for e in encounters_of(everything)
+            if any(i.get("system") == "urn:fhir-facade:written" for i in e.get("identifier", []))
+        ]
+        assert status == 200 and len(written) == 1
 
 
 async def test_a_refused_part_is_parked_with_why_and_not_retried(facade: Any) -> None:
@@ -271,3 +280,24 @@ async def test_a_write_is_audited_as_a_create_and_shown_in_the_patients_access_l
     # what was written is not named in the patient's view: no types, no sources, no counts
     text = orjson.dumps(event).decode()
     assert "Observation" not in text and "viva" not in text and "cosmic" not in text
+
+
+async def test_one_resource_posted_alone_is_a_transaction_of_one(facade: Any) -> None:
+    received: list[Received] = []
+    async with facade(received=received, outbox=FAST) as f:
+        pulse = next(
+            e["resource"]
+            for e in visit(pid(TOLVAN.pnr))["entry"]
+            if e["resource"].get("code", {}).get("coding", [{}])[0].get("code") == "8867-4"
+        )
+        del pulse["encounter"]  # (alone: nothing in the request to refer to)
+        headers = {**HOMECARE, "Idempotency-Key": "pulse-1"}
+        resp = await f.client.post(f"{BASE}/Observation", data=orjson.dumps(pulse), headers=headers)
+        body = await resp.json(content_type=None)
+        assert resp.status == 201, body
+        assert body["resourceType"] == "OperationOutcome" and "/fhir/Task/" in resp.headers["Location"]
+        again = await f.client.post(f"{BASE}/Observation", data=orjson.dumps(pulse), headers=headers)
+        assert again.status == 201 and again.headers["Location"] == resp.headers["Location"]
+        assert len(posted(received, "viva")) == len(posted(received, "cosmic")) == 1  # once, for both POSTs
+        wrong = await f.client.post(f"{BASE}/Encounter", data=orjson.dumps(pulse), headers=HOMECARE)
+        assert wrong.status == 400
