@@ -121,9 +121,10 @@ async def test_a_target_down_during_the_post_is_delivered_after_recovery_once(
         assert status == 200 and len(written) == 1
 
 
-async def test_a_refused_part_is_parked_with_why_and_not_retried(facade: Any) -> None:
+@STORES
+async def test_a_refused_part_is_parked_with_why_and_not_retried(facade: Any, store: str) -> None:
     received: list[Received] = []
-    async with facade(received=received, outbox=FAST) as f:
+    async with facade(received=received, outbox=FAST, store=store) as f:
         await f.faults("viva", error_status=422, path_contains="/viva/api")
         status, _, headers = await post(f, visit(pid(TOLVAN.pnr)))
         assert status == 200
@@ -171,9 +172,10 @@ async def test_the_same_bundle_twice_is_written_once(facade: Any, store: str) ->
         assert len(posted(received, "viva")) == 10
 
 
-async def test_a_malformed_bundle_lists_every_problem_and_nothing_is_queued(facade: Any) -> None:
+@STORES
+async def test_a_malformed_bundle_lists_every_problem_and_nothing_is_queued(facade: Any, store: str) -> None:
     received: list[Received] = []
-    async with facade(received=received, outbox=FAST) as f:
+    async with facade(received=received, outbox=FAST, store=store) as f:
         bundle = visit(pid(TOLVAN.pnr))
         bundle["entry"][0]["resource"]["period"]["start"] = "2026-11-30T09:15:00"  # no zone
         bundle["entry"][1]["resource"]["effectiveDateTime"] = "2099-01-01T00:00:00+01:00"  # future
@@ -197,9 +199,12 @@ async def test_a_malformed_bundle_lists_every_problem_and_nothing_is_queued(faca
         {**auth("clinician"), "Content-Type": "application/fhir+json"},  # no policy grants it
     ],
 )
-async def test_who_may_not_write_is_refused_and_nothing_is_sent(facade: Any, headers: dict[str, str]) -> None:
+@STORES
+async def test_who_may_not_write_is_refused_and_nothing_is_sent(
+    facade: Any, headers: dict[str, str], store: str
+) -> None:
     received: list[Received] = []
-    async with facade(received=received, outbox=FAST) as f:
+    async with facade(received=received, outbox=FAST, store=store) as f:
         status, outcome, _ = await post(f, visit(pid(TOLVAN.pnr)), headers=headers)
         assert status == 403 and outcome["resourceType"] == "OperationOutcome"
         await asyncio.sleep(0.2)
