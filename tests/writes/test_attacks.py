@@ -102,7 +102,7 @@ async def test_the_delivery_loop_outlives_an_unexpected_error(facade: Any) -> No
 
         store.claim = flaky_claim
         await asyncio.sleep(0.3)  # (the loop polls every 0.05 s: it has met the error by now)
-        status, answer, headers = await post(f, visit(pid(TOLVAN.pnr)))
+        status, _, headers = await post(f, visit(pid(TOLVAN.pnr)))
         assert status == 200
         for _ in range(100):
             _, t = await task(f, headers["Location"])
