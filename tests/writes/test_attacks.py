@@ -4,6 +4,7 @@ attacker. (Review findings: these fail until the product is fixed.)"""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from typing import Any
 
@@ -144,3 +145,20 @@ async def test_a_write_does_not_tell_whether_a_patient_hidden_by_pdl_exists_in_a
                 next(o["valueString"].split(" at ")[0] for o in t["output"] if o["type"]["text"] == "cosmic"),
             )
         assert answers[TOLVAN.pnr] == answers[GRETA.pnr], answers
+
+
+async def test_another_writer_cannot_take_a_single_posts_idempotency_key_first(facade: Any) -> None:
+    """A single POST's Bundle.identifier is ``urn:fhir-facade:single-write|sha256(client_id, sub,
+    key)`` — unkeyed, of values that are no secret — and a transaction Bundle may name that system
+    itself. Another nurse computes the victim's identifier for a key it will use ("pulse-1"), POSTs
+    any visit under it first, and the victim's own POST is then refused 409 (its pulse never written)."""
+    async with facade(outbox=FAST) as f:
+        victim_key = hashlib.sha256(b"demo-homecare-tablet\ndemo-homecare-nurse\npulse-1").hexdigest()[:32]
+        squat = visit(pid(GRETA.pnr))
+        squat["identifier"] = {"system": "urn:fhir-facade:single-write", "value": victim_key}
+        status, _, _ = await post(f, squat, headers=ANOTHER_NURSE)
+        assert status == 200  # (accepted: the facade's own system is not reserved)
+        pulse = _pulse(pid(TOLVAN.pnr))
+        headers = {**HOMECARE, "Idempotency-Key": "pulse-1"}
+        resp = await f.client.post(f"{BASE}/Observation", data=orjson.dumps(pulse), headers=headers)
+        assert resp.status == 201, await resp.json(content_type=None)  # today: 409
