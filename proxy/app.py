@@ -224,6 +224,7 @@ def create_app(
             clock=clock,
             write_mappings=writes,
             delivery=delivery,
+            resource_ids=resource_ids,
         )
         # this worker's outbox delivery (any worker delivers any write: the store leases the parts)
         delivering = asyncio.create_task(delivery.run(), name="outbox delivery")

@@ -71,31 +71,60 @@ class Delivery:
         self.rng = rng or random.Random()
         self._wake = asyncio.Event()
         self._settled = asyncio.Event()  # set whenever this worker settled a part
+        # the parts being sent now, each its own task: a slow target's parts do not hold up the
+        # claiming of the others' (at most ``claim_limit`` at once)
+        self._sending: set[asyncio.Task[None]] = set()
 
     def nudge(self) -> None:
         self._wake.set()
 
     async def run(self) -> None:
-        while True:
-            try:
-                worked = await self.once()
-            except StoreUnavailable as exc:  # (the store is down: try again after a pause)
-                log.warning("outbox: %s", exc)
-                worked = 0
-            if not worked:
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.settings.poll_s)
+        """Until cancelled, whatever goes wrong: a loop that died would leave every later write
+        pending for ever."""
+        try:
+            while True:
+                self._wake.clear()  # (before looking: a part queued while it looks wakes the next turn)
+                try:
+                    worked = await self.once()
+                except StoreUnavailable as exc:  # (the store is down: try again after a pause)
+                    log.warning("outbox: %s", exc)
+                    worked = 0
+                except Exception:  # (a bug, or an error the store does not translate: logged, not fatal)
+                    log.exception("outbox: delivering failed; trying again")
+                    worked = 0
+                if not worked:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), self.settings.poll_s)
+        finally:  # (stopped: what is being sent is left to its lease, and another worker)
+            for sending in self._sending:
+                sending.cancel()
+            await asyncio.gather(*self._sending, return_exceptions=True)
 
     async def once(self) -> int:
-        """Claim the parts that are due and deliver them (each target's concurrently); how many."""
-        s = self.settings
-        claimed = await self.store.claim(self.clock.time(), s.lease_s, s.claim_limit, self.worker)
-        if claimed:
-            await asyncio.gather(*(self._deliver(part) for _, part in claimed))
+        """Claim as many due parts as there is room for and start sending each; how many."""
+        room = self.settings.claim_limit - len(self._sending)
+        if room <= 0:
+            return 0  # (a part that finishes wakes the loop)
+        claimed = await self.store.claim(self.clock.time(), self.settings.lease_s, room, self.worker)
+        for _, part in claimed:
+            sending = asyncio.create_task(self._deliver(part), name="outbox part")
+            self._sending.add(sending)
+            sending.add_done_callback(self._sent)
         return len(claimed)
 
+    def _sent(self, sending: asyncio.Task[None]) -> None:
+        self._sending.discard(sending)
+        self._wake.set()  # (room for another part)
+
     async def _deliver(self, part: OutboxPart) -> None:
+        try:
+            await self._deliver_part(part)
+        except StoreUnavailable as exc:  # (its outcome not recorded: the lease runs out, it is sent again)
+            log.warning("outbox: %s", exc)
+        except Exception:
+            log.exception("outbox: a part for %s failed unexpectedly", part.target)
+
+    async def _deliver_part(self, part: OutboxPart) -> None:
         s = self.settings
         try:
             # within the lease: past it another worker may claim the part and send it as well

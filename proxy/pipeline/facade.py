@@ -9,7 +9,7 @@ from proxy.cache import SourceCache
 from proxy.clock import SYSTEM_CLOCK, Clock
 from proxy.fanout.client import BackendClient
 from proxy.fanout.engagement import EngagementIndex
-from proxy.fhir.ids import PatientIds
+from proxy.fhir.ids import PatientIds, ResourceIds
 from proxy.hooks import Hooks
 from proxy.mapping.registry import MappingSet
 from proxy.mapping.write import WriteMappings
@@ -40,6 +40,8 @@ class Facade:
     clock: Clock = SYSTEM_CLOCK  # (the snapshots' lifetime)
     write_mappings: WriteMappings | None = None  # FHIR -> each target's dialect (proxy.pipeline.write)
     delivery: Delivery | None = None  # this worker's outbox delivery loop (proxy.pipeline.delivery)
+    # the deployment's keyed hash (the resource ids'): a write's Bundle.identifier is kept per writer
+    resource_ids: ResourceIds | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,7 +35,7 @@ from proxy.store.base import OutboxPart, OutboxTransaction, PartRequest
 from proxy.timeutil import instant
 from proxy.types import FhirDict, Principal, Query
 
-TASK_SYSTEM = "urn:fhir-facade:write"  # Task.identifier: the Bundle.identifier it delivers
+TASK_SYSTEM = "urn:fhir-facade:write"  # Task.identifier: the write's id
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +44,6 @@ class Written:
 
     response: FhirDict
     task_id: str
-    replayed: bool  # the same Bundle was accepted before: nothing written again
 
 
 async def write(facade: Facade, x: Exchange, body: bytes) -> Written:
@@ -72,27 +71,26 @@ async def write(facade: Facade, x: Exchange, body: bytes) -> Written:
             raise FhirError(403, "forbidden", f"This client may not write {rtype} resources")
     txn = OutboxTransaction(
         id=uuid.uuid4().hex,
-        identifier=valid.identifier,
+        identifier=_writers_own(facade, principal, valid.identifier),
         digest=valid.digest,
         patient=patient.fhir_id,
         created=now,
         entries=orjson.dumps(
             {
                 "writer": [principal.audience.name, principal.subject],
+                "identifier": valid.identifier,
                 "entries": [[e.full_url, e.resource_type, e.identifier] for e in valid.entries],
             }
         ),
         parts=_parts(facade, principal, valid, targets, patient.pnr),
     )
     stored = await store.enqueue(txn)
-    if stored.digest != txn.digest:
-        raise FhirError(409, "conflict", "Another Bundle was accepted under that Bundle.identifier")
-    if _writer(stored) != [principal.audience.name, principal.subject]:
-        raise FhirError(409, "conflict", "Another Bundle was accepted under that Bundle.identifier")
+    if stored.digest != txn.digest:  # (the writer's own identifier: another writer's never meets it)
+        raise FhirError(409, "conflict", "You sent another Bundle under that Bundle.identifier before")
     delivery.nudge()
     settled = await delivery.settled(stored.id, facade.settings.outbox.wait_s) or stored
     x.resource = f"Task/{stored.id}"
-    return Written(transaction_response(settled), stored.id, replayed=stored.id != txn.id)
+    return Written(transaction_response(settled), stored.id)
 
 
 def _parts(
@@ -148,6 +146,15 @@ def _issue(at: int, code: str, text: str) -> FhirDict:
     return issue(code, text, expression=f"Bundle.entry[{at}].resource")
 
 
+def _writers_own(facade: Facade, principal: Principal, identifier: str) -> str:
+    """The outbox's key of a Bundle.identifier: the writer's own (audience, client, user), keyed with
+    the deployment's secret — one writer's identifiers never meet another's, so a used identifier is
+    no oracle, and nobody can take another's first."""
+    assert facade.resource_ids is not None
+    who = "\n".join((principal.audience.name, principal.client_id, principal.subject, identifier))
+    return f"{TASK_SYSTEM}|{facade.resource_ids.digest('write', who)}"
+
+
 def _writer(txn: OutboxTransaction) -> list[str]:
     return list(orjson.loads(txn.entries)["writer"])
 
@@ -200,12 +207,12 @@ def task(txn: OutboxTransaction, patient_ref: str, now: float) -> FhirDict:
         else:  # parked: refused by the target, or given up on
             text = f"not delivered: {p.reason or 'no reason recorded'}"
         outputs.append({"type": {"text": p.target}, "valueString": text})
-    identifier_system, _, identifier_value = txn.identifier.partition("|")
+    identifier_system, _, identifier_value = str(orjson.loads(txn.entries)["identifier"]).partition("|")
     return {
         "resourceType": "Task",
         "id": txn.id,
-        "identifier": [{"system": TASK_SYSTEM, "value": txn.identifier}],
-        "groupIdentifier": {"system": identifier_system, "value": identifier_value},
+        "identifier": [{"system": TASK_SYSTEM, "value": txn.id}],
+        "groupIdentifier": {"system": identifier_system, "value": identifier_value},  # the Bundle's
         "status": status,
         "intent": "order",
         "code": {"text": "deliver a written transaction to each target"},

@@ -306,3 +306,23 @@ async def test_one_resource_posted_alone_is_a_transaction_of_one(facade: Any) ->
         assert len(posted(received, "viva")) == len(posted(received, "cosmic")) == 1  # once, for both POSTs
         wrong = await f.client.post(f"{BASE}/Encounter", data=orjson.dumps(pulse), headers=HOMECARE)
         assert wrong.status == 400
+
+
+async def test_a_slow_target_does_not_hold_up_the_others_deliveries(facade: Any) -> None:
+    """Each claimed part is sent on its own: while Cosmic takes seconds over one visit, a later
+    visit's Viva part is claimed and delivered at once."""
+    async with facade(outbox={**FAST, "wait_s": 0.0}) as f:
+        await f.faults("cosmic", latency_ms=500, path_contains="/cosmic/api")
+        _, _, first = await post(f, visit(pid(TOLVAN.pnr)))
+        await asyncio.sleep(0.3)  # (the first visit's parts are being sent: Cosmic's slowly)
+        _, _, second = await post(f, visit(pid(TOLVAN.pnr)))
+        viva = ""
+        for _ in range(40):  # 2 s: Cosmic's part of the first visit alone takes 5 s
+            _, t = await task(f, second["Location"])
+            viva = next(o["valueString"] for o in t["output"] if o["type"]["text"] == "viva")
+            if viva.startswith("delivered"):
+                break
+            await asyncio.sleep(0.05)
+        assert viva.startswith("delivered"), viva
+        _, t = await task(f, first["Location"])
+        assert t["status"] == "in-progress"  # (still sending the first visit to Cosmic)
