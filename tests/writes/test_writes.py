@@ -52,8 +52,14 @@ async def until(f: Any, location: str, status: str, timeout_s: float = 10.0) -> 
     raise AssertionError(f"the Task never became {status}: {t}")
 
 
-def encounters_of(bundle: Any) -> list[Any]:
-    return [e["resource"] for e in bundle.get("entry", []) if e["resource"]["resourceType"] == "Encounter"]
+def written_encounters(bundle: Any) -> list[Any]:
+    """The Encounters of a Bundle that the facade wrote (its minted identifier)."""
+    return [
+        e["resource"]
+        for e in bundle.get("entry", [])
+        if e["resource"]["resourceType"] == "Encounter"
+        and any(i.get("system") == "urn:fhir-facade:written" for i in e["resource"].get("identifier", []))
+    ]
 
 
 @STORES
@@ -74,11 +80,7 @@ async def test_a_home_visit_reaches_both_targets_and_reads_back_once(facade: Any
         status, everything = await f.get(
             f"{BASE}/Patient/{pid(TOLVAN.pnr)}/$everything", headers=auth("homecare")
         )
-        written = [
-            e
-            for e in encounters_of(everything)
-            if any(i.get("system") == "urn:fhir-facade:written" for i in e.get("identifier", []))
-        ]
+        written = written_encounters(everything)
         assert status == 200 and len(written) == 1, written
         # each entry's location finds its record: exactly the one written
         for entry in answer["entry"]:
@@ -113,11 +115,7 @@ async def test_a_target_down_during_the_post_is_delivered_after_recovery_once(
         status, everything = await f.get(
             f"{BASE}/Patient/{pid(TOLVAN.pnr)}/$everything", headers=auth("homecare")
         )
-        written = [
-            e
-            for e in encounters_of(everything)
-            if any(i.get("system") == "urn:fhir-facade:written" for i in e.get("identifier", []))
-        ]
+        written = written_encounters(everything)
         assert status == 200 and len(written) == 1
 
 
@@ -262,11 +260,7 @@ async def test_a_worker_killed_mid_delivery_leaves_each_target_with_the_visit_on
         status, everything = await f.get(
             f"{BASE}/Patient/{pid(TOLVAN.pnr)}/$everything", headers=auth("homecare")
         )
-        written = [
-            e
-            for e in encounters_of(everything)
-            if any(i.get("system") == "urn:fhir-facade:written" for i in e.get("identifier", []))
-        ]
+        written = written_encounters(everything)
         assert status == 200 and len(written) == 1
 
 
