@@ -8,7 +8,8 @@ other claimer gets them while it runs), sends each request of a part in order wi
 
 - every request answered 2xx: **delivered**;
 - refused — a 4xx other than 408, 425 and 429 (the target will not take it as it is): **parked**,
-  with the status as the reason; it is never sent again by itself;
+  with the status and which request as the reason (the ones before it stay delivered: a target
+  undoes nothing); it is never sent again by itself;
 - anything else — 5xx, 408/425/429, no answer in time, no connection: **retried** after a backoff
   with full jitter (``backoff``), until ``max_attempts`` sends; then parked, with the last reason.
 
@@ -126,16 +127,22 @@ class Delivery:
 
     async def _deliver_part(self, part: OutboxPart) -> None:
         s = self.settings
+        at = 0  # the request being sent (those before it: acknowledged)
         try:
             # within the lease: past it another worker may claim the part and send it as well
             async with asyncio.timeout(s.lease_s * LEASE_USE):
                 for request in part.requests:
                     await self._send(part.target, request)
+                    at += 1
         except TimeoutError:
             exc = Transient(f"{part.target}: the part was not sent whole within its lease")
             await self._retry_or_park(part, exc)
         except Refused as exc:
-            await self.store.park(part.id, str(exc), self.worker)
+            # what the target holds of the part: the requests before the refused one (never undone)
+            n = len(part.requests)
+            held = f"the {at} before it were delivered" if at else "none of the part was delivered"
+            reason = f"{exc} at request {at + 1} of {n}: {held}"
+            await self.store.park(part.id, reason, self.worker)
             log.warning("outbox: a part for %s was refused: %s", part.target, exc)
         except Transient as exc:
             await self._retry_or_park(part, exc)

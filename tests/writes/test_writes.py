@@ -128,11 +128,28 @@ async def test_a_refused_part_is_parked_with_why_and_not_retried(facade: Any, st
         assert status == 200
         t = await until(f, headers["Location"], "failed")
         viva = next(o for o in t["output"] if o["type"]["text"] == "viva")
-        assert viva["valueString"] == "not delivered: viva refused it (HTTP 422)"
+        refused = "viva refused it (HTTP 422) at request 1 of 10: none of the part was delivered"
+        assert viva["valueString"] == f"not delivered: {refused}"
         sent = len(posted(received, "viva"))
         await asyncio.sleep(0.5)
         assert len(posted(received, "viva")) == sent == 1  # the first request refused: parked, not retried
         assert TOLVAN.pnr not in orjson.dumps(t).decode()
+
+
+async def test_a_part_refused_mid_way_says_what_the_target_holds(facade: Any) -> None:
+    """Viva refuses the note (the 8th of the visit's ten requests): what it took before stays there
+    (a target undoes nothing), and the Task says exactly that — which request, and that the ones
+    before it were delivered — rather than a bare "not delivered"."""
+    received: list[Received] = []
+    async with facade(received=received, outbox=FAST) as f:
+        await f.faults("viva", error_status=422, path_endswith="/anteckningar")
+        _, _, headers = await post(f, visit(pid(TOLVAN.pnr)))
+        t = await until(f, headers["Location"], "failed")
+        viva = next(o for o in t["output"] if o["type"]["text"] == "viva")
+        held = "at request 8 of 10: the 7 before it were delivered"
+        assert viva["valueString"] == f"not delivered: viva refused it (HTTP 422) {held}"
+        assert [r.path.rsplit("/", 1)[1] for r in posted(received, "viva")][-1] == "anteckningar"
+        assert len(posted(received, "viva")) == 8
 
 
 async def test_a_target_down_for_good_is_given_up_on_after_max_attempts(facade: Any) -> None:
