@@ -156,7 +156,13 @@ def create_app(
     ``clock`` (``proxy.clock``) times tokens, the cache, the breakers and the engagement index.
     ``hooks``: the hook bus (``proxy.hooks``) for further subscribers (the bench, tests); the
     metrics, the access log and the fault log subscribe to it here."""
-    import fhir.resources.R4B.consent  # noqa: F401  (validates POSTed Consents; imported once, here)
+    # the models that validate POSTed Consents and written resources (proxy.fhir.transaction), imported
+    # once, here: building them on first use takes ~0.15 s, which would fall on a request
+    import fhir.resources.R4B.consent
+    import fhir.resources.R4B.documentreference
+    import fhir.resources.R4B.encounter
+    import fhir.resources.R4B.medicationadministration
+    import fhir.resources.R4B.observation  # noqa: F401  (imported for its models)
 
     ids, resource_ids = PatientIds(patient_id_key), ResourceIds(patient_id_key)
     mappings = compile_mappings(settings, resource_ids)
