@@ -200,6 +200,7 @@ class Principal:
     user_hsa_id: str | None = None
     care_unit_hsa_id: str | None = None
     care_provider_hsa_id: str | None = None
+    user_name: str | None = None  # the token's name claim (care audiences; optional): stamped on writes
     patient_pnr: str | None = None  # set for the patient audience: the only record it may read
     # the SMART launch patient (the token's `patient` claim), as a personnummer: the only patient
     # `patient/` scopes cover. For the patient audience always their own (= patient_pnr).

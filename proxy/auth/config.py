@@ -63,6 +63,7 @@ class ClaimNames:
     care_provider: str = "care_provider_hsa_id"
     pnr: str = "patient_pnr"
     launch_patient: str = "patient"
+    user_name: str = "name"  # optional (OIDC's): the user's name, stamped on what they write
 
 
 @dataclass(frozen=True, slots=True)

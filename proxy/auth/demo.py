@@ -70,6 +70,13 @@ _DEFAULTS: dict[str, tuple[str, str, str, tuple[str | None, str | None, str | No
 }
 
 
+_NAMES = {  # (synthetic: the demo's staff)
+    "ambulance": "Demo Ambulanssjuksköterska",
+    "clinician": "Demo Läkare",
+    "homecare": "Demo Distriktssköterska",
+}
+
+
 def demo_issuer() -> TrustedIssuer:
     """The demo issuer, for ``Authenticator(..., extra_issuer=demo_issuer())``. DEV-ONLY."""
     return TrustedIssuer(
@@ -129,6 +136,7 @@ def make_token(
         claims[_CLAIMS.hsa_id] = hsa_id or d_user
         claims[_CLAIMS.care_unit] = care_unit or d_unit
         claims[_CLAIMS.care_provider] = care_provider or d_provider
+        claims[_CLAIMS.user_name] = _NAMES[audience]
     if patient is not None:
         claims[_CLAIMS.launch_patient] = _patient_id(patient)
     for k, v in overrides.items():

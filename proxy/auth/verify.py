@@ -303,6 +303,7 @@ class Authenticator:
             user_hsa_id=hsa["hsa_id"],
             care_unit_hsa_id=hsa["care_unit"],
             care_provider_hsa_id=hsa["care_provider"],
+            user_name=_user_name(claims.get(names.user_name)),
             launch_pnr=launch,
         )
 
@@ -331,3 +332,15 @@ def _bearer_token(authorization: str | None) -> str:
     if len(token) > MAX_TOKEN_CHARS or not _TOKEN_SHAPE.match(token):
         raise AuthError("the bearer token is not a well-formed JWT")
     return token
+
+
+def _user_name(value: object) -> str | None:
+    """The user's name, if the token carries a usable one (optional: a write stamps the HSA-id then);
+    a name that is no plain text of at most 200 characters is a bad token, not silently dropped."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 0 < len(value) <= 200 or not value.isprintable():
+        raise AuthError(
+            "the token's name claim must be the user's name: printable text, at most 200 characters"
+        )
+    return value

@@ -13,6 +13,10 @@ other claimer gets them while it runs), sends each request of a part in order wi
 - anything else — 5xx, 408/425/429, no answer in time, no connection: **retried** after a backoff
   with full jitter (``backoff``), until ``max_attempts`` sends; then parked, with the last reason.
 
+Each claim counts an attempt, also one whose worker died before it recorded anything: a part that
+kills its worker every time (or one sent from a host that keeps dying) is parked once its attempts
+are spent, not claimed for ever.
+
 Exactly once: a part is marked delivered only after its target acknowledged every request; a worker
 killed in between leaves the part leased, and once the lease runs out another claims it and sends
 it again — the same requests with the same keys, which the target has seen and answers as before
@@ -108,6 +112,14 @@ class Delivery:
             return 0  # (a part that finishes wakes the loop)
         claimed = await self.store.claim(self.clock.time(), self.settings.lease_s, room, self.worker)
         for _, part in claimed:
+            if part.attempts > self.settings.max_attempts:  # (the last ones never reported back)
+                reason = (
+                    f"gave up after {self.settings.max_attempts} attempts (the last reported no"
+                    " outcome: the worker sending it stopped)"
+                )
+                await self.store.park(part.id, reason, self.worker)
+                log.warning("outbox: a part for %s was parked: %s", part.target, reason)
+                continue
             sending = asyncio.create_task(self._deliver(part), name="outbox part")
             self._sending.add(sending)
             sending.add_done_callback(self._sent)
@@ -152,12 +164,12 @@ class Delivery:
 
     async def _retry_or_park(self, part: OutboxPart, exc: Transient) -> None:
         s = self.settings
-        if part.attempts + 1 >= s.max_attempts:
-            reason = f"gave up after {part.attempts + 1} attempts (last: {exc})"
+        if part.attempts >= s.max_attempts:  # (this claim's attempt counted)
+            reason = f"gave up after {part.attempts} attempts (last: {exc})"
             await self.store.park(part.id, reason, self.worker)
             log.warning("outbox: a part for %s was parked: %s", part.target, reason)
         else:
-            wait = backoff(part.attempts + 1, s.backoff_base_s, s.backoff_cap_s, self.rng)
+            wait = backoff(part.attempts, s.backoff_base_s, s.backoff_cap_s, self.rng)
             await self.store.retry(part.id, self.clock.time() + wait, str(exc), self.worker)
 
     async def _send(self, target: str, request: PartRequest) -> None:

@@ -138,7 +138,7 @@ def _context(facade: Facade, principal: Principal, target: str, pnr: str, minted
         "writer_hsa_id": principal.user_hsa_id or "",
         "writer_unit_hsa_id": principal.care_unit_hsa_id or "",
         "writer_provider_hsa_id": principal.care_provider_hsa_id or "",
-        "writer_name": "",
+        "writer_name": principal.user_name or "",
     }
 
 

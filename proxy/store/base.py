@@ -123,7 +123,7 @@ class OutboxPart:
     target: str  # the backend's name
     requests: tuple[PartRequest, ...]
     state: PartState = "pending"
-    attempts: int = 0  # deliveries tried (each outcome recorded counts one)
+    attempts: int = 0  # deliveries begun: each claim counts one (a send that never reported too)
     next_attempt: float = 0.0  # epoch seconds: not claimed before
     reason: str | None = None  # why the last try failed (retry) or why the part was parked
     delivered_at: float | None = None
@@ -399,8 +399,9 @@ class Store(abc.ABC):
     ) -> list[tuple[str, OutboxPart]]:
         """At most ``limit`` (transaction id, part) of pending parts that are due (``next_attempt``
         <= now) and not leased, or whose lease ran out (a worker that died mid-delivery), the
-        longest due first; each leased to ``worker`` until now + lease_s. No two claimers, in any
-        process or host, get one part while its lease runs. ``worker`` must name this claimer only."""
+        longest due first; each leased to ``worker`` until now + lease_s, its ``attempts`` counting
+        this one (returned so). No two claimers, in any process or host, get one part while its
+        lease runs. ``worker`` must name this claimer only."""
 
     @abc.abstractmethod
     async def delivered(self, part_id: str, now: float, worker: str) -> bool:

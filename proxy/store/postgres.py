@@ -64,7 +64,8 @@ _CLAIM = (
     "WITH due AS (SELECT seq FROM outbox_part WHERE state = 'pending' AND next_attempt <= $1"
     " AND (claimed_until IS NULL OR claimed_until <= $1) ORDER BY next_attempt, seq LIMIT $2"
     " FOR UPDATE SKIP LOCKED)"
-    " UPDATE outbox_part AS p SET claimed_by = $3, claimed_until = $4 FROM due WHERE p.seq = due.seq"
+    " UPDATE outbox_part AS p SET claimed_by = $3, claimed_until = $4, attempts = p.attempts + 1"
+    " FROM due WHERE p.seq = due.seq"
     " RETURNING p.seq, p.txn_id, " + ", ".join("p." + c for c in OUTBOX_PART_COLUMNS.split(", "))
 )
 # Several workers may start at once: creating the schema is serialised on an advisory lock.
@@ -331,7 +332,7 @@ class PostgresStore(Store):
         """One UPDATE of a part held by the worker (its last two arguments: part id, worker)."""
         n = len(args)
         done = await self._execute(
-            f"UPDATE outbox_part SET {sql}, attempts = attempts + 1, claimed_by = NULL, claimed_until = NULL"
+            f"UPDATE outbox_part SET {sql}, claimed_by = NULL, claimed_until = NULL"
             f" WHERE id = ${n - 1} AND claimed_by = ${n} AND state = 'pending'",
             *args,
         )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -351,18 +352,19 @@ class SqliteStore(Store):
             rows = list(rows)
             if rows:
                 await db.execute(
-                    "UPDATE outbox_part SET claimed_by = ?, claimed_until = ? WHERE seq IN ("
-                    + ", ".join("?" * len(rows))
-                    + ")",
+                    "UPDATE outbox_part SET claimed_by = ?, claimed_until = ?, attempts = attempts + 1"
+                    " WHERE seq IN (" + ", ".join("?" * len(rows)) + ")",
                     (worker, now + lease_s, *(r[0] for r in rows)),
                 )
-        return [(str(r[1]), outbox_part(r[2:])) for r in rows]
+        # (the rows as they were before the UPDATE: this claim's attempt added)
+        parts = [(str(r[1]), outbox_part(r[2:])) for r in rows]
+        return [(t, replace(p, attempts=p.attempts + 1)) for t, p in parts]
 
     async def _outcome(self, sql: str, *args: object) -> bool:
         """One UPDATE of a part held by the worker (its last two arguments: part id, worker)."""
         try:
             cur = await self.db.execute(
-                f"UPDATE outbox_part SET {sql}, attempts = attempts + 1, claimed_by = NULL,"
+                f"UPDATE outbox_part SET {sql}, claimed_by = NULL,"
                 " claimed_until = NULL WHERE id = ? AND claimed_by = ? AND state = 'pending'",
                 args,
             )

@@ -182,6 +182,19 @@ def test_client_id_falls_back_to_azp_then_unknown(auth: Authenticator) -> None:
     assert p.client_id == "unknown"
 
 
+def test_the_users_name_is_optional_and_a_name_that_is_no_plain_text_refuses_the_token(
+    auth: Authenticator,
+) -> None:
+    assert (
+        auth.authenticate(bearer(make_token("homecare", name="Anna Sjöström"))).user_name == "Anna Sjöström"
+    )
+    assert auth.authenticate(bearer(make_token("homecare", name=None))).user_name is None
+    for bad in ("", "x" * 201, "Anna\nSjöström", 42, ["Anna"]):
+        with pytest.raises(AuthError, match="name claim") as refused:
+            auth.authenticate(bearer(make_token("homecare", name=bad)))
+        assert "Anna" not in str(refused.value)  # (never the claim's value)
+
+
 def test_token_without_read_scope_is_still_an_identity(auth: Authenticator) -> None:
     p = auth.authenticate(bearer(make_token("clinician", scopes="openid fhirUser")))
     assert p.scopes == frozenset()

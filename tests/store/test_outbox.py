@@ -176,9 +176,9 @@ async def test_claim_takes_due_parts_only(store: Store) -> None:
     await store.enqueue(later)
     await store.enqueue(now)
     claimed = await store.claim(NOW, 1000, 10, "w1")  # (a lease that runs past the test)
-    assert claimed == [(now.id, now.parts[0])]
+    assert claimed == [(now.id, replace(now.parts[0], attempts=1))]  # (the claim's attempt counted)
     assert await store.claim(NOW + 59.9, 1000, 10, "w1") == []
-    assert await store.claim(NOW + 60, 1000, 10, "w1") == [(later.id, later.parts[0])]
+    assert await store.claim(NOW + 60, 1000, 10, "w1") == [(later.id, replace(later.parts[0], attempts=1))]
 
 
 async def test_claim_takes_at_most_limit_the_longest_due_first(store: Store) -> None:
@@ -243,10 +243,23 @@ async def test_a_retried_part_counts_the_attempt_and_waits_for_its_next_attempt(
     )
     assert await store.claim(NOW + 4.9, LEASE, 10, "w2") == []  # not due yet (the lease is released, though)
     claimed = await store.claim(NOW + 5, LEASE, 10, "w2")
-    assert [(t, p.attempts, p.reason) for t, p in claimed] == [(txn.id, 1, "503 from cosmic")]
+    assert [(t, p.attempts, p.reason) for t, p in claimed] == [(txn.id, 2, "503 from cosmic")]
     assert not await store.retry(part.id, NOW + 6, "w1 has no lease", "w1")
     assert await store.retry(part.id, NOW + 20, "timeout", "w2")
     assert (await state_of(store, txn))[part.id].attempts == 2
+
+
+async def test_a_claim_counts_the_attempt_so_a_send_that_never_reports_still_spends_one(
+    store: Store,
+) -> None:
+    """A worker killed mid-send records no outcome; were attempts counted only by outcomes, a part
+    that kills its worker every time (or a host that keeps dying) would be claimed for ever."""
+    txn = transaction(targets=("viva",))
+    await store.enqueue(txn)
+    for n in (1, 2, 3):
+        claimed = await store.claim(NOW + (n - 1) * LEASE, LEASE, 10, f"w{n}")
+        assert [p.attempts for _, p in claimed] == [n]  # (the worker is gone: no outcome)
+    assert (await state_of(store, txn))[txn.parts[0].id].attempts == 3
 
 
 async def test_only_the_lease_holder_records_an_outcome(store: Store) -> None:

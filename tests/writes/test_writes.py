@@ -76,6 +76,10 @@ async def test_a_home_visit_reaches_both_targets_and_reads_back_once(facade: Any
         assert all(
             r.headers.get("Idempotency-Key") for r in posted(received, "viva") + posted(received, "cosmic")
         )
+        # stamped with the writer (the token's): user, name, care unit and care provider
+        (note,) = [orjson.loads(r.body) for r in posted(received, "viva") if r.path.endswith("/anteckningar")]
+        assert note["signeradAv"] == {"hsaId": "SE2120001520-S001", "namn": "Demo Distriktssköterska"}
+        assert note["enhet"]["vardgivareHsaId"] == "SE2120001520-KOMM"
         # read back by care staff: the visit once, with both sources as provenance
         status, everything = await f.get(
             f"{BASE}/Patient/{pid(TOLVAN.pnr)}/$everything", headers=auth("homecare")
@@ -279,6 +283,34 @@ async def test_a_worker_killed_mid_delivery_leaves_each_target_with_the_visit_on
         )
         written = written_encounters(everything)
         assert status == 200 and len(written) == 1
+
+
+async def test_a_part_whose_sending_kills_the_worker_every_time_is_given_up_on_not_sent_for_ever(
+    facade: Any,
+) -> None:
+    """No outcome is ever recorded (the worker dies after sending, each time): each claim still
+    counts an attempt, and past ``max_attempts`` the part is parked without another send."""
+    received: list[Received] = []
+    async with facade(received=received, outbox={**FAST, "lease_s": 0.2, "max_attempts": 3}) as f:
+        store = f.client.server.app[STORE_KEY]
+
+        async def killed_before_recording(part_id: str, now: float, worker: str) -> bool:
+            raise asyncio.CancelledError
+
+        store.delivered = killed_before_recording
+        _, _, headers = await post(f, visit(pid(TOLVAN.pnr)))
+        for _ in range(100):  # bounded: ~3 leases of 0.2 s and then some
+            _, t = await task(f, headers["Location"])
+            settled = all(o["valueString"].startswith("not delivered") for o in t["output"])
+            if t["status"] == "failed" and settled:
+                break
+            await asyncio.sleep(0.05)
+        assert t["status"] == "failed", t
+        for o in t["output"]:
+            assert o["valueString"].startswith("not delivered: gave up after 3 attempts"), o
+        for target in ("viva", "cosmic"):
+            keys = [r.headers["Idempotency-Key"] for r in posted(received, target)]
+            assert len(set(keys)) == 10 and len(keys) == 3 * 10, target  # its ten requests, sent thrice
 
 
 async def test_a_write_is_audited_as_a_create_and_shown_in_the_patients_access_log(facade: Any) -> None:
