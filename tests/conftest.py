@@ -24,7 +24,8 @@ from proxy.edge.http import STORE_KEY
 from proxy.edge.server import FacadeRunner
 from proxy.fhir.ids import PatientIds, ResourceIds
 from proxy.hsa import HSA_SYSTEM
-from proxy.mapping.registry import MappingSet, load_mappings
+from proxy.mapping.registry import load_mappings
+from proxy.mapping.write import compile_write_mappings
 from proxy.settings import DEMO_PATIENT_ID_KEY, Settings, load_settings
 from proxy.simulators.harness import Received, running_simulators
 from proxy.simulators.population import MUNICIPALITY_PROVIDER, REGION_PROVIDER, Person, population
@@ -103,36 +104,44 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     SESSION.close()
 
 
-_COMPILED: dict[str, MappingSet] = {}
+_COMPILED: dict[str, Any] = {}
 
 
-def _compiled_once(mappings_dir: Path, backends: Any, **kw: Any) -> MappingSet:
-    """``load_mappings`` as the app calls it, remembered by its arguments and the mapping files'
-    (name, size, mtime): each test starts its own app, and parsing the same YAML for every one was
-    most of a test's time. A changed copy of the mappings (another folder or a file edited) compiles
-    anew; a failure is never remembered."""
-    files = sorted(
-        (str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in Path(mappings_dir).rglob("*") if f.is_file()
-    )
-    ids = kw.get("ids")
-    key = repr(
-        (
-            str(mappings_dir),
-            files,
-            sorted(backends.items()),
-            sorted((k, v) for k, v in kw.items() if k != "ids"),
-            getattr(ids, "fingerprint", ids),  # (the key the ids are made under, by its fingerprint)
+def _compiled_once(compile: Callable[..., Any]) -> Callable[..., Any]:
+    """``compile`` (the read or the write mappings' compiler, as the app calls it), remembered by its
+    arguments and the mapping files' (name, size, mtime): each test starts its own app, and parsing
+    the same YAML for every one was most of a test's time. A changed copy of the mappings (another
+    folder or a file edited) compiles anew; a failure is never remembered."""
+
+    def once(mappings_dir: Path, backends: Any, **kw: Any) -> Any:
+        files = sorted(
+            (str(f), f.stat().st_size, f.stat().st_mtime_ns)
+            for f in Path(mappings_dir).rglob("*")
+            if f.is_file()
         )
-    )
-    if key not in _COMPILED:
-        _COMPILED[key] = load_mappings(mappings_dir, backends, **kw)
-    return _COMPILED[key]
+        ids = kw.get("ids")
+        key = repr(
+            (
+                compile.__name__,
+                str(mappings_dir),
+                files,
+                sorted(dict(backends).items()),
+                sorted((k, v) for k, v in kw.items() if k != "ids"),
+                getattr(ids, "fingerprint", ids),  # (the key the ids are made under, by its fingerprint)
+            )
+        )
+        if key not in _COMPILED:
+            _COMPILED[key] = compile(mappings_dir, backends, **kw)
+        return _COMPILED[key]
+
+    return once
 
 
 @pytest.fixture(autouse=True, scope="session")
 def _mappings_compiled_once() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(proxy.app, "load_mappings", _compiled_once)
+        mp.setattr(proxy.app, "load_mappings", _compiled_once(load_mappings))
+        mp.setattr(proxy.app, "compile_write_mappings", _compiled_once(compile_write_mappings))
         yield
 
 

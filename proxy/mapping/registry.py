@@ -21,6 +21,7 @@ from proxy.mapping.compiler import CompiledMapping, compile_mapping
 from proxy.mapping.requests import RequestSpec
 from proxy.mapping.validate import MappingError
 from proxy.pnr import dashed, oid_of
+from proxy.settings import load_yaml
 from proxy.types import PatientRef
 
 # Context names every request provides to templates, besides the backend's own ``vars``.
@@ -163,7 +164,7 @@ def _cache_key(fetch_key: str, readers: Iterable[CompiledMapping], inputs: str) 
 def _read_yaml(path: Path, root: Path) -> Any:
     try:
         with path.open(encoding="utf-8") as fh:
-            return yaml.safe_load(fh)
+            return load_yaml(fh)
     except yaml.YAMLError as exc:
         raise MappingError(f"{_rel(path, root)}: not valid YAML: {exc}") from None
 

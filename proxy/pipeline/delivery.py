@@ -17,6 +17,10 @@ Each claim counts an attempt, also one whose worker died before it recorded anyt
 kills its worker every time (or one sent from a host that keeps dying) is parked once its attempts
 are spent, not claimed for ever.
 
+The lease bounds one request, not the part: it is renewed after each request the target
+acknowledged, so a long part to a slow target is not cut off and sent again from the start for ever;
+a worker that finds its lease taken over (it stalled past it) stops sending.
+
 Exactly once: a part is marked delivered only after its target acknowledged every request; a worker
 killed in between leaves the part leased, and once the lease runs out another claims it and sends
 it again — the same requests with the same keys, which the target has seen and answers as before
@@ -41,7 +45,7 @@ log = logging.getLogger("fhir_facade.outbox")
 
 DELIVERED, PENDING, PARKED = "delivered", "pending", "parked"
 _TRANSIENT_4XX = frozenset({408, 425, 429})  # (time-out, too early, too many: try again later)
-LEASE_USE = 0.9  # of a lease, what a part's sending may take (the rest: recording its outcome)
+LEASE_USE = 0.9  # of a lease, what one request may take (the rest: renewing it, or the outcome)
 _ANSWER_CAP = 1 << 20  # an acknowledgement is small: read at most this much of it
 
 
@@ -141,13 +145,20 @@ class Delivery:
         s = self.settings
         at = 0  # the request being sent (those before it: acknowledged)
         try:
-            # within the lease: past it another worker may claim the part and send it as well
-            async with asyncio.timeout(s.lease_s * LEASE_USE):
-                for request in part.requests:
+            for request in part.requests:
+                # within the lease: past it another worker may claim the part and send it as well.
+                # It is renewed after each acknowledged request: it bounds one request, not the part.
+                async with asyncio.timeout(s.lease_s * LEASE_USE):
                     await self._send(part.target, request)
-                    at += 1
+                at += 1
+                renewed = at == len(part.requests) or await self.store.renew(
+                    part.id, self.clock.time() + s.lease_s, self.worker
+                )
+                if not renewed:  # (another worker has the part now: it sends the rest, and records it)
+                    log.warning("outbox: the lease on a part for %s was lost while sending it", part.target)
+                    return
         except TimeoutError:
-            exc = Transient(f"{part.target}: the part was not sent whole within its lease")
+            exc = Transient(f"{part.target}: request {at + 1} was not answered within the part's lease")
             await self._retry_or_park(part, exc)
         except Refused as exc:
             # what the target holds of the part: the requests before the refused one (never undone)

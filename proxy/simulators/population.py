@@ -38,8 +38,6 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 # the synthetic organisation (HSA-ids), shared with the demo issuer: proxy/demo_org.py
 from proxy.demo_org import (
     COSMIC_SYSTEM,
@@ -51,6 +49,7 @@ from proxy.demo_org import (
     VIVA_SYSTEM,
 )
 from proxy.pnr import PNR_SYSTEM, SAMORDNING_SYSTEM, dashed, is_valid_pnr, luhn_check_digit
+from proxy.settings import load_yaml
 
 __all__ = [
     "COSMIC_SYSTEM",
@@ -107,7 +106,7 @@ def _people_file() -> Any:
     named long histories."""
     path = Path(__file__).resolve().parent / "data" / "people.yaml"
     with path.open(encoding="utf-8") as f:
-        return yaml.safe_load(f)
+        return load_yaml(f)
 
 
 _FILE = _people_file()

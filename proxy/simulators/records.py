@@ -29,8 +29,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from proxy.settings import load_yaml
 from proxy.simulators.population import at
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -42,7 +41,7 @@ Format = Callable[[datetime], str]
 @functools.cache
 def _parsed(path: Path) -> Any:
     with path.open(encoding="utf-8") as f:
-        return yaml.safe_load(f)
+        return load_yaml(f)
 
 
 def data_file(*parts: str) -> Any:

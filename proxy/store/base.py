@@ -404,6 +404,12 @@ class Store(abc.ABC):
         lease runs. ``worker`` must name this claimer only."""
 
     @abc.abstractmethod
+    async def renew(self, part_id: str, until: float, worker: str) -> bool:
+        """Extend the lease ``worker`` holds on a pending part to ``until`` (after each request the
+        target acknowledged: the lease bounds one request, not the whole part). False, and nothing
+        changes, when another claimer has the part now or it is settled: ``worker`` must stop."""
+
+    @abc.abstractmethod
     async def delivered(self, part_id: str, now: float, worker: str) -> bool:
         """The target has the part. Only while ``worker`` holds the part's lease (or held it last and
         nobody claimed it since): else nothing changes and False."""

@@ -338,6 +338,16 @@ class PostgresStore(Store):
         )
         return done == "UPDATE 1"
 
+    async def renew(self, part_id: str, until: float, worker: str) -> bool:
+        done = await self._execute(
+            "UPDATE outbox_part SET claimed_until = $1"
+            " WHERE id = $2 AND claimed_by = $3 AND state = 'pending'",
+            until,
+            part_id,
+            worker,
+        )
+        return done == "UPDATE 1"
+
     async def delivered(self, part_id: str, now: float, worker: str) -> bool:
         return await self._outcome("state = 'delivered', delivered_at = $1", now, part_id, worker)
 

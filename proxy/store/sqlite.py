@@ -372,6 +372,17 @@ class SqliteStore(Store):
             raise StoreUnavailable(f"outbox write failed ({type(exc).__name__})") from None
         return cur.rowcount == 1
 
+    async def renew(self, part_id: str, until: float, worker: str) -> bool:
+        try:
+            cur = await self.db.execute(
+                "UPDATE outbox_part SET claimed_until = ?"
+                " WHERE id = ? AND claimed_by = ? AND state = 'pending'",
+                (until, part_id, worker),
+            )
+        except (ValueError, aiosqlite.Error) as exc:
+            raise StoreUnavailable(f"outbox write failed ({type(exc).__name__})") from None
+        return cur.rowcount == 1
+
     async def delivered(self, part_id: str, now: float, worker: str) -> bool:
         return await self._outcome("state = 'delivered', delivered_at = ?", now, part_id, worker)
 

@@ -282,6 +282,20 @@ async def test_only_the_lease_holder_records_an_outcome(store: Store) -> None:
     assert (await state_of(store, txn))[part.id].state == "delivered"
 
 
+async def test_a_lease_is_renewed_by_its_holder_only_and_not_once_another_took_the_part(store: Store) -> None:
+    txn = transaction(targets=("viva",))
+    await store.enqueue(txn)
+    (part,) = txn.parts
+    await store.claim(NOW, LEASE, 10, "w1")
+    assert not await store.renew(part.id, NOW + 2 * LEASE, "w2")  # not its lease
+    assert await store.renew(part.id, NOW + 2 * LEASE, "w1")
+    assert await store.claim(NOW + LEASE, LEASE, 10, "w2") == []  # (renewed: not yet run out)
+    assert part_ids(await store.claim(NOW + 2 * LEASE, LEASE, 10, "w2")) == [part.id]
+    assert not await store.renew(part.id, NOW + 4 * LEASE, "w1")  # taken over: w1 sends no more
+    assert await store.delivered(part.id, NOW + 2 * LEASE + 1, "w2")
+    assert not await store.renew(part.id, NOW + 5 * LEASE, "w2")  # settled: nothing to renew
+
+
 async def test_a_late_outcome_of_an_expired_lease_nobody_took_over_counts(store: Store) -> None:
     """The lease ran out but no one claimed the part since: its worker still has the only word."""
     txn = transaction(targets=("viva",))

@@ -43,7 +43,8 @@ from tests.writes.visit import EXAMPLE_PATIENT
 ISSUER = "https://idp.crash.test/"
 KEY = os.urandom(32)
 FHIR_JSON = {"Content-Type": "application/json"}
-LEASE_S = 6.0  # (longer than any backend's total_s, 3-4 s: the configuration insists)
+LEASE_S = 3.0  # (longer than any backend's total_s: the configuration insists)
+TOTAL_S = 2.0  # every backend's (Cosmic answers each request in 0.3 s here)
 
 
 def _http(method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> Any:
@@ -67,6 +68,7 @@ def _config(tmp: Path, sims: dict[str, str], pem: Path, base: str) -> Path:
     doc["mappings_dir"] = str((DEFAULT_CONFIG.parent / doc["mappings_dir"]).resolve())
     for name, url in sims.items():
         doc["backends"][name]["base_url"] = url
+        doc["backends"][name]["timeout"]["total_s"] = TOTAL_S
     doc["store"] = {"kind": "sqlite", "sqlite_path": str(tmp / "facade.sqlite")}
     doc["auth"] = {"issuers": [{"issuer": ISSUER, "pem_file": str(pem), "algorithms": ["RS256"]}]}
     doc["outbox"] = {**doc["outbox"], "lease_s": LEASE_S, "wait_s": 0.0, "poll_s": 0.1}

@@ -313,6 +313,26 @@ async def test_a_part_whose_sending_kills_the_worker_every_time_is_given_up_on_n
             assert len(set(keys)) == 10 and len(keys) == 3 * 10, target  # its ten requests, sent thrice
 
 
+async def test_a_part_whose_requests_together_take_longer_than_the_lease_is_still_delivered_once(
+    facade: Any,
+) -> None:
+    """The lease bounds one request, not the part: it is renewed after each request the target
+    acknowledged. (Bounded by the whole part, a visit of ten requests to a target answering each in
+    a tenth of the lease could never be delivered: cut off and sent again from the start, each time.)"""
+    received: list[Received] = []
+    async with facade(received=received, outbox={**FAST, "lease_s": 0.6, "wait_s": 0.0}) as f:
+        await f.faults("cosmic", latency_ms=120, path_contains="/cosmic/api")  # ten requests: 1.2 s
+        _, _, headers = await post(f, visit(pid(TOLVAN.pnr)))
+        for _ in range(100):  # bounded: ~1.2 s of sending and then some
+            _, t = await task(f, headers["Location"])
+            if t["status"] != "in-progress":
+                break
+            await asyncio.sleep(0.05)
+        assert t["status"] == "completed", t
+        keys = [r.headers["Idempotency-Key"] for r in posted(received, "cosmic")]
+        assert len(keys) == len(set(keys)) == 10  # each request sent once: none cut off and sent again
+
+
 async def test_a_write_is_audited_as_a_create_and_shown_in_the_patients_access_log(facade: Any) -> None:
     async with facade(outbox=FAST) as f:
         status, _, _ = await post(f, visit(pid(TOLVAN.pnr)))
