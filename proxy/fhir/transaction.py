@@ -24,7 +24,7 @@ import re
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -37,6 +37,7 @@ WRITTEN_SYSTEM = "urn:fhir-facade:written"
 # How far ahead of the facade's clock a time may be and still count as "now": the nurse's device
 # and the facade's clock disagree by seconds to minutes; a visit hours ahead is a mistake.
 CLOCK_SKEW_S = 300.0
+EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)  # (a time before it is a typing error, not care documented now)
 MAX_DEPTH = 64  # JSON levels; a home visit's deepest element is about 10 down from the Bundle
 
 LOINC = "http://loinc.org"
@@ -66,6 +67,10 @@ class KnownCodes:
     vital_signs: Mapping[str, VitalSign]  # LOINC code →
     note_types: frozenset[tuple[str, str]]  # DocumentReference.type (system, code)
     medication: Mapping[str, str]  # system → a regular expression of its codes
+    # resource type → the elements (paths without indices) the write mappings carry to a target, or
+    # the facade itself checks (the subject); a value under any other element would be lost on the
+    # way, so it is refused — a security label, a note, a second attachment, a logical reference
+    carried: Mapping[str, frozenset[str]]
 
 
 HOME_VISIT_CODES = KnownCodes(
@@ -88,7 +93,54 @@ HOME_VISIT_CODES = KnownCodes(
     },
     note_types=frozenset({(LOINC, "34746-8")}),  # Nurse Note
     medication={ATC: r"[A-Z][0-9]{2}[A-Z]{2}[0-9]{2}"},  # a substance (ATC level 5)
+    carried={
+        "Encounter": frozenset({"status", "class", "period"}),
+        "Observation": frozenset(
+            {
+                "status",
+                "category",
+                "code",
+                "effectiveDateTime",
+                "encounter.reference",
+                "valueQuantity",
+                "valueCodeableConcept",
+                "component.code",
+                "component.valueQuantity",
+            }
+        ),
+        "DocumentReference": frozenset(
+            {
+                "status",
+                "docStatus",
+                "type",
+                "date",
+                "description",
+                "content.attachment.contentType",
+                "content.attachment.data",
+                "context.encounter.reference",
+            }
+        ),
+        "MedicationAdministration": frozenset(
+            {
+                "status",
+                "statusReason",
+                "medicationCodeableConcept",
+                "effectiveDateTime",
+                "context.reference",
+                "dosage.dose",
+            }
+        ),
+    },
 )
+# ... and in every written resource: what the facade reads itself (its profile claims nothing a target
+# must carry; a narrative generated from the data says nothing the data does not)
+# (and the client's own identifiers: not content, and the record is found by the facade's minted one)
+CARRIED_BY_ALL = frozenset({"resourceType", "id", "identifier", "meta.profile", "text", "subject.reference"})
+# arrays of which the mappings carry one item only (a second would be lost)
+ONE_ONLY: Mapping[str, frozenset[str]] = {
+    "DocumentReference": frozenset({"content"}),
+    "MedicationAdministration": frozenset({"statusReason"}),
+}
 
 # R4's target types of the reference elements of the writable types that allow fewer than all
 # (an element not named here may point at any entry).
@@ -332,6 +384,9 @@ def _walk(node: Any, path: str, element: str) -> Iterator[tuple[str, str, Any]]:
             yield from _walk(v, f"{path}[{i}]", element)
 
 
+CHECK, MODEL, LOST = 0, 1, 2  # who found an issue (``_Check.issues`` prefers them in this order)
+
+
 class _Check:
     """One Bundle's checks, collecting issues (each check goes on after a problem where it can)."""
 
@@ -339,22 +394,35 @@ class _Check:
         self.patient_ids = patient_ids
         self.now = now
         self.codes = codes
-        self.found: list[tuple[FhirDict, bool]] = []  # (issue, whether the FHIR model found it)
+        # (issue, who found it: CHECK, MODEL — R4's structure — or LOST, an element no target carries)
+        self.found: list[tuple[FhirDict, int]] = []
         self.patient: str | None = None
         self.patient_at = ""
 
     @property
     def issues(self) -> list[FhirDict]:
         """What was found, in Bundle order, one issue an element: where both the model and a check
-        below find fault with an element, the check's (its text says what the element needs here)."""
+        below find fault with an element, the check's (its text says what the element needs here);
+        an element no target carries only when nothing else is wrong in or around it (what is wrong
+        there says more)."""
         first: dict[str, FhirDict] = {}
-        for found, _by_model in sorted(self.found, key=lambda f: f[1]):  # (stable: checks first)
+        for found, _by in sorted(self.found, key=lambda f: f[1]):  # (stable: checks, model, lost)
             first.setdefault(found["expression"][0], found)
         kept = {id(i) for i in first.values()}
-        return [i for i, _by_model in self.found if id(i) in kept]
+        said = [i["expression"][0] for i, by in self.found if by != LOST and id(i) in kept]
 
-    def fail(self, code: str, where: str, text: str) -> None:
-        self.found.append((issue(code, text, expression=where), False))
+        def overlaps(a: str, b: str) -> bool:  # (one element is the other, or inside it)
+            inner, outer = (a, b) if len(a) >= len(b) else (b, a)
+            return inner.startswith(outer) and (len(inner) == len(outer) or inner[len(outer)] in ".[")
+
+        return [
+            i
+            for i, by in self.found
+            if id(i) in kept and (by != LOST or not any(overlaps(i["expression"][0], s) for s in said))
+        ]
+
+    def fail(self, code: str, where: str, text: str, by: int = 0) -> None:
+        self.found.append((issue(code, text, expression=where), by))
 
     def bundle(self, bundle: FhirDict) -> None:
         if bundle.get("type") != "transaction":
@@ -454,7 +522,7 @@ class _Check:
                 if loc == ("resource_type",):
                     continue  # (the resource type is checked by name above)
                 self.found.append(
-                    (self._model_issue(at + _path(loc), error["type"], str(error["msg"])), True)
+                    (self._model_issue(at + _path(loc), error["type"], str(error["msg"])), MODEL)
                 )
 
     @staticmethod
@@ -500,6 +568,7 @@ class _Check:
                     "invalid", f"{at}.identifier[{i}]", f"The facade mints {WRITTEN_SYSTEM} identifiers"
                 )
         self.structure(r, at)
+        self.carried(kind, r, at)
         self.references(kind, r, at, urls)
         self.subject(r, at)
         self.times(kind, r, at)
@@ -518,6 +587,39 @@ class _Check:
                 self.fail("structure", path, "Empty values and null are not allowed in FHIR JSON")
             elif element.split(".")[-1] == "modifierExtension" and isinstance(value, list):
                 self.fail("not-supported", path, "Modifier extensions are not accepted")
+
+    def carried(self, kind: str, r: FhirDict, at: str) -> None:
+        """Every element is one a target carries (``KnownCodes.carried``): anything else would be
+        lost on the way while the answer says written — refused, each at the outermost element."""
+        carried = self.codes.carried.get(kind, frozenset()) | CARRIED_BY_ALL
+
+        def visit(node: Any, path: str, element: str) -> None:
+            if isinstance(node, list) and element in ONE_ONLY.get(kind, ()) and len(node) > 1:
+                one = f"{kind}.{element}: the targets carry one only"
+                self.fail("not-supported", f"{path}[1]", one, LOST)
+            if element in carried or any(element.startswith(c + ".") for c in carried):
+                return  # (all of it is carried)
+            if not any(c.startswith(element + ".") for c in carried):
+                self.fail("not-supported", path, "No target carries this element: it would be lost", LOST)
+            elif isinstance(node, list):
+                for i, item in enumerate(node):
+                    visit(item, f"{path}[{i}]", element)
+            elif isinstance(node, dict):  # (parts of it are carried)
+                for k, v in node.items():
+                    name = k if _ELEMENT_NAME.fullmatch(k) else "(an element not in FHIR)"
+                    visit(v, f"{path}.{name}", f"{element}.{name}")
+
+        if any(by == MODEL and i["expression"][0].startswith(at + ".") for i, by in self.found):
+            return  # (not R4 as it is: what the model found comes first)
+        for k, v in r.items():
+            visit(v, f"{at}.{k if _ELEMENT_NAME.fullmatch(k) else '(an element not in FHIR)'}", k)
+        narrative = _obj(r.get("text"))
+        if narrative and narrative.get("status") != "generated":
+            self.fail(
+                "not-supported",
+                f"{at}.text.status",
+                "Only a narrative generated from the data is accepted: the targets carry the data only",
+            )
 
     def references(self, kind: str, r: FhirDict, at: str, urls: Mapping[str, str]) -> None:
         for path, element, node in _walk(r, at, ""):
@@ -590,6 +692,8 @@ class _Check:
                 )
             elif when.timestamp() > self.now + CLOCK_SKEW_S:
                 self.fail("business-rule", where, "Is in the future")
+            elif when < EARLIEST:
+                self.fail("business-rule", where, f"Is before {EARLIEST.year}")
             else:
                 found[path] = when
         for start, end in (

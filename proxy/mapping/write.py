@@ -186,8 +186,8 @@ class WriteSpecCompiler(SpecCompiler):
             if isinstance(v, dict | list) or empty(v):
                 return None
             out = lookup.get(scalar_text(v))
-            if out is None:  # (the value is the client's own code: not personal data)
-                raise WriteMappingError(field, f"code {scalar_text(v)[:64]!r} has no equivalent here")
+            if out is None:  # (never echoed: a "code" may be free text, a name, a personnummer)
+                raise WriteMappingError(field, "the value is not one this target has an equivalent for")
             return out
 
         return mapped
@@ -235,7 +235,10 @@ def local_time(value: Any, fmt: str, field: str) -> str:
         raise WriteMappingError(field, "not a FHIR dateTime") from None
     if dt.tzinfo is None:
         raise WriteMappingError(field, "a dateTime without a zone")
-    return dt.astimezone(SWEDEN).strftime(fmt)
+    try:
+        return dt.astimezone(SWEDEN).strftime(fmt)
+    except OverflowError:  # (near year 1 or 9999: no Swedish local time to give)
+        raise WriteMappingError(field, "a dateTime out of range") from None
 
 
 def _refuse_missing(where: str, default: Builder | None) -> Builder:

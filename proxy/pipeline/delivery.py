@@ -17,9 +17,10 @@ Each claim counts an attempt, also one whose worker died before it recorded anyt
 kills its worker every time (or one sent from a host that keeps dying) is parked once its attempts
 are spent, not claimed for ever.
 
-The lease bounds one request, not the part: it is renewed after each request the target
-acknowledged, so a long part to a slow target is not cut off and sent again from the start for ever;
-a worker that finds its lease taken over (it stalled past it) stops sending.
+The lease bounds one request, not the part: before a request, when less of it is left than the
+request may take (the target's ``total_s``), it is renewed — so a long part to a slow target is not
+cut off and sent again from the start for ever, and a short part to a fast target costs no renewal.
+A worker that finds its lease taken over (it stalled past it) stops sending.
 
 Exactly once: a part is marked delivered only after its target acknowledged every request; a worker
 killed in between leaves the part leased, and once the lease runs out another claims it and sends
@@ -114,7 +115,8 @@ class Delivery:
         room = self.settings.claim_limit - len(self._sending)
         if room <= 0:
             return 0  # (a part that finishes wakes the loop)
-        claimed = await self.store.claim(self.clock.time(), self.settings.lease_s, room, self.worker)
+        now = self.clock.time()
+        claimed = await self.store.claim(now, self.settings.lease_s, room, self.worker)
         for _, part in claimed:
             if part.attempts > self.settings.max_attempts:  # (the last ones never reported back)
                 reason = (
@@ -124,7 +126,8 @@ class Delivery:
                 await self.store.park(part.id, reason, self.worker)
                 log.warning("outbox: a part for %s was parked: %s", part.target, reason)
                 continue
-            sending = asyncio.create_task(self._deliver(part), name="outbox part")
+            leased_until = now + self.settings.lease_s
+            sending = asyncio.create_task(self._deliver(part, leased_until), name="outbox part")
             self._sending.add(sending)
             sending.add_done_callback(self._sent)
         return len(claimed)
@@ -133,30 +136,36 @@ class Delivery:
         self._sending.discard(sending)
         self._wake.set()  # (room for another part)
 
-    async def _deliver(self, part: OutboxPart) -> None:
+    async def _deliver(self, part: OutboxPart, leased_until: float) -> None:
         try:
-            await self._deliver_part(part)
+            await self._deliver_part(part, leased_until)
         except StoreUnavailable as exc:  # (its outcome not recorded: the lease runs out, it is sent again)
             log.warning("outbox: %s", exc)
         except Exception:
             log.exception("outbox: a part for %s failed unexpectedly", part.target)
 
-    async def _deliver_part(self, part: OutboxPart) -> None:
+    async def _deliver_part(self, part: OutboxPart, leased_until: float) -> None:
         s = self.settings
+        reserve = s.lease_s * (1 - LEASE_USE)  # (left at the end: to renew the lease, or record the outcome)
+        client = self.clients.get(part.target)
+        longest = min(client.settings.total_timeout_s, s.lease_s * LEASE_USE) if client else 0.0
         at = 0  # the request being sent (those before it: acknowledged)
         try:
             for request in part.requests:
-                # within the lease: past it another worker may claim the part and send it as well.
-                # It is renewed after each acknowledged request: it bounds one request, not the part.
-                async with asyncio.timeout(s.lease_s * LEASE_USE):
+                # Within the lease: past it another worker may claim the part and send it as well.
+                # Less of it left than a request may take: renewed first (it bounds one request, not
+                # the part; a short part to a fast target never needs it).
+                left = leased_until - self.clock.time() - reserve
+                if left < longest:
+                    leased_until = self.clock.time() + s.lease_s
+                    if not await self.store.renew(part.id, leased_until, self.worker):
+                        # (another worker has the part now: it sends the rest, and records the outcome)
+                        log.warning("outbox: lost the lease on a part for %s while sending it", part.target)
+                        return
+                    left = s.lease_s * LEASE_USE
+                async with asyncio.timeout(left):
                     await self._send(part.target, request)
                 at += 1
-                renewed = at == len(part.requests) or await self.store.renew(
-                    part.id, self.clock.time() + s.lease_s, self.worker
-                )
-                if not renewed:  # (another worker has the part now: it sends the rest, and records it)
-                    log.warning("outbox: the lease on a part for %s was lost while sending it", part.target)
-                    return
         except TimeoutError:
             exc = Transient(f"{part.target}: request {at + 1} was not answered within the part's lease")
             await self._retry_or_park(part, exc)

@@ -63,6 +63,9 @@ async def write(facade: Facade, x: Exchange, body: bytes) -> Written:
     assert patient is not None  # (validated: a Patient of this server)
     types = frozenset(e.resource_type for e in valid.entries)
     x.query = Query(interaction="create", resource_types=types, patient=patient)  # (audited so)
+    # A writer reads the Patient it writes about: what a write tells (whether each target took it,
+    # and so whether a target knows the patient) is then nothing a read does not tell it already.
+    require(principal, "r", "Patient", patient.pnr)
     targets: dict[str, tuple[str, ...]] = {}
     for rtype in sorted(types):
         require(principal, "c", rtype, patient.pnr)
@@ -77,7 +80,7 @@ async def write(facade: Facade, x: Exchange, body: bytes) -> Written:
         created=now,
         entries=orjson.dumps(
             {
-                "writer": [principal.audience.name, principal.subject],
+                "writer": _writer_of(principal),
                 "identifier": valid.identifier,
                 "entries": [[e.full_url, e.resource_type, e.identifier] for e in valid.entries],
             }
@@ -147,22 +150,24 @@ def _issue(at: int, code: str, text: str) -> FhirDict:
 
 
 def _writers_own(facade: Facade, principal: Principal, identifier: str) -> str:
-    """The outbox's key of a Bundle.identifier: the writer's own (audience, client, user), keyed with
-    the deployment's secret — one writer's identifiers never meet another's, so a used identifier is
-    no oracle, and nobody can take another's first."""
+    """The outbox's key of a Bundle.identifier: the writer's own (issuer, audience, client, user),
+    keyed with the deployment's secret — one writer's identifiers never meet another's, so a used
+    identifier is no oracle, and nobody can take another's first."""
     assert facade.resource_ids is not None
-    who = "\n".join((principal.audience.name, principal.client_id, principal.subject, identifier))
+    who = "\n".join((*_writer_of(principal), identifier))
     return f"{TASK_SYSTEM}|{facade.resource_ids.digest('write', who)}"
 
 
-def _writer(txn: OutboxTransaction) -> list[str]:
-    return list(orjson.loads(txn.entries)["writer"])
+def _writer_of(principal: Principal) -> list[str]:
+    """Who writes: the token's issuer (a ``sub`` is unique per issuer only), audience, client and
+    subject."""
+    return [principal.issuer, principal.audience.name, principal.client_id, principal.subject]
 
 
 def written_by(txn: OutboxTransaction, principal: Principal) -> bool:
     """Whether ``principal`` wrote ``txn`` (only the writer follows its delivery: to anyone else a
     Task is as unknown as one that does not exist)."""
-    return _writer(txn) == [principal.audience.name, principal.subject]
+    return list(orjson.loads(txn.entries)["writer"]) == _writer_of(principal)
 
 
 # ---- what the client is told ----------------------------------------------------------------------

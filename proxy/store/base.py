@@ -405,9 +405,10 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def renew(self, part_id: str, until: float, worker: str) -> bool:
-        """Extend the lease ``worker`` holds on a pending part to ``until`` (after each request the
-        target acknowledged: the lease bounds one request, not the whole part). False, and nothing
-        changes, when another claimer has the part now or it is settled: ``worker`` must stop."""
+        """Extend the lease ``worker`` holds on a pending part to ``until`` (before a request when less
+        of it is left than the request may take: the lease bounds one request, not the whole part).
+        False, and nothing changes, when another claimer has the part now or it is settled:
+        ``worker`` must stop."""
 
     @abc.abstractmethod
     async def delivered(self, part_id: str, now: float, worker: str) -> bool:

@@ -323,7 +323,11 @@ def test_what_the_dialect_cannot_take_is_refused_with_the_field(backend: str, wr
     enc["status"] = "entered-in-error"
     err = _refused(writes, backend, enc)
     assert err.field == ("body.status" if backend == "viva" else "body.state")
-    assert "no equivalent" in err.reason
+    assert "no equivalent" not in err.reason and "entered-in-error" not in err.reason  # (never echoed)
+    assert "not one this target has an equivalent for" in err.reason
+    enc = copy.deepcopy(by_type("enc"))
+    enc["period"]["start"] = "0001-01-01T00:00:00+14:00"  # (no Swedish local time so early)
+    assert "out of range" in _refused(writes, backend, enc).reason
 
     note = copy.deepcopy(by_type("note"))
     note["content"][0]["attachment"]["data"] = base64.b64encode(b"\xff\xfe").decode()

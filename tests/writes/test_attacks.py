@@ -4,14 +4,17 @@ attacker."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 from typing import Any
 
 import orjson
 
+from proxy.auth.config import TrustedIssuer, VerificationKey
+from proxy.auth.demo import _CLAIMS, DEMO_KID, DEMO_SECRET
 from proxy.demo_org import REGION_PROVIDER
-from proxy.edge.http import STORE_KEY
+from proxy.edge.http import AUTH_KEY, STORE_KEY
 from proxy.fhir.transaction import WRITTEN_SYSTEM
 from proxy.simulators.harness import Received
 from proxy.simulators.population import GRETA, TOLVAN
@@ -188,3 +191,177 @@ async def test_another_writer_cannot_take_a_single_posts_idempotency_key_first(f
         headers = {**HOMECARE, "Idempotency-Key": "pulse-1"}
         resp = await f.client.post(f"{BASE}/Observation", data=orjson.dumps(pulse), headers=headers)
         assert resp.status == 201, await resp.json(content_type=None)  # today: 409
+
+
+# ---- found by a review of the write path (each failed before its fix) ----------------------------------
+
+NOPAT = {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "NOPAT"}
+VERY_RESTRICTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "V"}
+
+
+def _entry(bundle: dict[str, Any], rtype: str, loinc: str | None = None) -> dict[str, Any]:
+    return next(
+        e["resource"]
+        for e in bundle["entry"]
+        if e["resource"]["resourceType"] == rtype
+        and (loinc is None or e["resource"].get("code", {}).get("coding", [{}])[0].get("code") == loinc)
+    )
+
+
+async def _settled(f: Any, location: str, headers: dict[str, str] = HOMECARE) -> Any:
+    for _ in range(100):
+        _, t = await task(f, location, headers)
+        if t.get("status") != "in-progress":
+            return t
+        await asyncio.sleep(0.05)
+    return t
+
+
+def _texts(found: Any) -> list[str]:
+    return [
+        base64.b64decode(a["data"]).decode()
+        for e in found.get("entry", [])
+        if e["resource"]["resourceType"] == "DocumentReference"
+        for c in e["resource"].get("content", [])
+        if "data" in (a := c["attachment"])
+    ]
+
+
+async def test_a_security_label_the_targets_cannot_carry_is_refused_not_dropped(facade: Any) -> None:
+    """Fail closed. A nurse labels the nursing note NOPAT (not for the patient) and V (very restricted):
+    validation never looks at meta.security, the write mappings drop it, the answer is 201 — and the
+    patient reads the note in 1177 (and every care audience reads it unlabelled)."""
+    async with facade(outbox=FAST) as f:
+        patient = pid(TOLVAN.pnr)
+        bundle = visit(patient)
+        note = _entry(bundle, "DocumentReference")
+        note["meta"] = {"security": [NOPAT, VERY_RESTRICTED]}
+        note["content"][0]["attachment"]["data"] = base64.b64encode(b"NOT-FOR-THE-PATIENT").decode()
+        status, answer, _ = await post(f, bundle)
+        assert status == 400, answer  # refused: the writer learns that the label cannot travel
+        assert any(i["expression"][0].endswith(".meta.security") for i in answer["issue"]), answer
+        as_patient = auth("patient", pnr=TOLVAN.pnr)
+        _, found = await f.get(f"{BASE}/DocumentReference", params={"patient": patient}, headers=as_patient)
+        assert "NOT-FOR-THE-PATIENT" not in _texts(found)
+
+
+async def test_a_reference_by_identifier_cannot_tie_a_record_to_another_patients_visit(facade: Any) -> None:
+    """ "References resolvable inside the Bundle" and "one patient" check ``reference`` only. A logical
+    reference ``{identifier: {system: urn:fhir-facade:written, value: <minted id>}}`` is taken as is
+    and rendered as Viva besokExterntId / Cosmic contactExternalId: Tolvan's pulse is filed under
+    Greta's home visit (or under any string the client likes)."""
+    received: list[Received] = []
+    async with facade(outbox=FAST, received=received) as f:
+        status, answer, _ = await post(f, visit(pid(GRETA.pnr)))
+        assert status == 200
+        gretas_visit = answer["entry"][0]["response"]["location"].rsplit("|", 1)[1]
+        pulse = _pulse(pid(TOLVAN.pnr))
+        pulse["encounter"] = {"identifier": {"system": WRITTEN_SYSTEM, "value": gretas_visit}}
+        received.clear()
+        resp = await f.client.post(f"{BASE}/Observation", data=orjson.dumps(pulse), headers=HOMECARE)
+        await asyncio.sleep(0.3)
+        sent = [r.body for r in posted(received, "viva") + posted(received, "cosmic")]
+        assert resp.status == 400, await resp.text()
+        assert not any(gretas_visit.encode() in b for b in sent)
+
+
+async def test_what_no_mapping_carries_is_refused_not_silently_dropped(facade: Any) -> None:
+    """Bad input loses nothing. An Observation.note ("fell in the bathroom") and a nursing note's
+    second attachment validate, the answer is 201 Created "Delivered to every target" — and neither
+    text reaches Viva or Cosmic (the mappings read content[0] only and no note)."""
+    received: list[Received] = []
+    async with facade(outbox=FAST, received=received) as f:
+        patient = pid(TOLVAN.pnr)
+        pulse = _pulse(patient)
+        pulse["note"] = [{"text": "OBSERVATION-NOTE-TEXT"}]
+        resp = await f.client.post(f"{BASE}/Observation", data=orjson.dumps(pulse), headers=HOMECARE)
+        bundle = visit(patient)
+        second = base64.b64encode(b"SECOND-ATTACHMENT").decode()
+        _entry(bundle, "DocumentReference")["content"].append(
+            {"attachment": {"contentType": "text/plain", "data": second}}
+        )
+        status, _, _ = await post(f, bundle)
+        await asyncio.sleep(0.3)
+        sent = b"".join(r.body for r in posted(received, "viva") + posted(received, "cosmic"))
+        assert (resp.status, status) == (400, 400)  # refused, both: nothing is lost silently
+        assert b"OBSERVATION-NOTE-TEXT" not in sent and b"SECOND-ATTACHMENT" not in sent
+
+
+async def test_a_value_the_target_cannot_take_is_not_echoed_in_the_400(facade: Any) -> None:
+    """Diagnostics never echo what the client sent. An ACVPU Observation with only text (validation
+    allows "coded or text") whose text is not one of the letters: the write mapping's refusing $map
+    (proxy/mapping/write.py ``code_map``) answers ``code '<the first 64 characters>' has no equivalent
+    here`` — a personnummer, a name, clinical free text, once per target."""
+    async with facade(outbox=FAST) as f:
+        bundle = visit(pid(TOLVAN.pnr))
+        _entry(bundle, "Observation", "80288-4")["valueCodeableConcept"] = {
+            "text": "Tolvan 19121212-1212 mycket orolig"
+        }
+        status, answer, _ = await post(f, bundle)
+        assert status == 400
+        text = json.dumps(answer, ensure_ascii=False)
+        assert "19121212-1212" not in text and "orolig" not in text, text
+
+
+async def test_a_time_far_in_the_past_is_a_400_not_a_500(facade: Any) -> None:
+    """``0001-01-01T00:00:00+14:00`` passes validation (a time with a zone, not in the future) and
+    R4's model; the write mapping's ``$format`` converts it to Swedish time and ``astimezone``
+    raises OverflowError (not the ValueError ``local_time`` expects)."""
+    async with facade(outbox=FAST) as f:
+        bundle = visit(pid(TOLVAN.pnr))
+        _entry(bundle, "Encounter")["period"] = {"start": "0001-01-01T00:00:00+14:00"}
+        status, answer, _ = await post(f, bundle)
+        assert status == 400, (status, answer)
+
+
+async def test_a_task_is_not_readable_by_the_same_subject_from_another_issuer(facade: Any) -> None:
+    """Only its writer follows a Task: ``written_by`` compares (audience, sub) — not the issuer (nor
+    the client), unlike paging's binding (proxy/paging.py: issuer, subject, client, audience, user,
+    unit, provider). With two trusted IdPs (auth.issuers is a list: a region's and a municipality's),
+    ``sub`` is only unique per issuer: a nurse of another municipality whose IdP happens to issue the
+    same sub reads the Task — the patient's id, the Bundle.identifier, which systems took it. The
+    Bundle.identifier namespace (``_writers_own``) leaves the issuer out the same way (a 409 oracle,
+    and squatting, across IdPs)."""
+    async with facade(outbox=FAST) as f:
+        other_idp = "https://idp.other-municipality.example/"
+        authenticator = f.client.server.app[AUTH_KEY]
+        authenticator._issuers[other_idp] = TrustedIssuer(
+            issuer=other_idp,
+            keys=(VerificationKey(DEMO_SECRET, frozenset({"HS256"}), DEMO_KID),),
+            claims=_CLAIMS,
+        )
+        status, _, headers = await post(f, visit(pid(TOLVAN.pnr)))
+        assert status == 200
+        stranger = auth(
+            "homecare",
+            iss=other_idp,
+            client_id="other-municipality-tablet",
+            hsa_id="SE9999999999-S001",
+            care_unit="SE9999999999-HSV1",
+            care_provider="SE9999999999-0001",
+        )
+        seen, t = await task(f, headers["Location"], stranger)
+        assert seen == 404, t
+
+
+async def test_a_write_tells_a_writer_who_cannot_read_the_patient_nothing_of_the_targets(
+    facade: Any,
+) -> None:
+    """test_attacks' argument ("a write tells no more than the writer's Patient read") assumes the
+    writer may read the Patient. A write-only token (``user/Observation.c``: a device or integration)
+    gets 403 on Patient/<id>, yet its Task tells Tolvan (in Cosmic: delivered) from Greta (not: cosmic
+    refused it, HTTP 404). Either a write needs the Patient read as well, or such a writer's Task must
+    not tell the targets apart."""
+    async with facade(outbox=FAST) as f:
+        write_only = {
+            **auth("homecare", scopes="user/Observation.c"),
+            "Content-Type": "application/fhir+json",
+        }
+        outcomes: list[int] = []
+        for who in (TOLVAN, GRETA):
+            read, _ = await f.get(f"{BASE}/Patient/{pid(who.pnr)}", headers=write_only)
+            assert read == 403
+            pulse = _pulse(pid(who.pnr))
+            resp = await f.client.post(f"{BASE}/Observation", data=orjson.dumps(pulse), headers=write_only)
+            outcomes.append(resp.status)
+        assert outcomes == [403, 403]  # a write needs what a read of the Patient needs

@@ -333,6 +333,28 @@ async def test_a_part_whose_requests_together_take_longer_than_the_lease_is_stil
         assert len(keys) == len(set(keys)) == 10  # each request sent once: none cut off and sent again
 
 
+async def test_a_worker_whose_lease_was_taken_over_sends_no_more_of_the_part(facade: Any) -> None:
+    """A renewal the store refuses (another worker claimed the part: this one stalled past its lease)
+    stops the sending at once — the new holder sends the part, and two never send it side by side."""
+    received: list[Received] = []
+    async with facade(received=received, outbox={**FAST, "lease_s": 0.6, "wait_s": 0.0}) as f:
+        store = f.client.server.app[STORE_KEY]
+        renewals: list[str] = []
+
+        async def taken_over(part_id: str, until: float, worker: str) -> bool:
+            renewals.append(part_id)
+            return False
+
+        store.renew = taken_over  # (a lease this short is renewed before the first request already)
+        await post(f, visit(pid(TOLVAN.pnr)))
+        for _ in range(40):  # bounded: until both parts met their lost lease
+            if len(set(renewals)) == 2:
+                break
+            await asyncio.sleep(0.02)
+        assert len(set(renewals)) == 2
+        assert posted(received, "viva") == posted(received, "cosmic") == []
+
+
 async def test_a_write_is_audited_as_a_create_and_shown_in_the_patients_access_log(facade: Any) -> None:
     async with facade(outbox=FAST) as f:
         status, _, _ = await post(f, visit(pid(TOLVAN.pnr)))
