@@ -421,7 +421,7 @@ class _Check:
             if id(i) in kept and (by != LOST or not any(overlaps(i["expression"][0], s) for s in said))
         ]
 
-    def fail(self, code: str, where: str, text: str, by: int = 0) -> None:
+    def fail(self, code: str, where: str, text: str, by: int = CHECK) -> None:
         self.found.append((issue(code, text, expression=where), by))
 
     def bundle(self, bundle: FhirDict) -> None:

@@ -287,6 +287,37 @@ CASES: list[tuple[str, Mutation, list[tuple[str, str]]]] = [
     ("empty string", _set(2, f"{R}.code.text", ""), [(f"{E}[2].resource.code.text", "structure")]),
     ("blank string", _set(2, f"{R}.code.text", " \n"), [(f"{E}[2].resource.code.text", "structure")]),
     ("null", _set(2, f"{R}.code.text", None), [(f"{E}[2].resource.code.text", "structure")]),
+    # what no target carries: refused at the outermost element, not lost on the way
+    (
+        "a security label",
+        _set(7, f"{R}.meta", {"security": [{"system": "urn:x", "code": "NOPAT"}], "profile": ["urn:p"]}),
+        [(f"{E}[7].resource.meta.security", "not-supported")],
+    ),
+    ("a note", _set(2, f"{R}.note", [{"text": "x"}]), [(f"{E}[2].resource.note", "not-supported")]),
+    (
+        "a second attachment",
+        lambda b: b["entry"][7]["resource"]["content"].append(b["entry"][7]["resource"]["content"][0]),
+        [(f"{E}[7].resource.content[1]", "not-supported")],
+    ),
+    (
+        "a reference by identifier",
+        _set(2, f"{R}.encounter", {"identifier": {"system": "urn:x", "value": "v"}}),
+        [(f"{E}[2].resource.encounter.identifier", "not-supported")],
+    ),
+    (
+        "an attachment's title",
+        _set(7, f"{R}.content.0.attachment.title", "x"),
+        [(f"{E}[7].resource.content[0].attachment.title", "not-supported")],
+    ),
+    (
+        "a narrative not generated",
+        _set(
+            2,
+            f"{R}.text",
+            {"status": "additional", "div": '<div xmlns="http://www.w3.org/1999/xhtml">x</div>'},
+        ),
+        [(f"{E}[2].resource.text.status", "not-supported")],
+    ),
     (
         "contained",
         _set(2, f"{R}.contained", [{"resourceType": "Patient"}]),
