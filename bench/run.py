@@ -259,6 +259,9 @@ def write_config(
     if backend_total_s is not None:
         for b in doc["backends"].values():
             b["timeout"] = {**(b.get("timeout") or {}), "total_s": backend_total_s}
+        # (the outbox's lease must outlast any one request to a backend: the configuration insists)
+        lease = max(float(doc["outbox"]["lease_s"]), backend_total_s + 1.0)
+        doc["outbox"] = {**doc["outbox"], "lease_s": lease}
     if cache is not None:  # over the section config/facade.yaml may have, keeping its other keys
         doc["cache"] = {**(doc.get("cache") or {}), **cache}
     # The learned engagement index is a negative cache (it skips backends known to hold nothing):
