@@ -90,6 +90,14 @@ def gated(
             live = replace(live, metrics=replace(live.metrics, allow_unauthenticated_loopback=True))
             live = replace(live, http=replace(live.http, cors_allow_origins=(ORIGIN,)))
             live = replace(live, admission=replace(live.admission, **admission))
+            # (the held Cosmic requests wait for the test, on a busy machine for seconds: that wait
+            # must not run out a backend's budget or the fan-out's deadline — these tests are about
+            # admission, and a request partial by time-out is not what they look for)
+            live = replace(
+                live,
+                backends=tuple(replace(b, total_timeout_s=30.0) for b in live.backends),
+                facade=replace(live.facade, deadline_s=30.0),
+            )
             app = create_app(live, patient_id_key=DEMO_PATIENT_ID_KEY, extra_issuer=demo_issuer())
             async with TestClient(FacadeTestServer(app), headers=auth("clinician")) as client:
                 await consent_to(client.server.app[STORE_KEY], [p.pnr for p in people])
