@@ -41,7 +41,14 @@ from yarl import URL
 
 from proxy.clock import SYSTEM_CLOCK, Clock
 from proxy.fanout.breaker import CircuitBreaker
-from proxy.fanout.transport import AiohttpTransport, BodyTooLarge, Exchange, Transport, TransportError
+from proxy.fanout.transport import (
+    CHUNK_BYTES,
+    AiohttpTransport,
+    BodyTooLarge,
+    Exchange,
+    Transport,
+    TransportError,
+)
 from proxy.mapping.requests import Context, RequestSpec, UnknownPatient
 from proxy.settings import BackendSettings, FacadeSettings
 from proxy.trace import outgoing_headers
@@ -332,10 +339,27 @@ class BackendClient:
             finally:
                 run.own_s += time.perf_counter() - started
 
+        async def give(data: bytes) -> bool:
+            # A piece at a time, with a turn of the event loop after each: a long answer arrives
+            # faster than it is mapped, and the part already read (``head``) or chunks buffered
+            # meanwhile would otherwise be mapped back to back as one block, holding every other
+            # request on the loop (head-of-line). The others' turns are the facade's time too.
+            for at in range(0, len(data), CHUNK_BYTES):
+                if not take(data[at : at + CHUNK_BYTES]):
+                    return False
+                since = time.perf_counter()
+                run.own_turns.append(since)
+                try:
+                    await asyncio.sleep(0)
+                finally:
+                    run.own_turns.remove(since)
+                    run.own_s += time.perf_counter() - since
+            return True
+
         try:
-            if take(head):
+            if await give(head):
                 async for chunk in resp.chunks():
-                    if not take(chunk):
+                    if not await give(chunk):
                         break
         except TransportError as exc:
             sink.close(complete=False)
@@ -359,6 +383,7 @@ class BackendRun:
         "open_sink",
         "outcomes",
         "own_s",
+        "own_turns",
         "partial",
         "pending",
         "result",
@@ -384,6 +409,8 @@ class BackendRun:
         # the facade's own time on this backend's answers as they arrived (sinks: mapping them): it
         # extends the backend's budget (see ``expire``)
         self.own_s = 0.0
+        # when the turns its sinks gave the event loop began, while they last (own time going on now)
+        self.own_turns: list[float] = []
         self.lookup: int | None = None  # index of the backend's patient lookup among specs
         self.outcomes: list[tuple[SourceStatus, str] | None] = [None] * len(specs)  # (status, detail)
         self.pending = len(specs)
@@ -433,8 +460,9 @@ class BackendRun:
         out = [t for t, o in zip(self.sent_at, self.outcomes, strict=True) if t is not None and o is None]
         if not out:  # every request still out waits for a slot: the timer is armed when one is sent
             return
-        if now - min(out) < budget + self.own_s:
-            self.arm(min(out) + budget + self.own_s)
+        own = self.own_s + (now - min(self.own_turns) if self.own_turns else 0.0)
+        if now - min(out) < budget + own:
+            self.arm(min(out) + budget + own)
             return
         self.abandon(f"no complete answer within {budget:g} s")
         if self.on_done is not None:

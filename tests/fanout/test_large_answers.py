@@ -10,6 +10,7 @@ data stays as it is): over the in-memory transport, and over HTTP from the NPÖ 
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import random
 from collections.abc import Mapping
@@ -22,8 +23,9 @@ import pytest
 from proxy.app import compile_mappings
 from proxy.cache import MemoryCache
 from proxy.fanout.client import BackendClient
-from proxy.fanout.transport import Canned, MemoryTransport
+from proxy.fanout.transport import CHUNK_BYTES, Canned, MemoryTransport
 from proxy.fhir.ids import PatientIds
+from proxy.mapping.stream import AnswerStream
 from proxy.pipeline.facade import Facade
 from proxy.pipeline.fetch import context, fetch_and_map
 from proxy.redact.policy import compile_policy
@@ -341,6 +343,39 @@ async def test_over_http_a_long_answer_cut_mid_body_is_degraded_and_not_cached(
     assert long_labs(after) == []  # no stale entry of the cut answer stood in
     later = npo_issue(after)
     assert later is not None and "HTTP 503" in later
+
+
+async def test_a_long_answer_is_mapped_a_piece_at_a_time_with_turns_of_the_loop_between(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Head-of-line: other requests get the event loop between the pieces of a long answer — at
+    most ``CHUNK_BYTES`` of it are mapped in one go. (Before: the part read before the answer turned
+    out long, ``max_body_bytes`` — 1 MiB, ~1,000 records — was mapped as one block, and so were
+    chunks that arrived while the loop was busy.)"""
+    fed, worst, done = 0, 0, False
+    real = AnswerStream.feed
+
+    def feed(self: AnswerStream, chunk: bytes) -> bool:
+        nonlocal fed, worst
+        fed += len(chunk)
+        worst = max(worst, fed)
+        return real(self, chunk)
+
+    async def another_request() -> None:  # (a turn of the loop: what it fed since starts anew)
+        nonlocal fed
+        while not done:
+            fed = 0
+            await asyncio.sleep(0)
+
+    monkeypatch.setattr(AnswerStream, "feed", feed)
+    other = asyncio.ensure_future(another_request())
+    n = 3500
+    _, mapped, outcomes = await fetch(nothing_held(), Canned(lab_answer(n)))
+    done = True
+    await other
+    assert outcomes["npo"].status is SourceStatus.OK
+    assert sorted(lab_ids(mapped)) == sorted(every_lab_id(n))
+    assert 0 < worst <= CHUNK_BYTES
 
 
 async def test_mapping_a_long_answer_as_it_arrives_is_not_the_backends_time() -> None:
