@@ -88,7 +88,14 @@ from proxy.hsa import HSA_SYSTEM
 from proxy.mapping.requests import RequestSpec
 from proxy.pipeline.fetch import context, plan_requests
 from proxy.pnr import system_of
-from proxy.settings import DEFAULT_CONFIG, PATIENT_ID_KEY_ENV, ConfigError, Settings, load_settings
+from proxy.settings import (
+    DEFAULT_CONFIG,
+    LEASE_USE,
+    PATIENT_ID_KEY_ENV,
+    ConfigError,
+    Settings,
+    load_settings,
+)
 from proxy.simulators.population import population
 from proxy.types import PatientRef
 
@@ -260,7 +267,7 @@ def write_config(
         for b in doc["backends"].values():
             b["timeout"] = {**(b.get("timeout") or {}), "total_s": backend_total_s}
         # (the outbox's lease must outlast any one request to a backend: the configuration insists)
-        lease = max(float(doc["outbox"]["lease_s"]), backend_total_s + 1.0)
+        lease = max(float(doc["outbox"]["lease_s"]), backend_total_s / LEASE_USE + 1.0)
         doc["outbox"] = {**doc["outbox"], "lease_s": lease}
     if cache is not None:  # over the section config/facade.yaml may have, keeping its other keys
         doc["cache"] = {**(doc.get("cache") or {}), **cache}

@@ -224,6 +224,10 @@ class WritesSettings:
         return ()
 
 
+# Of an outbox lease, what one request may take (the rest: renewing the lease, or recording the outcome)
+LEASE_USE = 0.9
+
+
 @dataclass(frozen=True, slots=True)
 class OutboxSettings:
     """The outbox of accepted writes (proxy/store) and the workers that deliver it to the targets."""
@@ -849,10 +853,14 @@ def _outbox(r: _Reader, data: Any, backends: list[BackendSettings]) -> OutboxSet
     )
     d = OutboxSettings()
     lease = r.number(o, "lease_s", "outbox", d.lease_s, 1, 3600)
-    # a lease shorter than one request may take runs out mid-delivery: every slow part sent twice
+    # a request is given LEASE_USE of a lease: one that may take longer would be cut off every time
     slowest = max(backends, key=lambda b: b.total_timeout_s)
-    if lease <= slowest.total_timeout_s:
-        raise r.fail("outbox.lease_s", f"expects more than backends.{slowest.name}.timeout.total_s")
+    if lease * LEASE_USE < slowest.total_timeout_s:
+        raise r.fail(
+            "outbox.lease_s",
+            f"expects at least backends.{slowest.name}.timeout.total_s / {LEASE_USE:g}"
+            f" ({slowest.total_timeout_s / LEASE_USE:.3g} s): a request may take its total_s",
+        )
     base = r.number(o, "backoff_base_s", "outbox", d.backoff_base_s, 0.001, 3600)
     return OutboxSettings(
         lease_s=lease,

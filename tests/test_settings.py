@@ -96,6 +96,7 @@ def test_the_default_config_of_an_installed_wheel_keeps_its_store_in_the_users_s
         ({"writes.who": {}}, "writes"),
         ({"outbox.lease_s": 0}, "outbox.lease_s"),
         ({"outbox.lease_s": 4}, "outbox.lease_s"),  # not longer than npo's total_s: 4
+        ({"outbox.lease_s": 4.4}, "outbox.lease_s"),  # 90 % of it (what a request is given) is less
         ({"outbox.claim_limit": 0}, "outbox.claim_limit"),
         ({"outbox.max_attempts": 2.5}, "outbox.max_attempts"),
         ({"outbox.backoff_base_s": 10, "outbox.backoff_cap_s": 5}, "outbox.backoff_cap_s"),

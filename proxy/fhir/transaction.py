@@ -73,10 +73,23 @@ class KnownCodes:
     carried: Mapping[str, frozenset[str]]
 
 
+def _concept(at: str) -> tuple[str, ...]:
+    """A CodeableConcept's leaves the mappings read (its codings' system, code and display; its text)."""
+    return (f"{at}.coding.system", f"{at}.coding.code", f"{at}.coding.display", f"{at}.text")
+
+
+def _quantity(at: str) -> tuple[str, ...]:
+    """A Quantity's leaves the mappings read: not a ``comparator`` ("< 90" written as 90 would lie)."""
+    return (f"{at}.value", f"{at}.unit", f"{at}.system", f"{at}.code")
+
+
+_PERIOD = ("period.start", "period.end")
+
+
 HOME_VISIT_CODES = KnownCodes(
     status={
         "Encounter": frozenset({"finished", "in-progress"}),
-        "Observation": frozenset({"final", "amended", "corrected", "preliminary"}),
+        "Observation": frozenset({"final"}),  # (no target carries a status: a measurement is final)
         "DocumentReference": frozenset({"current"}),
         "MedicationAdministration": frozenset({"completed", "not-done"}),
     },
@@ -94,25 +107,25 @@ HOME_VISIT_CODES = KnownCodes(
     note_types=frozenset({(LOINC, "34746-8")}),  # Nurse Note
     medication={ATC: r"[A-Z][0-9]{2}[A-Z]{2}[0-9]{2}"},  # a substance (ATC level 5)
     carried={
-        "Encounter": frozenset({"status", "class", "period"}),
+        "Encounter": frozenset({"status", "class.system", "class.code", "class.display", *_PERIOD}),
         "Observation": frozenset(
             {
                 "status",
-                "category",
-                "code",
+                *_concept("category"),
+                *_concept("code"),
                 "effectiveDateTime",
                 "encounter.reference",
-                "valueQuantity",
-                "valueCodeableConcept",
-                "component.code",
-                "component.valueQuantity",
+                *_quantity("valueQuantity"),
+                *_concept("valueCodeableConcept"),
+                *_concept("component.code"),
+                *_quantity("component.valueQuantity"),
             }
         ),
         "DocumentReference": frozenset(
             {
                 "status",
                 "docStatus",
-                "type",
+                *_concept("type"),
                 "date",
                 "description",
                 "content.attachment.contentType",
@@ -123,11 +136,11 @@ HOME_VISIT_CODES = KnownCodes(
         "MedicationAdministration": frozenset(
             {
                 "status",
-                "statusReason",
-                "medicationCodeableConcept",
+                *_concept("statusReason"),
+                *_concept("medicationCodeableConcept"),
                 "effectiveDateTime",
                 "context.reference",
-                "dosage.dose",
+                *_quantity("dosage.dose"),
             }
         ),
     },
@@ -138,7 +151,7 @@ HOME_VISIT_CODES = KnownCodes(
 CARRIED_BY_ALL = frozenset({"resourceType", "id", "identifier", "meta.profile", "text", "subject.reference"})
 # arrays of which the mappings carry one item only (a second would be lost)
 ONE_ONLY: Mapping[str, frozenset[str]] = {
-    "DocumentReference": frozenset({"content"}),
+    "DocumentReference": frozenset({"content", "context.encounter"}),
     "MedicationAdministration": frozenset({"statusReason"}),
 }
 
@@ -645,6 +658,13 @@ class _Check:
                     )
             elif (patient := _PATIENT_REF.fullmatch(ref)) and element != "subject":
                 self.patient_is(patient.group(1), f"{path}.reference")  # (the subject: below)
+            elif element != "subject":  # (a target carries a link to an entry of this Bundle only)
+                self.fail(
+                    "not-supported",
+                    f"{path}.reference",
+                    "Only a reference to an entry of this Bundle (its fullUrl) is carried to the targets",
+                    LOST,
+                )
 
     def subject(self, r: FhirDict, at: str) -> None:
         subject = r.get("subject")
@@ -821,7 +841,7 @@ class _Check:
                 f"The medication must be coded in {', '.join(sorted(self.codes.medication))}",
             )
         if "effectiveDateTime" not in r and "effectivePeriod" not in r:
-            self.fail("required", f"{at}.effective", "effectiveDateTime (or effectivePeriod) is required")
+            self.fail("required", f"{at}.effective", "effectiveDateTime is required")
         if r.get("status") == "not-done":
             reasons = _items(r.get("statusReason"))
             first = _obj(reasons[0]) if reasons else {}
@@ -833,6 +853,8 @@ class _Check:
             dose = _obj(_obj(r.get("dosage")).get("dose"))
             if not isinstance(dose.get("value"), int | float):
                 self.fail("required", f"{at}.dosage.dose", "A dose given needs dosage.dose")
+            if "statusReason" in r:  # (the targets carry a reason for a dose not given only)
+                self.fail("not-supported", f"{at}.statusReason", "A dose given carries no statusReason", LOST)
 
 
 def _codes(pairs: frozenset[tuple[str, str]] | set[tuple[str, str]]) -> str:

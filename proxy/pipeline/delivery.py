@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 from collections.abc import Mapping
@@ -39,14 +40,13 @@ from collections.abc import Mapping
 from proxy.clock import Clock
 from proxy.fanout.client import BackendClient
 from proxy.fanout.transport import TransportError
-from proxy.settings import OutboxSettings
+from proxy.settings import LEASE_USE, OutboxSettings
 from proxy.store.base import OutboxPart, OutboxTransaction, PartRequest, Store, StoreUnavailable, backoff
 
 log = logging.getLogger("fhir_facade.outbox")
 
 DELIVERED, PENDING, PARKED = "delivered", "pending", "parked"
 _TRANSIENT_4XX = frozenset({408, 425, 429})  # (time-out, too early, too many: try again later)
-LEASE_USE = 0.9  # of a lease, what one request may take (the rest: renewing it, or the outcome)
 _ANSWER_CAP = 1 << 20  # an acknowledgement is small: read at most this much of it
 
 
@@ -84,6 +84,7 @@ class Delivery:
         # the parts being sent now, each its own task: a slow target's parts do not hold up the
         # claiming of the others' (at most ``claim_limit`` at once)
         self._sending: set[asyncio.Task[None]] = set()
+        self._parts: set[str] = set()  # the ids of the parts being sent
 
     def nudge(self) -> None:
         self._wake.set()
@@ -118,22 +119,30 @@ class Delivery:
         now = self.clock.time()
         claimed = await self.store.claim(now, self.settings.lease_s, room, self.worker)
         for _, part in claimed:
+            if part.id in self._parts:  # (this worker still sends it, stalled past its lease: not twice)
+                continue
             if part.attempts > self.settings.max_attempts:  # (the last ones never reported back)
                 reason = (
-                    f"gave up after {self.settings.max_attempts} attempts (the last reported no"
-                    " outcome: the worker sending it stopped)"
+                    f"gave up after {part.attempts - 1} attempts (the last reported no outcome: the"
+                    " worker sending it stopped)"
                 )
-                await self.store.park(part.id, reason, self.worker)
+                try:
+                    await self.store.park(part.id, reason, self.worker)
+                except StoreUnavailable as exc:  # (the others of the claim are still started)
+                    log.warning("outbox: %s", exc)
+                    continue
                 log.warning("outbox: a part for %s was parked: %s", part.target, reason)
                 continue
             leased_until = now + self.settings.lease_s
             sending = asyncio.create_task(self._deliver(part, leased_until), name="outbox part")
             self._sending.add(sending)
-            sending.add_done_callback(self._sent)
+            self._parts.add(part.id)
+            sending.add_done_callback(functools.partial(self._sent, part.id))
         return len(claimed)
 
-    def _sent(self, sending: asyncio.Task[None]) -> None:
+    def _sent(self, part_id: str, sending: asyncio.Task[None]) -> None:
         self._sending.discard(sending)
+        self._parts.discard(part_id)
         self._wake.set()  # (room for another part)
 
     async def _deliver(self, part: OutboxPart, leased_until: float) -> None:
@@ -158,11 +167,13 @@ class Delivery:
                 left = leased_until - self.clock.time() - reserve
                 if left < longest:
                     leased_until = self.clock.time() + s.lease_s
-                    if not await self.store.renew(part.id, leased_until, self.worker):
-                        # (another worker has the part now: it sends the rest, and records the outcome)
+                    renewed = await self.store.renew(part.id, leased_until, self.worker)
+                    left = leased_until - self.clock.time() - reserve  # (the store may have been slow)
+                    if not renewed or left <= 0:
+                        # (another worker has the part now, or may take it any moment: it sends the
+                        # rest, and records the outcome)
                         log.warning("outbox: lost the lease on a part for %s while sending it", part.target)
                         return
-                    left = s.lease_s * LEASE_USE
                 async with asyncio.timeout(left):
                     await self._send(part.target, request)
                 at += 1

@@ -305,6 +305,36 @@ CASES: list[tuple[str, Mutation, list[tuple[str, str]]]] = [
         [(f"{E}[2].resource.encounter.identifier", "not-supported")],
     ),
     (
+        "a reference outside the Bundle",
+        _set(2, f"{R}.encounter", {"reference": "Encounter/abc"}),
+        [(f"{E}[2].resource.encounter.reference", "not-supported")],
+    ),
+    (
+        "a second encounter of a note",
+        lambda b: b["entry"][7]["resource"]["context"]["encounter"].append({"reference": ENC}),
+        [(f"{E}[7].resource.context.encounter[1]", "not-supported")],
+    ),
+    (
+        "a comparator",
+        _set(2, f"{R}.valueQuantity.comparator", "<"),
+        [(f"{E}[2].resource.valueQuantity.comparator", "not-supported")],
+    ),
+    (
+        "an extension inside a carried element",
+        _set(0, f"{R}.period.extension", [{"url": "urn:x", "valueString": "x"}]),
+        [(f"{E}[0].resource.period.extension", "not-supported")],
+    ),
+    (
+        "a preliminary measurement",
+        _set(2, f"{R}.status", "preliminary"),
+        [(f"{E}[2].resource.status", "code-invalid")],
+    ),
+    (
+        "a reason for a dose given",
+        _set(8, f"{R}.statusReason", [{"text": "x"}]),
+        [(f"{E}[8].resource.statusReason", "not-supported")],
+    ),
+    (
         "an attachment's title",
         _set(7, f"{R}.content.0.attachment.title", "x"),
         [(f"{E}[7].resource.content[0].attachment.title", "not-supported")],

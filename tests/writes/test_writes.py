@@ -355,6 +355,40 @@ async def test_a_worker_whose_lease_was_taken_over_sends_no_more_of_the_part(fac
         assert posted(received, "viva") == posted(received, "cosmic") == []
 
 
+async def test_a_renewal_the_store_grants_too_late_stops_the_sending_as_a_lost_lease(facade: Any) -> None:
+    """The store took longer to renew the lease than the lease leaves: sending on would overrun it
+    (another worker may claim the part meanwhile, and both send). The worker stops; once the store
+    is quick again the part is delivered — each request once at each target."""
+    received: list[Received] = []
+    async with facade(received=received, outbox={**FAST, "lease_s": 0.6, "wait_s": 0.0}) as f:
+        store = f.client.server.app[STORE_KEY]
+        real_renew, slow = store.renew, [0]
+
+        async def slow_renew(part_id: str, until: float, worker: str) -> bool:
+            slow[0] += 1
+            await asyncio.sleep(0.6)  # (granted, but the lease it grants has run out on arrival)
+            return bool(await real_renew(part_id, until, worker))
+
+        store.renew = slow_renew
+        _, _, headers = await post(f, visit(pid(TOLVAN.pnr)))
+        for _ in range(60):  # bounded: until both parts met a slow renewal
+            if slow[0] >= 2:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.7)  # (the slow renewals return: nothing may be sent after them)
+        assert slow[0] >= 2 and posted(received, "viva") == posted(received, "cosmic") == []
+        store.renew = real_renew
+        for _ in range(100):  # bounded: the leases run out, the parts are claimed again and sent
+            _, t = await task(f, headers["Location"])
+            if t["status"] == "completed":
+                break
+            await asyncio.sleep(0.05)
+        assert t["status"] == "completed", t
+        for target in ("viva", "cosmic"):
+            keys = [r.headers["Idempotency-Key"] for r in posted(received, target)]
+            assert len(keys) == len(set(keys)) == 10
+
+
 async def test_a_write_is_audited_as_a_create_and_shown_in_the_patients_access_log(facade: Any) -> None:
     async with facade(outbox=FAST) as f:
         status, _, _ = await post(f, visit(pid(TOLVAN.pnr)))
