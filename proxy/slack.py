@@ -12,6 +12,7 @@ comes first.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Callable, Generator
 from typing import TypeVar, cast
@@ -20,26 +21,51 @@ T = TypeVar("T")
 
 
 class SlackJob:
-    __slots__ = ("_work",)
+    """One job: ``work()`` does it all, or returns its steps (a generator yielding after each slice,
+    ``Steps``) — then the queue runs one slice a turn, and whoever needs the result runs the rest."""
 
-    def __init__(self, work: Callable[[], None]) -> None:
-        self._work: Callable[[], None] | None = work
+    __slots__ = ("_steps", "_work")
 
-    def run(self) -> bool:
-        """Run the job now unless it has run (or been dropped); True if it ran now."""
-        work, self._work = self._work, None
-        if work is None:
+    def __init__(self, work: Callable[[], Steps[None] | None]) -> None:
+        self._work: Callable[[], Steps[None] | None] | None = work
+        self._steps: Steps[None] | None = None
+
+    def step(self) -> bool | None:
+        """One slice of the job: None if there was nothing left to do (it has run, or was dropped),
+        True if more is left, False if it has just finished."""
+        if self._steps is None:
+            work, self._work = self._work, None
+            if work is None:
+                return None
+            steps = work()
+            if steps is None:
+                return False
+            self._steps = steps
+        try:
+            next(self._steps)
+        except StopIteration:
+            self._steps = None
             return False
-        work()
         return True
 
+    def run(self) -> bool:
+        """Run the job (what is left of it) now; True if any of it ran now."""
+        ran = self.step()
+        while ran:
+            ran = self.step()
+        return ran is not None
+
     def drop(self) -> None:
-        """Never run it (its result is no longer wanted)."""
+        """Never run it, or what is left of it (its result is no longer wanted)."""
         self._work = None
+        if self._steps is not None:
+            self._steps.close()
+            self._steps = None
 
 
 class SlackQueue:
-    """Jobs (that must not raise) run one per event-loop turn, first in, first out."""
+    """Jobs (that must not raise) run a slice per event-loop turn, first in, first out: a job with
+    more slices left goes to the back of the queue, so a long one does not hold up the short."""
 
     __slots__ = ("_jobs", "_scheduled")
 
@@ -50,7 +76,7 @@ class SlackQueue:
     def __len__(self) -> int:
         return len(self._jobs)
 
-    def defer(self, work: Callable[[], None]) -> SlackJob:
+    def defer(self, work: Callable[[], Steps[None] | None]) -> SlackJob:
         job = SlackJob(work)
         self._jobs.append(job)
         if not self._scheduled:
@@ -62,8 +88,14 @@ class SlackQueue:
         jobs = self._jobs
         self._scheduled = False
         try:
-            while jobs and not jobs.popleft().run():
-                pass  # (already run by whoever needed it, or dropped)
+            while jobs:
+                job = jobs.popleft()
+                more = job.step()
+                if more is None:
+                    continue  # (already run by whoever needed it, or dropped)
+                if more:
+                    jobs.append(job)
+                break
         finally:  # (a job that raises must not stall the ones behind it)
             if jobs and not self._scheduled:
                 self._scheduled = True
@@ -101,6 +133,19 @@ async def in_turns(steps: Steps[T]) -> T:
         except StopIteration as done:
             return cast(T, done.value)
         await asyncio.sleep(0)
+
+
+def timed(steps: Steps[T]) -> Steps[tuple[T, float]]:
+    """``steps``, and the seconds spent in them (not in what ran between their slices)."""
+    spent = 0.0
+    while True:
+        started = time.perf_counter()
+        try:
+            next(steps)
+        except StopIteration as done:
+            return cast(T, done.value), spent + time.perf_counter() - started
+        spent += time.perf_counter() - started
+        yield
 
 
 def slice_ends(n: int) -> bool:

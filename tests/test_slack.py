@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from proxy.slack import SlackQueue
+from proxy.slack import SlackQueue, Steps
 
 
 async def _turns(n: int) -> None:
@@ -64,3 +64,45 @@ async def test_a_job_that_raises_does_not_stall_the_ones_behind_it() -> None:
         assert ran == ["after", "later"]
     finally:
         loop.set_exception_handler(None)
+
+
+def _sliced(name: str, slices: int, ran: list[str], closed: list[str] | None = None) -> Steps[None]:
+    try:
+        for i in range(slices):
+            ran.append(f"{name} {i + 1}")
+            if i < slices - 1:
+                yield
+    finally:
+        if closed is not None:
+            closed.append(name)
+
+
+async def test_a_long_job_runs_a_slice_a_turn_and_lets_a_shorter_one_by() -> None:
+    """A job given as steps (an answer mapped a slice of records at a time) runs one slice per turn
+    and then goes to the back of the queue: ready work and a short job behind it do not wait for all
+    of it."""
+    slack = SlackQueue()
+    ran: list[str] = []
+    slack.defer(lambda: _sliced("long", 3, ran))
+    slack.defer(lambda: _sliced("short", 1, ran))
+    asyncio.get_running_loop().call_soon(ran.append, "ready")
+    await _turns(6)
+    assert ran == ["long 1", "ready", "short 1", "long 2", "long 3"]
+    assert len(slack) == 0
+
+
+async def test_the_owner_runs_what_is_left_of_a_long_job_and_a_dropped_one_is_closed() -> None:
+    slack = SlackQueue()
+    ran: list[str] = []
+    closed: list[str] = []
+    needed = slack.defer(lambda: _sliced("needed", 3, ran))
+    dropped = slack.defer(lambda: _sliced("dropped", 3, ran, closed))
+    await _turns(2)  # (a slice of each)
+    assert ran == ["needed 1", "dropped 1"]
+    assert needed.run() is True  # the rest of it, now
+    assert ran == ["needed 1", "dropped 1", "needed 2", "needed 3"]
+    assert needed.run() is False
+    dropped.drop()
+    assert closed == ["dropped"]
+    await _turns(5)
+    assert ran == ["needed 1", "dropped 1", "needed 2", "needed 3"]

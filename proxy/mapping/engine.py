@@ -20,6 +20,7 @@ from proxy.mapping.codegen import Builder
 from proxy.mapping.coerce import scalar_text
 from proxy.mapping.compiler import CompiledMapping
 from proxy.mapping.requests import Context
+from proxy.slack import Steps, at_once, slice_ends
 from proxy.types import FhirDict, MappedResource
 
 
@@ -47,14 +48,28 @@ def map_records(
     priority: int,
 ) -> tuple[list[MappedResource], int]:
     """All resources the mapping builds from one raw answer, and how many records it had to skip."""
+    return at_once(map_records_in_steps(mapping, body, ctx, source_uri=source_uri, priority=priority))
+
+
+def map_records_in_steps(
+    mapping: CompiledMapping,
+    body: Any,
+    ctx: Context,
+    *,
+    source_uri: str,
+    priority: int,
+) -> Steps[tuple[list[MappedResource], int]]:
+    """``map_records`` as steps: a slice of ``SLICE`` records at a time (``proxy.slack``)."""
     out: list[MappedResource] = []
     skipped = 0
     system = record_id_system(mapping.name)
     records = mapping.select(body)
     if not records and not _holds(body, mapping.required):
         raise ValueError("the answer lacks the list its mapping selects")  # (a broken answer, not "none")
-    for record in records:
+    for n, record in enumerate(records):
         skipped += map_record(mapping, record, ctx, source_uri, priority, system, out)
+        if slice_ends(n):
+            yield
     return out, skipped
 
 

@@ -17,9 +17,10 @@ from typing import Any
 import orjson
 
 from proxy.mapping.compiler import CompiledMapping
-from proxy.mapping.engine import map_records
+from proxy.mapping.engine import map_records_in_steps
 from proxy.mapping.requests import Context
 from proxy.mapping.xml import parse_xml
+from proxy.slack import Steps, at_once
 from proxy.types import MappedResource, SourceOutcome, SourceResult, SourceStatus
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,18 @@ def map_answer(
     source_uri: str,
     priority: int,
 ) -> MappedAnswer:
+    """``map_answer_in_steps`` at once."""
+    return at_once(map_answer_in_steps(raw, mappings, ctx, source_uri=source_uri, priority=priority))
+
+
+def map_answer_in_steps(
+    raw: bytes | None,
+    mappings: Sequence[CompiledMapping],
+    ctx: Context,
+    *,
+    source_uri: str,
+    priority: int,
+) -> Steps[MappedAnswer]:
     """Decode one answer (its format is the request's) and run each mapping that reads it.
 
     A status the backend uses for "nothing here" (``raw`` is None) maps to nothing. A body that is
@@ -77,7 +90,9 @@ def map_answer(
     skipped = 0
     for m in mappings:
         try:
-            resources, bad = map_records(m, decoded, ctx, source_uri=source_uri, priority=priority)
+            resources, bad = yield from map_records_in_steps(
+                m, decoded, ctx, source_uri=source_uri, priority=priority
+            )
         except (TypeError, ValueError, AttributeError, KeyError, IndexError):
             # The answer parsed but is not shaped as the mapping expects. Log where, not what.
             log.warning("mapping %s could not read the answer from %s", m.name, m.backend)

@@ -28,10 +28,10 @@ from proxy.fanout.client import AnswerSink, fan_out
 from proxy.hooks import AnswerMapped, CacheLookup, Hooks, SourceAnswered, SourceFailed
 from proxy.mapping.registry import MappingSet, request_context
 from proxy.mapping.requests import RequestSpec
-from proxy.mapping.run import MappedAnswer, map_answer, source_outcome
+from proxy.mapping.run import MappedAnswer, map_answer_in_steps, source_outcome
 from proxy.mapping.stream import AnswerStream
 from proxy.pipeline.facade import Facade
-from proxy.slack import SlackJob
+from proxy.slack import SlackJob, Steps, timed
 from proxy.types import MappedResource, PatientRef, SourceOutcome, SourceResult, SourceStatus
 
 log = logging.getLogger(__name__)
@@ -181,28 +181,32 @@ async def ask(
     answers: dict[str, dict[str, MappedAnswer]] = {name: {} for name in to_fetch}
     mapping: dict[str, tuple[int, float]] = {}  # per backend that answered: resources made, ms it took
 
-    def map_one(source: str, spec: RequestSpec, body: bytes | AnswerSink | None) -> None:
+    def map_one(source: str, spec: RequestSpec, body: bytes | AnswerSink | None) -> Steps[None]:
         # by every mapping that reads the answer, whatever type it makes: one cache entry per
-        # request serves any later query; how long it took orders the backend's requests next time
+        # request serves any later query; how long it took orders the backend's requests next time.
+        # In slices (steps): a long answer does not hold the event loop while it is mapped.
         started = time.perf_counter()
-        before = 0.0  # (a streamed answer was mapped as it arrived: that time counts too)
+        took = 0.0  # ms (a streamed answer was mapped as it arrived: that time counts too)
         try:
             if isinstance(body, AnswerStream):  # (the sinks open_sink opens)
-                before = body.took_ms
                 answers[source][spec.key] = mapped = body.answer()
+                took = body.took_ms + (time.perf_counter() - started) * 1000
             else:
                 assert body is None or isinstance(body, bytes)
-                answers[source][spec.key] = mapped = map_answer(
-                    body,
-                    facade.mappings.readers_of(source, spec),
-                    contexts[source],
-                    source_uri=facade.settings.backend(source).source_uri,
-                    priority=priority[source],
+                mapped, spent = yield from timed(
+                    map_answer_in_steps(
+                        body,
+                        facade.mappings.readers_of(source, spec),
+                        contexts[source],
+                        source_uri=facade.settings.backend(source).source_uri,
+                        priority=priority[source],
+                    )
                 )
+                answers[source][spec.key] = mapped
+                took = spent * 1000
         except Exception:  # map_answer marks what it cannot read; this is for what it did not expect
             log.exception("mapping an answer from %s failed", source)
             answers[source][spec.key] = mapped = MappedAnswer([], readable=False)
-        took = before + (time.perf_counter() - started) * 1000
         facade.clients[source].handled(spec.learning_key, took)
         records, ms = mapping.get(source, (0, 0.0))
         mapping[source] = (records + len(mapped.resources), ms + took)

@@ -167,14 +167,14 @@ async def test_a_mapping_that_fails_unexpectedly_degrades_only_its_source(
 ) -> None:
     import proxy.pipeline.fetch
 
-    real = proxy.pipeline.fetch.map_answer
+    real = proxy.pipeline.fetch.map_answer_in_steps
 
     def failing_for_viva(body: Any, mappings: Any, *args: Any, **kwargs: Any) -> Any:
         if mappings[0].backend == "viva":
             raise RuntimeError("a bug the mapping stage did not expect")
-        return real(body, mappings, *args, **kwargs)
+        return (yield from real(body, mappings, *args, **kwargs))
 
-    monkeypatch.setattr(proxy.pipeline.fetch, "map_answer", failing_for_viva)
+    monkeypatch.setattr(proxy.pipeline.fetch, "map_answer_in_steps", failing_for_viva)
     async with facade() as f:
         resp = await f.client.get(EVERYTHING, params={"_count": "500"})
         bundle = await resp.json(content_type=None)

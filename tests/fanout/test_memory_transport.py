@@ -23,7 +23,7 @@ from proxy.pipeline.facade import Facade
 from proxy.pipeline.fetch import fetch_and_map, plan_requests
 from proxy.redact.policy import compile_policy
 from proxy.settings import DEMO_PATIENT_ID_KEY, Settings, load_settings
-from proxy.slack import SlackJob
+from proxy.slack import SlackJob, Steps
 from proxy.types import SourceStatus
 from tests import contract
 from tests.clock import FakeClock
@@ -187,7 +187,7 @@ class _Waiting(_Stalled):
         self.expected = expected
         self.all_in = asyncio.Event()
 
-    def defer(self, work: Callable[[], None]) -> SlackJob:
+    def defer(self, work: Callable[[], Steps[None] | None]) -> SlackJob:
         job = super().defer(work)
         if len(self.deferred) >= self.expected:
             self.all_in.set()

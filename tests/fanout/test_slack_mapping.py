@@ -11,7 +11,7 @@ from typing import Any
 from proxy.edge.http import FACADE_KEY
 from proxy.pipeline.facade import Facade
 from proxy.pipeline.fetch import fetch_and_map, plan_requests
-from proxy.slack import SlackJob, SlackQueue
+from proxy.slack import SlackJob, SlackQueue, Steps
 from proxy.types import SourceStatus
 
 TOLVAN = "191212121212"
@@ -25,10 +25,10 @@ class _Stalled(SlackQueue):
         self.deferred: list[SlackJob] = []
         self.ran = 0
 
-    def defer(self, work: Callable[[], None]) -> SlackJob:
-        def counted() -> None:
+    def defer(self, work: Callable[[], Steps[None] | None]) -> SlackJob:
+        def counted() -> Steps[None] | None:
             self.ran += 1
-            work()
+            return work()
 
         job = SlackJob(counted)
         self.deferred.append(job)
