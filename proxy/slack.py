@@ -55,6 +55,14 @@ class SlackJob:
             ran = self.step()
         return ran is not None
 
+    async def run_in_turns(self) -> None:
+        """Run what is left of the job now, with a turn of the event loop between its slices (the
+        queue may run a slice meanwhile: a slice at a time, whoever comes first)."""
+        while True:
+            if not self.step():
+                return
+            await asyncio.sleep(0)  # (a turn for others)
+
     def drop(self) -> None:
         """Never run it, or what is left of it (its result is no longer wanted)."""
         self._work = None

@@ -106,3 +106,16 @@ async def test_the_owner_runs_what_is_left_of_a_long_job_and_a_dropped_one_is_cl
     assert closed == ["dropped"]
     await _turns(5)
     assert ran == ["needed 1", "dropped 1", "needed 2", "needed 3"]
+
+
+async def test_what_is_left_of_a_long_job_its_owner_needs_runs_a_slice_a_turn() -> None:
+    """The owner needs the result now, but not as one block: ready work still goes between slices."""
+    slack = SlackQueue()
+    ran: list[str] = []
+    job = slack.defer(lambda: _sliced("long", 3, ran))
+    asyncio.get_running_loop().call_soon(ran.append, "ready")
+    await job.run_in_turns()
+    # the owner ran slice 1, the queue's turn slice 2 (whoever comes first), then the ready work
+    # went before the owner's last slice
+    assert ran == ["long 1", "long 2", "ready", "long 3"]
+    assert job.run() is False

@@ -235,12 +235,12 @@ async def ask(
             on_answer=on_answer,
             open_sink=open_sink,
         )
+        for job in jobs:  # what the slack has not mapped yet is mapped now, a slice a turn
+            await job.run_in_turns()
     except BaseException:  # (cancelled: its client left) nothing more is mapped for it
         for job in jobs:
             job.drop()
         raise
-    for job in jobs:  # what the slack has not mapped yet is mapped now
-        job.run()
     if hooks.wants(AnswerMapped):  # (one event a backend, not one an answer: 23 metric updates less)
         for source, (records, took) in mapping.items():
             hooks.emit(AnswerMapped(source, records, took))
