@@ -104,8 +104,11 @@ class Delivery:
                     log.exception("outbox: delivering failed; trying again")
                     worked = 0
                 if not worked:
+                    # (asyncio.timeout, not wait_for: Python 3.11's wait_for may swallow the task's
+                    # cancellation when the event is set at that moment — the loop then never stops)
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), self.settings.poll_s)
+                        async with asyncio.timeout(self.settings.poll_s):
+                            await self._wake.wait()
         finally:  # (stopped: what is being sent is left to its lease, and another worker)
             for sending in self._sending:
                 sending.cancel()
@@ -240,4 +243,5 @@ class Delivery:
                 return txn
             self._settled.clear()
             with contextlib.suppress(TimeoutError):  # (another worker may settle it: look again soon)
-                await asyncio.wait_for(self._settled.wait(), min(left, 0.05))
+                async with asyncio.timeout(min(left, 0.05)):
+                    await self._settled.wait()
