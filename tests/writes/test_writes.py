@@ -291,7 +291,7 @@ async def test_a_part_whose_sending_kills_the_worker_every_time_is_given_up_on_n
     """No outcome is ever recorded (the worker dies after sending, each time): each claim still
     counts an attempt, and past ``max_attempts`` the part is parked without another send."""
     received: list[Received] = []
-    async with facade(received=received, outbox={**FAST, "lease_s": 0.2, "max_attempts": 3}) as f:
+    async with facade(received=received, outbox={**FAST, "lease_s": 0.5, "max_attempts": 3}) as f:
         store = f.client.server.app[STORE_KEY]
 
         async def killed_before_recording(part_id: str, now: float, worker: str) -> bool:
@@ -299,7 +299,7 @@ async def test_a_part_whose_sending_kills_the_worker_every_time_is_given_up_on_n
 
         store.delivered = killed_before_recording
         _, _, headers = await post(f, visit(pid(TOLVAN.pnr)))
-        for _ in range(100):  # bounded: ~3 leases of 0.2 s and then some
+        for _ in range(100):  # bounded: ~3 leases of 0.5 s and then some
             _, t = await task(f, headers["Location"])
             settled = all(o["valueString"].startswith("not delivered") for o in t["output"])
             if t["status"] == "failed" and settled:
@@ -320,10 +320,11 @@ async def test_a_part_whose_requests_together_take_longer_than_the_lease_is_stil
     acknowledged. (Bounded by the whole part, a visit of ten requests to a target answering each in
     a tenth of the lease could never be delivered: cut off and sent again from the start, each time.)"""
     received: list[Received] = []
-    async with facade(received=received, outbox={**FAST, "lease_s": 0.6, "wait_s": 0.0}) as f:
-        await f.faults("cosmic", latency_ms=120, path_contains="/cosmic/api")  # ten requests: 1.2 s
+    async with facade(received=received, outbox={**FAST, "lease_s": 1.0, "wait_s": 0.0}) as f:
+        # ten requests of 0.15 s: 1.5 s, past the lease — each with 0.9 s of it (a busy machine's margin)
+        await f.faults("cosmic", latency_ms=150, path_contains="/cosmic/api")
         _, _, headers = await post(f, visit(pid(TOLVAN.pnr)))
-        for _ in range(100):  # bounded: ~1.2 s of sending and then some
+        for _ in range(100):  # bounded: ~1.5 s of sending and then some
             _, t = await task(f, headers["Location"])
             if t["status"] != "in-progress":
                 break
