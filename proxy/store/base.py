@@ -183,6 +183,13 @@ def outbox_part(row: Sequence[Any]) -> OutboxPart:
 OUTBOX_PART_COLUMNS = "id, target, requests, state, attempts, next_attempt, reason, delivered_at"
 
 
+def part_row(txn_id: str, p: OutboxPart) -> tuple[object, ...]:
+    """A part as both stores insert it: (id, txn_id, target, requests, state, attempts,
+    next_attempt, reason, delivered_at) — ``outbox_part``'s inverse, with its transaction."""
+    requests = encode_requests(p.requests)
+    return (p.id, txn_id, p.target, requests, p.state, p.attempts, p.next_attempt, p.reason, p.delivered_at)
+
+
 def backoff(attempt: int, base_s: float, cap_s: float, rng: random.Random) -> float:
     """Seconds to wait before the next try after ``attempt`` failed tries (1 after the first):
     exponential with full jitter — uniform in [0, min(cap, base * 2^(attempt-1))] — so that the

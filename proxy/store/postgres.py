@@ -24,8 +24,8 @@ from proxy.store.base import (
     OutboxTransaction,
     Store,
     StoreUnavailable,
-    encode_requests,
     outbox_part,
+    part_row,
 )
 from proxy.types import FhirDict
 
@@ -259,20 +259,7 @@ class PostgresStore(Store):
                     await conn.executemany(
                         "INSERT INTO outbox_part (id, txn_id, target, requests, state, attempts,"
                         " next_attempt, reason, delivered_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                        [
-                            (
-                                p.id,
-                                txn.id,
-                                p.target,
-                                encode_requests(p.requests),
-                                p.state,
-                                p.attempts,
-                                p.next_attempt,
-                                p.reason,
-                                p.delivered_at,
-                            )
-                            for p in txn.parts
-                        ],
+                        [part_row(txn.id, p) for p in txn.parts],
                     )
                     return txn
                 # another's, committed (an insert of the same identifier waits for the other to end)

@@ -33,8 +33,8 @@ from proxy.store.base import (
     OutboxTransaction,
     Store,
     StoreUnavailable,
-    encode_requests,
     outbox_part,
+    part_row,
 )
 from proxy.types import FhirDict
 
@@ -294,20 +294,7 @@ class SqliteStore(Store):
                 await db.executemany(
                     "INSERT INTO outbox_part (id, txn_id, target, requests, state, attempts, next_attempt,"
                     " reason, delivered_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (
-                            p.id,
-                            txn.id,
-                            p.target,
-                            encode_requests(p.requests),
-                            p.state,
-                            p.attempts,
-                            p.next_attempt,
-                            p.reason,
-                            p.delivered_at,
-                        )
-                        for p in txn.parts
-                    ],
+                    [part_row(txn.id, p) for p in txn.parts],
                 )
                 return txn
             (winner,) = await db.execute_fetchall(

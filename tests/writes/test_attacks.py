@@ -19,7 +19,7 @@ from proxy.fhir.transaction import WRITTEN_SYSTEM
 from proxy.simulators.harness import Received
 from proxy.simulators.population import GRETA, TOLVAN
 from tests.conftest import BASE, auth, consent_body, pid
-from tests.writes.test_writes import FAST, HOMECARE, post, posted, task
+from tests.writes.test_writes import FAST, HOMECARE, post, posted, task, until
 from tests.writes.visit import visit
 
 ANOTHER_NURSE = {**auth("homecare", sub="another-nurse"), "Content-Type": "application/fhir+json"}
@@ -154,11 +154,7 @@ async def test_a_write_tells_the_writer_no_more_than_a_read_does_of_which_system
             assert status == 200
             status, _, headers = await post(f, visit(patient))
             assert status == 200
-            for _ in range(100):  # bounded: until Cosmic's part is settled either way
-                _, t = await task(f, headers["Location"])
-                if t["status"] != "in-progress":
-                    break
-                await asyncio.sleep(0.05)
+            t = await until(f, headers["Location"], "completed", "failed")  # (Cosmic's part settled)
             cosmic = next(o["valueString"] for o in t["output"] if o["type"]["text"] == "cosmic")
             assert cosmic.startswith(("delivered", "not delivered: cosmic refused it (HTTP 404)")), cosmic
             return region_records, _sources(demographics), cosmic.startswith("delivered")
@@ -206,15 +202,6 @@ def _entry(bundle: dict[str, Any], rtype: str, loinc: str | None = None) -> dict
         if e["resource"]["resourceType"] == rtype
         and (loinc is None or e["resource"].get("code", {}).get("coding", [{}])[0].get("code") == loinc)
     )
-
-
-async def _settled(f: Any, location: str, headers: dict[str, str] = HOMECARE) -> Any:
-    for _ in range(100):
-        _, t = await task(f, location, headers)
-        if t.get("status") != "in-progress":
-            return t
-        await asyncio.sleep(0.05)
-    return t
 
 
 def _texts(found: Any) -> list[str]:

@@ -43,13 +43,14 @@ async def task(f: Any, location: str, headers: dict[str, str] = HOMECARE) -> tup
     return resp.status, await resp.json(content_type=None)
 
 
-async def until(f: Any, location: str, status: str, timeout_s: float = 10.0) -> Any:
+async def until(f: Any, location: str, *statuses: str, timeout_s: float = 10.0) -> Any:
+    """The Task once its status is one of ``statuses`` (bounded: else the test fails)."""
     for _ in range(int(timeout_s / 0.05)):
         _, t = await task(f, location)
-        if t.get("status") == status:
+        if t.get("status") in statuses:
             return t
         await asyncio.sleep(0.05)
-    raise AssertionError(f"the Task never became {status}: {t}")
+    raise AssertionError(f"the Task never became {' or '.join(statuses)}: {t}")
 
 
 def written_encounters(bundle: Any) -> list[Any]:
@@ -324,11 +325,7 @@ async def test_a_part_whose_requests_together_take_longer_than_the_lease_is_stil
         # ten requests of 0.15 s: 1.5 s, past the lease — each with 0.9 s of it (a busy machine's margin)
         await f.faults("cosmic", latency_ms=150, path_contains="/cosmic/api")
         _, _, headers = await post(f, visit(pid(TOLVAN.pnr)))
-        for _ in range(100):  # bounded: ~1.5 s of sending and then some
-            _, t = await task(f, headers["Location"])
-            if t["status"] != "in-progress":
-                break
-            await asyncio.sleep(0.05)
+        t = await until(f, headers["Location"], "completed", "failed")  # (~1.5 s of sending)
         assert t["status"] == "completed", t
         keys = [r.headers["Idempotency-Key"] for r in posted(received, "cosmic")]
         assert len(keys) == len(set(keys)) == 10  # each request sent once: none cut off and sent again
@@ -379,12 +376,7 @@ async def test_a_renewal_the_store_grants_too_late_stops_the_sending_as_a_lost_l
         await asyncio.sleep(0.7)  # (the slow renewals return: nothing may be sent after them)
         assert slow[0] >= 2 and posted(received, "viva") == posted(received, "cosmic") == []
         store.renew = real_renew
-        for _ in range(100):  # bounded: the leases run out, the parts are claimed again and sent
-            _, t = await task(f, headers["Location"])
-            if t["status"] == "completed":
-                break
-            await asyncio.sleep(0.05)
-        assert t["status"] == "completed", t
+        await until(f, headers["Location"], "completed")  # (the leases run out: claimed again and sent)
         for target in ("viva", "cosmic"):
             keys = [r.headers["Idempotency-Key"] for r in posted(received, target)]
             assert len(keys) == len(set(keys)) == 10
