@@ -23,7 +23,9 @@ import os
 import random
 import re
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 # a client's X-Request-ID is echoed, logged and stored in the access log: printable, short, plain
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
@@ -41,6 +43,7 @@ _ZERO_TRACE, _ZERO_PARENT = "0" * 32, "0" * 16
 # (Re-seeded in a forked worker, as the random module's own generator is: workers forked from one
 # parent must not draw the same ids.)
 _PARENT_IDS = random.Random()
+_NONE: Mapping[str, str] = MappingProxyType({})
 os.register_at_fork(after_in_child=_PARENT_IDS.seed)
 
 
@@ -49,13 +52,13 @@ class Trace:
     request_id: str
     trace_id: str  # 32 lower-case hex, never all zeros
 
-    def outgoing(self) -> dict[str, str]:
-        """The headers for one backend call: a fresh parent-id each time."""
+    def outgoing(self, headers: Mapping[str, str] = _NONE) -> dict[str, str]:
+        """``headers`` and the trace's for one backend call: a fresh parent-id each time."""
         bits = _PARENT_IDS.getrandbits(64)
         while not bits:  # (1 in 2**64)
             bits = _PARENT_IDS.getrandbits(64)
-        parent = f"{bits:016x}"
-        return {"X-Request-ID": self.request_id, "traceparent": f"00-{self.trace_id}-{parent}-01"}
+        traceparent = f"00-{self.trace_id}-{bits:016x}-01"
+        return {**headers, "X-Request-ID": self.request_id, "traceparent": traceparent}
 
 
 def sane_request_id(given: str | None) -> str | None:
@@ -100,7 +103,7 @@ def new_trace(request_id_header: str | None, traceparent_header: str | None) -> 
 CURRENT: contextvars.ContextVar[Trace | None] = contextvars.ContextVar("fhir_facade_trace", default=None)
 
 
-def outgoing_headers() -> dict[str, str]:
-    """The current request's headers for a backend call ({} outside a request)."""
+def outgoing_headers(headers: Mapping[str, str]) -> Mapping[str, str]:
+    """A backend call's ``headers`` with the current request's (as they are outside a request)."""
     trace = CURRENT.get()
-    return trace.outgoing() if trace is not None else {}
+    return trace.outgoing(headers) if trace is not None else headers

@@ -287,7 +287,7 @@ class BackendClient:
             async with self.transport.request(
                 spec.method,
                 self.base + request.target,
-                headers={**request.headers, **outgoing_headers()},  # (X-Request-ID, traceparent)
+                headers=outgoing_headers(request.headers),  # (+ X-Request-ID, traceparent)
                 body=request.body,
             ) as resp:
                 return await self._outcome(resp, spec, marker, run)
