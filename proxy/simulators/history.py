@@ -133,9 +133,10 @@ class Plan:
         span = self.years * 365
         return newest + int((span - newest) * rng.random() ** 1.4)
 
-    def moment(self, rng: random.Random, first: int = 8, last: int = 16) -> datetime:
-        """A time of a working day in the history."""
-        return at(self.days_ago(rng), rng.randint(first, last), rng.choice((0, 10, 15, 20, 30, 40, 45, 50)))
+    def moment(self, rng: random.Random, first: int = 8, last: int = 16, *, newest: int = 1) -> datetime:
+        """A time of a working day in the history, at least ``newest`` days back."""
+        days = self.days_ago(rng, newest=newest)
+        return at(days, rng.randint(first, last), rng.choice((0, 10, 15, 20, 30, 40, 45, 50)))
 
 
 def plan(person: Person, history: History | None) -> Plan | None:

@@ -25,11 +25,13 @@ note, care-contact and hypersensitivity types are illustrative. A care limitatio
 ``restrictionOfCare`` carries, beside the contract's comment, an illustrative coded kind
 (``restrictionOfCareCode``: EJHLR, VILSAD) that the contract does not have.
 
-A request may carry the contracts' ``<timePeriod><start>…</start><end>…</end></timePeriod>`` (dates
-``YYYYMMDD`` or times ``YYYYMMDDhhmmss``, inclusive, either may be left out; a malformed one is a
-``soap:Client`` fault): the answer holds the records dated in it, by ``DATE_PATHS`` — the document
-time, the sampling time, the diagnosis time, or for one that lasts (a medication, an alert's
-validity, a care contact) its period overlapping the range (``proxy/simulators/window.py``).
+A request may carry the contracts' ``<timePeriod><start>…</start><end>…</end></timePeriod>`` —
+GetFunctionalStatus 2 calls it ``datePeriod`` (``Contract.period``) — (dates ``YYYYMMDD`` or times
+``YYYYMMDDhhmmss``, inclusive, either may be left out; a malformed one is a ``soap:Client`` fault):
+the answer holds the records dated in it, by ``DATE_PATHS`` — the document time (a functional status
+assessment's is the time of the assessment, as the contract's own filter goes), the sampling time,
+the diagnosis time, or for one that lasts (a medication, an alert's validity, a care contact) its
+period overlapping the range (``proxy/simulators/window.py``).
 """
 
 from __future__ import annotations
@@ -102,6 +104,7 @@ class Contract:
     domain: str  # "clinicalprocess:healthcond:description"
     version: int
     record: str  # "diagnosis": the repeated element in the response (with <record>Header/<record>Body)
+    period: str = "timePeriod"  # the request's date range element (GetFunctionalStatus 2: datePeriod)
 
     @property
     def path(self) -> str:
@@ -131,7 +134,11 @@ CONTRACTS: tuple[Contract, ...] = (
         "medicationMedicalRecord",
     ),
     Contract(
-        "GetFunctionalStatus", "clinicalprocess:healthcond:description", 2, "functionalStatusAssessment"
+        "GetFunctionalStatus",
+        "clinicalprocess:healthcond:description",
+        2,
+        "functionalStatusAssessment",
+        period="datePeriod",
     ),
     Contract(
         "GetLaboratoryOrderOutcome", "clinicalprocess:healthcond:actoutcome", 4, "laboratoryOrderOutcome"
@@ -199,8 +206,10 @@ def header(
     signed: bool = True,
     approved: bool = True,
     nullified_reason: str | None = None,
+    recorded: datetime | None = None,
 ) -> Record:
-    """The RIVTA record header (``<kind>Header``) every contract shares."""
+    """The RIVTA record header (``<kind>Header``) every contract shares: ``time`` is its
+    ``documentTime``; ``recorded`` (default: the same) when it was registered and signed."""
     return {
         "documentId": doc_id,
         "sourceSystemHSAId": system,
@@ -208,14 +217,14 @@ def header(
         "documentTime": ts(time),
         "patientId": {"id": pnr, "type": SAMORDNING_OID if int(pnr[6:8]) > 60 else PNR_OID},
         "accountableHealthcareProfessional": {
-            "authorTime": ts(time),
+            "authorTime": ts(recorded or time),
             "healthcareProfessionalHSAId": author[0],
             "healthcareProfessionalName": author[1],
             "healthcareProfessionalCareUnitHSAId": unit_hsa,
             "healthcareProfessionalCareGiverHSAId": provider,
         },
         "legalAuthenticator": {
-            "signatureTime": ts(time),
+            "signatureTime": ts(recorded or time),
             "legalAuthenticatorHSAId": author[0],
             "legalAuthenticatorName": author[1],
         }
@@ -437,7 +446,11 @@ def contact(
 def functional_status(
     pnr: str, doc_id: str, time: datetime, code: str, display: str, assessment: str, **kw: Any
 ) -> Record:
-    """A PADL assessment (``pad-pad``) of one ICF activity."""
+    """A PADL assessment (``pad-pad``) of one ICF activity, made at ``time`` (the contract's
+    ``documentTime``, "bedömningstidpunkt") and registered two mornings later (``authorTime``): more
+    than the day a date filter at the source is widened by, so a mapping that dated the Observation
+    by the registration would answer a narrowed search differently (tests/pushdown)."""
+    kw.setdefault("recorded", (time + timedelta(days=2)).replace(hour=8, minute=0, second=0))
     return {
         "functionalStatusAssessmentHeader": header(pnr, doc_id, time, title="Funktionsstatus", **kw),
         "functionalStatusAssessmentBody": {
@@ -666,7 +679,7 @@ def _long(person: Person, history: Plan) -> dict[str, list[Record]]:
             functional_status(
                 p,
                 f"{tag}-F{i}",
-                history.moment(rng),
+                history.moment(rng, newest=3),  # (registered two days later: not after the reference day)
                 code,
                 display,
                 text,
@@ -865,15 +878,15 @@ def read_query(contract: Contract, raw: bytes) -> tuple[str, Window]:
         raise ValueError("patientId.type must be a personnummer or samordningsnummer OID")
     if pnr is None or not is_valid_pnr(pnr):
         raise ValueError("patientId.id is not a valid personnummer")
-    period = op.get("timePeriod")
+    period = op.get(contract.period)
     if period is None:
         return pnr, Window()
     if not isinstance(period, dict):
-        raise ValueError("timePeriod holds a start and/or an end")
+        raise ValueError(f"{contract.period} holds a start and/or an end")
     try:
         return pnr, Window.parse(_text(period.get("start")), _text(period.get("end")))
     except ValueError as exc:
-        raise ValueError(f"timePeriod: {exc}") from None
+        raise ValueError(f"{contract.period}: {exc}") from None
 
 
 PATIENTS_KEY = web.AppKey("patients", Patients)

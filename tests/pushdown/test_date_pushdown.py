@@ -24,8 +24,17 @@ LAB_PATHS = {
 }
 
 
+FUNCTIONAL = "/GetFunctionalStatus/"  # NPÖ's functional status: Observations too, narrowed by datePeriod
+
+
 def asked(received: list[Received], backend: str) -> list[Received]:
     return [r for r in received if r.backend == backend and LAB_PATHS[backend] in r.path]
+
+
+def narrowed(r: Received) -> bool:
+    """The request carries a range: in its query, or in a RIVTA body (timePeriod, datePeriod)."""
+    in_body = b"timePeriod" in r.body or b"datePeriod" in r.body
+    return in_body or bool(r.query.keys() & {"fromDate", "toDate", "fromDatum", "tomDatum"})
 
 
 def ids(bundle: dict[str, Any]) -> list[str]:
@@ -48,6 +57,9 @@ async def test_a_date_search_sends_its_range_to_each_backend_that_can_apply_it(f
     (npo,) = asked(received, "npo")
     body = npo.body.decode()
     assert "<req:timePeriod><core:start>20240229</core:start><core:end>99981231</core:end>" in body
+    (functional,) = [r for r in received if FUNCTIONAL in r.path]
+    period = "<req:datePeriod><core:start>20240229</core:start><core:end>99981231</core:end>"
+    assert period in functional.body.decode()
 
 
 async def test_both_bounds_and_a_day_are_widened_by_a_day(facade: Any) -> None:
@@ -79,7 +91,8 @@ async def test_a_search_without_a_bounding_range_asks_for_the_whole_list(
     assert status == 200
     (cosmic,) = asked(received, "cosmic")
     assert cosmic.query == {}, why
-    assert b"timePeriod" not in asked(received, "npo")[0].body, why
+    assert not narrowed(asked(received, "npo")[0]), why
+    assert not any(narrowed(r) for r in received if FUNCTIONAL in r.path), why
 
 
 async def test_care_staff_everything_and_the_setting_off_ask_for_the_whole_list(facade: Any) -> None:
@@ -99,16 +112,41 @@ async def test_care_staff_everything_and_the_setting_off_ask_for_the_whole_list(
         assert status == 200, bundle
         (cosmic,) = asked(received, "cosmic")
         assert cosmic.query == {}, (overrides, path)
-        assert b"timePeriod" not in asked(received, "npo")[0].body
+        assert not any(narrowed(r) for r in received), (overrides, path)
 
 
 async def test_the_patient_lookup_and_other_requests_stay_whole(facade: Any) -> None:
     received: list[Received] = []
     async with facade(received=received) as f:
         await f.get(OBSERVATIONS, params={"patient": LENNART_ID, "date": "ge2024-03-01"}, headers=AS_LENNART)
-    others = [r for r in received if not any(p in r.path for p in LAB_PATHS.values())]
+    others = [r for r in received if not any(p in r.path for p in (*LAB_PATHS.values(), FUNCTIONAL))]
     assert others  # (the lookups, and what the Observations reference)
-    assert all(set(r.query) <= {"personnummer"} and b"timePeriod" not in r.body for r in others)
+    assert all(set(r.query) <= {"personnummer"} and not narrowed(r) for r in others)
+
+
+async def test_a_functional_status_is_found_by_when_it_was_assessed_whether_narrowed_or_not(
+    facade: Any,
+) -> None:
+    """NPÖ narrows GetFunctionalStatus by the time of the assessment (documentTime): the mapping must
+    date the Observation by the same time, or a narrowed search would miss what the whole list finds.
+    Lennart's washing (d510) was assessed three days before it was registered (authorTime)."""
+    icf = {"code": "http://hl7.org/fhir/sid/icf|d510"}
+    found: dict[bool, list[list[str]]] = {}
+    for on in (True, False):
+        async with facade(facade_overrides={"pushdown": on}) as f:
+            params = {"patient": LENNART_ID, **icf}
+            status, bundle = await f.get(OBSERVATIONS, params=params, headers=AS_LENNART)
+            assert status == 200, bundle
+            (padl,) = [e["resource"] for e in bundle["entry"] if e["search"]["mode"] == "match"]
+            assessed, registered = padl["effectiveDateTime"][:10], padl["issued"][:10]
+            assert registered > assessed
+            found[on] = []
+            for day in (assessed, registered):
+                params = {"patient": LENNART_ID, **icf, "date": f"eq{day}"}
+                status, bundle = await f.get(OBSERVATIONS, params=params, headers=AS_LENNART)
+                assert status == 200, bundle
+                found[on].append(ids(bundle))
+    assert found[True] == found[False] == [[padl["id"]], []]
 
 
 DATE_SEARCHES = [

@@ -203,14 +203,16 @@ def contract(operation: str) -> npo.Contract:
     return next(c for c in npo.CONTRACTS if c.operation == operation)
 
 
-def request(operation: str, start: str | None = None, end: str | None = None) -> str:
+def request(operation: str, start: str | None = None, end: str | None = None, element: str = "") -> str:
+    """The contract's request; with a range, in its range element (``element``: another one)."""
     period = ""
     if start is not None or end is not None:
+        name = element or contract(operation).period
         period = (
-            "<core:timePeriod>"
+            f"<core:{name}>"
             + (f"<core:start>{start}</core:start>" if start is not None else "")
             + (f"<core:end>{end}</core:end>" if end is not None else "")
-            + "</core:timePeriod>"
+            + f"</core:{name}>"
         )
     return (
         '<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" '
@@ -271,6 +273,28 @@ async def test_npo_time_period_overlaps_lasting_records(npo_client: Any) -> None
     assert notes and all(
         "20250101" <= n["careDocumentationHeader"]["documentTime"][:8] <= "20250630" for n in notes
     )
+
+
+async def test_npo_functional_status_honours_its_date_period_by_the_assessment_time(npo_client: Any) -> None:
+    """GetFunctionalStatus 2 calls its range ``datePeriod`` and goes by ``documentTime`` (the time of
+    the assessment), not by when it was registered (``authorTime``, here the next morning)."""
+    operation = "GetFunctionalStatus"
+    everything = await npo_records(npo_client, operation)
+
+    def times(r: dict[str, Any]) -> tuple[str, str]:
+        h = r["functionalStatusAssessmentHeader"]
+        return h["documentTime"], h["accountableHealthcareProfessional"]["authorTime"]
+
+    assert everything and all(author[:8] > assessed[:8] for assessed, author in map(times, everything))
+    day = times(everything[0])[0][:8]
+    window = await npo_records(npo_client, operation, day, day)
+    assert window == [r for r in everything if times(r)[0][:8] == day]
+    assert all(times(r)[1][:8] != day for r in window)  # (by authorTime none of them is that day)
+    c = contract(operation)
+    # another contract's element is not this one's: the whole list
+    other = await npo_client.post(c.path, data=request(operation, day, day, element="timePeriod"))
+    found = parse_xml(await other.read())["Envelope"]["Body"][f"{operation}Response"][c.record]
+    assert len(found if isinstance(found, list) else [found]) == len(everything)
 
 
 async def test_npo_refuses_a_malformed_time_period_with_a_client_fault(npo_client: Any) -> None:

@@ -26,7 +26,9 @@ DIGESTS = {
     "people": "3e2692c769e962b7b78499c6dafab564fb8906c8d96f277af37007dae3273151",
     "cosmic": "6e340a514dd14005ad7d3c779191a0e3a31d9a8174eddb09bc5b000e60e74411",
     "viva": "2c7f0faf25b2c9e25974d15ffac5755abcbd6b6ca3cf88663f4811c3c516297c",
-    "npo": "2aa7b694674f5a66ffaee2759199a1cff9d294ecf00f75701ef5630ece5f3746",
+    # (changed deliberately: functional status assessments registered after they were made — their
+    # authorTime and signatureTime no longer the documentTime; Lennart's d510 three days later)
+    "npo": "0f8c5d8b2de3b3f929b265524140e45268b35494de42eda7a6b549a26de9fece",
 }
 
 
