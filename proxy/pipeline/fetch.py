@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from proxy.cache import CacheEntry
@@ -31,20 +31,10 @@ from proxy.mapping.requests import RequestSpec
 from proxy.mapping.run import MappedAnswer, map_answer_in_steps, source_outcome
 from proxy.mapping.stream import AnswerStream
 from proxy.pipeline.facade import Facade
-from proxy.slack import SlackJob, Steps, at_once, timed
+from proxy.slack import SlackJob, Steps, timed
 from proxy.types import MappedResource, PatientRef, SourceOutcome, SourceResult, SourceStatus
 
 log = logging.getLogger(__name__)
-
-# An answer up to this size is mapped in one go: it holds about a slice's worth of records at most
-# (``proxy.slack.SLICE``, 500, of a few hundred bytes each), a few ms of mapping, so slicing it would
-# only add the steps' own cost to each of a small patient's 20-odd answers.
-SMALL_ANSWER_BYTES = 64 * 1024
-
-
-def _failed(source: str) -> MappedAnswer:
-    log.exception("mapping an answer from %s failed", source)
-    return MappedAnswer([], readable=False)
 
 
 def context(facade: Facade, backend: str, patient: PatientRef) -> dict[str, str]:
@@ -191,44 +181,32 @@ async def ask(
     answers: dict[str, dict[str, MappedAnswer]] = {name: {} for name in to_fetch}
     mapping: dict[str, tuple[int, float]] = {}  # per backend that answered: resources made, ms it took
 
-    def map_one(source: str, spec: RequestSpec, body: bytes | AnswerSink | None) -> Steps[None] | None:
+    def map_one(source: str, spec: RequestSpec, body: bytes | AnswerSink | None) -> Steps[None]:
         # by every mapping that reads the answer, whatever type it makes: one cache entry per
         # request serves any later query; how long it took orders the backend's requests next time.
-        # A large answer in slices (steps, returned to the slack queue): it does not hold the event
-        # loop while it is mapped. One up to SMALL_ANSWER_BYTES is mapped at once.
-        if isinstance(body, AnswerStream):  # (the sinks open_sink opens) mapped as it arrived
-            now(source, spec, body.answer, body.took_ms)
-            return None
-        assert body is None or isinstance(body, bytes)
-        steps = map_answer_in_steps(
-            body,
-            facade.mappings.readers_of(source, spec),
-            contexts[source],
-            source_uri=facade.settings.backend(source).source_uri,
-            priority=priority[source],
-        )
-        if body is None or len(body) <= SMALL_ANSWER_BYTES:
-            now(source, spec, functools.partial(at_once, steps), 0.0)
-            return None
-        return in_slices(source, spec, steps)
-
-    def now(source: str, spec: RequestSpec, work: Callable[[], MappedAnswer], before_ms: float) -> None:
+        # In slices (steps): a long answer does not hold the event loop while it is mapped.
         started = time.perf_counter()
+        took = 0.0  # ms (a streamed answer was mapped as it arrived: that time counts too)
         try:
-            mapped = work()
+            if isinstance(body, AnswerStream):  # (the sinks open_sink opens)
+                answers[source][spec.key] = mapped = body.answer()
+                took = body.took_ms + (time.perf_counter() - started) * 1000
+            else:
+                assert body is None or isinstance(body, bytes)
+                mapped, spent = yield from timed(
+                    map_answer_in_steps(
+                        body,
+                        facade.mappings.readers_of(source, spec),
+                        contexts[source],
+                        source_uri=facade.settings.backend(source).source_uri,
+                        priority=priority[source],
+                    )
+                )
+                answers[source][spec.key] = mapped
+                took = spent * 1000
         except Exception:  # map_answer marks what it cannot read; this is for what it did not expect
-            mapped = _failed(source)
-        keep(source, spec, mapped, before_ms + (time.perf_counter() - started) * 1000)
-
-    def in_slices(source: str, spec: RequestSpec, steps: Steps[MappedAnswer]) -> Steps[None]:
-        try:
-            mapped, spent = yield from timed(steps)
-        except Exception:
-            mapped, spent = _failed(source), 0.0
-        keep(source, spec, mapped, spent * 1000)
-
-    def keep(source: str, spec: RequestSpec, mapped: MappedAnswer, took: float) -> None:
-        answers[source][spec.key] = mapped
+            log.exception("mapping an answer from %s failed", source)
+            answers[source][spec.key] = mapped = MappedAnswer([], readable=False)
         facade.clients[source].handled(spec.learning_key, took)
         records, ms = mapping.get(source, (0, 0.0))
         mapping[source] = (records + len(mapped.resources), ms + took)
