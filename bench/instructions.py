@@ -19,7 +19,8 @@ A variant is a comma-separated list of ``NAME=value`` environment settings for i
 ``compare.py``. To hold an older commit's config and mappings, run this file from that checkout
 (``cp bench/instructions.py /tmp/prev/bench/ && cd /tmp/prev && PYTHONPATH=$PWD python
 bench/instructions.py --variant "" --variant "PYTHONPATH=<this checkout>"``): it uses only helpers
-``bench/run.py`` has had since issue 19. Needs valgrind (Debian: ``apt-get install valgrind``).
+``bench/run.py`` and ``bench/compare.py`` have had since issue 19. Needs valgrind (Debian:
+``apt-get install valgrind``).
 """
 
 from __future__ import annotations
@@ -39,20 +40,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import aiohttp
 import run
+from compare import variant_env
 
 from proxy.fhir.ids import PatientIds
 from proxy.settings import PATIENT_ID_KEY_ENV
 from proxy.simulators.population import population
-
-
-def variant_env(text: str) -> dict[str, str]:
-    env = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            raise SystemExit(f"--variant expects NAME=value[,NAME=value…], not {item!r}")
-        env[name] = value
-    return env
 
 
 def instructions_since_zeroed(pid: int, tmp: Path, name: str) -> int:
