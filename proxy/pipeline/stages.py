@@ -29,7 +29,7 @@ from proxy.pipeline.facade import Answer, Facade
 from proxy.pipeline.fetch import Narrowing
 from proxy.pipeline.fetch import fetch_and_map as fetch
 from proxy.redact.policy import redact_in_turns
-from proxy.slack import slice_ends
+from proxy.slack import slice_ends, turn
 from proxy.store.base import ConsentRow, Store, StoreUnavailable
 from proxy.timeutil import fhir_range
 from proxy.types import FhirDict, MappedResource, Principal, Query, SourceOutcome, Withheld
@@ -231,7 +231,7 @@ async def pdl(facade: Facade, x: Exchange) -> bool:
     unattributed: Counter[tuple[str, str]] = Counter()
     for n, r in enumerate(x.mapped):
         if slice_ends(n):
-            await asyncio.sleep(0)  # a long history: other requests get a turn (proxy.slack)
+            await turn()  # a long history: other requests get a turn (proxy.slack)
         why = rules.verdict(r)
         if why is None:
             readable.append(r)
@@ -294,7 +294,7 @@ async def select(facade: Facade, x: Exchange) -> bool:
     selected = []
     for n, r in enumerate(x.resources):
         if slice_ends(n):
-            await asyncio.sleep(0)
+            await turn()
         if _selected(r, x.query):
             selected.append(r)
     x.answer = Answer(
