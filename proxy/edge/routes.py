@@ -32,6 +32,7 @@ from proxy.edge.http import (
     STORE_KEY,
     asker,
     base_url,
+    bundle_response,
     emergency_asked,
     error_response,
     exchange,
@@ -226,7 +227,7 @@ class FhirRoutes:
             x.answer = answer = Answer(resources=[], outcomes=[], patient_known=False)
         else:
             answer = await _walk(request, x)
-        return self._bundle(request, x, answer, f"{base_url(request, facade)}/{rtype}")
+        return await self._bundle(request, x, answer, f"{base_url(request, facade)}/{rtype}")
 
     async def everything(self, request: web.Request) -> web.Response:
         facade, x = request.app[FACADE_KEY], exchange(request)
@@ -240,7 +241,8 @@ class FhirRoutes:
             ),
         )
         answer = _known(await _walk(request, x))
-        return self._bundle(request, x, answer, f"{base_url(request, facade)}/Patient/{rid}/$everything")
+        url = f"{base_url(request, facade)}/Patient/{rid}/$everything"
+        return await self._bundle(request, x, answer, url)
 
     async def summary(self, request: web.Request) -> web.Response:
         """The IPS document, from the same answer ``$everything`` gives this asker (same access
@@ -315,7 +317,7 @@ class FhirRoutes:
             raise FhirError(403, "suppressed", " ".join(_hint_texts(answer)))
         raise not_found(f"No {rtype} with that id is known")
 
-    def _bundle(self, request: web.Request, x: Exchange, answer: Answer, url: str) -> web.Response:
+    async def _bundle(self, request: web.Request, x: Exchange, answer: Answer, url: str) -> web.Response:
         facade = request.app[FACADE_KEY]
         query = x.query
         assert query is not None
@@ -333,7 +335,7 @@ class FhirRoutes:
             links=page_links(url, query.used_params, query.offset, count, total, token=x.page_token),
             outcomes=outcomes,
         )
-        return fhir_response(bundle, pretty=pretty(request))
+        return await bundle_response(bundle, pretty=pretty(request))
 
 
 def _parse_operation(request: web.Request, x: Exchange, name: str, parse_query: Callable[[], Query]) -> None:
