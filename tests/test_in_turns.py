@@ -7,8 +7,6 @@ import asyncio
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
-from proxy.edge.http import bundle_response, fhir_response
-from proxy.fhir.bundle import searchset
 from proxy.merge.facts import merge, merge_in_turns
 from proxy.merge.lookalike import mark, mark_in_turns
 from proxy.pipeline import stages
@@ -143,22 +141,3 @@ async def test_the_filters_stage_over_a_long_history_lets_others_run_and_selects
     assert x.answer is not None
     assert x.answer.resources == [r for r in resources if r["resourceType"] == "Encounter"]
     assert during >= N // SLICE - 1
-
-
-async def test_a_long_bundle_is_written_in_turns_and_byte_for_byte_as_at_once() -> None:
-    resources = [r.resource for r in history()]
-    outcome = {"resourceType": "OperationOutcome", "issue": [{"severity": "warning", "code": "incomplete"}]}
-    bundle = searchset(
-        resources,
-        total=len(resources),
-        base_url="http://x/fhir",
-        links=[{"relation": "self", "url": "http://x/fhir/Patient/p/$everything"}],
-        outcomes=[outcome],
-    )
-    response, during = await ticks_during(bundle_response(bundle))
-    assert response.body == fhir_response(bundle).body
-    assert response.content_type == "application/fhir+json"
-    assert response.headers["Cache-Control"] == "no-store"
-    assert during >= N // SLICE - 1
-    short = searchset(resources[:10], total=10, base_url="http://x/fhir", links=[])
-    assert (await bundle_response(short)).body == fhir_response(short).body

@@ -13,7 +13,6 @@ from proxy.auth.verify import Authenticator
 from proxy.fhir.errors import operation_outcome
 from proxy.pipeline.exchange import Exchange
 from proxy.pipeline.facade import Facade
-from proxy.slack import SLICE, slice_ends, turn
 from proxy.store.base import Store
 from proxy.trace import mint_request_id, sane_request_id
 from proxy.types import FhirDict, Principal
@@ -29,31 +28,13 @@ EXCHANGE_KEY = web.RequestKey("exchange", Exchange)
 
 def fhir_response(data: FhirDict, status: int = 200, *, pretty: bool = False) -> web.Response:
     option = orjson.OPT_INDENT_2 if pretty else 0
-    return _json_response(orjson.dumps(data, option=option), status)
-
-
-async def bundle_response(bundle: FhirDict, *, pretty: bool = False) -> web.Response:
-    """``fhir_response`` for a Bundle. A long one (a history on one page) is written entry by entry
-    with a turn of the event loop after each slice (``proxy.slack``): one ``orjson.dumps`` of 6,000
-    entries held the loop for ~50 ms. The same bytes either way (``entry`` is the Bundle's last key)."""
-    entries = bundle.get("entry") or ()
-    if pretty or len(entries) <= SLICE or list(bundle)[-1] != "entry":
-        return fhir_response(bundle, pretty=pretty)
-    head = orjson.dumps({k: v for k, v in bundle.items() if k != "entry"})
-    parts = [head[:-1], b',"entry":[']
-    for n, entry in enumerate(entries):
-        if n:
-            parts.append(b",")
-        parts.append(orjson.dumps(entry))
-        if slice_ends(n):
-            await turn()
-    parts.append(b"]}")
-    return _json_response(b"".join(parts), 200)
-
-
-def _json_response(body: bytes, status: int) -> web.Response:
-    headers = {"Cache-Control": "no-store"}
-    return web.Response(body=body, status=status, content_type=FHIR_JSON, charset="utf-8", headers=headers)
+    return web.Response(
+        body=orjson.dumps(data, option=option),
+        status=status,
+        content_type=FHIR_JSON,
+        charset="utf-8",
+        headers={"Cache-Control": "no-store"},
+    )
 
 
 def error_response(status: int, code: str, message: str) -> web.Response:

@@ -32,7 +32,6 @@ from proxy.edge.http import (
     STORE_KEY,
     asker,
     base_url,
-    bundle_response,
     emergency_asked,
     error_response,
     exchange,
@@ -227,7 +226,7 @@ class FhirRoutes:
             x.answer = answer = Answer(resources=[], outcomes=[], patient_known=False)
         else:
             answer = await _walk(request, x)
-        return await self._bundle(request, x, answer, f"{base_url(request, facade)}/{rtype}")
+        return self._bundle(request, x, answer, f"{base_url(request, facade)}/{rtype}")
 
     async def everything(self, request: web.Request) -> web.Response:
         facade, x = request.app[FACADE_KEY], exchange(request)
@@ -241,8 +240,7 @@ class FhirRoutes:
             ),
         )
         answer = _known(await _walk(request, x))
-        url = f"{base_url(request, facade)}/Patient/{rid}/$everything"
-        return await self._bundle(request, x, answer, url)
+        return self._bundle(request, x, answer, f"{base_url(request, facade)}/Patient/{rid}/$everything")
 
     async def summary(self, request: web.Request) -> web.Response:
         """The IPS document, from the same answer ``$everything`` gives this asker (same access
@@ -317,7 +315,7 @@ class FhirRoutes:
             raise FhirError(403, "suppressed", " ".join(_hint_texts(answer)))
         raise not_found(f"No {rtype} with that id is known")
 
-    async def _bundle(self, request: web.Request, x: Exchange, answer: Answer, url: str) -> web.Response:
+    def _bundle(self, request: web.Request, x: Exchange, answer: Answer, url: str) -> web.Response:
         facade = request.app[FACADE_KEY]
         query = x.query
         assert query is not None
@@ -335,7 +333,7 @@ class FhirRoutes:
             links=page_links(url, query.used_params, query.offset, count, total, token=x.page_token),
             outcomes=outcomes,
         )
-        return await bundle_response(bundle, pretty=pretty(request))
+        return fhir_response(bundle, pretty=pretty(request))
 
 
 def _parse_operation(request: web.Request, x: Exchange, name: str, parse_query: Callable[[], Query]) -> None:

@@ -320,7 +320,7 @@ async def test_a_request_that_fails_unexpectedly_is_logged_too(facade: Any, monk
             raise RuntimeError("rendering failed")
 
         with monkeypatch.context() as m:  # fails after the backends answered and the access was logged
-            m.setattr(routes, "bundle_response", broken_render)
+            m.setattr(routes, "fhir_response", broken_render)
             late = await f.client.get(
                 f"{BASE}/Patient/{pid(TOLVAN.pnr)}/$everything", headers={"X-Request-ID": "late"}
             )
