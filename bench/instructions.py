@@ -64,7 +64,7 @@ async def send(target: run.Target, requests: int, concurrency: int, timeout_s: f
 
         async def one(n: int) -> str:
             async with gate:
-                return await target.send(http, n)
+                return await run.attempt(target, http, n)  # ("error" when it failed: not comparable)
 
         return Counter(await asyncio.gather(*(one(n) for n in range(requests))))
 

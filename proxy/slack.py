@@ -128,9 +128,10 @@ SLICE = 500
 SLICE_S = 0.002
 _CHECK = 32
 # When the running slice is due to end (perf_counter). One event loop runs one slice at a time, and
-# the driver that resumes a slice (``in_turns``, ``SlackJob.step``, ``turn``) sets it first; a slice
-# run from a thread, or by ``at_once``, may read another's: it then ends sooner, which costs a
-# generator's resumption and changes nothing else.
+# the driver that resumes a slice (``in_turns``, ``SlackJob.step``, ``turn``) sets it first; the first
+# slice of a loop written inline (pdl, select: ``turn`` between slices), a slice run by ``at_once``,
+# or one run from a thread (none is today) may read a stale one: it then ends at its 32nd record,
+# which costs a turn (or a generator's resumption) and changes nothing else.
 _due = 0.0
 
 Steps = Generator[None, None, T]

@@ -4,6 +4,7 @@ turns): the same result either way, and other tasks run between the slices (no h
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
@@ -13,7 +14,7 @@ from proxy.pipeline import stages
 from proxy.pipeline.exchange import Exchange
 from proxy.redact.policy import compile_policy, redact, redact_in_turns
 from proxy.settings import load_settings
-from proxy.slack import SLICE, Steps, at_once, in_turns, slice_ends
+from proxy.slack import SLICE, SLICE_S, Steps, at_once, in_turns, slice_ends
 from proxy.types import MappedResource, PatientRef, Query
 
 T = TypeVar("T")
@@ -107,6 +108,24 @@ async def test_steps_give_the_same_result_at_once_and_in_turns_and_only_in_turns
     assert during >= 3  # a turn after each slice
     _, during = await ticks_during(_now(at_once(_counting(3 * SLICE, []))))
     assert during == 0  # (the test can tell: run at once, nothing else runs)
+
+
+def _slow(n: int, each_s: float) -> Steps[int]:
+    for i in range(n):
+        until = time.perf_counter() + each_s
+        while time.perf_counter() < until:  # (a record that takes each_s to handle)
+            pass
+        if slice_ends(i):
+            yield
+    return n
+
+
+async def test_a_slice_ends_after_its_time_as_well_as_after_its_records() -> None:
+    """256 records of 0.1 ms: half of SLICE, so a count alone gives no turn; a slice ends after
+    SLICE_S (the clock read every 32 records, here every 3.2 ms) — about eight turns."""
+    assert 256 < SLICE and 32 * 0.0001 > SLICE_S
+    done, during = await ticks_during(in_turns(_slow(256, 0.0001)))
+    assert done == 256 and during >= 4
 
 
 async def test_merge_redact_and_look_alikes_in_turns_give_the_same_answer_and_let_others_run() -> None:

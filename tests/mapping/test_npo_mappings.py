@@ -357,10 +357,12 @@ def test_lennart_medication_encounters_and_functional_status(mapped: Mapped) -> 
     assert padl["category"][1]["text"] == "PADL-bedömning"
     assert "dusch" in padl["valueString"]
     # assessed (documentTime, "bedömningstidpunkt": what a date search and NPÖ's datePeriod go by)
-    # at 10:00, registered (authorTime) the next morning: that is when it was issued
+    # at 10:00, registered (authorTime) three days later at 08:30: that is when it was issued, and
+    # when the record last changed
     assert padl["effectiveDateTime"].endswith("T10:00:00" + padl["effectiveDateTime"][19:])
     assert padl["issued"].endswith("T08:30:00" + padl["issued"][19:])
     assert padl["issued"][:10] > padl["effectiveDateTime"][:10]
+    assert padl["meta"]["lastUpdated"] == padl["issued"]
     assert "rollator" in functional["d450"]["valueString"]
     # ICF (the contract's OID 1.2.752.116.1.1.3) as the URI receivers know, as Viva's is written
     assert {c["system"] for r in functional.values() for c in r["code"]["coding"]} == {

@@ -5,6 +5,7 @@ cache as the whole list, nor the other way round."""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -147,6 +148,21 @@ async def test_a_functional_status_is_found_by_when_it_was_assessed_whether_narr
                 assert status == 200, bundle
                 found[on].append(ids(bundle))
     assert found[True] == found[False] == [[padl["id"]], []]
+
+
+async def test_everything_since_finds_an_assessment_registered_after_it_was_made(facade: Any) -> None:
+    """``_since`` is about changes: an assessment made before it and registered after it is new."""
+    async with facade() as f:
+        params = {"patient": LENNART_ID, "code": "http://hl7.org/fhir/sid/icf|d510"}
+        _, bundle = await f.get(OBSERVATIONS, params=params, headers=AS_LENNART)
+        (padl,) = [e["resource"] for e in bundle["entry"] if e["search"]["mode"] == "match"]
+        since = (datetime.fromisoformat(padl["effectiveDateTime"]) + timedelta(days=1)).isoformat()
+        assert since < padl["issued"]
+        status, everything = await f.get(
+            f"{BASE}/Patient/{LENNART_ID}/$everything", params={"_since": since}, headers=AS_LENNART
+        )
+    assert status == 200, everything
+    assert padl["id"] in ids(everything)
 
 
 DATE_SEARCHES = [

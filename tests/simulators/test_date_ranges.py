@@ -277,7 +277,7 @@ async def test_npo_time_period_overlaps_lasting_records(npo_client: Any) -> None
 
 async def test_npo_functional_status_honours_its_date_period_by_the_assessment_time(npo_client: Any) -> None:
     """GetFunctionalStatus 2 calls its range ``datePeriod`` and goes by ``documentTime`` (the time of
-    the assessment), not by when it was registered (``authorTime``, here the next morning)."""
+    the assessment), not by when it was registered (``authorTime``, here two mornings later)."""
     operation = "GetFunctionalStatus"
     everything = await npo_records(npo_client, operation)
 
