@@ -59,7 +59,7 @@ def map_records_in_steps(
     source_uri: str,
     priority: int,
 ) -> Steps[tuple[list[MappedResource], int]]:
-    """``map_records`` as steps: a slice at a time (``proxy.slack``: 2 ms or 500 records)."""
+    """``map_records`` as steps: a slice at a time (``proxy.slack``: 2 ms or 512 records)."""
     out: list[MappedResource] = []
     skipped = 0
     system = record_id_system(mapping.name)
