@@ -28,7 +28,7 @@ from proxy.simulators import npo
 from proxy.simulators.harness import running_simulators
 from proxy.simulators.population import OTHER_REGION_PROVIDER, at, generated_people
 from tests import ips
-from tests.conftest import BASE, FacadeTestServer, auth, pid
+from tests.conftest import BASE, TEST_CONNECT_TIMEOUT_S, FacadeTestServer, auth, pid
 from tests.source_status import status_block, statuses
 
 SETTINGS = load_settings()
@@ -76,6 +76,9 @@ async def facade(
             cache=replace(live.cache, enabled=True, store="memory"),
             engagement=replace(live.engagement, enabled=True),
             store=replace(live.store, kind="sqlite", sqlite_path=tmp / f"{uuid.uuid4().hex}.sqlite"),
+            # (room to connect on a busy machine, as tests.conftest gives: a connect that timed out
+            # for one patient and not the other made the statuses differ — a flake, not a leak)
+            backends=tuple(replace(b, connect_timeout_s=TEST_CONNECT_TIMEOUT_S) for b in live.backends),
         )
         app = create_app(live, patient_id_key=DEMO_PATIENT_ID_KEY, extra_issuer=demo_issuer())
         async with TestClient(FacadeTestServer(app)) as client:
