@@ -12,7 +12,6 @@ comes first.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import deque
 from collections.abc import Callable, Generator
 from time import perf_counter
@@ -121,13 +120,12 @@ class SlackQueue:
 # function) or with a turn of the event loop between the slices (``in_turns``: the walk's stages).
 # One body, two drivers: the result is the same whichever drives it.
 
-# A slice ends after SLICE records, or sooner once it has taken SLICE_S (the clock read every _CHECK
+# A slice ends after SLICE records, or sooner once it has taken SLICE_S (the clock read every 32
 # records): a record costs from 5 µs (a filter) to 50 µs (mapping a lab result), so a count alone
 # made slices of 3 to 25 ms — and a small request that needs a dozen turns waited a dozen times for
 # the slices of every long history in flight.
-SLICE = 512
+SLICE = 512  # (a power of two: ``slice_ends`` tests it, and the clock every 32 records, as masks)
 SLICE_S = 0.002
-_CHECK = 32  # (both powers of two: ``slice_ends`` tests them as masks, the literals 31 and 511)
 # When the running slice is due to end (perf_counter). One event loop runs one slice at a time, and
 # the driver that resumes a slice (``in_turns``, ``SlackJob.step``, ``turn``) sets it first; the first
 # slice of a loop written inline (pdl, select: ``turn`` between slices), a slice run by ``at_once``,
@@ -173,12 +171,12 @@ def timed(steps: Steps[T]) -> Steps[tuple[T, float]]:
     """``steps``, and the seconds spent in them (not in what ran between their slices)."""
     spent = 0.0
     while True:
-        started = time.perf_counter()
+        started = perf_counter()
         try:
             next(steps)
         except StopIteration as done:
-            return cast(T, done.value), spent + time.perf_counter() - started
-        spent += time.perf_counter() - started
+            return cast(T, done.value), spent + perf_counter() - started
+        spent += perf_counter() - started
         yield
 
 
@@ -188,4 +186,4 @@ def slice_ends(n: int) -> bool:
     return n & 31 == 31 and (n & 511 == 511 or perf_counter() >= _due)
 
 
-assert _CHECK == 32 and SLICE == 512  # (the masks above)
+assert SLICE == 512  # (the mask above: 511)

@@ -55,6 +55,19 @@ def _npo_data(people: list[Any]) -> dict[str, dict[str, list[Any]]]:
             provider=OTHER_REGION_PROVIDER,
         )
     ]
+    # and an assessment of the one type a date search narrows at NPÖ (datePeriod): hidden the same way
+    records["functionalStatusAssessment"] = [
+        npo.functional_status(
+            HIDDEN.pnr,
+            "LEAK-F-1",
+            at(30),
+            "d510",
+            "Att tvätta sig",
+            SECRET,
+            approved=False,
+            provider=OTHER_REGION_PROVIDER,
+        )
+    ]
     return {
         HIDDEN.pnr: {k: [npo._drop_none(r) for r in v] for k, v in records.items()},
         EMPTY.pnr: npo._empty(),
@@ -96,6 +109,9 @@ def probes(patient_id: str) -> list[tuple[str, dict[str, str]]]:
         (f"{BASE}/Patient/{patient_id}/$everything", {}),
         (f"{BASE}/Condition", search),
         (f"{BASE}/Flag", search),
+        # narrowed at the source for the patient (push-down), whole under PDL: the same statuses
+        (f"{BASE}/Observation", {**search, "date": "ge2020-01-01"}),
+        (f"{BASE}/Observation", {**search, "date": "ge2020-01-01", "_summary": "count"}),
         (f"{BASE}/Patient/{patient_id}/$summary", {}),  # the sources in a document
     ]
 
