@@ -7,11 +7,13 @@ at aiohttp's level 6, in fewer bytes than zlib's level 1 (12.5 % of the JSON aga
 6: 10.9 %). In a deployment that left ``isal`` out, zlib at level 1. Either writes a standard gzip
 member. An answer up to ``SYNC_BYTES`` is compressed on the event loop (a thread hop costs more than
 the work); a larger one in the default executor, so that one big answer does not stall the others
-(both release the GIL). The choice is made here, not by aiohttp's negotiation, which looks for the
-coding's name anywhere in ``Accept-Encoding`` and so ignores q-values (``gzip;q=0`` would be
-gzipped) and prefers deflate. Here gzip is used only when ``Accept-Encoding``
-accepts it (``gzip`` or ``*`` with q > 0, RFC 9110 §12.5.3); answers that could be compressed
-carry ``Vary: Accept-Encoding`` either way.
+(both release the GIL). A long Bundle (``proxy.edge.http.BundlePayload``: more than
+``STREAM_ENTRIES`` entries) is never one ``bytes``: it is compressed a slice of entries at a time as
+it is written, into one gzip member all the same. The choice is made here, not by aiohttp's
+negotiation, which looks for the coding's name anywhere in ``Accept-Encoding`` and so ignores
+q-values (``gzip;q=0`` would be gzipped) and prefers deflate. Here gzip is used only when
+``Accept-Encoding`` accepts it (``gzip`` or ``*`` with q > 0, RFC 9110 §12.5.3); answers that could
+be compressed carry ``Vary: Accept-Encoding`` either way.
 
 BREACH (a compressed size leaking a secret next to attacker-chosen text) needs an attacker who can
 make the victim's client send authenticated requests with chosen parameters and watch the sizes.
@@ -29,6 +31,7 @@ import zlib
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from proxy.edge.http import BundlePayload
 from proxy.edge.routes import Handler
 
 try:
@@ -73,23 +76,26 @@ def compression(min_bytes: int) -> Middleware:
     @web.middleware
     async def gzip_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = await handler(request)
-        if (
-            isinstance(response, web.Response)
-            and not response.prepared
-            and isinstance(response.body, bytes)
-            and len(response.body) >= min_bytes
-            and "Content-Encoding" not in response.headers
-        ):
-            vary = response.headers.get("Vary", "")
-            if "accept-encoding" not in vary.lower():
-                response.headers["Vary"] = f"{vary}, Accept-Encoding" if vary else "Accept-Encoding"
-            if accepts_gzip(request.headers.get("Accept-Encoding", "")):
-                body = response.body
+        if not isinstance(response, web.Response) or response.prepared:
+            return response
+        body = response.body
+        # a long Bundle is compressed as it is written (``BundlePayload``); other answers here, whole
+        streamed = isinstance(body, BundlePayload)
+        whole = isinstance(body, bytes) and len(body) >= min_bytes
+        if not (streamed or whole) or "Content-Encoding" in response.headers:
+            return response
+        vary = response.headers.get("Vary", "")
+        if "accept-encoding" not in vary.lower():
+            response.headers["Vary"] = f"{vary}, Accept-Encoding" if vary else "Accept-Encoding"
+        if accepts_gzip(request.headers.get("Accept-Encoding", "")):
+            if isinstance(body, BundlePayload):
+                body.gzip(_deflate, LEVEL)
+            elif isinstance(body, bytes):
                 if len(body) <= SYNC_BYTES:
                     response.body = gzipped(body)
                 else:
                     response.body = await asyncio.get_running_loop().run_in_executor(None, gzipped, body)
-                response.headers["Content-Encoding"] = "gzip"
+            response.headers["Content-Encoding"] = "gzip"
         return response
 
     return gzip_middleware

@@ -4,8 +4,13 @@ readings (base URL, _pretty, Prefer: handling=strict, X-Request-ID, X-Emergency-
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import orjson
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.payload import Payload
 
 from proxy.access.pdl import EMERGENCY_HEADER, reason_code
 from proxy.audit.events import NOT_A_REASON
@@ -26,7 +31,69 @@ STORE_KEY = web.AppKey("store", Store)
 EXCHANGE_KEY = web.RequestKey("exchange", Exchange)
 
 
+# A Bundle of more entries than this is written a slice of entries at a time (``BundlePayload``).
+STREAM_ENTRIES = 1024
+_SLICE_ENTRIES = 256  # (~400 KB of JSON: about a millisecond to serialise, and as long to compress)
+
+
+class BundlePayload(Payload):
+    """A long Bundle's JSON, serialised (and, when the client accepts it, gzipped) a slice of its
+    entries at a time as it is sent, with a turn of the event loop between slices: the bytes are those
+    ``orjson.dumps`` makes of the whole Bundle, but neither they nor the compressed answer are ever
+    held whole (a 20,000-entry Bundle is 30 MB of JSON), and other requests are not held up while
+    it is written. Its length is not known beforehand: the response is sent chunked, so a client
+    can tell an answer cut off mid-way (the connection lost) from a whole one."""
+
+    _default_content_type = FHIR_JSON
+
+    def __init__(self, bundle: FhirDict, **kwargs: Any) -> None:
+        super().__init__(bundle, **kwargs)
+        self._gzip: Any = None  # the compressor's module when gzipped (``gzip``)
+
+    @staticmethod
+    def fits(data: FhirDict) -> bool:
+        """Whether ``data`` is written this way: a Bundle of many entries, ``entry`` its last key (so
+        that the bytes are those of ``orjson.dumps`` of the whole)."""
+        entries = data.get("entry")
+        return isinstance(entries, list) and len(entries) > STREAM_ENTRIES and next(reversed(data)) == "entry"
+
+    def gzip(self, deflate: Any, level: int) -> None:
+        """Send it as one gzip member (RFC 1952), ``deflate`` a zlib-like module, at ``level``."""
+        self._gzip = deflate.compressobj(level, deflate.DEFLATED, 16 + deflate.MAX_WBITS)
+
+    def _json(self) -> Any:
+        bundle: FhirDict = self._value
+        entries: list[FhirDict] = bundle["entry"]
+        head = orjson.dumps({k: v for k, v in bundle.items() if k != "entry"})
+        yield head[:-1] + b',"entry":['
+        for at in range(0, len(entries), _SLICE_ENTRIES):
+            part = orjson.dumps(entries[at : at + _SLICE_ENTRIES])[1:-1]
+            yield part if at == 0 else b"," + part
+        yield b"]}"
+
+    async def write(self, writer: AbstractStreamWriter) -> None:
+        z = self._gzip
+        for n, chunk in enumerate(self._json()):
+            if n > 1:
+                await asyncio.sleep(0)  # (a turn for others between slices)
+            out = z.compress(chunk) if z is not None else chunk
+            if out:
+                await writer.write(out)
+        if z is not None:
+            await writer.write(z.flush())
+        self._value = None  # (sent: the entries are not held while the connection idles)
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return b"".join(self._json()).decode(encoding, errors)
+
+
 def fhir_response(data: FhirDict, status: int = 200, *, pretty: bool = False) -> web.Response:
+    if not pretty and BundlePayload.fits(data):
+        return web.Response(
+            body=BundlePayload(data, content_type=f"{FHIR_JSON}; charset=utf-8"),
+            status=status,
+            headers={"Cache-Control": "no-store"},
+        )
     option = orjson.OPT_INDENT_2 if pretty else 0
     return web.Response(
         body=orjson.dumps(data, option=option),

@@ -45,6 +45,10 @@ async def request_ids(request: web.Request, handler: Handler) -> web.StreamRespo
         response = error_response(500, "exception", "Internal error")
     finally:
         trace.CURRENT.reset(token)
+        # The request is answered (only its body may be left to write): its working state — a long
+        # history's records — is let go now, not when aiohttp drops the request, which it holds
+        # until the connection's next request (an idle keep-alive connection would keep it).
+        del request[EXCHANGE_KEY]
     if not response.prepared:
         response.headers[HEADER] = current.request_id
     return response

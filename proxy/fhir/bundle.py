@@ -144,15 +144,12 @@ def searchset(
     links: list[dict[str, str]],
     outcomes: Sequence[FhirDict] = (),
 ) -> FhirDict:
+    # (one ``search`` object for every entry of a mode: a Bundle is serialised, never modified)
+    match, outcome = {"mode": "match"}, {"mode": "outcome"}
     entries: list[FhirDict] = [
-        {
-            "fullUrl": f"{base_url}/{r['resourceType']}/{r['id']}",
-            "resource": r,
-            "search": {"mode": "match"},
-        }
-        for r in page
+        {"fullUrl": f"{base_url}/{r['resourceType']}/{r['id']}", "resource": r, "search": match} for r in page
     ]
-    entries.extend({"resource": o, "search": {"mode": "outcome"}} for o in outcomes)
+    entries.extend({"resource": o, "search": outcome} for o in outcomes)
     bundle: FhirDict = {"resourceType": "Bundle", "type": "searchset"}
     if total is not None:
         bundle["total"] = total

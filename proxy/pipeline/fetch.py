@@ -7,9 +7,11 @@
     ask         fan-out to those backends; each answer mapped as it arrives, in the event loop's
                 slack (proxy.slack), the rest when the last one is in — an answer larger than
                 facade.max_body_bytes record by record as its body arrives (proxy.mapping.stream)
+    windows     a whole list cut off (a long history past the answer cap) asked again by period,
+                where its backend can narrow it (proxy.pipeline.windows)
     settle      per backend that was asked: hook events, cache put, what the engagement index
                 learns, a stale entry standing in for a failed request, its SourceOutcome
-    fetch_and_map  the four in order; one SourceOutcome per backend in the plan, in plan order
+    fetch_and_map  the five in order; one SourceOutcome per backend in the plan, in plan order
 
 No HTTP here: ``proxy.pipeline.stages.fetch_and_map`` is the walk's adapter to it; ``proxy.mappingcheck``
 and the tests call it directly.
@@ -30,6 +32,7 @@ from proxy.mapping.registry import MappingSet, request_context
 from proxy.mapping.requests import RequestSpec
 from proxy.mapping.run import MappedAnswer, map_answer_in_steps, source_outcome
 from proxy.mapping.stream import AnswerStream
+from proxy.pipeline import windows
 from proxy.pipeline.facade import Facade
 from proxy.slack import SlackJob, Steps, timed
 from proxy.types import MappedResource, PatientRef, SourceOutcome, SourceResult, SourceStatus
@@ -114,7 +117,17 @@ async def fetch_and_map(
         asked = tuple(b for b in asked if b in only)
     plan = plan_requests(facade.mappings, asked, types, narrowing)
     found = await look_up(facade, patient, types, plan)
+    started = time.perf_counter()
     results, answers = await ask(facade, patient, found.to_fetch)
+    again = windows.split(results, found.to_fetch, answers, facade.clock.time())
+    if again is not None:  # a long history cut off: asked again by period, a round at a time
+        while round_ := again.requests():
+            left = facade.settings.facade.deadline_s - (time.perf_counter() - started)
+            if left < windows.MIN_LEFT_S:
+                again.unasked()
+                break
+            again.take(*await ask(facade, patient, round_, deadline_s=left))
+        results = again.join(found.to_fetch, results, answers)
     for result in results:
         await settle(facade, patient, found, result, answers[result.source])
     cached_only(found)
@@ -171,10 +184,15 @@ async def look_up(
 
 
 async def ask(
-    facade: Facade, patient: PatientRef, to_fetch: dict[str, list[RequestSpec]]
+    facade: Facade,
+    patient: PatientRef,
+    to_fetch: dict[str, list[RequestSpec]],
+    *,
+    deadline_s: float | None = None,
 ) -> tuple[list[SourceResult], dict[str, dict[str, MappedAnswer]]]:
     """Fan-out to ``to_fetch``; each answer mapped as it arrives, in the event loop's slack (what
-    the slack has not mapped by the time the last answer is in is mapped then)."""
+    the slack has not mapped by the time the last answer is in is mapped then). ``deadline_s``:
+    the fan-out's (default ``facade.deadline_s``)."""
     hooks = facade.hooks
     contexts = {name: context(facade, name, patient) for name in to_fetch}
     priority = {name: i for i, name in enumerate(facade.settings.source_priority)}
@@ -231,7 +249,7 @@ async def ask(
             facade.clients,
             to_fetch,
             contexts,
-            deadline_s=facade.settings.facade.deadline_s,
+            deadline_s=facade.settings.facade.deadline_s if deadline_s is None else deadline_s,
             on_answer=on_answer,
             open_sink=open_sink,
         )

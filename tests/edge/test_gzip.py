@@ -12,6 +12,8 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
 from proxy.edge.compression import SYNC_BYTES, compression
+from proxy.edge.http import STREAM_ENTRIES, fhir_response
+from proxy.simulators.harness import serving
 from tests.conftest import BASE, auth, pid
 
 TOLVAN = "191212121212"
@@ -97,3 +99,66 @@ async def test_an_answer_is_gzipped_whole_on_the_loop_or_off_it(size: int) -> No
     assert isinstance(response, web.Response) and isinstance(response.body, bytes)
     assert response.headers["Content-Encoding"] == "gzip"
     assert gzip.decompress(response.body) == body and len(response.body) < len(body) / 10
+
+
+# ---- a long Bundle: written a slice of entries at a time ----------------------------------------
+
+
+def long_bundle(entries: int) -> dict[str, Any]:
+    return {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": entries,
+        "link": [{"relation": "self", "url": "https://facade.example/fhir/Observation"}],
+        "entry": [
+            {
+                "fullUrl": f"https://facade.example/fhir/Observation/o{n}",
+                "resource": {"resourceType": "Observation", "id": f"o{n}", "valueString": "å" * (n % 7)},
+                "search": {"mode": "match"},
+            }
+            for n in range(entries)
+        ],
+    }
+
+
+async def serve_bundle(bundle: dict[str, Any], accept: str | None, pretty: bool = False) -> tuple[Any, bytes]:
+    """``bundle`` answered by a handler through the edge's gzip middleware; the headers and the bytes
+    as sent."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return fhir_response(bundle, pretty=pretty)
+
+    app = web.Application(middlewares=[compression(min_bytes=1024)])
+    app.router.add_get("/fhir/Observation", handler)
+    skip = ["Accept-Encoding"] if accept is None else []
+    headers = {"Accept-Encoding": accept} if accept is not None else {}
+    async with serving(app) as base, aiohttp.ClientSession(auto_decompress=False) as http:
+        async with http.get(f"{base}/fhir/Observation", headers=headers, skip_auto_headers=skip) as resp:
+            assert resp.status == 200
+            return resp.headers, await resp.read()
+
+
+@pytest.mark.parametrize("accept", ["gzip", None])
+async def test_a_long_bundle_is_written_in_slices_as_the_bytes_of_the_whole(accept: str | None) -> None:
+    """More than ``STREAM_ENTRIES`` entries: sent chunked (a cut-off answer is told from a whole one),
+    gzipped as it is written when accepted — the same bytes ``orjson.dumps`` makes of the whole."""
+    bundle = long_bundle(STREAM_ENTRIES * 3 + 17)
+    headers, body = await serve_bundle(bundle, accept)
+    assert headers.get("Transfer-Encoding") == "chunked" and "Content-Length" not in headers
+    assert headers["Content-Type"] == "application/fhir+json; charset=utf-8"
+    assert "Accept-Encoding" in headers.get("Vary", "")
+    if accept == "gzip":
+        assert headers["Content-Encoding"] == "gzip"
+        body = gzip.decompress(body)
+    else:
+        assert "Content-Encoding" not in headers
+    assert body == orjson.dumps(bundle)
+
+
+async def test_a_short_or_pretty_bundle_is_written_whole() -> None:
+    headers, body = await serve_bundle(long_bundle(STREAM_ENTRIES), None)
+    assert int(headers["Content-Length"]) == len(body) and body == orjson.dumps(long_bundle(STREAM_ENTRIES))
+    bundle = long_bundle(STREAM_ENTRIES + 1)
+    headers, body = await serve_bundle(bundle, None, pretty=True)
+    assert int(headers["Content-Length"]) == len(body)
+    assert body == orjson.dumps(bundle, option=orjson.OPT_INDENT_2)

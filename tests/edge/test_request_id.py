@@ -9,12 +9,15 @@ import re
 import uuid
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
 
 from proxy import trace
 from proxy.edge import routes
-from proxy.edge.http import STORE_KEY
-from proxy.simulators.harness import Received
+from proxy.edge.http import EXCHANGE_KEY, STORE_KEY, exchange
+from proxy.edge.request_id import request_ids
+from proxy.simulators.harness import Received, serving
 from tests.conftest import BASE, auth, pid
 
 TOLVAN = "191212121212"
@@ -217,3 +220,21 @@ def test_workers_forked_from_one_parent_draw_different_parent_ids() -> None:
     childs = os.read(read, 100).decode()
     os.close(read)
     assert TRACEPARENT.match(childs) and childs != parent.outgoing()["traceparent"]
+
+
+async def test_a_request_lets_go_of_its_working_state_once_answered() -> None:
+    """aiohttp holds a request until its connection's next one: an idle keep-alive connection would
+    keep the last answer's records (a long history: 100 MB) if the request still held its Exchange."""
+    seen: list[web.Request] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        exchange(request).resources = [{"resourceType": "Observation", "id": "o1"}]
+        seen.append(request)
+        return web.Response(text="ok")
+
+    app = web.Application(middlewares=[request_ids])
+    app.router.add_get("/x", handler)
+    async with serving(app) as base, aiohttp.ClientSession() as http:
+        async with http.get(f"{base}/x") as resp:
+            assert resp.status == 200 and resp.headers["X-Request-ID"]
+        assert seen and EXCHANGE_KEY not in seen[0]  # (the connection is still open)
