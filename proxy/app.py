@@ -47,6 +47,7 @@ from proxy.paging import LAYOUT as PAGES_LAYOUT
 from proxy.paging import RedisSnapshots, SnapshotStore
 from proxy.pipeline.delivery import Delivery
 from proxy.pipeline.facade import Facade
+from proxy.pipeline.record_dates import RecordDates
 from proxy.redact.policy import compile_policy
 from proxy.settings import CacheSettings, Settings
 from proxy.store.base import Store, open_store
@@ -231,6 +232,9 @@ def create_app(
             write_mappings=writes,
             delivery=delivery,
             resource_ids=resource_ids,
+            record_dates=RecordDates(
+                m.resource_type for ms in mappings.by_backend.values() for m in ms if m.request.date_filter
+            ),
         )
         # this worker's outbox delivery (any worker delivers any write: the store leases the parts)
         delivering = asyncio.create_task(delivery.run(), name="outbox delivery")

@@ -6,7 +6,8 @@ delays whatever else became ready at the same moment — another request's last 
 mapping and response are waited for. ``SlackQueue`` runs such jobs one per turn of the event loop,
 in order, so ready work never waits behind more than one of them; an idle loop runs them back to
 back. Whoever needs a job's result runs it at once (``SlackJob.run``): a job runs once, whoever
-comes first.
+comes first. A long job — a stage's loop over a long history, a long answer mapped as it arrives, a
+long Bundle written — waits between its slices in the ``Lane``, which lets one waiter on per turn.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ class SlackJob:
         while True:
             if not self.step():
                 return
-            await asyncio.sleep(0)  # (a turn for others)
+            await lane().wait()  # (a turn for others)
 
     def drop(self) -> None:
         """Never run it, or what is left of it (its result is no longer wanted)."""
@@ -150,20 +151,78 @@ def at_once(steps: Steps[T]) -> T:
             return cast(T, done.value)
 
 
+# ---- the lane: one long job's slice a turn ---------------------------------------------------------
+#
+# A long job yields between its slices so that others get the loop. With ``asyncio.sleep(0)`` each
+# long job in flight runs its next slice in the very next turn: three long histories, each with a
+# stage loop and a few long answers being mapped as they arrive, made turns of 20-40 ms — and a small
+# request needs a dozen turns. Instead a long job waits in the lane between its slices, and the lane
+# lets one waiter on per turn of the event loop (first come, first served): a turn holds at most one
+# slice of long work (~2 ms) beside whatever else is ready, however many long jobs are in flight. A
+# job alone on an idle loop still runs its slices back to back (a turn costs microseconds).
+
+
+class Lane:
+    """The waiters for a turn, one let on per turn of one event loop."""
+
+    __slots__ = ("_loop", "_scheduled", "_waiting")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._waiting: deque[asyncio.Future[None]] = deque()
+        self._scheduled = False
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    async def wait(self) -> None:
+        """Until this waiter's turn: the waiters before it have had theirs, one a turn."""
+        future = self._loop.create_future()
+        self._waiting.append(future)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._let_one_on)
+        await future  # (cancelled: its place is skipped)
+
+    def _let_one_on(self) -> None:
+        waiting = self._waiting
+        self._scheduled = False
+        while waiting:
+            future = waiting.popleft()
+            if not future.done():
+                future.set_result(None)
+                break
+        if waiting:
+            self._scheduled = True
+            self._loop.call_soon(self._let_one_on)
+
+
+_lane: Lane | None = None
+
+
+def lane() -> Lane:
+    """The running event loop's lane."""
+    global _lane
+    loop = asyncio.get_running_loop()
+    if _lane is None or _lane._loop is not loop:  # (one loop at a time per process; tests make many)
+        _lane = Lane(loop)
+    return _lane
+
+
 async def in_turns(steps: Steps[T]) -> T:
-    """The result of ``steps``, with a turn of the event loop after each slice."""
+    """The result of ``steps``, with a turn in the lane after each slice."""
     while True:
         _slice_starts()
         try:
             next(steps)
         except StopIteration as done:
             return cast(T, done.value)
-        await asyncio.sleep(0)
+        await lane().wait()
 
 
 async def turn() -> None:
-    """A turn of the event loop for others, in a loop written inline (not as steps); a slice starts."""
-    await asyncio.sleep(0)
+    """A turn in the lane, in a loop written inline (not as steps); a slice starts."""
+    await lane().wait()
     _slice_starts()
 
 

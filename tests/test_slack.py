@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from proxy.slack import SlackQueue, Steps
+from proxy.slack import SlackQueue, Steps, lane
 
 
 async def _turns(n: int) -> None:
@@ -119,3 +119,33 @@ async def test_what_is_left_of_a_long_job_its_owner_needs_runs_a_slice_a_turn() 
     # went before the owner's last slice
     assert ran == ["long 1", "long 2", "ready", "long 3"]
     assert job.run() is False
+
+
+async def test_the_lane_lets_one_long_job_on_per_turn_of_the_loop() -> None:
+    """Three long jobs waiting between slices: each turn of the event loop runs one of their slices
+    (first come, first served), not one of each — and a task that is merely ready runs every turn."""
+    order: list[str] = []
+    ticks = 0
+    stop = False
+
+    async def ticker() -> None:  # (ready every turn: a turn of the loop is one tick)
+        nonlocal ticks
+        while not stop:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    async def long_job(name: str) -> None:
+        for _ in range(4):
+            order.append(f"{name}@{ticks}")
+            await lane().wait()
+
+    tick = asyncio.ensure_future(ticker())
+    await asyncio.sleep(0)
+    await asyncio.gather(long_job("a"), long_job("b"), long_job("c"))
+    stop = True
+    await tick
+    at = [int(o.split("@")[1]) for o in order]
+    assert len(at) == 12 and at == sorted(at)
+    later = at[3:]  # after the first slice of each (they all start in one turn)
+    assert len(set(later)) == len(later)  # never two slices of long work in one turn
+    assert [o[0] for o in order[3:6]] == ["a", "b", "c"]  # first come, first served

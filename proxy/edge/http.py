@@ -4,7 +4,6 @@ readings (base URL, _pretty, Prefer: handling=strict, X-Request-ID, X-Emergency-
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import orjson
@@ -18,6 +17,7 @@ from proxy.auth.verify import Authenticator
 from proxy.fhir.errors import operation_outcome
 from proxy.pipeline.exchange import Exchange
 from proxy.pipeline.facade import Facade
+from proxy.slack import lane
 from proxy.store.base import Store
 from proxy.trace import mint_request_id, sane_request_id
 from proxy.types import FhirDict, Principal
@@ -75,7 +75,7 @@ class BundlePayload(Payload):
         z = self._gzip
         for n, chunk in enumerate(self._json()):
             if n > 1:
-                await asyncio.sleep(0)  # (a turn for others between slices)
+                await lane().wait()  # (a turn for others between slices: proxy.slack)
             out = z.compress(chunk) if z is not None else chunk
             if out:
                 await writer.write(out)

@@ -51,6 +51,7 @@ from proxy.fanout.transport import (
 )
 from proxy.mapping.requests import Context, RequestSpec, UnknownPatient
 from proxy.settings import BackendSettings, FacadeSettings
+from proxy.slack import lane
 from proxy.trace import outgoing_headers
 from proxy.types import SourceResult, SourceStatus
 
@@ -350,7 +351,7 @@ class BackendClient:
                 since = time.perf_counter()
                 run.own_turns.append(since)
                 try:
-                    await asyncio.sleep(0)
+                    await lane().wait()
                 finally:
                     run.own_turns.remove(since)
                     run.own_s += time.perf_counter() - since

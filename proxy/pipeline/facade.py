@@ -15,6 +15,7 @@ from proxy.mapping.registry import MappingSet
 from proxy.mapping.write import WriteMappings
 from proxy.paging import SnapshotStore
 from proxy.pipeline.delivery import Delivery
+from proxy.pipeline.record_dates import RecordDates
 from proxy.redact.policy import Policy
 from proxy.settings import Settings
 from proxy.slack import SlackQueue
@@ -42,6 +43,8 @@ class Facade:
     delivery: Delivery | None = None  # this worker's outbox delivery loop (proxy.pipeline.delivery)
     # the deployment's keyed hash (the resource ids'): a write's Bundle.identifier is kept per writer
     resource_ids: ResourceIds | None = None
+    # when records were dated, by id, as last mapped: narrows a read by id (proxy.pipeline.record_dates)
+    record_dates: RecordDates | None = None
 
 
 @dataclass(frozen=True, slots=True)

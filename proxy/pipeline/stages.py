@@ -146,8 +146,10 @@ async def fetch_and_map(facade: Facade, x: Exchange) -> bool:
     assert x.query is not None and x.query.patient is not None
     if _reads_from_holder(facade, x):
         x.mapped, x.outcomes = await _read_from_holder(facade, x)
-        return True
-    x.mapped, x.outcomes = await fetch(facade, x.query.patient, x.fetch_types, _narrowing(facade, x))
+    else:
+        x.mapped, x.outcomes = await fetch(facade, x.query.patient, x.fetch_types, _narrowing(facade, x))
+    if facade.record_dates is not None:
+        facade.record_dates.learn(x.mapped)
     return True
 
 
@@ -165,8 +167,9 @@ def _reads_from_holder(facade: Facade, x: Exchange) -> bool:
 
 
 async def _read_from_holder(facade: Facade, x: Exchange) -> tuple[list[MappedResource], list[SourceOutcome]]:
-    """A read by id in two steps: the backend its id names (``<patient>-<backend>-<hash>``), whole;
-    then, only when it holds the record, the other backends with the record's type narrowed to its
+    """A read by id in two steps: the backend its id names (``<patient>-<backend>-<hash>``) — its
+    list of the days around the record's date when this worker has mapped the record before
+    (``proxy.pipeline.record_dates``), else (or when it is not there) whole; then, only when it holds the record, the other backends with the record's type narrowed to its
     date (``request.filters``) — what its copies there (merged with it: their security labels, the
     strictest wins) and what it references need. An id no backend holds asks only the one it names
     (none, for a name that is no backend's): absent either way."""
@@ -174,24 +177,34 @@ async def _read_from_holder(facade: Facade, x: Exchange) -> tuple[list[MappedRes
     assert query is not None and query.patient is not None and query.resource_id is not None
     holder = holding_backend(query.resource_id)
     priority = facade.settings.source_priority
-    mapped, outcomes = await fetch(facade, query.patient, x.fetch_types, backends=(holder,))
     rtype = next(iter(query.resource_types))
-    record = next(
-        (r for r in mapped if r.resource["id"] == query.resource_id and r.resource["resourceType"] == rtype),
-        None,
-    )
+    dated = facade.record_dates.get(query.resource_id) if facade.record_dates is not None else None
+    record = None
+    if dated is not None:  # dated when it was last mapped: the holder's list of the days around it
+        near = Narrowing(frozenset({rtype}), tuple((p, dated, dated + 1) for p in _date_params(rtype)))
+        mapped, outcomes = await fetch(facade, query.patient, x.fetch_types, near, backends=(holder,))
+        record = _the_record(mapped, rtype, query.resource_id)
+    if record is None:  # (no hint; or not there — moved or gone: the whole list decides)
+        mapped, outcomes = await fetch(facade, query.patient, x.fetch_types, backends=(holder,))
+        record = _the_record(mapped, rtype, query.resource_id)
     if record is None:
         return mapped, outcomes
-    dates = tuple(
-        (p.name, *resource_bounds(record.resource, p.name))
-        for p in params_for(rtype).values()
-        if p.kind == "date"
-    )
+    dates = tuple((p, *resource_bounds(record.resource, p)) for p in _date_params(rtype))
     narrowing = Narrowing(frozenset({rtype}), dates)
     others = tuple(b for b in priority if b != holder)
     more, more_outcomes = await fetch(facade, query.patient, x.fetch_types, narrowing, backends=others)
     order = {name: i for i, name in enumerate(priority)}
     return mapped + more, sorted(outcomes + more_outcomes, key=lambda o: order.get(o.source, len(order)))
+
+
+def _the_record(mapped: list[MappedResource], rtype: str, resource_id: str) -> MappedResource | None:
+    return next(
+        (r for r in mapped if r.resource["id"] == resource_id and r.resource["resourceType"] == rtype), None
+    )
+
+
+def _date_params(rtype: str) -> list[str]:
+    return [p.name for p in params_for(rtype).values() if p.kind == "date"]
 
 
 def _narrowing(facade: Facade, x: Exchange) -> Narrowing | None:
