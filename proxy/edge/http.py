@@ -4,6 +4,7 @@ readings (base URL, _pretty, Prefer: handling=strict, X-Request-ID, X-Emergency-
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import orjson
@@ -19,9 +20,10 @@ from proxy.pipeline.exchange import Exchange
 from proxy.pipeline.facade import Facade
 from proxy.slack import lane
 from proxy.store.base import Store
-from proxy.trace import mint_request_id, sane_request_id
+from proxy.trace import CURRENT, mint_request_id, sane_request_id
 from proxy.types import FhirDict, Principal
 
+log = logging.getLogger(__name__)
 FHIR_JSON = "application/fhir+json"
 FACADE_KEY = web.AppKey("facade", Facade)
 AUTH_KEY = web.AppKey("authenticator", Authenticator)
@@ -38,17 +40,21 @@ _SLICE_ENTRIES = 256  # (~400 KB of JSON: about a millisecond to serialise, and 
 
 class BundlePayload(Payload):
     """A long Bundle's JSON, serialised (and, when the client accepts it, gzipped) a slice of its
-    entries at a time as it is sent, with a turn of the event loop between slices: the bytes are those
-    ``orjson.dumps`` makes of the whole Bundle, but neither they nor the compressed answer are ever
-    held whole (a 20,000-entry Bundle is 30 MB of JSON), and other requests are not held up while
-    it is written. Its length is not known beforehand: the response is sent chunked, so a client
-    can tell an answer cut off mid-way (the connection lost) from a whole one."""
+    entries at a time as it is sent, waiting in the event loop's lane between slices (``proxy.slack``):
+    the bytes are those ``orjson.dumps`` makes of the whole Bundle, but neither they nor the compressed
+    answer are ever held whole (a 20,000-entry Bundle is 30 MB of JSON), and other requests are not
+    held up while it is written. Its length is not known beforehand: the response is sent chunked, so
+    a client can tell an answer cut off mid-way from a whole one. (A failure past the status line can
+    only cut the answer off: it is logged with the request id. Every resource was serialised once when
+    it was mapped, so this is a lost connection, not the data.)"""
 
     _default_content_type = FHIR_JSON
 
     def __init__(self, bundle: FhirDict, **kwargs: Any) -> None:
         super().__init__(bundle, **kwargs)
         self._gzip: Any = None  # the compressor's module when gzipped (``gzip``)
+        current = CURRENT.get(None)  # (made in the handler: the request's trace)
+        self._request_id = current.request_id if current is not None else "?"
 
     @staticmethod
     def fits(data: FhirDict) -> bool:
@@ -72,6 +78,17 @@ class BundlePayload(Payload):
         yield b"]}"
 
     async def write(self, writer: AbstractStreamWriter) -> None:
+        try:
+            await self._write(writer)
+        except ConnectionError:  # (the client went away)
+            raise
+        except Exception:
+            log.exception("a long Bundle was cut off while it was written (request id %s)", self._request_id)
+            raise
+        finally:
+            self._value = None  # (sent: the entries are not held while the connection idles)
+
+    async def _write(self, writer: AbstractStreamWriter) -> None:
         z = self._gzip
         for n, chunk in enumerate(self._json()):
             if n > 1:
@@ -81,7 +98,6 @@ class BundlePayload(Payload):
                 await writer.write(out)
         if z is not None:
             await writer.write(z.flush())
-        self._value = None  # (sent: the entries are not held while the connection idles)
 
     def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
         return b"".join(self._json()).decode(encoding, errors)

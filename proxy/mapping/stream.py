@@ -42,7 +42,7 @@ from typing import Any
 import orjson
 
 from proxy.mapping.compiler import CompiledMapping
-from proxy.mapping.engine import map_record, record_id_system
+from proxy.mapping.engine import Shared, map_record, record_id_system
 from proxy.mapping.paths import Finder, compile_path, dotted_keys
 from proxy.mapping.requests import Context
 from proxy.mapping.run import MappedAnswer, map_answer
@@ -108,6 +108,7 @@ class AnswerStream:
         "_mappings",
         "_out",
         "_priority",
+        "_shared",
         "_skipped",
         "_source_uri",
         "_systems",
@@ -123,6 +124,7 @@ class AnswerStream:
         self._source_uri = source_uri
         self._priority = priority
         self._systems = [record_id_system(m.name) for m in self._mappings]
+        self._shared: Shared = {}  # (a long answer: its repeated elements shared, engine.SHARE_FROM)
         self._out: list[list[MappedResource] | None] = [[] for _ in self._mappings]  # None: it failed
         self._skipped = 0
         self._broken = False  # the body stopped being a document the mappings can read
@@ -168,6 +170,7 @@ class AnswerStream:
                 self._finish()
             except ValueError:
                 self._complete, self._broken = False, True
+        self._shared.clear()  # (mapped: the elements stay shared, the table is not needed)
         self.took_ms += (time.perf_counter() - started) * 1000
 
     def answer(self) -> MappedAnswer:
@@ -213,7 +216,7 @@ class AnswerStream:
             selected = records if within is None else [r for record in records for r in within(record)]
             skipped = 0
             for record in selected:
-                skipped += map_record(m, record, ctx, uri, priority, system, out)
+                skipped += map_record(m, record, ctx, uri, priority, system, out, self._shared)
             self._skipped += skipped
         except _SHAPE_ERRORS:
             log.warning("mapping %s could not read the answer from %s", m.name, m.backend)

@@ -121,12 +121,12 @@ async def fetch_and_map(
     results, answers = await ask(facade, patient, found.to_fetch)
     again = windows.split(results, found.to_fetch, answers, facade.clock.time())
     if again is not None:  # a long history cut off: asked again by period, a round at a time
-        while round_ := again.requests():
+        while again.pending():
             left = facade.settings.facade.deadline_s - (time.perf_counter() - started)
             if left < windows.MIN_LEFT_S:
-                again.unasked()
+                again.unasked()  # (no time for them: missing)
                 break
-            again.take(*await ask(facade, patient, round_, deadline_s=left))
+            again.take(*await ask(facade, patient, again.requests(), deadline_s=left))
         results = again.join(found.to_fetch, results, answers)
     for result in results:
         await settle(facade, patient, found, result, answers[result.source])

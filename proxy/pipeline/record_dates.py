@@ -9,7 +9,8 @@ narrowed list — moved to another date, or gone — is looked for in the whole 
 so a hint never makes an answer differ; and hints are learnt from what the backends said, whoever
 asked, never from what any asker was shown.
 
-Per worker, bounded (``MAX``): the oldest half is forgotten when it is full. The ids are opaque; no
+Per worker, bounded (``MAX``): when it is full, the half learnt first is forgotten (an id learnt
+again keeps its first place). The ids are opaque; no
 personnummer is kept.
 """
 
@@ -40,7 +41,7 @@ class RecordDates:
             for r in mapped
             if r.clinical_time is not None and r.resource["resourceType"] in types
         )
-        if len(self._at) > MAX:  # (the newest half kept: a dict keeps the order ids were first learnt)
+        if len(self._at) > MAX:  # (the half learnt last kept: a dict keeps the order keys came in)
             self._at = dict(islice(self._at.items(), len(self._at) - MAX // 2, None))
 
     def get(self, resource_id: str) -> float | None:

@@ -26,13 +26,13 @@ from proxy.paging import SnapshotStore
 from proxy.pipeline import audit
 from proxy.pipeline.exchange import ConsentsRead, Exchange
 from proxy.pipeline.facade import Answer, Facade
-from proxy.pipeline.fetch import Narrowing
+from proxy.pipeline.fetch import Narrowing, plan_requests
 from proxy.pipeline.fetch import fetch_and_map as fetch
 from proxy.redact.policy import redact_in_turns
 from proxy.slack import slice_ends, turn
 from proxy.store.base import ConsentRow, Store, StoreUnavailable
 from proxy.timeutil import fhir_range
-from proxy.types import FhirDict, MappedResource, Principal, Query, SourceOutcome, Withheld
+from proxy.types import FhirDict, MappedResource, PatientRef, Principal, Query, SourceOutcome, Withheld
 
 log = logging.getLogger(__name__)
 
@@ -169,8 +169,9 @@ def _reads_from_holder(facade: Facade, x: Exchange) -> bool:
 async def _read_from_holder(facade: Facade, x: Exchange) -> tuple[list[MappedResource], list[SourceOutcome]]:
     """A read by id in two steps: the backend its id names (``<patient>-<backend>-<hash>``) — its
     list of the days around the record's date when this worker has mapped the record before
-    (``proxy.pipeline.record_dates``), else (or when it is not there) whole; then, only when it holds the record, the other backends with the record's type narrowed to its
-    date (``request.filters``) — what its copies there (merged with it: their security labels, the
+    (``proxy.pipeline.record_dates``), else (or when it is not there) whole; then, only when it
+    holds the record, the other backends with the record's type narrowed to its date
+    (``request.filters``) — what its copies there (merged with it: their security labels, the
     strictest wins) and what it references need. An id no backend holds asks only the one it names
     (none, for a name that is no backend's): absent either way."""
     query = x.query
@@ -179,12 +180,15 @@ async def _read_from_holder(facade: Facade, x: Exchange) -> tuple[list[MappedRes
     priority = facade.settings.source_priority
     rtype = next(iter(query.resource_types))
     dated = facade.record_dates.get(query.resource_id) if facade.record_dates is not None else None
-    record = None
+    if dated is not None and await _fresh_in_cache(facade, query.patient, holder, x.fetch_types):
+        dated = None  # (the whole list is at hand: no backend is asked)
     if dated is not None:  # dated when it was last mapped: the holder's list of the days around it
         near = Narrowing(frozenset({rtype}), tuple((p, dated, dated + 1) for p in _date_params(rtype)))
         mapped, outcomes = await fetch(facade, query.patient, x.fetch_types, near, backends=(holder,))
         record = _the_record(mapped, rtype, query.resource_id)
-    if record is None:  # (no hint; or not there — moved or gone: the whole list decides)
+        if record is None and not any(o.status.degraded for o in outcomes):
+            dated = None  # not there — moved to another date, or gone: the whole list decides
+    if dated is None:  # (a holder that failed narrowed is not asked again: it says so)
         mapped, outcomes = await fetch(facade, query.patient, x.fetch_types, backends=(holder,))
         record = _the_record(mapped, rtype, query.resource_id)
     if record is None:
@@ -195,6 +199,18 @@ async def _read_from_holder(facade: Facade, x: Exchange) -> tuple[list[MappedRes
     more, more_outcomes = await fetch(facade, query.patient, x.fetch_types, narrowing, backends=others)
     order = {name: i for i, name in enumerate(priority)}
     return mapped + more, sorted(outcomes + more_outcomes, key=lambda o: order.get(o.source, len(order)))
+
+
+async def _fresh_in_cache(facade: Facade, patient: PatientRef, backend: str, types: frozenset[str]) -> bool:
+    """Whether every list ``backend`` is asked for ``types`` is fresh in the cache."""
+    cache = facade.cache
+    if cache is None:
+        return False
+    for spec in plan_requests(facade.mappings, (backend,), types).get(backend, []):
+        hit = await cache.get(backend, facade.mappings.cache_key_of(backend, spec), patient.fhir_id)
+        if hit is None or not hit[1]:
+            return False
+    return True
 
 
 def _the_record(mapped: list[MappedResource], rtype: str, resource_id: str) -> MappedResource | None:

@@ -119,7 +119,8 @@ class _CutList:
 
     spec: RequestSpec
     pending: list[Window]
-    arrived: list[MappedResource] = field(default_factory=list)
+    arrived: list[MappedResource] = field(default_factory=list)  # the whole windows' records
+    cut_off: list[MappedResource] = field(default_factory=list)  # what arrived of the cut ones
     missing: list[Window] = field(default_factory=list)  # failed, or cut past the rounds
     asked: int = 0  # windows asked so far
 
@@ -136,17 +137,22 @@ class Split:
         self._asking: dict[tuple[str, str], tuple[_CutList, Window]] = {}
         self._latency: dict[str, float] = {}
 
+    def pending(self) -> bool:
+        """Whether a next round is to be asked: windows are pending, and rounds are left (past the
+        last round, the windows still pending are missing)."""
+        cuts = [cut for cuts in self._lists.values() for cut in cuts]
+        if self._round >= ROUNDS:
+            self.unasked()
+        return any(cut.pending for cut in cuts)
+
     def requests(self) -> dict[str, list[RequestSpec]]:
-        """The next round's windows, per backend (empty: none left, or the rounds are used up)."""
+        """The next round's windows, per backend."""
         self._asking = {}
         self._round += 1
         plan: dict[str, list[RequestSpec]] = {}
         for source, cuts in self._lists.items():
             for cut in cuts:
                 pending, cut.pending = cut.pending, []
-                if self._round > ROUNDS:
-                    cut.missing += pending
-                    continue
                 for window in pending:
                     spec = cut.spec.narrowed(*window)
                     self._asking[(source, spec.key)] = (cut, window)
@@ -164,11 +170,12 @@ class Split:
                 capped.add(result.source)
         for (source, key), (cut, window) in self._asking.items():
             got = answers.get(source, {}).get(key)
-            if got is not None:
-                cut.arrived += got.resources
             if got is not None and got.readable:
+                cut.arrived += got.resources
                 continue
-            # (cut at the cap: halved; failed, or cut by its connection: missing)
+            if got is not None:  # (shown only if the list stays cut: its halves bring it again)
+                cut.cut_off += got.resources
+            # cut at the cap: halved; failed, or cut by its connection: missing
             parts = halves(window, self._now) if got is not None and source in capped else []
             if parts and cut.asked + len(cut.pending) + len(parts) <= MAX_WINDOWS:
                 cut.pending += parts
@@ -177,7 +184,7 @@ class Split:
         self._asking = {}
 
     def unasked(self) -> None:
-        """No time is left: the windows not asked are missing."""
+        """No time (or round) is left: the windows not asked are missing."""
         for cuts in self._lists.values():
             for cut in cuts:
                 cut.missing += cut.pending
@@ -202,7 +209,8 @@ class Split:
                     answers[source][key] = MappedAnswer(_once(cut.arrived), True)
                     continue
                 before_cut = answers[source][key].resources
-                answers[source][key] = MappedAnswer(_once([*before_cut, *cut.arrived]), False)
+                kept = _once([*before_cut, *cut.arrived, *cut.cut_off])
+                answers[source][key] = MappedAnswer(kept, False)
                 missing += periods(cut.missing)
             before = out[source]
             latency = before.latency_ms + self._latency.get(source, 0.0)

@@ -276,6 +276,36 @@ async def test_a_long_json_answer_is_mapped_completely() -> None:
     assert sorted(orjson.dumps(r.resource) for r in mapped) == sorted(orjson.dumps(r.resource) for r in whole)
 
 
+# ---- a long answer's repeated elements are shared ------------------------------------------------
+
+
+@pytest.mark.parametrize("whole", [True, False])
+async def test_a_long_answers_repeated_elements_are_one_object_and_the_same_json(
+    monkeypatch: pytest.MonkeyPatch, whole: bool
+) -> None:
+    """From ``SHARE_FROM`` records an answer's equal elements (the lab's code, its performer, the
+    subject, a meta) are one object, read whole or as it arrives — and every resource's JSON is
+    the one it has when nothing is shared."""
+    from proxy.mapping import engine
+
+    n = 600
+    body = lab_answer(n)
+    caps = {"max_body_bytes": len(body) if whole else 4096}
+    _, shared, _ = await fetch(nothing_held(), Canned(body), **caps)
+    monkeypatch.setattr(engine, "SHARE_FROM", 10**9)
+    monkeypatch.setattr(engine, "SHARE_BYTES", -1)  # (the stream shares whatever its length: none)
+    _, apart, _ = await fetch(nothing_held(), Canned(body), **caps)
+    labs = [r.resource for r in shared if r.mapping == "npo/laboratory-outcomes"]
+    alone = [r.resource for r in apart if r.mapping == "npo/laboratory-outcomes"]
+    assert len(labs) == len(alone) == n
+    assert [orjson.dumps(r) for r in labs] == [orjson.dumps(r) for r in alone]
+    for key in ("subject", "meta", "code", "performer"):  # (one object per distinct value)
+        assert len({id(r[key]) for r in labs}) == len({orjson.dumps(r[key]) for r in labs}), key
+        assert len({id(r[key]) for r in alone}) == n  # (each built anew when nothing is shared)
+    assert len({id(r["subject"]) for r in labs}) == 1
+    assert len({id(r["code"]) for r in labs}) < n / 10
+
+
 # ---- over HTTP, from the NPÖ simulator ------------------------------------------------------------
 
 

@@ -12,7 +12,7 @@ from proxy.fhir.ids import holding_backend
 from proxy.simulators.harness import Received
 from proxy.simulators.population import DEMO_PEOPLE, INGEGERD, LENNART
 from proxy.types import MappedResource
-from tests.conftest import auth, pid
+from tests.conftest import BASE, auth, pid
 from tests.pushdown.test_date_pushdown import LAB_PATHS, OBSERVATIONS, asked, narrowed
 
 LENNART_ID = pid(LENNART.pnr)
@@ -119,3 +119,17 @@ async def test_care_staff_reads_ask_every_backend(facade: Any) -> None:
         assert status == 200
     assert {r.backend for r in received} == {"cosmic", "viva", "npo"}
     assert all(set(r.query) <= {"personnummer"} and not narrowed(r) for r in received)
+
+
+async def test_a_read_of_a_record_whose_list_is_fresh_in_the_cache_asks_no_backend(facade: Any) -> None:
+    """The hint narrows what is fetched; with the holder's whole list fresh in the cache nothing is."""
+    received: list[Received] = []
+    async with facade(received=received, cache=True) as f:
+        status, _ = await f.get(f"{BASE}/Patient/{LENNART_ID}/$everything", headers=AS_LENNART)
+        assert status == 200
+        holder, rid = next(iter((await observation_ids(f)).items()))
+        assert f.client.server.app[FACADE_KEY].record_dates.get(rid) is not None
+        received.clear()
+        status, body = await f.get(f"{OBSERVATIONS}/{rid}", headers=AS_LENNART)
+        assert status == 200 and body["id"] == rid
+        assert asked(received, holder) == []
