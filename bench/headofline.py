@@ -21,7 +21,8 @@ client sees it). Reported per phase: the small patients' p50/p90/p99/max, the pr
 the big requests answered and their p50, and the ratio of the small patients' p99 with and
 without the big requests (issue 21's target: at most 2).
 
-Written to ``--out``: ``results.json`` and ``results.md`` (the table, also printed). Bounded: every
+Written to ``--out``: ``results.json``, ``results.md`` (the table, also printed) and, with matplotlib
+(``pip install -e '.[bench]'``), ``results.png`` (the small patients' latencies, both phases). Bounded: every
 request has ``--timeout`` s, every process is stopped at the end (Ctrl-C included).
 """
 
@@ -138,7 +139,7 @@ async def phase(
     stop.set()
     lag = run.percentiles(await probing)
     out: dict[str, Any] = {
-        "small": {k: v for k, v in small_result.items() if k != "samples_ms"},
+        "small": small_result,  # (with its samples: the plot's)
         "probe_ms": {k: lag[k] for k in ("p50", "p99", "max")},
     }
     if bigs is not None:
@@ -148,9 +149,9 @@ async def phase(
 
 def small_target(base: str, ids: list[str], token: str) -> tuple[run.Target, list[float]]:
     """``bench/run.py``'s ``$everything`` target, also noting in the list it returns how long each
-    answer's slowest backend took (its source outcome's latency, as the facade measured it): what of
-    a small patient's latency is the backends' (here: simulators on the same two cores), not the
-    facade's own."""
+    answer's slowest backend took (its source outcome's latency, as the facade measured it: the
+    simulator's time — on the same two cores here — and the facade's own delay in reading the answer
+    while its loop is busy)."""
     target = run.facade_target("facade", "small patients", base, ids, token)
     headers = {"Authorization": f"Bearer {token}", "Accept": "application/fhir+json"}
     slowest: list[float] = []
@@ -249,10 +250,38 @@ def markdown(results: dict[str, Any]) -> str:
     lines += [
         "",
         f"Small patients' p99 with the big requests over p99 alone: **{results['p99_ratio']}** (target ≤ 2).",
-        "Slowest backend: per small answer, its slowest source's latency as the facade measured it (the "
-        "simulators share the machine's cores with everything else here).",
+        "Slowest backend: per small answer, its slowest source's latency as the facade measured it — the "
+        "simulator's time, and the facade's own delay in reading the answer while its loop is busy.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def plot(results: dict[str, Any], path: Path) -> bool:
+    """The small patients' latencies, alone and beside the long histories, as distributions."""
+    try:
+        import matplotlib
+    except ImportError:
+        return False
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    for key, label in (
+        ("alone", "alone"),
+        ("with_big", f"with {results['config']['big_clients']} long histories"),
+    ):
+        ms = sorted(results[key]["small"]["samples_ms"])
+        if ms:
+            ax.semilogx(ms, [100 * (i + 1) / len(ms) for i in range(len(ms))], label=label)
+    ax.set_xlabel("small patient's $everything latency, ms")
+    ax.set_ylabel("% of requests at most this long")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    ax.set_title(f"Head-of-line: p99 ratio {results['p99_ratio']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 def main() -> None:
@@ -271,7 +300,7 @@ def main() -> None:
     if not (1 <= args.rate <= 200 and 1 <= args.duration <= 120 and 0 <= args.big <= 8):
         ap.error("--rate 1-200, --duration 1-120, --big 0-8")
     results = run.with_processes("fhir-bench-headofline-", lambda procs, tmp: bench(args, procs, tmp))
-    run.write_results(args.out, results, markdown(results))
+    run.write_results(args.out, results, markdown(results), plot=plot)
 
 
 if __name__ == "__main__":

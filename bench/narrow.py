@@ -15,8 +15,8 @@ patient audience: push-down is off under PDL, see mappings/README.md "Filters at
 
 Per case: the backend calls and bytes per request (the simulators' own counts, ``/_sim/stats``),
 latency p50, the answer's total — which must be equal with and without push-down. Written to
-``--out``: ``results.json`` and ``results.md`` (also printed). Bounded: every request has
-``--timeout`` s, every process is stopped at the end (Ctrl-C included).
+``--out``: ``results.json``, ``results.md`` (also printed) and, with matplotlib, ``results.png``.
+Bounded: every request has ``--timeout`` s, every process is stopped at the end (Ctrl-C included).
 """
 
 from __future__ import annotations
@@ -180,6 +180,33 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(results: dict[str, Any], path: Path) -> bool:
+    """Backend kB per request, push-down off and on, per case."""
+    try:
+        import matplotlib
+    except ImportError:
+        return False
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = (("search", f"date=ge{results['config']['since']}"), ("read", "read by id"))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (label, shift) in enumerate((("off", -0.2), ("on", 0.2))):
+        kb = [results[label][case]["backend_bytes_per_request"] / 1e3 for case, _ in cases]
+        ax.bar(
+            [j + shift for j in range(len(cases))], kb, width=0.4, label=f"push-down {label}", color=f"C{i}"
+        )
+    ax.set_xticks(range(len(cases)), [name for _, name in cases])
+    ax.set_yscale("log")
+    ax.set_ylabel("backend kB per request")
+    ax.set_title(f"A narrow search on {results['config']['records']:,} records")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--records", type=int, default=5000, help="records per patient")
@@ -198,7 +225,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=run.REPO / "bench" / "results" / "narrow")
     args = ap.parse_args()
     results = run.with_processes("fhir-bench-narrow-", lambda procs, tmp: bench(args, procs, tmp))
-    run.write_results(args.out, results, markdown(results))
+    run.write_results(args.out, results, markdown(results), plot=plot)
 
 
 if __name__ == "__main__":
