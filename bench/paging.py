@@ -14,7 +14,8 @@ every source). For each mode: backend calls and bytes per walk (counted at the s
 backends are asked for the whole history either way), and the latency of the first page and of the
 pages after it. ``--max-pages N``: a walk without snapshots stops after N pages (each page there is a
 whole walk again: 121 of them at 6,000 records) and its calls and bytes are extrapolated to the full
-walk in proportion to the pages (``extrapolated`` in the figures).
+walk in proportion to the pages (``extrapolated`` in the figures). With ``--out``, the figures as JSON
+there and, with matplotlib, a plot beside it (the same name, ``.png``).
 """
 
 from __future__ import annotations
@@ -205,6 +206,42 @@ def main() -> None:
         args.out.write_text(
             json.dumps({"settings": vars(args) | {"out": str(args.out)}, "results": results}, indent=2)
         )
+        if plot(results, args.out.with_suffix(".png")):
+            print(f"written: {args.out}, {args.out.with_suffix('.png')}")
+
+
+def plot(results: list[dict[str, Any]], path: Path) -> bool:
+    """Per mode: a walk's backend calls and bytes over one ``$everything``'s, and the later pages'
+    latency (p50 / p90 / p99). False without matplotlib (``pip install -e '.[bench]'``)."""
+    try:
+        import matplotlib
+    except ImportError:
+        return False
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modes = ["snapshots" if r["snapshots"] else "no snapshots" for r in results]
+    fig, (cost, late) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for i, (key, label) in enumerate((("calls_ratio", "backend calls"), ("bytes_ratio", "backend bytes"))):
+        cost.bar(
+            [j + (i - 0.5) * 0.4 for j in range(len(results))], [r[key] for r in results], 0.4, label=label
+        )
+    cost.set_xticks(range(len(results)), modes)
+    cost.set_yscale("log")
+    cost.set_ylabel("a walk over one $everything (×)")
+    cost.legend()
+    for i, q in enumerate(("p50", "p90", "p99")):
+        xs = [j + (i - 1) * 0.27 for j in range(len(results))]
+        late.bar(xs, [r[f"later_pages_{q}_ms"] for r in results], 0.27, label=q)
+    late.set_xticks(range(len(results)), modes)
+    late.set_yscale("log")
+    late.set_ylabel("pages after the first, ms")
+    late.legend()
+    fig.suptitle(f"A paging walk: {results[0]['pages_per_walk']} pages")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 if __name__ == "__main__":
