@@ -3,11 +3,12 @@
 Mapping an answer that arrived while other answers of the same request are still out can wait: the
 request cannot finish before its last answer anyway. Run at once, in the task that read it, it
 delays whatever else became ready at the same moment — another request's last answer, whose
-mapping and response are waited for. ``SlackQueue`` runs such jobs one per turn of the event loop,
-in order, so ready work never waits behind more than one of them; an idle loop runs them back to
-back. Whoever needs a job's result runs it at once (``SlackJob.run``): a job runs once, whoever
-comes first. A long job — a stage's loop over a long history, a long answer mapped as it arrives, a
-long Bundle written — waits between its slices in the ``Lane``, which lets one waiter on per turn.
+mapping and response are waited for. ``SlackQueue`` runs such jobs a slice at a time, in order,
+taking its turns in the ``Lane``; whoever needs a job's result runs it at once (``SlackJob.run``): a
+job runs once, whoever comes first. A long job — a stage's loop over a long history, a long answer
+mapped as it arrives, a long Bundle written — waits between its slices in the same lane, which lets
+one waiter on per turn of the event loop: ready work never waits behind more than one slice of
+long work, and an idle loop runs them back to back.
 """
 
 from __future__ import annotations
@@ -74,8 +75,9 @@ class SlackJob:
 
 
 class SlackQueue:
-    """Jobs (that must not raise) run a slice per event-loop turn, first in, first out: a job with
-    more slices left goes to the back of the queue, so a long one does not hold up the short."""
+    """Jobs (that must not raise) run a slice at a time, each slice a turn in the lane, first in,
+    first out: a job with more slices left goes to the back of the queue, so a long one does not
+    hold up the short."""
 
     __slots__ = ("_jobs", "_scheduled")
 
@@ -91,7 +93,7 @@ class SlackQueue:
         self._jobs.append(job)
         if not self._scheduled:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._turn)
+            lane().call(self._turn)
         return job
 
     def _turn(self) -> None:
@@ -109,7 +111,7 @@ class SlackQueue:
         finally:  # (a job that raises must not stall the ones behind it)
             if jobs and not self._scheduled:
                 self._scheduled = True
-                asyncio.get_running_loop().call_soon(self._turn)
+                lane().call(self._turn)
 
 
 # ---- long loops in turns ------------------------------------------------------------------------
@@ -158,8 +160,9 @@ def at_once(steps: Steps[T]) -> T:
 # stage loop and a few long answers being mapped as they arrive, made turns of 20-40 ms — and a small
 # request needs a dozen turns. Instead a long job waits in the lane between its slices, and the lane
 # lets one waiter on per turn of the event loop (first come, first served): a turn holds at most one
-# slice of long work (~2 ms) beside whatever else is ready, however many long jobs are in flight. A
-# job alone on an idle loop still runs its slices back to back (a turn costs microseconds).
+# slice of long work (~2 ms) beside whatever else is ready, however many long jobs are in flight —
+# the slack queue's turns included (a long history's shorter answers, mapped in the slack). A job
+# alone on an idle loop still runs its slices back to back (a turn costs microseconds).
 
 
 class Lane:
@@ -169,6 +172,7 @@ class Lane:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        # one future a waiter (a task's ``wait``, or a callback's: ``call``), let on in order
         self._waiting: deque[asyncio.Future[None]] = deque()
         self._scheduled = False
 
@@ -178,13 +182,24 @@ class Lane:
     async def wait(self) -> None:
         """Until this waiter's turn: the waiters before it have had theirs, one a turn."""
         future = self._loop.create_future()
+        self._queue(future)
+        await future  # (cancelled: its place is skipped)
+
+    def call(self, callback: Callable[[], None]) -> None:
+        """``callback()`` at its turn (a slice of work that is not a task: the slack queue's)."""
+        future = self._loop.create_future()
+        future.add_done_callback(lambda _: callback())
+        self._queue(future)
+
+    def _queue(self, future: asyncio.Future[None]) -> None:
         self._waiting.append(future)
         if not self._scheduled:
             self._scheduled = True
             self._loop.call_soon(self._let_one_on)
-        await future  # (cancelled: its place is skipped)
 
     def _let_one_on(self) -> None:
+        # The waiter let on runs in the loop's next turn — and so does the next call of this: the
+        # turn after, the next waiter. One waiter a turn.
         waiting = self._waiting
         self._scheduled = False
         while waiting:

@@ -21,9 +21,10 @@ async def test_jobs_run_one_per_loop_turn_so_other_ready_work_goes_between_them(
     loop = asyncio.get_running_loop()
     loop.call_soon(order.append, "ready 1")
     loop.call_soon(order.append, "ready 2")
-    await _turns(5)
-    # all three jobs in one go would have delayed both ready callbacks behind them
-    assert order == ["map 1", "ready 1", "ready 2", "map 2", "map 3"]
+    await _turns(10)
+    # all three jobs in one go would have delayed both ready callbacks behind them (the queue takes
+    # its turns in the lane: the first a turn after it is given work)
+    assert order == ["ready 1", "ready 2", "map 1", "map 2", "map 3"]
     assert len(slack) == 0
 
 
@@ -86,8 +87,8 @@ async def test_a_long_job_runs_a_slice_a_turn_and_lets_a_shorter_one_by() -> Non
     slack.defer(lambda: _sliced("long", 3, ran))
     slack.defer(lambda: _sliced("short", 1, ran))
     asyncio.get_running_loop().call_soon(ran.append, "ready")
-    await _turns(6)
-    assert ran == ["long 1", "ready", "short 1", "long 2", "long 3"]
+    await _turns(12)
+    assert ran == ["ready", "long 1", "short 1", "long 2", "long 3"]
     assert len(slack) == 0
 
 
@@ -97,7 +98,7 @@ async def test_the_owner_runs_what_is_left_of_a_long_job_and_a_dropped_one_is_cl
     closed: list[str] = []
     needed = slack.defer(lambda: _sliced("needed", 3, ran))
     dropped = slack.defer(lambda: _sliced("dropped", 3, ran, closed))
-    await _turns(2)  # (a slice of each)
+    await _turns(4)  # (a slice of each: the queue's turns come one in two when it is alone in the lane)
     assert ran == ["needed 1", "dropped 1"]
     assert needed.run() is True  # the rest of it, now
     assert ran == ["needed 1", "dropped 1", "needed 2", "needed 3"]
@@ -115,9 +116,8 @@ async def test_what_is_left_of_a_long_job_its_owner_needs_runs_a_slice_a_turn() 
     job = slack.defer(lambda: _sliced("long", 3, ran))
     asyncio.get_running_loop().call_soon(ran.append, "ready")
     await job.run_in_turns()
-    # the owner ran slice 1, the queue's turn slice 2 (whoever comes first), then the ready work
-    # went before the owner's last slice
-    assert ran == ["long 1", "long 2", "ready", "long 3"]
+    # the owner ran slice 1, then the ready work went before the owner's next slices
+    assert ran == ["long 1", "ready", "long 2", "long 3"]
     assert job.run() is False
 
 
@@ -149,3 +149,40 @@ async def test_the_lane_lets_one_long_job_on_per_turn_of_the_loop() -> None:
     later = at[3:]  # after the first slice of each (they all start in one turn)
     assert len(set(later)) == len(later)  # never two slices of long work in one turn
     assert [o[0] for o in order[3:6]] == ["a", "b", "c"]  # first come, first served
+
+
+async def test_the_slack_queue_takes_its_turns_in_the_lane_too() -> None:
+    """A long answer being mapped in the slack and a long stage loop of another request: one slice
+    of the two a turn, not one of each."""
+    slices: list[tuple[str, int]] = []
+    ticks = 0
+    stop = False
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not stop:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    def mapping() -> Steps[None]:
+        for _ in range(5):
+            slices.append(("slack", ticks))
+            yield
+
+    async def stage_loop() -> None:
+        for _ in range(5):
+            slices.append(("loop", ticks))
+            await lane().wait()
+
+    tick = asyncio.ensure_future(ticker())
+    await asyncio.sleep(0)
+    queue = SlackQueue()
+    job = queue.defer(mapping)
+    await stage_loop()
+    await _turns(12)  # (what is left of the slack's job)
+    stop = True
+    await tick
+    assert job.step() is None  # (all of it ran, in the queue's turns)
+    assert sorted(name for name, _ in slices) == ["loop"] * 5 + ["slack"] * 5
+    at = [t for _, t in slices[1:]]  # (after the loop's first slice, which runs before any wait)
+    assert len(set(at)) == len(at), slices
