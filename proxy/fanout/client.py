@@ -341,13 +341,12 @@ class BackendClient:
                 run.own_s += time.perf_counter() - started
 
         async def give(data: bytes) -> bool:
-            # A piece at a time, with a turn of the event loop after each: a long answer arrives
-            # faster than it is mapped, and the part already read (``head``) or chunks buffered
-            # meanwhile would otherwise be mapped back to back as one block, holding every other
-            # request on the loop (head-of-line). The others' turns are the facade's time too.
+            # A piece at a time, each in its turn in the event loop's lane (proxy.slack): a long
+            # answer arrives faster than it is mapped, and the part already read (``head``) or
+            # chunks buffered meanwhile would otherwise be mapped back to back as one block, holding
+            # every other request on the loop (head-of-line) — and a chunk just read would be mapped
+            # outside the lane. The wait for a turn is the facade's time too.
             for at in range(0, len(data), CHUNK_BYTES):
-                if not take(data[at : at + CHUNK_BYTES]):
-                    return False
                 since = time.perf_counter()
                 run.own_turns.append(since)
                 try:
@@ -355,6 +354,8 @@ class BackendClient:
                 finally:
                     run.own_turns.remove(since)
                     run.own_s += time.perf_counter() - since
+                if not take(data[at : at + CHUNK_BYTES]):
+                    return False
             return True
 
         try:
