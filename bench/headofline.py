@@ -36,7 +36,6 @@ import platform
 import statistics
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -152,16 +151,9 @@ def small_target(base: str, ids: list[str], token: str) -> tuple[run.Target, lis
     answer's slowest backend took (its source outcome's latency, as the facade measured it: the
     simulator's time — on the same two cores here — and the facade's own delay in reading the answer
     while its loop is busy)."""
-    target = run.facade_target("facade", "small patients", base, ids, token)
-    headers = {"Authorization": f"Bearer {token}", "Accept": "application/fhir+json"}
     slowest: list[float] = []
 
-    async def send(http: aiohttp.ClientSession, i: int) -> str:
-        url = f"{base}/fhir/Patient/{ids[i % len(ids)]}/$everything"
-        async with http.get(url, params={"_count": "500"}, headers=headers) as r:
-            body = await r.read()
-            if r.status != 200:
-                return "error"
+    def note(body: bytes) -> None:
         latencies = [
             ext["valueDecimal"]
             for entry in orjson.loads(body).get("entry", [])
@@ -172,9 +164,8 @@ def small_target(base: str, ids: list[str], token: str) -> tuple[run.Target, lis
         ]
         if latencies:
             slowest.append(max(latencies))
-        return run.judge_bundle(body)
 
-    return replace(target, send=send), slowest
+    return run.facade_target("facade", "small patients", base, ids, token, on_body=note), slowest
 
 
 async def bench(args: argparse.Namespace, procs: run.Processes, tmp: Path) -> dict[str, Any]:
@@ -258,12 +249,9 @@ def markdown(results: dict[str, Any]) -> str:
 
 def plot(results: dict[str, Any], path: Path) -> bool:
     """The small patients' latencies, alone and beside the long histories, as distributions."""
-    try:
-        import matplotlib
-    except ImportError:
+    plt = run.pyplot()
+    if plt is None:
         return False
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4.8))
     for key, label in (
@@ -278,10 +266,7 @@ def plot(results: dict[str, Any], path: Path) -> bool:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     ax.set_title(f"Head-of-line: p99 ratio {results['p99_ratio']}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return run.save_plot(plt, fig, path)
 
 
 def main() -> None:

@@ -182,12 +182,9 @@ def markdown(results: dict[str, Any]) -> str:
 
 def plot(results: dict[str, Any], path: Path) -> bool:
     """Backend kB per request, push-down off and on, per case."""
-    try:
-        import matplotlib
-    except ImportError:
+    plt = run.pyplot()
+    if plt is None:
         return False
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     cases = (("search", f"date=ge{results['config']['since']}"), ("read", "read by id"))
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -201,10 +198,7 @@ def plot(results: dict[str, Any], path: Path) -> bool:
     ax.set_ylabel("backend kB per request")
     ax.set_title(f"A narrow search on {results['config']['records']:,} records")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return run.save_plot(plt, fig, path)
 
 
 def main() -> None:

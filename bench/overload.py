@@ -330,13 +330,9 @@ def markdown(results: dict[str, Any]) -> str:
 
 def plot(results: dict[str, Any], path: Path) -> bool:
     """The plot, when matplotlib is there (``pip install -e '.[bench]'``)."""
-    try:
-        import matplotlib
-    except ImportError:
+    plt = run.pyplot()
+    if plt is None:
         return False
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     variants = results["variants"]
     fig, axes = plt.subplots(1, len(variants), figsize=(6.5 * len(variants), 4.6), sharey=True, squeeze=False)
@@ -366,10 +362,7 @@ def plot(results: dict[str, Any], path: Path) -> bool:
         f"Overload: {results['offered_rps']:.0f} req/s offered, {results['config']['factor']:g}× the maximum "
         f"{results['maximum_rps']:.0f} req/s"
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return run.save_plot(plt, fig, path)
 
 
 def main() -> None:

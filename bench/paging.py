@@ -42,7 +42,7 @@ from proxy.simulators.harness import people_for, running_simulators, serving
 from proxy.simulators.population import LENNART
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import register_consents
+from run import pyplot, register_consents, save_plot
 
 
 def pct(values: list[float], p: float) -> float:
@@ -213,12 +213,9 @@ def main() -> None:
 def plot(results: list[dict[str, Any]], path: Path) -> bool:
     """Per mode: a walk's backend calls and bytes over one ``$everything``'s, and the later pages'
     latency (p50 / p90 / p99). False without matplotlib (``pip install -e '.[bench]'``)."""
-    try:
-        import matplotlib
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     modes = ["snapshots" if r["snapshots"] else "no snapshots" for r in results]
     fig, (cost, late) = plt.subplots(1, 2, figsize=(11, 4.5))
@@ -238,10 +235,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> bool:
     late.set_ylabel("pages after the first, ms")
     late.legend()
     fig.suptitle(f"A paging walk: {results[0]['pages_per_walk']} pages")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return save_plot(plt, fig, path)
 
 
 if __name__ == "__main__":

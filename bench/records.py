@@ -302,12 +302,9 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def plot(results: dict[str, Any], path: Path) -> bool:
-    try:
-        import matplotlib
-    except ImportError:
+    plt = run.pyplot()
+    if plt is None:
         return False
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     rows = results["sizes"]
     xs = [r["records"] for r in rows]
@@ -327,10 +324,7 @@ def plot(results: dict[str, Any], path: Path) -> bool:
     mem.grid(True, which="both", alpha=0.3)
     mem.legend()
     fig.suptitle("$everything of one long history, uncached")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return run.save_plot(plt, fig, path)
 
 
 def main() -> None:

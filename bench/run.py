@@ -380,7 +380,15 @@ def judge_bundle(body: bytes) -> str:
     return "cached" if statuses & {"cached", "not-asked"} else "ok"
 
 
-def facade_target(name: str, label: str, base: str, ids: list[str], token: str) -> Target:
+def facade_target(
+    name: str,
+    label: str,
+    base: str,
+    ids: list[str],
+    token: str,
+    on_body: Callable[[bytes], None] | None = None,
+) -> Target:
+    """``$everything`` of the ``ids`` in turn; ``on_body`` sees each answer's body (a 200's)."""
     headers = {"Authorization": f"Bearer {token}", "Accept": "application/fhir+json"}
 
     async def send(http: aiohttp.ClientSession, i: int) -> str:
@@ -389,9 +397,32 @@ def facade_target(name: str, label: str, base: str, ids: list[str], token: str) 
             body = await r.read()
             if r.status != 200:
                 return "error"
-            return judge_bundle(body)
+        if on_body is not None:
+            on_body(body)
+        return judge_bundle(body)
 
     return Target(name, label, send)
+
+
+def pyplot() -> Any | None:
+    """matplotlib's pyplot, drawing to files (Agg), or None when matplotlib is not installed
+    (``pip install -e '.[bench]'``): the benches then write no plot."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_plot(plt: Any, fig: Any, path: Path) -> bool:
+    """``fig`` laid out and written to ``path`` (PNG), then let go; True (a plot was written)."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 def baseline_target(base: str, pnrs: list[str], calls: int) -> Target:
