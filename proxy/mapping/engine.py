@@ -90,7 +90,10 @@ SHARE_BYTES = 512  # a larger element (a note's text) is rarely repeated: kept a
 def _shared(shared: Shared, value: Any) -> Any:
     """``value``, or the equal one built before it (by their JSON). (The key is the JSON as text:
     the ``bytes`` orjson returns keep their whole output buffer, several times a short JSON's size.)"""
-    text = orjson.dumps(value)
+    try:
+        text = orjson.dumps(value)
+    except TypeError:  # (not JSON: left as it is, for the record to be refused as in a short answer)
+        return value
     return shared.setdefault(text.decode(), value) if len(text) <= SHARE_BYTES else value
 
 

@@ -25,6 +25,8 @@ from proxy.cache import MemoryCache
 from proxy.fanout.client import BackendClient
 from proxy.fanout.transport import CHUNK_BYTES, Canned, MemoryTransport
 from proxy.fhir.ids import PatientIds
+from proxy.mapping import engine
+from proxy.mapping.engine import SHARE_FROM, map_records
 from proxy.mapping.stream import AnswerStream
 from proxy.pipeline.facade import Facade
 from proxy.pipeline.fetch import context, fetch_and_map
@@ -286,8 +288,6 @@ async def test_a_long_answers_repeated_elements_are_one_object_and_the_same_json
     """From ``SHARE_FROM`` records an answer's equal elements (the lab's code, its performer, the
     subject, a meta) are one object, read whole or as it arrives — and every resource's JSON is
     the one it has when nothing is shared."""
-    from proxy.mapping import engine
-
     n = 600
     body = lab_answer(n)
     caps = {"max_body_bytes": len(body) if whole else 4096}
@@ -428,3 +428,21 @@ async def test_mapping_a_long_answer_as_it_arrives_is_not_the_backends_time() ->
     mapped, outcomes = await fetch_and_map(live, live.ids.patient(TOLVAN.pnr), live.mappings.resource_types)
     assert {o.source: o.status for o in outcomes} == dict.fromkeys(NAMES, SourceStatus.OK)
     assert len(lab_ids(mapped)) == n
+
+
+def test_a_value_that_is_not_json_skips_its_record_in_a_long_answer_as_in_a_short_one() -> None:
+    """(Sharing serialises each element: a value JSON cannot carry must still only skip its record.)"""
+    live = memory_facade(nothing_held())
+    labs = next(m for m in live.mappings.by_backend["cosmic"] if m.name == "cosmic/labresults")
+    real = labs.fields
+
+    def fields(record: Any, ctx: Any) -> Any:
+        built = real(record, ctx)
+        return {**built, "note": [{"text": b"not json"}]} if record["resultId"] == "LR-5" else built
+
+    broken = replace(labs, fields=fields)
+    ctx = context(live, "cosmic", live.ids.patient(TOLVAN.pnr))
+    for n in (SHARE_FROM + 10, 20):
+        body = orjson.loads(cosmic_labs(n))
+        out, skipped = map_records(broken, body, ctx, source_uri="urn:x", priority=0)
+        assert skipped == 1 and len(out) == n - 1
