@@ -10,8 +10,7 @@ so a hint never makes an answer differ; and hints are learnt from what the backe
 asked, never from what any asker was shown.
 
 Per worker, bounded (``MAX``): when it is full, the half learnt first is forgotten (an id learnt
-again keeps its first place). The ids are opaque; no
-personnummer is kept.
+again keeps its first place). The ids are opaque; no personnummer is kept.
 """
 
 from __future__ import annotations
@@ -48,4 +47,5 @@ class RecordDates:
         return self._at.get(resource_id)
 
     def forget(self) -> None:
+        """Every hint (a worker that has mapped nothing yet: the reads ask whole lists)."""
         self._at.clear()
