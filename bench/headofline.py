@@ -177,7 +177,7 @@ async def bench(args: argparse.Namespace, procs: run.Processes, tmp: Path) -> di
     print("starting the simulators and the facade …", flush=True)
     sims = await run.start_simulators(procs, args)
     config = write_config(tmp, sims, pem, args)
-    base, pid = await run.start_facade(procs, "facade", config, key_b64, args.start_timeout)
+    base, pid = await run.start_facade(procs, "facade", config, key_b64, args.start_timeout, args.workers)
     small_ids = [ids.encode(p.pnr) for p in population(args.patients)]
     big_id = ids.encode(BIG_PNR)
     await run.register_consents(base, [*small_ids, big_id], token)
@@ -207,6 +207,7 @@ async def bench(args: argparse.Namespace, procs: run.Processes, tmp: Path) -> di
             "big_count": args.big_count,
             "patients": args.patients,
             "latency_ms": args.latency_ms,
+            "workers": args.workers,
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -214,7 +215,8 @@ async def bench(args: argparse.Namespace, procs: run.Processes, tmp: Path) -> di
         "alone": alone,
         "with_big": loaded,
         "p99_ratio": round(p99[1] / p99[0], 2) if p99[0] and p99[1] else None,
-        "facade_cpu_s": round(run.cpu_s(pid) - cpu_before, 1),
+        # (one process's: with several workers, not the facade's whole)
+        "facade_cpu_s": round(run.cpu_s(pid) - cpu_before, 1) if args.workers == 1 else None,
     }
 
 
@@ -278,6 +280,7 @@ def main() -> None:
     ap.add_argument("--big-head-start", type=float, default=2.0, help="s the big requests start earlier")
     ap.add_argument("--patients", type=int, default=40, help="generated (small) patients")
     ap.add_argument("--latency-ms", type=float, default=20.0, help="added to every simulator answer")
+    ap.add_argument("--workers", type=int, default=1, help="facade worker processes (serve --workers)")
     ap.add_argument("--timeout", type=float, default=60.0, help="per-request timeout, s")
     ap.add_argument("--start-timeout", type=float, default=120.0, help="seconds a process may take to start")
     ap.add_argument("--out", type=Path, default=run.REPO / "bench" / "results" / "headofline")

@@ -774,13 +774,14 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 
 async def start_facade(
-    procs: Processes, name: str, config: Path, key_b64: str, timeout_s: float
+    procs: Processes, name: str, config: Path, key_b64: str, timeout_s: float, workers: int = 1
 ) -> tuple[str, int]:
+    """``fhir-facade serve`` (``workers`` processes on one port) on a free loopback port: its base
+    URL and pid (with several workers, the first process's)."""
     port = free_port()
+    argv = [*fhir_facade(), "--config", str(config), "serve", "--host", HOST, "--port", str(port)]
     proc = procs.start(
-        name,
-        [*fhir_facade(), "--config", str(config), "serve", "--host", HOST, "--port", str(port)],
-        {PATIENT_ID_KEY_ENV: key_b64},
+        name, [*argv, *(["--workers", str(workers)] if workers > 1 else [])], {PATIENT_ID_KEY_ENV: key_b64}
     )
     base = f"http://{HOST}:{port}"
     await wait_up(procs, name, f"{base}/fhir/metadata", timeout_s)
