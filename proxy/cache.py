@@ -95,6 +95,9 @@ class SourceCache(Protocol):
     async def get(self, backend: str, cache_key: str, patient_id: str) -> tuple[CacheEntry, bool] | None:
         """The entry and whether it is fresh; None when there is none worth having."""
 
+    async def fresh(self, backend: str, cache_key: str, patient_id: str) -> bool:
+        """Whether there is a fresh entry — without reading it (a shared entry is not decoded)."""
+
     async def put(
         self, backend: str, cache_key: str, patient_id: str, resources: tuple[MappedResource, ...]
     ) -> None: ...
@@ -164,6 +167,10 @@ class MemoryCache(_Ages):
             self._entries.pop(key, None)
         return judged
 
+    async def fresh(self, backend: str, cache_key: str, patient_id: str) -> bool:
+        entry = self._entries.get(entry_key(backend, cache_key, patient_id))
+        return entry is not None and self.age_s(entry) <= self.ttl_s
+
     async def put(
         self, backend: str, cache_key: str, patient_id: str, resources: tuple[MappedResource, ...]
     ) -> None:
@@ -227,6 +234,16 @@ class RedisCache(_Ages):
         except (orjson.JSONDecodeError, zlib.error, KeyError, TypeError):
             return None
         return self.judge(entry)
+
+    async def fresh(self, backend: str, cache_key: str, patient_id: str) -> bool:
+        # Redis expires an entry ``ttl_s + max_stale_s`` after it was stored: fresh while more than
+        # ``max_stale_s`` of that is left (PTTL: -2 none, -1 no expiry — not ours)
+        try:
+            left_ms = await self.client.pttl(self._key(backend, cache_key, patient_id))
+        except Exception as exc:  # (unavailable: as a miss)
+            log.warning("cache read failed (%s): treating as a miss", type(exc).__name__)
+            return False
+        return bool(left_ms > self.max_stale_s * 1000)
 
     async def put(
         self, backend: str, cache_key: str, patient_id: str, resources: tuple[MappedResource, ...]

@@ -176,9 +176,6 @@ class Lane:
         self._waiting: deque[asyncio.Future[None]] = deque()
         self._scheduled = False
 
-    def __len__(self) -> int:
-        return len(self._waiting)
-
     async def wait(self) -> None:
         """Until this waiter's turn: the waiters before it have had theirs, one a turn."""
         future = self._loop.create_future()

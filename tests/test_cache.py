@@ -102,9 +102,11 @@ async def test_entries_expire_into_staleness_and_then_away() -> None:
     await cache.put("cosmic", "k", "p", ())
     fresh = await cache.get("cosmic", "k", "p")
     assert fresh is not None and fresh[1] is True
+    assert await cache.fresh("cosmic", "k", "p") and not await cache.fresh("cosmic", "other", "p")
     clock.advance(12)
     stale = await cache.get("cosmic", "k", "p")
     assert stale is not None and stale[1] is False
+    assert not await cache.fresh("cosmic", "k", "p")
     clock.advance(4)
     assert await cache.get("cosmic", "k", "p") is None
     for i in range(3):  # bounded: least recently used entries go first

@@ -4,6 +4,7 @@ FHIR_FACADE_TEST_REDIS_URL names; the tests flush its database.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -224,3 +225,17 @@ async def test_entries_are_stored_compressed_and_read_back_identical(redis_db: A
     old = await cache.get("npo", "POST /labs", "pid")
     await cache.close()
     assert old is not None and old[0].resources == resources
+
+
+async def test_freshness_is_read_without_the_entry(redis_db: Any) -> None:
+    """``fresh`` asks Redis how long the entry has left (it expires ``ttl_s + max_stale_s`` after it
+    was stored): fresh while more than ``max_stale_s`` is left — stale and missing alike are not."""
+    cache = RedisCache(aioredis.from_url(redis_url()), ttl_s=0.3, max_stale_s=30)
+    assert not await cache.fresh("cosmic", "k", "p")
+    await cache.put("cosmic", "k", "p", ())
+    assert await cache.fresh("cosmic", "k", "p")
+    await asyncio.sleep(0.5)
+    got = await cache.get("cosmic", "k", "p")
+    assert got is not None and got[1] is False  # (stale, as get judges it too)
+    assert not await cache.fresh("cosmic", "k", "p")
+    await cache.close()

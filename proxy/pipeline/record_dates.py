@@ -30,9 +30,6 @@ class RecordDates:
         self._types = frozenset(types)  # the types a backend can narrow by date
         self._at: dict[str, float] = {}
 
-    def __len__(self) -> int:
-        return len(self._at)
-
     def learn(self, mapped: Iterable[MappedResource]) -> None:
         types = self._types
         self._at.update(

@@ -202,13 +202,13 @@ async def _read_from_holder(facade: Facade, x: Exchange) -> tuple[list[MappedRes
 
 
 async def _fresh_in_cache(facade: Facade, patient: PatientRef, backend: str, types: frozenset[str]) -> bool:
-    """Whether every list ``backend`` is asked for ``types`` is fresh in the cache."""
+    """Whether every list ``backend`` is asked for ``types`` is fresh in the cache (not read: the
+    fetch that follows reads them)."""
     cache = facade.cache
     if cache is None:
         return False
     for spec in plan_requests(facade.mappings, (backend,), types).get(backend, []):
-        hit = await cache.get(backend, facade.mappings.cache_key_of(backend, spec), patient.fhir_id)
-        if hit is None or not hit[1]:
+        if not await cache.fresh(backend, facade.mappings.cache_key_of(backend, spec), patient.fhir_id):
             return False
     return True
 

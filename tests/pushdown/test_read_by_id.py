@@ -7,16 +7,20 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from proxy.edge.http import FACADE_KEY
 from proxy.fhir.ids import holding_backend
+from proxy.simulators import npo
 from proxy.simulators.harness import Received
-from proxy.simulators.population import DEMO_PEOPLE, INGEGERD, LENNART
+from proxy.simulators.population import DEMO_PEOPLE, INGEGERD, LENNART, TOLVAN, at
 from proxy.types import MappedResource
 from tests.conftest import BASE, auth, pid
 from tests.pushdown.test_date_pushdown import LAB_PATHS, OBSERVATIONS, asked, narrowed
 
 LENNART_ID = pid(LENNART.pnr)
 AS_LENNART = auth("patient", pnr=LENNART.pnr)
+AS_TOLVAN = auth("patient", pnr=TOLVAN.pnr)
 INGEGERD_ID = pid(INGEGERD.pnr)
 AS_INGEGERD = auth("patient", pnr=INGEGERD.pnr)
 LONG = [*DEMO_PEOPLE, INGEGERD]  # (her Observations come from all three systems)
@@ -133,3 +137,67 @@ async def test_a_read_of_a_record_whose_list_is_fresh_in_the_cache_asks_no_backe
         status, body = await f.get(f"{OBSERVATIONS}/{rid}", headers=AS_LENNART)
         assert status == 200 and body["id"] == rid
         assert asked(received, holder) == []
+
+
+async def test_a_hidden_record_dated_here_reads_as_an_id_nobody_holds(
+    facade: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tolvan's NPÖ lab result not approved for the patient: mapped (and dated) when the patient's
+    own ``$everything`` ran, never shown. Read by the patient it takes the hint's path — the holder
+    asked for the days around it — and answers exactly as an id no backend holds: status, body,
+    headers."""
+    entry_of = npo.entry_of
+
+    def with_hidden_lab(person: Any, *args: Any) -> Any:
+        entry = entry_of(person, *args)
+        if person.pnr == TOLVAN.pnr:
+            hidden = npo.lab(
+                TOLVAN.pnr,
+                "HIDDEN-1",
+                at(30, 8),
+                "NPU02319",
+                "B-Hb",
+                141,
+                "g/L",
+                "134",
+                "170",
+                approved=False,
+            )
+            entry = {**entry, "laboratoryOrderOutcome": [hidden, *entry["laboratoryOrderOutcome"]]}
+        return entry
+
+    monkeypatch.setattr(npo, "entry_of", with_hidden_lab)
+    received: list[Received] = []
+    async with facade(received=received) as f:
+        _, seen_by_staff = await f.get(
+            f"{BASE}/Patient/{pid(TOLVAN.pnr)}/$everything", headers=auth("clinician")
+        )
+        rid = next(
+            e["resource"]["id"]
+            for e in seen_by_staff["entry"]
+            if "HIDDEN-1" in str(e["resource"].get("identifier", ""))
+        )
+        status, own = await f.get(f"{BASE}/Patient/{pid(TOLVAN.pnr)}/$everything", headers=AS_TOLVAN)
+        assert status == 200 and rid not in str(own)
+        assert f.client.server.app[FACADE_KEY].record_dates.get(rid) is not None
+        made_up = rid[:-4] + ("0000" if not rid.endswith("0000") else "1111")
+        received.clear()
+        hidden = await f.client.get(f"{OBSERVATIONS}/{rid}", headers=AS_TOLVAN)
+        assert [narrowed(r) for r in asked(received, "npo")] == [True]  # (the hint's path)
+        missing = await f.client.get(f"{OBSERVATIONS}/{made_up}", headers=AS_TOLVAN)
+        assert hidden.status == missing.status == 404
+        assert (await hidden.text()).replace(rid, "X") == (await missing.text()).replace(made_up, "X")
+        assert set(hidden.headers) == set(missing.headers)
+
+
+async def test_a_read_whose_holder_fails_when_asked_narrowed_is_503_never_absent(facade: Any) -> None:
+    """The hint's narrowed ask of the holder fails: the read cannot say the record is gone — 503,
+    naming the source — and the holder is not asked a second time for the whole list."""
+    received: list[Received] = []
+    async with facade(received=received, people=LONG) as f:
+        rid = (await observation_ids(f, INGEGERD_ID, AS_INGEGERD))["cosmic"]
+        await f.faults("cosmic", error_status=502)
+        received.clear()
+        status, body = await f.get(f"{OBSERVATIONS}/{rid}", headers=AS_INGEGERD)
+        assert status == 503 and body["resourceType"] == "OperationOutcome", body
+        assert [narrowed(r) for r in asked(received, "cosmic")] == [True]

@@ -175,3 +175,20 @@ def test_a_window_still_cut_after_the_last_round_is_missing_with_what_arrived_of
     assert result.partial and "still missing: from 2026-" in result.detail
     ids = {r.resource["id"] for r in answers["cosmic"][spec.key].resources}
     assert {"o0", "o101", "o104"} <= ids  # before the cut, a whole window, the last cut one's part
+
+
+def test_a_window_that_fails_is_missing_never_nothing_and_not_halved() -> None:
+    """A window with no answer (timed out, refused) is not "no records then": the list stays cut,
+    that period is named, and a failure is not asked again in halves."""
+    spec, asked, answers = cut_list()
+    again = split([CUT], asked, answers, NOW)
+    assert again is not None
+    first = again.requests()["cosmic"]
+    got = {w.key: MappedAnswer([lab(i)], readable=True) for i, w in enumerate(first) if i != 2}
+    timed_out = SourceResult("cosmic", SourceStatus.TIMEOUT, 0.0, "did not answer within 3 s")
+    again.take([timed_out], {"cosmic": got})
+    assert not again.pending()
+    (result,) = again.join(asked, [CUT], answers)
+    assert result.partial and result.status.degraded
+    assert result.detail.endswith("still missing: 2018-12-04 to 2022-12-04")
+    assert not answers["cosmic"][spec.key].readable
