@@ -62,7 +62,7 @@ def write_config(tmp: Path, sim_urls: dict[str, str], pem: Path, args: argparse.
         sim_urls,
         pem,
         {"enabled": False},
-        facade={"max_count": args.big_count},
+        facade={"max_count": args.big_count, "map_workers": args.map_workers},
         backend_total_s=args.timeout,
     )
 
@@ -208,6 +208,7 @@ async def bench(args: argparse.Namespace, procs: run.Processes, tmp: Path) -> di
             "patients": args.patients,
             "latency_ms": args.latency_ms,
             "workers": args.workers,
+            "map_workers": args.map_workers,
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -281,6 +282,9 @@ def main() -> None:
     ap.add_argument("--patients", type=int, default=40, help="generated (small) patients")
     ap.add_argument("--latency-ms", type=float, default=20.0, help="added to every simulator answer")
     ap.add_argument("--workers", type=int, default=1, help="facade worker processes (serve --workers)")
+    ap.add_argument(
+        "--map-workers", type=int, default=0, help="processes mapping long answers (facade.map_workers)"
+    )
     ap.add_argument("--timeout", type=float, default=60.0, help="per-request timeout, s")
     ap.add_argument("--start-timeout", type=float, default=120.0, help="seconds a process may take to start")
     ap.add_argument("--out", type=Path, default=run.REPO / "bench" / "results" / "headofline")

@@ -39,6 +39,7 @@ from proxy.fanout.client import BackendClient
 from proxy.fanout.engagement import EngagementIndex
 from proxy.fhir.ids import PatientIds, ResourceIds
 from proxy.hooks import BreakerChanged, Hooks
+from proxy.mapping.pool import MapPool
 from proxy.mapping.registry import MappingSet, load_mappings
 from proxy.mapping.validate import MappingError
 from proxy.mapping.write import WriteMappings, compile_write_mappings
@@ -66,6 +67,11 @@ def compile_mappings(settings: Settings, ids: ResourceIds) -> MappingSet:
             b.name: repr((sorted(b.vars), b.source_uri, priority.get(b.name))) for b in settings.backends
         },
     )
+
+
+def pool_mappings(settings: Settings, patient_id_key: bytes) -> MappingSet:
+    """``compile_mappings`` as a mapping process compiles them (proxy.mapping.pool)."""
+    return compile_mappings(settings, ResourceIds(patient_id_key))
 
 
 def compile_writes(settings: Settings) -> WriteMappings:
@@ -215,6 +221,14 @@ def create_app(
         cache = open_cache(settings.cache, namespace=resource_ids.fingerprint, clock=clock)
         pages, redis_pages = open_pages(settings, store, namespace=resource_ids.fingerprint)
         e = settings.engagement
+        f = settings.facade
+        pool = (
+            MapPool(pool_mappings, (settings, patient_id_key), f.map_workers, f.map_from_bytes)
+            if f.map_workers
+            else None
+        )
+        if pool is not None:
+            await pool.start()
         worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         delivery = Delivery(store, clients, settings.outbox, clock, worker)
         app[FACADE_KEY] = Facade(
@@ -235,6 +249,7 @@ def create_app(
             record_dates=RecordDates(
                 m.resource_type for ms in mappings.by_backend.values() for m in ms if m.request.date_filter
             ),
+            map_pool=pool,
         )
         # this worker's outbox delivery (any worker delivers any write: the store leases the parts)
         delivering = asyncio.create_task(delivery.run(), name="outbox delivery")
@@ -251,6 +266,8 @@ def create_app(
             if redis_pages is not None:
                 await redis_pages.close()
             await store.close()
+            if pool is not None:
+                await pool.close()
 
     app[AUTH_KEY] = authenticator
     app.cleanup_ctx.append(backends)

@@ -84,6 +84,10 @@ class FacadeSettings:
     # the facade still filters after). Off: every backend is asked for the whole list (the bench's
     # "before").
     pushdown: bool = True
+    # Answers of at least map_from_bytes are mapped in map_workers processes beside the event loop
+    # (proxy.mapping.pool), at a lower priority; 0 workers: every answer is mapped in the loop.
+    map_workers: int = 0
+    map_from_bytes: int = 256 * 1024
     # e.g. https://fhir.region.se/fhir; `serve` needs it (links are never built from the Host header)
     public_base_url: str | None = None
 
@@ -416,6 +420,8 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
             "public_base_url",
             "deadline_s",
             "pushdown",
+            "map_workers",
+            "map_from_bytes",
         },
     )
     raw_base = f.get("base_path", "/fhir")
@@ -443,6 +449,8 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
         public_base_url=public.rstrip("/") if public else None,
         deadline_s=r.number(f, "deadline_s", "facade", 5.0, 0.05, 300),
         pushdown=f.get("pushdown", True),
+        map_workers=r.integer(f, "map_workers", "facade", 0, 0, 64),
+        map_from_bytes=r.integer(f, "map_from_bytes", "facade", 256 * 1024, 0, 1 << 34),
     )
 
     backends_doc = top.get("backends")

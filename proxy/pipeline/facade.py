@@ -11,6 +11,7 @@ from proxy.fanout.client import BackendClient
 from proxy.fanout.engagement import EngagementIndex
 from proxy.fhir.ids import PatientIds, ResourceIds
 from proxy.hooks import Hooks
+from proxy.mapping.pool import MapPool
 from proxy.mapping.registry import MappingSet
 from proxy.mapping.write import WriteMappings
 from proxy.paging import SnapshotStore
@@ -45,6 +46,8 @@ class Facade:
     resource_ids: ResourceIds | None = None
     # when records were dated, by id, as last mapped: narrows a read by id (proxy.pipeline.record_dates)
     record_dates: RecordDates | None = None
+    # long answers mapped in processes beside the loop (proxy.mapping.pool); None: in the loop
+    map_pool: MapPool | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from proxy.cache import CacheEntry
 from proxy.fanout.client import AnswerSink, fan_out
 from proxy.hooks import AnswerMapped, CacheLookup, Hooks, SourceAnswered, SourceFailed
+from proxy.mapping.pool import HeldAnswer, PoolJob
 from proxy.mapping.registry import MappingSet, request_context
 from proxy.mapping.requests import RequestSpec
 from proxy.mapping.run import MappedAnswer, map_answer_in_steps, source_outcome
@@ -199,6 +200,14 @@ async def ask(
     answers: dict[str, dict[str, MappedAnswer]] = {name: {} for name in to_fetch}
     mapping: dict[str, tuple[int, float]] = {}  # per backend that answered: resources made, ms it took
 
+    pool = facade.map_pool
+
+    def mapped_as(source: str, spec: RequestSpec, mapped: MappedAnswer, took: float) -> None:
+        answers[source][spec.key] = mapped
+        facade.clients[source].handled(spec.learning_key, took)
+        records, ms = mapping.get(source, (0, 0.0))
+        mapping[source] = (records + len(mapped.resources), ms + took)
+
     def map_one(source: str, spec: RequestSpec, body: bytes | AnswerSink | None) -> Steps[None]:
         # by every mapping that reads the answer, whatever type it makes: one cache entry per
         # request serves any later query; how long it took orders the backend's requests next time.
@@ -206,8 +215,10 @@ async def ask(
         started = time.perf_counter()
         took = 0.0  # ms (a streamed answer was mapped as it arrived: that time counts too)
         try:
+            if isinstance(body, HeldAnswer):  # (held for the pool: streamed, cut off, or short)
+                body = body.stream if body.stream is not None else body.body
             if isinstance(body, AnswerStream):  # (the sinks open_sink opens)
-                answers[source][spec.key] = mapped = body.answer()
+                mapped = body.answer()
                 took = body.took_ms + (time.perf_counter() - started) * 1000
             else:
                 assert body is None or isinstance(body, bytes)
@@ -220,29 +231,52 @@ async def ask(
                         priority=priority[source],
                     )
                 )
-                answers[source][spec.key] = mapped
                 took = spent * 1000
         except Exception:  # map_answer marks what it cannot read; this is for what it did not expect
             log.exception("mapping an answer from %s failed", source)
-            answers[source][spec.key] = mapped = MappedAnswer([], readable=False)
-        facade.clients[source].handled(spec.learning_key, took)
-        records, ms = mapping.get(source, (0, 0.0))
-        mapping[source] = (records + len(mapped.resources), ms + took)
+            mapped = MappedAnswer([], readable=False)
+        mapped_as(source, spec, mapped, took)
 
-    jobs: list[SlackJob] = []
+    async def map_pooled(source: str, spec: RequestSpec, body: bytes) -> None:
+        assert pool is not None
+        try:
+            mapped, took = await pool.map(
+                source,
+                spec.whole_key,
+                body,
+                contexts[source],
+                source_uri=facade.settings.backend(source).source_uri,
+                priority=priority[source],
+            )
+        except Exception:  # (as map_one)
+            log.exception("mapping an answer from %s failed", source)
+            mapped, took = MappedAnswer([], readable=False), 0.0
+        mapped_as(source, spec, mapped, took)
+
+    jobs: list[SlackJob | PoolJob] = []
 
     def on_answer(source: str, spec: RequestSpec, body: bytes | AnswerSink | None) -> None:
+        if pool is not None:
+            whole = body.body if isinstance(body, HeldAnswer) else body
+            if isinstance(whole, bytes) and len(whole) >= pool.from_bytes:  # mapped in a process
+                jobs.append(PoolJob(map_pooled(source, spec, whole)))
+                return
         # mapped while the other answers are still out, in the event loop's slack
         jobs.append(facade.slack.defer(functools.partial(map_one, source, spec, body)))
 
-    def open_sink(source: str, spec: RequestSpec) -> AnswerStream:
+    def open_sink(source: str, spec: RequestSpec) -> AnswerSink:
         # an answer too large to hold whole: mapped record by record as it arrives
-        return AnswerStream(
-            facade.mappings.readers_of(source, spec),
-            contexts[source],
-            source_uri=facade.settings.backend(source).source_uri,
-            priority=priority[source],
-        )
+        def stream() -> AnswerStream:
+            return AnswerStream(
+                facade.mappings.readers_of(source, spec),
+                contexts[source],
+                source_uri=facade.settings.backend(source).source_uri,
+                priority=priority[source],
+            )
+
+        if pool is not None:  # held for a process, up to a limit
+            return HeldAnswer(pool.hold_bytes, stream)
+        return stream()
 
     try:
         results = await fan_out(

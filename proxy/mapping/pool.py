@@ -1,0 +1,216 @@
+"""Long answers mapped in worker processes (``facade.map_workers``): the event loop only waits.
+
+Mapping is the facade's largest cost per record (decoding the body, running the compiled builders,
+reading each resource's references). In the event loop, sliced as it is (``proxy.slack``), a long
+history's answers still take the loop's time from every other request on the worker: three
+20,000-record requests kept one loop at 94 % of a core, and a small patient's request, which needs a
+dozen turns of that loop, waited a slice at each. A ``MapPool`` maps an answer of at least
+``map_from_bytes`` in one of its processes instead; the loop sends the body and receives the mapped
+resources (pickled: a few milliseconds for thousands of them — a twentieth of mapping them). The
+processes run at a lower priority (``nice``), so the machine's cores go to the event loops (and the
+backends beside them) first and to long histories with what is left.
+
+The result is exactly ``map_answer``'s (the same function runs in the process, on mappings
+compiled from the same settings and key); tests/mapping/test_pool.py compares them. Each process
+compiles the deployment's mappings once, at start. A process that dies fails the answers it was
+mapping as unreadable (the source is degraded, never empty) and the pool is opened again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import heapq
+import itertools
+import logging
+import multiprocessing
+import os
+import signal
+import time
+from collections.abc import Callable, Coroutine
+from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+from proxy.mapping.registry import MappingSet
+from proxy.mapping.requests import Context
+from proxy.mapping.run import MappedAnswer, map_answer
+from proxy.mapping.stream import AnswerStream
+
+log = logging.getLogger(__name__)
+
+NICE = 10  # how much lower the processes' priority is than the event loop's
+# An answer too large to read whole is held (bytes) for a process up to this; past it, it is mapped
+# as it arrives, in the loop (proxy.mapping.stream), as without a pool: memory stays bounded.
+HOLD_BYTES = 64 * 1024 * 1024
+
+_mappings: MappingSet | None = None  # (in a pool process: the deployment's mappings)
+
+
+def _start(compile_mappings: Callable[..., MappingSet], args: tuple[object, ...]) -> None:
+    """A pool process starts: the deployment's mappings, compiled here once (``compile_mappings``
+    is a module's function, pickled by name)."""
+    global _mappings
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # (Ctrl-C stops the server, which stops the pool)
+    try:
+        os.nice(NICE)
+    except OSError:  # (not allowed here: the same priority, still off the loop)
+        pass
+    _mappings = compile_mappings(*args)
+
+
+def _ready() -> bool:
+    return _mappings is not None
+
+
+def _map(
+    backend: str, whole_key: str, body: bytes, ctx: Context, source_uri: str, priority: int
+) -> tuple[MappedAnswer, float]:
+    """In a pool process: ``map_answer``, and the milliseconds it took (the queue's wait not in it)."""
+    assert _mappings is not None
+    started = time.perf_counter()
+    readers = _mappings.readers.get((backend, whole_key), ())
+    mapped = map_answer(body, readers, ctx, source_uri=source_uri, priority=priority)
+    return mapped, (time.perf_counter() - started) * 1000
+
+
+class MapPool:
+    """``workers`` processes that map answers of at least ``from_bytes``; an answer too large to
+    read whole is held for them up to ``hold_bytes`` (``HeldAnswer``)."""
+
+    def __init__(
+        self,
+        compile_mappings: Callable[..., MappingSet],
+        args: tuple[object, ...],
+        workers: int,
+        from_bytes: int,
+        hold_bytes: int = HOLD_BYTES,
+    ) -> None:
+        self.from_bytes = from_bytes
+        self.hold_bytes = hold_bytes
+        self._workers = workers
+        self._args = (compile_mappings, args)
+        self._busy = 0  # answers the processes are mapping (or whose turn has come)
+        self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []  # (size, order, its turn)
+        self._order = itertools.count()
+        self.mapped = 0  # answers mapped in the processes
+        self._pool = self._open()
+
+    def _open(self) -> Executor:
+        # spawn: a fresh interpreter, not a fork of a process with an event loop and threads
+        return ProcessPoolExecutor(
+            self._workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start,
+            initargs=self._args,
+        )
+
+    async def start(self) -> None:
+        """Every process started and its mappings compiled (before the first answer waits for it)."""
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(loop.run_in_executor(self._pool, _ready) for _ in range(self._workers)))
+
+    async def map(
+        self, backend: str, whole_key: str, body: bytes, ctx: Context, *, source_uri: str, priority: int
+    ) -> tuple[MappedAnswer, float]:
+        """The answer mapped in a process, and the milliseconds mapping it took there. The shortest
+        answer waiting goes first: a modest answer waits for what the processes are mapping, never
+        behind a queue of long histories."""
+        if self._busy >= self._workers:
+            turn = asyncio.get_running_loop().create_future()
+            heapq.heappush(self._waiting, (len(body), next(self._order), turn))
+            try:
+                await turn  # (its place taken for it: _next)
+            except asyncio.CancelledError:
+                if turn.done() and not turn.cancelled():  # (its turn had come: pass it on)
+                    self._busy -= 1
+                    self._next()
+                raise
+        else:
+            self._busy += 1
+        pool = self._pool
+        try:
+            done = await asyncio.get_running_loop().run_in_executor(
+                pool, _map, backend, whole_key, body, ctx, source_uri, priority
+            )
+            self.mapped += 1
+            return done
+        except BrokenProcessPool:
+            log.error("a mapping process died: an answer from %s is unreadable", backend)
+            if pool is self._pool:  # (the first of its answers to hear it opens a new pool)
+                pool.shutdown(wait=False)
+                self._pool = self._open()
+            return MappedAnswer([], readable=False), 0.0
+        finally:
+            self._busy -= 1
+            self._next()
+
+    def _next(self) -> None:
+        while self._waiting and self._busy < self._workers:
+            turn = heapq.heappop(self._waiting)[2]
+            if not turn.done():  # (else its asker left)
+                self._busy += 1
+                turn.set_result(None)
+
+    async def close(self) -> None:
+        """The processes stopped (what they were mapping is not waited for)."""
+        pool = self._pool
+        await asyncio.get_running_loop().run_in_executor(
+            None, functools.partial(pool.shutdown, wait=True, cancel_futures=True)
+        )
+
+
+class PoolJob:
+    """An answer being mapped in a process, as the walk's jobs go: waited for, or dropped."""
+
+    __slots__ = ("_task",)
+
+    def __init__(self, work: Coroutine[Any, Any, None]) -> None:
+        self._task = asyncio.ensure_future(work)
+
+    async def run_in_turns(self) -> None:
+        await asyncio.shield(self._task)
+
+    def drop(self) -> None:
+        self._task.cancel()
+
+
+class HeldAnswer:
+    """An answer too large to read whole (``AnswerSink``), held for a mapping process: ``body``
+    once it has arrived whole. Past ``limit`` bytes, or cut off, it is an ``AnswerStream``
+    (``stream``) instead, fed what arrived: memory stays bounded, a cut answer keeps what arrived
+    whole, exactly as without a pool."""
+
+    __slots__ = ("_chunks", "_held", "_limit", "_open_stream", "body", "stream")
+
+    def __init__(self, limit: int, open_stream: Callable[[], AnswerStream]) -> None:
+        self._limit = limit
+        self._open_stream = open_stream
+        self._chunks: list[bytes] = []
+        self._held = 0
+        self.body: bytes | None = None
+        self.stream: AnswerStream | None = None
+
+    def feed(self, chunk: bytes) -> bool:
+        if self.stream is None:
+            self._held += len(chunk)
+            self._chunks.append(chunk)
+            if self._held <= self._limit:
+                return True
+            return self._to_stream()
+        return self.stream.feed(chunk)
+
+    def close(self, complete: bool) -> None:
+        if self.stream is None and complete:
+            self.body = b"".join(self._chunks)
+            self._chunks = []
+            return
+        if self.stream is None:
+            self._to_stream()
+        assert self.stream is not None
+        self.stream.close(complete)
+
+    def _to_stream(self) -> bool:
+        stream = self.stream = self._open_stream()
+        chunks, self._chunks = self._chunks, []
+        return all(stream.feed(chunk) for chunk in chunks)

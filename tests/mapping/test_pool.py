@@ -1,0 +1,236 @@
+"""Long answers mapped in processes (``proxy.mapping.pool``, ``facade.map_workers``).
+
+End to end: the long-history patient and a demo patient through a facade whose pool maps every
+answer of 16 KiB or more — the same Bundle as the facade mapping everything in its loop, every
+source answered, and the pool did map them; her list past the answer cap still asked again by
+period. The processes run below the loop's priority. The queue in front of the processes: the
+shortest answer waiting goes first, an asker that leaves gives its turn on, a process that dies
+makes its answer unreadable (never empty) and the pool is opened again. ``HeldAnswer``: an answer
+too large to read whole is held for a process; past the hold limit, or cut off, it is mapped as it
+arrives, as without a pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+import pytest
+
+from proxy.app import pool_mappings
+from proxy.edge.http import FACADE_KEY
+from proxy.mapping import pool as pool_module
+from proxy.mapping.pool import NICE, HeldAnswer, MapPool
+from proxy.mapping.run import MappedAnswer, map_answer
+from proxy.mapping.stream import AnswerStream
+from proxy.settings import DEMO_PATIENT_ID_KEY, Settings
+from proxy.simulators.population import DEMO_PEOPLE, INGEGERD, LONG_HISTORIES
+from tests import contract
+from tests.conftest import BASE, pid
+from tests.fhir.test_long_history import CAP
+from tests.mapping.test_stream import answers, same, streamed
+from tests.source_status import statuses
+
+POOLED = {"max_count": 20_000, "map_workers": 1, "map_from_bytes": 16 * 1024}
+
+
+def records(bundle: dict[str, Any]) -> list[dict[str, Any]]:
+    """The Bundle's entries, but the OperationOutcome's (it times the sources); each ``fullUrl``
+    without the server's address (each facade has its own port)."""
+    return [
+        {**e, "fullUrl": e["fullUrl"].partition(BASE)[2]}
+        for e in bundle["entry"]
+        if e["resource"]["resourceType"] != "OperationOutcome"
+    ]
+
+
+async def test_a_pool_answers_exactly_what_the_loop_answers(facade: Any) -> None:
+    people = [*DEMO_PEOPLE, INGEGERD]
+    asked = [INGEGERD, DEMO_PEOPLE[0]]
+    bundles = {}
+    for name, overrides in (("loop", {"max_count": 20_000}), ("pool", POOLED)):
+        async with facade(people=people, facade_overrides=overrides) as f:
+            bundles[name] = [
+                (await f.get(f"{BASE}/Patient/{pid(p.pnr)}/$everything", params={"_count": "20000"}))[1]
+                for p in asked
+            ]
+            pool = f.client.server.app[FACADE_KEY].map_pool
+            if name == "pool":
+                assert pool is not None and pool.mapped >= 10  # (her long lists, and the demo's)
+            else:
+                assert pool is None
+    for loop, pooled in zip(bundles["loop"], bundles["pool"], strict=True):
+        assert (
+            statuses(pooled)
+            == statuses(loop)
+            == {"cosmic": "answered", "viva": "answered", "npo": "answered"}
+        )
+        assert records(pooled) == records(loop)
+    assert len(records(bundles["pool"][0])) == LONG_HISTORIES[INGEGERD.pnr][0] + 1  # (+ her Patient)
+
+
+async def test_with_a_pool_a_list_cut_at_the_answer_cap_is_still_asked_again_by_period(facade: Any) -> None:
+    caps = {**POOLED, "max_body_bytes": 64 * 1024, "max_answer_bytes": CAP}
+    async with facade(people=[*DEMO_PEOPLE, INGEGERD], facade_overrides=caps) as f:
+        status, bundle = await f.get(
+            f"{BASE}/Patient/{pid(INGEGERD.pnr)}/$everything", params={"_count": "20000"}
+        )
+    assert status == 200
+    assert statuses(bundle) == {"cosmic": "answered", "viva": "answered", "npo": "answered"}
+    got = [e["resource"] for e in records(bundle) if e["resource"]["resourceType"] != "Patient"]
+    assert len({(r["resourceType"], r["id"]) for r in got}) == len(got) == LONG_HISTORIES[INGEGERD.pnr][0]
+
+
+async def test_the_processes_run_below_the_event_loops_priority(settings: Settings) -> None:
+    pool = MapPool(pool_mappings, (settings, DEMO_PATIENT_ID_KEY), 2, 0)
+    try:
+        await pool.start()
+        pids = list(pool._pool._processes)  # type: ignore[attr-defined]
+        assert len(pids) == 2
+        ours = os.getpriority(os.PRIO_PROCESS, 0)
+        assert [os.getpriority(os.PRIO_PROCESS, p) for p in pids] == [min(19, ours + NICE)] * 2
+        # and one maps as the loop does
+        b = contract.COSMIC
+        group, ctx, raw = max(await answers(b), key=lambda a: len(a[2]))
+        whole_key = group[0].request.fetch_key
+        got, took = await pool.map("cosmic", whole_key, raw, dict(ctx), source_uri="urn:test", priority=1)
+        same(got, map_answer(raw, group, dict(ctx), source_uri="urn:test", priority=1))
+        assert got.resources and took > 0
+    finally:
+        await pool.close()
+
+
+# -- the queue in front of the processes (threads stand in for them) ---------------------------------
+
+
+class Threads(MapPool):
+    def _open(self) -> Executor:
+        return ThreadPoolExecutor(self._workers)
+
+
+class Held:
+    """A stand-in for ``_map``: records each body it is given; ``b"first"`` waits for ``release``."""
+
+    def __init__(self) -> None:
+        self.order: list[bytes] = []
+        self.release = threading.Event()
+        self.fail: type[BaseException] | None = None
+
+    def __call__(self, backend: str, key: str, body: bytes, *rest: Any) -> tuple[MappedAnswer, float]:
+        self.order.append(body)
+        if body == b"first":
+            assert self.release.wait(10)
+        if self.fail is not None:
+            raise self.fail()
+        return MappedAnswer([], readable=True), 1.0
+
+
+@pytest.fixture
+def held(monkeypatch: pytest.MonkeyPatch) -> Held:
+    stand_in = Held()
+    monkeypatch.setattr(pool_module, "_map", stand_in)
+    return stand_in
+
+
+def ask(pool: MapPool, body: bytes) -> asyncio.Task[tuple[MappedAnswer, float]]:
+    return asyncio.ensure_future(pool.map("cosmic", "k", body, {}, source_uri="urn:test", priority=1))
+
+
+async def until(condition: Any) -> None:
+    for _ in range(500):  # (bounded: 5 s)
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("never happened")
+
+
+async def test_the_shortest_answer_waiting_goes_first(held: Held) -> None:
+    pool = Threads(pool_mappings, (), 1, 0)
+    first = ask(pool, b"first")
+    await until(lambda: held.order)
+    waiting = [ask(pool, b"L" * 1000), ask(pool, b"s" * 10), ask(pool, b"m" * 100)]
+    await asyncio.sleep(0.05)
+    assert held.order == [b"first"]  # (one process: the others wait)
+    held.release.set()
+    await asyncio.gather(first, *waiting)
+    assert held.order == [b"first", b"s" * 10, b"m" * 100, b"L" * 1000]
+    assert pool._busy == 0 and pool.mapped == 4
+    await pool.close()
+
+
+class LeavesAtItsTurn(Threads):
+    """Its ``victim`` leaves the moment its turn is given (before it can run)."""
+
+    victim: asyncio.Task[Any] | None = None
+
+    def _next(self) -> None:
+        super()._next()
+        if self.victim is not None and self._busy:
+            self.victim.cancel()
+            self.victim = None
+
+
+async def test_an_asker_that_leaves_gives_its_turn_on(held: Held) -> None:
+    pool = LeavesAtItsTurn(pool_mappings, (), 1, 0)
+    first = ask(pool, b"first")
+    await until(lambda: held.order)
+    left, given_up, next_one = ask(pool, b"aa"), ask(pool, b"bbb"), ask(pool, b"cccc")
+    await asyncio.sleep(0.05)
+    left.cancel()  # while waiting: its place is skipped
+    await asyncio.sleep(0)
+    pool.victim = given_up  # and this one leaves when "first" ends and gives it its turn
+    held.release.set()
+    await asyncio.gather(first, next_one)
+    for task in (left, given_up):
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert held.order == [b"first", b"cccc"]
+    assert pool._busy == 0
+    await pool.close()
+
+
+async def test_a_process_that_dies_makes_its_answer_unreadable_and_the_pool_opens_again(held: Held) -> None:
+    pool = Threads(pool_mappings, (), 1, 0)
+    broken = pool._pool
+    held.fail = BrokenProcessPool
+    mapped, _ = await ask(pool, b"x")
+    assert not mapped.readable and mapped.resources == []  # (a degraded source, never "nothing")
+    assert pool._pool is not broken
+    held.fail = None
+    mapped, _ = await ask(pool, b"y")
+    assert mapped.readable
+    await pool.close()
+
+
+# -- an answer too large to read whole, held for a process ----------------------------------------------
+
+
+async def test_a_held_answer_is_whole_or_past_its_limit_or_cut_mapped_as_it_arrives() -> None:
+    b = contract.NPO
+    group, ctx, raw = max(await answers(b), key=lambda a: len(a[2]))
+    whole = map_answer(raw, group, dict(ctx), source_uri="urn:test", priority=1)
+    assert len(whole.resources) > 10
+
+    def stream() -> AnswerStream:
+        return AnswerStream(group, dict(ctx), source_uri="urn:test", priority=1)
+
+    def fed(limit: int, end: int, complete: bool) -> HeldAnswer:
+        sink = HeldAnswer(limit, stream)
+        for at in range(0, end, 1000):
+            assert sink.feed(raw[at : min(at + 1000, end)])
+        sink.close(complete)
+        return sink
+
+    kept = fed(len(raw), len(raw), True)  # within the limit: the body, for a process
+    assert kept.body == raw and kept.stream is None
+    past = fed(len(raw) // 3, len(raw), True)  # past it: mapped as it arrived, as without a pool
+    assert past.body is None and past.stream is not None
+    same(past.stream.answer(), whole)
+    cut = fed(len(raw), len(raw) * 2 // 3, False)  # cut off: what arrived whole, unreadable
+    assert cut.body is None and cut.stream is not None
+    same(cut.stream.answer(), streamed(group, ctx, raw, [1000], cut=len(raw) * 2 // 3))
+    assert not cut.stream.answer().readable and cut.stream.answer().resources
