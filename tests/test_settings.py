@@ -87,6 +87,9 @@ def test_the_default_config_of_an_installed_wheel_keeps_its_store_in_the_users_s
         ({"paging.ttl_s": 60}, "paging"),
         ({"facade.max_answer_bytes": 1024 * 1024 - 1}, "facade.max_answer_bytes"),  # below max_body_bytes
         ({"cache.max_bytes": "a lot"}, "cache.max_bytes"),
+        ({"facade.map_workers": -1}, "facade.map_workers"),
+        ({"facade.map_workers": "two"}, "facade.map_workers"),
+        ({"facade.map_from_bytes": -1}, "facade.map_from_bytes"),
         ({"writes.policy.patient": {"Observation": ["cosmic"]}}, "writes.policy.patient"),
         ({"writes.policy.nobody": {"Observation": ["cosmic"]}}, "writes.policy.nobody"),
         ({"writes.policy.homecare.Condition": ["cosmic"]}, "writes.policy.homecare.Condition"),
@@ -174,6 +177,13 @@ def test_the_answer_and_cache_budgets_are_read(tmp_path: Path) -> None:
         )
     )
     assert (s.facade.max_body_bytes, s.facade.max_answer_bytes, s.cache.max_bytes) == (4096, 8192, 65536)
+
+
+def test_the_mapping_processes_are_off_unless_asked_for(tmp_path: Path) -> None:
+    shipped = load_settings()
+    assert (shipped.facade.map_workers, shipped.facade.map_from_bytes) == (0, 256 << 10)
+    s = load_settings(config_with(tmp_path, {"facade.map_workers": 2, "facade.map_from_bytes": 65536}))
+    assert (s.facade.map_workers, s.facade.map_from_bytes) == (2, 65536)
 
 
 def test_the_outbox_settings_are_read(tmp_path: Path) -> None:

@@ -156,7 +156,7 @@ async def test_the_shortest_answer_waiting_goes_first(held: Held) -> None:
     await asyncio.sleep(0.05)
     assert held.order == [b"first"]  # (one process: the others wait)
     held.release.set()
-    await asyncio.gather(first, *waiting)
+    await asyncio.wait_for(asyncio.gather(first, *waiting), 5)
     assert held.order == [b"first", b"s" * 10, b"m" * 100, b"L" * 1000]
     assert pool._busy == 0 and pool.mapped == 4
     await pool.close()
@@ -184,7 +184,7 @@ async def test_an_asker_that_leaves_gives_its_turn_on(held: Held) -> None:
     await asyncio.sleep(0)
     pool.victim = given_up  # and this one leaves when "first" ends and gives it its turn
     held.release.set()
-    await asyncio.gather(first, next_one)
+    await asyncio.wait_for(asyncio.gather(first, next_one), 5)  # (without the pass-on: never)
     for task in (left, given_up):
         with pytest.raises(asyncio.CancelledError):
             await task
