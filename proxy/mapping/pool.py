@@ -19,6 +19,7 @@ mapping as unreadable (the source is degraded, never empty) and the pool is open
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import heapq
 import itertools
@@ -123,27 +124,40 @@ class MapPool:
                 await turn  # (its place taken for it: _next)
             except asyncio.CancelledError:
                 if turn.done() and not turn.cancelled():  # (its turn had come: pass it on)
-                    self._busy -= 1
-                    self._next()
+                    self._release()
                 raise
         else:
             self._busy += 1
+        loop = asyncio.get_running_loop()
         pool = self._pool
         try:
-            done = await asyncio.get_running_loop().run_in_executor(
-                pool, _map, backend, whole_key, body, ctx, source_uri, priority
-            )
-            self.mapped += 1
-            return done
+            job = pool.submit(_map, backend, whole_key, body, ctx, source_uri, priority)
         except BrokenProcessPool:
-            log.error("a mapping process died: an answer from %s is unreadable", backend)
-            if pool is self._pool:  # (the first of its answers to hear it opens a new pool)
-                pool.shutdown(wait=False)
-                self._pool = self._open()
-            return MappedAnswer([], readable=False), 0.0
-        finally:
-            self._busy -= 1
-            self._next()
+            self._release()
+            return self._broken(pool, backend)
+        # a process is free again when its job ends, not when its asker stops waiting for it
+        job.add_done_callback(lambda _: self._released(loop))
+        try:
+            done = await asyncio.wrap_future(job)
+        except BrokenProcessPool:
+            return self._broken(pool, backend)
+        self.mapped += 1
+        return done
+
+    def _broken(self, pool: Executor, backend: str) -> tuple[MappedAnswer, float]:
+        log.error("a mapping process died: an answer from %s is unreadable", backend)
+        if pool is self._pool:  # (the first of its answers to hear it opens a new pool)
+            pool.shutdown(wait=False)
+            self._pool = self._open()
+        return MappedAnswer([], readable=False), 0.0
+
+    def _released(self, loop: asyncio.AbstractEventLoop) -> None:
+        with contextlib.suppress(RuntimeError):  # (the loop has closed: nobody is waiting)
+            loop.call_soon_threadsafe(self._release)
+
+    def _release(self) -> None:
+        self._busy -= 1
+        self._next()
 
     def _next(self) -> None:
         while self._waiting and self._busy < self._workers:
