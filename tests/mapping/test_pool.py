@@ -33,9 +33,11 @@ from tests import contract
 from tests.conftest import BASE, pid
 from tests.fhir.test_long_history import CAP
 from tests.mapping.test_stream import answers, same, streamed
-from tests.source_status import statuses
+from tests.source_status import degraded, statuses
 
-POOLED = {"max_count": 20_000, "map_workers": 1, "map_from_bytes": 16 * 1024}
+# (the processes run below the priority of everything else: on a machine busy with parallel tests
+# they get the leftovers, and the windows of a cut list are asked within what is left of the deadline)
+POOLED = {"max_count": 20_000, "map_workers": 1, "map_from_bytes": 16 * 1024, "deadline_s": 60.0}
 
 
 def records(bundle: dict[str, Any]) -> list[dict[str, Any]]:
@@ -80,7 +82,7 @@ async def test_with_a_pool_a_list_cut_at_the_answer_cap_is_still_asked_again_by_
             f"{BASE}/Patient/{pid(INGEGERD.pnr)}/$everything", params={"_count": "20000"}
         )
     assert status == 200
-    assert statuses(bundle) == {"cosmic": "answered", "viva": "answered", "npo": "answered"}
+    assert statuses(bundle) == {"cosmic": "answered", "viva": "answered", "npo": "answered"}, degraded(bundle)
     got = [e["resource"] for e in records(bundle) if e["resource"]["resourceType"] != "Patient"]
     assert len({(r["resourceType"], r["id"]) for r in got}) == len(got) == LONG_HISTORIES[INGEGERD.pnr][0]
 
