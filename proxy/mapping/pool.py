@@ -91,7 +91,10 @@ class MapPool:
         self.hold_bytes = hold_bytes
         self._workers = workers
         self._args = (compile_mappings, args)
+        # answers of long_bytes or more are long: with two or more processes, one is kept for the rest
+        self.long_bytes = 4 * from_bytes
         self._busy = 0  # answers the processes are mapping (or whose turn has come)
+        self._long = 0  # of which long
         self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []  # (size, order, its turn)
         self._order = itertools.count()
         self.mapped = 0  # answers mapped in the processes
@@ -115,28 +118,30 @@ class MapPool:
         self, backend: str, whole_key: str, body: bytes, ctx: Context, *, source_uri: str, priority: int
     ) -> tuple[MappedAnswer, float]:
         """The answer mapped in a process, and the milliseconds mapping it took there. The shortest
-        answer waiting goes first: a modest answer waits for what the processes are mapping, never
-        behind a queue of long histories."""
-        if self._busy >= self._workers:
+        answer waiting goes first, and a long one (``long_bytes``) never takes the last free
+        process of two or more: a modest answer waits for what the processes are mapping, never
+        behind a queue of long histories — with two processes, never behind a long one."""
+        long = len(body) >= self.long_bytes
+        if self._fits(long):
+            self._take(long)
+        else:
             turn = asyncio.get_running_loop().create_future()
             heapq.heappush(self._waiting, (len(body), next(self._order), turn))
             try:
                 await turn  # (its place taken for it: _next)
             except asyncio.CancelledError:
                 if turn.done() and not turn.cancelled():  # (its turn had come: pass it on)
-                    self._release()
+                    self._release(long)
                 raise
-        else:
-            self._busy += 1
         loop = asyncio.get_running_loop()
         pool = self._pool
         try:
             job = pool.submit(_map, backend, whole_key, body, ctx, source_uri, priority)
         except BrokenProcessPool:
-            self._release()
+            self._release(long)
             return self._broken(pool, backend)
         # a process is free again when its job ends, not when its asker stops waiting for it
-        job.add_done_callback(lambda _: self._released(loop))
+        job.add_done_callback(lambda _: self._released(loop, long))
         try:
             done = await asyncio.wrap_future(job)
         except BrokenProcessPool:
@@ -151,20 +156,38 @@ class MapPool:
             self._pool = self._open()
         return MappedAnswer([], readable=False), 0.0
 
-    def _released(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _released(self, loop: asyncio.AbstractEventLoop, long: bool) -> None:
         with contextlib.suppress(RuntimeError):  # (the loop has closed: nobody is waiting)
-            loop.call_soon_threadsafe(self._release)
+            loop.call_soon_threadsafe(self._release, long)
 
-    def _release(self) -> None:
+    def _fits(self, long: bool) -> bool:
+        """Whether an answer may start now: a process is free — and for a long one, not the last."""
+        if self._busy >= self._workers:
+            return False
+        return not long or self._workers == 1 or self._long < self._workers - 1
+
+    def _take(self, long: bool) -> None:
+        self._busy += 1
+        self._long += long
+
+    def _release(self, long: bool) -> None:
         self._busy -= 1
+        self._long -= long
         self._next()
 
     def _next(self) -> None:
-        while self._waiting and self._busy < self._workers:
-            turn = heapq.heappop(self._waiting)[2]
-            if not turn.done():  # (else its asker left)
-                self._busy += 1
-                turn.set_result(None)
+        waiting = self._waiting
+        while waiting:
+            size, _, turn = waiting[0]
+            if turn.done():  # (its asker left)
+                heapq.heappop(waiting)
+                continue
+            long = size >= self.long_bytes
+            if not self._fits(long):  # (the shortest does not fit: nor does any longer one)
+                return
+            heapq.heappop(waiting)
+            self._take(long)
+            turn.set_result(None)
 
     async def close(self) -> None:
         """The processes stopped (what they were mapping is not waited for)."""

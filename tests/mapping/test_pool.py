@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -115,16 +116,18 @@ class Threads(MapPool):
 
 
 class Held:
-    """A stand-in for ``_map``: records each body it is given; ``b"first"`` waits for ``release``."""
+    """A stand-in for ``_map``: records each body it is given; ``b"first"`` (``waits_for``) waits
+    for ``release``."""
 
     def __init__(self) -> None:
         self.order: list[bytes] = []
+        self.waits_for: Callable[[bytes], bool] = lambda body: body == b"first"
         self.release = threading.Event()
         self.fail: type[BaseException] | None = None
 
     def __call__(self, backend: str, key: str, body: bytes, *rest: Any) -> tuple[MappedAnswer, float]:
         self.order.append(body)
-        if body == b"first":
+        if self.waits_for(body):
             assert self.release.wait(10)
         if self.fail is not None:
             raise self.fail()
@@ -162,6 +165,24 @@ async def test_the_shortest_answer_waiting_goes_first(held: Held) -> None:
     assert held.order == [b"first", b"s" * 10, b"m" * 100, b"L" * 1000]
     await until(lambda: pool._busy == 0)
     assert pool.mapped == 4
+    await pool.close()
+
+
+async def test_with_two_processes_a_long_answer_leaves_one_for_the_rest(held: Held) -> None:
+    pool = Threads(pool_mappings, (), 2, 4)  # (answers of 16 bytes or more are long)
+    long = b"first" + b"L" * 20
+    held.waits_for = lambda body: True  # (every answer waits for the release)
+    first = ask(pool, long)
+    await until(lambda: held.order)
+    second_long = ask(pool, b"second" + b"L" * 20)
+    modest = ask(pool, b"modest")
+    await until(lambda: len(held.order) == 2)
+    await asyncio.sleep(0.05)
+    assert held.order == [long, b"modest"]  # (the free process was kept for it)
+    held.release.set()
+    await asyncio.wait_for(asyncio.gather(first, second_long, modest), 5)
+    assert held.order[2] == b"second" + b"L" * 20
+    await until(lambda: pool._busy == 0 and pool._long == 0)
     await pool.close()
 
 
