@@ -1,11 +1,14 @@
 """Head-of-line: do other patients wait while the facade works through a long history?
 
     python bench/headofline.py [--rate 20] [--duration 20] [--big 3] [--patients 40]
-                               [--latency-ms 20] [--out bench/results/headofline]
+                               [--latency-ms 20] [--workers 1] [--map-workers 0]
+                               [--out bench/results/headofline]
 
 On loopback, each piece in its own process (``bench/run.py``'s helpers): the three simulators
 (``fhir-facade simulate``, ``--latency-ms`` on every answer) and one facade (``fhir-facade serve``,
-uncached, ``facade.max_count`` raised so a long history is one page: its whole Bundle is rendered).
+uncached, ``facade.max_count`` raised so a long history is one page: its whole Bundle is rendered;
+``--workers``: ``serve --workers``; ``--map-workers``: ``facade.map_workers``, long answers mapped in
+processes).
 The bench clinician asks, with each patient's consent registered (PDL):
 
 * **alone**: small patients (the generated population, 3–58 records each) ``$everything`` at
