@@ -111,17 +111,22 @@ async def mark_in_turns(kept: Iterable[MappedResource], shown: Sequence[FhirDict
 
 
 def _mark(kept: Iterable[MappedResource], shown: Sequence[FhirDict]) -> Steps[list[FhirDict]]:
+    # (only the covered types can look alike: the rest — most of a long history, its lab results —
+    # is neither keyed nor looked up)
     about: dict[str, MappedResource] = {}
     for n, mr in enumerate(kept):
         if slice_ends(n):
             yield
-        about[_key(mr.resource)] = mr
+        if mr.resource.get("resourceType") in COVERED:
+            about[_key(mr.resource)] = mr
     facts: dict[str, list[_Facts]] = {}
     for n, resource in enumerate(shown):
         if slice_ends(n):
             yield
+        if resource.get("resourceType") not in COVERED:
+            continue
         mapped = about.get(_key(resource))
-        if mapped is None or resource.get("resourceType") not in COVERED:
+        if mapped is None:
             continue
         found = _facts(resource, mapped)
         if found is not None:
@@ -163,8 +168,10 @@ def _mark(kept: Iterable[MappedResource], shown: Sequence[FhirDict]) -> Steps[li
     for n, r in enumerate(shown):
         if slice_ends(n):
             yield
-        key = _key(r)
-        out.append(_marked(r, twins[key]) if key in twins else r)
+        if r.get("resourceType") in COVERED and (key := _key(r)) in twins:
+            out.append(_marked(r, twins[key]))
+        else:
+            out.append(r)
     return out
 
 
