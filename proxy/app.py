@@ -53,6 +53,9 @@ from proxy.redact.policy import compile_policy
 from proxy.settings import CacheSettings, Settings
 from proxy.store.base import Store, open_store
 
+# the worker's mapping processes (facade.map_workers), while the app runs
+POOL_KEY = web.AppKey("map_pool", MapPool)
+
 
 def compile_mappings(settings: Settings, ids: ResourceIds) -> MappingSet:
     """The deployment's mappings; ``ids`` (from its patient-id key) makes their resource ids."""
@@ -221,14 +224,6 @@ def create_app(
         cache = open_cache(settings.cache, namespace=resource_ids.fingerprint, clock=clock)
         pages, redis_pages = open_pages(settings, store, namespace=resource_ids.fingerprint)
         e = settings.engagement
-        f = settings.facade
-        pool = (
-            MapPool(pool_mappings, (settings, patient_id_key), f.map_workers, f.map_from_bytes)
-            if f.map_workers
-            else None
-        )
-        if pool is not None:
-            await pool.start()
         worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         delivery = Delivery(store, clients, settings.outbox, clock, worker)
         app[FACADE_KEY] = Facade(
@@ -249,7 +244,7 @@ def create_app(
             record_dates=RecordDates(
                 m.resource_type for ms in mappings.by_backend.values() for m in ms if m.request.date_filter
             ),
-            map_pool=pool,
+            map_pool=app.get(POOL_KEY),
         )
         # this worker's outbox delivery (any worker delivers any write: the store leases the parts)
         delivering = asyncio.create_task(delivery.run(), name="outbox delivery")
@@ -266,10 +261,21 @@ def create_app(
             if redis_pages is not None:
                 await redis_pages.close()
             await store.close()
-            if pool is not None:
-                await pool.close()
+
+    async def mapping_processes(app: web.Application) -> AsyncIterator[None]:
+        # (before the backends, and stopped after them — also when a later start-up step fails)
+        f = settings.facade
+        pool = MapPool(pool_mappings, (settings, patient_id_key), f.map_workers, f.map_from_bytes)
+        try:
+            await pool.start()
+            app[POOL_KEY] = pool
+            yield
+        finally:
+            await pool.close()
 
     app[AUTH_KEY] = authenticator
+    if settings.facade.map_workers:
+        app.cleanup_ctx.append(mapping_processes)
     app.cleanup_ctx.append(backends)
     FhirRoutes(settings.facade.base_path).add_to(app)
     return app

@@ -12,8 +12,10 @@ backends beside them) first and to long histories with what is left.
 
 The result is exactly ``map_answer``'s (the same function runs in the process, on mappings
 compiled from the same settings and key); tests/mapping/test_pool.py compares them. Each process
-compiles the deployment's mappings once, at start. A process that dies fails the answers it was
-mapping as unreadable (the source is degraded, never empty) and the pool is opened again.
+compiles the deployment's mappings once, at start; what it logs is written by its worker (its
+handlers, its format); it ends when its worker has gone, killed or not. A process that dies fails
+the answers it was mapping as unreadable (the source is degraded, never empty) and the pool is
+opened again.
 """
 
 from __future__ import annotations
@@ -27,16 +29,20 @@ import logging
 import multiprocessing
 import os
 import signal
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from logging.handlers import QueueHandler, QueueListener
 from typing import Any
 
 from proxy.mapping.registry import MappingSet
 from proxy.mapping.requests import Context
 from proxy.mapping.run import MappedAnswer, map_answer
 from proxy.mapping.stream import AnswerStream
+from proxy.slack import Steps
 
 log = logging.getLogger(__name__)
 
@@ -44,20 +50,47 @@ NICE = 10  # how much lower the processes' priority is than the event loop's
 # An answer too large to read whole is held (bytes) for a process up to this; past it, it is mapped
 # as it arrives, in the loop (proxy.mapping.stream), as without a pool: memory stays bounded.
 HOLD_BYTES = 64 * 1024 * 1024
+LONG_BYTES = 256 * 1024  # a long answer is at least this (and 4 × map_from_bytes)
+WATCH_S = 1.0  # how often a process looks whether its worker is still there
 
 _mappings: MappingSet | None = None  # (in a pool process: the deployment's mappings)
 
 
-def _start(compile_mappings: Callable[..., MappingSet], args: tuple[object, ...]) -> None:
-    """A pool process starts: the deployment's mappings, compiled here once (``compile_mappings``
-    is a module's function, pickled by name)."""
+def _start(
+    compile_mappings: Callable[..., MappingSet], args: tuple[object, ...], logs: Any, level: int
+) -> None:
+    """A pool process starts: its log records sent to ``logs`` (the worker's queue: written there,
+    in the worker's format), the deployment's mappings compiled once (``compile_mappings`` is a
+    module's function, pickled by name)."""
     global _mappings
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # (Ctrl-C stops the server, which stops the pool)
+    logging.basicConfig(level=level, handlers=[QueueHandler(logs)], force=True)
     try:
         os.nice(NICE)
     except OSError:  # (not allowed here: the same priority, still off the loop)
         pass
+    parent = os.getppid()
+    threading.Thread(target=_watch, args=(parent,), daemon=True, name="parent watch").start()
     _mappings = compile_mappings(*args)
+
+
+def _watch(parent: int) -> None:
+    """A pool process ends when its worker has gone (killed: nothing told it), instead of waiting
+    for work that will never come."""
+    while os.getppid() == parent:
+        time.sleep(WATCH_S)
+    os._exit(0)
+
+
+class _ToLoggers(logging.Handler):
+    """In the worker: a pool process's log record handed to its logger there (and so written by
+    the worker's handlers, in its format)."""
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        logger = logging.getLogger(record.name)
+        if logger.isEnabledFor(record.levelno):
+            logger.handle(record)
+        return True
 
 
 def _ready() -> bool:
@@ -92,21 +125,25 @@ class MapPool:
         self._workers = workers
         self._args = (compile_mappings, args)
         # answers of long_bytes or more are long: with two or more processes, one is kept for the rest
-        self.long_bytes = 4 * from_bytes
+        self.long_bytes = max(4 * from_bytes, LONG_BYTES)
         self._busy = 0  # answers the processes are mapping (or whose turn has come)
         self._long = 0  # of which long
         self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []  # (size, order, its turn)
         self._order = itertools.count()
         self.mapped = 0  # answers mapped in the processes
+        self._context = multiprocessing.get_context("spawn")
+        self._logs: Any = self._context.Queue()  # the processes' log records, written here
+        self._listener = QueueListener(self._logs, _ToLoggers())
+        self._listener.start()
         self._pool = self._open()
 
     def _open(self) -> Executor:
         # spawn: a fresh interpreter, not a fork of a process with an event loop and threads
         return ProcessPoolExecutor(
             self._workers,
-            mp_context=multiprocessing.get_context("spawn"),
+            mp_context=self._context,
             initializer=_start,
-            initargs=self._args,
+            initargs=(*self._args, self._logs, logging.getLogger().getEffectiveLevel()),
         )
 
     async def start(self) -> None:
@@ -137,9 +174,11 @@ class MapPool:
         pool = self._pool
         try:
             job = pool.submit(_map, backend, whole_key, body, ctx, source_uri, priority)
-        except BrokenProcessPool:
+        except BaseException as exc:  # (never submitted: its place is given on)
             self._release(long)
-            return self._broken(pool, backend)
+            if isinstance(exc, BrokenProcessPool):
+                return self._broken(pool, backend)
+            raise
         # a process is free again when its job ends, not when its asker stops waiting for it
         job.add_done_callback(lambda _: self._released(loop, long))
         try:
@@ -190,11 +229,16 @@ class MapPool:
             turn.set_result(None)
 
     async def close(self) -> None:
-        """The processes stopped (what they were mapping is not waited for)."""
+        """The processes stopped: what is waiting is dropped, what they are mapping is finished
+        first (a second or so at most: one answer each)."""
         pool = self._pool
-        await asyncio.get_running_loop().run_in_executor(
-            None, functools.partial(pool.shutdown, wait=True, cancel_futures=True)
-        )
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                None, functools.partial(pool.shutdown, wait=True, cancel_futures=True)
+            )
+        finally:
+            self._listener.stop()
+            self._logs.close()
 
 
 class PoolJob:
@@ -214,40 +258,57 @@ class PoolJob:
 
 class HeldAnswer:
     """An answer too large to read whole (``AnswerSink``), held for a mapping process: ``body``
-    once it has arrived whole. Past ``limit`` bytes, or cut off, it is an ``AnswerStream``
-    (``stream``) instead, fed what arrived: memory stays bounded, a cut answer keeps what arrived
-    whole, exactly as without a pool."""
+    once it has arrived whole. Past ``limit`` bytes, or cut off, it becomes an ``AnswerStream``
+    (``stream``) — exactly what the answer makes without a pool: a cut answer keeps what arrived
+    whole, a document that stops being one stops the reading. What was held is fed to the stream a
+    piece at a time, never at once (a 64 MiB backlog would be seconds of one block): two pieces for
+    each one that arrives, so the backlog shrinks as the answer goes on, and what is left of it when
+    the answer ends a piece a step of the mapping job (``steps``)."""
 
-    __slots__ = ("_chunks", "_held", "_limit", "_open_stream", "body", "stream")
+    __slots__ = ("_backlog", "_complete", "_held", "_limit", "_open_stream", "body", "stream")
 
     def __init__(self, limit: int, open_stream: Callable[[], AnswerStream]) -> None:
         self._limit = limit
         self._open_stream = open_stream
-        self._chunks: list[bytes] = []
+        self._backlog: deque[bytes] = deque()  # held, or not yet fed to the stream
         self._held = 0
+        self._complete = False
         self.body: bytes | None = None
         self.stream: AnswerStream | None = None
 
     def feed(self, chunk: bytes) -> bool:
+        self._backlog.append(chunk)
         if self.stream is None:
             self._held += len(chunk)
-            self._chunks.append(chunk)
             if self._held <= self._limit:
                 return True
-            return self._to_stream()
-        return self.stream.feed(chunk)
+            self.stream = self._open_stream()
+        return self._catch_up(2)
 
     def close(self, complete: bool) -> None:
         if self.stream is None and complete:
-            self.body = b"".join(self._chunks)
-            self._chunks = []
+            self.body = b"".join(self._backlog)
+            self._backlog.clear()
             return
         if self.stream is None:
-            self._to_stream()
-        assert self.stream is not None
-        self.stream.close(complete)
+            self.stream = self._open_stream()
+        self._complete = complete  # (the stream is closed once the backlog is fed: steps)
 
-    def _to_stream(self) -> bool:
-        stream = self.stream = self._open_stream()
-        chunks, self._chunks = self._chunks, []
-        return all(stream.feed(chunk) for chunk in chunks)
+    def steps(self) -> Steps[None]:
+        """What is left of the backlog fed a piece a step, then the stream closed (its answer ready)."""
+        assert self.stream is not None
+        while self._backlog and self._catch_up(1):
+            yield
+        self._backlog.clear()
+        self.stream.close(self._complete)
+
+    def _catch_up(self, pieces: int) -> bool:
+        assert self.stream is not None
+        backlog = self._backlog
+        for _ in range(pieces):
+            if not backlog:
+                break
+            if not self.stream.feed(backlog.popleft()):
+                backlog.clear()  # (it cannot be read: nothing more is wanted)
+                return False
+        return True

@@ -216,6 +216,8 @@ async def ask(
         took = 0.0  # ms (a streamed answer was mapped as it arrived: that time counts too)
         try:
             if isinstance(body, HeldAnswer):  # (held for the pool: streamed, cut off, or short)
+                if body.stream is not None:
+                    yield from body.steps()  # (what it held, fed a piece a slice)
                 body = body.stream if body.stream is not None else body.body
             if isinstance(body, AnswerStream):  # (the sinks open_sink opens)
                 mapped = body.answer()
@@ -274,8 +276,9 @@ async def ask(
                 priority=priority[source],
             )
 
-        if pool is not None:  # held for a process, up to a limit
-            return HeldAnswer(pool.hold_bytes, stream)
+        if pool is not None:  # held for a process, up to a limit — a third of the answer cap at most,
+            # so that a document broken early is found (as a stream) well before the cap cuts it
+            return HeldAnswer(min(pool.hold_bytes, facade.settings.facade.max_answer_bytes // 3), stream)
         return stream()
 
     try:
