@@ -171,6 +171,37 @@ def small_target(base: str, ids: list[str], token: str) -> tuple[run.Target, lis
     return run.facade_target("facade", "small patients", base, ids, token, on_body=note), slowest
 
 
+def descendants(pid: int) -> list[int]:
+    """``pid``'s child processes, theirs, and so on (Linux: /proc)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def pin(facade_pid: int) -> None:
+    """``--pin``: the facade's worker(s) on the first CPU, everything else the bench runs — the
+    simulators, the load, the facade's mapping processes — on the others: the facade's loop has a
+    core of its own, as it would with the backends on other hosts."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise SystemExit("--pin needs two CPUs or more")
+    first, rest = {cpus[0]}, set(cpus[1:])
+    workers = [facade_pid, *descendants(facade_pid)]
+    loops = [p for p in workers if "spawn_main" not in Path(f"/proc/{p}/cmdline").read_text(errors="replace")]
+    for p in [*descendants(os.getpid()), os.getpid()]:
+        os.sched_setaffinity(p, first if p in loops else rest)
+
+
 async def bench(args: argparse.Namespace, procs: run.Processes, tmp: Path) -> dict[str, Any]:
     key = os.urandom(32)
     ids = PatientIds(key)
@@ -181,6 +212,8 @@ async def bench(args: argparse.Namespace, procs: run.Processes, tmp: Path) -> di
     sims = await run.start_simulators(procs, args)
     config = write_config(tmp, sims, pem, args)
     base, pid = await run.start_facade(procs, "facade", config, key_b64, args.start_timeout, args.workers)
+    if args.pin:
+        pin(pid)
     small_ids = [ids.encode(p.pnr) for p in population(args.patients)]
     big_id = ids.encode(BIG_PNR)
     await run.register_consents(base, [*small_ids, big_id], token)
@@ -212,6 +245,8 @@ async def bench(args: argparse.Namespace, procs: run.Processes, tmp: Path) -> di
             "latency_ms": args.latency_ms,
             "workers": args.workers,
             "map_workers": args.map_workers,
+            "pinned": args.pin,
+            "sim_render_cache": args.sim_render_cache,
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -287,6 +322,12 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1, help="facade worker processes (serve --workers)")
     ap.add_argument(
         "--map-workers", type=int, default=0, help="processes mapping long answers (facade.map_workers)"
+    )
+    ap.add_argument("--pin", action="store_true", help="the facade's loop alone on the first CPU (Linux)")
+    ap.add_argument(
+        "--sim-render-cache",
+        action="store_true",
+        help="simulators keep long answers once rendered (simulate --render-cache-mb 256)",
     )
     ap.add_argument("--timeout", type=float, default=60.0, help="per-request timeout, s")
     ap.add_argument("--start-timeout", type=float, default=120.0, help="seconds a process may take to start")

@@ -795,7 +795,8 @@ async def start_simulators(procs: Processes, args: argparse.Namespace) -> dict[s
         if b.simulator:
             port = free_port()
             argv = [*fhir_facade(), "simulate", b.simulator, "--host", HOST, "--port", str(port)]
-            procs.start(f"sim-{b.name}", [*argv, "--patients", str(args.patients)])
+            cache = ["--render-cache-mb", "256"] if getattr(args, "sim_render_cache", False) else []
+            procs.start(f"sim-{b.name}", [*argv, "--patients", str(args.patients), *cache])
             urls[b.name] = f"http://{HOST}:{port}"
     async with aiohttp.ClientSession() as http:
         for name, url in urls.items():

@@ -400,6 +400,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="records of generated patients kept in memory (default from config: 250000)",
     )
+    sim.add_argument(
+        "--render-cache-mb",
+        type=int,
+        default=None,
+        help="long answers kept once rendered, in MiB (default from config: 0, off)",
+    )
 
     maps = sub.add_parser("mappings", help="work with the declarative mappings")
     maps_sub = maps.add_subparsers(dest="action", required=True)
@@ -444,6 +450,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.cached_records < 1:
                 raise ConfigError("--cached-records expects 1 or more")
             sims = replace(settings.simulators, cached_records=args.cached_records)
+            settings = replace(settings, simulators=sims)
+        if args.command == "simulate" and args.render_cache_mb is not None:
+            if args.render_cache_mb < 0:
+                raise ConfigError("--render-cache-mb expects 0 or more")
+            sims = replace(settings.simulators, render_cache_bytes=args.render_cache_mb << 20)
             settings = replace(settings, simulators=sims)
         if args.command == "demo":
             port = settings.facade.port if args.port is None else args.port

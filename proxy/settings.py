@@ -137,6 +137,9 @@ class SimulatorSettings:
     # each simulator keeps the patients it has generated, up to this many records (least recently
     # used dropped; a patient asked for again is generated again, the same)
     cached_records: int = 250_000
+    # long answers kept once rendered, up to this many bytes per simulator (0: each rendered anew;
+    # proxy/simulators/rendered.py)
+    render_cache_bytes: int = 0
 
 
 MAX_RECORDS = 1_000_000  # per patient
@@ -529,7 +532,7 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
     s = r.section(
         top.get("simulators"),
         "simulators",
-        {"seed", "patients", "faults", "records", "years", "cached_records"},
+        {"seed", "patients", "faults", "records", "years", "cached_records", "render_cache_bytes"},
     )
     faults = s.get("faults", {}) or {}
     if not isinstance(faults, dict):
@@ -545,6 +548,7 @@ def load_settings(path: Path | str | None = None, *, env: dict[str, str] | None 
         faults=tuple((str(k), dict(v or {})) for k, v in faults.items()),
         years=r.integer(s, "years", "simulators", 10, 1, 100),
         cached_records=r.integer(s, "cached_records", "simulators", 250_000, 1, 100_000_000),
+        render_cache_bytes=r.integer(s, "render_cache_bytes", "simulators", 0, 0, 1 << 34),
     )
     try:
         sims = replace(sims, records=simulator_records(s.get("records", 0)))

@@ -186,9 +186,11 @@ def test_simulate_and_demo_take_the_long_history_knobs() -> None:
             "12",
             "--cached-records",
             "9",
+            "--render-cache-mb",
+            "64",
         ]
     )
-    assert (args.records, args.years, args.cached_records) == ("50-5000", 12, 9)
+    assert (args.records, args.years, args.cached_records, args.render_cache_mb) == ("50-5000", 12, 9, 64)
     sims = with_history(load_settings(), args.records, args.years).simulators
     assert (sims.records, sims.years) == ((50, 5000), 12)
     assert with_history(load_settings(), "500", None).simulators.records == (500, 500)

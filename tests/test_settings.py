@@ -139,6 +139,9 @@ def test_a_broken_mapping_stops_start_up(tmp_path: Path) -> None:
 def test_the_simulators_long_history_knobs(tmp_path: Path) -> None:
     shipped = load_settings().simulators
     assert (shipped.records, shipped.years, shipped.cached_records) == ((0, 0), 10, 250_000)
+    assert shipped.render_cache_bytes == 0  # (every answer rendered anew: the default)
+    kept = load_settings(config_with(tmp_path, {"simulators.render_cache_bytes": 1 << 26}))
+    assert kept.simulators.render_cache_bytes == 1 << 26
     fixed = load_settings(config_with(tmp_path, {"simulators.records": 5000, "simulators.years": 12}))
     assert (fixed.simulators.records, fixed.simulators.years) == ((5000, 5000), 12)
     ranged = load_settings(config_with(tmp_path, {"simulators.records": [50, 20000]}))
@@ -157,6 +160,7 @@ def test_the_simulators_long_history_knobs(tmp_path: Path) -> None:
         ({"simulators.records": True}, "simulators.records"),
         ({"simulators.years": 0}, "simulators.years"),
         ({"simulators.cached_records": 0}, "simulators.cached_records"),
+        ({"simulators.render_cache_bytes": -1}, "simulators.render_cache_bytes"),
         ({"simulators.history": 5}, "simulators"),
     ],
 )

@@ -18,6 +18,7 @@ from proxy.simulators import factory
 from proxy.simulators.faults import Faults
 from proxy.simulators.history import History
 from proxy.simulators.population import DEMO_PEOPLE, LONG_HISTORY_PEOPLE, Person, generated_people
+from proxy.simulators.rendered import render_cache
 
 LOOPBACK = "127.0.0.1"
 
@@ -92,8 +93,12 @@ def history_for(sims: SimulatorSettings) -> History:
 def simulator_app(
     name: str, people: list[Person], sims: SimulatorSettings, faults: Faults
 ) -> web.Application:
-    """One simulator's app, with the long-history knobs and the cache bound of ``sims``."""
-    return factory(name)(people, faults, history=history_for(sims), cached_records=sims.cached_records)
+    """One simulator's app, with the long-history knobs, the cache bound and the rendered answers'
+    budget (``proxy.simulators.rendered``) of ``sims``."""
+    app = factory(name)(people, faults, history=history_for(sims), cached_records=sims.cached_records)
+    if sims.render_cache_bytes:
+        app.middlewares.append(render_cache(sims.render_cache_bytes, reads_by_post=name == "npo"))
+    return app
 
 
 @dataclass(frozen=True, slots=True)
