@@ -1,14 +1,15 @@
 """Head-of-line: do other patients wait while the facade works through a long history?
 
     python bench/headofline.py [--rate 20] [--duration 20] [--big 3] [--patients 40]
-                               [--latency-ms 20] [--workers 1] [--map-workers 0]
-                               [--out bench/results/headofline]
+                               [--latency-ms 20] [--workers 1] [--map-workers 0] [--pin]
+                               [--sim-render-cache] [--out bench/results/headofline]
 
 On loopback, each piece in its own process (``bench/run.py``'s helpers): the three simulators
 (``fhir-facade simulate``, ``--latency-ms`` on every answer) and one facade (``fhir-facade serve``,
 uncached, ``facade.max_count`` raised so a long history is one page: its whole Bundle is rendered;
 ``--workers``: ``serve --workers``; ``--map-workers``: ``facade.map_workers``, long answers mapped in
-processes).
+processes; ``--pin``: the facade's loop alone on the first CPU; ``--sim-render-cache``: the simulators
+keep long answers once rendered — their own waits out of the measure).
 The bench clinician asks, with each patient's consent registered (PDL):
 
 * **alone**: small patients (the generated population, 3–58 records each) ``$everything`` at
@@ -189,17 +190,20 @@ def descendants(pid: int) -> list[int]:
 
 
 def pin(facade_pid: int) -> None:
-    """``--pin``: the facade's worker(s) on the first CPU, everything else the bench runs — the
+    """``--pin``: the facade's worker on the first CPU, everything else the bench runs — the
     simulators, the load, the facade's mapping processes — on the others: the facade's loop has a
-    core of its own, as it would with the backends on other hosts."""
+    core of its own, as it would with the backends on other hosts. Every thread of each process (an
+    affinity is a thread's); a process gone meanwhile is skipped."""
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         raise SystemExit("--pin needs two CPUs or more")
     first, rest = {cpus[0]}, set(cpus[1:])
-    workers = [facade_pid, *descendants(facade_pid)]
-    loops = [p for p in workers if "spawn_main" not in Path(f"/proc/{p}/cmdline").read_text(errors="replace")]
     for p in [*descendants(os.getpid()), os.getpid()]:
-        os.sched_setaffinity(p, first if p in loops else rest)
+        for task in Path(f"/proc/{p}/task").glob("[0-9]*"):
+            try:
+                os.sched_setaffinity(int(task.name), first if p == facade_pid else rest)
+            except OSError:  # (it has ended)
+                continue
 
 
 async def bench(args: argparse.Namespace, procs: run.Processes, tmp: Path) -> dict[str, Any]:
@@ -213,7 +217,7 @@ async def bench(args: argparse.Namespace, procs: run.Processes, tmp: Path) -> di
     config = write_config(tmp, sims, pem, args)
     base, pid = await run.start_facade(procs, "facade", config, key_b64, args.start_timeout, args.workers)
     if args.pin:
-        pin(pid)
+        pin(pid)  # (one worker: checked below)
     small_ids = [ids.encode(p.pnr) for p in population(args.patients)]
     big_id = ids.encode(BIG_PNR)
     await run.register_consents(base, [*small_ids, big_id], token)
@@ -333,6 +337,8 @@ def main() -> None:
     ap.add_argument("--start-timeout", type=float, default=120.0, help="seconds a process may take to start")
     ap.add_argument("--out", type=Path, default=run.REPO / "bench" / "results" / "headofline")
     args = ap.parse_args()
+    if args.pin and args.workers > 1:
+        ap.error("--pin pins one worker: use it with --workers 1")
     if not (1 <= args.rate <= 200 and 1 <= args.duration <= 120 and 0 <= args.big <= 8):
         ap.error("--rate 1-200, --duration 1-120, --big 0-8")
     results = run.with_processes("fhir-bench-headofline-", lambda procs, tmp: bench(args, procs, tmp))

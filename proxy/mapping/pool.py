@@ -64,7 +64,9 @@ def _start(
     module's function, pickled by name)."""
     global _mappings
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # (Ctrl-C stops the server, which stops the pool)
-    logging.basicConfig(level=level, handlers=[QueueHandler(logs)], force=True)
+    to_worker = QueueHandler(logs)
+    to_worker.setFormatter(logging.Formatter("%(message)s"))  # (the worker's handlers format it)
+    logging.basicConfig(level=level, handlers=[to_worker], force=True)
     try:
         os.nice(NICE)
     except OSError:  # (not allowed here: the same priority, still off the loop)
@@ -147,7 +149,8 @@ class MapPool:
         )
 
     async def start(self) -> None:
-        """Every process started and its mappings compiled (before the first answer waits for it)."""
+        """The processes started, and one at least with its mappings compiled (the first answer
+        does not wait for a process to start)."""
         loop = asyncio.get_running_loop()
         await asyncio.gather(*(loop.run_in_executor(self._pool, _ready) for _ in range(self._workers)))
 
@@ -155,9 +158,9 @@ class MapPool:
         self, backend: str, whole_key: str, body: bytes, ctx: Context, *, source_uri: str, priority: int
     ) -> tuple[MappedAnswer, float]:
         """The answer mapped in a process, and the milliseconds mapping it took there. The shortest
-        answer waiting goes first, and a long one (``long_bytes``) never takes the last free
-        process of two or more: a modest answer waits for what the processes are mapping, never
-        behind a queue of long histories — with two processes, never behind a long one."""
+        answer waiting goes first, and of two or more processes at most all but one map long
+        answers (``long_bytes``) at once: a modest answer waits for what the processes are mapping,
+        never behind a queue of long histories — with two processes, never behind a long one."""
         long = len(body) >= self.long_bytes
         if self._fits(long):
             self._take(long)

@@ -37,19 +37,27 @@ def render_cache(budget_bytes: int, *, reads_by_post: bool) -> Middleware:
     @web.middleware
     async def cached(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.method not in reads or request.path.startswith("/_sim"):
-            kept.clear()  # (a write, or the control endpoints: what is kept may be wrong now)
-            return await handler(request)
+            # a write, or the control endpoints: what is kept may be wrong now — and once it is done
+            # (a read answered while the write waited for its body would be kept from before it)
+            kept.clear()
+            try:
+                return await handler(request)
+            finally:
+                kept.clear()
         body = await request.read()  # (the bytes read before, too: can_read_body is False then)
-        # every header but the ones that differ per call: a dialect may name the patient in one
-        # (Viva: its headers), and an answer is never given to another request than its own
+        # every header but the ones that differ per call: a dialect could name the patient in one
+        # (these name it in the path, the query or the SOAP body), and an answer is never given to
+        # another request than its own
         headers = tuple(
             sorted((k.lower(), v) for k, v in request.headers.items() if k.lower() not in _PER_CALL)
         )
         key = (request.method, request.path_qs, headers, body)
         hit = kept.get(key)
         if hit is not None:
-            kept_headers = {k: v for k, v in hit.headers.items() if k.lower() != "content-length"}
-            return web.Response(body=hit.body, status=hit.status, headers=kept_headers)
+            # (its content type only: the first answer's Date, Server or Connection are not this one's)
+            return web.Response(
+                body=hit.body, status=hit.status, content_type=hit.content_type, charset=hit.charset
+            )
         response = await handler(request)
         if (
             isinstance(response, web.Response)

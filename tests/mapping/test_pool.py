@@ -340,6 +340,7 @@ async def test_a_pool_process_logs_through_the_worker(
             await until(lambda: any("skipped" in r.getMessage() for r in caplog.records))
         [record] = [r for r in caplog.records if "skipped" in r.getMessage()]
         assert record.name == "proxy.mapping.run" and record.process != os.getpid()
+        assert record.getMessage().startswith("cosmic: 1 record(s) were skipped")  # (not formatted twice)
     finally:
         await pool.close()
 

@@ -10,6 +10,7 @@ it; short answers and non-200s are not kept; the budget is in bytes.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from typing import Any
 
@@ -61,16 +62,22 @@ async def test_with_the_cache_every_answer_is_the_one_without_it() -> None:
     assert {k for k in plain if plain[k] != kept[k]} == set()
 
 
+WRITING = web.AppKey("writing", asyncio.Event)
+
+
 def toy(budget: int) -> tuple[web.Application, list[str]]:
     rendered: list[str] = []
 
     async def answer(request: web.Request) -> web.Response:
         rendered.append(f"{request.method} {request.path_qs}")
+        if request.path == "/slow-write":
+            await request.app[WRITING].wait()
         size = int(request.query.get("size", MIN_BYTES))
         status = int(request.query.get("status", 200))
         return web.Response(body=b"x" * size, status=status, content_type="application/json")
 
     app = web.Application(middlewares=[render_cache(budget, reads_by_post=False)])
+    app[WRITING] = asyncio.Event()
     app.router.add_route("*", "/{tail:.*}", answer)
     return app, rendered
 
@@ -100,6 +107,30 @@ async def test_a_long_answer_is_rendered_once_for_the_same_request() -> None:
         await client.get("/_sim/faults")  # the control endpoints too
         await get("/a")
         assert rendered[-4:] == ["POST /write", "GET /a", "GET /_sim/faults", "GET /a"]
+
+
+async def test_a_read_answered_while_a_write_is_under_way_is_not_kept_after_it() -> None:
+    app, rendered = toy(10 * MIN_BYTES)
+    async with TestClient(TestServer(app)) as client:
+        writing = asyncio.ensure_future(client.post("/slow-write", data=b"{}"))
+        await asyncio.sleep(0.05)
+        await (await client.get("/a")).read()  # rendered (and kept) while the write is under way
+        app[WRITING].set()
+        await (await writing).read()
+        await (await client.get("/a")).read()  # after the write: rendered again
+    assert rendered == ["POST /slow-write", "GET /a", "GET /a"]
+
+
+async def test_a_kept_answer_carries_its_content_type_not_the_first_answers_connection() -> None:
+    app, _ = toy(10 * MIN_BYTES)
+    async with TestClient(TestServer(app)) as client:
+        first = await client.get("/a", headers={"Connection": "close"})
+        await first.read()
+        again = await client.get("/a")
+        await again.read()
+    assert first.headers.get("Connection") == "close"
+    assert again.headers.get("Connection") != "close"
+    assert again.headers["Content-Type"] == first.headers["Content-Type"] == "application/json"
 
 
 async def test_the_budget_is_in_bytes_least_recently_used_first_out() -> None:
