@@ -172,23 +172,6 @@ def small_target(base: str, ids: list[str], token: str) -> tuple[run.Target, lis
     return run.facade_target("facade", "small patients", base, ids, token, on_body=note), slowest
 
 
-def descendants(pid: int) -> list[int]:
-    """``pid``'s child processes, theirs, and so on (Linux: /proc)."""
-    parents: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    out, todo = [], [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
 def pin(facade_pid: int) -> None:
     """``--pin``: the facade's worker on the first CPU, everything else the bench runs — the
     simulators, the load, the facade's mapping processes — on the others: the facade's loop has a
@@ -198,7 +181,7 @@ def pin(facade_pid: int) -> None:
     if len(cpus) < 2:
         raise SystemExit("--pin needs two CPUs or more")
     first, rest = {cpus[0]}, set(cpus[1:])
-    for p in [*descendants(os.getpid()), os.getpid()]:
+    for p in [*run.descendants(os.getpid()), os.getpid()]:
         for task in Path(f"/proc/{p}/task").glob("[0-9]*"):
             try:
                 os.sched_setaffinity(int(task.name), first if p == facade_pid else rest)

@@ -157,8 +157,10 @@ async def one_size(
     patients, pnr = bench_patient()
     print(f"{size} records: starting the simulators and the facade …", flush=True)
     sims = await start_simulators(procs, size, patients, args)
-    config = write_config(tmp, sims, keys["pem"], args)
+    config = write_config(tmp, sims, keys["pem"], args, map_workers=args.map_workers)
     base, pid = await run.start_facade(procs, "facade", config, keys["key_b64"], args.start_timeout)
+    # the facade's mapping processes (--map-workers): their CPU is the facade's, their memory too
+    pool = run.mapping_processes(pid)
     patient_id = keys["ids"].encode(pnr)
     await run.register_consents(base, [patient_id], keys["token"])
     url = f"{base}/fhir/Patient/{patient_id}/$everything"
@@ -181,7 +183,10 @@ async def one_size(
         await sim_stats(sims, reset=True)
         rss_before = run.rss_mib(pid)["VmRSS"]
         reset_peak(pid)
-        cpu_before = run.cpu_s(pid)
+        pool_before = {p: run.rss_mib(p)["VmRSS"] for p in pool}
+        for p in pool:
+            reset_peak(p)
+        cpu_before = sum(run.cpu_s(p) for p in [pid, *pool])
         latencies, sizes = [], []
         n = args.requests or max(3, min(50, 20_000 // size))
         for _ in range(n):
@@ -190,8 +195,9 @@ async def one_size(
                 raise RuntimeError(f"$everything: {status} {body[:300]!r}")
             latencies.append(ms)
             sizes.append(len(body))
-        cpu = run.cpu_s(pid) - cpu_before
+        cpu = sum(run.cpu_s(p) for p in [pid, *pool]) - cpu_before
         peak_one = run.rss_mib(pid)["VmHWM"] - rss_before
+        pool_peak_one = sum(run.rss_mib(p)["VmHWM"] - pool_before[p] for p in pool)
         backend = await sim_stats(sims)
         answer = read_answer(body)
 
@@ -222,6 +228,9 @@ async def one_size(
             "peak_rss_growth_one_in_flight_mib": round(peak_one, 1),
             "inflight": args.inflight,
             "peak_rss_growth_per_in_flight_mib": round(peak_many / args.inflight, 1),
+            "map_workers": len(pool),
+            "pool_peak_rss_growth_one_in_flight_mib": round(pool_peak_one, 1),
+            "pool_peak_rss_mib": round(sum(run.rss_mib(p)["VmHWM"] for p in pool), 1),
             **answer,
             "complete": complete,
         }
@@ -340,6 +349,12 @@ def main() -> None:
         "in 10 ms ticks, so small sizes need many)",
     )
     ap.add_argument("--inflight", type=int, default=3, help="concurrent requests for the peak-RSS figure")
+    ap.add_argument(
+        "--map-workers",
+        type=int,
+        default=0,
+        help="facade.map_workers (their CPU counted, their peak RSS reported)",
+    )
     ap.add_argument("--latency-ms", type=float, default=20.0, help="added to every simulator answer")
     ap.add_argument("--count", type=int, default=100_000, help="_count (and facade.max_count): one page")
     ap.add_argument("--years", type=int, default=10, help="years of history")

@@ -202,6 +202,28 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def descendants(pid: int) -> list[int]:
+    """``pid``'s child processes, theirs, and so on (Linux: /proc)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def mapping_processes(facade_pid: int) -> list[int]:
+    """The facade's mapping processes (``facade.map_workers``: spawned children)."""
+    return [p for p in descendants(facade_pid) if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
+
+
 def rss_mib(pid: int) -> dict[str, float]:
     """VmRSS and VmHWM (peak) of a process, in MiB."""
     out = {}
