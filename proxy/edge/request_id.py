@@ -48,7 +48,7 @@ async def request_ids(request: web.Request, handler: Handler) -> web.StreamRespo
         # The request is answered (only its body may be left to write): its working state — a long
         # history's records — is let go now, not when aiohttp drops the request, which it holds
         # until the connection's next request (an idle keep-alive connection would keep it).
-        del request[EXCHANGE_KEY]
+        request.pop(EXCHANGE_KEY, None)
     if not response.prepared:
         response.headers[HEADER] = current.request_id
     return response
